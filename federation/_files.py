@@ -1,0 +1,199 @@
+"""Low-level helpers for the legacy JSON file tree.
+
+What the legacy path should always have done: agent names validated before
+they touch a path, every write through a temp file + rename (a reader never
+sees a torn file), and an advisory lock around every read-modify-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import _validate
+from .errors import CorruptFileError
+
+__all__ = ["Tree", "atomic_write_json", "read_json", "locked"]
+
+LOCK_DIR = ".locks"
+
+
+class Tree:
+    """Paths of the legacy layout under one federation root."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def nodes(self) -> Path:
+        return self.root / "nodes"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def polls_file(self) -> Path:
+        return self.shared / "polls.json"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.shared / "sessions"
+
+    def node(self, agent: str) -> Path:
+        return self.nodes / _validate.agent(agent)
+
+    def inbox(self, agent: str) -> Path:
+        return self.node(agent) / "inbox"
+
+    def message_file(self, agent: str, message_id: str) -> Path:
+        return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"
+
+    def context_file(self, agent: str) -> Path:
+        return self.node(agent) / "context_window.json"
+
+    def expertise_file(self, agent: str) -> Path:
+        return self.node(agent) / "expertise.json"
+
+    def profile_file(self, agent: str) -> Path:
+        return self.node(agent) / "profile.json"
+
+    def session_file(self, session_id: str) -> Path:
+        return self.sessions_dir / f"{_validate.ident(session_id, 'session id')}.json"
+
+    def has_legacy_data(self) -> bool:
+        """True when any legacy state file exists under the root."""
+        if self.polls_file.exists():
+            return True
+        if self.sessions_dir.is_dir() and any(p.suffix == ".json" for p in self.sessions_dir.iterdir()):
+            return True
+        if self.nodes.is_dir():
+            for node in self.nodes.iterdir():
+                if not node.is_dir():
+                    continue
+                for name in ("context_window.json", "expertise.json", "profile.json"):
+                    if (node / name).exists():
+                        return True
+                inbox = node / "inbox"
+                if inbox.is_dir() and any(p.suffix == ".json" for p in inbox.iterdir()):
+                    return True
+        return False
+
+    # -- locks -------------------------------------------------------------
+    def lock_path(self, name: str) -> Path:
+        return self.root / LOCK_DIR / f"{name}.lock"
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def locked(tree: Tree, name: str) -> Iterator[None]:
+    """An exclusive advisory lock (flock) named *name* under the root.
+
+    Re-entrant within a thread: a function that holds ``polls`` may call
+    another that takes ``polls`` again.  Different threads and processes
+    exclude each other (flock is per open file description).
+    """
+    key = (str(tree.root), name)
+    held = getattr(_held, "locks", None)
+    if held is None:
+        held = _held.locks = {}
+    entry = held.get(key)
+    if entry is not None:
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+        return
+    path = tree.lock_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del held[key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write *data* as JSON to *path* via a temp file in the same folder + rename."""
+    payload = json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")
+    directory = path.parent
+    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def parse_json_bytes(raw: bytes) -> Any:
+    """Parse a legacy file's bytes; raise ValueError with a short reason."""
+    if not raw.strip():
+        raise ValueError("empty file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def read_json(path: Path, expect: type = dict, default: Any = None) -> Any:
+    """Read a legacy JSON file; *default* when it does not exist.
+
+    A file that cannot be parsed raises :class:`CorruptFileError` and is left
+    exactly as it is.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return default
+    except IsADirectoryError:
+        raise CorruptFileError(path, "is a directory") from None
+    try:
+        data = parse_json_bytes(raw)
+    except ValueError as exc:
+        raise CorruptFileError(path, str(exc)) from None
+    if not isinstance(data, expect):
+        raise CorruptFileError(path, f"expected a JSON {expect.__name__}, found {type(data).__name__}")
+    return data
+
+
+def remove(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # pragma: no cover - surfaced to the caller
+        if exc.errno == errno.EISDIR:
+            return False
+        raise

@@ -1,0 +1,98 @@
+"""Input validation shared by the domain operations and the stores."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .config import MAX_CONTENT_BYTES
+from .errors import ValidationError
+
+_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+MAX_SHORT_TEXT = 4096  # questions, titles, options, roles, paths...
+MAX_OPTIONS = 64
+MAX_DOMAINS = 256
+REVIEW_STATUSES = ("approved", "changes_requested")
+
+
+def agent(name: Any, what: str = "agent") -> str:
+    """An agent name that is safe as a single path component."""
+    if not isinstance(name, str):
+        raise ValidationError(f"{what} must be a string, got {type(name).__name__}")
+    if not _AGENT_RE.fullmatch(name) or ".." in name:
+        raise ValidationError(
+            f"{what} {name!r} is not a valid agent name: use 1-64 characters from "
+            "A-Z a-z 0-9 _ . - starting with a letter or digit, without '..'"
+        )
+    return name
+
+
+def ident(value: Any, what: str) -> str:
+    """A poll, session or message id (also used as a file name)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if not _ID_RE.fullmatch(value) or ".." in value:
+        raise ValidationError(f"{what} {value!r} is not a valid id")
+    return value
+
+
+def text(value: Any, what: str, *, limit: int = MAX_SHORT_TEXT, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValidationError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise ValidationError(f"{what} must not contain NUL characters")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValidationError(f"{what} is {size} bytes; the limit is {limit} bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def content(value: Any, what: str = "content", *, allow_empty: bool = False) -> str:
+    return text(value, what, limit=MAX_CONTENT_BYTES, allow_empty=allow_empty)
+
+
+def optional_text(value: Any, what: str, *, limit: int = MAX_SHORT_TEXT) -> str | None:
+    if value is None:
+        return None
+    return text(value, what, limit=limit, allow_empty=True)
+
+
+def string_list(values: Any, what: str, *, limit: int, min_items: int = 0, unique: bool = True) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValidationError(f"{what} must be a list of strings")
+    items = [text(v, f"{what} item") for v in values]
+    if len(items) < min_items:
+        raise ValidationError(f"{what} needs at least {min_items} items, got {len(items)}")
+    if len(items) > limit:
+        raise ValidationError(f"{what} has {len(items)} items; the limit is {limit}")
+    if unique and len(set(items)) != len(items):
+        raise ValidationError(f"{what} has duplicate items")
+    return items
+
+
+def json_object(value: Any, what: str) -> dict:
+    import json
+
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be an object (dict), got {type(value).__name__}")
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
+    if len(encoded.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise ValidationError(f"{what} is larger than {MAX_CONTENT_BYTES} bytes as JSON")
+    return json.loads(encoded)
+
+
+def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValidationError(f"{what} {value!r} is not accepted: use one of {', '.join(allowed)}")
+    return value

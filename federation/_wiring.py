@@ -1,0 +1,23 @@
+"""What the shim needs from the federation: the phase, the SQL store, the file locks."""
+
+from __future__ import annotations
+
+from . import config, core
+
+
+def mode() -> tuple[int, float]:
+    s = config.settings()
+    return (s.phase if s.use_db else 1), s.shadow_sample
+
+
+def candidate(phase: int):
+    from .sqlstore import get_store
+
+    store = get_store()
+    if phase >= 3:
+        store.ensure_backfilled()
+    return store
+
+
+def hooks() -> dict:
+    return {"candidate": candidate, "mode": mode, "lock": core.file_lock, "spec": core.SHIM_SPEC}

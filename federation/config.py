@@ -1,0 +1,155 @@
+"""Configuration, read from the environment in one place.
+
+Every value is validated when read; a bad value raises :class:`ConfigError`
+naming the variable and the accepted values.  Tests and the CLI may override
+values with :func:`override`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "settings", "override", "reset", "default_root", "MAX_CONTENT_BYTES"]
+
+#: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
+MAX_CONTENT_BYTES = 64 * 1024
+
+
+def default_root() -> Path:
+    """A per-user data folder that works on a fresh machine without root."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "federation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    root: Path
+    db_path: Path
+    db_url: str | None
+    use_db: bool
+    phase: int
+    shadow_sample: float
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.db_url else "sqlite"
+
+    @property
+    def effective_phase(self) -> int:
+        """1 when the database is off, else the configured phase (2, 3 or 4)."""
+        return self.phase if self.use_db else 1
+
+    @property
+    def db_display(self) -> str:
+        if self.db_url:
+            return _redact(self.db_url)
+        return str(self.db_path)
+
+
+def _redact(url: str) -> str:
+    # Never print a password that is part of a URL.
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    raw_root = env.get("FEDERATION_ROOT", "").strip()
+    root = Path(raw_root).expanduser() if raw_root else default_root()
+    raw_db = env.get("FEDERATION_DB", "").strip()
+    db_path = Path(raw_db).expanduser() if raw_db else root / "federation.db"
+
+    db_url = env.get("FEDERATION_DB_URL", "").strip() or None
+    if db_url is not None and not db_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"FEDERATION_DB_URL={db_url!r} is not accepted: use a postgresql://… URL, "
+            "or leave it unset for SQLite"
+        )
+
+    raw_use = env.get("FEDERATION_USE_DB", "1").strip()
+    if raw_use not in ("0", "1"):
+        raise ConfigError(f"FEDERATION_USE_DB={raw_use!r} is not accepted: use 1 (database on) or 0 (files only)")
+    use_db = raw_use == "1"
+
+    raw_phase = env.get("FEDERATION_PHASE", "3").strip()
+    if raw_phase not in ("2", "3", "4"):
+        raise ConfigError(f"FEDERATION_PHASE={raw_phase!r} is not accepted: use 2, 3 or 4")
+    phase = int(raw_phase)
+
+    raw_sample = env.get("FEDERATION_SHADOW_SAMPLE", "1.0").strip()
+    try:
+        sample = float(raw_sample)
+    except ValueError:
+        sample = float("nan")
+    if not (0.0 <= sample <= 1.0):  # also rejects NaN
+        raise ConfigError(
+            f"FEDERATION_SHADOW_SAMPLE={raw_sample!r} is not accepted: use a number from 0.0 to 1.0"
+        )
+    return Settings(root=root, db_path=db_path, db_url=db_url, use_db=use_db, phase=phase, shadow_sample=sample)
+
+
+_lock = threading.Lock()
+_cached: tuple[tuple, Settings] | None = None
+_overrides: dict[str, str | None] = {}
+
+_VARS = (
+    "FEDERATION_ROOT",
+    "FEDERATION_DB",
+    "FEDERATION_DB_URL",
+    "FEDERATION_USE_DB",
+    "FEDERATION_PHASE",
+    "FEDERATION_SHADOW_SAMPLE",
+    "XDG_DATA_HOME",
+)
+
+
+def settings() -> Settings:
+    """The current settings (environment plus overrides), validated.
+
+    Read once and cached: a call costs one global look-up.  The environment is
+    read again after :func:`reset` or inside :func:`override`.
+    """
+    global _cached
+    cached = _cached
+    if cached is not None:
+        return cached[1]
+    env = os.environ
+    raw = tuple(_overrides[k] if k in _overrides else env.get(k) for k in _VARS)
+    merged = {k: v for k, v in zip(_VARS, raw) if v is not None}
+    value = _parse(merged)
+    with _lock:
+        _cached = (raw, value)
+    return value
+
+
+@contextlib.contextmanager
+def override(**values: object) -> Iterator[Settings]:
+    """Temporarily override variables: ``override(FEDERATION_PHASE="4")``.
+
+    A value of ``None`` removes the variable for the duration.
+    """
+    saved = dict(_overrides)
+    try:
+        for key, value in values.items():
+            if key not in _VARS:
+                raise ConfigError(f"unknown setting {key}")
+            _overrides[key] = None if value is None else str(value)
+        reset()
+        yield settings()
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+        reset()
+
+
+def reset() -> None:
+    """Forget cached settings (tests)."""
+    global _cached
+    _cached = None

@@ -1,0 +1,503 @@
+"""The federation's persistence functions: ``load_*`` and ``save_*``.
+
+Their bodies are the legacy JSON file implementation (the on-disk format of
+DESIGN.md), written the way the legacy path should have been: atomic writes,
+an advisory lock around every read-modify-write, validated agent names.
+
+This module knows nothing about databases or rollout phases.  The transition
+shim (:mod:`shim`) is installed on it by one line in ``federation/__init__.py``
+and routes each function to the files, the database or both; the SQL store
+(:class:`federation.sqlstore.SqlStore`) has a method of the same name and
+signature for every function here.  Callers must call through the module
+(``core.save_vote(...)``), never ``from federation.core import save_vote``, so
+that they always reach the installed wrapper.
+
+``SHIM_SPEC`` describes each function to the shim: whether it reads or writes,
+which file lock a dual-write holds across both sides, how a record is keyed
+for mismatch events.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from . import _validate, config
+from ._files import Tree, atomic_write_json, locked, read_json, remove
+from .errors import ConflictError, CorruptFileError, NotFoundError, ValidationError
+
+MESSAGE_FIELDS = ("id", "sender", "recipient", "content", "message_type", "reply_to", "timestamp")
+
+
+def tree() -> Tree:
+    """The legacy file tree of the configured root."""
+    root = config.settings().root
+    cached = _tree_cache.get(root)
+    if cached is None:
+        cached = _tree_cache[root] = Tree(root)
+    return cached
+
+
+_tree_cache: dict[Path, Tree] = {}
+
+
+def file_lock(name: str):
+    """The advisory lock *name* of the configured root (re-entrant per thread)."""
+    return locked(tree(), name)
+
+
+# ---------------------------------------------------------------------------
+# messages
+
+
+def _message_from_file(path: Path, agent: str) -> dict:
+    data = read_json(path)
+    if data is None:
+        return None
+    msg = {field: data.get(field) for field in MESSAGE_FIELDS}
+    if not msg["id"]:
+        msg["id"] = path.stem  # legacy files may lack "id": the file name is the id
+    if msg["recipient"] is None:
+        msg["recipient"] = agent
+    if msg["message_type"] is None:
+        msg["message_type"] = "task"
+    return msg
+
+
+def _order(messages: list[dict]) -> list[dict]:
+    return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
+
+
+def save_message(message: dict) -> None:
+    """Deliver *message* into its recipient's inbox."""
+    t = tree()
+    path = t.message_file(message["recipient"], message["id"])
+    atomic_write_json(path, {field: message.get(field) for field in MESSAGE_FIELDS})
+
+
+def load_inbox(agent: str) -> list[dict]:
+    """The unread messages of *agent*, oldest first (nothing is claimed)."""
+    return _inbox(agent)
+
+
+# Functions of this module call each other through these private bodies,
+# never through the public names, which the shim may have wrapped.
+def _inbox(agent: str) -> list[dict]:
+    inbox = tree().inbox(agent)
+    try:
+        names = os.listdir(inbox)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        msg = _message_from_file(inbox / name, agent)
+        if msg is not None:
+            out.append(msg)
+    return _order(out)
+
+
+def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
+    """Claim the unread messages of *agent* (all, or only *ids*), oldest first.
+
+    Legacy: the message files are read and deleted, under the inbox lock so
+    that two readers never both receive a message.
+    """
+    t = tree()
+    with locked(t, f"inbox-{_validate.agent(agent)}"):
+        messages = _inbox(agent)
+        if ids is not None:
+            wanted = set(ids)
+            messages = [m for m in messages if m["id"] in wanted]
+        inbox = t.inbox(agent)
+        for msg in messages:
+            path = inbox / f"{msg['id']}.json"
+            if not remove(path):  # a legacy file without "id" in its body
+                for name in os.listdir(inbox):
+                    if name == f"{msg['id']}.json":
+                        remove(inbox / name)
+        return messages
+
+
+_history: list[dict] = []  # phase 1 keeps history in memory, as the legacy server did
+
+
+def save_history(entries: list[dict]) -> None:
+    """Append entries to the message history (in memory: lost on restart)."""
+    _history.extend(dict(e) for e in entries)
+
+
+def load_history(agent: str | None = None, limit: int = 100) -> list[dict]:
+    """The last *limit* history entries (of *agent*, if given), oldest first."""
+    rows = [e for e in _history if agent is None or agent in (e.get("sender"), e.get("recipient"))]
+    return [dict(e) for e in rows[-limit:]] if limit > 0 else []
+
+
+# ---------------------------------------------------------------------------
+# context, expertise, profiles
+
+
+def load_context(agent: str) -> dict | None:
+    return _context(agent)
+
+
+def _context(agent: str) -> dict | None:
+    data = read_json(tree().context_file(agent))
+    if data is None:
+        return None
+    return {
+        "agent": agent,
+        "text": data.get("text") or "",
+        "last_heartbeat": data.get("last_heartbeat"),
+        "updated_at": data.get("updated_at"),
+    }
+
+
+def save_context(agent: str, text: str, updated_at: str) -> None:
+    """Set the context text of *agent* (its heartbeat is kept)."""
+    t = tree()
+    with locked(t, f"node-{_validate.agent(agent)}"):
+        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+        doc.update(text=text, updated_at=updated_at)
+        atomic_write_json(t.context_file(agent), doc)
+
+
+def save_heartbeat(agent: str, timestamp: str) -> None:
+    """Record that *agent* is alive (its context text is kept)."""
+    t = tree()
+    with locked(t, f"node-{_validate.agent(agent)}"):
+        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+        doc.update(last_heartbeat=timestamp)
+        atomic_write_json(t.context_file(agent), doc)
+
+
+def load_expertise(agent: str) -> dict | None:
+    return _expertise(agent)
+
+
+def _expertise(agent: str) -> dict | None:
+    data = read_json(tree().expertise_file(agent))
+    if data is None:
+        return None
+    domains = data.get("domains") or []
+    if not domains:
+        return None
+    return {"agent": agent, "domains": sorted(domains), "updated_at": data.get("updated_at")}
+
+
+def save_expertise(agent: str, domains: list[str], updated_at: str) -> None:
+    """Replace the expertise domains of *agent*; an empty list removes them."""
+    t = tree()
+    path = t.expertise_file(agent)
+    if not domains:
+        remove(path)
+        return
+    atomic_write_json(path, {"agent": agent, "domains": sorted(domains), "updated_at": updated_at})
+
+
+def load_profile(agent: str) -> dict | None:
+    return _profile(agent)
+
+
+def _profile(agent: str) -> dict | None:
+    data = read_json(tree().profile_file(agent))
+    if data is None:
+        return None
+    traits = data.get("traits")
+    return {
+        "agent": agent,
+        "default_role": data.get("default_role"),
+        "traits": traits if isinstance(traits, dict) else {},
+        "updated_at": data.get("updated_at"),
+    }
+
+
+def save_profile(agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
+    """Set the profile of *agent*; a ``None`` field keeps its current value."""
+    t = tree()
+    with locked(t, f"node-{_validate.agent(agent)}"):
+        doc = _profile(agent) or {"agent": agent, "default_role": None, "traits": {}, "updated_at": None}
+        if default_role is not None:
+            doc["default_role"] = default_role
+        if traits is not None:
+            doc["traits"] = traits
+        doc["updated_at"] = updated_at
+        atomic_write_json(t.profile_file(agent), doc)
+
+
+def load_agents() -> list[str]:
+    """Every agent with context, expertise, a profile or an inbox."""
+    return _agents()
+
+
+def _agents() -> list[str]:
+    nodes = tree().nodes
+    try:
+        names = os.listdir(nodes)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        node = nodes / name
+        if any((node / f).exists() for f in ("context_window.json", "expertise.json", "profile.json", "inbox")):
+            out.append(name)
+    return sorted(out)
+
+
+def load_experts(domain: str) -> list[str]:
+    """Agents that list *domain* among their expertise."""
+    out = []
+    for agent in _agents():
+        doc = _expertise(agent)
+        if doc and domain in doc["domains"]:
+            out.append(agent)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# polls
+
+
+def _read_polls() -> dict[str, dict]:
+    return read_json(tree().polls_file, dict, {})
+
+
+def _normal_poll(poll_id: str, poll: dict) -> dict:
+    if not isinstance(poll, dict):
+        raise CorruptFileError(tree().polls_file, f"poll {poll_id!r} is not an object")
+    votes = poll.get("votes") or {}
+    return {
+        "id": poll.get("id") or poll_id,
+        "question": poll.get("question"),
+        "options": list(poll.get("options") or []),
+        "status": poll.get("status") or "open",
+        "creator": poll.get("creator"),
+        "created_at": poll.get("created_at"),
+        "votes": dict(votes),
+    }
+
+
+def load_polls() -> dict[str, dict]:
+    """Every poll, keyed by id (``shared/polls.json``)."""
+    return {pid: _normal_poll(pid, p) for pid, p in _read_polls().items()}
+
+
+def save_polls(polls: dict[str, dict]) -> None:
+    """Write the whole polls document (legacy).  Through the shim, a delta."""
+    t = tree()
+    with locked(t, "polls"):
+        atomic_write_json(t.polls_file, copy.deepcopy(polls))
+
+
+def load_poll(poll_id: str) -> dict | None:
+    raw = _read_polls().get(poll_id)
+    return None if raw is None else _normal_poll(poll_id, raw)
+
+
+def save_poll(poll: dict) -> None:
+    """Create a poll; a poll with the same id is a conflict."""
+    t = tree()
+    with locked(t, "polls"):
+        polls = _read_polls()
+        if poll["id"] in polls:
+            raise ConflictError(f"poll {poll['id']} already exists")
+        polls[poll["id"]] = copy.deepcopy(poll)
+        atomic_write_json(t.polls_file, polls)
+
+
+def _check_vote(poll: dict | None, poll_id: str, option: str) -> None:
+    if poll is None:
+        raise NotFoundError(f"poll {poll_id} does not exist")
+    if (poll.get("status") or "open") != "open":
+        raise ConflictError(f"poll {poll_id} is closed")
+    if option not in (poll.get("options") or []):
+        raise ValidationError(f"{option!r} is not an option of poll {poll_id}: choose one of {poll.get('options')}")
+
+
+def save_vote(poll_id: str, voter: str, option: str, voted_at: str) -> None:
+    """Record *voter*'s vote (replacing an earlier one) on an open poll."""
+    t = tree()
+    with locked(t, "polls"):
+        polls = _read_polls()
+        poll = polls.get(poll_id)
+        _check_vote(poll, poll_id, option)
+        poll.setdefault("votes", {})[voter] = option
+        atomic_write_json(t.polls_file, polls)
+
+
+def _check_close(poll: dict | None, poll_id: str, agent: str) -> bool:
+    """True when the poll must be closed now, False when it already is."""
+    if poll is None:
+        raise NotFoundError(f"poll {poll_id} does not exist")
+    if poll.get("creator") != agent:
+        raise ConflictError(f"only the creator ({poll.get('creator')}) may close poll {poll_id}")
+    return (poll.get("status") or "open") == "open"
+
+
+def save_poll_status(poll_id: str, agent: str, status: str) -> None:
+    """Close a poll (only its creator may); closing a closed poll changes nothing."""
+    t = tree()
+    with locked(t, "polls"):
+        polls = _read_polls()
+        poll = polls.get(poll_id)
+        if _check_close(poll, poll_id, agent):
+            poll["status"] = status
+            atomic_write_json(t.polls_file, polls)
+
+
+# ---------------------------------------------------------------------------
+# sessions
+
+
+def _normal_session(session_id: str, data: dict) -> dict:
+    return {
+        "id": data.get("id") or session_id,
+        "title": data.get("title"),
+        "description": data.get("description"),
+        "lead": data.get("lead"),
+        "phase": data.get("phase") or "planning",
+        "created_at": data.get("created_at"),
+        "updated_at": data.get("updated_at"),
+        "roles": dict(data.get("roles") or {}),
+        "artifacts": dict(data.get("artifacts") or {}),
+        "reviews": {k: dict(v) for k, v in (data.get("reviews") or {}).items()},
+    }
+
+
+def load_session(session_id: str) -> dict | None:
+    data = read_json(tree().session_file(session_id))
+    return None if data is None else _normal_session(session_id, data)
+
+
+def load_sessions() -> dict[str, dict]:
+    """Every session, keyed by id."""
+    directory = tree().sessions_dir
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for name in sorted(names):
+        if name.endswith(".json") and not name.startswith("."):
+            sid = name[:-5]
+            data = read_json(directory / name)
+            if data is not None:
+                out[sid] = _normal_session(sid, data)
+    return out
+
+
+def save_session(session: dict) -> None:
+    """Create a session; one with the same id is a conflict."""
+    t = tree()
+    sid = session["id"]
+    with locked(t, f"session-{_validate.ident(sid, 'session id')}"):
+        if t.session_file(sid).exists():
+            raise ConflictError(f"session {sid} already exists")
+        atomic_write_json(t.session_file(sid), copy.deepcopy(session))
+
+
+def _update_session(session_id: str, change, updated_at: str) -> None:
+    t = tree()
+    with locked(t, f"session-{_validate.ident(session_id, 'session id')}"):
+        path = t.session_file(session_id)
+        data = read_json(path)
+        if data is None:
+            raise NotFoundError(f"session {session_id} does not exist")
+        session = _normal_session(session_id, data)
+        change(session)
+        session["updated_at"] = updated_at
+        atomic_write_json(path, session)
+
+
+def save_role(session_id: str, agent: str, role: str, subtask: str | None, assigned_at: str) -> None:
+    def change(s: dict) -> None:
+        s["roles"][agent] = {"role": role, "subtask": subtask, "assigned_at": assigned_at}
+
+    _update_session(session_id, change, assigned_at)
+
+
+def save_artifact(session_id: str, artifact_type: str, path: str, attached_at: str) -> None:
+    def change(s: dict) -> None:
+        s["artifacts"][artifact_type] = {"path": path, "attached_at": attached_at}
+
+    _update_session(session_id, change, attached_at)
+
+
+def save_review(
+    session_id: str, artifact_type: str, reviewer: str, status: str, comments: str | None, reviewed_at: str
+) -> None:
+    def change(s: dict) -> None:
+        if artifact_type not in s["artifacts"]:
+            raise NotFoundError(f"session {session_id} has no artifact of type {artifact_type!r}")
+        s["reviews"].setdefault(artifact_type, {})[reviewer] = {
+            "status": status,
+            "comments": comments,
+            "reviewed_at": reviewed_at,
+        }
+
+    _update_session(session_id, change, reviewed_at)
+
+
+def save_session_phase(session_id: str, phase: str, updated_at: str) -> None:
+    def change(s: dict) -> None:
+        s["phase"] = phase
+
+    _update_session(session_id, change, updated_at)
+
+
+# ---------------------------------------------------------------------------
+# what the shim needs to know about each function (see shim.Spec)
+
+
+def _agent_lock(name):
+    return lambda agent, *a, **k: f"{name}-{_validate.agent(agent)}"
+
+
+def _session_lock(session_id, *a, **k):
+    return f"session-{_validate.ident(session_id, 'session id')}"
+
+
+def _first_arg(value, *a, **k):
+    return str(value)
+
+
+SHIM_SPEC: dict[str, dict[str, Any]] = {
+    # messages
+    "save_message": dict(entity="messages", lock=lambda m, *a, **k: f"inbox-{_validate.agent(m['recipient'])}",
+                         key=lambda m, *a, **k: m["id"]),
+    "load_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id"),
+    "claim_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id",
+                        mirror=lambda result, args, kwargs: (
+                            args[:1], {**kwargs, "ids": [m["id"] for m in result]})),
+    "save_history": dict(entity="message_history", files=False),
+    "load_history": dict(entity="message_history", files=False),
+    # context, expertise, profiles
+    "load_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
+    "save_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
+    "save_heartbeat": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
+    "load_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
+    "save_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
+    "load_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
+    "save_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
+    "load_agents": dict(entity="agents"),
+    "load_experts": dict(entity="expertise", key=_first_arg),
+    # polls
+    "load_polls": dict(entity="polls", lock=lambda *a, **k: "polls", records="dict", document="polls"),
+    "save_polls": dict(entity="polls", lock=lambda *a, **k: "polls", document="polls"),
+    "load_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
+    "save_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=lambda p, *a, **k: p["id"]),
+    "save_vote": dict(entity="votes", lock=lambda *a, **k: "polls", key=_first_arg),
+    "save_poll_status": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
+    # sessions
+    "load_sessions": dict(entity="sessions", records="dict"),
+    "load_session": dict(entity="sessions", lock=_session_lock, key=_first_arg),
+    "save_session": dict(entity="sessions", lock=lambda s, *a, **k: _session_lock(s["id"]),
+                         key=lambda s, *a, **k: s["id"]),
+    "save_role": dict(entity="session_roles", lock=_session_lock, key=_first_arg),
+    "save_artifact": dict(entity="session_artifacts", lock=_session_lock, key=_first_arg),
+    "save_review": dict(entity="session_reviews", lock=_session_lock, key=_first_arg),
+    "save_session_phase": dict(entity="sessions", lock=_session_lock, key=_first_arg),
+}

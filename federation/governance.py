@@ -1,0 +1,127 @@
+"""Governance: polls with votes, and collaborative sessions."""
+
+from __future__ import annotations
+
+from . import _validate as v
+from . import core
+from ._clock import new_id, now
+from .errors import NotFoundError
+
+__all__ = ["create_poll", "vote", "close_poll", "get_poll", "list_polls", "create_session", "assign_role",
+           "attach_artifact", "review_artifact", "set_phase", "get_session", "list_sessions"]
+
+POLL_STATUSES = ("open", "closed")
+
+
+def _with_tally(poll: dict) -> dict:
+    tally = {option: 0 for option in poll["options"]}
+    for option in poll["votes"].values():
+        tally[option] = tally.get(option, 0) + 1
+    return {**poll, "tally": tally}
+
+
+def create_poll(creator: str, question: str, options: list[str]) -> str:
+    """Open a poll; its id."""
+    v.agent(creator, "creator")
+    v.text(question, "question")
+    opts = v.string_list(options, "options", limit=v.MAX_OPTIONS, min_items=2)
+    poll = {"id": new_id(), "question": question, "options": opts, "status": "open", "creator": creator,
+            "created_at": now(), "votes": {}}
+    core.save_poll(poll)
+    return poll["id"]
+
+
+def vote(poll_id: str, voter: str, option: str) -> None:
+    """Cast *voter*'s vote; voting again replaces the earlier vote."""
+    v.ident(poll_id, "poll_id")
+    v.agent(voter, "voter")
+    v.text(option, "option")
+    core.save_vote(poll_id, voter, option, now())
+
+
+def close_poll(poll_id: str, agent: str) -> dict:
+    """Close a poll (only its creator may); the closed poll with its tally."""
+    v.ident(poll_id, "poll_id")
+    v.agent(agent)
+    core.save_poll_status(poll_id, agent, "closed")
+    return get_poll(poll_id)
+
+
+def get_poll(poll_id: str) -> dict:
+    """The poll in its legacy shape plus ``"tally": {option: count}``."""
+    v.ident(poll_id, "poll_id")
+    poll = core.load_poll(poll_id)
+    if poll is None:
+        raise NotFoundError(f"poll {poll_id} does not exist")
+    return _with_tally(poll)
+
+
+def list_polls(status: str | None = None) -> list[dict]:
+    """Every poll (or those with *status*), oldest first, each with its tally."""
+    if status is not None:
+        v.choice(status, "status", POLL_STATUSES)
+    polls = [p for p in core.load_polls().values() if status is None or p["status"] == status]
+    return [_with_tally(p) for p in sorted(polls, key=lambda p: (str(p["created_at"]), p["id"]))]
+
+
+def create_session(lead: str, title: str, description: str | None = None) -> str:
+    """Start a collaborative session led by *lead*; its id."""
+    v.agent(lead, "lead")
+    v.text(title, "title")
+    v.optional_text(description, "description", limit=v.MAX_SHORT_TEXT * 4)
+    stamp = now()
+    session = {"id": new_id(), "title": title, "description": description, "lead": lead, "phase": "planning",
+               "created_at": stamp, "updated_at": stamp, "roles": {}, "artifacts": {}, "reviews": {}}
+    core.save_session(session)
+    return session["id"]
+
+
+def assign_role(session_id: str, agent: str, role: str, subtask: str | None = None) -> None:
+    """Give *agent* a role (and optionally a subtask) in a session; replaces an earlier one."""
+    v.ident(session_id, "session_id")
+    v.agent(agent)
+    v.text(role, "role", limit=256)
+    v.optional_text(subtask, "subtask")
+    core.save_role(session_id, agent, role, subtask, now())
+
+
+def attach_artifact(session_id: str, artifact_type: str, path: str) -> None:
+    """Attach an artifact (a path, never content) of *artifact_type* to a session."""
+    v.ident(session_id, "session_id")
+    v.text(artifact_type, "artifact_type", limit=256)
+    v.text(path, "path")
+    core.save_artifact(session_id, artifact_type, path, now())
+
+
+def review_artifact(session_id: str, artifact_type: str, reviewer: str, status: str,
+                    comments: str | None = None) -> None:
+    """Review an attached artifact: status ``approved`` or ``changes_requested``."""
+    v.ident(session_id, "session_id")
+    v.text(artifact_type, "artifact_type", limit=256)
+    v.agent(reviewer, "reviewer")
+    v.choice(status, "status", v.REVIEW_STATUSES)
+    if comments is not None:
+        v.content(comments, "comments", allow_empty=True)
+    core.save_review(session_id, artifact_type, reviewer, status, comments, now())
+
+
+def set_phase(session_id: str, phase: str) -> None:
+    """Move a session to *phase* (free text such as planning, executing, review, done)."""
+    v.ident(session_id, "session_id")
+    v.text(phase, "phase", limit=256)
+    core.save_session_phase(session_id, phase, now())
+
+
+def get_session(session_id: str) -> dict:
+    """The session in its legacy shape (roles, artifacts, reviews)."""
+    v.ident(session_id, "session_id")
+    session = core.load_session(session_id)
+    if session is None:
+        raise NotFoundError(f"session {session_id} does not exist")
+    return session
+
+
+def list_sessions() -> list[dict]:
+    """Every session, oldest first."""
+    sessions = core.load_sessions().values()
+    return sorted(sessions, key=lambda s: (str(s["created_at"]), s["id"]))

@@ -1,0 +1,134 @@
+"""The database schema, as versioned migrations shared by every engine.
+
+The DDL is the migration plan's, written once; ``{id_pk}`` is the one place
+where the engines differ (an auto-increment key).  A new schema change is a
+new entry in ``MIGRATIONS``; ``schema_version`` records what was applied.
+"""
+
+from __future__ import annotations
+
+TABLES = (
+    "messages",
+    "context",
+    "expertise",
+    "profiles",
+    "polls",
+    "votes",
+    "sessions",
+    "session_roles",
+    "session_artifacts",
+    "session_reviews",
+    "message_history",
+)
+
+_V1 = [
+    """CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY,
+        recipient TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        content TEXT NOT NULL,
+        message_type TEXT DEFAULT 'task',
+        reply_to TEXT,
+        timestamp TEXT NOT NULL,
+        read_at TEXT,
+        created_at TEXT DEFAULT CURRENT_TIMESTAMP
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_messages_recipient ON messages(recipient)",
+    "CREATE INDEX IF NOT EXISTS idx_messages_unread ON messages(recipient, read_at) WHERE read_at IS NULL",
+    """CREATE TABLE IF NOT EXISTS context (
+        agent TEXT PRIMARY KEY,
+        text TEXT DEFAULT '',
+        last_heartbeat TEXT,
+        updated_at TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS expertise (
+        agent TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        updated_at TEXT,
+        PRIMARY KEY (agent, domain)
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_expertise_domain ON expertise(domain)",
+    """CREATE TABLE IF NOT EXISTS profiles (
+        agent TEXT PRIMARY KEY,
+        default_role TEXT,
+        traits TEXT,
+        updated_at TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS polls (
+        id TEXT PRIMARY KEY,
+        question TEXT NOT NULL,
+        options TEXT NOT NULL,
+        status TEXT DEFAULT 'open',
+        creator TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS votes (
+        poll_id TEXT NOT NULL,
+        voter TEXT NOT NULL,
+        option TEXT NOT NULL,
+        voted_at TEXT DEFAULT CURRENT_TIMESTAMP,
+        PRIMARY KEY (poll_id, voter),
+        FOREIGN KEY (poll_id) REFERENCES polls(id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        description TEXT,
+        lead TEXT NOT NULL,
+        phase TEXT DEFAULT 'planning',
+        created_at TEXT NOT NULL,
+        updated_at TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS session_roles (
+        session_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        role TEXT NOT NULL,
+        subtask TEXT,
+        assigned_at TEXT DEFAULT CURRENT_TIMESTAMP,
+        PRIMARY KEY (session_id, agent),
+        FOREIGN KEY (session_id) REFERENCES sessions(id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS session_artifacts (
+        session_id TEXT NOT NULL,
+        artifact_type TEXT NOT NULL,
+        path TEXT NOT NULL,
+        attached_at TEXT DEFAULT CURRENT_TIMESTAMP,
+        PRIMARY KEY (session_id, artifact_type),
+        FOREIGN KEY (session_id) REFERENCES sessions(id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS session_reviews (
+        session_id TEXT NOT NULL,
+        artifact_type TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        status TEXT,
+        comments TEXT,
+        reviewed_at TEXT,
+        PRIMARY KEY (session_id, artifact_type, reviewer),
+        FOREIGN KEY (session_id) REFERENCES sessions(id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS message_history (
+        id {id_pk},
+        direction TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        content TEXT NOT NULL,
+        message_type TEXT,
+        timestamp TEXT NOT NULL,
+        message_id TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_history_sender ON message_history(sender)",
+    "CREATE INDEX IF NOT EXISTS idx_history_recipient ON message_history(recipient)",
+    """CREATE TABLE IF NOT EXISTS federation_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    )""",
+]
+
+#: (version, statements) in order; applied inside one transaction each.
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+LATEST = MIGRATIONS[-1][0]
+
+SCHEMA_VERSION_DDL = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+)"""

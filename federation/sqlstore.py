@@ -1,0 +1,416 @@
+"""The SQL store: the same functions as :mod:`federation.core`, on the schema.
+
+Every method has the name and signature of its ``core`` counterpart and
+returns the same legacy shapes, so the shim can route a call to either side
+by name.  Every write is one transaction that checks what it depends on
+(poll open, option valid, session exists) and changes only its own rows, so
+concurrent writers never erase each other.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from . import config
+from ._files import Tree
+from .core import MESSAGE_FIELDS, _check_close, _check_vote
+from .database import Database, Tx, get_db
+from .errors import BackfillRequiredError, ConflictError, NotFoundError
+
+T = TypeVar("T")
+
+_MSG_COLS = ", ".join(MESSAGE_FIELDS)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _msg(row: tuple) -> dict:
+    return dict(zip(MESSAGE_FIELDS, row))
+
+
+def _order(messages: list[dict]) -> list[dict]:
+    return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
+
+
+class SqlStore:
+    """The federation's state in a SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, db: Database, root: Path):
+        self.db = db
+        self.tree = Tree(root)
+        if db._on_create is None:
+            db._on_create = self._on_create
+        self._backfill_ok = False
+
+    # -- lifecycle ------------------------------------------------------------
+    def _on_create(self, tx: Tx) -> None:
+        now = _now()
+        tx.execute("INSERT INTO federation_meta (key, value) VALUES ('created_at', ?)", (now,))
+        if not self.tree.has_legacy_data():
+            # a new federation: nothing to backfill, now or after its dual-writes create files
+            tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfilled_at', ?)", (now,))
+            tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfill_source', 'empty')")
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.read(lambda tx: tx.fetchone("SELECT value FROM federation_meta WHERE key = ?", (key,)))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.write(lambda tx: tx.execute(
+            "INSERT INTO federation_meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
+
+    def mark_backfilled(self, source: str = "migration") -> None:
+        self.set_meta("backfilled_at", _now())
+        self.set_meta("backfill_source", source)
+
+    def ensure_backfilled(self) -> None:
+        """Refuse (phases 3-4) to serve a database that never received the legacy files."""
+        if self._backfill_ok:
+            return
+        if self.meta("backfilled_at") is None and self.tree.has_legacy_data():
+            raise BackfillRequiredError(
+                f"the database {self.db.dialect.describe()} was never backfilled from the legacy files "
+                f"under {self.tree.root}; serving reads from it would show agents an empty federation. "
+                "Run `federation migrate` (python scripts/migrate_to_sqlite.py) first, or stay in "
+                "FEDERATION_PHASE=2 / FEDERATION_USE_DB=0 until you have."
+            )
+        self._backfill_ok = True
+
+    def atomic(self, fn: Callable[[], T]) -> T:
+        """Run *fn* (which calls methods of this store) in one write transaction."""
+        return self.db.write(lambda tx: fn())
+
+    def counts(self) -> dict[str, int]:
+        from .schema import TABLES
+
+        def fn(tx: Tx) -> dict[str, int]:
+            return {t: int(tx.fetchone(f"SELECT COUNT(*) FROM {t}")[0]) for t in TABLES}
+
+        return self.db.read(fn)
+
+    # -- messages -------------------------------------------------------------
+    def save_message(self, message: dict) -> None:
+        values = tuple(message.get(f) for f in MESSAGE_FIELDS)
+        self.db.write(lambda tx: tx.execute(
+            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values))
+
+    def load_inbox(self, agent: str) -> list[dict]:
+        rows = self.db.read(lambda tx: tx.fetchall(
+            f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND read_at IS NULL "
+            "ORDER BY timestamp, id", (agent,)))
+        return _order([_msg(r) for r in rows])
+
+    def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
+        stamp = read_at or _now()
+
+        def fn(tx: Tx) -> list[dict]:
+            sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL"
+                   f"{{extra}} RETURNING {_MSG_COLS}")
+            if ids is None:
+                return [_msg(r) for r in tx.fetchall(sql.format(extra=""), (stamp, agent))]
+            out: list[dict] = []
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                out += [_msg(r) for r in tx.fetchall(sql.format(extra=f" AND id IN ({marks})"),
+                                                     (stamp, agent, *chunk))]
+            return out
+
+        return _order(self.db.write(fn))
+
+    def save_history(self, entries: list[dict]) -> None:
+        rows = [(e["direction"], e["sender"], e["recipient"], e["content"], e.get("message_type"), e["timestamp"],
+                 e.get("message_id")) for e in entries]
+        self.db.write(lambda tx: tx.executemany(
+            "INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
+            "message_id) VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+
+    def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
+        cols = ("direction", "sender", "recipient", "content", "message_type", "timestamp", "message_id")
+        if limit <= 0:
+            return []
+        if agent is None:
+            sql, params = f"SELECT {', '.join(cols)} FROM message_history ORDER BY id DESC LIMIT ?", (limit,)
+        else:
+            sql = (f"SELECT {', '.join(cols)} FROM message_history WHERE sender = ? OR recipient = ? "
+                   "ORDER BY id DESC LIMIT ?")
+            params = (agent, agent, limit)
+        rows = self.db.read(lambda tx: tx.fetchall(sql, params))
+        return [dict(zip(cols, r)) for r in reversed(rows)]
+
+    # -- context, expertise, profiles ----------------------------------------
+    def load_context(self, agent: str) -> dict | None:
+        row = self.db.read(lambda tx: tx.fetchone(
+            "SELECT text, last_heartbeat, updated_at FROM context WHERE agent = ?", (agent,)))
+        if row is None:
+            return None
+        return {"agent": agent, "text": row[0] or "", "last_heartbeat": row[1], "updated_at": row[2]}
+
+    def save_context(self, agent: str, text: str, updated_at: str) -> None:
+        self.db.write(lambda tx: tx.execute(
+            "INSERT INTO context (agent, text, updated_at) VALUES (?, ?, ?) ON CONFLICT (agent) DO UPDATE "
+            "SET text = excluded.text, updated_at = excluded.updated_at", (agent, text, updated_at)))
+
+    def save_heartbeat(self, agent: str, timestamp: str) -> None:
+        self.db.write(lambda tx: tx.execute(
+            "INSERT INTO context (agent, text, last_heartbeat) VALUES (?, '', ?) ON CONFLICT (agent) DO UPDATE "
+            "SET last_heartbeat = excluded.last_heartbeat", (agent, timestamp)))
+
+    def load_expertise(self, agent: str) -> dict | None:
+        rows = self.db.read(lambda tx: tx.fetchall(
+            "SELECT domain, updated_at FROM expertise WHERE agent = ?", (agent,)))
+        if not rows:
+            return None
+        return {"agent": agent, "domains": sorted(r[0] for r in rows), "updated_at": max(r[1] or "" for r in rows)
+                or None}
+
+    def save_expertise(self, agent: str, domains: list[str], updated_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            tx.execute("DELETE FROM expertise WHERE agent = ?", (agent,))
+            tx.executemany("INSERT INTO expertise (agent, domain, updated_at) VALUES (?, ?, ?)",
+                           [(agent, d, updated_at) for d in domains])
+
+        self.db.write(fn)
+
+    def load_profile(self, agent: str) -> dict | None:
+        row = self.db.read(lambda tx: tx.fetchone(
+            "SELECT default_role, traits, updated_at FROM profiles WHERE agent = ?", (agent,)))
+        if row is None:
+            return None
+        traits = json.loads(row[1]) if row[1] else {}
+        return {"agent": agent, "default_role": row[0], "traits": traits if isinstance(traits, dict) else {},
+                "updated_at": row[2]}
+
+    def save_profile(self, agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
+        encoded = None if traits is None else json.dumps(traits, ensure_ascii=False, sort_keys=True)
+        self.db.write(lambda tx: tx.execute(
+            "INSERT INTO profiles (agent, default_role, traits, updated_at) VALUES (?, ?, COALESCE(?, '{}'), ?) "
+            "ON CONFLICT (agent) DO UPDATE SET "
+            "default_role = COALESCE(excluded.default_role, profiles.default_role), "
+            "traits = CASE WHEN ? IS NULL THEN profiles.traits ELSE excluded.traits END, "
+            "updated_at = excluded.updated_at",
+            (agent, default_role, encoded, updated_at, encoded)))
+
+    def load_agents(self) -> list[str]:
+        rows = self.db.read(lambda tx: tx.fetchall(
+            "SELECT agent FROM context UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles "
+            "UNION SELECT recipient FROM messages"))
+        return sorted(r[0] for r in rows)
+
+    def load_experts(self, domain: str) -> list[str]:
+        rows = self.db.read(lambda tx: tx.fetchall("SELECT agent FROM expertise WHERE domain = ?", (domain,)))
+        return sorted(r[0] for r in rows)
+
+    # -- polls ----------------------------------------------------------------
+    @staticmethod
+    def _poll(row: tuple, votes: dict[str, str]) -> dict:
+        pid, question, options, status, creator, created_at = row
+        return {"id": pid, "question": question, "options": json.loads(options), "status": status or "open",
+                "creator": creator, "created_at": created_at, "votes": votes}
+
+    def load_polls(self) -> dict[str, dict]:
+        def fn(tx: Tx) -> dict[str, dict]:
+            polls = tx.fetchall("SELECT id, question, options, status, creator, created_at FROM polls ORDER BY id")
+            votes: dict[str, dict[str, str]] = {}
+            for pid, voter, option in tx.fetchall("SELECT poll_id, voter, option FROM votes"):
+                votes.setdefault(pid, {})[voter] = option
+            return {r[0]: self._poll(r, votes.get(r[0], {})) for r in polls}
+
+        return self.db.read(fn)
+
+    def load_poll(self, poll_id: str) -> dict | None:
+        def fn(tx: Tx) -> dict | None:
+            row = tx.fetchone("SELECT id, question, options, status, creator, created_at FROM polls WHERE id = ?",
+                              (poll_id,))
+            if row is None:
+                return None
+            votes = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll_id,)))
+            return self._poll(row, votes)
+
+        return self.db.read(fn)
+
+    def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
+        values = (poll["id"], poll["question"], json.dumps(list(poll["options"]), ensure_ascii=False),
+                  poll.get("status") or "open", poll["creator"], poll["created_at"])
+        votes = dict(poll.get("votes") or {})
+        if create:
+            if tx.fetchone("SELECT 1 FROM polls WHERE id = ?", (poll["id"],)):
+                raise ConflictError(f"poll {poll['id']} already exists")
+            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", values)
+            stored: dict[str, str] = {}
+        else:
+            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET question = excluded.question, "
+                       "options = excluded.options, status = excluded.status, creator = excluded.creator, "
+                       "created_at = excluded.created_at", values)
+            stored = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll["id"],)))
+            gone = [(poll["id"], voter) for voter in stored if voter not in votes]
+            if gone:
+                tx.executemany("DELETE FROM votes WHERE poll_id = ? AND voter = ?", gone)
+        changed = [(poll["id"], voter, option, poll.get("created_at"))
+                   for voter, option in votes.items() if stored.get(voter) != option]
+        if changed:
+            tx.executemany("INSERT INTO votes (poll_id, voter, option, voted_at) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option", changed)
+
+    def save_poll(self, poll: dict) -> None:
+        self.db.write(lambda tx: self._write_poll(tx, poll, create=True))
+
+    def save_polls(self, polls: dict[str, dict]) -> None:
+        """Make the stored polls equal *polls*: the whole document, as the file side writes it.
+
+        Through the shim, *polls* is the current state with this caller's delta
+        applied, inside one transaction, so only what changed is written.
+        """
+        def fn(tx: Tx) -> None:
+            existing = {r[0] for r in tx.fetchall("SELECT id FROM polls")}
+            for poll_id in existing - set(polls):
+                tx.execute("DELETE FROM votes WHERE poll_id = ?", (poll_id,))
+                tx.execute("DELETE FROM polls WHERE id = ?", (poll_id,))
+            for poll in polls.values():
+                self._write_poll(tx, poll, create=False)
+
+        self.db.write(fn)
+
+    def save_vote(self, poll_id: str, voter: str, option: str, voted_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            row = tx.fetchone(f"SELECT status, options FROM polls WHERE id = ?{tx.dialect.for_share}", (poll_id,))
+            poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
+            _check_vote(poll, poll_id, option)
+            tx.execute("INSERT INTO votes (poll_id, voter, option, voted_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, "
+                       "voted_at = excluded.voted_at", (poll_id, voter, option, voted_at))
+
+        self.db.write(fn)
+
+    def save_poll_status(self, poll_id: str, agent: str, status: str) -> None:
+        def fn(tx: Tx) -> None:
+            row = tx.fetchone(f"SELECT creator, status FROM polls WHERE id = ?{tx.dialect.for_update}", (poll_id,))
+            poll = None if row is None else {"creator": row[0], "status": row[1]}
+            if _check_close(poll, poll_id, agent):
+                tx.execute("UPDATE polls SET status = ? WHERE id = ?", (status, poll_id))
+
+        self.db.write(fn)
+
+    # -- sessions -------------------------------------------------------------
+    def _sessions(self, tx: Tx, session_id: str | None) -> dict[str, dict]:
+        where, params = ("WHERE id = ?", (session_id,)) if session_id else ("", ())
+        swhere = "WHERE session_id = ?" if session_id else ""
+        out: dict[str, dict] = {}
+        for sid, title, desc, lead, phase, created, updated in tx.fetchall(
+                f"SELECT id, title, description, lead, phase, created_at, updated_at FROM sessions {where} "
+                "ORDER BY id", params):
+            out[sid] = {"id": sid, "title": title, "description": desc, "lead": lead, "phase": phase or "planning",
+                        "created_at": created, "updated_at": updated, "roles": {}, "artifacts": {}, "reviews": {}}
+        for sid, agent, role, subtask, at in tx.fetchall(
+                f"SELECT session_id, agent, role, subtask, assigned_at FROM session_roles {swhere}", params):
+            if sid in out:
+                out[sid]["roles"][agent] = {"role": role, "subtask": subtask, "assigned_at": at}
+        for sid, atype, path, at in tx.fetchall(
+                f"SELECT session_id, artifact_type, path, attached_at FROM session_artifacts {swhere}", params):
+            if sid in out:
+                out[sid]["artifacts"][atype] = {"path": path, "attached_at": at}
+        for sid, atype, reviewer, status, comments, at in tx.fetchall(
+                "SELECT session_id, artifact_type, reviewer, status, comments, reviewed_at "
+                f"FROM session_reviews {swhere}", params):
+            if sid in out:
+                out[sid]["reviews"].setdefault(atype, {})[reviewer] = {
+                    "status": status, "comments": comments, "reviewed_at": at}
+        return out
+
+    def load_sessions(self) -> dict[str, dict]:
+        return self.db.read(lambda tx: self._sessions(tx, None))
+
+    def load_session(self, session_id: str) -> dict | None:
+        return self.db.read(lambda tx: self._sessions(tx, session_id).get(session_id))
+
+    def save_session(self, session: dict) -> None:
+        def fn(tx: Tx) -> None:
+            if tx.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session["id"],)):
+                raise ConflictError(f"session {session['id']} already exists")
+            tx.execute("INSERT INTO sessions (id, title, description, lead, phase, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (session["id"], session["title"], session.get("description"), session["lead"],
+                        session.get("phase") or "planning", session["created_at"], session.get("updated_at")))
+
+        self.db.write(fn)
+
+    def _touch_session(self, tx: Tx, session_id: str, updated_at: str) -> None:
+        if not tx.fetchone(f"SELECT 1 FROM sessions WHERE id = ?{tx.dialect.for_update}", (session_id,)):
+            raise NotFoundError(f"session {session_id} does not exist")
+        tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (updated_at, session_id))
+
+    def save_role(self, session_id: str, agent: str, role: str, subtask: str | None, assigned_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            self._touch_session(tx, session_id, assigned_at)
+            tx.execute("INSERT INTO session_roles (session_id, agent, role, subtask, assigned_at) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, agent) DO UPDATE SET role = excluded.role, "
+                       "subtask = excluded.subtask, assigned_at = excluded.assigned_at",
+                       (session_id, agent, role, subtask, assigned_at))
+
+        self.db.write(fn)
+
+    def save_artifact(self, session_id: str, artifact_type: str, path: str, attached_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            self._touch_session(tx, session_id, attached_at)
+            tx.execute("INSERT INTO session_artifacts (session_id, artifact_type, path, attached_at) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (session_id, artifact_type) DO UPDATE SET "
+                       "path = excluded.path, attached_at = excluded.attached_at",
+                       (session_id, artifact_type, path, attached_at))
+
+        self.db.write(fn)
+
+    def save_review(self, session_id: str, artifact_type: str, reviewer: str, status: str,
+                    comments: str | None, reviewed_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            self._touch_session(tx, session_id, reviewed_at)
+            if not tx.fetchone("SELECT 1 FROM session_artifacts WHERE session_id = ? AND artifact_type = ?",
+                               (session_id, artifact_type)):
+                raise NotFoundError(f"session {session_id} has no artifact of type {artifact_type!r}")
+            tx.execute("INSERT INTO session_reviews (session_id, artifact_type, reviewer, status, comments, "
+                       "reviewed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, artifact_type, reviewer) "
+                       "DO UPDATE SET status = excluded.status, comments = excluded.comments, "
+                       "reviewed_at = excluded.reviewed_at",
+                       (session_id, artifact_type, reviewer, status, comments, reviewed_at))
+
+        self.db.write(fn)
+
+    def save_session_phase(self, session_id: str, phase: str, updated_at: str) -> None:
+        def fn(tx: Tx) -> None:
+            self._touch_session(tx, session_id, updated_at)
+            tx.execute("UPDATE sessions SET phase = ? WHERE id = ?", (phase, session_id))
+
+        self.db.write(fn)
+
+
+_stores: dict[tuple, SqlStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(settings: config.Settings | None = None) -> SqlStore:
+    """The SQL store of the configured database and root (one per process)."""
+    s = settings or config.settings()
+    key = (s.db_url or str(s.db_path), str(s.root))
+    store = _stores.get(key)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(key)
+            if store is None:
+                store = _stores[key] = SqlStore(get_db(s), s.root)
+    return store
+
+
+def forget_stores() -> None:
+    from .database import forget_databases
+
+    with _stores_lock:
+        _stores.clear()
+    forget_databases()

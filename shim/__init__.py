@@ -1,0 +1,82 @@
+"""The dual-write transition shim.
+
+A generic "old store / new store" experiment runner applied to functions by
+name: :func:`install` wraps the ``load_*``/``save_*`` functions of a module
+with wrapt so that each call is routed by the rollout phase — files only,
+files then database, database then files, database only — with shadow reads
+compared and every mismatch published as a structlog event.
+
+It knows nothing about polls or inboxes: the module describes its functions
+(``SHIM_SPEC``) and the caller supplies the candidate store, the phase and
+the locks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Mapping
+
+import wrapt
+
+from ._compare import delta, field_diff, normalize, patch
+from ._experiment import DB, FILES, Experiment, Spec
+
+__all__ = ["install", "uninstall", "installed", "Spec", "Experiment", "normalize", "field_diff", "delta",
+           "patch", "FILES", "DB"]
+
+_installed: dict[str, Experiment] = {}
+
+
+def _spec_of(name: str, raw: Any) -> Spec:
+    if isinstance(raw, Spec):
+        return raw
+    raw = dict(raw or {})
+    raw.setdefault("entity", name.split("_", 1)[-1])
+    raw.setdefault("kind", "read" if name.startswith("load_") else "write")
+    if "ignore" in raw:
+        raw["ignore"] = frozenset(raw["ignore"])
+    return Spec(**raw)
+
+
+def install(
+    module: Any,
+    *,
+    candidate: Callable[[int], Any],
+    mode: Callable[[], tuple[int, float]],
+    lock: Callable[[str], ContextManager] | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> Experiment:
+    """Wrap the persistence functions of *module* (idempotent).
+
+    candidate(phase) -> the object whose methods of the same names are the
+    database side; mode() -> (phase, shadow_sample) with phase 1 meaning "off";
+    lock(name) -> a context manager held across both sides in phases 2-3;
+    spec -> {function name: Spec or dict}; default ``module.SHIM_SPEC``, or
+    every ``load_*``/``save_*`` function of the module.
+    """
+    key = module.__name__
+    if key in _installed:
+        return _installed[key]
+    if spec is None:
+        spec = getattr(module, "SHIM_SPEC", None)
+    if spec is None:
+        spec = {n: {} for n in dir(module) if n.startswith(("load_", "save_")) and callable(getattr(module, n))}
+    exp = Experiment(module, candidate, mode, lock)
+    for name, raw in spec.items():
+        original = getattr(module, name)
+        exp.originals[name] = original
+        wrapt.wrap_function_wrapper(module, name, exp.wrapper(name, _spec_of(name, raw)))
+    _installed[key] = exp
+    return exp
+
+
+def uninstall(module: Any) -> None:
+    """Put the original functions back."""
+    exp = _installed.pop(module.__name__, None)
+    if exp is None:
+        return
+    for name, original in exp.originals.items():
+        setattr(module, name, original)
+
+
+def installed(module: Any) -> Experiment | None:
+    return _installed.get(module.__name__)
