@@ -1,0 +1,152 @@
+"""The migration: every legacy file into the database, validated.
+
+``federation migrate`` = ``python scripts/migrate_to_sqlite.py``.  The tree is
+read into rows (:func:`federation._tables.read_tree`), the rows are inserted
+in batches with ``INSERT … ON CONFLICT DO NOTHING`` (so a rerun, or a rerun
+after the process was killed, completes the import without changing what is
+there, and rows a live phase-2 dual-write already wrote are never overwritten
+by older file content), then every file row is looked up in the database and
+the counts are compared.  Only then is the database marked backfilled, which
+phases 3 and 4 require.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from . import config
+from ._tables import TABLES, Table, TreeRows, key_text, read_tree, select_sql
+
+__all__ = ["MigrationResult", "migrate", "import_rows", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 3
+
+#: Rows per write transaction: large enough for bulk speed, small enough that
+#: a killed run leaves committed batches a rerun skips over.
+BATCH_SIZE = 5000
+
+
+@dataclasses.dataclass
+class MigrationResult:
+    dry_run: bool
+    entities: dict[str, dict[str, int]]
+    invalid: list[dict[str, str]]
+    dropped_fields: list[dict[str, str]]
+    #: file rows not found in the database after the import, per table (a failure)
+    missing: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    files: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.missing:
+            return EXIT_FAILED
+        return EXIT_INVALID if self.invalid else EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"dry_run": self.dry_run, "entities": self.entities, "invalid": self.invalid,
+                                "dropped_fields": self.dropped_fields}
+        if self.missing:
+            data["missing_in_db"] = self.missing
+        return data
+
+
+def insert_sql(table: Table, conflict: str = "DO NOTHING") -> str:
+    cols = table.columns + tuple(name for name, _ in table.extra)
+    marks = ", ".join("?" for _ in cols)
+    return (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(table.key_columns)}) {conflict}")
+
+
+def insert_values(table: Table, rows: list[tuple], all_rows: dict[str, dict[tuple, tuple]]) -> list[tuple]:
+    """Rows with the table's insert-only columns appended."""
+    if not table.extra:
+        return rows
+    return [r + tuple(fn(r, all_rows) for _, fn in table.extra) for r in rows]
+
+
+def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False) -> None:
+    """Insert every scanned row that the database does not hold yet, in batches."""
+    total = sum(len(r) for r in scanned.rows.values())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="row", desc="importing", leave=False, mininterval=0.25)
+    for table in TABLES:
+        rows = list(scanned.rows[table.name].values())
+        if not rows:
+            continue
+        sql = insert_sql(table)
+        if table.replace_set:
+            # one transaction for the whole table: an owner is either already there (kept) or imported whole
+            def fn(tx, rows=rows, sql=sql, table=table) -> None:
+                owner = table.key_columns[0]
+                present = {r[0] for r in tx.fetchall(f"SELECT DISTINCT {owner} FROM {table.name}")}
+                fresh = [r for r in rows if r[0] not in present]
+                if fresh:
+                    tx.executemany(sql, insert_values(table, fresh, scanned.rows))
+
+            store.db.write(fn)
+            if bar is not None:
+                bar.update(len(rows))
+            continue
+        for start in range(0, len(rows), batch_size):
+            chunk = insert_values(table, rows[start:start + batch_size], scanned.rows)
+            store.db.write(lambda tx, chunk=chunk, sql=sql: tx.executemany(sql, chunk))
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
+def _validate(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
+    """Row counts per table, and the file rows the database lacks."""
+
+    def fn(tx) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
+        entities, missing = {}, {}
+        for table in TABLES:
+            file_rows = scanned.rows[table.name]
+            count = tx.fetchone(select_sql(table, "COUNT(*)"))
+            entities[table.name] = {"files": len(file_rows), "rows": int(count[0])}
+            if table.replace_set:  # an owner's set may have been replaced live: the owner must be there
+                owner = table.key_columns[0]
+                have = {(r[0],) for r in tx.fetchall(f"SELECT DISTINCT {owner} FROM {table.name}")}
+                lacking = sorted({k[:1] for k in file_rows} - have)
+            else:
+                # every row, read messages included: a message claimed live since the scan is still there
+                cols = ", ".join(table.key_columns)
+                have = {tuple(r) for r in tx.fetchall(f"SELECT {cols} FROM {table.name}")}
+                lacking = sorted(k for k in file_rows if k not in have)
+            if lacking:
+                missing[table.name] = [key_text(k) for k in lacking]
+        return entities, missing
+
+    return store.db.read(fn)
+
+
+def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool = False,
+            batch_size: int = BATCH_SIZE, store: Any = None) -> MigrationResult:
+    """Migrate the legacy tree under *root* (default: the configured root) into the database.
+
+    With *dry_run* the files are read and counted and nothing at all is
+    written: the database is not even opened.
+    """
+    settings = config.settings()
+    root = Path(root) if root is not None else settings.root
+    scanned = read_tree(root, progress=progress)
+    if dry_run:
+        # nothing is written: "rows" are the rows the import would offer
+        entities = {name: {"files": n, "rows": n} for name, n in scanned.counts().items()}
+        return MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields, files=scanned.files)
+    if store is None:
+        from .sqlstore import get_store
+
+        store = get_store(settings)
+    import_rows(store, scanned, batch_size=batch_size, progress=progress)
+    entities, missing = _validate(store, scanned)
+    if not missing and store.meta("backfilled_at") is None:
+        # phases 3-4 may now serve this database; a rerun keeps the first date
+        store.mark_backfilled("migration")
+    return MigrationResult(False, entities, scanned.invalid, scanned.dropped_fields, missing, files=scanned.files)

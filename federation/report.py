@@ -1,0 +1,173 @@
+"""The consistency report: the whole file tree against the whole database.
+
+``federation report`` = ``python scripts/consistency_report.py``.  Table by
+table: row counts, keys missing on either side, and records that differ, with
+a field-level diff of the first few (the shim's own :func:`shim.normalize` and
+:func:`shim.field_diff`, so the report and the shadow reads agree on what
+"equal" means).  Only unread messages have a file counterpart.
+
+:func:`summarise_log` reads a structlog JSON-lines file and counts the
+``shadow_mismatch`` / ``shadow_error`` events per entity over its period.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from shim import field_diff, normalize
+
+from . import config
+from ._tables import TABLES, Table, TreeRows, key_text, read_db, read_tree
+
+__all__ = ["TableReport", "Report", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
+
+#: How many differing records of a table get a field-level diff.
+DIFF_LIMIT = 5
+
+
+@dataclasses.dataclass
+class TableReport:
+    files: int
+    rows: int
+    missing_in_db: list[tuple] = dataclasses.field(default_factory=list)
+    missing_in_files: list[tuple] = dataclasses.field(default_factory=list)
+    different: list[tuple] = dataclasses.field(default_factory=list)
+    diffs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing_in_db or self.missing_in_files or self.different)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": self.files, "rows": self.rows,
+                "missing_in_db": [key_text(k) for k in self.missing_in_db],
+                "missing_in_files": [key_text(k) for k in self.missing_in_files],
+                "different": [key_text(k) for k in self.different], "diffs": self.diffs}
+
+
+@dataclasses.dataclass
+class Report:
+    entities: dict[str, TableReport]
+    invalid: list[dict[str, str]]
+    #: the rows of both sides, for ``sync`` (not part of the JSON)
+    file_side: TreeRows | None = None
+    db_side: dict[str, dict[tuple, tuple]] | None = None
+
+    @property
+    def consistent(self) -> bool:
+        return all(t.consistent for t in self.entities.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"consistent": self.consistent, "entities": {n: t.to_json() for n, t in self.entities.items()},
+                "invalid": self.invalid}
+
+
+def compare_table(table: Table, files: dict[tuple, tuple], rows: dict[tuple, tuple],
+                  diff_limit: int = DIFF_LIMIT) -> TableReport:
+    """Compare one table's file rows with its database rows, key by key."""
+    out = TableReport(files=len(files), rows=len(rows))
+    cols = table.columns
+    for key, frow in files.items():
+        drow = rows.get(key)
+        if drow is None:
+            out.missing_in_db.append(key)
+            continue
+        if frow == drow:  # the common case, without building dicts
+            continue
+        a, b = normalize(dict(zip(cols, frow))), normalize(dict(zip(cols, drow)))
+        if a == b:
+            continue
+        out.different.append(key)
+        if len(out.diffs) < diff_limit:
+            out.diffs += [{"key": key_text(key), "field": f, "files": va, "db": vb} for f, va, vb in field_diff(a, b)]
+    out.missing_in_files = [k for k in rows if k not in files]
+    for keys in (out.missing_in_db, out.missing_in_files, out.different):
+        keys.sort()
+    return out
+
+
+def _database_exists(settings: config.Settings) -> bool:
+    return bool(settings.db_url) or settings.db_path.exists()
+
+
+def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
+                 diff_limit: int = DIFF_LIMIT) -> Report:
+    """Compare the legacy tree under *root* with the database (never writes to either).
+
+    A SQLite database that does not exist yet is compared as empty, and not created.
+    """
+    settings = config.settings()
+    root = Path(root) if root is not None else settings.root
+    file_side = read_tree(root, progress=progress)
+    if store is None and _database_exists(settings):
+        from .sqlstore import get_store
+
+        store = get_store(settings)
+    db_side = read_db(store) if store is not None else {t.name: {} for t in TABLES}
+    entities = {t.name: compare_table(t, file_side.rows[t.name], db_side[t.name], diff_limit) for t in TABLES}
+    return Report(entities, file_side.invalid, file_side, db_side)
+
+
+# ---------------------------------------------------------------------------
+# the shadow events of a structlog JSON-lines log
+
+SHADOW_EVENTS = ("shadow_mismatch", "shadow_error")
+
+
+def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
+    """Count ``shadow_mismatch`` / ``shadow_error`` events per entity in a JSON-lines log.
+
+    The log records only the comparisons that failed, so the consistency rate
+    of an entity is the share of its records (the rows of both sides now, from
+    *report*) that had no shadow event in the period; ``None`` when unknown.
+    """
+    per: dict[str, dict[str, Any]] = {}
+    first = last = None
+    lines = unreadable = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            lines += 1
+            try:
+                event = json.loads(line)
+            except ValueError:
+                unreadable += 1
+                continue
+            if not isinstance(event, dict) or event.get("event") not in SHADOW_EVENTS:
+                continue
+            stamp = event.get("timestamp")
+            if isinstance(stamp, str):
+                first = stamp if first is None or stamp < first else first
+                last = stamp if last is None or stamp > last else last
+            entity = str(event.get("entity") or "?")
+            slot = per.setdefault(entity, {"shadow_mismatch": 0, "shadow_error": 0, "keys": set(), "phases": set()})
+            slot[event["event"]] += 1
+            if event.get("key") is not None:
+                slot["keys"].add(str(event["key"]))
+            if event.get("phase") is not None:
+                slot["phases"].add(event["phase"])
+    entities: dict[str, Any] = {}
+    tables = report.entities if report is not None else {}
+    total_keys = 0
+    for entity in sorted(per):
+        slot = per[entity]
+        keys = len(slot["keys"])
+        records = rate = None
+        if entity in tables:
+            t = tables[entity]
+            records = t.files + len(t.missing_in_files)  # keys on either side
+            if records:
+                rate = max(0.0, 1.0 - keys / records)
+                total_keys += min(keys, records)
+        entities[entity] = {"shadow_mismatch": slot["shadow_mismatch"], "shadow_error": slot["shadow_error"],
+                            "keys": keys, "records": records, "consistency_rate": rate,
+                            "phases": sorted(slot["phases"], key=str)}
+    total_records = sum(t.files + len(t.missing_in_files) for t in tables.values())
+    overall = (1.0 - total_keys / total_records) if total_records else None
+    return {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
+            "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
+            "entities": entities, "consistency_rate": overall}
