@@ -146,5 +146,163 @@ def demo(agents: int) -> None:
     ctx.invoke(status, as_json=False)
 
 
+# ---------------------------------------------------------------------------
+# migration, report, repair, archive: thin commands over federation.migrate,
+# .report, .sync and .archive
+
+
+def _progress(as_json: bool = False) -> bool:
+    """A progress bar only for a person watching a terminal."""
+    return sys.stderr.isatty() and not as_json
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run *fn*; a database or file error becomes one line and exit 1."""
+    try:
+        return fn()
+    except (FederationError, click.ClickException, SystemExit):
+        raise
+    except Exception as exc:  # e.g. a driver error the store does not translate
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+def _columns(rows: list[tuple], header: tuple[str, ...]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in
+                             enumerate(zip(r, widths))))
+
+
+def _listing(title: str, items: list[str], limit: int = 20) -> None:
+    if not items:
+        return
+    click.echo(f"{title} ({len(items)}):")
+    for item in items[:limit]:
+        click.echo(f"  {item}")
+    if len(items) > limit:
+        click.echo(f"  ... and {len(items) - limit} more (--json lists all)")
+
+
+@main.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Read and count every file; write nothing, not even the database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--batch-size", type=click.IntRange(1), default=5000, show_default=True,
+              help="Rows per write transaction.")
+@common
+def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
+    """Import every legacy file into the database and validate the row counts.
+
+    Exit 0: all migrated and counts validated; 1: failure; 2: usage error;
+    3: finished, but invalid files were skipped (each listed).  Idempotent;
+    rows already in the database (a live dual-write's) are never overwritten.
+    """
+    from .migrate import migrate
+
+    result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        head = "dry run: nothing written; rows = rows the import would offer" if dry_run else "migrated"
+        click.echo(f"{head} ({result.files} files under {config.settings().root})")
+        _columns([(t, c["files"], c["rows"]) for t, c in result.entities.items()], ("table", "files", "rows"))
+        _listing("invalid files, skipped", [f"{i['path']}: {i['reason']}" for i in result.invalid])
+        _listing("fields the schema has no place for (not imported)",
+                 [f"{d['path']}: {d['field']}" for d in result.dropped_fields])
+        for table, keys in result.missing.items():
+            _listing(f"{table}: file rows missing in the database", keys)
+        verdict = {0: "ok: every file migrated, counts validated",
+                   1: "FAILED: the database lacks rows the files have",
+                   3: "done, but invalid files were skipped"}[result.exit_code]
+        click.echo(verdict if not dry_run or result.exit_code else "ok: every file parsed")
+    sys.exit(result.exit_code)
+
+
+@main.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Also summarise the shadow_mismatch / shadow_error events of this structlog JSON-lines file.")
+@common
+def report_command(as_json: bool, log_file: str | None) -> None:
+    """Compare the file tree with the database, table by table.
+
+    Exit 0 when they agree, 1 when they differ, 2 on a usage error.
+    """
+    from .report import build_report, summarise_log
+
+    report = _guard(lambda: build_report(progress=_progress(as_json)))
+    summary = summarise_log(log_file, report) if log_file else None
+    if as_json:
+        data = report.to_json()
+        if summary is not None:
+            data["log"] = summary
+        click.echo(json.dumps(data, indent=2))
+        sys.exit(0 if report.consistent else 1)
+    rows = [(n, t.files, t.rows, len(t.missing_in_db), len(t.missing_in_files), len(t.different))
+            for n, t in report.entities.items()]
+    _columns(rows, ("table", "files", "rows", "missing_in_db", "missing_in_files", "different"))
+    for name, t in report.entities.items():
+        if t.consistent:
+            continue
+        d = t.to_json()
+        _listing(f"{name}: missing in the database", d["missing_in_db"], 10)
+        _listing(f"{name}: missing in the files", d["missing_in_files"], 10)
+        _listing(f"{name}: different", d["different"], 10)
+        for diff in t.diffs:
+            click.echo(f"    {diff['key']}  {diff['field']}: files={json.dumps(diff['files'])} "
+                       f"db={json.dumps(diff['db'])}")
+    _listing("invalid files (not compared)", [f"{i['path']}: {i['reason']}" for i in report.invalid])
+    if summary is not None:
+        click.echo(f"log {summary['path']}: {summary['events']} shadow events from {summary['first']} "
+                   f"to {summary['last']}")
+        _columns([(e, s["shadow_mismatch"], s["shadow_error"], s["keys"],
+                   "-" if s["consistency_rate"] is None else f"{s['consistency_rate']:.4f}")
+                  for e, s in summary["entities"].items()] or [("(none)", 0, 0, 0, "-")],
+                 ("entity", "mismatches", "errors", "keys", "consistency"))
+        if summary["consistency_rate"] is not None:
+            click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
+                       "(share of records with no shadow event)")
+    click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
+    sys.exit(0 if report.consistent else 1)
+
+
+@main.command("sync")
+@click.option("--to", "to", required=True, type=click.Choice(["files", "db"]),
+              help="The side to rewrite so that it equals the other.")
+@click.option("--dry-run", is_flag=True, help="List what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
+    """Rewrite one side where it differs from the other (exit 0 done, 1 failure, 2 usage)."""
+    from .sync import sync
+
+    result = _guard(lambda: sync(to, dry_run=dry_run))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for change in result.changes:
+        click.echo(str(change))
+    verb = "would change" if dry_run else "changed"
+    click.echo(f"{verb} {len(result.changes)} {'file' if to == 'files' else 'row'}(s) on the {to} side")
+
+
+@main.command("archive-legacy")
+@click.option("--to", "dest", required=True, metavar="FILE.tar.gz", help="The archive to write (must not exist).")
+@common
+def archive_command(dest: str) -> None:
+    """Archive the legacy tree, verify the archive, then remove the files (phase 4).
+
+    Refuses (exit 1) unless the consistency report says files and database agree.
+    """
+    from .archive import archive_legacy
+
+    result = _guard(lambda: archive_legacy(dest))
+    click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
+               f"removed {result.removed}")
+    _listing("kept (changed after they were archived)", result.kept)
+    if result.kept:
+        sys.exit(1)
+
+
 def run() -> None:  # pragma: no cover - console entry point
     main()
