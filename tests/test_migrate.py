@@ -1,0 +1,229 @@
+"""``federation migrate`` / ``scripts/migrate_to_sqlite.py``: real trees, real database, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from federation import governance, messaging
+from federation._generate import MALFORMED_KINDS, generate
+from federation._tables import read_tree
+from federation.errors import BackfillRequiredError
+from federation.migrate import import_rows, migrate
+
+from _transfer_helpers import CLI, api_view, cli, cli_json, db_rows, snapshot, tree_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_generated_tree_migrates_with_counts_equal_and_report_consistent(fed):
+    """Every entity of a generated tree migrates: exit 0, files == rows == what was written; report agrees."""
+    written = generate(fed.root, agents=9, messages=120, polls=6, sessions=4)
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 0, out
+    assert out["dry_run"] is False and out["invalid"] == [] and out["dropped_fields"] == []
+    for table, n in written["rows"].items():
+        assert out["entities"][table] == {"files": n, "rows": n}, table
+    assert all(n > 0 for n in written["rows"].values())  # the tree really holds every entity
+    assert db_rows(fed.store()) == tree_rows(fed.root)
+    rc, rep = cli_json(fed, "report")
+    assert rc == 0 and rep["consistent"] is True
+
+
+def test_plan_script_is_the_migrate_command(fed):
+    """scripts/migrate_to_sqlite.py runs the same command, with the same exit code and JSON."""
+    generate(fed.root, agents=3, messages=10)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "migrate_to_sqlite.py"), "--json"],
+                          env=fed.subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["entities"]["messages"] == {"files": 10, "rows": 10}
+
+
+def test_phase3_api_reads_equal_phase1_reads_after_migration(fed):
+    """What agents saw through the API on files (phase 1) is what they see from the database (phase 3)."""
+    generate(fed.root, agents=8, messages=60, polls=5, sessions=4)
+    fed.phase(1)
+    before = api_view()
+    fed.phase(3)
+    with pytest.raises(BackfillRequiredError):  # never an empty federation before the migration
+        messaging.peek_inbox("agent-000")
+    assert migrate().exit_code == 0
+    fed.phase(3)
+    assert api_view() == before
+    fed.phase(4)
+    assert api_view() == before
+
+
+def test_dry_run_leaves_filesystem_byte_for_byte_unchanged(fed, tmp_path):
+    """--dry-run parses and counts (invalid files too) and writes nothing at all, not even the database file."""
+    written = generate(fed.root, agents=4, messages=30, malformed=True, unknown_fields=True)
+    before = snapshot(tmp_path)
+    rc, out = cli_json(fed, "migrate", "--dry-run")
+    assert rc == 3 and out["dry_run"] is True
+    assert out["entities"]["messages"]["files"] == written["rows"]["messages"]
+    assert len(out["invalid"]) == len(MALFORMED_KINDS)
+    assert snapshot(tmp_path) == before
+    assert not fed.db_path.exists()
+    assert not (fed.root / ".locks").exists()
+
+
+def test_migrating_twice_changes_nothing_the_second_time(fed):
+    """A second run inserts nothing, keeps the backfill date, and leaves every table as one run left it."""
+    generate(fed.root, agents=5, messages=40)
+    assert migrate().exit_code == 0
+    store = fed.store()
+    first, stamp = db_rows(store), store.meta("backfilled_at")
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 0 and out["entities"]["messages"] == {"files": 40, "rows": 40}
+    assert db_rows(store) == first == tree_rows(fed.root)
+    assert store.meta("backfilled_at") == stamp
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_database_of_one_run(fed):
+    """A migration killed with SIGKILL half-way leaves a partial, not-backfilled database; a rerun completes it."""
+    total = 20_000
+    generate(fed.root, agents=20, messages=total, polls=10, sessions=10)
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "migrate", "--batch-size", "20"], env=fed.subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = None
+    seen = 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if store is None and fed.db_path.exists():
+                store = fed.store()
+            if store is not None:
+                try:
+                    seen = store.db.read(lambda tx: tx.fetchone("SELECT COUNT(*) FROM messages")[0])
+                except Exception:
+                    seen = 0  # schema not created yet
+                if seen:
+                    break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the migration finished before it could be killed"
+    store = store or fed.store()
+    partial = store.db.read(lambda tx: tx.fetchone("SELECT COUNT(*) FROM messages")[0])
+    assert 0 < partial < total
+    assert store.meta("backfilled_at") is None
+    fed.phase(3)
+    with pytest.raises(BackfillRequiredError):
+        messaging.peek_inbox("agent-001")
+    rerun = cli(fed, "migrate")
+    assert rerun.returncode == 0, rerun.stderr
+    assert db_rows(store) == tree_rows(fed.root)
+    assert store.meta("backfilled_at") is not None
+    assert len(messaging.peek_inbox("agent-001")) == total // 20
+
+
+def test_each_malformed_file_is_reported_and_the_rest_migrates(fed):
+    """Empty, truncated, not UTF-8, wrong JSON type, missing field: each listed by path and reason; exit 3;
+    every valid row imported; unknown fields in dropped_fields; no source file modified."""
+    written = generate(fed.root, agents=6, messages=50, malformed=True, unknown_fields=True)
+    before = snapshot(fed.root)
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 3
+    reasons = {i["path"]: i["reason"] for i in out["invalid"]}
+    assert len(reasons) == len(MALFORMED_KINDS)
+    for kind, (_rel, _payload, fragment) in MALFORMED_KINDS.items():
+        assert fragment in reasons[written["malformed"][kind]], (kind, reasons)
+    for table, n in written["rows"].items():
+        assert out["entities"][table] == {"files": n, "rows": n}, table
+    assert {(d["path"], d["field"]) for d in out["dropped_fields"]} == set(written["unknown"])
+    assert snapshot(fed.root) == before  # .locks is not created either: migrate takes no file lock
+    assert fed.store().meta("backfilled_at") is not None  # what was valid may be served
+
+
+def test_invalid_poll_inside_polls_json_is_reported_and_the_other_polls_migrate(fed):
+    """One bad poll in shared/polls.json is listed with the file and the poll; the other polls and votes import."""
+    shared = fed.root / "shared"
+    shared.mkdir()
+    (shared / "polls.json").write_text(json.dumps({
+        "good": {"id": "good", "question": "Q?", "options": ["a", "b"], "status": "open", "creator": "alice",
+                 "created_at": "2024-01-01T00:00:00", "votes": {"bob": "a"}},
+        "noq": {"id": "noq", "options": ["a", "b"], "creator": "alice", "created_at": "2024-01-01T00:00:00"},
+        "badvote": {"id": "badvote", "question": "Q?", "options": ["a", "b"], "creator": "alice",
+                    "created_at": "2024-01-01T00:00:00", "votes": {"bob": 3}},
+    }))
+    result = migrate()
+    assert result.exit_code == 3
+    assert sorted(i["reason"] for i in result.invalid) == [
+        "poll 'badvote': the vote of 'bob' must be a string",
+        "poll 'noq': missing required field 'question'"]
+    assert {i["path"] for i in result.invalid} == {str(shared / "polls.json")}
+    assert result.entities["polls"] == {"files": 1, "rows": 1}
+    assert db_rows(fed.store())["votes"] == {("good", "bob", "a", "2024-01-01T00:00:00")}
+
+
+def test_vote_cast_in_phase2_after_files_were_read_survives_the_migration(fed):
+    """Older file content never overwrites what a live phase-2 dual-write already put in the database."""
+    fed.phase(2)
+    pid = governance.create_poll("alice", "Ship it?", ["yes", "no"])
+    governance.vote(pid, "bob", "yes")
+    messaging.send_message("alice", "bob", "hello")
+    scanned = read_tree(fed.root)  # the migration reads the files: bob voted yes
+    governance.vote(pid, "bob", "no")  # live traffic: files and database now say no
+    governance.vote(pid, "carol", "yes")
+    import_rows(fed.store(), scanned)  # the older content is offered to the database
+    assert governance.get_poll(pid)["votes"] == {"bob": "no", "carol": "yes"}
+    fed.phase(3)
+    assert migrate().exit_code == 0
+    assert governance.get_poll(pid)["tally"] == {"yes": 1, "no": 1}
+    assert fed.store().load_poll(pid)["votes"] == {"bob": "no", "carol": "yes"}
+
+
+def test_expertise_replaced_live_is_not_extended_by_older_file_content(fed):
+    """An agent's expertise set written by a live dual-write is kept whole: stale domains are not added back."""
+    from federation import context
+
+    fed.phase(2)
+    context.set_expertise("dana", ["sql", "python"])
+    scanned = read_tree(fed.root)
+    context.set_expertise("dana", ["ops"])
+    import_rows(fed.store(), scanned)
+    assert fed.store().load_expertise("dana")["domains"] == ["ops"]
+
+
+def test_empty_root_migrates_to_an_empty_backfilled_database(fed):
+    """No legacy files: exit 0, every count zero, and phase 3 serves the (empty) database."""
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 0
+    assert all(c == {"files": 0, "rows": 0} for c in out["entities"].values())
+    fed.phase(3)
+    assert messaging.peek_inbox("alice") == []
+
+
+def test_database_failure_exits_1_with_one_clean_line(fed, tmp_path):
+    """A database that cannot be opened is a failure (exit 1) reported without a traceback."""
+    generate(fed.root, agents=2, messages=3)
+    bad = tmp_path / "adir.db"
+    bad.mkdir()
+    proc = cli(fed, "migrate", "--db", str(bad))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+def test_usage_errors_exit_2(fed):
+    """An unknown option is a usage error (exit 2) for migrate, report and sync."""
+    assert cli(fed, "migrate", "--bogus").returncode == 2
+    assert cli(fed, "report", "--bogus").returncode == 2
+    assert cli(fed, "sync").returncode == 2  # --to is required
+    assert cli(fed, "sync", "--to", "nowhere").returncode == 2
+
+
+def test_progress_bar_only_on_a_terminal(fed, capsys):
+    """Not on a terminal the CLI prints no progress bar; asked for one, the library draws it with tqdm."""
+    generate(fed.root, agents=2, messages=5)
+    proc = cli(fed, "migrate", "--dry-run")
+    assert proc.returncode == 0
+    assert "reading" not in proc.stderr and "it/s" not in proc.stderr and "file/s" not in proc.stderr
+    migrate(dry_run=True, progress=True)
+    assert "reading" in capsys.readouterr().err
