@@ -13,11 +13,13 @@ phases 3 and 4 require.
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
 from . import config
-from ._tables import TABLES, Table, TreeRows, key_text, read_tree, select_sql
+from ._tables import BY_NAME, TABLES, Table, TreeRows, key_text, read_tree, select_sql
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -66,15 +68,60 @@ def insert_values(table: Table, rows: list[tuple], all_rows: dict[str, dict[tupl
     return [r + tuple(fn(r, all_rows) for _, fn in table.extra) for r in rows]
 
 
-def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False) -> None:
-    """Insert every scanned row that the database does not hold yet, in batches."""
-    total = sum(len(r) for r in scanned.rows.values())
+class _BackgroundInserts:
+    """Insert chunks of one table's rows in a second thread while the caller keeps reading files.
+
+    SQLite and PostgreSQL drivers release the GIL while a statement runs, so
+    the inserts overlap the reading.  The table's insert-only columns must
+    depend on the row alone (they are computed before the whole tree is read).
+    """
+
+    def __init__(self, store: Any, table: Table, batch_size: int):
+        self.store, self.table, self.batch_size = store, table, batch_size
+        self.sql = insert_sql(table)
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self._run, name="federation-migrate-insert", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so the reader never blocks
+            try:
+                for start in range(0, len(chunk), self.batch_size):
+                    part = insert_values(self.table, chunk[start:start + self.batch_size], {})
+                    self.store.db.write(lambda tx, part=part: tx.executemany(self.sql, part))
+            except BaseException as exc:  # re-raised in the reading thread
+                self.error = exc
+
+    def put(self, table: str, rows: list[tuple]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(rows)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False,
+                skip: frozenset[str] = frozenset()) -> None:
+    """Insert every scanned row that the database does not hold yet, in batches (tables in *skip* excepted)."""
+    total = sum(len(r) for name, r in scanned.rows.items() if name not in skip)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="row", desc="importing", leave=False, mininterval=0.25)
     for table in TABLES:
+        if table.name in skip:
+            continue
         rows = list(scanned.rows[table.name].values())
         if not rows:
             continue
@@ -117,7 +164,7 @@ def _validate(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]],
             else:
                 # every row, read messages included: a message claimed live since the scan is still there
                 cols = ", ".join(table.key_columns)
-                have = {tuple(r) for r in tx.fetchall(f"SELECT {cols} FROM {table.name}")}
+                have = set(map(tuple, tx.fetchall(f"SELECT {cols} FROM {table.name}")))
                 lacking = sorted(k for k in file_rows if k not in have)
             if lacking:
                 missing[table.name] = [key_text(k) for k in lacking]
@@ -135,8 +182,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     """
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
-    scanned = read_tree(root, progress=progress)
     if dry_run:
+        scanned = read_tree(root, progress=progress)
         # nothing is written: "rows" are the rows the import would offer
         entities = {name: {"files": n, "rows": n} for name, n in scanned.counts().items()}
         return MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields, files=scanned.files)
@@ -144,7 +191,14 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
         from .sqlstore import get_store
 
         store = get_store(settings)
-    import_rows(store, scanned, batch_size=batch_size, progress=progress)
+    store.db.ensure_schema()  # before the second thread needs it
+    # the messages (the bulk, and a table without parents) are inserted while the tree is read
+    streamed = _BackgroundInserts(store, BY_NAME["messages"], batch_size)
+    try:
+        scanned = read_tree(root, progress=progress, sink=streamed.put)
+    finally:
+        streamed.close()
+    import_rows(store, scanned, batch_size=batch_size, progress=progress, skip=frozenset({"messages"}))
     entities, missing = _validate(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date
