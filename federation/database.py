@@ -335,6 +335,8 @@ class Database:
             self._schema_ready = False
 
     def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
         with self._schema_lock:
             if self._schema_ready:
                 return
