@@ -148,3 +148,7 @@ def demo(agents: int) -> None:
 
 def run() -> None:  # pragma: no cover - console entry point
     main()
+
+
+if __name__ == "__main__":  # python -m federation.cli
+    main()
