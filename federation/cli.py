@@ -51,7 +51,7 @@ def common(fn: Callable) -> Callable:
             return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        except FederationError as exc:
+        except (FederationError, OSError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -305,4 +305,8 @@ def archive_command(dest: str) -> None:
 
 
 def run() -> None:  # pragma: no cover - console entry point
+    main()
+
+
+if __name__ == "__main__":  # python -m federation.cli
     main()

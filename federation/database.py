@@ -99,6 +99,7 @@ class Dialect:
 
     name = "abstract"
     id_pk = "INTEGER PRIMARY KEY"
+    single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
 
@@ -126,6 +127,10 @@ class Dialect:
     def is_disconnect(self, exc: BaseException) -> bool:
         return False
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        """An engine error that is not a bug in our SQL: corrupt file, disk full, permissions."""
+        return False
+
     @contextlib.contextmanager
     def write_gate(self):
         yield
@@ -149,6 +154,7 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     id_pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    single_statement_autocommit = True
 
     def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
         self.path = Path(path)
@@ -173,7 +179,7 @@ class SqliteDialect(Dialect):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_DEADLINE_S, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_DEADLINE_S * 1000)}")
         mode = None
         deadline = time.monotonic() + BUSY_DEADLINE_S
         while mode is None:
@@ -219,6 +225,10 @@ class SqliteDialect(Dialect):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)) and not isinstance(
+            exc, sqlite3.ProgrammingError)
+
     def is_retryable(self, exc: BaseException) -> bool:
         if not isinstance(exc, sqlite3.OperationalError):
             return False
@@ -241,7 +251,14 @@ class Database:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            conn = self.dialect.connect()
+            try:
+                conn = self.dialect.connect()
+            except FederationError:
+                raise
+            except Exception as exc:
+                if self.dialect.is_database_error(exc) or self.dialect.is_disconnect(exc):
+                    raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
+                raise
             local.conn, local.pid, local.depth = conn, os.getpid(), 0
         return conn
 
@@ -256,7 +273,7 @@ class Database:
         self._drop_connection()
 
     # -- transactions -------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
+    def _run(self, fn: Callable[[Tx], T], write: bool, begin: bool = True) -> T:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
@@ -275,6 +292,8 @@ class Database:
             try:
                 with gate:
                     conn = self._connection()
+                    if not begin:  # one statement in autocommit mode: atomic on its own
+                        return fn(Tx(conn, self.dialect))
                     (self.dialect.begin_write if write else self.dialect.begin_read)(conn)
                     local.depth = 1
                     try:
@@ -295,6 +314,8 @@ class Database:
                 if lost:
                     self._drop_connection()
                 if not (retry or lost):
+                    if self.dialect.is_database_error(exc):
+                        raise StorageError(f"the database {self.dialect.describe()} failed: {exc}") from exc
                     raise
                 if time.monotonic() > deadline:
                     what = "unreachable" if lost else "busy"
@@ -317,7 +338,13 @@ class Database:
         return self.write(lambda tx: tx.execute(sql, params).rowcount)
 
     def fetchall(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return self.read(lambda tx: tx.fetchall(sql, params))
+        """One reading statement (autocommit where the engine allows: no BEGIN/COMMIT round trips)."""
+        return self._run(lambda tx: tx.fetchall(sql, params), write=False,
+                         begin=not self.dialect.single_statement_autocommit)
+
+    def fetchone(self, sql: str, params: Sequence = ()) -> tuple | None:
+        return self._run(lambda tx: tx.fetchone(sql, params), write=False,
+                         begin=not self.dialect.single_statement_autocommit)
 
     # -- schema -------------------------------------------------------------
     def schema_version(self) -> int:
@@ -335,6 +362,8 @@ class Database:
             self._schema_ready = False
 
     def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
         with self._schema_lock:
             if self._schema_ready:
                 return

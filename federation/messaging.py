@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _validate as v
 from . import core
-from ._clock import new_id, now
+from . import _clock
 from .errors import ValidationError
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history"]
@@ -21,16 +21,11 @@ def send_message(sender: str, recipient: str, content: str, message_type: str = 
     v.text(message_type, "message_type", limit=64)
     if reply_to is not None:
         v.ident(reply_to, "reply_to")
-    message = {"id": new_id(), "sender": sender, "recipient": recipient, "content": content,
-               "message_type": message_type, "reply_to": reply_to, "timestamp": now()}
+    message = {"id": _clock.new_id(), "sender": sender, "recipient": recipient, "content": content,
+               "message_type": message_type, "reply_to": reply_to, "timestamp": _clock.now()}
     core.save_message(message)
-    core.save_history([_history_entry("sent", message)])
+    core.save_history([core.history_entry("sent", message)])  # phase 1 only: SQL wrote it with the message
     return message["id"]
-
-
-def _history_entry(direction: str, m: dict) -> dict:
-    return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
-            "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
 
 
 def check_inbox(agent: str) -> list[dict]:
@@ -40,9 +35,9 @@ def check_inbox(agent: str) -> list[dict]:
     the same inbox at the same time.
     """
     v.agent(agent)
-    messages = core.claim_inbox(agent, read_at=now())
-    if messages:
-        core.save_history([_history_entry("received", m) for m in messages])
+    messages = core.claim_inbox(agent, read_at=_clock.now())
+    if messages:  # phase 1 only: SQL wrote them with the claim
+        core.save_history([core.history_entry("received", m) for m in messages])
     return messages
 
 
