@@ -87,23 +87,20 @@ def test_migrating_twice_changes_nothing_the_second_time(fed):
 
 def test_sigkill_mid_run_then_rerun_gives_the_database_of_one_run(fed):
     """A migration killed with SIGKILL half-way leaves a partial, not-backfilled database; a rerun completes it."""
-    total = 20_000
+    total = 12_000
     generate(fed.root, agents=20, messages=total, polls=10, sessions=10)
     proc = subprocess.Popen([sys.executable, "-c", CLI, "migrate", "--batch-size", "20"], env=fed.subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    on_postgres = bool(fed.env.get("FEDERATION_DB_URL"))
     store = None
-    seen = 0
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if store is None and fed.db_path.exists():
+            # look without creating anything: the file first (SQLite), then the schema the migration made
+            if store is None and (on_postgres or fed.db_path.exists()):
                 store = fed.store()
-            if store is not None:
-                try:
-                    seen = store.db.read(lambda tx: tx.fetchone("SELECT COUNT(*) FROM messages")[0])
-                except Exception:
-                    seen = 0  # schema not created yet
-                if seen:
+            if store is not None and store.db.schema_version() >= 1:
+                if store.db.read(lambda tx: tx.fetchone("SELECT COUNT(*) FROM messages")[0]):
                     break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
@@ -209,6 +206,36 @@ def test_database_failure_exits_1_with_one_clean_line(fed, tmp_path):
     proc = cli(fed, "migrate", "--db", str(bad))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+def test_rows_that_do_not_arrive_fail_the_validation_with_exit_1(fed):
+    """Counts are validated key by key: a row the database silently refused makes the run fail (exit 1),
+    names the key, and leaves the database not backfilled."""
+    if fed.env.get("FEDERATION_DB_URL"):
+        pytest.skip("the silent refusal is a SQLite trigger")
+    generate(fed.root, agents=3, messages=9)
+    store = fed.store()  # the database exists (not backfilled: legacy files were there) ...
+    store.db.write(lambda tx: tx.execute(  # ... and drops one message on insert, without an error
+        "CREATE TRIGGER drop_one BEFORE INSERT ON messages WHEN NEW.id = 'msg-0000004' "
+        "BEGIN SELECT RAISE(IGNORE); END"))
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 1
+    assert out["missing_in_db"] == {"messages": ["msg-0000004"]}
+    assert out["entities"]["messages"] == {"files": 9, "rows": 8}
+    assert store.meta("backfilled_at") is None
+
+
+def test_duplicate_message_ids_are_reported_not_merged(fed):
+    """Two inbox files with the same message id: the second is listed as invalid (exit 3), the first imported."""
+    for agent in ("ann", "bob"):
+        inbox = fed.root / "nodes" / agent / "inbox"
+        inbox.mkdir(parents=True)
+        (inbox / "m1.json").write_text(json.dumps({"id": "m1", "sender": "cy", "recipient": agent,
+                                                   "content": f"to {agent}", "timestamp": "2024-01-01T00:00:00"}))
+    result = migrate()
+    assert result.exit_code == 3
+    assert result.entities["messages"] == {"files": 1, "rows": 1}
+    assert len(result.invalid) == 1 and "duplicate messages key 'm1'" in result.invalid[0]["reason"]
 
 
 def test_usage_errors_exit_2(fed):
