@@ -13,15 +13,17 @@ phases 3 and 4 require.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 from pathlib import Path
 from typing import Any
 
 from . import config
+from ._clock import now
 from ._tables import BY_NAME, TABLES, Table, TreeRows, key_text, read_tree, select_sql
 
-__all__ = ["MigrationResult", "migrate", "import_rows", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
+__all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 3
 
@@ -148,6 +150,29 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
         bar.close()
 
 
+def _vanished_messages(scanned: TreeRows) -> list[tuple]:
+    """Keys of scanned messages whose file is gone now: claimed (or deleted) while the migration ran."""
+    by_dir: dict[str, list[tuple[tuple, str]]] = {}
+    for key, path in scanned.sources["messages"].items():
+        directory, name = os.path.split(path)
+        by_dir.setdefault(directory, []).append((key, name))
+    gone = []
+    for directory, entries in by_dir.items():
+        try:
+            present = set(os.listdir(directory))
+        except FileNotFoundError:
+            present = set()
+        gone += [key for key, name in entries if name not in present]
+    return gone
+
+
+def _mark_read(store: Any, keys: list[tuple]) -> None:
+    """A legacy claim deletes the file: the database row it left unread is marked read, as a live claim would."""
+    stamp = now()
+    store.db.write(lambda tx: tx.executemany(
+        "UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL", [(stamp, *k) for k in keys]))
+
+
 def _validate(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
     """Row counts per table, and the file rows the database lacks."""
 
@@ -199,6 +224,15 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     finally:
         streamed.close()
     import_rows(store, scanned, batch_size=batch_size, progress=progress, skip=frozenset({"messages"}))
+    return complete(store, scanned)
+
+
+def complete(store: Any, scanned: TreeRows) -> MigrationResult:
+    """After the import: settle messages claimed meanwhile, validate the counts, mark the database backfilled."""
+    # a phase-2 check_inbox between the read and the insert deleted the file but found no row to claim
+    vanished = _vanished_messages(scanned)
+    if vanished:
+        _mark_read(store, vanished)
     entities, missing = _validate(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date

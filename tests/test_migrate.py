@@ -15,7 +15,8 @@ from federation import governance, messaging
 from federation._generate import MALFORMED_KINDS, generate
 from federation._tables import read_tree
 from federation.errors import BackfillRequiredError
-from federation.migrate import import_rows, migrate
+from federation.migrate import complete, import_rows, migrate
+from federation.report import build_report
 
 from _transfer_helpers import CLI, api_view, cli, cli_json, db_rows, snapshot, tree_rows
 
@@ -175,6 +176,21 @@ def test_vote_cast_in_phase2_after_files_were_read_survives_the_migration(fed):
     assert migrate().exit_code == 0
     assert governance.get_poll(pid)["tally"] == {"yes": 1, "no": 1}
     assert fed.store().load_poll(pid)["votes"] == {"bob": "no", "carol": "yes"}
+
+
+def test_message_claimed_in_phase2_after_files_were_read_is_not_delivered_again(fed):
+    """A phase-2 check_inbox between the read and the insert (file deleted, no row yet to claim) leaves the
+    message read in the database, not unread: phase 3 never delivers it a second time."""
+    fed.phase(1)
+    mid = messaging.send_message("alice", "bob", "sent before the database existed")
+    fed.phase(2)
+    scanned = read_tree(fed.root)  # the migration reads the message file
+    assert [m["id"] for m in messaging.check_inbox("bob")] == [mid]  # the file goes; the database has no row
+    import_rows(fed.store(), scanned)  # the migration inserts what it read
+    assert complete(fed.store(), scanned).exit_code == 0
+    fed.phase(3)
+    assert messaging.check_inbox("bob") == []
+    assert build_report().consistent
 
 
 def test_expertise_replaced_live_is_not_extended_by_older_file_content(fed):
