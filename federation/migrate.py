@@ -154,7 +154,7 @@ def _vanished_messages(scanned: TreeRows) -> list[tuple]:
     """Keys of scanned messages whose file is gone now: claimed (or deleted) while the migration ran."""
     by_dir: dict[str, list[tuple[tuple, str]]] = {}
     for key, path in scanned.sources["messages"].items():
-        directory, name = os.path.split(path)
+        directory, _, name = path.rpartition(os.sep)
         by_dir.setdefault(directory, []).append((key, name))
     gone = []
     for directory, entries in by_dir.items():
