@@ -171,12 +171,13 @@ def _part(where: str) -> Iterator[None]:
 
 def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> tuple | None:
     data = _object(data, "a message file")
+    # the defaults of the legacy reader (core._message_from_file), exactly
     row = (
         _str(data, "id") or stem,
-        _str(data, "recipient") or agent,
+        _str(data, "recipient", default=agent),
         _str(data, "sender", required=True),
         _str(data, "content", required=True),
-        _str(data, "message_type") or "task",
+        _str(data, "message_type", default="task"),
         _str(data, "reply_to"),
         _str(data, "timestamp", required=True),
     )
@@ -198,6 +199,8 @@ def _expertise(out: TreeRows, path: str, data: Any, agent: str) -> None:
         raise _Invalid("field 'domains' must be a list of strings")
     updated_at = _str(data, "updated_at")
     _dropped(out, path, data, _EXPERTISE_KNOWN)
+    if len(set(domains)) != len(domains):  # the table holds each (agent, domain) once
+        out.dropped_fields.append({"path": path, "field": "domains (duplicate entries)"})
     for domain in sorted(set(domains)):  # an empty list means no expertise: no rows
         out.add("expertise", (agent, domain, updated_at), path)
 
@@ -264,6 +267,8 @@ def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
     for atype, by_reviewer in _object(data.get("reviews") or {}, "field 'reviews'").items():
         with _part(f"reviews.{atype}"):
             by_reviewer = _object(by_reviewer, "the reviews of an artifact")
+        if not by_reviewer:  # no row can say "no reviews yet" for a type: say it is not kept
+            out.dropped_fields.append({"path": path, "field": f"reviews.{atype} (empty)"})
         for reviewer, rev in by_reviewer.items():
             with _part(f"reviews.{atype}.{reviewer}"):
                 rev = _object(rev, "a review")
@@ -359,7 +364,8 @@ def _message_fast(data: Any, agent: str, stem: str) -> tuple | None:
             return None
     if not _MESSAGE_KNOWN.issuperset(data):
         return None
-    return (mid or stem, recipient or agent, sender, content, mtype or "task", reply_to, stamp)
+    return (mid or stem, agent if recipient is None else recipient, sender, content,
+            "task" if mtype is None else mtype, reply_to, stamp)
 
 
 def read_tree(root: Path, progress: bool = False,
