@@ -170,3 +170,7 @@ def serve(agent: str) -> None:
 
 def run() -> None:  # pragma: no cover - console entry point
     main()
+
+
+if __name__ == "__main__":  # python -m federation.cli
+    main()
