@@ -106,8 +106,8 @@ def main() -> None:
             worst_p50 = max(worst_p50, m["p50"])
             for label, p in (("api", a), ("mcp", m)):
                 print(f"{phase:>5} {tool:14} {label:7} {p['p50']:7.3f} {p['p99']:7.3f} {p['mean']:7.3f}")
-            print(f"{'':>5} {'':14} {'+mcp':7} {m['p50'] - a['p50']:7.3f} {m['p99'] - a['p99']:7.3f} "
-                  f"{m['mean'] - a['mean']:7.3f}")
+            # p99s of two runs do not subtract meaningfully; the overhead is shown for p50 and mean.
+            print(f"{'':>5} {'':14} {'+mcp':7} {m['p50'] - a['p50']:7.3f} {'':>7} {m['mean'] - a['mean']:7.3f}")
     verdict = "met" if worst_p50 < 5.0 else "MISSED"
     print(f"target MCP p50 < 5 ms: {verdict} (worst MCP p50 {worst_p50:.3f} ms)")
 
