@@ -44,6 +44,8 @@ _SHORT_LIMIT = f"at most {v.MAX_SHORT_TEXT // _KIB} KiB"
 # Parameter types: the JSON schema (and its descriptions) the model reads.
 AgentName = Annotated[str, Field(description=(
     "An agent name: 1-64 characters from A-Z a-z 0-9 _ . - starting with a letter or digit, without '..'."))]
+OtherAgent = Annotated[str | None, Field(description=(
+    "The agent to read (any agent's public state may be read); omit it to read your own."))]
 PollId = Annotated[str, Field(description="A poll id, as returned by create_poll or list_polls.")]
 SessionId = Annotated[str, Field(description="A session id, as returned by create_session or list_sessions.")]
 ArtifactType = Annotated[str, Field(description=(
@@ -80,7 +82,7 @@ class AgentTools:
         recipient: AgentName,
         content: Annotated[str, Field(description=f"The message text ({_CONTENT_LIMIT}, non-empty).")],
         message_type: Annotated[str, Field(description=(
-            "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes).")) ] = "task",
+            "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes)."))] = "task",
         reply_to: Annotated[str | None, Field(description=(
             "The id of the message this one answers, if any."))] = None,
     ) -> dict[str, Any]:
@@ -142,7 +144,7 @@ class AgentTools:
     @_tool(read_only=True)
     def get_context(
         self,
-        agent: Annotated[str | None, Field(description="Whose context to read; omit for your own.")] = None,
+        agent: OtherAgent = None,
     ) -> dict[str, Any]:
         """Read an agent's context window (yours by default).
 
@@ -184,7 +186,7 @@ class AgentTools:
     @_tool(read_only=True)
     def get_expertise(
         self,
-        agent: Annotated[str | None, Field(description="Whose expertise to read; omit for your own.")] = None,
+        agent: OtherAgent = None,
     ) -> dict[str, Any]:
         """An agent's expertise domains (yours by default). Returns {"agent": str, "domains": [...]}."""
         name = self.agent if agent is None else agent
@@ -219,7 +221,7 @@ class AgentTools:
     @_tool(read_only=True)
     def get_profile(
         self,
-        agent: Annotated[str | None, Field(description="Whose profile to read; omit for your own.")] = None,
+        agent: OtherAgent = None,
     ) -> dict[str, Any]:
         """An agent's profile (yours by default).
 
@@ -302,8 +304,10 @@ class AgentTools:
         self,
         session_id: SessionId,
         agent: AgentName,
-        role: Annotated[str, Field(description="The role, e.g. implementer, reviewer (non-empty, at most 256 bytes).")],
-        subtask: Annotated[str | None, Field(description=f"What this agent should do ({_SHORT_LIMIT}); optional.")] = None,
+        role: Annotated[str, Field(description=(
+            "The role, e.g. implementer, reviewer (non-empty, at most 256 bytes)."))],
+        subtask: Annotated[str | None, Field(description=(
+            f"What this agent should do ({_SHORT_LIMIT}); optional."))] = None,
     ) -> dict[str, Any]:
         """Give an agent (yourself or another) a role in a session; replaces that agent's earlier role.
 
@@ -333,7 +337,8 @@ class AgentTools:
         session_id: SessionId,
         artifact_type: ArtifactType,
         status: Annotated[ReviewStatus, Field(description="Your verdict: approved or changes_requested.")],
-        comments: Annotated[str | None, Field(description=f"What to change, or why ({_CONTENT_LIMIT}); optional.")] = None,
+        comments: Annotated[str | None, Field(description=(
+            f"What to change, or why ({_CONTENT_LIMIT}); optional."))] = None,
     ) -> dict[str, Any]:
         """Review a session's artifact as yourself; reviewing again replaces your earlier review.
 
