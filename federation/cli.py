@@ -51,7 +51,7 @@ def common(fn: Callable) -> Callable:
             return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        except FederationError as exc:
+        except (FederationError, OSError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
