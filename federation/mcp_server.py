@@ -397,7 +397,9 @@ def _guarded(name: str, method: Callable, agent: str) -> Callable:
             return method(**kwargs)
         except FederationError as exc:
             kind = next(label for cls, label in _ERROR_KINDS if isinstance(exc, cls))
-            log.info("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
+            # The caller's mistakes are routine; a storage failure is the operator's to see.
+            emit = log.warning if isinstance(exc, StorageError) else log.info
+            emit("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
             raise ToolError(f"{kind}: {exc}") from exc
         except Exception as exc:
             log.exception("tool_crashed", tool=name, agent=agent, error=type(exc).__name__)
@@ -480,5 +482,8 @@ def serve(agent: str) -> None:
     s = config.settings()
     log.info("mcp_server_started", agent=server.agent, phase=s.effective_phase, engine=s.engine,
              database=s.db_display, tools=len(TOOL_NAMES))
-    server.run("stdio")
+    try:
+        server.run("stdio")
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin
+        pass
     log.info("mcp_server_stopped", agent=server.agent)
