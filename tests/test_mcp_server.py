@@ -132,6 +132,29 @@ def test_two_agents_on_one_database_exchange_a_message_and_both_votes_count(fed,
     anyio.run(scenario)
 
 
+def test_two_servers_for_one_agent_never_deliver_a_message_twice(fed):
+    """Two servers acting as bob claim his inbox concurrently: every message arrives once, none is lost."""
+    sent = [messaging.send_message("alice", "bob", f"message {i}") for i in range(40)]
+    received: list[str] = []
+
+    async def drain(bob: AgentClient) -> None:
+        for _ in range(5):
+            received.extend(m["id"] for m in (await bob.ok("check_inbox"))["messages"])
+
+    async def scenario():
+        async with agent_server(fed, "bob") as first, agent_server(fed, "bob") as second:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, first)
+                tg.start_soon(drain, second)
+                for i in range(40, 60):  # more mail arrives while they claim
+                    sent.append((await first.ok("send_message", recipient="bob", content=f"m{i}"))["message_id"])
+            await drain(second)
+
+    anyio.run(scenario)
+    assert sorted(received) == sorted(sent)
+    assert len(received) == len(set(received)) == 60
+
+
 async def _write_everything(alice: AgentClient) -> dict:
     """Write one of each kind of state through alice's server; the ids to read back."""
     await alice.ok("set_context", text="migrating the federation")
