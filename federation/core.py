@@ -133,9 +133,9 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
 _history: list[dict] = []
 
 
-def save_history(entries: list[dict]) -> None:
-    """Append entries to the message history (in memory: lost on restart)."""
-    _history.extend(dict(e) for e in entries)
+def save_history(direction: str, messages: list[dict]) -> None:
+    """Record *messages* as sent or received in the message history (in memory: lost on restart)."""
+    _history.extend(history_entry(direction, m) for m in messages)
 
 
 def load_history(agent: str | None = None, limit: int = 100) -> list[dict]:

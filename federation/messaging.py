@@ -24,7 +24,7 @@ def send_message(sender: str, recipient: str, content: str, message_type: str = 
     message = {"id": _clock.new_id(), "sender": sender, "recipient": recipient, "content": content,
                "message_type": message_type, "reply_to": reply_to, "timestamp": _clock.now()}
     core.save_message(message)
-    core.save_history([core.history_entry("sent", message)])  # phase 1 only: SQL wrote it with the message
+    core.save_history("sent", [message])  # phase 1 only: SQL wrote it with the message
     return message["id"]
 
 
@@ -37,7 +37,7 @@ def check_inbox(agent: str) -> list[dict]:
     v.agent(agent)
     messages = core.claim_inbox(agent, read_at=_clock.now())
     if messages:  # phase 1 only: SQL wrote them with the claim
-        core.save_history([core.history_entry("received", m) for m in messages])
+        core.save_history("received", messages)
     return messages
 
 

@@ -10,6 +10,7 @@ concurrent writers never erase each other.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,9 @@ def _now() -> str:
 
 def _msg(row: tuple) -> dict:
     return dict(zip(MESSAGE_FIELDS, row))
+
+
+_BY_TIME = operator.itemgetter(6, 0)  # (timestamp, id) of a message row
 
 
 def _order(messages: list[dict]) -> list[dict]:
@@ -113,26 +117,24 @@ class SqlStore:
 
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
         stamp = read_at or _now()
+        sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
+               f"RETURNING {_MSG_COLS}")
 
-        def fn(tx: Tx) -> list[dict]:
-            sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL"
-                   f"{{extra}} RETURNING {_MSG_COLS}")
+        def fn(tx: Tx) -> list[tuple]:
             if ids is None:
-                out = [_msg(r) for r in tx.fetchall(sql.format(extra=""), (stamp, agent))]
+                rows = tx.fetchall(sql.format(extra=""), (stamp, agent))
             else:
-                out = []
+                rows = []
                 for start in range(0, len(ids), 500):
                     chunk = list(ids[start:start + 500])
                     marks = ", ".join("?" for _ in chunk)
-                    out += [_msg(r) for r in tx.fetchall(sql.format(extra=f" AND id IN ({marks})"),
-                                                         (stamp, agent, *chunk))]
-            out = _order(out)
-            self._add_history(tx, [history_entry("received", m) for m in out])
-            return out
+                    rows += tx.fetchall(sql.format(extra=f" AND id IN ({marks})"), (stamp, agent, *chunk))
+            rows.sort(key=_BY_TIME)
+            return rows
 
-        return self.db.write(fn)
+        return [dict(zip(MESSAGE_FIELDS, r)) for r in self.db.write(fn)]
 
-    def save_history(self, entries: list[dict]) -> None:
+    def save_history(self, direction: str, messages: list[dict]) -> None:
         """Nothing to do: the database records history in the transaction of the message itself."""
 
     @staticmethod
@@ -145,17 +147,25 @@ class SqlStore:
                   e.get("message_id")) for e in entries])
 
     def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
+        """Sent messages come from ``message_history``; a received entry is the claimed message itself.
+
+        Recording receipt as ``messages.read_at`` instead of copying every claimed
+        message into ``message_history`` keeps a claim to one UPDATE.
+        """
         cols = ("direction", "sender", "recipient", "content", "message_type", "timestamp", "message_id")
         if limit <= 0:
             return []
-        if agent is None:
-            sql, params = f"SELECT {', '.join(cols)} FROM message_history ORDER BY id DESC LIMIT ?", (limit,)
-        else:
-            sql = (f"SELECT {', '.join(cols)} FROM message_history WHERE sender = ? OR recipient = ? "
-                   "ORDER BY id DESC LIMIT ?")
-            params = (agent, agent, limit)
-        rows = self.db.fetchall(sql, params)
-        return [dict(zip(cols, r)) for r in reversed(rows)]
+        who = "" if agent is None else " AND (sender = ? OR recipient = ?)"
+        params: tuple = () if agent is None else (agent, agent)
+        sql = (
+            "SELECT * FROM ("
+            "SELECT direction, sender, recipient, content, message_type, timestamp, message_id, "
+            f"timestamp AS at, id AS seq FROM message_history WHERE 1 = 1{who} "
+            "UNION ALL SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 "
+            f"FROM messages WHERE read_at IS NOT NULL{who}"
+            ") AS h ORDER BY at DESC, seq DESC, timestamp DESC, message_id DESC LIMIT ?")
+        rows = self.db.fetchall(sql, params + params + (limit,))
+        return [dict(zip(cols, r[:7])) for r in reversed(rows)]
 
     # -- context, expertise, profiles ----------------------------------------
     def load_context(self, agent: str) -> dict | None:
