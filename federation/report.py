@@ -89,7 +89,8 @@ def compare_table(table: Table, files: dict[tuple, tuple], rows: dict[tuple, tup
     return out
 
 
-def _database_exists(settings: config.Settings) -> bool:
+def database_exists(settings: config.Settings) -> bool:
+    """False for a SQLite file not created yet (read-only tools must not create it)."""
     return bool(settings.db_url) or settings.db_path.exists()
 
 
@@ -102,7 +103,7 @@ def build_report(root: Path | None = None, *, store: Any = None, progress: bool 
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
     file_side = read_tree(root, progress=progress)
-    if store is None and _database_exists(settings):
+    if store is None and database_exists(settings):
         from .sqlstore import get_store
 
         store = get_store(settings)

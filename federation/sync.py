@@ -9,6 +9,7 @@ what the report lists, and with ``dry_run`` only say what they would change.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from ._tables import BY_NAME, TABLES, Table, key_text
 from .core import MESSAGE_FIELDS
 from .errors import CorruptFileError
 from .migrate import insert_sql, insert_values
-from .report import Report, build_report
+from .report import Report, build_report, database_exists
 
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
@@ -54,10 +55,10 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
-    if store is None:
+    if store is None and (not dry_run or database_exists(settings)):
         from .sqlstore import get_store
 
-        store = get_store(settings)
+        store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     report = build_report(root, store=store)
     if to == "db":
         return SyncResult(to, dry_run, _to_db(store, report, dry_run))
@@ -135,7 +136,7 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
 
     def put(path: Path | str, doc: Any, key: str, lock: str) -> None:
         changes.append(Change("write", str(path), key))
-        if not dry_run:
+        if not dry_run:  # a dry run takes no lock either: it creates nothing, not even .locks/
             with locked(tree, lock):
                 atomic_write_json(Path(path), doc)
 
@@ -159,12 +160,21 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
             drop(old, mid, f"inbox-{Path(old).parent.parent.name}")
         put(path, {f: msg.get(f) for f in MESSAGE_FIELDS}, mid, f"inbox-{_validate.agent(msg['recipient'])}")
 
-    node_docs = (("context", store.load_context, tree.context_file),
-                 ("expertise", store.load_expertise, tree.expertise_file),
-                 ("profile", store.load_profile, tree.profile_file))
-    for kind, load, path_of in node_docs:
+    db = report.db_side
+
+    def document(in_db: bool, load: Any, doc_id: str) -> Any:
+        """The database's document (True in a dry run, which reads nothing more), or None."""
+        if not in_db:
+            return None
+        return True if dry_run else load(doc_id)
+
+    node_docs = (("context", lambda a: (a,) in db["context"], "load_context", tree.context_file),
+                 ("expertise", lambda a: any(k[0] == a for k in db["expertise"]), "load_expertise",
+                  tree.expertise_file),
+                 ("profile", lambda a: (a,) in db["profiles"], "load_profile", tree.profile_file))
+    for kind, in_db, load, path_of in node_docs:
         for agent in sorted(affected.get(kind, ())):
-            doc = load(agent)
+            doc = document(in_db(agent), lambda a, load=load: getattr(store, load)(a), agent)
             if doc is None:
                 drop(path_of(agent), agent, f"node-{agent}")
             else:
@@ -172,13 +182,13 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
 
     poll_ids = sorted(affected.get("polls", ()))
     if poll_ids:
-        with locked(tree, "polls"):
+        with locked(tree, "polls") if not dry_run else contextlib.nullcontext():
             try:
                 doc = read_json(tree.polls_file, dict, {})
             except CorruptFileError:
                 doc = {}  # unreadable: rebuilt from the database, poll by poll
             for pid in poll_ids:
-                poll = store.load_poll(pid)
+                poll = document((pid,) in db["polls"], lambda p: store.load_poll(p), pid)
                 if poll is None:
                     doc.pop(pid, None)
                 else:
@@ -186,7 +196,7 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
             put(tree.polls_file, doc, ", ".join(poll_ids), "polls")
 
     for sid in sorted(affected.get("session", ())):
-        session = store.load_session(sid)
+        session = document((sid,) in db["sessions"], lambda s: store.load_session(s), sid)
         if session is None:
             drop(tree.session_file(sid), sid, f"session-{sid}")
         else:

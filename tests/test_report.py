@@ -205,6 +205,22 @@ def test_log_that_does_not_exist_is_a_usage_error(fed, tmp_path):
     assert cli(fed, "report", "--log", str(tmp_path / "nope.log")).returncode == 2
 
 
+def test_sync_dry_run_without_a_database_creates_nothing(fed, tmp_path):
+    """sync --dry-run before any migration lists every file row as an upsert and creates no database,
+    no lock file, nothing."""
+    if fed.env.get("FEDERATION_DB_URL"):
+        pytest.skip("a PostgreSQL database always exists")
+    generate(fed.root, agents=2, messages=3, polls=1, sessions=1)
+    before = snapshot(tmp_path)
+    for side in ("db", "files"):
+        rc, out = cli_json(fed, "sync", "--to", side, "--dry-run")
+        assert rc == 0 and out["dry_run"] is True
+        assert out["changes"], side
+    assert snapshot(tmp_path) == before and not fed.db_path.exists()
+    actions = {(c["action"], c["target"]) for c in cli_json(fed, "sync", "--to", "db", "--dry-run")[1]["changes"]}
+    assert ("upsert", "messages") in actions and ("upsert", "polls") in actions
+
+
 def test_sync_when_consistent_changes_nothing(migrated):
     """sync on agreeing sides reports zero changes and leaves both sides as they were."""
     fed = migrated
