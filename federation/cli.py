@@ -211,10 +211,13 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
                  [f"{d['path']}: {d['field']}" for d in result.dropped_fields])
         for table, keys in result.missing.items():
             _listing(f"{table}: file rows missing in the database", keys)
-        verdict = {0: "ok: every file migrated, counts validated",
-                   1: "FAILED: the database lacks rows the files have",
-                   3: "done, but invalid files were skipped"}[result.exit_code]
-        click.echo(verdict if not dry_run or result.exit_code else "ok: every file parsed")
+        if dry_run:
+            verdict = {0: "ok: every file parsed", 3: "invalid files would be skipped"}[result.exit_code]
+        else:
+            verdict = {0: "ok: every file migrated, counts validated",
+                       1: "FAILED: the database lacks rows the files have",
+                       3: "done, but invalid files were skipped"}[result.exit_code]
+        click.echo(verdict)
     sys.exit(result.exit_code)
 
 

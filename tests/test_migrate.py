@@ -264,14 +264,36 @@ def test_usage_errors_exit_2(fed):
     assert cli(fed, "sync", "--to", "nowhere").returncode == 2
 
 
-def test_progress_bar_only_on_a_terminal(fed, capsys):
-    """Not on a terminal the CLI prints no progress bar; asked for one, the library draws it with tqdm."""
+def test_progress_bar_only_on_a_terminal(fed):
+    """With stderr on a terminal the CLI draws a tqdm progress bar; not on a terminal, none."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
     generate(fed.root, agents=2, messages=5)
     proc = cli(fed, "migrate", "--dry-run")
     assert proc.returncode == 0
-    assert "reading" not in proc.stderr and "it/s" not in proc.stderr and "file/s" not in proc.stderr
-    migrate(dry_run=True, progress=True)
-    assert "reading" in capsys.readouterr().err
+    assert "reading" not in proc.stderr and "file/s" not in proc.stderr
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    try:
+        child = subprocess.run([sys.executable, "-c", CLI, "migrate", "--dry-run"], env=fed.subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=slave, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal is closed once everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert child.returncode == 0
+    assert b"reading" in seen and b"file" in seen
 
 
 # ---------------------------------------------------------------------------
