@@ -219,8 +219,11 @@ def test_empty_root_migrates_to_an_empty_backfilled_database(fed):
 def test_database_failure_exits_1_with_one_clean_line(fed, tmp_path):
     """A database that cannot be opened is a failure (exit 1) reported without a traceback."""
     generate(fed.root, agents=2, messages=3)
-    bad = tmp_path / "adir.db"
-    bad.mkdir()
+    if fed.env.get("FEDERATION_DB_URL"):
+        bad = "postgresql://nobody@127.0.0.1:1/nothing"  # nothing listens on port 1
+    else:
+        bad = tmp_path / "adir.db"
+        bad.mkdir()  # a directory where the database file should be
     proc = cli(fed, "migrate", "--db", str(bad))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr
