@@ -150,27 +150,47 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
         bar.close()
 
 
-def _vanished_messages(scanned: TreeRows) -> list[tuple]:
-    """Keys of scanned messages whose file is gone now: claimed (or deleted) while the migration ran."""
+def _vanished(scanned: TreeRows, table: str) -> list[tuple]:
+    """Keys of scanned rows whose file is gone now: removed by live traffic while the migration ran."""
     by_dir: dict[str, list[tuple[tuple, str]]] = {}
-    for key, path in scanned.sources["messages"].items():
+    for key, path in scanned.sources[table].items():
         directory, _, name = path.rpartition(os.sep)
         by_dir.setdefault(directory, []).append((key, name))
     gone = []
     for directory, entries in by_dir.items():
         try:
-            present = set(os.listdir(directory))
+            present = set(os.listdir(directory))  # one listing per folder, not a stat per file
         except FileNotFoundError:
             present = set()
         gone += [key for key, name in entries if name not in present]
     return gone
 
 
-def _mark_read(store: Any, keys: list[tuple]) -> None:
-    """A legacy claim deletes the file: the database row it left unread is marked read, as a live claim would."""
+def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
+    """Undo what the import resurrected: files a phase-2 write removed after they were read.
+
+    A legacy claim deletes a message file; if the database had no row to
+    claim yet, the import inserted it unread: mark it read, as the claim
+    would have.  Clearing an agent's expertise deletes its file and rows; the
+    import put the old rows back: delete them.
+    """
+    messages = _vanished(scanned, "messages")
+    owners = sorted({key[:1] for key in _vanished(scanned, "expertise")})
+    if not (messages or owners):
+        return
     stamp = now()
-    store.db.write(lambda tx: tx.executemany(
-        "UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL", [(stamp, *k) for k in keys]))
+
+    def fn(tx) -> None:
+        if messages:
+            tx.executemany("UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL",
+                           [(stamp, *k) for k in messages])
+        if owners:
+            tx.executemany("DELETE FROM expertise WHERE agent = ?", owners)
+
+    store.db.write(fn)
+    expertise = scanned.rows["expertise"]
+    for key in [k for k in expertise if k[:1] in set(owners)]:
+        del expertise[key]  # no longer in the tree: not expected in the database either
 
 
 def _validate(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
@@ -228,11 +248,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
 
 
 def complete(store: Any, scanned: TreeRows) -> MigrationResult:
-    """After the import: settle messages claimed meanwhile, validate the counts, mark the database backfilled."""
-    # a phase-2 check_inbox between the read and the insert deleted the file but found no row to claim
-    vanished = _vanished_messages(scanned)
-    if vanished:
-        _mark_read(store, vanished)
+    """After the import: settle files removed live meanwhile, validate the counts, mark the database backfilled."""
+    _settle_live_removals(store, scanned)
     entities, missing = _validate(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date

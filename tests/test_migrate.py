@@ -207,6 +207,22 @@ def test_expertise_replaced_live_is_not_extended_by_older_file_content(fed):
     assert fed.store().load_expertise("dana")["domains"] == ["ops"]
 
 
+def test_expertise_cleared_in_phase2_after_files_were_read_is_not_brought_back(fed):
+    """Clearing an agent's expertise live (file and rows deleted) between the read and the insert leaves
+    the agent without expertise, not with the old domains the migration had read."""
+    from federation import context
+
+    fed.phase(1)
+    context.set_expertise("dana", ["sql", "python"])  # before the database existed
+    fed.phase(2)
+    scanned = read_tree(fed.root)
+    context.set_expertise("dana", [])  # live: the file goes, the database has nothing to delete yet
+    import_rows(fed.store(), scanned)
+    assert complete(fed.store(), scanned).exit_code == 0
+    assert fed.store().load_expertise("dana") is None
+    assert build_report().consistent
+
+
 def test_empty_root_migrates_to_an_empty_backfilled_database(fed):
     """No legacy files: exit 0, every count zero, and phase 3 serves the (empty) database."""
     rc, out = cli_json(fed, "migrate")
