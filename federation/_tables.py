@@ -281,44 +281,73 @@ def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
         out.add(table, child, path)
 
 
-def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
-    """``(kind, path, owner, stem)`` for every legacy state file, cheaply (no reads).
+_NODE_FILES = {"context_window.json": "context", "expertise.json": "expertise", "profile.json": "profile"}
 
-    kind is the document kind; owner is the agent (node files) or the file
-    stem (sessions).  Dotfiles (temp files of atomic writes) are skipped.
+
+def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
+    """``(kind, path, owner, stem)`` for every file of the legacy tree, cheaply (no reads).
+
+    kind is the document kind, or ``"unknown"`` for a file the legacy format
+    does not define (reported, never read); owner is the agent (node files)
+    or the file stem (sessions).  Dotfiles (temp files of atomic writes) are
+    skipped.
     """
     try:
         nodes = sorted(os.scandir(tree.nodes), key=lambda e: e.name)
     except FileNotFoundError:
         nodes = []
     for node in nodes:
-        if node.name.startswith(".") or not node.is_dir():
+        if node.name.startswith("."):
             continue
-        base = node.path
-        for kind, name in (("context", "context_window.json"), ("expertise", "expertise.json"),
-                           ("profile", "profile.json")):
-            path = os.path.join(base, name)
-            if os.path.isfile(path):
-                yield kind, path, node.name, name[:-5]
-        try:
-            entries = os.scandir(os.path.join(base, "inbox"))
-        except (FileNotFoundError, NotADirectoryError):
+        if not node.is_dir():
+            yield "unknown", node.path, "", ""
             continue
-        with entries:
+        inbox = None
+        for entry in sorted(os.scandir(node.path), key=lambda e: e.name):
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if name == "inbox" and entry.is_dir():
+                inbox = entry.path
+            elif name in _NODE_FILES and entry.is_file():
+                yield _NODE_FILES[name], entry.path, node.name, name[:-5]
+            else:
+                yield "unknown", entry.path, node.name, ""
+        if inbox is None:
+            continue
+        with os.scandir(inbox) as entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(".json") and name[0] != ".":
+                if name[0] == ".":
+                    continue
+                if name.endswith(".json") and entry.is_file():
                     yield "message", entry.path, node.name, name[:-5]
-    if tree.polls_file.is_file():
-        yield "polls", str(tree.polls_file), "", "polls"
+                else:
+                    yield "unknown", entry.path, node.name, ""
     try:
-        sessions = sorted(e.name for e in os.scandir(tree.sessions_dir))
+        shared = sorted(os.scandir(tree.shared), key=lambda e: e.name)
     except FileNotFoundError:
-        sessions = []
-    for name in sessions:
-        if name.endswith(".json") and not name.startswith("."):
-            yield "session", os.path.join(tree.sessions_dir, name), name[:-5], name[:-5]
+        shared = []
+    for entry in shared:
+        if entry.name.startswith("."):
+            continue
+        if entry.name == "polls.json" and entry.is_file():
+            yield "polls", entry.path, "", "polls"
+        elif entry.name == "sessions" and entry.is_dir():
+            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                name = sub.name
+                if name.startswith("."):
+                    continue
+                if name.endswith(".json") and sub.is_file():
+                    yield "session", sub.path, name[:-5], name[:-5]
+                else:
+                    yield "unknown", sub.path, "", ""
+        else:
+            yield "unknown", entry.path, "", ""
 
+
+#: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
+UNKNOWN_FILE = "(whole file: not part of the legacy format)"
 
 #: message rows handed to a read_tree sink at a time
 STREAM_CHUNK = 5000
@@ -391,6 +420,9 @@ def read_tree(root: Path, progress: bool = False,
         if bar is not None and n % 512 == 0:
             bar.n = n
             bar.refresh()
+        if kind == "unknown":  # not the legacy format's: nothing is imported from it, and it is said
+            out.dropped_fields.append({"path": path, "field": UNKNOWN_FILE})
+            continue
         try:
             if kind != "polls" and kind != "session":
                 ok = valid_agents.get(owner)
@@ -425,7 +457,7 @@ def read_tree(root: Path, progress: bool = False,
             out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
     if pending and sink is not None:
         sink("messages", pending)
-    out.files = len(files)
+    out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
     if bar is not None:
         bar.n = len(files)
         bar.close()

@@ -142,6 +142,23 @@ def test_each_malformed_file_is_reported_and_the_rest_migrates(fed):
     assert fed.store().meta("backfilled_at") is not None  # what was valid may be served
 
 
+def test_files_outside_the_legacy_format_are_reported_not_ignored(fed):
+    """A file the legacy layout does not define (notes in a node folder, a non-JSON file in an inbox or in
+    shared/) is listed in dropped_fields as a whole file; the legacy files still migrate (exit 0)."""
+    from federation._tables import UNKNOWN_FILE
+
+    generate(fed.root, agents=2, messages=4, polls=1, sessions=1)
+    extra = [fed.root / "nodes" / "agent-000" / "notes.txt", fed.root / "nodes" / "agent-001" / "inbox" / "x.bak",
+             fed.root / "shared" / "old-polls.json", fed.root / "shared" / "sessions" / "README"]
+    for path in extra:
+        path.write_text("kept by hand")
+    (fed.root / "nodes" / "agent-001" / "inbox" / ".msg.json.123.tmp").write_text("{")  # a temp file: skipped
+    rc, out = cli_json(fed, "migrate")
+    assert rc == 0, out
+    assert sorted(d["path"] for d in out["dropped_fields"] if d["field"] == UNKNOWN_FILE) == sorted(map(str, extra))
+    assert out["entities"]["messages"] == {"files": 4, "rows": 4}
+
+
 def test_invalid_poll_inside_polls_json_is_reported_and_the_other_polls_migrate(fed):
     """One bad poll in shared/polls.json is listed with the file and the poll; the other polls and votes import."""
     shared = fed.root / "shared"
