@@ -36,8 +36,12 @@ def _dump(path: Path, data: object) -> None:
 
 
 def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, sessions: int = 3,
-             malformed: bool = False, unknown_fields: bool = False, seed: int = 0) -> dict:
+             malformed: bool = False, unknown_fields: bool = False, seed: int = 0,
+             random_ids: bool = False) -> dict:
     """Write a legacy tree under *root*; what it wrote.
+
+    Message ids are ``msg-0000000``, ``msg-0000001``... or, with *random_ids*,
+    32 hex digits like the uuid4 ids the federation makes (deterministic per *seed*).
 
     Returns ``{"rows": {table: count}, "malformed": {kind: path}, "unknown": [(path, field)]}``,
     the rows a faithful migration must produce for the valid files.
@@ -69,18 +73,22 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
                                           "traits": {"careful": bool(n % 2), "speed": n}, "updated_at": stamp(n)})
             rows["profiles"] += 1
 
+    previous = None
     for i in range(messages):
         recipient = names[i % agents]
-        msg = {"id": f"msg-{i:07d}", "sender": names[(i * 7 + 1) % agents], "recipient": recipient,
+        mid = f"{rnd.getrandbits(128):032x}" if random_ids else f"msg-{i:07d}"
+        msg = {"id": mid, "sender": names[(i * 7 + 1) % agents], "recipient": recipient,
                "content": f"message {i}: please look at item {rnd.randint(0, 10**6)}",
                "message_type": rnd.choice(["task", "question", "info"]),
-               "reply_to": f"msg-{i - 1:07d}" if i and i % 5 == 0 else None, "timestamp": stamp(1000 + i)}
+               "reply_to": previous if i % 5 == 0 else None, "timestamp": stamp(1000 + i)}
+        previous = mid
         if i % 11 == 3:
             del msg["id"]  # legacy files without "id": the file name is the id
+        path = root / "nodes" / recipient / "inbox" / f"{mid}.json"
         if unknown_fields and i == 1:
             msg["priority"] = "high"
-            unknown.append((str(root / "nodes" / recipient / "inbox" / f"msg-{i:07d}.json"), "priority"))
-        _dump(root / "nodes" / recipient / "inbox" / f"msg-{i:07d}.json", msg)
+            unknown.append((str(path), "priority"))
+        _dump(path, msg)
         rows["messages"] += 1
 
     shared = root / "shared"

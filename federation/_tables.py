@@ -349,9 +349,6 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
 
-#: message rows handed to a read_tree sink at a time
-STREAM_CHUNK = 5000
-
 _decode = json.JSONDecoder().decode
 
 
@@ -397,14 +394,8 @@ def _message_fast(data: Any, agent: str, stem: str) -> tuple | None:
             "task" if mtype is None else mtype, reply_to, stamp)
 
 
-def read_tree(root: Path, progress: bool = False,
-              sink: Callable[[str, list[tuple]], None] | None = None) -> TreeRows:
-    """Read every legacy file under *root* into rows; never modifies a file.
-
-    *sink*, if given, receives the ``messages`` rows in chunks while the tree
-    is still being read (the migration inserts them meanwhile); they are in
-    the result as well.
-    """
+def read_tree(root: Path, progress: bool = False) -> TreeRows:
+    """Read every legacy file under *root* into rows; never modifies a file."""
     tree = Tree(root)
     out = TreeRows()
     files = list(legacy_files(tree))
@@ -415,7 +406,6 @@ def read_tree(root: Path, progress: bool = False,
         bar = tqdm(total=len(files), unit="file", desc="reading", leave=False, mininterval=0.25)
     valid_agents: dict[str, bool] = {}
     msg_rows, msg_sources = out.rows["messages"], out.sources["messages"]
-    pending: list[tuple] = []
     for n, (kind, path, owner, stem) in enumerate(files):
         if bar is not None and n % 512 == 0:
             bar.n = n
@@ -437,12 +427,7 @@ def read_tree(root: Path, progress: bool = False,
                     msg_rows[(row[0],)] = row
                     msg_sources[(row[0],)] = path
                 else:  # unknown fields, bad types, duplicates: reported on the careful path
-                    row = _message(out, path, data, owner, stem)
-                if row is not None and sink is not None:
-                    pending.append(row)
-                    if len(pending) >= STREAM_CHUNK:
-                        sink("messages", pending)
-                        pending = []
+                    _message(out, path, data, owner, stem)
             elif kind == "context":
                 _context(out, path, data, owner)
             elif kind == "expertise":
@@ -455,8 +440,6 @@ def read_tree(root: Path, progress: bool = False,
                 _session(out, path, data, owner)
         except (_Invalid, ValueError, ValidationError, OSError) as exc:
             out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
-    if pending and sink is not None:
-        sink("messages", pending)
     out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
     if bar is not None:
         bar.n = len(files)
