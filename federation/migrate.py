@@ -68,18 +68,15 @@ def insert_values(table: Table, rows: list[tuple], all_rows: dict[str, dict[tupl
     return [r + tuple(fn(r, all_rows) for _, fn in table.extra) for r in rows]
 
 
-def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False,
-                skip: frozenset[str] = frozenset()) -> None:
-    """Insert every scanned row that the database does not hold yet, in batches (tables in *skip* excepted)."""
-    total = sum(len(r) for name, r in scanned.rows.items() if name not in skip)
+def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False) -> None:
+    """Insert every scanned row that the database does not hold yet, in batches, parents first."""
+    total = sum(len(r) for r in scanned.rows.values())
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="row", desc="importing", leave=False, mininterval=0.25)
     for table in TABLES:
-        if table.name in skip:
-            continue
         # in key order: B-tree inserts that append instead of splitting pages at random places
         # (measured on SQLite: 100,000 messages with uuid ids, 1.0 s sorted against 3.7 s as found)
         rows = sorted(scanned.rows[table.name].values())
