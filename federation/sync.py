@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _validate, config
+from . import config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from ._tables import BY_NAME, TABLES, Table, key_text
@@ -148,17 +148,21 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
             with locked(tree, lock):
                 remove(Path(path))
 
+    def inbox_lock(path: str) -> str:
+        return f"inbox-{Path(path).parent.parent.name}"  # nodes/{agent}/inbox/{id}.json
+
     for mid in sorted(affected.get("message", ())):
         row = db_messages.get((mid,))
         old = sources["messages"].get((mid,))
         if row is None:  # read or gone in the database: no unread file
-            drop(old, mid, f"inbox-{Path(old).parent.parent.name}" if old else "inbox")
+            if old:
+                drop(old, mid, inbox_lock(old))
             continue
         msg = dict(zip(BY_NAME["messages"].columns, row))
         path = tree.message_file(msg["recipient"], mid)
         if old and Path(old) != path:
-            drop(old, mid, f"inbox-{Path(old).parent.parent.name}")
-        put(path, {f: msg.get(f) for f in MESSAGE_FIELDS}, mid, f"inbox-{_validate.agent(msg['recipient'])}")
+            drop(old, mid, inbox_lock(old))
+        put(path, {f: msg.get(f) for f in MESSAGE_FIELDS}, mid, inbox_lock(str(path)))
 
     db = report.db_side
 
