@@ -349,7 +349,7 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
 
-_decode = json.JSONDecoder().decode
+_scan = json.JSONDecoder().scan_once  # the C scanner, without decode()'s whitespace regexes
 
 
 def _read_bytes(path: str) -> bytes:
@@ -371,24 +371,25 @@ def _read_bytes(path: str) -> bytes:
 
 def _parse(raw: bytes) -> Any:
     try:
-        return _decode(raw.decode("utf-8"))
-    except ValueError:  # also UnicodeDecodeError: parse again, slowly, for the reason
-        return parse_json_bytes(raw)
+        text = raw.decode("utf-8")
+        value, end = _scan(text, 0)
+        if end == len(text) or text[end:].isspace():
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError is a ValueError
+        pass
+    return parse_json_bytes(raw)  # leading space or an error: parse again, carefully, for the reason
 
 
 def _message_fast(data: Any, agent: str, stem: str) -> tuple | None:
     """The row of a well-formed message file with no unknown field; None sends it the careful way."""
-    if type(data) is not dict or len(data) > 7:
+    if type(data) is not dict or len(data) > 7 or not _MESSAGE_KNOWN.issuperset(data):
         return None
     get = data.get
     sender, content, stamp = get("sender"), get("content"), get("timestamp")
-    if type(sender) is not str or type(content) is not str or type(stamp) is not str:
-        return None
     mid, recipient, mtype, reply_to = get("id"), get("recipient"), get("message_type"), get("reply_to")
-    for value in (mid, recipient, mtype, reply_to):
-        if value is not None and type(value) is not str:
-            return None
-    if not _MESSAGE_KNOWN.issuperset(data):
+    if not (type(sender) is str and type(content) is str and type(stamp) is str
+            and (mid is None or type(mid) is str) and (recipient is None or type(recipient) is str)
+            and (mtype is None or type(mtype) is str) and (reply_to is None or type(reply_to) is str)):
         return None
     return (mid or stem, agent if recipient is None else recipient, sender, content,
             "task" if mtype is None else mtype, reply_to, stamp)
