@@ -12,10 +12,12 @@ phases 3 and 4 require.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import operator
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import config
 from ._clock import now
@@ -65,7 +67,30 @@ def insert_values(table: Table, rows: list[tuple], all_rows: dict[str, dict[tupl
     """Rows with the table's insert-only columns appended."""
     if not table.extra:
         return rows
+    if len(table.extra) == 1:  # every table's case: a third of the cost of the general form
+        fn = table.extra[0][1]
+        return [r + (fn(r, all_rows),) for r in rows]
     return [r + tuple(fn(r, all_rows) for _, fn in table.extra) for r in rows]
+
+
+@contextlib.contextmanager
+def _bulk_load(store: Any) -> Iterator[None]:
+    """SQLite: no automatic WAL checkpoint while importing (each one fsyncs the database), one after.
+
+    Measured: 100,000 message rows in about 1.2 s instead of 1.4-1.9 s, plus
+    about 0.13 s for the checkpoint at the end.  The connection's setting is
+    put back, so a long-lived process keeps its usual checkpoints.
+    """
+    if store.db.dialect.name != "sqlite":
+        yield
+        return
+    before = store.db.fetchone("PRAGMA wal_autocheckpoint")[0]
+    store.db.fetchone("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield
+    finally:
+        store.db.fetchone(f"PRAGMA wal_autocheckpoint = {int(before)}")
+        store.db.fetchone("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, progress: bool = False) -> None:
@@ -79,7 +104,7 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
     for table in TABLES:
         # in key order: B-tree inserts that append instead of splitting pages at random places
         # (measured on SQLite: 100,000 messages with uuid ids, 1.0 s sorted against 3.7 s as found)
-        rows = sorted(scanned.rows[table.name].values())
+        rows = sorted(scanned.rows[table.name].values(), key=operator.itemgetter(*range(table.key)))
         if not rows:
             continue
         sql = insert_sql(table)
@@ -194,7 +219,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     # Read everything, then insert: measured, a second thread inserting while the first reads is
     # slower in CPython (the two contend for the GIL) than the two passes one after the other.
     scanned = read_tree(root, progress=progress)
-    import_rows(store, scanned, batch_size=batch_size, progress=progress)
+    with _bulk_load(store):
+        import_rows(store, scanned, batch_size=batch_size, progress=progress)
     return complete(store, scanned)
 
 
