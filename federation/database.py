@@ -108,7 +108,8 @@ class Dialect:
     def connect(self) -> Any:
         raise NotImplementedError
 
-    def begin_write(self, conn: Any) -> None:
+    def begin_write(self, conn: Any, snapshot: bool = False) -> None:
+        """Start a write transaction; *snapshot*: one that reads a document and writes it back."""
         raise NotImplementedError
 
     def begin_read(self, conn: Any) -> None:
@@ -119,6 +120,9 @@ class Dialect:
 
     def rollback(self, conn: Any) -> None:
         conn.rollback()
+
+    def lock(self, tx: Tx, name: str) -> None:
+        """Hold the lock *name* until the transaction ends (a no-op where writers are serialised)."""
 
     def is_retryable(self, exc: BaseException) -> bool:
         return False
@@ -168,7 +172,8 @@ class SqliteDialect(Dialect):
                 f"the SQLite database {self.path} is on a network filesystem ({fs}). SQLite's WAL needs "
                 "shared memory on one host and POSIX locks are unreliable there, so concurrent agents "
                 "would corrupt it. Put FEDERATION_DB on a local disk, or, for a federation that spans "
-                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname"
+                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname (README, "
+                "section \"SQLite or PostgreSQL\")"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_DEADLINE_S, isolation_level=None,
@@ -206,8 +211,8 @@ class SqliteDialect(Dialect):
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def begin_write(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable
 
     def begin_read(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN")
@@ -256,7 +261,7 @@ class Database:
         self._drop_connection()
 
     # -- transactions -------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
+    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False) -> T:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
@@ -275,7 +280,10 @@ class Database:
             try:
                 with gate:
                     conn = self._connection()
-                    (self.dialect.begin_write if write else self.dialect.begin_read)(conn)
+                    if write:
+                        self.dialect.begin_write(conn, snapshot)
+                    else:
+                        self.dialect.begin_read(conn)
                     local.depth = 1
                     try:
                         result = fn(Tx(conn, self.dialect))
@@ -304,9 +312,14 @@ class Database:
                     ) from exc
                 time.sleep(min(0.5, 0.001 * (2 ** min(attempt, 9))) * (0.5 + random.random()))
 
-    def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run *fn* in one write transaction (retried whole on contention)."""
-        return self._run(fn, write=True)
+    def write(self, fn: Callable[[Tx], T], snapshot: bool = False) -> T:
+        """Run *fn* in one write transaction (retried whole on contention).
+
+        *snapshot*: *fn* reads rows and writes back what it computed from them
+        without locking them; the engine must then fail (and this retry) the
+        transaction if any of those rows changed meanwhile.
+        """
+        return self._run(fn, write=True, snapshot=snapshot)
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run *fn* in one read transaction (a consistent snapshot)."""
@@ -348,6 +361,8 @@ class Database:
     def _migrate(self, tx: Tx) -> None:
         from datetime import datetime, timezone
 
+        # many processes may start on an empty database at once
+        self.dialect.lock(tx, "federation.schema")
         tx.execute(schema.SCHEMA_VERSION_DDL)
         row = tx.fetchone("SELECT MAX(version) FROM schema_version")
         current = int(row[0] or 0) if row else 0
@@ -380,8 +395,13 @@ _databases_lock = threading.Lock()
 
 def dialect_for(settings: config.Settings) -> Dialect:
     if settings.db_url:
-        from ._postgres import PostgresDialect  # imported only when asked for
-
+        try:
+            from ._postgres import PostgresDialect  # imported only when asked for
+        except ImportError as exc:
+            raise ConfigError(
+                f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "
+                "pip install 'federation[postgresql]'"
+            ) from exc
         return PostgresDialect(settings.db_url)
     return SqliteDialect(settings.db_path)
 
