@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _validate as v
 from . import core
-from ._clock import now
+from . import _clock
 
 __all__ = ["set_context", "get_context", "heartbeat", "set_expertise", "get_expertise", "find_experts",
            "set_profile", "get_profile", "list_agents"]
@@ -14,7 +14,7 @@ def set_context(agent: str, text: str) -> None:
     """Replace *agent*'s context window text (its heartbeat is kept)."""
     v.agent(agent)
     v.content(text, "text", allow_empty=True)
-    core.save_context(agent, text, now())
+    core.save_context(agent, text, _clock.now())
 
 
 def get_context(agent: str) -> dict | None:
@@ -26,7 +26,7 @@ def get_context(agent: str) -> dict | None:
 def heartbeat(agent: str) -> None:
     """Record that *agent* is alive now."""
     v.agent(agent)
-    core.save_heartbeat(agent, now())
+    core.save_heartbeat(agent, _clock.now())
 
 
 def set_expertise(agent: str, domains: list[str]) -> None:
@@ -35,7 +35,7 @@ def set_expertise(agent: str, domains: list[str]) -> None:
     items = v.string_list(domains, "domains", limit=v.MAX_DOMAINS, unique=False)
     for d in items:
         v.text(d, "domain", limit=256)
-    core.save_expertise(agent, sorted(set(items)), now())
+    core.save_expertise(agent, sorted(set(items)), _clock.now())
 
 
 def get_expertise(agent: str) -> list[str]:
@@ -57,7 +57,7 @@ def set_profile(agent: str, default_role: str | None = None, traits: dict | None
         v.text(default_role, "default_role", limit=256)
     if traits is not None:
         traits = v.json_object(traits, "traits")
-    core.save_profile(agent, default_role, traits, now())
+    core.save_profile(agent, default_role, traits, _clock.now())
 
 
 def get_profile(agent: str) -> dict | None:

@@ -178,7 +178,7 @@ class SqliteDialect(Dialect):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_DEADLINE_S, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_DEADLINE_S * 1000)}")
         mode = None
         deadline = time.monotonic() + BUSY_DEADLINE_S
         while mode is None:

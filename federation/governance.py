@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _validate as v
 from . import core
-from ._clock import new_id, now
+from . import _clock
 from .errors import NotFoundError
 
 __all__ = ["create_poll", "vote", "close_poll", "get_poll", "list_polls", "create_session", "assign_role",
@@ -25,8 +25,8 @@ def create_poll(creator: str, question: str, options: list[str]) -> str:
     v.agent(creator, "creator")
     v.text(question, "question")
     opts = v.string_list(options, "options", limit=v.MAX_OPTIONS, min_items=2)
-    poll = {"id": new_id(), "question": question, "options": opts, "status": "open", "creator": creator,
-            "created_at": now(), "votes": {}}
+    poll = {"id": _clock.new_id(), "question": question, "options": opts, "status": "open", "creator": creator,
+            "created_at": _clock.now(), "votes": {}}
     core.save_poll(poll)
     return poll["id"]
 
@@ -36,7 +36,7 @@ def vote(poll_id: str, voter: str, option: str) -> None:
     v.ident(poll_id, "poll_id")
     v.agent(voter, "voter")
     v.text(option, "option")
-    core.save_vote(poll_id, voter, option, now())
+    core.save_vote(poll_id, voter, option, _clock.now())
 
 
 def close_poll(poll_id: str, agent: str) -> dict:
@@ -69,8 +69,8 @@ def create_session(lead: str, title: str, description: str | None = None) -> str
     v.agent(lead, "lead")
     v.text(title, "title")
     v.optional_text(description, "description", limit=v.MAX_SHORT_TEXT * 4)
-    stamp = now()
-    session = {"id": new_id(), "title": title, "description": description, "lead": lead, "phase": "planning",
+    stamp = _clock.now()
+    session = {"id": _clock.new_id(), "title": title, "description": description, "lead": lead, "phase": "planning",
                "created_at": stamp, "updated_at": stamp, "roles": {}, "artifacts": {}, "reviews": {}}
     core.save_session(session)
     return session["id"]
@@ -82,7 +82,7 @@ def assign_role(session_id: str, agent: str, role: str, subtask: str | None = No
     v.agent(agent)
     v.text(role, "role", limit=256)
     v.optional_text(subtask, "subtask")
-    core.save_role(session_id, agent, role, subtask, now())
+    core.save_role(session_id, agent, role, subtask, _clock.now())
 
 
 def attach_artifact(session_id: str, artifact_type: str, path: str) -> None:
@@ -90,7 +90,7 @@ def attach_artifact(session_id: str, artifact_type: str, path: str) -> None:
     v.ident(session_id, "session_id")
     v.text(artifact_type, "artifact_type", limit=256)
     v.text(path, "path")
-    core.save_artifact(session_id, artifact_type, path, now())
+    core.save_artifact(session_id, artifact_type, path, _clock.now())
 
 
 def review_artifact(session_id: str, artifact_type: str, reviewer: str, status: str,
@@ -102,14 +102,14 @@ def review_artifact(session_id: str, artifact_type: str, reviewer: str, status: 
     v.choice(status, "status", v.REVIEW_STATUSES)
     if comments is not None:
         v.content(comments, "comments", allow_empty=True)
-    core.save_review(session_id, artifact_type, reviewer, status, comments, now())
+    core.save_review(session_id, artifact_type, reviewer, status, comments, _clock.now())
 
 
 def set_phase(session_id: str, phase: str) -> None:
     """Move a session to *phase* (free text such as planning, executing, review, done)."""
     v.ident(session_id, "session_id")
     v.text(phase, "phase", limit=256)
-    core.save_session_phase(session_id, phase, now())
+    core.save_session_phase(session_id, phase, _clock.now())
 
 
 def get_session(session_id: str) -> dict:

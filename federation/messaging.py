@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _validate as v
 from . import core
-from ._clock import new_id, now
+from . import _clock
 from .errors import ValidationError
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history"]
@@ -21,8 +21,8 @@ def send_message(sender: str, recipient: str, content: str, message_type: str = 
     v.text(message_type, "message_type", limit=64)
     if reply_to is not None:
         v.ident(reply_to, "reply_to")
-    message = {"id": new_id(), "sender": sender, "recipient": recipient, "content": content,
-               "message_type": message_type, "reply_to": reply_to, "timestamp": now()}
+    message = {"id": _clock.new_id(), "sender": sender, "recipient": recipient, "content": content,
+               "message_type": message_type, "reply_to": reply_to, "timestamp": _clock.now()}
     core.save_message(message)
     core.save_history([_history_entry("sent", message)])
     return message["id"]
@@ -40,7 +40,7 @@ def check_inbox(agent: str) -> list[dict]:
     the same inbox at the same time.
     """
     v.agent(agent)
-    messages = core.claim_inbox(agent, read_at=now())
+    messages = core.claim_inbox(agent, read_at=_clock.now())
     if messages:
         core.save_history([_history_entry("received", m) for m in messages])
     return messages

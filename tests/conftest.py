@@ -79,6 +79,11 @@ class Fed:
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
+    def spawn(self, code: str, *args: str, phase: int | None = None) -> subprocess.Popen:
+        """Start ``python -c code args...`` as a real process in this federation."""
+        return subprocess.Popen([sys.executable, "-c", code, *args], env=self.subprocess_env(phase),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def run_py(self, code: str, phase: int | None = None, timeout: float = 120, check: bool = True,
                **kw) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-c", code], env=self.subprocess_env(phase), capture_output=True,
