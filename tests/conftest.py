@@ -158,6 +158,16 @@ def pg_admin():
         server.destroy()
 
 
+@pytest.fixture
+def pg_server():
+    """A private throwaway PostgreSQL server that the test may stop and start again."""
+    if find_bindir() is None:
+        _pg_unavailable("no PostgreSQL server binaries were found (a private server is needed)")
+    server = PgServer().start()
+    yield server
+    server.destroy()
+
+
 _db_numbers = itertools.count(1)
 
 

@@ -5,21 +5,22 @@ on a free port of 127.0.0.1 (trust authentication, unix socket in the same
 temporary directory).  The server refuses to run as root, so as root it runs
 as the ``postgres`` user.  Durability is switched off: the data is thrown away.
 
-Also usable from the shell (``.ci/run`` starts its server in bash, but a
-developer can do the same with)::
+From the shell (``.ci/run`` does this)::
 
-    python tests/pgserver.py            # prints the URL, stops on Ctrl-C
+    eval "$(python tests/pgserver.py start)"   # exports FEDERATION_TEST_PG_URL and FEDERATION_TEST_PG_DIR
+    python tests/pgserver.py stop "$FEDERATION_TEST_PG_DIR"
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
+import sys
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 __all__ = ["PgServer", "find_bindir", "HOW_TO_ENABLE"]
@@ -74,18 +75,26 @@ def free_port() -> int:
 class PgServer:
     """One throwaway server: ``start()``, ``url``, ``stop()``, ``start()`` again, ``destroy()``."""
 
-    def __init__(self, bindir: Path | None = None):
-        self.bindir = bindir or find_bindir()
-        if self.bindir is None:
-            raise RuntimeError("no PostgreSQL server binaries found: " + HOW_TO_ENABLE)
-        self.dir = Path(tempfile.mkdtemp(prefix="federation-pg-"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+    def __init__(self, bindir: Path | None = None, existing: Path | None = None):
         self._as_postgres = os.geteuid() == 0
-        if self._as_postgres:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self._initdb()
+        if existing is not None:  # a server made earlier (by another process)
+            self.dir = Path(existing)
+            self.bindir = Path((self.dir / "bindir").read_text().strip())
+            self.port = int((self.dir / "port").read_text())
+        else:
+            self.bindir = bindir or find_bindir()
+            if self.bindir is None:
+                raise RuntimeError("no PostgreSQL server binaries found: " + HOW_TO_ENABLE)
+            self.dir = Path(tempfile.mkdtemp(prefix="federation-pg-"))
+            self.port = free_port()
+        self.data = self.dir / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if existing is None:
+            if self._as_postgres:
+                shutil.chown(self.dir, "postgres", "postgres")
+            (self.dir / "bindir").write_text(str(self.bindir))
+            (self.dir / "port").write_text(str(self.port))
+            self._initdb()
 
     def _cmd(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         argv = [str(self.bindir / args[0]), *args[1:]]
@@ -121,13 +130,18 @@ class PgServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["start"]:
+        server = PgServer().start()
+        print(f"export FEDERATION_TEST_PG_URL={shlex.quote(server.url)} "
+              f"FEDERATION_TEST_PG_DIR={shlex.quote(str(server.dir))}")
+        return 0
+    if argv[:1] == ["stop"] and len(argv) == 2:
+        PgServer(existing=Path(argv[1])).destroy()
+        return 0
+    print("usage: pgserver.py start | stop DIR", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    server = PgServer().start()
-    print(server.url, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.destroy()
+    sys.exit(main(sys.argv[1:]))
