@@ -14,6 +14,9 @@ def candidate(phase: int):
     from .sqlstore import get_store
 
     store = get_store()
+    # Create the schema before the first write of any side, so that a new
+    # federation's database is known to need no backfill (its files come later).
+    store.db.ensure_schema()
     if phase >= 3:
         store.ensure_backfilled()
     return store

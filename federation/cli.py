@@ -51,7 +51,7 @@ def common(fn: Callable) -> Callable:
             return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        except FederationError as exc:
+        except (FederationError, OSError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -147,4 +147,8 @@ def demo(agents: int) -> None:
 
 
 def run() -> None:  # pragma: no cover - console entry point
+    main()
+
+
+if __name__ == "__main__":  # python -m federation.cli
     main()

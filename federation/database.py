@@ -130,6 +130,10 @@ class Dialect:
     def is_disconnect(self, exc: BaseException) -> bool:
         return False
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        """An engine error that is not a bug in our SQL: corrupt file, disk full, permissions."""
+        return False
+
     @contextlib.contextmanager
     def write_gate(self):
         yield
@@ -224,6 +228,10 @@ class SqliteDialect(Dialect):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)) and not isinstance(
+            exc, sqlite3.ProgrammingError)
+
     def is_retryable(self, exc: BaseException) -> bool:
         if not isinstance(exc, sqlite3.OperationalError):
             return False
@@ -246,7 +254,14 @@ class Database:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            conn = self.dialect.connect()
+            try:
+                conn = self.dialect.connect()
+            except FederationError:
+                raise
+            except Exception as exc:
+                if self.dialect.is_database_error(exc) or self.dialect.is_disconnect(exc):
+                    raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
+                raise
             local.conn, local.pid, local.depth = conn, os.getpid(), 0
         return conn
 
@@ -303,6 +318,8 @@ class Database:
                 if lost:
                     self._drop_connection()
                 if not (retry or lost):
+                    if self.dialect.is_database_error(exc):
+                        raise StorageError(f"the database {self.dialect.describe()} failed: {exc}") from exc
                     raise
                 if time.monotonic() > deadline:
                     what = "unreachable" if lost else "busy"
@@ -348,6 +365,8 @@ class Database:
             self._schema_ready = False
 
     def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
         with self._schema_lock:
             if self._schema_ready:
                 return

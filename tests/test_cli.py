@@ -1,0 +1,58 @@
+"""The command line: status, demo, --root/--db, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from federation import config, governance
+from federation.cli import main
+
+
+def test_status_before_any_database(fed):
+    """status on a fresh root says where things are and that no database exists yet."""
+    result = CliRunner().invoke(main, ["status", "--root", str(fed.root), "--db", str(fed.db_path)])
+    assert result.exit_code == 0, result.output
+    assert f"root:      {fed.root}" in result.output
+    assert "database not created yet" in result.output
+    assert not fed.db_path.exists()
+
+
+def test_status_json_counts_rows(fed):
+    """status --json reports the phase and a row count for every table."""
+    fed.phase(4)
+    pid = governance.create_poll("alice", "q?", ["a", "b"])
+    governance.vote(pid, "bob", "a")
+    result = CliRunner().invoke(main, ["status", "--json", "--root", str(fed.root), "--db", str(fed.db_path)])
+    data = json.loads(result.output)
+    assert data["phase"] == 4 and data["engine"] == "sqlite"
+    assert data["tables"]["polls"] == 1 and data["tables"]["votes"] == 1 and data["tables"]["messages"] == 0
+
+
+def test_demo_runs_agents_and_prints_status(fed):
+    """demo runs several agents' operations through the shim and ends with the status table."""
+    result = CliRunner().invoke(main, ["demo", "--agents", "4", "--root", str(fed.root), "--db", str(fed.db_path)])
+    assert result.exit_code == 0, result.output
+    assert "demo: 4 agents, 3 messages delivered" in result.output
+    assert "phase:     3 (database first, files shadow)" in result.output
+    assert "votes              4" in result.output
+    assert (fed.root / "shared" / "polls.json").exists()  # phase 3 also wrote the files
+
+
+def test_root_flag_wins_over_environment(fed, tmp_path):
+    """--root and --db win over FEDERATION_ROOT / FEDERATION_DB."""
+    other = tmp_path / "elsewhere"
+    result = CliRunner().invoke(main, ["status", "--json", "--root", str(other), "--db", str(other / "x.db")])
+    data = json.loads(result.output)
+    assert data["root"] == str(other) and data["database"] == str(other / "x.db")
+
+
+def test_storage_error_is_one_line(fed, tmp_path):
+    """A storage failure is reported as one 'error:' line with exit 1, never a traceback."""
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    result = CliRunner().invoke(main, ["demo", "--root", str(fed.root), "--db", str(blocker / "db.sqlite")])
+    assert result.exit_code == 1
+    assert result.stderr.count("error:") == 1
+    assert "Traceback" not in result.output + result.stderr

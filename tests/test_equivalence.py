@@ -1,0 +1,185 @@
+"""Property: the file store and the SQL store, driven by the same operations, end in the same state.
+
+One hypothesis state machine drives four federations side by side — phase 1
+(files only), 2, 3 and 4 (database only) — with the same random sequence of
+CONTRACT operations and the same clock.  Every operation must give the same
+result (or the same error) everywhere, the observable state must stay equal,
+and the dual-write phases must not publish a single shadow_mismatch or
+shadow_error, since nothing interferes from outside.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from federation import _clock, config, context, core, governance, messaging
+from federation.errors import FederationError
+from federation.sqlstore import forget_stores
+
+AGENTS = ["alice", "bob", "carol"]
+agents = st.sampled_from(AGENTS)
+words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12)
+options = st.sampled_from(["yes", "no", "maybe", "it's; DROP TABLE polls;--"])
+
+
+class Sides:
+    def __init__(self, base_env: dict):
+        self.tmp = Path(tempfile.mkdtemp(prefix="fed-equiv-"))
+        self.envs = {}
+        for phase in (1, 2, 3, 4):
+            root = self.tmp / f"phase{phase}"
+            root.mkdir()
+            env = dict(base_env)
+            env.update(FEDERATION_ROOT=str(root), FEDERATION_USE_DB="0" if phase == 1 else "1",
+                       FEDERATION_PHASE=str(max(phase, 2)))
+            if not env.get("FEDERATION_DB_URL"):
+                env["FEDERATION_DB"] = str(root / "federation.db")
+            self.envs[phase] = env
+        self.step = 0
+
+    def enter(self, phase: int) -> None:
+        config._overrides.clear()
+        config._overrides.update(self.envs[phase])
+        config.reset()
+
+    def run(self, fn, *args):
+        """Run fn(*args) in every phase with the same clock; the results, by phase."""
+        self.step += 1
+        results = {}
+        for phase in self.envs:
+            self.enter(phase)
+            counter = iter(range(1, 10_000))
+            _clock.now = lambda: f"2026-01-01T00:{self.step // 60:02d}:{self.step % 60:02d}.{next(counter):06d}+00:00"
+            id_counter = iter(range(1, 10_000))
+            _clock.new_id = lambda: f"id{self.step:05d}x{next(id_counter):03d}"
+            try:
+                results[phase] = ("ok", fn(*args))
+            except FederationError as exc:
+                results[phase] = ("error", type(exc).__name__)
+        first = results[1]
+        for phase, result in results.items():
+            assert result == first, f"phase {phase} gave {result!r}, phase 1 gave {first!r} for {fn.__name__}{args}"
+        return first
+
+    def close(self) -> None:
+        forget_stores()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def observable_state() -> dict:
+    agents_known = context.list_agents()
+    return {
+        "polls": governance.list_polls(),
+        "sessions": governance.list_sessions(),
+        "agents": agents_known,
+        "per_agent": {a: (context.get_context(a), context.get_expertise(a), context.get_profile(a),
+                          messaging.peek_inbox(a), messaging.get_history(a)) for a in AGENTS},
+        "experts": {d: context.find_experts(d) for d in ("sql", "python")},
+    }
+
+
+def make_machine(base_env: dict):
+    class Federations(RuleBasedStateMachine):
+        polls = Bundle("polls")
+        sessions = Bundle("sessions")
+
+        def __init__(self):
+            super().__init__()
+            core._history.clear()
+            self.sides = Sides(base_env)
+
+        def teardown(self):
+            self.sides.close()
+
+        @initialize(target=polls)
+        def first_poll(self):
+            return self.sides.run(governance.create_poll, "alice", "Ship it?", ["yes", "no"])[1]
+
+        @rule(target=polls, creator=agents, question=words, opts=st.lists(options, max_size=4))
+        def create_poll(self, creator, question, opts):
+            outcome = self.sides.run(governance.create_poll, creator, question, opts)
+            return outcome[1] if outcome[0] == "ok" else "id99999x001"
+
+        @rule(poll=polls, voter=agents, option=options)
+        def vote(self, poll, voter, option):
+            self.sides.run(governance.vote, poll, voter, option)
+
+        @rule(poll=polls, agent=agents)
+        def close_poll(self, poll, agent):
+            self.sides.run(governance.close_poll, poll, agent)
+
+        @rule(sender=agents, recipient=st.sampled_from(AGENTS + ["../x"]), content=words)
+        def send_message(self, sender, recipient, content):
+            self.sides.run(messaging.send_message, sender, recipient, content)
+
+        @rule(agent=agents)
+        def check_inbox(self, agent):
+            self.sides.run(messaging.check_inbox, agent)
+
+        @rule(agent=agents, text=words)
+        def set_context(self, agent, text):
+            self.sides.run(context.set_context, agent, text)
+
+        @rule(agent=agents)
+        def heartbeat(self, agent):
+            self.sides.run(context.heartbeat, agent)
+
+        @rule(agent=agents, domains=st.lists(st.sampled_from(["sql", "python", "ops"]), max_size=3))
+        def set_expertise(self, agent, domains):
+            self.sides.run(context.set_expertise, agent, domains)
+
+        @rule(agent=agents, role=st.none() | st.sampled_from(["lead", "reviewer"]),
+              traits=st.none() | st.dictionaries(st.sampled_from(["careful", "fast"]), st.booleans()))
+        def set_profile(self, agent, role, traits):
+            self.sides.run(context.set_profile, agent, role, traits)
+
+        @rule(target=sessions, lead=agents, title=words)
+        def create_session(self, lead, title):
+            outcome = self.sides.run(governance.create_session, lead, title, None)
+            return outcome[1] if outcome[0] == "ok" else "id99999x002"
+
+        @rule(session=sessions, agent=agents, role=st.sampled_from(["dev", "reviewer"]),
+              subtask=st.none() | words)
+        def assign_role(self, session, agent, role, subtask):
+            self.sides.run(governance.assign_role, session, agent, role, subtask)
+
+        @rule(session=sessions, kind=st.sampled_from(["design", "code"]), path=words)
+        def attach_artifact(self, session, kind, path):
+            self.sides.run(governance.attach_artifact, session, kind, path)
+
+        @rule(session=sessions, kind=st.sampled_from(["design", "code"]), reviewer=agents,
+              status=st.sampled_from(["approved", "changes_requested", "maybe"]), comments=st.none() | words)
+        def review_artifact(self, session, kind, reviewer, status, comments):
+            self.sides.run(governance.review_artifact, session, kind, reviewer, status, comments)
+
+        @rule(session=sessions, phase=st.sampled_from(["planning", "executing", "done"]))
+        def set_phase(self, session, phase):
+            self.sides.run(governance.set_phase, session, phase)
+
+        @invariant()
+        def same_observable_state(self):
+            self.sides.run(observable_state)
+
+    return Federations
+
+
+def test_file_and_sql_stores_end_in_the_same_state(fed, monkeypatch):
+    """Random CONTRACT operation sequences: phases 1-4 agree, and phases 2-3 publish no mismatch."""
+    monkeypatch.setattr(_clock, "now", _clock.now)
+    monkeypatch.setattr(_clock, "new_id", _clock.new_id)
+    base_env = {k: v for k, v in fed.env.items() if k == "FEDERATION_DB_URL" and v}
+    machine = make_machine(base_env)
+    with structlog.testing.capture_logs() as logs:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=30, stateful_step_count=25, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    events = [e for e in logs if e["event"] in ("shadow_mismatch", "shadow_error")]
+    assert events == []
