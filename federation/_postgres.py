@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+
 import psycopg
 
 from .config import _redact
@@ -38,6 +39,9 @@ RETRYABLE = {
     "53300",  # too_many_connections
     "57P03",  # cannot_connect_now (server starting up or shutting down)
 }
+
+#: Connection refusals that pass: the server is starting, stopping or full.
+_TRANSIENT_FATAL = ("starting up", "shutting down", "recovery mode", "too many clients", "not yet accepting")
 
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|[?%]")
 
@@ -88,7 +92,16 @@ class PostgresDialect(Dialect):
     def connect(self) -> psycopg.Connection:
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
-        return psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            # libpq gives no SQLSTATE here.  A server that answered and refused us
+            # (no such database or role, bad password) will not change its mind:
+            # say so now instead of retrying until the deadline.
+            text = str(exc)
+            if "FATAL:" in text and not any(t in text for t in _TRANSIENT_FATAL):
+                raise StorageError(f"cannot open the database {self.describe()}: {text}") from exc
+            raise
 
     def begin_write(self, conn: psycopg.Connection, snapshot: bool = False) -> None:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -118,6 +131,12 @@ class PostgresDialect(Dialect):
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) in RETRYABLE
+
+    def is_database_error(self, exc: BaseException) -> bool:
+        # server-side failures (auth, missing database, disk full, permissions), not our SQL's bugs
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return True
+        return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.ProgrammingError)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, psycopg.InterfaceError):  # "the connection is closed"

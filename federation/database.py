@@ -259,7 +259,8 @@ class Database:
             except FederationError:
                 raise
             except Exception as exc:
-                if self.dialect.is_database_error(exc) or self.dialect.is_disconnect(exc):
+                # an unreachable server is retried by _run until the deadline; this is final
+                if self.dialect.is_database_error(exc) and not self.dialect.is_disconnect(exc):
                     raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
                 raise
             local.conn, local.pid, local.depth = conn, os.getpid(), 0
@@ -280,8 +281,9 @@ class Database:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
-        conn = self._connection()
-        if local.depth:  # already inside a transaction of this thread: join it
+        if getattr(local, "depth", 0) and local.pid == os.getpid():
+            # already inside a transaction of this thread: join it
+            conn = local.conn
             local.depth += 1
             try:
                 return fn(Tx(conn, self.dialect))
@@ -293,8 +295,8 @@ class Database:
             attempt += 1
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
+                conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
                 with gate:
-                    conn = self._connection()
                     if write:
                         self.dialect.begin_write(conn, snapshot)
                     else:

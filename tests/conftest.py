@@ -20,6 +20,7 @@ import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -38,8 +39,10 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 class Fed:
     """A federation under a temporary root; switch phases with :meth:`phase`."""
 
-    def __init__(self, root: Path, db_path: Path, db_url: str | None = None):
+    def __init__(self, root: Path, db_path: Path, db_url: str | None = None,
+                 new_pg_database: "Callable[[], str] | None" = None):
         self.root = root
+        self._new_pg_database = new_pg_database
         self.db_path = db_path  # the SQLite file; unused when db_url is set
         self.db_url = db_url
         self.engine = "postgresql" if db_url else "sqlite"
@@ -51,6 +54,15 @@ class Fed:
         config._overrides.clear()
         config._overrides.update(self.env)
         config.reset()
+
+    def database_env(self, sqlite_path: Path) -> dict[str, str | None]:
+        """Settings of one more empty database on this test's engine (for tests that need several).
+
+        SQLite: the file *sqlite_path*; PostgreSQL: a fresh database, dropped after the test.
+        """
+        if self.engine == "postgresql":
+            return {"FEDERATION_DB_URL": self._new_pg_database(), "FEDERATION_DB": str(sqlite_path)}
+        return {"FEDERATION_DB": str(sqlite_path), "FEDERATION_DB_URL": None}
 
     def phase(self, n: int) -> "Fed":
         """Phase 1 means FEDERATION_USE_DB=0."""
@@ -176,27 +188,41 @@ def _with_dbname(url: str, name: str) -> str:
 
 
 @pytest.fixture
-def pg_url(pg_admin):
-    """The URL of a fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+def pg_databases(pg_admin):
+    """new() -> the URL of a fresh, empty PostgreSQL database; all are dropped after the test."""
     admin_url, conn = pg_admin
-    name = f"fed_test_{os.getpid()}_{next(_db_numbers)}"
+    names: list[str] = []
     # FILE_COPY (PostgreSQL 15+) is the faster way to copy an empty template
     strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
-    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{strategy}')
-    yield _with_dbname(admin_url, name)
+
+    def new() -> str:
+        name = f"fed_test_{os.getpid()}_{next(_db_numbers)}"
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{strategy}')
+        names.append(name)
+        return _with_dbname(admin_url, name)
+
+    yield new
     forget_stores()
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in names:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_databases):
+    """The URL of a fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+    return pg_databases()
 
 
 @pytest.fixture(params=BACKENDS)
 def fed(request: pytest.FixtureRequest, tmp_path: Path):
     """A federation on a temporary root, on each storage engine in turn."""
-    db_url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    new_pg_database = request.getfixturevalue("pg_databases") if request.param == "postgresql" else None
+    db_url = new_pg_database() if new_pg_database else None
     root = tmp_path / "fed"
     root.mkdir()
     forget_stores()
     core._history.clear()
-    f = Fed(root, tmp_path / "federation.db", db_url)
+    f = Fed(root, tmp_path / "federation.db", db_url, new_pg_database)
     yield f
     forget_stores()
     config._overrides.clear()
