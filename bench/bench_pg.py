@@ -4,22 +4,25 @@
 - inbox: one check_inbox() claiming 10,000 messages, phase 4, against the legacy
   file path (phase 1: glob, read, delete).
 
+The measurements are those of bench_votes.py and bench_inbox.py; this script
+runs them on both engines against one server and prints them side by side.
+
 The PostgreSQL server is --pg-url (an empty database the benchmark may fill;
 tables are dropped first) or, without it, a throwaway server started for the run
-(tests/pgserver.py: fsync off, so its figures are an upper bound for write cost).
+(tests/pgserver.py: fsync off, so its write figures flatter PostgreSQL against a durable server).
 
-    python bench/bench_pg.py [--pg-url URL] [--procs 8] [--votes 200] [--messages 10000]
+    python bench/bench_pg.py [--pg-url URL] [--procs 8] [--votes 200] [--messages 10000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from _common import best_of, federation_env
+from _common import best_of
 
+import bench_inbox
 import bench_votes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -35,31 +38,13 @@ def reset_pg(url: str) -> None:
             conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
 
 
-def check_inbox_seconds(phase: int, messages: int, db_url: str | None) -> float:
-    from federation import messaging
-
-    def once() -> float:
-        if db_url:
-            reset_pg(db_url)
-        with federation_env(phase, db_url):
-            for i in range(messages):
-                messaging.send_message("alice", "bob", f"message {i}")
-            t0 = time.perf_counter()
-            got = messaging.check_inbox("bob")
-            elapsed = time.perf_counter() - t0
-            assert len(got) == messages, len(got)
-            assert messaging.check_inbox("bob") == []
-        return elapsed
-
-    return best_of(2, once)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pg-url", help="PostgreSQL database to use (default: a throwaway server)")
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--votes", type=int, default=200, help="votes per process")
     ap.add_argument("--messages", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=3, help="inbox rounds; the best is reported")
     args = ap.parse_args()
 
     server = None
@@ -79,11 +64,17 @@ def main() -> None:
             seconds, kept = bench_votes.measure(engine, 4, args.procs, args.votes, db_url)
             print(f"  {engine:12} {seconds:8.3f} {total / seconds:9.0f} {kept:6d}")
 
-        print(f"inbox: one check_inbox() of {args.messages} messages (best of 2)")
-        legacy = check_inbox_seconds(1, args.messages, None)
+        print(f"inbox: one check_inbox() of {args.messages} messages (best of {args.rounds})")
+        legacy = best_of(args.rounds, lambda: bench_inbox.one_round(1, args.messages))
         print(f"  {'legacy files':12} {legacy * 1000:8.1f} ms")
         for engine, db_url in (("SQLite", None), ("PostgreSQL", url)):
-            seconds = check_inbox_seconds(4, args.messages, db_url)
+
+            def one() -> float:
+                if db_url:
+                    reset_pg(db_url)
+                return bench_inbox.one_round(4, args.messages, db_url)
+
+            seconds = best_of(args.rounds, one)
             print(f"  {engine:12} {seconds * 1000:8.1f} ms   {legacy / seconds:5.1f}x faster than the files")
     finally:
         if server is not None:

@@ -91,6 +91,34 @@ class Tree:
 
 
 _held = threading.local()
+_fds: dict[tuple[str, str, int], int] = {}
+_fds_lock = threading.Lock()
+_MAX_CACHED_FDS = 256
+
+
+def _lock_fd(tree: Tree, name: str, held: dict) -> int:
+    """An open descriptor of the lock file, cached per process and thread (flock is per descriptor)."""
+    key = (str(tree.root), name, threading.get_ident())
+    fd = _fds.get(key)
+    if fd is not None and _fds.get(("pid",)) == os.getpid():
+        return fd
+    path = tree.lock_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    with _fds_lock:
+        if _fds.get(("pid",)) != os.getpid():  # a forked child: the parent's descriptors are not ours
+            _fds.clear()
+            _fds[("pid",)] = os.getpid()
+        if len(_fds) > _MAX_CACHED_FDS:
+            for k, old in list(_fds.items()):
+                if k != ("pid",) and k[2] == threading.get_ident() and (k[0], k[1]) not in held:
+                    os.close(old)
+                    del _fds[k]
+        _fds[key] = fd
+    return fd
 
 
 @contextlib.contextmanager
@@ -99,36 +127,27 @@ def locked(tree: Tree, name: str) -> Iterator[None]:
 
     Re-entrant within a thread: a function that holds ``polls`` may call
     another that takes ``polls`` again.  Different threads and processes
-    exclude each other (flock is per open file description).
+    exclude each other (each thread locks its own descriptor).
     """
     key = (str(tree.root), name)
     held = getattr(_held, "locks", None)
     if held is None:
         held = _held.locks = {}
-    entry = held.get(key)
-    if entry is not None:
-        entry[1] += 1
+    if key in held:
+        held[key] += 1
         try:
             yield
         finally:
-            entry[1] -= 1
+            held[key] -= 1
         return
-    path = tree.lock_path(name)
+    fd = _lock_fd(tree, name, held)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held[key] = 1
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        held[key] = [fd, 1]
-        try:
-            yield
-        finally:
-            del held[key]
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        del held[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

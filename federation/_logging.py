@@ -23,14 +23,35 @@ def configure(level: int = logging.INFO, force_json: bool = False) -> None:
         stream = sys.stderr
         tty = stream.isatty() and not force_json
         renderer = structlog.dev.ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
+    shared = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # ConsoleRenderer formats exc_info itself; JSON needs the traceback as a string field.
+    tracebacks = [] if isinstance(renderer, structlog.dev.ConsoleRenderer) else [structlog.processors.format_exc_info]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, *tracebacks, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(stream, shared, [*tracebacks, renderer], level)
+
+
+def _route_stdlib(stream, shared: list, render: list, level: int) -> None:
+    """Send stdlib logging (libraries such as the MCP SDK) to the same stream and format.
+
+    Installed before any library calls ``logging.basicConfig``, so theirs is a
+    no-op and nothing of theirs reaches stdout.
+    """
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_federation", False)]:
+        root.removeHandler(old)
+    handler._federation = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))

@@ -151,6 +151,28 @@ def demo(agents: int) -> None:
     ctx.invoke(status, as_json=False)
 
 
+@main.command()
+@click.option("--agent", "agent", required=True, metavar="NAME",
+              help="The agent this server acts as: every write is made as NAME.")
+@common
+def serve(agent: str) -> None:
+    """Serve the federation's tools to one agent over MCP (stdio).
+
+    Register it in an MCP client as: federation serve --agent NAME.  Stdout
+    carries only the protocol; logs go to stderr or FEDERATION_LOG_FILE.
+    """
+    from ._validate import agent as valid_agent
+    from .errors import ValidationError
+
+    try:
+        valid_agent(agent, "--agent")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--agent") from None
+    from .mcp_server import serve as run_server
+
+    run_server(agent)
+
+
 def run() -> None:  # pragma: no cover - console entry point
     main()
 

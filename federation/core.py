@@ -70,6 +70,12 @@ def _order(messages: list[dict]) -> list[dict]:
     return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
 
 
+def history_entry(direction: str, m: dict) -> dict:
+    """The message-history record of message *m* sent or received."""
+    return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
+            "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
+
+
 def save_message(message: dict) -> None:
     """Deliver *message* into its recipient's inbox."""
     t = tree()
@@ -122,12 +128,14 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
         return messages
 
 
-_history: list[dict] = []  # phase 1 keeps history in memory, as the legacy server did
+# Phase 1 keeps the message history in memory, as the legacy server did (lost
+# on restart); the SQL store persists it in the same transaction as the message.
+_history: list[dict] = []
 
 
-def save_history(entries: list[dict]) -> None:
-    """Append entries to the message history (in memory: lost on restart)."""
-    _history.extend(dict(e) for e in entries)
+def save_history(direction: str, messages: list[dict]) -> None:
+    """Record *messages* as sent or received in the message history (in memory: lost on restart)."""
+    _history.extend(history_entry(direction, m) for m in messages)
 
 
 def load_history(agent: str | None = None, limit: int = 100) -> list[dict]:

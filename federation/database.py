@@ -99,6 +99,7 @@ class Dialect:
 
     name = "abstract"
     id_pk = "INTEGER PRIMARY KEY"
+    single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
 
@@ -157,6 +158,7 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     id_pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    single_statement_autocommit = True
 
     def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
         self.path = Path(path)
@@ -277,7 +279,7 @@ class Database:
         self._drop_connection()
 
     # -- transactions -------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False) -> T:
+    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True) -> T:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
@@ -297,6 +299,8 @@ class Database:
             try:
                 conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
                 with gate:
+                    if not begin:  # one statement in autocommit mode: atomic on its own
+                        return fn(Tx(conn, self.dialect))
                     if write:
                         self.dialect.begin_write(conn, snapshot)
                     else:
@@ -349,7 +353,13 @@ class Database:
         return self.write(lambda tx: tx.execute(sql, params).rowcount)
 
     def fetchall(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return self.read(lambda tx: tx.fetchall(sql, params))
+        """One reading statement (autocommit where the engine allows: no BEGIN/COMMIT round trips)."""
+        return self._run(lambda tx: tx.fetchall(sql, params), write=False,
+                         begin=not self.dialect.single_statement_autocommit)
+
+    def fetchone(self, sql: str, params: Sequence = ()) -> tuple | None:
+        return self._run(lambda tx: tx.fetchone(sql, params), write=False,
+                         begin=not self.dialect.single_statement_autocommit)
 
     # -- schema -------------------------------------------------------------
     def schema_version(self) -> int:

@@ -24,13 +24,8 @@ def send_message(sender: str, recipient: str, content: str, message_type: str = 
     message = {"id": _clock.new_id(), "sender": sender, "recipient": recipient, "content": content,
                "message_type": message_type, "reply_to": reply_to, "timestamp": _clock.now()}
     core.save_message(message)
-    core.save_history([_history_entry("sent", message)])
+    core.save_history("sent", [message])  # phase 1 only: SQL wrote it with the message
     return message["id"]
-
-
-def _history_entry(direction: str, m: dict) -> dict:
-    return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
-            "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
 
 
 def check_inbox(agent: str) -> list[dict]:
@@ -41,8 +36,8 @@ def check_inbox(agent: str) -> list[dict]:
     """
     v.agent(agent)
     messages = core.claim_inbox(agent, read_at=_clock.now())
-    if messages:
-        core.save_history([_history_entry("received", m) for m in messages])
+    if messages:  # phase 1 only: SQL wrote them with the claim
+        core.save_history("received", messages)
     return messages
 
 

@@ -10,6 +10,7 @@ concurrent writers never erase each other.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from . import config
 from ._files import Tree
-from .core import MESSAGE_FIELDS, _check_close, _check_vote
+from .core import MESSAGE_FIELDS, _check_close, _check_vote, history_entry
 from .database import Database, Tx, get_db
 from .errors import BackfillRequiredError, ConflictError, NotFoundError
 
@@ -32,6 +33,9 @@ def _now() -> str:
 
 def _msg(row: tuple) -> dict:
     return dict(zip(MESSAGE_FIELDS, row))
+
+
+_BY_TIME = operator.itemgetter(6, 0)  # (timestamp, id) of a message row
 
 
 def _order(messages: list[dict]) -> list[dict]:
@@ -58,7 +62,7 @@ class SqlStore:
             tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfill_source', 'empty')")
 
     def meta(self, key: str) -> str | None:
-        row = self.db.read(lambda tx: tx.fetchone("SELECT value FROM federation_meta WHERE key = ?", (key,)))
+        row = self.db.fetchone("SELECT value FROM federation_meta WHERE key = ?", (key,))
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
@@ -98,57 +102,75 @@ class SqlStore:
     # -- messages -------------------------------------------------------------
     def save_message(self, message: dict) -> None:
         values = tuple(message.get(f) for f in MESSAGE_FIELDS)
-        self.db.write(lambda tx: tx.execute(
-            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values))
+
+        def fn(tx: Tx) -> None:
+            tx.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            self._add_history(tx, [history_entry("sent", message)])
+
+        self.db.write(fn)
 
     def load_inbox(self, agent: str) -> list[dict]:
-        rows = self.db.read(lambda tx: tx.fetchall(
+        rows = self.db.fetchall(
             f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND read_at IS NULL "
-            "ORDER BY timestamp, id", (agent,)))
+            "ORDER BY timestamp, id", (agent,))
         return _order([_msg(r) for r in rows])
 
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
         stamp = read_at or _now()
+        sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
+               f"RETURNING {_MSG_COLS}")
 
-        def fn(tx: Tx) -> list[dict]:
-            sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL"
-                   f"{{extra}} RETURNING {_MSG_COLS}")
+        def fn(tx: Tx) -> list[tuple]:
             if ids is None:
-                return [_msg(r) for r in tx.fetchall(sql.format(extra=""), (stamp, agent))]
-            out: list[dict] = []
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ", ".join("?" for _ in chunk)
-                out += [_msg(r) for r in tx.fetchall(sql.format(extra=f" AND id IN ({marks})"),
-                                                     (stamp, agent, *chunk))]
-            return out
+                rows = tx.fetchall(sql.format(extra=""), (stamp, agent))
+            else:
+                rows = []
+                for start in range(0, len(ids), 500):
+                    chunk = list(ids[start:start + 500])
+                    marks = ", ".join("?" for _ in chunk)
+                    rows += tx.fetchall(sql.format(extra=f" AND id IN ({marks})"), (stamp, agent, *chunk))
+            rows.sort(key=_BY_TIME)
+            return rows
 
-        return _order(self.db.write(fn))
+        return [dict(zip(MESSAGE_FIELDS, r)) for r in self.db.write(fn)]
 
-    def save_history(self, entries: list[dict]) -> None:
-        rows = [(e["direction"], e["sender"], e["recipient"], e["content"], e.get("message_type"), e["timestamp"],
-                 e.get("message_id")) for e in entries]
-        self.db.write(lambda tx: tx.executemany(
-            "INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
-            "message_id) VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+    def save_history(self, direction: str, messages: list[dict]) -> None:
+        """Nothing to do: the database records history in the transaction of the message itself."""
+
+    @staticmethod
+    def _add_history(tx: Tx, entries: list[dict]) -> None:
+        if entries:
+            tx.executemany(
+                "INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
+                "message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e["direction"], e["sender"], e["recipient"], e["content"], e.get("message_type"), e["timestamp"],
+                  e.get("message_id")) for e in entries])
 
     def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
+        """Sent messages come from ``message_history``; a received entry is the claimed message itself.
+
+        Recording receipt as ``messages.read_at`` instead of copying every claimed
+        message into ``message_history`` keeps a claim to one UPDATE.
+        """
         cols = ("direction", "sender", "recipient", "content", "message_type", "timestamp", "message_id")
         if limit <= 0:
             return []
-        if agent is None:
-            sql, params = f"SELECT {', '.join(cols)} FROM message_history ORDER BY id DESC LIMIT ?", (limit,)
-        else:
-            sql = (f"SELECT {', '.join(cols)} FROM message_history WHERE sender = ? OR recipient = ? "
-                   "ORDER BY id DESC LIMIT ?")
-            params = (agent, agent, limit)
-        rows = self.db.read(lambda tx: tx.fetchall(sql, params))
-        return [dict(zip(cols, r)) for r in reversed(rows)]
+        who = "" if agent is None else " AND (sender = ? OR recipient = ?)"
+        params: tuple = () if agent is None else (agent, agent)
+        sql = (
+            "SELECT * FROM ("
+            "SELECT direction, sender, recipient, content, message_type, timestamp, message_id, "
+            f"timestamp AS at, id AS seq FROM message_history WHERE 1 = 1{who} "
+            "UNION ALL SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 "
+            f"FROM messages WHERE read_at IS NOT NULL{who}"
+            ") AS h ORDER BY at DESC, seq DESC, timestamp DESC, message_id DESC LIMIT ?")
+        rows = self.db.fetchall(sql, params + params + (limit,))
+        return [dict(zip(cols, r[:7])) for r in reversed(rows)]
 
     # -- context, expertise, profiles ----------------------------------------
     def load_context(self, agent: str) -> dict | None:
-        row = self.db.read(lambda tx: tx.fetchone(
-            "SELECT text, last_heartbeat, updated_at FROM context WHERE agent = ?", (agent,)))
+        row = self.db.fetchone(
+            "SELECT text, last_heartbeat, updated_at FROM context WHERE agent = ?", (agent,))
         if row is None:
             return None
         return {"agent": agent, "text": row[0] or "", "last_heartbeat": row[1], "updated_at": row[2]}
@@ -164,8 +186,8 @@ class SqlStore:
             "SET last_heartbeat = excluded.last_heartbeat", (agent, timestamp)))
 
     def load_expertise(self, agent: str) -> dict | None:
-        rows = self.db.read(lambda tx: tx.fetchall(
-            "SELECT domain, updated_at FROM expertise WHERE agent = ?", (agent,)))
+        rows = self.db.fetchall(
+            "SELECT domain, updated_at FROM expertise WHERE agent = ?", (agent,))
         if not rows:
             return None
         return {"agent": agent, "domains": sorted(r[0] for r in rows), "updated_at": max(r[1] or "" for r in rows)
@@ -182,8 +204,8 @@ class SqlStore:
         self.db.write(fn)
 
     def load_profile(self, agent: str) -> dict | None:
-        row = self.db.read(lambda tx: tx.fetchone(
-            "SELECT default_role, traits, updated_at FROM profiles WHERE agent = ?", (agent,)))
+        row = self.db.fetchone(
+            "SELECT default_role, traits, updated_at FROM profiles WHERE agent = ?", (agent,))
         if row is None:
             return None
         traits = json.loads(row[1]) if row[1] else {}
@@ -201,13 +223,13 @@ class SqlStore:
             (agent, default_role, encoded, updated_at, encoded)))
 
     def load_agents(self) -> list[str]:
-        rows = self.db.read(lambda tx: tx.fetchall(
+        rows = self.db.fetchall(
             "SELECT agent FROM context UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles "
-            "UNION SELECT recipient FROM messages"))
+            "UNION SELECT recipient FROM messages")
         return sorted(r[0] for r in rows)
 
     def load_experts(self, domain: str) -> list[str]:
-        rows = self.db.read(lambda tx: tx.fetchall("SELECT agent FROM expertise WHERE domain = ?", (domain,)))
+        rows = self.db.fetchall("SELECT agent FROM expertise WHERE domain = ?", (domain,))
         return sorted(r[0] for r in rows)
 
     # -- polls ----------------------------------------------------------------

@@ -20,7 +20,7 @@ import wrapt
 from ._compare import delta, field_diff, normalize, patch
 from ._experiment import DB, FILES, Experiment, Spec
 
-__all__ = ["install", "uninstall", "installed", "Spec", "Experiment", "normalize", "field_diff", "delta",
+__all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "normalize", "field_diff", "delta",
            "patch", "FILES", "DB"]
 
 _installed: dict[str, Experiment] = {}
@@ -67,6 +67,16 @@ def install(
         wrapt.wrap_function_wrapper(module, name, exp.wrapper(name, _spec_of(name, raw)))
     _installed[key] = exp
     return exp
+
+
+def install_when_imported(module_name: str, **hooks: Any) -> None:
+    """Install on *module_name* as soon as it is imported (a post-import hook).
+
+    For a ``core.py`` that cannot be edited: call this before anything imports
+    it, so no caller can hold an unpatched ``from core import save_polls``.
+    If the module is already imported, it is patched at once.
+    """
+    wrapt.register_post_import_hook(lambda module: install(module, **hooks), module_name)
 
 
 def uninstall(module: Any) -> None:

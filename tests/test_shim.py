@@ -222,3 +222,34 @@ def test_shim_is_generic():
     finally:
         shim.uninstall(mod)
     assert mod.save_thing is save_thing
+
+
+def test_post_import_hook_patches_a_module_on_import(tmp_path, monkeypatch):
+    """install_when_imported patches a module that cannot be edited, at the moment it is imported."""
+    import sys
+
+    (tmp_path / "legacy_core.py").write_text(
+        "STATE = {}\n"
+        "def load_flag(name):\n    return STATE.get(name)\n"
+        "def save_flag(name, value):\n    STATE[name] = value\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Candidate:
+        rows: dict = {}
+
+        def load_flag(self, name):
+            return self.rows.get(name)
+
+        def save_flag(self, name, value):
+            self.rows[name] = value
+
+    cand = Candidate()
+    shim.install_when_imported("legacy_core", candidate=lambda p: cand, mode=lambda: (4, 1.0))
+    import legacy_core
+
+    try:
+        legacy_core.save_flag("x", 1)
+        assert cand.rows == {"x": 1} and legacy_core.STATE == {}  # phase 4: the database only
+    finally:
+        shim.uninstall(legacy_core)
+        sys.modules.pop("legacy_core", None)

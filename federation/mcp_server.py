@@ -1,0 +1,489 @@
+"""The MCP server agents talk to: one tool per CONTRACT operation, acting as one agent.
+
+``federation serve --agent NAME`` runs :func:`build_server` over stdio.  The
+agent's identity belongs to the server, never to a tool argument: the tools
+send, vote, claim the inbox, close polls, review and set context *as NAME*,
+and no argument can change that (unknown arguments are refused, not ignored).
+Reading another agent's public state (context, expertise, profile, polls,
+sessions) is allowed.
+
+Every :class:`~federation.errors.FederationError` becomes an MCP tool error
+(``is_error``) with a message the model can act on; any other exception
+becomes a tool error too, with its traceback logged to stderr.  Nothing but
+protocol is written to stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Annotated, Any, Callable, Literal
+
+import structlog
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp_types import ToolAnnotations
+from pydantic import Field
+from pydantic import ValidationError as PydanticValidationError
+
+from . import __version__, config, context, governance, messaging
+from . import _validate as v
+from .errors import (BackfillRequiredError, ConflictError, FederationError, NotFoundError, StorageError,
+                     ValidationError)
+from .messaging import MAX_HISTORY
+
+__all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
+
+log = structlog.get_logger("federation.mcp")
+
+_KIB = 1024
+_CONTENT_LIMIT = f"at most {config.MAX_CONTENT_BYTES // _KIB} KiB of UTF-8"
+_SHORT_LIMIT = f"at most {v.MAX_SHORT_TEXT // _KIB} KiB"
+
+# Parameter types: the JSON schema (and its descriptions) the model reads.
+AgentName = Annotated[str, Field(description=(
+    "An agent name: 1-64 characters from A-Z a-z 0-9 _ . - starting with a letter or digit, without '..'."))]
+OtherAgent = Annotated[str | None, Field(description=(
+    "The agent to read (any agent's public state may be read); omit it to read your own."))]
+PollId = Annotated[str, Field(description="A poll id, as returned by create_poll or list_polls.")]
+SessionId = Annotated[str, Field(description="A session id, as returned by create_session or list_sessions.")]
+ArtifactType = Annotated[str, Field(description=(
+    "The artifact's kind within the session, e.g. 'design', 'plan', 'code' (non-empty, at most 256 bytes). "
+    "A session holds one artifact per type."))]
+ReviewStatus = Literal[v.REVIEW_STATUSES]  # type: ignore[valid-type]
+PollStatus = Literal[governance.POLL_STATUSES]  # type: ignore[valid-type]
+
+_IDENTITY_WORDS = ("agent", "sender", "voter", "creator", "reviewer", "lead", "from", "as", "me", "self")
+
+
+def _tool(*, read_only: bool = False, idempotent: bool = False, destructive: bool = False) -> Callable:
+    """Mark a :class:`AgentTools` method as an MCP tool (with hints for the client)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn._mcp_hints = ToolAnnotations(read_only_hint=read_only, idempotent_hint=idempotent or read_only,
+                                        destructive_hint=destructive, open_world_hint=False)
+        return fn
+
+    return mark
+
+
+class AgentTools:
+    """The tools of one agent's server; ``self.agent`` is who every write acts as."""
+
+    def __init__(self, agent: str):
+        self.agent = v.agent(agent, "agent")
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    @_tool()
+    def send_message(
+        self,
+        recipient: AgentName,
+        content: Annotated[str, Field(description=f"The message text ({_CONTENT_LIMIT}, non-empty).")],
+        message_type: Annotated[str, Field(description=(
+            "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes)."))] = "task",
+        reply_to: Annotated[str | None, Field(description=(
+            "The id of the message this one answers, if any."))] = None,
+    ) -> dict[str, Any]:
+        """Send a message from you to another agent's inbox.
+
+        You are always the sender. Returns {"message_id": str}. The recipient
+        receives it once, through its check_inbox.
+        """
+        return {"message_id": messaging.send_message(self.agent, recipient, content, message_type, reply_to)}
+
+    @_tool()
+    def check_inbox(self) -> dict[str, Any]:
+        """Receive your unread messages, oldest first, and mark them read.
+
+        Each message is delivered exactly once: a second call returns only
+        messages that arrived since. Returns {"messages": [{"id", "sender",
+        "recipient", "content", "message_type", "reply_to", "timestamp"}],
+        "count": int}. Use peek_inbox to look without marking them read.
+        """
+        messages = messaging.check_inbox(self.agent)
+        return {"messages": messages, "count": len(messages)}
+
+    @_tool(read_only=True)
+    def peek_inbox(self) -> dict[str, Any]:
+        """List your unread messages, oldest first, without marking them read.
+
+        Returns {"messages": [...], "count": int}, the same message shape as check_inbox.
+        """
+        messages = messaging.peek_inbox(self.agent)
+        return {"messages": messages, "count": len(messages)}
+
+    @_tool(read_only=True)
+    def get_history(
+        self,
+        limit: Annotated[int, Field(description=f"How many entries, 1-{MAX_HISTORY}.")] = 100,
+    ) -> dict[str, Any]:
+        """Your message history: the last `limit` messages you sent or received, oldest first.
+
+        Returns {"entries": [{"direction": "sent"|"received", "sender", "recipient",
+        "content", "message_type", "timestamp", "message_id"}]}.
+        """
+        return {"entries": messaging.get_history(self.agent, limit)}
+
+    # -- context ---------------------------------------------------------------------------------
+
+    @_tool(idempotent=True)
+    def set_context(
+        self,
+        text: Annotated[str, Field(description=(
+            f"What you are working on, for other agents to read ({_CONTENT_LIMIT}; empty clears it)."))],
+    ) -> dict[str, Any]:
+        """Replace your context window text (what other agents see with get_context).
+
+        Your heartbeat is kept. Returns {"ok": true}.
+        """
+        context.set_context(self.agent, text)
+        return {"ok": True}
+
+    @_tool(read_only=True)
+    def get_context(
+        self,
+        agent: OtherAgent = None,
+    ) -> dict[str, Any]:
+        """Read an agent's context window (yours by default).
+
+        Returns {"context": {"agent", "text", "last_heartbeat", "updated_at"}}
+        or {"context": null} when that agent never set one.
+        """
+        return {"context": context.get_context(self.agent if agent is None else agent)}
+
+    @_tool(idempotent=True)
+    def heartbeat(self) -> dict[str, Any]:
+        """Record that you are alive now (sets your last_heartbeat). Returns {"ok": true}."""
+        context.heartbeat(self.agent)
+        return {"ok": True}
+
+    @_tool(read_only=True)
+    def list_agents(self) -> dict[str, Any]:
+        """Every agent known to the federation (with context, expertise, a profile or an inbox).
+
+        Returns {"agents": [name, ...]} sorted by name.
+        """
+        return {"agents": context.list_agents()}
+
+    # -- expertise -------------------------------------------------------------------------------
+
+    @_tool(idempotent=True)
+    def set_expertise(
+        self,
+        domains: Annotated[list[str], Field(description=(
+            f"Your domains, e.g. [\"postgresql\", \"testing\"]: up to {v.MAX_DOMAINS} non-empty strings; "
+            "duplicates are folded; [] clears your expertise."))],
+    ) -> dict[str, Any]:
+        """Replace your list of expertise domains (what find_experts searches).
+
+        Returns {"domains": [...]}, sorted and without duplicates.
+        """
+        context.set_expertise(self.agent, domains)
+        return {"domains": context.get_expertise(self.agent)}
+
+    @_tool(read_only=True)
+    def get_expertise(
+        self,
+        agent: OtherAgent = None,
+    ) -> dict[str, Any]:
+        """An agent's expertise domains (yours by default). Returns {"agent": str, "domains": [...]}."""
+        name = self.agent if agent is None else agent
+        return {"agent": name, "domains": context.get_expertise(name)}
+
+    @_tool(read_only=True)
+    def find_experts(
+        self,
+        domain: Annotated[str, Field(description="The exact domain to look for, e.g. \"postgresql\".")],
+    ) -> dict[str, Any]:
+        """Agents that list `domain` among their expertise (exact match).
+
+        Returns {"domain": str, "agents": [name, ...]}; an empty list when nobody does.
+        """
+        return {"domain": domain, "agents": context.find_experts(domain)}
+
+    # -- profiles --------------------------------------------------------------------------------
+
+    @_tool(idempotent=True)
+    def set_profile(
+        self,
+        default_role: Annotated[str | None, Field(description=(
+            "The role you usually take, e.g. reviewer, implementer (at most 256 bytes); omit to keep it."))] = None,
+        traits: Annotated[dict[str, Any] | None, Field(description=(
+            f"A JSON object of traits, e.g. {{\"careful\": true}} ({_CONTENT_LIMIT} as JSON); "
+            "replaces your traits; omit to keep them."))] = None,
+    ) -> dict[str, Any]:
+        """Set your profile. An argument you omit keeps its current value. Returns {"ok": true}."""
+        context.set_profile(self.agent, default_role, traits)
+        return {"ok": True}
+
+    @_tool(read_only=True)
+    def get_profile(
+        self,
+        agent: OtherAgent = None,
+    ) -> dict[str, Any]:
+        """An agent's profile (yours by default).
+
+        Returns {"profile": {"agent", "default_role", "traits", "updated_at"}} or
+        {"profile": null} when that agent has none.
+        """
+        return {"profile": context.get_profile(self.agent if agent is None else agent)}
+
+    # -- polls -----------------------------------------------------------------------------------
+
+    @_tool()
+    def create_poll(
+        self,
+        question: Annotated[str, Field(description=f"The question (non-empty, {_SHORT_LIMIT}).")],
+        options: Annotated[list[str], Field(description=(
+            f"The answers to choose from: 2-{v.MAX_OPTIONS} distinct non-empty strings, e.g. [\"yes\", \"no\"]."))],
+    ) -> dict[str, Any]:
+        """Open a poll that you own; only you can close it. Returns {"poll_id": str}."""
+        return {"poll_id": governance.create_poll(self.agent, question, options)}
+
+    @_tool(idempotent=True)
+    def vote(
+        self,
+        poll_id: PollId,
+        option: Annotated[str, Field(description="One of the poll's options, spelled exactly as listed.")],
+    ) -> dict[str, Any]:
+        """Cast your vote on an open poll; voting again replaces your earlier vote.
+
+        Fails on a closed poll, an unknown poll, or an option not on the poll.
+        Returns {"ok": true}; get_poll shows the tally.
+        """
+        governance.vote(poll_id, self.agent, option)
+        return {"ok": True}
+
+    @_tool(destructive=True)
+    def close_poll(self, poll_id: PollId) -> dict[str, Any]:
+        """Close a poll you created (nobody else may close it); no more votes are accepted.
+
+        Returns {"poll": ...} with the final "tally" (see get_poll).
+        """
+        return {"poll": governance.close_poll(poll_id, self.agent)}
+
+    @_tool(read_only=True)
+    def get_poll(self, poll_id: PollId) -> dict[str, Any]:
+        """Read a poll with its votes and tally.
+
+        Returns {"poll": {"id", "question", "options", "status": "open"|"closed",
+        "creator", "created_at", "votes": {voter: option}, "tally": {option: count}}}.
+        """
+        return {"poll": governance.get_poll(poll_id)}
+
+    @_tool(read_only=True)
+    def list_polls(
+        self,
+        status: Annotated[PollStatus | None, Field(description="Only polls with this status; omit for all.")] = None,
+    ) -> dict[str, Any]:
+        """Every poll (or only open / closed ones), oldest first, each with its tally.
+
+        Returns {"polls": [...]}, each poll shaped as in get_poll.
+        """
+        return {"polls": governance.list_polls(status)}
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    @_tool()
+    def create_session(
+        self,
+        title: Annotated[str, Field(description=f"A short title (non-empty, {_SHORT_LIMIT}).")],
+        description: Annotated[str | None, Field(description=(
+            f"What the session is for (at most {4 * v.MAX_SHORT_TEXT // _KIB} KiB); optional."))] = None,
+    ) -> dict[str, Any]:
+        """Start a collaborative session that you lead; it starts in phase "planning".
+
+        Returns {"session_id": str}.
+        """
+        return {"session_id": governance.create_session(self.agent, title, description)}
+
+    @_tool(idempotent=True)
+    def assign_role(
+        self,
+        session_id: SessionId,
+        agent: AgentName,
+        role: Annotated[str, Field(description=(
+            "The role, e.g. implementer, reviewer (non-empty, at most 256 bytes)."))],
+        subtask: Annotated[str | None, Field(description=(
+            f"What this agent should do ({_SHORT_LIMIT}); optional."))] = None,
+    ) -> dict[str, Any]:
+        """Give an agent (yourself or another) a role in a session; replaces that agent's earlier role.
+
+        Returns {"ok": true}.
+        """
+        governance.assign_role(session_id, agent, role, subtask)
+        return {"ok": True}
+
+    @_tool(idempotent=True)
+    def attach_artifact(
+        self,
+        session_id: SessionId,
+        artifact_type: ArtifactType,
+        path: Annotated[str, Field(description=(
+            f"Where the artifact lives, e.g. docs/design.md (a path or URL, never the content; {_SHORT_LIMIT})."))],
+    ) -> dict[str, Any]:
+        """Attach an artifact (by path) to a session under `artifact_type`; replaces one of the same type.
+
+        Returns {"ok": true}.
+        """
+        governance.attach_artifact(session_id, artifact_type, path)
+        return {"ok": True}
+
+    @_tool(idempotent=True)
+    def review_artifact(
+        self,
+        session_id: SessionId,
+        artifact_type: ArtifactType,
+        status: Annotated[ReviewStatus, Field(description="Your verdict: approved or changes_requested.")],
+        comments: Annotated[str | None, Field(description=(
+            f"What to change, or why ({_CONTENT_LIMIT}); optional."))] = None,
+    ) -> dict[str, Any]:
+        """Review a session's artifact as yourself; reviewing again replaces your earlier review.
+
+        Returns {"ok": true}; get_session shows reviews[artifact_type][reviewer].
+        """
+        governance.review_artifact(session_id, artifact_type, self.agent, status, comments)
+        return {"ok": True}
+
+    @_tool(idempotent=True)
+    def set_phase(
+        self,
+        session_id: SessionId,
+        phase: Annotated[str, Field(description=(
+            "The new phase, free text such as planning, executing, review, done (non-empty, at most 256 bytes)."))],
+    ) -> dict[str, Any]:
+        """Move a session to another phase. Returns {"ok": true}."""
+        governance.set_phase(session_id, phase)
+        return {"ok": True}
+
+    @_tool(read_only=True)
+    def get_session(self, session_id: SessionId) -> dict[str, Any]:
+        """Read a session.
+
+        Returns {"session": {"id", "title", "description", "lead", "phase", "created_at",
+        "updated_at", "roles": {agent: {"role", "subtask", "assigned_at"}},
+        "artifacts": {type: {"path", "attached_at"}},
+        "reviews": {type: {reviewer: {"status", "comments", "reviewed_at"}}}}}.
+        """
+        return {"session": governance.get_session(session_id)}
+
+    @_tool(read_only=True)
+    def list_sessions(self) -> dict[str, Any]:
+        """Every session, oldest first. Returns {"sessions": [...]}, each shaped as in get_session."""
+        return {"sessions": governance.list_sessions()}
+
+
+#: The tools, in CONTRACT order.
+TOOL_NAMES: tuple[str, ...] = tuple(name for name, fn in vars(AgentTools).items() if hasattr(fn, "_mcp_hints"))
+
+_ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
+    (ValidationError, "invalid argument"),
+    (NotFoundError, "not found"),
+    (ConflictError, "refused"),
+    (BackfillRequiredError, "database not ready"),
+    (StorageError, "storage unavailable, try again shortly"),
+    (FederationError, "failed"),
+)
+
+
+def _guarded(name: str, method: Callable, agent: str) -> Callable:
+    """Run *method*; federation errors become tool errors, anything else is logged then a tool error."""
+
+    @functools.wraps(method)
+    def call(**kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except FederationError as exc:
+            kind = next(label for cls, label in _ERROR_KINDS if isinstance(exc, cls))
+            # The caller's mistakes are routine; a storage failure is the operator's to see.
+            emit = log.warning if isinstance(exc, StorageError) else log.info
+            emit("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
+            raise ToolError(f"{kind}: {exc}") from exc
+        except Exception as exc:
+            log.exception("tool_crashed", tool=name, agent=agent, error=type(exc).__name__)
+            raise ToolError(f"internal error ({type(exc).__name__}); the server logged the details "
+                            "and keeps serving") from exc
+
+    return call
+
+
+class FederationServer(MCPServer):
+    """An :class:`MCPServer` that refuses arguments a tool does not declare.
+
+    Pydantic would silently drop an unknown argument such as ``sender`` or
+    ``voter``; an agent that tries to act as someone else must be told no.
+    """
+
+    def __init__(self, agent: str, tools: list[Tool], **kwargs: Any):
+        self.agent = agent
+        self._params = {t.name: (set(t.parameters.get("properties", {})), set(t.parameters.get("required", [])))
+                        for t in tools}
+        super().__init__(tools=tools, **kwargs)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if name in self._params:
+            allowed, required = self._params[name]
+            unknown = sorted(set(arguments) - allowed)
+            if unknown:
+                hint = ""
+                if any(u.lower() in _IDENTITY_WORDS for u in unknown):
+                    hint = f" This server always acts as agent {self.agent!r}; identity is not an argument."
+                accepted = ", ".join(sorted(allowed)) or "no arguments"
+                log.info("tool_refused", tool=name, agent=self.agent, error="unknown_arguments", arguments=unknown)
+                raise ToolError(f"Error executing tool {name}: unknown argument(s) {', '.join(unknown)}; "
+                                f"{name} accepts {accepted}.{hint}")
+            missing = sorted(required - set(arguments))
+            if missing:
+                raise ToolError(f"Error executing tool {name}: missing required argument(s) {', '.join(missing)}")
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, PydanticValidationError):
+                raise
+            # One line per argument, without pydantic's class names and documentation links.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}"
+                                 for e in exc.__cause__.errors())
+            raise ToolError(f"Error executing tool {name}: invalid argument(s): {problems}") from exc.__cause__
+
+
+def _instructions(agent: str) -> str:
+    return (
+        f"You are agent {agent!r} of a federation of cooperating agents. These tools read and change the "
+        "federation's shared state: inbox messages, context, expertise, profiles, polls and sessions. Every "
+        f"write acts as {agent!r} (sender, voter, poll creator, reviewer, session lead): there is no argument "
+        "to act as anyone else. Call check_inbox to receive your messages (each is delivered once), "
+        "heartbeat now and then to show you are alive, and set_context to say what you are working on."
+    )
+
+
+def build_server(agent: str) -> FederationServer:
+    """The MCP server of *agent*, with one tool per CONTRACT operation.
+
+    Raises :class:`ValidationError` for an invalid agent name.
+    """
+    agent_tools = AgentTools(agent)
+    tools = []
+    for name in TOOL_NAMES:
+        method = getattr(agent_tools, name)
+        tool = Tool.from_function(_guarded(name, method, agent_tools.agent), name=name,
+                                  description=inspect.cleandoc(method.__doc__ or ""),
+                                  annotations=method._mcp_hints, structured_output=True)
+        tool.parameters["additionalProperties"] = False
+        tools.append(tool)
+    return FederationServer(agent_tools.agent, tools, name="federation", title=f"federation ({agent})",
+                            instructions=_instructions(agent_tools.agent), version=__version__)
+
+
+def serve(agent: str) -> None:
+    """Serve *agent*'s tools over stdio until the client closes stdin."""
+    server = build_server(agent)
+    s = config.settings()
+    log.info("mcp_server_started", agent=server.agent, phase=s.effective_phase, engine=s.engine,
+             database=s.db_display, tools=len(TOOL_NAMES))
+    try:
+        server.run("stdio")
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin
+        pass
+    log.info("mcp_server_stopped", agent=server.agent)
