@@ -100,6 +100,7 @@ class Agent:
     """One long-running agent process that votes when told to."""
 
     def __init__(self, fed, poll_id: str, deadline_s: float):
+        self.poll_id = poll_id
         self.proc = subprocess.Popen([sys.executable, "-c", AGENT, poll_id, str(deadline_s)],
                                      env=fed.subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -116,45 +117,53 @@ class Agent:
         assert self.proc.wait(30) == 0, self.proc.stderr.read()[-3000:]
 
 
+@pytest.fixture
+def agent_on_private_server(fed, pg_server):
+    """start(deadline_s) -> a voting Agent on a poll of a private server the test may stop."""
+    fed.env["FEDERATION_DB_URL"] = pg_server.url
+    fed.apply()
+    poll_id = governance.create_poll("alice", "Still there?", ["yes", "no"])
+    agents: list[Agent] = []
+
+    def start(deadline_s: float) -> Agent:
+        agents.append(Agent(fed, poll_id, deadline_s))
+        return agents[-1]
+
+    yield start
+    for agent in agents:
+        agent.close()
+
+
 @pytest.mark.postgresql_only
-def test_server_goes_away_and_comes_back(fed, pg_server):
+def test_server_goes_away_and_comes_back(pg_server, agent_on_private_server):
     """Server stopped: the caller gets a clear StorageError; server back: the same process carries on."""
-    fed.env["FEDERATION_DB_URL"] = pg_server.url
-    fed.apply()
-    pid = governance.create_poll("alice", "Still there?", ["yes", "no"])
-    agent = Agent(fed, pid, deadline_s=3)
-    try:
-        assert agent.vote("before") == {"ok": True}
-        pg_server.stop("fast")
-        t0 = time.monotonic()
-        outcome = agent.vote("during")
-        assert outcome["ok"] is False and outcome["error"] == "StorageError", outcome
-        assert "unreachable" in outcome["message"] and "127.0.0.1" in outcome["message"], outcome
-        assert time.monotonic() - t0 < 30
-        pg_server.start()
-        assert agent.vote("after") == {"ok": True}  # no restart of the agent
-    finally:
-        agent.close()
-    assert sorted(governance.get_poll(pid)["votes"]) == ["after", "before"]
+    agent = agent_on_private_server(deadline_s=3)
+    assert agent.vote("before") == {"ok": True}
+    pg_server.stop("fast")
+    t0 = time.monotonic()
+    outcome = agent.vote("during")
+    assert outcome["ok"] is False and outcome["error"] == "StorageError", outcome
+    assert "unreachable" in outcome["message"] and "127.0.0.1" in outcome["message"], outcome
+    assert time.monotonic() - t0 < 30
+    pg_server.start()
+    assert agent.vote("after") == {"ok": True}  # the same agent process, not restarted
+    assert agent.vote("during") == {"ok": True}
+    assert sorted(governance.get_poll(agent.poll_id)["votes"]) == ["after", "before", "during"]
 
 
 @pytest.mark.postgresql_only
-def test_short_outage_is_invisible(fed, pg_server):
+def test_short_outage_is_invisible(pg_server, agent_on_private_server):
     """A restart shorter than the retry deadline: the call waits and succeeds."""
-    fed.env["FEDERATION_DB_URL"] = pg_server.url
-    fed.apply()
-    pid = governance.create_poll("alice", "Restart?", ["yes", "no"])
-    agent = Agent(fed, pid, deadline_s=30)
-    try:
-        assert agent.vote("before") == {"ok": True}
-        pg_server.stop("fast")
-        restarter = threading.Timer(1.0, pg_server.start)
-        restarter.start()
-        assert agent.vote("during") == {"ok": True}
-        restarter.join()
-    finally:
-        agent.close()
-    assert sorted(governance.get_poll(pid)["votes"]) == ["before", "during"]
+    agent = agent_on_private_server(deadline_s=30)
+    assert agent.vote("before") == {"ok": True}
+    pg_server.stop("fast")
+    restarter = threading.Timer(1.0, pg_server.start)
+    restarter.start()
+    t0 = time.monotonic()
+    assert agent.vote("during") == {"ok": True}
+    assert time.monotonic() - t0 >= 0.5  # it did wait for the server
+    restarter.join()
+    assert sorted(governance.get_poll(agent.poll_id)["votes"]) == ["before", "during"]
 
 
 def test_reconnects_in_process(fed):
