@@ -271,7 +271,9 @@ class Database:
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
-        if conn is not None:
+        # A forked child inherits the parent's connection: closing it there would
+        # end the parent's session (PostgreSQL) or break its locks (SQLite).
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             with contextlib.suppress(Exception):
                 conn.close()
 

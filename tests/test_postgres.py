@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -12,7 +13,8 @@ import pytest
 
 from federation import config, governance
 from federation.database import dialect_for, get_db
-from federation.errors import ConfigError, StorageError
+from federation.errors import ConfigError
+from federation.sqlstore import forget_stores
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
 
@@ -178,3 +180,18 @@ def test_reconnects_in_process(fed):
         get_db().close()
     governance.vote(pid, "carol", "b")
     assert governance.get_poll(pid)["tally"] == {"a": 1, "b": 1}
+
+
+@pytest.mark.postgresql_only
+def test_forked_child_leaves_the_parents_session_alone(fed):
+    """A forked child that forgets its inherited connections does not end the parent's session."""
+    governance.create_poll("alice", "Q?", ["a", "b"])
+    before = get_db().fetchone("SELECT pg_backend_pid()")
+    child = os.fork()
+    if child == 0:
+        try:
+            forget_stores()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert get_db().fetchone("SELECT pg_backend_pid()") == before
