@@ -148,5 +148,3 @@ class PostgresDialect(Dialect):
         # no SQLSTATE: the client could not reach the server or lost it; class 08:
         # connection exception; 57P01/57P02: the server terminated the session.
         return state is None or state.startswith("08") or state in ("57P01", "57P02")
-
-
