@@ -25,6 +25,7 @@ import re
 
 import psycopg
 
+from . import database
 from .config import _redact
 from .database import Dialect, Tx
 from .errors import StorageError
@@ -94,7 +95,7 @@ class PostgresDialect(Dialect):
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
         try:
-            return psycopg.connect(self._conninfo, autocommit=True)
+            conn = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
             # libpq gives no SQLSTATE here.  A server that answered and refused us
             # (no such database or role, bad password) will not change its mind:
@@ -103,6 +104,11 @@ class PostgresDialect(Dialect):
             if "FATAL:" in text and not any(t in text for t in _TRANSIENT_FATAL):
                 raise StorageError(f"cannot open the database {self.describe()}: {text}") from exc
             raise
+        # A row lock held too long by another session: stop waiting when a write
+        # would give up anyway (55P03 is retried until the deadline, then "busy"),
+        # as SQLite's busy timeout does.
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(database.BUSY_DEADLINE_S * 1000)}ms",))
+        return conn
 
     def begin_write(self, conn: psycopg.Connection, snapshot: bool = False) -> None:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN ISOLATION LEVEL READ COMMITTED")

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from federation import config, governance
+from federation import config, database, governance
 from federation.database import dialect_for, get_db
-from federation.errors import ConfigError
+from federation.errors import ConfigError, StorageError
 from federation.sqlstore import forget_stores
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
@@ -82,6 +82,26 @@ def test_close_waits_for_votes_in_flight(fed):
     t.join(30)
     poll = governance.get_poll(pid)
     assert poll["status"] == "closed" and poll["votes"] == {"bob": "a"}
+
+
+@pytest.mark.postgresql_only
+def test_row_lock_held_past_the_deadline_is_a_storage_error(fed, monkeypatch):
+    """A poll locked by another session for too long: the vote gives up with "busy", never hangs."""
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    monkeypatch.setattr(database, "BUSY_DEADLINE_S", 1.0)
+    forget_stores()  # new connections take the shorter deadline
+    holder = psycopg.connect(fed.db_url)
+    holder.execute("SELECT 1 FROM polls WHERE id = %s FOR UPDATE", (pid,))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="stayed busy"):
+            governance.vote(pid, "bob", "a")
+        assert time.monotonic() - t0 < 10
+    finally:
+        holder.rollback()
+        holder.close()
+    governance.vote(pid, "bob", "a")
+    assert governance.get_poll(pid)["votes"] == {"bob": "a"}
 
 
 AGENT = """
