@@ -66,7 +66,7 @@ def main() -> None:
 
         print(f"inbox: one check_inbox() of {args.messages} messages (best of {args.rounds})")
         legacy = best_of(args.rounds, lambda: bench_inbox.one_round(1, args.messages))
-        print(f"  {'legacy files':12} {legacy * 1000:8.1f} ms")
+        print(f"  {'files (ph. 1)':12} {legacy * 1000:8.1f} ms")
         for engine, db_url in (("SQLite", None), ("PostgreSQL", url)):
 
             def one() -> float:
@@ -75,7 +75,7 @@ def main() -> None:
                 return bench_inbox.one_round(4, args.messages, db_url)
 
             seconds = best_of(args.rounds, one)
-            print(f"  {engine:12} {seconds * 1000:8.1f} ms   {legacy / seconds:5.1f}x faster than the files")
+            print(f"  {engine:12} {seconds * 1000:8.1f} ms   {legacy / seconds:5.1f}x faster than phase 1")
     finally:
         if server is not None:
             server.destroy()
