@@ -16,7 +16,8 @@ from federation.database import dialect_for, get_db
 from federation.errors import ConfigError, StorageError
 from federation.sqlstore import forget_stores
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
+psycopg = pytest.importorskip(
+    "psycopg", reason="PostgreSQL cases not run: psycopg is not installed (pip install -e '.[postgresql]')")
 
 from federation._postgres import PostgresDialect  # noqa: E402
 
