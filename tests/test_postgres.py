@@ -105,6 +105,30 @@ def test_row_lock_held_past_the_deadline_is_a_storage_error(fed, monkeypatch):
     assert governance.get_poll(pid)["votes"] == {"bob": "a"}
 
 
+@pytest.mark.postgresql_only
+def test_claim_waits_for_a_concurrent_claim_and_gets_nothing_twice(fed):
+    """Under READ COMMITTED a claim blocked by another claimer re-checks read_at: no message twice."""
+    from federation import messaging
+
+    fed.phase(4)
+    ids = {messaging.send_message("alice", "bob", f"m{i}") for i in range(3)}
+    other = psycopg.connect(fed.db_url)  # another agent's claim, still uncommitted
+    taken = {r[0] for r in other.execute(
+        "UPDATE messages SET read_at = 'x' WHERE recipient = 'bob' AND read_at IS NULL RETURNING id")}
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(messaging.check_inbox("bob")))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive(), "the second claim did not wait for the first"
+    messaging.send_message("alice", "bob", "late")  # sent while the second claim waits
+    other.commit()
+    other.close()
+    t.join(30)
+    assert taken == ids
+    assert result == [[]]  # none of the first claim's messages; "late" came after its snapshot
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["late"]  # skipped by none
+
+
 AGENT = """
 import json, sys
 from federation import database, governance
