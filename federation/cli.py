@@ -78,7 +78,12 @@ def status_data() -> dict:
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
-    exists = bool(s.db_url) or s.db_path.exists()
+    if s.db_url:  # a server database exists; has our schema been created in it?
+        from .database import get_db
+
+        exists = get_db(s).schema_version() > 0
+    else:
+        exists = s.db_path.exists()
     if exists:
         from .sqlstore import get_store
 

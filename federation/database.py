@@ -109,7 +109,8 @@ class Dialect:
     def connect(self) -> Any:
         raise NotImplementedError
 
-    def begin_write(self, conn: Any) -> None:
+    def begin_write(self, conn: Any, snapshot: bool = False) -> None:
+        """Start a write transaction; *snapshot*: one that reads a document and writes it back."""
         raise NotImplementedError
 
     def begin_read(self, conn: Any) -> None:
@@ -120,6 +121,9 @@ class Dialect:
 
     def rollback(self, conn: Any) -> None:
         conn.rollback()
+
+    def lock(self, tx: Tx, name: str) -> None:
+        """Hold the lock *name* until the transaction ends (a no-op where writers are serialised)."""
 
     def is_retryable(self, exc: BaseException) -> bool:
         return False
@@ -174,7 +178,8 @@ class SqliteDialect(Dialect):
                 f"the SQLite database {self.path} is on a network filesystem ({fs}). SQLite's WAL needs "
                 "shared memory on one host and POSIX locks are unreliable there, so concurrent agents "
                 "would corrupt it. Put FEDERATION_DB on a local disk, or, for a federation that spans "
-                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname"
+                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname (README, "
+                "section \"SQLite or PostgreSQL\")"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_DEADLINE_S, isolation_level=None,
@@ -212,8 +217,8 @@ class SqliteDialect(Dialect):
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def begin_write(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable
 
     def begin_read(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN")
@@ -256,7 +261,8 @@ class Database:
             except FederationError:
                 raise
             except Exception as exc:
-                if self.dialect.is_database_error(exc) or self.dialect.is_disconnect(exc):
+                # an unreachable server is retried by _run until the deadline; this is final
+                if self.dialect.is_database_error(exc) and not self.dialect.is_disconnect(exc):
                     raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
                 raise
             local.conn, local.pid, local.depth = conn, os.getpid(), 0
@@ -265,7 +271,9 @@ class Database:
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
-        if conn is not None:
+        # A forked child inherits the parent's connection: closing it there would
+        # end the parent's session (PostgreSQL) or break its locks (SQLite).
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             with contextlib.suppress(Exception):
                 conn.close()
 
@@ -273,12 +281,13 @@ class Database:
         self._drop_connection()
 
     # -- transactions -------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], write: bool, begin: bool = True) -> T:
+    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True) -> T:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
-        conn = self._connection()
-        if local.depth:  # already inside a transaction of this thread: join it
+        if getattr(local, "depth", 0) and local.pid == os.getpid():
+            # already inside a transaction of this thread: join it
+            conn = local.conn
             local.depth += 1
             try:
                 return fn(Tx(conn, self.dialect))
@@ -290,11 +299,14 @@ class Database:
             attempt += 1
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
+                conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
                 with gate:
-                    conn = self._connection()
                     if not begin:  # one statement in autocommit mode: atomic on its own
                         return fn(Tx(conn, self.dialect))
-                    (self.dialect.begin_write if write else self.dialect.begin_read)(conn)
+                    if write:
+                        self.dialect.begin_write(conn, snapshot)
+                    else:
+                        self.dialect.begin_read(conn)
                     local.depth = 1
                     try:
                         result = fn(Tx(conn, self.dialect))
@@ -325,9 +337,14 @@ class Database:
                     ) from exc
                 time.sleep(min(0.5, 0.001 * (2 ** min(attempt, 9))) * (0.5 + random.random()))
 
-    def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run *fn* in one write transaction (retried whole on contention)."""
-        return self._run(fn, write=True)
+    def write(self, fn: Callable[[Tx], T], snapshot: bool = False) -> T:
+        """Run *fn* in one write transaction (retried whole on contention).
+
+        *snapshot*: *fn* reads rows and writes back what it computed from them
+        without locking them; the engine must then fail (and this retry) the
+        transaction if any of those rows changed meanwhile.
+        """
+        return self._run(fn, write=True, snapshot=snapshot)
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run *fn* in one read transaction (a consistent snapshot)."""
@@ -377,6 +394,8 @@ class Database:
     def _migrate(self, tx: Tx) -> None:
         from datetime import datetime, timezone
 
+        # many processes may start on an empty database at once
+        self.dialect.lock(tx, "federation.schema")
         tx.execute(schema.SCHEMA_VERSION_DDL)
         row = tx.fetchone("SELECT MAX(version) FROM schema_version")
         current = int(row[0] or 0) if row else 0
@@ -409,8 +428,13 @@ _databases_lock = threading.Lock()
 
 def dialect_for(settings: config.Settings) -> Dialect:
     if settings.db_url:
-        from ._postgres import PostgresDialect  # imported only when asked for
-
+        try:
+            from ._postgres import PostgresDialect  # imported only when asked for
+        except ImportError as exc:
+            raise ConfigError(
+                f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "
+                "pip install 'federation[postgresql]'"
+            ) from exc
         return PostgresDialect(settings.db_url)
     return SqliteDialect(settings.db_path)
 

@@ -91,7 +91,7 @@ class SqlStore:
 
     def atomic(self, fn: Callable[[], T]) -> T:
         """Run *fn* (which calls methods of this store) in one write transaction."""
-        return self.db.write(lambda tx: fn())
+        return self.db.write(lambda tx: fn(), snapshot=True)
 
     def counts(self) -> dict[str, int]:
         from .schema import TABLES
@@ -197,6 +197,8 @@ class SqlStore:
 
     def save_expertise(self, agent: str, domains: list[str], updated_at: str) -> None:
         def fn(tx: Tx) -> None:
+            # a set of rows replaced as a whole: concurrent replacements must not interleave
+            tx.dialect.lock(tx, f"expertise:{agent}")
             tx.execute("DELETE FROM expertise WHERE agent = ?", (agent,))
             tx.executemany("INSERT INTO expertise (agent, domain, updated_at) VALUES (?, ?, ?)",
                            [(agent, d, updated_at) for d in domains])
@@ -215,10 +217,10 @@ class SqlStore:
     def save_profile(self, agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
         encoded = None if traits is None else json.dumps(traits, ensure_ascii=False, sort_keys=True)
         self.db.write(lambda tx: tx.execute(
-            "INSERT INTO profiles (agent, default_role, traits, updated_at) VALUES (?, ?, COALESCE(?, '{}'), ?) "
+            "INSERT INTO profiles (agent, default_role, traits, updated_at) VALUES (?, ?, COALESCE(CAST(? AS TEXT), '{}'), ?) "
             "ON CONFLICT (agent) DO UPDATE SET "
             "default_role = COALESCE(excluded.default_role, profiles.default_role), "
-            "traits = CASE WHEN ? IS NULL THEN profiles.traits ELSE excluded.traits END, "
+            "traits = CASE WHEN CAST(? AS TEXT) IS NULL THEN profiles.traits ELSE excluded.traits END, "
             "updated_at = excluded.updated_at",
             (agent, default_role, encoded, updated_at, encoded)))
 

@@ -26,7 +26,7 @@ def test_status_json_counts_rows(fed):
     governance.vote(pid, "bob", "a")
     result = CliRunner().invoke(main, ["status", "--json", "--root", str(fed.root), "--db", str(fed.db_path)])
     data = json.loads(result.output)
-    assert data["phase"] == 4 and data["engine"] == "sqlite"
+    assert data["phase"] == 4 and data["engine"] == fed.engine
     assert data["tables"]["polls"] == 1 and data["tables"]["votes"] == 1 and data["tables"]["messages"] == 0
 
 
@@ -45,13 +45,17 @@ def test_root_flag_wins_over_environment(fed, tmp_path):
     other = tmp_path / "elsewhere"
     result = CliRunner().invoke(main, ["status", "--json", "--root", str(other), "--db", str(other / "x.db")])
     data = json.loads(result.output)
-    assert data["root"] == str(other) and data["database"] == str(other / "x.db")
+    # --db names the SQLite file; FEDERATION_DB_URL, when set, selects PostgreSQL instead
+    assert data["root"] == str(other) and data["database"] == (fed.db_url or str(other / "x.db"))
 
 
 def test_storage_error_is_one_line(fed, tmp_path):
     """A storage failure is reported as one 'error:' line with exit 1, never a traceback."""
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("x")
+    if fed.engine == "postgresql":  # a database that does not exist on the server
+        fed.env["FEDERATION_DB_URL"] = fed.db_url.rsplit("/", 1)[0] + "/no_such_database"
+        fed.apply()
     result = CliRunner().invoke(main, ["demo", "--root", str(fed.root), "--db", str(blocker / "db.sqlite")])
     assert result.exit_code == 1
     assert result.stderr.count("error:") == 1

@@ -23,6 +23,7 @@ def test_schema_created_on_first_use_with_version(fed):
     assert set(fed.store().counts()) == set(schema.TABLES)
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_mode(fed):
     """SQLite is opened in WAL mode with NORMAL synchronisation."""
     fed.phase(4)

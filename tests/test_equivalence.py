@@ -31,17 +31,15 @@ options = st.sampled_from(["yes", "no", "maybe", "it's; DROP TABLE polls;--"])
 
 
 class Sides:
-    def __init__(self, base_env: dict):
+    def __init__(self, db_env):
         self.tmp = Path(tempfile.mkdtemp(prefix="fed-equiv-"))
         self.envs = {}
         for phase in (1, 2, 3, 4):
             root = self.tmp / f"phase{phase}"
             root.mkdir()
-            env = dict(base_env)
+            env = db_env(root / "federation.db")  # each side its own database, on the test's engine
             env.update(FEDERATION_ROOT=str(root), FEDERATION_USE_DB="0" if phase == 1 else "1",
                        FEDERATION_PHASE=str(max(phase, 2)))
-            if not env.get("FEDERATION_DB_URL"):
-                env["FEDERATION_DB"] = str(root / "federation.db")
             self.envs[phase] = env
         self.step = 0
 
@@ -86,7 +84,7 @@ def observable_state() -> dict:
     }
 
 
-def make_machine(base_env: dict):
+def make_machine(db_env):
     class Federations(RuleBasedStateMachine):
         polls = Bundle("polls")
         sessions = Bundle("sessions")
@@ -94,7 +92,7 @@ def make_machine(base_env: dict):
         def __init__(self):
             super().__init__()
             core._history.clear()
-            self.sides = Sides(base_env)
+            self.sides = Sides(db_env)
 
         def teardown(self):
             self.sides.close()
@@ -175,8 +173,7 @@ def test_file_and_sql_stores_end_in_the_same_state(fed, monkeypatch):
     """Random CONTRACT operation sequences: phases 1-4 agree, and phases 2-3 publish no mismatch."""
     monkeypatch.setattr(_clock, "now", _clock.now)
     monkeypatch.setattr(_clock, "new_id", _clock.new_id)
-    base_env = {k: v for k, v in fed.env.items() if k == "FEDERATION_DB_URL" and v}
-    machine = make_machine(base_env)
+    machine = make_machine(fed.database_env)
     with structlog.testing.capture_logs() as logs:
         run_state_machine_as_test(machine, settings=settings(
             max_examples=30, stateful_step_count=25, deadline=None,

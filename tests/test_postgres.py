@@ -1,0 +1,242 @@
+"""What only the PostgreSQL backend has: its dialect, retries, and a server that goes away."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from federation import config, database, governance
+from federation.database import dialect_for, get_db
+from federation.errors import ConfigError, StorageError
+from federation.sqlstore import forget_stores
+
+psycopg = pytest.importorskip(
+    "psycopg", reason="PostgreSQL cases not run: psycopg is not installed (pip install -e '.[postgresql]')")
+
+from federation._postgres import PostgresDialect  # noqa: E402
+
+
+def test_placeholders_translated_outside_quotes():
+    """``?`` becomes ``%s`` and ``%`` is doubled, but text inside quotes is left alone."""
+    d = PostgresDialect("postgresql://u@h/db")
+    assert d.sql("SELECT a FROM t WHERE b = ? AND c LIKE 'x%?' AND \"we?ird\" = ?") == (
+        "SELECT a FROM t WHERE b = %s AND c LIKE 'x%?' AND \"we?ird\" = %s")
+    assert d.sql("SELECT 100 % ?") == "SELECT 100 %% %s"
+    assert d.sql("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+
+
+def test_password_never_in_descriptions():
+    """Error messages name the database without its password."""
+    d = PostgresDialect("postgresql://fed:s3cret@db.example:5432/federation")
+    assert "s3cret" not in d.describe() and "db.example" in d.describe()
+
+
+def test_missing_driver_is_a_clear_error(monkeypatch):
+    """FEDERATION_DB_URL without psycopg installed says what to install."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "federation._postgres", raising=False)
+    with config.override(FEDERATION_DB_URL="postgresql://u@h/db") as s:
+        with pytest.raises(ConfigError, match=r"federation\[postgresql\]"):
+            dialect_for(s)
+
+
+@pytest.mark.postgresql_only
+def test_snapshot_unit_reruns_when_a_row_changes(fed):
+    """A read-modify-write unit whose rows another connection changed is retried, not applied stale."""
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    db = get_db()
+    attempts = []
+
+    def unit(tx):
+        status = tx.fetchone("SELECT status FROM polls WHERE id = ?", (pid,))[0]
+        attempts.append(status)
+        if len(attempts) == 1:  # another agent closes the poll after this unit read it
+            with psycopg.connect(fed.db_url, autocommit=True) as other:
+                other.execute("UPDATE polls SET status = 'closed' WHERE id = %s", (pid,))
+        tx.execute("UPDATE polls SET question = ? WHERE id = ?", (f"seen {status}", pid))
+
+    db.write(unit, snapshot=True)
+    assert attempts == ["open", "closed"]
+    assert governance.get_poll(pid)["question"] == "seen closed"
+
+
+@pytest.mark.postgresql_only
+def test_close_waits_for_votes_in_flight(fed):
+    """A close blocks on a vote that holds the poll FOR SHARE; the vote lands before the close."""
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    holder = psycopg.connect(fed.db_url)
+    holder.execute("SELECT status FROM polls WHERE id = %s FOR SHARE", (pid,))
+    holder.execute("INSERT INTO votes (poll_id, voter, option) VALUES (%s, 'bob', 'a')", (pid,))
+    closed = threading.Event()
+    t = threading.Thread(target=lambda: (governance.close_poll(pid, "alice"), closed.set()))
+    t.start()
+    time.sleep(0.5)
+    assert not closed.is_set(), "the close did not wait for the vote holding the poll"
+    holder.commit()
+    holder.close()
+    t.join(30)
+    poll = governance.get_poll(pid)
+    assert poll["status"] == "closed" and poll["votes"] == {"bob": "a"}
+
+
+@pytest.mark.postgresql_only
+def test_row_lock_held_past_the_deadline_is_a_storage_error(fed, monkeypatch):
+    """A poll locked by another session for too long: the vote gives up with "busy", never hangs."""
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    monkeypatch.setattr(database, "BUSY_DEADLINE_S", 1.0)
+    forget_stores()  # new connections take the shorter deadline
+    holder = psycopg.connect(fed.db_url)
+    holder.execute("SELECT 1 FROM polls WHERE id = %s FOR UPDATE", (pid,))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="stayed busy"):
+            governance.vote(pid, "bob", "a")
+        assert time.monotonic() - t0 < 10
+    finally:
+        holder.rollback()
+        holder.close()
+    governance.vote(pid, "bob", "a")
+    assert governance.get_poll(pid)["votes"] == {"bob": "a"}
+
+
+@pytest.mark.postgresql_only
+def test_claim_waits_for_a_concurrent_claim_and_gets_nothing_twice(fed):
+    """Under READ COMMITTED a claim blocked by another claimer re-checks read_at: no message twice."""
+    from federation import messaging
+
+    fed.phase(4)
+    ids = {messaging.send_message("alice", "bob", f"m{i}") for i in range(3)}
+    other = psycopg.connect(fed.db_url)  # another agent's claim, still uncommitted
+    taken = {r[0] for r in other.execute(
+        "UPDATE messages SET read_at = 'x' WHERE recipient = 'bob' AND read_at IS NULL RETURNING id")}
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(messaging.check_inbox("bob")))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive(), "the second claim did not wait for the first"
+    messaging.send_message("alice", "bob", "late")  # sent while the second claim waits
+    other.commit()
+    other.close()
+    t.join(30)
+    assert taken == ids
+    assert result == [[]]  # none of the first claim's messages; "late" came after its snapshot
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["late"]  # skipped by none
+
+
+AGENT = """
+import json, sys
+from federation import database, governance
+from federation.errors import FederationError
+database.BUSY_DEADLINE_S = float(sys.argv[2])
+for line in sys.stdin:
+    try:
+        governance.vote(sys.argv[1], line.strip(), "yes")
+        print(json.dumps({"ok": True}), flush=True)
+    except FederationError as exc:
+        print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}), flush=True)
+"""
+
+
+class Agent:
+    """One long-running agent process that votes when told to."""
+
+    def __init__(self, fed, poll_id: str, deadline_s: float):
+        self.poll_id = poll_id
+        self.proc = subprocess.Popen([sys.executable, "-c", AGENT, poll_id, str(deadline_s)],
+                                     env=fed.subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def vote(self, voter: str) -> dict:
+        self.proc.stdin.write(voter + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read()[-3000:]
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0, self.proc.stderr.read()[-3000:]
+
+
+@pytest.fixture
+def agent_on_private_server(fed, pg_server):
+    """start(deadline_s) -> a voting Agent on a poll of a private server the test may stop."""
+    fed.env["FEDERATION_DB_URL"] = pg_server.url
+    fed.apply()
+    poll_id = governance.create_poll("alice", "Still there?", ["yes", "no"])
+    agents: list[Agent] = []
+
+    def start(deadline_s: float) -> Agent:
+        agents.append(Agent(fed, poll_id, deadline_s))
+        return agents[-1]
+
+    yield start
+    for agent in agents:
+        agent.close()
+
+
+@pytest.mark.postgresql_only
+def test_server_goes_away_and_comes_back(pg_server, agent_on_private_server):
+    """Server stopped: the caller gets a clear StorageError; server back: the same process carries on."""
+    agent = agent_on_private_server(deadline_s=3)
+    assert agent.vote("before") == {"ok": True}
+    pg_server.stop("fast")
+    t0 = time.monotonic()
+    outcome = agent.vote("during")
+    assert outcome["ok"] is False and outcome["error"] == "StorageError", outcome
+    assert "unreachable" in outcome["message"] and "127.0.0.1" in outcome["message"], outcome
+    assert time.monotonic() - t0 < 30
+    pg_server.start()
+    assert agent.vote("after") == {"ok": True}  # the same agent process, not restarted
+    assert agent.vote("during") == {"ok": True}
+    assert sorted(governance.get_poll(agent.poll_id)["votes"]) == ["after", "before", "during"]
+
+
+@pytest.mark.postgresql_only
+def test_short_outage_is_invisible(pg_server, agent_on_private_server):
+    """A restart shorter than the retry deadline: the call waits and succeeds."""
+    agent = agent_on_private_server(deadline_s=30)
+    assert agent.vote("before") == {"ok": True}
+    pg_server.stop("fast")
+    restarter = threading.Timer(1.0, pg_server.start)
+    restarter.start()
+    t0 = time.monotonic()
+    assert agent.vote("during") == {"ok": True}
+    assert time.monotonic() - t0 >= 0.5  # it did wait for the server
+    restarter.join()
+    assert sorted(governance.get_poll(agent.poll_id)["votes"]) == ["before", "during"]
+
+
+def test_reconnects_in_process(fed):
+    """This process's own connection killed by the server: the next operation reconnects."""
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    governance.vote(pid, "bob", "a")
+    if fed.engine == "postgresql":
+        with psycopg.connect(fed.db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    else:
+        get_db().close()
+    governance.vote(pid, "carol", "b")
+    assert governance.get_poll(pid)["tally"] == {"a": 1, "b": 1}
+
+
+@pytest.mark.postgresql_only
+def test_forked_child_leaves_the_parents_session_alone(fed):
+    """A forked child that forgets its inherited connections does not end the parent's session."""
+    governance.create_poll("alice", "Q?", ["a", "b"])
+    before = get_db().fetchone("SELECT pg_backend_pid()")
+    child = os.fork()
+    if child == 0:
+        try:
+            forget_stores()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert get_db().fetchone("SELECT pg_backend_pid()") == before
