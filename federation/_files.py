@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import _validate
 from .errors import CorruptFileError
@@ -25,10 +25,25 @@ LOCK_DIR = ".locks"
 
 
 class Tree:
-    """Paths of the legacy layout under one federation root."""
+    """Paths of the legacy layout under one federation root.
+
+    Per-agent and per-id paths are cached: pathlib joins cost microseconds,
+    which a hot read path pays on every call.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._paths: dict[tuple[str, str], Path] = {}
+
+    def _cached(self, kind: str, name: str, build) -> Path:
+        key = (kind, name)
+        path = self._paths.get(key)
+        if path is None:
+            path = build()
+            if len(self._paths) > 65536:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
 
     @property
     def nodes(self) -> Path:
@@ -40,29 +55,29 @@ class Tree:
 
     @property
     def polls_file(self) -> Path:
-        return self.shared / "polls.json"
+        return self._cached("polls", "", lambda: self.shared / "polls.json")
 
     @property
     def sessions_dir(self) -> Path:
         return self.shared / "sessions"
 
     def node(self, agent: str) -> Path:
-        return self.nodes / _validate.agent(agent)
+        return self._cached("node", agent, lambda: self.nodes / _validate.agent(agent))
 
     def inbox(self, agent: str) -> Path:
-        return self.node(agent) / "inbox"
+        return self._cached("inbox", agent, lambda: self.node(agent) / "inbox")
 
     def message_file(self, agent: str, message_id: str) -> Path:
         return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"
 
     def context_file(self, agent: str) -> Path:
-        return self.node(agent) / "context_window.json"
+        return self._cached("context", agent, lambda: self.node(agent) / "context_window.json")
 
     def expertise_file(self, agent: str) -> Path:
-        return self.node(agent) / "expertise.json"
+        return self._cached("expertise", agent, lambda: self.node(agent) / "expertise.json")
 
     def profile_file(self, agent: str) -> Path:
-        return self.node(agent) / "profile.json"
+        return self._cached("profile", agent, lambda: self.node(agent) / "profile.json")
 
     def session_file(self, session_id: str) -> Path:
         return self.sessions_dir / f"{_validate.ident(session_id, 'session id')}.json"
@@ -121,33 +136,39 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
     return fd
 
 
-@contextlib.contextmanager
-def locked(tree: Tree, name: str) -> Iterator[None]:
+class locked:
     """An exclusive advisory lock (flock) named *name* under the root.
 
     Re-entrant within a thread: a function that holds ``polls`` may call
     another that takes ``polls`` again.  Different threads and processes
-    exclude each other (each thread locks its own descriptor).
+    exclude each other (each thread locks its own descriptor).  A class, not
+    a generator: it is on every dual-phase call.
     """
-    key = (str(tree.root), name)
-    held = getattr(_held, "locks", None)
-    if held is None:
-        held = _held.locks = {}
-    if key in held:
-        held[key] += 1
-        try:
-            yield
-        finally:
-            held[key] -= 1
-        return
-    fd = _lock_fd(tree, name, held)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    held[key] = 1
-    try:
-        yield
-    finally:
-        del held[key]
-        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    __slots__ = ("tree", "name", "key", "fd")
+
+    def __init__(self, tree: Tree, name: str):
+        self.tree, self.name, self.key, self.fd = tree, name, (str(tree.root), name), None
+
+    def __enter__(self) -> None:
+        held = getattr(_held, "locks", None)
+        if held is None:
+            held = _held.locks = {}
+        if self.key in held:
+            held[self.key] += 1
+            return
+        fd = _lock_fd(self.tree, self.name, held)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held[self.key] = 1
+        self.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        held = _held.locks
+        if self.fd is None:
+            held[self.key] -= 1
+            return
+        del held[self.key]
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

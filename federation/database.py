@@ -70,10 +70,10 @@ class Tx:
 
     __slots__ = ("conn", "dialect", "_cur")
 
-    def __init__(self, conn: Any, dialect: "Dialect"):
+    def __init__(self, conn: Any, dialect: "Dialect", cursor: Any = None):
         self.conn = conn
         self.dialect = dialect
-        self._cur = conn.cursor()
+        self._cur = cursor if cursor is not None else conn.cursor()
 
     def execute(self, sql: str, params: Sequence = ()) -> Any:
         return self._cur.execute(self.dialect.sql(sql), params)

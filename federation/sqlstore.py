@@ -252,15 +252,13 @@ class SqlStore:
         return self.db.read(fn)
 
     def load_poll(self, poll_id: str) -> dict | None:
-        def fn(tx: Tx) -> dict | None:
-            row = tx.fetchone("SELECT id, question, options, status, creator, created_at FROM polls WHERE id = ?",
-                              (poll_id,))
-            if row is None:
-                return None
-            votes = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll_id,)))
-            return self._poll(row, votes)
-
-        return self.db.read(fn)
+        # one statement (a consistent snapshot without BEGIN/COMMIT round trips)
+        rows = self.db.fetchall(
+            "SELECT p.id, p.question, p.options, p.status, p.creator, p.created_at, v.voter, v.option "
+            "FROM polls p LEFT JOIN votes v ON v.poll_id = p.id WHERE p.id = ?", (poll_id,))
+        if not rows:
+            return None
+        return self._poll(rows[0][:6], {r[6]: r[7] for r in rows if r[6] is not None})
 
     def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
         values = (poll["id"], poll["question"], json.dumps(list(poll["options"]), ensure_ascii=False),
@@ -418,12 +416,16 @@ class SqlStore:
 
 
 _stores: dict[tuple, SqlStore] = {}
+_last: tuple | None = None
 _stores_lock = threading.Lock()
 
 
 def get_store(settings: config.Settings | None = None) -> SqlStore:
     """The SQL store of the configured database and root (one per process)."""
     s = settings or config.settings()
+    last = _last
+    if last is not None and last[0] is s:  # the hot path: same settings object as the last call
+        return last[1]
     key = (s.db_url or str(s.db_path), str(s.root))
     store = _stores.get(key)
     if store is None:
@@ -431,12 +433,15 @@ def get_store(settings: config.Settings | None = None) -> SqlStore:
             store = _stores.get(key)
             if store is None:
                 store = _stores[key] = SqlStore(get_db(s), s.root)
+    globals()["_last"] = (s, store)
     return store
 
 
 def forget_stores() -> None:
     from .database import forget_databases
 
+    global _last
     with _stores_lock:
         _stores.clear()
+        _last = None
     forget_databases()
