@@ -252,13 +252,15 @@ class SqlStore:
         return self.db.read(fn)
 
     def load_poll(self, poll_id: str) -> dict | None:
-        # one statement (a consistent snapshot without BEGIN/COMMIT round trips)
-        rows = self.db.fetchall(
-            "SELECT p.id, p.question, p.options, p.status, p.creator, p.created_at, v.voter, v.option "
-            "FROM polls p LEFT JOIN votes v ON v.poll_id = p.id WHERE p.id = ?", (poll_id,))
-        if not rows:
-            return None
-        return self._poll(rows[0][:6], {r[6]: r[7] for r in rows if r[6] is not None})
+        def fn(tx: Tx) -> dict | None:
+            row = tx.fetchone("SELECT id, question, options, status, creator, created_at FROM polls WHERE id = ?",
+                              (poll_id,))
+            if row is None:
+                return None
+            votes = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll_id,)))
+            return self._poll(row, votes)
+
+        return self.db.read(fn)
 
     def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
         values = (poll["id"], poll["question"], json.dumps(list(poll["options"]), ensure_ascii=False),
