@@ -96,7 +96,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
 
 _lock = threading.Lock()
-_cached: tuple[tuple, Settings] | None = None
+_cached: Settings | None = None
 _overrides: dict[str, str | None] = {}
 
 _VARS = (
@@ -119,13 +119,13 @@ def settings() -> Settings:
     global _cached
     cached = _cached
     if cached is not None:
-        return cached[1]
+        return cached
     env = os.environ
     raw = tuple(_overrides[k] if k in _overrides else env.get(k) for k in _VARS)
     merged = {k: v for k, v in zip(_VARS, raw) if v is not None}
     value = _parse(merged)
     with _lock:
-        _cached = (raw, value)
+        _cached = value
     return value
 
 

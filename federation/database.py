@@ -163,7 +163,7 @@ class SqliteDialect(Dialect):
     def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
         self.path = Path(path)
         self.mounts_file = mounts_file
-        self._gate_fds: dict[int, int] = {}
+        self._gate = threading.local()  # this thread's descriptor of the write lock, and its pid
 
     def describe(self) -> str:
         return str(self.path)
@@ -204,13 +204,12 @@ class SqliteDialect(Dialect):
 
     @contextlib.contextmanager
     def write_gate(self):
-        pid = os.getpid()
-        key = threading.get_ident()
-        fd = self._gate_fds.get(key)
-        if fd is None or self._gate_fds.get(("pid", key)) != pid:
-            fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
-            self._gate_fds[key] = fd
-            self._gate_fds[("pid", key)] = pid
+        gate = self._gate
+        if getattr(gate, "pid", None) != os.getpid():
+            # per thread and per process: a descriptor shared with a forked parent would not exclude it
+            gate.fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            gate.pid = os.getpid()
+        fd = gate.fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
@@ -372,11 +371,11 @@ class Database:
                 return 0
             return int(row[0] or 0) if row else 0
 
-        self._schema_ready = True  # reading the version must not create the schema
+        ready, self._schema_ready = self._schema_ready, True  # reading the version must not create the schema
         try:
             return self.read(fn)
         finally:
-            self._schema_ready = False
+            self._schema_ready = ready
 
     def ensure_schema(self) -> None:
         if self._schema_ready:

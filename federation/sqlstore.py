@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import operator
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import config
+from . import _clock, config
 from ._files import Tree
 from .core import MESSAGE_FIELDS, _check_close, _check_vote, history_entry
 from .database import Database, Tx, get_db
@@ -27,21 +26,15 @@ T = TypeVar("T")
 _MSG_COLS = ", ".join(MESSAGE_FIELDS)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
 def _msg(r: tuple) -> dict:
     # a dict display: twice as fast as dict(zip(...)) on a 10,000-message claim
     return {"id": r[0], "sender": r[1], "recipient": r[2], "content": r[3], "message_type": r[4],
             "reply_to": r[5], "timestamp": r[6]}
 
 
-_BY_TIME = operator.itemgetter(6, 0)  # (timestamp, id) of a message row
-
-
-def _order(messages: list[dict]) -> list[dict]:
-    return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
+# Messages are ordered in Python by (timestamp, id), as the file side orders
+# them, whatever the engine's collation would do with ORDER BY.
+_BY_TIME = operator.itemgetter(6, 0)
 
 
 class SqlStore:
@@ -56,7 +49,7 @@ class SqlStore:
 
     # -- lifecycle ------------------------------------------------------------
     def _on_create(self, tx: Tx) -> None:
-        now = _now()
+        now = _clock.now()
         tx.execute("INSERT INTO federation_meta (key, value) VALUES ('created_at', ?)", (now,))
         if not self.tree.has_legacy_data():
             # a new federation: nothing to backfill, now or after its dual-writes create files
@@ -73,7 +66,7 @@ class SqlStore:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
 
     def mark_backfilled(self, source: str = "migration") -> None:
-        self.set_meta("backfilled_at", _now())
+        self.set_meta("backfilled_at", _clock.now())
         self.set_meta("backfill_source", source)
 
     def ensure_backfilled(self) -> None:
@@ -113,12 +106,12 @@ class SqlStore:
 
     def load_inbox(self, agent: str) -> list[dict]:
         rows = self.db.fetchall(
-            f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND read_at IS NULL "
-            "ORDER BY timestamp, id", (agent,))
-        return _order([_msg(r) for r in rows])
+            f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND read_at IS NULL", (agent,))
+        rows.sort(key=_BY_TIME)
+        return [_msg(r) for r in rows]
 
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
-        stamp = read_at or _now()
+        stamp = read_at or _clock.now()
         sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
                f"RETURNING {_MSG_COLS}")
 

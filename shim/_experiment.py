@@ -110,6 +110,12 @@ class Experiment:
             published += 1
         return published
 
+    def _lock_for(self, spec: Spec, args: tuple, kwargs: dict) -> ContextManager:
+        """The file lock held across both sides of a dual-phase call."""
+        if spec.lock is None or self.lock is None:
+            return contextlib.nullcontext()
+        return self.lock(spec.lock(*args, **kwargs))
+
     # -- the wrapper ------------------------------------------------------------
     def wrapper(self, name: str, spec: Spec) -> Callable:
         read = spec.kind == "read"
@@ -125,9 +131,8 @@ class Experiment:
             if phase == 4 or not spec.files:
                 result = cand(*args, **kwargs)
             else:
-                lock = self.lock(spec.lock(*args, **kwargs)) if (spec.lock and self.lock) else contextlib.nullcontext()
                 control, other = (wrapped, cand) if phase == 2 else (cand, wrapped)
-                with lock:
+                with self._lock_for(spec, args, kwargs):
                     if read:
                         result = self._dual_read(spec, name, phase, sample, control, other, args, kwargs)
                     else:
@@ -182,10 +187,8 @@ class Experiment:
         db_load = getattr(store, load_name)
         db_save = getattr(store, name)
 
-        def apply_files() -> None:
-            lock = self.lock(spec.lock(*args, **kwargs)) if (spec.lock and self.lock) else contextlib.nullcontext()
-            with lock:
-                wrapped(patch(file_load(), changes))
+        def apply_files() -> None:  # always called under the lock taken below
+            wrapped(patch(file_load(), changes))
 
         def apply_db() -> None:
             store.atomic(lambda: db_save(patch(db_load(), changes)))
@@ -195,8 +198,7 @@ class Experiment:
                 apply_db()
             else:
                 first, second = (apply_files, apply_db) if phase == 2 else (apply_db, apply_files)
-                lock = self.lock(spec.lock(*args, **kwargs)) if (spec.lock and self.lock) else contextlib.nullcontext()
-                with lock:
+                with self._lock_for(spec, args, kwargs):
                     first()
                     try:
                         second()

@@ -125,3 +125,11 @@ def test_connections_are_per_thread(tmp_path):
     for t in threads:
         t.join()
     assert db.fetchall("SELECT COUNT(*) FROM t") == [(200,)]
+
+
+def test_reading_the_schema_version_keeps_the_schema_ready(tmp_path):
+    """schema_version() on a ready database does not make the next operation re-check the schema."""
+    db = Database(SqliteDialect(tmp_path / "f.db"))
+    db.ensure_schema()
+    assert db.schema_version() == schema.LATEST
+    assert db._schema_ready is True
