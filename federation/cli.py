@@ -267,9 +267,12 @@ def report_command(as_json: bool, log_file: str | None) -> None:
                    "-" if s["consistency_rate"] is None else f"{s['consistency_rate']:.4f}")
                   for e, s in summary["entities"].items()] or [("(none)", 0, 0, 0, "-")],
                  ("entity", "mismatches", "errors", "keys", "consistency"))
-        if summary["consistency_rate"] is not None:
+        if summary["consistency_rate"] is not None and summary["rate_source"] == "counted":
+            click.echo(f"consistency rate over the period: {summary['consistency_rate']:.6f} "
+                       f"({summary['mismatches']} mismatches in {summary['comparisons']} counted comparisons)")
+        elif summary["consistency_rate"] is not None:
             click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
-                       "(share of records with no shadow event)")
+                       "(share of records with no shadow event: no comparison was counted)")
     click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
     sys.exit(0 if report.consistent else 1)
 
