@@ -369,6 +369,7 @@ def test_mcp_server_follows_the_flag(fed):
 def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
     """Every live process is listed with its phase; one killed with SIGKILL is shown as gone after the timeout."""
     monkeypatch.setenv("FEDERATION_FLEET_TIMEOUT", "1.5")
+    context.heartbeat("seed")  # the database exists before any file (a new federation: backfilled)
     code = "from federation import context; import time; context.heartbeat('x'); time.sleep(120)"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for env in
