@@ -424,3 +424,103 @@ def test_control_is_ignored_by_migrate_report_and_survives_archive(fed, tmp_path
     assert not (fed.root / "nodes").exists()
     assert _flag.read_flag(fed.root).phase == 2 and rollout.history()[0]["reason"] == "go"
     assert status_json(fed)["flag"]["phase"] == 2
+
+
+# ---------------------------------------------------------------------------
+# guarded steps
+
+
+def refused(result) -> list[str]:
+    """The guard names a refused `rollout set` printed."""
+    assert result.exit_code == 1, result.output
+    return [line.split("]")[1].split(":")[0].strip() for line in result.output.splitlines()
+            if line.strip().startswith("[FAILED]")]
+
+
+def test_backfill_and_report_guards_refuse_and_force_is_recorded(fed):
+    """Going to 3 on a database never backfilled refuses (backfilled); with the report finding a difference,
+    2 -> 3 refuses (report_consistent) naming `sync --to db`; --force --reason passes and is in the history."""
+    from federation.migrate import migrate
+
+    fed.phase(1)
+    context.set_context("bob", "from the files")
+    context.set_context("carol", "also")
+    assert cli(fed, "rollout", "set", "2").exit_code == 0
+    result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
+    assert "backfilled" in refused(result) and "federation migrate" in result.output
+    assert migrate().exit_code == 0
+    edit_file_context(fed, "bob", "edited behind the database's back")
+    result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
+    assert refused(result) == ["report_consistent"]
+    assert "federation sync --to db" in result.output and "context" in result.output
+    assert [g["name"] for g in rollout.guards(3, min_comparisons=0) if not g["ok"]] == ["report_consistent"]
+    assert _flag.read_flag(fed.root).phase == 2  # refused: unchanged
+    result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0", "--force", "--reason", "drill: known edit")
+    assert result.exit_code == 0 and "FORCED past: report_consistent" in result.output
+    last = rollout.history()[-1]
+    assert (last["from"], last["to"], last["forced"], last["reason"]) == (2, 3, True, "drill: known edit")
+    raw = json.loads((fed.root / "control" / "history.jsonl").read_text().splitlines()[-1])
+    assert raw["overridden"] == ["report_consistent"]
+    flag = _flag.read_flag(fed.root)
+    assert (flag.phase, flag.forced, flag.reason) == (3, True, "drill: known edit")
+
+
+@pytest.mark.sqlite_only
+def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
+    """Going to 4 while a live process is pinned in phase 2 refuses (fleet_mix), and back to 2 while one is
+    pinned in 4; the processes themselves log the unsafe pair."""
+    context.heartbeat("seed")
+    code = "from federation import context; import time; context.heartbeat('p'); time.sleep(120)"
+    # (structlog, left unconfigured by these scripts, prints events on stdout)
+    two = subprocess.Popen([sys.executable, "-c", code], env={**unpinned_env(fed), "FEDERATION_PHASE": "2"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    four = None
+    try:
+        wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["pid"] == two.pid], 30, what="the phase-2 one")
+        result = cli(fed, "rollout", "set", "4", "--min-comparisons", "0")
+        assert refused(result) == ["fleet_mix"]
+        assert f":{two.pid} in phase 2 [env]" in result.output
+        four = subprocess.Popen([sys.executable, "-c", code], env={**unpinned_env(fed), "FEDERATION_PHASE": "4"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["pid"] == four.pid], 30, what="the phase-4 one")
+        assert "UNSAFE MIX" in cli(fed, "rollout", "status").output
+        assert [(a["pid"], b["pid"]) for a, b in rollout.unsafe_mix(rollout.fleet())] == [(four.pid, two.pid)]
+        time.sleep(1.0)  # a few refreshes: each process has looked at the fleet
+    finally:
+        for p in (two, four):
+            if p is not None:
+                p.send_signal(signal.SIGINT)
+    errs = [p.communicate(timeout=30)[0] for p in (two, four)]
+    for err in errs:
+        assert "rollout_unsafe_mix" in err, err[-2000:]
+        assert f":{two.pid} in phase 2" in err and f":{four.pid} in phase 4" in err
+    # and the reverse: a live pinned phase-4 process refuses a step to 2
+    with config.override(FEDERATION_PHASE="4"):
+        context.heartbeat("me")  # this process, pinned in 4, announces itself
+        rollout.RUNTIME.tick(announce_now=True)
+        assert cli(fed, "rollout", "set", "2").exit_code == 1
+        assert "fleet_mix" in [g["name"] for g in rollout.guards(2) if not g["ok"]]
+
+
+def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(fed):
+    """From 4 the files lag: a step back refuses (files_current) until `federation sync --to files` ran;
+    to 3 a sync since phase 4 began is enough, to 1 the files must hold everything."""
+    context.set_context("bob", "phase 3 text")
+    assert cli(fed, "rollout", "set", "4", "--force", "--reason", "test set-up").exit_code == 0
+    fed.phase(4)
+    context.set_context("bob", "written in phase 4 only")
+    result = cli(fed, "rollout", "set", "3")
+    assert refused(result) == ["files_current"] and "federation sync --to files" in result.output
+    assert cli(fed, "sync", "--to", "files").exit_code == 0
+    assert cli(fed, "rollout", "set", "3").exit_code == 0
+    assert cli(fed, "rollout", "set", "4", "--force", "--reason", "again").exit_code == 0
+    context.set_context("bob", "phase 4 again")
+    assert "fleet_mix" in refused(cli(fed, "rollout", "set", "1"))  # this very process is pinned in 4
+    fed.phase(3)
+    rollout.RUNTIME.tick(announce_now=True)  # announce it now, not at the next refresh
+    result = cli(fed, "rollout", "set", "1")
+    assert refused(result) == ["files_current"]  # the earlier sync was before this phase 4
+    assert cli(fed, "sync", "--to", "files").exit_code == 0
+    assert cli(fed, "rollout", "set", "1").exit_code == 0
+    assert [h["to"] for h in rollout.history()] == [4, 3, 4, 1]
+    assert json.loads((fed.root / "nodes" / "bob" / "context_window.json").read_text())["text"] == "phase 4 again"
