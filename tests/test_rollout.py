@@ -81,7 +81,8 @@ def edit_file_context(fed, agent: str, text: str) -> None:
 
 WATCHER = r"""
 import json, os, sys, time
-from federation import context, rollout
+from federation import context, database, rollout
+database.BUSY_DEADLINE_S = float(os.environ.get("WATCHER_DEADLINE", "30"))
 out, stop, me = sys.argv[1], sys.argv[2], sys.argv[3]
 i = 0
 with open(out, "a", buffering=1) as fh:
@@ -524,3 +525,29 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     assert cli(fed, "rollout", "set", "1").exit_code == 0
     assert [h["to"] for h in rollout.history()] == [4, 3, 4, 1]
     assert json.loads((fed.root / "nodes" / "bob" / "context_window.json").read_text())["text"] == "phase 4 again"
+
+
+@pytest.mark.postgresql_only
+def test_set_1_works_with_the_database_unreachable(fed, pg_server):
+    """PostgreSQL stopped: `rollout set 1` succeeds at once and an unpinned process then serves from the files."""
+    fed.env["FEDERATION_DB_URL"] = pg_server.url
+    fed.apply()
+    context.set_context("probe", "both sides")
+    watcher = Watcher(fed, "w", {**unpinned_env(fed), "WATCHER_DEADLINE": "2"})
+    try:
+        wait_for(lambda: [x for x in watcher.lines() if x["err"] is None and x["phase"] == 3], 60, what="phase 3")
+        pg_server.stop("fast")
+        wait_for(lambda: [x for x in watcher.lines() if x["err"] and "StorageError" in x["err"]], 15,
+                 what="the database failing")
+        t0 = time.monotonic()
+        result = run_cli(fed, "rollout", "set", "1", "--reason", "database down")
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - t0 < 10
+        switched = time.time()
+        served = wait_for(lambda: [x for x in watcher.after(switched) if x["phase"] == 1 and x["err"] is None], 10,
+                          what="served from the files")
+        assert served[0]["text"] == "both sides"
+        status = json.loads(run_cli(fed, "rollout", "status", "--json").stdout)
+        assert status["flag"]["phase"] == 1 and status["history"][-1]["reason"] == "database down"
+    finally:
+        watcher.finish()
