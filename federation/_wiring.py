@@ -27,7 +27,7 @@ def hooks(control: bool = True) -> dict:
     """The shim's hooks; *control*: the phase from the control plane (environment pin > live flag >
     phase 3), else from the environment only."""
     if control:
-        from .rollout import RUNTIME
+        from .rollout._runtime import RUNTIME
 
         mode = RUNTIME.mode
     else:

@@ -187,7 +187,7 @@ def _use_counts(summary: dict[str, Any], first: str | None) -> None:
     """
     from datetime import datetime, timedelta, timezone
 
-    from . import rollout
+    from .rollout import _status as rollout
 
     until = datetime.now(timezone.utc)
     since = None
