@@ -516,7 +516,8 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     context.set_context("bob", "phase 4 again")
     assert "fleet_mix" in refused(cli(fed, "rollout", "set", "1"))  # this very process is pinned in 4
     fed.phase(3)
-    rollout.RUNTIME.tick(announce_now=True)  # announce it now, not at the next refresh
+    context.get_context("bob")  # a call in phase 3 ...
+    rollout.RUNTIME.tick(announce_now=True)  # ... announced now, not at the next refresh
     result = cli(fed, "rollout", "set", "1")
     assert refused(result) == ["files_current"]  # the earlier sync was before this phase 4
     assert cli(fed, "sync", "--to", "files").exit_code == 0
@@ -648,8 +649,11 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
     poll = governance.create_poll("lead", "Ship it?", ["yes", "no"])
     assert cli(fed, "rollout", "set", "1", "--reason", "start").exit_code == 0
     assert cli(fed, "migrate").exit_code == 0
-    fed.phase(3)  # this test process itself stays out of the way (pinned in 3: safe beside every phase but 4's
-    rollout.RUNTIME.tick(announce_now=True)  # mix with 1/2, and it writes nothing while the fleet is in 4)
+    # this test process itself stays out of the way: pinned in 3 (safe beside every phase; it makes no
+    # call while the fleet is in 4)
+    fed.phase(3)
+    governance.get_poll(poll)
+    rollout.RUNTIME.tick(announce_now=True)
     go, stop = fed.root.parent / "go", fed.root.parent / "stop"
     env = unpinned_env(fed, FEDERATION_FLAG_CHECK="0.2")
     voters = [subprocess.Popen([sys.executable, "-c", VOTER, poll, f"v{i}", str(go), str(stop)], env=env,

@@ -192,15 +192,17 @@ class Runtime:
             self._wake.clear()
 
     def tick(self, *, final: bool = False, announce_now: bool = False) -> None:
-        """Announce, check the fleet, flush counts when due (never raises)."""
-        try:
-            s = config.settings()
-        except ConfigError as exc:
-            log.warning("rollout_tick_failed", error=str(exc))
+        """Announce, check the fleet, flush counts when due (never raises).
+
+        Works on the federation of this process's last call (its settings), so
+        that a process is announced only where it used the federation.
+        """
+        s = self._settings
+        if s is None:
             return
         now = time.monotonic()
-        if not final:
-            self.mode()  # the phase the next call would take: what the announcement says
+        if not final and not self._pinned_all and now >= self._next_check:
+            self._resolve(s)  # the phase the next call would take: what the announcement says
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
         self._counts_root = s.root
@@ -285,8 +287,8 @@ class Runtime:
     def flush(self) -> None:
         """Write this process's counts now (tests, and a process about to exit)."""
         with self._lock:
-            with contextlib.suppress(ConfigError):
-                self._flush(config.settings().root)
+            if self._settings is not None:
+                self._flush(self._settings.root)
                 self._last_flush = time.monotonic()
 
     def announce_agent(self, agent: str) -> None:
