@@ -326,6 +326,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=RUNTIME.after_fork)
 
 
-def observe_call(entity: str, phase: int, **kw: Any) -> None:
-    """Count one shim call (see :meth:`_counts.Tally.observe`)."""
-    RUNTIME.tally.observe(entity, phase, **kw)
+def observe(obs: Any) -> None:
+    """The shim's observer: count one dual-phase call (a :class:`shim.Observation`) and keep its mismatches.
+
+    A comparison is one compared call, a mismatch one compared call whose sides
+    differed (in one record or more), an error one call whose shadow side
+    failed; each side that ran adds its time to its latency histogram.
+    """
+    tally = RUNTIME.tally
+    phase = int(obs.phase)
+    control, candidate = obs.control, obs.candidate
+    seconds = {control.side: control.seconds}
+    if candidate is not None:
+        seconds[candidate.side] = candidate.seconds
+    tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
+                  error=candidate is not None and candidate.error is not None,
+                  files_s=seconds.get("files"), db_s=seconds.get("db"))
+    if obs.mismatches:
+        authority = obs.phase.authority
+        for m in obs.mismatches:
+            tally.mismatch(entity=obs.spec.entity, key=m.key, phase=phase, op=obs.name, authority=authority,
+                           diff=m.diff)
