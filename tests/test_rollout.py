@@ -25,7 +25,8 @@ from federation.rollout._runtime import Runtime
 REPO = Path(__file__).resolve().parent.parent
 
 #: short intervals, so the tests see in a second what production sees in 5-30 s
-FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25"}
+FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25",
+        "FEDERATION_COUNTS_BUCKET": "1"}
 
 
 def unpinned_env(fed, **extra: object) -> dict[str, str]:
@@ -626,7 +627,8 @@ VOTER = r"""
 import json, os, sys, time
 from federation import governance, rollout
 poll, me, go, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-while not os.path.exists(go):
+governance.get_poll(poll)  # a first call: the process is in the fleet
+while not os.path.exists(go) and not os.path.exists(stop):
     time.sleep(0.01)
 cast, phases, j = 0, set(), 0
 while not os.path.exists(stop):
@@ -705,6 +707,7 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
     cast = sum(r["cast"] for r in results)
+    assert cast >= 200  # real traffic through every step
     assert all(r["phases"] == [1, 2, 3, 4] for r in results), results
     files = json.loads((fed.root / "shared" / "polls.json").read_text())[poll]["votes"]
     assert len(files) == cast  # phase 1 is authoritative at the end: every vote is in the files

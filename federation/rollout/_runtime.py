@@ -123,6 +123,7 @@ class Runtime:
         except ConfigError as exc:
             log.error("rollout_config_invalid", error=str(exc), using="defaults")
             self.timings = config.ControlTimings()
+        self.tally.width = int(self.timings.counts_bucket)
 
     def _current_flag(self, root: Path) -> _flag.Flag | None:
         """The flag, re-read only when its file changed; on a problem, the last good value (or None)."""
@@ -240,7 +241,7 @@ class Runtime:
             self._announced_root = root
             with contextlib.suppress(OSError):  # leftovers of processes long gone
                 _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
-                _counts.prune_files(_io.control_dir(root) / _io.COUNTS_DIR, _counts.KEEP_SECONDS)
+                _counts.prune_hours(root, _counts.KEEP_SECONDS)
                 _counts.prune_files(_io.control_dir(root) / _io.MISMATCH_DIR, _counts.KEEP_SECONDS)
         return True
 
@@ -273,15 +274,15 @@ class Runtime:
     def _flush(self, root: Path) -> None:
         if not self._writable(root):
             return
-        cells, pending = self.tally.take()
+        hours, pending = self.tally.take()
         try:
-            if cells:
-                _counts.write_counts(_counts.counts_file(root, self.pid, self.started), self.pid, self.started_at,
-                                     cells)
+            for hour, cells in sorted(hours.items()):
+                _counts.write_counts(_counts.counts_file(root, hour, self.pid, self.started), self.pid,
+                                     self.started_at, self.tally.width, cells)
             self._mismatch_lines = _counts.append_mismatches(_counts.mismatch_file(root, self.pid), pending,
                                                              self._mismatch_lines)
         except OSError as exc:
-            self.tally.give_back(pending)
+            self.tally.give_back(hours, pending)
             log.warning("rollout_counts_flush_failed", root=str(root), error=str(exc))
 
     def flush(self) -> None:
