@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -716,3 +717,27 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
     assert len(fed.store().load_poll(poll)["votes"]) == cast
     assert [(h["from"], h["to"]) for h in rollout.history()] == [(3, 1), (1, 2), (2, 3), (3, 4), (4, 3), (3, 2),
                                                                   (2, 1)]
+
+
+@pytest.mark.sqlite_only
+def test_a_control_folder_that_cannot_be_written_costs_a_warning_not_a_call(fed):
+    """control/fleet and control/counts unusable (here: plain files where folders belong): every call
+    succeeds, and the process warns that the fleet cannot see it."""
+    context.set_context("probe", "text")
+    for name in ("fleet", "counts", "mismatches"):
+        target = fed.root / "control" / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.parent.mkdir(exist_ok=True)
+        target.write_text("not a folder")
+    edit_file_context(fed, "probe", "edited")  # a mismatch to write, too
+    code = ("from federation import context, rollout\n"
+            "for _ in range(20):\n"
+            "    assert context.get_context('probe')['text'] == 'text'\n"
+            "rollout.flush()\n"
+            "print('calls ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=unpinned_env(fed), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calls ok" in proc.stdout
+    assert "rollout_counts_flush_failed" in proc.stdout and "rollout_announce_failed" in proc.stdout

@@ -67,6 +67,7 @@ class Runtime:
         self._counts_root: Path | None = None
         self._mismatch_lines = 0
         self._reported_pairs: set[tuple] = set()
+        self._warned: set[str] = set()
         self._last_announce = self._last_flush = 0.0
 
     # -- the phase of a call -------------------------------------------------------
@@ -235,8 +236,9 @@ class Runtime:
         try:
             _io.write_atomic(path, _io.dumps(doc))
         except OSError as exc:
-            log.warning("rollout_announce_failed", path=str(path), error=str(exc))
+            self._warn_once("rollout_announce_failed", path=str(path), error=str(exc))
             return False
+        self._warned.discard("rollout_announce_failed")
         if self._announced_root != root:
             self._announced_root = root
             with contextlib.suppress(OSError):  # leftovers of processes long gone
@@ -283,7 +285,15 @@ class Runtime:
                                                              self._mismatch_lines)
         except OSError as exc:
             self.tally.give_back(hours, pending)
-            log.warning("rollout_counts_flush_failed", root=str(root), error=str(exc))
+            self._warn_once("rollout_counts_flush_failed", root=str(root), error=str(exc))
+        else:
+            self._warned.discard("rollout_counts_flush_failed")
+
+    def _warn_once(self, event: str, **fields: Any) -> None:
+        """A failing disk is said once (until it works again), not at every refresh."""
+        if event not in self._warned:
+            self._warned.add(event)
+            log.warning(event, **fields)
 
     def flush(self) -> None:
         """Write this process's counts now (tests, and a process about to exit)."""
