@@ -79,7 +79,6 @@ class Tally:
         self.width = width
         self.cells: dict[tuple[int, str, int], Cell] = {}
         self.pending: list[dict] = []
-        self.dirty_hours: set[int] = set()
         self.dirty = False
 
     def observe(self, entity: str, phase: int, *, compared: bool, mismatched: bool = False, error: bool = False,
@@ -104,7 +103,6 @@ class Tally:
             if db_s is not None:
                 cell.hist["db"][bisect.bisect_left(_BOUNDS_S, db_s)] += 1
                 cell.sums["db"] += db_s
-            self.dirty_hours.add(bucket - bucket % HOUR)
             self.dirty = True
 
     def mismatch(self, *, entity: str, key: Any, phase: int, op: str, authority: str, diff: list) -> None:
@@ -119,30 +117,30 @@ class Tally:
             self.dirty = True
 
     def take(self) -> tuple[dict[int, list[tuple[tuple[int, str, int], dict]]], list[dict]]:
-        """({hour: every cell of that hour as JSON} for the hours changed since the last flush, the pending
-        mismatches).  Cells of past hours leave memory: once written they do not change."""
+        """({hour: every cell of that hour as JSON} for the hours in memory, the pending mismatches).
+
+        Memory holds the current hour and past hours not yet written: cells of
+        past hours leave it here, as once written they do not change.
+        """
         current = int(time.time()) // HOUR * HOUR
         with self._lock:
-            hours: dict[int, list[tuple[tuple[int, str, int], dict]]] = {h: [] for h in self.dirty_hours}
+            hours: dict[int, list[tuple[tuple[int, str, int], dict]]] = {}
             for key, cell in list(self.cells.items()):
                 hour = key[0] - key[0] % HOUR
-                if hour in hours:
-                    hours[hour].append((key, cell.to_json()))
+                hours.setdefault(hour, []).append((key, cell.to_json()))
                 if hour < current:
                     del self.cells[key]
             pending, self.pending = self.pending, []
-            self.dirty_hours = set()
             self.dirty = False
         return hours, pending
 
     def give_back(self, hours: dict[int, list[tuple[tuple[int, str, int], dict]]], pending: list[dict]) -> None:
-        """A flush failed: mark its hours to be written again (past hours' cells are restored)."""
+        """A flush failed: past hours' cells come back, to be written by the next one."""
         with self._lock:
-            for hour, items in hours.items():
+            for items in hours.values():
                 for key, data in items:
                     if key not in self.cells:
                         self.cells[key] = Cell.from_json(data)
-                self.dirty_hours.add(hour)
             self.pending[:0] = pending[-MISMATCH_CAP:]
             self.dirty = True
 
@@ -150,7 +148,6 @@ class Tally:
         with self._lock:
             self.cells.clear()
             self.pending.clear()
-            self.dirty_hours.clear()
             self.dirty = False
 
 
