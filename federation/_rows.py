@@ -95,7 +95,7 @@ def _record(out: TreeRows, path: str, entity: Entity, data: dict, given: dict | 
     """The row of one legacy record, its unknown and unreadable fields reported as dropped."""
     row = entity.read(data, given, fallback)
     _dropped(out, path, data, entity, prefix)
-    for name in entity.unreadable(data):  # the legacy reader shows it as the default: import it so, and say so
+    for name in entity.unreadable(data) if entity._object_fields else ():  # the legacy reader shows it as the default: import it so, and say so
         out.dropped_fields.append({"path": path, "field": f"{prefix}{name}"})
     return row
 
@@ -142,7 +142,12 @@ def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None
     if type(data) is not dict:
         raise _Invalid(f"a message file must be a JSON object, found {_json_type(data)}")
     row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
-    out.add("messages", row, path)
+    sources = out.sources["messages"]
+    if row[:1] not in sources:  # the common case, without TreeRows.add's bookkeeping (100,000 files)
+        out.rows["messages"][row[:1]] = row
+        sources[row[:1]] = path
+    else:
+        out.add("messages", row, path)
 
 
 def _node_document(out: TreeRows, path: str, data: Any, entity: Entity, agent: str) -> None:
@@ -193,6 +198,14 @@ def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
 
 
 
+def _entries(directory: Any) -> list[os.DirEntry]:
+    """The entries of *directory* by name, without dotfiles (temp files of atomic writes); none if it is missing."""
+    try:
+        return sorted((e for e in os.scandir(directory) if not e.name.startswith(".")), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
 def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     """``(kind, path, owner, stem)`` for every file of the legacy tree, cheaply (no reads).
 
@@ -201,21 +214,13 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     or the file stem (sessions).  Dotfiles (temp files of atomic writes) are
     skipped.
     """
-    try:
-        nodes = sorted(os.scandir(tree.nodes), key=lambda e: e.name)
-    except FileNotFoundError:
-        nodes = []
-    for node in nodes:
-        if node.name.startswith("."):
-            continue
+    for node in _entries(tree.nodes):
         if not node.is_dir():
             yield "unknown", node.path, "", ""
             continue
         inbox = None
-        for entry in sorted(os.scandir(node.path), key=lambda e: e.name):
+        for entry in _entries(node.path):
             name = entry.name
-            if name.startswith("."):
-                continue
             if name == INBOX_DIR and entry.is_dir():
                 inbox = entry.path
             elif name in NODE_FILES and entry.is_file():
@@ -233,20 +238,12 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
                     yield "message", entry.path, node.name, name[:-5]
                 else:
                     yield "unknown", entry.path, node.name, ""
-    try:
-        shared = sorted(os.scandir(tree.shared), key=lambda e: e.name)
-    except FileNotFoundError:
-        shared = []
-    for entry in shared:
-        if entry.name.startswith("."):
-            continue
+    for entry in _entries(tree.shared):
         if entry.name == POLLS_FILE and entry.is_file():
             yield "polls", entry.path, "", "polls"
         elif entry.name == SESSIONS_DIR and entry.is_dir():
-            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            for sub in _entries(entry.path):
                 name = sub.name
-                if name.startswith("."):
-                    continue
                 if name.endswith(".json") and sub.is_file():
                     yield "session", sub.path, name[:-5], name[:-5]
                 else:

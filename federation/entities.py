@@ -48,31 +48,25 @@ NODE_FILE_OF = {kind: name for name, kind in NODE_FILES.items()}
 # the lock of each legacy document (advisory file locks, $ROOT/.locks/{name}.lock)
 
 POLLS_LOCK = "polls"
+#: the lock name of each legacy document kind but polls: a prefix, then the validated owner
+_LOCK_PREFIX = {"message": "inbox", "context": "node", "expertise": "node", "profile": "node", "session": "session"}
 
 
-def inbox_lock(agent: str) -> str:
-    """The lock of *agent*'s inbox (every message file in it)."""
-    return f"inbox-{_validate.agent(agent)}"
+def document_lock(document: str, owner: str = "") -> str:
+    """The lock of the legacy *document* kind (see :attr:`Entity.document`) of *owner*.
 
-
-def node_lock(agent: str) -> str:
-    """The lock of *agent*'s node files (context, expertise, profile)."""
-    return f"node-{_validate.agent(agent)}"
-
-
-def session_lock(session_id: str) -> str:
-    return f"session-{_validate.ident(session_id, 'session id')}"
-
-
-def document_lock(document: str, owner: str) -> str:
-    """The lock of the legacy *document* kind (see :attr:`Entity.document`) of *owner*."""
-    if document == "message":
-        return inbox_lock(owner)
+    One lock per inbox (every message file in it), one per agent's node files
+    (context, expertise, profile), one per session, one for ``polls.json``.
+    """
     if document == "polls":
         return POLLS_LOCK
-    if document == "session":
-        return session_lock(owner)
-    return node_lock(owner)
+    owner = _validate.ident(owner, "session id") if document == "session" else _validate.agent(owner)
+    return f"{_LOCK_PREFIX[document]}-{owner}"
+
+
+inbox_lock = functools.partial(document_lock, "message")
+node_lock = functools.partial(document_lock, "context")
+session_lock = functools.partial(document_lock, "session")
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +181,7 @@ class Entity:
         names = self.legacy_fields or tuple(f.name for f in self.own_fields)
         return frozenset(names) | {e.container for e in ALL if e.parent == self.table}
 
-    # -- the file store's view: a legacy record with the defaults applied (lenient)
+    # -- a legacy record: the file store's view (lenient) and the transfer layer's (strict)
     def record(self, data: dict, given: dict | None = None, fallback: dict | None = None) -> dict:
         """The record of legacy dict *data*, in field order, as the legacy reader showed it.
 
@@ -195,64 +189,54 @@ class Entity:
         values for fields the body lacks (a message's id from its file name).
         Nothing is checked: a legacy reader shows what it finds.
         """
-        out = {}
-        for f in self.own_fields:
-            name = f.name
-            if given is not None and name in given:
-                out[name] = given[name]
-                continue
-            value = data.get(name)
-            if f.json is not None:
-                value = value if isinstance(value, f.json) else f.json()
-                out[name] = list(value) if f.json is list else value
-                continue
-            if value is None or value == "":
-                if fallback is not None and name in fallback:
-                    value = fallback[name]
-                elif f.default is not None:
-                    value = f.default
-            out[name] = value
-        return out
+        return dict(zip(self.columns if self.parent is None else self.columns[self.key:],
+                        self.read(data, given, fallback, strict=False)))
 
-    # -- the transfer layer's view: a legacy record as a row (strict)
-    def read(self, data: dict, given: dict | None = None, fallback: dict | None = None) -> tuple:
-        """The row of legacy dict *data* (values as :meth:`record` shows them, JSON encoded).
+    def read(self, data: dict, given: dict | None = None, fallback: dict | None = None, *,
+             strict: bool = True) -> tuple:
+        """The row of legacy dict *data*: the values :meth:`record` shows, JSON encoded.
 
-        Raises :class:`InvalidRecord` naming the first field that is missing or
-        of the wrong type; a JSON field of the wrong type reads as its default
-        (the caller reports it as dropped, see :meth:`unreadable`).
+        *strict* raises :class:`InvalidRecord` naming the first field that is
+        missing or of the wrong type; a JSON object field of the wrong type
+        reads as its default (the caller reports it as dropped, see
+        :meth:`unreadable`).  Not *strict*: the values of :meth:`record`.
         """
         row = []
-        for f in self.fields:
+        for f in self.fields if strict else self.own_fields:
             name = f.name
             if given is not None and name in given:
                 row.append(given[name])
                 continue
             value = data.get(name)
             if f.json is not None:
-                if f.json is list:
-                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                if not isinstance(value, f.json):
+                    if strict and f.json is list:
                         raise InvalidRecord(f"field {name!r} must be a list of strings")
-                elif not isinstance(value, f.json):
-                    value = None
-                row.append(f.encode(value))
+                    value = f.json()
+                elif strict and f.json is list and not all(isinstance(v, str) for v in value):
+                    raise InvalidRecord(f"field {name!r} must be a list of strings")
+                row.append(f.encode(value) if strict else f.json(value))
                 continue
             if value is None or value == "":
                 if fallback is not None and name in fallback:
                     value = fallback[name]
                 elif f.default is not None:
                     value = f.default
-                elif f.required and value is None:
+                elif strict and f.required and value is None:
                     raise InvalidRecord(f"missing required field {name!r}")
-            elif value.__class__ is not str:
+            elif strict and value.__class__ is not str:
                 raise InvalidRecord(f"field {name!r} must be a string, found {type(value).__name__}")
             row.append(value)
         return tuple(row)
 
     def unreadable(self, data: dict) -> list[str]:
         """The JSON fields of *data* that :meth:`read` replaced by their default (a wrong type)."""
-        return [f.name for f in self.own_fields
-                if f.json is dict and data.get(f.name) is not None and not isinstance(data[f.name], dict)]
+        return [name for name in self._object_fields
+                if data.get(name) is not None and not isinstance(data[name], dict)]
+
+    @functools.cached_property
+    def _object_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.own_fields if f.json is dict)
 
     # -- the database's view
     def row_of(self, record: dict) -> tuple:

@@ -107,3 +107,20 @@ def test_no_import_cycle():
     graph = import_graph()
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_two_stores_do_not_import_each_other():
+    """The file store and the SQL store share rules through federation.entities, never each other's names."""
+    graph = import_graph()
+    assert "federation.core" not in graph["federation.sqlstore"]
+    assert "federation.sqlstore" not in graph["federation.core"]
+    assert "federation.entities" in graph["federation.sqlstore"] and "federation.entities" in graph["federation.core"]
+
+
+def test_the_engines_import_the_dialect_base_not_the_facade():
+    """Top-down: each engine module imports the dialect base; only the façade chooses between them."""
+    graph = import_graph()
+    for engine in ("federation._sqlite", "federation._postgres"):
+        assert "federation._dialect" in graph[engine]
+        assert "federation.database" not in graph[engine]
+    assert {"federation._sqlite", "federation._postgres"} <= graph["federation.database"]
