@@ -18,15 +18,16 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from . import _sql, _validate
 from ._files import Tree, parse_json_bytes
-from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILES, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR, TABLES, Entity,
-                       InvalidRecord, _json_type)
+from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
+                       SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type)
 from .errors import ValidationError
 
-__all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE"]
+__all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
+           "document_owner", "document_file", "read_files", "read_db_documents"]
 
 
 def key_text(key: tuple) -> str:
@@ -304,31 +305,120 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
         if kind == "unknown":  # not the legacy format's: nothing is imported from it, and it is said
             out.dropped_fields.append({"path": path, "field": UNKNOWN_FILE})
             continue
-        try:
-            if kind != "polls" and kind != "session":
-                ok = valid_agents.get(owner)
-                if ok is None:
-                    ok = valid_agents[owner] = _agent_ok(owner)
-                if not ok:
-                    raise _Invalid(f"{owner!r} is not a valid agent name")
-            data = _parse(_read_bytes(path))
-            if kind == "message":
-                _message(out, path, data, owner, stem)
-            elif kind == "expertise":
-                _expertise(out, path, data, owner)
-            elif kind == "polls":
-                _polls(out, path, data)
-            elif kind == "session":
-                _session(out, path, data, owner)
-            else:
-                _node_document(out, path, data, _NODE_ENTITY[kind], owner)
-        except (_Invalid, ValueError, ValidationError, OSError) as exc:
-            out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+        _read_file(out, kind, path, owner, stem, valid_agents)
     out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
     if bar is not None:
         bar.n = len(files)
         bar.close()
     return out
+
+
+def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid_agents: dict[str, bool],
+               missing_ok: bool = False) -> None:
+    """Read one legacy file of document *kind* into *out* (a file that cannot be read is reported in it)."""
+    try:
+        if kind != "polls" and kind != "session":
+            ok = valid_agents.get(owner)
+            if ok is None:
+                ok = valid_agents[owner] = _agent_ok(owner)
+            if not ok:
+                raise _Invalid(f"{owner!r} is not a valid agent name")
+        data = _parse(_read_bytes(path))
+        if kind == "message":
+            _message(out, path, data, owner, stem)
+        elif kind == "expertise":
+            _expertise(out, path, data, owner)
+        elif kind == "polls":
+            _polls(out, path, data)
+        elif kind == "session":
+            _session(out, path, data, owner)
+        else:
+            _node_document(out, path, data, _NODE_ENTITY[kind], owner)
+    except (_Invalid, ValueError, ValidationError, OSError) as exc:
+        if missing_ok and isinstance(exc, FileNotFoundError):  # no such document: no rows
+            return
+        out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+
+
+# ---------------------------------------------------------------------------
+# one document at a time (``sync`` re-reads what it repairs under the document's lock)
+
+
+def document_owner(entity: Entity, row: tuple) -> str:
+    """Whose legacy document holds *row* of *entity*: the recipient of a message, else the first key field
+    (agent, poll id, session id).  With the document kind, what :func:`entities.document_lock` takes."""
+    return str(row[_RECIPIENT] if entity is MESSAGES else row[0])
+
+
+_RECIPIENT = MESSAGES.index("recipient")
+
+
+def document_file(tree: Tree, kind: str, doc_id: str, owner: str) -> Path:
+    """Where the legacy layout keeps document *kind* ``doc_id`` of *owner* (polls: the shared polls.json)."""
+    if kind == "message":
+        return tree.message_file(owner, doc_id)
+    if kind == "polls":
+        return tree.polls_file
+    if kind == "session":
+        return tree.session_file(doc_id)
+    return tree.node(doc_id) / NODE_FILE_OF[kind]
+
+
+def _classify(tree: Tree, path: Path | str) -> tuple[str, str, str, str] | None:
+    """``(kind, path, owner, stem)`` of a legacy file, as :func:`legacy_files` gives it; None if not one."""
+    path = Path(path)
+    try:
+        parts = path.relative_to(tree.root).parts
+    except ValueError:
+        return None
+    stem = path.name[:-5] if path.name.endswith(".json") else ""
+    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] == INBOX_DIR and stem:
+        return "message", str(path), parts[1], stem
+    if len(parts) == 3 and parts[0] == NODES_DIR and parts[2] in NODE_FILES:
+        return NODE_FILES[parts[2]], str(path), parts[1], stem
+    if parts == (SHARED_DIR, POLLS_FILE):
+        return "polls", str(path), "", "polls"
+    if len(parts) == 3 and parts[:2] == (SHARED_DIR, SESSIONS_DIR) and stem:
+        return "session", str(path), stem, stem
+    return None
+
+
+def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
+    """The rows of the legacy files *paths* (each read once; a missing file holds no rows)."""
+    out = TreeRows()
+    valid_agents: dict[str, bool] = {}
+    for path in sorted({str(p) for p in paths}):
+        entry = _classify(tree, path)
+        if entry is not None:
+            _read_file(out, *entry, valid_agents, missing_ok=True)
+    return out
+
+
+def read_db_documents(tx: Any, docs: Iterable[tuple[str, str]]) -> dict[str, dict[tuple, tuple]]:
+    """The file-side database rows of the documents *docs* ``(kind, doc_id)``, keyed like :func:`read_db`.
+
+    Runs in the caller's transaction *tx*: ``sync --to db`` reads and repairs in one.
+    """
+    ids: dict[str, list[str]] = {}
+    for kind, doc_id in sorted(set(docs)):
+        ids.setdefault(kind, []).append(doc_id)
+    out: dict[str, dict[tuple, tuple]] = {t.name: {} for t in TABLES}
+    for kind, wanted in ids.items():
+        for table in _TABLES_OF[kind]:
+            k = table.key
+            rows = out[table.name]
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start:start + _CHUNK]
+                for r in tx.fetchall(_sql.select_documents(table, len(chunk)), chunk):
+                    r = tuple(r)
+                    rows[r[:k]] = r
+    return out
+
+
+_CHUNK = 500  # ids per SELECT … IN (…): well under SQLite's and PostgreSQL's parameter limits
+
+
+_TABLES_OF = {kind: tuple(t for t in TABLES if t.document == kind) for kind in {t.document for t in TABLES}}
 
 
 def _agent_ok(name: str) -> bool:

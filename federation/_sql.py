@@ -12,7 +12,7 @@ import functools
 
 from .entities import Entity
 
-__all__ = ["columns", "select", "select_file_side", "insert", "upsert", "where_key", "delete_by_key", "delete_owner",
+__all__ = ["columns", "select", "select_file_side", "select_documents", "insert", "upsert", "where_key", "delete_by_key", "delete_owner",
            "mark_read"]
 
 
@@ -30,6 +30,12 @@ def select(entity: Entity, where: str = "", what: str = "") -> str:
 def select_file_side(entity: Entity, what: str = "") -> str:
     """SELECT from the rows that have a file counterpart (unread messages; every row elsewhere)."""
     return select(entity, entity.db_filter, what)
+
+
+def select_documents(entity: Entity, n: int) -> str:
+    """SELECT the file-side rows of *n* legacy documents: those whose first key column is one of *n* ``?``."""
+    where = f"{entity.key_columns[0]} IN ({', '.join('?' * n)})"
+    return select(entity, f"{where} AND {entity.db_filter}" if entity.db_filter else where)
 
 
 @functools.lru_cache(maxsize=None)

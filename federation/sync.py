@@ -5,6 +5,16 @@ keys that differ (upserting what the files have, removing what they lack);
 ``federation sync --to files`` rewrites the legacy documents from the
 database, so that a rollback to phase 1 after drift is exact.  Both touch only
 what the report lists, and with ``dry_run`` only say what they would change.
+
+Safe under live dual-phase writes: the report is read without locks (the
+fast path: it only finds candidates), then each legacy document that differs
+is re-read from both sides and repaired while holding its file lock -- the
+lock the shim holds across both sides of every phase-2/3 write of that
+document (``polls``, the recipient's inbox, the agent's node, the session;
+:func:`federation.entities.document_lock`).  A document no longer different
+under its lock (a write was in flight when the report was read) is left
+alone, so a sync never removes or reverts what a writer was told succeeded.
+Each lock's documents are repaired in one database transaction.
 """
 
 from __future__ import annotations
@@ -13,13 +23,15 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import structlog
 
 from . import _sql, config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
-from ._rows import BY_NAME, TABLES, key_text
-from .entities import MESSAGES, POLLS_LOCK, Entity, document_lock
+from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
+from .entities import MESSAGES, Entity, document_lock
 from .errors import CorruptFileError
 from .migrate import insert_values
 from .report import Report, Sides, compare_sides, database_exists, read_sides
@@ -27,6 +39,11 @@ from .report import Report, Sides, compare_sides, database_exists, read_sides
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
 TARGETS = ("files", "db")
+
+log = structlog.get_logger("federation.sync")
+
+#: a legacy document: (kind, id) -- kind as :attr:`Entity.document`, id its records' first key field
+Doc = tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +61,20 @@ class SyncResult:
     to: str
     dry_run: bool
     changes: list[Change]
+    #: documents the report listed that agreed once re-read under their lock (writes in flight when it was read)
+    settled: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"to": self.to, "dry_run": self.dry_run, "changes": [dataclasses.asdict(c) for c in self.changes]}
 
 
 def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None) -> SyncResult:
-    """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side."""
+    """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
+
+    Each differing document is decided again and repaired under its file lock
+    (see the module's docstring); the changes returned are those made.  A dry
+    run lists what the report shows, takes no lock and writes nothing.
+    """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     settings = config.settings()
@@ -59,18 +83,89 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         from .sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
-    sides = read_sides(root, store=store)
+    tree = Tree(root)
+    sides = read_sides(root, store=store)  # no lock: candidates only, decided again under the locks
     report = compare_sides(sides)
-    if to == "db":
-        return SyncResult(to, dry_run, _to_db(store, sides, report, dry_run))
-    return SyncResult(to, dry_run, _to_files(store, Tree(root), sides, report, dry_run))
+    if dry_run:
+        changes = _db_plan(sides, report)[0] if to == "db" else _to_files(store, tree, sides, report, apply=False)
+        return SyncResult(to, dry_run, changes)
+    result = SyncResult(to, dry_run, [])
+    stamp = now()
+    for locks, (docs, paths) in sorted(_lock_groups(tree, sides, report).items()):
+        with _holding(tree, locks):
+            files = _only(read_files(tree, paths), docs)
+            if to == "db":
+                changes, differing = store.db.write(lambda tx: _repair_db(tx, files, docs, stamp), snapshot=True)
+            else:
+                fresh = Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs)))
+                report = compare_sides(fresh)
+                changes, differing = _to_files(store, tree, fresh, report, apply=True), _differing(report)
+        result.changes += changes
+        result.settled += len(docs - differing)
+    log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# documents and their locks
+
+
+def _lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ...], tuple[set[Doc], set[str]]]:
+    """The documents the report finds different, grouped by the file locks that guard them:
+    {locks: (documents, the files to re-read for them)}.  A message's lock is its recipient's inbox on
+    either side (and the inbox its file was found in); every other document has one owner."""
+    locks_of: dict[Doc, set[str]] = {}
+    paths_of: dict[Doc, set[str]] = {}
+    for name, t in report.entities.items():
+        table = BY_NAME[name]
+        files, db, sources = sides.files.rows[name], sides.db[name], sides.files.sources[name]
+        for key in (*t.missing_in_db, *t.missing_in_files, *t.different):
+            doc = (table.document, str(key[0]))
+            owners = {document_owner(table, row) for row in (files.get(key), db.get(key)) if row is not None}
+            paths = paths_of.setdefault(doc, set())
+            source = sources.get(key)
+            if source is not None:
+                paths.add(source)
+                if table is MESSAGES:
+                    owners.add(Path(source).parent.parent.name)  # nodes/{agent}/inbox/{id}.json
+            for owner in owners:
+                paths.add(str(document_file(tree, doc[0], doc[1], owner)))
+            locks_of.setdefault(doc, set()).update(document_lock(doc[0], owner) for owner in owners)
+    groups: dict[tuple[str, ...], tuple[set[Doc], set[str]]] = {}
+    for doc, locks in locks_of.items():
+        docs, paths = groups.setdefault(tuple(sorted(locks)), (set(), set()))
+        docs.add(doc)
+        paths |= paths_of[doc]
+    return groups
+
+
+@contextlib.contextmanager
+def _holding(tree: Tree, locks: tuple[str, ...]) -> Iterator[None]:
+    # in name order: two syncs never wait on each other crosswise (a shim write holds one lock)
+    with contextlib.ExitStack() as stack:
+        for name in locks:
+            stack.enter_context(locked(tree, name))
+        yield
+
+
+def _only(rows: TreeRows, docs: set[Doc]) -> TreeRows:
+    """*rows* restricted to the records of *docs* (polls.json holds every poll, a re-read all of them)."""
+    out = TreeRows(invalid=rows.invalid, dropped_fields=rows.dropped_fields, files=rows.files)
+    for table in TABLES:
+        kind, name = table.document, table.name
+        keep = [k for k in rows.rows[name] if (kind, str(k[0])) in docs]
+        out.rows[name] = {k: rows.rows[name][k] for k in keep}
+        out.sources[name] = {k: rows.sources[name][k] for k in keep if k in rows.sources[name]}
+    return out
 
 
 # ---------------------------------------------------------------------------
 # files -> database
 
 
-def _to_db(store: Any, sides: Sides, report: Report, dry_run: bool) -> list[Change]:
+def _db_plan(sides: Sides, report: Report) -> tuple[list[Change], list[tuple[Entity, list[tuple]]],
+                                                     list[tuple[Entity, list[tuple]]]]:
+    """(changes, deletes, upserts) that make the database of *sides* equal its files."""
     files = sides.files.rows
     upserts: list[tuple[Entity, list[tuple]]] = []
     deletes: list[tuple[Entity, list[tuple]]] = []
@@ -88,112 +183,107 @@ def _to_db(store: Any, sides: Sides, report: Report, dry_run: bool) -> list[Chan
             # a message without a file was read (legacy deletes read messages): mark it so
             action = "mark-read" if table.db_filter else "delete"
             changes += [Change(action, table.name, key_text(k)) for k in keys]
-    if dry_run or not changes:
-        return changes
-    stamp = now()
-
-    def fn(tx) -> None:
-        for table, keys in deletes:
-            if table.db_filter:
-                tx.executemany(_sql.mark_read(table), [(stamp, *k) for k in keys])
-            else:
-                tx.executemany(_sql.delete_by_key(table), keys)
-        for table, rows in upserts:
-            tx.executemany(_sql.upsert(table, extra=True), insert_values(table, rows, files))
-
-    store.db.write(fn)  # one transaction: the repair happens whole or not at all
-    return changes
+    return changes, deletes, upserts
 
 
-# ---------------------------------------------------------------------------
-# database -> files
+def _repair_db(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> tuple[list[Change], set[Doc]]:
+    """In transaction *tx*, under the documents' file locks: read the database rows of *docs*, compare them
+    with their file rows *files* (read under the same locks) and write what still differs.
+    (The changes, the documents that still differed.)"""
+    sides = Sides(files, read_db_documents(tx, docs))
+    report = compare_sides(sides)
+    changes, deletes, upserts = _db_plan(sides, report)
+    for table, keys in deletes:
+        if table.db_filter:
+            tx.executemany(_sql.mark_read(table), [(stamp, *k) for k in keys])
+        else:
+            tx.executemany(_sql.delete_by_key(table), keys)
+    for table, rows in upserts:
+        tx.executemany(_sql.upsert(table, extra=True), insert_values(table, rows, files.rows))
+    return changes, _differing(report)
+
+
+def _differing(report: Report) -> set[Doc]:
+    """The legacy documents holding a row that differs."""
+    return {(BY_NAME[name].document, str(key[0])) for name, t in report.entities.items()
+            for key in (*t.missing_in_db, *t.missing_in_files, *t.different)}
 
 
 def _affected(report: Report) -> dict[str, set[str]]:
     """The legacy documents holding a differing row: {document kind: {document id}}."""
     out: dict[str, set[str]] = {}
-    for name, t in report.entities.items():
-        doc = BY_NAME[name].document
-        for key in (*t.missing_in_db, *t.missing_in_files, *t.different):
-            out.setdefault(doc, set()).add(str(key[0]))
+    for kind, doc_id in _differing(report):
+        out.setdefault(kind, set()).add(doc_id)
     return out
 
 
-def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, dry_run: bool) -> list[Change]:
+#: the store's loader of each kind of legacy document rebuilt whole from the database (messages are rows)
+_LOADERS = {"context": "load_context", "expertise": "load_expertise", "profile": "load_profile",
+            "polls": "load_poll", "session": "load_session"}
+#: the documents present in the database: those with a row in their kind's top table
+_TOP = tuple(t for t in TABLES if t.parent is None)
+
+
+def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool) -> list[Change]:
+    """Rewrite (with *apply*; else only list) each legacy document holding a differing row from the database.
+
+    When applying, the caller holds the documents' locks and *sides* was read under them.
+    """
     changes: list[Change] = []
     affected = _affected(report)
     sources = sides.files.sources
-    db_messages = sides.db["messages"]
+    present = {(t.document, str(k[0])) for t in _TOP for k in sides.db[t.name]}
 
-    def put(path: Path | str, doc: Any, key: str, lock: str) -> None:
+    def put(path: Path | str, doc: Any, key: str) -> None:
         changes.append(Change("write", str(path), key))
-        if not dry_run:  # a dry run takes no lock either: it creates nothing, not even .locks/
-            with locked(tree, lock):
-                atomic_write_json(Path(path), doc)
+        if apply:
+            atomic_write_json(Path(path), doc)
 
-    def drop(path: Path | str | None, key: str, lock: str) -> None:
+    def drop(path: Path | str | None, key: str) -> None:
         if path is None or not os.path.exists(path):
             return
         changes.append(Change("delete", str(path), key))
-        if not dry_run:
-            with locked(tree, lock):
-                remove(Path(path))
+        if apply:
+            remove(Path(path))
 
-    def inbox_lock(path: str) -> str:
-        return document_lock("message", Path(path).parent.parent.name)  # nodes/{agent}/inbox/{id}.json
+    def document(kind: str, doc_id: str) -> Any:
+        """The database's document (True when only listing: nothing more is read), or None."""
+        if (kind, doc_id) not in present:
+            return None
+        return getattr(store, _LOADERS[kind])(doc_id) if apply else True
 
     for mid in sorted(affected.get("message", ())):
-        row = db_messages.get((mid,))
+        row = sides.db["messages"].get((mid,))
         old = sources["messages"].get((mid,))
         if row is None:  # read or gone in the database: no unread file
-            if old:
-                drop(old, mid, inbox_lock(old))
+            drop(old, mid)
             continue
         msg = MESSAGES.from_row(row)
         path = tree.message_file(msg["recipient"], mid)
         if old and Path(old) != path:
-            drop(old, mid, inbox_lock(old))
-        put(path, msg, mid, inbox_lock(str(path)))
-
-    db = sides.db
-
-    def document(in_db: bool, load: Any, doc_id: str) -> Any:
-        """The database's document (True in a dry run, which reads nothing more), or None."""
-        if not in_db:
-            return None
-        return True if dry_run else load(doc_id)
-
-    node_docs = (("context", lambda a: (a,) in db["context"], "load_context", tree.context_file),
-                 ("expertise", lambda a: any(k[0] == a for k in db["expertise"]), "load_expertise",
-                  tree.expertise_file),
-                 ("profile", lambda a: (a,) in db["profiles"], "load_profile", tree.profile_file))
-    for kind, in_db, load, path_of in node_docs:
-        for agent in sorted(affected.get(kind, ())):
-            doc = document(in_db(agent), lambda a, load=load: getattr(store, load)(a), agent)
-            if doc is None:
-                drop(path_of(agent), agent, document_lock(kind, agent))
-            else:
-                put(path_of(agent), doc, agent, document_lock(kind, agent))
+            drop(old, mid)
+        put(path, msg, mid)
 
     poll_ids = sorted(affected.get("polls", ()))
-    if poll_ids:
-        with locked(tree, POLLS_LOCK) if not dry_run else contextlib.nullcontext():
-            try:
-                doc = read_json(tree.polls_file, dict, {})
-            except CorruptFileError:
-                doc = {}  # unreadable: rebuilt from the database, poll by poll
-            for pid in poll_ids:
-                poll = document((pid,) in db["polls"], lambda p: store.load_poll(p), pid)
-                if poll is None:
-                    doc.pop(pid, None)
-                else:
-                    doc[pid] = poll
-            put(tree.polls_file, doc, ", ".join(poll_ids), POLLS_LOCK)
+    if poll_ids:  # one document holds every poll: the others are kept as they are
+        try:
+            doc = read_json(tree.polls_file, dict, {})
+        except CorruptFileError:
+            doc = {}  # unreadable: rebuilt from the database, poll by poll
+        for pid in poll_ids:
+            poll = document("polls", pid)
+            if poll is None:
+                doc.pop(pid, None)
+            else:
+                doc[pid] = poll
+        put(tree.polls_file, doc, ", ".join(poll_ids))
 
-    for sid in sorted(affected.get("session", ())):
-        session = document((sid,) in db["sessions"], lambda s: store.load_session(s), sid)
-        if session is None:
-            drop(tree.session_file(sid), sid, document_lock("session", sid))
-        else:
-            put(tree.session_file(sid), session, sid, document_lock("session", sid))
+    for kind in ("context", "expertise", "profile", "session"):
+        for doc_id in sorted(affected.get(kind, ())):
+            path = document_file(tree, kind, doc_id, doc_id)
+            doc = document(kind, doc_id)
+            if doc is None:
+                drop(path, doc_id)
+            else:
+                put(path, doc, doc_id)
     return changes

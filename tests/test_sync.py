@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
+from federation import core, governance
+from federation._files import Tree
 from federation._generate import generate
+from federation._rows import TABLES, document_file, document_owner, read_db, read_db_documents, read_files, read_tree
+from federation.entities import MESSAGES, document_lock
 from federation.migrate import migrate
 from federation.report import build_report
-from federation import governance
 
 from _transfer_helpers import cli
 
@@ -46,14 +47,16 @@ while not os.path.exists(stop):
 print(json.dumps(acked))
 """
 
-#: `sync --to TO` over and over until the stop file appears; prints each run's changes.
+#: `sync --to TO` over and over until the stop file appears; prints each run's changes and how many documents
+#: the report listed that agreed once re-read under their lock (a write was in flight).
 SYNCER = """
 import json, os, sys
 from federation.sync import sync
 to, stop = sys.argv[1:3]
 runs = []
 while not os.path.exists(stop):
-    runs.append([[c.action, c.target, c.key] for c in sync(to).changes])
+    result = sync(to)
+    runs.append({"changes": [[c.action, c.target, c.key] for c in result.changes], "settled": result.settled})
 print(json.dumps(runs))
 """
 
@@ -157,6 +160,14 @@ def _check_acknowledged(fed, acked: dict, voters: list[str], senders: list[str],
         assert _file_context(fed, name) == last and store.load_context(name)["text"] == last, name
 
 
+def _check_runs(runs: list[dict]) -> None:
+    """The dual-write leaves nothing to repair, so every candidate of the unlocked report was a write in
+    flight: settled under its lock, never changed.  Some were (the race was really run)."""
+    changed = [c for run in runs for c in run["changes"]]
+    assert changed == [], f"{len(changed)} changes by sync under live writes, first: {changed[:5]}"
+    assert sum(run["settled"] for run in runs) > 0, "no sync run met a write in flight"
+
+
 def test_sync_to_db_under_live_phase2_writes_loses_nothing(fed):
     """Phase 2 (files first, then the database): 2 voters, 2 senders and a context writer beside a
     `sync --to db` loop.  No acknowledged vote, message or context is missing or stale on either side
@@ -167,8 +178,7 @@ def test_sync_to_db_under_live_phase2_writes_loses_nothing(fed):
     assert len(runs) >= 3, f"only {len(runs)} sync runs overlapped the writes"
     _check_acknowledged(fed, acked, ["v1", "v2"], ["alice", "carol"], [], ["dave"])
     assert cli(fed, "report").returncode == 0
-    changed = [c for run in runs for c in run]
-    assert changed == [], f"{len(changed)} changes by sync under live writes, first: {changed[:5]}"
+    _check_runs(runs)
 
 
 def test_sync_to_files_under_live_phase3_writes_loses_nothing(fed):
@@ -182,5 +192,47 @@ def test_sync_to_files_under_live_phase3_writes_loses_nothing(fed):
     assert len(runs) >= 3, f"only {len(runs)} sync runs overlapped the writes"
     _check_acknowledged(fed, acked, ["v1", "v2"], ["alice", "carol"], ["bob"], ["dave"])
     assert cli(fed, "report").returncode == 0
-    changed = [c for run in runs for c in run]
-    assert changed == [], f"{len(changed)} changes by sync under live writes, first: {changed[:5]}"
+    _check_runs(runs)
+
+
+def test_sync_takes_the_lock_the_shim_holds_for_every_table():
+    """For a record of each of the ten tables, the lock sync repairs it under is the lock every shim write
+    of that table holds across both sides (core.SHIM_SPEC)."""
+    rows = {"messages": ("m1", "alice", "bob", "hi", "task", None, "t"), "context": ("dave", "", None, None),
+            "expertise": ("dave", "go", None), "profiles": ("dave", None, "{}", None),
+            "polls": ("p1", "Q?", "[]", "open", "lead", "t"), "votes": ("p1", "erin", "yes"),
+            "sessions": ("s1", "T", None, "lead", "planning", "t", None),
+            "session_roles": ("s1", "erin", "dev", None, None), "session_artifacts": ("s1", "spec", "x", None),
+            "session_reviews": ("s1", "spec", "erin", "approved", None, None)}
+    assert set(rows) == {t.name for t in TABLES}
+    for table in TABLES:
+        row = rows[table.name]
+        record = MESSAGES.from_row(row) if table is MESSAGES else {"id": row[0]}
+        writes = [(name, spec) for name, spec in core.SHIM_SPEC.items()
+                  if name.startswith("save_") and spec.get("entity") == table.name and spec.get("lock")]
+        assert writes, table.name
+        for name, spec in writes:
+            first = record if name in ("save_message", "save_poll", "save_session") else row[0]
+            assert spec["lock"](first) == document_lock(table.document, document_owner(table, row)), name
+
+
+def test_one_document_read_equals_the_whole_read(fed):
+    """What sync re-reads under a lock (one document's files, its database rows) is exactly that document's
+    part of the whole tree and database that the report reads."""
+    generate(fed.root, agents=4, messages=30, polls=3, sessions=2)
+    assert migrate().exit_code == 0
+    tree, store = Tree(fed.root), fed.store()
+    whole_files, whole_db = read_tree(fed.root).rows, read_db(store)
+    docs = {(t.document, str(k[0])): document_owner(t, row) for t in TABLES for k, row in whole_files[t.name].items()}
+    assert {kind for kind, _ in docs} == {"message", "context", "expertise", "profile", "polls", "session"}
+    for (kind, doc_id), owner in docs.items():
+        part = read_files(tree, [document_file(tree, kind, doc_id, owner)])
+        rows = store.db.read(lambda tx: read_db_documents(tx, [(kind, doc_id)]))
+        for t in TABLES:
+            if t.document != kind:
+                assert not rows[t.name]
+                continue
+            mine = {k: r for k, r in whole_files[t.name].items() if str(k[0]) == doc_id}
+            assert {k: r for k, r in part.rows[t.name].items() if str(k[0]) == doc_id} == mine, (kind, doc_id)
+            assert rows[t.name] == {k: r for k, r in whole_db[t.name].items() if str(k[0]) == doc_id}
+            assert rows[t.name] == mine  # migrated: the two sides agree
