@@ -335,9 +335,16 @@ def serve(agent: str) -> None:
         valid_agent(agent, "--agent")
     except ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="--agent") from None
+    from ._signals import Terminated, exit_now, exit_on_stop_signals
     from .mcp_server import serve as run_server
 
-    run_server(agent)
+    exit_on_stop_signals()  # SIGTERM, Ctrl-C: counts flushed and announcement withdrawn at exit
+    try:
+        run_server(agent)
+    except Terminated as stop:
+        # the MCP SDK's stdin reader (a worker thread, not a daemon) stays blocked until the client closes
+        # the pipe, and the interpreter would wait for it before running the atexit handlers
+        exit_now(stop.code)
 
 
 # ---------------------------------------------------------------------------

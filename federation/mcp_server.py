@@ -486,8 +486,13 @@ def serve(agent: str) -> None:
     in_effect = rollout.phase_in_effect()
     log.info("mcp_server_started", agent=server.agent, phase=in_effect["phase"], phase_source=in_effect["source"],
              engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES))
+    stopped_by = None
     try:
         server.run("stdio")
     except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin
-        pass
-    log.info("mcp_server_stopped", agent=server.agent)
+        stopped_by = "SIGINT"
+    except SystemExit as exc:  # SIGTERM through the CLI's handler (federation._signals): exit after the log line
+        stopped_by = getattr(exc, "signal", None) or "exit"
+        raise
+    finally:
+        log.info("mcp_server_stopped", agent=server.agent, **({"signal": stopped_by} if stopped_by else {}))
