@@ -684,7 +684,8 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
         go.touch()
         time.sleep(0.5)
         step(2)
-        assert cli(fed, "migrate").exit_code == 0  # catch up the phase-1 votes (insert-only: safe under traffic)
+        # catch up the phase-1 votes under live phase-2 votes: sync decides each poll under the polls lock
+        assert cli(fed, "sync", "--to", "db").exit_code == 0
         caught_up = rollout._io.utcnow()
         wait_for(lambda: comparisons_since(caught_up) >= 30, 30, interval=0.2, what="comparisons in phase 2")
         step(3, "--since", caught_up.isoformat(), "--min-comparisons", "30", tries=3,
