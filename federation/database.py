@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-import structlog
+from shim import library_logger
 
 from . import config, schema
 from .errors import ConfigError, FederationError, StorageError
 
 __all__ = ["Database", "Dialect", "SqliteDialect", "get_db", "execute", "fetchall", "network_fs_type"]
 
-log = structlog.get_logger("federation.database")
+log = library_logger("federation.database")
 T = TypeVar("T")
 
 #: How long a write may wait for a busy database before the caller gets an error.

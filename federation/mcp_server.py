@@ -19,7 +19,7 @@ import functools
 import inspect
 from typing import Annotated, Any, Callable, Literal
 
-import structlog
+from shim import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -35,7 +35,7 @@ from .messaging import MAX_HISTORY
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
-log = structlog.get_logger("federation.mcp")
+log = library_logger("federation.mcp")
 
 _KIB = 1024
 _CONTENT_LIMIT = f"at most {config.MAX_CONTENT_BYTES // _KIB} KiB of UTF-8"

@@ -19,9 +19,10 @@ import wrapt
 
 from ._compare import delta, field_diff, normalize, patch
 from ._experiment import DB, FILES, Experiment, Spec
+from ._log import library_logger
 
 __all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "normalize", "field_diff", "delta",
-           "patch", "FILES", "DB"]
+           "patch", "FILES", "DB", "library_logger"]
 
 _installed: dict[str, Experiment] = {}
 
