@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -68,7 +69,11 @@ def test_legacy_stdio_server_keeps_its_json_rpc_stream_while_the_shim_logs_misma
     JSON-RPC stream, and the client lost the connection at the first mismatch.
     """
     stderr = fed.root.parent / "legacy-server.stderr"
-    params = StdioServerParameters(command=sys.executable, args=[str(REPO / "tests" / "legacy_mcp_server.py")],
+    stdout_copy = fed.root.parent / "legacy-server.stdout"
+    # tee keeps a copy of everything the server writes on stdout, to check it is protocol only
+    # (the SDK's client skips a line it cannot parse, other clients drop the connection).
+    server = f"{shlex.quote(sys.executable)} {shlex.quote(str(REPO / 'tests' / 'legacy_mcp_server.py'))}"
+    params = StdioServerParameters(command="/bin/sh", args=["-c", f"{server} | tee {shlex.quote(str(stdout_copy))}"],
                                    env=fed.subprocess_env(3), cwd=str(REPO))
 
     async def scenario() -> None:
@@ -100,3 +105,7 @@ def test_legacy_stdio_server_keeps_its_json_rpc_stream_while_the_shim_logs_misma
     anyio.run(scenario)
     logged = stderr.read_text()
     assert logged.count("shadow_mismatch") >= 9, logged[-3000:]
+    lines = stdout_copy.read_text().splitlines()
+    assert len(lines) >= 8  # initialize, 4 sends, 3 reads: every answer went through the copy
+    for line in lines:
+        assert json.loads(line)["jsonrpc"] == "2.0", f"not protocol on stdout: {line[:200]}"
