@@ -29,8 +29,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import __version__, config, context, governance, messaging
 from . import _validate as v
-from .errors import (BackfillRequiredError, ConflictError, FederationError, NotFoundError, StorageError,
-                     ValidationError)
+from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
+                     StorageError, ValidationError)
 from .messaging import MAX_HISTORY
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
@@ -383,6 +383,7 @@ _ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
     (NotFoundError, "not found"),
     (ConflictError, "refused"),
     (BackfillRequiredError, "database not ready"),
+    (FileStorageError, "storage failed"),  # disk full, read-only...: the operator must act, retrying won't help
     (StorageError, "storage unavailable, try again shortly"),
     (FederationError, "failed"),
 )
