@@ -136,4 +136,4 @@ def test_backup_on_postgresql_exits_1_with_the_pg_dump_command_without_password(
             backup(tmp_path / "c.dump")
     assert "s3cret" not in str(exc.value)
     assert "'postgresql://fed_user@db.example:5432/federation?sslmode=require'" in str(exc.value)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["fed"]  # the root only: no dump, no temp file
