@@ -385,6 +385,33 @@ def backup_command(dest: str, as_json: bool) -> None:
                    f"{result.schema_version}, integrity_check ok, {result.seconds:.2f} s)")
 
 
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def doctor_command(as_json: bool) -> None:
+    """Check the federation's health; read-only.
+
+    Database integrity (quick_check; PostgreSQL: connection and schema),
+    schema version, backfill, WAL size, free space where the database and the
+    root live, SQLite on a network filesystem, unreadable legacy files, files
+    and database differing.  Exit 0 healthy, 1 when a check failed (each
+    failure with the command that fixes it), 2 usage.
+    """
+    from .doctor import doctor
+
+    report = _guard(doctor)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        width = max(len(c.name) for c in report.checks)
+        for c in report.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+            if not c.ok and c.fix:
+                click.echo(f"      {''.ljust(width)}  fix: {c.fix}")
+        click.echo("healthy" if report.healthy else "NOT healthy: see the fixes above")
+    sys.exit(0 if report.healthy else 1)
+
+
 @main.command()
 @click.option("--agent", "agent", required=True, metavar="NAME",
               help="The agent this server acts as: every write is made as NAME.")
