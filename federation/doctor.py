@@ -185,7 +185,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     from .report import compare_table
 
     s = settings or config.settings()
-    phase = s.effective_phase
+    phase = phase_in_effect(s)
     checks: list[Check] = []
     comparable = (_postgres_checks(s, checks) if s.db_url
                   else _sqlite_checks(s, checks, wal_limit, mounts_file))
@@ -215,11 +215,48 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
     checks.append(_files_vs_database(s, phase, tree, store, compare_table, TABLES))
+    checks.append(_fleet_check())
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def phase_in_effect(s: config.Settings) -> int:
+    """The phase the federation's unpinned processes are in: this process's pin, else the live flag, else 3.
+
+    Read without joining the fleet (the doctor is not an agent and must not announce itself).
+    """
+    if s.phase_pinned:
+        return s.effective_phase
+    from .rollout import current_phase
+
+    return current_phase(s.root)[0]
+
+
+def _describe(process: dict) -> str:
+    agent = f" (agent {process['agent']})" if process.get("agent") else ""
+    return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')}"
+
+
+def _fleet_check() -> Check:
+    """No live phase-4 process beside a live phase-1/2 one (phase 4 stops writing the files they read)."""
+    from . import rollout
+
+    fleet = rollout.fleet()
+    pairs = rollout.unsafe_mix(fleet)
+    alive = [p for p in fleet if p.get("alive")]
+    if not pairs:
+        phases = sorted({p.get("phase") for p in alive}, key=str)
+        return Check("fleet_phases", True, f"{len(alive)} live processes, phases {phases or 'none'}: a safe mix")
+    shown = "; ".join(f"{_describe(a)} beside {_describe(b)}" for a, b in pairs[:3])
+    return Check("fleet_phases", False,
+                 f"unsafe mix of phases: {shown}" + (f" and {len(pairs) - 3} more pairs" if len(pairs) > 3 else "")
+                 + "; phase 4 no longer writes the files phases 1-2 read, so their writes hide each other's",
+                 "federation rollout set 3 (safe beside both), then restart or re-pin processes whose "
+                 "FEDERATION_PHASE / FEDERATION_USE_DB pins them (`federation rollout status` lists each with its "
+                 "source)")
 
 
 def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any, compare_table: Callable,

@@ -14,7 +14,7 @@ from federation.doctor import doctor
 from federation.sqlstore import forget_stores
 
 NAMES = {"network_filesystem", "database_integrity", "schema_version", "wal_size", "free_space_database",
-         "free_space_root", "legacy_files", "backfilled", "files_vs_database"}
+         "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases"}
 
 
 def _cli(fed, *args: str) -> subprocess.CompletedProcess:
@@ -166,3 +166,32 @@ def test_unreachable_postgresql_fails_integrity(fed):
         report = doctor()
     check = _check(report, "database_integrity")
     assert not check.ok and "pg_isready" in check.fix and not report.healthy
+
+
+def test_unsafe_mix_of_phases_in_the_fleet_fails_with_the_safe_step(fed):
+    """A live phase-4 process beside a live phase-2 one: fleet_phases fails naming both, fix `rollout set 3`."""
+    from test_rollout import unpinned_env, wait_for
+
+    from federation import rollout
+
+    _seed(fed, 3)
+    assert _check(doctor(), "fleet_phases").ok
+    code = "from federation import context; import time; context.heartbeat('p'); time.sleep(120)"
+    procs = {}
+    try:
+        for phase in (2, 4):
+            procs[phase] = subprocess.Popen([sys.executable, "-c", code],
+                                            env={**unpinned_env(fed), "FEDERATION_PHASE": str(phase)},
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pids = {p.pid for p in procs.values()}
+        wait_for(lambda: pids <= {p["pid"] for p in rollout.fleet() if p["alive"]}, 30, what="both announced")
+        check = _check(doctor(), "fleet_phases")
+        assert not check.ok and "federation rollout set 3" in check.fix
+        assert f":{procs[4].pid} in phase 4 beside " in check.detail and f":{procs[2].pid} in phase 2" in check.detail
+        proc = _cli(fed, "doctor", "--json")
+        assert proc.returncode == 1 and not {c["name"]: c for c in json.loads(proc.stdout)["checks"]}[
+            "fleet_phases"]["ok"]
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

@@ -109,3 +109,20 @@ def test_legacy_stdio_server_keeps_its_json_rpc_stream_while_the_shim_logs_misma
     assert len(lines) >= 8  # initialize, 4 sends, 3 reads: every answer went through the copy
     for line in lines:
         assert json.loads(line)["jsonrpc"] == "2.0", f"not protocol on stdout: {line[:200]}"
+
+
+def test_no_library_module_logs_through_structlog_defaults():
+    """Every module of federation/ and shim/ logs through shim.library_logger (structlog's default is stdout).
+
+    Only the applications' set-up (federation/_logging.py) and the helper itself may touch structlog directly.
+    """
+    allowed = {REPO / "federation" / "_logging.py", REPO / "shim" / "_log.py"}
+    offenders = []
+    for package in ("federation", "shim"):
+        for path in (REPO / package).rglob("*.py"):
+            if path in allowed:
+                continue
+            text = path.read_text(encoding="utf-8")
+            if "structlog.get_logger(" in text or "structlog.wrap_logger(" in text or "print(" in text:
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
