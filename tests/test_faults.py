@@ -197,3 +197,15 @@ def test_corrupted_database_file_is_a_clear_error_left_untouched_and_a_backup_re
     fed.db_path.write_bytes(Path(saved.path).read_bytes())  # the README's restore: copy the backup in place
     assert governance.get_poll(pid)["question"] == "Ship it?"
     assert [m["content"] for m in messaging.check_inbox("bob")] == ["before the fault"]
+
+
+def test_any_other_file_side_os_error_is_typed_too(fed):
+    """An OSError no helper anticipated (an inbox that is a file, so listing it fails) is a FileStorageError."""
+    fed.phase(1)
+    inbox = fed.root / "nodes" / "bob" / "inbox"
+    inbox.parent.mkdir(parents=True)
+    inbox.write_text("not a folder")
+    with pytest.raises(FileStorageError) as exc:
+        messaging.check_inbox("bob")
+    assert exc.value.errno == errno.ENOTDIR and exc.value.path == str(inbox)
+    assert inbox.read_text() == "not a folder"
