@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from federation import config, governance, messaging
-from federation.backup import backup, pg_dump_command
+from federation.backup import backup
 from federation.errors import FederationError, ValidationError
 from federation.sqlstore import forget_stores
 

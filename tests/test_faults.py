@@ -9,7 +9,6 @@ file left, and normal service once the fault is gone.
 from __future__ import annotations
 
 import errno
-import json
 import sqlite3
 from pathlib import Path
 
