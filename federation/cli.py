@@ -575,9 +575,5 @@ def rollout_set(phase: str, sample: float | None, min_rate: float, min_compariso
                "unpinned processes follow within 5 s (`federation rollout status`)")
 
 
-def run() -> None:  # pragma: no cover - console entry point
-    main()
-
-
 if __name__ == "__main__":  # python -m federation.cli
     main()
