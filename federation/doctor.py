@@ -152,11 +152,11 @@ def _schema_check(version: int | None, tables: set[str], where: str) -> Check:
 
 
 def _postgres_checks(s: config.Settings, checks: list[Check]) -> bool:
-    from .database import dialect_for
+    from .database import BUSY_DEADLINE_S, dialect_for
 
     dialect = dialect_for(s)
     try:
-        conn = dialect.connect()
+        conn = dialect.connect(BUSY_DEADLINE_S)
     except Exception as exc:  # noqa: BLE001 - any failure to connect is the finding
         checks.append(Check("database_integrity", False, f"cannot connect to {s.db_display}: {exc}",
                             "check that the server runs and accepts this role (pg_isready -d URL; "
@@ -181,8 +181,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
            min_free: int = MIN_FREE_BYTES, mounts_file: str = "/proc/self/mounts",
            extra: list[Callable[[config.Settings], Check]] | None = None) -> DoctorReport:
     """Run every check against the configured federation; read-only."""
-    from ._tables import TABLES, read_tree
-    from .report import compare_table
+    from ._rows import read_tree
 
     s = settings or config.settings()
     phase = phase_in_effect(s)
@@ -214,7 +213,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                             ("never backfilled, and phase 3/4 refuses to serve it" if need else
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
-    checks.append(_files_vs_database(s, phase, tree, store, compare_table, TABLES))
+    checks.append(_files_vs_database(s, phase, tree, store))
     checks.append(_fleet_check())
     for make in extra or ():
         checks.append(make(s))
@@ -259,8 +258,8 @@ def _fleet_check() -> Check:
                  "source)")
 
 
-def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any, compare_table: Callable,
-                       tables: Any) -> Check:
+def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:
+    """The consistency report's comparison, on the tree already read for ``legacy_files``."""
     if store is None:
         if not s.db_url and not s.db_path.exists():
             return Check("files_vs_database", phase == 1 or tree.files == 0,
@@ -268,10 +267,10 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any, co
         return Check("files_vs_database", phase == 1 or tree.files == 0,
                      "not compared: the database cannot be read or has no current schema",
                      "fix the database checks above, then `federation report`")
-    from ._tables import read_db
+    from ._rows import read_db
+    from .report import Sides, compare_sides
 
-    db_side = read_db(store)
-    entities = {t.name: compare_table(t, tree.rows[t.name], db_side[t.name], 0) for t in tables}
+    entities = compare_sides(Sides(tree, read_db(store)), diff_limit=0).entities
     differing = {n: len(t.missing_in_db) + len(t.missing_in_files) + len(t.different)
                  for n, t in entities.items() if not t.consistent}
     summary = ", ".join(f"{n}: {c}" for n, c in differing.items())
