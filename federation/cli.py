@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 from . import config
 from .errors import ConfigError, FederationError
@@ -451,7 +454,7 @@ def _record_sync(to: str, changes: int) -> None:
         click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
 
 
-def _moment(text: str | None) -> "datetime | None":
+def _moment(text: str | None) -> datetime | None:
     """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
     import re
     from datetime import datetime, timedelta, timezone

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from structlog.testing import capture_logs
 
-from federation import config, context, rollout
+from federation import config, context, governance, rollout
 from federation.cli import main
 from federation.rollout import _flag
 from federation.rollout._runtime import Runtime
@@ -27,7 +26,8 @@ from federation.rollout._runtime import Runtime
 REPO = Path(__file__).resolve().parent.parent
 
 #: short intervals, so the tests see in a second what production sees in 5-30 s
-FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25"}
+FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25",
+        "FEDERATION_COUNTS_BUCKET": "1"}
 
 
 def unpinned_env(fed, **extra: object) -> dict[str, str]:
@@ -518,7 +518,8 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     context.set_context("bob", "phase 4 again")
     assert "fleet_mix" in refused(cli(fed, "rollout", "set", "1"))  # this very process is pinned in 4
     fed.phase(3)
-    rollout.RUNTIME.tick(announce_now=True)  # announce it now, not at the next refresh
+    context.get_context("bob")  # a call in phase 3 ...
+    rollout.RUNTIME.tick(announce_now=True)  # ... announced now, not at the next refresh
     result = cli(fed, "rollout", "set", "1")
     assert refused(result) == ["files_current"]  # the earlier sync was before this phase 4
     assert cli(fed, "sync", "--to", "files").exit_code == 0
@@ -551,3 +552,219 @@ def test_set_1_works_with_the_database_unreachable(fed, pg_server):
         assert status["flag"]["phase"] == 1 and status["history"][-1]["reason"] == "database down"
     finally:
         watcher.finish()
+
+
+# ---------------------------------------------------------------------------
+# counted consistency
+
+READER = r"""
+import sys
+from federation import context
+for name in sys.argv[1].split(","):
+    context.get_context(name)
+"""
+
+
+@pytest.mark.sqlite_only
+def test_counted_consistency_is_exact_across_processes(fed):
+    """K compared reads with M files edited behind the shim's back: comparisons = K and mismatches = M,
+    summed over three processes; the mismatches are kept with their diffs; the rate guards use them."""
+    agents = [f"agent-{i:02d}" for i in range(20)]
+    for name in agents:
+        context.set_context(name, f"{name} at work")
+    edited = agents[3:8]
+    for name in edited:
+        edit_file_context(fed, name, "edited by hand")
+    procs = [subprocess.run([sys.executable, "-c", READER, ",".join(agents)], env=unpinned_env(fed),
+                            capture_output=True, text=True, timeout=60) for _ in range(3)]
+    assert all(p.returncode == 0 for p in procs), procs[0].stderr[-2000:]
+    counted = rollout.consistency()["context"]
+    assert (counted["comparisons"], counted["mismatches"], counted["errors"]) == (3 * 20, 3 * 5, 0)
+    assert counted["rate"] == pytest.approx(1 - 15 / 60)
+    assert counted["db_ms"]["p50"] is not None and counted["files_ms"]["p99"] >= counted["files_ms"]["p50"]
+    by_phase = [c for c in rollout.counters() if c["entity"] == "context"]
+    assert [(c["phase"], c["comparisons"]) for c in by_phase] == [(3, 60)]
+    hist = by_phase[0]["latency"]["files"]
+    assert sum(hist["counts"]) >= 60 and len(hist["counts"]) == len(hist["bounds_ms"]) + 1
+    points = rollout.series()["context"]
+    assert len(points) in (24, 25) and sum(p["comparisons"] for p in points) == 60
+    recent = rollout.recent_mismatches(limit=1000)
+    assert len(recent) == 15 and {r["key"] for r in recent} == set(edited)
+    assert recent[0]["diff"] == [{"field": "text", "db": f"{recent[0]['key']} at work", "files": "edited by hand"}]
+    assert recent[0]["authority"] == "db" and recent[0]["op"] == "load_context" and recent[0]["phase"] == 3
+    assert [r["at"] for r in recent] == sorted((r["at"] for r in recent), reverse=True)
+    # the rate guards refuse on these counts
+    result = cli(fed, "rollout", "set", "4", "--min-comparisons", "100")
+    names = refused(result)
+    assert "consistency_rate" in names and "enough_comparisons" in names and "report_consistent" in names
+    assert "rate 0.750000 < 0.999" in result.output and "60 comparison(s), 15 mismatch(es)" in result.output
+    # report --log takes its rate from the same counts
+    log = fed.root.parent / "empty.log"
+    log.write_text("")
+    rep = cli(fed, "report", "--json", "--log", str(log))
+    summary = json.loads(rep.stdout)["log"]
+    assert summary["rate_source"] == "counted" and summary["comparisons"] == 60 and summary["mismatches"] == 15
+    assert summary["entities"]["context"]["consistency_rate"] == pytest.approx(0.75)
+
+
+@pytest.mark.sqlite_only
+def test_sample_from_the_flag_compares_about_a_tenth(fed):
+    """`rollout set --sample 0.1`: an unpinned process compares about K/10 of K reads."""
+    context.set_context("probe", "same on both sides")
+    assert cli(fed, "rollout", "set", "3", "--sample", "0.1").exit_code == 0
+    code = "from federation import context\nfor _ in range(1000):\n    context.get_context('probe')\n"
+    proc = subprocess.run([sys.executable, "-c", code], env=unpinned_env(fed), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counted = rollout.consistency()["context"]
+    assert 60 <= counted["comparisons"] <= 140, counted  # binomial(1000, 0.1): 100 +- 4 standard deviations
+    assert counted["mismatches"] == 0 and counted["rate"] == 1.0
+
+
+# ---------------------------------------------------------------------------
+# the whole rollout, forth and back, under live votes
+
+VOTER = r"""
+import json, os, sys, time
+from federation import governance, rollout
+poll, me, go, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+governance.get_poll(poll)  # a first call: the process is in the fleet
+while not os.path.exists(go) and not os.path.exists(stop):
+    time.sleep(0.01)
+cast, phases, j = 0, set(), 0
+while not os.path.exists(stop):
+    governance.vote(poll, f"{me}-{j}", "yes" if j % 2 else "no")
+    cast += 1
+    if j % 3 == 0:
+        governance.get_poll(poll)  # reads: compared (and counted) in phases 2 and 3
+    phases.add(rollout.phase_in_effect()["phase"])
+    j += 1
+    time.sleep(0.03)
+print(json.dumps({"cast": cast, "phases": sorted(phases)}))
+"""
+
+
+@pytest.mark.sqlite_only
+def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
+    """8 processes vote while the operator steps 1 -> 2 -> 3 -> 4 -> 3 -> 2 -> 1 with `rollout set` and the
+    syncs the guards ask for: no vote is lost, and `report` agrees at the end."""
+    fed.phase(1)
+    poll = governance.create_poll("lead", "Ship it?", ["yes", "no"])
+    assert cli(fed, "rollout", "set", "1", "--reason", "start").exit_code == 0
+    assert cli(fed, "migrate").exit_code == 0
+    # this test process itself stays out of the way: pinned in 3 (safe beside every phase; it makes no
+    # call while the fleet is in 4)
+    fed.phase(3)
+    governance.get_poll(poll)
+    rollout.RUNTIME.tick(announce_now=True)
+    go, stop = fed.root.parent / "go", fed.root.parent / "stop"
+    env = unpinned_env(fed, FEDERATION_FLAG_CHECK="0.2")
+    voters = [subprocess.Popen([sys.executable, "-c", VOTER, poll, f"v{i}", str(go), str(stop)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    pids = {p.pid for p in voters}
+
+    def fleet_in(phase: int) -> bool:
+        mine = [p for p in status_json(fed)["fleet"] if p["pid"] in pids and p["alive"]]
+        return len(mine) == 8 and all(p["phase"] == phase for p in mine)
+
+    def step(phase: int, *extra: str, tries: int = 1, before_retry=None) -> None:
+        for attempt in range(tries):
+            result = cli(fed, "rollout", "set", str(phase), *extra)
+            if result.exit_code == 0:
+                break
+            assert attempt + 1 < tries, result.output
+            before_retry()
+        wait_for(lambda: fleet_in(phase), 20, interval=0.2, what=f"the fleet in phase {phase}")
+
+    def comparisons_since(moment) -> int:
+        return rollout.totals(since=moment)["comparisons"]
+
+    try:
+        wait_for(lambda: fleet_in(1), 60, interval=0.2, what="8 voters in phase 1")
+        go.touch()
+        time.sleep(0.5)
+        step(2)
+        assert cli(fed, "migrate").exit_code == 0  # catch up the phase-1 votes (insert-only: safe under traffic)
+        caught_up = rollout._io.utcnow()
+        wait_for(lambda: comparisons_since(caught_up) >= 30, 30, interval=0.2, what="comparisons in phase 2")
+        step(3, "--since", caught_up.isoformat(), "--min-comparisons", "30", tries=3,
+             before_retry=lambda: cli(fed, "migrate"))
+        in_three = rollout._io.utcnow()
+        wait_for(lambda: comparisons_since(in_three) >= 30, 30, interval=0.2, what="comparisons in phase 3")
+        step(4, "--since", in_three.isoformat(), "--min-comparisons", "30", tries=3,
+             before_retry=lambda: cli(fed, "sync", "--to", "files"))
+        time.sleep(0.5)
+        assert refused(cli(fed, "rollout", "set", "3")) == ["files_current"]
+        assert cli(fed, "sync", "--to", "files").exit_code == 0
+        step(3)
+        assert cli(fed, "sync", "--to", "files").exit_code == 0  # what phase 4 wrote after the first sync
+        step(2)
+        step(1)
+        time.sleep(0.5)
+    finally:
+        stop.touch()
+        outs = [p.communicate(timeout=60) for p in voters]
+    for (out, err), p in zip(outs, voters):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    cast = sum(r["cast"] for r in results)
+    assert cast >= 200  # real traffic through every step
+    assert all(r["phases"] == [1, 2, 3, 4] for r in results), results
+    files = json.loads((fed.root / "shared" / "polls.json").read_text())[poll]["votes"]
+    assert len(files) == cast  # phase 1 is authoritative at the end: every vote is in the files
+    assert cli(fed, "sync", "--to", "db").exit_code == 0  # what phase 1 wrote at the end
+    assert cli(fed, "report").exit_code == 0
+    assert len(fed.store().load_poll(poll)["votes"]) == cast
+    assert [(h["from"], h["to"]) for h in rollout.history()] == [(3, 1), (1, 2), (2, 3), (3, 4), (4, 3), (3, 2),
+                                                                  (2, 1)]
+
+
+@pytest.mark.sqlite_only
+def test_a_control_folder_that_cannot_be_written_costs_a_warning_not_a_call(fed):
+    """control/fleet and control/counts unusable (here: plain files where folders belong): every call
+    succeeds, and the process warns that the fleet cannot see it."""
+    context.set_context("probe", "text")
+    for name in ("fleet", "counts", "mismatches"):
+        target = fed.root / "control" / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.parent.mkdir(exist_ok=True)
+        target.write_text("not a folder")
+    edit_file_context(fed, "probe", "edited")  # a mismatch to write, too
+    code = ("from federation import context, rollout\n"
+            "for _ in range(20):\n"
+            "    assert context.get_context('probe')['text'] == 'text'\n"
+            "rollout.flush()\n"
+            "print('calls ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=unpinned_env(fed), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calls ok" in proc.stdout
+    assert "rollout_counts_flush_failed" in proc.stdout and "rollout_announce_failed" in proc.stdout
+
+
+@pytest.mark.sqlite_only
+def test_a_call_in_flight_finishes_in_the_phase_it_started_in(fed, monkeypatch):
+    """A read that started in phase 3 and waits on its lock while the flag moves to 2 still reads the
+    database (phase 3's authority); the next call reads the files."""
+    import threading
+
+    from federation import core
+
+    monkeypatch.setenv("FEDERATION_FLAG_CHECK", "0.05")
+    context.set_context("probe", "in the database")
+    edit_file_context(fed, "probe", "in the file")
+    with config.override(FEDERATION_USE_DB=None, FEDERATION_PHASE=None):
+        assert rollout.phase_in_effect()["phase"] == 3
+        got: list[str] = []
+        with core.file_lock("node-probe"):  # the dual read of the probe's context takes this lock
+            reader = threading.Thread(target=lambda: got.append(context.get_context("probe")["text"]))
+            reader.start()
+            time.sleep(0.2)  # the reader has decided its phase (3) and waits for the lock
+            assert not got
+            assert cli(fed, "rollout", "set", "2").exit_code == 0
+            config.set_overrides({"FEDERATION_USE_DB": None, "FEDERATION_PHASE": None})  # (the CLI set its own)
+            wait_for(lambda: rollout.phase_in_effect()["phase"] == 2, 3, what="phase 2")
+        reader.join(10)
+        assert got == ["in the database"]
+        assert context.get_context("probe")["text"] == "in the file"

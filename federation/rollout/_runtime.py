@@ -40,6 +40,8 @@ SOURCES = ("env", "flag", "default")
 
 
 class Runtime:
+    """This process in the control plane (one per process: :data:`RUNTIME`)."""
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._settings: config.Settings | None = None
@@ -67,6 +69,7 @@ class Runtime:
         self._counts_root: Path | None = None
         self._mismatch_lines = 0
         self._reported_pairs: set[tuple] = set()
+        self._warned: set[str] = set()
         self._last_announce = self._last_flush = 0.0
 
     # -- the phase of a call -------------------------------------------------------
@@ -85,7 +88,9 @@ class Runtime:
                     self._flag = None
                     self._flag_problem = None
                 self._settings = s
-                self._pinned_all = s.phase_pinned and s.sample_pinned
+                # nothing to look at in the flag: the phase is pinned, and so is the sample (or
+                # the pinned phase compares nothing: 1 and 4), e.g. the FEDERATION_USE_DB=0 kill switch
+                self._pinned_all = s.phase_pinned and (s.sample_pinned or s.effective_phase in (1, 4))
                 self._load_timings()
             old, old_source = self._mode, self.source
             flag = self._flag if self._pinned_all else self._current_flag(s.root)
@@ -123,6 +128,7 @@ class Runtime:
         except ConfigError as exc:
             log.error("rollout_config_invalid", error=str(exc), using="defaults")
             self.timings = config.ControlTimings()
+        self.tally.width = int(self.timings.counts_bucket)
 
     def _current_flag(self, root: Path) -> _flag.Flag | None:
         """The flag, re-read only when its file changed; on a problem, the last good value (or None)."""
@@ -192,15 +198,17 @@ class Runtime:
             self._wake.clear()
 
     def tick(self, *, final: bool = False, announce_now: bool = False) -> None:
-        """Announce, check the fleet, flush counts when due (never raises)."""
-        try:
-            s = config.settings()
-        except ConfigError as exc:
-            log.warning("rollout_tick_failed", error=str(exc))
+        """Announce, check the fleet, flush counts when due (never raises).
+
+        Works on the federation of this process's last call (its settings), so
+        that a process is announced only where it used the federation.
+        """
+        s = self._settings
+        if s is None:
             return
         now = time.monotonic()
-        if not final:
-            self.mode()  # the phase the next call would take: what the announcement says
+        if not final and not self._pinned_all and now >= self._next_check:
+            self._resolve(s)  # the phase the next call would take: what the announcement says
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
         self._counts_root = s.root
@@ -232,13 +240,14 @@ class Runtime:
         try:
             _io.write_atomic(path, _io.dumps(doc))
         except OSError as exc:
-            log.warning("rollout_announce_failed", path=str(path), error=str(exc))
+            self._warn_once("rollout_announce_failed", path=str(path), error=str(exc))
             return False
+        self._warned.discard("rollout_announce_failed")
         if self._announced_root != root:
             self._announced_root = root
             with contextlib.suppress(OSError):  # leftovers of processes long gone
                 _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
-                _counts.prune_files(_io.control_dir(root) / _io.COUNTS_DIR, _counts.KEEP_SECONDS)
+                _counts.prune_hours(root, _counts.KEEP_SECONDS)
                 _counts.prune_files(_io.control_dir(root) / _io.MISMATCH_DIR, _counts.KEEP_SECONDS)
         return True
 
@@ -271,22 +280,30 @@ class Runtime:
     def _flush(self, root: Path) -> None:
         if not self._writable(root):
             return
-        cells, pending = self.tally.take()
+        hours, pending = self.tally.take()
         try:
-            if cells:
-                _counts.write_counts(_counts.counts_file(root, self.pid, self.started), self.pid, self.started_at,
-                                     cells)
+            for hour, cells in sorted(hours.items()):
+                _counts.write_counts(_counts.counts_file(root, hour, self.pid, self.started), self.pid,
+                                     self.started_at, self.tally.width, cells)
             self._mismatch_lines = _counts.append_mismatches(_counts.mismatch_file(root, self.pid), pending,
                                                              self._mismatch_lines)
         except OSError as exc:
-            self.tally.give_back(pending)
-            log.warning("rollout_counts_flush_failed", root=str(root), error=str(exc))
+            self.tally.give_back(hours, pending)
+            self._warn_once("rollout_counts_flush_failed", root=str(root), error=str(exc))
+        else:
+            self._warned.discard("rollout_counts_flush_failed")
+
+    def _warn_once(self, event: str, **fields: Any) -> None:
+        """A failing disk is said once (until it works again), not at every refresh."""
+        if event not in self._warned:
+            self._warned.add(event)
+            log.warning(event, **fields)
 
     def flush(self) -> None:
         """Write this process's counts now (tests, and a process about to exit)."""
         with self._lock:
-            with contextlib.suppress(ConfigError):
-                self._flush(config.settings().root)
+            if self._settings is not None:
+                self._flush(self._settings.root)
                 self._last_flush = time.monotonic()
 
     def announce_agent(self, agent: str) -> None:
@@ -324,6 +341,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=RUNTIME.after_fork)
 
 
-def observe_call(entity: str, phase: int, **kw: Any) -> None:
-    """Count one shim call (see :meth:`_counts.Tally.observe`)."""
-    RUNTIME.tally.observe(entity, phase, **kw)
+def observe(obs: Any) -> None:
+    """The shim's observer: count one dual-phase call (a :class:`shim.Observation`) and keep its mismatches.
+
+    A comparison is one compared call, a mismatch one compared call whose sides
+    differed (in one record or more), an error one call whose shadow side
+    failed; each side that ran adds its time to its latency histogram.
+    """
+    tally = RUNTIME.tally
+    phase = int(obs.phase)
+    control, candidate = obs.control, obs.candidate
+    seconds = {control.side: control.seconds}
+    if candidate is not None:
+        seconds[candidate.side] = candidate.seconds
+    tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
+                  error=candidate is not None and candidate.error is not None,
+                  files_s=seconds.get("files"), db_s=seconds.get("db"))
+    if obs.mismatches:
+        authority = obs.phase.authority
+        for m in obs.mismatches:
+            tally.mismatch(entity=obs.spec.entity, key=m.key, phase=phase, op=obs.name, authority=authority,
+                           diff=m.diff)
