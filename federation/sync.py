@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import structlog
+from shim import library_logger
 
 from . import _sql, config
 from ._clock import now
@@ -40,7 +40,7 @@ __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
 TARGETS = ("files", "db")
 
-log = structlog.get_logger("federation.sync")
+log = library_logger("federation.sync")
 
 #: a legacy document: (kind, id) -- kind as :attr:`Entity.document`, id its records' first key field
 Doc = tuple[str, str]
