@@ -364,22 +364,22 @@ def document_file(tree: Tree, kind: str, doc_id: str, owner: str) -> Path:
     return tree.node(doc_id) / NODE_FILE_OF[kind]
 
 
-def _classify(tree: Tree, path: Path | str) -> tuple[str, str, str, str] | None:
-    """``(kind, path, owner, stem)`` of a legacy file, as :func:`legacy_files` gives it; None if not one."""
-    path = Path(path)
-    try:
-        parts = path.relative_to(tree.root).parts
-    except ValueError:
+def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
+    """``(kind, path, owner, stem)`` of a legacy file under *root*, as :func:`legacy_files` gives it; None if
+    not one (string operations: sync classifies every file it re-reads)."""
+    if not path.startswith(root):
         return None
-    stem = path.name[:-5] if path.name.endswith(".json") else ""
+    parts = path[len(root):].split(os.sep)
+    name = parts[-1]
+    stem = name[:-5] if name.endswith(".json") else ""
     if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] == INBOX_DIR and stem:
-        return "message", str(path), parts[1], stem
-    if len(parts) == 3 and parts[0] == NODES_DIR and parts[2] in NODE_FILES:
-        return NODE_FILES[parts[2]], str(path), parts[1], stem
-    if parts == (SHARED_DIR, POLLS_FILE):
-        return "polls", str(path), "", "polls"
-    if len(parts) == 3 and parts[:2] == (SHARED_DIR, SESSIONS_DIR) and stem:
-        return "session", str(path), stem, stem
+        return "message", path, parts[1], stem
+    if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
+        return NODE_FILES[name], path, parts[1], stem
+    if len(parts) == 2 and parts[0] == SHARED_DIR and name == POLLS_FILE:
+        return "polls", path, "", "polls"
+    if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] == SESSIONS_DIR and stem:
+        return "session", path, stem, stem
     return None
 
 
@@ -387,8 +387,9 @@ def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     """The rows of the legacy files *paths* (each read once; a missing file holds no rows)."""
     out = TreeRows()
     valid_agents: dict[str, bool] = {}
+    root = os.path.join(str(tree.root), "")
     for path in sorted({str(p) for p in paths}):
-        entry = _classify(tree, path)
+        entry = _classify(root, path)
         if entry is not None:
             _read_file(out, *entry, valid_agents, missing_ok=True)
     return out

@@ -124,12 +124,17 @@ def _lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ..
             owners = {document_owner(table, row) for row in (files.get(key), db.get(key)) if row is not None}
             paths = paths_of.setdefault(doc, set())
             source = sources.get(key)
+            canonical = None  # the owner whose document the source already is
             if source is not None:
                 paths.add(source)
-                if table is MESSAGES:
-                    owners.add(Path(source).parent.parent.name)  # nodes/{agent}/inbox/{id}.json
+                if table is MESSAGES:  # nodes/{agent}/inbox/{id}.json
+                    inbox, name = os.path.split(os.path.dirname(source))[0], os.path.basename(source)
+                    owner = os.path.basename(inbox)
+                    owners.add(owner)
+                    canonical = owner if name == f"{doc[1]}.json" else None
             for owner in owners:
-                paths.add(str(document_file(tree, doc[0], doc[1], owner)))
+                if owner != canonical:  # (100,000 messages: no path built for a file already listed)
+                    paths.add(str(document_file(tree, doc[0], doc[1], owner)))
             locks_of.setdefault(doc, set()).update(document_lock(doc[0], owner) for owner in owners)
     groups: dict[tuple[str, ...], tuple[set[Doc], set[str]]] = {}
     for doc, locks in locks_of.items():
