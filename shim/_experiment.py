@@ -33,7 +33,7 @@ class Spec:
 
     entity:   name used in events (a table name).
     kind:     "read" or "write" (default: by name, ``load_*`` reads).
-    lock:     args -> lock name; that lock is held across both sides in phases 2-3.
+    lock:     args -> lock name (or a list of names); held across both sides in phases 2-3.
     key:      args -> record key for events (single-record results).
     records:  "dict" (result keyed by id) or a field name (a list of records).
     mirror:   (result, args, kwargs) -> (args, kwargs) for the secondary write.
@@ -111,10 +111,22 @@ class Experiment:
         return published
 
     def _lock_for(self, spec: Spec, args: tuple, kwargs: dict) -> ContextManager:
-        """The file lock held across both sides of a dual-phase call."""
+        """The file lock held across both sides of a dual-phase call.
+
+        ``spec.lock`` may name several locks (a list): they are taken in the
+        order given, which the caller keeps sorted so that no two calls wait
+        for each other in a cycle.
+        """
         if spec.lock is None or self.lock is None:
             return contextlib.nullcontext()
-        return self.lock(spec.lock(*args, **kwargs))
+        names = spec.lock(*args, **kwargs)
+        if isinstance(names, str):
+            return self.lock(names)
+        stack = contextlib.ExitStack()
+        with stack:
+            for name in names:
+                stack.enter_context(self.lock(name))
+            return stack.pop_all()
 
     # -- the wrapper ------------------------------------------------------------
     def wrapper(self, name: str, spec: Spec) -> Callable:
