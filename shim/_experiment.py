@@ -76,6 +76,9 @@ class Spec:
               saves are applied as a delta against what this thread last loaded.
     files:    False when the function has no file counterpart in database
               phases (the candidate alone serves phases 2-4).
+    ignore:   fields left out of comparisons (values that legitimately differ
+              between two reads that no one lock can order, such as every
+              agent's heartbeat).
     """
 
     entity: str
@@ -86,6 +89,7 @@ class Spec:
     mirror: Callable[[Any, tuple, dict], tuple[tuple, dict]] | None = None
     document: str | None = None
     files: bool = True
+    ignore: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -206,7 +210,7 @@ class Experiment:
         a = split_records(control, obs.spec.records, key)
         b = split_records(candidate, obs.spec.records, key)
         for k in sorted(set(a) | set(b)):
-            x, y = normalize(a.get(k)), normalize(b.get(k))
+            x, y = normalize(a.get(k), obs.spec.ignore), normalize(b.get(k), obs.spec.ignore)
             if x != y:
                 diff = [{"field": path, authority: va, other: vb} for path, va, vb in field_diff(x, y)]
                 obs.mismatches.append(Mismatch(k, diff))
