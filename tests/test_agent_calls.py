@@ -417,3 +417,55 @@ def test_an_older_database_is_upgraded_with_the_new_indexes(fed):
     assert [p["id"] for p in governance.list_polls("open", limit=5)] == [pid]
     assert [r[0] for r in get_db().fetchall("SELECT version FROM schema_version ORDER BY version")] == [
         v for v, _ in schema.MIGRATIONS]
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL: one round trip for a vote and a claim, same guarantees
+
+
+@pytest.mark.postgresql_only
+def test_a_vote_waiting_on_a_close_in_flight_is_refused_once_it_commits(fed):
+    """The vote statement locks the poll FOR SHARE: behind an uncommitted close it waits, then sees it closed."""
+    import threading
+
+    import psycopg
+
+    fed.phase(4)
+    pid = governance.create_poll("alice", "Q?", ["a", "b"])
+    closer = psycopg.connect(fed.db_url)  # another agent's close, not yet committed
+    closer.execute("SELECT 1 FROM polls WHERE id = %s FOR UPDATE", (pid,))
+    closer.execute("UPDATE polls SET status = 'closed' WHERE id = %s", (pid,))
+    outcome: list = []
+
+    def vote() -> None:
+        try:
+            governance.vote(pid, "bob", "a")
+            outcome.append("landed")
+        except ConflictError as exc:
+            outcome.append(str(exc))
+
+    t = threading.Thread(target=vote)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive(), "the vote did not wait for the close holding the poll"
+    closer.commit()
+    closer.close()
+    t.join(30)
+    assert outcome and "closed" in outcome[0]
+    assert governance.get_poll(pid)["votes"] == {}
+
+
+@pytest.mark.postgresql_only
+def test_a_claim_after_the_server_ended_the_idle_session_is_delivered(fed):
+    """The server ended this process's idle session: the one-statement claim notices before sending, and delivers."""
+    import psycopg
+
+    fed.phase(4)
+    messaging.send_message("alice", "bob", "first")
+    assert len(messaging.check_inbox("bob")) == 1
+    mid = messaging.send_message("alice", "bob", "second")
+    with psycopg.connect(fed.db_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    time.sleep(0.2)  # the termination notice reaches our socket
+    assert [m["id"] for m in messaging.check_inbox("bob")] == [mid]
