@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _validate as v
 from . import _clock, config, core
 from .errors import ValidationError
+from .governance import with_tally
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history", "pulse", "get_sent", "broadcast",
            "history_cursor"]
@@ -106,8 +107,6 @@ def pulse(agent: str, claim: bool = True) -> dict:
     (``session_id``, ``title``, ``role``, ``subtask``) and every known agent's
     ``agent``, ``text``, ``last_heartbeat`` (None for an agent that never set a context).
     """
-    from .governance import with_tally  # governance imports nothing from here; avoid a cycle anyway
-
     v.agent(agent)
     if not isinstance(claim, bool):
         raise ValidationError(f"claim must be true or false, got {claim!r}")

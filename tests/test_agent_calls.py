@@ -377,6 +377,33 @@ def test_new_reads_are_compared_and_a_difference_is_published(fed, phase):
     assert all(e["key"] == pid for e in mismatches)
 
 
+def test_every_shimmed_function_has_a_sql_method_of_the_same_signature():
+    """The shim routes by name: each SHIM_SPEC function has a SqlStore method with the same parameters."""
+    import inspect
+
+    from federation.sqlstore import SqlStore
+
+    for name in core.SHIM_SPEC:
+        function = inspect.signature(inspect.unwrap(getattr(core, name)))
+        method = inspect.signature(getattr(SqlStore, name))
+        params = list(method.parameters.values())[1:]  # without self
+        assert [(p.name, p.default) for p in params] == [
+            (p.name, p.default) for p in function.parameters.values()], name
+
+
+def test_phase_4_per_tick_calls_write_no_files(fed):
+    """pulse, broadcast, pages and receipts in phase 4 leave the legacy tree untouched."""
+    fed.phase(4)
+    context.set_profile("bob", default_role="dev")
+    governance.create_poll("alice", "Q?", ["a", "b"])
+    messaging.broadcast("alice", "hi")
+    messaging.pulse("bob")
+    governance.list_polls("open", limit=5)
+    governance.list_sessions(limit=5)
+    messaging.get_sent("alice")
+    assert not (fed.root / "nodes").exists() and not (fed.root / "shared").exists()
+
+
 @pytest.mark.sqlite_only
 def test_per_tick_reads_use_an_index(fed):
     """EXPLAIN QUERY PLAN: the per-tick reads search an index, never scan a whole table."""
