@@ -2,7 +2,7 @@
 
 Imported only when ``FEDERATION_DB_URL`` is set, so SQLite users never need
 psycopg.  Everything else — the schema, the store's SQL, retries, reconnects —
-is shared with SQLite through :class:`~federation.database.Dialect`.
+is shared with SQLite through :class:`~federation._dialect.Dialect`.
 
 Isolation: write transactions run at READ COMMITTED and rely on row locks
 (a vote locks its poll ``FOR SHARE``, a close ``FOR UPDATE``; ``claim_inbox``
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 
 import psycopg
 
-from . import database
+from ._dialect import Dialect, Tx
 from .config import _redact
-from .database import Dialect, Tx
 from .errors import StorageError
 
 __all__ = ["PostgresDialect"]
@@ -79,6 +79,7 @@ class PostgresDialect(Dialect):
     for_share = " FOR SHARE"
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
+    json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
 
     def __init__(self, url: str):
         self.url = url
@@ -91,7 +92,7 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return _translate(text)
 
-    def connect(self) -> psycopg.Connection:
+    def connect(self, busy_deadline_s: float) -> psycopg.Connection:
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
         try:
@@ -107,7 +108,7 @@ class PostgresDialect(Dialect):
         # A row lock held too long by another session: stop waiting when a write
         # would give up anyway (55P03 is retried until the deadline, then "busy"),
         # as SQLite's busy timeout does.
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(database.BUSY_DEADLINE_S * 1000)}ms",))
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(busy_deadline_s * 1000)}ms",))
         return conn
 
     def begin_write(self, conn: psycopg.Connection, snapshot: bool = False) -> None:
@@ -132,6 +133,18 @@ class PostgresDialect(Dialect):
     def rollback(self, conn: psycopg.Connection) -> None:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
+
+    def is_stale(self, conn: psycopg.Connection) -> bool:
+        # An idle session has nothing to say: if its socket is readable, the server
+        # ended it (shutdown, restart, pg_terminate_backend) or sent something we
+        # never asked for; either way a fresh connection is the safe one to use.
+        if conn.closed or conn.broken:
+            return True
+        try:
+            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        except (OSError, ValueError, psycopg.Error):
+            return True
+        return bool(readable)
 
     def lock(self, tx: Tx, name: str) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))

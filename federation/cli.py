@@ -332,9 +332,5 @@ def serve(agent: str) -> None:
     run_server(agent)
 
 
-def run() -> None:  # pragma: no cover - console entry point
-    main()
-
-
 if __name__ == "__main__":  # python -m federation.cli
     main()

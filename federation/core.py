@@ -26,9 +26,9 @@ from typing import Any
 
 from . import _validate, config
 from ._files import Tree, atomic_write_json, locked, read_json, remove
+from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
+                       check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
 from .errors import ConflictError, CorruptFileError, NotFoundError, ValidationError
-
-MESSAGE_FIELDS = ("id", "sender", "recipient", "content", "message_type", "reply_to", "timestamp")
 
 
 def tree() -> Tree:
@@ -52,28 +52,16 @@ def file_lock(name: str):
 # messages
 
 
-def _message_from_file(path: Path, agent: str) -> dict:
+def _message_from_file(path: Path, agent: str) -> dict | None:
     data = read_json(path)
     if data is None:
         return None
-    msg = {field: data.get(field) for field in MESSAGE_FIELDS}
-    if not msg["id"]:
-        msg["id"] = path.stem  # legacy files may lack "id": the file name is the id
-    if msg["recipient"] is None:
-        msg["recipient"] = agent
-    if msg["message_type"] is None:
-        msg["message_type"] = "task"
-    return msg
+    # legacy files may lack "id" (the file name is the id) and "recipient" (the inbox's agent)
+    return MESSAGES.record(data, fallback={"id": path.stem, "recipient": agent})
 
 
 def _order(messages: list[dict]) -> list[dict]:
     return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
-
-
-def history_entry(direction: str, m: dict) -> dict:
-    """The message-history record of message *m* sent or received."""
-    return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
-            "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
 
 
 def save_message(message: dict) -> None:
@@ -113,7 +101,7 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
     that two readers never both receive a message.
     """
     t = tree()
-    with locked(t, f"inbox-{_validate.agent(agent)}"):
+    with locked(t, inbox_lock(agent)):
         messages = _inbox(agent)
         if ids is not None:
             wanted = set(ids)
@@ -131,16 +119,29 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost
 # on restart); the SQL store persists it in the same transaction as the message.
 _history: list[dict] = []
+_sent: list[dict] = []  # the messages this process sent, whole (for load_sent)
 
 
 def save_history(direction: str, messages: list[dict]) -> None:
     """Record *messages* as sent or received in the message history (in memory: lost on restart)."""
     _history.extend(history_entry(direction, m) for m in messages)
+    if direction == "sent":
+        _sent.extend({field: m.get(field) for field in MESSAGE_FIELDS} for m in messages)
 
 
-def load_history(agent: str | None = None, limit: int = 100) -> list[dict]:
-    """The last *limit* history entries (of *agent*, if given), oldest first."""
+def load_history(agent: str | None = None, limit: int = 100, before: tuple[str, str] | None = None) -> list[dict]:
+    """The last *limit* history entries (of *agent*, if given), oldest first.
+
+    *before*: ``(direction, message_id)`` of an entry: only entries older than it.
+    """
     rows = [e for e in _history if agent is None or agent in (e.get("sender"), e.get("recipient"))]
+    if before is not None:
+        direction, message_id = before
+        cut = next((i for i, e in enumerate(rows)
+                    if e["direction"] == direction and e["message_id"] == message_id), None)
+        if cut is None:
+            raise ValidationError(f"before {direction}:{message_id} is not an entry of this history")
+        rows = rows[:cut]
     return [dict(e) for e in rows[-limit:]] if limit > 0 else []
 
 
@@ -156,19 +157,14 @@ def _context(agent: str) -> dict | None:
     data = read_json(tree().context_file(agent))
     if data is None:
         return None
-    return {
-        "agent": agent,
-        "text": data.get("text") or "",
-        "last_heartbeat": data.get("last_heartbeat"),
-        "updated_at": data.get("updated_at"),
-    }
+    return CONTEXT.record(data, given={"agent": agent})
 
 
 def save_context(agent: str, text: str, updated_at: str) -> None:
     """Set the context text of *agent* (its heartbeat is kept)."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
         doc.update(text=text, updated_at=updated_at)
         atomic_write_json(t.context_file(agent), doc)
 
@@ -176,8 +172,8 @@ def save_context(agent: str, text: str, updated_at: str) -> None:
 def save_heartbeat(agent: str, timestamp: str) -> None:
     """Record that *agent* is alive (its context text is kept)."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
         doc.update(last_heartbeat=timestamp)
         atomic_write_json(t.context_file(agent), doc)
 
@@ -214,20 +210,14 @@ def _profile(agent: str) -> dict | None:
     data = read_json(tree().profile_file(agent))
     if data is None:
         return None
-    traits = data.get("traits")
-    return {
-        "agent": agent,
-        "default_role": data.get("default_role"),
-        "traits": traits if isinstance(traits, dict) else {},
-        "updated_at": data.get("updated_at"),
-    }
+    return PROFILES.record(data, given={"agent": agent})
 
 
 def save_profile(agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
     """Set the profile of *agent*; a ``None`` field keeps its current value."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _profile(agent) or {"agent": agent, "default_role": None, "traits": {}, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _profile(agent) or PROFILES.record({}, given={"agent": agent})
         if default_role is not None:
             doc["default_role"] = default_role
         if traits is not None:
@@ -250,9 +240,12 @@ def _agents() -> list[str]:
     out = []
     for name in names:
         node = nodes / name
-        if any((node / f).exists() for f in ("context_window.json", "expertise.json", "profile.json", "inbox")):
+        if any((node / f).exists() for f in _NODE_ENTRIES):
             out.append(name)
     return sorted(out)
+
+
+_NODE_ENTRIES = (*NODE_FILES, "inbox")
 
 
 def load_experts(domain: str) -> list[str]:
@@ -276,16 +269,7 @@ def _read_polls() -> dict[str, dict]:
 def _normal_poll(poll_id: str, poll: dict) -> dict:
     if not isinstance(poll, dict):
         raise CorruptFileError(tree().polls_file, f"poll {poll_id!r} is not an object")
-    votes = poll.get("votes") or {}
-    return {
-        "id": poll.get("id") or poll_id,
-        "question": poll.get("question"),
-        "options": list(poll.get("options") or []),
-        "status": poll.get("status") or "open",
-        "creator": poll.get("creator"),
-        "created_at": poll.get("created_at"),
-        "votes": dict(votes),
-    }
+    return {**POLLS.record(poll, fallback={"id": poll_id}), "votes": dict(poll.get("votes") or {})}
 
 
 def load_polls() -> dict[str, dict]:
@@ -296,7 +280,7 @@ def load_polls() -> dict[str, dict]:
 def save_polls(polls: dict[str, dict]) -> None:
     """Write the whole polls document (legacy).  Through the shim, a delta."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         atomic_write_json(t.polls_file, copy.deepcopy(polls))
 
 
@@ -308,7 +292,7 @@ def load_poll(poll_id: str) -> dict | None:
 def save_poll(poll: dict) -> None:
     """Create a poll; a poll with the same id is a conflict."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         if poll["id"] in polls:
             raise ConflictError(f"poll {poll['id']} already exists")
@@ -316,42 +300,24 @@ def save_poll(poll: dict) -> None:
         atomic_write_json(t.polls_file, polls)
 
 
-def _check_vote(poll: dict | None, poll_id: str, option: str) -> None:
-    if poll is None:
-        raise NotFoundError(f"poll {poll_id} does not exist")
-    if (poll.get("status") or "open") != "open":
-        raise ConflictError(f"poll {poll_id} is closed")
-    if option not in (poll.get("options") or []):
-        raise ValidationError(f"{option!r} is not an option of poll {poll_id}: choose one of {poll.get('options')}")
-
-
 def save_vote(poll_id: str, voter: str, option: str, voted_at: str) -> None:
     """Record *voter*'s vote (replacing an earlier one) on an open poll."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         poll = polls.get(poll_id)
-        _check_vote(poll, poll_id, option)
+        check_vote(poll, poll_id, option)
         poll.setdefault("votes", {})[voter] = option
         atomic_write_json(t.polls_file, polls)
-
-
-def _check_close(poll: dict | None, poll_id: str, agent: str) -> bool:
-    """True when the poll must be closed now, False when it already is."""
-    if poll is None:
-        raise NotFoundError(f"poll {poll_id} does not exist")
-    if poll.get("creator") != agent:
-        raise ConflictError(f"only the creator ({poll.get('creator')}) may close poll {poll_id}")
-    return (poll.get("status") or "open") == "open"
 
 
 def save_poll_status(poll_id: str, agent: str, status: str) -> None:
     """Close a poll (only its creator may); closing a closed poll changes nothing."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         poll = polls.get(poll_id)
-        if _check_close(poll, poll_id, agent):
+        if check_close(poll, poll_id, agent):
             poll["status"] = status
             atomic_write_json(t.polls_file, polls)
 
@@ -361,18 +327,15 @@ def save_poll_status(poll_id: str, agent: str, status: str) -> None:
 
 
 def _normal_session(session_id: str, data: dict) -> dict:
-    return {
-        "id": data.get("id") or session_id,
-        "title": data.get("title"),
-        "description": data.get("description"),
-        "lead": data.get("lead"),
-        "phase": data.get("phase") or "planning",
-        "created_at": data.get("created_at"),
-        "updated_at": data.get("updated_at"),
-        "roles": dict(data.get("roles") or {}),
-        "artifacts": dict(data.get("artifacts") or {}),
-        "reviews": {k: dict(v) for k, v in (data.get("reviews") or {}).items()},
-    }
+    session = SESSIONS.record(data, fallback={"id": session_id})
+    # the nested records, keyed as in the file (a copy two levels deep: reviews nest by type, then reviewer)
+    for entity in _SESSION_PARTS:
+        session[entity.container] = {k: dict(v) if entity.key > 2 else v
+                                     for k, v in (data.get(entity.container) or {}).items()}
+    return session
+
+
+_SESSION_PARTS = tuple(e for e in TABLES if e.parent == SESSIONS.table)
 
 
 def load_session(session_id: str) -> dict | None:
@@ -382,6 +345,10 @@ def load_session(session_id: str) -> dict | None:
 
 def load_sessions() -> dict[str, dict]:
     """Every session, keyed by id."""
+    return _sessions()
+
+
+def _sessions() -> dict[str, dict]:
     directory = tree().sessions_dir
     try:
         names = os.listdir(directory)
@@ -401,7 +368,7 @@ def save_session(session: dict) -> None:
     """Create a session; one with the same id is a conflict."""
     t = tree()
     sid = session["id"]
-    with locked(t, f"session-{_validate.ident(sid, 'session id')}"):
+    with locked(t, session_lock(sid)):
         if t.session_file(sid).exists():
             raise ConflictError(f"session {sid} already exists")
         atomic_write_json(t.session_file(sid), copy.deepcopy(session))
@@ -409,7 +376,7 @@ def save_session(session: dict) -> None:
 
 def _update_session(session_id: str, change, updated_at: str) -> None:
     t = tree()
-    with locked(t, f"session-{_validate.ident(session_id, 'session id')}"):
+    with locked(t, session_lock(session_id)):
         path = t.session_file(session_id)
         data = read_json(path)
         if data is None:
@@ -457,15 +424,121 @@ def save_session_phase(session_id: str, phase: str, updated_at: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# what an agent reads every tick (issue 11): pages, receipts, pulse.  The file
+# store has no index: these read the documents and filter, as the legacy code
+# did; the SQL store answers them with indexed queries.
+
+
+def _page(records: list[dict], limit: int | None, after: str | None, what: str) -> list[dict]:
+    """*records* (oldest first) after the one whose id is *after*, at most *limit*."""
+    if after is not None:
+        for i, r in enumerate(records):
+            if r["id"] == after:
+                records = records[i + 1:]
+                break
+        else:
+            raise ValidationError(f"after {after!r} is not the id of a {what}: page from the start (after=None)")
+    return records if limit is None else records[:limit]
+
+
+def _by_creation(record: dict) -> tuple[str, str]:
+    return (str(record.get("created_at") or ""), str(record["id"]))
+
+
+def load_polls_page(status: str | None = None, limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Polls (with *status*, if given) oldest first, after the poll *after*, at most *limit*.
+
+    *after* must name an existing poll (of any status) or it is a ValidationError.
+    """
+    everything = sorted((_normal_poll(pid, p) for pid, p in _read_polls().items()), key=_by_creation)
+    if after is not None and not any(p["id"] == after for p in everything):
+        raise ValidationError(f"after {after!r} is not the id of a poll: page from the start (after=None)")
+    if after is not None:  # the cursor poll may have changed status since the last page
+        cut = next(i for i, p in enumerate(everything) if p["id"] == after)
+        everything = everything[cut + 1:]
+    chosen = [p for p in everything if status is None or p["status"] == status]
+    return chosen if limit is None else chosen[:limit]
+
+
+def load_sessions_page(limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Sessions oldest first, after the session *after*, at most *limit*."""
+    return _page(sorted(_sessions().values(), key=_by_creation), limit, after, "session")
+
+
+def load_open_polls(agent: str, limit: int) -> list[dict]:
+    """The oldest *limit* open polls that *agent* has not voted on."""
+    polls = sorted((_normal_poll(pid, p) for pid, p in _read_polls().items()), key=_by_creation)
+    return [p for p in polls if p["status"] == "open" and agent not in p["votes"]][:limit]
+
+
+def load_roles(agent: str) -> list[dict]:
+    """*agent*'s roles: ``{"session_id","title","role","subtask"}``, sessions oldest first."""
+    out = []
+    for s in sorted(_sessions().values(), key=_by_creation):
+        role = s["roles"].get(agent)
+        if isinstance(role, dict):
+            out.append({"session_id": s["id"], "title": s["title"], "role": role.get("role"),
+                        "subtask": role.get("subtask")})
+    return out
+
+
+def load_agent_states() -> list[dict]:
+    """Every known agent's ``{"agent","text","last_heartbeat"}`` by name (None where it has no context)."""
+    out = []
+    for agent in _agents():
+        ctx = _context(agent) if _validate.is_agent(agent) else None
+        out.append({"agent": agent, "text": ctx["text"] if ctx else None,
+                    "last_heartbeat": ctx["last_heartbeat"] if ctx else None})
+    return out
+
+
+def load_agents_by_role(role: str) -> list[str]:
+    """Agents whose profile's ``default_role`` is *role*, by name."""
+    out = []
+    for agent in _agents():
+        profile = _profile(agent) if _validate.is_agent(agent) else None
+        if profile and profile["default_role"] == role:
+            out.append(agent)
+    return out
+
+
+def save_messages(messages: list[dict]) -> None:
+    """Deliver several messages (a broadcast).  Legacy: one file per message, each atomic on its own."""
+    t = tree()
+    for message in messages:
+        atomic_write_json(t.message_file(message["recipient"], message["id"]),
+                          {field: message.get(field) for field in MESSAGE_FIELDS})
+
+
+def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
+    """The last *limit* messages *agent* sent (before message *before*), oldest first, with ``read_at``.
+
+    Phase 1 keeps no read receipts: these are the messages this process sent
+    (in memory, as the history), each with ``read_at`` None.
+    """
+    mine = sorted((m for m in _sent if m["sender"] == agent), key=lambda m: (str(m["timestamp"]), m["id"]))
+    if before is not None:
+        cut = next((i for i, m in enumerate(mine) if m["id"] == before), None)
+        if cut is None:
+            raise ValidationError(f"before {before!r} is not the id of a message {agent} sent")
+        mine = mine[:cut]
+    return [{**m, "read_at": None} for m in mine[-limit:]] if limit > 0 else []
+
+
+# ---------------------------------------------------------------------------
 # what the shim needs to know about each function (see shim.Spec)
 
 
-def _agent_lock(name):
-    return lambda agent, *a, **k: f"{name}-{_validate.agent(agent)}"
+def _agent_lock(lock):
+    return lambda agent, *a, **k: lock(agent)
 
 
 def _session_lock(session_id, *a, **k):
-    return f"session-{_validate.ident(session_id, 'session id')}"
+    return session_lock(session_id)
+
+
+def _polls_lock(*a, **k):
+    return POLLS_LOCK
 
 
 def _first_arg(value, *a, **k):
@@ -474,31 +547,31 @@ def _first_arg(value, *a, **k):
 
 SHIM_SPEC: dict[str, dict[str, Any]] = {
     # messages
-    "save_message": dict(entity="messages", lock=lambda m, *a, **k: f"inbox-{_validate.agent(m['recipient'])}",
+    "save_message": dict(entity="messages", lock=lambda m, *a, **k: inbox_lock(m["recipient"]),
                          key=lambda m, *a, **k: m["id"]),
-    "load_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id"),
-    "claim_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id",
+    "load_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id"),
+    "claim_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
                         mirror=lambda result, args, kwargs: (
                             args[:1], {**kwargs, "ids": [m["id"] for m in result]})),
     "save_history": dict(entity="message_history", files=False),
     "load_history": dict(entity="message_history", files=False),
     # context, expertise, profiles
-    "load_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "save_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "save_heartbeat": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "load_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
-    "save_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
-    "load_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
-    "save_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
+    "load_context": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_context": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_heartbeat": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "load_expertise": dict(entity="expertise", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_expertise": dict(entity="expertise", lock=_agent_lock(node_lock), key=_first_arg),
+    "load_profile": dict(entity="profiles", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_profile": dict(entity="profiles", lock=_agent_lock(node_lock), key=_first_arg),
     "load_agents": dict(entity="agents"),
     "load_experts": dict(entity="expertise", key=_first_arg),
     # polls
-    "load_polls": dict(entity="polls", lock=lambda *a, **k: "polls", records="dict", document="polls"),
-    "save_polls": dict(entity="polls", lock=lambda *a, **k: "polls", document="polls"),
-    "load_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
-    "save_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=lambda p, *a, **k: p["id"]),
-    "save_vote": dict(entity="votes", lock=lambda *a, **k: "polls", key=_first_arg),
-    "save_poll_status": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
+    "load_polls": dict(entity="polls", lock=_polls_lock, records="dict", document="polls"),
+    "save_polls": dict(entity="polls", lock=_polls_lock, document="polls"),
+    "load_poll": dict(entity="polls", lock=_polls_lock, key=_first_arg),
+    "save_poll": dict(entity="polls", lock=_polls_lock, key=lambda p, *a, **k: p["id"]),
+    "save_vote": dict(entity="votes", lock=_polls_lock, key=_first_arg),
+    "save_poll_status": dict(entity="polls", lock=_polls_lock, key=_first_arg),
     # sessions
     "load_sessions": dict(entity="sessions", records="dict"),
     "load_session": dict(entity="sessions", lock=_session_lock, key=_first_arg),
@@ -508,4 +581,19 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "save_artifact": dict(entity="session_artifacts", lock=_session_lock, key=_first_arg),
     "save_review": dict(entity="session_reviews", lock=_session_lock, key=_first_arg),
     "save_session_phase": dict(entity="sessions", lock=_session_lock, key=_first_arg),
+    # what an agent reads every tick (issue 11)
+    # poll reads hold the polls lock across both sides, as load_polls does, so a vote cannot land between them
+    "load_polls_page": dict(entity="polls", lock=_polls_lock, records="id"),
+    "load_sessions_page": dict(entity="sessions", records="id"),
+    "load_open_polls": dict(entity="polls", lock=_polls_lock, records="id"),
+    "load_roles": dict(entity="session_roles", records="session_id"),
+    # every agent's context changes on every tick of the fleet and no one lock covers them all:
+    # compare who is known; each context itself is compared by load_context under its node lock
+    "load_agent_states": dict(entity="context", records="agent", ignore=("text", "last_heartbeat")),
+    "load_agents_by_role": dict(entity="profiles"),
+    # a broadcast holds every recipient's inbox lock across both sides (in name order: no deadlock)
+    "save_messages": dict(entity="messages", lock=lambda ms, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms}),
+                          key=lambda ms, *a, **k: ",".join(m["id"] for m in ms[:3])),
+    # read receipts exist only in the database (phase 1: this process's sent messages, no receipts)
+    "load_sent": dict(entity="messages", files=False),
 }

@@ -13,28 +13,23 @@ import json
 import operator
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
-from . import _clock, config
+from . import _clock, _sql, config
 from ._files import Tree
-from .core import MESSAGE_FIELDS, _check_close, _check_vote, history_entry
 from .database import Database, Tx, get_db
-from .errors import BackfillRequiredError, ConflictError, NotFoundError
+from .entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
+                       SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote, history_entry)
+from .errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
 
 T = TypeVar("T")
 
-_MSG_COLS = ", ".join(MESSAGE_FIELDS)
-
-
-def _msg(r: tuple) -> dict:
-    # a dict display: twice as fast as dict(zip(...)) on a 10,000-message claim
-    return {"id": r[0], "sender": r[1], "recipient": r[2], "content": r[3], "message_type": r[4],
-            "reply_to": r[5], "timestamp": r[6]}
-
+_MSG_COLS = _sql.columns(MESSAGES)
+_msg = MESSAGES.from_row
 
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
-_BY_TIME = operator.itemgetter(6, 0)
+_BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id"))
 
 
 class SqlStore:
@@ -87,19 +82,17 @@ class SqlStore:
         return self.db.write(lambda tx: fn(), snapshot=True)
 
     def counts(self) -> dict[str, int]:
-        from .schema import TABLES
-
         def fn(tx: Tx) -> dict[str, int]:
-            return {t: int(tx.fetchone(f"SELECT COUNT(*) FROM {t}")[0]) for t in TABLES}
+            return {e.table: int(tx.fetchone(_sql.select(e, what="COUNT(*)"))[0]) for e in ALL}
 
         return self.db.read(fn)
 
     # -- messages -------------------------------------------------------------
     def save_message(self, message: dict) -> None:
-        values = tuple(message.get(f) for f in MESSAGE_FIELDS)
+        values = MESSAGES.row_of(message)
 
         def fn(tx: Tx) -> None:
-            tx.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            tx.execute(_sql.insert(MESSAGES), values)
             self._add_history(tx, [history_entry("sent", message)])
 
         self.db.write(fn)
@@ -111,23 +104,33 @@ class SqlStore:
         return [_msg(r) for r in rows]
 
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
+        """Claim unread messages: one ``UPDATE … WHERE read_at IS NULL RETURNING``.
+
+        Claiming the whole inbox is one statement (one round trip on PostgreSQL,
+        atomic on its own; a concurrent claimer re-checks ``read_at`` after
+        waiting, so each message is claimed once).  Claiming given *ids* (the
+        shim mirroring the other side's claim) may take several statements, in
+        one transaction.
+        """
         stamp = read_at or _clock.now()
         sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
                f"RETURNING {_MSG_COLS}")
-
-        def fn(tx: Tx) -> list[tuple]:
-            if ids is None:
-                rows = tx.fetchall(sql.format(extra=""), (stamp, agent))
-            else:
+        if ids is None:
+            # not idempotent: a second run would claim nothing, so a lost connection is reported
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql.format(extra=""), (stamp, agent)),
+                                           idempotent=False)
+        else:
+            def fn(tx: Tx) -> list[tuple]:
                 rows = []
                 for start in range(0, len(ids), 500):
                     chunk = list(ids[start:start + 500])
                     marks = ", ".join("?" for _ in chunk)
                     rows += tx.fetchall(sql.format(extra=f" AND id IN ({marks})"), (stamp, agent, *chunk))
-            rows.sort(key=_BY_TIME)
-            return rows
+                return rows
 
-        return [_msg(r) for r in self.db.write(fn)]
+            rows = self.db.write(fn)
+        rows.sort(key=_BY_TIME)
+        return [_msg(r) for r in rows]
 
     def save_history(self, direction: str, messages: list[dict]) -> None:
         """Nothing to do: the database records history in the transaction of the message itself."""
@@ -135,40 +138,77 @@ class SqlStore:
     @staticmethod
     def _add_history(tx: Tx, entries: list[dict]) -> None:
         if entries:
-            tx.executemany(
-                "INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
-                "message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e["direction"], e["sender"], e["recipient"], e["content"], e.get("message_type"), e["timestamp"],
-                  e.get("message_id")) for e in entries])
+            tx.executemany(_sql.insert(MESSAGE_HISTORY), [MESSAGE_HISTORY.row_of(e) for e in entries])
 
-    def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
-        """Sent messages come from ``message_history``; a received entry is the claimed message itself.
+    # History entries of one agent, newest first, in four indexed branches
+    # (each reads at most *limit* rows from its index): sent entries where the
+    # agent is the sender or the recipient, and claimed messages where it is
+    # the recipient or the sender.  A received entry is the claimed message
+    # itself: recording receipt as ``messages.read_at`` instead of copying every
+    # claimed message into ``message_history`` keeps a claim to one UPDATE.
+    # Ordered by (at, seq, timestamp, message_id) descending; ``before`` is a
+    # position in that order.
+    _HISTORY_BRANCHES = (
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE sender = ?{pos_h} ORDER BY timestamp DESC, id DESC LIMIT ?", 1),
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE recipient = ? AND sender <> ?{pos_h} "
+         "ORDER BY timestamp DESC, id DESC LIMIT ?", 2),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE recipient = ? AND read_at IS NOT NULL{pos_m} ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 1),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE sender = ? AND recipient <> ? AND read_at IS NOT NULL{pos_m} "
+         "ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 2),
+    )
+    # the whole federation's history (not a per-tick read: no index orders it)
+    _HISTORY_ALL = (
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE 1 = 1{pos_h} ORDER BY timestamp DESC, id DESC LIMIT ?", 0),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE read_at IS NOT NULL{pos_m} ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 0),
+    )
 
-        Recording receipt as ``messages.read_at`` instead of copying every claimed
-        message into ``message_history`` keeps a claim to one UPDATE.
-        """
-        cols = ("direction", "sender", "recipient", "content", "message_type", "timestamp", "message_id")
+    @staticmethod
+    def _history_position(tx: Tx, before: tuple[str, str]) -> tuple:
+        direction, message_id = before
+        if direction == "received":
+            row = tx.fetchone("SELECT read_at, timestamp FROM messages WHERE id = ? AND read_at IS NOT NULL",
+                              (message_id,))
+            position = None if row is None else (row[0], 0, row[1], message_id)
+        else:
+            row = tx.fetchone("SELECT timestamp, id FROM message_history WHERE message_id = ? AND direction = ? "
+                              "ORDER BY id LIMIT 1", (message_id, direction))
+            position = None if row is None else (row[0], row[1], row[0], message_id)
+        if position is None:
+            raise ValidationError(f"before {direction}:{message_id} is not an entry of this history")
+        return position
+
+    def load_history(self, agent: str | None = None, limit: int = 100,
+                     before: tuple[str, str] | None = None) -> list[dict]:
         if limit <= 0:
             return []
-        who = "" if agent is None else " AND (sender = ? OR recipient = ?)"
-        params: tuple = () if agent is None else (agent, agent)
-        sql = (
-            "SELECT * FROM ("
-            "SELECT direction, sender, recipient, content, message_type, timestamp, message_id, "
-            f"timestamp AS at, id AS seq FROM message_history WHERE 1 = 1{who} "
-            "UNION ALL SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 "
-            f"FROM messages WHERE read_at IS NOT NULL{who}"
-            ") AS h ORDER BY at DESC, seq DESC, timestamp DESC, message_id DESC LIMIT ?")
-        rows = self.db.fetchall(sql, params + params + (limit,))
-        return [dict(zip(cols, r[:7])) for r in reversed(rows)]
+
+        def fn(tx: Tx) -> list[tuple]:
+            position = None if before is None else self._history_position(tx, before)
+            pos_h = "" if position is None else " AND (timestamp, id, timestamp, message_id) < (?, ?, ?, ?)"
+            pos_m = "" if position is None else " AND (read_at, 0, timestamp, id) < (?, ?, ?, ?)"
+            pos = () if position is None else tuple(position)
+            chosen = self._HISTORY_ALL if agent is None else self._HISTORY_BRANCHES
+            branches = [(b.format(pos_h=pos_h, pos_m=pos_m), n) for b, n in chosen]
+            rows: list[tuple] = []
+            for sql, n in branches:
+                rows += tx.fetchall(sql, (agent,) * n + pos + (limit,))
+            return rows
+
+        rows = self.db.read(fn)
+        rows.sort(key=operator.itemgetter(7, 8, 5, 6), reverse=True)
+        width = len(MESSAGE_HISTORY.fields)
+        return [MESSAGE_HISTORY.from_row(r[:width]) for r in reversed(rows[:limit])]
 
     # -- context, expertise, profiles ----------------------------------------
     def load_context(self, agent: str) -> dict | None:
-        row = self.db.fetchone(
-            "SELECT text, last_heartbeat, updated_at FROM context WHERE agent = ?", (agent,))
-        if row is None:
-            return None
-        return {"agent": agent, "text": row[0] or "", "last_heartbeat": row[1], "updated_at": row[2]}
+        row = self.db.fetchone(_sql.select(CONTEXT, "agent = ?"), (agent,))
+        return None if row is None else CONTEXT.from_row(row)
 
     def save_context(self, agent: str, text: str, updated_at: str) -> None:
         self.db.write(lambda tx: tx.execute(
@@ -199,16 +239,11 @@ class SqlStore:
         self.db.write(fn)
 
     def load_profile(self, agent: str) -> dict | None:
-        row = self.db.fetchone(
-            "SELECT default_role, traits, updated_at FROM profiles WHERE agent = ?", (agent,))
-        if row is None:
-            return None
-        traits = json.loads(row[1]) if row[1] else {}
-        return {"agent": agent, "default_role": row[0], "traits": traits if isinstance(traits, dict) else {},
-                "updated_at": row[2]}
+        row = self.db.fetchone(_sql.select(PROFILES, "agent = ?"), (agent,))
+        return None if row is None else PROFILES.from_row(row)
 
     def save_profile(self, agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
-        encoded = None if traits is None else json.dumps(traits, ensure_ascii=False, sort_keys=True)
+        encoded = None if traits is None else PROFILES.field("traits").encode(traits)
         self.db.write(lambda tx: tx.execute(
             "INSERT INTO profiles (agent, default_role, traits, updated_at) VALUES (?, ?, COALESCE(CAST(? AS TEXT), '{}'), ?) "
             "ON CONFLICT (agent) DO UPDATE SET "
@@ -217,12 +252,6 @@ class SqlStore:
             "updated_at = excluded.updated_at",
             (agent, default_role, encoded, updated_at, encoded)))
 
-    def load_agents(self) -> list[str]:
-        rows = self.db.fetchall(
-            "SELECT agent FROM context UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles "
-            "UNION SELECT recipient FROM messages")
-        return sorted(r[0] for r in rows)
-
     def load_experts(self, domain: str) -> list[str]:
         rows = self.db.fetchall("SELECT agent FROM expertise WHERE domain = ?", (domain,))
         return sorted(r[0] for r in rows)
@@ -230,15 +259,13 @@ class SqlStore:
     # -- polls ----------------------------------------------------------------
     @staticmethod
     def _poll(row: tuple, votes: dict[str, str]) -> dict:
-        pid, question, options, status, creator, created_at = row
-        return {"id": pid, "question": question, "options": json.loads(options), "status": status or "open",
-                "creator": creator, "created_at": created_at, "votes": votes}
+        return {**POLLS.from_row(row), "votes": votes}
 
     def load_polls(self) -> dict[str, dict]:
         def fn(tx: Tx) -> dict[str, dict]:
-            polls = tx.fetchall("SELECT id, question, options, status, creator, created_at FROM polls ORDER BY id")
+            polls = tx.fetchall(_sql.select(POLLS) + " ORDER BY id")
             votes: dict[str, dict[str, str]] = {}
-            for pid, voter, option in tx.fetchall("SELECT poll_id, voter, option FROM votes"):
+            for pid, voter, option in tx.fetchall(_sql.select(VOTES)):
                 votes.setdefault(pid, {})[voter] = option
             return {r[0]: self._poll(r, votes.get(r[0], {})) for r in polls}
 
@@ -246,8 +273,7 @@ class SqlStore:
 
     def load_poll(self, poll_id: str) -> dict | None:
         def fn(tx: Tx) -> dict | None:
-            row = tx.fetchone("SELECT id, question, options, status, creator, created_at FROM polls WHERE id = ?",
-                              (poll_id,))
+            row = tx.fetchone(_sql.select(POLLS, "id = ?"), (poll_id,))
             if row is None:
                 return None
             votes = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll_id,)))
@@ -256,20 +282,15 @@ class SqlStore:
         return self.db.read(fn)
 
     def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
-        values = (poll["id"], poll["question"], json.dumps(list(poll["options"]), ensure_ascii=False),
-                  poll.get("status") or "open", poll["creator"], poll["created_at"])
+        values = POLLS.row_of(poll)
         votes = dict(poll.get("votes") or {})
         if create:
             if tx.fetchone("SELECT 1 FROM polls WHERE id = ?", (poll["id"],)):
                 raise ConflictError(f"poll {poll['id']} already exists")
-            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", values)
+            tx.execute(_sql.insert(POLLS), values)
             stored: dict[str, str] = {}
         else:
-            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET question = excluded.question, "
-                       "options = excluded.options, status = excluded.status, creator = excluded.creator, "
-                       "created_at = excluded.created_at", values)
+            tx.execute(_sql.upsert(POLLS), values)
             stored = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll["id"],)))
             gone = [(poll["id"], voter) for voter in stored if voter not in votes]
             if gone:
@@ -300,49 +321,61 @@ class SqlStore:
         self.db.write(fn)
 
     def save_vote(self, poll_id: str, voter: str, option: str, voted_at: str) -> None:
-        def fn(tx: Tx) -> None:
-            row = tx.fetchone(f"SELECT status, options FROM polls WHERE id = ?{tx.dialect.for_share}", (poll_id,))
-            poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
-            _check_vote(poll, poll_id, option)
-            tx.execute("INSERT INTO votes (poll_id, voter, option, voted_at) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, "
-                       "voted_at = excluded.voted_at", (poll_id, voter, option, voted_at))
-
-        self.db.write(fn)
+        """One statement (one round trip on PostgreSQL): the upsert happens only if the poll is open
+        and the option valid; the poll row is locked FOR SHARE, so a close waits for the vote or the
+        vote sees the close.  Why a vote was refused is looked up only when it was."""
+        dialect = self.db.dialect
+        sql = ("INSERT INTO votes (poll_id, voter, option, voted_at) SELECT id, ?, ?, ? FROM polls "
+               "WHERE id = ? AND COALESCE(status, 'open') = 'open' AND "
+               f"{dialect.json_array_has.format(options='polls.options')}{dialect.for_share} "
+               "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, voted_at = excluded.voted_at "
+               "RETURNING poll_id")
+        landed = self.db.write_statement(
+            lambda tx: tx.fetchall(sql, (voter, option, voted_at, poll_id, option)))  # an upsert: safe to rerun
+        if landed:
+            return
+        row = self.db.fetchone("SELECT status, options FROM polls WHERE id = ?", (poll_id,))
+        poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
+        check_vote(poll, poll_id, option)
+        raise ConflictError(f"the vote on poll {poll_id} was not recorded; try again")
 
     def save_poll_status(self, poll_id: str, agent: str, status: str) -> None:
         def fn(tx: Tx) -> None:
             row = tx.fetchone(f"SELECT creator, status FROM polls WHERE id = ?{tx.dialect.for_update}", (poll_id,))
             poll = None if row is None else {"creator": row[0], "status": row[1]}
-            if _check_close(poll, poll_id, agent):
+            if check_close(poll, poll_id, agent):
                 tx.execute("UPDATE polls SET status = ? WHERE id = ?", (status, poll_id))
 
         self.db.write(fn)
 
     # -- sessions -------------------------------------------------------------
     def _sessions(self, tx: Tx, session_id: str | None) -> dict[str, dict]:
-        where, params = ("WHERE id = ?", (session_id,)) if session_id else ("", ())
-        swhere = "WHERE session_id = ?" if session_id else ""
+        return self._sessions_where(tx, "= ?" if session_id else None, (session_id,) if session_id else ())
+
+    def _sessions_in(self, tx: Tx, ids: list[str]) -> dict[str, dict]:
+        if not ids:
+            return {}
+        return self._sessions_where(tx, f"IN ({', '.join('?' for _ in ids)})", tuple(ids))
+
+    @staticmethod
+    def _sessions_where(tx: Tx, match: str | None, params: tuple) -> dict[str, dict]:
+        """The sessions whose id matches *match* (``"= ?"``, ``"IN (?, ...)"``; None: all), with their parts."""
         out: dict[str, dict] = {}
-        for sid, title, desc, lead, phase, created, updated in tx.fetchall(
-                f"SELECT id, title, description, lead, phase, created_at, updated_at FROM sessions {where} "
-                "ORDER BY id", params):
-            out[sid] = {"id": sid, "title": title, "description": desc, "lead": lead, "phase": phase or "planning",
-                        "created_at": created, "updated_at": updated, "roles": {}, "artifacts": {}, "reviews": {}}
-        for sid, agent, role, subtask, at in tx.fetchall(
-                f"SELECT session_id, agent, role, subtask, assigned_at FROM session_roles {swhere}", params):
-            if sid in out:
-                out[sid]["roles"][agent] = {"role": role, "subtask": subtask, "assigned_at": at}
-        for sid, atype, path, at in tx.fetchall(
-                f"SELECT session_id, artifact_type, path, attached_at FROM session_artifacts {swhere}", params):
-            if sid in out:
-                out[sid]["artifacts"][atype] = {"path": path, "attached_at": at}
-        for sid, atype, reviewer, status, comments, at in tx.fetchall(
-                "SELECT session_id, artifact_type, reviewer, status, comments, reviewed_at "
-                f"FROM session_reviews {swhere}", params):
-            if sid in out:
-                out[sid]["reviews"].setdefault(atype, {})[reviewer] = {
-                    "status": status, "comments": comments, "reviewed_at": at}
+        for row in tx.fetchall(_sql.select(SESSIONS, f"id {match}" if match else "") + " ORDER BY id", params):
+            session = out[row[0]] = SESSIONS.from_row(row)
+            for part in _SESSION_PARTS:
+                session[part.container] = {}
+        for part in _SESSION_PARTS:
+            # a nested record: {key: {key: ... {field: value}}} under the session's part.container
+            depth = part.key
+            for row in tx.fetchall(_sql.select(part, f"session_id {match}" if match else ""), params):
+                session = out.get(row[0])
+                if session is None:
+                    continue
+                slot = session[part.container]
+                for k in row[1:depth - 1]:
+                    slot = slot.setdefault(k, {})
+                slot[row[depth - 1]] = dict(zip(part.columns[depth:], row[depth:]))
         return out
 
     def load_sessions(self) -> dict[str, dict]:
@@ -355,10 +388,7 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             if tx.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session["id"],)):
                 raise ConflictError(f"session {session['id']} already exists")
-            tx.execute("INSERT INTO sessions (id, title, description, lead, phase, created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (session["id"], session["title"], session.get("description"), session["lead"],
-                        session.get("phase") or "planning", session["created_at"], session.get("updated_at")))
+            tx.execute(_sql.insert(SESSIONS), SESSIONS.row_of(session))
 
         self.db.write(fn)
 
@@ -370,20 +400,14 @@ class SqlStore:
     def save_role(self, session_id: str, agent: str, role: str, subtask: str | None, assigned_at: str) -> None:
         def fn(tx: Tx) -> None:
             self._touch_session(tx, session_id, assigned_at)
-            tx.execute("INSERT INTO session_roles (session_id, agent, role, subtask, assigned_at) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, agent) DO UPDATE SET role = excluded.role, "
-                       "subtask = excluded.subtask, assigned_at = excluded.assigned_at",
-                       (session_id, agent, role, subtask, assigned_at))
+            tx.execute(_sql.upsert(SESSION_ROLES), (session_id, agent, role, subtask, assigned_at))
 
         self.db.write(fn)
 
     def save_artifact(self, session_id: str, artifact_type: str, path: str, attached_at: str) -> None:
         def fn(tx: Tx) -> None:
             self._touch_session(tx, session_id, attached_at)
-            tx.execute("INSERT INTO session_artifacts (session_id, artifact_type, path, attached_at) "
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (session_id, artifact_type) DO UPDATE SET "
-                       "path = excluded.path, attached_at = excluded.attached_at",
-                       (session_id, artifact_type, path, attached_at))
+            tx.execute(_sql.upsert(SESSION_ARTIFACTS), (session_id, artifact_type, path, attached_at))
 
         self.db.write(fn)
 
@@ -394,10 +418,7 @@ class SqlStore:
             if not tx.fetchone("SELECT 1 FROM session_artifacts WHERE session_id = ? AND artifact_type = ?",
                                (session_id, artifact_type)):
                 raise NotFoundError(f"session {session_id} has no artifact of type {artifact_type!r}")
-            tx.execute("INSERT INTO session_reviews (session_id, artifact_type, reviewer, status, comments, "
-                       "reviewed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, artifact_type, reviewer) "
-                       "DO UPDATE SET status = excluded.status, comments = excluded.comments, "
-                       "reviewed_at = excluded.reviewed_at",
+            tx.execute(_sql.upsert(SESSION_REVIEWS),
                        (session_id, artifact_type, reviewer, status, comments, reviewed_at))
 
         self.db.write(fn)
@@ -409,6 +430,138 @@ class SqlStore:
 
         self.db.write(fn)
 
+    # -- what an agent reads every tick (issue 11): indexed, cost proportional to the answer ---------
+    _POLL_COLS = _sql.columns(POLLS)
+
+    def _polls_with_votes(self, tx: Tx, rows: list[tuple]) -> list[dict]:
+        votes: dict[str, dict[str, str]] = {}
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for pid, voter, option in tx.fetchall(
+                    f"SELECT poll_id, voter, option FROM votes WHERE poll_id IN ({marks})", chunk):
+                votes.setdefault(pid, {})[voter] = option
+        return [self._poll(r, votes.get(r[0], {})) for r in rows]
+
+    @staticmethod
+    def _position(tx: Tx, table: str, after: str | None, what: str) -> tuple | None:
+        """``(created_at, id)`` of the record *after* (the last of the previous page)."""
+        if after is None:
+            return None
+        row = tx.fetchone(f"SELECT created_at, id FROM {table} WHERE id = ?", (after,))
+        if row is None:
+            raise ValidationError(f"after {after!r} is not the id of a {what}: page from the start (after=None)")
+        return row
+
+    def load_polls_page(self, status: str | None = None, limit: int | None = None,
+                        after: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            where, params = [], []
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            position = self._position(tx, "polls", after, "poll")
+            if position is not None:
+                where.append("(created_at, id) > (?, ?)")
+                params += position
+            sql = f"SELECT {self._POLL_COLS} FROM polls"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at, id"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            return self._polls_with_votes(tx, tx.fetchall(sql, params))
+
+        return self.db.read(fn)
+
+    def load_open_polls(self, agent: str, limit: int) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            rows = tx.fetchall(
+                f"SELECT {self._POLL_COLS} FROM polls p WHERE status = 'open' AND NOT EXISTS "
+                "(SELECT 1 FROM votes v WHERE v.poll_id = p.id AND v.voter = ?) ORDER BY created_at, id LIMIT ?",
+                (agent, limit))
+            return self._polls_with_votes(tx, rows)
+
+        return self.db.read(fn)
+
+    def load_sessions_page(self, limit: int | None = None, after: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            params: list = []
+            sql = "SELECT id FROM sessions"
+            position = self._position(tx, "sessions", after, "session")
+            if position is not None:
+                sql += " WHERE (created_at, id) > (?, ?)"
+                params += position
+            sql += " ORDER BY created_at, id"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            ids = [r[0] for r in tx.fetchall(sql, params)]
+            found: dict[str, dict] = {}
+            for start in range(0, len(ids), 500):
+                found.update(self._sessions_in(tx, ids[start:start + 500]))
+            return [found[i] for i in ids if i in found]
+
+        return self.db.read(fn)
+
+    def load_roles(self, agent: str) -> list[dict]:
+        rows = self.db.fetchall(
+            "SELECT r.session_id, s.title, r.role, r.subtask FROM session_roles r "
+            "JOIN sessions s ON s.id = r.session_id WHERE r.agent = ? ORDER BY s.created_at, s.id", (agent,))
+        return [{"session_id": r[0], "title": r[1], "role": r[2], "subtask": r[3]} for r in rows]
+
+    # Every agent that received a message, without reading every message: a
+    # "loose index scan" that jumps from one recipient to the next on the
+    # recipient index (as many index look-ups as there are recipients).
+    _KNOWN_AGENTS = (
+        "WITH RECURSIVE r(name) AS ("
+        "SELECT MIN(recipient) FROM messages UNION ALL "
+        "SELECT (SELECT MIN(recipient) FROM messages WHERE recipient > r.name) FROM r WHERE r.name IS NOT NULL), "
+        "known(agent) AS (SELECT name FROM r WHERE name IS NOT NULL UNION SELECT agent FROM context "
+        "UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles) ")
+
+    def load_agents(self) -> list[str]:
+        return sorted(r[0] for r in self.db.fetchall(self._KNOWN_AGENTS + "SELECT agent FROM known"))
+
+    def load_agent_states(self) -> list[dict]:
+        rows = self.db.fetchall(self._KNOWN_AGENTS + "SELECT k.agent, c.text, c.last_heartbeat, c.agent "
+                                "FROM known k LEFT JOIN context c ON c.agent = k.agent")
+        rows.sort(key=operator.itemgetter(0))
+        return [{"agent": a, "text": (text or "") if has else None, "last_heartbeat": beat}
+                for a, text, beat, has in rows]
+
+    def load_agents_by_role(self, role: str) -> list[str]:
+        return sorted(r[0] for r in self.db.fetchall("SELECT agent FROM profiles WHERE default_role = ?", (role,)))
+
+    def save_messages(self, messages: list[dict]) -> None:
+        rows = [MESSAGES.row_of(m) for m in messages]
+
+        def fn(tx: Tx) -> None:
+            tx.executemany(_sql.insert(MESSAGES), rows)
+            self._add_history(tx, [history_entry("sent", m) for m in messages])
+
+        self.db.write(fn)
+
+    def load_sent(self, agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[tuple]:
+            params: list = [agent]
+            where = "sender = ?"
+            if before is not None:
+                row = tx.fetchone("SELECT timestamp, id FROM messages WHERE id = ? AND sender = ?", (before, agent))
+                if row is None:
+                    raise ValidationError(f"before {before!r} is not the id of a message {agent} sent")
+                where += " AND (timestamp, id) < (?, ?)"
+                params += row
+            return tx.fetchall(f"SELECT {_MSG_COLS}, read_at FROM messages WHERE {where} "
+                               "ORDER BY timestamp DESC, id DESC LIMIT ?", (*params, limit))
+
+        rows = self.db.read(fn) if limit > 0 else []
+        return [{**_msg(r), "read_at": r[7]} for r in reversed(rows)]
+
+
+_SESSION_PARTS = (SESSION_ROLES, SESSION_ARTIFACTS, SESSION_REVIEWS)
 
 _stores: dict[tuple, SqlStore] = {}
 _last: tuple | None = None
