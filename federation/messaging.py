@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from . import _validate as v
+import shim
+
 from . import _clock, config, core
 from .errors import ValidationError
 from .governance import with_tally
@@ -96,6 +98,12 @@ def get_sent(agent: str, limit: int = 100, before: str | None = None) -> list[di
     return core.load_sent(agent, limit, before)
 
 
+def _phase() -> int:
+    """The rollout phase calls are routed by now: the shim's own answer (environment, or live flag)."""
+    experiment = shim.installed(core)
+    return int(experiment.mode()[0]) if experiment is not None else config.settings().effective_phase
+
+
 def pulse(agent: str, claim: bool = True) -> dict:
     """One call per tick: heartbeat, inbox, open polls to vote on, session roles, everyone's context.
 
@@ -121,7 +129,7 @@ def pulse(agent: str, claim: bool = True) -> dict:
     polls = core.load_open_polls(agent, PULSE_MAX_POLLS + 1)
     return {
         "agent": agent,
-        "phase": config.settings().effective_phase,
+        "phase": _phase(),
         "messages": messages,
         "open_polls": [with_tally(p) for p in polls[:PULSE_MAX_POLLS]],
         "more_open_polls": len(polls) > PULSE_MAX_POLLS,
