@@ -377,6 +377,22 @@ def test_new_reads_are_compared_and_a_difference_is_published(fed, phase):
     assert all(e["key"] == pid for e in mismatches)
 
 
+@pytest.mark.parametrize("phase", [2, 3])
+def test_everyones_heartbeat_is_compared_by_get_context_not_by_every_pulse(fed, phase):
+    """pulse's list of agents compares who is known (heartbeats move every tick under no common lock);
+    a context that differs is still published, by get_context."""
+    fed.phase(phase)
+    context.set_context("bob", "here")
+    fed.store().save_heartbeat("bob", "2000-01-01T00:00:00+00:00")  # the database alone
+    with structlog.testing.capture_logs() as logs:
+        messaging.pulse("carol", claim=False)
+    assert [e for e in logs if e["event"] == "shadow_mismatch"] == []
+    with structlog.testing.capture_logs() as logs:
+        context.get_context("bob")
+    (mismatch,) = [e for e in logs if e["event"] == "shadow_mismatch"]
+    assert mismatch["op"] == "load_context" and mismatch["diff"][0]["field"] == "last_heartbeat"
+
+
 def test_every_shimmed_function_has_a_sql_method_of_the_same_signature():
     """The shim routes by name: each SHIM_SPEC function has a SqlStore method with the same parameters."""
     import inspect
