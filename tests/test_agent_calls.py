@@ -179,13 +179,14 @@ print(json.dumps([governance.create_poll("carol", f"new {i}?", ["a", "b"]) for i
     go.touch()
     seen, after, pages = [], None, 0
     while True:
+        finished = creator.poll() is not None  # before the read: a poll created after it is read next time
         page = governance.list_polls(limit=7, after=after)
         pages += 1
         if page:
             seen += [p["id"] for p in page]
             after = page[-1]["id"]
-        elif creator.poll() is not None:
-            break  # the creator is done and the last page is empty
+        elif finished:
+            break  # the creator was done before this read, and nothing is left after the cursor
         else:
             time.sleep(0.01)
     (out,) = _finish([creator])
