@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import config, core
 
 
-def mode() -> tuple[int, float]:
+def env_mode() -> tuple[int, float]:
+    """(phase, sample) from the environment alone: the behaviour before the live flag (benchmarks)."""
     s = config.settings()
     return (s.phase if s.use_db else 1), s.shadow_sample
 
@@ -22,5 +23,14 @@ def candidate(phase: int):
     return store
 
 
-def hooks() -> dict:
-    return {"candidate": candidate, "mode": mode, "lock": core.file_lock, "spec": core.SHIM_SPEC}
+def hooks(control: bool = True) -> dict:
+    """The shim's hooks; *control*: the phase from the control plane (environment pin > live flag >
+    phase 3) and every dual-phase call counted, else the phase from the environment only, nothing
+    counted (the behaviour before the control plane; benchmarks compare the two)."""
+    hooks = {"candidate": candidate, "mode": env_mode, "lock": core.file_lock, "spec": core.SHIM_SPEC,
+             "observers": ()}
+    if control:
+        from .rollout._runtime import RUNTIME, observe
+
+        hooks.update(mode=RUNTIME.mode, observers=(observe,))
+    return hooks

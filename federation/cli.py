@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 from . import config
 from .errors import ConfigError, FederationError
@@ -265,9 +268,12 @@ def report_command(as_json: bool, log_file: str | None) -> None:
                    "-" if s["consistency_rate"] is None else f"{s['consistency_rate']:.4f}")
                   for e, s in summary["entities"].items()] or [("(none)", 0, 0, 0, "-")],
                  ("entity", "mismatches", "errors", "keys", "consistency"))
-        if summary["consistency_rate"] is not None:
+        if summary["consistency_rate"] is not None and summary["rate_source"] == "counted":
+            click.echo(f"consistency rate over the period: {summary['consistency_rate']:.6f} "
+                       f"({summary['mismatches']} mismatches in {summary['comparisons']} counted comparisons)")
+        elif summary["consistency_rate"] is not None:
             click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
-                       "(share of records with no shadow event)")
+                       "(share of records with no shadow event: no comparison was counted)")
     click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
     sys.exit(0 if report.consistent else 1)
 
@@ -283,6 +289,8 @@ def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
     from .sync import sync
 
     result = _guard(lambda: sync(to, dry_run=dry_run))
+    if not dry_run:
+        _record_sync(to, len(result.changes))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -310,6 +318,106 @@ def archive_command(dest: str) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------
+# operations: retention, backup, health (federation.prune, .backup, .doctor)
+
+
+class _Duration(click.ParamType):
+    """``30d``, ``12h``...: checked before anything is opened, so bad input changes nothing (exit 2)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .errors import ValidationError
+        from .prune import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command("prune")
+@click.option("--older-than", "older_than", type=_Duration(), default="30d", show_default=True,
+              help="Age of what is removed: a whole number and a unit s, m, h, d or w (30d, 12h).")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
+              help="Keys examined per write transaction (agents' writes run between batches).")
+@common
+def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
+    """Remove read messages and message-history entries older than DURATION from the database.
+
+    Never an unread message, never a poll or session.  Runs in short batches
+    while agents keep working; the files need no change in any phase (read
+    messages and the history have no file), so `federation report` still
+    agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
+    """
+    from .prune import prune
+
+    result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} (older than {result.cutoff}): " + ", ".join(
+        f"{n} {table}" for table, n in result.removed.items()) + f" in {result.seconds:.2f} s")
+
+
+@main.command("backup")
+@click.option("--to", "dest", required=True, metavar="PATH",
+              help="The backup file to write (must not exist; its folder must).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def backup_command(dest: str, as_json: bool) -> None:
+    """Copy the live SQLite database to PATH, verified with PRAGMA integrity_check.
+
+    Agents keep writing meanwhile; the copy holds everything committed before
+    it began.  Exit 0 only when the copy is verified and in place; 1 on
+    failure (on PostgreSQL: prints the pg_dump command to use); 2 when PATH
+    exists or its folder does not.
+    """
+    from .backup import backup
+    from .errors import ValidationError
+
+    try:
+        result = _guard(lambda: backup(dest))
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"backup of {result.source} written to {result.path} ({result.bytes} bytes, schema version "
+                   f"{result.schema_version}, integrity_check ok, {result.seconds:.2f} s)")
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def doctor_command(as_json: bool) -> None:
+    """Check the federation's health; read-only.
+
+    Database integrity (quick_check; PostgreSQL: connection and schema),
+    schema version, backfill, WAL size, free space where the database and the
+    root live, SQLite on a network filesystem, unreadable legacy files, files
+    and database differing.  Exit 0 healthy, 1 when a check failed (each
+    failure with the command that fixes it), 2 usage.
+    """
+    from .doctor import doctor
+
+    report = _guard(doctor)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        width = max(len(c.name) for c in report.checks)
+        for c in report.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+            if not c.ok and c.fix:
+                click.echo(f"      {''.ljust(width)}  fix: {c.fix}")
+        click.echo("healthy" if report.healthy else "NOT healthy: see the fixes above")
+    sys.exit(0 if report.healthy else 1)
+
+
 @main.command()
 @click.option("--agent", "agent", required=True, metavar="NAME",
               help="The agent this server acts as: every write is made as NAME.")
@@ -330,6 +438,144 @@ def serve(agent: str) -> None:
     from .mcp_server import serve as run_server
 
     run_server(agent)
+
+
+# ---------------------------------------------------------------------------
+# the live flag and the fleet (federation.rollout)
+
+
+def _record_sync(to: str, changes: int) -> None:
+    """Note a completed sync in control/ (the guard of a step back from phase 4 asks for one)."""
+    from .rollout import record_sync
+
+    try:
+        record_sync(config.settings().root, to, changes)
+    except OSError as exc:
+        click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
+
+
+def _moment(text: str | None) -> datetime | None:
+    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d",
+                                 param_hint="--since") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+_SINCE_HELP = "Start of the window: an ISO 8601 time or a duration back from now (30m, 12h, 7d); default 24h."
+
+
+@main.group()
+def rollout() -> None:
+    """The live flag the fleet follows, the fleet, and the counted consistency."""
+
+
+@rollout.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@common
+def rollout_status(as_json: bool, since: str | None) -> None:
+    """Show the live flag, every process of the fleet with its phase, and the counted consistency."""
+    from . import rollout as control
+
+    data = control.status(since=_moment(since))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    flag = data["flag"]
+    if data.get("flag_error"):
+        click.echo(f"flag:    UNREADABLE: {data['flag_error']} (processes keep their phase; "
+                   "`federation rollout set PHASE` rewrites it)")
+    elif flag is None:
+        click.echo("flag:    not set (unpinned processes run the default, phase 3)")
+    else:
+        click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
+                   f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
+    fleet = data["fleet"]
+    live = sum(1 for p in fleet if p["alive"])
+    click.echo(f"fleet:   {live} live, {len(fleet) - live} gone")
+    if fleet:
+        _columns([(p["host"], p["pid"], p["agent"] or "-", p["phase"],
+                   "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
+                   "live" if p["alive"] else "GONE") for p in fleet],
+                 ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))
+    for four, files in control.unsafe_mix(fleet):
+        click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
+                   f"in phase {files['phase']}")
+    window = data["window"]
+    click.echo(f"consistency from {window['since']} to {window['until']}:")
+
+    def ms(v: dict) -> str:
+        return "-" if v["p50"] is None else f"{v['p50']:.3g}/{v['p99']:.3g}"
+
+    rows = [(e, c["comparisons"], c["mismatches"], c["errors"], "-" if c["rate"] is None else f"{c['rate']:.6f}",
+             ms(c["files_ms"]), ms(c["db_ms"])) for e, c in data["consistency"].items()]
+    _columns(rows or [("(no comparisons counted)", "", "", "", "", "", "")],
+             ("entity", "comparisons", "mismatches", "errors", "rate", "files ms p50/p99", "db ms p50/p99"))
+    if data["history"]:
+        click.echo("history (latest last):")
+        for h in data["history"][-10:]:
+            click.echo(f"  {h['at']}  {h['from']} -> {h['to']}  by {h['by']}" + ("  FORCED" if h["forced"] else "")
+                       + (f"  {h['reason']}" if h["reason"] else ""))
+
+
+@rollout.command("set")
+@click.argument("phase", metavar="PHASE", type=click.Choice(["1", "2", "3", "4"]))
+@click.option("--sample", type=click.FloatRange(0.0, 1.0), help="The fleet's shadow sample (0.0-1.0).")
+@click.option("--min-rate", type=click.FloatRange(0.0, 1.0), default=0.999, show_default=True,
+              help="Lowest counted consistency rate over the window that lets the fleet step up to 3 or 4.")
+@click.option("--min-comparisons", type=click.IntRange(0), default=100, show_default=True,
+              help="Fewest counted comparisons over the window that let the fleet step up to 3 or 4.")
+@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--force", is_flag=True, help="Override the guards (needs --reason; recorded).")
+@click.option("--reason", metavar="TEXT", help="Why (recorded in the history).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def rollout_set(phase: str, sample: float | None, min_rate: float, min_comparisons: int, since: str | None,
+                force: bool, reason: str | None, as_json: bool) -> None:
+    """Set the live flag: every process not pinned by its environment follows within seconds.
+
+    PHASE: 1 files only, 2 files first, 3 database first, 4 database only.
+    Exit 0 changed (or already so); 1 refused by a guard (each named, with what
+    to run); 2 usage error.  Works while the database is unreachable for steps
+    that need no database check (`rollout set 1` from phase 2 or 3).
+    """
+    from . import rollout as control
+
+    result = control.set_phase(int(phase), sample=sample, min_rate=min_rate, min_comparisons=min_comparisons,
+                               since=_moment(since), force=force, reason=reason)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        sys.exit(0 if result.applied else 1)
+    if result.replaced_problem:
+        click.echo(f"note: the flag record was unreadable ({result.replaced_problem}); "
+                   f"taken as phase {result.from_phase} (the history's last)")
+    for g in result.guards:
+        click.echo(f"  [{'ok' if g['ok'] else 'FAILED'}] {g['name']}: {g['detail']}")
+        if not g["ok"]:
+            click.echo(f"      fix: {g['fix']}")
+    if not result.applied:
+        names = ", ".join(g["name"] for g in result.refused)
+        click.echo(f"refused: phase {result.from_phase} -> {result.to_phase} ({names}); "
+                   "`--force --reason TEXT` overrides (recorded)", err=True)
+        sys.exit(1)
+    if not result.changed:
+        click.echo(f"already so: phase {result.to_phase}, sample {result.flag.sample}")
+        return
+    forced = " (FORCED past: " + ", ".join(g["name"] for g in result.refused) + ")" if result.refused else ""
+    click.echo(f"live flag: phase {result.from_phase} -> {result.to_phase}, sample {result.flag.sample}{forced}; "
+               "unpinned processes follow within 5 s (`federation rollout status`)")
 
 
 if __name__ == "__main__":  # python -m federation.cli

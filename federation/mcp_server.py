@@ -19,7 +19,7 @@ import functools
 import inspect
 from typing import Annotated, Any, Callable, Literal
 
-import structlog
+from shim import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -29,12 +29,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import __version__, config, context, governance, messaging
 from . import _validate as v
-from .errors import (BackfillRequiredError, ConflictError, FederationError, NotFoundError, StorageError,
-                     ValidationError)
+from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
+                     StorageError, ValidationError)
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
-log = structlog.get_logger("federation.mcp")
+log = library_logger("federation.mcp")
 
 _KIB = 1024
 _CONTENT_LIMIT = f"at most {config.MAX_CONTENT_BYTES // _KIB} KiB of UTF-8"
@@ -472,6 +472,7 @@ _ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
     (NotFoundError, "not found"),
     (ConflictError, "refused"),
     (BackfillRequiredError, "database not ready"),
+    (FileStorageError, "storage failed"),  # disk full, read-only...: the operator must act, retrying won't help
     (StorageError, "storage unavailable, try again shortly"),
     (FederationError, "failed"),
 )
@@ -570,8 +571,12 @@ def serve(agent: str) -> None:
     """Serve *agent*'s tools over stdio until the client closes stdin."""
     server = build_server(agent)
     s = config.settings()
-    log.info("mcp_server_started", agent=server.agent, phase=s.effective_phase, engine=s.engine,
-             database=s.db_display, tools=len(TOOL_NAMES))
+    from . import rollout
+
+    rollout.announce_agent(server.agent)  # in the fleet from the start, not from its first call
+    in_effect = rollout.phase_in_effect()
+    log.info("mcp_server_started", agent=server.agent, phase=in_effect["phase"], phase_source=in_effect["source"],
+             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES))
     try:
         server.run("stdio")
     except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin
