@@ -96,9 +96,6 @@ def observable_state() -> dict:
         "per_agent": {a: (context.get_context(a), context.get_expertise(a), context.get_profile(a),
                           messaging.peek_inbox(a), messaging.get_history(a)) for a in AGENTS},
         "experts": {d: context.find_experts(d) for d in ("sql", "python")},
-        "open_page": governance.list_polls("open", limit=2),
-        "session_page": governance.list_sessions(limit=2),
-        "sent": {a: sent_without_receipts(a) for a in AGENTS},
     }
 
 
@@ -197,6 +194,10 @@ def make_machine(db_env):
         @rule(limit=st.integers(1, 3), after=st.none() | sessions)
         def list_sessions_page(self, limit, after):
             self.sides.run(governance.list_sessions, limit, after)
+
+        @rule(agent=agents)
+        def get_sent(self, agent):
+            self.sides.run(sent_without_receipts, agent)
 
         @rule(agent=agents, size=st.integers(1, 3))
         def history_before(self, agent, size):
