@@ -128,10 +128,9 @@ def _lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ..
             if source is not None:
                 paths.add(source)
                 if table is MESSAGES:  # nodes/{agent}/inbox/{id}.json
-                    inbox, name = os.path.split(os.path.dirname(source))[0], os.path.basename(source)
-                    owner = os.path.basename(inbox)
+                    owner = os.path.basename(os.path.dirname(os.path.dirname(source)))
                     owners.add(owner)
-                    canonical = owner if name == f"{doc[1]}.json" else None
+                    canonical = owner if os.path.basename(source) == f"{doc[1]}.json" else None
             for owner in owners:
                 if owner != canonical:  # (100,000 messages: no path built for a file already listed)
                     paths.add(str(document_file(tree, doc[0], doc[1], owner)))
@@ -146,7 +145,7 @@ def _lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ..
 
 @contextlib.contextmanager
 def _holding(tree: Tree, locks: tuple[str, ...]) -> Iterator[None]:
-    # in name order: two syncs never wait on each other crosswise (a shim write holds one lock)
+    # in name order, as the shim takes a broadcast's inbox locks: no two holders wait on each other crosswise
     with contextlib.ExitStack() as stack:
         for name in locks:
             stack.enter_context(locked(tree, name))
