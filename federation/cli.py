@@ -334,6 +334,27 @@ def serve(agent: str) -> None:
     run_server(agent)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the dashboard has no authentication, so keep it on loopback unless "
+                   "something in front of it controls access.")
+@click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
+@click.option("--refresh", "refresh_s", default=5.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between the page's updates.")
+@common
+def dashboard(host: str, port: int, refresh_s: float) -> None:
+    """Serve a read-only rollout dashboard: / (page), /api/status, /metrics (Prometheus).
+
+    It shows the live flag, the fleet, counted consistency per entity, recent
+    mismatches, row counts and the guards of the next step; it never changes
+    the flag (that is `federation rollout set`).
+    """
+    from .dashboard import serve as serve_dashboard
+
+    click.echo(f"federation dashboard on http://{host}:{port}/ (metrics: /metrics); Ctrl-C stops it", err=True)
+    serve_dashboard(host=host, port=port, refresh_s=refresh_s)
+
+
 def run() -> None:  # pragma: no cover - console entry point
     main()
 

@@ -1,0 +1,416 @@
+"""``federation dashboard``: a read-only web view of the rollout, and Prometheus metrics.
+
+One Starlette application, served by uvicorn (both come with the MCP SDK):
+
+- ``/`` — one page (``dashboard_static/index.html``) that fetches
+  ``/api/dashboard`` every few seconds and updates itself in place;
+- ``/api/status`` — exactly the ``rollout status --json`` object;
+- ``/api/dashboard?window=24h|7d`` — what the page shows: the status object
+  plus hourly series, recent mismatches, the guards of the next step, row
+  counts per table and the database's state;
+- ``/metrics`` — the Prometheus text format, produced per scrape by a
+  collector over the control plane's files (no global mutable metrics).
+
+It reads; it never changes the flag.  The flag, the fleet and the counts live
+in files under ``$FEDERATION_ROOT/control/`` (:mod:`federation.rollout`), so
+they are shown while the database is down; what needs the database (row
+counts, the guards) runs off the request path with a time budget, and a
+failure or a timeout is shown as the database's state, never as a 500.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from typing import Any, Callable, Iterator
+
+import structlog
+
+from . import config
+
+__all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
+
+log = structlog.get_logger("federation.dashboard")
+
+#: The selectable windows of the page (name -> length); hourly buckets in each.
+WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+BUCKET_SECONDS = 3600
+#: How many recent mismatches the page lists.
+MISMATCH_LIMIT = 50
+#: Longest a request waits for the database before showing it as not answering.
+DB_BUDGET_S = 3.0
+#: Row counts and guards are recomputed at most this often (the guards run the report).
+DB_REFRESH_S = 10.0
+
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+}
+
+
+class BadRequest(ValueError):
+    """A query value the dashboard does not accept (answered with 400)."""
+
+
+def window_bounds(name: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """(since, until) of the named window, ending now; the start is aligned to a bucket."""
+    if name not in WINDOWS:
+        raise BadRequest(f"window={name!r} is not accepted: use {' or '.join(WINDOWS)}")
+    until = now or datetime.now(timezone.utc)
+    since = until - WINDOWS[name]
+    # aligned buckets: the chart's hours are clock hours, the same on every refresh
+    epoch = since.timestamp()
+    since = datetime.fromtimestamp(epoch - epoch % BUCKET_SECONDS + BUCKET_SECONDS, timezone.utc)
+    return since, until
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def next_step(status: dict[str, Any]) -> tuple[int, int]:
+    """(current, target) phases of the step the page shows the guards of.
+
+    Up one phase from the live flag's (or from the default, 3); from 4 the only
+    move ``rollout set`` makes is back to 3.
+    """
+    flag = status.get("flag")
+    current = int(flag["phase"]) if flag else 3
+    return current, (current + 1 if current < 4 else 3)
+
+
+# -- the database, off the request path ----------------------------------------------------
+
+
+@dataclass
+class _Cached:
+    value: Any = None
+    error: str | None = None
+    at: float = 0.0
+    pending: Future | None = None
+
+
+class _Bounded:
+    """Run database reads in one worker thread, with a time budget and a cache.
+
+    A database that is down makes a PostgreSQL connect wait up to 30 s
+    (reconnecting): the request waits at most ``budget_s`` and then reports the
+    database as not answering, while the read finishes (or fails) in the
+    background; one read per key is in flight at a time.
+    """
+
+    def __init__(self, budget_s: float = DB_BUDGET_S, max_age_s: float = DB_REFRESH_S):
+        self.budget_s = budget_s
+        self.max_age_s = max_age_s
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard-db")
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Cached] = {}
+
+    def get(self, key: str, fn: Callable[[], Any]) -> tuple[Any, str | None]:
+        """(value, None) or (last good value or None, error text)."""
+        with self._lock:
+            entry = self._cache.setdefault(key, _Cached())
+            fresh = entry.at and time.monotonic() - entry.at < self.max_age_s
+            if fresh and entry.error is None:
+                return entry.value, None
+            if entry.pending is None:
+                entry.pending = self._pool.submit(self._fill, entry, fn)
+            pending = entry.pending
+        try:
+            pending.result(timeout=self.budget_s)
+        except FutureTimeout:
+            return None, f"the database did not answer within {self.budget_s:g} s"
+        with self._lock:
+            return (entry.value, None) if entry.error is None else (None, entry.error)
+
+    def _fill(self, entry: _Cached, fn: Callable[[], Any]) -> None:
+        try:
+            value, error = fn(), None
+        except Exception as exc:  # noqa: BLE001 - any failure is the database's state, shown on the page
+            value, error = None, f"{type(exc).__name__}: {exc}" if not str(exc).startswith(
+                type(exc).__name__) else str(exc)
+            log.warning("dashboard_database_error", error=error)
+        with self._lock:
+            entry.value, entry.error, entry.at, entry.pending = value, error, time.monotonic(), None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def table_counts() -> dict[str, int] | None:
+    """Rows per table (as ``federation status``), None when no database was created yet."""
+    s = config.settings()
+    if s.db_url:
+        from .database import get_db
+
+        if get_db(s).schema_version() == 0:
+            return None
+    elif not s.db_path.exists():
+        return None
+    from .sqlstore import get_store
+
+    return get_store(s).counts()
+
+
+# -- the data ----------------------------------------------------------------------------
+
+
+@dataclass
+class DashboardData:
+    """Everything the page and the metrics show, read from the control plane and the database.
+
+    *source* is the module with the control plane's read functions
+    (:mod:`federation.rollout`).
+    """
+
+    source: Any = None
+    mismatch_limit: int = MISMATCH_LIMIT
+    db: _Bounded = field(default_factory=_Bounded)
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            from . import rollout
+
+            self.source = rollout
+
+    def status(self, window: str = "24h") -> dict[str, Any]:
+        since, until = window_bounds(window)
+        return self.source.status(since=since, until=until)
+
+    def page(self, window: str = "24h") -> dict[str, Any]:
+        """The page's data; a part that cannot be read is null, with its error in ``problems``."""
+        since, until = window_bounds(window)
+        problems: list[dict[str, str]] = []
+
+        def part(name: str, fn: Callable[[], Any]) -> Any:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - one unreadable part must not hide the others
+                problems.append({"part": name, "error": f"{type(exc).__name__}: {exc}"})
+                log.warning("dashboard_part_failed", part=name, error=str(exc))
+                return None
+
+        status = part("status", lambda: self.source.status(since=since, until=until))
+        series = part("series", lambda: self.source.series(since=since, until=until,
+                                                           bucket_seconds=BUCKET_SECONDS))
+        mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
+        tables, db_error = self.db.get("tables", table_counts)
+        guards = None
+        if status is not None:
+            current, target = next_step(status)
+            checks, guard_error = self.db.get(f"guards-{target}", lambda: self.source.guards(target))
+            guards = {"from": current, "to": target, "checks": checks, "error": guard_error}
+        s = config.settings()
+        return {
+            "generated_at": _iso(datetime.now(timezone.utc)),
+            "window": {"name": window, "since": _iso(since), "until": _iso(until),
+                       "bucket_seconds": BUCKET_SECONDS},
+            "status": status,
+            "series": series,
+            "mismatches": mismatches,
+            "guards": guards,
+            "tables": tables,
+            "database": {"display": s.db_display, "engine": s.engine, "ok": db_error is None,
+                         "error": db_error},
+            "problems": problems,
+        }
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+
+class MetricsCollector:
+    """A prometheus_client collector: one read of the control plane per scrape.
+
+    Counters are totals over all the counts the control plane keeps (so they
+    only grow, as Prometheus expects, until ``prune`` drops old counts).
+    """
+
+    def __init__(self, data: DashboardData):
+        self.data = data
+
+    def describe(self) -> list:
+        return []  # families are only known per scrape; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        source = self.data.source
+        labels = ["entity", "phase"]
+        comparisons = CounterMetricFamily("federation_shadow_comparisons", "Shadow comparisons made", labels=labels)
+        mismatches = CounterMetricFamily("federation_shadow_mismatches", "Shadow comparisons that differed",
+                                         labels=labels)
+        errors = CounterMetricFamily("federation_shadow_errors", "Shadow reads that failed", labels=labels)
+        latency = HistogramMetricFamily("federation_shadow_latency_seconds",
+                                        "Latency of each side of a compared read", labels=[*labels, "side"])
+        for row in source.counters(since=_EPOCH):
+            values = [row["entity"], str(row["phase"])]
+            comparisons.add_metric(values, row["comparisons"])
+            mismatches.add_metric(values, row["mismatches"])
+            errors.add_metric(values, row["errors"])
+            for side in ("files", "db"):
+                hist = (row.get("latency") or {}).get(side)
+                if hist:
+                    latency.add_metric([*values, side], _cumulative(hist), sum_value=hist["sum_ms"] / 1000.0)
+        yield from (comparisons, mismatches, errors, latency)
+
+        status = source.status()
+        flag = status.get("flag")
+        yield _gauge(GaugeMetricFamily, "federation_flag_phase",
+                     "Phase of the live flag (0: no flag set, unpinned processes run phase 3)",
+                     [([], int(flag["phase"]) if flag else 0)])
+        per_phase: dict[tuple[str, str, str], int] = {}
+        for proc in status.get("fleet", []):
+            key = (str(proc["phase"]), proc["source"], "true" if proc["alive"] else "false")
+            per_phase[key] = per_phase.get(key, 0) + 1
+        yield _gauge(GaugeMetricFamily, "federation_processes", "Processes of the fleet per phase in effect",
+                     sorted(per_phase.items()), ["phase", "source", "alive"])
+
+        tables, error = self.data.db.get("tables", table_counts)
+        yield _gauge(GaugeMetricFamily, "federation_database_up", "1 when the database answered the row counts",
+                     [([], 0 if error else 1)])
+        if tables:
+            yield _gauge(GaugeMetricFamily, "federation_table_rows", "Rows per table of the database",
+                         [([t], n) for t, n in tables.items()], ["table"])
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _gauge(cls: type, name: str, doc: str, samples: list, labels: list[str] | None = None) -> Any:
+    family = cls(name, doc, labels=labels or [])
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+def _cumulative(hist: dict[str, Any]) -> list[tuple[str, float]]:
+    """The control plane's non-cumulative ms buckets as Prometheus's cumulative second buckets."""
+    buckets, running = [], 0
+    bounds = [*hist["bounds_ms"], None]
+    for bound, count in zip(bounds, hist["counts"]):
+        running += count
+        buckets.append(("+Inf" if bound is None else repr(bound / 1000.0), running))
+    return buckets
+
+
+# -- the web application -------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
+               allowed_hosts: list[str] | None = None) -> Any:
+    """The Starlette application; *allowed_hosts* limits the ``Host`` header (DNS rebinding)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    data = data or DashboardData()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(data))
+    static = {name: resources.files("federation").joinpath("dashboard_static", name).read_bytes()
+              for name in _STATIC}
+    static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
+
+    def window_of(request: Request) -> str:
+        unknown = set(request.query_params) - {"window"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}: only window= is accepted")
+        name = request.query_params.get("window", "24h")
+        window_bounds(name)  # validates
+        return name
+
+    def page(request: Request) -> Response:
+        window_of(request)
+        return Response(static["index.html"], media_type=_STATIC["index.html"],
+                        headers={"Cache-Control": "no-store"})
+
+    def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            raise HTTPException(404, f"no such file: /static/{name}")
+        return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "max-age=3600"})
+
+    def api_status(request: Request) -> Response:
+        return JSONResponse(data.status(window_of(request)))
+
+    def api_dashboard(request: Request) -> Response:
+        return JSONResponse(data.page(window_of(request)), headers={"Cache-Control": "no-store"})
+
+    def metrics(request: Request) -> Response:
+        if request.query_params:
+            raise BadRequest("/metrics takes no query parameters")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def bad_request(request: Request, exc: Exception) -> Response:
+        return _error(request, 400, str(exc))
+
+    def not_found(request: Request, exc: Exception) -> Response:
+        detail = getattr(exc, "detail", None) or f"no such page: {request.url.path}"
+        if detail == "Not Found":
+            detail = f"no such page: {request.url.path}"
+        return _error(request, getattr(exc, "status_code", 404), detail)
+
+    def crashed(request: Request, exc: Exception) -> Response:
+        # never a traceback to the browser; it goes to the log
+        log.error("dashboard_request_failed", path=request.url.path, error=str(exc), exc_info=exc)
+        return _error(request, 503, f"could not read the rollout state: {type(exc).__name__}: {exc}")
+
+    def _error(request: Request, status: int, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=status)
+        return PlainTextResponse(message + "\n", status_code=status)
+
+    middleware = []
+    if allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    app = Starlette(
+        routes=[
+            Route("/", page, methods=["GET", "HEAD"]),
+            Route("/static/{name}", asset, methods=["GET", "HEAD"]),
+            Route("/api/status", api_status, methods=["GET"]),
+            Route("/api/dashboard", api_dashboard, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        middleware=middleware,
+        exception_handlers={BadRequest: bad_request, HTTPException: not_found, Exception: crashed},
+    )
+    app.state.data = data
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0) -> None:
+    """Serve the dashboard until interrupted (binds to loopback unless told otherwise)."""
+    import uvicorn
+
+    loopback = _is_loopback(host)
+    if not loopback:
+        log.warning("dashboard_exposed", host=host, port=port,
+                    detail="the dashboard has no authentication; anyone who can reach this address can read it")
+    # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
+    allowed = ["127.0.0.1", "localhost", host] if loopback else None
+    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed)
+    log.info("dashboard_started", host=host, port=port)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", log_config=None)
