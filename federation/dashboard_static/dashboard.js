@@ -193,7 +193,7 @@
       return el("div", { class: "diff" }, ...diff.map((d, i) => {
         const line = Array.isArray(d) ? `${d[0]}: ${JSON.stringify(d[1])} ≠ ${JSON.stringify(d[2])}`
           : (d && typeof d === "object" && "field" in d)
-            ? `${d.field}: ${JSON.stringify(d.files ?? d.a)} ≠ ${JSON.stringify(d.db ?? d.b)}` : JSON.stringify(d);
+            ? `${d.field}: files ${JSON.stringify(d.files)} · db ${JSON.stringify(d.db)}` : JSON.stringify(d);
         return (i ? "\n" : "") + line;
       }));
     }
