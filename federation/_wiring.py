@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import config, core
 
 
-def mode() -> tuple[int, float]:
+def env_mode() -> tuple[int, float]:
+    """(phase, sample) from the environment alone: the behaviour before the live flag (benchmarks)."""
     s = config.settings()
     return (s.phase if s.use_db else 1), s.shadow_sample
 
@@ -22,5 +23,13 @@ def candidate(phase: int):
     return store
 
 
-def hooks() -> dict:
+def hooks(control: bool = True) -> dict:
+    """The shim's hooks; *control*: the phase from the control plane (environment pin > live flag >
+    phase 3), else from the environment only."""
+    if control:
+        from .rollout import RUNTIME
+
+        mode = RUNTIME.mode
+    else:
+        mode = env_mode
     return {"candidate": candidate, "mode": mode, "lock": core.file_lock, "spec": core.SHIM_SPEC}

@@ -285,6 +285,8 @@ def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
     from .sync import sync
 
     result = _guard(lambda: sync(to, dry_run=dry_run))
+    if not dry_run:
+        _record_sync(to, len(result.changes))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -332,6 +334,144 @@ def serve(agent: str) -> None:
     from .mcp_server import serve as run_server
 
     run_server(agent)
+
+
+# ---------------------------------------------------------------------------
+# the live flag and the fleet (federation.rollout)
+
+
+def _record_sync(to: str, changes: int) -> None:
+    """Note a completed sync in control/ (the guard of a step back from phase 4 asks for one)."""
+    from .rollout import record_sync
+
+    try:
+        record_sync(config.settings().root, to, changes)
+    except OSError as exc:
+        click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
+
+
+def _moment(text: str | None) -> "datetime | None":
+    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d",
+                                 param_hint="--since") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+_SINCE_HELP = "Start of the window: an ISO 8601 time or a duration back from now (30m, 12h, 7d); default 24h."
+
+
+@main.group()
+def rollout() -> None:
+    """The live flag the fleet follows, the fleet, and the counted consistency."""
+
+
+@rollout.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@common
+def rollout_status(as_json: bool, since: str | None) -> None:
+    """Show the live flag, every process of the fleet with its phase, and the counted consistency."""
+    from . import rollout as control
+
+    data = control.status(since=_moment(since))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    flag = data["flag"]
+    if data.get("flag_error"):
+        click.echo(f"flag:    UNREADABLE: {data['flag_error']} (processes keep their phase; "
+                   "`federation rollout set PHASE` rewrites it)")
+    elif flag is None:
+        click.echo("flag:    not set (unpinned processes run the default, phase 3)")
+    else:
+        click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
+                   f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
+    fleet = data["fleet"]
+    live = sum(1 for p in fleet if p["alive"])
+    click.echo(f"fleet:   {live} live, {len(fleet) - live} gone")
+    if fleet:
+        _columns([(p["host"], p["pid"], p["agent"] or "-", p["phase"],
+                   "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
+                   "live" if p["alive"] else "GONE") for p in fleet],
+                 ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))
+    for four, files in control.unsafe_mix(fleet):
+        click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
+                   f"in phase {files['phase']}")
+    window = data["window"]
+    click.echo(f"consistency from {window['since']} to {window['until']}:")
+
+    def ms(v: dict) -> str:
+        return "-" if v["p50"] is None else f"{v['p50']:.3g}/{v['p99']:.3g}"
+
+    rows = [(e, c["comparisons"], c["mismatches"], c["errors"], "-" if c["rate"] is None else f"{c['rate']:.6f}",
+             ms(c["files_ms"]), ms(c["db_ms"])) for e, c in data["consistency"].items()]
+    _columns(rows or [("(no comparisons counted)", "", "", "", "", "", "")],
+             ("entity", "comparisons", "mismatches", "errors", "rate", "files ms p50/p99", "db ms p50/p99"))
+    if data["history"]:
+        click.echo("history (latest last):")
+        for h in data["history"][-10:]:
+            click.echo(f"  {h['at']}  {h['from']} -> {h['to']}  by {h['by']}" + ("  FORCED" if h["forced"] else "")
+                       + (f"  {h['reason']}" if h["reason"] else ""))
+
+
+@rollout.command("set")
+@click.argument("phase", metavar="PHASE", type=click.Choice(["1", "2", "3", "4"]))
+@click.option("--sample", type=click.FloatRange(0.0, 1.0), help="The fleet's shadow sample (0.0-1.0).")
+@click.option("--min-rate", type=click.FloatRange(0.0, 1.0), default=0.999, show_default=True,
+              help="Lowest counted consistency rate over the window that lets the fleet step up to 3 or 4.")
+@click.option("--min-comparisons", type=click.IntRange(0), default=100, show_default=True,
+              help="Fewest counted comparisons over the window that let the fleet step up to 3 or 4.")
+@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--force", is_flag=True, help="Override the guards (needs --reason; recorded).")
+@click.option("--reason", metavar="TEXT", help="Why (recorded in the history).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def rollout_set(phase: str, sample: float | None, min_rate: float, min_comparisons: int, since: str | None,
+                force: bool, reason: str | None, as_json: bool) -> None:
+    """Set the live flag: every process not pinned by its environment follows within seconds.
+
+    PHASE: 1 files only, 2 files first, 3 database first, 4 database only.
+    Exit 0 changed (or already so); 1 refused by a guard (each named, with what
+    to run); 2 usage error.  Works while the database is unreachable for steps
+    that need no database check (`rollout set 1` from phase 2 or 3).
+    """
+    from . import rollout as control
+
+    result = control.set_phase(int(phase), sample=sample, min_rate=min_rate, min_comparisons=min_comparisons,
+                               since=_moment(since), force=force, reason=reason)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        sys.exit(0 if result.applied else 1)
+    if result.replaced_problem:
+        click.echo(f"note: the flag record was unreadable ({result.replaced_problem}); "
+                   f"taken as phase {result.from_phase} (the history's last)")
+    for g in result.guards:
+        click.echo(f"  [{'ok' if g['ok'] else 'FAILED'}] {g['name']}: {g['detail']}")
+        if not g["ok"]:
+            click.echo(f"      fix: {g['fix']}")
+    if not result.applied:
+        names = ", ".join(g["name"] for g in result.refused)
+        click.echo(f"refused: phase {result.from_phase} -> {result.to_phase} ({names}); "
+                   "`--force --reason TEXT` overrides (recorded)", err=True)
+        sys.exit(1)
+    if not result.changed:
+        click.echo(f"already so: phase {result.to_phase}, sample {result.flag.sample}")
+        return
+    forced = " (FORCED past: " + ", ".join(g["name"] for g in result.refused) + ")" if result.refused else ""
+    click.echo(f"live flag: phase {result.from_phase} -> {result.to_phase}, sample {result.flag.sample}{forced}; "
+               "unpinned processes follow within 5 s (`federation rollout status`)")
 
 
 @main.command()

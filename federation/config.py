@@ -36,6 +36,10 @@ class Settings:
     use_db: bool
     phase: int
     shadow_sample: float
+    #: FEDERATION_USE_DB / FEDERATION_PHASE set: this process is pinned, the live flag does not move it
+    phase_pinned: bool = False
+    #: FEDERATION_SHADOW_SAMPLE set: the live flag's sample does not apply
+    sample_pinned: bool = False
 
     @property
     def engine(self) -> str:
@@ -92,7 +96,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         raise ConfigError(
             f"FEDERATION_SHADOW_SAMPLE={raw_sample!r} is not accepted: use a number from 0.0 to 1.0"
         )
-    return Settings(root=root, db_path=db_path, db_url=db_url, use_db=use_db, phase=phase, shadow_sample=sample)
+    return Settings(root=root, db_path=db_path, db_url=db_url, use_db=use_db, phase=phase, shadow_sample=sample,
+                    phase_pinned="FEDERATION_USE_DB" in env or "FEDERATION_PHASE" in env,
+                    sample_pinned="FEDERATION_SHADOW_SAMPLE" in env)
 
 
 _lock = threading.Lock()
@@ -153,3 +159,50 @@ def reset() -> None:
     """Forget cached settings (tests)."""
     global _cached
     _cached = None
+
+
+# ---------------------------------------------------------------------------
+# the control plane's timings (federation.rollout); tests shorten them
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlTimings:
+    #: seconds between two announcements of a process in ``control/fleet/``
+    fleet_refresh: float = 5.0
+    #: a process not seen for this many seconds is shown as gone
+    fleet_timeout: float = 30.0
+    #: seconds between two flushes of a process's counts (and at exit)
+    counts_flush: float = 10.0
+    #: the live flag is re-read at most this often, in seconds
+    flag_check: float = 1.0
+
+
+_TIMING_VARS = {
+    "FEDERATION_FLEET_REFRESH": "fleet_refresh",
+    "FEDERATION_FLEET_TIMEOUT": "fleet_timeout",
+    "FEDERATION_COUNTS_FLUSH": "counts_flush",
+    "FEDERATION_FLAG_CHECK": "flag_check",
+}
+
+
+def control_timings(env: Mapping[str, str] | None = None) -> ControlTimings:
+    """The control plane's intervals from the environment (each a positive number of seconds).
+
+    Unlike :func:`settings`, a bad value here is not fatal to a running
+    process: it raises :class:`ConfigError`, which the control plane logs
+    before falling back to the defaults.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, float] = {}
+    for var, field in _TIMING_VARS.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not (0.0 < value < 86400.0):
+            raise ConfigError(f"{var}={raw!r} is not accepted: use a number of seconds above 0")
+        values[field] = value
+    return ControlTimings(**values)

@@ -480,8 +480,12 @@ def serve(agent: str) -> None:
     """Serve *agent*'s tools over stdio until the client closes stdin."""
     server = build_server(agent)
     s = config.settings()
-    log.info("mcp_server_started", agent=server.agent, phase=s.effective_phase, engine=s.engine,
-             database=s.db_display, tools=len(TOOL_NAMES))
+    from . import rollout
+
+    rollout.announce_agent(server.agent)  # in the fleet from the start, not from its first call
+    in_effect = rollout.phase_in_effect()
+    log.info("mcp_server_started", agent=server.agent, phase=in_effect["phase"], phase_source=in_effect["source"],
+             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES))
     try:
         server.run("stdio")
     except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin

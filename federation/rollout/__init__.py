@@ -1,0 +1,47 @@
+"""The rollout control plane: the live flag, the fleet, counted consistency, guarded steps.
+
+``federation rollout set PHASE`` writes the live flag under
+``$FEDERATION_ROOT/control/``; every process that is not pinned by
+``FEDERATION_USE_DB`` / ``FEDERATION_PHASE`` in its environment follows it
+within seconds.  Each process announces itself (the fleet) and counts the
+shim's comparisons; :func:`status` merges what the fleet wrote.  Everything
+here reads files only, so it works while the database is down.
+"""
+
+from __future__ import annotations
+
+from ._counts import BUCKET_SECONDS, LATENCY_BOUNDS_MS, MISMATCH_CAP
+from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, read_flag, record_sync
+from ._fleet import unsafe_mix
+from ._guards import DEFAULT_MIN_COMPARISONS, DEFAULT_MIN_RATE, SetResult, current_phase, guards, set_phase
+from ._runtime import RUNTIME
+from ._status import consistency, counters, fleet, history, recent_mismatches, series, status, totals
+
+__all__ = [
+    "status", "series", "counters", "recent_mismatches", "guards", "unsafe_mix", "fleet", "history",
+    "consistency", "totals", "set_phase", "SetResult", "current_phase", "read_flag", "record_sync", "Flag",
+    "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "flush",
+    "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
+    "MISMATCH_CAP",
+]
+
+
+def mode() -> tuple[int, float]:
+    """(phase, shadow sample) of this process now: environment pin > live flag > phase 3."""
+    return RUNTIME.mode()
+
+
+def phase_in_effect() -> dict:
+    """This process's phase, sample and where the phase comes from (``env``, ``flag`` or ``default``)."""
+    phase, sample = RUNTIME.mode()
+    return {"phase": phase, "sample": sample, "source": RUNTIME.source, "flag_error": RUNTIME.flag_problem()}
+
+
+def announce_agent(agent: str) -> None:
+    """Say which agent this process serves (the MCP server calls it) and announce the process now."""
+    RUNTIME.announce_agent(agent)
+
+
+def flush() -> None:
+    """Write this process's counts and recent mismatches now (they are also written every few seconds)."""
+    RUNTIME.flush()

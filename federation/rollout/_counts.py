@@ -1,0 +1,266 @@
+"""Counted consistency: every shadow comparison, per hour, entity and phase.
+
+A process accumulates its counts in memory (:class:`Tally`, a few
+microseconds per call) and its background thread rewrites them to
+``control/counts/<host>-<pid>-<start>.json`` at most every few seconds and at
+exit; readers merge the files of the whole fleet over a window.  Latencies
+are fixed-bound histograms, so processes merge by adding counts and p50/p99
+come from the merged histogram.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import structlog
+
+from . import _io
+
+log = structlog.get_logger("federation.rollout")
+
+#: counts are kept per bucket of this many seconds (an hour)
+BUCKET_SECONDS = 3600
+#: upper bounds of the latency histogram buckets, in milliseconds; a last bucket holds the rest (+Inf)
+LATENCY_BOUNDS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+                     2500.0, 10000.0)
+_BOUNDS_S = tuple(b / 1000.0 for b in LATENCY_BOUNDS_MS)
+SIDES = ("files", "db")
+#: the fleet keeps this many recent mismatches (each process at most this many)
+MISMATCH_CAP = 1000
+#: a process's counts older than this are dropped from memory and from its file
+KEEP_SECONDS = 35 * 86400
+#: the longest text kept of one value in a sampled mismatch's diff
+_DIFF_TEXT = 500
+
+
+class Cell:
+    """The counts of one (bucket, entity, phase)."""
+
+    __slots__ = ("comparisons", "mismatches", "errors", "hist", "sums")
+
+    def __init__(self) -> None:
+        self.comparisons = self.mismatches = self.errors = 0
+        n = len(LATENCY_BOUNDS_MS) + 1
+        self.hist = {"files": [0] * n, "db": [0] * n}
+        self.sums = {"files": 0.0, "db": 0.0}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"comparisons": self.comparisons, "mismatches": self.mismatches, "errors": self.errors,
+                "latency": {side: {"counts": list(self.hist[side]), "sum_ms": round(self.sums[side] * 1000, 6)}
+                            for side in SIDES}}
+
+
+class Tally:
+    """One process's counts since it started, and its mismatches not yet written."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cells: dict[tuple[int, str, int], Cell] = {}
+        self.pending: list[dict] = []
+        self.dirty = False
+
+    def observe(self, entity: str, phase: int, *, compared: bool, mismatched: bool = False, error: bool = False,
+                files_s: float | None = None, db_s: float | None = None) -> None:
+        """Count one call of the shim: a comparison (mismatched or not), a shadow error, each side's time."""
+        bucket = int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS
+        key = (bucket, entity, phase)
+        with self._lock:
+            cell = self.cells.get(key)
+            if cell is None:
+                cell = self.cells[key] = Cell()
+            if compared:
+                cell.comparisons += 1
+                if mismatched:
+                    cell.mismatches += 1
+            if error:
+                cell.errors += 1
+            if files_s is not None:
+                cell.hist["files"][bisect.bisect_left(_BOUNDS_S, files_s)] += 1
+                cell.sums["files"] += files_s
+            if db_s is not None:
+                cell.hist["db"][bisect.bisect_left(_BOUNDS_S, db_s)] += 1
+                cell.sums["db"] += db_s
+            self.dirty = True
+
+    def mismatch(self, *, entity: str, key: Any, phase: int, op: str, authority: str, diff: list) -> None:
+        """Keep one differing record for the sample of recent mismatches."""
+        record = {"at": _io.iso(_io.utcnow()), "host": _io.HOST, "pid": os.getpid(), "entity": entity,
+                  "key": None if key is None else str(key), "phase": phase, "op": op, "authority": authority,
+                  "diff": _trim(diff)}
+        with self._lock:
+            self.pending.append(record)
+            if len(self.pending) > MISMATCH_CAP:
+                del self.pending[: len(self.pending) - MISMATCH_CAP]
+            self.dirty = True
+
+    def take(self) -> tuple[list[tuple[tuple[int, str, int], dict]], list[dict]]:
+        """(every cell as JSON, the pending mismatches) for a flush; clears the pending list."""
+        horizon = int(time.time()) - KEEP_SECONDS
+        with self._lock:
+            for key in [k for k in self.cells if k[0] < horizon]:
+                del self.cells[key]
+            cells = [(k, c.to_json()) for k, c in self.cells.items()]
+            pending, self.pending = self.pending, []
+            self.dirty = False
+        return cells, pending
+
+    def give_back(self, pending: list[dict]) -> None:
+        """A flush failed: keep its mismatches for the next one."""
+        with self._lock:
+            self.pending[:0] = pending[-MISMATCH_CAP:]
+            self.dirty = True
+
+    def reset(self) -> None:
+        with self._lock:
+            self.cells.clear()
+            self.pending.clear()
+            self.dirty = False
+
+
+def _trim(value: Any) -> Any:
+    """A diff small enough to keep a thousand of (long texts are cut)."""
+    if isinstance(value, str):
+        return value if len(value) <= _DIFF_TEXT else value[:_DIFF_TEXT] + f"... ({len(value)} chars)"
+    if isinstance(value, dict):
+        return {str(k): _trim(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_trim(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _trim(str(value))
+
+
+# ---------------------------------------------------------------------------
+# the files
+
+
+def counts_file(root: Path, pid: int, started: float) -> Path:
+    return _io.control_dir(root) / _io.COUNTS_DIR / f"{_io.HOST}-{pid}-{int(started * 1000)}.json"
+
+
+def mismatch_file(root: Path, pid: int) -> Path:
+    return _io.control_dir(root) / _io.MISMATCH_DIR / f"{_io.HOST}-{pid}.jsonl"
+
+
+def write_counts(path: Path, pid: int, started_at: str, cells: list[tuple[tuple[int, str, int], dict]]) -> None:
+    doc = {"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": BUCKET_SECONDS,
+           "bounds_ms": list(LATENCY_BOUNDS_MS),
+           "cells": [{"start": bucket, "entity": entity, "phase": phase, **data}
+                     for (bucket, entity, phase), data in sorted(cells)]}
+    _io.write_atomic(path, _io.dumps(doc))
+
+
+def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int:
+    """Append *records*; past twice the cap, rewrite the file with its last MISMATCH_CAP lines.
+
+    Returns the number of lines the file now has.
+    """
+    if not records:
+        return lines_before
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as fh:
+        fh.write(b"".join(_io.dumps(r) + b"\n" for r in records))
+    lines = lines_before + len(records)
+    if lines > 2 * MISMATCH_CAP:
+        kept = _io.read_lines(path)[-MISMATCH_CAP:]
+        _io.write_atomic(path, b"".join(_io.dumps(r) + b"\n" for r in kept))
+        lines = len(kept)
+    return lines
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.astimezone(timezone.utc).timestamp()
+
+
+def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
+    """Every counted cell of the fleet whose hour overlaps [since, until)."""
+    lo, hi = _epoch(since), _epoch(until)
+    directory = _io.control_dir(root) / _io.COUNTS_DIR
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            doc = json.loads((directory / name).read_bytes())
+        except (OSError, ValueError):
+            continue  # a file removed meanwhile, or foreign: never fail a reader
+        if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
+            continue
+        width = doc.get("bucket_seconds", BUCKET_SECONDS)
+        for cell in doc.get("cells", ()):
+            try:
+                start = float(cell["start"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if start + width > lo and start < hi:
+                yield cell
+
+
+def empty_latency() -> dict[str, Any]:
+    return {"bounds_ms": list(LATENCY_BOUNDS_MS), "counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+
+
+def add_latency(into: dict[str, Any], cell_side: dict[str, Any]) -> None:
+    counts = cell_side.get("counts") or ()
+    if len(counts) != len(into["counts"]):
+        return
+    into["counts"] = [a + int(b) for a, b in zip(into["counts"], counts)]
+    into["sum_ms"] += float(cell_side.get("sum_ms") or 0.0)
+
+
+def quantile(hist: dict[str, Any], q: float) -> float | None:
+    """The *q* quantile (0-1) of a histogram in ms, interpolated inside its bucket; None when empty."""
+    counts = hist["counts"]
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    bounds = hist["bounds_ms"]
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(bounds):  # the +Inf bucket: its lower bound is all we know
+                return float(bounds[-1])
+            lower = 0.0 if i == 0 else float(bounds[i - 1])
+            return round(lower + (float(bounds[i]) - lower) * max(rank - seen, 0.0) / n, 4)
+        seen += n
+    return float(bounds[-1])
+
+
+def read_mismatches(root: Path) -> list[dict]:
+    directory = _io.control_dir(root) / _io.MISMATCH_DIR
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    out: list[dict] = []
+    for name in names:
+        if name.endswith(".jsonl") and not name.startswith("."):
+            out += _io.read_lines(directory / name)
+    return out
+
+
+def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = ()) -> None:
+    """Remove files of *directory* not modified for *older_than* seconds (dead processes' leftovers)."""
+    keep = {Path(p).name for p in keep}
+    horizon = time.time() - older_than
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            if entry.name not in keep and entry.is_file() and entry.stat().st_mtime < horizon:
+                os.unlink(entry.path)
+        except OSError:
+            continue

@@ -1,0 +1,289 @@
+"""Guarded steps: what ``federation rollout set`` checks before it moves the fleet.
+
+Each guard is ``{"name", "ok", "detail", "fix"}``.  Only the guards that apply
+to the step are returned:
+
+| guard | applies when | refuses when |
+|---|---|---|
+| ``backfilled`` | going to 3 or 4 | the database was never backfilled while legacy files exist |
+| ``report_consistent`` | going up to 3 or 4 | ``federation report`` finds differences (in two runs in a row) |
+| ``consistency_rate`` | going up to 3 or 4 | the window's counted rate is below ``min_rate`` |
+| ``enough_comparisons`` | going up to 3 or 4 | the window has fewer than ``min_comparisons`` comparisons |
+| ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
+| ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
+
+A difference seen by one report but not by the next is a write in flight
+between the report's two reads, not a lag: only differences both runs see
+refuse a step, so the guards work while the fleet keeps writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from .. import config
+from ..errors import ConfigError
+from . import _fleet, _flag, _io, _status
+
+log = structlog.get_logger("federation.rollout")
+
+DEFAULT_MIN_RATE = 0.999
+DEFAULT_MIN_COMPARISONS = 100
+
+
+def current_phase(root: Path) -> tuple[int, _flag.Flag | None, str | None]:
+    """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None)."""
+    try:
+        flag = _flag.read_flag(root)
+    except _flag.FlagError as exc:
+        recorded = _flag.last_recorded_phase(root)
+        return (recorded if recorded is not None else _flag.DEFAULT_PHASE), None, str(exc)
+    return (flag.phase if flag else _flag.DEFAULT_PHASE), flag, None
+
+
+def _guard(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:
+    return {"name": name, "ok": bool(ok), "detail": detail, "fix": "" if ok else fix}
+
+
+def _checked(name: str, fix: str, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a guard that needs the database; failing to check refuses (naming why)."""
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 - an unreachable database is an answer, not a crash
+        return _guard(name, False, f"could not be checked: {type(exc).__name__}: {exc}",
+                      f"bring the database back and retry, or {fix}")
+
+
+# ---------------------------------------------------------------------------
+# the database guards
+
+
+def _backfilled() -> dict[str, Any]:
+    from .._files import Tree
+    from ..report import database_exists
+
+    s = config.settings()
+    legacy = Tree(s.root).has_legacy_data()
+    if not database_exists(s):
+        if legacy:
+            return _guard("backfilled", False, f"the database {s.db_display} does not exist yet and legacy files "
+                          "do", "run `federation migrate`")
+        return _guard("backfilled", True, "a new federation: no legacy files to backfill")
+    from ..sqlstore import get_store
+
+    at = get_store(s).meta("backfilled_at")
+    if at is None and legacy:
+        return _guard("backfilled", False, f"the database {s.db_display} was never backfilled from the legacy files",
+                      "run `federation migrate`")
+    return _guard("backfilled", True, f"backfilled at {at}" if at else "no legacy files to backfill")
+
+
+def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
+    """Keys that differ in two reports in a row: ({table: [kind key, ...]}, total).
+
+    lag_only: count only what the files lack or hold differently (not rows the database lacks).
+    """
+    from .._tables import key_text
+    from ..report import build_report
+
+    def diffs() -> dict[str, set[tuple[str, tuple]]]:
+        report = build_report()
+        out: dict[str, set[tuple[str, tuple]]] = {}
+        for name, t in report.entities.items():
+            kinds = [("missing in files", t.missing_in_files), ("different", t.different)]
+            if not lag_only:
+                kinds.append(("missing in db", t.missing_in_db))
+            keys = {(kind, k) for kind, found in kinds for k in found}
+            if keys:
+                out[name] = keys
+        return out
+
+    first = diffs()
+    if first:
+        second = diffs()
+        first = {n: first[n] & second.get(n, set()) for n in first}
+        first = {n: keys for n, keys in first.items() if keys}
+    listed = {n: [f"{kind}: {key_text(k)}" for kind, k in sorted(keys)] for n, keys in sorted(first.items())}
+    return listed, sum(len(v) for v in listed.values())
+
+
+def _summary(listed: dict[str, list[str]], limit: int = 3) -> str:
+    parts = []
+    for name, keys in listed.items():
+        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+        parts.append(f"{name}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def _report_consistent(from_phase: int) -> dict[str, Any]:
+    fix_side = "db" if from_phase <= 2 else "files"
+    listed, total = _differences(lag_only=False)
+    if total:
+        return _guard("report_consistent", False, f"`federation report` finds {total} difference(s): "
+                      f"{_summary(listed)}", f"run `federation sync --to {fix_side}` (the phase-{from_phase} "
+                      "authority), check `federation report` exits 0, and retry")
+    return _guard("report_consistent", True, "`federation report`: files and database agree")
+
+
+def _phase_four_began(root: Path, flag: _flag.Flag | None) -> datetime | None:
+    for entry in reversed(_flag.history(root)):
+        if entry.get("to") == 4:
+            return _io.parse_iso(entry.get("at"))
+    return _io.parse_iso(flag.set_at) if flag is not None and flag.phase == 4 else None
+
+
+def _files_current(root: Path, target: int, flag: _flag.Flag | None) -> dict[str, Any]:
+    if target == 3:
+        # Phase 3 keeps the database authoritative, so what phase 4 wrote stays in view: a sync
+        # to the files since phase 4 began is enough (under live phase-4 writes a report never
+        # agrees). What was written between that sync and this step is caught up by the next
+        # `sync --to files`, in phase 3, before stepping to 2 (the runbook's step).
+        began = _phase_four_began(root, flag)
+        for entry in reversed(_flag.syncs(root)):
+            at = _io.parse_iso(entry.get("at"))
+            if entry.get("to") == "files" and at is not None and (began is None or at > began):
+                return _guard("files_current", True, f"`federation sync --to files` completed at {entry['at']}, "
+                              "after the fleet entered phase 4")
+    listed, total = _differences(lag_only=True)
+    if total:
+        then = "" if target == 3 else ", then step back to 3 first (files written again) and sync once more"
+        return _guard("files_current", False, f"the files lag the database (phase 4 no longer wrote them): "
+                      f"{total} record(s), {_summary(listed)}", f"run `federation sync --to files`{then}, and retry")
+    return _guard("files_current", True, "the files hold everything the database has")
+
+
+# ---------------------------------------------------------------------------
+# the guards of one step
+
+
+def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_RATE,
+                min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None,
+                flag: _flag.Flag | None = None) -> list[dict[str, Any]]:
+    """The guards of the step *from_phase* -> *target*, each evaluated."""
+    target = _flag.check_phase(target)
+    root = config.settings().root
+    out: list[dict[str, Any]] = []
+    if target == from_phase:
+        return out
+    if target in (3, 4):
+        out.append(_checked("backfilled", "run `federation migrate` first", _backfilled))
+    if target in (3, 4) and target > from_phase:
+        out.append(_checked("report_consistent", "force the step", lambda: _report_consistent(from_phase)))
+        since, until = _status.window(since, None)
+        t = _status.totals(since, until)
+        measured = f"{t['comparisons']} comparison(s), {t['mismatches']} mismatch(es) since {_io.iso(since)}"
+        low = t["rate"] is not None and t["rate"] < min_rate
+        out.append(_guard("consistency_rate", not low,
+                          f"rate {t['rate']:.6f} < {min_rate} ({measured})" if low else
+                          f"rate {'-' if t['rate'] is None else format(t['rate'], '.6f')} >= {min_rate} ({measured})",
+                          "see the mismatches in `federation rollout status`, repair them (`federation sync`), then "
+                          "measure again from after the repair (`--since`)"))
+        few = t["comparisons"] < min_comparisons
+        out.append(_guard("enough_comparisons", not few,
+                          f"{measured}; {min_comparisons} needed",
+                          f"let the fleet serve reads in phase {from_phase} (shadow reads: `--sample`) until "
+                          f"{min_comparisons} comparisons are counted (`federation rollout status`)"))
+    fleet = _status.fleet()
+    if target == 4 or target in (1, 2):
+        if target == 4:
+            bad = [p for p in fleet if p["alive"] and p.get("phase") in (1, 2)]
+            what = "phase 1 or 2 (they read the files phase 4 stops writing)"
+        else:
+            bad = [p for p in fleet if p["alive"] and p.get("phase") == 4]
+            what = "phase 4 (it does not write the files phase 1 or 2 reads)"
+        names = ", ".join(_fleet.describe(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        out.append(_guard("fleet_mix", not bad,
+                          f"{len(bad)} live process(es) in {what}: {names}" if bad else
+                          f"no live process in {what.split(' (')[0]}",
+                          "move them first (a pinned process: change FEDERATION_PHASE / FEDERATION_USE_DB in its "
+                          "environment and restart it; one following the flag: step through phase 3) and wait "
+                          "until `federation rollout status` shows it"))
+    if from_phase == 4 and target < 4:
+        out.append(_checked("files_current", "run `federation sync --to files`",
+                            lambda: _files_current(root, target, flag)))
+    return out
+
+
+def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,
+           since: datetime | None = None) -> list[dict[str, Any]]:
+    """The guards ``rollout set TARGET`` would check now, each ``{"name", "ok", "detail", "fix"}`` (read-only)."""
+    from_phase, flag, _ = current_phase(config.settings().root)
+    return step_guards(from_phase, target_phase, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
+                       flag=flag)
+
+
+@dataclasses.dataclass
+class SetResult:
+    """What ``rollout set`` did."""
+
+    from_phase: int
+    to_phase: int
+    changed: bool
+    guards: list[dict[str, Any]]
+    forced: bool
+    flag: _flag.Flag | None
+    replaced_problem: str | None = None
+
+    @property
+    def refused(self) -> list[dict[str, Any]]:
+        return [g for g in self.guards if not g["ok"]]
+
+    @property
+    def applied(self) -> bool:
+        return not self.refused or self.forced
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.from_phase, "to": self.to_phase, "changed": self.changed, "applied": self.applied,
+                "forced": self.forced, "guards": self.guards,
+                "flag": self.flag.to_json() if self.flag else None,
+                **({"replaced_unreadable_flag": self.replaced_problem} if self.replaced_problem else {})}
+
+
+def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEFAULT_MIN_RATE,
+              min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None, force: bool = False,
+              reason: str | None = None, by: str | None = None) -> SetResult:
+    """Set the live flag to *target* when the guards allow it (or *force*), recording the change.
+
+    Raises :class:`ConfigError` for a bad phase, sample or a force without a reason.
+    """
+    target = _flag.check_phase(target)
+    if sample is not None:
+        sample = _flag.check_sample(sample)
+    if not (0.0 <= min_rate <= 1.0):
+        raise ConfigError(f"min_rate {min_rate!r} is not accepted: use a number from 0.0 to 1.0")
+    if force and not (reason and reason.strip()):
+        raise ConfigError("--force needs --reason: say why the guards are overridden (it is recorded)")
+    root = config.settings().root
+    with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
+        from_phase, flag, problem = current_phase(root)
+        new_sample = sample if sample is not None else (flag.sample if flag else _flag.DEFAULT_SAMPLE)
+        if flag is not None and flag.phase == target and flag.sample == new_sample:
+            return SetResult(from_phase, target, False, [], force, flag)
+        checks = step_guards(from_phase, target, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
+                             flag=flag)
+        result = SetResult(from_phase, target, False, checks, force, flag, problem)
+        if not result.applied:
+            log.warning("rollout_set_refused", phase=target, previous=from_phase,
+                        guards=[g["name"] for g in result.refused])
+            return result
+        at = _io.iso(_io.utcnow())
+        by = by or _io.who()
+        new = _flag.Flag(phase=target, sample=new_sample, set_at=at, set_by=by,
+                         reason=reason.strip() if reason else None, forced=bool(force))
+        _flag.write_flag(root, new)
+        entry = {"at": at, "from": from_phase, "to": target, "by": by, "reason": new.reason, "forced": new.forced,
+                 "sample": new_sample}
+        if result.refused:
+            entry["overridden"] = [g["name"] for g in result.refused]
+        if problem:
+            entry["replaced_unreadable_flag"] = problem
+        _flag.append_history(root, entry)
+        log.info("rollout_set", phase=target, previous=from_phase, sample=new_sample, by=by, forced=new.forced,
+                 overridden=entry.get("overridden"))
+        result.changed, result.flag = True, new
+        return result

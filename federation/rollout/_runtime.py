@@ -1,0 +1,329 @@
+"""One process's side of the control plane: the phase in effect, its announcement, its counts.
+
+:data:`RUNTIME` is what the shim asks for the phase of each call
+(:meth:`Runtime.mode`).  The answer is cached: the environment pin is part of
+the cached settings, and the live flag is looked at (one ``stat``, and a read
+only when the file changed) at most once a second, so a call costs a few
+attribute look-ups.  The shim asks once per call, so a call in flight
+finishes in the phase it started in.
+
+The first call starts a daemon thread that announces the process in
+``control/fleet/`` every few seconds, writes its counts, warns of an unsafe
+mix of phases in the fleet, and at exit writes the counts a last time and
+withdraws the announcement.  Nothing here ever raises into a caller: an
+unreadable flag keeps the phase the process had (an error event says why),
+and a read-only or full disk costs the fleet its view of this process
+(a warning), not the call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import importlib.metadata
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .. import config
+from ..errors import ConfigError
+from . import _counts, _fleet, _flag, _io
+
+log = structlog.get_logger("federation.rollout")
+
+SOURCES = ("env", "flag", "default")
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._settings: config.Settings | None = None
+        self._pinned_all = False
+        self._next_check = 0.0
+        self._mode: tuple[int, float] = (_flag.DEFAULT_PHASE, _flag.DEFAULT_SAMPLE)
+        self.source = "default"
+        self._resolved = False
+        # what was last seen of the flag file: (root, (mtime_ns, inode, size)) and its value
+        self._flag_seen: tuple[Path, tuple[int, int, int]] | None = None
+        self._flag: _flag.Flag | None = None
+        self._flag_problem: str | None = None
+        self.timings = config.ControlTimings()
+        self.tally = _counts.Tally()
+        self.agent: str | None = None
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._begin()
+
+    def _begin(self) -> None:
+        self.pid = os.getpid()
+        self.started = time.time()
+        self.started_at = _io.iso(_io.utcnow())
+        self._announced_root: Path | None = None
+        self._counts_root: Path | None = None
+        self._mismatch_lines = 0
+        self._reported_pairs: set[tuple] = set()
+        self._last_announce = self._last_flush = 0.0
+
+    # -- the phase of a call -------------------------------------------------------
+    def mode(self) -> tuple[int, float]:
+        """(phase, shadow sample) for the call about to run: what the shim asks once per call."""
+        s = config.settings()
+        if s is self._settings and (self._pinned_all or time.monotonic() < self._next_check):
+            return self._mode
+        return self._resolve(s)
+
+    def _resolve(self, s: config.Settings) -> tuple[int, float]:
+        with self._lock:
+            if s is not self._settings:
+                if self._settings is None or s.root != self._settings.root:
+                    self._flag_seen = None  # another federation: nothing known of its flag
+                    self._flag = None
+                    self._flag_problem = None
+                self._settings = s
+                self._pinned_all = s.phase_pinned and s.sample_pinned
+                self._load_timings()
+            old, old_source = self._mode, self.source
+            flag = self._flag if self._pinned_all else self._current_flag(s.root)
+            if s.phase_pinned:
+                phase, source = s.effective_phase, "env"
+            elif flag is not None:
+                phase, source = flag.phase, "flag"
+            elif self._flag_problem is not None and self._resolved:
+                phase, source = old[0], self.source  # unreadable: keep the phase this process had
+            elif self._flag_problem is not None:
+                phase, source = self._fallback_phase(s.root)
+            else:
+                phase, source = _flag.DEFAULT_PHASE, "default"
+            if s.sample_pinned:
+                sample = s.shadow_sample
+            elif flag is not None:
+                sample = flag.sample
+            elif self._flag_problem is not None and self._resolved:
+                sample = old[1]
+            else:
+                sample = _flag.DEFAULT_SAMPLE
+            self._mode, self.source = (phase, sample), source
+            self._next_check = time.monotonic() + self.timings.flag_check
+            if self._resolved and (old[0] != phase or old_source != source):
+                log.info("rollout_phase_changed", pid=self.pid, agent=self.agent, phase=phase, previous=old[0],
+                         source=source)
+                self._wake.set()  # announce the new phase now, not at the next refresh
+            self._resolved = True
+            self._ensure_thread()
+            return self._mode
+
+    def _load_timings(self) -> None:
+        try:
+            self.timings = config.control_timings()
+        except ConfigError as exc:
+            log.error("rollout_config_invalid", error=str(exc), using="defaults")
+            self.timings = config.ControlTimings()
+
+    def _current_flag(self, root: Path) -> _flag.Flag | None:
+        """The flag, re-read only when its file changed; on a problem, the last good value (or None)."""
+        path = _flag.flag_path(root)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self._flag is not None:
+                self._problem(f"the live flag {path} disappeared", path)
+                return self._flag
+            self._flag_seen = None
+            self._clear_problem(path)
+            return None
+        except OSError as exc:
+            self._problem(f"the live flag {path} cannot be read ({exc.strerror or exc})", path)
+            return self._flag
+        signature = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if self._flag_seen == (root, signature):
+            return self._flag
+        try:
+            flag = _flag.read_flag(root)
+        except _flag.FlagError as exc:
+            self._flag_seen = (root, signature)  # do not re-read (and re-log) until it changes
+            self._problem(str(exc), path)
+            return self._flag
+        self._flag_seen = (root, signature)
+        self._flag = flag
+        self._clear_problem(path)
+        return flag
+
+    def _fallback_phase(self, root: Path) -> tuple[int, str]:
+        """A process starting while the flag is unreadable: the last phase the history recorded."""
+        with contextlib.suppress(OSError):
+            phase = _flag.last_recorded_phase(root)
+            if phase is not None:
+                log.error("rollout_flag_fallback", phase=phase, source="history")
+                return phase, "flag"
+        return _flag.DEFAULT_PHASE, "default"
+
+    def _problem(self, message: str, path: Path) -> None:
+        if message != self._flag_problem:
+            log.error("rollout_flag_unreadable", path=str(path), error=message, keeping_phase=self._mode[0]
+                      if self._resolved else None, pid=self.pid)
+        self._flag_problem = message
+
+    def _clear_problem(self, path: Path) -> None:
+        if self._flag_problem is not None:
+            log.info("rollout_flag_readable", path=str(path))
+        self._flag_problem = None
+
+    def flag_problem(self) -> str | None:
+        return self._flag_problem
+
+    # -- the background thread -------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="federation-rollout", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        woken = False
+        while True:
+            with contextlib.suppress(Exception):
+                self.tick(announce_now=woken)
+            woken = self._wake.wait(min(self.timings.fleet_refresh, self.timings.counts_flush))
+            self._wake.clear()
+
+    def tick(self, *, final: bool = False, announce_now: bool = False) -> None:
+        """Announce, check the fleet, flush counts when due (never raises)."""
+        try:
+            s = config.settings()
+        except ConfigError as exc:
+            log.warning("rollout_tick_failed", error=str(exc))
+            return
+        now = time.monotonic()
+        if not final:
+            self.mode()  # the phase the next call would take: what the announcement says
+        if self._counts_root is not None and self._counts_root != s.root:
+            self._flush(self._counts_root)  # the process moved to another federation (tests do)
+        self._counts_root = s.root
+        if final or self.tally.dirty and now - self._last_flush >= self.timings.counts_flush:
+            self._flush(s.root)
+            self._last_flush = now
+        if final:
+            self._withdraw()
+            return
+        if self._announced_root is not None and self._announced_root != s.root:
+            self._withdraw()
+        if announce_now or now - self._last_announce >= self.timings.fleet_refresh or \
+                self._announced_root is None:
+            if self._announce(s.root):
+                self._last_announce = now
+                self._check_mix(s.root)
+
+    def _writable(self, root: Path) -> bool:
+        # never recreate a federation root that is gone (a test's temporary folder, an unmounted disk)
+        return Path(root).is_dir()
+
+    def _announce(self, root: Path) -> bool:
+        if not self._writable(root):
+            return False
+        doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "phase": self._mode[0],
+               "source": self.source, "sample": self._mode[1], "version": _version(),
+               "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow())}
+        path = _fleet.fleet_file(root, self.pid)
+        try:
+            _io.write_atomic(path, _io.dumps(doc))
+        except OSError as exc:
+            log.warning("rollout_announce_failed", path=str(path), error=str(exc))
+            return False
+        if self._announced_root != root:
+            self._announced_root = root
+            with contextlib.suppress(OSError):  # leftovers of processes long gone
+                _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
+                _counts.prune_files(_io.control_dir(root) / _io.COUNTS_DIR, _counts.KEEP_SECONDS)
+                _counts.prune_files(_io.control_dir(root) / _io.MISMATCH_DIR, _counts.KEEP_SECONDS)
+        return True
+
+    def _withdraw(self) -> None:
+        root, self._announced_root = self._announced_root, None
+        if root is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(_fleet.fleet_file(root, self.pid))
+
+    def _check_mix(self, root: Path) -> None:
+        """Log an error when this process and a live one of the fleet are an unsafe pair."""
+        try:
+            fleet = _fleet.read_fleet(root, self.timings.fleet_timeout)
+        except OSError:
+            return
+        for four, files in _fleet.unsafe_mix(fleet):
+            mine = four if four.get("pid") == self.pid and four.get("host") == _io.HOST else \
+                files if files.get("pid") == self.pid and files.get("host") == _io.HOST else None
+            if mine is None:
+                continue
+            pair = (four.get("host"), four.get("pid"), files.get("host"), files.get("pid"), four.get("phase"),
+                    files.get("phase"))
+            if pair in self._reported_pairs:
+                continue
+            self._reported_pairs.add(pair)
+            log.error("rollout_unsafe_mix", phase_4=_fleet.describe(four), files_phase=_fleet.describe(files),
+                      detail="a phase-4 process no longer writes the files a phase-1/2 process reads: "
+                             "each hides the other's writes")
+
+    def _flush(self, root: Path) -> None:
+        if not self._writable(root):
+            return
+        cells, pending = self.tally.take()
+        try:
+            if cells:
+                _counts.write_counts(_counts.counts_file(root, self.pid, self.started), self.pid, self.started_at,
+                                     cells)
+            self._mismatch_lines = _counts.append_mismatches(_counts.mismatch_file(root, self.pid), pending,
+                                                             self._mismatch_lines)
+        except OSError as exc:
+            self.tally.give_back(pending)
+            log.warning("rollout_counts_flush_failed", root=str(root), error=str(exc))
+
+    def flush(self) -> None:
+        """Write this process's counts now (tests, and a process about to exit)."""
+        with self._lock:
+            with contextlib.suppress(ConfigError):
+                self._flush(config.settings().root)
+                self._last_flush = time.monotonic()
+
+    def announce_agent(self, agent: str) -> None:
+        """Name the agent this process serves (the MCP server) and announce it at once."""
+        self.agent = agent
+        self.mode()
+        self._wake.set()
+
+    def at_exit(self) -> None:
+        if self._resolved:
+            with contextlib.suppress(Exception):
+                self.tick(final=True)
+
+    def after_fork(self) -> None:
+        """In a forked child: a process of its own (no thread yet, no counts of the parent's)."""
+        self._lock = threading.RLock()
+        self._thread = None
+        self._wake = threading.Event()
+        self.tally = _counts.Tally()
+        self._begin()
+        self._settings = None  # resolve again (and start this process's thread) on the next call
+
+
+@functools.lru_cache(maxsize=1)
+def _version() -> str:
+    try:
+        return importlib.metadata.version("federation")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+RUNTIME = Runtime()
+atexit.register(RUNTIME.at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=RUNTIME.after_fork)
+
+
+def observe_call(entity: str, phase: int, **kw: Any) -> None:
+    """Count one shim call (see :meth:`_counts.Tally.observe`)."""
+    RUNTIME.tally.observe(entity, phase, **kw)

@@ -1,0 +1,173 @@
+"""What ``federation rollout status`` shows, and the series and counters the dashboard draws.
+
+Read-only, and readable while the database is down: everything comes from
+``control/``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..errors import ConfigError
+from . import _counts, _fleet, _flag, _io
+
+#: the default window of the counted consistency
+DEFAULT_WINDOW = timedelta(hours=24)
+#: how many of the latest flag changes ``status`` includes
+HISTORY_LIMIT = 100
+
+
+def _root() -> Path:
+    return config.settings().root
+
+
+def window(since: datetime | None = None, until: datetime | None = None) -> tuple[datetime, datetime]:
+    """The aware (since, until) of a window; the default is the last 24 hours."""
+    until = _io.aware(until) or _io.utcnow()
+    since = _io.aware(since) or until - DEFAULT_WINDOW
+    if since > until:
+        raise ValueError(f"the window starts ({_io.iso(since)}) after it ends ({_io.iso(until)})")
+    return since, until
+
+
+def timeout() -> float:
+    try:
+        return config.control_timings().fleet_timeout
+    except ConfigError:
+        return config.ControlTimings().fleet_timeout
+
+
+def fleet() -> list[dict]:
+    """Every announced process: host, pid, agent, phase, source, version, started_at, last_seen, alive."""
+    return _fleet.read_fleet(_root(), timeout())
+
+
+def counters(since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+    """Per (entity, phase) over the window: comparisons, mismatches, errors and both sides' latency histograms.
+
+    Each histogram is ``{"bounds_ms": [...], "counts": [...], "sum_ms": float}``:
+    counts per bucket (not cumulative), one more count than bounds (the last
+    bucket is +Inf).
+    """
+    since, until = window(since, until)
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for cell in _counts.read_cells(_root(), since, until):
+        key = (str(cell.get("entity")), int(cell.get("phase") or 0))
+        slot = merged.get(key)
+        if slot is None:
+            slot = merged[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0,
+                                  "errors": 0, "latency": {side: _counts.empty_latency() for side in _counts.SIDES}}
+        for field in ("comparisons", "mismatches", "errors"):
+            slot[field] += int(cell.get(field) or 0)
+        for side in _counts.SIDES:
+            _counts.add_latency(slot["latency"][side], (cell.get("latency") or {}).get(side) or {})
+    return [merged[k] for k in sorted(merged)]
+
+
+def rate(comparisons: int, mismatches: int) -> float | None:
+    return None if comparisons == 0 else 1.0 - mismatches / comparisons
+
+
+def consistency(since: datetime | None = None, until: datetime | None = None) -> dict[str, dict]:
+    """Per entity over the window (all phases): counts, rate and p50/p99 of each side in ms."""
+    per: dict[str, dict[str, Any]] = {}
+    for c in counters(since, until):
+        slot = per.setdefault(c["entity"], {"comparisons": 0, "mismatches": 0, "errors": 0,
+                                            "latency": {side: _counts.empty_latency() for side in _counts.SIDES}})
+        for field in ("comparisons", "mismatches", "errors"):
+            slot[field] += c[field]
+        for side in _counts.SIDES:
+            _counts.add_latency(slot["latency"][side], c["latency"][side])
+    out = {}
+    for entity in sorted(per):
+        slot = per[entity]
+        out[entity] = {"comparisons": slot["comparisons"], "mismatches": slot["mismatches"], "errors": slot["errors"],
+                       "rate": rate(slot["comparisons"], slot["mismatches"]),
+                       **{f"{side}_ms": {"p50": _counts.quantile(slot["latency"][side], 0.5),
+                                         "p99": _counts.quantile(slot["latency"][side], 0.99)}
+                          for side in _counts.SIDES}}
+    return out
+
+
+def totals(since: datetime | None = None, until: datetime | None = None,
+           phases: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Comparisons, mismatches, errors and rate summed over every entity (of *phases*, default all)."""
+    comparisons = mismatches = errors = 0
+    for c in counters(since, until):
+        if phases is None or c["phase"] in phases:
+            comparisons += c["comparisons"]
+            mismatches += c["mismatches"]
+            errors += c["errors"]
+    return {"comparisons": comparisons, "mismatches": mismatches, "errors": errors,
+            "rate": rate(comparisons, mismatches)}
+
+
+def series(since: datetime | None = None, until: datetime | None = None,
+           bucket_seconds: int = _counts.BUCKET_SECONDS) -> dict[str, list[dict]]:
+    """Per entity, one point per bucket over the window (zero-filled), oldest first.
+
+    A point is ``{"start": ISO 8601, "comparisons", "mismatches", "errors"}``.
+    Counts are kept per hour, so *bucket_seconds* is a multiple of 3600.
+    """
+    if bucket_seconds <= 0 or bucket_seconds % _counts.BUCKET_SECONDS:
+        raise ValueError(f"bucket_seconds must be a positive multiple of {_counts.BUCKET_SECONDS} "
+                         f"(counts are kept per hour), not {bucket_seconds}")
+    since, until = window(since, until)
+    first = int(since.timestamp()) // bucket_seconds * bucket_seconds
+    last = int(until.timestamp())
+    starts = list(range(first, last + 1, bucket_seconds)) or [first]
+    per: dict[str, dict[int, list[int]]] = {}
+    for cell in _counts.read_cells(_root(), since, until):
+        start = int(float(cell["start"])) // bucket_seconds * bucket_seconds
+        slot = per.setdefault(str(cell.get("entity")), {}).setdefault(start, [0, 0, 0])
+        slot[0] += int(cell.get("comparisons") or 0)
+        slot[1] += int(cell.get("mismatches") or 0)
+        slot[2] += int(cell.get("errors") or 0)
+    out = {}
+    for entity in sorted(per):
+        points = per[entity]
+        out[entity] = [{"start": _io.iso(datetime.fromtimestamp(t, tz=since.tzinfo)),
+                        "comparisons": points.get(t, (0, 0, 0))[0], "mismatches": points.get(t, (0, 0, 0))[1],
+                        "errors": points.get(t, (0, 0, 0))[2]} for t in starts]
+    return out
+
+
+def recent_mismatches(limit: int = 100) -> list[dict]:
+    """The fleet's most recent mismatches, newest first (at most 1,000 are kept):
+    ``{"at", "host", "pid", "entity", "key", "phase", "op", "authority", "diff"}``."""
+    records = _counts.read_mismatches(_root())
+    records.sort(key=lambda r: str(r.get("at")), reverse=True)
+    keys = ("at", "host", "pid", "entity", "key", "phase", "op", "authority", "diff")
+    return [{k: r.get(k) for k in keys} for r in records[: max(0, min(limit, _counts.MISMATCH_CAP))]]
+
+
+def flag_record() -> tuple[dict | None, str | None]:
+    """(the flag as CONTRACT shows it or None, the reason it cannot be read or None)."""
+    try:
+        flag = _flag.read_flag(_root())
+    except _flag.FlagError as exc:
+        return None, str(exc)
+    if flag is None:
+        return None, None
+    return {"phase": flag.phase, "sample": flag.sample, "set_at": flag.set_at, "set_by": flag.set_by,
+            "reason": flag.reason}, None
+
+
+def history(limit: int = HISTORY_LIMIT) -> list[dict]:
+    """The latest changes of the flag, oldest first: ``{"at", "from", "to", "by", "reason", "forced"}``."""
+    keys = ("at", "from", "to", "by", "reason", "forced")
+    return [{k: e.get(k) for k in keys} for e in _flag.history(_root())[-limit:]]
+
+
+def status(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    """The ``federation rollout status --json`` object (CONTRACT)."""
+    since, until = window(since, until)
+    flag, problem = flag_record()
+    data: dict[str, Any] = {"flag": flag, "fleet": fleet(), "consistency": consistency(since, until),
+                            "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": history()}
+    if problem is not None:
+        data["flag_error"] = problem
+    return data
