@@ -62,15 +62,31 @@ class BadRequest(ValueError):
 
 
 def window_bounds(name: str, now: datetime | None = None) -> tuple[datetime, datetime]:
-    """(since, until) of the named window, ending now; the start is aligned to a bucket."""
+    """(since, until) of the named window, ending now.
+
+    As ``rollout status --since 24h``: the counts of every clock hour the window
+    touches, so the chart has one point per such hour (25 for 24 h) and the
+    numbers beside it are the sum of its points.
+    """
     if name not in WINDOWS:
         raise BadRequest(f"window={name!r} is not accepted: use {' or '.join(WINDOWS)}")
     until = now or datetime.now(timezone.utc)
-    since = until - WINDOWS[name]
-    # aligned buckets: the chart's hours are clock hours, the same on every refresh
-    epoch = since.timestamp()
-    since = datetime.fromtimestamp(epoch - epoch % BUCKET_SECONDS + BUCKET_SECONDS, timezone.utc)
-    return since, until
+    return until - WINDOWS[name], until
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (UTC unless it says otherwise) or a duration back from now (90m, 12h, 7d)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"since={text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _iso(moment: datetime) -> str:
@@ -207,6 +223,10 @@ class DashboardData:
         guards = None
         if status is not None:
             current, target = next_step(status)
+            if status.get("flag_error") and hasattr(self.source, "current_phase"):
+                # an unreadable flag: the fleet keeps the phase the history last recorded
+                current = self.source.current_phase(config.settings().root)[0]
+                target = current + 1 if current < 4 else 3
             checks, guard_error = self.db.get(f"guards-{target}", lambda: self.source.guards(target))
             guards = {"from": current, "to": target, "checks": checks, "error": guard_error}
         s = config.settings()
@@ -354,6 +374,18 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
         return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "max-age=3600"})
 
     def api_status(request: Request) -> Response:
+        # like `rollout status --json [--since WHEN]`, or the page's ?window=
+        params = request.query_params
+        unknown = set(params) - {"window", "since"}
+        if unknown or ("window" in params and "since" in params):
+            raise BadRequest("/api/status takes either window= (24h or 7d) or since= (an ISO 8601 time or a "
+                             "duration like 30m, 12h, 7d)")
+        if "since" in params:
+            since = parse_since(params["since"])
+            try:
+                return JSONResponse(data.source.status(since=since))
+            except ValueError as exc:  # a window that starts in the future
+                raise BadRequest(str(exc)) from None
         return JSONResponse(data.status(window_of(request)))
 
     def api_dashboard(request: Request) -> Response:

@@ -26,14 +26,16 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-#: K reads of the context of agents a0..a{K-1} in phase 3, the first M of their files edited behind
-#: the shim's back first; the process flushes its counts when it exits.
-READS = r"""
-import json, sys
-from federation import config, context
+#: A process of the federation: K reads of the context of agents TAG0..TAG{K-1} through the shim, the
+#: first M of their files edited behind the shim's back first; it flushes its counts, waits until it is
+#: in the fleet, then ends as told: "exit" (a clean exit withdraws its announcement), "kill" (SIGKILL:
+#: its announcement stays and goes stale, as a crashed process's does) or "stay" (alive until stdin closes).
+AGENT = r"""
+import json, os, signal, sys, time
+from federation import config, context, rollout
 from federation._files import Tree
 
-k, m, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+k, m, tag, end = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 tree = Tree(config.settings().root)
 for i in range(k):
     context.set_context(f"{tag}{i}", f"text {i}")
@@ -44,6 +46,16 @@ for i in range(m):
     path.write_text(json.dumps(doc))
 for i in range(k):
     context.get_context(f"{tag}{i}")
+rollout.flush()
+deadline = time.monotonic() + 30
+while end != "exit" and not any(p["pid"] == os.getpid() for p in rollout.fleet()):
+    assert time.monotonic() < deadline, "not announced within 30 s"
+    time.sleep(0.05)
+print("ready", flush=True)
+if end == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+elif end == "stay":
+    sys.stdin.read()
 """
 
 
@@ -135,11 +147,45 @@ def cli_json(fed, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def reads(fed, k: int, m: int, tag: str = "a") -> None:
-    """K compared reads with M mismatches by a real process (pinned to phase 3), flushed at its exit."""
-    proc = subprocess.run([sys.executable, "-c", READS, str(k), str(m), tag], env=fed.subprocess_env(phase=3),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+class Agent:
+    """A real process running :data:`AGENT`; *pinned*: FEDERATION_PHASE=3 in its environment, else it
+    follows the live flag."""
+
+    def __init__(self, fed, k: int, m: int, tag: str, end: str, pinned: bool = True, env: dict | None = None):
+        full_env = fed.subprocess_env(phase=3)
+        if not pinned:
+            full_env.pop("FEDERATION_PHASE", None)
+            full_env.pop("FEDERATION_USE_DB", None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-c", AGENT, str(k), str(m), tag, end], env=full_env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        if end == "stay":
+            line = self.proc.stdout.readline()
+            assert line == "ready\n", self.proc.stderr.read()
+        else:
+            out, err = self.proc.communicate(timeout=120)
+            assert "ready" in out, err
+            assert self.proc.returncode == (-9 if end == "kill" else 0), err
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def agents(fed):
+    started: list[Agent] = []
+
+    def start(k: int, m: int, tag: str = "a", end: str = "exit", **kw) -> Agent:
+        agent = Agent(fed, k, m, tag, end, **kw)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
 
 
 def families(text: str) -> dict:
@@ -158,21 +204,26 @@ def sample(fams: dict, family: str, name: str, **labels) -> float:
 # -- the API and the metrics ---------------------------------------------------------------
 
 
-def test_api_status_is_rollout_status_and_metrics_count_what_was_compared(fed, dashboard):
+def test_api_status_is_rollout_status_and_metrics_count_what_was_compared(fed, dashboard, agents):
     """After K compared reads with M files edited behind the shim's back (phase 3, sample 1.0):
     /api/status equals `rollout status --json`, and /metrics parses with prometheus_client's own
     parser with comparisons K and mismatches M for the entity, the flag's phase, the processes per
     phase and the rows per table."""
     k, m = 12, 3
-    reads(fed, k, m)
+    agents(k, m, end="kill")  # its announcement stays: the fleet holds one process (alive for 30 s)
     server = dashboard()
-    api = server.get("/api/status")
+    since = "2026-01-01T00:00:00Z"
+    api = server.get(f"/api/status?since={since}")
     assert api.status == 200 and api.headers["content-type"].startswith("application/json")
-    cli = cli_json(fed, "rollout", "status", "--json")
+    cli = cli_json(fed, "rollout", "status", "--json", "--since", since)
     ours = api.json()
-    # the same state: everything but the window's ends, which are "now" for each call
+    # the same state; the window ends "now" for each call
+    assert ours["window"]["since"] == cli["window"]["since"]
     assert {k_: v for k_, v in ours.items() if k_ != "window"} == {k_: v for k_, v in cli.items() if k_ != "window"}
-    assert set(ours["window"]) == set(cli["window"])
+    # and without a query: the CLI's default window (the last 24 h)
+    default = server.get("/api/status").json()
+    assert {k_: v for k_, v in default.items() if k_ != "window"} == \
+        {k_: v for k_, v in cli_json(fed, "rollout", "status", "--json").items() if k_ != "window"}
     assert ours["consistency"]["context"]["comparisons"] == k
     assert ours["consistency"]["context"]["mismatches"] == m
 
@@ -196,13 +247,14 @@ def test_api_status_is_rollout_status_and_metrics_count_what_was_compared(fed, d
     rows = {s.labels["table"]: s.value for s in fams["federation_table_rows"].samples}
     assert rows == fed.store().counts()
     assert rows["context"] == k
-    # no live flag yet: 0; the reading process is in the fleet (gone or alive) with phase 3
+    # no live flag yet: 0; the reading process is in the fleet, pinned to phase 3 by its environment
     assert sample(fams, "federation_flag_phase", "federation_flag_phase") == 0
-    processes = [s for s in fams["federation_processes"].samples if s.labels["phase"] == "3"]
-    assert sum(s.value for s in processes) >= 1
+    assert [(s.labels, s.value) for s in fams["federation_processes"].samples] == \
+        [({"phase": "3", "source": "env", "alive": "true"}, 1)]
+    assert ours["fleet"][0]["source"] == "env" and ours["fleet"][0]["alive"] is True
 
     # a second scrape after more reads: the counters grew by exactly what was read
-    reads(fed, 5, 1, tag="b")
+    agents(5, 1, tag="b")
     fams = families(server.get("/metrics").text)
     assert sample(fams, "federation_shadow_comparisons", "federation_shadow_comparisons_total",
                   entity="context", phase="3") == k + 5
@@ -225,7 +277,10 @@ def test_bad_requests_are_4xx_with_a_message_never_a_traceback(fed, dashboard):
     resp = server.get("/api/dashboard?window=banana")
     assert resp.status == 400 and resp.json() == {"error": "window='banana' is not accepted: use 24h or 7d"}
     resp = server.get("/api/status?since=yesterday")
-    assert resp.status == 400 and "since" in resp.json()["error"]
+    assert resp.status == 400
+    assert resp.json()["error"] == "since='yesterday' is neither an ISO 8601 time nor a duration like 30m, 12h, 7d"
+    assert server.get("/api/status?since=2999-01-01T00:00:00Z").status == 400  # a window ending before it starts
+    assert server.get("/api/status?since=12h").status == 200
     assert server.get("/metrics?x=1").status == 400
     assert server.get("/api/status", method="POST").status == 405
     assert server.get("/api/dashboard?window=7d").json()["window"]["name"] == "7d"
@@ -252,13 +307,13 @@ def test_binds_to_loopback_by_default_and_refuses_foreign_host_names(fed, dashbo
 
 
 @pytest.mark.postgresql_only
-def test_database_stopped_the_api_and_metrics_still_answer(fed, dashboard, pg_server):
+def test_database_stopped_the_api_and_metrics_still_answer(fed, dashboard, agents, pg_server):
     """PostgreSQL stopped: /api/dashboard answers within the time budget with the flag, the fleet and
     the counts (from the control files) and the database marked unreachable; /metrics says
     federation_database_up 0 and still has the counters."""
     fed.env["FEDERATION_DB_URL"] = pg_server.url
     fed.apply()
-    reads(fed, 4, 1)
+    agents(4, 1)
     server = dashboard()
     assert server.get("/api/dashboard").json()["database"]["ok"] is True
     pg_server.stop()
@@ -341,36 +396,46 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.sqlite_only
-def test_page_renders_the_rollout_and_shows_a_new_mismatch_within_one_refresh(fed, dashboard, browser, tmp_path):
-    """In headless Chromium: the flag, the fleet (with a live pinned process), the entities and one
-    chart point per hourly bucket, no JavaScript error; a mismatch injected while the page is open
-    appears within one refresh; the 7 d window has 7 x 24 points."""
+def test_page_renders_the_rollout_and_shows_a_new_mismatch_within_one_refresh(fed, dashboard, agents, browser,
+                                                                               tmp_path):
+    """In headless Chromium: the flag and its history, the fleet (a live process following the flag, a
+    pinned one that was killed shown as gone), the entities and one chart point per hourly bucket, the
+    guards, the row counts, no JavaScript error; a mismatch injected while the page is open appears
+    within one refresh; the 7 d window has one point per hour too."""
     proc = subprocess.run([sys.executable, "-m", "federation", "rollout", "set", "2", "--reason", "dashboard test"],
                           env=fed.subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    reads(fed, 6, 2)
-    server = dashboard("--refresh", "1")
+    fast = {"FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_FLEET_REFRESH": "0.5"}
+    killed = agents(6, 2, tag="a", end="kill", env=fast)  # pinned to phase 3 by its environment
+    live = agents(2, 0, tag="f", end="stay", pinned=False, env=fast)  # follows the flag: phase 2
+    server = dashboard("--refresh", "1", env=fast)
     page = Page(browser, server.url + "/")
 
     assert "phase 2" in page.text("#flag")
     assert "dashboard test" in page.text("#flag")
-    fleet = page.text("#fleet tbody")
-    assert "pinned (env)" in fleet  # the reading process had FEDERATION_PHASE=3 in its environment
+    assert "dashboard test" in page.text("#history tbody")
+    # the killed process goes stale: gone after the 3 s timeout, on a later refresh
+    page.page.wait_for_selector(f'#fleet tr.gone[data-pid="{killed.proc.pid}"]', timeout=15000)
+    gone = page.text(f'#fleet tr[data-pid="{killed.proc.pid}"]')
+    assert "pinned (env)" in gone and "gone" in gone
+    alive = page.text(f'#fleet tr[data-pid="{live.proc.pid}"]')
+    assert "alive" in alive and "flag" in alive and "\t2\t" in f"\t{alive}\t"
     entities = page.text("#entities tbody")
     assert "context" in entities
-    row = page.page.inner_text('#entities tr[data-entity="context"]')
-    assert "6" in row.split() and "2" in row.split()
+    # 6 reads of the killed process (2 of them mismatched) and 2 of the live one
+    row = page.text('#entities tr[data-entity="context"]').split("\t")
+    assert row[:3] == ["context", "8", "2"], row
     series = page.page.evaluate("window.federationDashboard.last.series")
     points = page.page.evaluate(
         "Object.fromEntries(Object.entries(window.federationDashboard.charts).map(([k, u]) => [k, u.data[0].length]))")
     assert points and points == {name: len(s) for name, s in series.items()}
-    assert set(n for n in points.values()) == {24}
+    assert set(points.values()) == {25}  # every clock hour the last 24 h touch
     assert "refuse" in page.text("#guards") or "pass" in page.text("#guards")
     assert "context" in page.text("#tables tbody")
 
     # a mismatch injected now appears within one refresh (1 s) of the injecting process's exit
     assert "zed0" not in page.text("#mismatches tbody")
-    reads(fed, 1, 1, tag="zed")
+    agents(1, 1, tag="zed")
     seen_at = page.refreshes
     page.page.wait_for_selector('#mismatches tr[data-key="zed0"]', timeout=5000)
     assert page.refreshes <= seen_at + 2  # the refresh in flight, then the next one
@@ -381,15 +446,15 @@ def test_page_renders_the_rollout_and_shows_a_new_mismatch_within_one_refresh(fe
     page.page.click('#windows button[data-window="7d"]')
     page.page.wait_for_function("window.federationDashboard.last.window.name === '7d'")
     points = page.page.evaluate("Object.values(window.federationDashboard.charts).map((u) => u.data[0].length)")
-    assert set(points) == {7 * 24}
+    assert set(points) == {7 * 24 + 1}
     assert page.errors == []
 
 
 @pytest.mark.sqlite_only
-def test_database_unreachable_the_page_still_loads_and_says_so(fed, dashboard, browser, tmp_path):
+def test_database_unreachable_the_page_still_loads_and_says_so(fed, dashboard, agents, browser, tmp_path):
     """A SQLite file that is no database any more: the page loads, says the database is unreachable,
     and still shows the flag, the fleet and the counts from the control files; no JavaScript error."""
-    reads(fed, 3, 1)
+    agents(3, 1, end="kill")
     fed.store().db.close()
     fed.db_path.write_bytes(b"this is not a database" * 100)
     for suffix in ("-wal", "-shm"):

@@ -59,6 +59,13 @@
   function renderFlag(status) {
     const box = $("#flag");
     const flag = status.flag;
+    if (status.flag_error) {
+      box.replaceChildren(el("div", { class: "phase-big rate-bad", id: "flag-phase" }, "unreadable"),
+        el("p", { class: "rate-bad" }, status.flag_error),
+        el("p", {}, "Processes keep the phase they had; ", el("code", {}, "federation rollout set PHASE"),
+          " rewrites the flag."));
+      return;
+    }
     if (!flag) {
       box.replaceChildren(el("div", { class: "phase-big", id: "flag-phase" }, "–"),
         el("p", {}, "No live flag set: unpinned processes run phase 3 (the default). ",
