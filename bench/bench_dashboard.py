@@ -117,7 +117,9 @@ def main() -> None:
                            "FEDERATION_PHASE": "3", "FEDERATION_USE_DB": "1"})
         os.environ.pop("FEDERATION_DB_URL", None)
         from federation import config, context
+        from federation._logging import configure
 
+        configure()  # the application's logging: structlog lines to stderr, never stdout
         config.reset()
         for i in range(50):  # a small database, so the row counts are real
             context.set_context(f"agent{i}", f"text {i}")

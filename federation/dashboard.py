@@ -252,14 +252,30 @@ class MetricsCollector:
     """A prometheus_client collector: one read of the control plane per scrape.
 
     Counters are totals over all the counts the control plane keeps (so they
-    only grow, as Prometheus expects, until ``prune`` drops old counts).
+    only grow, as Prometheus expects, until ``prune`` drops old counts).  The
+    counts of hours that are over change no more: they are summed once an hour
+    and only the last two hours are read per scrape.
     """
 
     def __init__(self, data: DashboardData):
         self.data = data
+        self._settled: tuple[datetime, list[dict]] | None = None
+        self._lock = threading.Lock()
 
     def describe(self) -> list:
         return []  # families are only known per scrape; nothing to check at registration
+
+    def totals(self, now: datetime | None = None) -> list[dict]:
+        """``counters()`` over every count kept: the settled hours (cached) plus the last two."""
+        now = now or datetime.now(timezone.utc)
+        # a process flushes its counts every few seconds: an hour that ended an hour ago is complete
+        hour = int(now.timestamp()) // BUCKET_SECONDS * BUCKET_SECONDS
+        settled = datetime.fromtimestamp(hour - BUCKET_SECONDS, timezone.utc)
+        with self._lock:
+            cached = self._settled
+            if cached is None or cached[0] != settled:
+                cached = self._settled = (settled, self.data.source.counters(since=_EPOCH, until=settled))
+        return merge_counters(cached[1], self.data.source.counters(since=settled, until=now))
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -272,7 +288,7 @@ class MetricsCollector:
         errors = CounterMetricFamily("federation_shadow_errors", "Shadow reads that failed", labels=labels)
         latency = HistogramMetricFamily("federation_shadow_latency_seconds",
                                         "Latency of each side of a compared read", labels=[*labels, "side"])
-        for row in source.counters(since=_EPOCH):
+        for row in self.totals():
             values = [row["entity"], str(row["phase"])]
             comparisons.add_metric(values, row["comparisons"])
             mismatches.add_metric(values, row["mismatches"])
@@ -283,14 +299,16 @@ class MetricsCollector:
                     latency.add_metric([*values, side], _cumulative(hist), sum_value=hist["sum_ms"] / 1000.0)
         yield from (comparisons, mismatches, errors, latency)
 
-        status = source.status()
-        flag = status.get("flag")
+        phase, flag, problem = source.current_phase(config.settings().root)
         yield _gauge(GaugeMetricFamily, "federation_flag_phase",
                      "Phase of the live flag (0: no flag set, unpinned processes run phase 3)",
-                     [([], int(flag["phase"]) if flag else 0)])
+                     [([], phase if flag is not None or problem else 0)])
+        yield _gauge(GaugeMetricFamily, "federation_flag_unreadable",
+                     "1 when the flag record cannot be read (processes keep their phase)",
+                     [([], 1 if problem else 0)])
         per_phase: dict[tuple[str, str, str], int] = {}
-        for proc in status.get("fleet", []):
-            key = (str(proc["phase"]), proc["source"], "true" if proc["alive"] else "false")
+        for proc in source.fleet():
+            key = (str(proc["phase"]), str(proc["source"]), "true" if proc["alive"] else "false")
             per_phase[key] = per_phase.get(key, 0) + 1
         yield _gauge(GaugeMetricFamily, "federation_processes", "Processes of the fleet per phase in effect",
                      sorted(per_phase.items()), ["phase", "source", "alive"])
@@ -301,6 +319,26 @@ class MetricsCollector:
         if tables:
             yield _gauge(GaugeMetricFamily, "federation_table_rows", "Rows per table of the database",
                          [([t], n) for t, n in tables.items()], ["table"])
+
+
+def merge_counters(*parts: list[dict]) -> list[dict]:
+    """Rows of ``rollout.counters()`` over adjacent windows, summed per (entity, phase)."""
+    merged: dict[tuple[str, int], dict] = {}
+    for part in parts:
+        for row in part:
+            key = (row["entity"], row["phase"])
+            slot = merged.get(key)
+            if slot is None:
+                merged[key] = {**row, "latency": {side: {**hist, "counts": list(hist["counts"])}
+                                                  for side, hist in (row.get("latency") or {}).items()}}
+                continue
+            for name in ("comparisons", "mismatches", "errors"):
+                slot[name] += row[name]
+            for side, hist in (row.get("latency") or {}).items():
+                into = slot["latency"].setdefault(side, {**hist, "counts": [0] * len(hist["counts"]), "sum_ms": 0.0})
+                into["counts"] = [a + b for a, b in zip(into["counts"], hist["counts"])]
+                into["sum_ms"] += hist["sum_ms"]
+    return [merged[k] for k in sorted(merged)]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -179,31 +179,60 @@ def _epoch(moment: datetime) -> float:
     return moment.astimezone(timezone.utc).timestamp()
 
 
+#: Parsed counts files of this process by path: ((inode, mtime_ns, size), bucket width, starts, cells).
+#: A long-running reader (the dashboard) parses a file again only when its writer replaced it
+#: (write_atomic renames, so a rewrite is a new inode); parsing is most of the cost of a read.
+_parsed: dict[str, tuple[tuple[int, int, int], float, list[float], list[dict]]] = {}
+_parsed_lock = threading.Lock()
+
+
+def _file_cells(path: str) -> tuple[float, list[float], list[dict]] | None:
+    """(bucket width, sorted starts, cells in that order) of one counts file; None when unusable."""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2], cached[3]
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None  # a file removed meanwhile, or foreign: never fail a reader
+    if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
+        return None
+    width = float(doc.get("bucket_seconds", BUCKET_SECONDS))
+    keyed = []
+    for cell in doc.get("cells", ()):
+        try:
+            keyed.append((float(cell["start"]), cell))
+        except (KeyError, TypeError, ValueError):
+            continue
+    keyed.sort(key=lambda pair: pair[0])
+    starts, cells = [k for k, _ in keyed], [c for _, c in keyed]
+    with _parsed_lock:
+        _parsed[path] = (stamp, width, starts, cells)
+    return width, starts, cells
+
+
 def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
-    """Every counted cell of the fleet whose hour overlaps [since, until)."""
+    """Every counted cell of the fleet whose hour overlaps [since, until) (callers must not change them)."""
     lo, hi = _epoch(since), _epoch(until)
     directory = _io.control_dir(root) / _io.COUNTS_DIR
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
+    paths = [os.path.join(directory, n) for n in names if n.endswith(".json") and not n.startswith(".")]
+    with _parsed_lock:  # forget files that are gone (pruned, or another federation's)
+        for stale in _parsed.keys() - set(paths):
+            del _parsed[stale]
+    for path in paths:
+        parsed = _file_cells(path)
+        if parsed is None:
             continue
-        try:
-            doc = json.loads((directory / name).read_bytes())
-        except (OSError, ValueError):
-            continue  # a file removed meanwhile, or foreign: never fail a reader
-        if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
-            continue
-        width = doc.get("bucket_seconds", BUCKET_SECONDS)
-        for cell in doc.get("cells", ()):
-            try:
-                start = float(cell["start"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if start + width > lo and start < hi:
-                yield cell
+        width, starts, cells = parsed
+        # start + width > lo and start < hi
+        yield from cells[bisect.bisect_right(starts, lo - width):bisect.bisect_left(starts, hi)]
 
 
 def empty_latency() -> dict[str, Any]:
