@@ -22,13 +22,13 @@ def federation_env(phase: int, db_url: str | None = None) -> Iterator[Path]:
     saved = {k: v for k, v in os.environ.items() if k.startswith("FEDERATION_")}
     for k in saved:
         del os.environ[k]
-    os.environ["FEDERATION_ROOT"] = str(root)
-    os.environ["FEDERATION_USE_DB"] = "0" if phase == 1 else "1"
-    os.environ["FEDERATION_PHASE"] = str(max(phase, 2))
-    if db_url:
-        os.environ["FEDERATION_DB_URL"] = db_url
     from federation import config
     from federation.sqlstore import forget_stores
+
+    os.environ["FEDERATION_ROOT"] = str(root)
+    os.environ.update(config.phase_env(phase))
+    if db_url:
+        os.environ["FEDERATION_DB_URL"] = db_url
 
     config.reset()
     forget_stores()

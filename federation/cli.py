@@ -27,9 +27,7 @@ def _apply_overrides(root: str | None, db: str | None) -> None:
             values["FEDERATION_DB_URL"] = db
         else:
             values["FEDERATION_DB"] = db
-    if values:
-        config._overrides.update(values)
-    config.reset()
+    config.set_overrides(values)
 
 
 def common(fn: Callable) -> Callable:

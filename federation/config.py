@@ -1,8 +1,10 @@
 """Configuration, read from the environment in one place.
 
 Every value is validated when read; a bad value raises :class:`ConfigError`
-naming the variable and the accepted values.  Tests and the CLI may override
-values with :func:`override`.
+naming the variable and the accepted values.  The CLI, tests and benchmarks
+override values with :func:`set_overrides` (for the rest of the process) or
+:func:`override` (for a ``with`` block); :func:`phase_env` is the one mapping
+of a rollout phase to its variables.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Iterator, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "settings", "override", "reset", "default_root", "MAX_CONTENT_BYTES"]
+__all__ = ["Settings", "settings", "override", "set_overrides", "clear_overrides", "phase_env", "reset",
+           "default_root", "MAX_CONTENT_BYTES"]
 
 #: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
 MAX_CONTENT_BYTES = 64 * 1024
@@ -135,18 +138,55 @@ def settings() -> Settings:
     return value
 
 
+def _checked(values: Mapping[str, object]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for key, value in values.items():
+        if key not in _VARS:
+            raise ConfigError(f"unknown setting {key}: use one of {', '.join(_VARS)}")
+        out[key] = None if value is None else str(value)
+    return out
+
+
+def set_overrides(values: Mapping[str, object], *, replace: bool = False) -> None:
+    """Override variables for the rest of the process (``--root``/``--db``, test fixtures).
+
+    A value of ``None`` hides the variable.  With *replace*, earlier overrides
+    are dropped first.  Values are validated when the settings are next read.
+    """
+    checked = _checked(values)
+    with _lock:
+        if replace:
+            _overrides.clear()
+        _overrides.update(checked)
+    reset()
+
+
+def clear_overrides() -> None:
+    """Drop every override: the environment alone counts again."""
+    with _lock:
+        _overrides.clear()
+    reset()
+
+
+def phase_env(phase: int) -> dict[str, str]:
+    """The variables that pin a process to rollout *phase* (1 = files only)."""
+    if phase not in (1, 2, 3, 4):
+        raise ConfigError(f"phase {phase!r} is not accepted: use 1, 2, 3 or 4")
+    if phase == 1:
+        return {"FEDERATION_USE_DB": "0"}
+    return {"FEDERATION_USE_DB": "1", "FEDERATION_PHASE": str(phase)}
+
+
 @contextlib.contextmanager
 def override(**values: object) -> Iterator[Settings]:
     """Temporarily override variables: ``override(FEDERATION_PHASE="4")``.
 
     A value of ``None`` removes the variable for the duration.
     """
+    checked = _checked(values)
     saved = dict(_overrides)
     try:
-        for key, value in values.items():
-            if key not in _VARS:
-                raise ConfigError(f"unknown setting {key}")
-            _overrides[key] = None if value is None else str(value)
+        _overrides.update(checked)
         reset()
         yield settings()
     finally:

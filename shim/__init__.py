@@ -13,15 +13,15 @@ the locks.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import wrapt
 
 from ._compare import delta, field_diff, normalize, patch
-from ._experiment import DB, FILES, Experiment, Spec
+from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, Phase, Spec
 
-__all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "normalize", "field_diff", "delta",
-           "patch", "FILES", "DB"]
+__all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "Phase", "Observation",
+           "Outcome", "Mismatch", "normalize", "field_diff", "delta", "patch", "FILES", "DB"]
 
 _installed: dict[str, Experiment] = {}
 
@@ -32,8 +32,6 @@ def _spec_of(name: str, raw: Any) -> Spec:
     raw = dict(raw or {})
     raw.setdefault("entity", name.split("_", 1)[-1])
     raw.setdefault("kind", "read" if name.startswith("load_") else "write")
-    if "ignore" in raw:
-        raw["ignore"] = frozenset(raw["ignore"])
     return Spec(**raw)
 
 
@@ -44,14 +42,17 @@ def install(
     mode: Callable[[], tuple[int, float]],
     lock: Callable[[str], ContextManager] | None = None,
     spec: Mapping[str, Any] | None = None,
+    observers: Iterable[Callable[[Observation], None]] = (),
 ) -> Experiment:
     """Wrap the persistence functions of *module* (idempotent).
 
     candidate(phase) -> the object whose methods of the same names are the
-    database side; mode() -> (phase, shadow_sample) with phase 1 meaning "off";
-    lock(name) -> a context manager held across both sides in phases 2-3;
-    spec -> {function name: Spec or dict}; default ``module.SHIM_SPEC``, or
-    every ``load_*``/``save_*`` function of the module.
+    database side; mode() -> (phase, shadow_sample), the phase a :class:`Phase`
+    or its number, 1 meaning "off"; lock(name) -> a context manager held across
+    both sides in phases 2-3; spec -> {function name: Spec or dict}; default
+    ``module.SHIM_SPEC``, or every ``load_*``/``save_*`` function of the module;
+    observers -> callables given every :class:`Observation` of a dual-phase
+    call after its events are logged (counters; they must not block).
     """
     key = module.__name__
     if key in _installed:
@@ -60,7 +61,7 @@ def install(
         spec = getattr(module, "SHIM_SPEC", None)
     if spec is None:
         spec = {n: {} for n in dir(module) if n.startswith(("load_", "save_")) and callable(getattr(module, n))}
-    exp = Experiment(module, candidate, mode, lock)
+    exp = Experiment(module, candidate, mode, lock, observers)
     for name, raw in spec.items():
         original = getattr(module, name)
         exp.originals[name] = original

@@ -51,9 +51,7 @@ class Fed:
         self.apply()
 
     def apply(self) -> None:
-        config._overrides.clear()
-        config._overrides.update(self.env)
-        config.reset()
+        config.set_overrides(self.env, replace=True)
 
     def database_env(self, sqlite_path: Path) -> dict[str, str | None]:
         """Settings of one more empty database on this test's engine (for tests that need several).
@@ -66,11 +64,7 @@ class Fed:
 
     def phase(self, n: int) -> "Fed":
         """Phase 1 means FEDERATION_USE_DB=0."""
-        if n == 1:
-            self.env["FEDERATION_USE_DB"] = "0"
-        else:
-            self.env["FEDERATION_USE_DB"] = "1"
-            self.env["FEDERATION_PHASE"] = str(n)
+        self.env.update(config.phase_env(n))
         self.apply()
         return self
 
@@ -83,11 +77,7 @@ class Fed:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDERATION_")}
         env.update({k: v for k, v in self.env.items() if v is not None})
         if phase is not None:
-            if phase == 1:
-                env["FEDERATION_USE_DB"] = "0"
-            else:
-                env["FEDERATION_USE_DB"] = "1"
-                env["FEDERATION_PHASE"] = str(phase)
+            env.update(config.phase_env(phase))
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
@@ -230,5 +220,4 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path):
     f = Fed(root, tmp_path / "federation.db", db_url, new_pg_database)
     yield f
     forget_stores()
-    config._overrides.clear()
-    config.reset()
+    config.clear_overrides()

@@ -38,15 +38,12 @@ class Sides:
             root = self.tmp / f"phase{phase}"
             root.mkdir()
             env = db_env(root / "federation.db")  # each side its own database, on the test's engine
-            env.update(FEDERATION_ROOT=str(root), FEDERATION_USE_DB="0" if phase == 1 else "1",
-                       FEDERATION_PHASE=str(max(phase, 2)))
+            env.update(FEDERATION_ROOT=str(root), **config.phase_env(phase))
             self.envs[phase] = env
         self.step = 0
 
     def enter(self, phase: int) -> None:
-        config._overrides.clear()
-        config._overrides.update(self.envs[phase])
-        config.reset()
+        config.set_overrides(self.envs[phase], replace=True)
 
     def run(self, fn, *args):
         """Run fn(*args) in every phase with the same clock; the results, by phase."""

@@ -253,3 +253,124 @@ def test_post_import_hook_patches_a_module_on_import(tmp_path, monkeypatch):
     finally:
         shim.uninstall(legacy_core)
         sys.modules.pop("legacy_core", None)
+
+
+def test_phase_knows_its_sides():
+    """Each phase names its authoritative side, its shadow side and whether it is dual."""
+    from shim import DB, FILES, Phase
+
+    assert [(p.authority, p.shadow, p.dual) for p in Phase] == [
+        (FILES, None, False), (FILES, DB, True), (DB, FILES, True), (DB, None, False)]
+    assert Phase(3) is Phase.DB_THEN_FILES and Phase.DB_THEN_FILES == 3
+
+
+def _toy(observers):
+    """A toy module and candidate store with the shim installed on it (phase in a list)."""
+    import types
+
+    mod = types.ModuleType("toy_observed")
+    mod.data = {}
+    mod.load_thing = lambda key: mod.data.get(key)
+
+    def save_thing(key, value):
+        if value == "refuse":
+            raise ValueError("refused")
+        mod.data[key] = value
+
+    mod.save_thing = save_thing
+
+    class Candidate:
+        data: dict = {}
+
+        def load_thing(self, key):
+            return self.data.get(key)
+
+        def save_thing(self, key, value):
+            self.data[key] = value
+
+    cand = Candidate()
+    cand.data = {}
+    phase = [3, 1.0]
+    shim.install(mod, candidate=lambda p: cand, mode=lambda: (phase[0], phase[1]), observers=observers,
+                 spec={"load_thing": {"entity": "things", "key": lambda k: k},
+                       "save_thing": {"entity": "things", "key": lambda k, v: k}})
+    return mod, cand, phase
+
+
+def test_observers_get_one_observation_per_dual_call():
+    """Every dual-phase call is published once, with both sides' outcomes and the mismatches found."""
+    from shim import Phase
+
+    seen = []
+    mod, cand, phase = _toy([seen.append])
+    try:
+        mod.save_thing("a", 1)                 # phase 3: the database first, then the files
+        mod.data["a"] = 2                      # the files edited behind the shim's back
+        assert mod.load_thing("a") == 1        # served from the database, compared with the files
+        phase[0] = 2
+        assert mod.load_thing("a") == 2        # served from the files
+        phase[0] = 4
+        mod.load_thing("a")                    # one side only: nothing to observe
+        phase[0], phase[1] = 3, 0.0
+        mod.load_thing("a")                    # not sampled: nothing compared, nothing observed
+    finally:
+        shim.uninstall(mod)
+    write, read3, read2 = seen
+    assert (write.name, write.phase, write.compared, write.mismatches) == ("save_thing", Phase.DB_THEN_FILES, False, [])
+    assert (write.control.side, write.candidate.side) == ("db", "files")
+    assert read3.compared and read3.entity == "things" and read3.key == "a"
+    assert [(m.key, m.diff) for m in read3.mismatches] == [("a", [{"field": "(value)", "db": 1, "files": 2}])]
+    assert read3.control.value == 1 and read3.candidate.value == 2
+    assert read3.control.seconds > 0 and read3.candidate.seconds > 0
+    assert read2.phase is Phase.FILES_THEN_DB and read2.control.side == "files"
+    assert read2.mismatches[0].diff == [{"field": "(value)", "files": 2, "db": 1}]
+
+
+def test_shadow_failure_is_an_observation_with_an_error():
+    """A failing shadow side reaches observers as an outcome with its exception, not as a raise."""
+    seen = []
+    mod, cand, phase = _toy([seen.append])
+    try:
+        with structlog.testing.capture_logs() as logs:
+            mod.save_thing("k", "refuse")      # the database accepts, the files raise
+        assert cand.data == {"k": "refuse"}
+    finally:
+        shim.uninstall(mod)
+    [obs] = seen
+    assert isinstance(obs.candidate.error, ValueError) and not obs.compared
+    [event] = _events(logs, "shadow_error")
+    assert event["side"] == "files" and event["error"] == "ValueError: refused"
+
+
+def test_a_broken_observer_never_reaches_the_caller():
+    """An observer that raises is logged as shim_observer_failed; the call still returns its value."""
+    def broken(obs):
+        raise RuntimeError("observer bug")
+
+    mod, cand, phase = _toy([broken])
+    try:
+        with structlog.testing.capture_logs() as logs:
+            mod.save_thing("a", 1)
+            assert mod.load_thing("a") == 1
+    finally:
+        shim.uninstall(mod)
+    assert len(_events(logs, "shim_observer_failed")) == 2
+
+
+def test_phase_env_and_overrides():
+    """phase_env maps a phase to its variables; set_overrides and clear_overrides are the public switch."""
+    from federation.errors import ConfigError
+
+    assert config.phase_env(1) == {"FEDERATION_USE_DB": "0"}
+    assert config.phase_env(4) == {"FEDERATION_USE_DB": "1", "FEDERATION_PHASE": "4"}
+    with pytest.raises(ConfigError):
+        config.phase_env(5)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config.set_overrides({"FEDERATION_PAHSE": "2"})
+    try:
+        config.set_overrides(config.phase_env(2), replace=True)
+        assert config.settings().effective_phase == 2
+        config.set_overrides(config.phase_env(1))
+        assert config.settings().effective_phase == 1
+    finally:
+        config.clear_overrides()
