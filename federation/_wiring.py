@@ -25,11 +25,12 @@ def candidate(phase: int):
 
 def hooks(control: bool = True) -> dict:
     """The shim's hooks; *control*: the phase from the control plane (environment pin > live flag >
-    phase 3), else from the environment only."""
+    phase 3) and every dual-phase call counted, else the phase from the environment only, nothing
+    counted (the behaviour before the control plane; benchmarks compare the two)."""
+    hooks = {"candidate": candidate, "mode": env_mode, "lock": core.file_lock, "spec": core.SHIM_SPEC,
+             "observers": ()}
     if control:
-        from .rollout import RUNTIME
+        from .rollout._runtime import RUNTIME, observe
 
-        mode = RUNTIME.mode
-    else:
-        mode = env_mode
-    return {"candidate": candidate, "mode": mode, "lock": core.file_lock, "spec": core.SHIM_SPEC}
+        hooks.update(mode=RUNTIME.mode, observers=(observe,))
+    return hooks

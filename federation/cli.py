@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 from . import config
 from .errors import ConfigError, FederationError
@@ -265,9 +268,12 @@ def report_command(as_json: bool, log_file: str | None) -> None:
                    "-" if s["consistency_rate"] is None else f"{s['consistency_rate']:.4f}")
                   for e, s in summary["entities"].items()] or [("(none)", 0, 0, 0, "-")],
                  ("entity", "mismatches", "errors", "keys", "consistency"))
-        if summary["consistency_rate"] is not None:
+        if summary["consistency_rate"] is not None and summary["rate_source"] == "counted":
+            click.echo(f"consistency rate over the period: {summary['consistency_rate']:.6f} "
+                       f"({summary['mismatches']} mismatches in {summary['comparisons']} counted comparisons)")
+        elif summary["consistency_rate"] is not None:
             click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
-                       "(share of records with no shadow event)")
+                       "(share of records with no shadow event: no comparison was counted)")
     click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
     sys.exit(0 if report.consistent else 1)
 
@@ -348,7 +354,7 @@ def _record_sync(to: str, changes: int) -> None:
         click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
 
 
-def _moment(text: str | None) -> "datetime | None":
+def _moment(text: str | None) -> datetime | None:
     """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
     import re
     from datetime import datetime, timedelta, timezone

@@ -121,9 +121,11 @@ SHADOW_EVENTS = ("shadow_mismatch", "shadow_error")
 def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
     """Count ``shadow_mismatch`` / ``shadow_error`` events per entity in a JSON-lines log.
 
-    The log records only the comparisons that failed, so the consistency rate
-    of an entity is the share of its records (the rows of both sides now, from
-    *report*) that had no shadow event in the period; ``None`` when unknown.
+    The consistency rate is ``1 - mismatches / comparisons`` of the comparisons
+    the fleet counted (``rate_source: "counted"``).  Without counts it falls
+    back to the share of records (the rows of both sides now, from *report*)
+    that had no shadow event in the period (``rate_source: "records"``, also
+    kept as ``records_rate``); ``None`` when unknown.
     """
     per: dict[str, dict[str, Any]] = {}
     first = last = None
@@ -169,6 +171,50 @@ def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
                             "phases": sorted(slot["phases"], key=str)}
     total_records = sum(t.files + len(t.missing_in_files) for t in tables.values())
     overall = (1.0 - total_keys / total_records) if total_records else None
-    return {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
-            "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
-            "entities": entities, "consistency_rate": overall}
+    summary = {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
+               "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
+               "entities": entities, "consistency_rate": overall, "rate_source": "records"}
+    _use_counts(summary, first)
+    return summary
+
+
+def _use_counts(summary: dict[str, Any], first: str | None) -> None:
+    """Put the fleet's counted comparisons (``federation rollout``) in place of the records proxy.
+
+    The window starts at the log's first shadow event (the last 24 hours
+    without one) and ends now.  Without counted comparisons the proxy stays,
+    with ``rate_source: "records"``; each entity keeps it as ``records_rate``.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from .rollout import _status as rollout
+
+    until = datetime.now(timezone.utc)
+    since = None
+    if first is not None:
+        try:
+            since = datetime.fromisoformat(first.replace("Z", "+00:00"))
+            since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        except ValueError:
+            since = None
+    if since is None or since > until:
+        since = until - timedelta(hours=24)
+    counted = rollout.consistency(since, until)
+    entities = summary["entities"]
+    for slot in entities.values():
+        slot["records_rate"] = slot["consistency_rate"]
+    if not any(c["comparisons"] for c in counted.values()):
+        return
+    for entity, c in counted.items():
+        slot = entities.setdefault(entity, {"shadow_mismatch": 0, "shadow_error": 0, "keys": 0, "records": None,
+                                            "consistency_rate": None, "records_rate": None, "phases": []})
+        slot.update(comparisons=c["comparisons"], mismatches=c["mismatches"], errors=c["errors"],
+                    consistency_rate=c["rate"])
+    for slot in entities.values():
+        if "comparisons" not in slot:  # events in the log, but no comparison counted in the window
+            slot.update(comparisons=0, mismatches=0, errors=0, consistency_rate=None)
+    comparisons = sum(c["comparisons"] for c in counted.values())
+    mismatches = sum(c["mismatches"] for c in counted.values())
+    summary.update(records_rate=summary["consistency_rate"], comparisons=comparisons, mismatches=mismatches,
+                   consistency_rate=(1.0 - mismatches / comparisons) if comparisons else None, rate_source="counted",
+                   window={"since": since.isoformat(), "until": until.isoformat()})

@@ -31,9 +31,12 @@ def cli_json(fed, *args: str, **kw) -> tuple[int, dict]:
 
 
 def snapshot(top: Path) -> dict[str, tuple[str, int]]:
-    """Every file under *top*: relative path -> (sha256, mode)."""
+    """Every file under *top*: relative path -> (sha256, mode); not control/ (this test process's own
+    announcements and counts, rewritten every few seconds by the rollout control plane)."""
     out = {}
     for here, _dirs, names in os.walk(top):
+        if "control" in Path(here).relative_to(top).parts:
+            continue
         for name in names:
             path = Path(here) / name
             st = path.lstat()

@@ -19,7 +19,8 @@ def snapshot(fed) -> dict:
     """Every file under the test's temp dir with its bytes, and every database row."""
     files = {}
     for path in fed.root.parent.rglob("*"):
-        if path.is_file() and ".locks" not in path.parts and not path.name.endswith((".db-wal", ".db-shm", ".writelock")):
+        # .locks and control/ (the fleet's announcements and counts) are bookkeeping, not the federation's data
+        if path.is_file() and ".locks" not in path.parts and "control" not in path.parts and not path.name.endswith((".db-wal", ".db-shm", ".writelock")):
             if path.suffix != ".db":
                 files[str(path)] = path.read_bytes()
     rows = {}

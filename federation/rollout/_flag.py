@@ -126,6 +126,16 @@ def last_recorded_phase(root: Path) -> int | None:
     return None
 
 
+def last_recorded_sample(root: Path) -> float | None:
+    """The sample of the last history entry that has a valid one."""
+    for entry in reversed(history(root)):
+        try:
+            return check_sample(entry["sample"])
+        except (KeyError, ConfigError):
+            continue
+    return None
+
+
 def record_sync(root: Path, to: str, changes: int) -> None:
     """Note a completed (not dry-run) ``federation sync --to TO`` for the guards."""
     _io.append_line(_io.control_dir(root) / _io.SYNCS_FILE,

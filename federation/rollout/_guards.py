@@ -261,7 +261,13 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
     root = config.settings().root
     with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
         from_phase, flag, problem = current_phase(root)
-        new_sample = sample if sample is not None else (flag.sample if flag else _flag.DEFAULT_SAMPLE)
+        if sample is not None:
+            new_sample = sample
+        elif flag is not None:
+            new_sample = flag.sample
+        else:  # none set yet, or an unreadable record: the history's last, else the default
+            recorded = _flag.last_recorded_sample(root) if problem else None
+            new_sample = _flag.DEFAULT_SAMPLE if recorded is None else recorded
         if flag is not None and flag.phase == target and flag.sample == new_sample:
             return SetResult(from_phase, target, False, [], force, flag)
         checks = step_guards(from_phase, target, min_rate=min_rate, min_comparisons=min_comparisons, since=since,

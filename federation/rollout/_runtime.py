@@ -192,15 +192,17 @@ class Runtime:
             self._wake.clear()
 
     def tick(self, *, final: bool = False, announce_now: bool = False) -> None:
-        """Announce, check the fleet, flush counts when due (never raises)."""
-        try:
-            s = config.settings()
-        except ConfigError as exc:
-            log.warning("rollout_tick_failed", error=str(exc))
+        """Announce, check the fleet, flush counts when due (never raises).
+
+        Works on the federation of this process's last call (its settings), so
+        that a process is announced only where it used the federation.
+        """
+        s = self._settings
+        if s is None:
             return
         now = time.monotonic()
-        if not final:
-            self.mode()  # the phase the next call would take: what the announcement says
+        if not final and not self._pinned_all and now >= self._next_check:
+            self._resolve(s)  # the phase the next call would take: what the announcement says
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
         self._counts_root = s.root
@@ -285,8 +287,8 @@ class Runtime:
     def flush(self) -> None:
         """Write this process's counts now (tests, and a process about to exit)."""
         with self._lock:
-            with contextlib.suppress(ConfigError):
-                self._flush(config.settings().root)
+            if self._settings is not None:
+                self._flush(self._settings.root)
                 self._last_flush = time.monotonic()
 
     def announce_agent(self, agent: str) -> None:
@@ -324,6 +326,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=RUNTIME.after_fork)
 
 
-def observe_call(entity: str, phase: int, **kw: Any) -> None:
-    """Count one shim call (see :meth:`_counts.Tally.observe`)."""
-    RUNTIME.tally.observe(entity, phase, **kw)
+def observe(obs: Any) -> None:
+    """The shim's observer: count one dual-phase call (a :class:`shim.Observation`) and keep its mismatches.
+
+    A comparison is one compared call, a mismatch one compared call whose sides
+    differed (in one record or more), an error one call whose shadow side
+    failed; each side that ran adds its time to its latency histogram.
+    """
+    tally = RUNTIME.tally
+    phase = int(obs.phase)
+    control, candidate = obs.control, obs.candidate
+    seconds = {control.side: control.seconds}
+    if candidate is not None:
+        seconds[candidate.side] = candidate.seconds
+    tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
+                  error=candidate is not None and candidate.error is not None,
+                  files_s=seconds.get("files"), db_s=seconds.get("db"))
+    if obs.mismatches:
+        authority = obs.phase.authority
+        for m in obs.mismatches:
+            tally.mismatch(entity=obs.spec.entity, key=m.key, phase=phase, op=obs.name, authority=authority,
+                           diff=m.diff)
