@@ -287,7 +287,7 @@ class MetricsCollector:
                                          labels=labels)
         errors = CounterMetricFamily("federation_shadow_errors", "Shadow reads that failed", labels=labels)
         latency = HistogramMetricFamily("federation_shadow_latency_seconds",
-                                        "Latency of each side of a compared read", labels=[*labels, "side"])
+                                        "Latency of each side of a dual-phase call through the shim (reads and writes)", labels=[*labels, "side"])
         for row in self.totals():
             values = [row["entity"], str(row["phase"])]
             comparisons.add_metric(values, row["comparisons"])

@@ -236,13 +236,18 @@ def test_api_status_is_rollout_status_and_metrics_count_what_was_compared(fed, d
                   entity="context", phase="3") == m
     assert sample(fams, "federation_shadow_errors", "federation_shadow_errors_total",
                   entity="context", phase="3") == 0
-    # each side's latency is a histogram of the compared reads
+    # each side's latency is a histogram of every dual-phase call: K writes and K reads
     for side in ("files", "db"):
         count = sample(fams, "federation_shadow_latency_seconds", "federation_shadow_latency_seconds_count",
                        entity="context", phase="3", side=side)
         inf = sample(fams, "federation_shadow_latency_seconds", "federation_shadow_latency_seconds_bucket",
                      entity="context", phase="3", side=side, le="+Inf")
-        assert count == inf == k
+        assert count == inf == 2 * k
+        assert sample(fams, "federation_shadow_latency_seconds", "federation_shadow_latency_seconds_sum",
+                      entity="context", phase="3", side=side) > 0
+        buckets = [s.value for s in fams["federation_shadow_latency_seconds"].samples
+                   if s.name.endswith("_bucket") and s.labels["entity"] == "context" and s.labels["side"] == side]
+        assert buckets == sorted(buckets)  # cumulative, as Prometheus wants
     assert sample(fams, "federation_database_up", "federation_database_up") == 1
     rows = {s.labels["table"]: s.value for s in fams["federation_table_rows"].samples}
     assert rows == fed.store().counts()
