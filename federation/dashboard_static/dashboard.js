@@ -172,7 +172,11 @@
           legend: { show: true },
           tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),  // UTC, as every time on the page
           // the rate's axis ends at 100 % and starts just below the lowest rate, so a dip of 0.1 % shows
-          scales: { x: { time: true }, rate: { range: (u, lo) => [lo === null ? 99 : Math.min(99, Math.floor(lo)), 100] } },
+          scales: {
+            // half a bucket of room each side, so the first and the current hour's bars show whole
+            x: { time: true, range: (u, lo, hi) => [lo - 1800, hi + 1800] },
+            rate: { range: (u, lo) => [lo === null ? 99 : Math.min(99, Math.floor(lo)), 100] },
+          },
           axes: [
             {},
             { scale: "y", label: "comparisons", size: 50 },
@@ -182,7 +186,9 @@
             {},
             { label: "comparisons", scale: "y", stroke: "#0969da", fill: "rgba(9,105,218,.15)",
               paths: uPlot.paths.bars({ size: [0.8, 40] }), points: { show: false } },
+            // points too: an hour with comparisons between empty ones is a lone point, not a line
             { label: "consistency %", scale: "rate", stroke: "#1a7f37", width: 2, spanGaps: false,
+              points: { show: true, size: 5, fill: "#1a7f37" },
               value: (u, v) => (v === null ? "–" : v.toFixed(3)) },
           ],
         }, data, holder);
