@@ -113,15 +113,18 @@ class _Cached:
     error: str | None = None
     at: float = 0.0
     pending: Future | None = None
+    pending_since: float = 0.0
 
 
 class _Bounded:
-    """Run database reads in one worker thread, with a time budget and a cache.
+    """Run database reads in worker threads, with a time budget and a cache.
 
     A database that is down makes a PostgreSQL connect wait up to 30 s
-    (reconnecting): the request waits at most ``budget_s`` and then reports the
+    (reconnecting): a request waits at most ``budget_s`` and then reports the
     database as not answering, while the read finishes (or fails) in the
-    background; one read per key is in flight at a time.
+    background.  One read per key is in flight at a time, and a request that
+    finds it already past its budget does not wait again, so a page refresh
+    stays fast while the database is away.
     """
 
     def __init__(self, budget_s: float = DB_BUDGET_S, max_age_s: float = DB_REFRESH_S):
@@ -132,28 +135,38 @@ class _Bounded:
         self._cache: dict[str, _Cached] = {}
 
     def get(self, key: str, fn: Callable[[], Any]) -> tuple[Any, str | None]:
-        """(value, None) or (last good value or None, error text)."""
+        """(value, None), or (None, what went wrong)."""
+        return self.get_many({key: fn})[key]
+
+    def get_many(self, reads: dict[str, Callable[[], Any]]) -> dict[str, tuple[Any, str | None]]:
+        """:meth:`get` of several keys, run side by side within one budget."""
+        now = time.monotonic()
+        out: dict[str, tuple[Any, str | None]] = {}
+        waiting: dict[str, tuple[_Cached, Future, float]] = {}
         with self._lock:
-            entry = self._cache.setdefault(key, _Cached())
-            fresh = entry.at and time.monotonic() - entry.at < self.max_age_s
-            if fresh and entry.error is None:
-                return entry.value, None
-            if entry.pending is None:
-                entry.pending = self._pool.submit(self._fill, entry, fn)
-            pending = entry.pending
-        try:
-            pending.result(timeout=self.budget_s)
-        except FutureTimeout:
-            return None, f"the database did not answer within {self.budget_s:g} s"
-        with self._lock:
-            return (entry.value, None) if entry.error is None else (None, entry.error)
+            for key, fn in reads.items():
+                entry = self._cache.setdefault(key, _Cached())
+                if entry.error is None and entry.at and now - entry.at < self.max_age_s:
+                    out[key] = (entry.value, None)
+                    continue
+                if entry.pending is None:
+                    entry.pending, entry.pending_since = self._pool.submit(self._fill, entry, fn), now
+                waiting[key] = (entry, entry.pending, entry.pending_since)
+        for key, (entry, pending, since) in waiting.items():
+            try:
+                pending.result(timeout=max(0.0, self.budget_s - (time.monotonic() - since)))
+            except FutureTimeout:
+                out[key] = (None, f"the database has not answered for {time.monotonic() - since:.0f} s")
+                continue
+            with self._lock:
+                out[key] = (entry.value, None) if entry.error is None else (None, entry.error)
+        return out
 
     def _fill(self, entry: _Cached, fn: Callable[[], Any]) -> None:
         try:
             value, error = fn(), None
         except Exception as exc:  # noqa: BLE001 - any failure is the database's state, shown on the page
-            value, error = None, f"{type(exc).__name__}: {exc}" if not str(exc).startswith(
-                type(exc).__name__) else str(exc)
+            value, error = None, str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
             log.warning("dashboard_database_error", error=error)
         with self._lock:
             entry.value, entry.error, entry.at, entry.pending = value, error, time.monotonic(), None
@@ -219,15 +232,19 @@ class DashboardData:
         series = part("series", lambda: self.source.series(since=since, until=until,
                                                            bucket_seconds=BUCKET_SECONDS))
         mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
-        tables, db_error = self.db.get("tables", table_counts)
-        guards = None
+        reads: dict[str, Callable[[], Any]] = {"tables": table_counts}
         if status is not None:
             current, target = next_step(status)
             if status.get("flag_error") and hasattr(self.source, "current_phase"):
                 # an unreadable flag: the fleet keeps the phase the history last recorded
                 current = self.source.current_phase(config.settings().root)[0]
                 target = current + 1 if current < 4 else 3
-            checks, guard_error = self.db.get(f"guards-{target}", lambda: self.source.guards(target))
+            reads[f"guards-{target}"] = lambda: self.source.guards(target)
+        answers = self.db.get_many(reads)  # the row counts and the guards need the database
+        tables, db_error = answers["tables"]
+        guards = None
+        if status is not None:
+            checks, guard_error = answers[f"guards-{target}"]
             guards = {"from": current, "to": target, "checks": checks, "error": guard_error}
         s = config.settings()
         return {
