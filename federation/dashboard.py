@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -93,15 +93,9 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def next_step(status: dict[str, Any]) -> tuple[int, int]:
-    """(current, target) phases of the step the page shows the guards of.
-
-    Up one phase from the live flag's (or from the default, 3); from 4 the only
-    move ``rollout set`` makes is back to 3.
-    """
-    flag = status.get("flag")
-    current = int(flag["phase"]) if flag else 3
-    return current, (current + 1 if current < 4 else 3)
+def next_step(current: int) -> int:
+    """The phase whose guards the page shows: up one, or from 4 back to 3 (the only move from there)."""
+    return current + 1 if current < 4 else 3
 
 
 # -- the database, off the request path ----------------------------------------------------
@@ -117,7 +111,7 @@ class _Cached:
 
 
 class _Bounded:
-    """Run database reads in worker threads, with a time budget and a cache.
+    """Run database reads in background threads, with a time budget and a cache.
 
     A database that is down makes a PostgreSQL connect wait up to 30 s
     (reconnecting): a request waits at most ``budget_s`` and then reports the
@@ -130,7 +124,6 @@ class _Bounded:
     def __init__(self, budget_s: float = DB_BUDGET_S, max_age_s: float = DB_REFRESH_S):
         self.budget_s = budget_s
         self.max_age_s = max_age_s
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard-db")
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
 
@@ -150,7 +143,7 @@ class _Bounded:
                     out[key] = (entry.value, None)
                     continue
                 if entry.pending is None:
-                    entry.pending, entry.pending_since = self._pool.submit(self._fill, entry, fn), now
+                    entry.pending, entry.pending_since = self._start(key, entry, fn), now
                 waiting[key] = (entry, entry.pending, entry.pending_since)
         for key, (entry, pending, since) in waiting.items():
             try:
@@ -162,6 +155,19 @@ class _Bounded:
                 out[key] = (entry.value, None) if entry.error is None else (None, entry.error)
         return out
 
+    def _start(self, key: str, entry: _Cached, fn: Callable[[], Any]) -> Future:
+        # a daemon thread, not an executor's: a read stuck on a dead server must not hold up the exit
+        done: Future = Future()
+
+        def run() -> None:
+            try:
+                self._fill(entry, fn)
+            finally:
+                done.set_result(None)
+
+        threading.Thread(target=run, name=f"dashboard-db-{key}", daemon=True).start()
+        return done
+
     def _fill(self, entry: _Cached, fn: Callable[[], Any]) -> None:
         try:
             value, error = fn(), None
@@ -170,9 +176,6 @@ class _Bounded:
             log.warning("dashboard_database_error", error=error)
         with self._lock:
             entry.value, entry.error, entry.at, entry.pending = value, error, time.monotonic(), None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def table_counts() -> dict[str, int] | None:
@@ -234,11 +237,10 @@ class DashboardData:
         mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
         reads: dict[str, Callable[[], Any]] = {"tables": table_counts}
         if status is not None:
-            current, target = next_step(status)
-            if status.get("flag_error") and hasattr(self.source, "current_phase"):
-                # an unreadable flag: the fleet keeps the phase the history last recorded
-                current = self.source.current_phase(config.settings().root)[0]
-                target = current + 1 if current < 4 else 3
+            # the phase of the unpinned fleet: the flag's, the history's last when the flag is
+            # unreadable, or the default
+            current = self.source.current_phase(config.settings().root)[0]
+            target = next_step(current)
             reads[f"guards-{target}"] = lambda: self.source.guards(target)
         answers = self.db.get_many(reads)  # the row counts and the guards need the database
         tables, db_error = answers["tables"]
