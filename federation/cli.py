@@ -495,8 +495,8 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
     """
     from .dashboard import serve as serve_dashboard
 
-    click.echo(f"federation dashboard on http://{host}:{port}/ (metrics: /metrics); Ctrl-C stops it", err=True)
-    serve_dashboard(host=host, port=port, refresh_s=refresh_s)
+    serve_dashboard(host=host, port=port, refresh_s=refresh_s, on_listening=lambda url: click.echo(
+        f"federation dashboard on {url} (metrics: {url}metrics); Ctrl-C stops it", err=True))
 
 
 def run() -> None:  # pragma: no cover - console entry point

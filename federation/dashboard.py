@@ -21,6 +21,7 @@ failure or a timeout is shown as the database's state, never as a 500.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -490,16 +491,46 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0) -> None:
-    """Serve the dashboard until interrupted (binds to loopback unless told otherwise)."""
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), or an OSError saying why not (before anything is served)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
+          on_listening: Callable[[str], None] | None = None) -> None:
+    """Serve the dashboard until interrupted (binds to loopback unless told otherwise).
+
+    *on_listening* is called with the page's URL once the socket is bound (port 0: a free one).
+    A port in use or an unknown host raises :class:`OSError` before anything is served.
+    """
     import uvicorn
 
     loopback = _is_loopback(host)
+    # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
+    allowed = ["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host] if loopback else None
+    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed)
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
     if not loopback:
         log.warning("dashboard_exposed", host=host, port=port,
                     detail="the dashboard has no authentication; anyone who can reach this address can read it")
-    # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
-    allowed = ["127.0.0.1", "localhost", host] if loopback else None
-    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed)
-    log.info("dashboard_started", host=host, port=port)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", log_config=None)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    log.info("dashboard_started", url=url)
+    if on_listening is not None:
+        on_listening(url)
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None))
+    with sock:
+        server.run(sockets=[sock])

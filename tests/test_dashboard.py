@@ -293,8 +293,8 @@ def test_bad_requests_are_4xx_with_a_message_never_a_traceback(fed, dashboard):
 
 @pytest.mark.sqlite_only
 def test_binds_to_loopback_by_default_and_refuses_foreign_host_names(fed, dashboard):
-    """Without --host the listening socket is 127.0.0.1 (read from /proc/net/tcp), and a request
-    naming another host (DNS rebinding) is refused."""
+    """Without --host the listening socket is 127.0.0.1 (read from /proc/net/tcp), a request naming
+    another host (DNS rebinding) is refused, and a port in use is a clean error."""
     server = dashboard()
     listening = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -306,6 +306,11 @@ def test_binds_to_loopback_by_default_and_refuses_foreign_host_names(fed, dashbo
     assert server.get("/api/status").status == 200
     assert server.get("/api/status", headers={"Host": "evil.example"}).status == 400
     assert server.get("/api/status", headers={"Host": f"localhost:{server.port}"}).status == 200
+    # a second one on the same port: one line saying why, exit 1, nothing served
+    second = subprocess.run([sys.executable, "-m", "federation", "dashboard", "--port", str(server.port)],
+                            env=fed.subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and second.stdout == ""
+    assert f"error: cannot listen on 127.0.0.1:{server.port}: Address already in use" in second.stderr
 
 
 # -- the database down -----------------------------------------------------------------------
