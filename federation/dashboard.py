@@ -407,7 +407,8 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
 
     data = data or DashboardData()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MetricsCollector(data))
+    collector = MetricsCollector(data)
+    registry.register(collector)
     static = {name: resources.files("federation").joinpath("dashboard_static", name).read_bytes()
               for name in _STATIC}
     static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
@@ -488,7 +489,16 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
         exception_handlers={BadRequest: bad_request, HTTPException: not_found, Exception: crashed},
     )
     app.state.data = data
+    app.state.collector = collector
     return app
+
+
+def _warm(app: Any) -> None:
+    """Read every counts file once (the first request would otherwise parse them all)."""
+    try:
+        app.state.collector.totals()
+    except Exception as exc:  # noqa: BLE001 - only a head start; the requests report their own errors
+        log.warning("dashboard_warm_up_failed", error=str(exc))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -531,6 +541,7 @@ def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
     log.info("dashboard_started", url=url)
     if on_listening is not None:
         on_listening(url)
+    threading.Thread(target=_warm, args=(app,), name="dashboard-warm-up", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None))
     with sock:
         server.run(sockets=[sock])
