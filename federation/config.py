@@ -215,6 +215,8 @@ class ControlTimings:
     counts_flush: float = 10.0
     #: the live flag is re-read at most this often, in seconds
     flag_check: float = 1.0
+    #: counts are kept per bucket of this many seconds (a divisor of 3600)
+    counts_bucket: float = 60.0
 
 
 _TIMING_VARS = {
@@ -222,6 +224,7 @@ _TIMING_VARS = {
     "FEDERATION_FLEET_TIMEOUT": "fleet_timeout",
     "FEDERATION_COUNTS_FLUSH": "counts_flush",
     "FEDERATION_FLAG_CHECK": "flag_check",
+    "FEDERATION_COUNTS_BUCKET": "counts_bucket",
 }
 
 
@@ -244,5 +247,7 @@ def control_timings(env: Mapping[str, str] | None = None) -> ControlTimings:
             value = float("nan")
         if not (0.0 < value < 86400.0):
             raise ConfigError(f"{var}={raw!r} is not accepted: use a number of seconds above 0")
+        if field == "counts_bucket" and (value != int(value) or 3600 % int(value)):
+            raise ConfigError(f"{var}={raw!r} is not accepted: use a whole number of seconds that divides 3600")
         values[field] = value
     return ControlTimings(**values)

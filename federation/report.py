@@ -181,8 +181,8 @@ def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
 def _use_counts(summary: dict[str, Any], first: str | None) -> None:
     """Put the fleet's counted comparisons (``federation rollout``) in place of the records proxy.
 
-    The window starts at the log's first shadow event (the last 24 hours
-    without one) and ends now.  Without counted comparisons the proxy stays,
+    The window starts at the hour of the log's first shadow event (the last
+    24 hours without one) and ends now.  Without counted comparisons the proxy stays,
     with ``rate_source: "records"``; each entity keeps it as ``records_rate``.
     """
     from datetime import datetime, timedelta, timezone
@@ -199,6 +199,8 @@ def _use_counts(summary: dict[str, Any], first: str | None) -> None:
             since = None
     if since is None or since > until:
         since = until - timedelta(hours=24)
+    else:  # the whole hour: counts are kept per bucket, and the log's period is approximate anyway
+        since = since.replace(minute=0, second=0, microsecond=0)
     counted = rollout.consistency(since, until)
     entities = summary["entities"]
     for slot in entities.values():

@@ -169,7 +169,7 @@ def test_plan_script_is_the_report_command(migrated):
 
 def test_log_summary_counts_shadow_events_per_entity(migrated, tmp_path):
     """--log FILE: shadow_mismatch / shadow_error events of a real structlog JSON log, counted per entity,
-    with the consistency rate over the period; other lines are ignored."""
+    with the consistency rate over the period from the counted comparisons; other lines are ignored."""
     fed = migrated
     log = tmp_path / "federation.log"
     path = fed.root / "nodes" / "agent-001" / "context_window.json"
@@ -193,11 +193,16 @@ def test_log_summary_counts_shadow_events_per_entity(migrated, tmp_path):
     assert summary["entities"]["context"]["keys"] == 1
     assert summary["entities"]["votes"]["shadow_error"] == 1
     records = rep["entities"]["context"]["files"]
-    assert summary["entities"]["context"]["consistency_rate"] == pytest.approx(1 - 1 / records)
+    # the rate comes from the comparisons the process counted: two reads, both mismatched
+    assert summary["rate_source"] == "counted"
+    context_summary = summary["entities"]["context"]
+    assert (context_summary["comparisons"], context_summary["mismatches"]) == (2, 2)
+    assert context_summary["consistency_rate"] == 0.0
+    assert context_summary["records_rate"] == pytest.approx(1 - 1 / records)  # the former proxy, kept
     assert summary["unreadable_lines"] == 1 and summary["last"] == "2099-01-01T00:00:00Z"
-    assert 0 < summary["consistency_rate"] < 1
+    assert summary["consistency_rate"] == 0.0 and 0 < summary["records_rate"] < 1
     human = cli(fed, "report", "--log", str(log))
-    assert "consistency rate over the period" in human.stdout
+    assert "consistency rate over the period: 0.000000 (2 mismatches in 2 counted comparisons)" in human.stdout
 
 
 def test_log_that_does_not_exist_is_a_usage_error(fed, tmp_path):

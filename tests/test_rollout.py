@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from federation.rollout._runtime import Runtime
 REPO = Path(__file__).resolve().parent.parent
 
 #: short intervals, so the tests see in a second what production sees in 5-30 s
-FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25"}
+FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FEDERATION_COUNTS_FLUSH": "0.25",
+        "FEDERATION_COUNTS_BUCKET": "1"}
 
 
 def unpinned_env(fed, **extra: object) -> dict[str, str]:
@@ -626,7 +628,8 @@ VOTER = r"""
 import json, os, sys, time
 from federation import governance, rollout
 poll, me, go, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-while not os.path.exists(go):
+governance.get_poll(poll)  # a first call: the process is in the fleet
+while not os.path.exists(go) and not os.path.exists(stop):
     time.sleep(0.01)
 cast, phases, j = 0, set(), 0
 while not os.path.exists(stop):
@@ -705,6 +708,7 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
     cast = sum(r["cast"] for r in results)
+    assert cast >= 200  # real traffic through every step
     assert all(r["phases"] == [1, 2, 3, 4] for r in results), results
     files = json.loads((fed.root / "shared" / "polls.json").read_text())[poll]["votes"]
     assert len(files) == cast  # phase 1 is authoritative at the end: every vote is in the files
@@ -713,3 +717,27 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
     assert len(fed.store().load_poll(poll)["votes"]) == cast
     assert [(h["from"], h["to"]) for h in rollout.history()] == [(3, 1), (1, 2), (2, 3), (3, 4), (4, 3), (3, 2),
                                                                   (2, 1)]
+
+
+@pytest.mark.sqlite_only
+def test_a_control_folder_that_cannot_be_written_costs_a_warning_not_a_call(fed):
+    """control/fleet and control/counts unusable (here: plain files where folders belong): every call
+    succeeds, and the process warns that the fleet cannot see it."""
+    context.set_context("probe", "text")
+    for name in ("fleet", "counts", "mismatches"):
+        target = fed.root / "control" / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.parent.mkdir(exist_ok=True)
+        target.write_text("not a folder")
+    edit_file_context(fed, "probe", "edited")  # a mismatch to write, too
+    code = ("from federation import context, rollout\n"
+            "for _ in range(20):\n"
+            "    assert context.get_context('probe')['text'] == 'text'\n"
+            "rollout.flush()\n"
+            "print('calls ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=unpinned_env(fed), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calls ok" in proc.stdout
+    assert "rollout_counts_flush_failed" in proc.stdout and "rollout_announce_failed" in proc.stdout

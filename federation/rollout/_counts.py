@@ -1,11 +1,14 @@
-"""Counted consistency: every shadow comparison, per hour, entity and phase.
+"""Counted consistency: every shadow comparison, per minute, entity and phase.
 
 A process accumulates its counts in memory (:class:`Tally`, a few
-microseconds per call) and its background thread rewrites them to
-``control/counts/<host>-<pid>-<start>.json`` at most every few seconds and at
-exit; readers merge the files of the whole fleet over a window.  Latencies
+microseconds per call) and its background thread writes them at most every
+few seconds and at exit, one file per process and hour:
+``control/counts/<YYYYMMDDTHH>/<host>-<pid>-<start>.json`` (so a flush
+rewrites only the current hour's cells, and a reader of a window opens only
+the hours it covers).  Readers merge the files of the whole fleet.  Latencies
 are fixed-bound histograms, so processes merge by adding counts and p50/p99
-come from the merged histogram.
+come from the merged histogram.  A window counts the buckets that start
+inside it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -25,8 +29,9 @@ from . import _io
 
 log = structlog.get_logger("federation.rollout")
 
-#: counts are kept per bucket of this many seconds (an hour)
-BUCKET_SECONDS = 3600
+#: counts are kept per bucket of this many seconds (a minute; FEDERATION_COUNTS_BUCKET, a divisor of 3600)
+BUCKET_SECONDS = 60
+HOUR = 3600
 #: upper bounds of the latency histogram buckets, in milliseconds; a last bucket holds the rest (+Inf)
 LATENCY_BOUNDS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
                      2500.0, 10000.0)
@@ -34,7 +39,7 @@ _BOUNDS_S = tuple(b / 1000.0 for b in LATENCY_BOUNDS_MS)
 SIDES = ("files", "db")
 #: the fleet keeps this many recent mismatches (each process at most this many)
 MISMATCH_CAP = 1000
-#: a process's counts older than this are dropped from memory and from its file
+#: counts (hour folders) older than this are removed by the next process that starts
 KEEP_SECONDS = 35 * 86400
 #: the longest text kept of one value in a sampled mismatch's diff
 _DIFF_TEXT = 500
@@ -56,12 +61,22 @@ class Cell:
                 "latency": {side: {"counts": list(self.hist[side]), "sum_ms": round(self.sums[side] * 1000, 6)}
                             for side in SIDES}}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Cell":
+        cell = cls()
+        cell.comparisons, cell.mismatches, cell.errors = data["comparisons"], data["mismatches"], data["errors"]
+        for side in SIDES:
+            cell.hist[side] = list(data["latency"][side]["counts"])
+            cell.sums[side] = data["latency"][side]["sum_ms"] / 1000.0
+        return cell
+
 
 class Tally:
-    """One process's counts since it started, and its mismatches not yet written."""
+    """One process's counts not yet written for good, and its mismatches not yet written."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = BUCKET_SECONDS) -> None:
         self._lock = threading.Lock()
+        self.width = width
         self.cells: dict[tuple[int, str, int], Cell] = {}
         self.pending: list[dict] = []
         self.dirty = False
@@ -69,7 +84,8 @@ class Tally:
     def observe(self, entity: str, phase: int, *, compared: bool, mismatched: bool = False, error: bool = False,
                 files_s: float | None = None, db_s: float | None = None) -> None:
         """Count one call of the shim: a comparison (mismatched or not), a shadow error, each side's time."""
-        bucket = int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS
+        width = self.width
+        bucket = int(time.time()) // width * width
         key = (bucket, entity, phase)
         with self._lock:
             cell = self.cells.get(key)
@@ -100,20 +116,31 @@ class Tally:
                 del self.pending[: len(self.pending) - MISMATCH_CAP]
             self.dirty = True
 
-    def take(self) -> tuple[list[tuple[tuple[int, str, int], dict]], list[dict]]:
-        """(every cell as JSON, the pending mismatches) for a flush; clears the pending list."""
-        horizon = int(time.time()) - KEEP_SECONDS
+    def take(self) -> tuple[dict[int, list[tuple[tuple[int, str, int], dict]]], list[dict]]:
+        """({hour: every cell of that hour as JSON} for the hours in memory, the pending mismatches).
+
+        Memory holds the current hour and past hours not yet written: cells of
+        past hours leave it here, as once written they do not change.
+        """
+        current = int(time.time()) // HOUR * HOUR
         with self._lock:
-            for key in [k for k in self.cells if k[0] < horizon]:
-                del self.cells[key]
-            cells = [(k, c.to_json()) for k, c in self.cells.items()]
+            hours: dict[int, list[tuple[tuple[int, str, int], dict]]] = {}
+            for key, cell in list(self.cells.items()):
+                hour = key[0] - key[0] % HOUR
+                hours.setdefault(hour, []).append((key, cell.to_json()))
+                if hour < current:
+                    del self.cells[key]
             pending, self.pending = self.pending, []
             self.dirty = False
-        return cells, pending
+        return hours, pending
 
-    def give_back(self, pending: list[dict]) -> None:
-        """A flush failed: keep its mismatches for the next one."""
+    def give_back(self, hours: dict[int, list[tuple[tuple[int, str, int], dict]]], pending: list[dict]) -> None:
+        """A flush failed: past hours' cells come back, to be written by the next one."""
         with self._lock:
+            for items in hours.values():
+                for key, data in items:
+                    if key not in self.cells:
+                        self.cells[key] = Cell.from_json(data)
             self.pending[:0] = pending[-MISMATCH_CAP:]
             self.dirty = True
 
@@ -141,16 +168,28 @@ def _trim(value: Any) -> Any:
 # the files
 
 
-def counts_file(root: Path, pid: int, started: float) -> Path:
-    return _io.control_dir(root) / _io.COUNTS_DIR / f"{_io.HOST}-{pid}-{int(started * 1000)}.json"
+def hour_name(hour: int) -> str:
+    return datetime.fromtimestamp(hour, tz=timezone.utc).strftime("%Y%m%dT%H")
+
+
+def hour_of(name: str) -> int | None:
+    try:
+        return int(datetime.strptime(name, "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def counts_file(root: Path, hour: int, pid: int, started: float) -> Path:
+    return _io.control_dir(root) / _io.COUNTS_DIR / hour_name(hour) / f"{_io.HOST}-{pid}-{int(started * 1000)}.json"
 
 
 def mismatch_file(root: Path, pid: int) -> Path:
     return _io.control_dir(root) / _io.MISMATCH_DIR / f"{_io.HOST}-{pid}.jsonl"
 
 
-def write_counts(path: Path, pid: int, started_at: str, cells: list[tuple[tuple[int, str, int], dict]]) -> None:
-    doc = {"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": BUCKET_SECONDS,
+def write_counts(path: Path, pid: int, started_at: str, width: int,
+                 cells: list[tuple[tuple[int, str, int], dict]]) -> None:
+    doc = {"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": width,
            "bounds_ms": list(LATENCY_BOUNDS_MS),
            "cells": [{"start": bucket, "entity": entity, "phase": phase, **data}
                      for (bucket, entity, phase), data in sorted(cells)]}
@@ -179,60 +218,38 @@ def _epoch(moment: datetime) -> float:
     return moment.astimezone(timezone.utc).timestamp()
 
 
-#: Parsed counts files of this process by path: ((inode, mtime_ns, size), bucket width, starts, cells).
-#: A long-running reader (the dashboard) parses a file again only when its writer replaced it
-#: (write_atomic renames, so a rewrite is a new inode); parsing is most of the cost of a read.
-_parsed: dict[str, tuple[tuple[int, int, int], float, list[float], list[dict]]] = {}
-_parsed_lock = threading.Lock()
-
-
-def _file_cells(path: str) -> tuple[float, list[float], list[dict]] | None:
-    """(bucket width, sorted starts, cells in that order) of one counts file; None when unusable."""
-    try:
-        st = os.stat(path)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = _parsed.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2], cached[3]
-        with open(path, "rb") as fh:
-            doc = json.loads(fh.read())
-    except (OSError, ValueError):
-        return None  # a file removed meanwhile, or foreign: never fail a reader
-    if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
-        return None
-    width = float(doc.get("bucket_seconds", BUCKET_SECONDS))
-    keyed = []
-    for cell in doc.get("cells", ()):
-        try:
-            keyed.append((float(cell["start"]), cell))
-        except (KeyError, TypeError, ValueError):
-            continue
-    keyed.sort(key=lambda pair: pair[0])
-    starts, cells = [k for k, _ in keyed], [c for _, c in keyed]
-    with _parsed_lock:
-        _parsed[path] = (stamp, width, starts, cells)
-    return width, starts, cells
-
-
 def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
-    """Every counted cell of the fleet whose hour overlaps [since, until) (callers must not change them)."""
+    """Every counted cell of the fleet whose bucket starts in [since, until)."""
     lo, hi = _epoch(since), _epoch(until)
-    directory = _io.control_dir(root) / _io.COUNTS_DIR
+    top = _io.control_dir(root) / _io.COUNTS_DIR
     try:
-        names = sorted(os.listdir(directory))
+        hours = sorted(os.listdir(top))
     except FileNotFoundError:
         return
-    paths = [os.path.join(directory, n) for n in names if n.endswith(".json") and not n.startswith(".")]
-    with _parsed_lock:  # forget files that are gone (pruned, or another federation's)
-        for stale in _parsed.keys() - set(paths):
-            del _parsed[stale]
-    for path in paths:
-        parsed = _file_cells(path)
-        if parsed is None:
+    for hour_dir in hours:
+        hour = hour_of(hour_dir)
+        if hour is None or hour + HOUR <= lo or hour >= hi:
             continue
-        width, starts, cells = parsed
-        # start + width > lo and start < hi
-        yield from cells[bisect.bisect_right(starts, lo - width):bisect.bisect_left(starts, hi)]
+        try:
+            names = sorted(os.listdir(top / hour_dir))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                doc = json.loads((top / hour_dir / name).read_bytes())
+            except (OSError, ValueError):
+                continue  # removed meanwhile, or foreign: never fail a reader
+            if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
+                continue
+            for cell in doc.get("cells", ()):
+                try:
+                    start = float(cell["start"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if lo <= start < hi:
+                    yield cell
 
 
 def empty_latency() -> dict[str, Any]:
@@ -277,6 +294,20 @@ def read_mismatches(root: Path) -> list[dict]:
         if name.endswith(".jsonl") and not name.startswith("."):
             out += _io.read_lines(directory / name)
     return out
+
+
+def prune_hours(root: Path, older_than: float) -> None:
+    """Remove the count folders of hours that ended more than *older_than* seconds ago."""
+    top = _io.control_dir(root) / _io.COUNTS_DIR
+    horizon = time.time() - older_than
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return
+    for name in names:
+        hour = hour_of(name)
+        if hour is not None and hour + HOUR < horizon:
+            shutil.rmtree(top / name, ignore_errors=True)
 
 
 def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = ()) -> None:

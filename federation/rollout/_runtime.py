@@ -67,6 +67,7 @@ class Runtime:
         self._counts_root: Path | None = None
         self._mismatch_lines = 0
         self._reported_pairs: set[tuple] = set()
+        self._warned: set[str] = set()
         self._last_announce = self._last_flush = 0.0
 
     # -- the phase of a call -------------------------------------------------------
@@ -123,6 +124,7 @@ class Runtime:
         except ConfigError as exc:
             log.error("rollout_config_invalid", error=str(exc), using="defaults")
             self.timings = config.ControlTimings()
+        self.tally.width = int(self.timings.counts_bucket)
 
     def _current_flag(self, root: Path) -> _flag.Flag | None:
         """The flag, re-read only when its file changed; on a problem, the last good value (or None)."""
@@ -234,13 +236,14 @@ class Runtime:
         try:
             _io.write_atomic(path, _io.dumps(doc))
         except OSError as exc:
-            log.warning("rollout_announce_failed", path=str(path), error=str(exc))
+            self._warn_once("rollout_announce_failed", path=str(path), error=str(exc))
             return False
+        self._warned.discard("rollout_announce_failed")
         if self._announced_root != root:
             self._announced_root = root
             with contextlib.suppress(OSError):  # leftovers of processes long gone
                 _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
-                _counts.prune_files(_io.control_dir(root) / _io.COUNTS_DIR, _counts.KEEP_SECONDS)
+                _counts.prune_hours(root, _counts.KEEP_SECONDS)
                 _counts.prune_files(_io.control_dir(root) / _io.MISMATCH_DIR, _counts.KEEP_SECONDS)
         return True
 
@@ -273,16 +276,24 @@ class Runtime:
     def _flush(self, root: Path) -> None:
         if not self._writable(root):
             return
-        cells, pending = self.tally.take()
+        hours, pending = self.tally.take()
         try:
-            if cells:
-                _counts.write_counts(_counts.counts_file(root, self.pid, self.started), self.pid, self.started_at,
-                                     cells)
+            for hour, cells in sorted(hours.items()):
+                _counts.write_counts(_counts.counts_file(root, hour, self.pid, self.started), self.pid,
+                                     self.started_at, self.tally.width, cells)
             self._mismatch_lines = _counts.append_mismatches(_counts.mismatch_file(root, self.pid), pending,
                                                              self._mismatch_lines)
         except OSError as exc:
-            self.tally.give_back(pending)
-            log.warning("rollout_counts_flush_failed", root=str(root), error=str(exc))
+            self.tally.give_back(hours, pending)
+            self._warn_once("rollout_counts_flush_failed", root=str(root), error=str(exc))
+        else:
+            self._warned.discard("rollout_counts_flush_failed")
+
+    def _warn_once(self, event: str, **fields: Any) -> None:
+        """A failing disk is said once (until it works again), not at every refresh."""
+        if event not in self._warned:
+            self._warned.add(event)
+            log.warning(event, **fields)
 
     def flush(self) -> None:
         """Write this process's counts now (tests, and a process about to exit)."""

@@ -106,15 +106,15 @@ def totals(since: datetime | None = None, until: datetime | None = None,
 
 
 def series(since: datetime | None = None, until: datetime | None = None,
-           bucket_seconds: int = _counts.BUCKET_SECONDS) -> dict[str, list[dict]]:
+           bucket_seconds: int = 3600) -> dict[str, list[dict]]:
     """Per entity, one point per bucket over the window (zero-filled), oldest first.
 
     A point is ``{"start": ISO 8601, "comparisons", "mismatches", "errors"}``.
-    Counts are kept per hour, so *bucket_seconds* is a multiple of 3600.
+    Counts are kept per minute, so *bucket_seconds* is a multiple of 60.
     """
     if bucket_seconds <= 0 or bucket_seconds % _counts.BUCKET_SECONDS:
         raise ValueError(f"bucket_seconds must be a positive multiple of {_counts.BUCKET_SECONDS} "
-                         f"(counts are kept per hour), not {bucket_seconds}")
+                         f"(counts are kept per minute), not {bucket_seconds}")
     since, until = window(since, until)
     first = int(since.timestamp()) // bucket_seconds * bucket_seconds
     last = int(until.timestamp())
