@@ -1,7 +1,8 @@
 """Dashboard page load and /metrics scrape over a large control plane.
 
 A fleet of --processes processes, each with --days of hourly counts for every
-entity (written with the control plane's own writers, in its file layout),
+entity (written with the control plane's own writers, in its file layout: one
+file per process and hour; --busy-minutes cells per hour, 1 by default),
 1,000 recent mismatches, and a small database; then a real uvicorn server on a
 free port, timed from this process over HTTP:
 
@@ -37,37 +38,43 @@ TARGET_MS = 200.0
 ENTITIES = ("messages", "context", "expertise", "profiles", "polls", "sessions")
 
 
-def write_control_plane(root: Path, processes: int, days: int, seed: int = 1) -> int:
+def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int = 1, seed: int = 1) -> int:
     """Counts files, fleet announcements and mismatches as the processes of the control plane write them.
 
-    Returns the number of cells written.
+    Each process counted in *busy_minutes* minutes of every hour for every entity (1: hourly counts;
+    a process busy all the time has a cell per minute, 60).  Returns the number of cells written.
     """
     from federation.rollout import _counts, _fleet, _io
 
     rnd = random.Random(seed)
     now = datetime.now(timezone.utc)
-    first_bucket = int((now - timedelta(days=days)).timestamp()) // _counts.BUCKET_SECONDS * _counts.BUCKET_SECONDS
-    last_bucket = int(now.timestamp()) // _counts.BUCKET_SECONDS * _counts.BUCKET_SECONDS
+    hour = _counts.HOUR
+    first_hour = int((now - timedelta(days=days)).timestamp()) // hour * hour
+    last_hour = int(now.timestamp()) // hour * hour
     n_bounds = len(_counts.LATENCY_BOUNDS_MS) + 1
+    width = _counts.BUCKET_SECONDS
     cells_written = 0
     for p in range(processes):
         pid = 100_000 + p
         started = now - timedelta(days=days)
-        cells = []
-        for bucket in range(first_bucket, last_bucket + 1, _counts.BUCKET_SECONDS):
-            for entity in ENTITIES:
-                comparisons = rnd.randint(0, 40)
-                mismatches = 1 if comparisons and rnd.random() < 0.01 else 0
-                latency = {}
-                for side in _counts.SIDES:
-                    hist = [0] * n_bounds
-                    for _ in range(comparisons):
-                        hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
-                    latency[side] = {"counts": hist, "sum_ms": round(comparisons * 0.4, 6)}
-                cells.append(((bucket, entity, 3), {"comparisons": comparisons, "mismatches": mismatches,
-                                                    "errors": 0, "latency": latency}))
-        cells_written += len(cells)
-        _counts.write_counts(_counts.counts_file(root, pid, started.timestamp()), pid, _io.iso(started), cells)
+        for h in range(first_hour, last_hour + 1, hour):
+            cells = []
+            for minute in range(busy_minutes):
+                bucket = h + minute * width
+                for entity in ENTITIES:
+                    comparisons = rnd.randint(1, 40)
+                    mismatches = 1 if rnd.random() < 0.01 else 0
+                    latency = {}
+                    for side in _counts.SIDES:
+                        hist = [0] * n_bounds
+                        for _ in range(comparisons):
+                            hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
+                        latency[side] = {"counts": hist, "sum_ms": round(comparisons * 0.4, 6)}
+                    cells.append(((bucket, entity, 3), {"comparisons": comparisons, "mismatches": mismatches,
+                                                        "errors": 0, "latency": latency}))
+            cells_written += len(cells)
+            _counts.write_counts(_counts.counts_file(root, h, pid, started.timestamp()), pid, _io.iso(started),
+                                 width, cells)
         doc = {"host": _io.HOST, "pid": pid, "agent": f"agent{p}", "phase": 3,
                "source": "env" if p % 10 == 0 else "flag", "sample": 1.0, "version": "bench",
                "started_at": _io.iso(started), "last_seen": _io.iso(now - timedelta(seconds=p % 60))}
@@ -109,6 +116,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=50)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--busy-minutes", type=int, default=1,
+                        help="minutes of each hour with counts, per process and entity (60: always busy)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
@@ -124,9 +133,10 @@ def main() -> None:
         for i in range(50):  # a small database, so the row counts are real
             context.set_context(f"agent{i}", f"text {i}")
         started = time.perf_counter()
-        cells = write_control_plane(root, args.processes, args.days)
+        cells = write_control_plane(root, args.processes, args.days, args.busy_minutes)
         size = sum(f.stat().st_size for f in (root / "control").rglob("*") if f.is_file())
-        print(f"control plane: {args.processes} processes x {args.days} days hourly x {len(ENTITIES)} entities = "
+        print(f"control plane: {args.processes} processes x {args.days} days x {args.busy_minutes} minute(s) an hour "
+              f"x {len(ENTITIES)} entities = "
               f"{cells:,} cells, {size / 1e6:.1f} MB of files (written in {time.perf_counter() - started:.1f} s)")
 
         import uvicorn

@@ -484,28 +484,3 @@ def test_database_unreachable_the_page_still_loads_and_says_so(fed, dashboard, a
     assert page.errors == []
     screenshot(page, tmp_path, "dashboard-database-down.png")
 
-
-# -- a long-running reader of the counts ----------------------------------------------------------
-
-
-@pytest.mark.sqlite_only
-def test_counts_rewritten_by_their_process_are_read_again(fed):
-    """The dashboard keeps parsed counts files between requests: a file its process rewrites (flush
-    after flush, even within the same second and at the same size) is read again, a removed one is
-    forgotten."""
-    from federation import context, rollout
-    from federation.rollout import _counts
-
-    fed.phase(3)
-    context.set_context("carol", "one")
-    context.get_context("carol")
-    rollout.flush()
-    assert {r["entity"]: r["comparisons"] for r in rollout.counters()}["context"] == 1
-    for _ in range(3):
-        context.get_context("carol")
-        rollout.flush()
-        assert len(_counts._parsed) == 1
-    assert {r["entity"]: r["comparisons"] for r in rollout.counters()}["context"] == 4
-    for path in (fed.root / "control" / "counts").iterdir():
-        path.unlink()
-    assert rollout.counters() == [] and _counts._parsed == {}
