@@ -220,6 +220,11 @@ def test_api_status_is_rollout_status_and_metrics_count_what_was_compared(fed, d
     # the same state; the window ends "now" for each call
     assert ours["window"]["since"] == cli["window"]["since"]
     assert {k_: v for k_, v in ours.items() if k_ != "window"} == {k_: v for k_, v in cli.items() if k_ != "window"}
+    # the page's data: the same status, its consistency summed hour by hour
+    page = server.get("/api/dashboard").json()
+    assert {k_: v for k_, v in page["status"].items() if k_ != "window"} == \
+        {k_: v for k_, v in server.get("/api/status").json().items() if k_ != "window"}
+    assert [p["comparisons"] for p in page["series"]["context"]][-1] == k
     # and without a query: the CLI's default window (the last 24 h)
     default = server.get("/api/status").json()
     assert {k_: v for k_, v in default.items() if k_ != "window"} == \
@@ -484,3 +489,40 @@ def test_database_unreachable_the_page_still_loads_and_says_so(fed, dashboard, a
     assert page.errors == []
     screenshot(page, tmp_path, "dashboard-database-down.png")
 
+
+
+# -- the hourly counts ------------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite_only
+def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
+    """The page's consistency and series, summed from per-hour counters (the hours that are over read
+    once and kept), equal rollout.consistency() and rollout.series() of the same window; an hour that
+    is over is not read again."""
+    from datetime import datetime, timedelta, timezone
+
+    from federation import context, rollout
+    from federation.dashboard import HourlyCounts
+
+    fed.phase(3)
+    for i in range(5):
+        context.set_context(f"h{i}", "text")
+        context.get_context(f"h{i}")
+    rollout.flush()
+    until = datetime.now(timezone.utc)
+    since = until - timedelta(hours=24)
+    hourly = HourlyCounts(rollout)
+    hours = hourly.by_hour(since, until)
+    assert HourlyCounts.consistency(hours) == rollout.consistency(since, until)
+    assert HourlyCounts.series(hours) == rollout.series(since, until)
+    assert len(hours) == 25 and hourly._closed  # the hours before the last are over
+
+    # seen from three hours later, the current hour is over too: read once, then kept
+    later = until + timedelta(hours=3)
+    window = (until - timedelta(hours=23, minutes=59), later)
+    hours = hourly.by_hour(*window, now=later)
+    assert HourlyCounts.consistency(hours)["context"]["comparisons"] == 5
+    context.get_context("h0")
+    rollout.flush()
+    assert HourlyCounts.consistency(hourly.by_hour(*window, now=later))["context"]["comparisons"] == 5
+    assert rollout.consistency(*window)["context"]["comparisons"] == 6
