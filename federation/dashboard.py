@@ -323,9 +323,14 @@ class DashboardData:
             data["flag_error"] = problem
         return data
 
-    def status(self, window: str = "24h") -> dict[str, Any]:
-        since, until = window_bounds(window)
-        return self.source.status(since=since, until=until)
+    def status(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:
+        """``rollout.status(since, until)``; a window within the hours kept is summed from them."""
+        until = until or datetime.now(timezone.utc)
+        if since > until:
+            raise BadRequest(f"the window starts ({_iso(since)}) after it ends ({_iso(until)})")
+        if (until - since).total_seconds() > self.hourly.keep_s - BUCKET_SECONDS:
+            return self.source.status(since=since, until=until)
+        return self._status(since, until, self.hourly.by_hour(since, until))
 
     def page(self, window: str = "24h") -> dict[str, Any]:
         """The page's data; a part that cannot be read is null, with its error in ``problems``."""
@@ -548,12 +553,8 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
             raise BadRequest("/api/status takes either window= (24h or 7d) or since= (an ISO 8601 time or a "
                              "duration like 30m, 12h, 7d)")
         if "since" in params:
-            since = parse_since(params["since"])
-            try:
-                return JSONResponse(data.source.status(since=since))
-            except ValueError as exc:  # a window that starts in the future
-                raise BadRequest(str(exc)) from None
-        return JSONResponse(data.status(window_of(request)))
+            return JSONResponse(data.status(parse_since(params["since"])))
+        return JSONResponse(data.status(*window_bounds(window_of(request))))
 
     def api_dashboard(request: Request) -> Response:
         return JSONResponse(data.page(window_of(request)), headers={"Cache-Control": "no-store"})
