@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _validate
+from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
 from .errors import CorruptFileError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked"]
@@ -47,37 +48,37 @@ class Tree:
 
     @property
     def nodes(self) -> Path:
-        return self.root / "nodes"
+        return self.root / NODES_DIR
 
     @property
     def shared(self) -> Path:
-        return self.root / "shared"
+        return self.root / SHARED_DIR
 
     @property
     def polls_file(self) -> Path:
-        return self._cached("polls", "", lambda: self.shared / "polls.json")
+        return self._cached("polls", "", lambda: self.shared / POLLS_FILE)
 
     @property
     def sessions_dir(self) -> Path:
-        return self.shared / "sessions"
+        return self.shared / SESSIONS_DIR
 
     def node(self, agent: str) -> Path:
         return self._cached("node", agent, lambda: self.nodes / _validate.agent(agent))
 
     def inbox(self, agent: str) -> Path:
-        return self._cached("inbox", agent, lambda: self.node(agent) / "inbox")
+        return self._cached("inbox", agent, lambda: self.node(agent) / INBOX_DIR)
 
     def message_file(self, agent: str, message_id: str) -> Path:
         return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"
 
     def context_file(self, agent: str) -> Path:
-        return self._cached("context", agent, lambda: self.node(agent) / "context_window.json")
+        return self._cached("context", agent, lambda: self.node(agent) / NODE_FILE_OF["context"])
 
     def expertise_file(self, agent: str) -> Path:
-        return self._cached("expertise", agent, lambda: self.node(agent) / "expertise.json")
+        return self._cached("expertise", agent, lambda: self.node(agent) / NODE_FILE_OF["expertise"])
 
     def profile_file(self, agent: str) -> Path:
-        return self._cached("profile", agent, lambda: self.node(agent) / "profile.json")
+        return self._cached("profile", agent, lambda: self.node(agent) / NODE_FILE_OF["profile"])
 
     def session_file(self, session_id: str) -> Path:
         return self.sessions_dir / f"{_validate.ident(session_id, 'session id')}.json"
@@ -92,10 +93,10 @@ class Tree:
             for node in self.nodes.iterdir():
                 if not node.is_dir():
                     continue
-                for name in ("context_window.json", "expertise.json", "profile.json"):
+                for name in NODE_FILES:
                     if (node / name).exists():
                         return True
-                inbox = node / "inbox"
+                inbox = node / INBOX_DIR
                 if inbox.is_dir() and any(p.suffix == ".json" for p in inbox.iterdir()):
                     return True
         return False

@@ -13,6 +13,9 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .entities import (INBOX_DIR, MESSAGES, NODE_FILE_OF, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
+                       SHARED_DIR, TABLES)
+
 __all__ = ["generate", "MALFORMED_KINDS"]
 
 #: kind -> (relative path, bytes, a fragment of the reason the migration gives)
@@ -50,26 +53,25 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
     root = Path(root)
     base = datetime(2024, 3, 1, tzinfo=timezone.utc)
     names = [f"agent-{i:03d}" for i in range(agents)]
-    rows = {t: 0 for t in ("messages", "context", "expertise", "profiles", "polls", "votes", "sessions",
-                           "session_roles", "session_artifacts", "session_reviews")}
+    rows = {t.table: 0 for t in TABLES}
     unknown: list[tuple[str, str]] = []
 
     def stamp(seconds: float) -> str:
         return (base + timedelta(seconds=seconds)).isoformat()
 
     for n, name in enumerate(names):
-        node = root / "nodes" / name
-        (node / "inbox").mkdir(parents=True, exist_ok=True)
+        node = root / NODES_DIR / name
+        (node / INBOX_DIR).mkdir(parents=True, exist_ok=True)
         if n % 7 != 6:  # some agents have no context window
-            _dump(node / "context_window.json", {"agent": name, "text": f"{name} works on item {n}",
+            _dump(node / NODE_FILE_OF["context"], {"agent": name, "text": f"{name} works on item {n}",
                                                  "last_heartbeat": stamp(n), "updated_at": stamp(n)})
             rows["context"] += 1
         domains = sorted(rnd.sample(["python", "sql", "review", "ops", "docs", "security"], rnd.randint(0, 3)))
         if domains or n % 2:  # an empty domain list is a file without rows
-            _dump(node / "expertise.json", {"agent": name, "domains": domains, "updated_at": stamp(n)})
+            _dump(node / NODE_FILE_OF["expertise"], {"agent": name, "domains": domains, "updated_at": stamp(n)})
             rows["expertise"] += len(domains)
         if n % 3 != 2:
-            _dump(node / "profile.json", {"agent": name, "default_role": rnd.choice(["reviewer", "builder", None]),
+            _dump(node / NODE_FILE_OF["profile"], {"agent": name, "default_role": rnd.choice(["reviewer", "builder", None]),
                                           "traits": {"careful": bool(n % 2), "speed": n}, "updated_at": stamp(n)})
             rows["profiles"] += 1
 
@@ -79,36 +81,36 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         mid = f"{rnd.getrandbits(128):032x}" if random_ids else f"msg-{i:07d}"
         msg = {"id": mid, "sender": names[(i * 7 + 1) % agents], "recipient": recipient,
                "content": f"message {i}: please look at item {rnd.randint(0, 10**6)}",
-               "message_type": rnd.choice(["task", "question", "info"]),
+               "message_type": rnd.choice([MESSAGES.default("message_type"), "question", "info"]),
                "reply_to": previous if i % 5 == 0 else None, "timestamp": stamp(1000 + i)}
         previous = mid
         if i % 11 == 3:
             del msg["id"]  # legacy files without "id": the file name is the id
-        path = root / "nodes" / recipient / "inbox" / f"{mid}.json"
+        path = root / NODES_DIR / recipient / INBOX_DIR / f"{mid}.json"
         if unknown_fields and i == 1:
             msg["priority"] = "high"
             unknown.append((str(path), "priority"))
         _dump(path, msg)
         rows["messages"] += 1
 
-    shared = root / "shared"
-    (shared / "sessions").mkdir(parents=True, exist_ok=True)
+    shared = root / SHARED_DIR
+    (shared / SESSIONS_DIR).mkdir(parents=True, exist_ok=True)
     doc = {}
     for p in range(polls):
         pid = f"poll-{p:04d}"
         options = [f"option-{k}" for k in range(rnd.randint(2, 4))]
         voters = rnd.sample(names, rnd.randint(0, agents))
         doc[pid] = {"id": pid, "question": f"Question {p}?", "options": options,
-                    "status": "closed" if p % 4 == 3 else "open", "creator": names[p % agents],
+                    "status": "closed" if p % 4 == 3 else POLLS.default("status"), "creator": names[p % agents],
                     "created_at": stamp(p), "votes": {v: rnd.choice(options) for v in voters}}
         rows["polls"] += 1
         rows["votes"] += len(voters)
     if unknown_fields and doc:
         first = next(iter(doc))
         doc[first]["color"] = "blue"
-        unknown.append((str(shared / "polls.json"), f"{first}.color"))
+        unknown.append((str(shared / POLLS_FILE), f"{first}.color"))
     if polls:
-        _dump(shared / "polls.json", doc)
+        _dump(shared / POLLS_FILE, doc)
 
     for s in range(sessions):
         sid = f"session-{s:04d}"
@@ -118,12 +120,12 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         reviews = {atype: {members[-1]: {"status": "approved", "comments": "ok" if s % 2 else None,
                                          "reviewed_at": stamp(s + 5)}} for atype in artifacts}
         session = {"id": sid, "title": f"Session {s}", "description": None if s % 2 else f"about {s}",
-                   "lead": members[0], "phase": rnd.choice(["planning", "executing", "review"]),
+                   "lead": members[0], "phase": rnd.choice([SESSIONS.default("phase"), "executing", "review"]),
                    "created_at": stamp(s), "updated_at": stamp(s + 9),
                    "roles": {m: {"role": "reviewer", "subtask": f"part {k}", "assigned_at": stamp(s + 1)}
                              for k, m in enumerate(members[1:])},
                    "artifacts": artifacts, "reviews": reviews}
-        _dump(shared / "sessions" / f"{sid}.json", session)
+        _dump(shared / SESSIONS_DIR / f"{sid}.json", session)
         rows["sessions"] += 1
         rows["session_roles"] += len(session["roles"])
         rows["session_artifacts"] += len(artifacts)

@@ -2,7 +2,7 @@
 
 Imported only when ``FEDERATION_DB_URL`` is set, so SQLite users never need
 psycopg.  Everything else — the schema, the store's SQL, retries, reconnects —
-is shared with SQLite through :class:`~federation.database.Dialect`.
+is shared with SQLite through :class:`~federation._dialect.Dialect`.
 
 Isolation: write transactions run at READ COMMITTED and rely on row locks
 (a vote locks its poll ``FOR SHARE``, a close ``FOR UPDATE``; ``claim_inbox``
@@ -25,9 +25,8 @@ import re
 
 import psycopg
 
-from . import database
+from ._dialect import Dialect, Tx
 from .config import _redact
-from .database import Dialect, Tx
 from .errors import StorageError
 
 __all__ = ["PostgresDialect"]
@@ -91,7 +90,7 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return _translate(text)
 
-    def connect(self) -> psycopg.Connection:
+    def connect(self, busy_deadline_s: float) -> psycopg.Connection:
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
         try:
@@ -107,7 +106,7 @@ class PostgresDialect(Dialect):
         # A row lock held too long by another session: stop waiting when a write
         # would give up anyway (55P03 is retried until the deadline, then "busy"),
         # as SQLite's busy timeout does.
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(database.BUSY_DEADLINE_S * 1000)}ms",))
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(busy_deadline_s * 1000)}ms",))
         return conn
 
     def begin_write(self, conn: psycopg.Connection, snapshot: bool = False) -> None:

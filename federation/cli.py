@@ -499,9 +499,5 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
         f"federation dashboard on {url} (metrics: {url}metrics); Ctrl-C stops it", err=True))
 
 
-def run() -> None:  # pragma: no cover - console entry point
-    main()
-
-
 if __name__ == "__main__":  # python -m federation.cli
     main()

@@ -24,11 +24,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _validate, config
+from . import config
 from ._files import Tree, atomic_write_json, locked, read_json, remove
-from .errors import ConflictError, CorruptFileError, NotFoundError, ValidationError
-
-MESSAGE_FIELDS = ("id", "sender", "recipient", "content", "message_type", "reply_to", "timestamp")
+from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
+                       check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
+from .errors import ConflictError, CorruptFileError, NotFoundError
 
 
 def tree() -> Tree:
@@ -52,28 +52,16 @@ def file_lock(name: str):
 # messages
 
 
-def _message_from_file(path: Path, agent: str) -> dict:
+def _message_from_file(path: Path, agent: str) -> dict | None:
     data = read_json(path)
     if data is None:
         return None
-    msg = {field: data.get(field) for field in MESSAGE_FIELDS}
-    if not msg["id"]:
-        msg["id"] = path.stem  # legacy files may lack "id": the file name is the id
-    if msg["recipient"] is None:
-        msg["recipient"] = agent
-    if msg["message_type"] is None:
-        msg["message_type"] = "task"
-    return msg
+    # legacy files may lack "id" (the file name is the id) and "recipient" (the inbox's agent)
+    return MESSAGES.record(data, fallback={"id": path.stem, "recipient": agent})
 
 
 def _order(messages: list[dict]) -> list[dict]:
     return sorted(messages, key=lambda m: (str(m.get("timestamp") or ""), str(m["id"])))
-
-
-def history_entry(direction: str, m: dict) -> dict:
-    """The message-history record of message *m* sent or received."""
-    return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
-            "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
 
 
 def save_message(message: dict) -> None:
@@ -113,7 +101,7 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
     that two readers never both receive a message.
     """
     t = tree()
-    with locked(t, f"inbox-{_validate.agent(agent)}"):
+    with locked(t, inbox_lock(agent)):
         messages = _inbox(agent)
         if ids is not None:
             wanted = set(ids)
@@ -156,19 +144,14 @@ def _context(agent: str) -> dict | None:
     data = read_json(tree().context_file(agent))
     if data is None:
         return None
-    return {
-        "agent": agent,
-        "text": data.get("text") or "",
-        "last_heartbeat": data.get("last_heartbeat"),
-        "updated_at": data.get("updated_at"),
-    }
+    return CONTEXT.record(data, given={"agent": agent})
 
 
 def save_context(agent: str, text: str, updated_at: str) -> None:
     """Set the context text of *agent* (its heartbeat is kept)."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
         doc.update(text=text, updated_at=updated_at)
         atomic_write_json(t.context_file(agent), doc)
 
@@ -176,8 +159,8 @@ def save_context(agent: str, text: str, updated_at: str) -> None:
 def save_heartbeat(agent: str, timestamp: str) -> None:
     """Record that *agent* is alive (its context text is kept)."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _context(agent) or {"agent": agent, "text": "", "last_heartbeat": None, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
         doc.update(last_heartbeat=timestamp)
         atomic_write_json(t.context_file(agent), doc)
 
@@ -214,20 +197,14 @@ def _profile(agent: str) -> dict | None:
     data = read_json(tree().profile_file(agent))
     if data is None:
         return None
-    traits = data.get("traits")
-    return {
-        "agent": agent,
-        "default_role": data.get("default_role"),
-        "traits": traits if isinstance(traits, dict) else {},
-        "updated_at": data.get("updated_at"),
-    }
+    return PROFILES.record(data, given={"agent": agent})
 
 
 def save_profile(agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
     """Set the profile of *agent*; a ``None`` field keeps its current value."""
     t = tree()
-    with locked(t, f"node-{_validate.agent(agent)}"):
-        doc = _profile(agent) or {"agent": agent, "default_role": None, "traits": {}, "updated_at": None}
+    with locked(t, node_lock(agent)):
+        doc = _profile(agent) or PROFILES.record({}, given={"agent": agent})
         if default_role is not None:
             doc["default_role"] = default_role
         if traits is not None:
@@ -250,9 +227,12 @@ def _agents() -> list[str]:
     out = []
     for name in names:
         node = nodes / name
-        if any((node / f).exists() for f in ("context_window.json", "expertise.json", "profile.json", "inbox")):
+        if any((node / f).exists() for f in _NODE_ENTRIES):
             out.append(name)
     return sorted(out)
+
+
+_NODE_ENTRIES = (*NODE_FILES, "inbox")
 
 
 def load_experts(domain: str) -> list[str]:
@@ -276,16 +256,7 @@ def _read_polls() -> dict[str, dict]:
 def _normal_poll(poll_id: str, poll: dict) -> dict:
     if not isinstance(poll, dict):
         raise CorruptFileError(tree().polls_file, f"poll {poll_id!r} is not an object")
-    votes = poll.get("votes") or {}
-    return {
-        "id": poll.get("id") or poll_id,
-        "question": poll.get("question"),
-        "options": list(poll.get("options") or []),
-        "status": poll.get("status") or "open",
-        "creator": poll.get("creator"),
-        "created_at": poll.get("created_at"),
-        "votes": dict(votes),
-    }
+    return {**POLLS.record(poll, fallback={"id": poll_id}), "votes": dict(poll.get("votes") or {})}
 
 
 def load_polls() -> dict[str, dict]:
@@ -296,7 +267,7 @@ def load_polls() -> dict[str, dict]:
 def save_polls(polls: dict[str, dict]) -> None:
     """Write the whole polls document (legacy).  Through the shim, a delta."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         atomic_write_json(t.polls_file, copy.deepcopy(polls))
 
 
@@ -308,7 +279,7 @@ def load_poll(poll_id: str) -> dict | None:
 def save_poll(poll: dict) -> None:
     """Create a poll; a poll with the same id is a conflict."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         if poll["id"] in polls:
             raise ConflictError(f"poll {poll['id']} already exists")
@@ -316,42 +287,24 @@ def save_poll(poll: dict) -> None:
         atomic_write_json(t.polls_file, polls)
 
 
-def _check_vote(poll: dict | None, poll_id: str, option: str) -> None:
-    if poll is None:
-        raise NotFoundError(f"poll {poll_id} does not exist")
-    if (poll.get("status") or "open") != "open":
-        raise ConflictError(f"poll {poll_id} is closed")
-    if option not in (poll.get("options") or []):
-        raise ValidationError(f"{option!r} is not an option of poll {poll_id}: choose one of {poll.get('options')}")
-
-
 def save_vote(poll_id: str, voter: str, option: str, voted_at: str) -> None:
     """Record *voter*'s vote (replacing an earlier one) on an open poll."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         poll = polls.get(poll_id)
-        _check_vote(poll, poll_id, option)
+        check_vote(poll, poll_id, option)
         poll.setdefault("votes", {})[voter] = option
         atomic_write_json(t.polls_file, polls)
-
-
-def _check_close(poll: dict | None, poll_id: str, agent: str) -> bool:
-    """True when the poll must be closed now, False when it already is."""
-    if poll is None:
-        raise NotFoundError(f"poll {poll_id} does not exist")
-    if poll.get("creator") != agent:
-        raise ConflictError(f"only the creator ({poll.get('creator')}) may close poll {poll_id}")
-    return (poll.get("status") or "open") == "open"
 
 
 def save_poll_status(poll_id: str, agent: str, status: str) -> None:
     """Close a poll (only its creator may); closing a closed poll changes nothing."""
     t = tree()
-    with locked(t, "polls"):
+    with locked(t, POLLS_LOCK):
         polls = _read_polls()
         poll = polls.get(poll_id)
-        if _check_close(poll, poll_id, agent):
+        if check_close(poll, poll_id, agent):
             poll["status"] = status
             atomic_write_json(t.polls_file, polls)
 
@@ -361,18 +314,15 @@ def save_poll_status(poll_id: str, agent: str, status: str) -> None:
 
 
 def _normal_session(session_id: str, data: dict) -> dict:
-    return {
-        "id": data.get("id") or session_id,
-        "title": data.get("title"),
-        "description": data.get("description"),
-        "lead": data.get("lead"),
-        "phase": data.get("phase") or "planning",
-        "created_at": data.get("created_at"),
-        "updated_at": data.get("updated_at"),
-        "roles": dict(data.get("roles") or {}),
-        "artifacts": dict(data.get("artifacts") or {}),
-        "reviews": {k: dict(v) for k, v in (data.get("reviews") or {}).items()},
-    }
+    session = SESSIONS.record(data, fallback={"id": session_id})
+    # the nested records, keyed as in the file (a copy two levels deep: reviews nest by type, then reviewer)
+    for entity in _SESSION_PARTS:
+        session[entity.container] = {k: dict(v) if entity.key > 2 else v
+                                     for k, v in (data.get(entity.container) or {}).items()}
+    return session
+
+
+_SESSION_PARTS = tuple(e for e in TABLES if e.parent == SESSIONS.table)
 
 
 def load_session(session_id: str) -> dict | None:
@@ -401,7 +351,7 @@ def save_session(session: dict) -> None:
     """Create a session; one with the same id is a conflict."""
     t = tree()
     sid = session["id"]
-    with locked(t, f"session-{_validate.ident(sid, 'session id')}"):
+    with locked(t, session_lock(sid)):
         if t.session_file(sid).exists():
             raise ConflictError(f"session {sid} already exists")
         atomic_write_json(t.session_file(sid), copy.deepcopy(session))
@@ -409,7 +359,7 @@ def save_session(session: dict) -> None:
 
 def _update_session(session_id: str, change, updated_at: str) -> None:
     t = tree()
-    with locked(t, f"session-{_validate.ident(session_id, 'session id')}"):
+    with locked(t, session_lock(session_id)):
         path = t.session_file(session_id)
         data = read_json(path)
         if data is None:
@@ -460,12 +410,16 @@ def save_session_phase(session_id: str, phase: str, updated_at: str) -> None:
 # what the shim needs to know about each function (see shim.Spec)
 
 
-def _agent_lock(name):
-    return lambda agent, *a, **k: f"{name}-{_validate.agent(agent)}"
+def _agent_lock(lock):
+    return lambda agent, *a, **k: lock(agent)
 
 
 def _session_lock(session_id, *a, **k):
-    return f"session-{_validate.ident(session_id, 'session id')}"
+    return session_lock(session_id)
+
+
+def _polls_lock(*a, **k):
+    return POLLS_LOCK
 
 
 def _first_arg(value, *a, **k):
@@ -474,31 +428,31 @@ def _first_arg(value, *a, **k):
 
 SHIM_SPEC: dict[str, dict[str, Any]] = {
     # messages
-    "save_message": dict(entity="messages", lock=lambda m, *a, **k: f"inbox-{_validate.agent(m['recipient'])}",
+    "save_message": dict(entity="messages", lock=lambda m, *a, **k: inbox_lock(m["recipient"]),
                          key=lambda m, *a, **k: m["id"]),
-    "load_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id"),
-    "claim_inbox": dict(entity="messages", lock=_agent_lock("inbox"), records="id",
+    "load_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id"),
+    "claim_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
                         mirror=lambda result, args, kwargs: (
                             args[:1], {**kwargs, "ids": [m["id"] for m in result]})),
     "save_history": dict(entity="message_history", files=False),
     "load_history": dict(entity="message_history", files=False),
     # context, expertise, profiles
-    "load_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "save_context": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "save_heartbeat": dict(entity="context", lock=_agent_lock("node"), key=_first_arg),
-    "load_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
-    "save_expertise": dict(entity="expertise", lock=_agent_lock("node"), key=_first_arg),
-    "load_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
-    "save_profile": dict(entity="profiles", lock=_agent_lock("node"), key=_first_arg),
+    "load_context": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_context": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_heartbeat": dict(entity="context", lock=_agent_lock(node_lock), key=_first_arg),
+    "load_expertise": dict(entity="expertise", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_expertise": dict(entity="expertise", lock=_agent_lock(node_lock), key=_first_arg),
+    "load_profile": dict(entity="profiles", lock=_agent_lock(node_lock), key=_first_arg),
+    "save_profile": dict(entity="profiles", lock=_agent_lock(node_lock), key=_first_arg),
     "load_agents": dict(entity="agents"),
     "load_experts": dict(entity="expertise", key=_first_arg),
     # polls
-    "load_polls": dict(entity="polls", lock=lambda *a, **k: "polls", records="dict", document="polls"),
-    "save_polls": dict(entity="polls", lock=lambda *a, **k: "polls", document="polls"),
-    "load_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
-    "save_poll": dict(entity="polls", lock=lambda *a, **k: "polls", key=lambda p, *a, **k: p["id"]),
-    "save_vote": dict(entity="votes", lock=lambda *a, **k: "polls", key=_first_arg),
-    "save_poll_status": dict(entity="polls", lock=lambda *a, **k: "polls", key=_first_arg),
+    "load_polls": dict(entity="polls", lock=_polls_lock, records="dict", document="polls"),
+    "save_polls": dict(entity="polls", lock=_polls_lock, document="polls"),
+    "load_poll": dict(entity="polls", lock=_polls_lock, key=_first_arg),
+    "save_poll": dict(entity="polls", lock=_polls_lock, key=lambda p, *a, **k: p["id"]),
+    "save_vote": dict(entity="votes", lock=_polls_lock, key=_first_arg),
+    "save_poll_status": dict(entity="polls", lock=_polls_lock, key=_first_arg),
     # sessions
     "load_sessions": dict(entity="sessions", records="dict"),
     "load_session": dict(entity="sessions", lock=_session_lock, key=_first_arg),

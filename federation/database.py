@@ -1,4 +1,4 @@
-"""Database connection manager: ``get_db()``, ``execute()``, ``fetchall()``.
+"""The database façade: :class:`Database` and ``get_db()``.
 
 One :class:`Database` per target (SQLite file or PostgreSQL URL) per process,
 one connection per thread.  The schema is created on first use and upgraded
@@ -6,238 +6,36 @@ through ``schema_version``.  Writes run as functions inside a write
 transaction and are retried on contention, so "database is locked" never
 reaches a caller: after a bounded wait it becomes a :class:`StorageError`.
 
-The SQL text is shared by the engines; :class:`Dialect` holds the few
-differences (placeholders, how a write transaction starts, row locks, the
-auto-increment key, which errors are worth a retry).
+What differs between engines is a :class:`~federation._dialect.Dialect`
+(:mod:`federation._sqlite`, :mod:`federation._postgres`); this module only
+chooses one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import random
-import sqlite3
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import structlog
 
 from . import config, schema
+from ._dialect import Dialect, Tx
+from ._netfs import network_fs_type
+from ._sqlite import SqliteDialect
 from .errors import ConfigError, FederationError, StorageError
 
-__all__ = ["Database", "Dialect", "SqliteDialect", "get_db", "execute", "fetchall", "network_fs_type"]
+__all__ = ["Database", "Dialect", "SqliteDialect", "Tx", "get_db", "dialect_for", "forget_databases",
+           "network_fs_type", "BUSY_DEADLINE_S"]
 
 log = structlog.get_logger("federation.database")
 T = TypeVar("T")
 
 #: How long a write may wait for a busy database before the caller gets an error.
 BUSY_DEADLINE_S = 30.0
-
-NETWORK_FS = {
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "davfs", "fuse.sshfs", "sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.s3fs",
-    "fuse.rclone", "fuse.gcsfuse", "fuse.davfs", "orangefs", "ocfs2", "gfs2",
-}
-
-
-def network_fs_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
-    """The type of the network filesystem *path* lives on, or None if local."""
-    target = os.path.realpath(path)
-    try:
-        with open(mounts_file, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    best, best_type = "", None
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount_point = parts[1].replace("\\040", " ")
-        if target == mount_point or target.startswith(mount_point.rstrip("/") + "/") or mount_point == "/":
-            if len(mount_point) >= len(best):
-                best, best_type = mount_point, parts[2]
-    if best_type and (best_type in NETWORK_FS or best_type.split(".")[0] in {"nfs", "cifs"}):
-        return best_type
-    return None
-
-
-class Tx:
-    """What a transaction function receives: statements with ``?`` placeholders."""
-
-    __slots__ = ("conn", "dialect", "_cur")
-
-    def __init__(self, conn: Any, dialect: "Dialect", cursor: Any = None):
-        self.conn = conn
-        self.dialect = dialect
-        self._cur = cursor if cursor is not None else conn.cursor()
-
-    def execute(self, sql: str, params: Sequence = ()) -> Any:
-        return self._cur.execute(self.dialect.sql(sql), params)
-
-    def executemany(self, sql: str, rows: Iterable[Sequence]) -> None:
-        self._cur.executemany(self.dialect.sql(sql), rows)
-
-    def fetchall(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        self._cur.execute(self.dialect.sql(sql), params)
-        return self._cur.fetchall()
-
-    def fetchone(self, sql: str, params: Sequence = ()) -> tuple | None:
-        self._cur.execute(self.dialect.sql(sql), params)
-        return self._cur.fetchone()
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
-
-class Dialect:
-    """What differs between database engines."""
-
-    name = "abstract"
-    id_pk = "INTEGER PRIMARY KEY"
-    single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
-    for_share = ""  # row lock taken when a write reads a row it depends on
-    for_update = ""
-
-    def sql(self, text: str) -> str:
-        return text
-
-    def connect(self) -> Any:
-        raise NotImplementedError
-
-    def begin_write(self, conn: Any, snapshot: bool = False) -> None:
-        """Start a write transaction; *snapshot*: one that reads a document and writes it back."""
-        raise NotImplementedError
-
-    def begin_read(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def commit(self, conn: Any) -> None:
-        conn.commit()
-
-    def rollback(self, conn: Any) -> None:
-        conn.rollback()
-
-    def lock(self, tx: Tx, name: str) -> None:
-        """Hold the lock *name* until the transaction ends (a no-op where writers are serialised)."""
-
-    def is_retryable(self, exc: BaseException) -> bool:
-        return False
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        return False
-
-    def is_database_error(self, exc: BaseException) -> bool:
-        """An engine error that is not a bug in our SQL: corrupt file, disk full, permissions."""
-        return False
-
-    @contextlib.contextmanager
-    def write_gate(self):
-        yield
-
-    def describe(self) -> str:
-        return self.name
-
-    def exists(self) -> bool:
-        return True
-
-
-class SqliteDialect(Dialect):
-    """SQLite in WAL mode; writers queue on an flock before ``BEGIN IMMEDIATE``.
-
-    SQLite's own busy handler sleeps in steps of milliseconds, which leaves
-    the database idle most of the time when many processes write; an flock
-    hands the write lock to the next waiter as soon as it is released.  The
-    busy timeout stays as the second line of defence (other tools, readers
-    during a checkpoint).
-    """
-
-    name = "sqlite"
-    id_pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
-    single_statement_autocommit = True
-
-    def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
-        self.path = Path(path)
-        self.mounts_file = mounts_file
-        self._gate = threading.local()  # this thread's descriptor of the write lock, and its pid
-
-    def describe(self) -> str:
-        return str(self.path)
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def connect(self) -> sqlite3.Connection:
-        fs = network_fs_type(self.path.parent if not self.path.exists() else self.path, self.mounts_file)
-        if fs:
-            raise StorageError(
-                f"the SQLite database {self.path} is on a network filesystem ({fs}). SQLite's WAL needs "
-                "shared memory on one host and POSIX locks are unreliable there, so concurrent agents "
-                "would corrupt it. Put FEDERATION_DB on a local disk, or, for a federation that spans "
-                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname (README, "
-                "section \"SQLite or PostgreSQL\")"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_DEADLINE_S, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_DEADLINE_S * 1000)}")
-        mode = None
-        deadline = time.monotonic() + BUSY_DEADLINE_S
-        while mode is None:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if not self.is_retryable(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        if str(mode).lower() != "wal":
-            raise StorageError(f"could not put {self.path} in WAL mode (journal_mode={mode})")
-        # NORMAL in WAL mode: a crashed process loses nothing that committed;
-        # only a power loss may lose the last transactions (DESIGN.md figures).
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    @contextlib.contextmanager
-    def write_gate(self):
-        gate = self._gate
-        if getattr(gate, "pid", None) != os.getpid():
-            # per thread and per process: a descriptor shared with a forked parent would not exclude it
-            gate.fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            gate.pid = os.getpid()
-        fd = gate.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
-        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable
-
-    def begin_read(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN")
-
-    def commit(self, conn: sqlite3.Connection) -> None:
-        conn.execute("COMMIT")
-
-    def rollback(self, conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-
-    def is_database_error(self, exc: BaseException) -> bool:
-        return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)) and not isinstance(
-            exc, sqlite3.ProgrammingError)
-
-    def is_retryable(self, exc: BaseException) -> bool:
-        if not isinstance(exc, sqlite3.OperationalError):
-            return False
-        text = str(exc).lower()
-        return "locked" in text or "busy" in text
 
 
 class Database:
@@ -256,7 +54,7 @@ class Database:
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
             try:
-                conn = self.dialect.connect()
+                conn = self.dialect.connect(BUSY_DEADLINE_S)
             except FederationError:
                 raise
             except Exception as exc:
@@ -385,12 +183,12 @@ class Database:
                 return
             self._schema_ready = True  # let _run through while we migrate
             try:
-                self.write(self._migrate)
+                self.write(self._upgrade_schema)
             except BaseException:
                 self._schema_ready = False
                 raise
 
-    def _migrate(self, tx: Tx) -> None:
+    def _upgrade_schema(self, tx: Tx) -> None:
         from datetime import datetime, timezone
 
         # many processes may start on an empty database at once
@@ -419,7 +217,7 @@ class Database:
 
 
 # ---------------------------------------------------------------------------
-# module-level helpers, as the migration plan names them
+# one Database per target and process
 
 _databases: dict[tuple, Database] = {}
 _databases_lock = threading.Lock()
@@ -457,11 +255,3 @@ def forget_databases() -> None:
         for db in _databases.values():
             db.close()
         _databases.clear()
-
-
-def execute(sql: str, params: Sequence = ()) -> int:
-    return get_db().execute(sql, params)
-
-
-def fetchall(sql: str, params: Sequence = ()) -> list[tuple]:
-    return get_db().fetchall(sql, params)

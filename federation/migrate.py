@@ -1,7 +1,7 @@
 """The migration: every legacy file into the database, validated.
 
 ``federation migrate`` = ``python scripts/migrate_to_sqlite.py``.  The tree is
-read into rows (:func:`federation._tables.read_tree`), the rows are inserted
+read into rows (:func:`federation._rows.read_tree`), the rows are inserted
 in batches with ``INSERT … ON CONFLICT DO NOTHING`` (so a rerun, or a rerun
 after the process was killed, completes the import without changing what is
 there, and rows a live phase-2 dual-write already wrote are never overwritten
@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import config
+from . import _sql, config
 from ._clock import now
-from ._tables import TABLES, Table, TreeRows, key_text, read_tree, select_sql
+from ._rows import TABLES, TreeRows, key_text, read_tree
+from .entities import EXPERTISE, MESSAGES, Entity
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -56,14 +57,7 @@ class MigrationResult:
         return data
 
 
-def insert_sql(table: Table, conflict: str = "DO NOTHING") -> str:
-    cols = table.columns + tuple(name for name, _ in table.extra)
-    marks = ", ".join("?" for _ in cols)
-    return (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks}) "
-            f"ON CONFLICT ({', '.join(table.key_columns)}) {conflict}")
-
-
-def insert_values(table: Table, rows: list[tuple], all_rows: dict[str, dict[tuple, tuple]]) -> list[tuple]:
+def insert_values(table: Entity, rows: list[tuple], all_rows: dict[str, dict[tuple, tuple]]) -> list[tuple]:
     """Rows with the table's insert-only columns appended."""
     if not table.extra:
         return rows
@@ -107,12 +101,12 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
         rows = sorted(scanned.rows[table.name].values(), key=operator.itemgetter(*range(table.key)))
         if not rows:
             continue
-        sql = insert_sql(table)
+        sql = _sql.insert(table, "DO NOTHING", extra=True)
         if table.replace_set:
             # one transaction for the whole table: an owner is either already there (kept) or imported whole
             def fn(tx, rows=rows, sql=sql, table=table) -> None:
                 owner = table.key_columns[0]
-                present = {r[0] for r in tx.fetchall(f"SELECT DISTINCT {owner} FROM {table.name}")}
+                present = {r[0] for r in tx.fetchall(_sql.select(table, what=f"DISTINCT {owner}"))}
                 fresh = [r for r in rows if r[0] not in present]
                 if fresh:
                     tx.executemany(sql, insert_values(table, fresh, scanned.rows))
@@ -162,10 +156,10 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
 
     def fn(tx) -> None:
         if messages:
-            tx.executemany("UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL",
+            tx.executemany(_sql.mark_read(MESSAGES),
                            [(stamp, *k) for k in messages])
         if owners:
-            tx.executemany("DELETE FROM expertise WHERE agent = ?", owners)
+            tx.executemany(_sql.delete_owner(EXPERTISE), owners)
 
     store.db.write(fn)
     expertise = scanned.rows["expertise"]
@@ -173,23 +167,22 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
         del expertise[key]  # no longer in the tree: not expected in the database either
 
 
-def _validate(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
+def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
     """Row counts per table, and the file rows the database lacks."""
 
     def fn(tx) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
         entities, missing = {}, {}
         for table in TABLES:
             file_rows = scanned.rows[table.name]
-            count = tx.fetchone(select_sql(table, "COUNT(*)"))
+            count = tx.fetchone(_sql.select_file_side(table, "COUNT(*)"))
             entities[table.name] = {"files": len(file_rows), "rows": int(count[0])}
             if table.replace_set:  # an owner's set may have been replaced live: the owner must be there
                 owner = table.key_columns[0]
-                have = {(r[0],) for r in tx.fetchall(f"SELECT DISTINCT {owner} FROM {table.name}")}
+                have = {(r[0],) for r in tx.fetchall(_sql.select(table, what=f"DISTINCT {owner}"))}
                 lacking = sorted({k[:1] for k in file_rows} - have)
             else:
                 # every row, read messages included: a message claimed live since the scan is still there
-                cols = ", ".join(table.key_columns)
-                have = set(map(tuple, tx.fetchall(f"SELECT {cols} FROM {table.name}")))
+                have = set(map(tuple, tx.fetchall(_sql.select(table, what=", ".join(table.key_columns)))))
                 lacking = sorted(k for k in file_rows if k not in have)
             if lacking:
                 missing[table.name] = [key_text(k) for k in lacking]
@@ -227,7 +220,7 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
 def complete(store: Any, scanned: TreeRows) -> MigrationResult:
     """After the import: settle files removed live meanwhile, validate the counts, mark the database backfilled."""
     _settle_live_removals(store, scanned)
-    entities, missing = _validate(store, scanned)
+    entities, missing = _verify_counts(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date
         store.mark_backfilled("migration")

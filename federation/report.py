@@ -20,9 +20,10 @@ from typing import Any
 from shim import field_diff, normalize
 
 from . import config
-from ._tables import TABLES, Table, TreeRows, key_text, read_db, read_tree
+from ._rows import TABLES, TreeRows, key_text, read_db, read_tree
+from .entities import Entity
 
-__all__ = ["TableReport", "Report", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
+__all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
 
 #: How many differing records of a table get a field-level diff.
 DIFF_LIMIT = 5
@@ -52,9 +53,6 @@ class TableReport:
 class Report:
     entities: dict[str, TableReport]
     invalid: list[dict[str, str]]
-    #: the rows of both sides, for ``sync`` (not part of the JSON)
-    file_side: TreeRows | None = None
-    db_side: dict[str, dict[tuple, tuple]] | None = None
 
     @property
     def consistent(self) -> bool:
@@ -65,7 +63,7 @@ class Report:
                 "invalid": self.invalid}
 
 
-def compare_table(table: Table, files: dict[tuple, tuple], rows: dict[tuple, tuple],
+def compare_table(table: Entity, files: dict[tuple, tuple], rows: dict[tuple, tuple],
                   diff_limit: int = DIFF_LIMIT) -> TableReport:
     """Compare one table's file rows with its database rows, key by key."""
     out = TableReport(files=len(files), rows=len(rows))
@@ -94,22 +92,42 @@ def database_exists(settings: config.Settings) -> bool:
     return bool(settings.db_url) or settings.db_path.exists()
 
 
+@dataclasses.dataclass
+class Sides:
+    """The rows of both sides: what a report compares and ``sync`` copies."""
+
+    files: TreeRows
+    db: dict[str, dict[tuple, tuple]]
+
+
+def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False) -> Sides:
+    """Read the legacy tree under *root* and the database as rows (never writes to either).
+
+    A SQLite database that does not exist yet reads as empty, and is not created.
+    """
+    settings = config.settings()
+    root = Path(root) if root is not None else settings.root
+    files = read_tree(root, progress=progress)
+    if store is None and database_exists(settings):
+        from .sqlstore import get_store
+
+        store = get_store(settings)
+    return Sides(files, read_db(store) if store is not None else {t.name: {} for t in TABLES})
+
+
+def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
+    """The report of *sides*, table by table."""
+    entities = {t.name: compare_table(t, sides.files.rows[t.name], sides.db[t.name], diff_limit) for t in TABLES}
+    return Report(entities, sides.files.invalid)
+
+
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
                  diff_limit: int = DIFF_LIMIT) -> Report:
     """Compare the legacy tree under *root* with the database (never writes to either).
 
     A SQLite database that does not exist yet is compared as empty, and not created.
     """
-    settings = config.settings()
-    root = Path(root) if root is not None else settings.root
-    file_side = read_tree(root, progress=progress)
-    if store is None and database_exists(settings):
-        from .sqlstore import get_store
-
-        store = get_store(settings)
-    db_side = read_db(store) if store is not None else {t.name: {} for t in TABLES}
-    entities = {t.name: compare_table(t, file_side.rows[t.name], db_side[t.name], diff_limit) for t in TABLES}
-    return Report(entities, file_side.invalid, file_side, db_side)
+    return compare_sides(read_sides(root, store=store, progress=progress), diff_limit)
 
 
 # ---------------------------------------------------------------------------

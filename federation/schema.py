@@ -7,19 +7,7 @@ new entry in ``MIGRATIONS``; ``schema_version`` records what was applied.
 
 from __future__ import annotations
 
-TABLES = (
-    "messages",
-    "context",
-    "expertise",
-    "profiles",
-    "polls",
-    "votes",
-    "sessions",
-    "session_roles",
-    "session_artifacts",
-    "session_reviews",
-    "message_history",
-)
+import re
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS messages (
@@ -127,6 +115,10 @@ _V1 = [
 #: (version, statements) in order; applied inside one transaction each.
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
 LATEST = MIGRATIONS[-1][0]
+
+#: The tables of the federation's state, as the migrations create them (not the bookkeeping tables).
+TABLES = tuple(name for _, statements in MIGRATIONS for s in statements
+               for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", s) if name != "federation_meta")
 
 SCHEMA_VERSION_DDL = """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,

@@ -13,28 +13,23 @@ import json
 import operator
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
-from . import _clock, config
+from . import _clock, _sql, config
 from ._files import Tree
-from .core import MESSAGE_FIELDS, _check_close, _check_vote, history_entry
 from .database import Database, Tx, get_db
+from .entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
+                       SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote, history_entry)
 from .errors import BackfillRequiredError, ConflictError, NotFoundError
 
 T = TypeVar("T")
 
-_MSG_COLS = ", ".join(MESSAGE_FIELDS)
-
-
-def _msg(r: tuple) -> dict:
-    # a dict display: twice as fast as dict(zip(...)) on a 10,000-message claim
-    return {"id": r[0], "sender": r[1], "recipient": r[2], "content": r[3], "message_type": r[4],
-            "reply_to": r[5], "timestamp": r[6]}
-
+_MSG_COLS = _sql.columns(MESSAGES)
+_msg = MESSAGES.from_row
 
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
-_BY_TIME = operator.itemgetter(6, 0)
+_BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id"))
 
 
 class SqlStore:
@@ -87,19 +82,17 @@ class SqlStore:
         return self.db.write(lambda tx: fn(), snapshot=True)
 
     def counts(self) -> dict[str, int]:
-        from .schema import TABLES
-
         def fn(tx: Tx) -> dict[str, int]:
-            return {t: int(tx.fetchone(f"SELECT COUNT(*) FROM {t}")[0]) for t in TABLES}
+            return {e.table: int(tx.fetchone(_sql.select(e, what="COUNT(*)"))[0]) for e in ALL}
 
         return self.db.read(fn)
 
     # -- messages -------------------------------------------------------------
     def save_message(self, message: dict) -> None:
-        values = tuple(message.get(f) for f in MESSAGE_FIELDS)
+        values = MESSAGES.row_of(message)
 
         def fn(tx: Tx) -> None:
-            tx.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            tx.execute(_sql.insert(MESSAGES), values)
             self._add_history(tx, [history_entry("sent", message)])
 
         self.db.write(fn)
@@ -135,11 +128,7 @@ class SqlStore:
     @staticmethod
     def _add_history(tx: Tx, entries: list[dict]) -> None:
         if entries:
-            tx.executemany(
-                "INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
-                "message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e["direction"], e["sender"], e["recipient"], e["content"], e.get("message_type"), e["timestamp"],
-                  e.get("message_id")) for e in entries])
+            tx.executemany(_sql.insert(MESSAGE_HISTORY), [MESSAGE_HISTORY.row_of(e) for e in entries])
 
     def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
         """Sent messages come from ``message_history``; a received entry is the claimed message itself.
@@ -147,28 +136,25 @@ class SqlStore:
         Recording receipt as ``messages.read_at`` instead of copying every claimed
         message into ``message_history`` keeps a claim to one UPDATE.
         """
-        cols = ("direction", "sender", "recipient", "content", "message_type", "timestamp", "message_id")
         if limit <= 0:
             return []
         who = "" if agent is None else " AND (sender = ? OR recipient = ?)"
         params: tuple = () if agent is None else (agent, agent)
         sql = (
             "SELECT * FROM ("
-            "SELECT direction, sender, recipient, content, message_type, timestamp, message_id, "
+            f"SELECT {_sql.columns(MESSAGE_HISTORY)}, "
             f"timestamp AS at, id AS seq FROM message_history WHERE 1 = 1{who} "
             "UNION ALL SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 "
             f"FROM messages WHERE read_at IS NOT NULL{who}"
             ") AS h ORDER BY at DESC, seq DESC, timestamp DESC, message_id DESC LIMIT ?")
         rows = self.db.fetchall(sql, params + params + (limit,))
-        return [dict(zip(cols, r[:7])) for r in reversed(rows)]
+        width = len(MESSAGE_HISTORY.fields)
+        return [MESSAGE_HISTORY.from_row(r[:width]) for r in reversed(rows)]
 
     # -- context, expertise, profiles ----------------------------------------
     def load_context(self, agent: str) -> dict | None:
-        row = self.db.fetchone(
-            "SELECT text, last_heartbeat, updated_at FROM context WHERE agent = ?", (agent,))
-        if row is None:
-            return None
-        return {"agent": agent, "text": row[0] or "", "last_heartbeat": row[1], "updated_at": row[2]}
+        row = self.db.fetchone(_sql.select(CONTEXT, "agent = ?"), (agent,))
+        return None if row is None else CONTEXT.from_row(row)
 
     def save_context(self, agent: str, text: str, updated_at: str) -> None:
         self.db.write(lambda tx: tx.execute(
@@ -199,16 +185,11 @@ class SqlStore:
         self.db.write(fn)
 
     def load_profile(self, agent: str) -> dict | None:
-        row = self.db.fetchone(
-            "SELECT default_role, traits, updated_at FROM profiles WHERE agent = ?", (agent,))
-        if row is None:
-            return None
-        traits = json.loads(row[1]) if row[1] else {}
-        return {"agent": agent, "default_role": row[0], "traits": traits if isinstance(traits, dict) else {},
-                "updated_at": row[2]}
+        row = self.db.fetchone(_sql.select(PROFILES, "agent = ?"), (agent,))
+        return None if row is None else PROFILES.from_row(row)
 
     def save_profile(self, agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
-        encoded = None if traits is None else json.dumps(traits, ensure_ascii=False, sort_keys=True)
+        encoded = None if traits is None else PROFILES.field("traits").encode(traits)
         self.db.write(lambda tx: tx.execute(
             "INSERT INTO profiles (agent, default_role, traits, updated_at) VALUES (?, ?, COALESCE(CAST(? AS TEXT), '{}'), ?) "
             "ON CONFLICT (agent) DO UPDATE SET "
@@ -230,15 +211,13 @@ class SqlStore:
     # -- polls ----------------------------------------------------------------
     @staticmethod
     def _poll(row: tuple, votes: dict[str, str]) -> dict:
-        pid, question, options, status, creator, created_at = row
-        return {"id": pid, "question": question, "options": json.loads(options), "status": status or "open",
-                "creator": creator, "created_at": created_at, "votes": votes}
+        return {**POLLS.from_row(row), "votes": votes}
 
     def load_polls(self) -> dict[str, dict]:
         def fn(tx: Tx) -> dict[str, dict]:
-            polls = tx.fetchall("SELECT id, question, options, status, creator, created_at FROM polls ORDER BY id")
+            polls = tx.fetchall(_sql.select(POLLS) + " ORDER BY id")
             votes: dict[str, dict[str, str]] = {}
-            for pid, voter, option in tx.fetchall("SELECT poll_id, voter, option FROM votes"):
+            for pid, voter, option in tx.fetchall(_sql.select(VOTES)):
                 votes.setdefault(pid, {})[voter] = option
             return {r[0]: self._poll(r, votes.get(r[0], {})) for r in polls}
 
@@ -246,8 +225,7 @@ class SqlStore:
 
     def load_poll(self, poll_id: str) -> dict | None:
         def fn(tx: Tx) -> dict | None:
-            row = tx.fetchone("SELECT id, question, options, status, creator, created_at FROM polls WHERE id = ?",
-                              (poll_id,))
+            row = tx.fetchone(_sql.select(POLLS, "id = ?"), (poll_id,))
             if row is None:
                 return None
             votes = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll_id,)))
@@ -256,20 +234,15 @@ class SqlStore:
         return self.db.read(fn)
 
     def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
-        values = (poll["id"], poll["question"], json.dumps(list(poll["options"]), ensure_ascii=False),
-                  poll.get("status") or "open", poll["creator"], poll["created_at"])
+        values = POLLS.row_of(poll)
         votes = dict(poll.get("votes") or {})
         if create:
             if tx.fetchone("SELECT 1 FROM polls WHERE id = ?", (poll["id"],)):
                 raise ConflictError(f"poll {poll['id']} already exists")
-            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", values)
+            tx.execute(_sql.insert(POLLS), values)
             stored: dict[str, str] = {}
         else:
-            tx.execute("INSERT INTO polls (id, question, options, status, creator, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET question = excluded.question, "
-                       "options = excluded.options, status = excluded.status, creator = excluded.creator, "
-                       "created_at = excluded.created_at", values)
+            tx.execute(_sql.upsert(POLLS), values)
             stored = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll["id"],)))
             gone = [(poll["id"], voter) for voter in stored if voter not in votes]
             if gone:
@@ -303,7 +276,7 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             row = tx.fetchone(f"SELECT status, options FROM polls WHERE id = ?{tx.dialect.for_share}", (poll_id,))
             poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
-            _check_vote(poll, poll_id, option)
+            check_vote(poll, poll_id, option)
             tx.execute("INSERT INTO votes (poll_id, voter, option, voted_at) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, "
                        "voted_at = excluded.voted_at", (poll_id, voter, option, voted_at))
@@ -314,35 +287,30 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             row = tx.fetchone(f"SELECT creator, status FROM polls WHERE id = ?{tx.dialect.for_update}", (poll_id,))
             poll = None if row is None else {"creator": row[0], "status": row[1]}
-            if _check_close(poll, poll_id, agent):
+            if check_close(poll, poll_id, agent):
                 tx.execute("UPDATE polls SET status = ? WHERE id = ?", (status, poll_id))
 
         self.db.write(fn)
 
     # -- sessions -------------------------------------------------------------
     def _sessions(self, tx: Tx, session_id: str | None) -> dict[str, dict]:
-        where, params = ("WHERE id = ?", (session_id,)) if session_id else ("", ())
-        swhere = "WHERE session_id = ?" if session_id else ""
+        params = (session_id,) if session_id else ()
         out: dict[str, dict] = {}
-        for sid, title, desc, lead, phase, created, updated in tx.fetchall(
-                f"SELECT id, title, description, lead, phase, created_at, updated_at FROM sessions {where} "
-                "ORDER BY id", params):
-            out[sid] = {"id": sid, "title": title, "description": desc, "lead": lead, "phase": phase or "planning",
-                        "created_at": created, "updated_at": updated, "roles": {}, "artifacts": {}, "reviews": {}}
-        for sid, agent, role, subtask, at in tx.fetchall(
-                f"SELECT session_id, agent, role, subtask, assigned_at FROM session_roles {swhere}", params):
-            if sid in out:
-                out[sid]["roles"][agent] = {"role": role, "subtask": subtask, "assigned_at": at}
-        for sid, atype, path, at in tx.fetchall(
-                f"SELECT session_id, artifact_type, path, attached_at FROM session_artifacts {swhere}", params):
-            if sid in out:
-                out[sid]["artifacts"][atype] = {"path": path, "attached_at": at}
-        for sid, atype, reviewer, status, comments, at in tx.fetchall(
-                "SELECT session_id, artifact_type, reviewer, status, comments, reviewed_at "
-                f"FROM session_reviews {swhere}", params):
-            if sid in out:
-                out[sid]["reviews"].setdefault(atype, {})[reviewer] = {
-                    "status": status, "comments": comments, "reviewed_at": at}
+        for row in tx.fetchall(_sql.select(SESSIONS, "id = ?" if session_id else "") + " ORDER BY id", params):
+            session = out[row[0]] = SESSIONS.from_row(row)
+            for part in _SESSION_PARTS:
+                session[part.container] = {}
+        for part in _SESSION_PARTS:
+            # a nested record: {key: {key: ... {field: value}}} under the session's part.container
+            depth = part.key
+            for row in tx.fetchall(_sql.select(part, "session_id = ?" if session_id else ""), params):
+                session = out.get(row[0])
+                if session is None:
+                    continue
+                slot = session[part.container]
+                for k in row[1:depth - 1]:
+                    slot = slot.setdefault(k, {})
+                slot[row[depth - 1]] = dict(zip(part.columns[depth:], row[depth:]))
         return out
 
     def load_sessions(self) -> dict[str, dict]:
@@ -355,10 +323,7 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             if tx.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session["id"],)):
                 raise ConflictError(f"session {session['id']} already exists")
-            tx.execute("INSERT INTO sessions (id, title, description, lead, phase, created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (session["id"], session["title"], session.get("description"), session["lead"],
-                        session.get("phase") or "planning", session["created_at"], session.get("updated_at")))
+            tx.execute(_sql.insert(SESSIONS), SESSIONS.row_of(session))
 
         self.db.write(fn)
 
@@ -370,20 +335,14 @@ class SqlStore:
     def save_role(self, session_id: str, agent: str, role: str, subtask: str | None, assigned_at: str) -> None:
         def fn(tx: Tx) -> None:
             self._touch_session(tx, session_id, assigned_at)
-            tx.execute("INSERT INTO session_roles (session_id, agent, role, subtask, assigned_at) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, agent) DO UPDATE SET role = excluded.role, "
-                       "subtask = excluded.subtask, assigned_at = excluded.assigned_at",
-                       (session_id, agent, role, subtask, assigned_at))
+            tx.execute(_sql.upsert(SESSION_ROLES), (session_id, agent, role, subtask, assigned_at))
 
         self.db.write(fn)
 
     def save_artifact(self, session_id: str, artifact_type: str, path: str, attached_at: str) -> None:
         def fn(tx: Tx) -> None:
             self._touch_session(tx, session_id, attached_at)
-            tx.execute("INSERT INTO session_artifacts (session_id, artifact_type, path, attached_at) "
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (session_id, artifact_type) DO UPDATE SET "
-                       "path = excluded.path, attached_at = excluded.attached_at",
-                       (session_id, artifact_type, path, attached_at))
+            tx.execute(_sql.upsert(SESSION_ARTIFACTS), (session_id, artifact_type, path, attached_at))
 
         self.db.write(fn)
 
@@ -394,10 +353,7 @@ class SqlStore:
             if not tx.fetchone("SELECT 1 FROM session_artifacts WHERE session_id = ? AND artifact_type = ?",
                                (session_id, artifact_type)):
                 raise NotFoundError(f"session {session_id} has no artifact of type {artifact_type!r}")
-            tx.execute("INSERT INTO session_reviews (session_id, artifact_type, reviewer, status, comments, "
-                       "reviewed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, artifact_type, reviewer) "
-                       "DO UPDATE SET status = excluded.status, comments = excluded.comments, "
-                       "reviewed_at = excluded.reviewed_at",
+            tx.execute(_sql.upsert(SESSION_REVIEWS),
                        (session_id, artifact_type, reviewer, status, comments, reviewed_at))
 
         self.db.write(fn)
@@ -409,6 +365,8 @@ class SqlStore:
 
         self.db.write(fn)
 
+
+_SESSION_PARTS = (SESSION_ROLES, SESSION_ARTIFACTS, SESSION_REVIEWS)
 
 _stores: dict[tuple, SqlStore] = {}
 _last: tuple | None = None

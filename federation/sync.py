@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import _sql, config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
-from ._tables import BY_NAME, TABLES, Table, key_text
-from .core import MESSAGE_FIELDS
+from ._rows import BY_NAME, TABLES, key_text
+from .entities import MESSAGES, POLLS_LOCK, Entity, document_lock
 from .errors import CorruptFileError
-from .migrate import insert_sql, insert_values
-from .report import Report, build_report, database_exists
+from .migrate import insert_values
+from .report import Report, Sides, compare_sides, database_exists, read_sides
 
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
@@ -59,29 +59,21 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         from .sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
-    report = build_report(root, store=store)
+    sides = read_sides(root, store=store)
+    report = compare_sides(sides)
     if to == "db":
-        return SyncResult(to, dry_run, _to_db(store, report, dry_run))
-    return SyncResult(to, dry_run, _to_files(store, Tree(root), report, dry_run))
+        return SyncResult(to, dry_run, _to_db(store, sides, report, dry_run))
+    return SyncResult(to, dry_run, _to_files(store, Tree(root), sides, report, dry_run))
 
 
 # ---------------------------------------------------------------------------
 # files -> database
 
 
-def _upsert_sql(table: Table) -> str:
-    rest = table.columns[table.key:]
-    return insert_sql(table, "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in rest))
-
-
-def _where_key(table: Table) -> str:
-    return " AND ".join(f"{c} = ?" for c in table.key_columns)
-
-
-def _to_db(store: Any, report: Report, dry_run: bool) -> list[Change]:
-    files = report.file_side.rows
-    upserts: list[tuple[Table, list[tuple]]] = []
-    deletes: list[tuple[Table, list[tuple]]] = []
+def _to_db(store: Any, sides: Sides, report: Report, dry_run: bool) -> list[Change]:
+    files = sides.files.rows
+    upserts: list[tuple[Entity, list[tuple]]] = []
+    deletes: list[tuple[Entity, list[tuple]]] = []
     changes: list[Change] = []
     for table in TABLES:  # parents first
         t = report.entities[table.name]
@@ -103,12 +95,11 @@ def _to_db(store: Any, report: Report, dry_run: bool) -> list[Change]:
     def fn(tx) -> None:
         for table, keys in deletes:
             if table.db_filter:
-                tx.executemany(f"UPDATE {table.name} SET read_at = ? WHERE {_where_key(table)} AND read_at IS NULL",
-                               [(stamp, *k) for k in keys])
+                tx.executemany(_sql.mark_read(table), [(stamp, *k) for k in keys])
             else:
-                tx.executemany(f"DELETE FROM {table.name} WHERE {_where_key(table)}", keys)
+                tx.executemany(_sql.delete_by_key(table), keys)
         for table, rows in upserts:
-            tx.executemany(_upsert_sql(table), insert_values(table, rows, files))
+            tx.executemany(_sql.upsert(table, extra=True), insert_values(table, rows, files))
 
     store.db.write(fn)  # one transaction: the repair happens whole or not at all
     return changes
@@ -128,11 +119,11 @@ def _affected(report: Report) -> dict[str, set[str]]:
     return out
 
 
-def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Change]:
+def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, dry_run: bool) -> list[Change]:
     changes: list[Change] = []
     affected = _affected(report)
-    sources = report.file_side.sources
-    db_messages = report.db_side["messages"]
+    sources = sides.files.sources
+    db_messages = sides.db["messages"]
 
     def put(path: Path | str, doc: Any, key: str, lock: str) -> None:
         changes.append(Change("write", str(path), key))
@@ -149,7 +140,7 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
                 remove(Path(path))
 
     def inbox_lock(path: str) -> str:
-        return f"inbox-{Path(path).parent.parent.name}"  # nodes/{agent}/inbox/{id}.json
+        return document_lock("message", Path(path).parent.parent.name)  # nodes/{agent}/inbox/{id}.json
 
     for mid in sorted(affected.get("message", ())):
         row = db_messages.get((mid,))
@@ -158,13 +149,13 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
             if old:
                 drop(old, mid, inbox_lock(old))
             continue
-        msg = dict(zip(BY_NAME["messages"].columns, row))
+        msg = MESSAGES.from_row(row)
         path = tree.message_file(msg["recipient"], mid)
         if old and Path(old) != path:
             drop(old, mid, inbox_lock(old))
-        put(path, {f: msg.get(f) for f in MESSAGE_FIELDS}, mid, inbox_lock(str(path)))
+        put(path, msg, mid, inbox_lock(str(path)))
 
-    db = report.db_side
+    db = sides.db
 
     def document(in_db: bool, load: Any, doc_id: str) -> Any:
         """The database's document (True in a dry run, which reads nothing more), or None."""
@@ -180,13 +171,13 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
         for agent in sorted(affected.get(kind, ())):
             doc = document(in_db(agent), lambda a, load=load: getattr(store, load)(a), agent)
             if doc is None:
-                drop(path_of(agent), agent, f"node-{agent}")
+                drop(path_of(agent), agent, document_lock(kind, agent))
             else:
-                put(path_of(agent), doc, agent, f"node-{agent}")
+                put(path_of(agent), doc, agent, document_lock(kind, agent))
 
     poll_ids = sorted(affected.get("polls", ()))
     if poll_ids:
-        with locked(tree, "polls") if not dry_run else contextlib.nullcontext():
+        with locked(tree, POLLS_LOCK) if not dry_run else contextlib.nullcontext():
             try:
                 doc = read_json(tree.polls_file, dict, {})
             except CorruptFileError:
@@ -197,12 +188,12 @@ def _to_files(store: Any, tree: Tree, report: Report, dry_run: bool) -> list[Cha
                     doc.pop(pid, None)
                 else:
                     doc[pid] = poll
-            put(tree.polls_file, doc, ", ".join(poll_ids), "polls")
+            put(tree.polls_file, doc, ", ".join(poll_ids), POLLS_LOCK)
 
     for sid in sorted(affected.get("session", ())):
         session = document((sid,) in db["sessions"], lambda s: store.load_session(s), sid)
         if session is None:
-            drop(tree.session_file(sid), sid, f"session-{sid}")
+            drop(tree.session_file(sid), sid, document_lock("session", sid))
         else:
-            put(tree.session_file(sid), session, sid, f"session-{sid}")
+            put(tree.session_file(sid), session, sid, document_lock("session", sid))
     return changes

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from federation._tables import TABLES, read_tree
+from federation._rows import TABLES, read_tree
 from federation.migrate import insert_values
 
 CLI = "import sys; from federation.cli import main; sys.exit(main())"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from federation import governance, messaging
 from federation._generate import MALFORMED_KINDS, generate
-from federation._tables import read_tree
+from federation._rows import read_tree
 from federation.errors import BackfillRequiredError
 from federation.migrate import complete, import_rows, migrate
 from federation.report import build_report
@@ -145,7 +145,7 @@ def test_each_malformed_file_is_reported_and_the_rest_migrates(fed):
 def test_files_outside_the_legacy_format_are_reported_not_ignored(fed):
     """A file the legacy layout does not define (notes in a node folder, a non-JSON file in an inbox or in
     shared/) is listed in dropped_fields as a whole file; the legacy files still migrate (exit 0)."""
-    from federation._tables import UNKNOWN_FILE
+    from federation._rows import UNKNOWN_FILE
 
     generate(fed.root, agents=2, messages=4, polls=1, sessions=1)
     extra = [fed.root / "nodes" / "agent-000" / "notes.txt", fed.root / "nodes" / "agent-001" / "inbox" / "x.bak",

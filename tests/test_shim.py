@@ -184,32 +184,8 @@ def test_bad_phase_value_fails_at_start(fed):
 
 def test_shim_is_generic():
     """The shim wraps any module's load_/save_ functions, with no knowledge of the federation."""
-    import types
-
-    mod = types.ModuleType("toy_store")
-    mod.data = {}
-    mod.load_thing = lambda key: mod.data.get(key)
-
-    def save_thing(key, value):
-        mod.data[key] = value
-
-    mod.save_thing = save_thing
-
-    class Candidate:
-        def __init__(self):
-            self.data = {}
-
-        def load_thing(self, key):
-            return self.data.get(key)
-
-        def save_thing(self, key, value):
-            self.data[key] = value
-
-    cand = Candidate()
-    phase = [3]
-    shim.install(mod, candidate=lambda p: cand, mode=lambda: (phase[0], 1.0),
-                 spec={"load_thing": {"entity": "things", "key": lambda k: k},
-                       "save_thing": {"entity": "things", "key": lambda k, v: k}})
+    mod, cand, phase = _toy([])
+    original = shim.installed(mod).originals["save_thing"]
     try:
         mod.save_thing("a", 1)
         assert mod.data == {"a": 1} and cand.data == {"a": 1}
@@ -221,7 +197,7 @@ def test_shim_is_generic():
         assert mod.load_thing("a") == 2
     finally:
         shim.uninstall(mod)
-    assert mod.save_thing is save_thing
+    assert mod.save_thing is original
 
 
 def test_post_import_hook_patches_a_module_on_import(tmp_path, monkeypatch):
@@ -264,11 +240,14 @@ def test_phase_knows_its_sides():
     assert Phase(3) is Phase.DB_THEN_FILES and Phase.DB_THEN_FILES == 3
 
 
+_toy_names = __import__("itertools").count()
+
+
 def _toy(observers):
     """A toy module and candidate store with the shim installed on it (phase in a list)."""
     import types
 
-    mod = types.ModuleType("toy_observed")
+    mod = types.ModuleType(f"toy_store_{next(_toy_names)}")
     mod.data = {}
     mod.load_thing = lambda key: mod.data.get(key)
 

@@ -1,0 +1,356 @@
+"""The row/transfer layer: the legacy file tree and the database as the same ten tables of rows.
+
+The entity descriptions (:mod:`federation.entities`) drive the migration, the
+consistency report and ``sync``: :func:`read_tree` turns every legacy file
+into rows of the schema's tables (reporting each malformed file by path and
+reason, and each field the schema has no place for), :func:`read_db` reads
+the same rows from the database.  A row is a tuple in ``Entity.columns``
+order, keyed by the tuple of its primary-key columns.
+
+Only unread messages have a file counterpart, so the database side of
+``messages`` is its unread rows; ``message_history`` has no file side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import _sql, _validate
+from ._files import Tree, parse_json_bytes
+from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILES, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR, TABLES, Entity,
+                       InvalidRecord, _json_type)
+from .errors import ValidationError
+
+__all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE"]
+
+
+def key_text(key: tuple) -> str:
+    """A row key as one string for people and JSON: ``poll-id/voter``."""
+    return "/".join(str(k) for k in key)
+
+
+# ---------------------------------------------------------------------------
+# reading the legacy tree
+
+_Invalid = InvalidRecord
+
+
+@dataclasses.dataclass
+class TreeRows:
+    """Every row the legacy tree holds, plus what could not be read."""
+
+    rows: dict[str, dict[tuple, tuple]] = dataclasses.field(default_factory=lambda: {t.name: {} for t in TABLES})
+    #: where each row came from (the file to rewrite or delete on ``sync --to files``)
+    sources: dict[str, dict[tuple, str]] = dataclasses.field(default_factory=lambda: {t.name: {} for t in TABLES})
+    invalid: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    dropped_fields: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    files: int = 0
+
+    def add(self, table: str, row: tuple, path: str) -> bool:
+        """Keep *row*; False (and the file reported) when another file already gave its key."""
+        key = row[: BY_NAME[table].key]
+        seen = self.sources[table].get(key)
+        if seen is not None and seen != path:
+            self.invalid.append({"path": path, "reason": f"duplicate {table} key {key_text(key)!r} (also in {seen})"})
+            return False
+        self.rows[table][key] = row
+        self.sources[table][key] = path
+        return True
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.rows.items()}
+
+
+def _object(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{what} must be a JSON object, found {_json_type(value)}")
+    return value
+
+
+def _dropped(out: TreeRows, path: str, data: dict, entity: Entity, prefix: str = "") -> None:
+    known = entity.known
+    if len(data) <= len(known) and known.issuperset(data):  # the common case, in one set operation
+        return
+    for field in data:
+        if field not in known:
+            out.dropped_fields.append({"path": path, "field": f"{prefix}{field}"})
+
+
+@contextlib.contextmanager
+def _part(where: str) -> Iterator[None]:
+    """Name the part of a document an error is about."""
+    try:
+        yield
+    except _Invalid as exc:
+        raise _Invalid(f"{where}: {exc}") from None
+
+
+def _record(out: TreeRows, path: str, entity: Entity, data: dict, given: dict | None = None,
+            fallback: dict | None = None, prefix: str = "") -> tuple:
+    """The row of one legacy record, its unknown and unreadable fields reported as dropped."""
+    row = entity.read(data, given, fallback)
+    _dropped(out, path, data, entity, prefix)
+    for name in entity.unreadable(data) if entity._object_fields else ():  # the legacy reader shows it as the default: import it so, and say so
+        out.dropped_fields.append({"path": path, "field": f"{prefix}{name}"})
+    return row
+
+
+def _children(out: TreeRows, path: str, entity: Entity, parent_key: tuple, data: dict,
+              prefix: str = "") -> list[tuple[str, tuple]]:
+    """The rows of *entity* nested in its parent's record *data*: one JSON object level per key field
+    after the parent's, then the record (or, for an entity of one own field such as a vote, its value)."""
+    found: list[tuple[str, tuple]] = []
+    singular = entity.container.rstrip("s")
+    value_leaf = len(entity.own_fields) == 1
+
+    def walk(value: Any, keys: tuple, where: str) -> None:
+        if len(keys) == entity.key:  # one record
+            if value_leaf:
+                if not isinstance(value, str):
+                    raise _Invalid(f"the {singular} of {keys[-1]!r} must be a string")
+                found.append((entity.table, keys + (value,)))
+                return
+            with _part(where):
+                value = _object(value, f"a {singular}")
+                row = _record(out, path, entity, value, dict(zip(entity.key_columns, keys)), prefix=f"{prefix}{where}.")
+            found.append((entity.table, row))
+            return
+        if len(keys) > len(parent_key):
+            with _part(where):
+                value = _object(value, f"the {entity.container} of one {entity.key_columns[len(keys) - 1]}")
+            if not value:  # no row can say "none yet" for this key: say it is not kept
+                out.dropped_fields.append({"path": path, "field": f"{prefix}{where} (empty)"})
+        for k, v in value.items():
+            walk(v, keys + (k,), f"{where}.{k}")
+
+    top = _object(data.get(entity.container) or {}, f"field {entity.container!r}")
+    for k, v in top.items():
+        walk(v, parent_key + (k,), f"{entity.container}.{k}")
+    return found
+
+
+_NODE_ENTITY = {e.document: e for e in TABLES if e.document in NODE_FILES.values()}
+_NESTED = {parent: tuple(e for e in TABLES if e.parent == parent) for parent in BY_NAME}
+
+
+def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None:
+    if type(data) is not dict:
+        raise _Invalid(f"a message file must be a JSON object, found {_json_type(data)}")
+    row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
+    sources = out.sources["messages"]
+    if row[:1] not in sources:  # the common case, without TreeRows.add's bookkeeping (100,000 files)
+        out.rows["messages"][row[:1]] = row
+        sources[row[:1]] = path
+    else:
+        out.add("messages", row, path)
+
+
+def _node_document(out: TreeRows, path: str, data: Any, entity: Entity, agent: str) -> None:
+    data = _object(data, f"a{'n' if entity.document[0] in 'aeiou' else ''} {entity.document} file")
+    out.add(entity.table, _record(out, path, entity, data, given={"agent": agent}), path)
+
+
+def _expertise(out: TreeRows, path: str, data: Any, agent: str) -> None:
+    entity = BY_NAME["expertise"]
+    data = _object(data, "an expertise file")
+    domains = data.get("domains") or []
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise _Invalid("field 'domains' must be a list of strings")
+    _dropped(out, path, data, entity)
+    if len(set(domains)) != len(domains):  # the table holds each (agent, domain) once
+        out.dropped_fields.append({"path": path, "field": "domains (duplicate entries)"})
+    for domain in sorted(set(domains)):  # an empty list means no expertise: no rows
+        out.add("expertise", entity.read({**data, "domain": domain}, given={"agent": agent}), path)
+
+
+def _polls(out: TreeRows, path: str, data: Any) -> None:
+    data = _object(data, POLLS_FILE)
+    for poll_id, poll in data.items():
+        try:
+            poll = _object(poll, f"poll {poll_id!r}")
+            row = POLLS.read(poll, fallback={"id": poll_id})
+            _validate.ident(row[0], "poll id")
+            children = [c for child in _NESTED["polls"] for c in _children(out, path, child, row[:1], poll)]
+        except (_Invalid, ValidationError) as exc:
+            out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: {exc}"})
+            continue
+        _dropped(out, path, poll, POLLS, prefix=f"{poll_id}.")
+        out.add("polls", row, path)
+        for table, child in children:
+            out.add(table, child, path)
+
+
+def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
+    data = _object(data, "a session file")
+    row = SESSIONS.read(data, fallback={"id": stem})
+    _validate.ident(row[0], "session id")
+    children = [c for child in _NESTED["sessions"] for c in _children(out, path, child, row[:1], data)]
+    _dropped(out, path, data, SESSIONS)
+    out.add("sessions", row, path)
+    for table, child in children:
+        out.add(table, child, path)
+
+
+
+
+def _entries(directory: Any) -> list[os.DirEntry]:
+    """The entries of *directory* by name, without dotfiles (temp files of atomic writes); none if it is missing."""
+    try:
+        return sorted((e for e in os.scandir(directory) if not e.name.startswith(".")), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
+    """``(kind, path, owner, stem)`` for every file of the legacy tree, cheaply (no reads).
+
+    kind is the document kind, or ``"unknown"`` for a file the legacy format
+    does not define (reported, never read); owner is the agent (node files)
+    or the file stem (sessions).  Dotfiles (temp files of atomic writes) are
+    skipped.
+    """
+    for node in _entries(tree.nodes):
+        if not node.is_dir():
+            yield "unknown", node.path, "", ""
+            continue
+        inbox = None
+        for entry in _entries(node.path):
+            name = entry.name
+            if name == INBOX_DIR and entry.is_dir():
+                inbox = entry.path
+            elif name in NODE_FILES and entry.is_file():
+                yield NODE_FILES[name], entry.path, node.name, name[:-5]
+            else:
+                yield "unknown", entry.path, node.name, ""
+        if inbox is None:
+            continue
+        with os.scandir(inbox) as entries:
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                if name.endswith(".json") and entry.is_file():
+                    yield "message", entry.path, node.name, name[:-5]
+                else:
+                    yield "unknown", entry.path, node.name, ""
+    for entry in _entries(tree.shared):
+        if entry.name == POLLS_FILE and entry.is_file():
+            yield "polls", entry.path, "", "polls"
+        elif entry.name == SESSIONS_DIR and entry.is_dir():
+            for sub in _entries(entry.path):
+                name = sub.name
+                if name.endswith(".json") and sub.is_file():
+                    yield "session", sub.path, name[:-5], name[:-5]
+                else:
+                    yield "unknown", sub.path, "", ""
+        else:
+            yield "unknown", entry.path, "", ""
+
+
+#: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
+UNKNOWN_FILE = "(whole file: not part of the legacy format)"
+
+_scan = json.JSONDecoder().scan_once  # the C scanner, without decode()'s whitespace regexes
+
+
+def _read_bytes(path: str) -> bytes:
+    # os.read on a raw descriptor: a third of the cost of open() + a buffered reader
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 65536)
+        if len(data) < 65536:
+            return data
+        parts = [data]
+        while True:
+            more = os.read(fd, 1 << 20)
+            if not more:
+                return b"".join(parts)
+            parts.append(more)
+    finally:
+        os.close(fd)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+        value, end = _scan(text, 0)
+        if end == len(text) or text[end:].isspace():
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError is a ValueError
+        pass
+    return parse_json_bytes(raw)  # leading space or an error: parse again, carefully, for the reason
+
+
+def read_tree(root: Path, progress: bool = False) -> TreeRows:
+    """Read every legacy file under *root* into rows; never modifies a file."""
+    tree = Tree(root)
+    out = TreeRows()
+    files = list(legacy_files(tree))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", desc="reading", leave=False, mininterval=0.25)
+    valid_agents: dict[str, bool] = {}
+    for n, (kind, path, owner, stem) in enumerate(files):
+        if bar is not None and n % 512 == 0:
+            bar.n = n
+            bar.refresh()
+        if kind == "unknown":  # not the legacy format's: nothing is imported from it, and it is said
+            out.dropped_fields.append({"path": path, "field": UNKNOWN_FILE})
+            continue
+        try:
+            if kind != "polls" and kind != "session":
+                ok = valid_agents.get(owner)
+                if ok is None:
+                    ok = valid_agents[owner] = _agent_ok(owner)
+                if not ok:
+                    raise _Invalid(f"{owner!r} is not a valid agent name")
+            data = _parse(_read_bytes(path))
+            if kind == "message":
+                _message(out, path, data, owner, stem)
+            elif kind == "expertise":
+                _expertise(out, path, data, owner)
+            elif kind == "polls":
+                _polls(out, path, data)
+            elif kind == "session":
+                _session(out, path, data, owner)
+            else:
+                _node_document(out, path, data, _NODE_ENTITY[kind], owner)
+        except (_Invalid, ValueError, ValidationError, OSError) as exc:
+            out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+    out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
+    if bar is not None:
+        bar.n = len(files)
+        bar.close()
+    return out
+
+
+def _agent_ok(name: str) -> bool:
+    try:
+        _validate.agent(name)
+        return True
+    except ValidationError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# reading the database
+
+
+def read_db(store: Any) -> dict[str, dict[tuple, tuple]]:
+    """The database rows that have a file counterpart, per table, keyed like :func:`read_tree`."""
+
+    def fn(tx) -> dict[str, dict[tuple, tuple]]:
+        out = {}
+        for table in TABLES:
+            k = table.key
+            out[table.name] = {r[:k]: r for r in map(tuple, tx.fetchall(_sql.select_file_side(table)))}
+        return out
+
+    return store.db.read(fn)

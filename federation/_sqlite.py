@@ -1,0 +1,108 @@
+"""SQLite: the embedded default, for a federation whose processes share one host."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from ._dialect import Dialect
+from ._netfs import network_fs_type
+from .errors import StorageError
+
+__all__ = ["SqliteDialect"]
+
+
+class SqliteDialect(Dialect):
+    """SQLite in WAL mode; writers queue on an flock before ``BEGIN IMMEDIATE``.
+
+    SQLite's own busy handler sleeps in steps of milliseconds, which leaves
+    the database idle most of the time when many processes write; an flock
+    hands the write lock to the next waiter as soon as it is released.  The
+    busy timeout stays as the second line of defence (other tools, readers
+    during a checkpoint).
+    """
+
+    name = "sqlite"
+    id_pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    single_statement_autocommit = True
+
+    def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
+        self.path = Path(path)
+        self.mounts_file = mounts_file
+        self._gate = threading.local()  # this thread's descriptor of the write lock, and its pid
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def connect(self, busy_deadline_s: float) -> sqlite3.Connection:
+        fs = network_fs_type(self.path.parent if not self.path.exists() else self.path, self.mounts_file)
+        if fs:
+            raise StorageError(
+                f"the SQLite database {self.path} is on a network filesystem ({fs}). SQLite's WAL needs "
+                "shared memory on one host and POSIX locks are unreliable there, so concurrent agents "
+                "would corrupt it. Put FEDERATION_DB on a local disk, or, for a federation that spans "
+                "hosts, use PostgreSQL: set FEDERATION_DB_URL=postgresql://user@host/dbname (README, "
+                "section \"SQLite or PostgreSQL\")"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=busy_deadline_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_deadline_s * 1000)}")
+        mode = None
+        deadline = time.monotonic() + busy_deadline_s
+        while mode is None:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not self.is_retryable(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise StorageError(f"could not put {self.path} in WAL mode (journal_mode={mode})")
+        # NORMAL in WAL mode: a crashed process loses nothing that committed;
+        # only a power loss may lose the last transactions (DESIGN.md figures).
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextlib.contextmanager
+    def write_gate(self):
+        gate = self._gate
+        if getattr(gate, "pid", None) != os.getpid():
+            # per thread and per process: a descriptor shared with a forked parent would not exclude it
+            gate.fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            gate.pid = os.getpid()
+        fd = gate.fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable
+
+    def begin_read(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN")
+
+    def commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)) and not isinstance(
+            exc, sqlite3.ProgrammingError)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, sqlite3.OperationalError):
+            return False
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
