@@ -741,3 +741,30 @@ def test_a_control_folder_that_cannot_be_written_costs_a_warning_not_a_call(fed)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calls ok" in proc.stdout
     assert "rollout_counts_flush_failed" in proc.stdout and "rollout_announce_failed" in proc.stdout
+
+
+@pytest.mark.sqlite_only
+def test_a_call_in_flight_finishes_in_the_phase_it_started_in(fed, monkeypatch):
+    """A read that started in phase 3 and waits on its lock while the flag moves to 2 still reads the
+    database (phase 3's authority); the next call reads the files."""
+    import threading
+
+    from federation import core
+
+    monkeypatch.setenv("FEDERATION_FLAG_CHECK", "0.05")
+    context.set_context("probe", "in the database")
+    edit_file_context(fed, "probe", "in the file")
+    with config.override(FEDERATION_USE_DB=None, FEDERATION_PHASE=None):
+        assert rollout.phase_in_effect()["phase"] == 3
+        got: list[str] = []
+        with core.file_lock("node-probe"):  # the dual read of the probe's context takes this lock
+            reader = threading.Thread(target=lambda: got.append(context.get_context("probe")["text"]))
+            reader.start()
+            time.sleep(0.2)  # the reader has decided its phase (3) and waits for the lock
+            assert not got
+            assert cli(fed, "rollout", "set", "2").exit_code == 0
+            config.set_overrides({"FEDERATION_USE_DB": None, "FEDERATION_PHASE": None})  # (the CLI set its own)
+            wait_for(lambda: rollout.phase_in_effect()["phase"] == 2, 3, what="phase 2")
+        reader.join(10)
+        assert got == ["in the database"]
+        assert context.get_context("probe")["text"] == "in the file"

@@ -69,7 +69,12 @@ def _backfilled() -> dict[str, Any]:
 
     s = config.settings()
     legacy = Tree(s.root).has_legacy_data()
-    if not database_exists(s):
+    exists = database_exists(s)
+    if exists and s.db_url:  # a server database: has the schema been created in it? (reading creates nothing)
+        from ..database import get_db
+
+        exists = get_db(s).schema_version() > 0
+    if not exists:
         if legacy:
             return _guard("backfilled", False, f"the database {s.db_display} does not exist yet and legacy files "
                           "do", "run `federation migrate`")

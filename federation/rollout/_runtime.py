@@ -40,6 +40,8 @@ SOURCES = ("env", "flag", "default")
 
 
 class Runtime:
+    """This process in the control plane (one per process: :data:`RUNTIME`)."""
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._settings: config.Settings | None = None
@@ -86,7 +88,9 @@ class Runtime:
                     self._flag = None
                     self._flag_problem = None
                 self._settings = s
-                self._pinned_all = s.phase_pinned and s.sample_pinned
+                # nothing to look at in the flag: the phase is pinned, and so is the sample (or
+                # the pinned phase compares nothing: 1 and 4), e.g. the FEDERATION_USE_DB=0 kill switch
+                self._pinned_all = s.phase_pinned and (s.sample_pinned or s.effective_phase in (1, 4))
                 self._load_timings()
             old, old_source = self._mode, self.source
             flag = self._flag if self._pinned_all else self._current_flag(s.root)
