@@ -603,8 +603,10 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
 
 
 def _warm(app: Any) -> None:
-    """Read every counts file once (the first request would otherwise parse them all)."""
+    """Read the hours the page and the metrics need once, before the first request asks for them."""
     try:
+        for window in WINDOWS:  # the default window first: the page asks for it first
+            app.state.data.hourly.by_hour(*window_bounds(window))
         app.state.collector.totals()
     except Exception as exc:  # noqa: BLE001 - only a head start; the requests report their own errors
         log.warning("dashboard_warm_up_failed", error=str(exc))
