@@ -93,7 +93,7 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
 
     lag_only: count only what the files lack or hold differently (not rows the database lacks).
     """
-    from .._tables import key_text
+    from .._rows import key_text
     from ..report import build_report
 
     def diffs() -> dict[str, set[tuple[str, tuple]]]:

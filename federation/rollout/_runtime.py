@@ -59,6 +59,7 @@ class Runtime:
         self.agent: str | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._flush_lock = threading.Lock()
         self._begin()
 
     def _begin(self) -> None:
@@ -278,6 +279,11 @@ class Runtime:
                              "each hides the other's writes")
 
     def _flush(self, root: Path) -> None:
+        # one flush at a time: the thread's and the exit's must not overwrite each other's newer snapshot
+        with self._flush_lock:
+            self._flush_locked(root)
+
+    def _flush_locked(self, root: Path) -> None:
         if not self._writable(root):
             return
         hours, pending = self.tally.take()
@@ -320,9 +326,10 @@ class Runtime:
     def after_fork(self) -> None:
         """In a forked child: a process of its own (no thread yet, no counts of the parent's)."""
         self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
         self._thread = None
         self._wake = threading.Event()
-        self.tally = _counts.Tally()
+        self.tally = _counts.Tally(self.tally.width)
         self._begin()
         self._settings = None  # resolve again (and start this process's thread) on the next call
 
