@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _validate
 from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
-from .errors import CorruptFileError
+from .errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked"]
 
@@ -119,11 +119,16 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
     if fd is not None and _fds.get(("pid",)) == os.getpid():
         return fd
     path = tree.lock_path(name)
+    # read-only: flock needs no write access, and a descriptor open for writing
+    # would stop the filesystem from being remounted read-only
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # read-only root, permissions: typed, naming the lock file
+        raise FileStorageError.wrap(exc, path, "open the lock file") from exc
     with _fds_lock:
         if _fds.get(("pid",)) != os.getpid():  # a forked child: the parent's descriptors are not ours
             _fds.clear()
@@ -173,22 +178,31 @@ class locked:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write *data* as JSON to *path* via a temp file in the same folder + rename."""
+    """Write *data* as JSON to *path* via a temp file in the same folder + rename.
+
+    Any failure (disk full, read-only, permissions) raises :class:`FileStorageError`
+    and leaves *path* as it was and no temp file behind.
+    """
     payload = json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")
     directory = path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise FileStorageError.wrap(exc, path, "write") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+            fh.write(payload)  # ENOSPC may surface here or at close
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise FileStorageError.wrap(exc, path, "write") from exc
         raise
 
 
@@ -219,6 +233,8 @@ def read_json(path: Path, expect: type = dict, default: Any = None) -> Any:
         return default
     except IsADirectoryError:
         raise CorruptFileError(path, "is a directory") from None
+    except OSError as exc:  # EACCES, EIO...: typed, naming the file
+        raise FileStorageError.wrap(exc, path, "read") from exc
     try:
         data = parse_json_bytes(raw)
     except ValueError as exc:
@@ -234,7 +250,7 @@ def remove(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
-    except OSError as exc:  # pragma: no cover - surfaced to the caller
+    except OSError as exc:
         if exc.errno == errno.EISDIR:
             return False
-        raise
+        raise FileStorageError.wrap(exc, path, "remove") from exc

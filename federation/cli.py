@@ -318,6 +318,106 @@ def archive_command(dest: str) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------
+# operations: retention, backup, health (federation.prune, .backup, .doctor)
+
+
+class _Duration(click.ParamType):
+    """``30d``, ``12h``...: checked before anything is opened, so bad input changes nothing (exit 2)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .errors import ValidationError
+        from .prune import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command("prune")
+@click.option("--older-than", "older_than", type=_Duration(), default="30d", show_default=True,
+              help="Age of what is removed: a whole number and a unit s, m, h, d or w (30d, 12h).")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
+              help="Keys examined per write transaction (agents' writes run between batches).")
+@common
+def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
+    """Remove read messages and message-history entries older than DURATION from the database.
+
+    Never an unread message, never a poll or session.  Runs in short batches
+    while agents keep working; the files need no change in any phase (read
+    messages and the history have no file), so `federation report` still
+    agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
+    """
+    from .prune import prune
+
+    result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} (older than {result.cutoff}): " + ", ".join(
+        f"{n} {table}" for table, n in result.removed.items()) + f" in {result.seconds:.2f} s")
+
+
+@main.command("backup")
+@click.option("--to", "dest", required=True, metavar="PATH",
+              help="The backup file to write (must not exist; its folder must).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def backup_command(dest: str, as_json: bool) -> None:
+    """Copy the live SQLite database to PATH, verified with PRAGMA integrity_check.
+
+    Agents keep writing meanwhile; the copy holds everything committed before
+    it began.  Exit 0 only when the copy is verified and in place; 1 on
+    failure (on PostgreSQL: prints the pg_dump command to use); 2 when PATH
+    exists or its folder does not.
+    """
+    from .backup import backup
+    from .errors import ValidationError
+
+    try:
+        result = _guard(lambda: backup(dest))
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"backup of {result.source} written to {result.path} ({result.bytes} bytes, schema version "
+                   f"{result.schema_version}, integrity_check ok, {result.seconds:.2f} s)")
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def doctor_command(as_json: bool) -> None:
+    """Check the federation's health; read-only.
+
+    Database integrity (quick_check; PostgreSQL: connection and schema),
+    schema version, backfill, WAL size, free space where the database and the
+    root live, SQLite on a network filesystem, unreadable legacy files, files
+    and database differing.  Exit 0 healthy, 1 when a check failed (each
+    failure with the command that fixes it), 2 usage.
+    """
+    from .doctor import doctor
+
+    report = _guard(doctor)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        width = max(len(c.name) for c in report.checks)
+        for c in report.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+            if not c.ok and c.fix:
+                click.echo(f"      {''.ljust(width)}  fix: {c.fix}")
+        click.echo("healthy" if report.healthy else "NOT healthy: see the fixes above")
+    sys.exit(0 if report.healthy else 1)
+
+
 @main.command()
 @click.option("--agent", "agent", required=True, metavar="NAME",
               help="The agent this server acts as: every write is made as NAME.")

@@ -20,6 +20,7 @@ for mismatch events.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from . import config
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
                        check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
-from .errors import ConflictError, CorruptFileError, NotFoundError
+from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError
 
 
 def tree() -> Tree:
@@ -463,3 +464,25 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "save_review": dict(entity="session_reviews", lock=_session_lock, key=_first_arg),
     "save_session_phase": dict(entity="sessions", lock=_session_lock, key=_first_arg),
 }
+
+
+# ---------------------------------------------------------------------------
+# Every file-side failure reaches a caller typed: the helpers of _files raise
+# FileStorageError naming the file; this net catches what remains (a folder
+# listing refused, say), so that no bare OSError escapes the API.
+
+
+def _typed_file_errors(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            raise FileStorageError.wrap(exc, None, "access") from exc
+
+    return call
+
+
+for _name in SHIM_SPEC:
+    globals()[_name] = _typed_file_errors(globals()[_name])
+del _name

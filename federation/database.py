@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
-import structlog
+from shim import library_logger
 
 from . import config, schema
 from ._dialect import Dialect, Tx
@@ -31,7 +31,7 @@ from .errors import ConfigError, FederationError, StorageError
 __all__ = ["Database", "Dialect", "SqliteDialect", "Tx", "get_db", "dialect_for", "forget_databases",
            "network_fs_type", "BUSY_DEADLINE_S"]
 
-log = structlog.get_logger("federation.database")
+log = library_logger("federation.database")
 T = TypeVar("T")
 
 #: How long a write may wait for a busy database before the caller gets an error.

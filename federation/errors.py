@@ -5,6 +5,9 @@ Every error a caller can act on derives from :class:`FederationError`.
 
 from __future__ import annotations
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "FederationError",
     "ValidationError",
@@ -14,6 +17,7 @@ __all__ = [
     "StorageError",
     "BackfillRequiredError",
     "CorruptFileError",
+    "FileStorageError",
 ]
 
 
@@ -52,3 +56,36 @@ class CorruptFileError(StorageError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class FileStorageError(StorageError):
+    """A legacy file (or folder, or lock file) could not be read or written.
+
+    Disk full, read-only filesystem, permission denied, I/O error...: the
+    operation did not happen and nothing was half-written.  ``path`` is the
+    file, ``errno`` the OS error number (``errno.ENOSPC``...), ``reason`` its text.
+    """
+
+    def __init__(self, path: object, cause: OSError, doing: str = "access"):
+        self.path = str(path)
+        self.errno = cause.errno
+        self.reason = cause.strerror or str(cause)
+        code = _errno.errorcode.get(cause.errno or 0)
+        hint = _HINTS.get(cause.errno or 0, "")
+        super().__init__(f"cannot {doing} {self.path}: {self.reason}" + (f" ({code})" if code else "") + hint)
+
+    @classmethod
+    def wrap(cls, exc: OSError, path: object = None, doing: str = "access") -> "FileStorageError":
+        """The typed error of *exc*, naming *path* (or the file the OS error names)."""
+        where = path if path is not None else (exc.filename if exc.filename is not None else "the federation root")
+        return cls(_os.fsdecode(where) if isinstance(where, bytes) else where, exc, doing)
+
+
+_HINTS = {
+    _errno.ENOSPC: "; free space on that filesystem (`federation doctor` shows it), then retry",
+    _errno.EDQUOT: "; the disk quota is exhausted: raise it or free space, then retry",
+    _errno.EROFS: "; the filesystem is mounted read-only: remount it read-write, then retry",
+    _errno.EACCES: "; the federation's user may not write there: fix the owner or mode",
+    _errno.EPERM: "; the federation's user may not write there: fix the owner or mode",
+    _errno.EIO: "; the disk reported an I/O error: check the device (dmesg) before retrying",
+}

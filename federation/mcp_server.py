@@ -19,7 +19,7 @@ import functools
 import inspect
 from typing import Annotated, Any, Callable, Literal
 
-import structlog
+from shim import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -29,13 +29,13 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import __version__, config, context, governance, messaging
 from . import _validate as v
-from .errors import (BackfillRequiredError, ConflictError, FederationError, NotFoundError, StorageError,
-                     ValidationError)
+from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
+                     StorageError, ValidationError)
 from .messaging import MAX_HISTORY
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
-log = structlog.get_logger("federation.mcp")
+log = library_logger("federation.mcp")
 
 _KIB = 1024
 _CONTENT_LIMIT = f"at most {config.MAX_CONTENT_BYTES // _KIB} KiB of UTF-8"
@@ -383,6 +383,7 @@ _ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
     (NotFoundError, "not found"),
     (ConflictError, "refused"),
     (BackfillRequiredError, "database not ready"),
+    (FileStorageError, "storage failed"),  # disk full, read-only...: the operator must act, retrying won't help
     (StorageError, "storage unavailable, try again shortly"),
     (FederationError, "failed"),
 )

@@ -19,9 +19,10 @@ import wrapt
 
 from ._compare import delta, field_diff, normalize, patch
 from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, Phase, Spec
+from ._log import library_logger
 
 __all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "Phase", "Observation",
-           "Outcome", "Mismatch", "normalize", "field_diff", "delta", "patch", "FILES", "DB"]
+           "Outcome", "Mismatch", "normalize", "field_diff", "delta", "patch", "FILES", "DB", "library_logger"]
 
 _installed: dict[str, Experiment] = {}
 

@@ -23,11 +23,11 @@ import threading
 import time
 from typing import Any, Callable, ContextManager, Iterable
 
-import structlog
+from ._log import library_logger
 
 from ._compare import delta, field_diff, normalize, patch, split_records
 
-log = structlog.get_logger("shim")
+log = library_logger("shim")
 
 #: Names of the two sides in published events.
 FILES, DB = "files", "db"

@@ -113,25 +113,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 #: Starts the reason of every skip that means "PostgreSQL was not available".
 PG_UNAVAILABLE = "PostgreSQL cases not run"
+#: Starts the reason of every skip that means "no small filesystem could be mounted".
+FS_UNAVAILABLE = "Fault drills on a small filesystem not run"
+FS_HOW_TO_ENABLE = "run the tests as root on Linux (the drills mount a tmpfs of their own with mount(8))"
 _skipped_pg: list[str] = []
+_skipped_fs: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # Only skips for want of PostgreSQL count; a test may still skip a case that
-    # does not apply to an engine, with a reason of its own.
+    # Only skips for want of PostgreSQL (or of a mountable filesystem) count; a test
+    # may still skip a case that does not apply to an engine, with a reason of its own.
     if report.skipped and PG_UNAVAILABLE in str(report.longrepr):
         _skipped_pg.append(report.nodeid)
+    if report.skipped and FS_UNAVAILABLE in str(report.longrepr):
+        _skipped_fs.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # In CI the PostgreSQL cases must run: a skipped one fails the run.
-    if IN_CI and _skipped_pg and exitstatus == 0:
+    # In CI the PostgreSQL cases and the fault drills must run: a skipped one fails the run.
+    failures = [(skipped, what, how) for skipped, what, how in (
+        (_skipped_pg, "PostgreSQL test cases", HOW_TO_ENABLE), (_skipped_fs, "fault drills", FS_HOW_TO_ENABLE))
+        if skipped]
+    if IN_CI and failures and exitstatus == 0:
         session.exitstatus = 1
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
-            reporter.write_line(f"FAILED: CI=true but {len(_skipped_pg)} PostgreSQL test cases were skipped "
-                                f"(first: {_skipped_pg[0]}); {HOW_TO_ENABLE}", red=True)
+            for skipped, what, how in failures:
+                reporter.write_line(f"FAILED: CI=true but {len(skipped)} {what} were skipped "
+                                    f"(first: {skipped[0]}); {how}", red=True)
 
 
 def _pg_unavailable(reason: str) -> None:
@@ -221,3 +231,62 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path):
     yield f
     forget_stores()
     config.clear_overrides()
+
+
+def _fs_unavailable(reason: str) -> None:
+    message = f"{FS_UNAVAILABLE}: {reason}. To enable them, {FS_HOW_TO_ENABLE}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true requires them)", pytrace=False)
+    pytest.skip(message)
+
+
+class SmallFs:
+    """Small real filesystems (tmpfs) mounted for a fault drill; all unmounted afterwards."""
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+
+    def mount(self, path: Path, size: str = "1m") -> Path:
+        """Mount a fresh tmpfs of *size* on the (empty) folder *path*."""
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            _fs_unavailable(f"mount -t tmpfs failed: {proc.stderr.strip() or proc.returncode}")
+        self.mounted.append(path)
+        return path
+
+    def remount(self, path: Path, mode: str) -> None:
+        """``ro`` or ``rw``."""
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, capture_output=True)
+
+    @staticmethod
+    def fill(path: Path) -> Path:
+        """Fill the filesystem of *path* to the last byte; the filler file (delete it to free the space)."""
+        filler = path / "filler.bin"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for chunk in (1 << 16, 4096, 1):
+                block = b"\0" * chunk
+                while True:
+                    try:
+                        os.write(fd, block)
+                    except OSError:
+                        break
+        finally:
+            os.close(fd)
+        return filler
+
+
+@pytest.fixture
+def small_fs():
+    """Mount small tmpfs filesystems for fault drills (root only; skipped otherwise, a failure under CI=true)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        _fs_unavailable("not running as root on Linux")
+    fs = SmallFs()
+    yield fs
+    forget_stores()  # no descriptor of ours may keep a mount busy
+    for path in reversed(fs.mounted):
+        subprocess.run(["umount", str(path)], capture_output=True)
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import structlog
+from shim import library_logger
 
 from . import _io
 
-log = structlog.get_logger("federation.rollout")
+log = library_logger("federation.rollout")
 
 #: counts are kept per bucket of this many seconds (a minute; FEDERATION_COUNTS_BUCKET, a divisor of 3600)
 BUCKET_SECONDS = 60

@@ -24,13 +24,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import structlog
+from shim import library_logger
 
 from .. import config
 from ..errors import ConfigError
 from . import _fleet, _flag, _io, _status
 
-log = structlog.get_logger("federation.rollout")
+log = library_logger("federation.rollout")
 
 DEFAULT_MIN_RATE = 0.999
 DEFAULT_MIN_COMPARISONS = 100

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
+from shim import library_logger
 
 from .. import config
 from ..errors import ConfigError
 from . import _counts, _fleet, _flag, _io
 
-log = structlog.get_logger("federation.rollout")
+log = library_logger("federation.rollout")
 
 SOURCES = ("env", "flag", "default")
 

@@ -1,0 +1,288 @@
+"""``federation doctor``: health checks an operator runs (or a monitor runs for them).
+
+Each check says whether it passed, what it found, and — when it failed — the
+command that fixes it.  The checks only read: the doctor never creates a
+database, never upgrades or repairs one, and never touches a legacy file.
+
+Checks: database integrity (``PRAGMA quick_check``; on PostgreSQL a
+connection and the schema's tables), schema version, backfill, WAL size, free
+space on the database's and the root's filesystems, a SQLite database on a
+network filesystem, unreadable legacy files (the migration's reader), and
+files and database differing (the consistency report's comparison).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+from shim import library_logger
+
+from . import config, schema
+from .database import network_fs_type
+
+__all__ = ["Check", "DoctorReport", "doctor", "WAL_LIMIT_BYTES", "MIN_FREE_BYTES"]
+
+log = library_logger("federation.doctor")
+
+#: A WAL larger than this means checkpoints are starved (a reader that never ends).
+WAL_LIMIT_BYTES = 256 * 1024 * 1024
+#: Free space below this (or below 10 % of a smaller filesystem) fails the free-space checks.
+MIN_FREE_BYTES = 256 * 1024 * 1024
+
+_RESTORE_FIX = ("stop the agents, then restore the last verified backup: rm -f {db}-wal {db}-shm && "
+                "cp /path/to/backup.db {db} (README, \"Backup and restore\"); without a backup, "
+                "`federation sync --to db` from the files in phases 1-3")
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": None if self.ok else self.fix}
+
+
+@dataclasses.dataclass
+class DoctorReport:
+    checks: list[Check]
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "checks": [c.to_json() for c in self.checks]}
+
+
+def _existing(path: Path) -> Path:
+    """*path* or its nearest existing ancestor (statvfs needs something that exists)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mount_point(path: Path) -> Path:
+    path = _existing(path).resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_space(name: str, what: str, path: Path, min_free: int) -> Check:
+    where = _existing(path)
+    st = os.statvfs(where)
+    free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    need = min(min_free, size // 10)
+    mount = _mount_point(where)
+    detail = f"{what} {path}: {free / 2**20:.1f} MiB free of {size / 2**20:.1f} MiB on {mount}"
+    fix = (f"free space on {mount} (df -h {mount}); `federation prune --older-than 30d` removes old read "
+           "messages, and old backups may go")
+    return Check(name, free >= need and free > 0, detail + ("" if free >= need and free > 0
+                                                             else f" (below {need / 2**20:.1f} MiB)"), fix)
+
+
+def _sqlite_checks(s: config.Settings, checks: list[Check], wal_limit: int, mounts_file: str) -> bool:
+    """Integrity, schema, WAL, network filesystem; True when the database can be compared with the files."""
+    path = s.db_path
+    fs = network_fs_type(path if path.exists() else _existing(path.parent), mounts_file)
+    checks.append(Check(
+        "network_filesystem", fs is None,
+        f"{path} is on a network filesystem ({fs}): SQLite's WAL and locks are unsafe there" if fs else
+        f"{path} is on a local filesystem",
+        "stop the agents and move the database (and its -wal/-shm) to a local disk, pointing FEDERATION_DB "
+        "there, or use PostgreSQL: FEDERATION_DB_URL=postgresql://user@host/dbname (README, \"SQLite or "
+        "PostgreSQL\")"))
+    if not path.exists():
+        checks.append(Check("database_integrity", True, f"no database at {path} yet (created on first use)"))
+        checks.append(Check("schema_version", True, "no database yet"))
+        checks.append(Check("wal_size", True, "no database yet"))
+        return False
+    fix = _RESTORE_FIX.format(db=path)
+    version = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_version" in tables:
+                version = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        checks.append(Check("database_integrity", False, f"{path}: {exc}", fix))
+        checks.append(Check("schema_version", False, "unknown: the database cannot be read", fix))
+        tables, problems = set(), None
+    if problems is not None:
+        ok = problems == ["ok"]
+        checks.append(Check("database_integrity", ok, f"{path}: quick_check " + (
+            "ok" if ok else "found: " + "; ".join(problems[:5])), fix))
+        checks.append(_schema_check(version, tables, str(path)))
+    wal = Path(f"{path}-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    checks.append(Check(
+        "wal_size", size <= wal_limit, f"{wal}: {size / 2**20:.1f} MiB (limit {wal_limit / 2**20:.0f} MiB)",
+        f"sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE);' — if it stays large, a reader never ends: "
+        f"find it with fuser {path} and restart it"))
+    return problems == ["ok"] and version == schema.LATEST
+
+
+def _schema_check(version: int | None, tables: set[str], where: str) -> Check:
+    missing = sorted(set(schema.TABLES) - tables)
+    if version is None or (version == 0 and not tables - {"schema_version"}):
+        return Check("schema_version", True, f"{where}: no schema yet (created on first use)")
+    if version > schema.LATEST:
+        return Check("schema_version", False,
+                     f"{where}: schema version {version} is newer than this package's ({schema.LATEST})",
+                     "pip install --upgrade federation (every agent and this CLI)")
+    if missing:
+        return Check("schema_version", False, f"{where}: schema version {version} but tables missing: "
+                     f"{', '.join(missing)}", _RESTORE_FIX.format(db=where))
+    if version < schema.LATEST:
+        return Check("schema_version", True,
+                     f"{where}: schema version {version}; agents upgrade it to {schema.LATEST} on first use")
+    return Check("schema_version", True, f"{where}: schema version {version} (current)")
+
+
+def _postgres_checks(s: config.Settings, checks: list[Check]) -> bool:
+    from .database import BUSY_DEADLINE_S, dialect_for
+
+    dialect = dialect_for(s)
+    try:
+        conn = dialect.connect(BUSY_DEADLINE_S)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is the finding
+        checks.append(Check("database_integrity", False, f"cannot connect to {s.db_display}: {exc}",
+                            "check that the server runs and accepts this role (pg_isready -d URL; "
+                            "psql URL -c 'select 1')"))
+        checks.append(Check("schema_version", False, "unknown: no connection", "see database_integrity"))
+        return False
+    try:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+        version = None
+        if "schema_version" in tables:
+            version = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+    finally:
+        conn.close()
+    checks.append(Check("database_integrity", True, f"{s.db_display}: connected; the server checks its own pages"))
+    checks.append(_schema_check(version, tables, s.db_display))
+    checks.append(Check("wal_size", True, "not applicable on PostgreSQL (the server manages its WAL)"))
+    return version == schema.LATEST
+
+
+def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMIT_BYTES,
+           min_free: int = MIN_FREE_BYTES, mounts_file: str = "/proc/self/mounts",
+           extra: list[Callable[[config.Settings], Check]] | None = None) -> DoctorReport:
+    """Run every check against the configured federation; read-only."""
+    from ._rows import read_tree
+
+    s = settings or config.settings()
+    phase = phase_in_effect(s)
+    checks: list[Check] = []
+    comparable = (_postgres_checks(s, checks) if s.db_url
+                  else _sqlite_checks(s, checks, wal_limit, mounts_file))
+    if not s.db_url:
+        checks.append(_free_space("free_space_database", "database", s.db_path, min_free))
+    checks.append(_free_space("free_space_root", "legacy root", s.root, min_free))
+
+    tree = read_tree(s.root)
+    bad = tree.invalid
+    checks.append(Check(
+        "legacy_files", not bad,
+        f"{tree.files} legacy files under {s.root}, all readable" if not bad else
+        f"{len(bad)} of {tree.files} legacy files cannot be read: " + "; ".join(
+            f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
+        "`federation migrate --dry-run` lists each with its reason: repair the file or move it out of the root"))
+
+    store = None
+    if comparable:
+        from .sqlstore import get_store
+
+        store = get_store(s)
+        backfilled = store.meta("backfilled_at")
+        need = phase >= 3 and backfilled is None and tree.files > 0
+        checks.append(Check("backfilled", not need,
+                            f"backfilled at {backfilled}" if backfilled else
+                            ("never backfilled, and phase 3/4 refuses to serve it" if need else
+                             "never backfilled (needed before phase 3)"),
+                            "federation migrate"))
+    checks.append(_files_vs_database(s, phase, tree, store))
+    checks.append(_fleet_check())
+    for make in extra or ():
+        checks.append(make(s))
+    report = DoctorReport(checks)
+    log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
+    return report
+
+
+def phase_in_effect(s: config.Settings) -> int:
+    """The phase the federation's unpinned processes are in: this process's pin, else the live flag, else 3.
+
+    Read without joining the fleet (the doctor is not an agent and must not announce itself).
+    """
+    if s.phase_pinned:
+        return s.effective_phase
+    from .rollout import current_phase
+
+    return current_phase(s.root)[0]
+
+
+def _describe(process: dict) -> str:
+    agent = f" (agent {process['agent']})" if process.get("agent") else ""
+    return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')}"
+
+
+def _fleet_check() -> Check:
+    """No live phase-4 process beside a live phase-1/2 one (phase 4 stops writing the files they read)."""
+    from . import rollout
+
+    fleet = rollout.fleet()
+    pairs = rollout.unsafe_mix(fleet)
+    alive = [p for p in fleet if p.get("alive")]
+    if not pairs:
+        phases = sorted({p.get("phase") for p in alive}, key=str)
+        return Check("fleet_phases", True, f"{len(alive)} live processes, phases {phases or 'none'}: a safe mix")
+    shown = "; ".join(f"{_describe(a)} beside {_describe(b)}" for a, b in pairs[:3])
+    return Check("fleet_phases", False,
+                 f"unsafe mix of phases: {shown}" + (f" and {len(pairs) - 3} more pairs" if len(pairs) > 3 else "")
+                 + "; phase 4 no longer writes the files phases 1-2 read, so their writes hide each other's",
+                 "federation rollout set 3 (safe beside both), then restart or re-pin processes whose "
+                 "FEDERATION_PHASE / FEDERATION_USE_DB pins them (`federation rollout status` lists each with its "
+                 "source)")
+
+
+def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:
+    """The consistency report's comparison, on the tree already read for ``legacy_files``."""
+    if store is None:
+        if not s.db_url and not s.db_path.exists():
+            return Check("files_vs_database", phase == 1 or tree.files == 0,
+                         f"no database yet; {tree.files} legacy files not migrated", "federation migrate")
+        return Check("files_vs_database", phase == 1 or tree.files == 0,
+                     "not compared: the database cannot be read or has no current schema",
+                     "fix the database checks above, then `federation report`")
+    from ._rows import read_db
+    from .report import Sides, compare_sides
+
+    entities = compare_sides(Sides(tree, read_db(store)), diff_limit=0).entities
+    differing = {n: len(t.missing_in_db) + len(t.missing_in_files) + len(t.different)
+                 for n, t in entities.items() if not t.consistent}
+    summary = ", ".join(f"{n}: {c}" for n, c in differing.items())
+    if not differing:
+        return Check("files_vs_database", True, "files and database agree (federation report)")
+    if phase == 4:
+        return Check("files_vs_database", True, f"phase 4: the files are retired and differ ({summary}); "
+                     "run `federation sync --to files` before any rollback")
+    if phase == 1:
+        return Check("files_vs_database", True, f"phase 1: the database is not written and differs ({summary}); "
+                     "`federation migrate` and `federation sync --to db` bring it up before phase 2")
+    side = "db" if phase == 2 else "files"
+    return Check("files_vs_database", False,
+                 f"phase {phase}: files and database differ ({summary}); `federation report` lists them",
+                 f"federation sync --to {side}")

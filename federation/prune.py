@@ -1,0 +1,138 @@
+"""``federation prune``: the retention policy of DESIGN.md (30 days by default).
+
+Removes, from the database, messages that were **read** before the cutoff and
+message-history entries older than it.  An unread message is never removed,
+nor is a poll (open or closed), a vote or a session.
+
+Only the database holds what is pruned: a read message has no file (the
+legacy path deletes a message file when it is claimed) and the history has
+no file side, so the files need no change in any phase and the consistency
+report, which compares only unread messages, agrees afterwards.
+
+The work is done in bounded batches, each its own short write transaction:
+the batch walks the table's primary key (an index, so each batch costs what
+it touches, not a scan of the table) and deletes the matching rows of that
+key range.  Agents' writes interleave between batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from shim import library_logger
+
+from . import config
+from .errors import ValidationError
+
+__all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
+
+log = library_logger("federation.prune")
+
+DEFAULT_OLDER_THAN = "30d"
+
+#: table -> the condition a row must meet to be removed (``?`` is the cutoff).
+PRUNED_TABLES: dict[str, str] = {
+    # read_at is written by our clock (ISO 8601 UTC, sorts as text); an unread row has none
+    "messages": "read_at IS NOT NULL AND read_at < ?",
+    "message_history": "timestamp < ?",
+}
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` -> a positive :class:`timedelta`; else ValidationError."""
+    raw = str(text).strip().lower()
+    match = _DURATION.fullmatch(raw)
+    if not match:
+        raise ValidationError(
+            f"{text!r} is not a duration: use a whole number and a unit, e.g. 30d (days), 12h (hours), "
+            "90m (minutes), 2w (weeks), 45s (seconds)")
+    amount = int(match.group(1))
+    if amount <= 0:
+        raise ValidationError(f"{text!r} is not accepted: the duration must be greater than zero")
+    try:
+        return timedelta(seconds=amount * _UNITS[match.group(2)])
+    except OverflowError:
+        raise ValidationError(f"{text!r} is too long a duration") from None
+
+
+@dataclasses.dataclass
+class PruneResult:
+    dry_run: bool
+    cutoff: str
+    removed: dict[str, int]
+    seconds: float = 0.0
+    batches: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "removed": dict(self.removed), "cutoff": self.cutoff,
+                "seconds": round(self.seconds, 3), "batches": self.batches}
+
+
+def _key_walk(db: Any, table: str, after: str | int | None, batch: int) -> Any:
+    """The last primary key of the next *batch* keys after *after* (None when the table is exhausted)."""
+    where = "" if after is None else " WHERE id > ?"
+    params = () if after is None else (after,)
+    row = db.fetchone(f"SELECT MAX(id) FROM (SELECT id FROM {table}{where} ORDER BY id LIMIT ?) AS page",
+                      params + (batch,))
+    return None if row is None else row[0]
+
+
+def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = False, batch_size: int = 2000,
+          pause: float = 0.0, now: datetime | None = None, store: Any = None,
+          progress: Callable[[str, int], None] | None = None) -> PruneResult:
+    """Remove read messages and history entries older than *older_than* from the database.
+
+    *batch_size* keys are examined per write transaction; *pause* seconds are
+    slept between batches (0: the next batch queues behind waiting agents
+    anyway).  *dry_run* counts and removes nothing.  A SQLite database that
+    does not exist yet is not created (nothing to prune).
+    """
+    delta = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    if delta <= timedelta(0):
+        raise ValidationError("the duration must be greater than zero")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValidationError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    cutoff = ((now or datetime.now(timezone.utc)) - delta).astimezone(timezone.utc).isoformat(timespec="microseconds")
+    started = time.perf_counter()
+    result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
+    if store is None:
+        s = config.settings()
+        if not (s.db_url or s.db_path.exists()):
+            result.seconds = time.perf_counter() - started
+            return result
+        from .sqlstore import get_store
+
+        store = get_store(s)
+    db = store.db
+    for table, condition in PRUNED_TABLES.items():
+        if dry_run:
+            row = db.fetchone(f"SELECT COUNT(*) FROM {table} WHERE {condition}", (cutoff,))
+            result.removed[table] = int(row[0])
+            continue
+        after = None
+        while True:
+            upto = _key_walk(db, table, after, batch_size)
+            if upto is None:
+                break
+            low = "" if after is None else "id > ? AND "
+            params = ((after,) if after is not None else ()) + (upto, cutoff)
+            sql = f"DELETE FROM {table} WHERE {low}id <= ? AND {condition}"
+            removed = db.write(lambda tx, sql=sql, params=params: tx.execute(sql, params).rowcount)
+            result.removed[table] += max(int(removed or 0), 0)
+            result.batches += 1
+            if progress is not None:
+                progress(table, result.removed[table])
+            after = upto
+            if pause:
+                time.sleep(pause)
+    result.seconds = time.perf_counter() - started
+    log.info("pruned", dry_run=dry_run, cutoff=cutoff, removed=result.removed, batches=result.batches,
+             seconds=round(result.seconds, 3))
+    return result
