@@ -31,13 +31,13 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Callable, Iterator
 
-import structlog
+from shim import library_logger
 
 from . import config
 
 __all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
 
-log = structlog.get_logger("federation.dashboard")
+log = library_logger("federation.dashboard")
 
 #: The selectable windows of the page (name -> length); hourly buckets in each.
 WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
