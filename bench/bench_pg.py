@@ -58,11 +58,16 @@ def main() -> None:
         total = args.procs * args.votes
         print(f"votes: {args.procs} processes x {args.votes} votes = {total} on one poll, phase 4")
         print(f"  {'engine':12} {'seconds':>8} {'votes/s':>9} {'kept':>6}")
+        rates = {}
         for engine, db_url in (("SQLite", None), ("PostgreSQL", url)):
             if db_url:
                 reset_pg(db_url)
             seconds, kept = bench_votes.measure(engine, 4, args.procs, args.votes, db_url)
+            rates[engine] = total / seconds
             print(f"  {engine:12} {seconds:8.3f} {total / seconds:9.0f} {kept:6d}")
+        ratio = rates["PostgreSQL"] / rates["SQLite"]
+        print(f"  PostgreSQL / SQLite votes/s: {ratio:.2f}x (target >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'}; "
+              "a vote is one statement, one round trip)")
 
         print(f"inbox: one check_inbox() of {args.messages} messages (best of {args.rounds})")
         legacy = best_of(args.rounds, lambda: bench_inbox.one_round(1, args.messages))

@@ -47,6 +47,8 @@ class Dialect:
     single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
+    #: A condition true when the JSON array text *options* holds the text parameter ``?``.
+    json_array_has = "EXISTS (SELECT 1 FROM json_each({options}) WHERE json_each.value = ?)"
 
     def sql(self, text: str) -> str:
         return text
@@ -79,6 +81,10 @@ class Dialect:
 
     def is_database_error(self, exc: BaseException) -> bool:
         """An engine error that is not a bug in our SQL: corrupt file, disk full, permissions."""
+        return False
+
+    def is_stale(self, conn: Any) -> bool:
+        """True when an idle connection is known to be dead already (e.g. the server ended it)."""
         return False
 
     @contextlib.contextmanager

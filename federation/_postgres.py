@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 
 import psycopg
 
@@ -78,6 +79,7 @@ class PostgresDialect(Dialect):
     for_share = " FOR SHARE"
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
+    json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
 
     def __init__(self, url: str):
         self.url = url
@@ -131,6 +133,18 @@ class PostgresDialect(Dialect):
     def rollback(self, conn: psycopg.Connection) -> None:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
+
+    def is_stale(self, conn: psycopg.Connection) -> bool:
+        # An idle session has nothing to say: if its socket is readable, the server
+        # ended it (shutdown, restart, pg_terminate_backend) or sent something we
+        # never asked for; either way a fresh connection is the safe one to use.
+        if conn.closed or conn.broken:
+            return True
+        try:
+            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        except (OSError, ValueError, psycopg.Error):
+            return True
+        return bool(readable)
 
     def lock(self, tx: Tx, name: str) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))

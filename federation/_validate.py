@@ -29,6 +29,11 @@ def agent(name: Any, what: str = "agent") -> str:
     return name
 
 
+def is_agent(name: Any) -> bool:
+    """Whether *name* is a valid agent name (for names found in storage, which may predate validation)."""
+    return isinstance(name, str) and bool(_AGENT_RE.fullmatch(name)) and ".." not in name
+
+
 def ident(value: Any, what: str) -> str:
     """A poll, session or message id (also used as a file name)."""
     if not isinstance(value, str):
@@ -96,3 +101,19 @@ def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValidationError(f"{what} {value!r} is not accepted: use one of {', '.join(allowed)}")
     return value
+
+
+def page_limit(value: Any, what: str = "limit", *, maximum: int, optional: bool = True) -> int | None:
+    """A page size: a whole number from 1 to *maximum* (None: no limit, where *optional*)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError(f"{what} must be a whole number from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def cursor(value: Any, what: str = "after") -> str | None:
+    """A paging cursor: None (the first page) or the id of the last record of the previous page."""
+    if value is None:
+        return None
+    return ident(value, what)

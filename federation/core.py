@@ -25,11 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import _validate, config
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
                        check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
-from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError
+from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 
 def tree() -> Tree:
@@ -120,16 +120,29 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost
 # on restart); the SQL store persists it in the same transaction as the message.
 _history: list[dict] = []
+_sent: list[dict] = []  # the messages this process sent, whole (for load_sent)
 
 
 def save_history(direction: str, messages: list[dict]) -> None:
     """Record *messages* as sent or received in the message history (in memory: lost on restart)."""
     _history.extend(history_entry(direction, m) for m in messages)
+    if direction == "sent":
+        _sent.extend({field: m.get(field) for field in MESSAGE_FIELDS} for m in messages)
 
 
-def load_history(agent: str | None = None, limit: int = 100) -> list[dict]:
-    """The last *limit* history entries (of *agent*, if given), oldest first."""
+def load_history(agent: str | None = None, limit: int = 100, before: tuple[str, str] | None = None) -> list[dict]:
+    """The last *limit* history entries (of *agent*, if given), oldest first.
+
+    *before*: ``(direction, message_id)`` of an entry: only entries older than it.
+    """
     rows = [e for e in _history if agent is None or agent in (e.get("sender"), e.get("recipient"))]
+    if before is not None:
+        direction, message_id = before
+        cut = next((i for i, e in enumerate(rows)
+                    if e["direction"] == direction and e["message_id"] == message_id), None)
+        if cut is None:
+            raise ValidationError(f"before {direction}:{message_id} is not an entry of this history")
+        rows = rows[:cut]
     return [dict(e) for e in rows[-limit:]] if limit > 0 else []
 
 
@@ -333,6 +346,10 @@ def load_session(session_id: str) -> dict | None:
 
 def load_sessions() -> dict[str, dict]:
     """Every session, keyed by id."""
+    return _sessions()
+
+
+def _sessions() -> dict[str, dict]:
     directory = tree().sessions_dir
     try:
         names = os.listdir(directory)
@@ -408,6 +425,108 @@ def save_session_phase(session_id: str, phase: str, updated_at: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# what an agent reads every tick (issue 11): pages, receipts, pulse.  The file
+# store has no index: these read the documents and filter, as the legacy code
+# did; the SQL store answers them with indexed queries.
+
+
+def _page(records: list[dict], limit: int | None, after: str | None, what: str) -> list[dict]:
+    """*records* (oldest first) after the one whose id is *after*, at most *limit*."""
+    if after is not None:
+        for i, r in enumerate(records):
+            if r["id"] == after:
+                records = records[i + 1:]
+                break
+        else:
+            raise ValidationError(f"after {after!r} is not the id of a {what}: page from the start (after=None)")
+    return records if limit is None else records[:limit]
+
+
+def _by_creation(record: dict) -> tuple[str, str]:
+    return (str(record.get("created_at") or ""), str(record["id"]))
+
+
+def load_polls_page(status: str | None = None, limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Polls (with *status*, if given) oldest first, after the poll *after*, at most *limit*.
+
+    *after* must name an existing poll (of any status) or it is a ValidationError.
+    """
+    everything = sorted((_normal_poll(pid, p) for pid, p in _read_polls().items()), key=_by_creation)
+    if after is not None and not any(p["id"] == after for p in everything):
+        raise ValidationError(f"after {after!r} is not the id of a poll: page from the start (after=None)")
+    if after is not None:  # the cursor poll may have changed status since the last page
+        cut = next(i for i, p in enumerate(everything) if p["id"] == after)
+        everything = everything[cut + 1:]
+    chosen = [p for p in everything if status is None or p["status"] == status]
+    return chosen if limit is None else chosen[:limit]
+
+
+def load_sessions_page(limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Sessions oldest first, after the session *after*, at most *limit*."""
+    return _page(sorted(_sessions().values(), key=_by_creation), limit, after, "session")
+
+
+def load_open_polls(agent: str, limit: int) -> list[dict]:
+    """The oldest *limit* open polls that *agent* has not voted on."""
+    polls = sorted((_normal_poll(pid, p) for pid, p in _read_polls().items()), key=_by_creation)
+    return [p for p in polls if p["status"] == "open" and agent not in p["votes"]][:limit]
+
+
+def load_roles(agent: str) -> list[dict]:
+    """*agent*'s roles: ``{"session_id","title","role","subtask"}``, sessions oldest first."""
+    out = []
+    for s in sorted(_sessions().values(), key=_by_creation):
+        role = s["roles"].get(agent)
+        if isinstance(role, dict):
+            out.append({"session_id": s["id"], "title": s["title"], "role": role.get("role"),
+                        "subtask": role.get("subtask")})
+    return out
+
+
+def load_agent_states() -> list[dict]:
+    """Every known agent's ``{"agent","text","last_heartbeat"}`` by name (None where it has no context)."""
+    out = []
+    for agent in _agents():
+        ctx = _context(agent) if _validate.is_agent(agent) else None
+        out.append({"agent": agent, "text": ctx["text"] if ctx else None,
+                    "last_heartbeat": ctx["last_heartbeat"] if ctx else None})
+    return out
+
+
+def load_agents_by_role(role: str) -> list[str]:
+    """Agents whose profile's ``default_role`` is *role*, by name."""
+    out = []
+    for agent in _agents():
+        profile = _profile(agent) if _validate.is_agent(agent) else None
+        if profile and profile["default_role"] == role:
+            out.append(agent)
+    return out
+
+
+def save_messages(messages: list[dict]) -> None:
+    """Deliver several messages (a broadcast).  Legacy: one file per message, each atomic on its own."""
+    t = tree()
+    for message in messages:
+        atomic_write_json(t.message_file(message["recipient"], message["id"]),
+                          {field: message.get(field) for field in MESSAGE_FIELDS})
+
+
+def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
+    """The last *limit* messages *agent* sent (before message *before*), oldest first, with ``read_at``.
+
+    Phase 1 keeps no read receipts: these are the messages this process sent
+    (in memory, as the history), each with ``read_at`` None.
+    """
+    mine = sorted((m for m in _sent if m["sender"] == agent), key=lambda m: (str(m["timestamp"]), m["id"]))
+    if before is not None:
+        cut = next((i for i, m in enumerate(mine) if m["id"] == before), None)
+        if cut is None:
+            raise ValidationError(f"before {before!r} is not the id of a message {agent} sent")
+        mine = mine[:cut]
+    return [{**m, "read_at": None} for m in mine[-limit:]] if limit > 0 else []
+
+
+# ---------------------------------------------------------------------------
 # what the shim needs to know about each function (see shim.Spec)
 
 
@@ -463,6 +582,21 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "save_artifact": dict(entity="session_artifacts", lock=_session_lock, key=_first_arg),
     "save_review": dict(entity="session_reviews", lock=_session_lock, key=_first_arg),
     "save_session_phase": dict(entity="sessions", lock=_session_lock, key=_first_arg),
+    # what an agent reads every tick (issue 11)
+    # poll reads hold the polls lock across both sides, as load_polls does, so a vote cannot land between them
+    "load_polls_page": dict(entity="polls", lock=_polls_lock, records="id"),
+    "load_sessions_page": dict(entity="sessions", records="id"),
+    "load_open_polls": dict(entity="polls", lock=_polls_lock, records="id"),
+    "load_roles": dict(entity="session_roles", records="session_id"),
+    # every agent's context changes on every tick of the fleet and no one lock covers them all:
+    # compare who is known; each context itself is compared by load_context under its node lock
+    "load_agent_states": dict(entity="context", records="agent", ignore=("text", "last_heartbeat")),
+    "load_agents_by_role": dict(entity="profiles"),
+    # a broadcast holds every recipient's inbox lock across both sides (in name order: no deadlock)
+    "save_messages": dict(entity="messages", lock=lambda ms, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms}),
+                          key=lambda ms, *a, **k: ",".join(m["id"] for m in ms[:3])),
+    # read receipts exist only in the database (phase 1: this process's sent messages, no receipts)
+    "load_sent": dict(entity="messages", files=False),
 }
 
 

@@ -78,7 +78,8 @@ class Database:
         self._drop_connection()
 
     # -- transactions -------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True) -> T:
+    def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True,
+             idempotent: bool = True) -> T:
         if not self._schema_ready:
             self.ensure_schema()
         local = self._local
@@ -97,9 +98,22 @@ class Database:
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
                 conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
+                if not idempotent and self.dialect.is_stale(conn):
+                    # a statement that must not run twice is never sent on a connection
+                    # already known dead: its failure would leave us unsure it ran
+                    self._drop_connection()
+                    conn = self._connection()
                 with gate:
                     if not begin:  # one statement in autocommit mode: atomic on its own
-                        return fn(Tx(conn, self.dialect))
+                        try:
+                            return fn(Tx(conn, self.dialect))
+                        except Exception as exc:
+                            if not idempotent and self.dialect.is_disconnect(exc):
+                                self._drop_connection()
+                                raise StorageError(
+                                    f"lost the connection to {self.dialect.describe()} during a change that "
+                                    f"commits on its own; it may or may not have been applied: {exc}") from exc
+                            raise
                     if write:
                         self.dialect.begin_write(conn, snapshot)
                     else:
@@ -142,6 +156,18 @@ class Database:
         transaction if any of those rows changed meanwhile.
         """
         return self._run(fn, write=True, snapshot=snapshot)
+
+    def write_statement(self, fn: Callable[[Tx], T], idempotent: bool = True) -> T:
+        """Run *fn*, which executes ONE writing statement, in a single round trip where the engine allows.
+
+        The statement runs in autocommit mode (atomic on its own: no BEGIN or
+        COMMIT to send), still behind the engine's write gate and retried on
+        contention.  *idempotent*: whether running it twice is harmless; if
+        not, a connection lost while it ran is reported (a StorageError saying
+        it may have been applied), never retried.
+        """
+        return self._run(fn, write=True, begin=not self.dialect.single_statement_autocommit,
+                         idempotent=idempotent)
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run *fn* in one read transaction (a consistent snapshot)."""

@@ -11,13 +11,19 @@ __all__ = ["create_poll", "vote", "close_poll", "get_poll", "list_polls", "creat
            "attach_artifact", "review_artifact", "set_phase", "get_session", "list_sessions"]
 
 POLL_STATUSES = ("open", "closed")
+#: The largest page a list call returns (``limit``); without a limit the list is whole.
+MAX_PAGE = 10_000
 
 
-def _with_tally(poll: dict) -> dict:
+def with_tally(poll: dict) -> dict:
+    """*poll* plus ``"tally": {option: count}``."""
     tally = {option: 0 for option in poll["options"]}
     for option in poll["votes"].values():
         tally[option] = tally.get(option, 0) + 1
     return {**poll, "tally": tally}
+
+
+_with_tally = with_tally
 
 
 def create_poll(creator: str, question: str, options: list[str]) -> str:
@@ -56,12 +62,18 @@ def get_poll(poll_id: str) -> dict:
     return _with_tally(poll)
 
 
-def list_polls(status: str | None = None) -> list[dict]:
-    """Every poll (or those with *status*), oldest first, each with its tally."""
+def list_polls(status: str | None = None, limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Every poll (or those with *status*), oldest first, each with its tally.
+
+    Paging: at most *limit* polls (1-``MAX_PAGE``; None: all), starting after the
+    poll whose id is *after* (the last poll of the previous page).  An *after*
+    that names no poll is a ValidationError.
+    """
     if status is not None:
         v.choice(status, "status", POLL_STATUSES)
-    polls = [p for p in core.load_polls().values() if status is None or p["status"] == status]
-    return [_with_tally(p) for p in sorted(polls, key=lambda p: (str(p["created_at"]), p["id"]))]
+    v.page_limit(limit, maximum=MAX_PAGE)
+    v.cursor(after)
+    return [with_tally(p) for p in core.load_polls_page(status, limit, after)]
 
 
 def create_session(lead: str, title: str, description: str | None = None) -> str:
@@ -121,7 +133,8 @@ def get_session(session_id: str) -> dict:
     return session
 
 
-def list_sessions() -> list[dict]:
-    """Every session, oldest first."""
-    sessions = core.load_sessions().values()
-    return sorted(sessions, key=lambda s: (str(s["created_at"]), s["id"]))
+def list_sessions(limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Every session, oldest first; *limit* and *after* page as in :func:`list_polls`."""
+    v.page_limit(limit, maximum=MAX_PAGE)
+    v.cursor(after)
+    return core.load_sessions_page(limit, after)

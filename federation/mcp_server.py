@@ -31,7 +31,6 @@ from . import __version__, config, context, governance, messaging
 from . import _validate as v
 from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
                      StorageError, ValidationError)
-from .messaging import MAX_HISTORY
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
@@ -53,6 +52,11 @@ ArtifactType = Annotated[str, Field(description=(
     "A session holds one artifact per type."))]
 ReviewStatus = Literal[v.REVIEW_STATUSES]  # type: ignore[valid-type]
 PollStatus = Literal[governance.POLL_STATUSES]  # type: ignore[valid-type]
+
+#: The most records one call of a list tool returns; a "next" cursor asks for the following page.
+MCP_PAGE = 100
+PageLimit = Annotated[int, Field(ge=1, le=MCP_PAGE, description=(
+    f"How many records, 1-{MCP_PAGE}. When more remain, the result's \"next\" is the cursor for the next page."))]
 
 _IDENTITY_WORDS = ("agent", "sender", "voter", "creator", "reviewer", "lead", "from", "as", "me", "self")
 
@@ -117,14 +121,78 @@ class AgentTools:
     @_tool(read_only=True)
     def get_history(
         self,
-        limit: Annotated[int, Field(description=f"How many entries, 1-{MAX_HISTORY}.")] = 100,
+        limit: PageLimit = MCP_PAGE,
+        before: Annotated[str | None, Field(description=(
+            "A \"next\" cursor from an earlier get_history call: the entries just older than those. "
+            "Omit it for the newest entries."))] = None,
     ) -> dict[str, Any]:
         """Your message history: the last `limit` messages you sent or received, oldest first.
 
         Returns {"entries": [{"direction": "sent"|"received", "sender", "recipient",
-        "content", "message_type", "timestamp", "message_id"}]}.
+        "content", "message_type", "timestamp", "message_id"}], "next": cursor or null}.
+        "next" is set when older entries remain: pass it as `before` to read them.
         """
-        return {"entries": messaging.get_history(self.agent, limit)}
+        entries = messaging.get_history(self.agent, limit + 1, before)
+        older = len(entries) > limit
+        entries = entries[-limit:]
+        return {"entries": entries, "next": messaging.history_cursor(entries[0]) if older else None}
+
+    @_tool(read_only=True)
+    def sent_messages(
+        self,
+        limit: PageLimit = MCP_PAGE,
+        before: Annotated[str | None, Field(description=(
+            "A \"next\" cursor (a message id) from an earlier sent_messages call: the messages sent before "
+            "those. Omit it for the newest."))] = None,
+    ) -> dict[str, Any]:
+        """The messages you sent, with read receipts: the last `limit`, oldest first.
+
+        Returns {"messages": [{"id", "sender", "recipient", "content", "message_type",
+        "reply_to", "timestamp", "read_at"}], "next": cursor or null}. "read_at" is null
+        until the recipient received the message (check_inbox or pulse). Receipts come from
+        the database (rollout phase 2 on); with the database off (phase 1) "read_at" is always
+        null and only messages sent through this server since it started are listed.
+        """
+        messages = messaging.get_sent(self.agent, limit + 1, before)
+        older = len(messages) > limit
+        messages = messages[-limit:]
+        return {"messages": messages, "next": messages[0]["id"] if older else None}
+
+    @_tool()
+    def pulse(
+        self,
+        claim: Annotated[bool, Field(description=(
+            "true: receive your unread messages and mark them read (as check_inbox); "
+            "false: only look at them (as peek_inbox)."))] = True,
+    ) -> dict[str, Any]:
+        """Everything you need each tick, in one call: records your heartbeat, receives your inbox,
+        and lists what awaits you.
+
+        Returns {"agent", "phase", "messages": [...] (as check_inbox; each delivered once),
+        "open_polls": [...] (open polls you have not voted on, oldest first, at most 100, shaped as
+        get_poll), "more_open_polls": bool (list_polls status=open pages through all),
+        "roles": [{"session_id", "title", "role", "subtask"}] (your session roles),
+        "agents": [{"agent", "text", "last_heartbeat"}] (every agent's context; text null when
+        it never set one)}.
+        """
+        return messaging.pulse(self.agent, claim)
+
+    @_tool()
+    def broadcast(
+        self,
+        content: Annotated[str, Field(description=f"The message text ({_CONTENT_LIMIT}, non-empty).")],
+        message_type: Annotated[str, Field(description=(
+            "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes)."))] = "task",
+        role: Annotated[str | None, Field(description=(
+            "Only agents whose profile's default_role is this role; omit to reach every agent."))] = None,
+    ) -> dict[str, Any]:
+        """Send one message from you to every known agent but you (or to those with `role`).
+
+        All copies are written together; each recipient receives its copy once. Returns
+        {"message_ids": [...], "count": int}; a role nobody has gives count 0 (nothing sent).
+        """
+        ids = messaging.broadcast(self.agent, content, message_type, role)
+        return {"message_ids": ids, "count": len(ids)}
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -277,12 +345,20 @@ class AgentTools:
     def list_polls(
         self,
         status: Annotated[PollStatus | None, Field(description="Only polls with this status; omit for all.")] = None,
+        limit: PageLimit = MCP_PAGE,
+        after: Annotated[str | None, Field(description=(
+            "A \"next\" cursor from an earlier list_polls call (the id of its last poll): the polls after it. "
+            "Omit it for the first page."))] = None,
     ) -> dict[str, Any]:
-        """Every poll (or only open / closed ones), oldest first, each with its tally.
+        """Polls (or only open / closed ones), oldest first, each with its tally, a page at a time.
 
-        Returns {"polls": [...]}, each poll shaped as in get_poll.
+        Returns {"polls": [...], "next": cursor or null}, each poll shaped as in get_poll;
+        "next" is set when more polls remain: pass it as `after` (with the same status).
         """
-        return {"polls": governance.list_polls(status)}
+        polls = governance.list_polls(status, limit + 1, after)
+        more = len(polls) > limit
+        polls = polls[:limit]
+        return {"polls": polls, "next": polls[-1]["id"] if more else None}
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -370,9 +446,22 @@ class AgentTools:
         return {"session": governance.get_session(session_id)}
 
     @_tool(read_only=True)
-    def list_sessions(self) -> dict[str, Any]:
-        """Every session, oldest first. Returns {"sessions": [...]}, each shaped as in get_session."""
-        return {"sessions": governance.list_sessions()}
+    def list_sessions(
+        self,
+        limit: PageLimit = MCP_PAGE,
+        after: Annotated[str | None, Field(description=(
+            "A \"next\" cursor from an earlier list_sessions call (the id of its last session): the sessions "
+            "after it. Omit it for the first page."))] = None,
+    ) -> dict[str, Any]:
+        """Sessions, oldest first, a page at a time.
+
+        Returns {"sessions": [...], "next": cursor or null}, each shaped as in get_session;
+        "next" is set when more sessions remain: pass it as `after`.
+        """
+        sessions = governance.list_sessions(limit + 1, after)
+        more = len(sessions) > limit
+        sessions = sessions[:limit]
+        return {"sessions": sessions, "next": sessions[-1]["id"] if more else None}
 
 
 #: The tools, in CONTRACT order.
@@ -455,7 +544,8 @@ def _instructions(agent: str) -> str:
         "federation's shared state: inbox messages, context, expertise, profiles, polls and sessions. Every "
         f"write acts as {agent!r} (sender, voter, poll creator, reviewer, session lead): there is no argument "
         "to act as anyone else. Call check_inbox to receive your messages (each is delivered once), "
-        "heartbeat now and then to show you are alive, and set_context to say what you are working on."
+        "heartbeat now and then to show you are alive, and set_context to say what you are working on. "
+        "pulse does the heartbeat, the inbox and the list of polls awaiting your vote in one call per tick."
     )
 
 

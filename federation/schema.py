@@ -112,8 +112,31 @@ _V1 = [
     )""",
 ]
 
+# Version 2: the reads an agent makes every tick as indexed queries whose
+# cost follows the answer, not the database (issue 11).
+_V2 = [
+    # list_polls / list_sessions pages and pulse's open polls, in creation order (keyset paging)
+    "CREATE INDEX IF NOT EXISTS idx_polls_created ON polls(created_at, id)",
+    "CREATE INDEX IF NOT EXISTS idx_polls_status_created ON polls(status, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS idx_sessions_created ON sessions(created_at, id)",
+    # pulse's session roles; broadcast to a role
+    "CREATE INDEX IF NOT EXISTS idx_session_roles_agent ON session_roles(agent)",
+    "CREATE INDEX IF NOT EXISTS idx_profiles_role ON profiles(default_role)",
+    # one agent's newest history entries and sent messages (receipts)
+    "CREATE INDEX IF NOT EXISTS idx_history_sender_time ON message_history(sender, timestamp, id)",
+    "CREATE INDEX IF NOT EXISTS idx_history_recipient_time ON message_history(recipient, timestamp, id)",
+    "CREATE INDEX IF NOT EXISTS idx_history_message ON message_history(message_id)",
+    "DROP INDEX IF EXISTS idx_history_sender",  # prefixes of the two above
+    "DROP INDEX IF EXISTS idx_history_recipient",
+    "CREATE INDEX IF NOT EXISTS idx_messages_sender_time ON messages(sender, timestamp, id)",
+    "CREATE INDEX IF NOT EXISTS idx_messages_read_recipient ON messages(recipient, read_at, timestamp, id) "
+    "WHERE read_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS idx_messages_read_sender ON messages(sender, read_at, timestamp, id) "
+    "WHERE read_at IS NOT NULL",
+]
+
 #: (version, statements) in order; applied inside one transaction each.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
 LATEST = MIGRATIONS[-1][0]
 
 #: The tables of the federation's state, as the migrations create them (not the bookkeeping tables).

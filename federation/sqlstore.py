@@ -20,7 +20,7 @@ from ._files import Tree
 from .database import Database, Tx, get_db
 from .entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
                        SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote, history_entry)
-from .errors import BackfillRequiredError, ConflictError, NotFoundError
+from .errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
 
 T = TypeVar("T")
 
@@ -104,23 +104,33 @@ class SqlStore:
         return [_msg(r) for r in rows]
 
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
+        """Claim unread messages: one ``UPDATE … WHERE read_at IS NULL RETURNING``.
+
+        Claiming the whole inbox is one statement (one round trip on PostgreSQL,
+        atomic on its own; a concurrent claimer re-checks ``read_at`` after
+        waiting, so each message is claimed once).  Claiming given *ids* (the
+        shim mirroring the other side's claim) may take several statements, in
+        one transaction.
+        """
         stamp = read_at or _clock.now()
         sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
                f"RETURNING {_MSG_COLS}")
-
-        def fn(tx: Tx) -> list[tuple]:
-            if ids is None:
-                rows = tx.fetchall(sql.format(extra=""), (stamp, agent))
-            else:
+        if ids is None:
+            # not idempotent: a second run would claim nothing, so a lost connection is reported
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql.format(extra=""), (stamp, agent)),
+                                           idempotent=False)
+        else:
+            def fn(tx: Tx) -> list[tuple]:
                 rows = []
                 for start in range(0, len(ids), 500):
                     chunk = list(ids[start:start + 500])
                     marks = ", ".join("?" for _ in chunk)
                     rows += tx.fetchall(sql.format(extra=f" AND id IN ({marks})"), (stamp, agent, *chunk))
-            rows.sort(key=_BY_TIME)
-            return rows
+                return rows
 
-        return [_msg(r) for r in self.db.write(fn)]
+            rows = self.db.write(fn)
+        rows.sort(key=_BY_TIME)
+        return [_msg(r) for r in rows]
 
     def save_history(self, direction: str, messages: list[dict]) -> None:
         """Nothing to do: the database records history in the transaction of the message itself."""
@@ -130,26 +140,70 @@ class SqlStore:
         if entries:
             tx.executemany(_sql.insert(MESSAGE_HISTORY), [MESSAGE_HISTORY.row_of(e) for e in entries])
 
-    def load_history(self, agent: str | None = None, limit: int = 100) -> list[dict]:
-        """Sent messages come from ``message_history``; a received entry is the claimed message itself.
+    # History entries of one agent, newest first, in four indexed branches
+    # (each reads at most *limit* rows from its index): sent entries where the
+    # agent is the sender or the recipient, and claimed messages where it is
+    # the recipient or the sender.  A received entry is the claimed message
+    # itself: recording receipt as ``messages.read_at`` instead of copying every
+    # claimed message into ``message_history`` keeps a claim to one UPDATE.
+    # Ordered by (at, seq, timestamp, message_id) descending; ``before`` is a
+    # position in that order.
+    _HISTORY_BRANCHES = (
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE sender = ?{pos_h} ORDER BY timestamp DESC, id DESC LIMIT ?", 1),
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE recipient = ? AND sender <> ?{pos_h} "
+         "ORDER BY timestamp DESC, id DESC LIMIT ?", 2),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE recipient = ? AND read_at IS NOT NULL{pos_m} ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 1),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE sender = ? AND recipient <> ? AND read_at IS NOT NULL{pos_m} "
+         "ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 2),
+    )
+    # the whole federation's history (not a per-tick read: no index orders it)
+    _HISTORY_ALL = (
+        ("SELECT direction, sender, recipient, content, message_type, timestamp, message_id, timestamp AS at, "
+         "id AS seq FROM message_history WHERE 1 = 1{pos_h} ORDER BY timestamp DESC, id DESC LIMIT ?", 0),
+        ("SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 FROM messages "
+         "WHERE read_at IS NOT NULL{pos_m} ORDER BY read_at DESC, timestamp DESC, id DESC LIMIT ?", 0),
+    )
 
-        Recording receipt as ``messages.read_at`` instead of copying every claimed
-        message into ``message_history`` keeps a claim to one UPDATE.
-        """
+    @staticmethod
+    def _history_position(tx: Tx, before: tuple[str, str]) -> tuple:
+        direction, message_id = before
+        if direction == "received":
+            row = tx.fetchone("SELECT read_at, timestamp FROM messages WHERE id = ? AND read_at IS NOT NULL",
+                              (message_id,))
+            position = None if row is None else (row[0], 0, row[1], message_id)
+        else:
+            row = tx.fetchone("SELECT timestamp, id FROM message_history WHERE message_id = ? AND direction = ? "
+                              "ORDER BY id LIMIT 1", (message_id, direction))
+            position = None if row is None else (row[0], row[1], row[0], message_id)
+        if position is None:
+            raise ValidationError(f"before {direction}:{message_id} is not an entry of this history")
+        return position
+
+    def load_history(self, agent: str | None = None, limit: int = 100,
+                     before: tuple[str, str] | None = None) -> list[dict]:
         if limit <= 0:
             return []
-        who = "" if agent is None else " AND (sender = ? OR recipient = ?)"
-        params: tuple = () if agent is None else (agent, agent)
-        sql = (
-            "SELECT * FROM ("
-            f"SELECT {_sql.columns(MESSAGE_HISTORY)}, "
-            f"timestamp AS at, id AS seq FROM message_history WHERE 1 = 1{who} "
-            "UNION ALL SELECT 'received', sender, recipient, content, message_type, timestamp, id, read_at, 0 "
-            f"FROM messages WHERE read_at IS NOT NULL{who}"
-            ") AS h ORDER BY at DESC, seq DESC, timestamp DESC, message_id DESC LIMIT ?")
-        rows = self.db.fetchall(sql, params + params + (limit,))
+
+        def fn(tx: Tx) -> list[tuple]:
+            position = None if before is None else self._history_position(tx, before)
+            pos_h = "" if position is None else " AND (timestamp, id, timestamp, message_id) < (?, ?, ?, ?)"
+            pos_m = "" if position is None else " AND (read_at, 0, timestamp, id) < (?, ?, ?, ?)"
+            pos = () if position is None else tuple(position)
+            chosen = self._HISTORY_ALL if agent is None else self._HISTORY_BRANCHES
+            branches = [(b.format(pos_h=pos_h, pos_m=pos_m), n) for b, n in chosen]
+            rows: list[tuple] = []
+            for sql, n in branches:
+                rows += tx.fetchall(sql, (agent,) * n + pos + (limit,))
+            return rows
+
+        rows = self.db.read(fn)
+        rows.sort(key=operator.itemgetter(7, 8, 5, 6), reverse=True)
         width = len(MESSAGE_HISTORY.fields)
-        return [MESSAGE_HISTORY.from_row(r[:width]) for r in reversed(rows)]
+        return [MESSAGE_HISTORY.from_row(r[:width]) for r in reversed(rows[:limit])]
 
     # -- context, expertise, profiles ----------------------------------------
     def load_context(self, agent: str) -> dict | None:
@@ -197,12 +251,6 @@ class SqlStore:
             "traits = CASE WHEN CAST(? AS TEXT) IS NULL THEN profiles.traits ELSE excluded.traits END, "
             "updated_at = excluded.updated_at",
             (agent, default_role, encoded, updated_at, encoded)))
-
-    def load_agents(self) -> list[str]:
-        rows = self.db.fetchall(
-            "SELECT agent FROM context UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles "
-            "UNION SELECT recipient FROM messages")
-        return sorted(r[0] for r in rows)
 
     def load_experts(self, domain: str) -> list[str]:
         rows = self.db.fetchall("SELECT agent FROM expertise WHERE domain = ?", (domain,))
@@ -273,15 +321,23 @@ class SqlStore:
         self.db.write(fn)
 
     def save_vote(self, poll_id: str, voter: str, option: str, voted_at: str) -> None:
-        def fn(tx: Tx) -> None:
-            row = tx.fetchone(f"SELECT status, options FROM polls WHERE id = ?{tx.dialect.for_share}", (poll_id,))
-            poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
-            check_vote(poll, poll_id, option)
-            tx.execute("INSERT INTO votes (poll_id, voter, option, voted_at) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, "
-                       "voted_at = excluded.voted_at", (poll_id, voter, option, voted_at))
-
-        self.db.write(fn)
+        """One statement (one round trip on PostgreSQL): the upsert happens only if the poll is open
+        and the option valid; the poll row is locked FOR SHARE, so a close waits for the vote or the
+        vote sees the close.  Why a vote was refused is looked up only when it was."""
+        dialect = self.db.dialect
+        sql = ("INSERT INTO votes (poll_id, voter, option, voted_at) SELECT id, ?, ?, ? FROM polls "
+               "WHERE id = ? AND COALESCE(status, 'open') = 'open' AND "
+               f"{dialect.json_array_has.format(options='polls.options')}{dialect.for_share} "
+               "ON CONFLICT (poll_id, voter) DO UPDATE SET option = excluded.option, voted_at = excluded.voted_at "
+               "RETURNING poll_id")
+        landed = self.db.write_statement(
+            lambda tx: tx.fetchall(sql, (voter, option, voted_at, poll_id, option)))  # an upsert: safe to rerun
+        if landed:
+            return
+        row = self.db.fetchone("SELECT status, options FROM polls WHERE id = ?", (poll_id,))
+        poll = None if row is None else {"status": row[0], "options": json.loads(row[1])}
+        check_vote(poll, poll_id, option)
+        raise ConflictError(f"the vote on poll {poll_id} was not recorded; try again")
 
     def save_poll_status(self, poll_id: str, agent: str, status: str) -> None:
         def fn(tx: Tx) -> None:
@@ -294,16 +350,25 @@ class SqlStore:
 
     # -- sessions -------------------------------------------------------------
     def _sessions(self, tx: Tx, session_id: str | None) -> dict[str, dict]:
-        params = (session_id,) if session_id else ()
+        return self._sessions_where(tx, "= ?" if session_id else None, (session_id,) if session_id else ())
+
+    def _sessions_in(self, tx: Tx, ids: list[str]) -> dict[str, dict]:
+        if not ids:
+            return {}
+        return self._sessions_where(tx, f"IN ({', '.join('?' for _ in ids)})", tuple(ids))
+
+    @staticmethod
+    def _sessions_where(tx: Tx, match: str | None, params: tuple) -> dict[str, dict]:
+        """The sessions whose id matches *match* (``"= ?"``, ``"IN (?, ...)"``; None: all), with their parts."""
         out: dict[str, dict] = {}
-        for row in tx.fetchall(_sql.select(SESSIONS, "id = ?" if session_id else "") + " ORDER BY id", params):
+        for row in tx.fetchall(_sql.select(SESSIONS, f"id {match}" if match else "") + " ORDER BY id", params):
             session = out[row[0]] = SESSIONS.from_row(row)
             for part in _SESSION_PARTS:
                 session[part.container] = {}
         for part in _SESSION_PARTS:
             # a nested record: {key: {key: ... {field: value}}} under the session's part.container
             depth = part.key
-            for row in tx.fetchall(_sql.select(part, "session_id = ?" if session_id else ""), params):
+            for row in tx.fetchall(_sql.select(part, f"session_id {match}" if match else ""), params):
                 session = out.get(row[0])
                 if session is None:
                     continue
@@ -364,6 +429,136 @@ class SqlStore:
             tx.execute("UPDATE sessions SET phase = ? WHERE id = ?", (phase, session_id))
 
         self.db.write(fn)
+
+    # -- what an agent reads every tick (issue 11): indexed, cost proportional to the answer ---------
+    _POLL_COLS = _sql.columns(POLLS)
+
+    def _polls_with_votes(self, tx: Tx, rows: list[tuple]) -> list[dict]:
+        votes: dict[str, dict[str, str]] = {}
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for pid, voter, option in tx.fetchall(
+                    f"SELECT poll_id, voter, option FROM votes WHERE poll_id IN ({marks})", chunk):
+                votes.setdefault(pid, {})[voter] = option
+        return [self._poll(r, votes.get(r[0], {})) for r in rows]
+
+    @staticmethod
+    def _position(tx: Tx, table: str, after: str | None, what: str) -> tuple | None:
+        """``(created_at, id)`` of the record *after* (the last of the previous page)."""
+        if after is None:
+            return None
+        row = tx.fetchone(f"SELECT created_at, id FROM {table} WHERE id = ?", (after,))
+        if row is None:
+            raise ValidationError(f"after {after!r} is not the id of a {what}: page from the start (after=None)")
+        return row
+
+    def load_polls_page(self, status: str | None = None, limit: int | None = None,
+                        after: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            where, params = [], []
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            position = self._position(tx, "polls", after, "poll")
+            if position is not None:
+                where.append("(created_at, id) > (?, ?)")
+                params += position
+            sql = f"SELECT {self._POLL_COLS} FROM polls"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at, id"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            return self._polls_with_votes(tx, tx.fetchall(sql, params))
+
+        return self.db.read(fn)
+
+    def load_open_polls(self, agent: str, limit: int) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            rows = tx.fetchall(
+                f"SELECT {self._POLL_COLS} FROM polls p WHERE status = 'open' AND NOT EXISTS "
+                "(SELECT 1 FROM votes v WHERE v.poll_id = p.id AND v.voter = ?) ORDER BY created_at, id LIMIT ?",
+                (agent, limit))
+            return self._polls_with_votes(tx, rows)
+
+        return self.db.read(fn)
+
+    def load_sessions_page(self, limit: int | None = None, after: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[dict]:
+            params: list = []
+            sql = "SELECT id FROM sessions"
+            position = self._position(tx, "sessions", after, "session")
+            if position is not None:
+                sql += " WHERE (created_at, id) > (?, ?)"
+                params += position
+            sql += " ORDER BY created_at, id"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            ids = [r[0] for r in tx.fetchall(sql, params)]
+            found: dict[str, dict] = {}
+            for start in range(0, len(ids), 500):
+                found.update(self._sessions_in(tx, ids[start:start + 500]))
+            return [found[i] for i in ids if i in found]
+
+        return self.db.read(fn)
+
+    def load_roles(self, agent: str) -> list[dict]:
+        rows = self.db.fetchall(
+            "SELECT r.session_id, s.title, r.role, r.subtask FROM session_roles r "
+            "JOIN sessions s ON s.id = r.session_id WHERE r.agent = ? ORDER BY s.created_at, s.id", (agent,))
+        return [{"session_id": r[0], "title": r[1], "role": r[2], "subtask": r[3]} for r in rows]
+
+    # Every agent that received a message, without reading every message: a
+    # "loose index scan" that jumps from one recipient to the next on the
+    # recipient index (as many index look-ups as there are recipients).
+    _KNOWN_AGENTS = (
+        "WITH RECURSIVE r(name) AS ("
+        "SELECT MIN(recipient) FROM messages UNION ALL "
+        "SELECT (SELECT MIN(recipient) FROM messages WHERE recipient > r.name) FROM r WHERE r.name IS NOT NULL), "
+        "known(agent) AS (SELECT name FROM r WHERE name IS NOT NULL UNION SELECT agent FROM context "
+        "UNION SELECT agent FROM expertise UNION SELECT agent FROM profiles) ")
+
+    def load_agents(self) -> list[str]:
+        return sorted(r[0] for r in self.db.fetchall(self._KNOWN_AGENTS + "SELECT agent FROM known"))
+
+    def load_agent_states(self) -> list[dict]:
+        rows = self.db.fetchall(self._KNOWN_AGENTS + "SELECT k.agent, c.text, c.last_heartbeat, c.agent "
+                                "FROM known k LEFT JOIN context c ON c.agent = k.agent")
+        rows.sort(key=operator.itemgetter(0))
+        return [{"agent": a, "text": (text or "") if has else None, "last_heartbeat": beat}
+                for a, text, beat, has in rows]
+
+    def load_agents_by_role(self, role: str) -> list[str]:
+        return sorted(r[0] for r in self.db.fetchall("SELECT agent FROM profiles WHERE default_role = ?", (role,)))
+
+    def save_messages(self, messages: list[dict]) -> None:
+        rows = [MESSAGES.row_of(m) for m in messages]
+
+        def fn(tx: Tx) -> None:
+            tx.executemany(_sql.insert(MESSAGES), rows)
+            self._add_history(tx, [history_entry("sent", m) for m in messages])
+
+        self.db.write(fn)
+
+    def load_sent(self, agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
+        def fn(tx: Tx) -> list[tuple]:
+            params: list = [agent]
+            where = "sender = ?"
+            if before is not None:
+                row = tx.fetchone("SELECT timestamp, id FROM messages WHERE id = ? AND sender = ?", (before, agent))
+                if row is None:
+                    raise ValidationError(f"before {before!r} is not the id of a message {agent} sent")
+                where += " AND (timestamp, id) < (?, ?)"
+                params += row
+            return tx.fetchall(f"SELECT {_MSG_COLS}, read_at FROM messages WHERE {where} "
+                               "ORDER BY timestamp DESC, id DESC LIMIT ?", (*params, limit))
+
+        rows = self.db.read(fn) if limit > 0 else []
+        return [{**_msg(r), "read_at": r[7]} for r in reversed(rows)]
 
 
 _SESSION_PARTS = (SESSION_ROLES, SESSION_ARTIFACTS, SESSION_REVIEWS)

@@ -33,6 +33,8 @@ def _spec_of(name: str, raw: Any) -> Spec:
     raw = dict(raw or {})
     raw.setdefault("entity", name.split("_", 1)[-1])
     raw.setdefault("kind", "read" if name.startswith("load_") else "write")
+    if "ignore" in raw:
+        raw["ignore"] = frozenset(raw["ignore"])
     return Spec(**raw)
 
 

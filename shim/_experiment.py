@@ -68,7 +68,7 @@ class Spec:
 
     entity:   name used in events (a table name).
     kind:     "read" or "write" (default: by name, ``load_*`` reads).
-    lock:     args -> lock name; that lock is held across both sides in phases 2-3.
+    lock:     args -> lock name (or a list of names); held across both sides in phases 2-3.
     key:      args -> record key for events (single-record results).
     records:  "dict" (result keyed by id) or a field name (a list of records).
     mirror:   (result, args, kwargs) -> (args, kwargs) for the secondary write.
@@ -76,6 +76,9 @@ class Spec:
               saves are applied as a delta against what this thread last loaded.
     files:    False when the function has no file counterpart in database
               phases (the candidate alone serves phases 2-4).
+    ignore:   fields left out of comparisons (values that legitimately differ
+              between two reads that no one lock can order, such as every
+              agent's heartbeat).
     """
 
     entity: str
@@ -86,6 +89,7 @@ class Spec:
     mirror: Callable[[Any, tuple, dict], tuple[tuple, dict]] | None = None
     document: str | None = None
     files: bool = True
+    ignore: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -206,16 +210,28 @@ class Experiment:
         a = split_records(control, obs.spec.records, key)
         b = split_records(candidate, obs.spec.records, key)
         for k in sorted(set(a) | set(b)):
-            x, y = normalize(a.get(k)), normalize(b.get(k))
+            x, y = normalize(a.get(k), obs.spec.ignore), normalize(b.get(k), obs.spec.ignore)
             if x != y:
                 diff = [{"field": path, authority: va, other: vb} for path, va, vb in field_diff(x, y)]
                 obs.mismatches.append(Mismatch(k, diff))
 
     def _lock_for(self, spec: Spec, args: tuple, kwargs: dict) -> ContextManager:
-        """The file lock held across both sides of a dual-phase call."""
+        """The file lock held across both sides of a dual-phase call.
+
+        ``spec.lock`` may name several locks (a list): they are taken in the
+        order given, which the caller keeps sorted so that no two calls wait
+        for each other in a cycle.
+        """
         if spec.lock is None or self.lock is None:
             return contextlib.nullcontext()
-        return self.lock(spec.lock(*args, **kwargs))
+        names = spec.lock(*args, **kwargs)
+        if isinstance(names, str):
+            return self.lock(names)
+        stack = contextlib.ExitStack()
+        with stack:
+            for name in names:
+                stack.enter_context(self.lock(name))
+            return stack.pop_all()
 
     # -- the wrapper ------------------------------------------------------------
     def wrapper(self, name: str, spec: Spec) -> Callable:

@@ -227,6 +227,7 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path):
     root.mkdir()
     forget_stores()
     core._history.clear()
+    core._sent.clear()
     f = Fed(root, tmp_path / "federation.db", db_url, new_pg_database)
     yield f
     forget_stores()

@@ -69,6 +69,24 @@ class Sides:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def pulse(agent: str, claim: bool) -> dict:
+    """pulse without "phase" (which names the side it ran on)."""
+    return {k: v for k, v in messaging.pulse(agent, claim).items() if k != "phase"}
+
+
+def sent_without_receipts(agent: str) -> list[dict]:
+    """get_sent without read_at: phase 1 keeps no receipts (documented), the other fields agree."""
+    return [{k: v for k, v in m.items() if k != "read_at"} for m in messaging.get_sent(agent, 50)]
+
+
+def history_page(agent: str, size: int) -> list[dict]:
+    """The history page just before the newest *size* entries (a cursor made from an entry)."""
+    newest = messaging.get_history(agent, size)
+    if not newest:
+        return []
+    return messaging.get_history(agent, size, before=messaging.history_cursor(newest[0]))
+
+
 def observable_state() -> dict:
     agents_known = context.list_agents()
     return {
@@ -89,6 +107,7 @@ def make_machine(db_env):
         def __init__(self):
             super().__init__()
             core._history.clear()
+            core._sent.clear()
             self.sides = Sides(db_env)
 
         def teardown(self):
@@ -158,6 +177,31 @@ def make_machine(db_env):
         @rule(session=sessions, phase=st.sampled_from(["planning", "executing", "done"]))
         def set_phase(self, session, phase):
             self.sides.run(governance.set_phase, session, phase)
+
+        @rule(agent=agents, claim=st.booleans())
+        def pulse(self, agent, claim):
+            self.sides.run(pulse, agent, claim)
+
+        @rule(sender=agents, content=words, role=st.none() | st.sampled_from(["lead", "reviewer", "nobody"]))
+        def broadcast(self, sender, content, role):
+            self.sides.run(messaging.broadcast, sender, content, "info", role)
+
+        @rule(status=st.none() | st.sampled_from(["open", "closed"]), limit=st.integers(0, 3),
+              after=st.none() | polls)
+        def list_polls_page(self, status, limit, after):
+            self.sides.run(governance.list_polls, status, limit, after)
+
+        @rule(limit=st.integers(1, 3), after=st.none() | sessions)
+        def list_sessions_page(self, limit, after):
+            self.sides.run(governance.list_sessions, limit, after)
+
+        @rule(agent=agents)
+        def get_sent(self, agent):
+            self.sides.run(sent_without_receipts, agent)
+
+        @rule(agent=agents, size=st.integers(1, 3))
+        def history_before(self, agent, size):
+            self.sides.run(history_page, agent, size)
 
         @invariant()
         def same_observable_state(self):

@@ -28,8 +28,9 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every legacy file's bytes (the filler and lock files aside)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.json") if p.is_file()}
+    """Every legacy file's bytes (the filler, lock files and control/ — the fleet's bookkeeping — aside)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.json")
+            if p.is_file() and p.relative_to(root).parts[0] != "control"}
 
 
 def db_counts(fed) -> dict[str, int]:

@@ -23,7 +23,7 @@ from federation.mcp_server import TOOL_NAMES, build_server
 REPO = Path(__file__).resolve().parent.parent
 
 CONTRACT_TOOLS = {
-    "send_message", "check_inbox", "peek_inbox", "get_history",
+    "send_message", "check_inbox", "peek_inbox", "get_history", "sent_messages", "pulse", "broadcast",
     "set_context", "get_context", "heartbeat", "list_agents",
     "set_expertise", "get_expertise", "find_experts",
     "set_profile", "get_profile",
@@ -85,7 +85,7 @@ def test_tool_list_has_every_operation_with_an_input_schema(fed):
         # Nothing in any schema lets a caller name who it acts as.
         for tool in ("send_message", "check_inbox", "peek_inbox", "get_history", "vote", "close_poll",
                      "create_poll", "review_artifact", "set_context", "set_expertise", "set_profile",
-                     "heartbeat", "create_session"):
+                     "heartbeat", "create_session", "pulse", "broadcast", "sent_messages"):
             props = set(tools[tool].input_schema.get("properties", {}))
             assert not props & {"agent", "sender", "voter", "creator", "reviewer", "lead"}, tool
 
@@ -314,7 +314,7 @@ def test_bad_arguments_give_tool_errors_and_the_server_keeps_serving(fed):
                 ("send_message", {"content": "hi"}, "missing required argument(s) recipient"),
                 ("create_poll", {"question": "Q?", "options": 3}, "options"),
                 ("get_history", {"limit": "lots"}, "limit"),
-                ("get_history", {"limit": 0}, "limit must be a whole number"),
+                ("get_history", {"limit": 0}, "limit"),
                 ("send_message", {"recipient": "bob", "content": 42}, "content"),
                 ("review_artifact", {"session_id": "s1", "artifact_type": "plan", "status": "lgtm"},
                  "'approved' or 'changes_requested'"),
@@ -440,3 +440,84 @@ def test_every_failure_becomes_a_tool_error(fed, monkeypatch, exc, expected):
         assert crashed and crashed[0]["tool"] == "send_message" and crashed[0]["exc_info"] is True
     else:
         assert not crashed
+
+
+# ---------------------------------------------------------------------------
+# the per-tick calls (issue 11): pages of at most 100 with a "next" cursor, pulse, broadcast, receipts
+
+
+def test_list_tools_return_at_most_100_records_and_a_next_cursor(fed):
+    """list_polls, list_sessions, get_history, sent_messages: pages of <= 100 whose cursors reach every record once."""
+    fed.phase(4)
+    polls = [governance.create_poll("carol", f"Q{i}?", ["a", "b"]) for i in range(150)]
+    sessions = [governance.create_session("carol", f"S{i}") for i in range(101)]
+    sent = [messaging.send_message("alice", "bob", f"m{i}") for i in range(130)]
+
+    async def walk(client, tool, key, cursor_arg, **arguments):
+        pages, cursor = [], None
+        while True:
+            args = dict(arguments, **({cursor_arg: cursor} if cursor else {}))
+            result = await client.ok(tool, **args)
+            assert len(result[key]) <= 100
+            pages.append(result[key])
+            cursor = result["next"]
+            if cursor is None:
+                return pages
+
+    async def scenario():
+        async with agent_server(fed, "alice", 4) as alice, agent_server(fed, "bob", 4) as bob:
+            poll_pages = await walk(alice, "list_polls", "polls", "after")
+            assert [len(p) for p in poll_pages] == [100, 50]
+            assert [p["id"] for page in poll_pages for p in page] == polls
+            assert [len(p) for p in await walk(alice, "list_polls", "polls", "after", status="open", limit=60)] == [
+                60, 60, 30]
+            session_pages = await walk(alice, "list_sessions", "sessions", "after")
+            assert [s["id"] for page in session_pages for s in page] == sessions
+            sent_pages = await walk(alice, "sent_messages", "messages", "before")
+            assert [len(p) for p in sent_pages] == [100, 30]
+            assert [m["id"] for page in reversed(sent_pages) for m in page] == sent  # pages go back in time
+            history_pages = await walk(bob, "get_history", "entries", "before")
+            assert [len(p) for p in history_pages] == [100, 30]
+            assert [e["message_id"] for page in reversed(history_pages) for e in page] == sent
+            for tool in ("list_polls", "list_sessions", "get_history", "sent_messages"):
+                assert "limit" in await alice.error(tool, limit=101)
+                assert "limit" in await alice.error(tool, limit=0)
+            assert "invalid argument: after 'nosuch' is not the id of a poll" in await alice.error(
+                "list_polls", after="nosuch")
+            assert "invalid argument" in await alice.error("get_history", before="sent:nosuch")
+
+    anyio.run(scenario)
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_pulse_broadcast_and_read_receipts_over_stdio(fed, phase):
+    """A broadcast to a role reaches its holder's pulse once; the sender sees the receipt (phase 2 on)."""
+
+    async def scenario():
+        async with agent_server(fed, "alice", phase) as alice, agent_server(fed, "bob", phase) as bob:
+            await bob.ok("set_profile", default_role="reviewer")
+            await alice.ok("set_context", text="leading")
+            poll_id = (await alice.ok("create_poll", question="Ship?", options=["yes", "no"]))["poll_id"]
+            assert (await alice.ok("broadcast", content="nobody", role="astronaut")) == {"message_ids": [],
+                                                                                        "count": 0}
+            sent = await alice.ok("broadcast", content="please review", role="reviewer")
+            assert sent["count"] == 1
+            beat = await bob.ok("pulse")
+            assert [m["id"] for m in beat["messages"]] == sent["message_ids"]
+            assert [p["id"] for p in beat["open_polls"]] == [poll_id]
+            assert {a["agent"]: a["text"] for a in beat["agents"]}["alice"] == "leading"
+            assert beat["phase"] == phase
+            again = await bob.ok("pulse", claim=False)
+            assert again["messages"] == []
+            await bob.ok("vote", poll_id=poll_id, option="yes")
+            assert (await bob.ok("pulse"))["open_polls"] == []
+            receipts = (await alice.ok("sent_messages"))["messages"]
+            assert [m["id"] for m in receipts] == sent["message_ids"]
+            if phase > 1:
+                assert receipts[0]["read_at"] is not None
+            else:  # phase 1: the legacy files keep no receipts
+                assert receipts[0]["read_at"] is None
+            assert "unknown argument(s) agent" in await alice.error("pulse", agent="bob")
+            assert "unknown argument(s) sender" in await alice.error("broadcast", content="x", sender="bob")
+
+    anyio.run(scenario)
