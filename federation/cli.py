@@ -585,5 +585,26 @@ def rollout_set(phase: str, sample: float | None, min_rate: float, min_compariso
                "unpinned processes follow within 5 s (`federation rollout status`)")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the dashboard has no authentication, so keep it on loopback unless "
+                   "something in front of it controls access.")
+@click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
+@click.option("--refresh", "refresh_s", default=5.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between the page's updates.")
+@common
+def dashboard(host: str, port: int, refresh_s: float) -> None:
+    """Serve a read-only rollout dashboard: / (page), /api/status, /metrics (Prometheus).
+
+    It shows the live flag, the fleet, counted consistency per entity, recent
+    mismatches, row counts and the guards of the next step; it never changes
+    the flag (that is `federation rollout set`).
+    """
+    from .dashboard import serve as serve_dashboard
+
+    serve_dashboard(host=host, port=port, refresh_s=refresh_s, on_listening=lambda url: click.echo(
+        f"federation dashboard on {url} (metrics: {url}metrics); Ctrl-C stops it", err=True))
+
+
 if __name__ == "__main__":  # python -m federation.cli
     main()
