@@ -600,8 +600,12 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
     mismatches, row counts and the guards of the next step; it never changes
     the flag (that is `federation rollout set`).
     """
+    from ._signals import exit_on_stop_signals
     from .dashboard import serve as serve_dashboard
 
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the previous handler: this one
+    # makes that an exit that runs the atexit handlers (the default action would skip them)
+    exit_on_stop_signals()
     serve_dashboard(host=host, port=port, refresh_s=refresh_s, on_listening=lambda url: click.echo(
         f"federation dashboard on {url} (metrics: {url}metrics); Ctrl-C stops it", err=True))
 

@@ -117,3 +117,25 @@ assert {s: signal.getsignal(s) for s in before} == before, signal.getsignal(sign
 print("untouched")
 """
     assert fed.run_py(code).stdout.strip().splitlines()[-1] == "untouched"
+
+
+@pytest.mark.sqlite_only
+def test_dashboard_stopped_by_sigterm_exits_cleanly(fed):
+    """uvicorn stops gracefully on SIGTERM and then raises it again under the previous handler: with the
+    CLI's handler that is a clean exit (status 0, atexit handlers run), not a death by the signal."""
+    proc = subprocess.Popen([sys.executable, "-m", "federation", "dashboard", "--port", "0"], text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=fed.subprocess_env(3), cwd=str(REPO))
+    try:
+        for line in proc.stderr:
+            if "federation dashboard on" in line:
+                break
+        else:
+            raise AssertionError("the dashboard did not start")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
