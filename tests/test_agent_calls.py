@@ -15,21 +15,7 @@ import structlog
 from federation import context, core, governance, messaging
 from federation.errors import ConflictError, ValidationError
 
-WAIT_FOR_GO = """
-import os, sys, time
-go = sys.argv[1]
-while not os.path.exists(go):
-    time.sleep(0.001)
-"""
-
-
-def _finish(procs, timeout=300):
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(out)
-    return outs
+from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
 
 
 # ---------------------------------------------------------------------------

@@ -13,21 +13,7 @@ import pytest
 
 from federation import core, governance, messaging
 
-WAIT_FOR_GO = """
-import os, sys, time
-go = sys.argv[1]
-while not os.path.exists(go):
-    time.sleep(0.001)
-"""
-
-
-def _finish(procs, timeout=180):
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(out)
-    return outs
+from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
 
 
 def _file_polls(fed) -> dict:

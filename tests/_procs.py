@@ -1,0 +1,21 @@
+"""Helpers for tests that start several real processes at once."""
+
+from __future__ import annotations
+
+#: Prepended to a child's code: wait until the file named by argv[1] exists, so all start together.
+WAIT_FOR_GO = """
+import os, sys, time
+go = sys.argv[1]
+while not os.path.exists(go):
+    time.sleep(0.001)
+"""
+
+
+def finish(procs, timeout: float = 300) -> list[str]:
+    """Wait for every process; fail with its stderr tail if one exited non-zero; their stdouts."""
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
