@@ -45,9 +45,10 @@ def common(fn: Callable) -> Callable:
         configure()
         _apply_overrides(root, db)
         try:
-            config.settings()
+            s = config.settings()
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        _check_root(s.root, given=bool(root))
         try:
             return fn(**kwargs)
         except ConfigError as exc:
@@ -57,6 +58,30 @@ def common(fn: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+#: commands that read or change an existing federation: a root that does not exist is a mistyped one
+_NEEDS_ROOT = {"migrate", "report", "sync", "doctor", "archive-legacy", "rollout"}
+
+
+def _check_root(root: Any, given: bool) -> None:
+    """A usage error (exit 2, nothing created) when this command needs the root and it is not a folder."""
+    ctx = click.get_current_context()
+    names = {c.info_name for c in _contexts(ctx)}
+    if not names & _NEEDS_ROOT or root.is_dir():
+        return
+    where = "--root" if given else "FEDERATION_ROOT (or the default root)"
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise click.UsageError(f"the federation root {root} ({where}) {what}: nothing was read or created; "
+                           "check the path")
+
+
+def _contexts(ctx: click.Context | None) -> list[click.Context]:
+    out = []
+    while ctx is not None:
+        out.append(ctx)
+        ctx = ctx.parent
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,6 +230,8 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     """
     from .migrate import migrate
 
+    if not dry_run:
+        _hold_files_first()
     result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -225,6 +252,29 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
                        3: "done, but invalid files were skipped"}[result.exit_code]
         click.echo(verdict)
     sys.exit(result.exit_code)
+
+
+def _hold_files_first() -> None:
+    """Before a first migration with no flag set: set it to 1, what the unpinned fleet already runs.
+
+    Unflagged processes serve the files while the database was never backfilled (an upgrade), and
+    would step to phase 3 on their own the moment the migration marks it backfilled -- without the
+    guards, and missing what agents wrote to the files during the import.  The flag keeps them in 1.
+    """
+    from . import rollout as control
+    from .rollout._default import needs_backfill
+
+    s = config.settings()
+    try:
+        if control.read_flag(s.root) is not None or not needs_backfill(s):
+            return
+    except (FederationError, OSError):
+        return  # an unreadable flag is the operator's to repair; the migration does not touch it
+    result = control.set_phase(1, reason="federation migrate: the first backfill; the fleet stays on the files "
+                                         "until `federation rollout set 2`")
+    if result.changed:
+        click.echo("live flag: phase 1 (it was not set): unpinned processes keep serving the files after the "
+                   "migration; `federation rollout set 2` is the next step", err=True)
 
 
 @main.command("report")
@@ -274,7 +324,14 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         elif summary["consistency_rate"] is not None:
             click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
                        "(share of records with no shadow event: no comparison was counted)")
-    click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
+    if report.consistent:
+        click.echo("consistent")
+    else:
+        from .rollout._default import AUTHORITY, fleet_phase, repair_command
+
+        phase = fleet_phase()
+        side = "the files" if AUTHORITY[phase] == "files" else "the database"
+        click.echo(f"NOT consistent: {side} are authoritative in phase {phase}; `{repair_command(phase)}` repairs")
     sys.exit(0 if report.consistent else 1)
 
 
@@ -283,14 +340,25 @@ def report_command(as_json: bool, log_file: str | None) -> None:
               help="The side to rewrite so that it equals the other.")
 @click.option("--dry-run", is_flag=True, help="List what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--force", is_flag=True, help="Write over the side that is authoritative in the current phase "
+                                            "(needs --reason; recorded in control/syncs.jsonl).")
+@click.option("--reason", metavar="TEXT", help="Why the authoritative side is overwritten (with --force).")
 @common
-def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
-    """Rewrite one side where it differs from the other (exit 0 done, 1 failure, 2 usage)."""
+def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str | None) -> None:
+    """Rewrite one side where it differs from the other.
+
+    Only the side that is not authoritative in the fleet's current phase: the
+    database in phases 1-2 (`--to db`), the files in phases 3-4 (`--to files`).
+    The other direction is refused unless `--force --reason TEXT`.
+    Exit 0 done, 1 failure or refused, 2 usage.
+    """
     from .sync import sync
 
-    result = _guard(lambda: sync(to, dry_run=dry_run))
+    if reason is not None and not force:
+        raise click.UsageError("--reason goes with --force")
+    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason))
     if not dry_run:
-        _record_sync(to, len(result.changes))
+        _record_sync(to, len(result.changes), forced=force, reason=reason)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -451,12 +519,12 @@ def serve(agent: str) -> None:
 # the live flag and the fleet (federation.rollout)
 
 
-def _record_sync(to: str, changes: int) -> None:
+def _record_sync(to: str, changes: int, forced: bool = False, reason: str | None = None) -> None:
     """Note a completed sync in control/ (the guard of a step back from phase 4 asks for one)."""
     from .rollout import record_sync
 
     try:
-        record_sync(config.settings().root, to, changes)
+        record_sync(config.settings().root, to, changes, forced=forced, reason=reason)
     except OSError as exc:
         click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
 
@@ -544,7 +612,10 @@ def rollout_status(as_json: bool, since: str | None) -> None:
               help="Lowest counted consistency rate over the window that lets the fleet step up to 3 or 4.")
 @click.option("--min-comparisons", type=click.IntRange(0), default=100, show_default=True,
               help="Fewest counted comparisons over the window that let the fleet step up to 3 or 4.")
-@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--since", "since", metavar="WHEN",
+              help="Start of the counted evidence, exact to the second: an ISO 8601 time or a duration back from "
+                   "now (30m, 12h); default: when the current phase was entered (the flag's set_at; 24h without "
+                   "a flag).")
 @click.option("--force", is_flag=True, help="Override the guards (needs --reason; recorded).")
 @click.option("--reason", metavar="TEXT", help="Why (recorded in the history).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

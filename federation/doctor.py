@@ -35,7 +35,8 @@ MIN_FREE_BYTES = 256 * 1024 * 1024
 
 _RESTORE_FIX = ("stop the agents, then restore the last verified backup: rm -f {db}-wal {db}-shm && "
                 "cp /path/to/backup.db {db} (README, \"Backup and restore\"); without a backup, "
-                "`federation sync --to db` from the files in phases 1-3")
+                "`federation sync --to db` from the files in phases 1-2 (in 3-4 the database is authoritative: "
+                "`--force --reason TEXT` only when the files are all that is left)")
 
 
 @dataclasses.dataclass

@@ -72,8 +72,9 @@ class SqlStore:
             raise BackfillRequiredError(
                 f"the database {self.db.dialect.describe()} was never backfilled from the legacy files "
                 f"under {self.tree.root}; serving reads from it would show agents an empty federation. "
-                "Run `federation migrate` (python scripts/migrate_to_sqlite.py) first, or stay in "
-                "FEDERATION_PHASE=2 / FEDERATION_USE_DB=0 until you have."
+                "`federation rollout set 1` serves the files meanwhile (every unpinned process follows it "
+                "within seconds); then run `federation migrate`. A process pinned to phase 3 or 4 by its "
+                "environment (FEDERATION_PHASE) needs that pin removed or set to 2 until the migration is done."
             )
         self._backfill_ok = True
 

@@ -32,7 +32,7 @@ from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
 from .entities import MESSAGES, Entity, document_lock
-from .errors import CorruptFileError
+from .errors import AuthoritativeSideError, ConfigError, CorruptFileError
 from .migrate import insert_values
 from .report import Report, Sides, compare_sides, database_exists, read_sides
 
@@ -68,17 +68,25 @@ class SyncResult:
         return {"to": self.to, "dry_run": self.dry_run, "changes": [dataclasses.asdict(c) for c in self.changes]}
 
 
-def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None) -> SyncResult:
+def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
+         reason: str | None = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
     Each differing document is decided again and repaired under its file lock
     (see the module's docstring); the changes returned are those made.  A dry
     run lists what the report shows, takes no lock and writes nothing.
+
+    Refused (:class:`AuthoritativeSideError`) when *to* is the side that is
+    authoritative in the fleet's current phase (the files in 1-2, the database
+    in 3-4): that would put the stale side's content over what agents were
+    told succeeded.  *force* with a *reason* overrides; a dry run is never refused.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
+    if not dry_run:
+        check_direction(to, force=force, reason=reason)
     if store is None and (not dry_run or database_exists(settings)):
         from .sqlstore import get_store
 
@@ -104,6 +112,25 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         result.settled += len(docs - differing)
     log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled)
     return result
+
+
+def check_direction(to: str, *, force: bool = False, reason: str | None = None) -> int:
+    """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise."""
+    from .rollout._default import authority, fleet_phase
+
+    if force and not (reason and reason.strip()):
+        raise ConfigError("--force needs --reason: say why the authoritative side is overwritten (it is recorded)")
+    phase = fleet_phase()
+    side = authority(phase)
+    if to == side and not force:
+        other = "files" if side == "db" else "db"
+        name = "the database is" if side == "db" else "the files are"
+        raise AuthoritativeSideError(
+            f"refused: {name} authoritative in phase {phase} (files in 1-2, the database in 3-4): "
+            f"`sync --to {to}` would put the other side's older content over what agents "
+            f"wrote. The safe repair is `federation sync --to {other}`; `--force --reason TEXT` overrides "
+            "(recorded in control/syncs.jsonl)")
+    return phase
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +230,10 @@ def _repair_db(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> tuple[li
         else:
             tx.executemany(_sql.delete_by_key(table), keys)
     for table, rows in upserts:
-        tx.executemany(_sql.upsert(table, extra=True), insert_values(table, rows, files.rows))
+        # a message that has a file is unread: the upsert also clears a read_at the database holds, or the
+        # row would stay outside the compared (unread) side and be "repaired" again on every run
+        tx.executemany(_sql.upsert(table, extra=True, reopen=bool(table.db_filter)),
+                       insert_values(table, rows, files.rows))
     return changes, _differing(report)
 
 

@@ -32,7 +32,7 @@ from shim import library_logger
 
 from .. import config
 from ..errors import ConfigError
-from . import _counts, _fleet, _flag, _io
+from . import _counts, _default, _fleet, _flag, _io
 
 log = library_logger("federation.rollout")
 
@@ -54,6 +54,7 @@ class Runtime:
         self._flag_seen: tuple[Path, tuple[int, int, int]] | None = None
         self._flag: _flag.Flag | None = None
         self._flag_problem: str | None = None
+        self._backfilled_root: Path | None = None
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
@@ -71,7 +72,10 @@ class Runtime:
         self._mismatch_lines = 0
         self._reported_pairs: set[tuple] = set()
         self._warned: set[str] = set()
-        self._last_announce = self._last_flush = 0.0
+        # None: not yet done in this process, so due at once -- monotonic time counts from the machine's boot,
+        # and a 0.0 here would put the first flush an interval after boot (never, in a young machine's first hour)
+        self._last_announce: float | None = None
+        self._last_flush: float | None = None
 
     # -- the phase of a call -------------------------------------------------------
     def mode(self) -> tuple[int, float]:
@@ -104,7 +108,7 @@ class Runtime:
             elif self._flag_problem is not None:
                 phase, source = self._fallback_phase(s.root)
             else:
-                phase, source = _flag.DEFAULT_PHASE, "default"
+                phase, source = self._default_phase(s), "default"
             if s.sample_pinned:
                 sample = s.shadow_sample
             elif flag is not None:
@@ -160,6 +164,30 @@ class Runtime:
         self._clear_problem(path)
         return flag
 
+    def _default_phase(self, s: config.Settings) -> int:
+        """Phase 3, or 1 while the root's legacy files were never backfilled into its database.
+
+        Asked at each look at the flag while the answer is 1 (the operator may migrate meanwhile);
+        a backfill is not undone, so once seen the answer stays 3 for this root.  When the database
+        cannot be asked, the last answer holds (3 if there is none: what the shim would refuse anyway).
+        """
+        if self._backfilled_root == s.root:
+            return _flag.DEFAULT_PHASE
+        try:
+            needs = _default.needs_backfill(s)
+        except Exception as exc:  # noqa: BLE001 - never raise into a call
+            self._warn_once("rollout_backfill_unknown", root=str(s.root), error=f"{type(exc).__name__}: {exc}")
+            return self._mode[0] if self._resolved and self.source == "default" else _flag.DEFAULT_PHASE
+        if needs:
+            if self._mode[0] != 1 or not self._resolved:
+                log.warning("rollout_default_files", root=str(s.root), phase=1,
+                            detail="legacy files and a database never backfilled from them: serving the files "
+                                   "(phase 1) until `federation migrate` has run; `federation rollout set 1` "
+                                   "keeps the fleet there")
+            return 1
+        self._backfilled_root = s.root
+        return _flag.DEFAULT_PHASE
+
     def _fallback_phase(self, root: Path) -> tuple[int, str]:
         """A process starting while the flag is unreadable: the last phase the history recorded."""
         with contextlib.suppress(OSError):
@@ -213,7 +241,7 @@ class Runtime:
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
         self._counts_root = s.root
-        if final or self.tally.dirty and now - self._last_flush >= self.timings.counts_flush:
+        if final or self.tally.dirty and _due(self._last_flush, now, self.timings.counts_flush):
             self._flush(s.root)
             self._last_flush = now
         if final:
@@ -221,7 +249,7 @@ class Runtime:
             return
         if self._announced_root is not None and self._announced_root != s.root:
             self._withdraw()
-        if announce_now or now - self._last_announce >= self.timings.fleet_refresh or \
+        if announce_now or _due(self._last_announce, now, self.timings.fleet_refresh) or \
                 self._announced_root is None:
             if self._announce(s.root):
                 self._last_announce = now
@@ -332,6 +360,11 @@ class Runtime:
         self.tally = _counts.Tally(self.tally.width)
         self._begin()
         self._settings = None  # resolve again (and start this process's thread) on the next call
+
+
+def _due(last: float | None, now: float, interval: float) -> bool:
+    """True when never done yet, or *interval* seconds (monotonic) have passed since *last*."""
+    return last is None or now - last >= interval
 
 
 @functools.lru_cache(maxsize=1)
