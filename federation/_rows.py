@@ -305,7 +305,8 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
         if kind == "unknown":  # not the legacy format's: nothing is imported from it, and it is said
             out.dropped_fields.append({"path": path, "field": UNKNOWN_FILE})
             continue
-        _read_file(out, kind, path, owner, stem, valid_agents)
+        # a file listed then gone (a message claimed meanwhile) holds no rows: not an unreadable file
+        _read_file(out, kind, path, owner, stem, valid_agents, missing_ok=True)
     out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
     if bar is not None:
         bar.n = len(files)

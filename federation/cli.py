@@ -277,6 +277,10 @@ def _hold_files_first() -> None:
                    "migration; `federation rollout set 2` is the next step", err=True)
 
 
+#: `federation report`'s exit code when the database (or the files) cannot be opened or read
+REPORT_CANNOT_READ = 3
+
+
 @main.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
@@ -285,11 +289,20 @@ def _hold_files_first() -> None:
 def report_command(as_json: bool, log_file: str | None) -> None:
     """Compare the file tree with the database, table by table.
 
-    Exit 0 when they agree, 1 when they differ, 2 on a usage error.
+    Each difference is re-read under its document's lock before it is
+    reported (a write in flight is not one).  Exit 0 when they agree, 1 when
+    they differ, 2 on a usage error, 3 when the database (or the files)
+    cannot be opened or read.
     """
     from .report import build_report, summarise_log
 
-    report = _guard(lambda: build_report(progress=_progress(as_json)))
+    try:
+        report = build_report(progress=_progress(as_json), recheck=True)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be opened is an answer: exit 3
+        click.echo(f"error: cannot compare: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(REPORT_CANNOT_READ)
     summary = summarise_log(log_file, report) if log_file else None
     if as_json:
         data = report.to_json()

@@ -271,7 +271,13 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) ->
     from ._rows import read_db
     from .report import Sides, compare_sides
 
-    entities = compare_sides(Sides(tree, read_db(store)), diff_limit=0).entities
+    sides = Sides(tree, read_db(store))
+    report = compare_sides(sides, diff_limit=0)
+    if not report.consistent and phase in (2, 3):  # a write in flight is not a difference: re-read under its lock
+        from .sync import recheck
+
+        report = recheck(s.root, sides, report, store)
+    entities = report.entities
     differing = {n: len(t.missing_in_db) + len(t.missing_in_files) + len(t.different)
                  for n, t in entities.items() if not t.consistent}
     summary = ", ".join(f"{n}: {c}" for n, c in differing.items())

@@ -32,9 +32,9 @@ from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
 from .entities import MESSAGES, Entity, document_lock
-from .errors import AuthoritativeSideError, ConfigError, CorruptFileError
+from .errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
 from .migrate import insert_values
-from .report import Report, Sides, compare_sides, database_exists, read_sides
+from .report import DIFF_LIMIT, Report, Sides, TableReport, compare_sides, database_exists, read_sides
 
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
@@ -131,6 +131,53 @@ def check_direction(to: str, *, force: bool = False, reason: str | None = None) 
             f"wrote. The safe repair is `federation sync --to {other}`; `--force --reason TEXT` overrides "
             "(recorded in control/syncs.jsonl)")
     return phase
+
+
+def recheck(root: Path, sides: Sides, report: Report, store: Any) -> Report:
+    """*report* with only the differences still there when each document is re-read from both sides under
+    its file lock (the lock every dual-phase write of it holds across both sides): a write in flight when
+    *sides* was read is not a difference.  Without a database (*store* None) nothing can be in flight."""
+    if store is None or report.consistent:
+        return report
+    tree = Tree(root)
+    fresh: list[Report] = []
+    for locks, (docs, paths) in sorted(_lock_groups(tree, sides, report).items()):
+        try:
+            with _holding(tree, locks):
+                fresh.append(_read_docs(store, tree, docs, paths))
+        except (OSError, FileStorageError):  # a read-only root takes no lock: a second read, as the guards do
+            first = _read_docs(store, tree, docs, paths)
+            second = _read_docs(store, tree, docs, paths)
+            fresh.append(_both(first, second))
+    entities = {}
+    for name, t in report.entities.items():
+        out = TableReport(files=t.files, rows=t.rows)
+        for r in fresh:
+            f = r.entities[name]
+            out.missing_in_db += f.missing_in_db
+            out.missing_in_files += f.missing_in_files
+            out.different += f.different
+            out.diffs += f.diffs[: max(0, DIFF_LIMIT - len(out.diffs))]
+        for keys in (out.missing_in_db, out.missing_in_files, out.different):
+            keys.sort()
+        entities[name] = out
+    return Report(entities, report.invalid)
+
+
+def _read_docs(store: Any, tree: Tree, docs: set[Doc], paths: set[str]) -> Report:
+    files = _only(read_files(tree, paths), docs)
+    return compare_sides(Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs))))
+
+
+def _both(a: Report, b: Report) -> Report:
+    """What two reports both find different (the same key in the same way)."""
+    out = {}
+    for name, t in a.entities.items():
+        u = b.entities[name]
+        out[name] = TableReport(t.files, t.rows, [k for k in t.missing_in_db if k in set(u.missing_in_db)],
+                                [k for k in t.missing_in_files if k in set(u.missing_in_files)],
+                                [k for k in t.different if k in set(u.different)], t.diffs)
+    return Report(out, a.invalid)
 
 
 # ---------------------------------------------------------------------------
