@@ -38,11 +38,13 @@ def common(fn: Callable) -> Callable:
 
     @click.option("--db", "db", metavar="PATH", help="SQLite file, or a postgresql:// URL (wins over the environment).")
     @click.option("--root", "root", metavar="DIR", help="Root of the legacy file tree (wins over FEDERATION_ROOT).")
+    @click.option("-v", "--verbose", is_flag=True,
+                  help="On a terminal, show every log event (by default only warnings and errors).")
     @functools.wraps(fn)
-    def wrapper(root: str | None, db: str | None, **kwargs: Any) -> Any:
+    def wrapper(root: str | None, db: str | None, verbose: bool, **kwargs: Any) -> Any:
         from ._logging import configure
 
-        configure()
+        configure(verbose=verbose)
         _apply_overrides(root, db)
         try:
             s = config.settings()
@@ -175,6 +177,11 @@ def demo(agents: int) -> None:
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(status, as_json=False)
+    click.echo("")
+    click.echo("next, try:")
+    click.echo("  federation report            # the files and the database, compared table by table")
+    click.echo("  federation rollout status    # the live flag, the processes and the counted comparisons")
+    click.echo("  federation doctor            # every health check, each failure with its fix")
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +431,8 @@ class _Duration(click.ParamType):
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
-              help="Keys examined per write transaction (agents' writes run between batches).")
+              help="Most keys examined per write transaction; each batch is sized to hold the writer about "
+                   "5 ms, then pauses as long (agents' writes run between batches).")
 @common
 def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
     """Remove read messages and message-history entries older than DURATION from the database.
@@ -572,27 +580,37 @@ def rollout() -> None:
 @rollout.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--expect-phase", "expect", type=click.Choice(["1", "2", "3", "4"]), metavar="N",
+              help="Exit 0 only when every live process is in phase N (1 otherwise, naming the others): "
+                   "for scripts that wait for the fleet to follow a step.")
 @common
-def rollout_status(as_json: bool, since: str | None) -> None:
+def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None:
     """Show the live flag, every process of the fleet with its phase, and the counted consistency."""
     from . import rollout as control
 
     data = control.status(since=_moment(since))
+    behind = [p for p in data["fleet"] if p["alive"] and p["phase"] != int(expect)] if expect else []
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return
+        sys.exit(1 if behind else 0)
     flag = data["flag"]
     if data.get("flag_error"):
         click.echo(f"flag:    UNREADABLE: {data['flag_error']} (processes keep their phase; "
                    "`federation rollout set PHASE` rewrites it)")
     elif flag is None:
-        click.echo("flag:    not set (unpinned processes run the default, phase 3)")
+        from .rollout import current_phase
+
+        click.echo(f"flag:    not set (unpinned processes run the default: phase "
+                   f"{current_phase(config.settings().root)[0]}; phase 1 while "
+                   "legacy files were never backfilled into the database, else 3)")
     else:
         click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
                    f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
     fleet = data["fleet"]
-    live = sum(1 for p in fleet if p["alive"])
-    click.echo(f"fleet:   {live} live, {len(fleet) - live} gone")
+    summary = data["fleet_summary"]
+    every = f"; every live process in phase {summary['all_in']}" if summary["all_in"] is not None else \
+        ("; phases " + ", ".join(f"{n} in {ph}" for ph, n in summary["phases"].items()) if summary["live"] else "")
+    click.echo(f"fleet:   {summary['live']} live, {summary['gone']} gone{every}")
     if fleet:
         _columns([(p["host"], p["pid"], p["agent"] or "-", p["phase"],
                    "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
@@ -616,6 +634,47 @@ def rollout_status(as_json: bool, since: str | None) -> None:
         for h in data["history"][-10:]:
             click.echo(f"  {h['at']}  {h['from']} -> {h['to']}  by {h['by']}" + ("  FORCED" if h["forced"] else "")
                        + (f"  {h['reason']}" if h["reason"] else ""))
+    if expect:
+        if behind:
+            click.echo(f"NOT every live process is in phase {expect}: " + ", ".join(
+                f"{p['host']}:{p['pid']} in {p['phase']}" for p in behind[:10]), err=True)
+            sys.exit(1)
+        click.echo(f"every live process is in phase {expect}")
+
+
+@rollout.command("mismatches")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
+@click.option("--entity", metavar="NAME", help="Only this entity's (votes, messages, context...).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@common
+def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
+    """List the fleet's recent mismatches (newest first), each with its field-level diff.
+
+    The shim records every shadow comparison whose sides differed; the fleet
+    keeps the last 1,000.  `rollout set` refused by `consistency_rate` points here.
+    """
+    from . import rollout as control
+
+    records = control.recent_mismatches(1000)
+    if entity:
+        records = [r for r in records if r["entity"] == entity]
+    records = records[:limit]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("no mismatches recorded" + (f" for {entity}" if entity else ""))
+        return
+    for r in records:
+        click.echo(f"{r['at']}  {r['entity']} {r['key']}  phase {r['phase']} ({r['authority']} authoritative)  "
+                   f"{r['op']}  {r['host']}:{r['pid']}")
+        diff = r["diff"] if isinstance(r["diff"], list) else [r["diff"]]
+        for d in diff[:5]:
+            click.echo(f"    {json.dumps(d)}")
+    from .rollout._default import fleet_phase, repair_command
+
+    click.echo(f"repair: `{repair_command(fleet_phase())}` (the safe direction in the current phase), then "
+               "`federation rollout set N --since <after the repair>`")
 
 
 @rollout.command("set")

@@ -278,12 +278,13 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
 
 
 def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
-    """The part of a cell the window [lo, hi) cuts: the counts of its seconds inside (the second *lo*
-    falls in included), the whole cell when they are all of it; None when nothing is inside."""
+    """The part of a cell the window [lo, hi) cuts: the counts of its whole seconds inside (a second *lo*
+    falls in the middle of is left out: what came before the window never counts), the whole cell when
+    they are all of it; None when nothing is inside."""
     seconds = cell.get("seconds")
     if not isinstance(seconds, dict):
         return cell if lo <= start < hi else None
-    first = math.floor(lo)
+    first = math.ceil(lo)
     totals = [0, 0, 0]
     for off, counts in seconds.items():
         try:

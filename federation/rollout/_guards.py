@@ -38,22 +38,29 @@ DEFAULT_MIN_RATE = 0.999
 DEFAULT_MIN_COMPARISONS = 100
 
 
-def current_phase(root: Path) -> tuple[int, _flag.Flag | None, str | None]:
+def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | None, str | None]:
     """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
 
-    Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3).
+    Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
+    *ask_db* False decides that from the files alone (a step that must work with the database down).
     """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _unflagged_phase()), None, str(exc)
-    return (flag.phase if flag else _unflagged_phase()), flag, None
+        return (recorded if recorded is not None else _unflagged_phase(ask_db)), None, str(exc)
+    return (flag.phase if flag else _unflagged_phase(ask_db)), flag, None
 
 
-def _unflagged_phase() -> int:
+def _unflagged_phase(ask_db: bool) -> int:
+    s = config.settings()
+    if not ask_db:
+        from .._files import Tree
+
+        no_database = not s.db_url and not s.db_path.exists()
+        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
     try:
-        return _default.default_phase(config.settings())
+        return _default.default_phase(s)
     except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
         return _flag.DEFAULT_PHASE
 
@@ -285,7 +292,8 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
         raise ConfigError("--force needs --reason: say why the guards are overridden (it is recorded)")
     root = config.settings().root
     with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
-        from_phase, flag, problem = current_phase(root)
+        # a step to 1 or 2 works with the database down: the phase it leaves is not asked of it
+        from_phase, flag, problem = current_phase(root, ask_db=target in (3, 4))
         if sample is not None:
             new_sample = sample
         elif flag is not None:

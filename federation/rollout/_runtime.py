@@ -55,6 +55,7 @@ class Runtime:
         self._flag: _flag.Flag | None = None
         self._flag_problem: str | None = None
         self._backfilled_root: Path | None = None
+        self._default_seen: dict[Path, int] = {}
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
@@ -67,6 +68,7 @@ class Runtime:
         self.pid = os.getpid()
         self.started = time.time()
         self.started_at = _io.iso(_io.utcnow())
+        self.proc_start = _fleet.start_ticks(self.pid)  # tells this process from a later one given its pid
         self._announced_root: Path | None = None
         self._counts_root: Path | None = None
         self._mismatch_lines = 0
@@ -173,11 +175,20 @@ class Runtime:
         """
         if self._backfilled_root == s.root:
             return _flag.DEFAULT_PHASE
+        known = self._default_seen.get(s.root)
+        if known is not None:
+            return known  # a call never waits on the database for this: the background thread asks again
+        return self._ask_default(s)
+
+    def _ask_default(self, s: config.Settings) -> int:
         try:
             needs = _default.needs_backfill(s)
         except Exception as exc:  # noqa: BLE001 - never raise into a call
             self._warn_once("rollout_backfill_unknown", root=str(s.root), error=f"{type(exc).__name__}: {exc}")
-            return self._mode[0] if self._resolved and self.source == "default" else _flag.DEFAULT_PHASE
+            answer = self._mode[0] if self._resolved and self.source == "default" else _flag.DEFAULT_PHASE
+            self._default_seen[s.root] = answer  # calls keep it; the background thread asks again
+            return answer
+        self._default_seen[s.root] = 1 if needs else _flag.DEFAULT_PHASE
         if needs:
             if self._mode[0] != 1 or not self._resolved:
                 log.warning("rollout_default_files", root=str(s.root), phase=1,
@@ -187,6 +198,10 @@ class Runtime:
             return 1
         self._backfilled_root = s.root
         return _flag.DEFAULT_PHASE
+
+    def _awaiting_backfill(self, s: config.Settings) -> bool:
+        """Following the default while the root is not known to be backfilled: asked again at each tick."""
+        return self.source == "default" and self._backfilled_root != s.root
 
     def _fallback_phase(self, root: Path) -> tuple[int, str]:
         """A process starting while the flag is unreadable: the last phase the history recorded."""
@@ -236,7 +251,10 @@ class Runtime:
         if s is None:
             return
         now = time.monotonic()
-        if not final and not self._pinned_all and now >= self._next_check:
+        if not final and not self._pinned_all and self._awaiting_backfill(s):
+            self._ask_default(s)  # outside the lock: calls keep the known answer meanwhile
+            self._resolve(s)
+        elif not final and not self._pinned_all and now >= self._next_check:
             self._resolve(s)  # the phase the next call would take: what the announcement says
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
@@ -264,7 +282,8 @@ class Runtime:
             return False
         doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "phase": self._mode[0],
                "source": self.source, "sample": self._mode[1], "version": _version(),
-               "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow())}
+               "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow()),
+               "proc_start": self.proc_start}
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
