@@ -7,6 +7,7 @@ Real processes and the real CLI throughout; every storage case on SQLite and Pos
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -224,7 +225,9 @@ def test_since_in_the_middle_of_a_bucket_counts_what_came_after(fed):
     wait_for(lambda: len(before.lines()) >= 20, 60, what="early comparisons")
     before.finish()
     time.sleep(1.1)
-    since = datetime.now(timezone.utc)
+    whole = math.ceil(time.time())  # a whole second: --since as an operator types it (01:50:28Z)
+    time.sleep(max(0.0, whole - time.time()))
+    since = datetime.fromtimestamp(whole, tz=timezone.utc)
     later = Watcher(fed, "late", env)
     try:
         wait_for(lambda: rollout.totals(since=since)["comparisons"] >= 10, 60, what="comparisons after --since")
@@ -379,3 +382,83 @@ def test_report_cannot_open_the_database_has_its_own_exit_code(fed, tmp_path):
                             env=unpinned_env(fed), capture_output=True, text=True, timeout=60, cwd=str(REPO))
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert "cannot compare" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# report and doctor under live traffic
+
+#: one agent's loop until the stop file: vote, send to bob, set its context; ~50 writes/s with --pause 0.02
+TRAFFIC = r"""
+import os, sys, time
+from federation import context, governance, messaging
+poll, name, stop, claim = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "claim"
+i = 0
+while not os.path.exists(stop):
+    if claim:
+        messaging.check_inbox("bob")
+    else:
+        governance.vote(poll, f"{name}-{i % 40}", "yes" if i % 2 else "no")
+        messaging.send_message(name, "bob", f"{name} says {i}")
+        context.set_context(name, f"tick {i}")
+    i += 1
+    time.sleep(0.02)
+print(i)
+"""
+
+
+def _traffic(fed, phase: int) -> tuple[list[subprocess.Popen], object]:
+    poll = governance.create_poll("lead", "Busy?", ["yes", "no"])
+    set_flag(fed, phase)
+    stop = fed.root.parent / "traffic.stop"
+    env = unpinned_env(fed)
+    procs = [subprocess.Popen([sys.executable, "-c", TRAFFIC, poll, name, str(stop), role], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, role in (("w1", "write"), ("w2", "write"), ("c1", "claim"))]
+    return procs, stop
+
+
+def _stop(procs, stop) -> int:
+    stop.touch()
+    calls = 0
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        calls += int(out.strip().splitlines()[-1])
+    return calls
+
+
+@pytest.mark.parametrize("phase", [2, 3])
+def test_report_six_times_under_live_writes_exits_0(fed, phase):
+    """Two writers (a vote, a message and a context each turn) and a claimer, about 100 writes/s together:
+    `report` run six times meanwhile exits 0 each time (a write in flight is re-checked under its lock)."""
+    context.set_context("lead", "on both sides")
+    procs, stop = _traffic(fed, phase)
+    codes = []
+    try:
+        wait_for(lambda: len(rollout.fleet()) >= 4, 60, what="the writers announced")
+        for _ in range(6):
+            result = run_cli(fed, "report")
+            codes.append((result.returncode, result.stdout[-1500:]))
+    finally:
+        writes = _stop(procs, stop)
+    assert writes > 50, "no traffic while the reports ran"
+    assert [c for c, _ in codes] == [0] * 6, codes
+    assert run_cli(fed, "report").returncode == 0  # and quiet afterwards too
+
+
+@pytest.mark.parametrize("phase", [2, 3])
+def test_doctor_under_live_claims_is_healthy(fed, phase):
+    """Messages sent and claimed (their files removed) while `doctor` reads the tree: eight runs, each
+    with `legacy_files` and `files_vs_database` ok (a file gone between listing and reading is not broken)."""
+    context.set_context("lead", "on both sides")
+    procs, stop = _traffic(fed, phase)
+    failed = []
+    try:
+        wait_for(lambda: len(rollout.fleet()) >= 4, 60, what="the writers announced")
+        for _ in range(8):
+            checks = {c["name"]: c for c in json.loads(run_cli(fed, "doctor", "--json").stdout)["checks"]}
+            failed += [c for name, c in checks.items() if name in ("legacy_files", "files_vs_database")
+                       and not c["ok"]]
+    finally:
+        _stop(procs, stop)
+    assert failed == []
