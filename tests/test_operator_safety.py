@@ -462,3 +462,34 @@ def test_doctor_under_live_claims_is_healthy(fed, phase):
     finally:
         _stop(procs, stop)
     assert failed == []
+
+
+# ---------------------------------------------------------------------------
+# timers from the process's start
+
+YOUNG_MACHINE = r"""
+import sys, time
+_real = time.monotonic
+_base = _real() - 5.0
+time.monotonic = lambda: _real() - _base  # as on a machine booted five seconds ago
+from federation import context
+context.get_context("probe")  # a compared read (phase 2): something to flush
+time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.mark.sqlite_only
+def test_first_flush_and_announcement_come_at_once_on_a_young_machine(fed):
+    """With hour-long flush and refresh intervals and a monotonic clock five seconds from boot, a process's
+    first announcement and first flush of its counts still come at once (not an interval after boot)."""
+    context.set_context("probe", "on both sides")
+    set_flag(fed, 2)
+    env = unpinned_env(fed, FEDERATION_COUNTS_FLUSH="3600", FEDERATION_FLEET_REFRESH="3600")
+    proc = subprocess.Popen([sys.executable, "-c", YOUNG_MACHINE, "60"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: proc.pid in {p["pid"] for p in rollout.fleet()}, 20, what="the first announcement")
+        wait_for(lambda: rollout.totals()["comparisons"] >= 1, 20, what="the first flush of the counts")
+        assert proc.poll() is None  # still running: the exit's flush did not write them
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -416,6 +416,8 @@ def observe(obs: Any) -> None:
     tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
                   error=candidate is not None and candidate.error is not None,
                   files_s=seconds.get("files"), db_s=seconds.get("db"))
+    if RUNTIME._last_flush is None:  # the first counts of this process: written now, not an interval later
+        RUNTIME._wake.set()
     if obs.mismatches:
         authority = obs.phase.authority
         for m in obs.mismatches:
