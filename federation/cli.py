@@ -432,7 +432,7 @@ class _Duration(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
               help="Most keys examined per write transaction; each batch is sized to hold the writer about "
-                   "5 ms, then pauses as long (agents' writes run between batches).")
+                   "5 ms, then pauses twice as long (agents' writes run between batches).")
 @common
 def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
     """Remove read messages and message-history entries older than DURATION from the database.

@@ -68,7 +68,8 @@
     }
     if (!flag) {
       box.replaceChildren(el("div", { class: "phase-big", id: "flag-phase" }, "–"),
-        el("p", {}, "No live flag set: unpinned processes run phase 3 (the default). ",
+        el("p", {}, "No live flag set: unpinned processes run the default, phase 3 (phase 1, the files, while legacy " +
+          "files were never backfilled into the database; the fleet below shows each one's phase). ",
           el("code", {}, "federation rollout set PHASE"), " sets it."));
       return;
     }
