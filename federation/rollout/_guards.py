@@ -6,7 +6,7 @@ to the step are returned:
 | guard | applies when | refuses when |
 |---|---|---|
 | ``backfilled`` | going to 3 or 4 | the database was never backfilled while legacy files exist |
-| ``report_consistent`` | going up to 3 or 4 | ``federation report`` finds differences (in two runs in a row) |
+| ``report_consistent`` | going up to 3 or 4 | ``federation report`` finds differences (each re-read under its lock) |
 | ``consistency_rate`` | going up to 3 or 4 | the window's counted rate is below ``min_rate`` |
 | ``enough_comparisons`` | going up to 3 or 4 | the window has fewer than ``min_comparisons`` comparisons |
 
@@ -14,9 +14,10 @@ The window starts at ``since`` (exact to the second), else when the current phas
 | ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
 | ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
 
-A difference seen by one report but not by the next is a write in flight
-between the report's two reads, not a lag: only differences both runs see
-refuse a step, so the guards work while the fleet keeps writing.
+A difference that is gone once its document is re-read under its file lock
+(the lock every dual-phase write holds across both sides) was a write in
+flight, not a lag: only differences that remain refuse a step, so the guards
+work while the fleet keeps writing.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
     from ..report import build_report
 
     def diffs() -> dict[str, set[tuple[str, tuple]]]:
-        report = build_report()
+        # each difference re-read under its document's lock: a key written in a loop (an agent's
+        # context every tick) looks different in any two unlocked reads, and is not
+        report = build_report(recheck=True)
         out: dict[str, set[tuple[str, tuple]]] = {}
         for name, t in report.entities.items():
             kinds = [("missing in files", t.missing_in_files), ("different", t.different)]
@@ -117,10 +120,6 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
         return out
 
     first = diffs()
-    if first:
-        second = diffs()
-        first = {n: first[n] & second.get(n, set()) for n in first}
-        first = {n: keys for n, keys in first.items() if keys}
     listed = {n: [f"{kind}: {key_text(k)}" for kind, k in sorted(keys)] for n, keys in sorted(first.items())}
     return listed, sum(len(v) for v in listed.values())
 
