@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,6 +153,23 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
     return fd
 
 
+class _ThreadEnd:
+    """Lives exactly as long as one thread's lock bookkeeping: its finalizer closes the thread's descriptors."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_thread_fds(ident: int, pid: int) -> None:
+    if pid != os.getpid():
+        return
+    with _fds_lock:
+        if _fds.get(("pid",)) != pid:
+            return
+        for key in [k for k in _fds if len(k) == 3 and k[2] == ident]:
+            with contextlib.suppress(OSError):
+                os.close(_fds.pop(key))
+
+
 class locked:
     """An exclusive advisory lock (flock) named *name* under the root.
 
@@ -170,6 +188,9 @@ class locked:
         held = getattr(_held, "locks", None)
         if held is None:
             held = _held.locks = {}
+            # this thread's lock descriptors are closed when it ends (worker threads come and go)
+            _held.end = _ThreadEnd()
+            weakref.finalize(_held.end, _close_thread_fds, threading.get_ident(), os.getpid())
         if self.key in held:
             held[self.key] += 1
             return

@@ -14,7 +14,6 @@ inside it.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import shutil
 import threading
@@ -237,19 +236,59 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
         for name in names:
             if not name.endswith(".json") or name.startswith("."):
                 continue
+            path = top / hour_dir / name
             try:
-                doc = json.loads((top / hour_dir / name).read_bytes())
-            except (OSError, ValueError):
-                continue  # removed meanwhile, or foreign: never fail a reader
-            if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
+                doc = _io.read_document(path)
+            except ValueError as exc:  # a link, FIFO, torn or hostile file: never fail a reader; say it
+                _io.note_problem(path, str(exc))
                 continue
-            for cell in doc.get("cells", ()):
-                try:
-                    start = float(cell["start"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if lo <= start < hi:
+            if doc is None:
+                continue  # removed meanwhile
+            if not isinstance(doc, dict) or not isinstance(doc.get("bounds_ms"), list) \
+                    or tuple(doc["bounds_ms"]) != LATENCY_BOUNDS_MS or not isinstance(doc.get("cells"), list):
+                _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
+                continue
+            bad = 0
+            for raw in doc["cells"]:
+                cell = valid_cell(raw)
+                if cell is None:
+                    bad += 1
+                elif lo <= cell["start"] < hi:
                     yield cell
+            if bad:
+                _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
+                                       "or a bad start, entity or phase: not counted")
+
+
+def valid_cell(cell: Any) -> dict | None:
+    """A counted cell with every number checked (counts finite whole numbers >= 0), or None."""
+    if not isinstance(cell, dict):
+        return None
+    start, entity, phase = _io.finite(cell.get("start")), cell.get("entity"), cell.get("phase")
+    if start is None or not isinstance(entity, str) or isinstance(phase, bool) or phase not in (1, 2, 3, 4):
+        return None
+    out: dict[str, Any] = {"start": start, "entity": entity, "phase": phase}
+    for field in ("comparisons", "mismatches", "errors"):
+        value = _io.count(cell.get(field, 0))
+        if value is None:
+            return None
+        out[field] = value
+    if out["mismatches"] > out["comparisons"]:  # a mismatch is a comparison: such a cell was not counted here
+        return None
+    latency = cell.get("latency") or {}
+    if not isinstance(latency, dict):
+        return None
+    out["latency"] = {}
+    for side in SIDES:
+        hist = latency.get(side) or {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+        if not isinstance(hist, dict) or not isinstance(hist.get("counts"), list):
+            return None
+        counts = [_io.count(c) for c in hist["counts"]]
+        total = _io.finite(hist.get("sum_ms") or 0.0)
+        if len(counts) != len(LATENCY_BOUNDS_MS) + 1 or None in counts or total is None:
+            return None
+        out["latency"][side] = {"counts": counts, "sum_ms": total}
+    return out
 
 
 def empty_latency() -> dict[str, Any]:
@@ -292,7 +331,7 @@ def read_mismatches(root: Path) -> list[dict]:
     out: list[dict] = []
     for name in names:
         if name.endswith(".jsonl") and not name.startswith("."):
-            out += _io.read_lines(directory / name)
+            out += [r for r in _io.read_lines(directory / name) if isinstance(r.get("at"), str)]
     return out
 
 
