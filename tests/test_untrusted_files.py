@@ -1,0 +1,264 @@
+"""The shared disk is untrusted input (issue 16, CONTRACT "Untrusted files").
+
+Nothing found under the root may delete or read outside it, hang a reader, or
+stop the fleet: a message file is acted on by its own name, links are never
+followed, only regular files are read (never a blocking open), size and JSON
+nesting are bounded, control files are validated like user input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from federation import governance, messaging
+from federation.errors import FederationError
+from federation.migrate import migrate
+from federation.report import build_report
+
+from test_rollout import REPO, run_cli, unpinned_env  # noqa: E402
+
+DEEP = 100_000
+#: generous: the machine running the tests may be loaded; a hang is forever
+BOUND_S = 60.0
+
+
+def bounded(fn, seconds: float = BOUND_S):
+    """*fn()* run in a thread that must finish within *seconds* (a blocking open would hang it forever)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} did not return within {seconds} s (a blocking open?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def message(sender: str = "alice", content: str = "hello", **extra) -> dict:
+    return {"sender": sender, "content": content, "message_type": "task", "timestamp": "2024-01-01T00:00:00",
+            **extra}
+
+
+def outside_state(tmp_path: Path, root: Path) -> dict[str, bytes]:
+    """Every file under the test's temp dir but outside the root, with its bytes."""
+    return {str(p): p.read_bytes() for p in tmp_path.rglob("*")
+            if p.is_file() and not p.is_symlink() and root not in p.parents and p.suffix == ".json"}
+
+
+def invalid_paths(result) -> set[str]:
+    return {i["path"] for i in result.invalid}
+
+
+# ---------------------------------------------------------------------------
+# names come from where a file was found
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_crafted_message_ids_delete_nothing_and_are_not_delivered(fed, tmp_path, phase):
+    """A body id naming another path deletes nothing (outside the root or another agent's file), and the
+    file is never delivered, let alone on every check; its own good neighbour is delivered once."""
+    root = fed.root
+    victim = write(tmp_path / "victim.json", {"keep": "me"})  # nodes/bob/inbox/../../../../victim.json
+    alice_ctx = write(root / "nodes" / "alice" / "context_window.json",
+                      {"agent": "alice", "text": "mine", "updated_at": "2024-01-01T00:00:00"})
+    polls = write(root / "shared" / "polls.json", {})
+    inbox = root / "nodes" / "bob" / "inbox"
+    write(inbox / "crafted.json", message(id="../../../../victim"))
+    write(inbox / "crafted2.json", message(id="../../alice/context_window"))
+    write(inbox / "crafted3.json", message(id="../../../shared/polls"))
+    write(inbox / "good.json", message(content="the real one"))
+    before = {p: p.read_bytes() for p in (victim, alice_ctx, polls)}
+    result = migrate()
+    assert result.exit_code == 3
+    assert {str(inbox / f"crafted{n}.json") for n in ("", "2", "3")} <= invalid_paths(result)
+    assert all("file name is the id" in i["reason"] for i in result.invalid if "crafted" in i["path"])
+    fed.phase(phase)
+    first = messaging.check_inbox("bob")
+    second = messaging.check_inbox("bob")
+    assert [m["content"] for m in first] == ["the real one"] and second == []
+    assert {p: p.read_bytes() for p in (victim, alice_ctx, polls)} == before
+    assert all((inbox / f"crafted{n}.json").exists() for n in ("", "2", "3"))  # left for the operator
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_message_whose_body_names_another_recipient_is_invalid(fed, phase):
+    """nodes/bob/inbox/m1.json saying recipient carol goes to neither of them, and migrate and report list it."""
+    inbox = fed.root / "nodes" / "bob" / "inbox"
+    write(inbox / "m1.json", message(recipient="carol", content="for whom?"))
+    write(inbox / "m2.json", message(recipient="bob", content="for bob"))
+    result = migrate()
+    assert result.exit_code == 3
+    assert [i for i in result.invalid if i["path"] == str(inbox / "m1.json")][0]["reason"] == \
+        "its body says recipient 'carol' but it is in 'bob''s inbox"
+    assert str(inbox / "m1.json") in {i["path"] for i in build_report().invalid}
+    fed.phase(phase)
+    assert messaging.check_inbox("carol") == []
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["for bob"]
+    assert (inbox / "m1.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# links are not followed
+
+
+def test_symlinked_agent_folder_and_files_import_and_delete_nothing(fed, tmp_path):
+    """nodes/evil -> outside, and file links (context, message, polls.json, sessions folder): listed by
+    migrate, nothing imported through them, and phase-1 reads neither deliver nor delete anything outside."""
+    root, outside = fed.root, tmp_path / "outside"
+    write(outside / "inbox" / "m1.json", message(content="outside message"))
+    write(outside / "ctx.json", {"agent": "bob", "text": "outside context"})
+    write(outside / "m.json", message(content="outside file"))
+    write(outside / "polls.json", {"p1": {"id": "p1", "question": "Q?", "options": ["a", "b"], "creator": "x",
+                                          "created_at": "2024-01-01T00:00:00"}})
+    write(outside / "sessions" / "s1.json", {"id": "s1", "title": "t", "lead": "x", "created_at": "2024"})
+    (root / "nodes").mkdir(parents=True)
+    (root / "nodes" / "evil").symlink_to(outside)
+    (root / "nodes" / "bob" / "inbox").mkdir(parents=True)
+    (root / "nodes" / "bob" / "context_window.json").symlink_to(outside / "ctx.json")
+    (root / "nodes" / "bob" / "inbox" / "m2.json").symlink_to(outside / "m.json")
+    (root / "shared").mkdir()
+    (root / "shared" / "polls.json").symlink_to(outside / "polls.json")
+    (root / "shared" / "sessions").symlink_to(outside / "sessions")
+    before = outside_state(tmp_path, root)
+    result = migrate()
+    assert result.exit_code == 3
+    assert {str(root / "nodes" / "evil"), str(root / "nodes" / "bob" / "context_window.json"),
+            str(root / "nodes" / "bob" / "inbox" / "m2.json"), str(root / "shared" / "polls.json"),
+            str(root / "shared" / "sessions")} <= invalid_paths(result)
+    assert all("symbolic link" in i["reason"] for i in result.invalid)
+    assert sum(e["rows"] for e in result.entities.values()) == 0  # nothing imported through a link
+    fed.phase(1)
+    assert messaging.check_inbox("evil") == [] and messaging.check_inbox("bob") == []
+    assert governance.list_sessions() == []  # a linked folder is not listed through
+    from federation import context
+
+    for read in (governance.list_polls, lambda: context.get_context("bob")):  # a typed error naming the link
+        with pytest.raises(FederationError, match="symbolic link"):
+            read()
+    with pytest.raises(FederationError, match="symbolic link"):
+        messaging.send_message("alice", "evil", "through the link?")  # never written outside the root
+    assert outside_state(tmp_path, root) == before
+
+
+# ---------------------------------------------------------------------------
+# only regular files, bounded
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_deep_and_fifo_legacy_messages_are_listed_and_reads_return_the_rest(fed, phase):
+    """A message nested 100,000 deep and a FIFO: migrate lists both (exit 3) within bounded time, and
+    reads return the other messages (no RecursionError, no hang)."""
+    inbox = fed.root / "nodes" / "bob" / "inbox"
+    write(inbox / "deep.json", '{"sender": "alice", "content": ' + "[" * DEEP + "]" * DEEP + "}")
+    os.mkfifo(inbox / "fifo.json")
+    write(inbox / "good.json", message(content="readable"))
+    result = bounded(migrate)
+    assert result.exit_code == 3
+    reasons = {Path(i["path"]).name: i["reason"] for i in result.invalid}
+    assert "nested deeper than" in reasons["deep.json"] and "FIFO" in reasons["fifo.json"]
+    assert bounded(lambda: migrate(dry_run=True)).exit_code == 3
+    assert bounded(build_report).invalid
+    fed.phase(phase)
+    assert [m["content"] for m in bounded(lambda: messaging.peek_inbox("bob"))] == ["readable"]
+    assert [m["content"] for m in bounded(lambda: messaging.check_inbox("bob"))] == ["readable"]
+
+
+def test_deep_and_fifo_files_in_phase_one_are_typed_errors(fed):
+    """A deep polls.json and a FIFO session: a typed error naming the file, in bounded time."""
+    fed.phase(1)
+    write(fed.root / "shared" / "polls.json", "{\"p\": " + "[" * DEEP + "]" * DEEP + "}")
+    with pytest.raises(FederationError, match="nested deeper"):
+        bounded(governance.list_polls)
+    os.mkfifo(fed.root / "shared" / "polls.json.tmp")
+    (fed.root / "shared" / "polls.json").unlink()
+    os.rename(fed.root / "shared" / "polls.json.tmp", fed.root / "shared" / "polls.json")
+    with pytest.raises(FederationError, match="FIFO"):
+        bounded(governance.list_polls)
+
+
+# ---------------------------------------------------------------------------
+# domain rules on imported data
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_poisoned_votes_are_listed_and_not_counted(fed, phase):
+    """A vote holding a list, or naming no option of its poll: listed by migrate and report, not counted,
+    no TypeError from get_poll/list_polls; the good vote counts."""
+    polls = write(fed.root / "shared" / "polls.json", {"p1": {
+        "id": "p1", "question": "Q?", "options": ["a", "b"], "creator": "alice", "created_at": "2024-01-01",
+        "votes": {"bob": "a", "carol": ["a", "b"], "dave": "zzz", "erin": {"x": 1}}}})
+    result = migrate()
+    assert result.exit_code == 3
+    assert sorted(i["reason"] for i in result.invalid) == [
+        "poll 'p1': the vote of 'carol' is not imported: a vote must be a string, found array",
+        "poll 'p1': the vote of 'dave' is not imported: 'zzz' is not an option of the poll",
+        "poll 'p1': the vote of 'erin' is not imported: a vote must be a string, found object"]
+    assert {i["path"] for i in result.invalid} == {str(polls)}
+    assert len(build_report().invalid) == 3
+    fed.phase(phase)
+    poll = governance.get_poll("p1")
+    assert poll["tally"] == {"a": 1, "b": 0} and poll["votes"] == {"bob": "a"}
+    assert [p["tally"] for p in governance.list_polls()] == [{"a": 1, "b": 0}]
+
+
+# ---------------------------------------------------------------------------
+# cursors, doctor, dashboard
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_history_cursor_of_another_agent_is_refused(fed, phase):
+    """get_history(bob, before=<an entry of carol's>) is a ValidationError in every phase."""
+    from federation.errors import ValidationError
+
+    fed.phase(phase)
+    messaging.send_message("alice", "carol", "to carol")
+    messaging.send_message("alice", "bob", "to bob")
+    messaging.check_inbox("carol")
+    carols = messaging.get_history("carol")
+    assert carols
+    for entry in carols:
+        with pytest.raises(ValidationError):
+            messaging.get_history("bob", before=messaging.history_cursor(entry))
+    mine = messaging.get_history("bob")
+    assert messaging.get_history("bob", before=messaging.history_cursor(mine[-1])) == mine[:-1]
+
+
+@pytest.mark.sqlite_only
+def test_doctor_opens_the_database_exactly_at_its_path(fed, tmp_path):
+    """A '#' and a '?' in FEDERATION_DB: doctor checks that file, and creates no other."""
+    odd = tmp_path / "odd#dir?x" / "fed#1.db"
+    odd.parent.mkdir()
+    fed.env["FEDERATION_DB"] = str(odd)
+    fed.apply()
+    fed.phase(3)
+    messaging.send_message("alice", "bob", "hi")  # creates the database at the odd path
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+    from federation.doctor import doctor
+
+    checks = doctor()
+    integrity = [c for c in checks.checks if c.name == "database_integrity"][0]
+    assert integrity.ok, integrity
+    assert "schema_version" in {c.name for c in checks.checks}
+    assert [c for c in checks.checks if c.name == "schema_version"][0].ok
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # no stray file such as "fed"
