@@ -262,3 +262,168 @@ def test_doctor_opens_the_database_exactly_at_its_path(fed, tmp_path):
     assert "schema_version" in {c.name for c in checks.checks}
     assert [c for c in checks.checks if c.name == "schema_version"][0].ok
     assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # no stray file such as "fed"
+
+
+# ---------------------------------------------------------------------------
+# control files
+
+
+#: An unpinned agent: sends itself a message and claims it, every 50 ms, until the stop file appears;
+#: prints (calls that worked, calls that failed with their errors, the phases it was in).
+AGENT = r"""
+import json, os, sys, time
+from federation import messaging, rollout
+stop = sys.argv[1]
+ok, failed, phases = 0, [], set()
+while not os.path.exists(stop):
+    try:
+        messaging.send_message("agent", "agent", "tick")
+        messaging.check_inbox("agent")
+        ok += 1
+        phases.add(rollout.phase_in_effect()["phase"])
+    except Exception as exc:
+        failed.append(f"{type(exc).__name__}: {exc}"[:300])
+    if ok == 1:
+        print("started", flush=True)
+    time.sleep(0.05)
+print(json.dumps({"ok": ok, "failed": failed[:5], "phases": sorted(phases)}), flush=True)
+"""
+
+
+def poison(path: Path, kind: str) -> None:
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "deep":
+        path.write_text("[" * DEEP + "]" * DEEP)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link":
+        path.symlink_to(path.parent.parent.parent / "elsewhere.json")
+        write(path.parent.parent.parent / "elsewhere.json", {"phase": 4, "sample": 1.0, "set_at": "2026-01-01",
+                                                              "set_by": "x"})
+    else:
+        path.write_text('{"phase": NaN, "sample": Infinity, "set_at": "2026-01-01", "set_by": "x"}')
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("kind", ["deep", "fifo", "link"])
+def test_poisoned_flag_does_not_stop_the_fleet(fed, tmp_path, kind):
+    """A flag nested 100,000 deep, a FIFO, a link: a running agent keeps working in its phase, a new one
+    starts in the history's phase, `rollout status` (text and --json) answers naming the file and why, and
+    `rollout set 1 --force --reason` rewrites it."""
+    assert run_cli(fed, "rollout", "set", "1").returncode == 0
+    flag = fed.root / "control" / "flag.json"
+    stop = tmp_path / "stop"
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, str(stop)], env=unpinned_env(fed),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert agent.stdout.readline().strip() == "started"
+        poison(flag, kind)
+        time.sleep(1.0)  # the agent rechecks the flag every few hundred ms meanwhile
+        probe = subprocess.run([sys.executable, "-c", "import json; from federation import rollout, messaging; "
+                                "messaging.send_message('new', 'new', 'x'); "
+                                "print(json.dumps(rollout.phase_in_effect()))"],
+                               env=unpinned_env(fed), capture_output=True, text=True, timeout=BOUND_S)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        info = json.loads(probe.stdout.splitlines()[-1])
+        assert info["phase"] == 1 and str(flag) in info["flag_error"]
+        text = run_cli(fed, "rollout", "status")
+        assert text.returncode == 0, text.stderr[-2000:]
+        assert "UNREADABLE" in text.stdout and str(flag) in text.stdout
+        as_json = run_cli(fed, "rollout", "status", "--json")
+        assert as_json.returncode == 0, as_json.stderr[-2000:]
+        reason = {"deep": "nested deeper", "fifo": "FIFO", "link": "symbolic link"}[kind]
+        assert reason in json.loads(as_json.stdout)["flag_error"]
+    finally:
+        stop.touch()
+        out, err = agent.communicate(timeout=BOUND_S)
+    done = json.loads(out.splitlines()[-1])
+    assert done["failed"] == [] and done["phases"] == [1] and done["ok"] > 10, (done, err[-2000:])
+    repaired = run_cli(fed, "rollout", "set", "1", "--force", "--reason", "repair the poisoned flag")
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    from federation.rollout import read_flag
+
+    assert read_flag(fed.root).phase == 1 and not flag.is_symlink()
+
+
+def _counts_file(root: Path, cells: list, name: str = "h-1-1.json") -> Path:
+    from federation.rollout._counts import LATENCY_BOUNDS_MS, hour_name
+
+    hour = int(time.time()) // 3600 * 3600
+    return write(root / "control" / "counts" / hour_name(hour) / name,
+                 json.dumps({"host": "h", "pid": 1, "started_at": "x", "bucket_seconds": 60,
+                             "bounds_ms": list(LATENCY_BOUNDS_MS), "cells": cells}, allow_nan=True)
+                 .replace('"BIG"', "1e400"))  # valid JSON, a float overflowing to infinity
+
+
+def _cell(**over) -> dict:
+    from federation.rollout._counts import LATENCY_BOUNDS_MS
+
+    n = len(LATENCY_BOUNDS_MS) + 1
+    cell = {"start": int(time.time()) // 60 * 60 - 60, "entity": "context", "phase": 2, "comparisons": 10,
+            "mismatches": 1, "errors": 0, "latency": {"files": {"counts": [10] + [0] * (n - 1), "sum_ms": 1.0},
+                                                      "db": {"counts": [10] + [0] * (n - 1), "sum_ms": 1.0}}}
+    cell.update(over)
+    return cell
+
+
+#: strict JSON, wrong types and values: each cell is skipped, the file's good cells are counted
+POISONED_CELLS = [
+    _cell(mismatches="3"), _cell(comparisons=-5, mismatches=-1), _cell(errors=[[[1]]]), _cell(phase="2"),
+    _cell(comparisons="BIG"), _cell(latency={"files": {"counts": [-1] * 17, "sum_ms": "BIG"}}),
+    _cell(mismatches=50), "not a cell", _cell(entity={"x": 1}), _cell(start="soon"), _cell(comparisons=2.5),
+]
+#: NaN and Infinity are not JSON: the whole file is skipped
+NAN_CELLS = [_cell(comparisons=float("nan")), _cell(start=float("nan")),
+             _cell(latency={"files": {"counts": [float("inf")] * 17, "sum_ms": float("nan")}})]
+
+
+@pytest.mark.sqlite_only
+def test_poisoned_counts_fleet_history_and_mismatches_status_and_dashboard_answer(fed):
+    """NaN, Infinity, strings, negatives and deep nesting in the count, fleet, mismatch, history and syncs
+    files: `rollout status` (text and strict --json) and the dashboard answer, counting only the good cell."""
+    root = fed.root
+    _counts_file(root, [_cell()] + POISONED_CELLS)
+    _counts_file(root, NAN_CELLS, name="h-5-5.json")
+    _counts_file(root, [], name="h-2-2.json").write_text("[" * DEEP + "]" * DEEP)
+    os.mkfifo(_counts_file(root, [], name="h-3-3.json").with_suffix(".fifo"))
+    os.rename(root / "control" / "counts" / next(os.scandir(root / "control" / "counts")).name / "h-3-3.fifo",
+              root / "control" / "counts" / next(os.scandir(root / "control" / "counts")).name / "h-4-4.json")
+    fleet = root / "control" / "fleet"
+    write(fleet / "h-1.json", '{"host": "h", "pid": NaN, "phase": Infinity, "last_seen": "2026-01-01"}')
+    write(fleet / "h-2.json", {"host": ["x"], "pid": -3, "phase": "4", "agent": {"a": 1}, "last_seen": 5})
+    write(fleet / "h-3.json", "[" * DEEP + "]" * DEEP)
+    os.mkfifo(fleet / "h-4.json")
+    write(root / "control" / "history.jsonl", "[" * DEEP + "]" * DEEP + "\n"
+          + '{"at": "2026-01-01", "from": NaN, "to": Infinity}\n' + json.dumps({"at": "x", "to": "1"}) + "\n")
+    write(root / "control" / "syncs.jsonl", '{"at": NaN}\n' + "{" * 5000 + "\n")
+    write(root / "control" / "mismatches" / "h-1.jsonl", '{"at": "2026", "diff": NaN}\n' + "[" * DEEP + "\n"
+          + json.dumps({"at": "2026-01-02", "entity": "context", "diff": []}) + "\n")
+    for args in (("rollout", "status"), ("rollout", "status", "--json")):
+        result = run_cli(fed, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    data = json.loads(run_cli(fed, "rollout", "status", "--json").stdout, parse_constant=lambda c: pytest.fail(c))
+    assert data["consistency"]["context"]["comparisons"] == 10  # only the good cell
+    assert data["consistency"]["context"]["mismatches"] == 1
+    assert all(p["pid"] is None and p["phase"] is None for p in data["fleet"])
+    skipped = {Path(e["path"]).name: e["reason"] for e in data["control_errors"]}
+    assert "11 cell(s)" in skipped["h-1-1.json"] and "NaN" in skipped["h-5-5.json"]
+    assert {"h-1-1.json", "h-2-2.json", "h-4-4.json", "h-5-5.json", "h-1.json", "h-3.json", "h-4.json",
+            "history.jsonl"} <= set(skipped), skipped
+    assert "FIFO" in skipped["h-4.json"] and "nested deeper" in skipped["h-3.json"]
+
+    from test_dashboard import Dashboard
+
+    dash = Dashboard(fed, env={"FEDERATION_USE_DB": "0"})
+    try:
+        for path in ("/api/status", "/api/dashboard", "/api/status?since=1h", "/metrics"):
+            got = bounded(lambda: dash.get(path))
+            assert got.status == 200, (path, got.text[:2000])
+        status = dash.get("/api/status").json()
+        assert status["consistency"]["context"]["comparisons"] == 10
+        assert "control_errors" in status
+        bad = dash.get("/api/status?since=99999999999d")
+        assert bad.status == 400, bad.text
+    finally:
+        dash.stop()
