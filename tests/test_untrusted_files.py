@@ -427,3 +427,62 @@ def test_poisoned_counts_fleet_history_and_mismatches_status_and_dashboard_answe
         assert bad.status == 400, bad.text
     finally:
         dash.stop()
+
+
+# ---------------------------------------------------------------------------
+# resource hygiene
+
+
+def _fds(pid: int) -> int:
+    """The server's open descriptors: the least of a few looks (its background thread opens control files
+    for a moment every few hundred ms; a leak stays)."""
+    counts = []
+    for _ in range(10):
+        counts.append(len(os.listdir(f"/proc/{pid}/fd")))
+        time.sleep(0.05)
+    return min(counts)
+
+
+def _fd_targets(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return sorted(out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
+    """A real `federation serve` (stdio) in phase 2 (files and database, so file locks, the write gate and
+    connections are all used) idles 11 s (past the SDK's 10 s worker idle) five times between calls:
+    its descriptor count after each cycle is what it was after the first."""
+    import anyio
+
+    from test_rollout import _tool, serve, status_json, wait_for
+
+    env = {**unpinned_env(fed), "FEDERATION_USE_DB": "1", "FEDERATION_PHASE": "2"}
+
+    async def calls(session) -> None:
+        await _tool(session, "send_message", recipient="alice", content="tick")
+        await _tool(session, "check_inbox")
+        await _tool(session, "set_context", text="idle test")
+        await _tool(session, "get_context", agent="alice")
+
+    async def scenario() -> list[int]:
+        async with serve(fed, "alice", env) as session:
+            await calls(session)
+            me = wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["agent"] == "alice"], 30,
+                          what="the server in the fleet")
+            pid = me[0]["pid"]
+            await calls(session)
+            counts, first = [_fds(pid)], _fd_targets(pid)
+            for _ in range(5):
+                await anyio.sleep(11)
+                await calls(session)
+                counts.append(_fds(pid))
+            return counts, first, _fd_targets(pid)
+
+    counts, first, last = anyio.run(scenario)
+    assert max(counts) <= counts[0], f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
