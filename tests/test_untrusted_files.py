@@ -486,3 +486,134 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
 
     counts, first, last = anyio.run(scenario)
     assert max(counts) <= counts[0], f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
+
+
+# ---------------------------------------------------------------------------
+# any hostile tree
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SECRET = "OUTSIDE-SECRET"
+_AGENTS = ("ann", "bob")
+#: where a hostile entry may sit, relative to the root
+_SLOTS = ("nodes/ann/context_window.json", "nodes/ann/expertise.json", "nodes/ann/profile.json",
+          "nodes/ann/inbox/m1.json", "nodes/ann/inbox/m2.json", "nodes/bob", "nodes/bob/inbox",
+          "shared/polls.json", "shared/sessions/s1.json", "shared/sessions", "nodes/ann/inbox/weird name.json")
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=3), max_leaves=8)
+_kind = st.one_of(
+    st.sampled_from(["deep", "fifo", "socket", "dir", "empty", "not-utf8", "link-file", "link-dir", "link-loop",
+                     "crafted-id", "crafted-recipient", "big-number"]),
+    _json.map(lambda v: ("json", v)))
+
+
+def _make(path: Path, kind, outside: Path) -> None:
+    import socket
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        return  # an earlier slot made a file where this one's folder would be
+    if path.exists() or path.is_symlink():
+        return  # an earlier slot made it (a folder holding this one)
+    if isinstance(kind, tuple):
+        path.write_text(json.dumps(kind[1]))
+    elif kind == "deep":
+        path.write_text("{\"a\": " * 3000 + "1" + "}" * 3000)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.bind(str(path))
+        except OSError:  # the path is too long for a socket address: a FIFO instead
+            os.mkfifo(path)
+        finally:
+            sock.close()
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not-utf8":
+        path.write_bytes(b"\xff\xfe{\x00")
+    elif kind == "link-file":
+        path.symlink_to(outside / "secret.json")
+    elif kind == "link-dir":
+        path.symlink_to(outside)
+    elif kind == "link-loop":
+        path.symlink_to(path.name)
+    elif kind == "crafted-id":
+        path.write_text(json.dumps(message(id="../../../../outside/secret", content="crafted")))
+    elif kind == "crafted-recipient":
+        path.write_text(json.dumps(message(recipient="bob", content="crafted")))
+    else:
+        path.write_text('{"id": "x", "votes": {"a": 1e999}, "domains": [1e999]}')
+
+
+def _outside(outside: Path) -> dict[str, bytes]:
+    return {str(p): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(outside.rglob("*"))}
+
+
+def _reads() -> dict:
+    from federation import context
+
+    calls = {}
+    for a in _AGENTS:
+        calls[f"peek {a}"] = lambda a=a: messaging.peek_inbox(a)
+        calls[f"check {a}"] = lambda a=a: messaging.check_inbox(a)
+        calls[f"context {a}"] = lambda a=a: context.get_context(a)
+        calls[f"expertise {a}"] = lambda a=a: context.get_expertise(a)
+        calls[f"profile {a}"] = lambda a=a: context.get_profile(a)
+    calls["polls"] = governance.list_polls
+    calls["sessions"] = governance.list_sessions
+    calls["agents"] = context.list_agents if hasattr(context, "list_agents") else (lambda: None)
+    return calls
+
+
+@pytest.mark.sqlite_only
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(tree=st.dictionaries(st.sampled_from(_SLOTS), _kind, min_size=1, max_size=5))
+def test_any_hostile_tree_hangs_nothing_and_touches_nothing_outside(fed, tmp_path, tree):
+    """Hostile names, links, special files, nesting and wrong types anywhere in the legacy tree: migrate,
+    report and every read finish in bounded time; nothing outside the root is changed or imported; every
+    problem is a typed error or a listed file."""
+    import tempfile
+
+    from federation.sqlstore import forget_stores
+
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    root, outside = base / "root", base / "outside"
+    write(outside / "secret.json", message(content=SECRET, id="secret"))
+    write(outside / "inbox" / "m9.json", message(content=SECRET))
+    write(outside / "context_window.json", {"agent": "bob", "text": SECRET})
+    write(root / "nodes" / "ann" / "inbox" / "ok.json", message(content="fine"))
+    for slot, kind in sorted(tree.items()):
+        _make(root / slot, kind, outside)
+    before = _outside(outside)
+    fed.env["FEDERATION_ROOT"] = str(root)
+    fed.env["FEDERATION_DB"] = str(base / "fed.db")
+    fed.phase(1)
+    forget_stores()
+    specials = {str(p) for p in root.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())}
+    for phase in (1, 3):
+        fed.phase(phase)
+        for name, read in _reads().items():
+            try:
+                got = bounded(read, 30)
+            except FederationError:
+                continue  # typed, naming the file
+            assert SECRET not in json.dumps(got, default=str), (phase, name)
+        if phase == 1:
+            result = bounded(migrate, 60)
+            assert result.exit_code in (0, 3), result.to_json()
+            listed = {i["path"] for i in result.invalid}
+            assert specials <= listed | {str(p) for p in root.rglob("*") if any(
+                str(p).startswith(s + os.sep) for s in specials)}, (specials, result.invalid)
+            assert bounded(build_report, 60) is not None
+            from federation._rows import read_db
+
+            assert SECRET not in repr(read_db(fed.store()))
+    assert _outside(outside) == before
