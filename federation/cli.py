@@ -560,7 +560,10 @@ def _moment(text: str | None) -> datetime | None:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+        try:
+            return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+        except (OverflowError, ValueError):
+            raise click.BadParameter(f"{text!r} reaches before the year 1", param_hint="--since") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -590,8 +593,8 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
 
     data = control.status(since=_moment(since))
     behind = [p for p in data["fleet"] if p["alive"] and p["phase"] != int(expect)] if expect else []
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if as_json:  # strict JSON: the readers let no NaN or Infinity through from the files
+        click.echo(json.dumps(data, indent=2, allow_nan=False))
         sys.exit(1 if behind else 0)
     flag = data["flag"]
     if data.get("flag_error"):
@@ -606,6 +609,8 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
     else:
         click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
                    f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
+    for bad in data.get("control_errors", ()):
+        click.echo(f"skipped: {bad['path']}: {bad['reason']}")
     fleet = data["fleet"]
     summary = data["fleet_summary"]
     every = f"; every live process in phase {summary['all_in']}" if summary["all_in"] is not None else \

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from . import _validate, config
-from ._files import Tree, atomic_write_json, locked, read_json, remove
+from ._files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
+from ._files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
 from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
-                       check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
+                       check_close, check_vote, history_entry, inbox_lock, message_mismatch, node_lock, session_lock,
+                       vote_problem)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 
@@ -49,13 +51,57 @@ def file_lock(name: str):
     return locked(tree(), name)
 
 
+# Every file of the tree is reached from the root without following a link
+# (CONTRACT "Untrusted files"): these bind the _files helpers to the root.
+def read_json(path: Path, expect: type = dict, default: Any = None) -> Any:
+    return _read_any(path, expect, default, root=tree().root)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    _write_any(path, data, root=tree().root)
+
+
+def remove(path: Path) -> bool:
+    return _remove_any(path, root=tree().root)
+
+
+_reported: set[tuple[str, str]] = set()
+
+
+def _skip(path: Path, reason: str) -> None:
+    """Log an unreadable legacy file a read skips, once per file and reason (reads repeat every tick)."""
+    key = (str(path), reason)
+    if key in _reported:
+        return
+    if len(_reported) > 10000:
+        _reported.clear()
+    _reported.add(key)
+    from shim import library_logger
+
+    library_logger("federation.files").warning("legacy_file_invalid", path=str(path), reason=reason,
+                                               action="skipped; `federation migrate --dry-run` lists it")
+
+
 # ---------------------------------------------------------------------------
 # messages
 
 
-def _message_from_file(path: Path, agent: str) -> dict | None:
-    data = read_json(path)
-    if data is None:
+def _message_from_file(raw: bytes | None, path: Path, agent: str) -> dict | None:
+    """The message of one inbox file's bytes, or None (gone, or invalid: skipped and logged).
+
+    The file's name is the message's id and its folder the recipient: a body
+    that says otherwise is invalid, never a path (CONTRACT "Untrusted files").
+    """
+    if raw is None:
+        return None
+    try:
+        data = parse_document(raw, path)
+    except CorruptFileError as exc:
+        _skip(path, exc.reason)
+        return None
+    reason = message_mismatch(data, path.stem, agent)
+    if reason:
+        _skip(path, reason)
         return None
     # legacy files may lack "id" (the file name is the id) and "recipient" (the inbox's agent)
     return MESSAGES.record(data, fallback={"id": path.stem, "recipient": agent})
@@ -80,18 +126,26 @@ def load_inbox(agent: str) -> list[dict]:
 # Functions of this module call each other through these private bodies,
 # never through the public names, which the shim may have wrapped.
 def _inbox(agent: str) -> list[dict]:
-    inbox = tree().inbox(agent)
-    try:
-        names = os.listdir(inbox)
-    except FileNotFoundError:
-        return []
+    t = tree()
+    inbox = t.inbox(agent)
     out = []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        msg = _message_from_file(inbox / name, agent)
-        if msg is not None:
-            out.append(msg)
+    try:
+        with open_folder(inbox, t.root) as fd:  # one walk from the root, then each file in that folder
+            for name in os.listdir(fd) if fd is not None else ():
+                if not name.endswith(".json") or name.startswith("."):
+                    continue
+                path = inbox / name
+                try:
+                    raw = read_in(fd, name, path)
+                except CorruptFileError as exc:  # a link, FIFO, folder or oversized file: never opened or followed
+                    _skip(path, exc.reason)
+                    continue
+                msg = _message_from_file(raw, path, agent)
+                if msg is not None:
+                    out.append(msg)
+    except CorruptFileError as exc:  # the agent's folder or inbox is a link or a file: nothing is read through it
+        _skip(Path(exc.path), exc.reason)
+        return []
     return _order(out)
 
 
@@ -109,11 +163,8 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
             messages = [m for m in messages if m["id"] in wanted]
         inbox = t.inbox(agent)
         for msg in messages:
-            path = inbox / f"{msg['id']}.json"
-            if not remove(path):  # a legacy file without "id" in its body
-                for name in os.listdir(inbox):
-                    if name == f"{msg['id']}.json":
-                        remove(inbox / name)
+            # the id is the file's own name (_message_from_file refuses a body that disagrees)
+            remove(inbox / f"{msg['id']}.json")
         return messages
 
 
@@ -233,20 +284,25 @@ def load_agents() -> list[str]:
 
 
 def _agents() -> list[str]:
-    nodes = tree().nodes
+    t = tree()
+    nodes = t.nodes
     try:
-        names = os.listdir(nodes)
-    except FileNotFoundError:
+        names = list_dir(nodes, root=t.root)
+    except CorruptFileError as exc:
+        _skip(Path(exc.path), exc.reason)
         return []
     out = []
     for name in names:
-        node = nodes / name
-        if any((node / f).exists() for f in _NODE_ENTRIES):
+        try:  # a link is not an agent's folder: nothing is read through it
+            entries = list_dir(nodes / name, root=t.root)
+        except CorruptFileError:
+            continue
+        if not _NODE_ENTRIES.isdisjoint(entries):
             out.append(name)
     return sorted(out)
 
 
-_NODE_ENTRIES = (*NODE_FILES, "inbox")
+_NODE_ENTRIES = frozenset((*NODE_FILES, "inbox"))
 
 
 def load_experts(domain: str) -> list[str]:
@@ -270,7 +326,25 @@ def _read_polls() -> dict[str, dict]:
 def _normal_poll(poll_id: str, poll: dict) -> dict:
     if not isinstance(poll, dict):
         raise CorruptFileError(tree().polls_file, f"poll {poll_id!r} is not an object")
-    return {**POLLS.record(poll, fallback={"id": poll_id}), "votes": dict(poll.get("votes") or {})}
+    record = POLLS.record(poll, fallback={"id": poll_id})
+    return {**record, "votes": _valid_votes(poll_id, record["options"], poll.get("votes"))}
+
+
+def _valid_votes(poll_id: str, options: Any, votes: Any) -> dict[str, str]:
+    """The votes of a legacy poll that name one of its options; the others are skipped (logged once)."""
+    if not votes:
+        return {}
+    if not isinstance(votes, dict):
+        _skip(tree().polls_file, f"poll {poll_id!r}: its votes are not an object")
+        return {}
+    out = {}
+    for voter, option in votes.items():
+        problem = vote_problem(options, option)
+        if problem is None:
+            out[voter] = option
+        else:
+            _skip(tree().polls_file, f"poll {poll_id!r}: the vote of {voter!r} is not counted: {problem}")
+    return out
 
 
 def load_polls() -> dict[str, dict]:
@@ -350,10 +424,12 @@ def load_sessions() -> dict[str, dict]:
 
 
 def _sessions() -> dict[str, dict]:
-    directory = tree().sessions_dir
+    t = tree()
+    directory = t.sessions_dir
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
+        names = list_dir(directory, root=t.root)
+    except CorruptFileError as exc:
+        _skip(Path(exc.path), exc.reason)
         return {}
     out = {}
     for name in sorted(names):
@@ -370,7 +446,7 @@ def save_session(session: dict) -> None:
     t = tree()
     sid = session["id"]
     with locked(t, session_lock(sid)):
-        if t.session_file(sid).exists():
+        if entry_kind(t.session_file(sid), root=t.root) is not None:
             raise ConflictError(f"session {sid} already exists")
         atomic_write_json(t.session_file(sid), copy.deepcopy(session))
 

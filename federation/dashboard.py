@@ -82,7 +82,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+        except (OverflowError, ValueError):  # further back than a datetime reaches: the caller's mistake
+            raise BadRequest(f"since={text!r} reaches before the year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -321,6 +324,11 @@ class DashboardData:
                                 "history": self.source.history()}
         if problem is not None:
             data["flag_error"] = problem
+        from .rollout._status import control_errors
+
+        skipped = control_errors()
+        if skipped:
+            data["control_errors"] = skipped
         return data
 
     def status(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:

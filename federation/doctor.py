@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,7 +110,8 @@ def _sqlite_checks(s: config.Settings, checks: list[Check], wal_limit: int, moun
     fix = _RESTORE_FIX.format(db=path)
     version = None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        # quoted: a "#" or "?" in the path would otherwise end it, and another file would be opened (or made)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).absolute()))}?mode=ro", uri=True, timeout=5)
         try:
             problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -353,6 +353,32 @@ def check_vote(poll: dict | None, poll_id: str, option: str) -> None:
         raise ValidationError(f"{option!r} is not an option of poll {poll_id}: choose one of {poll.get('options')}")
 
 
+def message_mismatch(data: dict, stem: str, agent: str) -> str | None:
+    """Why a legacy message body disagrees with where its file was found, or None.
+
+    The file's name is the message's id and its inbox the recipient: a body
+    that says otherwise makes the file invalid, never a path or an address
+    (CONTRACT "Untrusted files").
+    """
+    if not _validate.is_ident(stem):
+        return f"the file name {stem!r} is not a valid message id"
+    body_id, recipient = data.get("id"), data.get("recipient")
+    if body_id not in (None, "", stem):
+        return f"its body says id {str(body_id)!r:.200} but the file is named {stem!r}.json (the file name is the id)"
+    if recipient not in (None, "", agent):
+        return f"its body says recipient {str(recipient)!r:.200} but it is in {agent!r}'s inbox"
+    return None
+
+
+def vote_problem(options: Any, option: Any) -> str | None:
+    """Why a stored vote does not count (not a string, or not an option of its poll), or None."""
+    if not isinstance(option, str):
+        return f"a vote must be a string, found {_json_type(option)}"
+    if not isinstance(options, list) or option not in options:
+        return f"{option[:200]!r} is not an option of the poll"
+    return None
+
+
 def check_close(poll: dict | None, poll_id: str, agent: str) -> bool:
     """Only the creator closes a poll: True when it must be closed now, False when it already is."""
     if poll is None:

@@ -170,15 +170,18 @@ class SqlStore:
     )
 
     @staticmethod
-    def _history_position(tx: Tx, before: tuple[str, str]) -> tuple:
+    def _history_position(tx: Tx, before: tuple[str, str], agent: str | None = None) -> tuple:
+        """Where the cursor entry *before* sits; it must be an entry of *agent*'s history (as in phase 1)."""
         direction, message_id = before
+        mine = "" if agent is None else " AND (sender = ? OR recipient = ?)"
+        whose = () if agent is None else (agent, agent)
         if direction == "received":
-            row = tx.fetchone("SELECT read_at, timestamp FROM messages WHERE id = ? AND read_at IS NOT NULL",
-                              (message_id,))
+            row = tx.fetchone("SELECT read_at, timestamp FROM messages WHERE id = ? AND read_at IS NOT NULL" + mine,
+                              (message_id, *whose))
             position = None if row is None else (row[0], 0, row[1], message_id)
         else:
-            row = tx.fetchone("SELECT timestamp, id FROM message_history WHERE message_id = ? AND direction = ? "
-                              "ORDER BY id LIMIT 1", (message_id, direction))
+            row = tx.fetchone("SELECT timestamp, id FROM message_history WHERE message_id = ? AND direction = ?"
+                              + mine + " ORDER BY id LIMIT 1", (message_id, direction, *whose))
             position = None if row is None else (row[0], row[1], row[0], message_id)
         if position is None:
             raise ValidationError(f"before {direction}:{message_id} is not an entry of this history")
@@ -190,7 +193,7 @@ class SqlStore:
             return []
 
         def fn(tx: Tx) -> list[tuple]:
-            position = None if before is None else self._history_position(tx, before)
+            position = None if before is None else self._history_position(tx, before, agent)
             pos_h = "" if position is None else " AND (timestamp, id, timestamp, message_id) < (?, ?, ?, ?)"
             pos_m = "" if position is None else " AND (read_at, 0, timestamp, id) < (?, ?, ?, ?)"
             pos = () if position is None else tuple(position)
