@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from . import _sql, _validate
 from ._files import Tree, parse_json_bytes
-from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
+from .entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
                        SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type)
 from .errors import ValidationError
 
@@ -142,6 +142,8 @@ _NESTED = {parent: tuple(e for e in TABLES if e.parent == parent) for parent in 
 def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None:
     if type(data) is not dict:
         raise _Invalid(f"a message file must be a JSON object, found {_json_type(data)}")
+    if "attempt" in data or "lease_until" in data or "dead_at" in data:  # a leased or dead message's own fields
+        data = {k: v for k, v in data.items() if k not in DELIVERY_FIELDS}
     row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
     sources = out.sources["messages"]
     if row[:1] not in sources:  # the common case, without TreeRows.add's bookkeeping (100,000 files)
@@ -219,26 +221,27 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
         if not node.is_dir():
             yield "unknown", node.path, "", ""
             continue
-        inbox = None
+        folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
         for entry in _entries(node.path):
             name = entry.name
-            if name == INBOX_DIR and entry.is_dir():
-                inbox = entry.path
+            if name in _MESSAGE_DIRS and entry.is_dir():
+                folders.append(entry.path)
+            elif name == SENT_KEYS_DIR and entry.is_dir():
+                continue  # the index of idempotent sends: bookkeeping, no rows
             elif name in NODE_FILES and entry.is_file():
                 yield NODE_FILES[name], entry.path, node.name, name[:-5]
             else:
                 yield "unknown", entry.path, node.name, ""
-        if inbox is None:
-            continue
-        with os.scandir(inbox) as entries:
-            for entry in entries:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                if name.endswith(".json") and entry.is_file():
-                    yield "message", entry.path, node.name, name[:-5]
-                else:
-                    yield "unknown", entry.path, node.name, ""
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    if name.endswith(".json") and entry.is_file():
+                        yield "message", entry.path, node.name, name[:-5]
+                    else:
+                        yield "unknown", entry.path, node.name, ""
     for entry in _entries(tree.shared):
         if entry.name == POLLS_FILE and entry.is_file():
             yield "polls", entry.path, "", "polls"
@@ -252,6 +255,8 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
         else:
             yield "unknown", entry.path, "", ""
 
+
+_MESSAGE_DIRS = (INBOX_DIR, LEASED_DIR, DEAD_DIR)
 
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
@@ -372,7 +377,7 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     parts = path[len(root):].split(os.sep)
     name = parts[-1]
     stem = name[:-5] if name.endswith(".json") else ""
-    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] == INBOX_DIR and stem:
+    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] in _MESSAGE_DIRS and stem:
         return "message", path, parts[1], stem
     if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
         return NODE_FILES[name], path, parts[1], stem

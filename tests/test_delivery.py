@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -249,3 +250,43 @@ def test_dual_phases_keep_both_sides_in_step(fed, phase):
         assert not (fed.root / "nodes" / "bob" / "leased" / f"{mid}.json").exists()
     bad = [e for e in logs if e.get("event") in ("shadow_mismatch", "shadow_error")]
     assert bad == []
+
+
+def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed, monkeypatch):
+    """Files written in phase 1 (one new, one leased, one acknowledged, one dead) migrate without invalid or
+    dropped entries; in phase 2 the report finds both sides equal after receive, ack and a dead letter;
+    prune never removes a leased or dead message."""
+    from federation.migrate import migrate
+    from federation.prune import prune
+    from federation.report import build_report
+
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    fed.phase(1)
+    ids = {name: messaging.send_message("alice", "bob", name) for name in ("dies", "leased", "acked", "new")}
+    messaging.receive("bob", lease=0.2, limit=1)  # "dies" was sent first: lease it, and let it die below
+    time.sleep(0.3)
+    messaging.receive("bob", lease=600, limit=1)  # dead letter made; "leased" leased
+    got = messaging.receive("bob", lease=600, limit=1)  # "acked"
+    messaging.ack("bob", [m["id"] for m in got])
+    dead, leased = ids["dies"], ids["leased"]
+    assert [m["id"] for m in messaging.dead_letters("bob")] == [dead]
+    result = migrate()
+    assert result.exit_code == 0 and result.invalid == [] and result.dropped_fields == []
+    delivery = {r[0]: r[1:] for r in fed.store().db.fetchall(
+        "SELECT id, attempt, lease_until IS NOT NULL, dead_at IS NOT NULL FROM messages")}
+    assert delivery[dead] == (1, True, True) and delivery[leased] == (1, True, False)
+    assert delivery[ids["new"]] == (0, False, False)
+    fed.phase(2)
+    assert build_report().consistent
+    # phase 2: new deliveries, leases, acks and dead letters land on both sides alike
+    later = messaging.send_message("alice", "bob", "later")
+    assert [m["id"] for m in messaging.receive("bob", lease=0.2)] == [ids["new"], later]
+    time.sleep(0.3)
+    assert messaging.receive("bob", lease=0.2) == []  # max attempts 1: dead letters now
+    assert [m["id"] for m in messaging.dead_letters("bob")] == [dead, ids["new"], later]
+    assert build_report().consistent
+    # prune removes read messages only: never a leased or a dead one
+    fed.phase(4)
+    prune(older_than="1s", now=datetime.now(timezone.utc) + timedelta(days=1))
+    left = {r[0] for r in fed.store().db.fetchall("SELECT id FROM messages")}
+    assert {dead, leased, later} <= left and ids["acked"] not in left
