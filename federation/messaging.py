@@ -12,7 +12,7 @@ from .errors import StorageError, ValidationError
 from .governance import with_tally
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history", "pulse", "get_sent", "broadcast",
-           "history_cursor", "receive", "ack", "dead_letters", "MAX_LEASE_S", "MAX_WAIT_S"]
+           "history_cursor", "receive", "ack", "dead_letters", "dead_letter_summary", "MAX_LEASE_S", "MAX_WAIT_S"]
 
 MAX_HISTORY = 10_000
 #: How many open polls one pulse returns at most (the oldest first; list_polls pages through the rest).
@@ -137,6 +137,26 @@ def dead_letters(agent: str) -> list[dict]:
     """
     v.agent(agent)
     return core.load_dead_letters(agent, now=_clock.now(), max_attempts=config.max_attempts())
+
+
+def dead_letter_summary(phase: int) -> dict:
+    """Every agent's dead letters on the side that serves *phase* (for doctor, the dashboard, /metrics):
+    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call."""
+    from datetime import datetime, timezone
+
+    now, maximum = _clock.now(), config.max_attempts()
+    if phase >= 3:
+        from .sqlstore import get_store
+
+        letters = get_store().load_dead_letters(None, now, maximum)
+    else:
+        read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
+        letters = read_files(None, now, maximum)
+    oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
+    age = None
+    if oldest is not None:
+        age = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds())
+    return {"count": len(letters), "oldest_dead_at": oldest, "oldest_age_s": age}
 
 
 def peek_inbox(agent: str) -> list[dict]:
