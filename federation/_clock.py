@@ -13,9 +13,8 @@ def now() -> str:
 
 def now_and_after(seconds: float) -> tuple[str, str]:
     """``(now, now + seconds)`` as :func:`now` writes them (a lease's start and end, from one clock reading)."""
-    start = datetime.now(timezone.utc)
-    return (start.isoformat(timespec="microseconds"),
-            (start + timedelta(seconds=seconds)).isoformat(timespec="microseconds"))
+    start = now()
+    return start, (datetime.fromisoformat(start) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
 def new_id() -> str:

@@ -217,9 +217,9 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
         return out
 
 
-def ack_messages(agent: str, ids: list[str], read_at: str) -> list[str]:
+def ack_messages(agent: str, ids: list[str], read_at: str) -> list[dict]:
     """Acknowledge *agent*'s delivered messages among *ids* (leased or dead): their files are removed,
-    as a legacy claim removes a read message; the ids acknowledged now, in the order given."""
+    as a legacy claim removes a read message; the messages acknowledged now, in the order given."""
     t = tree()
     done = []
     with locked(t, inbox_lock(agent)):
@@ -228,8 +228,7 @@ def ack_messages(agent: str, ids: list[str], read_at: str) -> list[str]:
             for folder in (t.leased(agent), t.dead(agent)):
                 record = _delivery_record(folder / name, agent)
                 if record is not None and remove(folder / name):
-                    done.append(message_id)
-                    _history.append(history_entry("received", record))
+                    done.append(_public(record))
                     break
     return done
 
@@ -731,7 +730,7 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
                         mirror=lambda result, args, kwargs: (
                             args[:1], {**dict(zip(("lease_until", "now", "limit", "max_attempts"), args[1:5])),
                                        **kwargs, "ids": [m["id"] for m in result], "limit": None})),
-    "ack_messages": dict(entity="messages", lock=_agent_lock(inbox_lock), key=_first_arg),
+    "ack_messages": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id"),
     "load_dead_letters": dict(entity="messages", records="id"),
     # an idempotent send: the other side writes only what the authoritative side wrote (nothing when the key
     # was used); the recipients' inbox locks and the sender's key lock, in name order

@@ -126,7 +126,14 @@ def ack(agent: str, ids: list[str]) -> list[str]:
     """
     v.agent(agent)
     wanted = _ack_ids(ids)
-    return core.ack_messages(agent, wanted, read_at=_clock.now()) if wanted else []
+    return _ack(agent, wanted, _clock.now()) if wanted else []
+
+
+def _ack(agent: str, ids: list[str], stamp: str) -> list[str]:
+    done = core.ack_messages(agent, ids, read_at=stamp)
+    if done:  # phase 1 only: SQL's history shows an acknowledged message as received
+        core.save_history("received", done)
+    return [m["id"] for m in done]
 
 
 def dead_letters(agent: str) -> list[dict]:
@@ -242,7 +249,7 @@ def pulse(agent: str, claim: bool = True, lease: float | None = None, ack: list[
         raise ValidationError(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:.0f}, got {wait!r}")
     stamp = _clock.now()
     core.save_heartbeat(agent, stamp)
-    acked = core.ack_messages(agent, wanted, read_at=stamp) if wanted else []
+    acked = _ack(agent, wanted, stamp) if wanted else []
     phase = _phase()
     messages = _take(agent, claim, lease, stamp)
     if not messages and wait > 0:

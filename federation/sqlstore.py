@@ -181,20 +181,21 @@ class SqlStore:
         rows.sort(key=_BY_TIME)
         return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in rows]
 
-    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[str]:
-        """Acknowledge delivered messages of *agent* among *ids*: read now (``read_at``), never delivered again."""
-        def fn(tx: Tx) -> list[str]:
-            done: list[str] = []
+    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
+        """Acknowledge delivered messages of *agent* among *ids*: read now (``read_at``), never delivered
+        again; the messages acknowledged now, in the order of *ids*."""
+        def fn(tx: Tx) -> list[tuple]:
+            done: list[tuple] = []
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start:start + 500])
                 marks = ", ".join("?" for _ in chunk)
-                done += [r[0] for r in tx.fetchall(
+                done += tx.fetchall(
                     "UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL AND attempt > 0 "
-                    f"AND id IN ({marks}) RETURNING id", (read_at, agent, *chunk))]
+                    f"AND id IN ({marks}) RETURNING {_MSG_COLS}", (read_at, agent, *chunk))
             return done
 
-        done = set(self.db.write(fn))
-        return [i for i in dict.fromkeys(ids) if i in done]
+        done = {r[0]: _msg(r) for r in self.db.write(fn)}
+        return [done[i] for i in dict.fromkeys(ids) if i in done]
 
     def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
         """Messages delivered *max_attempts* times and never acknowledged (marked dead, or due: lease over)."""
