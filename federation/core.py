@@ -122,13 +122,18 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
 # delivery with leases and acknowledgements (issue 19; the layout: docs/delivery.md)
 #
 # A received message moves from inbox/ to leased/ by one rename (the claim:
-# legacy readers of inbox/ never see it again), then its file is rewritten
-# with "attempt" and "lease_until".  Everything happens under the inbox lock,
-# which legacy claims take too.  A lease lives in the file, so it survives the
-# process that took it: the next receive takes back an expired one, or moves
-# it to dead/ once it was delivered max_attempts times.  An ack removes the
-# file, as a legacy claim does.  A path is built from a file's name, never
-# from its body.
+# legacy readers of inbox/ never see it again); its file is left as it was.
+# The leases of an agent live in one journal, leased/.leases.json
+# ({id: [attempt, lease_until]}), written once per receive or ack, after the
+# renames: a leased file the journal does not name (its receive died between
+# the two) is an expired lease of attempt 0, taken back by the next receive.
+# Everything happens under the inbox lock, which legacy claims take too; the
+# journal is on disk, so a lease survives the process that took it.  A lease
+# over after max_attempts deliveries moves the file to dead/, rewritten with
+# "attempt", "lease_until" and "dead_at".  An ack removes the file, as a legacy
+# claim does.  A path is built from a file's name, never from its body.
+
+LEASES_FILE = ".leases.json"
 
 
 def _json_names(directory: Path) -> list[str]:
@@ -139,8 +144,39 @@ def _json_names(directory: Path) -> list[str]:
     return [n for n in names if n.endswith(".json") and not n.startswith(".")]
 
 
-def _delivery_record(path: Path, agent: str) -> dict | None:
-    """A leased or dead message file: the message (its id is the file's name) and its delivery fields."""
+def _leases(agent: str) -> dict[str, tuple[int, str | None]]:
+    """The lease journal of *agent*: ``{id: (attempt, lease_until)}``.  An unreadable journal reads as
+    empty: every leased message is then an expired lease (delivered again, never lost)."""
+    try:
+        data = read_json(tree().leased(agent) / LEASES_FILE, dict, {})
+    except CorruptFileError:
+        return {}
+    out = {}
+    for mid, entry in data.items():
+        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                and not isinstance(entry[0], bool) and (entry[1] is None or isinstance(entry[1], str))):
+            out[mid] = (entry[0], entry[1])
+    return out
+
+
+def _save_leases(agent: str, leases: dict[str, tuple[int, str | None]]) -> None:
+    path = tree().leased(agent) / LEASES_FILE
+    if leases:
+        atomic_write_json(path, {mid: list(entry) for mid, entry in sorted(leases.items())})
+    else:
+        remove(path)
+
+
+def _message_named(path: Path, agent: str) -> dict | None:
+    """The message of a file, its id the file's name."""
+    message = _message_from_file(path, agent)
+    if message is not None:
+        message["id"] = path.name[:-5]
+    return message
+
+
+def _dead_record(path: Path, agent: str) -> dict | None:
+    """A dead/ file: the message and its delivery fields."""
     data = read_json(path)
     if data is None:
         return None
@@ -154,17 +190,16 @@ def _delivery_record(path: Path, agent: str) -> dict | None:
     return record
 
 
-def _delivery_body(record: dict, **fields: Any) -> dict:
-    return {**{f: record.get(f) for f in MESSAGE_FIELDS}, **{f: record.get(f) for f in DELIVERY_FIELDS}, **fields}
-
-
 def _public(record: dict, *fields: str) -> dict:
     return {**{f: record.get(f) for f in MESSAGE_FIELDS}, **{f: record.get(f) for f in fields}}
 
 
-def _expired(record: dict, now: str) -> bool:
-    # a leased file without lease_until: its receive died between the rename and the rewrite
-    return record["lease_until"] is None or record["lease_until"] < now
+def _bury(agent: str, name: str, message: dict, attempt: int, lease_until: str | None, dead_at: str) -> None:
+    """Move a leased message to dead/, its delivery fields written into it."""
+    t = tree()
+    atomic_write_json(t.dead(agent) / name, {**{f: message.get(f) for f in MESSAGE_FIELDS}, "attempt": attempt,
+                                             "lease_until": lease_until, "dead_at": dead_at})
+    remove(t.leased(agent) / name)
 
 
 def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
@@ -176,44 +211,56 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
     dead/ instead.  Each message comes back with ``attempt`` and ``lease_until``.
     """
     t = tree()
-    wanted = None if ids is None else set(ids)
     with locked(t, inbox_lock(agent)):
-        inbox, leased, dead = t.inbox(agent), t.leased(agent), t.dead(agent)
-        candidates: list[tuple[dict, bool]] = []  # (record, still in inbox/)
-        for name in _json_names(leased):
-            record = _delivery_record(leased / name, agent)
-            if record is None or not _expired(record, now):
+        inbox, leased = t.inbox(agent), t.leased(agent)
+        leases = _leases(agent)
+        held = _json_names(leased)
+        changed = set(leases) - {n[:-5] for n in held}  # entries whose file is gone: dropped below
+        for mid in changed:
+            del leases[mid]
+        candidates: list[tuple[dict, int, bool]] = []  # (message, attempts so far, still in inbox/)
+        for name in held:
+            mid = name[:-5]
+            attempt, until = leases.get(mid, (0, None))
+            if until is not None and until >= now:
+                continue  # under lease
+            message = _message_named(leased / name, agent)
+            if message is None:
                 continue
-            if record["attempt"] >= max_attempts:  # delivered max times, never acknowledged
-                atomic_write_json(dead / name, _delivery_body(record, dead_at=now))
-                remove(leased / name)
+            if attempt >= max_attempts:  # delivered max times, never acknowledged
+                _bury(agent, name, message, attempt, until, now)
+                leases.pop(mid, None)
+                changed.add(mid)
                 continue
-            candidates.append((record, False))
+            candidates.append((message, attempt, False))
+        taken = set(held)
         for name in _json_names(inbox):
-            if (leased / name).exists() or (dead / name).exists():
+            if name in taken:
                 continue  # a copy already delivered: the inbox file is a leftover, not a new message
-            message = _message_from_file(inbox / name, agent)
+            message = _message_named(inbox / name, agent)
             if message is not None:
-                message["id"] = name[:-5]
-                candidates.append(({**message, "attempt": 0, "lease_until": None, "dead_at": None}, True))
+                candidates.append((message, 0, True))
         candidates.sort(key=lambda c: (str(c[0].get("timestamp") or ""), str(c[0]["id"])))
-        if wanted is not None:
+        if ids is not None:
+            wanted = set(ids)
             candidates = [c for c in candidates if c[0]["id"] in wanted]
         elif limit is not None:
             candidates = candidates[:limit]
-        if any(new for _, new in candidates):
+        if any(new for _, _, new in candidates):
             leased.mkdir(parents=True, exist_ok=True)
         out = []
-        for record, new in candidates:
-            name = f"{record['id']}.json"
+        for message, attempt, new in candidates:
+            name = f"{message['id']}.json"
             if new:
                 try:
                     os.rename(inbox / name, leased / name)  # the claim
                 except FileNotFoundError:  # gone since the listing (a reader that ignores the lock)
                     continue
-            record = {**record, "attempt": record["attempt"] + 1, "lease_until": lease_until}
-            atomic_write_json(leased / name, _delivery_body(record, dead_at=None))
-            out.append(_public(record, "attempt", "lease_until"))
+            leases[message["id"]] = (attempt + 1, lease_until)
+            changed.add(message["id"])
+            out.append({**message, "attempt": attempt + 1, "lease_until": lease_until})
+        if changed:
+            _save_leases(agent, leases)
         return out
 
 
@@ -223,13 +270,19 @@ def ack_messages(agent: str, ids: list[str], read_at: str) -> list[dict]:
     t = tree()
     done = []
     with locked(t, inbox_lock(agent)):
+        leases = None
         for message_id in dict.fromkeys(ids):
             name = f"{_validate.ident(message_id, 'message id')}.json"
             for folder in (t.leased(agent), t.dead(agent)):
-                record = _delivery_record(folder / name, agent)
-                if record is not None and remove(folder / name):
-                    done.append(_public(record))
+                message = _message_named(folder / name, agent)
+                if message is not None and remove(folder / name):
+                    done.append(message)
+                    if folder == t.leased(agent):
+                        leases = _leases(agent) if leases is None else leases
+                        leases.pop(message_id, None)
                     break
+        if leases is not None:
+            _save_leases(agent, leases)
     return done
 
 
@@ -241,14 +294,16 @@ def load_dead_letters(agent: str | None, now: str, max_attempts: int = 5) -> lis
         if not _validate.is_agent(name):
             continue
         for file in _json_names(t.dead(name)):
-            record = _delivery_record(t.dead(name) / file, name)
+            record = _dead_record(t.dead(name) / file, name)
             if record is not None:
                 out.append(record)
+        leases = _leases(name)
         for file in _json_names(t.leased(name)):
-            record = _delivery_record(t.leased(name) / file, name)
-            if (record is not None and record["lease_until"] is not None and record["lease_until"] < now
-                    and record["attempt"] >= max_attempts):
-                out.append({**record, "dead_at": record["lease_until"]})
+            attempt, until = leases.get(file[:-5], (0, None))
+            if until is not None and until < now and attempt >= max_attempts:
+                message = _message_named(t.leased(name) / file, name)
+                if message is not None:
+                    out.append({**message, "attempt": attempt, "lease_until": until, "dead_at": until})
     return [_public(r, *DELIVERY_FIELDS) for r in _order(out)]
 
 

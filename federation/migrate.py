@@ -23,6 +23,7 @@ from . import _sql, config
 from ._clock import now
 from ._rows import TABLES, TreeRows, key_text, read_tree
 from ._files import read_json
+from .core import LEASES_FILE
 from .entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, Entity
 from .errors import FederationError
 
@@ -173,12 +174,21 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
     """Messages found in leased/ or dead/ (docs/delivery.md) keep their delivery state in the database:
     attempt, lease_until, dead_at from the file, on rows not delivered there yet (a rerun changes nothing)."""
     updates = []
+    journals: dict[str, dict] = {}  # leased/.leases.json of each folder: {id: [attempt, lease_until]}
     for key, path in scanned.sources["messages"].items():
         folder = os.path.basename(os.path.dirname(path))
         if folder not in (LEASED_DIR, DEAD_DIR):
             continue
         try:
-            data = read_json(Path(path))
+            if folder == LEASED_DIR:
+                where = os.path.dirname(path)
+                if where not in journals:
+                    journals[where] = read_json(Path(where) / LEASES_FILE, dict, {})
+                entry = journals[where].get(key[0])
+                entry = entry if isinstance(entry, list) and len(entry) == 2 else [None, None]
+                data = {"attempt": entry[0], "lease_until": entry[1]}
+            else:
+                data = read_json(Path(path))
         except FederationError:
             continue  # gone or unreadable since the scan: the row stays deliverable (at least once)
         if not isinstance(data, dict):

@@ -35,6 +35,7 @@ _NEW = "read_at IS NULL AND lease_until IS NULL AND dead_at IS NULL"
 _DELIVERABLE = "read_at IS NULL AND dead_at IS NULL AND (lease_until IS NULL OR lease_until < ?)"
 _DUE_DEAD = "read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL AND lease_until < ? AND attempt >= ?"
 _NO_LIMIT = 1 << 62
+_MSG_COLS_OF_MESSAGES = ", ".join(f"messages.{c}" for c in MESSAGES.columns)
 #: PostgreSQL: every send notifies this channel with the recipient's name (pulse(wait) listens).
 NOTIFY_CHANNEL = "federation_inbox"
 
@@ -155,18 +156,28 @@ class SqlStore:
         subquery, so concurrent receivers take disjoint sets without waiting).
         Each message comes back with ``attempt`` (1 the first time) and ``lease_until``.
         """
-        skip = " FOR UPDATE SKIP LOCKED" if self.db.dialect.name == "postgresql" else ""
-        pick = (f"SELECT id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
-                f"ORDER BY timestamp, id LIMIT ?{skip}")
-        sql = (f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
-               f"AND {_DELIVERABLE} RETURNING {_MSG_COLS}, attempt, lease_until")
+        pick = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
+                f"ORDER BY timestamp, id LIMIT ?")
+        if self.db.dialect.name == "postgresql":
+            # the chosen rows, locked once (a MATERIALIZED CTE joined by primary key, not an IN subquery
+            # the planner may re-run per row); rows another receiver holds are skipped, not waited for.
+            # FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
+            # UPDATE itself needs none (a condition there lets a planner without statistics scan).
+            sql = (f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                   "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
+                   "WHERE messages.id = picked.picked_id "
+                   f"RETURNING {_MSG_COLS_OF_MESSAGES}, messages.attempt, messages.lease_until")
+        else:  # SQLite: writers are serial; the subquery is evaluated once
+            sql = (f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
+                   f"AND {_DELIVERABLE} RETURNING {_MSG_COLS}, attempt, lease_until")
+        postgres = self.db.dialect.name == "postgresql"
 
         def fn(tx: Tx) -> list[tuple]:
             tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
                        (now, agent, now, max_attempts))
             if ids is None:
-                return tx.fetchall(sql, (lease_until, agent, now, max_attempts,
-                                         _NO_LIMIT if limit is None else limit, now))
+                take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
+                return tx.fetchall(sql, (*take, lease_until) if postgres else (lease_until, *take, now))
             rows = []  # the shim mirroring the other side's lease: exactly those messages
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start:start + 500])
