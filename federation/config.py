@@ -258,8 +258,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 
 
 def max_attempts(env: Mapping[str, str] | None = None) -> int:
-    """``FEDERATION_MAX_ATTEMPTS`` (a whole number from 1 to 1000), default 5: read on each call, so a
-    long-running agent follows a change at its next restart of the variable's owner (tests set it per process)."""
+    """``FEDERATION_MAX_ATTEMPTS`` (a whole number from 1 to 1000), default 5; read at each call (no
+    settings object to reset).  A bad value is a :class:`ConfigError` naming the variable."""
     env = os.environ if env is None else env
     raw = env.get("FEDERATION_MAX_ATTEMPTS", "").strip()
     if not raw:
