@@ -788,12 +788,12 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "ack_messages": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id"),
     "load_dead_letters": dict(entity="messages", records="id"),
     # an idempotent send: the other side writes only what the authoritative side wrote (nothing when the key
-    # was used); the recipients' inbox locks and the sender's key lock, in name order
+    # was used); the recipients' inbox locks, as a broadcast (the file side takes the sender's key lock
+    # inside them; the database side locks the key in its transaction)
     "save_keyed_messages": dict(
         entity="messages",
-        lock=lambda ms, key, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms} | (
-            {keys_lock(ms[0]["sender"])} if ms else set())),
-        key=lambda ms, key, *a, **k: f"{ms[0]['sender'] if ms else ''}:{key}",
+        lock=lambda ms, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms}),
+        key=lambda ms, key=None, *a, **k: f"{ms[0]['sender'] if ms else ''}:{key}",
         mirror=lambda result, args, kwargs: (
             ([m for m in args[0] if m["id"] in set(result)], *args[1:]), kwargs)),
     "save_history": dict(entity="message_history", files=False),
