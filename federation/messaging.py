@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from . import _validate as v
 import shim
-
-import time
+from shim import library_logger
 
 from . import _clock, config, core
 from .errors import StorageError, ValidationError
@@ -13,6 +14,8 @@ from .governance import with_tally
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history", "pulse", "get_sent", "broadcast",
            "history_cursor", "receive", "ack", "dead_letters", "dead_letter_summary", "MAX_LEASE_S", "MAX_WAIT_S"]
+
+_log = library_logger("federation.messaging")
 
 MAX_HISTORY = 10_000
 #: How many open polls one pulse returns at most (the oldest first; list_polls pages through the rest).
@@ -285,13 +288,23 @@ def _wait_for_messages(agent: str, claim: bool, lease: float | None, phase: int,
     """Look again whenever the store says something changed (and at least every second) until *deadline*."""
     from ._wait import RECHECK_S, watcher
 
-    watch = watcher(agent, phase)
+    try:
+        watch = watcher(agent, phase)
+    except Exception as exc:  # noqa: BLE001 - the watcher only saves work: without it, look every 0.25 s
+        _log.warning("pulse_wait_watcher_failed", agent=agent, error=f"{type(exc).__name__}: {exc}")
+        watch = None
     messages = _take(agent, claim, lease)  # what arrived while the watcher was being set up
     while not messages:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        watch.changed(min(left, RECHECK_S))
+        try:
+            if watch is None:
+                raise RuntimeError("no watcher")
+            watch.changed(min(left, RECHECK_S))
+        except Exception:  # noqa: BLE001 - a watcher that fails (connection lost) degrades to polling
+            watch = None
+            time.sleep(min(left, 0.25))
         messages = _take(agent, claim, lease)
     return messages
 
