@@ -290,3 +290,24 @@ def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed
     prune(older_than="1s", now=datetime.now(timezone.utc) + timedelta(days=1))
     left = {r[0] for r in fed.store().db.fetchall("SELECT id FROM messages")}
     assert {dead, leased, later} <= left and ids["acked"] not in left
+
+
+def test_pulse_wait_without_a_watcher_still_returns_on_a_send(fed, monkeypatch):
+    """A watcher that cannot start (say the LISTEN connection is refused) degrades to looking every 0.25 s."""
+    import threading
+
+    from federation import _wait
+
+    fed.phase(4)
+
+    def refuse(agent, phase):
+        raise OSError("no watcher today")
+
+    monkeypatch.setattr(_wait, "watcher", refuse)
+    assert messaging.peek_inbox("bob") == []  # the schema exists before the sending thread starts
+    timer = threading.Timer(0.5, lambda: messaging.send_message("alice", "bob", "late"))
+    timer.start()
+    t0 = time.monotonic()
+    tick = messaging.pulse("bob", lease=30, wait=10)
+    timer.join()
+    assert [m["content"] for m in tick["messages"]] == ["late"] and time.monotonic() - t0 < 5
