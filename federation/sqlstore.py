@@ -151,9 +151,10 @@ class SqlStore:
         """Lease *agent*'s deliverable messages (new, or leased before and expired), oldest first.
 
         One transaction: expired leases already delivered *max_attempts* times
-        become dead letters, then one ``UPDATE … WHERE id IN (SELECT … LIMIT)
-        RETURNING`` leases the rest (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in the
-        subquery, so concurrent receivers take disjoint sets without waiting).
+        become dead letters, then one ``UPDATE … RETURNING`` leases the oldest
+        rest (PostgreSQL: picked ``FOR UPDATE SKIP LOCKED`` in a CTE, so
+        concurrent receivers take disjoint sets without waiting on each other).
+        *ids*: the shim mirroring the other side's lease leases exactly those.
         Each message comes back with ``attempt`` (1 the first time) and ``lease_until``.
         """
         pick = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
