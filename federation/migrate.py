@@ -24,7 +24,7 @@ from ._clock import now
 from ._rows import TABLES, TreeRows, key_text, read_tree
 from ._files import read_json
 from .core import LEASES_FILE
-from .entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, Entity
+from .entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
 from .errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
@@ -207,6 +207,32 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
             "AND attempt = 0", updates))
 
 
+def _carry_keys(store: Any) -> None:
+    """The idempotency keys of ``nodes/{sender}/sent_keys/`` onto their messages' rows (docs/delivery.md), so a
+    send retried with its key after the switch to the database still finds it (rows with a key keep it)."""
+    nodes = store.tree.nodes
+    updates = []
+    for sender in sorted(os.listdir(nodes)) if nodes.is_dir() else ():
+        folder = nodes / sender / SENT_KEYS_DIR
+        if not folder.is_dir():
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            try:
+                data = read_json(folder / name)
+            except FederationError:
+                continue  # an unreadable key: its send can no longer be recognised (a retry sends again)
+            if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not isinstance(
+                    data.get("ids"), list):
+                continue
+            updates += [(data["key"], str(i), sender) for i in data["ids"]]
+    if updates:
+        store.db.write(lambda tx: tx.executemany(
+            "UPDATE messages SET idempotency_key = ? WHERE id = ? AND sender = ? AND idempotency_key IS NULL",
+            updates))
+
+
 def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
     """Row counts per table, and the file rows the database lacks."""
 
@@ -261,6 +287,7 @@ def complete(store: Any, scanned: TreeRows) -> MigrationResult:
     """After the import: settle files removed live meanwhile, validate the counts, mark the database backfilled."""
     _settle_live_removals(store, scanned)
     _carry_leases(store, scanned)
+    _carry_keys(store)
     entities, missing = _verify_counts(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date

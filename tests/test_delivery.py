@@ -270,8 +270,13 @@ def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed
     messaging.ack("bob", [m["id"] for m in got])
     dead, leased = ids["dies"], ids["leased"]
     assert [m["id"] for m in messaging.dead_letters("bob")] == [dead]
+    keyed = messaging.send_message("alice", "carol", "keyed", idempotency_key="once")
     result = migrate()
     assert result.exit_code == 0 and result.invalid == [] and result.dropped_fields == []
+    # the key travelled with its message: the same send in a database phase still writes nothing
+    fed.phase(4)
+    assert messaging.send_message("alice", "carol", "keyed", idempotency_key="once") == keyed
+    fed.phase(1)
     delivery = {r[0]: r[1:] for r in fed.store().db.fetchall(
         "SELECT id, attempt, lease_until IS NOT NULL, dead_at IS NOT NULL FROM messages")}
     assert delivery[dead] == (1, True, True) and delivery[leased] == (1, True, False)
