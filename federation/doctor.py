@@ -217,12 +217,29 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
     checks.append(_files_vs_database(s, phase, tree, store))
+    checks.append(_dead_letters_check(phase, store is not None or phase <= 2))
     checks.append(_fleet_check())
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _dead_letters_check(phase: int, readable: bool) -> Check:
+    """Messages delivered the maximum number of times and never acknowledged (docs/delivery.md): shown,
+    not a failure (the store is fine; an agent could not finish them)."""
+    if not readable:
+        return Check("dead_letters", True, "not counted: the database cannot be read")
+    from .messaging import dead_letter_summary
+
+    summary = dead_letter_summary(phase)
+    if not summary["count"]:
+        return Check("dead_letters", True, "no dead letters")
+    return Check("dead_letters", True,
+                 f"{summary['count']} dead letters (oldest since {summary['oldest_dead_at']}, "
+                 f"{summary['oldest_age_s']:.0f} s): messages delivered {config.max_attempts()} times and never "
+                 "acknowledged; messaging.dead_letters(agent) lists an agent's, ack(agent, ids) clears them")
 
 
 def phase_in_effect(s: config.Settings) -> int:
