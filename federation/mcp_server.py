@@ -555,6 +555,13 @@ def build_server(agent: str) -> FederationServer:
     Raises :class:`ValidationError` for an invalid agent name.
     """
     agent_tools = AgentTools(agent)
+    return FederationServer(agent_tools.agent, agent_tools_list(agent_tools), name="federation",
+                            title=f"federation ({agent})", instructions=_instructions(agent_tools.agent),
+                            version=__version__)
+
+
+def agent_tools_list(agent_tools: AgentTools) -> list[Tool]:
+    """One MCP tool per CONTRACT operation, each acting as ``agent_tools.agent`` (stdio and HTTP share them)."""
     tools = []
     for name in TOOL_NAMES:
         method = getattr(agent_tools, name)
@@ -563,8 +570,7 @@ def build_server(agent: str) -> FederationServer:
                                   annotations=method._mcp_hints, structured_output=True)
         tool.parameters["additionalProperties"] = False
         tools.append(tool)
-    return FederationServer(agent_tools.agent, tools, name="federation", title=f"federation ({agent})",
-                            instructions=_instructions(agent_tools.agent), version=__version__)
+    return tools
 
 
 def serve(agent: str) -> None:
