@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _validate
-from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
+from .entities import DEAD_DIR, INBOX_DIR, LEASED_DIR, NODE_FILE_OF, SENT_KEYS_DIR, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
 from .errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked"]
@@ -67,6 +67,15 @@ class Tree:
 
     def inbox(self, agent: str) -> Path:
         return self._cached("inbox", agent, lambda: self.node(agent) / INBOX_DIR)
+
+    def leased(self, agent: str) -> Path:
+        return self._cached("leased", agent, lambda: self.node(agent) / LEASED_DIR)
+
+    def dead(self, agent: str) -> Path:
+        return self._cached("dead", agent, lambda: self.node(agent) / DEAD_DIR)
+
+    def sent_keys(self, agent: str) -> Path:
+        return self.node(agent) / SENT_KEYS_DIR
 
     def message_file(self, agent: str, message_id: str) -> Path:
         return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from . import _validate, config
 from ._files import Tree, atomic_write_json, locked, read_json, remove
-from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
+from .entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
                        check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
@@ -115,6 +116,177 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
                     if name == f"{msg['id']}.json":
                         remove(inbox / name)
         return messages
+
+
+# ---------------------------------------------------------------------------
+# delivery with leases and acknowledgements (issue 19; the layout: docs/delivery.md)
+#
+# A received message moves from inbox/ to leased/ by one rename (the claim:
+# legacy readers of inbox/ never see it again), then its file is rewritten
+# with "attempt" and "lease_until".  Everything happens under the inbox lock,
+# which legacy claims take too.  A lease lives in the file, so it survives the
+# process that took it: the next receive takes back an expired one, or moves
+# it to dead/ once it was delivered max_attempts times.  An ack removes the
+# file, as a legacy claim does.  A path is built from a file's name, never
+# from its body.
+
+
+def _json_names(directory: Path) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.endswith(".json") and not n.startswith(".")]
+
+
+def _delivery_record(path: Path, agent: str) -> dict | None:
+    """A leased or dead message file: the message (its id is the file's name) and its delivery fields."""
+    data = read_json(path)
+    if data is None:
+        return None
+    record = MESSAGES.record(data, fallback={"recipient": agent})
+    record["id"] = path.name[:-5]
+    attempt = data.get("attempt")
+    record["attempt"] = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
+    for field in ("lease_until", "dead_at"):
+        value = data.get(field)
+        record[field] = value if isinstance(value, str) else None
+    return record
+
+
+def _delivery_body(record: dict, **fields: Any) -> dict:
+    return {**{f: record.get(f) for f in MESSAGE_FIELDS}, **{f: record.get(f) for f in DELIVERY_FIELDS}, **fields}
+
+
+def _public(record: dict, *fields: str) -> dict:
+    return {**{f: record.get(f) for f in MESSAGE_FIELDS}, **{f: record.get(f) for f in fields}}
+
+
+def _expired(record: dict, now: str) -> bool:
+    # a leased file without lease_until: its receive died between the rename and the rewrite
+    return record["lease_until"] is None or record["lease_until"] < now
+
+
+def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
+                ids: list[str] | None = None) -> list[dict]:
+    """Lease *agent*'s deliverable messages (all, or only *ids*), oldest first, until *lease_until*.
+
+    Deliverable: new (in inbox/) or leased before with the lease over (*now*
+    past it); a lease over after *max_attempts* deliveries moves the message to
+    dead/ instead.  Each message comes back with ``attempt`` and ``lease_until``.
+    """
+    t = tree()
+    wanted = None if ids is None else set(ids)
+    with locked(t, inbox_lock(agent)):
+        inbox, leased, dead = t.inbox(agent), t.leased(agent), t.dead(agent)
+        candidates: list[tuple[dict, bool]] = []  # (record, still in inbox/)
+        for name in _json_names(leased):
+            record = _delivery_record(leased / name, agent)
+            if record is None or not _expired(record, now):
+                continue
+            if record["attempt"] >= max_attempts:  # delivered max times, never acknowledged
+                atomic_write_json(dead / name, _delivery_body(record, dead_at=now))
+                remove(leased / name)
+                continue
+            candidates.append((record, False))
+        for name in _json_names(inbox):
+            if (leased / name).exists() or (dead / name).exists():
+                continue  # a copy already delivered: the inbox file is a leftover, not a new message
+            message = _message_from_file(inbox / name, agent)
+            if message is not None:
+                message["id"] = name[:-5]
+                candidates.append(({**message, "attempt": 0, "lease_until": None, "dead_at": None}, True))
+        candidates.sort(key=lambda c: (str(c[0].get("timestamp") or ""), str(c[0]["id"])))
+        if wanted is not None:
+            candidates = [c for c in candidates if c[0]["id"] in wanted]
+        elif limit is not None:
+            candidates = candidates[:limit]
+        if any(new for _, new in candidates):
+            leased.mkdir(parents=True, exist_ok=True)
+        out = []
+        for record, new in candidates:
+            name = f"{record['id']}.json"
+            if new:
+                try:
+                    os.rename(inbox / name, leased / name)  # the claim
+                except FileNotFoundError:  # gone since the listing (a reader that ignores the lock)
+                    continue
+            record = {**record, "attempt": record["attempt"] + 1, "lease_until": lease_until}
+            atomic_write_json(leased / name, _delivery_body(record, dead_at=None))
+            out.append(_public(record, "attempt", "lease_until"))
+        return out
+
+
+def ack_messages(agent: str, ids: list[str], read_at: str) -> list[str]:
+    """Acknowledge *agent*'s delivered messages among *ids* (leased or dead): their files are removed,
+    as a legacy claim removes a read message; the ids acknowledged now, in the order given."""
+    t = tree()
+    done = []
+    with locked(t, inbox_lock(agent)):
+        for message_id in dict.fromkeys(ids):
+            name = f"{_validate.ident(message_id, 'message id')}.json"
+            for folder in (t.leased(agent), t.dead(agent)):
+                record = _delivery_record(folder / name, agent)
+                if record is not None and remove(folder / name):
+                    done.append(message_id)
+                    _history.append(history_entry("received", record))
+                    break
+    return done
+
+
+def load_dead_letters(agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
+    """Messages delivered *max_attempts* times, never acknowledged (in dead/, or leased with the last lease over)."""
+    t = tree()
+    out = []
+    for name in [agent] if agent is not None else _agents():
+        if not _validate.is_agent(name):
+            continue
+        for file in _json_names(t.dead(name)):
+            record = _delivery_record(t.dead(name) / file, name)
+            if record is not None:
+                out.append(record)
+        for file in _json_names(t.leased(name)):
+            record = _delivery_record(t.leased(name) / file, name)
+            if (record is not None and record["lease_until"] is not None and record["lease_until"] < now
+                    and record["attempt"] >= max_attempts):
+                out.append({**record, "dead_at": record["lease_until"]})
+    return [_public(r, *DELIVERY_FIELDS) for r in _order(out)]
+
+
+def _key_file(sender: str, key: str) -> Path:
+    # the key is the sender's text: hashed, never a path of its own
+    return tree().sent_keys(sender) / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
+
+
+def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
+    """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
+    then nothing is written and the ids of the first send are returned.
+
+    Under the sender's key lock: the messages first, then the key's file
+    (``nodes/{sender}/sent_keys/``); a crash between the two can at worst let
+    a retry deliver again (at least once), never lose the message.
+    """
+    if not messages:
+        return []
+    sender = messages[0]["sender"]
+    t = tree()
+    with locked(t, keys_lock(sender)):
+        path = _key_file(sender, key)
+        data = read_json(path)
+        if data is not None and data.get("key") == key and isinstance(data.get("ids"), list):
+            return [str(i) for i in data["ids"]]
+        for message in messages:
+            atomic_write_json(t.message_file(message["recipient"], message["id"]),
+                              {field: message.get(field) for field in MESSAGE_FIELDS})
+        ids = [m["id"] for m in messages]
+        atomic_write_json(path, {"sender": sender, "key": key, "ids": ids,
+                                 "recipients": [m["recipient"] for m in messages],
+                                 "created_at": messages[0]["timestamp"]})
+        return ids
+
+
+def keys_lock(sender: str) -> str:
+    return f"keys-{_validate.agent(sender)}"
 
 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost
@@ -554,6 +726,22 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "claim_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
                         mirror=lambda result, args, kwargs: (
                             args[:1], {**kwargs, "ids": [m["id"] for m in result]})),
+    # delivery (issue 19): the other side leases exactly what the authoritative side leased
+    "lease_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
+                        mirror=lambda result, args, kwargs: (
+                            args[:1], {**dict(zip(("lease_until", "now", "limit", "max_attempts"), args[1:5])),
+                                       **kwargs, "ids": [m["id"] for m in result], "limit": None})),
+    "ack_messages": dict(entity="messages", lock=_agent_lock(inbox_lock), key=_first_arg),
+    "load_dead_letters": dict(entity="messages", records="id"),
+    # an idempotent send: the other side writes only what the authoritative side wrote (nothing when the key
+    # was used); the recipients' inbox locks and the sender's key lock, in name order
+    "save_keyed_messages": dict(
+        entity="messages",
+        lock=lambda ms, key, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms} | (
+            {keys_lock(ms[0]["sender"])} if ms else set())),
+        key=lambda ms, key, *a, **k: f"{ms[0]['sender'] if ms else ''}:{key}",
+        mirror=lambda result, args, kwargs: (
+            ([m for m in args[0] if m["id"] in set(result)], *args[1:]), kwargs)),
     "save_history": dict(entity="message_history", files=False),
     "load_history": dict(entity="message_history", files=False),
     # context, expertise, profiles

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CONTRACT_TOOLS = {
     "send_message", "check_inbox", "peek_inbox", "get_history", "sent_messages", "pulse", "broadcast",
+    "receive", "ack",
     "set_context", "get_context", "heartbeat", "list_agents",
     "set_expertise", "get_expertise", "find_experts",
     "set_profile", "get_profile",
