@@ -46,6 +46,10 @@ MCP_PATH = "/mcp"
 DEFAULT_PORT = 8765
 #: How many ``pulse(wait=...)`` calls of one agent may wait at once; one more is a tool error.
 MAX_WAITING_PER_AGENT = 4
+#: How many ``pulse(wait=...)`` calls may wait at once in the whole server: each holds a worker thread.
+MAX_WAITING_TOTAL = 64
+#: Worker threads for tool calls: every waiting pulse may hold one, and the other calls keep this many more.
+THREADS_BESIDE_WAITING = 40
 #: What a request's scope carries once the gate authenticated it.
 AGENT_KEY = "federation.agent"
 #: Longest uvicorn waits for requests in flight (a waiting pulse) when asked to stop.
@@ -155,6 +159,7 @@ class HttpFederationServer(MCPServer):
         super().__init__(tools=agent_tools_list(AgentTools("agent")), **kwargs)
         self._servers: dict[str, FederationServer] = {}
         self._waiting: dict[str, int] = {}
+        self._threads_sized = False
 
     def _server_for(self, agent: str) -> FederationServer:
         server = self._servers.get(agent)
@@ -174,16 +179,34 @@ class HttpFederationServer(MCPServer):
             log.info("tool_refused", tool=name, agent=agent, error="too_many_waiting")
             raise ToolError(f"refused: {MAX_WAITING_PER_AGENT} pulse calls with wait are already waiting for "
                             f"agent {agent!r}; call pulse again when one of them returns")
-        self._waiting[agent] = self._waiting.get(agent, 0) + 1  # the event loop's thread only: no lock needed
+        if sum(self._waiting.values()) >= MAX_WAITING_TOTAL:
+            log.warning("tool_refused", tool=name, agent=agent, error="server_waiting_full")
+            raise ToolError(f"busy, try again shortly: {MAX_WAITING_TOTAL} pulse calls are "
+                            "already waiting on this server; call pulse without wait, or with wait a little later")
+        self._size_threads()
+        # the event loop's thread only touches the counts: no lock needed
+        self._waiting[agent] = self._waiting.get(agent, 0) + 1
         try:
             return await server.call_tool(name, arguments, context)
         finally:
             self._waiting[agent] -= 1
 
+    def _size_threads(self) -> None:
+        """Enough worker threads that waiting pulses never starve the other calls (anyio's default is 40)."""
+        if not self._threads_sized:
+            import anyio.to_thread
+
+            limiter = anyio.to_thread.current_default_thread_limiter()
+            limiter.total_tokens = max(limiter.total_tokens, MAX_WAITING_TOTAL + THREADS_BESIDE_WAITING)
+            self._threads_sized = True
+
 
 def _waits(arguments: dict[str, Any]) -> bool:
-    wait = arguments.get("wait")
-    return isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0
+    """Whether this pulse may wait (counted as the tool will read it: "5" is 5 seconds to pydantic)."""
+    try:
+        return float(arguments.get("wait") or 0) > 0
+    except (TypeError, ValueError):
+        return False  # the tool refuses it
 
 
 def _request_agent(context: Any) -> str | None:

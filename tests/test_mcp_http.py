@@ -283,6 +283,53 @@ def test_twelve_agents_at_once_each_doing_ten_calls(fed):
     assert governance.get_poll(poll)["votes"] == {n: "a" if i % 2 else "b" for i, n in enumerate(names)}
 
 
+def test_pulse_wait_returns_soon_after_a_send_and_waiting_calls_are_bounded(fed):
+    """bob's pulse(wait=20) returns within a couple of seconds of alice's send, with the message; while
+    4 of bob's pulses wait, a 5th is a tool error (others' calls go on); when they return, bob may wait again."""
+    from federation.mcp_http import MAX_WAITING_PER_AGENT
+
+    t = tokens(fed, "alice", "bob", "carol")
+    with HttpServer(fed) as server:
+        async def scenario():
+            async with http_agent(server.url, t["alice"], "alice") as alice, \
+                    http_agent(server.url, t["bob"], "bob") as bob:
+                got: dict = {}
+
+                async def waiting():
+                    started = time.monotonic()
+                    got["result"] = await bob.ok("pulse", wait=20)
+                    got["returned"] = time.monotonic()
+                    got["waited"] = got["returned"] - started
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(waiting)
+                        await anyio.sleep(1.5)  # bob is waiting now
+                        assert "result" not in got
+                        sent_at = time.monotonic()
+                        sent = await alice.ok("send_message", recipient="bob", content="wake up")
+                assert [m["id"] for m in got["result"]["messages"]] == [sent["message_id"]]
+                assert got["returned"] - sent_at < 2.5, got["returned"] - sent_at
+                assert got["waited"] >= 1.4
+
+                # the bound: MAX_WAITING_PER_AGENT of bob's pulses wait; one more is refused at once
+                async with http_agent(server.url, t["bob"], "bob") as bob2, \
+                        http_agent(server.url, t["carol"], "carol") as carol:
+                    with anyio.fail_after(60):
+                        async with anyio.create_task_group() as tg:
+                            for _ in range(MAX_WAITING_PER_AGENT):
+                                tg.start_soon(lambda: bob.session.call_tool("pulse", {"wait": 6}))
+                            await anyio.sleep(2.0)
+                            started = time.monotonic()
+                            refused = await bob2.error("pulse", wait=6)
+                            assert "already waiting" in refused and time.monotonic() - started < 2
+                            assert (await carol.ok("pulse", wait=1))["agent"] == "carol"  # others unaffected
+                            assert (await bob2.ok("pulse"))["agent"] == "bob"  # without wait: served
+                    assert (await bob2.ok("pulse", wait=0.5))["messages"] == []  # free again
+
+        anyio.run(scenario)
+
+
 # -- the fleet, the flag, the stop --------------------------------------------------------------------
 
 @pytest.mark.sqlite_only
