@@ -156,7 +156,8 @@ class HttpFederationServer(MCPServer):
 
     def __init__(self, **kwargs: Any):
         # tools/list is the same for every agent: a template agent's tools answer it, never a call
-        super().__init__(tools=agent_tools_list(AgentTools("agent")), **kwargs)
+        self._template = agent_tools_list(AgentTools("agent"))
+        super().__init__(tools=self._template, **kwargs)
         self._servers: dict[str, FederationServer] = {}
         self._waiting: dict[str, int] = {}
         self._threads_sized = False
@@ -164,7 +165,7 @@ class HttpFederationServer(MCPServer):
     def _server_for(self, agent: str) -> FederationServer:
         server = self._servers.get(agent)
         if server is None:
-            server = self._servers[agent] = build_server(agent)
+            server = self._servers[agent] = build_server(agent, like=self._template)
             log.info("http_agent_first_call", agent=agent)
         return server
 
