@@ -252,9 +252,13 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                            "before agents on other hosts use it")
     rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
     in_effect = rollout.phase_in_effect()
+    with_tokens = len(registry.agents())
     log.info("mcp_http_started", url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
              engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES), tokens_file=str(registry.path),
-             agents_with_tokens=len(registry.agents()))
+             agents_with_tokens=with_tokens)
+    if not with_tokens and registry.problem is None:  # (an unreadable file was logged as such)
+        log.warning("mcp_http_no_tokens", tokens_file=str(registry.path),
+                    detail="no agent has a token yet, so every request is refused: `federation agents add NAME`")
     if on_listening is not None:
         on_listening(url)
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None,
