@@ -4,7 +4,8 @@
 Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
 ``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
 per engine, transport and N: calls/s over the whole run and p50/p99 per call in ms (every call of
-every agent).  The clients all run in this process (one event loop), beside the server(s): on a small
+every agent), and the CPU per call of the clients (this process) and of the HTTP server.  The
+clients all run in this process (one event loop), beside the server(s): on a small
 machine they compete for the same cores, so compare the two transports of one run, not runs.
 Target: HTTP p99 under 50 ms at 64 agents.
 
@@ -82,14 +83,20 @@ async def open_stdio(stack: AsyncExitStack, agent: str, errlog):
     return session
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process *pid* so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, tokens: dict[str, str],
-               work: Path) -> tuple[float, list[float], dict[str, list[float]]]:
-    """(wall seconds of the timed part, every call's seconds, seconds per tool)."""
+               work: Path, server_pid: int | None = None) -> tuple[float, list[float], dict[str, float]]:
+    """(wall seconds of the timed part, every call's seconds, CPU seconds of the client and the server)."""
     import anyio
 
     names = [f"agent-{i:03d}" for i in range(n)]
     samples: list[float] = []
-    per_tool: dict[str, list[float]] = {t: [] for t in TOOLS}
+    cpu: dict[str, float] = {}
 
     async def agent_loop(i: int, session) -> None:
         me, nxt = names[i], names[(i + 1) % n]
@@ -102,7 +109,6 @@ def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, 
                 if result.is_error:
                     raise SystemExit(f"{tool} failed for {me}: {result.content}")
                 samples.append(took)
-                per_tool[tool].append(took)
 
     async def main() -> float:
         with open(work / f"stdio-{transport}-{n}.stderr", "w") as errlog:
@@ -113,14 +119,18 @@ def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, 
                                     else await open_stdio(stack, name, errlog))
                 for session in sessions:  # warm-up: each agent's first call (an HTTP server builds its tools)
                     await session.call_tool("heartbeat", {})
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
+                s0 = cpu_seconds(server_pid) if server_pid else 0.0
                 async with anyio.create_task_group() as tg:
                     for i, session in enumerate(sessions):
                         tg.start_soon(agent_loop, i, session)
+                cpu["client"] = time.process_time() - c0
+                if server_pid:
+                    cpu["server"] = cpu_seconds(server_pid) - s0
                 return time.perf_counter() - t0
 
     wall = anyio.run(main)
-    return wall, samples, per_tool
+    return wall, samples, cpu
 
 
 def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int, stdio_max: int) -> list[tuple]:
@@ -136,14 +146,16 @@ def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int
             poll = governance.create_poll(names[0], "Which?", ["a", "b"])
             proc, url = start_http(root.parent / f"{root.name}-http.stderr")
             try:
-                wall, samples, _ = run_agents("http", n, rounds, poll, url, tokens, root.parent)
+                wall, samples, cpu = run_agents("http", n, rounds, poll, url, tokens, root.parent, proc.pid)
             finally:
                 proc.terminate()
                 proc.wait(30)
-            rows.append((engine, "http", n, len(samples) / wall, *percentiles(samples)))
+            rows.append((engine, "http", n, len(samples) / wall, *percentiles(samples),
+                         cpu["client"] / len(samples) * 1e3, cpu["server"] / len(samples) * 1e3))
             if n <= stdio_max:
-                wall, samples, _ = run_agents("stdio", n, rounds, poll, None, tokens, root.parent)
-                rows.append((engine, "stdio", n, len(samples) / wall, *percentiles(samples)))
+                wall, samples, cpu = run_agents("stdio", n, rounds, poll, None, tokens, root.parent)
+                rows.append((engine, "stdio", n, len(samples) / wall, *percentiles(samples),
+                             cpu["client"] / len(samples) * 1e3, None))
             print_row(rows[-2] if n <= stdio_max else rows[-1])
             if n <= stdio_max:
                 print_row(rows[-1])
@@ -163,8 +175,10 @@ def _reset_pg(url: str) -> None:
 
 
 def print_row(row: tuple) -> None:
-    engine, transport, n, rate, p50, p99 = row
-    print(f"  {engine:10} {transport:6} {n:4d} {rate:9.0f} {p50:8.1f} {p99:8.1f}", flush=True)
+    engine, transport, n, rate, p50, p99, client_ms, server_ms = row
+    server = "-" if server_ms is None else f"{server_ms:.1f}"
+    print(f"  {engine:10} {transport:6} {n:4d} {rate:9.0f} {p50:8.1f} {p99:8.1f} {client_ms:10.1f} {server:>10}",
+          flush=True)
 
 
 def main() -> None:
@@ -177,7 +191,8 @@ def main() -> None:
     ap.add_argument("--pg-url", help="PostgreSQL database to use (default: a throwaway server)")
     args = ap.parse_args()
     print(f"{len(args.agents)} sizes x {args.rounds} rounds of pulse+send_message+vote per agent, phase 4")
-    print(f"  {'engine':10} {'via':6} {'N':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"  {'engine':10} {'via':6} {'N':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'client CPU':>10} "
+          f"{'server CPU':>10}  (CPU: ms per call)")
     rows = []
     if "sqlite" in args.engines:
         rows += bench_engine("SQLite", None, args.agents, args.rounds, args.stdio_max)
@@ -194,7 +209,7 @@ def main() -> None:
         finally:
             if server is not None:
                 server.destroy()
-    by = {(e, t, n): (rate, p99) for e, t, n, rate, _p50, p99 in rows}
+    by = {(e, t, n): (rate, p99) for e, t, n, rate, _p50, p99, *_cpu in rows}
     for (engine, transport, n), (rate, p99) in sorted(by.items()):
         if transport == "http" and (engine, "stdio", n) in by:
             s_rate, s_p99 = by[(engine, "stdio", n)]
