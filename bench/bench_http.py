@@ -4,7 +4,7 @@
 Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
 ``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
 per engine, transport and N: calls/s over the whole run and p50/p99 per call in ms (every call of
-every agent), and the CPU per call of the clients (this process) and of the HTTP server.  The
+every agent), and the CPU per call of the clients (this process) and of the server(s) (its child processes).  The
 clients all run in this process (one event loop), beside the server(s): on a small
 machine they compete for the same cores, so compare the two transports of one run, not runs.
 Target: HTTP p99 under 50 ms at 64 agents.
@@ -89,8 +89,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's child processes (the servers), alive now."""
+    total = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(pid))
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, tokens: dict[str, str],
-               work: Path, server_pid: int | None = None) -> tuple[float, list[float], dict[str, float]]:
+               work: Path) -> tuple[float, list[float], dict[str, float]]:
     """(wall seconds of the timed part, every call's seconds, CPU seconds of the client and the server)."""
     import anyio
 
@@ -120,13 +132,12 @@ def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, 
                 for session in sessions:  # warm-up: each agent's first call (an HTTP server builds its tools)
                     await session.call_tool("heartbeat", {})
                 t0, c0 = time.perf_counter(), time.process_time()
-                s0 = cpu_seconds(server_pid) if server_pid else 0.0
+                s0 = children_cpu_seconds()
                 async with anyio.create_task_group() as tg:
                     for i, session in enumerate(sessions):
                         tg.start_soon(agent_loop, i, session)
                 cpu["client"] = time.process_time() - c0
-                if server_pid:
-                    cpu["server"] = cpu_seconds(server_pid) - s0
+                cpu["server"] = children_cpu_seconds() - s0
                 return time.perf_counter() - t0
 
     wall = anyio.run(main)
@@ -146,7 +157,7 @@ def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int
             poll = governance.create_poll(names[0], "Which?", ["a", "b"])
             proc, url = start_http(root.parent / f"{root.name}-http.stderr")
             try:
-                wall, samples, cpu = run_agents("http", n, rounds, poll, url, tokens, root.parent, proc.pid)
+                wall, samples, cpu = run_agents("http", n, rounds, poll, url, tokens, root.parent)
             finally:
                 proc.terminate()
                 proc.wait(30)
@@ -155,7 +166,7 @@ def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int
             if n <= stdio_max:
                 wall, samples, cpu = run_agents("stdio", n, rounds, poll, None, tokens, root.parent)
                 rows.append((engine, "stdio", n, len(samples) / wall, *percentiles(samples),
-                             cpu["client"] / len(samples) * 1e3, None))
+                             cpu["client"] / len(samples) * 1e3, cpu["server"] / len(samples) * 1e3))
             print_row(rows[-2] if n <= stdio_max else rows[-1])
             if n <= stdio_max:
                 print_row(rows[-1])
