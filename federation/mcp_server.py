@@ -606,12 +606,26 @@ def _instructions(agent: str) -> str:
     )
 
 
-def build_server(agent: str) -> FederationServer:
-    """The MCP server of *agent*, with one tool per CONTRACT operation.
+def build_server(agent: str, like: list[Tool] | None = None) -> FederationServer:
+    """The MCP server of *agent*, with one tool per CONTRACT operation (*like*: see :func:`agent_tools_list`).
 
     Raises :class:`ValidationError` for an invalid agent name.
     """
     agent_tools = AgentTools(agent)
+    return FederationServer(agent_tools.agent, agent_tools_list(agent_tools, like), name="federation",
+                            title=f"federation ({agent})", instructions=_instructions(agent_tools.agent),
+                            version=__version__)
+
+
+def agent_tools_list(agent_tools: AgentTools, like: list[Tool] | None = None) -> list[Tool]:
+    """One MCP tool per CONTRACT operation, each acting as ``agent_tools.agent`` (stdio and HTTP share them).
+
+    *like*: the tools of another agent, copied with this agent's functions -- the schemas and argument
+    models are the same for every agent, and building them is what costs (the HTTP server, per agent).
+    """
+    if like is not None:
+        return [tool.model_copy(update={"fn": _guarded(tool.name, getattr(agent_tools, tool.name),
+                                                       agent_tools.agent)}) for tool in like]
     tools = []
     for name in TOOL_NAMES:
         method = getattr(agent_tools, name)
@@ -620,8 +634,7 @@ def build_server(agent: str) -> FederationServer:
                                   annotations=method._mcp_hints, structured_output=True)
         tool.parameters["additionalProperties"] = False
         tools.append(tool)
-    return FederationServer(agent_tools.agent, tools, name="federation", title=f"federation ({agent})",
-                            instructions=_instructions(agent_tools.agent), version=__version__)
+    return tools
 
 
 def serve(agent: str) -> None:
