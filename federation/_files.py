@@ -13,8 +13,11 @@ import fcntl
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+from shim import library_logger
 
 from . import _validate
 from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
@@ -238,7 +241,7 @@ def read_json(path: Path, expect: type = dict, default: Any = None) -> Any:
     try:
         data = parse_json_bytes(raw)
     except ValueError as exc:
-        raise CorruptFileError(path, str(exc)) from None
+        data = _reread_torn(path, str(exc), default)
     if not isinstance(data, expect):
         raise CorruptFileError(path, f"expected a JSON {expect.__name__}, found {type(data).__name__}")
     return data
@@ -254,3 +257,49 @@ def remove(path: Path) -> bool:
         if exc.errno == errno.EISDIR:
             return False
         raise FileStorageError.wrap(exc, path, "remove") from exc
+
+
+# ---------------------------------------------------------------------------
+# torn files: a legacy writer that is not run through the shim writes in place
+# (``write_text``), so a reader may see its file empty or cut short for a moment.
+
+log = library_logger("federation.files")
+
+#: pauses between re-reads of a file that did not parse (about 0.2 s in all): long enough
+#: for a writer of a few hundred kilobytes to finish, short enough for a really corrupt file
+TORN_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+#: what this process saw: files re-read until they parsed, and files still unreadable after the re-reads
+torn_reads = {"recovered": 0, "unreadable": 0}
+
+
+def note_torn(what: str, *, recovered: bool, error: object = None) -> None:
+    """Count (and log) a torn legacy file: seen, then recovered by re-reading or still unreadable."""
+    torn_reads["recovered" if recovered else "unreadable"] += 1
+    if recovered:
+        log.warning("legacy_file_torn", file=what, outcome="recovered", seen=dict(torn_reads),
+                    detail="a writer outside the shim wrote it in place; every writer must run through the shim")
+    else:
+        log.warning("legacy_file_torn", file=what, outcome="unreadable", error=str(error))
+
+
+def _reread_torn(path: Path, reason: str, default: Any) -> Any:
+    """Re-read *path* briefly; its data once it parses, else :class:`CorruptFileError` (counted either way)."""
+    for pause in TORN_PAUSES:
+        time.sleep(pause)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return default
+        except OSError:
+            break
+        try:
+            data = parse_json_bytes(raw)
+        except ValueError as exc:
+            reason = str(exc)
+            continue
+        note_torn(str(path), recovered=True)
+        return data
+    note_torn(str(path), recovered=False, error=reason)
+    raise CorruptFileError(path, reason)

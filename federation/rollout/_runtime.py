@@ -57,6 +57,7 @@ class Runtime:
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
+        self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
@@ -237,6 +238,8 @@ class Runtime:
         doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "phase": self._mode[0],
                "source": self.source, "sample": self._mode[1], "version": _version(),
                "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow())}
+        if self.adopted:
+            doc["adopted"] = list(self.adopted)
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
@@ -316,6 +319,20 @@ class Runtime:
         """Name the agent this process serves (the MCP server) and announce it at once."""
         self.agent = agent
         self.mode()
+        self._wake.set()
+
+    def announce_adopted(self, module: str, adopted: bool = True) -> None:
+        """Say that this process runs *module* adopted with :mod:`federation.adopt` (or no longer does)."""
+        with self._lock:
+            if adopted and module not in self.adopted:
+                self.adopted.append(module)
+            elif not adopted and module in self.adopted:
+                self.adopted.remove(module)
+        try:
+            self.mode()  # resolve now: the process joins the fleet before its first call
+        except Exception as exc:  # noqa: BLE001 - a bad setting is said by the first call, not by an import
+            log.warning("rollout_announce_deferred", error=f"{type(exc).__name__}: {exc}")
+            return
         self._wake.set()
 
     def at_exit(self) -> None:
