@@ -334,6 +334,9 @@ class _Call:
         self.decl = plan.decl
 
     def run(self) -> Any:
+        # the store first, as for the project's own code: the schema exists before either side writes, so a
+        # new federation's database is known to need no backfill (its files come later)
+        self._store = None if self.phase is Phase.FILES_ONLY else candidate(int(self.phase))
         if isinstance(self.decl, Load):
             return self.load()
         if isinstance(self.decl, Claim):
@@ -352,7 +355,7 @@ class _Call:
         return core.tree()
 
     def store(self) -> Any:
-        return candidate(int(self.phase))
+        return self._store
 
     def sampled(self) -> bool:
         return self.sample >= 1.0 or (self.sample > 0.0 and random.random() < self.sample)
