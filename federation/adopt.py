@@ -43,6 +43,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import marshal
 import os
 import random
 import threading
@@ -169,6 +170,14 @@ def _db_load(store: Any, entity: str, owner: str | None) -> Any:
     return method(owner)
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON document (marshal: ten times faster than copy.deepcopy on a polls.json)."""
+    try:
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:  # a type marshal does not know: the general copy
+        return copy.deepcopy(value)
+
+
 # ---------------------------------------------------------------------------
 # installing
 
@@ -205,7 +214,7 @@ class _Adoption:
         bases = getattr(self._bases, "docs", None)
         if bases is None:
             bases = self._bases.docs = {}
-        bases[document] = copy.deepcopy(value)
+        bases[document] = _copy(value)
         self._last_base[document] = bases[document]
 
     def _wrapper(self, plan: "_Plan") -> Callable:
@@ -372,7 +381,8 @@ class _Call:
             return self.wrapped(*self.args, **self.kwargs)
         failed: ValueError | None = None
         for pause in (0.0, *_files.TORN_PAUSES):
-            time.sleep(pause)
+            if pause:  # never sleep(0): on a loaded machine it gives the core away for a whole time slice
+                time.sleep(pause)
             try:
                 value = self.wrapped(*self.args, **self.kwargs)
             except ValueError as exc:  # json.JSONDecodeError: a file caught mid-write (or really corrupt)
@@ -423,7 +433,7 @@ class _Call:
         if not self.plan.kind.keyed:
             self.a.remember(entity, value)
         if into:
-            setattr(self.a.module, into, copy.deepcopy(value))  # after the shadow read, which set it from the files
+            setattr(self.a.module, into, _copy(value))  # after the shadow read, which set it from the files
             return getattr(self.a.module, into)
         return value
 
@@ -438,7 +448,7 @@ class _Call:
 
         def files_side() -> Any:
             current = _files.read_json(self.tree.polls_file, dict, {})
-            merged = patch(current, changes)
+            merged = patch(current, changes, in_place=True)  # just read: no one else holds it
             setattr(self.a.module, source, merged)  # what the adopter's function writes: theirs, merged
             try:
                 return self.wrapped(*self.args, **self.kwargs)
@@ -451,7 +461,7 @@ class _Call:
             store = self.store()
 
             def db_side() -> None:
-                store.atomic(lambda: store.save_polls(patch(store.load_polls(), changes)))
+                store.atomic(lambda: store.save_polls(patch(store.load_polls(), changes, in_place=True)))
 
             sides = {FILES: files_side, DB: db_side}
             first = Outcome.run(self.phase.authority, sides[self.phase.authority], (), {}, catch=False)
@@ -504,7 +514,7 @@ class _Call:
             changes = delta(old, _files.read_json(path, dict, {}))
             if changes:
                 store = self.store()
-                store.atomic(lambda: store.save_polls(patch(store.load_polls(), changes)))
+                store.atomic(lambda: store.save_polls(patch(store.load_polls(), changes, in_place=True)))
 
         return self.written(before, to_db)
 
