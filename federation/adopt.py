@@ -285,8 +285,9 @@ class _Plan:
             signature = None
         if kind.keyed:
             if decl.key is None:
+                owner = {"message": "recipient", "session": "session id"}.get(decl.entity, "agent")
                 raise DeclarationError(f"{where}: {verb}({decl.entity!r}) needs key=: the parameter naming "
-                                       f"the {'recipient' if decl.entity == 'message' else decl.entity}'s owner")
+                                       f"the {owner}")
             if signature is not None and decl.key not in signature.parameters:
                 raise DeclarationError(f"{where}: key={decl.key!r} is not a parameter of {fname}"
                                        f"{signature}")

@@ -417,3 +417,85 @@ def test_generic_shim_refuses_a_zero_argument_whole_document_save():
         assert mod.state == {}
     finally:
         shim.uninstall(mod)
+
+
+_OTHER_CORE = '''
+import json
+from pathlib import Path
+
+ROOT = Path(".")
+
+
+def _write(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def _read(path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_profile(agent):
+    return _read(ROOT / "nodes" / agent / "profile.json")
+
+
+def save_profile(agent, role, traits):
+    _write(ROOT / "nodes" / agent / "profile.json",
+           {"agent": agent, "default_role": role, "traits": traits, "updated_at": "2026-01-02T03:04:05"})
+
+
+def load_expertise(agent):
+    return _read(ROOT / "nodes" / agent / "expertise.json")
+
+
+def set_expertise(agent, domains):
+    _write(ROOT / "nodes" / agent / "expertise.json",
+           {"agent": agent, "domains": domains, "updated_at": "2026-01-02T03:04:05"})
+
+
+def load_session(session_id):
+    return _read(ROOT / "shared" / "sessions" / f"{session_id}.json")
+
+
+def start_session(session_id, title, lead):
+    _write(ROOT / "shared" / "sessions" / f"{session_id}.json",
+           {"id": session_id, "title": title, "description": None, "lead": lead, "phase": "planning",
+            "created_at": "2026-01-02T03:04:05", "updated_at": None,
+            "roles": {lead: {"role": "lead", "subtask": None, "assigned_at": "2026-01-02T03:04:05"}},
+            "artifacts": {}, "reviews": {}})
+'''
+
+
+@pytest.mark.parametrize("phase", [2, 3])
+def test_profile_expertise_and_session_documents(fed, tmp_path, monkeypatch, phase):
+    """Save (what the function wrote) and Load of profile, expertise and session reach both sides equal."""
+    (tmp_path / "other_core.py").write_text(_OTHER_CORE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("other_core", None)
+    module = importlib.import_module("other_core")
+    module.ROOT = fed.root
+    adopt.install(module, {
+        "load_profile": adopt.Load("profile", key="agent"), "save_profile": adopt.Save("profile", key="agent"),
+        "load_expertise": adopt.Load("expertise", key="agent"),
+        "set_expertise": adopt.Save("expertise", key="agent"),
+        "load_session": adopt.Load("session", key="session_id"),
+        "start_session": adopt.Save("session", key="session_id"),
+    })
+    try:
+        fed.phase(phase)
+        module.save_profile("bob", "reviewer", {"careful": True})
+        module.set_expertise("bob", ["sql", "python"])
+        module.start_session("s-1", "Ship it", "bob")
+        store = fed.store()
+        assert store.load_profile("bob") == module.load_profile("bob")
+        assert store.load_expertise("bob") == {**module.load_expertise("bob"), "domains": ["python", "sql"]}
+        assert store.load_session("s-1")["roles"] == module.load_session("s-1")["roles"]
+        module.set_expertise("bob", ["go"])             # a set replaced as a whole
+        assert store.load_expertise("bob")["domains"] == ["go"]
+        with structlog.testing.capture_logs() as logs:
+            module.load_profile("bob"), module.load_expertise("bob"), module.load_session("s-1")
+        assert _events(logs, "shadow_mismatch") == [] and _events(logs, "shadow_error") == []
+        assert build_report().consistent
+    finally:
+        adopt.uninstall(module)
+        sys.modules.pop("other_core", None)
