@@ -339,7 +339,8 @@ class _Call:
 
     def __init__(self, adoption: _Adoption, plan: _Plan, wrapped: Callable, args: tuple, kwargs: dict,
                  owner: str | None, mode: tuple[Phase, float]):
-        self.a, self.plan, self.wrapped, self.args, self.kwargs, self.owner = adoption, plan, wrapped, args, kwargs, owner
+        self.a, self.plan, self.wrapped, self.owner = adoption, plan, wrapped, owner
+        self.args, self.kwargs = args, kwargs
         self.phase, self.sample = mode
         self.decl = plan.decl
 
@@ -410,10 +411,9 @@ class _Call:
         if self.phase is Phase.FILES_ONLY or self.phase is Phase.FILES_THEN_DB:
             t0 = time.perf_counter()
             returned, doc = self.files_value()
-            files = Outcome(FILES, _legacy_view(entity, self.owner, doc), seconds=time.perf_counter() - t0)
             if self.phase is Phase.FILES_THEN_DB and self.sampled():
-                store = self.store()
-                self.publish(files, Outcome.run(DB, _db_load, (store, entity, self.owner), {}, catch=True),
+                files = Outcome(FILES, _legacy_view(entity, self.owner, doc), seconds=time.perf_counter() - t0)
+                self.publish(files, Outcome.run(DB, _db_load, (self.store(), entity, self.owner), {}, catch=True),
                              compare=True)
             if not self.plan.kind.keyed:
                 self.a.remember(entity, doc)

@@ -23,7 +23,8 @@ from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, 
 from ._log import library_logger
 
 __all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "Phase", "Observation",
-           "Outcome", "Mismatch", "SpecError", "normalize", "field_diff", "delta", "patch", "FILES", "DB", "library_logger"]
+           "Outcome", "Mismatch", "SpecError", "normalize", "field_diff", "delta", "patch", "FILES", "DB",
+           "library_logger"]
 
 _installed: dict[str, Experiment] = {}
 

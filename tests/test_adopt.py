@@ -14,8 +14,7 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-import shim
-from federation import _files, adopt, config, rollout
+from federation import _files, adopt, rollout
 from federation.cli import main as cli
 from federation.errors import StorageError
 from federation.report import build_report
@@ -33,6 +32,14 @@ FAST = {"FEDERATION_FLAG_CHECK": "0.2", "FEDERATION_FLEET_REFRESH": "0.5", "FEDE
 
 def _events(logs, name):
     return [e for e in logs if e["event"] == name]
+
+
+@pytest.fixture(autouse=True)
+def _process_counts_restored():
+    """This process's torn-file counts are announced in the fleet: leave them as found for other test modules."""
+    saved = dict(_files.torn_reads)
+    yield
+    _files.torn_reads.update(saved)
 
 
 @pytest.fixture
@@ -375,48 +382,13 @@ while not os.path.exists({str(done)!r}):
         done.touch()
         writer.wait(timeout=30)
     assert _files.torn_reads["unreadable"] == before["unreadable"]
-    print("torn files re-read:", _files.torn_reads["recovered"] - before["recovered"])
-
-
-def test_generic_shim_refuses_a_zero_argument_whole_document_save():
-    """shim.install with document= on save_polls() (no parameter) is refused; a call with no document raises
-    shim.SpecError and writes nothing — never a bare StopIteration."""
-    import types
-
-    mod = types.ModuleType("zero_arg_core")
-    mod.state = {}
-    mod.load_polls = lambda: dict(mod.state)
-
-    def save_polls():
-        mod.state["written"] = True
-
-    mod.save_polls = save_polls
-
-    class Store:
-        def load_polls(self):
-            return {}
-
-        def save_polls(self, doc):
-            raise AssertionError("must not be written")
-
-    hooks = dict(candidate=lambda p: Store(), mode=lambda: (2, 1.0),
-                 spec={"load_polls": {"entity": "polls", "document": "polls"},
-                       "save_polls": {"entity": "polls", "document": "polls"}})
-    with pytest.raises(shim.SpecError, match=r"zero_arg_core\.save_polls: a whole-document save"):
-        shim.install(mod, **hooks)
-    assert shim.installed(mod) is None
-
-    def save_many(*docs):  # takes arguments, so install accepts it; a call with none is refused
-        mod.state["written"] = True
-
-    mod.save_polls = save_many
-    shim.install(mod, **hooks)
-    try:
-        with pytest.raises(shim.SpecError, match=r"save_polls\(\) was called with no argument"):
-            mod.save_polls()
-        assert mod.state == {}
-    finally:
-        shim.uninstall(mod)
+    recovered = _files.torn_reads["recovered"] - before["recovered"]
+    print("torn files re-read:", recovered)
+    if recovered:  # this process says so in the fleet, and `rollout status` warns of a writer outside the shim
+        rollout.RUNTIME.tick(announce_now=True)
+        [me] = [p for p in rollout.fleet() if p["pid"] == os.getpid()]
+        assert me["torn_reads"] >= recovered
+        assert "half-written" in CliRunner().invoke(cli, ["rollout", "status"]).output
 
 
 _OTHER_CORE = '''

@@ -47,6 +47,9 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
         adopted = doc.get("adopted")
         if isinstance(adopted, list) and adopted and all(isinstance(m, str) for m in adopted):
             entry["adopted"] = adopted  # modules run through federation.adopt (only when there are some)
+        torn = doc.get("torn_reads")
+        if isinstance(torn, int) and not isinstance(torn, bool) and torn > 0:
+            entry["torn_reads"] = torn  # legacy files it saw half-written (only when it saw some)
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out

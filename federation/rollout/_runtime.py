@@ -30,7 +30,7 @@ from typing import Any
 
 from shim import library_logger
 
-from .. import config
+from .. import _files, config
 from ..errors import ConfigError
 from . import _counts, _fleet, _flag, _io
 
@@ -240,6 +240,9 @@ class Runtime:
                "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow())}
         if self.adopted:
             doc["adopted"] = list(self.adopted)
+        torn = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
+        if torn:  # legacy files seen half-written: a writer outside the shim (status warns)
+            doc["torn_reads"] = torn
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
