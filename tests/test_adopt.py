@@ -336,7 +336,7 @@ while not os.path.exists(sys.argv[2]):
 
 
 @pytest.mark.sqlite_only
-def test_a_torn_file_is_reread_not_fatal(fed):
+def test_a_torn_file_is_reread_not_fatal(fed, monkeypatch):
     """A polls.json caught empty mid-write by a non-atomic writer is re-read until it parses, and counted."""
     from federation import governance
 
@@ -345,9 +345,22 @@ def test_a_torn_file_is_reread_not_fatal(fed):
     path = fed.root / "shared" / "polls.json"
     content = path.read_text()
     path.write_text("")                                # the writer has truncated it...
-    threading.Timer(0.02, lambda: path.write_text(content)).start()  # ...and writes it a moment later
+    seen_torn = threading.Event()
+    parse = _files.parse_json_bytes
+
+    def watched(raw: bytes):                           # the real parser, telling the writer when it failed
+        try:
+            return parse(raw)
+        except ValueError:
+            seen_torn.set()
+            raise
+
+    monkeypatch.setattr(_files, "parse_json_bytes", watched)
+    writer = threading.Thread(target=lambda: (seen_torn.wait(60), path.write_text(content)))
+    writer.start()                                     # ...and finishes writing once a reader has seen it torn
     before = dict(_files.torn_reads)
     assert governance.get_poll(pid)["question"] == "Torn?"
+    writer.join()
     assert _files.torn_reads["recovered"] == before["recovered"] + 1
 
 
