@@ -231,7 +231,7 @@ class _Adoption:
         return wrapper
 
 
-_warned_phase_4 = False
+_warned_phase_4 = False  # said once per process
 
 
 def _phase_of_call() -> tuple[Phase, float]:

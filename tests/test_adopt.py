@@ -484,3 +484,15 @@ def test_profile_expertise_and_session_documents(fed, tmp_path, monkeypatch, pha
     finally:
         adopt.uninstall(module)
         sys.modules.pop("other_core", None)
+
+
+def test_a_process_pinned_to_phase_4_keeps_phase_3_for_adopted_functions(fed, seed, monkeypatch):
+    """Adopted code is not run in phase 4: pinned there, its functions still write both sides, and say so once."""
+    monkeypatch.setattr(adopt, "_warned_phase_4", False)
+    fed.phase(4)
+    with structlog.testing.capture_logs() as logs:
+        poll_id = seed.create_poll("lead", "Four?", ["yes", "no"])
+        seed.vote(poll_id, "bob", "yes")
+    files, db = _both_sides(fed, poll_id)
+    assert files == db == {"bob": "yes"}
+    assert len(_events(logs, "adopt_phase_4_runs_as_3")) == 1
