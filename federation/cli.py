@@ -736,6 +736,12 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
                    "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
                    "live" if p["alive"] else "GONE") for p in fleet],
                  ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))
+    for p in fleet:
+        if p.get("adopted") and p["alive"]:
+            click.echo(f"adopted: {p['host']}:{p['pid']} runs {', '.join(p['adopted'])} through federation.adopt")
+        if p.get("torn_reads"):
+            click.echo(f"WARNING: {p['host']}:{p['pid']} saw {p['torn_reads']} legacy file(s) half-written: a process "
+                       "writes the files outside the shim (every writer must run through it before phase 2)")
     for four, files in control.unsafe_mix(fleet):
         click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
                    f"in phase {files['phase']}")

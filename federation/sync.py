@@ -372,3 +372,10 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             else:
                 put(path, doc, doc_id)
     return changes
+
+
+def repair_documents(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> list[Change]:
+    """In transaction *tx*: make the database rows of the legacy documents *docs* equal their rows *files*
+    (read by the caller under the documents' locks).  What ``sync --to db`` does for one document, and what
+    :mod:`federation.adopt` does after an adopted function wrote one."""
+    return _repair_db(tx, files, docs, stamp)[0]

@@ -49,6 +49,12 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
         entry = announcement(doc)
         seen = _io.parse_iso(entry["last_seen"])
         entry["alive"] = seen is not None and (now - seen).total_seconds() <= timeout and not _dead_here(doc)
+        adopted = doc.get("adopted")
+        if isinstance(adopted, list) and adopted and all(isinstance(m, str) for m in adopted):
+            entry["adopted"] = adopted  # modules run through federation.adopt (only when there are some)
+        torn = _io.count(doc.get("torn_reads"))
+        if torn:
+            entry["torn_reads"] = torn  # legacy files it saw half-written (only when it saw some)
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out
@@ -110,5 +116,6 @@ def unsafe_mix(fleet: list[dict]) -> list[tuple[dict, dict]]:
 
 def describe(process: dict) -> str:
     agent = f" (agent {process['agent']})" if process.get("agent") else ""
-    return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')} " \
+    adopted = f" adopting {', '.join(process['adopted'])}" if process.get("adopted") else ""
+    return f"{process.get('host')}:{process.get('pid')}{agent}{adopted} in phase {process.get('phase')} " \
            f"[{process.get('source')}]"
