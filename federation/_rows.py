@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import _sql, _validate
-from ._files import Tree, parse_json_bytes
-from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
-                       SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type)
+from ._files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
+from .errors import CorruptFileError
+from .entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, NODE_FILE_OF,
+                       NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR, SHARED_DIR, TABLES, Entity,
+                       InvalidRecord, _json_type, message_mismatch, vote_problem)
 from .errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -142,6 +144,11 @@ _NESTED = {parent: tuple(e for e in TABLES if e.parent == parent) for parent in 
 def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None:
     if type(data) is not dict:
         raise _Invalid(f"a message file must be a JSON object, found {_json_type(data)}")
+    mismatch = message_mismatch(data, stem, agent)
+    if mismatch:  # the file's place names the message; a body that disagrees is never used for a path
+        raise _Invalid(mismatch)
+    if "attempt" in data or "lease_until" in data or "dead_at" in data:  # a leased or dead message's own fields
+        data = {k: v for k, v in data.items() if k not in DELIVERY_FIELDS}
     row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
     sources = out.sources["messages"]
     if row[:1] not in sources:  # the common case, without TreeRows.add's bookkeeping (100,000 files)
@@ -176,6 +183,7 @@ def _polls(out: TreeRows, path: str, data: Any) -> None:
             poll = _object(poll, f"poll {poll_id!r}")
             row = POLLS.read(poll, fallback={"id": poll_id})
             _validate.ident(row[0], "poll id")
+            poll = _counted_votes(out, path, poll_id, poll)
             children = [c for child in _NESTED["polls"] for c in _children(out, path, child, row[:1], poll)]
         except (_Invalid, ValidationError) as exc:
             out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: {exc}"})
@@ -184,6 +192,23 @@ def _polls(out: TreeRows, path: str, data: Any) -> None:
         out.add("polls", row, path)
         for table, child in children:
             out.add(table, child, path)
+
+
+def _counted_votes(out: TreeRows, path: str, poll_id: str, poll: dict) -> dict:
+    """*poll* without the votes that do not name one of its options (each reported as invalid, not imported)."""
+    votes = poll.get("votes")
+    if not isinstance(votes, dict) or not votes:
+        return poll
+    options = poll.get("options")
+    kept = {}
+    for voter, option in votes.items():
+        problem = vote_problem(options, option)
+        if problem is None:
+            kept[voter] = option
+        else:
+            out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: the vote of {voter!r} is not "
+                                                        f"imported: {problem}"})
+    return poll if len(kept) == len(votes) else {**poll, "votes": kept}
 
 
 def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
@@ -215,43 +240,83 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     or the file stem (sessions).  Dotfiles (temp files of atomic writes) are
     skipped.
     """
+    # Nothing is followed through a link, and only regular files are documents (CONTRACT "Untrusted
+    # files"): a link, FIFO, socket or device where the format expects a file or folder is INVALID, with
+    # the reason as the owner; elsewhere it is an unknown file like any other.
+    for top in (tree.nodes, tree.shared):
+        if os.path.islink(top):
+            yield INVALID, str(top), _LINK, ""
     for node in _entries(tree.nodes):
-        if not node.is_dir():
-            yield "unknown", node.path, "", ""
+        if not node.is_dir(follow_symlinks=False):
+            yield (INVALID, node.path, _odd(node), "") if not node.is_file(follow_symlinks=False) else \
+                ("unknown", node.path, "", "")
             continue
-        inbox = None
+        folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
         for entry in _entries(node.path):
             name = entry.name
-            if name == INBOX_DIR and entry.is_dir():
-                inbox = entry.path
-            elif name in NODE_FILES and entry.is_file():
+            if name in _MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif name == SENT_KEYS_DIR and entry.is_dir(follow_symlinks=False):
+                continue  # the index of idempotent sends: bookkeeping, no rows
+            elif name in NODE_FILES and entry.is_file(follow_symlinks=False):
                 yield NODE_FILES[name], entry.path, node.name, name[:-5]
+            elif name in NODE_FILES or name in _MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
+                yield INVALID, entry.path, _odd(entry), ""
             else:
                 yield "unknown", entry.path, node.name, ""
-        if inbox is None:
-            continue
-        with os.scandir(inbox) as entries:
-            for entry in entries:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                if name.endswith(".json") and entry.is_file():
-                    yield "message", entry.path, node.name, name[:-5]
-                else:
-                    yield "unknown", entry.path, node.name, ""
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        yield ("message" if name.endswith(".json") else "unknown"), entry.path, node.name, name[:-5]
+                    else:
+                        yield INVALID, entry.path, _odd(entry), ""
+    if os.path.islink(tree.shared):
+        return
     for entry in _entries(tree.shared):
-        if entry.name == POLLS_FILE and entry.is_file():
+        if entry.name == POLLS_FILE and entry.is_file(follow_symlinks=False):
             yield "polls", entry.path, "", "polls"
-        elif entry.name == SESSIONS_DIR and entry.is_dir():
+        elif entry.name == SESSIONS_DIR and entry.is_dir(follow_symlinks=False):
             for sub in _entries(entry.path):
                 name = sub.name
-                if name.endswith(".json") and sub.is_file():
+                if name.endswith(".json") and sub.is_file(follow_symlinks=False):
                     yield "session", sub.path, name[:-5], name[:-5]
-                else:
+                elif sub.is_file(follow_symlinks=False):
                     yield "unknown", sub.path, "", ""
+                else:
+                    yield INVALID, sub.path, _odd(sub), ""
+        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.is_file(follow_symlinks=False):
+            yield INVALID, entry.path, _odd(entry), ""
         else:
             yield "unknown", entry.path, "", ""
 
+
+#: the kind :func:`legacy_files` gives an entry that is not followed or not read (its owner is the reason)
+INVALID = "invalid"
+_LINK = "a symbolic link (not followed)"
+
+
+def _odd(entry: os.DirEntry) -> str:
+    """Why a directory entry is not read as a legacy document or folder."""
+    if entry.is_symlink():
+        return _LINK
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return "gone while listed"
+    import stat
+
+    if stat.S_ISDIR(mode):
+        return "a directory where a file should be"
+    if stat.S_ISREG(mode):
+        return "a file where a directory should be"
+    return "not a regular file: a FIFO, socket or device (not opened)"
+
+
+_MESSAGE_DIRS = (INBOX_DIR, LEASED_DIR, DEAD_DIR)
 
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
@@ -260,23 +325,31 @@ _scan = json.JSONDecoder().scan_once  # the C scanner, without decode()'s whites
 
 
 def _read_bytes(path: str) -> bytes:
-    # os.read on a raw descriptor: a third of the cost of open() + a buffered reader
-    fd = os.open(path, os.O_RDONLY)
+    # os.read on a raw descriptor: a third of the cost of open() + a buffered reader.  Never through a
+    # link, never blocking on a FIFO, never more than the size bound (open_regular checks the entry first).
+    fd = open_regular(path)
     try:
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
+            raise CorruptFileError(path, f"is {size} bytes; files under the root are read up to {MAX_FILE_BYTES} bytes")
         data = os.read(fd, 65536)
         if len(data) < 65536:
             return data
-        parts = [data]
+        parts, total = [data], len(data)
         while True:
             more = os.read(fd, 1 << 20)
             if not more:
                 return b"".join(parts)
+            total += len(more)
+            if total > MAX_FILE_BYTES:
+                raise CorruptFileError(path, f"grew over {MAX_FILE_BYTES} bytes while read")
             parts.append(more)
     finally:
         os.close(fd)
 
 
 def _parse(raw: bytes) -> Any:
+    check_depth(raw)  # ValueError: reported as invalid, before the recursive parser sees it
     try:
         text = raw.decode("utf-8")
         value, end = _scan(text, 0)
@@ -305,9 +378,12 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
         if kind == "unknown":  # not the legacy format's: nothing is imported from it, and it is said
             out.dropped_fields.append({"path": path, "field": UNKNOWN_FILE})
             continue
+        if kind == INVALID:  # a link or special file: not followed, not opened
+            out.invalid.append({"path": path, "reason": owner})
+            continue
         # a file listed then gone (a message claimed meanwhile) holds no rows: not an unreadable file
         _read_file(out, kind, path, owner, stem, valid_agents, missing_ok=True)
-    out.files = len(files) - sum(1 for f in files if f[0] == "unknown")
+    out.files = len(files) - sum(1 for f in files if f[0] in ("unknown", INVALID))
     if bar is not None:
         bar.n = len(files)
         bar.close()
@@ -335,7 +411,9 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
             _session(out, path, data, owner)
         else:
             _node_document(out, path, data, _NODE_ENTITY[kind], owner)
-    except (_Invalid, ValueError, ValidationError, OSError) as exc:
+    except CorruptFileError as exc:
+        out.invalid.append({"path": path, "reason": exc.reason})
+    except (_Invalid, ValueError, ValidationError, OSError, RecursionError) as exc:
         if missing_ok and isinstance(exc, FileNotFoundError):  # no such document: no rows
             return
         out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
@@ -373,7 +451,7 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     parts = path[len(root):].split(os.sep)
     name = parts[-1]
     stem = name[:-5] if name.endswith(".json") else ""
-    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] == INBOX_DIR and stem:
+    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] in _MESSAGE_DIRS and stem:
         return "message", path, parts[1], stem
     if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
         return NODE_FILES[name], path, parts[1], stem

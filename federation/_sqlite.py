@@ -34,7 +34,12 @@ class SqliteDialect(Dialect):
     def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
         self.path = Path(path)
         self.mounts_file = mounts_file
-        self._gate = threading.local()  # this thread's descriptor of the write lock, and its pid
+        # One descriptor of the write lock per process, shared by its threads under a lock: a
+        # descriptor per thread outlived its thread (an MCP server's idle worker threads leaked one each)
+        self._gate_lock = threading.RLock()
+        self._gate_fd: int | None = None
+        self._gate_pid: int | None = None
+        self._gate_depth = 0
 
     def describe(self) -> str:
         return str(self.path)
@@ -72,17 +77,23 @@ class SqliteDialect(Dialect):
 
     @contextlib.contextmanager
     def write_gate(self):
-        gate = self._gate
-        if getattr(gate, "pid", None) != os.getpid():
-            # per thread and per process: a descriptor shared with a forked parent would not exclude it
-            gate.fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            gate.pid = os.getpid()
-        fd = gate.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        if self._gate_pid != os.getpid():
+            # a forked child (one thread so far): the parent's descriptor would not exclude the parent,
+            # and its lock may have been copied held
+            self._gate_lock, self._gate_fd, self._gate_pid, self._gate_depth = threading.RLock(), None, os.getpid(), 0
+        with self._gate_lock:  # the threads of this process, one at a time (re-entrant within a thread)
+            if self._gate_fd is None:
+                self._gate_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._gate_fd
+            if self._gate_depth == 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # the other processes
+            self._gate_depth += 1
+            try:
+                yield
+            finally:
+                self._gate_depth -= 1
+                if self._gate_depth == 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
     def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
         conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable

@@ -34,6 +34,11 @@ def is_agent(name: Any) -> bool:
     return isinstance(name, str) and bool(_AGENT_RE.fullmatch(name)) and ".." not in name
 
 
+def is_ident(value: Any) -> bool:
+    """Whether *value* is a valid id (for names found in storage)."""
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value)) and ".." not in value
+
+
 def ident(value: Any, what: str) -> str:
     """A poll, session or message id (also used as a file name)."""
     if not isinstance(value, str):

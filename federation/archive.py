@@ -13,10 +13,12 @@ import dataclasses
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
 from . import config
+from ._files import read_regular
 from .errors import ConflictError, StorageError
 from .report import Report, build_report
 
@@ -47,7 +49,9 @@ def legacy_paths(root: Path, exclude: Path | None = None) -> tuple[list[Path], l
             dirs.append(Path(here))
             for name in sorted(names):
                 path = Path(here) / name
-                if exclude is None or path != exclude:
+                # a link, FIFO, socket or device is neither read (it could block, or lead outside the
+                # root) nor removed: `migrate`/`report` list it; it stays for the operator
+                if (exclude is None or path != exclude) and stat.S_ISREG(os.lstat(path).st_mode):
                     files.append(path)
     return dirs, files
 
@@ -82,7 +86,7 @@ def archive_legacy(dest: Path, *, root: Path | None = None) -> ArchiveResult:
             for d in dirs:
                 tar.add(d, arcname=str(d.relative_to(root)), recursive=False)
             for path in files:
-                data = path.read_bytes()
+                data = read_regular(path) or b""
                 info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))

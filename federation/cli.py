@@ -508,18 +508,35 @@ def doctor_command(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--agent", "agent", required=True, metavar="NAME",
-              help="The agent this server acts as: every write is made as NAME.")
+@click.option("--agent", "agent", metavar="NAME",
+              help="The agent this server acts as: every write is made as NAME (stdio).")
+@click.option("--http", "http", is_flag=True,
+              help="Serve every agent with a token (`federation agents add`) over Streamable HTTP at /mcp.")
+@click.option("--host", default=None, metavar="ADDRESS",
+              help="With --http: the address to bind [default: 127.0.0.1]; anything but loopback is exposed "
+                   "to the network (put TLS in front of it).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535),
+              help="With --http: the port to bind [default: 8765; 0: a free one].")
 @common
-def serve(agent: str) -> None:
-    """Serve the federation's tools to one agent over MCP (stdio).
+def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> None:
+    """Serve the federation's tools over MCP: to one agent over stdio, or to many over HTTP.
 
-    Register it in an MCP client as: federation serve --agent NAME.  Stdout
+    Stdio: register it in an MCP client as `federation serve --agent NAME`.  Stdout
     carries only the protocol; logs go to stderr or FEDERATION_LOG_FILE.
+
+    HTTP: `federation serve --http` serves http://127.0.0.1:8765/mcp; each request
+    acts as the agent its `Authorization: Bearer TOKEN` names (docs/agents-http.md).
     """
     from ._validate import agent as valid_agent
     from .errors import ValidationError
 
+    if http == (agent is not None):
+        raise click.UsageError("give either --agent NAME (stdio) or --http (many agents, one token each)")
+    if not http and (host is not None or port is not None):
+        raise click.UsageError("--host and --port go with --http")
+    if http:
+        _serve_http(host or "127.0.0.1", 8765 if port is None else port)
+        return
     try:
         valid_agent(agent, "--agent")
     except ValidationError as exc:
@@ -534,6 +551,104 @@ def serve(agent: str) -> None:
         # the MCP SDK's stdin reader (a worker thread, not a daemon) stays blocked until the client closes
         # the pipe, and the interpreter would wait for it before running the atexit handlers
         exit_now(stop.code)
+
+
+def _serve_http(host: str, port: int) -> None:
+    from ._signals import Terminated, exit_now, exit_on_stop_signals
+    from .mcp_http import is_loopback, serve as run_http
+
+    def listening(url: str) -> None:
+        click.echo(f"federation MCP over HTTP on {url}; Ctrl-C stops it", err=True)
+        if not is_loopback(host):
+            click.echo(f"warning: {host} is not loopback: bearer tokens cross the network in clear text; "
+                       "put TLS in front of this server (a reverse proxy), see docs/agents-http.md", err=True)
+
+    # uvicorn stops gracefully on SIGTERM, then raises it again under this handler: a clean exit
+    exit_on_stop_signals()
+    try:
+        run_http(host=host, port=port, on_listening=listening)
+    except Terminated as stop:
+        # a worker thread may still run a tool call (a waiting pulse): don't wait for it to exit
+        exit_now(stop.code)
+
+
+# ---------------------------------------------------------------------------
+# bearer tokens of the agents served over HTTP (federation.agent_tokens)
+
+
+@main.group()
+def agents() -> None:
+    """Bearer tokens of the agents that `federation serve --http` serves (one per agent)."""
+
+
+def _token_root() -> Any:
+    root = config.settings().root
+    if not root.is_dir():
+        raise click.UsageError(f"the federation root {root} does not exist (--root or FEDERATION_ROOT)")
+    return root
+
+
+@agents.command("add")
+@click.argument("name", metavar="NAME")
+@click.option("--json", "as_json", is_flag=True, help='Print {"agent", "token"}.')
+@common
+def agents_add(name: str, as_json: bool) -> None:
+    """Make a new bearer token for agent NAME and print it once (only its hash is kept).
+
+    A second `add` for the same agent replaces its token: the old one stops working.
+    """
+    from . import agent_tokens
+    from ._validate import agent as valid_agent
+    from .errors import ValidationError
+
+    try:
+        valid_agent(name, "NAME")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    token, replaced = agent_tokens.add(name, _token_root())
+    if as_json:
+        click.echo(json.dumps({"agent": name, "token": token}))
+    else:
+        click.echo(token)
+        click.echo(f"token for agent {name!r} (shown once, only its hash is kept"
+                   + (f"; it replaces {name}'s previous token" if replaced else "") + ")", err=True)
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def agents_list(as_json: bool) -> None:
+    """List the agents with a token: active or revoked, since when (never the token)."""
+    from . import agent_tokens
+
+    entries = agent_tokens.list_tokens(_token_root())
+    if as_json:
+        click.echo(json.dumps({"agents": [e.to_json() for e in entries]}, indent=2))
+        return
+    if not entries:
+        click.echo("no agent has a token (`federation agents add NAME`)")
+        return
+    _columns([(e.agent, "active" if e.active else "revoked", e.created_at, e.created_by, e.revoked_at or "-")
+              for e in entries], ("agent", "state", "created_at", "created_by", "revoked_at"))
+
+
+@agents.command("revoke")
+@click.argument("name", metavar="NAME")
+@common
+def agents_revoke(name: str) -> None:
+    """Revoke agent NAME's token: servers refuse it within seconds, without a restart."""
+    from . import agent_tokens
+    from ._validate import agent as valid_agent
+    from .errors import ValidationError
+
+    try:
+        valid_agent(name, "NAME")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if agent_tokens.revoke(name, _token_root()):
+        click.echo(f"revoked the token of agent {name!r}; servers refuse it within {agent_tokens.CHECK_EVERY_S:g} s")
+    else:
+        click.echo(f"the token of agent {name!r} was already revoked")
 
 
 # ---------------------------------------------------------------------------
@@ -560,7 +675,10 @@ def _moment(text: str | None) -> datetime | None:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+        try:
+            return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
+        except (OverflowError, ValueError):
+            raise click.BadParameter(f"{text!r} reaches before the year 1", param_hint="--since") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -590,8 +708,8 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
 
     data = control.status(since=_moment(since))
     behind = [p for p in data["fleet"] if p["alive"] and p["phase"] != int(expect)] if expect else []
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if as_json:  # strict JSON: the readers let no NaN or Infinity through from the files
+        click.echo(json.dumps(data, indent=2, allow_nan=False))
         sys.exit(1 if behind else 0)
     flag = data["flag"]
     if data.get("flag_error"):
@@ -606,6 +724,8 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
     else:
         click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
                    f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
+    for bad in data.get("control_errors", ()):
+        click.echo(f"skipped: {bad['path']}: {bad['reason']}")
     fleet = data["fleet"]
     summary = data["fleet_summary"]
     every = f"; every live process in phase {summary['all_in']}" if summary["all_in"] is not None else \
@@ -616,6 +736,12 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
                    "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
                    "live" if p["alive"] else "GONE") for p in fleet],
                  ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))
+    for p in fleet:
+        if p.get("adopted") and p["alive"]:
+            click.echo(f"adopted: {p['host']}:{p['pid']} runs {', '.join(p['adopted'])} through federation.adopt")
+        if p.get("torn_reads"):
+            click.echo(f"WARNING: {p['host']}:{p['pid']} saw {p['torn_reads']} legacy file(s) half-written: a process "
+                       "writes the files outside the shim (every writer must run through it before phase 2)")
     for four, files in control.unsafe_mix(fleet):
         click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
                    f"in phase {files['phase']}")

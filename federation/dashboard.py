@@ -82,7 +82,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+        except (OverflowError, ValueError):  # further back than a datetime reaches: the caller's mistake
+            raise BadRequest(f"since={text!r} reaches before the year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -192,6 +195,18 @@ def table_counts() -> dict[str, int] | None:
     from .sqlstore import get_store
 
     return get_store(s).counts()
+
+
+def dead_letters() -> dict[str, Any] | None:
+    """Dead letters on the side the fleet's phase serves (count, oldest); None before any database."""
+    from . import rollout
+    from .messaging import dead_letter_summary
+
+    s = config.settings()
+    phase = s.effective_phase if s.phase_pinned else rollout.current_phase(s.root)[0]
+    if phase >= 3 and table_counts() is None:
+        return None
+    return dead_letter_summary(phase)
 
 
 # -- the counts, per clock hour ------------------------------------------------------------
@@ -321,6 +336,11 @@ class DashboardData:
                                 "history": self.source.history()}
         if problem is not None:
             data["flag_error"] = problem
+        from .rollout._status import control_errors
+
+        skipped = control_errors()
+        if skipped:
+            data["control_errors"] = skipped
         return data
 
     def status(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:
@@ -349,7 +369,7 @@ class DashboardData:
         status = part("status", lambda: self._status(since, until, hours))
         series = None if hours is None else self.hourly.series(hours)
         mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
-        reads: dict[str, Callable[[], Any]] = {"tables": table_counts}
+        reads: dict[str, Callable[[], Any]] = {"tables": table_counts, "dead_letters": dead_letters}
         if status is not None:
             # the phase of the unpinned fleet: the flag's, the history's last when the flag is
             # unreadable, or the default
@@ -358,6 +378,7 @@ class DashboardData:
             reads[f"guards-{target}"] = lambda: self.source.guards(target)
         answers = self.db.get_many(reads)  # the row counts and the guards need the database
         tables, db_error = answers["tables"]
+        letters, _ = answers["dead_letters"]
         guards = None
         if status is not None:
             checks, guard_error = answers[f"guards-{target}"]
@@ -372,6 +393,7 @@ class DashboardData:
             "mismatches": mismatches,
             "guards": guards,
             "tables": tables,
+            "dead_letters": letters,
             "database": {"display": s.db_display, "engine": s.engine, "ok": db_error is None,
                          "error": db_error},
             "problems": problems,
@@ -452,6 +474,14 @@ class MetricsCollector:
         if tables:
             yield _gauge(GaugeMetricFamily, "federation_table_rows", "Rows per table of the database",
                          [([t], n) for t, n in tables.items()], ["table"])
+        letters, _ = self.data.db.get("dead_letters", dead_letters)
+        if letters is not None:
+            yield _gauge(GaugeMetricFamily, "federation_dead_letters",
+                         "Messages delivered the maximum number of times and never acknowledged",
+                         [([], letters["count"])])
+            yield _gauge(GaugeMetricFamily, "federation_dead_letter_oldest_age_seconds",
+                         "Age of the oldest dead letter (0 when there is none)",
+                         [([], letters["oldest_age_s"] or 0.0)])
 
 
 def merge_counters(*parts: list[dict]) -> list[dict]:

@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import threading
+import weakref
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -36,6 +37,18 @@ T = TypeVar("T")
 
 #: How long a write may wait for a busy database before the caller gets an error.
 BUSY_DEADLINE_S = 30.0
+
+
+class _ThreadEnd:
+    """Lives exactly as long as one thread's connection slot: its finalizer closes that connection."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_quietly(conn: Any, pid: int) -> None:
+    if pid == os.getpid():  # never a forked parent's connection
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 class Database:
@@ -63,11 +76,18 @@ class Database:
                     raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
                 raise
             local.conn, local.pid, local.depth = conn, os.getpid(), 0
+            # closed when this thread ends, not whenever the garbage collector gets to it: a server's
+            # worker threads come and go, and each left a connection (and its descriptors) behind
+            local.end = _ThreadEnd()
+            local.closer = weakref.finalize(local.end, _close_quietly, conn, os.getpid())
         return conn
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
+        closer = getattr(self._local, "closer", None)
+        if closer is not None:
+            closer.detach()  # closed here (or deliberately left to a forked parent), not at thread end
         # A forked child inherits the parent's connection: closing it there would
         # end the parent's session (PostgreSQL) or break its locks (SQLite).
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
@@ -232,6 +252,13 @@ class Database:
             if version <= current:
                 continue
             for statement in statements:
+                added = schema.ADD_COLUMN.fullmatch(statement)
+                if added:
+                    table, column, definition = added.groups()
+                    tx.execute(f"SELECT * FROM {table} LIMIT 0")
+                    if column in {d[0] for d in tx._cur.description}:
+                        continue
+                    statement = f"ALTER TABLE {table} ADD COLUMN {column} {definition}"
                 tx.execute(statement.format(id_pk=self.dialect.id_pk))
             tx.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",

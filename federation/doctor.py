@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,7 +110,8 @@ def _sqlite_checks(s: config.Settings, checks: list[Check], wal_limit: int, moun
     fix = _RESTORE_FIX.format(db=path)
     version = None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        # quoted: a "#" or "?" in the path would otherwise end it, and another file would be opened (or made)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).absolute()))}?mode=ro", uri=True, timeout=5)
         try:
             problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -215,12 +217,29 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
     checks.append(_files_vs_database(s, phase, tree, store))
+    checks.append(_dead_letters_check(phase, store is not None or phase <= 2))
     checks.append(_fleet_check())
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _dead_letters_check(phase: int, readable: bool) -> Check:
+    """Messages delivered the maximum number of times and never acknowledged (docs/delivery.md): shown,
+    not a failure (the store is fine; an agent could not finish them)."""
+    if not readable:
+        return Check("dead_letters", True, "not counted: the database cannot be read")
+    from .messaging import dead_letter_summary
+
+    summary = dead_letter_summary(phase)
+    if not summary["count"]:
+        return Check("dead_letters", True, "no dead letters")
+    return Check("dead_letters", True,
+                 f"{summary['count']} dead letters (oldest since {summary['oldest_dead_at']}, "
+                 f"{summary['oldest_age_s']:.0f} s): messages delivered {config.max_attempts()} times and never "
+                 "acknowledged; messaging.dead_letters(agent) lists an agent's, ack(agent, ids) clears them")
 
 
 def phase_in_effect(s: config.Settings) -> int:

@@ -37,6 +37,11 @@ __all__ = [
 NODES_DIR = "nodes"
 SHARED_DIR = "shared"
 INBOX_DIR = "inbox"  # nodes/{agent}/inbox/{message_id}.json
+LEASED_DIR = "leased"  # nodes/{agent}/leased/{message_id}.json: received, not yet acknowledged (docs/delivery.md)
+DEAD_DIR = "dead"  # nodes/{agent}/dead/{message_id}.json: delivered the maximum attempts, never acknowledged
+SENT_KEYS_DIR = "sent_keys"  # nodes/{sender}/sent_keys/{sha256 of the key}.json: idempotent sends
+#: the fields a leased or dead message file carries beside the message's own
+DELIVERY_FIELDS = ("attempt", "lease_until", "dead_at")
 SESSIONS_DIR = "sessions"  # shared/sessions/{session_id}.json
 POLLS_FILE = "polls.json"  # shared/polls.json
 #: the per-agent files of nodes/{agent}/, and the document each holds
@@ -351,6 +356,32 @@ def check_vote(poll: dict | None, poll_id: str, option: str) -> None:
         raise ConflictError(f"poll {poll_id} is closed")
     if option not in (poll.get("options") or []):
         raise ValidationError(f"{option!r} is not an option of poll {poll_id}: choose one of {poll.get('options')}")
+
+
+def message_mismatch(data: dict, stem: str, agent: str) -> str | None:
+    """Why a legacy message body disagrees with where its file was found, or None.
+
+    The file's name is the message's id and its inbox the recipient: a body
+    that says otherwise makes the file invalid, never a path or an address
+    (CONTRACT "Untrusted files").
+    """
+    if not _validate.is_ident(stem):
+        return f"the file name {stem!r} is not a valid message id"
+    body_id, recipient = data.get("id"), data.get("recipient")
+    if body_id not in (None, "", stem):
+        return f"its body says id {str(body_id)!r:.200} but the file is named {stem!r}.json (the file name is the id)"
+    if recipient not in (None, "", agent):
+        return f"its body says recipient {str(recipient)!r:.200} but it is in {agent!r}'s inbox"
+    return None
+
+
+def vote_problem(options: Any, option: Any) -> str | None:
+    """Why a stored vote does not count (not a string, or not an option of its poll), or None."""
+    if not isinstance(option, str):
+        return f"a vote must be a string, found {_json_type(option)}"
+    if not isinstance(options, list) or option not in options:
+        return f"{option[:200]!r} is not an option of the poll"
+    return None
 
 
 def check_close(poll: dict | None, poll_id: str, agent: str) -> bool:

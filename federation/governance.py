@@ -19,7 +19,9 @@ def with_tally(poll: dict) -> dict:
     """*poll* plus ``"tally": {option: count}``."""
     tally = {option: 0 for option in poll["options"]}
     for option in poll["votes"].values():
-        tally[option] = tally.get(option, 0) + 1
+        # a vote must name an option of the poll: one that does not (imported, hand-edited) is not counted
+        if isinstance(option, str) and option in tally:
+            tally[option] += 1
     return {**poll, "tally": tally}
 
 

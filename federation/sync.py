@@ -31,7 +31,7 @@ from . import _sql, config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
-from .entities import MESSAGES, Entity, document_lock
+from .entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity, document_lock
 from .errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
 from .migrate import insert_values
 from .report import DIFF_LIMIT, Report, Sides, TableReport, compare_sides, database_exists, read_sides
@@ -341,6 +341,10 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             continue
         msg = MESSAGES.from_row(row)
         path = tree.message_file(msg["recipient"], mid)
+        if old and Path(old).parent.name in (LEASED_DIR, DEAD_DIR) and Path(old).parent.parent == path.parent.parent:
+            # received and not acknowledged: it stays out of inbox/ (rewritten without its lease, it is
+            # taken back by the next receive: delivered again, never lost)
+            path = Path(old)
         if old and Path(old) != path:
             drop(old, mid)
         put(path, msg, mid)
@@ -368,3 +372,10 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             else:
                 put(path, doc, doc_id)
     return changes
+
+
+def repair_documents(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> list[Change]:
+    """In transaction *tx*: make the database rows of the legacy documents *docs* equal their rows *files*
+    (read by the caller under the documents' locks).  What ``sync --to db`` does for one document, and what
+    :mod:`federation.adopt` does after an adopted function wrote one."""
+    return _repair_db(tx, files, docs, stamp)[0]

@@ -118,6 +118,14 @@
     } else {
       fillRows(tbody, [], db.ok ? "no database created yet" : "row counts unavailable", 2);
     }
+    const dead = data.dead_letters;
+    const deadBox = $("#dead-letters");
+    if (deadBox) {
+      deadBox.replaceChildren(!dead ? "dead letters: not counted"
+        : dead.count === 0 ? el("span", {}, badge("none", "ok"), " dead letters")
+        : el("span", {}, badge(`${fmtNum(dead.count)} dead letters`, "warn"),
+          ` oldest ${Math.round(dead.oldest_age_s)} s (since ${fmtTime(dead.oldest_dead_at)})`));
+    }
   }
 
   function renderFleet(status, now) {

@@ -254,27 +254,35 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
         for name in names:
             if not name.endswith(".json") or name.startswith("."):
                 continue
+            path = top / hour_dir / name
             try:
-                doc = json.loads((top / hour_dir / name).read_bytes())
-            except (OSError, ValueError):
-                continue  # removed meanwhile, or foreign: never fail a reader
-            if not isinstance(doc, dict) or tuple(doc.get("bounds_ms") or ()) != LATENCY_BOUNDS_MS:
+                doc = _io.read_document(path)
+            except ValueError as exc:  # a link, FIFO, torn or hostile file: never fail a reader; say it
+                _io.note_problem(path, str(exc))
                 continue
-            try:
-                width = float(doc.get("bucket_seconds") or BUCKET_SECONDS)
-            except (TypeError, ValueError):
-                width = float(BUCKET_SECONDS)
-            for cell in doc.get("cells", ()):
-                try:
-                    start = float(cell["start"])
-                except (KeyError, TypeError, ValueError):
+            if doc is None:
+                continue  # removed meanwhile
+            if not isinstance(doc, dict) or not isinstance(doc.get("bounds_ms"), list) \
+                    or tuple(doc["bounds_ms"]) != LATENCY_BOUNDS_MS or not isinstance(doc.get("cells"), list):
+                _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
+                continue
+            width = _io.finite(doc.get("bucket_seconds")) or float(BUCKET_SECONDS)
+            bad = 0
+            for raw in doc["cells"]:
+                cell = valid_cell(raw)
+                if cell is None:
+                    bad += 1
                     continue
+                start = cell["start"]
                 if lo <= start and start + width <= hi:
                     yield cell
                 elif start < hi and start + width > lo:
                     part = _inside(cell, start, lo, hi)
                     if part is not None:
                         yield part
+            if bad:
+                _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
+                                       "or a bad start, entity or phase: not counted")
 
 
 def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
@@ -301,6 +309,59 @@ def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
         return cell  # every counted second is inside: the latencies too
     return {"start": cell.get("start"), "entity": cell.get("entity"), "phase": cell.get("phase"),
             "comparisons": totals[0], "mismatches": totals[1], "errors": totals[2], "latency": {}}
+
+
+def valid_cell(cell: Any) -> dict | None:
+    """A counted cell with every number checked (counts finite whole numbers >= 0), or None."""
+    if not isinstance(cell, dict):
+        return None
+    start, entity, phase = _io.finite(cell.get("start")), cell.get("entity"), cell.get("phase")
+    if start is None or not isinstance(entity, str) or isinstance(phase, bool) or phase not in (1, 2, 3, 4):
+        return None
+    out: dict[str, Any] = {"start": start, "entity": entity, "phase": phase}
+    for field in ("comparisons", "mismatches", "errors"):
+        value = _io.count(cell.get(field, 0))
+        if value is None:
+            return None
+        out[field] = value
+    seconds = _valid_seconds(cell.get("seconds"))
+    if seconds is not None:
+        out["seconds"] = seconds
+    if out["mismatches"] > out["comparisons"]:  # a mismatch is a comparison: such a cell was not counted here
+        return None
+    latency = cell.get("latency") or {}
+    if not isinstance(latency, dict):
+        return None
+    out["latency"] = {}
+    for side in SIDES:
+        hist = latency.get(side) or {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+        if not isinstance(hist, dict) or not isinstance(hist.get("counts"), list):
+            return None
+        counts = [_io.count(c) for c in hist["counts"]]
+        total = _io.finite(hist.get("sum_ms") or 0.0)
+        if len(counts) != len(LATENCY_BOUNDS_MS) + 1 or None in counts or total is None:
+            return None
+        out["latency"][side] = {"counts": counts, "sum_ms": total}
+    return out
+
+
+def _valid_seconds(seconds: Any) -> dict[str, list[int]] | None:
+    """A cell's per-second counts with every entry checked (an offset 0-3599, three counts), or None."""
+    if not isinstance(seconds, dict):
+        return None
+    out: dict[str, list[int]] = {}
+    for off, counts in seconds.items():
+        try:
+            second = int(off)
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= second < 3600 or not isinstance(counts, list) or len(counts) != 3:
+            return None
+        checked = [_io.count(c) for c in counts]
+        if None in checked:
+            return None
+        out[str(second)] = checked
+    return out
 
 
 def empty_latency() -> dict[str, Any]:
@@ -343,7 +404,7 @@ def read_mismatches(root: Path) -> list[dict]:
     out: list[dict] = []
     for name in names:
         if name.endswith(".jsonl") and not name.startswith("."):
-            out += _io.read_lines(directory / name)
+            out += [r for r in _io.read_lines(directory / name) if isinstance(r.get("at"), str)]
     return out
 
 

@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from .._files import loads_bounded
+from ..errors import ConfigError, CorruptFileError
 from . import _io
 
 PHASES = (1, 2, 3, 4)
@@ -67,8 +68,8 @@ def flag_path(root: Path) -> Path:
 
 def parse_flag(raw: bytes, path: Path) -> Flag:
     """A validated :class:`Flag` from the bytes of *path*, or :class:`FlagError`."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
+    try:  # nesting bounded before parsing, NaN/Infinity refused: never a RecursionError
+        data = loads_bounded(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FlagError(f"the live flag {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -90,12 +91,14 @@ def parse_flag(raw: bytes, path: Path) -> Flag:
 def read_flag(root: Path) -> Flag | None:
     """The live flag of *root*; None when none was ever set; :class:`FlagError` when unreadable."""
     path = flag_path(root)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
+    try:  # a link, FIFO, device or folder is refused without being followed or opened for reading
+        raw = _io.read_bytes(path)
+    except CorruptFileError as exc:
+        raise FlagError(f"the live flag {path} cannot be read: {exc.reason}") from None
     except OSError as exc:
         raise FlagError(f"the live flag {path} cannot be read ({exc.strerror or exc})") from None
+    if raw is None:
+        return None
     return parse_flag(raw, path)
 
 

@@ -9,7 +9,6 @@ host at once when its pid no longer exists or now belongs to another process
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -30,22 +29,32 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
     directory = _io.control_dir(root) / _io.FLEET_DIR
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
     for name in names:
         if not name.endswith(".json") or name.startswith("."):
             continue
+        path = directory / name
         try:
-            doc = json.loads((directory / name).read_bytes())
-        except (OSError, ValueError):
-            continue  # removed meanwhile (a clean exit), or foreign
-        if not isinstance(doc, dict):
+            doc = _io.read_document(path)
+        except ValueError as exc:  # a link, FIFO, torn or hostile file: skipped, and said
+            _io.note_problem(path, str(exc))
             continue
-        seen = _io.parse_iso(doc.get("last_seen"))
-        entry = {k: doc.get(k) for k in ("host", "pid", "agent", "phase", "source", "version", "started_at",
-                                         "last_seen")}
+        if doc is None:
+            continue  # removed meanwhile (a clean exit)
+        if not isinstance(doc, dict):
+            _io.note_problem(path, "not a JSON object")
+            continue
+        entry = announcement(doc)
+        seen = _io.parse_iso(entry["last_seen"])
         entry["alive"] = seen is not None and (now - seen).total_seconds() <= timeout and not _dead_here(doc)
+        adopted = doc.get("adopted")
+        if isinstance(adopted, list) and adopted and all(isinstance(m, str) for m in adopted):
+            entry["adopted"] = adopted  # modules run through federation.adopt (only when there are some)
+        torn = _io.count(doc.get("torn_reads"))
+        if torn:
+            entry["torn_reads"] = torn  # legacy files it saw half-written (only when it saw some)
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out
@@ -83,6 +92,16 @@ def _dead_here(doc: dict) -> bool:
     return False
 
 
+def announcement(doc: dict) -> dict:
+    """The fields of one fleet file, each of its type or None: a pid is a whole number >= 0, a phase 1-4,
+    the others text (a hand-made or hostile file can make no reader fail, nor ``--json`` invalid)."""
+    phase = doc.get("phase")
+    return {"host": _io.text(doc.get("host")), "pid": _io.count(doc.get("pid")), "agent": _io.text(doc.get("agent")),
+            "phase": phase if phase in (1, 2, 3, 4) and not isinstance(phase, bool) else None,
+            "source": _io.text(doc.get("source")), "version": _io.text(doc.get("version")),
+            "started_at": _io.text(doc.get("started_at")), "last_seen": _io.text(doc.get("last_seen"))}
+
+
 def unsafe_mix(fleet: list[dict]) -> list[tuple[dict, dict]]:
     """Pairs (a live process in phase 4, a live process in phase 1 or 2).
 
@@ -97,5 +116,6 @@ def unsafe_mix(fleet: list[dict]) -> list[tuple[dict, dict]]:
 
 def describe(process: dict) -> str:
     agent = f" (agent {process['agent']})" if process.get("agent") else ""
-    return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')} " \
+    adopted = f" adopting {', '.join(process['adopted'])}" if process.get("adopted") else ""
+    return f"{process.get('host')}:{process.get('pid')}{agent}{adopted} in phase {process.get('phase')} " \
            f"[{process.get('source')}]"

@@ -12,6 +12,7 @@ to the step are returned:
 
 The window starts at ``since`` (exact to the second), else when the current phase was entered.
 | ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
+| ``adopted_code`` | going to 4 | a live process runs code adopted with ``federation.adopt`` |
 | ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
 
 A difference that is gone once its document is re-read under its file lock
@@ -234,10 +235,23 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
                           "move them first (a pinned process: change FEDERATION_PHASE / FEDERATION_USE_DB in its "
                           "environment and restart it; one following the flag: step through phase 3) and wait "
                           "until `federation rollout status` shows it"))
+    if target == 4:
+        out.append(_adopted_code(fleet))
     if from_phase == 4 and target < 4:
         out.append(_checked("files_current", "run `federation sync --to files`",
                             lambda: _files_current(root, target, flag)))
     return out
+
+
+def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
+    """Phase 4 is refused while a process runs code adopted with federation.adopt: its file code still runs."""
+    live = [p for p in fleet if p["alive"] and p.get("adopted")]
+    names = ", ".join(_fleet.describe(p) for p in live[:5]) + (f" and {len(live) - 5} more" if len(live) > 5 else "")
+    return _guard("adopted_code", not live,
+                  f"{len(live)} live process(es) run adopted code, whose functions write the legacy files: {names}"
+                  if live else "no live process runs adopted code",
+                  "finish the adoption first: replace the adopted functions' calls by federation.* (the "
+                  "federation's API, docs/adopting-your-own-code.md), restart those processes, and retry")
 
 
 def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,

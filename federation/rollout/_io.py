@@ -18,11 +18,16 @@ import fcntl
 import getpass
 import json
 import os
+import math
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from .._files import loads_bounded, read_regular
+from ..errors import CorruptFileError
 
 CONTROL_DIR = "control"
 FLAG_FILE = "flag.json"
@@ -121,23 +126,114 @@ def append_line(path: Path, record: dict, *, durable: bool = False) -> None:
         os.close(fd)
 
 
-def read_lines(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file; torn or foreign lines are skipped."""
+# ---------------------------------------------------------------------------
+# Reading control files: they are written by every host that mounts the root, so they are
+# untrusted input (CONTRACT "Untrusted files").  A reader never follows a link, never opens
+# a FIFO or device, bounds size and nesting, refuses NaN/Infinity; what it cannot use it
+# skips and notes here, and `rollout status` and the dashboard show the notes.
+
+#: the largest control file read (counts of one process and hour are a few hundred kB)
+MAX_CONTROL_BYTES = 16 * 1024 * 1024
+#: how long a noted problem is shown after it was last seen
+PROBLEM_SECONDS = 120.0
+_problems: dict[str, tuple[str, float]] = {}
+_problems_lock = threading.Lock()
+
+
+def note_problem(path: Path | str, reason: str) -> None:
+    """Remember that control file *path* was skipped (or partly skipped), and why."""
+    with _problems_lock:
+        if len(_problems) > 1000:
+            _problems.clear()
+        _problems[str(path)] = (reason, time.monotonic())
+
+
+def problems() -> list[dict[str, str]]:
+    """``[{"path", "reason"}]`` of the control files readers skipped lately, by path."""
+    horizon = time.monotonic() - PROBLEM_SECONDS
+    with _problems_lock:
+        return [{"path": p, "reason": r} for p, (r, t) in sorted(_problems.items()) if t >= horizon]
+
+
+def _root_of(path: Path) -> Path | None:
+    """The federation root above a control file (the folder holding ``control/``)."""
+    for parent in Path(path).parents:
+        if parent.name == CONTROL_DIR:
+            return parent.parent
+    return None
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The bytes of control file *path* (None when missing); CorruptFileError for a link, FIFO, device,
+    folder or oversized file, none of which is followed or opened for reading."""
+    return read_regular(path, root=_root_of(path), limit=MAX_CONTROL_BYTES)
+
+
+def read_document(path: Path) -> Any:
+    """The JSON value of control file *path*, None when missing; ValueError (with the reason) otherwise."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_bytes(path)
+    except CorruptFileError as exc:
+        raise ValueError(exc.reason) from None
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    if raw is None:
+        return None
+    try:
+        return loads_bounded(raw)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; torn or foreign lines are skipped (and noted)."""
+    try:
+        raw = read_bytes(path)
+    except (CorruptFileError, OSError) as exc:
+        note_problem(path, getattr(exc, "reason", None) or str(exc))
         return []
-    out = []
+    if raw is None:
+        return []
+    out, bad = [], 0
     for line in raw.splitlines():
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = loads_bounded(line)
+        except ValueError:  # UnicodeDecodeError too
+            bad += 1
             continue
         if isinstance(record, dict):
             out.append(record)
+        else:
+            bad += 1
+    if bad:
+        note_problem(path, f"{bad} line(s) are not JSON objects (torn, foreign, too deep or NaN): skipped")
     return out
+
+
+def count(value: Any) -> int | None:
+    """*value* as a count (a finite, non-negative whole number), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def finite(value: Any) -> float | None:
+    """*value* as a finite, non-negative number, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def text(value: Any) -> str | None:
+    """*value* when it is a string, else None (a control file's text field)."""
+    return value if isinstance(value, str) else None
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from typing import Any
 
 from shim import library_logger
 
-from .. import config
+from .. import _files, config
 from ..errors import ConfigError
 from . import _counts, _default, _fleet, _flag, _io
 
@@ -59,6 +59,7 @@ class Runtime:
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
+        self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
@@ -284,6 +285,11 @@ class Runtime:
                "source": self.source, "sample": self._mode[1], "version": _version(),
                "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow()),
                "proc_start": self.proc_start}
+        if self.adopted:
+            doc["adopted"] = list(self.adopted)
+        torn = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
+        if torn:  # legacy files seen half-written: a writer outside the shim (status warns)
+            doc["torn_reads"] = torn
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
@@ -363,6 +369,20 @@ class Runtime:
         """Name the agent this process serves (the MCP server) and announce it at once."""
         self.agent = agent
         self.mode()
+        self._wake.set()
+
+    def announce_adopted(self, module: str, adopted: bool = True) -> None:
+        """Say that this process runs *module* adopted with :mod:`federation.adopt` (or no longer does)."""
+        with self._lock:
+            if adopted and module not in self.adopted:
+                self.adopted.append(module)
+            elif not adopted and module in self.adopted:
+                self.adopted.remove(module)
+        try:
+            self.mode()  # resolve now: the process joins the fleet before its first call
+        except Exception as exc:  # noqa: BLE001 - a bad setting is said by the first call, not by an import
+            log.warning("rollout_announce_deferred", error=f"{type(exc).__name__}: {exc}")
+            return
         self._wake.set()
 
     def at_exit(self) -> None:

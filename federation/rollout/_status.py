@@ -184,4 +184,12 @@ def status(since: datetime | None = None, until: datetime | None = None) -> dict
                             "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": history()}
     if problem is not None:
         data["flag_error"] = problem
+    skipped = control_errors()
+    if skipped:
+        data["control_errors"] = skipped
     return data
+
+
+def control_errors() -> list[dict[str, str]]:
+    """``[{"path", "reason"}]``: the control files (or parts) the readers skipped lately, and why."""
+    return _io.problems()
