@@ -386,11 +386,10 @@ def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
         assert sorted((p["phase"], p["source"]) for p in fleet) == [(1, "env"), (3, "default"), (3, "default")]
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
-        killed = time.monotonic()
         fleet = wait_for(lambda: (lambda f: f if [p for p in f if p["pid"] == procs[0].pid and not p["alive"]]
                                   else None)(mine()), 10, what="the killed one gone")
-        # (a process of this host whose pid no longer exists is gone at once, not after the timeout)
-        assert time.monotonic() - killed < 1.5 + 10
+        # (a process of this host whose pid no longer exists is gone at once, not after the timeout:
+        # test_operator_safety checks that with a timeout of 300 s)
         assert {p["pid"]: p["alive"] for p in fleet} == {procs[0].pid: False, procs[1].pid: True, procs[2].pid: True}
         assert "GONE" in cli(fed, "rollout", "status").output
     finally:
