@@ -488,6 +488,41 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
     assert max(counts) <= counts[0], f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):  # the peak: what the request cost at its worst
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the server's memory in /proc")
+def test_a_100_mb_request_is_refused_before_it_is_held_in_memory(fed):
+    """A 100 MB send_message over stdio: a tool error naming the limit, with its request id; the server's
+    peak memory grows by far less than the request; the next call works."""
+    import anyio
+
+    from test_rollout import _tool, serve, status_json, wait_for
+
+    async def scenario() -> tuple[int, int, str]:
+        async with serve(fed, "alice", {**unpinned_env(fed), "FEDERATION_USE_DB": "0"}) as session:
+            await _tool(session, "send_message", recipient="bob", content="small")
+            pid = wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["agent"] == "alice"], 30,
+                           what="the server in the fleet")[0]["pid"]
+            before = _rss_kib(pid)
+            result = await session.call_tool("send_message", {"recipient": "bob", "content": "x" * 100_000_000})
+            assert result.is_error
+            after = _rss_kib(pid)
+            await _tool(session, "send_message", recipient="bob", content="still works")
+            return before, after, result.content[0].text
+
+    before, after, text = anyio.run(scenario)
+    assert "request too large" in text and "limit" in text, text
+    assert after - before < 50 * 1024, f"peak memory grew {after - before} KiB for a 100 MB request"
+    fed.phase(1)
+    assert [m["content"] for m in messaging.peek_inbox("bob")] == ["small", "still works"]
+
+
 # ---------------------------------------------------------------------------
 # any hostile tree
 
