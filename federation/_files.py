@@ -16,12 +16,15 @@ import os
 import re
 import stat
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
+from shim import library_logger
+
 from . import _validate
-from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
+from .entities import DEAD_DIR, INBOX_DIR, LEASED_DIR, NODE_FILE_OF, SENT_KEYS_DIR, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
 from .errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "list_dir", "check_depth",
@@ -78,6 +81,15 @@ class Tree:
 
     def inbox(self, agent: str) -> Path:
         return self._cached("inbox", agent, lambda: self.node(agent) / INBOX_DIR)
+
+    def leased(self, agent: str) -> Path:
+        return self._cached("leased", agent, lambda: self.node(agent) / LEASED_DIR)
+
+    def dead(self, agent: str) -> Path:
+        return self._cached("dead", agent, lambda: self.node(agent) / DEAD_DIR)
+
+    def sent_keys(self, agent: str) -> Path:
+        return self.node(agent) / SENT_KEYS_DIR
 
     def message_file(self, agent: str, message_id: str) -> Path:
         return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"
@@ -501,12 +513,24 @@ def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Pat
 
     A file that cannot be parsed, or is not a regular file (a link, FIFO,
     folder...), raises :class:`CorruptFileError` and is left exactly as it is.
+    A file that does not parse is first re-read briefly: a legacy writer
+    outside the shim may be writing it in place (counted, :func:`note_torn`).
     """
+    raw = _read_raw(path, root)
+    if raw is None:
+        return default
     try:
-        raw = read_regular(path, root=root)
+        data = parse_json_bytes(raw)
+    except ValueError as exc:
+        data = _reread_torn(path, str(exc), default, root)
+    return _of_type(data, path, expect)
+
+
+def _read_raw(path: Path, root: Path | None) -> bytes | None:
+    try:
+        return read_regular(path, root=root)
     except OSError as exc:  # EACCES, EIO...: typed, naming the file
         raise FileStorageError.wrap(exc, path, "read") from exc
-    return default if raw is None else parse_document(raw, path, expect)
 
 
 def parse_document(raw: bytes, path: object, expect: type = dict) -> Any:
@@ -515,6 +539,10 @@ def parse_document(raw: bytes, path: object, expect: type = dict) -> Any:
         data = parse_json_bytes(raw)
     except ValueError as exc:
         raise CorruptFileError(path, str(exc)) from None
+    return _of_type(data, path, expect)
+
+
+def _of_type(data: Any, path: object, expect: type) -> Any:
     if not isinstance(data, expect):
         raise CorruptFileError(path, f"expected a JSON {expect.__name__}, found {type(data).__name__}")
     return data
@@ -535,3 +563,46 @@ def remove(path: Path, *, root: Path | None = None) -> bool:
         if exc.errno in (errno.EISDIR, errno.EPERM) and os.path.isdir(path):
             return False
         raise FileStorageError.wrap(exc, path, "remove") from exc
+
+
+# ---------------------------------------------------------------------------
+# torn files: a legacy writer that is not run through the shim writes in place
+# (``write_text``), so a reader may see its file empty or cut short for a moment.
+
+log = library_logger("federation.files")
+
+#: pauses between re-reads of a file that did not parse (about 0.2 s in all): long enough
+#: for a writer of a few hundred kilobytes to finish, short enough for a really corrupt file
+TORN_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+#: what this process saw: files re-read until they parsed, and files still unreadable after the re-reads
+torn_reads = {"recovered": 0, "unreadable": 0}
+
+
+def note_torn(what: str, *, recovered: bool, error: object = None) -> None:
+    """Count (and log) a torn legacy file: seen, then recovered by re-reading or still unreadable."""
+    torn_reads["recovered" if recovered else "unreadable"] += 1
+    if recovered:
+        log.warning("legacy_file_torn", file=what, outcome="recovered", seen=dict(torn_reads),
+                    detail="a writer outside the shim wrote it in place; every writer must run through the shim")
+    else:
+        log.warning("legacy_file_torn", file=what, outcome="unreadable", error=str(error))
+
+
+def _reread_torn(path: Path, reason: str, default: Any, root: Path | None) -> Any:
+    """Re-read *path* briefly (never through a link, never blocking); its data once it parses, else
+    :class:`CorruptFileError` (counted either way)."""
+    for pause in TORN_PAUSES:
+        time.sleep(pause)
+        raw = _read_raw(path, root)
+        if raw is None:
+            return default
+        try:
+            data = parse_json_bytes(raw)
+        except ValueError as exc:
+            reason = str(exc)
+            continue
+        note_torn(str(path), recovered=True)
+        return data
+    note_torn(str(path), recovered=False, error=reason)
+    raise CorruptFileError(path, reason)

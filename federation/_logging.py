@@ -3,6 +3,10 @@
 Rendering: JSON lines when stderr is not a terminal, readable console output
 on one; with ``FEDERATION_LOG_FILE`` set, JSON lines appended to that file
 (what ``federation report --log`` reads).  Nothing is ever written to stdout.
+
+On a terminal only warnings and errors are shown, so that a person reads a
+command's own output, not ``schema_migrated`` between its lines; ``verbose``
+(the CLI's ``-v``) or ``FEDERATION_LOG_FILE`` keeps every event.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ import sys
 import structlog
 
 
-def configure(level: int = logging.INFO, force_json: bool = False) -> None:
+def configure(level: int | None = None, force_json: bool = False, verbose: bool = False) -> None:
     path = os.environ.get("FEDERATION_LOG_FILE", "").strip()
     if path:
         stream = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the process
         renderer = structlog.processors.JSONRenderer()
+        tty = False
     else:
         stream = sys.stderr
         tty = stream.isatty() and not force_json
         renderer = structlog.dev.ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
+    if level is None:
+        level = logging.WARNING if tty and not verbose else logging.INFO
     shared = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

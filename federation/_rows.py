@@ -23,8 +23,9 @@ from typing import Any, Iterable, Iterator
 from . import _sql, _validate
 from ._files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
 from .errors import CorruptFileError
-from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
-                       SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type, message_mismatch, vote_problem)
+from .entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, NODE_FILE_OF,
+                       NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR, SHARED_DIR, TABLES, Entity,
+                       InvalidRecord, _json_type, message_mismatch, vote_problem)
 from .errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -146,6 +147,8 @@ def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None
     mismatch = message_mismatch(data, stem, agent)
     if mismatch:  # the file's place names the message; a body that disagrees is never used for a path
         raise _Invalid(mismatch)
+    if "attempt" in data or "lease_until" in data or "dead_at" in data:  # a leased or dead message's own fields
+        data = {k: v for k, v in data.items() if k not in DELIVERY_FIELDS}
     row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
     sources = out.sources["messages"]
     if row[:1] not in sources:  # the common case, without TreeRows.add's bookkeeping (100,000 files)
@@ -248,28 +251,29 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
             yield (INVALID, node.path, _odd(node), "") if not node.is_file(follow_symlinks=False) else \
                 ("unknown", node.path, "", "")
             continue
-        inbox = None
+        folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
         for entry in _entries(node.path):
             name = entry.name
-            if name == INBOX_DIR and entry.is_dir(follow_symlinks=False):
-                inbox = entry.path
+            if name in _MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif name == SENT_KEYS_DIR and entry.is_dir(follow_symlinks=False):
+                continue  # the index of idempotent sends: bookkeeping, no rows
             elif name in NODE_FILES and entry.is_file(follow_symlinks=False):
                 yield NODE_FILES[name], entry.path, node.name, name[:-5]
-            elif name in NODE_FILES or name == INBOX_DIR or not entry.is_file(follow_symlinks=False):
+            elif name in NODE_FILES or name in _MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
                 yield INVALID, entry.path, _odd(entry), ""
             else:
                 yield "unknown", entry.path, node.name, ""
-        if inbox is None:
-            continue
-        with os.scandir(inbox) as entries:
-            for entry in entries:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                if entry.is_file(follow_symlinks=False):
-                    yield ("message" if name.endswith(".json") else "unknown"), entry.path, node.name, name[:-5]
-                else:
-                    yield INVALID, entry.path, _odd(entry), ""
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        yield ("message" if name.endswith(".json") else "unknown"), entry.path, node.name, name[:-5]
+                    else:
+                        yield INVALID, entry.path, _odd(entry), ""
     if os.path.islink(tree.shared):
         return
     for entry in _entries(tree.shared):
@@ -311,6 +315,8 @@ def _odd(entry: os.DirEntry) -> str:
         return "a file where a directory should be"
     return "not a regular file: a FIFO, socket or device (not opened)"
 
+
+_MESSAGE_DIRS = (INBOX_DIR, LEASED_DIR, DEAD_DIR)
 
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
@@ -375,7 +381,8 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
         if kind == INVALID:  # a link or special file: not followed, not opened
             out.invalid.append({"path": path, "reason": owner})
             continue
-        _read_file(out, kind, path, owner, stem, valid_agents)
+        # a file listed then gone (a message claimed meanwhile) holds no rows: not an unreadable file
+        _read_file(out, kind, path, owner, stem, valid_agents, missing_ok=True)
     out.files = len(files) - sum(1 for f in files if f[0] in ("unknown", INVALID))
     if bar is not None:
         bar.n = len(files)
@@ -444,7 +451,7 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     parts = path[len(root):].split(os.sep)
     name = parts[-1]
     stem = name[:-5] if name.endswith(".json") else ""
-    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] == INBOX_DIR and stem:
+    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] in _MESSAGE_DIRS and stem:
         return "message", path, parts[1], stem
     if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
         return NODE_FILES[name], path, parts[1], stem

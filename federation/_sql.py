@@ -47,10 +47,14 @@ def insert(entity: Entity, conflict: str = "", extra: bool = False) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def upsert(entity: Entity, extra: bool = False) -> str:
-    """INSERT one row, or on a key conflict set every non-key column to the new row's."""
+def upsert(entity: Entity, extra: bool = False, reopen: bool = False) -> str:
+    """INSERT one row, or on a key conflict set every non-key column to the new row's.
+
+    reopen: also make the row unread again (``read_at = NULL``), as its file says it is.
+    """
     rest = entity.columns[entity.key:]
-    return insert(entity, "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in rest), extra)
+    sets = [f"{c} = excluded.{c}" for c in rest] + (["read_at = NULL"] if reopen else [])
+    return insert(entity, "DO UPDATE SET " + ", ".join(sets), extra)
 
 
 def where_key(entity: Entity) -> str:

@@ -74,7 +74,7 @@ def archive_legacy(dest: Path, *, root: Path | None = None) -> ArchiveResult:
     report = build_report(root)
     if not report.consistent:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
-                            f"({_summary(report)}). Run `federation report`, repair with `federation sync`, "
+                            f"({_summary(report)}). Run `federation report`, repair with `{_repair()}`, "
                             "and try again")
     dirs, files = legacy_paths(root, exclude=dest)
     digests: dict[str, str] = {}
@@ -136,3 +136,9 @@ def _verify(archive: Path, digests: dict[str, str]) -> None:
         raise StorageError(f"the archive {archive} does not match the files it was made from ({bad}); "
                            "nothing was removed")
 
+
+def _repair() -> str:
+    """The sync that is safe in the fleet's phase (archiving is phase 4's step: the files are rewritten)."""
+    from .rollout._default import fleet_phase, repair_command
+
+    return repair_command(fleet_phase())

@@ -38,16 +38,19 @@ def common(fn: Callable) -> Callable:
 
     @click.option("--db", "db", metavar="PATH", help="SQLite file, or a postgresql:// URL (wins over the environment).")
     @click.option("--root", "root", metavar="DIR", help="Root of the legacy file tree (wins over FEDERATION_ROOT).")
+    @click.option("-v", "--verbose", is_flag=True,
+                  help="On a terminal, show every log event (by default only warnings and errors).")
     @functools.wraps(fn)
-    def wrapper(root: str | None, db: str | None, **kwargs: Any) -> Any:
+    def wrapper(root: str | None, db: str | None, verbose: bool, **kwargs: Any) -> Any:
         from ._logging import configure
 
-        configure()
+        configure(verbose=verbose)
         _apply_overrides(root, db)
         try:
-            config.settings()
+            s = config.settings()
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        _check_root(s.root, given=bool(root))
         try:
             return fn(**kwargs)
         except ConfigError as exc:
@@ -57,6 +60,30 @@ def common(fn: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+#: commands that read or change an existing federation: a root that does not exist is a mistyped one
+_NEEDS_ROOT = {"migrate", "report", "sync", "doctor", "archive-legacy", "rollout"}
+
+
+def _check_root(root: Any, given: bool) -> None:
+    """A usage error (exit 2, nothing created) when this command needs the root and it is not a folder."""
+    ctx = click.get_current_context()
+    names = {c.info_name for c in _contexts(ctx)}
+    if not names & _NEEDS_ROOT or root.is_dir():
+        return
+    where = "--root" if given else "FEDERATION_ROOT (or the default root)"
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise click.UsageError(f"the federation root {root} ({where}) {what}: nothing was read or created; "
+                           "check the path")
+
+
+def _contexts(ctx: click.Context | None) -> list[click.Context]:
+    out = []
+    while ctx is not None:
+        out.append(ctx)
+        ctx = ctx.parent
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,6 +177,11 @@ def demo(agents: int) -> None:
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(status, as_json=False)
+    click.echo("")
+    click.echo("next, try:")
+    click.echo("  federation report            # the files and the database, compared table by table")
+    click.echo("  federation rollout status    # the live flag, the processes and the counted comparisons")
+    click.echo("  federation doctor            # every health check, each failure with its fix")
 
 
 # ---------------------------------------------------------------------------
@@ -205,6 +237,8 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     """
     from .migrate import migrate
 
+    if not dry_run:
+        _hold_files_first()
     result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -227,6 +261,33 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     sys.exit(result.exit_code)
 
 
+def _hold_files_first() -> None:
+    """Before a first migration with no flag set: set it to 1, what the unpinned fleet already runs.
+
+    Unflagged processes serve the files while the database was never backfilled (an upgrade), and
+    would step to phase 3 on their own the moment the migration marks it backfilled -- without the
+    guards, and missing what agents wrote to the files during the import.  The flag keeps them in 1.
+    """
+    from . import rollout as control
+    from .rollout._default import needs_backfill
+
+    s = config.settings()
+    try:
+        if control.read_flag(s.root) is not None or not needs_backfill(s):
+            return
+    except (FederationError, OSError):
+        return  # an unreadable flag is the operator's to repair; the migration does not touch it
+    result = control.set_phase(1, reason="federation migrate: the first backfill; the fleet stays on the files "
+                                         "until `federation rollout set 2`")
+    if result.changed:
+        click.echo("live flag: phase 1 (it was not set): unpinned processes keep serving the files after the "
+                   "migration; `federation rollout set 2` is the next step", err=True)
+
+
+#: `federation report`'s exit code when the database (or the files) cannot be opened or read
+REPORT_CANNOT_READ = 3
+
+
 @main.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
@@ -235,11 +296,20 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
 def report_command(as_json: bool, log_file: str | None) -> None:
     """Compare the file tree with the database, table by table.
 
-    Exit 0 when they agree, 1 when they differ, 2 on a usage error.
+    Each difference is re-read under its document's lock before it is
+    reported (a write in flight is not one).  Exit 0 when they agree, 1 when
+    they differ, 2 on a usage error, 3 when the database (or the files)
+    cannot be opened or read.
     """
     from .report import build_report, summarise_log
 
-    report = _guard(lambda: build_report(progress=_progress(as_json)))
+    try:
+        report = build_report(progress=_progress(as_json), recheck=True)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be opened is an answer: exit 3
+        click.echo(f"error: cannot compare: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(REPORT_CANNOT_READ)
     summary = summarise_log(log_file, report) if log_file else None
     if as_json:
         data = report.to_json()
@@ -274,7 +344,14 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         elif summary["consistency_rate"] is not None:
             click.echo(f"consistency rate over the period: {summary['consistency_rate']:.4f} "
                        "(share of records with no shadow event: no comparison was counted)")
-    click.echo("consistent" if report.consistent else "NOT consistent: `federation sync --to db|files` repairs")
+    if report.consistent:
+        click.echo("consistent")
+    else:
+        from .rollout._default import AUTHORITY, fleet_phase, repair_command
+
+        phase = fleet_phase()
+        side = "the files" if AUTHORITY[phase] == "files" else "the database"
+        click.echo(f"NOT consistent: {side} are authoritative in phase {phase}; `{repair_command(phase)}` repairs")
     sys.exit(0 if report.consistent else 1)
 
 
@@ -283,14 +360,25 @@ def report_command(as_json: bool, log_file: str | None) -> None:
               help="The side to rewrite so that it equals the other.")
 @click.option("--dry-run", is_flag=True, help="List what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--force", is_flag=True, help="Write over the side that is authoritative in the current phase "
+                                            "(needs --reason; recorded in control/syncs.jsonl).")
+@click.option("--reason", metavar="TEXT", help="Why the authoritative side is overwritten (with --force).")
 @common
-def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
-    """Rewrite one side where it differs from the other (exit 0 done, 1 failure, 2 usage)."""
+def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str | None) -> None:
+    """Rewrite one side where it differs from the other.
+
+    Only the side that is not authoritative in the fleet's current phase: the
+    database in phases 1-2 (`--to db`), the files in phases 3-4 (`--to files`).
+    The other direction is refused unless `--force --reason TEXT`.
+    Exit 0 done, 1 failure or refused, 2 usage.
+    """
     from .sync import sync
 
-    result = _guard(lambda: sync(to, dry_run=dry_run))
+    if reason is not None and not force:
+        raise click.UsageError("--reason goes with --force")
+    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason))
     if not dry_run:
-        _record_sync(to, len(result.changes))
+        _record_sync(to, len(result.changes), forced=force, reason=reason)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -343,7 +431,8 @@ class _Duration(click.ParamType):
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
-              help="Keys examined per write transaction (agents' writes run between batches).")
+              help="Most keys examined per write transaction; each batch is sized to hold the writer about "
+                   "5 ms, then pauses twice as long (agents' writes run between batches).")
 @common
 def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
     """Remove read messages and message-history entries older than DURATION from the database.
@@ -419,18 +508,35 @@ def doctor_command(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--agent", "agent", required=True, metavar="NAME",
-              help="The agent this server acts as: every write is made as NAME.")
+@click.option("--agent", "agent", metavar="NAME",
+              help="The agent this server acts as: every write is made as NAME (stdio).")
+@click.option("--http", "http", is_flag=True,
+              help="Serve every agent with a token (`federation agents add`) over Streamable HTTP at /mcp.")
+@click.option("--host", default=None, metavar="ADDRESS",
+              help="With --http: the address to bind [default: 127.0.0.1]; anything but loopback is exposed "
+                   "to the network (put TLS in front of it).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535),
+              help="With --http: the port to bind [default: 8765; 0: a free one].")
 @common
-def serve(agent: str) -> None:
-    """Serve the federation's tools to one agent over MCP (stdio).
+def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> None:
+    """Serve the federation's tools over MCP: to one agent over stdio, or to many over HTTP.
 
-    Register it in an MCP client as: federation serve --agent NAME.  Stdout
+    Stdio: register it in an MCP client as `federation serve --agent NAME`.  Stdout
     carries only the protocol; logs go to stderr or FEDERATION_LOG_FILE.
+
+    HTTP: `federation serve --http` serves http://127.0.0.1:8765/mcp; each request
+    acts as the agent its `Authorization: Bearer TOKEN` names (docs/agents-http.md).
     """
     from ._validate import agent as valid_agent
     from .errors import ValidationError
 
+    if http == (agent is not None):
+        raise click.UsageError("give either --agent NAME (stdio) or --http (many agents, one token each)")
+    if not http and (host is not None or port is not None):
+        raise click.UsageError("--host and --port go with --http")
+    if http:
+        _serve_http(host or "127.0.0.1", 8765 if port is None else port)
+        return
     try:
         valid_agent(agent, "--agent")
     except ValidationError as exc:
@@ -447,16 +553,114 @@ def serve(agent: str) -> None:
         exit_now(stop.code)
 
 
+def _serve_http(host: str, port: int) -> None:
+    from ._signals import Terminated, exit_now, exit_on_stop_signals
+    from .mcp_http import is_loopback, serve as run_http
+
+    def listening(url: str) -> None:
+        click.echo(f"federation MCP over HTTP on {url}; Ctrl-C stops it", err=True)
+        if not is_loopback(host):
+            click.echo(f"warning: {host} is not loopback: bearer tokens cross the network in clear text; "
+                       "put TLS in front of this server (a reverse proxy), see docs/agents-http.md", err=True)
+
+    # uvicorn stops gracefully on SIGTERM, then raises it again under this handler: a clean exit
+    exit_on_stop_signals()
+    try:
+        run_http(host=host, port=port, on_listening=listening)
+    except Terminated as stop:
+        # a worker thread may still run a tool call (a waiting pulse): don't wait for it to exit
+        exit_now(stop.code)
+
+
+# ---------------------------------------------------------------------------
+# bearer tokens of the agents served over HTTP (federation.agent_tokens)
+
+
+@main.group()
+def agents() -> None:
+    """Bearer tokens of the agents that `federation serve --http` serves (one per agent)."""
+
+
+def _token_root() -> Any:
+    root = config.settings().root
+    if not root.is_dir():
+        raise click.UsageError(f"the federation root {root} does not exist (--root or FEDERATION_ROOT)")
+    return root
+
+
+@agents.command("add")
+@click.argument("name", metavar="NAME")
+@click.option("--json", "as_json", is_flag=True, help='Print {"agent", "token"}.')
+@common
+def agents_add(name: str, as_json: bool) -> None:
+    """Make a new bearer token for agent NAME and print it once (only its hash is kept).
+
+    A second `add` for the same agent replaces its token: the old one stops working.
+    """
+    from . import agent_tokens
+    from ._validate import agent as valid_agent
+    from .errors import ValidationError
+
+    try:
+        valid_agent(name, "NAME")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    token, replaced = agent_tokens.add(name, _token_root())
+    if as_json:
+        click.echo(json.dumps({"agent": name, "token": token}))
+    else:
+        click.echo(token)
+        click.echo(f"token for agent {name!r} (shown once, only its hash is kept"
+                   + (f"; it replaces {name}'s previous token" if replaced else "") + ")", err=True)
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def agents_list(as_json: bool) -> None:
+    """List the agents with a token: active or revoked, since when (never the token)."""
+    from . import agent_tokens
+
+    entries = agent_tokens.list_tokens(_token_root())
+    if as_json:
+        click.echo(json.dumps({"agents": [e.to_json() for e in entries]}, indent=2))
+        return
+    if not entries:
+        click.echo("no agent has a token (`federation agents add NAME`)")
+        return
+    _columns([(e.agent, "active" if e.active else "revoked", e.created_at, e.created_by, e.revoked_at or "-")
+              for e in entries], ("agent", "state", "created_at", "created_by", "revoked_at"))
+
+
+@agents.command("revoke")
+@click.argument("name", metavar="NAME")
+@common
+def agents_revoke(name: str) -> None:
+    """Revoke agent NAME's token: servers refuse it within seconds, without a restart."""
+    from . import agent_tokens
+    from ._validate import agent as valid_agent
+    from .errors import ValidationError
+
+    try:
+        valid_agent(name, "NAME")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if agent_tokens.revoke(name, _token_root()):
+        click.echo(f"revoked the token of agent {name!r}; servers refuse it within {agent_tokens.CHECK_EVERY_S:g} s")
+    else:
+        click.echo(f"the token of agent {name!r} was already revoked")
+
+
 # ---------------------------------------------------------------------------
 # the live flag and the fleet (federation.rollout)
 
 
-def _record_sync(to: str, changes: int) -> None:
+def _record_sync(to: str, changes: int, forced: bool = False, reason: str | None = None) -> None:
     """Note a completed sync in control/ (the guard of a step back from phase 4 asks for one)."""
     from .rollout import record_sync
 
     try:
-        record_sync(config.settings().root, to, changes)
+        record_sync(config.settings().root, to, changes, forced=forced, reason=reason)
     except OSError as exc:
         click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
 
@@ -494,34 +698,50 @@ def rollout() -> None:
 @rollout.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--expect-phase", "expect", type=click.Choice(["1", "2", "3", "4"]), metavar="N",
+              help="Exit 0 only when every live process is in phase N (1 otherwise, naming the others): "
+                   "for scripts that wait for the fleet to follow a step.")
 @common
-def rollout_status(as_json: bool, since: str | None) -> None:
+def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None:
     """Show the live flag, every process of the fleet with its phase, and the counted consistency."""
     from . import rollout as control
 
     data = control.status(since=_moment(since))
+    behind = [p for p in data["fleet"] if p["alive"] and p["phase"] != int(expect)] if expect else []
     if as_json:  # strict JSON: the readers let no NaN or Infinity through from the files
         click.echo(json.dumps(data, indent=2, allow_nan=False))
-        return
+        sys.exit(1 if behind else 0)
     flag = data["flag"]
     if data.get("flag_error"):
         click.echo(f"flag:    UNREADABLE: {data['flag_error']} (processes keep their phase; "
                    "`federation rollout set PHASE` rewrites it)")
     elif flag is None:
-        click.echo("flag:    not set (unpinned processes run the default, phase 3)")
+        from .rollout import current_phase
+
+        click.echo(f"flag:    not set (unpinned processes run the default: phase "
+                   f"{current_phase(config.settings().root)[0]}; phase 1 while "
+                   "legacy files were never backfilled into the database, else 3)")
     else:
         click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
                    f"{flag['set_by']}" + (f": {flag['reason']}" if flag["reason"] else ""))
     for bad in data.get("control_errors", ()):
         click.echo(f"skipped: {bad['path']}: {bad['reason']}")
     fleet = data["fleet"]
-    live = sum(1 for p in fleet if p["alive"])
-    click.echo(f"fleet:   {live} live, {len(fleet) - live} gone")
+    summary = data["fleet_summary"]
+    every = f"; every live process in phase {summary['all_in']}" if summary["all_in"] is not None else \
+        ("; phases " + ", ".join(f"{n} in {ph}" for ph, n in summary["phases"].items()) if summary["live"] else "")
+    click.echo(f"fleet:   {summary['live']} live, {summary['gone']} gone{every}")
     if fleet:
         _columns([(p["host"], p["pid"], p["agent"] or "-", p["phase"],
                    "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
                    "live" if p["alive"] else "GONE") for p in fleet],
                  ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))
+    for p in fleet:
+        if p.get("adopted") and p["alive"]:
+            click.echo(f"adopted: {p['host']}:{p['pid']} runs {', '.join(p['adopted'])} through federation.adopt")
+        if p.get("torn_reads"):
+            click.echo(f"WARNING: {p['host']}:{p['pid']} saw {p['torn_reads']} legacy file(s) half-written: a process "
+                       "writes the files outside the shim (every writer must run through it before phase 2)")
     for four, files in control.unsafe_mix(fleet):
         click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
                    f"in phase {files['phase']}")
@@ -540,6 +760,47 @@ def rollout_status(as_json: bool, since: str | None) -> None:
         for h in data["history"][-10:]:
             click.echo(f"  {h['at']}  {h['from']} -> {h['to']}  by {h['by']}" + ("  FORCED" if h["forced"] else "")
                        + (f"  {h['reason']}" if h["reason"] else ""))
+    if expect:
+        if behind:
+            click.echo(f"NOT every live process is in phase {expect}: " + ", ".join(
+                f"{p['host']}:{p['pid']} in {p['phase']}" for p in behind[:10]), err=True)
+            sys.exit(1)
+        click.echo(f"every live process is in phase {expect}")
+
+
+@rollout.command("mismatches")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
+@click.option("--entity", metavar="NAME", help="Only this entity's (votes, messages, context...).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@common
+def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
+    """List the fleet's recent mismatches (newest first), each with its field-level diff.
+
+    The shim records every shadow comparison whose sides differed; the fleet
+    keeps the last 1,000.  `rollout set` refused by `consistency_rate` points here.
+    """
+    from . import rollout as control
+
+    records = control.recent_mismatches(1000)
+    if entity:
+        records = [r for r in records if r["entity"] == entity]
+    records = records[:limit]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("no mismatches recorded" + (f" for {entity}" if entity else ""))
+        return
+    for r in records:
+        click.echo(f"{r['at']}  {r['entity']} {r['key']}  phase {r['phase']} ({r['authority']} authoritative)  "
+                   f"{r['op']}  {r['host']}:{r['pid']}")
+        diff = r["diff"] if isinstance(r["diff"], list) else [r["diff"]]
+        for d in diff[:5]:
+            click.echo(f"    {json.dumps(d)}")
+    from .rollout._default import fleet_phase, repair_command
+
+    click.echo(f"repair: `{repair_command(fleet_phase())}` (the safe direction in the current phase), then "
+               "`federation rollout set N --since <after the repair>`")
 
 
 @rollout.command("set")
@@ -549,7 +810,10 @@ def rollout_status(as_json: bool, since: str | None) -> None:
               help="Lowest counted consistency rate over the window that lets the fleet step up to 3 or 4.")
 @click.option("--min-comparisons", type=click.IntRange(0), default=100, show_default=True,
               help="Fewest counted comparisons over the window that let the fleet step up to 3 or 4.")
-@click.option("--since", "since", metavar="WHEN", help=_SINCE_HELP)
+@click.option("--since", "since", metavar="WHEN",
+              help="Start of the counted evidence, exact to the second: an ISO 8601 time or a duration back from "
+                   "now (30m, 12h); default: when the current phase was entered (the flag's set_at; 24h without "
+                   "a flag).")
 @click.option("--force", is_flag=True, help="Override the guards (needs --reason; recorded).")
 @click.option("--reason", metavar="TEXT", help="Why (recorded in the history).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -251,3 +251,19 @@ def control_timings(env: Mapping[str, str] | None = None) -> ControlTimings:
             raise ConfigError(f"{var}={raw!r} is not accepted: use a whole number of seconds that divides 3600")
         values[field] = value
     return ControlTimings(**values)
+
+
+#: How many times a leased message is delivered before it becomes a dead letter (docs/delivery.md).
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+def max_attempts(env: Mapping[str, str] | None = None) -> int:
+    """``FEDERATION_MAX_ATTEMPTS`` (a whole number from 1 to 1000), default 5; read at each call (no
+    settings object to reset).  A bad value is a :class:`ConfigError` naming the variable."""
+    env = os.environ if env is None else env
+    raw = env.get("FEDERATION_MAX_ATTEMPTS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_ATTEMPTS
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ConfigError(f"FEDERATION_MAX_ATTEMPTS={raw!r} is not accepted: use a whole number from 1 to 1000")
+    return int(raw)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from . import _validate, config
 from ._files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
 from ._files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
+from .entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
                        check_close, check_vote, history_entry, inbox_lock, message_mismatch, node_lock, session_lock,
                        vote_problem)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
@@ -166,6 +167,231 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
             # the id is the file's own name (_message_from_file refuses a body that disagrees)
             remove(inbox / f"{msg['id']}.json")
         return messages
+
+
+# ---------------------------------------------------------------------------
+# delivery with leases and acknowledgements (issue 19; the layout: docs/delivery.md)
+#
+# A received message moves from inbox/ to leased/ by one rename (the claim:
+# legacy readers of inbox/ never see it again); its file is left as it was.
+# The leases of an agent live in one journal, leased/.leases.json
+# ({id: [attempt, lease_until]}), written once per receive or ack, after the
+# renames: a leased file the journal does not name (its receive died between
+# the two) is an expired lease of attempt 0, taken back by the next receive.
+# Everything happens under the inbox lock, which legacy claims take too; the
+# journal is on disk, so a lease survives the process that took it.  A lease
+# over after max_attempts deliveries moves the file to dead/, rewritten with
+# "attempt", "lease_until" and "dead_at".  An ack removes the file, as a legacy
+# claim does.  A path is built from a file's name, never from its body.
+
+LEASES_FILE = ".leases.json"
+
+
+def _json_names(directory: Path) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.endswith(".json") and not n.startswith(".")]
+
+
+def _leases(agent: str) -> dict[str, tuple[int, str | None]]:
+    """The lease journal of *agent*: ``{id: (attempt, lease_until)}``.  An unreadable journal reads as
+    empty: every leased message is then an expired lease (delivered again, never lost)."""
+    try:
+        data = read_json(tree().leased(agent) / LEASES_FILE, dict, {})
+    except CorruptFileError:
+        return {}
+    out = {}
+    for mid, entry in data.items():
+        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                and not isinstance(entry[0], bool) and (entry[1] is None or isinstance(entry[1], str))):
+            out[mid] = (entry[0], entry[1])
+    return out
+
+
+def _save_leases(agent: str, leases: dict[str, tuple[int, str | None]]) -> None:
+    path = tree().leased(agent) / LEASES_FILE
+    if leases:
+        atomic_write_json(path, {mid: list(entry) for mid, entry in sorted(leases.items())})
+    else:
+        remove(path)
+
+
+def _message_named(path: Path, agent: str) -> dict | None:
+    """The message of a file, its id the file's name."""
+    message = _message_from_file(path, agent)
+    if message is not None:
+        message["id"] = path.name[:-5]
+    return message
+
+
+def _dead_record(path: Path, agent: str) -> dict | None:
+    """A dead/ file: the message and its delivery fields."""
+    data = read_json(path)
+    if data is None:
+        return None
+    record = MESSAGES.record(data, fallback={"recipient": agent})
+    record["id"] = path.name[:-5]
+    attempt = data.get("attempt")
+    record["attempt"] = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
+    for field in ("lease_until", "dead_at"):
+        value = data.get(field)
+        record[field] = value if isinstance(value, str) else None
+    return record
+
+
+def _public(record: dict, *fields: str) -> dict:
+    return {**{f: record.get(f) for f in MESSAGE_FIELDS}, **{f: record.get(f) for f in fields}}
+
+
+def _bury(agent: str, name: str, message: dict, attempt: int, lease_until: str | None, dead_at: str) -> None:
+    """Move a leased message to dead/, its delivery fields written into it."""
+    t = tree()
+    atomic_write_json(t.dead(agent) / name, {**{f: message.get(f) for f in MESSAGE_FIELDS}, "attempt": attempt,
+                                             "lease_until": lease_until, "dead_at": dead_at})
+    remove(t.leased(agent) / name)
+
+
+def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
+                ids: list[str] | None = None) -> list[dict]:
+    """Lease *agent*'s deliverable messages (all, or only *ids*), oldest first, until *lease_until*.
+
+    Deliverable: new (in inbox/) or leased before with the lease over (*now*
+    past it); a lease over after *max_attempts* deliveries moves the message to
+    dead/ instead.  Each message comes back with ``attempt`` and ``lease_until``.
+    """
+    t = tree()
+    with locked(t, inbox_lock(agent)):
+        inbox, leased = t.inbox(agent), t.leased(agent)
+        leases = _leases(agent)
+        held = _json_names(leased)
+        changed = set(leases) - {n[:-5] for n in held}  # entries whose file is gone: dropped below
+        for mid in changed:
+            del leases[mid]
+        candidates: list[tuple[dict, int, bool]] = []  # (message, attempts so far, still in inbox/)
+        for name in held:
+            mid = name[:-5]
+            attempt, until = leases.get(mid, (0, None))
+            if until is not None and until >= now:
+                continue  # under lease
+            message = _message_named(leased / name, agent)
+            if message is None:
+                continue
+            if attempt >= max_attempts:  # delivered max times, never acknowledged
+                _bury(agent, name, message, attempt, until, now)
+                leases.pop(mid, None)
+                changed.add(mid)
+                continue
+            candidates.append((message, attempt, False))
+        taken = set(held)
+        for name in _json_names(inbox):
+            if name in taken:
+                continue  # a copy already delivered: the inbox file is a leftover, not a new message
+            message = _message_named(inbox / name, agent)
+            if message is not None:
+                candidates.append((message, 0, True))
+        candidates.sort(key=lambda c: (str(c[0].get("timestamp") or ""), str(c[0]["id"])))
+        if ids is not None:
+            wanted = set(ids)
+            candidates = [c for c in candidates if c[0]["id"] in wanted]
+        elif limit is not None:
+            candidates = candidates[:limit]
+        if any(new for _, _, new in candidates):
+            leased.mkdir(parents=True, exist_ok=True)
+        out = []
+        for message, attempt, new in candidates:
+            name = f"{message['id']}.json"
+            if new:
+                try:
+                    os.rename(inbox / name, leased / name)  # the claim
+                except FileNotFoundError:  # gone since the listing (a reader that ignores the lock)
+                    continue
+            leases[message["id"]] = (attempt + 1, lease_until)
+            changed.add(message["id"])
+            out.append({**message, "attempt": attempt + 1, "lease_until": lease_until})
+        if changed:
+            _save_leases(agent, leases)
+        return out
+
+
+def ack_messages(agent: str, ids: list[str], read_at: str) -> list[dict]:
+    """Acknowledge *agent*'s delivered messages among *ids* (leased or dead): their files are removed,
+    as a legacy claim removes a read message; the messages acknowledged now, in the order given."""
+    t = tree()
+    done = []
+    with locked(t, inbox_lock(agent)):
+        leases = None
+        for message_id in dict.fromkeys(ids):
+            name = f"{_validate.ident(message_id, 'message id')}.json"
+            for folder in (t.leased(agent), t.dead(agent)):
+                message = _message_named(folder / name, agent)
+                if message is not None and remove(folder / name):
+                    done.append(message)
+                    if folder == t.leased(agent):
+                        leases = _leases(agent) if leases is None else leases
+                        leases.pop(message_id, None)
+                    break
+        if leases is not None:
+            _save_leases(agent, leases)
+    return done
+
+
+def load_dead_letters(agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
+    """Messages delivered *max_attempts* times, never acknowledged (in dead/, or leased with the last lease over)."""
+    t = tree()
+    out = []
+    for name in [agent] if agent is not None else _agents():
+        if not _validate.is_agent(name):
+            continue
+        for file in _json_names(t.dead(name)):
+            record = _dead_record(t.dead(name) / file, name)
+            if record is not None:
+                out.append(record)
+        leases = _leases(name)
+        for file in _json_names(t.leased(name)):
+            attempt, until = leases.get(file[:-5], (0, None))
+            if until is not None and until < now and attempt >= max_attempts:
+                message = _message_named(t.leased(name) / file, name)
+                if message is not None:
+                    out.append({**message, "attempt": attempt, "lease_until": until, "dead_at": until})
+    return [_public(r, *DELIVERY_FIELDS) for r in _order(out)]
+
+
+def _key_file(sender: str, key: str) -> Path:
+    # the key is the sender's text: hashed, never a path of its own
+    return tree().sent_keys(sender) / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
+
+
+def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
+    """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
+    then nothing is written and the ids of the first send are returned.
+
+    Under the sender's key lock: the messages first, then the key's file
+    (``nodes/{sender}/sent_keys/``); a crash between the two can at worst let
+    a retry deliver again (at least once), never lose the message.
+    """
+    if not messages:
+        return []
+    sender = messages[0]["sender"]
+    t = tree()
+    with locked(t, keys_lock(sender)):
+        path = _key_file(sender, key)
+        data = read_json(path)
+        if data is not None and data.get("key") == key and isinstance(data.get("ids"), list):
+            return [str(i) for i in data["ids"]]
+        for message in messages:
+            atomic_write_json(t.message_file(message["recipient"], message["id"]),
+                              {field: message.get(field) for field in MESSAGE_FIELDS})
+        ids = [m["id"] for m in messages]
+        atomic_write_json(path, {"sender": sender, "key": key, "ids": ids,
+                                 "recipients": [m["recipient"] for m in messages],
+                                 "created_at": messages[0]["timestamp"]})
+        return ids
+
+
+def keys_lock(sender: str) -> str:
+    return f"keys-{_validate.agent(sender)}"
 
 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost
@@ -630,6 +856,22 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
     "claim_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
                         mirror=lambda result, args, kwargs: (
                             args[:1], {**kwargs, "ids": [m["id"] for m in result]})),
+    # delivery (issue 19): the other side leases exactly what the authoritative side leased
+    "lease_inbox": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id",
+                        mirror=lambda result, args, kwargs: (
+                            args[:1], {**dict(zip(("lease_until", "now", "limit", "max_attempts"), args[1:5])),
+                                       **kwargs, "ids": [m["id"] for m in result], "limit": None})),
+    "ack_messages": dict(entity="messages", lock=_agent_lock(inbox_lock), records="id"),
+    "load_dead_letters": dict(entity="messages", records="id"),
+    # an idempotent send: the other side writes only what the authoritative side wrote (nothing when the key
+    # was used); the recipients' inbox locks, as a broadcast (the file side takes the sender's key lock
+    # inside them; the database side locks the key in its transaction)
+    "save_keyed_messages": dict(
+        entity="messages",
+        lock=lambda ms, *a, **k: sorted({inbox_lock(m["recipient"]) for m in ms}),
+        key=lambda ms, key=None, *a, **k: f"{ms[0]['sender'] if ms else ''}:{key}",
+        mirror=lambda result, args, kwargs: (
+            ([m for m in args[0] if m["id"] in set(result)], *args[1:]), kwargs)),
     "save_history": dict(entity="message_history", files=False),
     "load_history": dict(entity="message_history", files=False),
     # context, expertise, profiles

@@ -197,6 +197,18 @@ def table_counts() -> dict[str, int] | None:
     return get_store(s).counts()
 
 
+def dead_letters() -> dict[str, Any] | None:
+    """Dead letters on the side the fleet's phase serves (count, oldest); None before any database."""
+    from . import rollout
+    from .messaging import dead_letter_summary
+
+    s = config.settings()
+    phase = s.effective_phase if s.phase_pinned else rollout.current_phase(s.root)[0]
+    if phase >= 3 and table_counts() is None:
+        return None
+    return dead_letter_summary(phase)
+
+
 # -- the counts, per clock hour ------------------------------------------------------------
 
 #: An hour is over (its counts final) this long after it ends: processes flush every few seconds.
@@ -357,7 +369,7 @@ class DashboardData:
         status = part("status", lambda: self._status(since, until, hours))
         series = None if hours is None else self.hourly.series(hours)
         mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
-        reads: dict[str, Callable[[], Any]] = {"tables": table_counts}
+        reads: dict[str, Callable[[], Any]] = {"tables": table_counts, "dead_letters": dead_letters}
         if status is not None:
             # the phase of the unpinned fleet: the flag's, the history's last when the flag is
             # unreadable, or the default
@@ -366,6 +378,7 @@ class DashboardData:
             reads[f"guards-{target}"] = lambda: self.source.guards(target)
         answers = self.db.get_many(reads)  # the row counts and the guards need the database
         tables, db_error = answers["tables"]
+        letters, _ = answers["dead_letters"]
         guards = None
         if status is not None:
             checks, guard_error = answers[f"guards-{target}"]
@@ -380,6 +393,7 @@ class DashboardData:
             "mismatches": mismatches,
             "guards": guards,
             "tables": tables,
+            "dead_letters": letters,
             "database": {"display": s.db_display, "engine": s.engine, "ok": db_error is None,
                          "error": db_error},
             "problems": problems,
@@ -460,6 +474,14 @@ class MetricsCollector:
         if tables:
             yield _gauge(GaugeMetricFamily, "federation_table_rows", "Rows per table of the database",
                          [([t], n) for t, n in tables.items()], ["table"])
+        letters, _ = self.data.db.get("dead_letters", dead_letters)
+        if letters is not None:
+            yield _gauge(GaugeMetricFamily, "federation_dead_letters",
+                         "Messages delivered the maximum number of times and never acknowledged",
+                         [([], letters["count"])])
+            yield _gauge(GaugeMetricFamily, "federation_dead_letter_oldest_age_seconds",
+                         "Age of the oldest dead letter (0 when there is none)",
+                         [([], letters["oldest_age_s"] or 0.0)])
 
 
 def merge_counters(*parts: list[dict]) -> list[dict]:

@@ -252,6 +252,13 @@ class Database:
             if version <= current:
                 continue
             for statement in statements:
+                added = schema.ADD_COLUMN.fullmatch(statement)
+                if added:
+                    table, column, definition = added.groups()
+                    tx.execute(f"SELECT * FROM {table} LIMIT 0")
+                    if column in {d[0] for d in tx._cur.description}:
+                        continue
+                    statement = f"ALTER TABLE {table} ADD COLUMN {column} {definition}"
                 tx.execute(statement.format(id_pk=self.dialect.id_pk))
             tx.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",

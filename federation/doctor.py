@@ -36,7 +36,8 @@ MIN_FREE_BYTES = 256 * 1024 * 1024
 
 _RESTORE_FIX = ("stop the agents, then restore the last verified backup: rm -f {db}-wal {db}-shm && "
                 "cp /path/to/backup.db {db} (README, \"Backup and restore\"); without a backup, "
-                "`federation sync --to db` from the files in phases 1-3")
+                "`federation sync --to db` from the files in phases 1-2 (in 3-4 the database is authoritative: "
+                "`--force --reason TEXT` only when the files are all that is left)")
 
 
 @dataclasses.dataclass
@@ -216,12 +217,29 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
     checks.append(_files_vs_database(s, phase, tree, store))
+    checks.append(_dead_letters_check(phase, store is not None or phase <= 2))
     checks.append(_fleet_check())
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _dead_letters_check(phase: int, readable: bool) -> Check:
+    """Messages delivered the maximum number of times and never acknowledged (docs/delivery.md): shown,
+    not a failure (the store is fine; an agent could not finish them)."""
+    if not readable:
+        return Check("dead_letters", True, "not counted: the database cannot be read")
+    from .messaging import dead_letter_summary
+
+    summary = dead_letter_summary(phase)
+    if not summary["count"]:
+        return Check("dead_letters", True, "no dead letters")
+    return Check("dead_letters", True,
+                 f"{summary['count']} dead letters (oldest since {summary['oldest_dead_at']}, "
+                 f"{summary['oldest_age_s']:.0f} s): messages delivered {config.max_attempts()} times and never "
+                 "acknowledged; messaging.dead_letters(agent) lists an agent's, ack(agent, ids) clears them")
 
 
 def phase_in_effect(s: config.Settings) -> int:
@@ -272,7 +290,13 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) ->
     from ._rows import read_db
     from .report import Sides, compare_sides
 
-    entities = compare_sides(Sides(tree, read_db(store)), diff_limit=0).entities
+    sides = Sides(tree, read_db(store))
+    report = compare_sides(sides, diff_limit=0)
+    if not report.consistent and phase in (2, 3):  # a write in flight is not a difference: re-read under its lock
+        from .sync import recheck
+
+        report = recheck(s.root, sides, report, store)
+    entities = report.entities
     differing = {n: len(t.missing_in_db) + len(t.missing_in_files) + len(t.different)
                  for n, t in entities.items() if not t.consistent}
     summary = ", ".join(f"{n}: {c}" for n, c in differing.items())

@@ -18,6 +18,7 @@ __all__ = [
     "BackfillRequiredError",
     "CorruptFileError",
     "FileStorageError",
+    "AuthoritativeSideError",
 ]
 
 
@@ -47,6 +48,10 @@ class StorageError(FederationError):
 
 class BackfillRequiredError(StorageError):
     """Phase 3/4 refuses to serve reads from a database that was never backfilled."""
+
+
+class AuthoritativeSideError(ConflictError):
+    """A repair would write over the side that is authoritative in the current phase (``sync`` without ``force``)."""
 
 
 class CorruptFileError(StorageError):

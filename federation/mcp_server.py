@@ -57,6 +57,12 @@ ArtifactType = Annotated[str, Field(description=(
 ReviewStatus = Literal[v.REVIEW_STATUSES]  # type: ignore[valid-type]
 PollStatus = Literal[governance.POLL_STATUSES]  # type: ignore[valid-type]
 
+IdempotencyKey = Annotated[str | None, Field(description=(
+    "Any text you choose (at most 256 bytes) naming this send: the same key again returns the first "
+    "send's result and sends nothing. Use one when you might retry."))]
+LeaseSeconds = Annotated[float, Field(gt=0, le=86400, description=(
+    "Seconds the messages stay yours; not acknowledged by then, they are delivered again."))]
+
 #: The most records one call of a list tool returns; a "next" cursor asks for the following page.
 MCP_PAGE = 100
 PageLimit = Annotated[int, Field(ge=1, le=MCP_PAGE, description=(
@@ -93,13 +99,51 @@ class AgentTools:
             "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes)."))] = "task",
         reply_to: Annotated[str | None, Field(description=(
             "The id of the message this one answers, if any."))] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Send a message from you to another agent's inbox.
 
         You are always the sender. Returns {"message_id": str}. The recipient
-        receives it once, through its check_inbox.
+        receives it through check_inbox, receive or pulse. Pass an idempotency_key
+        when you may retry (a timeout, an error saying the send may or may not have
+        been applied): the same key again returns the first message's id and sends nothing.
         """
-        return {"message_id": messaging.send_message(self.agent, recipient, content, message_type, reply_to)}
+        return {"message_id": messaging.send_message(self.agent, recipient, content, message_type, reply_to,
+                                                     idempotency_key)}
+
+    @_tool()
+    def receive(
+        self,
+        lease: LeaseSeconds = 60,
+        limit: Annotated[int | None, Field(ge=1, le=MCP_PAGE, description=(
+            f"At most this many messages (1-{MCP_PAGE}); omit for up to {MCP_PAGE}."))] = None,
+    ) -> dict[str, Any]:
+        """Receive your unread messages, oldest first, WITHOUT losing them if you fail: each is leased
+        to you for `lease` seconds. Call ack with a message's id once you have acted on it; a
+        message you do not ack comes back after its lease (its "attempt" counts the deliveries),
+        and after 5 attempts it is set aside as a dead letter. Prefer receive + ack over
+        check_inbox for work you must not lose; check_inbox marks messages read at once.
+
+        Returns {"messages": [{"id", "sender", "recipient", "content", "message_type", "reply_to",
+        "timestamp", "attempt", "lease_until"}], "count": int}.
+        """
+        messages = messaging.receive(self.agent, lease, MCP_PAGE if limit is None else limit)
+        return {"messages": messages, "count": len(messages)}
+
+    @_tool(idempotent=True)
+    def ack(
+        self,
+        ids: Annotated[list[str], Field(max_length=1000, description=(
+            "The ids of messages you received (receive, or pulse with lease) and have acted on."))],
+    ) -> dict[str, Any]:
+        """Acknowledge messages you received with receive (or pulse with lease): they are done, marked
+        read (the sender's receipt says so) and never delivered again.
+
+        Returns {"acked": [ids acknowledged now], "count": int}; ids that are not your received,
+        unacknowledged messages are left out.
+        """
+        acked = messaging.ack(self.agent, ids)
+        return {"acked": acked, "count": len(acked)}
 
     @_tool()
     def check_inbox(self) -> dict[str, Any]:
@@ -168,18 +212,29 @@ class AgentTools:
         claim: Annotated[bool, Field(description=(
             "true: receive your unread messages and mark them read (as check_inbox); "
             "false: only look at them (as peek_inbox)."))] = True,
+        lease: Annotated[float | None, Field(gt=0, le=messaging.MAX_LEASE_S, description=(
+            "Seconds: lease your new messages (as receive) instead of marking them read; ack them "
+            "(here, next tick, or with ack) once acted on."))] = None,
+        ack: Annotated[list[str] | None, Field(max_length=1000, description=(
+            "Ids of leased messages you have acted on: acknowledged first (as the ack tool)."))] = None,
+        wait: Annotated[float, Field(ge=0, le=messaging.MAX_WAIT_S, description=(
+            "Seconds (0-30): when no message is waiting, wait up to this long for one; the call "
+            "returns as soon as one arrives."))] = 0,
     ) -> dict[str, Any]:
-        """Everything you need each tick, in one call: records your heartbeat, receives your inbox,
-        and lists what awaits you.
+        """Everything you need each tick, in one call: records your heartbeat, acknowledges what you
+        finished (ack), receives your inbox (leased with lease, else marked read), optionally waits
+        for a message (wait), and lists what awaits you. The loop that loses nothing:
+        pulse(lease=60, ack=[ids you finished], wait=20).
 
-        Returns {"agent", "phase", "messages": [...] (as check_inbox; each delivered once),
+        Returns {"agent", "phase", "messages": [...] (as check_inbox, or as receive with lease),
+        "acked": [...] (when ack is given),
         "open_polls": [...] (open polls you have not voted on, oldest first, at most 100, shaped as
         get_poll), "more_open_polls": bool (list_polls status=open pages through all),
         "roles": [{"session_id", "title", "role", "subtask"}] (your session roles),
         "agents": [{"agent", "text", "last_heartbeat"}] (every agent's context; text null when
         it never set one)}.
         """
-        return messaging.pulse(self.agent, claim)
+        return messaging.pulse(self.agent, claim, lease, ack, wait)
 
     @_tool()
     def broadcast(
@@ -189,13 +244,14 @@ class AgentTools:
             "A free-form kind such as task, question, answer, info (non-empty, at most 64 bytes)."))] = "task",
         role: Annotated[str | None, Field(description=(
             "Only agents whose profile's default_role is this role; omit to reach every agent."))] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Send one message from you to every known agent but you (or to those with `role`).
 
         All copies are written together; each recipient receives its copy once. Returns
         {"message_ids": [...], "count": int}; a role nobody has gives count 0 (nothing sent).
         """
-        ids = messaging.broadcast(self.agent, content, message_type, role)
+        ids = messaging.broadcast(self.agent, content, message_type, role, idempotency_key)
         return {"message_ids": ids, "count": len(ids)}
 
     # -- context ---------------------------------------------------------------------------------
@@ -603,18 +659,33 @@ def _instructions(agent: str) -> str:
         f"You are agent {agent!r} of a federation of cooperating agents. These tools read and change the "
         "federation's shared state: inbox messages, context, expertise, profiles, polls and sessions. Every "
         f"write acts as {agent!r} (sender, voter, poll creator, reviewer, session lead): there is no argument "
-        "to act as anyone else. Call check_inbox to receive your messages (each is delivered once), "
+        "to act as anyone else. Call check_inbox to receive your messages (each is delivered once), or "
+        "receive then ack so that a message you could not finish comes back, "
         "heartbeat now and then to show you are alive, and set_context to say what you are working on. "
         "pulse does the heartbeat, the inbox and the list of polls awaiting your vote in one call per tick."
     )
 
 
-def build_server(agent: str) -> FederationServer:
-    """The MCP server of *agent*, with one tool per CONTRACT operation.
+def build_server(agent: str, like: list[Tool] | None = None) -> FederationServer:
+    """The MCP server of *agent*, with one tool per CONTRACT operation (*like*: see :func:`agent_tools_list`).
 
     Raises :class:`ValidationError` for an invalid agent name.
     """
     agent_tools = AgentTools(agent)
+    return FederationServer(agent_tools.agent, agent_tools_list(agent_tools, like), name="federation",
+                            title=f"federation ({agent})", instructions=_instructions(agent_tools.agent),
+                            version=__version__)
+
+
+def agent_tools_list(agent_tools: AgentTools, like: list[Tool] | None = None) -> list[Tool]:
+    """One MCP tool per CONTRACT operation, each acting as ``agent_tools.agent`` (stdio and HTTP share them).
+
+    *like*: the tools of another agent, copied with this agent's functions -- the schemas and argument
+    models are the same for every agent, and building them is what costs (the HTTP server, per agent).
+    """
+    if like is not None:
+        return [tool.model_copy(update={"fn": _guarded(tool.name, getattr(agent_tools, tool.name),
+                                                       agent_tools.agent)}) for tool in like]
     tools = []
     for name in TOOL_NAMES:
         method = getattr(agent_tools, name)
@@ -623,8 +694,7 @@ def build_server(agent: str) -> FederationServer:
                                   annotations=method._mcp_hints, structured_output=True)
         tool.parameters["additionalProperties"] = False
         tools.append(tool)
-    return FederationServer(agent_tools.agent, tools, name="federation", title=f"federation ({agent})",
-                            instructions=_instructions(agent_tools.agent), version=__version__)
+    return tools
 
 
 def serve(agent: str) -> None:

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import time
+
 from . import _validate as v
 import shim
+from shim import library_logger
 
 from . import _clock, config, core
-from .errors import ValidationError
+from .errors import StorageError, ValidationError
 from .governance import with_tally
 
 __all__ = ["send_message", "check_inbox", "peek_inbox", "get_history", "pulse", "get_sent", "broadcast",
-           "history_cursor"]
+           "history_cursor", "receive", "ack", "dead_letters", "dead_letter_summary", "MAX_LEASE_S", "MAX_WAIT_S"]
+
+_log = library_logger("federation.messaging")
 
 MAX_HISTORY = 10_000
 #: How many open polls one pulse returns at most (the oldest first; list_polls pages through the rest).
 PULSE_MAX_POLLS = 100
 _DIRECTIONS = ("sent", "received")
+#: The longest lease receive grants (a day), and the longest pulse waits.
+MAX_LEASE_S = 86400.0
+MAX_WAIT_S = 30.0
+#: How often a keyed send is sent again after a connection lost mid-commit (the key makes it safe).
+_KEYED_RETRIES = 3
 
 
 def send_message(sender: str, recipient: str, content: str, message_type: str = "task",
-                 reply_to: str | None = None) -> str:
-    """Deliver *content* from *sender* to *recipient*'s inbox; the message id."""
+                 reply_to: str | None = None, idempotency_key: str | None = None) -> str:
+    """Deliver *content* from *sender* to *recipient*'s inbox; the message id.
+
+    *idempotency_key*: the same key from the same sender again returns the
+    first send's id and writes nothing (across processes, and after a lost
+    connection: a keyed send is retried, and may be retried by its caller).
+    """
     v.agent(sender, "sender")
     v.agent(recipient, "recipient")
     v.content(content)
@@ -29,9 +44,31 @@ def send_message(sender: str, recipient: str, content: str, message_type: str = 
         v.ident(reply_to, "reply_to")
     message = {"id": _clock.new_id(), "sender": sender, "recipient": recipient, "content": content,
                "message_type": message_type, "reply_to": reply_to, "timestamp": _clock.now()}
+    if idempotency_key is not None:
+        ids = _keyed_send([message], _key(idempotency_key))
+        return ids[0]
     core.save_message(message)
     core.save_history("sent", [message])  # phase 1 only: SQL wrote it with the message
     return message["id"]
+
+
+def _key(value: object) -> str:
+    return v.text(value, "idempotency_key", limit=256)
+
+
+def _keyed_send(messages: list[dict], key: str) -> list[str]:
+    """Write *messages* under *key* unless it was used; a send whose commit may or may not have landed
+    is simply sent again: the key finds it if it did."""
+    for attempt in range(_KEYED_RETRIES + 1):
+        try:
+            ids = core.save_keyed_messages(messages, key)
+            break
+        except StorageError as exc:
+            if "may or may not" not in str(exc) or attempt == _KEYED_RETRIES:
+                raise
+    if ids == [m["id"] for m in messages]:  # written now, not found
+        core.save_history("sent", messages)  # phase 1 only: SQL wrote it with the messages
+    return ids
 
 
 def check_inbox(agent: str) -> list[dict]:
@@ -45,6 +82,91 @@ def check_inbox(agent: str) -> list[dict]:
     if messages:  # phase 1 only: SQL wrote them with the claim
         core.save_history("received", messages)
     return messages
+
+
+def _lease_seconds(lease: object) -> float:
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease <= MAX_LEASE_S:
+        raise ValidationError(f"lease must be a number of seconds above 0 and at most {MAX_LEASE_S:.0f}, "
+                              f"got {lease!r}")
+    return float(lease)
+
+
+def _lease(agent: str, lease: float, limit: int | None) -> list[dict]:
+    now, until = _clock.now_and_after(lease)
+    return core.lease_inbox(agent, lease_until=until, now=now, limit=limit, max_attempts=config.max_attempts())
+
+
+def receive(agent: str, lease: float = 60, limit: int | None = None) -> list[dict]:
+    """Lease *agent*'s unread messages, oldest first, for *lease* seconds (at least once delivery).
+
+    Each message dict has the message keys plus ``attempt`` (1 the first
+    time) and ``lease_until``.  Until the lease ends no one else receives
+    it; :func:`ack` completes it (read, the sender's receipt says so); not
+    acknowledged, it is delivered again with ``attempt + 1``; after
+    ``FEDERATION_MAX_ATTEMPTS`` deliveries (default 5) it is a dead letter
+    (:func:`dead_letters`) instead.  *limit*: at most that many.
+    """
+    v.agent(agent)
+    lease = _lease_seconds(lease)
+    limit = v.page_limit(limit, maximum=MAX_HISTORY)
+    return _lease(agent, lease, limit)
+
+
+def _ack_ids(ids: object) -> list[str]:
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
+        raise ValidationError(f"ids must be a list of message ids, got {type(ids).__name__}")
+    if len(ids) > MAX_HISTORY:
+        raise ValidationError(f"at most {MAX_HISTORY} ids at once, got {len(ids)}")
+    return [v.ident(i, "message id") for i in ids]
+
+
+def ack(agent: str, ids: list[str]) -> list[str]:
+    """Acknowledge messages *agent* received (leased, or dead letters): read now, never delivered again.
+
+    The ids acknowledged by this call; an id that is not a delivered,
+    unacknowledged message of *agent* (never received, acknowledged before,
+    someone else's) is left out.
+    """
+    v.agent(agent)
+    wanted = _ack_ids(ids)
+    return _ack(agent, wanted, _clock.now()) if wanted else []
+
+
+def _ack(agent: str, ids: list[str], stamp: str) -> list[str]:
+    done = core.ack_messages(agent, ids, read_at=stamp)
+    if done:  # phase 1 only: SQL's history shows an acknowledged message as received
+        core.save_history("received", done)
+    return [m["id"] for m in done]
+
+
+def dead_letters(agent: str) -> list[dict]:
+    """*agent*'s messages delivered the maximum number of attempts and never acknowledged, oldest first.
+
+    Each: the message keys plus ``attempt``, ``lease_until`` and ``dead_at``.
+    They are never delivered again; :func:`ack` removes one.
+    """
+    v.agent(agent)
+    return core.load_dead_letters(agent, now=_clock.now(), max_attempts=config.max_attempts())
+
+
+def dead_letter_summary(phase: int) -> dict:
+    """Every agent's dead letters on the side that serves *phase* (for doctor, the dashboard, /metrics):
+    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call."""
+    from datetime import datetime, timezone
+
+    now, maximum = _clock.now(), config.max_attempts()
+    if phase >= 3:
+        from .sqlstore import get_store
+
+        letters = get_store().load_dead_letters(None, now, maximum)
+    else:
+        read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
+        letters = read_files(None, now, maximum)
+    oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
+    age = None
+    if oldest is not None:
+        age = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds())
+    return {"count": len(letters), "oldest_dead_at": oldest, "oldest_age_s": age}
 
 
 def peek_inbox(agent: str) -> list[dict]:
@@ -104,12 +226,17 @@ def _phase() -> int:
     return int(experiment.mode()[0]) if experiment is not None else config.settings().effective_phase
 
 
-def pulse(agent: str, claim: bool = True) -> dict:
+def pulse(agent: str, claim: bool = True, lease: float | None = None, ack: list[str] | None = None,
+          wait: float = 0) -> dict:
     """One call per tick: heartbeat, inbox, open polls to vote on, session roles, everyone's context.
 
-    Records *agent*'s heartbeat, claims its unread messages (exactly once, as
-    :func:`check_inbox`; with ``claim=False`` only peeks), and returns
-    ``{"agent", "phase", "messages", "open_polls", "more_open_polls", "roles", "agents"}``:
+    Records *agent*'s heartbeat, acknowledges *ack* (ids of messages it
+    finished, as :func:`ack`), then takes its new messages: with *lease* (seconds)
+    leases them as :func:`receive`; else claims them (exactly once, as
+    :func:`check_inbox`); with ``claim=False`` only peeks.  *wait* (seconds, at
+    most 30): when there is no message, wait for one, returning as soon as one
+    arrives.  Returns ``{"agent", "phase", "messages", "open_polls",
+    "more_open_polls", "roles", "agents"}`` (and ``"acked"`` when *ack* is given):
     the open polls *agent* has not voted on (the oldest ``PULSE_MAX_POLLS``, each with its
     tally; ``more_open_polls`` says whether there are more), its session roles
     (``session_id``, ``title``, ``role``, ``subtask``) and every known agent's
@@ -118,27 +245,72 @@ def pulse(agent: str, claim: bool = True) -> dict:
     v.agent(agent)
     if not isinstance(claim, bool):
         raise ValidationError(f"claim must be true or false, got {claim!r}")
+    if lease is not None:
+        lease = _lease_seconds(lease)
+    wanted = None if ack is None else _ack_ids(ack)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT_S:
+        raise ValidationError(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:.0f}, got {wait!r}")
     stamp = _clock.now()
     core.save_heartbeat(agent, stamp)
-    if claim:
-        messages = core.claim_inbox(agent, read_at=stamp)
-        if messages:  # phase 1 only: SQL wrote them with the claim
-            core.save_history("received", messages)
-    else:
-        messages = core.load_inbox(agent)
+    acked = _ack(agent, wanted, stamp) if wanted else []
+    phase = _phase()
+    messages = _take(agent, claim, lease, stamp)
+    if not messages and wait > 0:
+        messages = _wait_for_messages(agent, claim, lease, phase, time.monotonic() + wait)
     polls = core.load_open_polls(agent, PULSE_MAX_POLLS + 1)
-    return {
+    out = {
         "agent": agent,
-        "phase": _phase(),
+        "phase": phase,
         "messages": messages,
         "open_polls": [with_tally(p) for p in polls[:PULSE_MAX_POLLS]],
         "more_open_polls": len(polls) > PULSE_MAX_POLLS,
         "roles": core.load_roles(agent),
         "agents": core.load_agent_states(),
     }
+    if ack is not None:
+        out["acked"] = acked
+    return out
 
 
-def broadcast(sender: str, content: str, message_type: str = "task", role: str | None = None) -> list[str]:
+def _take(agent: str, claim: bool, lease: float | None, stamp: str | None = None) -> list[dict]:
+    """What one pulse takes from the inbox: a lease, a claim or a look."""
+    if lease is not None:
+        return _lease(agent, lease, None)
+    if not claim:
+        return core.load_inbox(agent)
+    messages = core.claim_inbox(agent, read_at=stamp or _clock.now())
+    if messages:  # phase 1 only: SQL wrote them with the claim
+        core.save_history("received", messages)
+    return messages
+
+
+def _wait_for_messages(agent: str, claim: bool, lease: float | None, phase: int, deadline: float) -> list[dict]:
+    """Look again whenever the store says something changed (and at least every second) until *deadline*."""
+    from ._wait import RECHECK_S, watcher
+
+    try:
+        watch = watcher(agent, phase)
+    except Exception as exc:  # noqa: BLE001 - the watcher only saves work: without it, look every 0.25 s
+        _log.warning("pulse_wait_watcher_failed", agent=agent, error=f"{type(exc).__name__}: {exc}")
+        watch = None
+    messages = _take(agent, claim, lease)  # what arrived while the watcher was being set up
+    while not messages:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            if watch is None:
+                raise RuntimeError("no watcher")
+            watch.changed(min(left, RECHECK_S))
+        except Exception:  # noqa: BLE001 - a watcher that fails (connection lost) degrades to polling
+            watch = None
+            time.sleep(min(left, 0.25))
+        messages = _take(agent, claim, lease)
+    return messages
+
+
+def broadcast(sender: str, content: str, message_type: str = "task", role: str | None = None,
+              idempotency_key: str | None = None) -> list[str]:
     """Send *content* to every known agent but *sender* (with *role*: those whose profile's
     ``default_role`` is *role*); the message ids, one per recipient, by recipient name.
 
@@ -151,6 +323,7 @@ def broadcast(sender: str, content: str, message_type: str = "task", role: str |
     v.text(message_type, "message_type", limit=64)
     if role is not None:
         v.text(role, "role", limit=256)
+    key = None if idempotency_key is None else _key(idempotency_key)
     recipients = core.load_agents() if role is None else core.load_agents_by_role(role)
     recipients = sorted(a for a in set(recipients) if a != sender and v.is_agent(a))
     if not recipients:
@@ -158,6 +331,8 @@ def broadcast(sender: str, content: str, message_type: str = "task", role: str |
     stamp = _clock.now()
     messages = [{"id": _clock.new_id(), "sender": sender, "recipient": r, "content": content,
                  "message_type": message_type, "reply_to": None, "timestamp": stamp} for r in recipients]
+    if key is not None:  # the same key again: the first broadcast's ids, nothing written
+        return _keyed_send(messages, key)
     core.save_messages(messages)
     core.save_history("sent", messages)  # phase 1 only: SQL wrote it with the messages
     return [m["id"] for m in messages]

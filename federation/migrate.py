@@ -22,7 +22,10 @@ from typing import Any, Iterator
 from . import _sql, config
 from ._clock import now
 from ._rows import TABLES, TreeRows, key_text, read_tree
-from .entities import EXPERTISE, MESSAGES, Entity
+from ._files import read_json
+from .core import LEASES_FILE
+from .entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
+from .errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -167,6 +170,69 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
         del expertise[key]  # no longer in the tree: not expected in the database either
 
 
+def _carry_leases(store: Any, scanned: TreeRows) -> None:
+    """Messages found in leased/ or dead/ (docs/delivery.md) keep their delivery state in the database:
+    attempt, lease_until, dead_at from the file, on rows not delivered there yet (a rerun changes nothing)."""
+    updates = []
+    journals: dict[str, dict] = {}  # leased/.leases.json of each folder: {id: [attempt, lease_until]}
+    for key, path in scanned.sources["messages"].items():
+        folder = os.path.basename(os.path.dirname(path))
+        if folder not in (LEASED_DIR, DEAD_DIR):
+            continue
+        try:
+            if folder == LEASED_DIR:
+                where = os.path.dirname(path)
+                if where not in journals:
+                    journals[where] = read_json(Path(where) / LEASES_FILE, dict, {})
+                entry = journals[where].get(key[0])
+                entry = entry if isinstance(entry, list) and len(entry) == 2 else [None, None]
+                data = {"attempt": entry[0], "lease_until": entry[1]}
+            else:
+                data = read_json(Path(path))
+        except FederationError:
+            continue  # gone or unreadable since the scan: the row stays deliverable (at least once)
+        if not isinstance(data, dict):
+            continue
+        attempt = data.get("attempt")
+        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
+        until = data.get("lease_until") if isinstance(data.get("lease_until"), str) else ""
+        dead = data.get("dead_at") if isinstance(data.get("dead_at"), str) else None
+        if folder == DEAD_DIR and dead is None:
+            dead = until or now()
+        updates.append((attempt, until, dead, key[0]))
+    if updates:
+        # lease_until "" (a lease the file lost): already over, so the next receive takes it back
+        store.db.write(lambda tx: tx.executemany(
+            "UPDATE messages SET attempt = ?, lease_until = ?, dead_at = ? WHERE id = ? AND read_at IS NULL "
+            "AND attempt = 0", updates))
+
+
+def _carry_keys(store: Any) -> None:
+    """The idempotency keys of ``nodes/{sender}/sent_keys/`` onto their messages' rows (docs/delivery.md), so a
+    send retried with its key after the switch to the database still finds it (rows with a key keep it)."""
+    nodes = store.tree.nodes
+    updates = []
+    for sender in sorted(os.listdir(nodes)) if nodes.is_dir() else ():
+        folder = nodes / sender / SENT_KEYS_DIR
+        if not folder.is_dir():
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            try:
+                data = read_json(folder / name)
+            except FederationError:
+                continue  # an unreadable key: its send can no longer be recognised (a retry sends again)
+            if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not isinstance(
+                    data.get("ids"), list):
+                continue
+            updates += [(data["key"], str(i), sender) for i in data["ids"]]
+    if updates:
+        store.db.write(lambda tx: tx.executemany(
+            "UPDATE messages SET idempotency_key = ? WHERE id = ? AND sender = ? AND idempotency_key IS NULL",
+            updates))
+
+
 def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
     """Row counts per table, and the file rows the database lacks."""
 
@@ -220,6 +286,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
 def complete(store: Any, scanned: TreeRows) -> MigrationResult:
     """After the import: settle files removed live meanwhile, validate the counts, mark the database backfilled."""
     _settle_live_removals(store, scanned)
+    _carry_leases(store, scanned)
+    _carry_keys(store)
     entities, missing = _verify_counts(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date

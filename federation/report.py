@@ -122,12 +122,25 @@ def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
 
 
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
-                 diff_limit: int = DIFF_LIMIT) -> Report:
+                 diff_limit: int = DIFF_LIMIT, recheck: bool = False) -> Report:
     """Compare the legacy tree under *root* with the database (never writes to either).
 
     A SQLite database that does not exist yet is compared as empty, and not created.
+    recheck: re-read each difference under its document's lock before reporting it (a write in
+    flight is not a difference; :func:`federation.sync.recheck`).
     """
-    return compare_sides(read_sides(root, store=store, progress=progress), diff_limit)
+    settings = config.settings()
+    if recheck and store is None and database_exists(settings):
+        from .sqlstore import get_store
+
+        store = get_store(settings)
+    sides = read_sides(root, store=store, progress=progress)
+    report = compare_sides(sides, diff_limit)
+    if recheck and not report.consistent:
+        from .sync import recheck as settle
+
+        report = settle(Path(root) if root is not None else settings.root, sides, report, store)
+    return report
 
 
 # ---------------------------------------------------------------------------

@@ -135,8 +135,32 @@ _V2 = [
     "WHERE read_at IS NOT NULL",
 ]
 
+# Version 3: delivery with leases and acknowledgements (issue 19, docs/delivery.md).
+# A message is new while read_at, lease_until and dead_at are all NULL; leased
+# while lease_until is set (taken back once it has passed); acknowledged when
+# read_at is set; a dead letter when dead_at is set (delivered the maximum
+# number of attempts, never acknowledged).  idempotency_key: the sender's key
+# of an idempotent send, kept as long as the message row.
+_V3 = [
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS attempt INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS lease_until TEXT",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS dead_at TEXT",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS idempotency_key TEXT",
+    # receive: the deliverable messages of one recipient, oldest first
+    "CREATE INDEX IF NOT EXISTS idx_messages_deliverable ON messages(recipient, timestamp, id) "
+    "WHERE read_at IS NULL AND dead_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS idx_messages_dead ON messages(recipient, dead_at) WHERE dead_at IS NOT NULL",
+    # one key of one sender names one send (a broadcast: one message per recipient)
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_idempotency ON messages(sender, idempotency_key, recipient) "
+    "WHERE idempotency_key IS NOT NULL",
+]
+
+#: ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c …``: SQLite lacks the IF NOT EXISTS, so the upgrade
+#: checks the column itself (a version re-applied after a manual downgrade must not fail).
+ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (.*)", re.S)
+
 #: (version, statements) in order; applied inside one transaction each.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
 LATEST = MIGRATIONS[-1][0]
 
 #: The tables of the federation's state, as the migrations create them (not the bookkeeping tables).

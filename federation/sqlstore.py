@@ -27,6 +27,18 @@ T = TypeVar("T")
 _MSG_COLS = _sql.columns(MESSAGES)
 _msg = MESSAGES.from_row
 
+# A message is new (what check_inbox claims, legacy readers see in inbox/) while
+# it is unread, never leased and not dead; deliverable (what receive leases)
+# while unread, not dead and not under a lease; a dead letter is due once its
+# last lease ended after max attempts.
+_NEW = "read_at IS NULL AND lease_until IS NULL AND dead_at IS NULL"
+_DELIVERABLE = "read_at IS NULL AND dead_at IS NULL AND (lease_until IS NULL OR lease_until < ?)"
+_DUE_DEAD = "read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL AND lease_until < ? AND attempt >= ?"
+_NO_LIMIT = 1 << 62
+_MSG_COLS_OF_MESSAGES = ", ".join(f"messages.{c}" for c in MESSAGES.columns)
+#: PostgreSQL: every send notifies this channel with the recipient's name (pulse(wait) listens).
+NOTIFY_CHANNEL = "federation_inbox"
+
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
 _BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id"))
@@ -72,8 +84,9 @@ class SqlStore:
             raise BackfillRequiredError(
                 f"the database {self.db.dialect.describe()} was never backfilled from the legacy files "
                 f"under {self.tree.root}; serving reads from it would show agents an empty federation. "
-                "Run `federation migrate` (python scripts/migrate_to_sqlite.py) first, or stay in "
-                "FEDERATION_PHASE=2 / FEDERATION_USE_DB=0 until you have."
+                "`federation rollout set 1` serves the files meanwhile (every unpinned process follows it "
+                "within seconds); then run `federation migrate`. A process pinned to phase 3 or 4 by its "
+                "environment (FEDERATION_PHASE) needs that pin removed or set to 2 until the migration is done."
             )
         self._backfill_ok = True
 
@@ -94,12 +107,13 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             tx.execute(_sql.insert(MESSAGES), values)
             self._add_history(tx, [history_entry("sent", message)])
+            self._notify(tx, [message])
 
         self.db.write(fn)
 
     def load_inbox(self, agent: str) -> list[dict]:
         rows = self.db.fetchall(
-            f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND read_at IS NULL", (agent,))
+            f"SELECT {_MSG_COLS} FROM messages WHERE recipient = ? AND {_NEW}", (agent,))
         rows.sort(key=_BY_TIME)
         return [_msg(r) for r in rows]
 
@@ -113,7 +127,7 @@ class SqlStore:
         one transaction.
         """
         stamp = read_at or _clock.now()
-        sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL{{extra}} "
+        sql = (f"UPDATE messages SET read_at = ? WHERE recipient = ? AND {_NEW}{{extra}} "
                f"RETURNING {_MSG_COLS}")
         if ids is None:
             # not idempotent: a second run would claim nothing, so a lost connection is reported
@@ -132,8 +146,110 @@ class SqlStore:
         rows.sort(key=_BY_TIME)
         return [_msg(r) for r in rows]
 
+    # -- delivery with leases and acknowledgements (issue 19, docs/delivery.md) ----------------
+    def lease_inbox(self, agent: str, lease_until: str, now: str, limit: int | None = None,
+                    max_attempts: int = 5, ids: list[str] | None = None) -> list[dict]:
+        """Lease *agent*'s deliverable messages (new, or leased before and expired), oldest first.
+
+        One transaction: expired leases already delivered *max_attempts* times
+        become dead letters, then one ``UPDATE … RETURNING`` leases the oldest
+        rest (PostgreSQL: picked ``FOR UPDATE SKIP LOCKED`` in a CTE, so
+        concurrent receivers take disjoint sets without waiting on each other).
+        *ids*: the shim mirroring the other side's lease leases exactly those.
+        Each message comes back with ``attempt`` (1 the first time) and ``lease_until``.
+        """
+        pick = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
+                f"ORDER BY timestamp, id LIMIT ?")
+        if self.db.dialect.name == "postgresql":
+            # the chosen rows, locked once (a MATERIALIZED CTE joined by primary key, not an IN subquery
+            # the planner may re-run per row); rows another receiver holds are skipped, not waited for.
+            # FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
+            # UPDATE itself needs none (a condition there lets a planner without statistics scan).
+            sql = (f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                   "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
+                   "WHERE messages.id = picked.picked_id "
+                   f"RETURNING {_MSG_COLS_OF_MESSAGES}, messages.attempt, messages.lease_until")
+        else:  # SQLite: writers are serial; the subquery is evaluated once
+            sql = (f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
+                   f"AND {_DELIVERABLE} RETURNING {_MSG_COLS}, attempt, lease_until")
+        postgres = self.db.dialect.name == "postgresql"
+
+        def fn(tx: Tx) -> list[tuple]:
+            tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
+                       (now, agent, now, max_attempts))
+            if ids is None:
+                take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
+                return tx.fetchall(sql, (*take, lease_until) if postgres else (lease_until, *take, now))
+            rows = []  # the shim mirroring the other side's lease: exactly those messages
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                rows += tx.fetchall(
+                    f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
+                    f"{_DELIVERABLE} AND attempt < ? AND id IN ({marks}) RETURNING {_MSG_COLS}, attempt, lease_until",
+                    (lease_until, agent, now, max_attempts, *chunk))
+            return rows
+
+        rows = self.db.write(fn)
+        rows.sort(key=_BY_TIME)
+        return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in rows]
+
+    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
+        """Acknowledge delivered messages of *agent* among *ids*: read now (``read_at``), never delivered
+        again; the messages acknowledged now, in the order of *ids*."""
+        def fn(tx: Tx) -> list[tuple]:
+            done: list[tuple] = []
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                done += tx.fetchall(
+                    "UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL AND attempt > 0 "
+                    f"AND id IN ({marks}) RETURNING {_MSG_COLS}", (read_at, agent, *chunk))
+            return done
+
+        done = {r[0]: _msg(r) for r in self.db.write(fn)}
+        return [done[i] for i in dict.fromkeys(ids) if i in done]
+
+    def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
+        """Messages delivered *max_attempts* times and never acknowledged (marked dead, or due: lease over)."""
+        who = "" if agent is None else "recipient = ? AND "
+        rows = self.db.fetchall(
+            f"SELECT {_MSG_COLS}, attempt, lease_until, dead_at FROM messages WHERE {who}read_at IS NULL AND "
+            f"(dead_at IS NOT NULL OR ({_DUE_DEAD}))", ((agent,) if agent else ()) + (now, max_attempts))
+        rows.sort(key=_BY_TIME)
+        return [{**_msg(r), "attempt": r[7], "lease_until": r[8], "dead_at": r[9] or r[8]} for r in rows]
+
+    def save_keyed_messages(self, messages: list[dict], key: str) -> list[str]:
+        """Deliver *messages* (one sender) under the sender's idempotency *key*, unless that key was used:
+        then nothing is written and the ids of the first send are returned (by recipient)."""
+        if not messages:  # the shim mirroring a send that found its key: nothing to write
+            return []
+        sender = messages[0]["sender"]
+        cols = _MSG_COLS + ", created_at, idempotency_key"
+        insert = f"INSERT INTO messages ({cols}) VALUES ({', '.join('?' for _ in cols.split(', '))})"
+
+        def fn(tx: Tx) -> list[str]:
+            tx.dialect.lock(tx, f"idempotency:{sender}:{key}")  # PostgreSQL; SQLite's writers are serial
+            found = tx.fetchall("SELECT recipient, id FROM messages WHERE sender = ? AND idempotency_key = ?",
+                                (sender, key))
+            if found:
+                return [i for _, i in sorted(found)]
+            tx.executemany(insert, [(*MESSAGES.row_of(m), m["timestamp"], key) for m in messages])
+            self._add_history(tx, [history_entry("sent", m) for m in messages])
+            self._notify(tx, messages)
+            return [m["id"] for m in messages]
+
+        # safe to run again: a lost connection is retried by the caller and finds the key
+        return self.db.write(fn)
+
     def save_history(self, direction: str, messages: list[dict]) -> None:
         """Nothing to do: the database records history in the transaction of the message itself."""
+
+    def _notify(self, tx: Tx, messages: list[dict]) -> None:
+        """PostgreSQL: wake the recipients' pulse(wait) at commit (NOTIFY is transactional)."""
+        if self.db.dialect.name == "postgresql":
+            for recipient in sorted({m["recipient"] for m in messages}):
+                tx.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, recipient))
 
     @staticmethod
     def _add_history(tx: Tx, entries: list[dict]) -> None:
@@ -544,6 +660,7 @@ class SqlStore:
         def fn(tx: Tx) -> None:
             tx.executemany(_sql.insert(MESSAGES), rows)
             self._add_history(tx, [history_entry("sent", m) for m in messages])
+            self._notify(tx, messages)
 
         self.db.write(fn)
 

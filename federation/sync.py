@@ -31,10 +31,10 @@ from . import _sql, config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
 from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
-from .entities import MESSAGES, Entity, document_lock
-from .errors import CorruptFileError
+from .entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity, document_lock
+from .errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
 from .migrate import insert_values
-from .report import Report, Sides, compare_sides, database_exists, read_sides
+from .report import DIFF_LIMIT, Report, Sides, TableReport, compare_sides, database_exists, read_sides
 
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
@@ -68,17 +68,25 @@ class SyncResult:
         return {"to": self.to, "dry_run": self.dry_run, "changes": [dataclasses.asdict(c) for c in self.changes]}
 
 
-def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None) -> SyncResult:
+def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
+         reason: str | None = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
     Each differing document is decided again and repaired under its file lock
     (see the module's docstring); the changes returned are those made.  A dry
     run lists what the report shows, takes no lock and writes nothing.
+
+    Refused (:class:`AuthoritativeSideError`) when *to* is the side that is
+    authoritative in the fleet's current phase (the files in 1-2, the database
+    in 3-4): that would put the stale side's content over what agents were
+    told succeeded.  *force* with a *reason* overrides; a dry run is never refused.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
+    if not dry_run:
+        check_direction(to, force=force, reason=reason)
     if store is None and (not dry_run or database_exists(settings)):
         from .sqlstore import get_store
 
@@ -104,6 +112,72 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         result.settled += len(docs - differing)
     log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled)
     return result
+
+
+def check_direction(to: str, *, force: bool = False, reason: str | None = None) -> int:
+    """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise."""
+    from .rollout._default import authority, fleet_phase
+
+    if force and not (reason and reason.strip()):
+        raise ConfigError("--force needs --reason: say why the authoritative side is overwritten (it is recorded)")
+    phase = fleet_phase()
+    side = authority(phase)
+    if to == side and not force:
+        other = "files" if side == "db" else "db"
+        name = "the database is" if side == "db" else "the files are"
+        raise AuthoritativeSideError(
+            f"refused: {name} authoritative in phase {phase} (files in 1-2, the database in 3-4): "
+            f"`sync --to {to}` would put the other side's older content over what agents "
+            f"wrote. The safe repair is `federation sync --to {other}`; `--force --reason TEXT` overrides "
+            "(recorded in control/syncs.jsonl)")
+    return phase
+
+
+def recheck(root: Path, sides: Sides, report: Report, store: Any) -> Report:
+    """*report* with only the differences still there when each document is re-read from both sides under
+    its file lock (the lock every dual-phase write of it holds across both sides): a write in flight when
+    *sides* was read is not a difference.  Without a database (*store* None) nothing can be in flight."""
+    if store is None or report.consistent:
+        return report
+    tree = Tree(root)
+    fresh: list[Report] = []
+    for locks, (docs, paths) in sorted(_lock_groups(tree, sides, report).items()):
+        try:
+            with _holding(tree, locks):
+                fresh.append(_read_docs(store, tree, docs, paths))
+        except (OSError, FileStorageError):  # a read-only root takes no lock: a second read, as the guards do
+            first = _read_docs(store, tree, docs, paths)
+            second = _read_docs(store, tree, docs, paths)
+            fresh.append(_both(first, second))
+    entities = {}
+    for name, t in report.entities.items():
+        out = TableReport(files=t.files, rows=t.rows)
+        for r in fresh:
+            f = r.entities[name]
+            out.missing_in_db += f.missing_in_db
+            out.missing_in_files += f.missing_in_files
+            out.different += f.different
+            out.diffs += f.diffs[: max(0, DIFF_LIMIT - len(out.diffs))]
+        for keys in (out.missing_in_db, out.missing_in_files, out.different):
+            keys.sort()
+        entities[name] = out
+    return Report(entities, report.invalid)
+
+
+def _read_docs(store: Any, tree: Tree, docs: set[Doc], paths: set[str]) -> Report:
+    files = _only(read_files(tree, paths), docs)
+    return compare_sides(Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs))))
+
+
+def _both(a: Report, b: Report) -> Report:
+    """What two reports both find different (the same key in the same way)."""
+    out = {}
+    for name, t in a.entities.items():
+        u = b.entities[name]
+        out[name] = TableReport(t.files, t.rows, [k for k in t.missing_in_db if k in set(u.missing_in_db)],
+                                [k for k in t.missing_in_files if k in set(u.missing_in_files)],
+                                [k for k in t.different if k in set(u.different)], t.diffs)
+    return Report(out, a.invalid)
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +277,10 @@ def _repair_db(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> tuple[li
         else:
             tx.executemany(_sql.delete_by_key(table), keys)
     for table, rows in upserts:
-        tx.executemany(_sql.upsert(table, extra=True), insert_values(table, rows, files.rows))
+        # a message that has a file is unread: the upsert also clears a read_at the database holds, or the
+        # row would stay outside the compared (unread) side and be "repaired" again on every run
+        tx.executemany(_sql.upsert(table, extra=True, reopen=bool(table.db_filter)),
+                       insert_values(table, rows, files.rows))
     return changes, _differing(report)
 
 
@@ -264,6 +341,10 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             continue
         msg = MESSAGES.from_row(row)
         path = tree.message_file(msg["recipient"], mid)
+        if old and Path(old).parent.name in (LEASED_DIR, DEAD_DIR) and Path(old).parent.parent == path.parent.parent:
+            # received and not acknowledged: it stays out of inbox/ (rewritten without its lease, it is
+            # taken back by the next receive: delivered again, never lost)
+            path = Path(old)
         if old and Path(old) != path:
             drop(old, mid)
         put(path, msg, mid)
@@ -291,3 +372,10 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             else:
                 put(path, doc, doc_id)
     return changes
+
+
+def repair_documents(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> list[Change]:
+    """In transaction *tx*: make the database rows of the legacy documents *docs* equal their rows *files*
+    (read by the caller under the documents' locks).  What ``sync --to db`` does for one document, and what
+    :mod:`federation.adopt` does after an adopted function wrote one."""
+    return _repair_db(tx, files, docs, stamp)[0]

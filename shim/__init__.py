@@ -13,16 +13,18 @@ the locks.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import wrapt
 
 from ._compare import delta, field_diff, normalize, patch
-from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, Phase, Spec
+from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, Phase, Spec, SpecError
 from ._log import library_logger
 
 __all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "Phase", "Observation",
-           "Outcome", "Mismatch", "normalize", "field_diff", "delta", "patch", "FILES", "DB", "library_logger"]
+           "Outcome", "Mismatch", "SpecError", "normalize", "field_diff", "delta", "patch", "FILES", "DB",
+           "library_logger"]
 
 _installed: dict[str, Experiment] = {}
 
@@ -65,12 +67,33 @@ def install(
     if spec is None:
         spec = {n: {} for n in dir(module) if n.startswith(("load_", "save_")) and callable(getattr(module, n))}
     exp = Experiment(module, candidate, mode, lock, observers)
-    for name, raw in spec.items():
+    specs = {name: _spec_of(name, raw) for name, raw in spec.items()}
+    for name, s in specs.items():
+        _check_fits(module, name, s)  # every spec before anything is wrapped
+    for name, s in specs.items():
         original = getattr(module, name)
         exp.originals[name] = original
-        wrapt.wrap_function_wrapper(module, name, exp.wrapper(name, _spec_of(name, raw)))
+        wrapt.wrap_function_wrapper(module, name, exp.wrapper(name, s))
     _installed[key] = exp
     return exp
+
+
+def _check_fits(module: Any, name: str, spec: Spec) -> None:
+    """Refuse a spec its function cannot honour, naming the function."""
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise SpecError(f"{module.__name__}.{name}: no such function to wrap")
+    if spec.document and spec.kind == "write":
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return  # no signature to check (a builtin): the call checks
+        takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL, p.KEYWORD_ONLY)
+                    for p in params)
+        if not takes:
+            raise SpecError(f"{module.__name__}.{name}: a whole-document save (document={spec.document!r}) takes "
+                            "the document as its first argument, and this function takes none; a function that "
+                            "saves a module global is declared with federation.adopt.Save(..., source=NAME)")
 
 
 def install_when_imported(module_name: str, **hooks: Any) -> None:

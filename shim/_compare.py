@@ -100,9 +100,10 @@ def delta(base: Any, new: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
     return [(path, copy.deepcopy(new))]
 
 
-def patch(doc: Any, changes: Iterable[tuple[tuple, Any]]) -> Any:
-    """A copy of *doc* with *changes* (from :func:`delta`) applied."""
-    out = copy.deepcopy(doc)
+def patch(doc: Any, changes: Iterable[tuple[tuple, Any]], *, in_place: bool = False) -> Any:
+    """A copy of *doc* with *changes* (from :func:`delta`) applied (*in_place*: *doc* itself, changed:
+    for a document just read, which no one else holds, a copy is wasted work)."""
+    out = doc if in_place else copy.deepcopy(doc)
     for path, value in changes:
         if not path:
             out = copy.deepcopy(value)

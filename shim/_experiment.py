@@ -62,6 +62,10 @@ class Phase(enum.IntEnum):
 _OFF = int(Phase.FILES_ONLY)
 
 
+class SpecError(TypeError):
+    """A function's spec does not fit the function (or the call): raised before anything is written."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """How the shim treats one function.
@@ -298,6 +302,11 @@ class Experiment:
 
     def _save_document(self, spec: Spec, name: str, wrapped: Callable, store: Any, phase: Phase,
                        args: tuple, kwargs: dict) -> None:
+        if not args and not kwargs:
+            # a save of a module global (``save_polls()``): nothing here says where the document is
+            raise SpecError(f"{name}() was called with no argument, but its spec (document={spec.document!r}) "
+                            "expects the whole document as its first argument: nothing was written. A function "
+                            "that saves a module global is declared with federation.adopt.Save(..., source=NAME)")
         doc = args[0] if args else next(iter(kwargs.values()))
         bases = getattr(self._bases, "docs", None) or {}
         changes = delta(bases.get(spec.document, {}), doc)

@@ -528,3 +528,23 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     rollout.flush()
     assert HourlyCounts.consistency(hourly.by_hour(*window, now=later))["context"]["comparisons"] == before
     assert rollout.consistency(*window)["context"]["comparisons"] == before + 1
+
+
+def test_dead_letters_on_the_page_data_and_in_metrics(fed, dashboard, monkeypatch):
+    """/api/dashboard and /metrics show the dead-letter count and the oldest one's age (issue 19)."""
+    from federation import messaging
+
+    fed.phase(3)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    messaging.send_message("alice", "bob", "poison")
+    messaging.send_message("alice", "carol", "poison too")
+    for agent in ("bob", "carol"):
+        assert len(messaging.receive(agent, lease=0.1)) == 1
+    time.sleep(1.2)
+    server = dashboard(env={"FEDERATION_MAX_ATTEMPTS": "1", **fed.subprocess_env(phase=3)})
+    letters = server.get("/api/dashboard").json()["dead_letters"]
+    assert letters["count"] == 2 and letters["oldest_age_s"] >= 1.0 and letters["oldest_dead_at"]
+    fams = families(server.get("/metrics").text)
+    assert sample(fams, "federation_dead_letters", "federation_dead_letters") == 2
+    assert sample(fams, "federation_dead_letter_oldest_age_seconds",
+                  "federation_dead_letter_oldest_age_seconds") >= 1.0

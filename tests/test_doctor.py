@@ -14,7 +14,7 @@ from federation.doctor import doctor
 from federation.sqlstore import forget_stores
 
 NAMES = {"network_filesystem", "database_integrity", "schema_version", "wal_size", "free_space_database",
-         "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases"}
+         "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases", "dead_letters"}
 
 
 def _cli(fed, *args: str) -> subprocess.CompletedProcess:
@@ -195,3 +195,23 @@ def test_unsafe_mix_of_phases_in_the_fleet_fails_with_the_safe_step(fed):
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("phase", [2, 4])
+def test_dead_letters_are_counted_with_the_oldest_age(fed, phase, monkeypatch):
+    """A message delivered the maximum times and never acknowledged: doctor shows the count and its age
+    (on the side the phase serves), and says how to list and clear them."""
+    import time
+
+    fed.phase(phase)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    messaging.send_message("alice", "bob", "poison")
+    assert len(messaging.receive("bob", lease=0.1)) == 1
+    time.sleep(0.2)
+    # due (its last lease over) before any receive marks it: counted already
+    assert _check(doctor(), "dead_letters").detail.startswith("1 dead letters")
+    assert messaging.receive("bob", lease=0.1) == []  # marks it dead
+    check = _check(doctor(), "dead_letters")
+    assert check.ok and check.detail.startswith("1 dead letters") and "messaging.dead_letters" in check.detail
+    messaging.ack("bob", [m["id"] for m in messaging.dead_letters("bob")])
+    assert _check(doctor(), "dead_letters").detail == "no dead letters"

@@ -74,6 +74,11 @@ def pulse(agent: str, claim: bool) -> dict:
     return {k: v for k, v in messaging.pulse(agent, claim).items() if k != "phase"}
 
 
+def pulse_leasing(agent: str, ack: list[str]) -> dict:
+    """pulse acknowledging *ack*, then leasing for 2 s (without "phase")."""
+    return {k: v for k, v in messaging.pulse(agent, lease=2, ack=ack).items() if k != "phase"}
+
+
 def sent_without_receipts(agent: str) -> list[dict]:
     """get_sent without read_at: phase 1 keeps no receipts (documented), the other fields agree."""
     return [{k: v for k, v in m.items() if k != "read_at"} for m in messaging.get_sent(agent, 50)]
@@ -94,7 +99,8 @@ def observable_state() -> dict:
         "sessions": governance.list_sessions(),
         "agents": agents_known,
         "per_agent": {a: (context.get_context(a), context.get_expertise(a), context.get_profile(a),
-                          messaging.peek_inbox(a), messaging.get_history(a)) for a in AGENTS},
+                          messaging.peek_inbox(a), messaging.get_history(a), messaging.dead_letters(a))
+                      for a in AGENTS},
         "experts": {d: context.find_experts(d) for d in ("sql", "python")},
     }
 
@@ -109,6 +115,7 @@ def make_machine(db_env):
             core._history.clear()
             core._sent.clear()
             self.sides = Sides(db_env)
+            self.received: list[str] = []
 
         def teardown(self):
             self.sides.close()
@@ -182,6 +189,30 @@ def make_machine(db_env):
         def pulse(self, agent, claim):
             self.sides.run(pulse, agent, claim)
 
+        # delivery with leases and acks (issue 19): each step advances the shared clock by one second,
+        # so a lease of 1-2 s runs out within the run and the message comes back, then dies (max 2)
+        @rule(agent=agents, lease=st.sampled_from([1, 2, 3600]), limit=st.none() | st.integers(1, 2))
+        def receive(self, agent, lease, limit):
+            status, got = self.sides.run(messaging.receive, agent, lease, limit)
+            if status == "ok":
+                self.received += [m["id"] for m in got]
+
+        @rule(agent=agents, data=st.data())
+        def ack(self, agent, data):
+            ids = data.draw(st.lists(st.sampled_from(self.received), max_size=3)) if self.received else []
+            self.sides.run(messaging.ack, agent, ids + ["unknown"])
+
+        @rule(agent=agents, data=st.data())
+        def pulse_lease(self, agent, data):
+            ids = data.draw(st.lists(st.sampled_from(self.received), max_size=2)) if self.received else []
+            status, tick = self.sides.run(pulse_leasing, agent, ids)
+            if status == "ok":
+                self.received += [m["id"] for m in tick["messages"]]
+
+        @rule(sender=agents, recipient=agents, key=st.sampled_from(["k1", "k2"]), content=words)
+        def send_keyed(self, sender, recipient, key, content):
+            self.sides.run(messaging.send_message, sender, recipient, content, "task", None, key)
+
         @rule(sender=agents, content=words, role=st.none() | st.sampled_from(["lead", "reviewer", "nobody"]))
         def broadcast(self, sender, content, role):
             self.sides.run(messaging.broadcast, sender, content, "info", role)
@@ -214,6 +245,7 @@ def test_file_and_sql_stores_end_in_the_same_state(fed, monkeypatch):
     """Random CONTRACT operation sequences: phases 1-4 agree, and phases 2-3 publish no mismatch."""
     monkeypatch.setattr(_clock, "now", _clock.now)
     monkeypatch.setattr(_clock, "new_id", _clock.new_id)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "2")
     machine = make_machine(fed.database_env)
     with structlog.testing.capture_logs() as logs:
         run_state_machine_as_test(machine, settings=settings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CONTRACT_TOOLS = {
     "send_message", "check_inbox", "peek_inbox", "get_history", "sent_messages", "pulse", "broadcast",
+    "receive", "ack",
     "set_context", "get_context", "heartbeat", "list_agents",
     "set_expertise", "get_expertise", "find_experts",
     "set_profile", "get_profile",
@@ -85,7 +87,7 @@ def test_tool_list_has_every_operation_with_an_input_schema(fed):
         # Nothing in any schema lets a caller name who it acts as.
         for tool in ("send_message", "check_inbox", "peek_inbox", "get_history", "vote", "close_poll",
                      "create_poll", "review_artifact", "set_context", "set_expertise", "set_profile",
-                     "heartbeat", "create_session", "pulse", "broadcast", "sent_messages"):
+                     "heartbeat", "create_session", "pulse", "broadcast", "sent_messages", "receive", "ack"):
             props = set(tools[tool].input_schema.get("properties", {}))
             assert not props & {"agent", "sender", "voter", "creator", "reviewer", "lead"}, tool
 
@@ -519,5 +521,44 @@ def test_pulse_broadcast_and_read_receipts_over_stdio(fed, phase):
                 assert receipts[0]["read_at"] is None
             assert "unknown argument(s) agent" in await alice.error("pulse", agent="bob")
             assert "unknown argument(s) sender" in await alice.error("broadcast", content="x", sender="bob")
+
+    anyio.run(scenario)
+
+
+@pytest.mark.parametrize("phase", [1, 4])
+def test_receive_ack_and_pulse_wait_over_stdio(fed, phase):
+    """receive leases (attempt 1), ack completes; a keyed send is sent once; pulse(wait) returns on a send."""
+
+    async def scenario():
+        async with agent_server(fed, "alice", phase) as alice, agent_server(fed, "bob", phase) as bob:
+            first = (await alice.ok("send_message", recipient="bob", content="job", idempotency_key="j1"))
+            again = (await alice.ok("send_message", recipient="bob", content="job", idempotency_key="j1"))
+            assert first == again
+            got = await bob.ok("receive", lease=30)
+            assert [(m["id"], m["attempt"]) for m in got["messages"]] == [(first["message_id"], 1)]
+            assert got["messages"][0]["lease_until"]
+            assert (await bob.ok("receive", lease=30))["count"] == 0  # leased: not delivered again
+            assert await bob.ok("ack", ids=[first["message_id"]]) == {"acked": [first["message_id"]], "count": 1}
+            assert (await bob.ok("ack", ids=[first["message_id"]]))["count"] == 0
+            assert "invalid argument" in await bob.error("receive", lease=0)
+
+            async def send_later():
+                await anyio.sleep(1.5)
+                return await alice.ok("send_message", recipient="bob", content="wake up")
+
+            result = {}
+
+            async def wait_for_it():
+                t0 = time.monotonic()
+                result["tick"] = await bob.ok("pulse", lease=30, wait=20)
+                result["waited"] = time.monotonic() - t0
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_it)
+                sent = await send_later()
+            assert [m["id"] for m in result["tick"]["messages"]] == [sent["message_id"]]
+            assert 1.0 < result["waited"] < 15
+            done = await bob.ok("pulse", ack=[sent["message_id"]])
+            assert done["acked"] == [sent["message_id"]] and done["messages"] == []
 
     anyio.run(scenario)

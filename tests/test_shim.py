@@ -353,3 +353,44 @@ def test_phase_env_and_overrides():
         assert config.settings().effective_phase == 1
     finally:
         config.clear_overrides()
+
+
+def test_generic_shim_refuses_a_zero_argument_whole_document_save():
+    """shim.install with document= on save_polls() (no parameter) is refused; a call with no document raises
+    shim.SpecError and writes nothing — never a bare StopIteration."""
+    import types
+
+    mod = types.ModuleType("zero_arg_core")
+    mod.state = {}
+    mod.load_polls = lambda: dict(mod.state)
+
+    def save_polls():
+        mod.state["written"] = True
+
+    mod.save_polls = save_polls
+
+    class Store:
+        def load_polls(self):
+            return {}
+
+        def save_polls(self, doc):
+            raise AssertionError("must not be written")
+
+    hooks = dict(candidate=lambda p: Store(), mode=lambda: (2, 1.0),
+                 spec={"load_polls": {"entity": "polls", "document": "polls"},
+                       "save_polls": {"entity": "polls", "document": "polls"}})
+    with pytest.raises(shim.SpecError, match=r"zero_arg_core\.save_polls: a whole-document save"):
+        shim.install(mod, **hooks)
+    assert shim.installed(mod) is None
+
+    def save_many(*docs):  # takes arguments, so install accepts it; a call with none is refused
+        mod.state["written"] = True
+
+    mod.save_polls = save_many
+    shim.install(mod, **hooks)
+    try:
+        with pytest.raises(shim.SpecError, match=r"save_polls\(\) was called with no argument"):
+            mod.save_polls()
+        assert mod.state == {}
+    finally:
+        shim.uninstall(mod)

@@ -213,7 +213,7 @@ def test_sync_takes_the_lock_the_shim_holds_for_every_table():
                   if name.startswith("save_") and spec.get("entity") == table.name and spec.get("lock")]
         assert writes, table.name
         for name, spec in writes:
-            first = {"save_messages": [record]}.get(name, record if name in ("save_message", "save_poll",
+            first = {"save_messages": [record], "save_keyed_messages": [record]}.get(name, record if name in ("save_message", "save_poll",
                                                                                "save_session") else row[0])
             locks = spec["lock"](first)  # one name, or a list of names (a broadcast's inboxes)
             assert ([locks] if isinstance(locks, str) else list(locks)) == \

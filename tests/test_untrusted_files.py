@@ -454,6 +454,18 @@ def _fd_targets(pid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+async def _settled_fds(pid: int, baseline: int, within: float = 3.0) -> int:
+    """The fewest descriptors *pid* holds within *within* seconds (stops early at *baseline*)."""
+    import anyio
+
+    fewest = _fds(pid)
+    deadline = time.monotonic() + within
+    while fewest > baseline and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+        fewest = min(fewest, _fds(pid))
+    return fewest
+
+
 def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
     """A real `federation serve` (stdio) in phase 2 (files and database, so file locks, the write gate and
     connections are all used) idles 11 s (past the SDK's 10 s worker idle) five times between calls:
@@ -481,10 +493,12 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
             for _ in range(5):
                 await anyio.sleep(11)
                 await calls(session)
-                counts.append(_fds(pid))
+                counts.append(await _settled_fds(pid, counts[0]))
             return counts, first, _fd_targets(pid)
 
     counts, first, last = anyio.run(scenario)
+    # each cycle's figure is the fewest seen within 3 s of its calls: a worker thread's connection may be
+    # open for a moment beside the one being closed, but a leak stays (and grows cycle after cycle)
     assert max(counts) <= counts[0], f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
 
 

@@ -68,7 +68,8 @@
     }
     if (!flag) {
       box.replaceChildren(el("div", { class: "phase-big", id: "flag-phase" }, "–"),
-        el("p", {}, "No live flag set: unpinned processes run phase 3 (the default). ",
+        el("p", {}, "No live flag set: unpinned processes run the default, phase 3 (phase 1, the files, while legacy " +
+          "files were never backfilled into the database; the fleet below shows each one's phase). ",
           el("code", {}, "federation rollout set PHASE"), " sets it."));
       return;
     }
@@ -116,6 +117,14 @@
         el("tr", { "data-table": t }, el("td", {}, t), el("td", { class: "num" }, fmtNum(n)))), "", 2);
     } else {
       fillRows(tbody, [], db.ok ? "no database created yet" : "row counts unavailable", 2);
+    }
+    const dead = data.dead_letters;
+    const deadBox = $("#dead-letters");
+    if (deadBox) {
+      deadBox.replaceChildren(!dead ? "dead letters: not counted"
+        : dead.count === 0 ? el("span", {}, badge("none", "ok"), " dead letters")
+        : el("span", {}, badge(`${fmtNum(dead.count)} dead letters`, "warn"),
+          ` oldest ${Math.round(dead.oldest_age_s)} s (since ${fmtTime(dead.oldest_dead_at)})`));
     }
   }
 

@@ -14,13 +14,14 @@ from ._counts import BUCKET_SECONDS, LATENCY_BOUNDS_MS, MISMATCH_CAP
 from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, read_flag, record_sync
 from ._fleet import unsafe_mix
 from ._guards import DEFAULT_MIN_COMPARISONS, DEFAULT_MIN_RATE, SetResult, current_phase, guards, set_phase
-from ._runtime import RUNTIME
+from ._runtime import RUNTIME, observe
 from ._status import consistency, counters, fleet, history, recent_mismatches, series, status, totals
 
 __all__ = [
     "status", "series", "counters", "recent_mismatches", "guards", "unsafe_mix", "fleet", "history",
     "consistency", "totals", "set_phase", "SetResult", "current_phase", "read_flag", "record_sync", "Flag",
-    "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "flush",
+    "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "announce_adopted",
+    "observe", "flush",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
     "MISMATCH_CAP",
 ]
@@ -42,6 +43,16 @@ def announce_agent(agent: str) -> None:
     RUNTIME.announce_agent(agent)
 
 
+def announce_adopted(module: str, adopted: bool = True) -> None:
+    """Say that this process runs *module* adopted with :mod:`federation.adopt` (its fleet entry lists it,
+    and ``rollout set 4`` is refused while it lives); ``adopted=False`` withdraws it."""
+    RUNTIME.announce_adopted(module, adopted)
+
+
 def flush() -> None:
     """Write this process's counts and recent mismatches now (they are also written every few seconds)."""
     RUNTIME.flush()
+
+
+# observe(observation): the shim's observer that counts one dual-phase call (give it to shim.install's
+# observers, as federation's own wiring and federation.adopt do)

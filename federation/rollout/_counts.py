@@ -8,12 +8,16 @@ rewrites only the current hour's cells, and a reader of a window opens only
 the hours it covers).  Readers merge the files of the whole fleet.  Latencies
 are fixed-bound histograms, so processes merge by adding counts and p50/p99
 come from the merged histogram.  A window counts the buckets that start
-inside it.
+inside it whole; a bucket the window cuts counts the seconds inside it (each
+cell also keeps its comparisons, mismatches and errors per second), so a
+window is exact to the second.  Latencies of a cut bucket are left out.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
+import math
 import os
 import shutil
 import threading
@@ -47,10 +51,12 @@ _DIFF_TEXT = 500
 class Cell:
     """The counts of one (bucket, entity, phase)."""
 
-    __slots__ = ("comparisons", "mismatches", "errors", "hist", "sums")
+    __slots__ = ("comparisons", "mismatches", "errors", "hist", "sums", "seconds")
 
     def __init__(self) -> None:
         self.comparisons = self.mismatches = self.errors = 0
+        #: second within the bucket -> [comparisons, mismatches, errors]: what makes a window exact
+        self.seconds: dict[int, list[int]] = {}
         n = len(LATENCY_BOUNDS_MS) + 1
         self.hist = {"files": [0] * n, "db": [0] * n}
         self.sums = {"files": 0.0, "db": 0.0}
@@ -58,7 +64,8 @@ class Cell:
     def to_json(self) -> dict[str, Any]:
         return {"comparisons": self.comparisons, "mismatches": self.mismatches, "errors": self.errors,
                 "latency": {side: {"counts": list(self.hist[side]), "sum_ms": round(self.sums[side] * 1000, 6)}
-                            for side in SIDES}}
+                            for side in SIDES},
+                "seconds": {str(off): list(c) for off, c in sorted(self.seconds.items())}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Cell":
@@ -67,6 +74,7 @@ class Cell:
         for side in SIDES:
             cell.hist[side] = list(data["latency"][side]["counts"])
             cell.sums[side] = data["latency"][side]["sum_ms"] / 1000.0
+        cell.seconds = {int(off): list(c) for off, c in (data.get("seconds") or {}).items()}
         return cell
 
 
@@ -84,18 +92,25 @@ class Tally:
                 files_s: float | None = None, db_s: float | None = None) -> None:
         """Count one call of the shim: a comparison (mismatched or not), a shadow error, each side's time."""
         width = self.width
-        bucket = int(time.time()) // width * width
+        second = int(time.time())
+        bucket = second // width * width
         key = (bucket, entity, phase)
         with self._lock:
             cell = self.cells.get(key)
             if cell is None:
                 cell = self.cells[key] = Cell()
+            per = cell.seconds.get(second - bucket)
+            if per is None and (compared or error):
+                per = cell.seconds[second - bucket] = [0, 0, 0]
             if compared:
                 cell.comparisons += 1
+                per[0] += 1
                 if mismatched:
                     cell.mismatches += 1
+                    per[1] += 1
             if error:
                 cell.errors += 1
+                per[2] += 1
             if files_s is not None:
                 cell.hist["files"][bisect.bisect_left(_BOUNDS_S, files_s)] += 1
                 cell.sums["files"] += files_s
@@ -218,7 +233,10 @@ def _epoch(moment: datetime) -> float:
 
 
 def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
-    """Every counted cell of the fleet whose bucket starts in [since, until)."""
+    """Every counted cell of the fleet inside [since, until): whole, or the part of its seconds inside.
+
+    A cell written without seconds (an older process) counts when its bucket starts in the window.
+    """
     lo, hi = _epoch(since), _epoch(until)
     top = _io.control_dir(root) / _io.COUNTS_DIR
     try:
@@ -248,16 +266,49 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
                     or tuple(doc["bounds_ms"]) != LATENCY_BOUNDS_MS or not isinstance(doc.get("cells"), list):
                 _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
                 continue
+            width = _io.finite(doc.get("bucket_seconds")) or float(BUCKET_SECONDS)
             bad = 0
             for raw in doc["cells"]:
                 cell = valid_cell(raw)
                 if cell is None:
                     bad += 1
-                elif lo <= cell["start"] < hi:
+                    continue
+                start = cell["start"]
+                if lo <= start and start + width <= hi:
                     yield cell
+                elif start < hi and start + width > lo:
+                    part = _inside(cell, start, lo, hi)
+                    if part is not None:
+                        yield part
             if bad:
                 _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
                                        "or a bad start, entity or phase: not counted")
+
+
+def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
+    """The part of a cell the window [lo, hi) cuts: the counts of its whole seconds inside (a second *lo*
+    falls in the middle of is left out: what came before the window never counts), the whole cell when
+    they are all of it; None when nothing is inside."""
+    seconds = cell.get("seconds")
+    if not isinstance(seconds, dict):
+        return cell if lo <= start < hi else None
+    first = math.ceil(lo)
+    totals = [0, 0, 0]
+    for off, counts in seconds.items():
+        try:
+            at = start + int(off)
+            if first <= at < hi:
+                for i in range(3):
+                    totals[i] += int(counts[i])
+        except (TypeError, ValueError, IndexError):
+            continue
+    if totals == [0, 0, 0]:
+        return None
+    whole = [int(cell.get(k) or 0) for k in ("comparisons", "mismatches", "errors")]
+    if totals == whole:
+        return cell  # every counted second is inside: the latencies too
+    return {"start": cell.get("start"), "entity": cell.get("entity"), "phase": cell.get("phase"),
+            "comparisons": totals[0], "mismatches": totals[1], "errors": totals[2], "latency": {}}
 
 
 def valid_cell(cell: Any) -> dict | None:
@@ -273,6 +324,9 @@ def valid_cell(cell: Any) -> dict | None:
         if value is None:
             return None
         out[field] = value
+    seconds = _valid_seconds(cell.get("seconds"))
+    if seconds is not None:
+        out["seconds"] = seconds
     if out["mismatches"] > out["comparisons"]:  # a mismatch is a comparison: such a cell was not counted here
         return None
     latency = cell.get("latency") or {}
@@ -288,6 +342,25 @@ def valid_cell(cell: Any) -> dict | None:
         if len(counts) != len(LATENCY_BOUNDS_MS) + 1 or None in counts or total is None:
             return None
         out["latency"][side] = {"counts": counts, "sum_ms": total}
+    return out
+
+
+def _valid_seconds(seconds: Any) -> dict[str, list[int]] | None:
+    """A cell's per-second counts with every entry checked (an offset 0-3599, three counts), or None."""
+    if not isinstance(seconds, dict):
+        return None
+    out: dict[str, list[int]] = {}
+    for off, counts in seconds.items():
+        try:
+            second = int(off)
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= second < 3600 or not isinstance(counts, list) or len(counts) != 3:
+            return None
+        checked = [_io.count(c) for c in counts]
+        if None in checked:
+            return None
+        out[str(second)] = checked
     return out
 
 

@@ -139,10 +139,12 @@ def last_recorded_sample(root: Path) -> float | None:
     return None
 
 
-def record_sync(root: Path, to: str, changes: int) -> None:
-    """Note a completed (not dry-run) ``federation sync --to TO`` for the guards."""
-    _io.append_line(_io.control_dir(root) / _io.SYNCS_FILE,
-                    {"at": _io.iso(_io.utcnow()), "to": to, "changes": changes, "by": _io.who()})
+def record_sync(root: Path, to: str, changes: int, *, forced: bool = False, reason: str | None = None) -> None:
+    """Note a completed (not dry-run) ``federation sync --to TO`` for the guards (and a forced one's reason)."""
+    entry: dict[str, Any] = {"at": _io.iso(_io.utcnow()), "to": to, "changes": changes, "by": _io.who()}
+    if forced:
+        entry.update(forced=True, reason=reason)
+    _io.append_line(_io.control_dir(root) / _io.SYNCS_FILE, entry, durable=forced)
 
 
 def syncs(root: Path) -> list[dict]:

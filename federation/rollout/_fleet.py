@@ -2,7 +2,9 @@
 
 Each process rewrites ``control/fleet/<host>-<pid>.json`` every few seconds
 (and removes it at a clean exit); a reader marks a process not seen for
-``FEDERATION_FLEET_TIMEOUT`` seconds (30) as gone.
+``FEDERATION_FLEET_TIMEOUT`` seconds (30) as gone -- and a process of its own
+host at once when its pid no longer exists or now belongs to another process
+(a pid reused: its start time differs from the one announced).
 """
 
 from __future__ import annotations
@@ -46,10 +48,48 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
             continue
         entry = announcement(doc)
         seen = _io.parse_iso(entry["last_seen"])
-        entry["alive"] = seen is not None and (now - seen).total_seconds() <= timeout
+        entry["alive"] = seen is not None and (now - seen).total_seconds() <= timeout and not _dead_here(doc)
+        adopted = doc.get("adopted")
+        if isinstance(adopted, list) and adopted and all(isinstance(m, str) for m in adopted):
+            entry["adopted"] = adopted  # modules run through federation.adopt (only when there are some)
+        torn = _io.count(doc.get("torn_reads"))
+        if torn:
+            entry["torn_reads"] = torn  # legacy files it saw half-written (only when it saw some)
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process *pid* started, in clock ticks since boot (/proc/PID/stat's starttime); None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: count from the last ')'
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _dead_here(doc: dict) -> bool:
+    """True when the announcement is of this host and its process is certainly gone: no such pid, or the
+    pid now belongs to a process that started at another time (reused).  Other hosts: unknown (False)."""
+    pid = doc.get("pid")
+    if doc.get("host") != _io.HOST or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        pass  # exists (another user's), or cannot be asked
+    announced = doc.get("proc_start")
+    if isinstance(announced, int) and not isinstance(announced, bool):
+        now = start_ticks(pid)
+        return now is not None and now != announced
+    return False
 
 
 def announcement(doc: dict) -> dict:
@@ -76,5 +116,6 @@ def unsafe_mix(fleet: list[dict]) -> list[tuple[dict, dict]]:
 
 def describe(process: dict) -> str:
     agent = f" (agent {process['agent']})" if process.get("agent") else ""
-    return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')} " \
+    adopted = f" adopting {', '.join(process['adopted'])}" if process.get("adopted") else ""
+    return f"{process.get('host')}:{process.get('pid')}{agent}{adopted} in phase {process.get('phase')} " \
            f"[{process.get('source')}]"

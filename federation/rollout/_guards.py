@@ -9,7 +9,10 @@ to the step are returned:
 | ``report_consistent`` | going up to 3 or 4 | ``federation report`` finds differences (in two runs in a row) |
 | ``consistency_rate`` | going up to 3 or 4 | the window's counted rate is below ``min_rate`` |
 | ``enough_comparisons`` | going up to 3 or 4 | the window has fewer than ``min_comparisons`` comparisons |
+
+The window starts at ``since`` (exact to the second), else when the current phase was entered.
 | ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
+| ``adopted_code`` | going to 4 | a live process runs code adopted with ``federation.adopt`` |
 | ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
 
 A difference seen by one report but not by the next is a write in flight
@@ -28,7 +31,7 @@ from shim import library_logger
 
 from .. import config
 from ..errors import ConfigError
-from . import _fleet, _flag, _io, _status
+from . import _default, _fleet, _flag, _io, _status
 
 log = library_logger("federation.rollout")
 
@@ -36,14 +39,31 @@ DEFAULT_MIN_RATE = 0.999
 DEFAULT_MIN_COMPARISONS = 100
 
 
-def current_phase(root: Path) -> tuple[int, _flag.Flag | None, str | None]:
-    """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None)."""
+def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | None, str | None]:
+    """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
+
+    Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
+    *ask_db* False decides that from the files alone (a step that must work with the database down).
+    """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _flag.DEFAULT_PHASE), None, str(exc)
-    return (flag.phase if flag else _flag.DEFAULT_PHASE), flag, None
+        return (recorded if recorded is not None else _unflagged_phase(ask_db)), None, str(exc)
+    return (flag.phase if flag else _unflagged_phase(ask_db)), flag, None
+
+
+def _unflagged_phase(ask_db: bool) -> int:
+    s = config.settings()
+    if not ask_db:
+        from .._files import Tree
+
+        no_database = not s.db_url and not s.db_path.exists()
+        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
+    try:
+        return _default.default_phase(s)
+    except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
+        return _flag.DEFAULT_PHASE
 
 
 def _guard(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:
@@ -64,24 +84,13 @@ def _checked(name: str, fix: str, check: Callable[[], dict[str, Any]]) -> dict[s
 
 
 def _backfilled() -> dict[str, Any]:
-    from .._files import Tree
-    from ..report import database_exists
-
     s = config.settings()
-    legacy = Tree(s.root).has_legacy_data()
-    exists = database_exists(s)
-    if exists and s.db_url:  # a server database: has the schema been created in it? (reading creates nothing)
-        from ..database import get_db
-
-        exists = get_db(s).schema_version() > 0
+    legacy, exists, at = _default.backfill_state(s)
     if not exists:
         if legacy:
             return _guard("backfilled", False, f"the database {s.db_display} does not exist yet and legacy files "
                           "do", "run `federation migrate`")
         return _guard("backfilled", True, "a new federation: no legacy files to backfill")
-    from ..sqlstore import get_store
-
-    at = get_store(s).meta("backfilled_at")
     if at is None and legacy:
         return _guard("backfilled", False, f"the database {s.db_display} was never backfilled from the legacy files",
                       "run `federation migrate`")
@@ -166,6 +175,18 @@ def _files_current(root: Path, target: int, flag: _flag.Flag | None) -> dict[str
 # the guards of one step
 
 
+def evidence_since(since: datetime | None, flag: _flag.Flag | None) -> tuple[datetime | None, bool]:
+    """(the start of the counted evidence, whether it is the current phase's entry).
+
+    An explicit *since* wins; else the flag's ``set_at`` -- a step is judged on what the current phase
+    showed, not on a mismatch an earlier phase had and a repair removed; else None (the last 24 hours).
+    """
+    if since is not None:
+        return _io.aware(since), False
+    entered = _io.parse_iso(flag.set_at) if flag is not None else None
+    return entered, entered is not None
+
+
 def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_RATE,
                 min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None,
                 flag: _flag.Flag | None = None) -> list[dict[str, Any]]:
@@ -174,20 +195,27 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
     root = config.settings().root
     out: list[dict[str, Any]] = []
     if target == from_phase:
+        # the database side of 3 and 4 needs a backfill whatever the phase in effect (an unflagged
+        # fleet, or one forced there): confirming such a phase is refused like entering it
+        if target in (3, 4):
+            out.append(_checked("backfilled", "run `federation migrate` first", _backfilled))
         return out
     if target in (3, 4):
         out.append(_checked("backfilled", "run `federation migrate` first", _backfilled))
     if target in (3, 4) and target > from_phase:
         out.append(_checked("report_consistent", "force the step", lambda: _report_consistent(from_phase)))
+        since, entered = evidence_since(since, flag)
         since, until = _status.window(since, None)
         t = _status.totals(since, until)
-        measured = f"{t['comparisons']} comparison(s), {t['mismatches']} mismatch(es) since {_io.iso(since)}"
+        measured = f"{t['comparisons']} comparison(s), {t['mismatches']} mismatch(es) since {_io.iso(since)}" + \
+            (f" (when phase {from_phase} was entered)" if entered else "")
         low = t["rate"] is not None and t["rate"] < min_rate
         out.append(_guard("consistency_rate", not low,
                           f"rate {t['rate']:.6f} < {min_rate} ({measured})" if low else
                           f"rate {'-' if t['rate'] is None else format(t['rate'], '.6f')} >= {min_rate} ({measured})",
-                          "see the mismatches in `federation rollout status`, repair them (`federation sync`), then "
-                          "measure again from after the repair (`--since`)"))
+                          "list them with `federation rollout mismatches`, repair with "
+                          f"`{_default.repair_command(from_phase)}` (the phase-{from_phase} authority), then measure "
+                          "again from after the repair (`--since`)"))
         few = t["comparisons"] < min_comparisons
         out.append(_guard("enough_comparisons", not few,
                           f"{measured}; {min_comparisons} needed",
@@ -208,10 +236,23 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
                           "move them first (a pinned process: change FEDERATION_PHASE / FEDERATION_USE_DB in its "
                           "environment and restart it; one following the flag: step through phase 3) and wait "
                           "until `federation rollout status` shows it"))
+    if target == 4:
+        out.append(_adopted_code(fleet))
     if from_phase == 4 and target < 4:
         out.append(_checked("files_current", "run `federation sync --to files`",
                             lambda: _files_current(root, target, flag)))
     return out
+
+
+def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
+    """Phase 4 is refused while a process runs code adopted with federation.adopt: its file code still runs."""
+    live = [p for p in fleet if p["alive"] and p.get("adopted")]
+    names = ", ".join(_fleet.describe(p) for p in live[:5]) + (f" and {len(live) - 5} more" if len(live) > 5 else "")
+    return _guard("adopted_code", not live,
+                  f"{len(live)} live process(es) run adopted code, whose functions write the legacy files: {names}"
+                  if live else "no live process runs adopted code",
+                  "finish the adoption first: replace the adopted functions' calls by federation.* (the "
+                  "federation's API, docs/adopting-your-own-code.md), restart those processes, and retry")
 
 
 def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,
@@ -265,7 +306,8 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
         raise ConfigError("--force needs --reason: say why the guards are overridden (it is recorded)")
     root = config.settings().root
     with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
-        from_phase, flag, problem = current_phase(root)
+        # a step to 1 or 2 works with the database down: the phase it leaves is not asked of it
+        from_phase, flag, problem = current_phase(root, ask_db=target in (3, 4))
         if sample is not None:
             new_sample = sample
         elif flag is not None:
@@ -274,7 +316,8 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
             recorded = _flag.last_recorded_sample(root) if problem else None
             new_sample = _flag.DEFAULT_SAMPLE if recorded is None else recorded
         if flag is not None and flag.phase == target and flag.sample == new_sample:
-            return SetResult(from_phase, target, False, [], force, flag)
+            checks = step_guards(from_phase, target, flag=flag)  # 3 and 4: still refused when not backfilled
+            return SetResult(from_phase, target, False, checks, force, flag)
         checks = step_guards(from_phase, target, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
                              flag=flag)
         result = SetResult(from_phase, target, False, checks, force, flag, problem)

@@ -30,9 +30,9 @@ from typing import Any
 
 from shim import library_logger
 
-from .. import config
+from .. import _files, config
 from ..errors import ConfigError
-from . import _counts, _fleet, _flag, _io
+from . import _counts, _default, _fleet, _flag, _io
 
 log = library_logger("federation.rollout")
 
@@ -54,9 +54,12 @@ class Runtime:
         self._flag_seen: tuple[Path, tuple[int, int, int]] | None = None
         self._flag: _flag.Flag | None = None
         self._flag_problem: str | None = None
+        self._backfilled_root: Path | None = None
+        self._default_seen: dict[Path, int] = {}
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
+        self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
@@ -66,12 +69,16 @@ class Runtime:
         self.pid = os.getpid()
         self.started = time.time()
         self.started_at = _io.iso(_io.utcnow())
+        self.proc_start = _fleet.start_ticks(self.pid)  # tells this process from a later one given its pid
         self._announced_root: Path | None = None
         self._counts_root: Path | None = None
         self._mismatch_lines = 0
         self._reported_pairs: set[tuple] = set()
         self._warned: set[str] = set()
-        self._last_announce = self._last_flush = 0.0
+        # None: not yet done in this process, so due at once -- monotonic time counts from the machine's boot,
+        # and a 0.0 here would put the first flush an interval after boot (never, in a young machine's first hour)
+        self._last_announce: float | None = None
+        self._last_flush: float | None = None
 
     # -- the phase of a call -------------------------------------------------------
     def mode(self) -> tuple[int, float]:
@@ -104,7 +111,7 @@ class Runtime:
             elif self._flag_problem is not None:
                 phase, source = self._fallback_phase(s.root)
             else:
-                phase, source = _flag.DEFAULT_PHASE, "default"
+                phase, source = self._default_phase(s), "default"
             if s.sample_pinned:
                 sample = s.shadow_sample
             elif flag is not None:
@@ -160,6 +167,43 @@ class Runtime:
         self._clear_problem(path)
         return flag
 
+    def _default_phase(self, s: config.Settings) -> int:
+        """Phase 3, or 1 while the root's legacy files were never backfilled into its database.
+
+        Asked at each look at the flag while the answer is 1 (the operator may migrate meanwhile);
+        a backfill is not undone, so once seen the answer stays 3 for this root.  When the database
+        cannot be asked, the last answer holds (3 if there is none: what the shim would refuse anyway).
+        """
+        if self._backfilled_root == s.root:
+            return _flag.DEFAULT_PHASE
+        known = self._default_seen.get(s.root)
+        if known is not None:
+            return known  # a call never waits on the database for this: the background thread asks again
+        return self._ask_default(s)
+
+    def _ask_default(self, s: config.Settings) -> int:
+        try:
+            needs = _default.needs_backfill(s)
+        except Exception as exc:  # noqa: BLE001 - never raise into a call
+            self._warn_once("rollout_backfill_unknown", root=str(s.root), error=f"{type(exc).__name__}: {exc}")
+            answer = self._mode[0] if self._resolved and self.source == "default" else _flag.DEFAULT_PHASE
+            self._default_seen[s.root] = answer  # calls keep it; the background thread asks again
+            return answer
+        self._default_seen[s.root] = 1 if needs else _flag.DEFAULT_PHASE
+        if needs:
+            if self._mode[0] != 1 or not self._resolved:
+                log.warning("rollout_default_files", root=str(s.root), phase=1,
+                            detail="legacy files and a database never backfilled from them: serving the files "
+                                   "(phase 1) until `federation migrate` has run; `federation rollout set 1` "
+                                   "keeps the fleet there")
+            return 1
+        self._backfilled_root = s.root
+        return _flag.DEFAULT_PHASE
+
+    def _awaiting_backfill(self, s: config.Settings) -> bool:
+        """Following the default while the root is not known to be backfilled: asked again at each tick."""
+        return self.source == "default" and self._backfilled_root != s.root
+
     def _fallback_phase(self, root: Path) -> tuple[int, str]:
         """A process starting while the flag is unreadable: the last phase the history recorded."""
         with contextlib.suppress(OSError):
@@ -208,12 +252,15 @@ class Runtime:
         if s is None:
             return
         now = time.monotonic()
-        if not final and not self._pinned_all and now >= self._next_check:
+        if not final and not self._pinned_all and self._awaiting_backfill(s):
+            self._ask_default(s)  # outside the lock: calls keep the known answer meanwhile
+            self._resolve(s)
+        elif not final and not self._pinned_all and now >= self._next_check:
             self._resolve(s)  # the phase the next call would take: what the announcement says
         if self._counts_root is not None and self._counts_root != s.root:
             self._flush(self._counts_root)  # the process moved to another federation (tests do)
         self._counts_root = s.root
-        if final or self.tally.dirty and now - self._last_flush >= self.timings.counts_flush:
+        if final or self.tally.dirty and _due(self._last_flush, now, self.timings.counts_flush):
             self._flush(s.root)
             self._last_flush = now
         if final:
@@ -221,7 +268,7 @@ class Runtime:
             return
         if self._announced_root is not None and self._announced_root != s.root:
             self._withdraw()
-        if announce_now or now - self._last_announce >= self.timings.fleet_refresh or \
+        if announce_now or _due(self._last_announce, now, self.timings.fleet_refresh) or \
                 self._announced_root is None:
             if self._announce(s.root):
                 self._last_announce = now
@@ -236,7 +283,13 @@ class Runtime:
             return False
         doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "phase": self._mode[0],
                "source": self.source, "sample": self._mode[1], "version": _version(),
-               "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow())}
+               "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow()),
+               "proc_start": self.proc_start}
+        if self.adopted:
+            doc["adopted"] = list(self.adopted)
+        torn = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
+        if torn:  # legacy files seen half-written: a writer outside the shim (status warns)
+            doc["torn_reads"] = torn
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
@@ -318,6 +371,20 @@ class Runtime:
         self.mode()
         self._wake.set()
 
+    def announce_adopted(self, module: str, adopted: bool = True) -> None:
+        """Say that this process runs *module* adopted with :mod:`federation.adopt` (or no longer does)."""
+        with self._lock:
+            if adopted and module not in self.adopted:
+                self.adopted.append(module)
+            elif not adopted and module in self.adopted:
+                self.adopted.remove(module)
+        try:
+            self.mode()  # resolve now: the process joins the fleet before its first call
+        except Exception as exc:  # noqa: BLE001 - a bad setting is said by the first call, not by an import
+            log.warning("rollout_announce_deferred", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._wake.set()
+
     def at_exit(self) -> None:
         if self._resolved:
             with contextlib.suppress(Exception):
@@ -332,6 +399,11 @@ class Runtime:
         self.tally = _counts.Tally(self.tally.width)
         self._begin()
         self._settings = None  # resolve again (and start this process's thread) on the next call
+
+
+def _due(last: float | None, now: float, interval: float) -> bool:
+    """True when never done yet, or *interval* seconds (monotonic) have passed since *last*."""
+    return last is None or now - last >= interval
 
 
 @functools.lru_cache(maxsize=1)
@@ -364,6 +436,8 @@ def observe(obs: Any) -> None:
     tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
                   error=candidate is not None and candidate.error is not None,
                   files_s=seconds.get("files"), db_s=seconds.get("db"))
+    if RUNTIME._last_flush is None:  # the first counts of this process: written now, not an interval later
+        RUNTIME._wake.set()
     if obs.mismatches:
         authority = obs.phase.authority
         for m in obs.mismatches:

@@ -45,6 +45,18 @@ def fleet() -> list[dict]:
     return _fleet.read_fleet(_root(), timeout())
 
 
+def fleet_summary(processes: list[dict]) -> dict[str, Any]:
+    """``{"live", "gone", "phases": {phase: live processes in it}, "all_in": the phase every live process
+    is in, or None (mixed, or none live)}``: the answer to "is the whole fleet in phase N yet?"."""
+    live = [p for p in processes if p.get("alive")]
+    phases: dict[str, int] = {}
+    for p in live:
+        phases[str(p.get("phase"))] = phases.get(str(p.get("phase")), 0) + 1
+    only = list(phases)
+    return {"live": len(live), "gone": len(processes) - len(live), "phases": dict(sorted(phases.items())),
+            "all_in": int(only[0]) if len(only) == 1 and only[0].isdigit() else None}
+
+
 def counters(since: datetime | None = None, until: datetime | None = None) -> list[dict]:
     """Per (entity, phase) over the window: comparisons, mismatches, errors and both sides' latency histograms.
 
@@ -166,7 +178,9 @@ def status(since: datetime | None = None, until: datetime | None = None) -> dict
     """The ``federation rollout status --json`` object (CONTRACT)."""
     since, until = window(since, until)
     flag, problem = flag_record()
-    data: dict[str, Any] = {"flag": flag, "fleet": fleet(), "consistency": consistency(since, until),
+    processes = fleet()
+    data: dict[str, Any] = {"flag": flag, "fleet": processes, "fleet_summary": fleet_summary(processes),
+                            "consistency": consistency(since, until),
                             "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": history()}
     if problem is not None:
         data["flag_error"] = problem

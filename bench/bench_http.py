@@ -1,0 +1,235 @@
+"""N agents over MCP Streamable HTTP (one `serve --http`) against the same agents over stdio (one
+`serve --agent` each), same run, both engines.
+
+Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
+``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
+per engine, transport and N: calls/s over the whole run and p50/p99 per call in ms (every call of
+every agent), and the CPU per call of the clients (this process) and of the server(s) (its child processes).  The
+clients all run in this process (one event loop), beside the server(s): on a small
+machine they compete for the same cores, so compare the two transports of one run, not runs.
+Target: HTTP p99 under 50 ms at 64 agents.
+
+    python bench/bench_http.py [--agents 1 16 64] [--rounds 20] [--engines sqlite postgresql]
+                               [--stdio-max 64] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from _common import federation_env
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+TOOLS = ("pulse", "send_message", "vote")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return pick(0.50) * 1e3, pick(0.99) * 1e3
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_http(log: Path) -> tuple[subprocess.Popen, str]:
+    err = log.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--http", "--port", "0"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env(),
+                            cwd=str(REPO))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("federation MCP over HTTP on "):
+                return proc, line.split(" on ", 1)[1].split(";", 1)[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"serve --http did not start: {log.read_text()[-2000:]}")
+
+
+async def open_http(stack: AsyncExitStack, url: str, token: str):
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    http = await stack.enter_async_context(create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}))
+    read, write = await stack.enter_async_context(streamable_http_client(url, http_client=http))
+    session = await stack.enter_async_context(ClientSession(read, write))
+    await session.initialize()
+    return session
+
+
+async def open_stdio(stack: AsyncExitStack, agent: str, errlog):
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "federation", "serve", "--agent", agent],
+                                   env=child_env(), cwd=str(REPO))
+    read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+    session = await stack.enter_async_context(ClientSession(read, write))
+    await session.initialize()
+    return session
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process *pid* so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's child processes (the servers), alive now."""
+    total = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(pid))
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, tokens: dict[str, str],
+               work: Path) -> tuple[float, list[float], dict[str, float]]:
+    """(wall seconds of the timed part, every call's seconds, CPU seconds of the client and the server)."""
+    import anyio
+
+    names = [f"agent-{i:03d}" for i in range(n)]
+    samples: list[float] = []
+    cpu: dict[str, float] = {}
+
+    async def agent_loop(i: int, session) -> None:
+        me, nxt = names[i], names[(i + 1) % n]
+        for r in range(rounds):
+            for tool, args in (("pulse", {}), ("send_message", {"recipient": nxt, "content": f"{me} {r}"}),
+                               ("vote", {"poll_id": poll, "option": "a" if (i + r) % 2 else "b"})):
+                t0 = time.perf_counter()
+                result = await session.call_tool(tool, args)
+                took = time.perf_counter() - t0
+                if result.is_error:
+                    raise SystemExit(f"{tool} failed for {me}: {result.content}")
+                samples.append(took)
+
+    async def main() -> float:
+        with open(work / f"stdio-{transport}-{n}.stderr", "w") as errlog:
+            async with AsyncExitStack() as stack:
+                sessions = []
+                for name in names:  # connected (and the stdio servers started) before the clock starts
+                    sessions.append(await open_http(stack, url, tokens[name]) if transport == "http"
+                                    else await open_stdio(stack, name, errlog))
+                for session in sessions:  # warm-up: each agent's first call (an HTTP server builds its tools)
+                    await session.call_tool("heartbeat", {})
+                t0, c0 = time.perf_counter(), time.process_time()
+                s0 = children_cpu_seconds()
+                async with anyio.create_task_group() as tg:
+                    for i, session in enumerate(sessions):
+                        tg.start_soon(agent_loop, i, session)
+                cpu["client"] = time.process_time() - c0
+                cpu["server"] = children_cpu_seconds() - s0
+                return time.perf_counter() - t0
+
+    wall = anyio.run(main)
+    return wall, samples, cpu
+
+
+def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int, stdio_max: int) -> list[tuple]:
+    from federation import agent_tokens, governance
+
+    rows = []
+    for n in counts:
+        with federation_env(4, db_url) as root:  # phase 4: the database alone (the fleet's end state)
+            if db_url:
+                _reset_pg(db_url)
+            names = [f"agent-{i:03d}" for i in range(n)]
+            tokens = {name: agent_tokens.add(name, root)[0] for name in names}
+            poll = governance.create_poll(names[0], "Which?", ["a", "b"])
+            proc, url = start_http(root.parent / f"{root.name}-http.stderr")
+            try:
+                wall, samples, cpu = run_agents("http", n, rounds, poll, url, tokens, root.parent)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            rows.append((engine, "http", n, len(samples) / wall, *percentiles(samples),
+                         cpu["client"] / len(samples) * 1e3, cpu["server"] / len(samples) * 1e3))
+            if n <= stdio_max:
+                wall, samples, cpu = run_agents("stdio", n, rounds, poll, None, tokens, root.parent)
+                rows.append((engine, "stdio", n, len(samples) / wall, *percentiles(samples),
+                             cpu["client"] / len(samples) * 1e3, cpu["server"] / len(samples) * 1e3))
+            print_row(rows[-2] if n <= stdio_max else rows[-1])
+            if n <= stdio_max:
+                print_row(rows[-1])
+    return rows
+
+
+def _reset_pg(url: str) -> None:
+    import psycopg
+
+    from federation.schema import TABLES
+    from federation.sqlstore import forget_stores
+
+    forget_stores()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in (*TABLES, "federation_meta", "schema_version"):
+            conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+
+
+def print_row(row: tuple) -> None:
+    engine, transport, n, rate, p50, p99, client_ms, server_ms = row
+    server = "-" if server_ms is None else f"{server_ms:.1f}"
+    print(f"  {engine:10} {transport:6} {n:4d} {rate:9.0f} {p50:8.1f} {p99:8.1f} {client_ms:10.1f} {server:>10}",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--rounds", type=int, default=20, help="ticks per agent (3 calls each)")
+    ap.add_argument("--engines", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    ap.add_argument("--stdio-max", type=int, default=64, help="run stdio only up to this many agents "
+                    "(each is a server process of its own)")
+    ap.add_argument("--pg-url", help="PostgreSQL database to use (default: a throwaway server)")
+    args = ap.parse_args()
+    print(f"{len(args.agents)} sizes x {args.rounds} rounds of pulse+send_message+vote per agent, phase 4")
+    print(f"  {'engine':10} {'via':6} {'N':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'client CPU':>10} "
+          f"{'server CPU':>10}  (CPU: ms per call)")
+    rows = []
+    if "sqlite" in args.engines:
+        rows += bench_engine("SQLite", None, args.agents, args.rounds, args.stdio_max)
+    if "postgresql" in args.engines:
+        server = None
+        url = args.pg_url
+        if not url:
+            from pgserver import PgServer
+
+            server = PgServer().start()
+            url = server.url
+        try:
+            rows += bench_engine("PostgreSQL", url, args.agents, args.rounds, args.stdio_max)
+        finally:
+            if server is not None:
+                server.destroy()
+    by = {(e, t, n): (rate, p99) for e, t, n, rate, _p50, p99, *_cpu in rows}
+    for (engine, transport, n), (rate, p99) in sorted(by.items()):
+        if transport == "http" and (engine, "stdio", n) in by:
+            s_rate, s_p99 = by[(engine, "stdio", n)]
+            print(f"  {engine} N={n}: HTTP/stdio calls/s {rate / s_rate:.2f}x, p99 {p99:.1f} vs {s_p99:.1f} ms")
+    for (engine, transport, n), (_rate, p99) in sorted(by.items()):
+        if transport == "http" and n == 64:
+            print(f"  {engine} 64 agents over HTTP: p99 {p99:.1f} ms (target < 50 ms: "
+                  f"{'met' if p99 < 50 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The phase of a process that neither its environment nor the live flag pins, and each phase's authority.
+
+Phase 3 is the default, except on an upgrade not done yet: legacy files
+beside a database that was never backfilled from them (or none at all).
+There the default is phase 1, the files, so that agents started on an
+existing tree before anyone set the flag keep working as they did.
+"""
+
+from __future__ import annotations
+
+from .. import config
+from . import _flag
+
+#: the side whose content wins in each phase: files first in 1-2, the database first in 3-4
+AUTHORITY = {1: "files", 2: "files", 3: "db", 4: "db"}
+
+
+def authority(phase: int) -> str:
+    """``"files"`` or ``"db"``: the side that is authoritative in *phase*."""
+    return AUTHORITY[phase]
+
+
+def repair_command(phase: int) -> str:
+    """The one ``sync`` that is safe in *phase*: it rewrites the side that is not authoritative."""
+    return "federation sync --to " + ("db" if AUTHORITY[phase] == "files" else "files")
+
+
+def fleet_phase() -> int:
+    """The phase whose authority a repair respects: the live flag's; without a flag, this process's
+    environment pin, else the root's default (what processes pinned the same way, or unpinned, run)."""
+    from ._guards import current_phase
+
+    s = config.settings()
+    phase, flag, problem = current_phase(s.root)
+    if flag is None and problem is None and s.phase_pinned:
+        return s.effective_phase
+    return phase
+
+
+def backfill_state(s: config.Settings) -> tuple[bool, bool, str | None]:
+    """(legacy files exist, the database exists with its schema, when it was backfilled or None).
+
+    Reads only: a SQLite file that does not exist is not created, nor a schema on a server.
+    """
+    from .._files import Tree
+    from ..report import database_exists
+
+    legacy = Tree(s.root).has_legacy_data()
+    exists = database_exists(s)
+    if exists and s.db_url:  # a server database: has the schema been created in it?
+        from ..database import get_db
+
+        exists = get_db(s).schema_version() > 0
+    if not exists:
+        return legacy, False, None
+    from ..sqlstore import get_store
+
+    return legacy, True, get_store(s).meta("backfilled_at")
+
+
+def needs_backfill(s: config.Settings) -> bool:
+    """True when legacy files exist and the database never received them."""
+    legacy, _, at = backfill_state(s)
+    return legacy and at is None
+
+
+def default_phase(s: config.Settings) -> int:
+    """The phase an unpinned process runs without a flag: 1 on an un-backfilled legacy tree, else 3."""
+    return 1 if needs_backfill(s) else _flag.DEFAULT_PHASE

@@ -1,0 +1,318 @@
+"""At-least-once delivery (issue 19): leases, acknowledgements, redelivery, dead letters, idempotent sends.
+
+Real processes, both engines, every phase where the claim is about phases:
+a receiver SIGKILLed after receive loses nothing; concurrent receivers take
+disjoint sets; concurrent keyed sends make one message; a message never
+acknowledged ends as a dead letter; pulse(wait) wakes on a send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from federation import messaging
+from federation.errors import StorageError, ValidationError
+
+from _procs import WAIT_FOR_GO, finish
+
+PHASES = (1, 2, 3, 4)
+
+
+def _inbox_names(fed, agent: str) -> list[str]:
+    """What a legacy reader of nodes/{agent}/inbox/*.json sees."""
+    inbox = fed.root / "nodes" / agent / "inbox"
+    return sorted(p.stem for p in inbox.glob("*.json")) if inbox.is_dir() else []
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_receive_then_sigkill_is_redelivered_after_the_lease_then_acked_never_again(fed, phase):
+    """A receiver killed right after receive returned: the message comes back after its lease with attempt 2;
+    acknowledged, it is read (receipt) and never delivered again; legacy readers never see it meanwhile."""
+    fed.phase(phase)
+    mid = messaging.send_message("alice", "bob", "do the thing")
+    victim = fed.run_py(
+        "import os, signal, json\n"
+        "from federation import messaging\n"
+        "got = messaging.receive('bob', lease=2)\n"
+        "print(json.dumps([[m['id'], m['attempt']] for m in got]), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n", phase=phase, check=False)
+    assert victim.returncode == -9, victim.stderr[-2000:]
+    assert json.loads(victim.stdout) == [[mid, 1]]
+    # leased: nobody else gets it, not even as a new message
+    assert messaging.receive("bob", lease=2) == []
+    assert messaging.check_inbox("bob") == [] and messaging.peek_inbox("bob") == []
+    if phase <= 3:
+        assert _inbox_names(fed, "bob") == []  # legacy readers of inbox/ never see a leased message
+    time.sleep(2.3)
+    survivor = fed.run_py(
+        "import json\n"
+        "from federation import messaging\n"
+        "got = messaging.receive('bob', lease=2)\n"
+        "acked = messaging.ack('bob', [m['id'] for m in got])\n"
+        "print(json.dumps({'got': [[m['id'], m['attempt'], m['content']] for m in got], 'acked': acked}))\n",
+        phase=phase)
+    out = json.loads(survivor.stdout)
+    assert out == {"got": [[mid, 2, "do the thing"]], "acked": [mid]}
+    time.sleep(2.3)
+    assert messaging.receive("bob", lease=2) == [] and messaging.dead_letters("bob") == []
+    assert messaging.ack("bob", [mid]) == []  # acknowledged once
+    if phase >= 2:
+        sent = messaging.get_sent("alice")
+        assert [(m["id"], m["read_at"] is not None) for m in sent] == [(mid, True)]
+    if phase <= 3:
+        assert not list((fed.root / "nodes" / "bob").rglob(f"{mid}.json"))
+
+
+@pytest.mark.parametrize("phase", (2, 4))
+def test_four_concurrent_receivers_get_disjoint_sets_covering_all(fed, phase):
+    """4 processes receive (and ack) from one inbox of 400 messages: each message to exactly one of them."""
+    fed.phase(phase)
+    sent = set()
+    for i in range(400):
+        sent.add(messaging.send_message("alice", "bob", f"m{i}"))
+    go = fed.root.parent / "go"
+    code = WAIT_FOR_GO + """
+import json
+from federation import messaging
+mine = []
+while True:
+    got = messaging.receive('bob', lease=120, limit=7)
+    if not got:
+        break
+    mine += [m['id'] for m in got]
+    assert messaging.ack('bob', [m['id'] for m in got]) == [m['id'] for m in got]
+print(json.dumps(mine))
+"""
+    procs = [fed.spawn(code, str(go), phase=phase) for _ in range(4)]
+    time.sleep(0.5)
+    go.touch()
+    sets = [json.loads(out) for out in finish(procs, timeout=300)]
+    everything = [i for s in sets for i in s]
+    assert len(everything) == len(set(everything)) == 400  # disjoint
+    assert set(everything) == sent  # covering all
+    assert messaging.receive("bob") == [] and messaging.check_inbox("bob") == []
+
+
+@pytest.mark.parametrize("phase", (1, 2, 4))
+def test_four_processes_sending_with_one_key_make_one_message(fed, phase):
+    """The same (sender, key) from 4 processes at once: one message, every process gets its id."""
+    fed.phase(phase)
+    go = fed.root.parent / "go"
+    code = WAIT_FOR_GO + """
+from federation import messaging
+print(messaging.send_message('alice', 'bob', 'once only', idempotency_key='order-42'))
+"""
+    procs = [fed.spawn(code, str(go), phase=phase) for _ in range(4)]
+    time.sleep(0.5)
+    go.touch()
+    ids = {out.strip() for out in finish(procs, timeout=120)}
+    assert len(ids) == 1
+    got = messaging.check_inbox("bob")
+    assert [(m["id"], m["content"]) for m in got] == [(ids.pop(), "once only")]
+    # the key is kept with the message: the same key again still writes nothing
+    assert messaging.send_message("alice", "bob", "again", idempotency_key="order-42") == got[0]["id"]
+    assert messaging.check_inbox("bob") == []
+    # another sender's key of the same text is its own
+    assert messaging.send_message("carol", "bob", "mine", idempotency_key="order-42") != got[0]["id"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_keyed_broadcast_is_sent_once(fed, phase):
+    fed.phase(phase)
+    for agent in ("bob", "carol"):
+        messaging.send_message("alice", agent, "hello")
+    first = messaging.broadcast("alice", "all hands", idempotency_key="b1")
+    assert len(first) == 2
+    assert messaging.broadcast("alice", "all hands", idempotency_key="b1") == first
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["hello", "all hands"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_message_never_acked_ends_in_dead_letters_after_5_attempts(fed, phase):
+    """Five deliveries, never acknowledged: not delivered a sixth time, listed by dead_letters; ack clears it."""
+    fed.phase(phase)
+    mid = messaging.send_message("alice", "bob", "poison")
+    other = messaging.send_message("alice", "bob", "fine")
+    attempts = []
+    for _ in range(5):
+        got = messaging.receive("bob", lease=0.3)
+        attempts.append([m["attempt"] for m in got if m["id"] == mid])
+        messaging.ack("bob", [m["id"] for m in got if m["id"] == other])
+        time.sleep(0.4)
+    assert attempts == [[1], [2], [3], [4], [5]]
+    assert messaging.receive("bob", lease=0.3) == []
+    dead = messaging.dead_letters("bob")
+    assert [(m["id"], m["attempt"], m["content"]) for m in dead] == [(mid, 5, "poison")]
+    assert dead[0]["dead_at"] is not None
+    time.sleep(0.4)
+    assert messaging.receive("bob", lease=0.3) == []  # still not delivered again
+    assert messaging.ack("bob", [mid]) == [mid]
+    assert messaging.dead_letters("bob") == []
+
+
+def test_max_attempts_is_configurable(fed, monkeypatch):
+    fed.phase(4)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "2")
+    mid = messaging.send_message("alice", "bob", "x")
+    for attempt in (1, 2):
+        assert [m["attempt"] for m in messaging.receive("bob", lease=0.2)] == [attempt]
+        time.sleep(0.3)
+    assert messaging.receive("bob", lease=0.2) == []
+    assert [m["id"] for m in messaging.dead_letters("bob")] == [mid]
+
+
+@pytest.mark.parametrize("phase", (1, 4))
+def test_pulse_acks_first_then_leases_and_waits_for_a_send(fed, phase):
+    """pulse(ack=...) acknowledges, pulse(lease=...) leases, pulse(wait=...) returns as soon as a send lands."""
+    fed.phase(phase)
+    mid = messaging.send_message("alice", "bob", "first")
+    tick = messaging.pulse("bob", lease=30)
+    assert [(m["id"], m["attempt"]) for m in tick["messages"]] == [(mid, 1)] and "acked" not in tick
+    sender = fed.spawn("import time\nfrom federation import messaging\ntime.sleep(1.5)\n"
+                       "print(messaging.send_message('alice', 'bob', 'second'))\n", phase=phase)
+    t0 = time.monotonic()
+    tick = messaging.pulse("bob", lease=30, ack=[mid], wait=20)
+    waited = time.monotonic() - t0
+    second = finish([sender])[0].strip()
+    assert tick["acked"] == [mid]
+    assert [m["id"] for m in tick["messages"]] == [second]
+    assert 1.0 < waited < 15, waited  # woke on the send, long before the 20 s
+    t0 = time.monotonic()
+    assert messaging.pulse("bob", lease=30, wait=0.5)["messages"] == []
+    assert time.monotonic() - t0 >= 0.5
+
+
+def test_bad_arguments_are_typed_errors(fed):
+    fed.phase(4)
+    for bad in (0, -1, "60", True, 10 ** 9):
+        with pytest.raises(ValidationError, match="lease"):
+            messaging.receive("bob", lease=bad)
+    for bad in ("id", [1], None, ["../x"]):
+        with pytest.raises(ValidationError):
+            messaging.ack("bob", bad)
+    with pytest.raises(ValidationError, match="wait"):
+        messaging.pulse("bob", wait=31)
+    with pytest.raises(ValidationError, match="idempotency_key"):
+        messaging.send_message("alice", "bob", "x", idempotency_key="")
+    with pytest.raises(ValidationError, match="limit"):
+        messaging.receive("bob", limit=0)
+
+
+def test_connection_lost_during_a_keyed_send_retried_makes_one_message(fed, monkeypatch):
+    """The commit lands but the client hears "may or may not have been applied": the keyed send is retried
+    (by the federation, and again by the caller after it gives up), and exactly one message exists."""
+    fed.phase(4)
+    db = fed.store().db
+    real_commit = db.dialect.commit
+    losses = {"left": 0}
+
+    def commit_then_lose(conn):
+        real_commit(conn)
+        if losses["left"] > 0:
+            losses["left"] -= 1
+            raise StorageError("lost the connection while committing; the change may or may not have been applied")
+
+    monkeypatch.setattr(db.dialect, "commit", commit_then_lose)
+    losses["left"] = 1  # once: the federation's own retry finds the key
+    first = messaging.send_message("alice", "bob", "exactly once", idempotency_key="k1")
+    losses["left"] = 10  # longer than the federation retries: the caller sees the error, then retries
+    with pytest.raises(StorageError, match="may or may not"):
+        messaging.send_message("alice", "bob", "exactly once too", idempotency_key="k2")
+    losses["left"] = 0
+    second = messaging.send_message("alice", "bob", "exactly once too", idempotency_key="k2")
+    got = messaging.check_inbox("bob")
+    assert sorted((m["id"], m["content"]) for m in got) == sorted(
+        [(first, "exactly once"), (second, "exactly once too")])
+    rows = db.fetchall("SELECT COUNT(*) FROM messages WHERE sender = 'alice'")
+    assert rows[0][0] == 2
+
+
+@pytest.mark.parametrize("phase", (2, 3))
+def test_dual_phases_keep_both_sides_in_step(fed, phase):
+    """Phases 2-3: a lease, an ack and a dead letter land on both sides (no mismatch, same state)."""
+    from structlog.testing import capture_logs
+
+    fed.phase(phase)
+    with capture_logs() as logs:
+        mid = messaging.send_message("alice", "bob", "x")
+        got = messaging.receive("bob", lease=30)
+        assert [m["id"] for m in got] == [mid]
+        row = fed.store().db.fetchone("SELECT attempt, lease_until, read_at FROM messages WHERE id = ?", (mid,))
+        assert row[0] == 1 and row[1] == got[0]["lease_until"] and row[2] is None
+        assert (fed.root / "nodes" / "bob" / "leased" / f"{mid}.json").is_file()
+        assert messaging.ack("bob", [mid]) == [mid]
+        assert fed.store().db.fetchone("SELECT read_at FROM messages WHERE id = ?", (mid,))[0] is not None
+        assert not (fed.root / "nodes" / "bob" / "leased" / f"{mid}.json").exists()
+    bad = [e for e in logs if e.get("event") in ("shadow_mismatch", "shadow_error")]
+    assert bad == []
+
+
+def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed, monkeypatch):
+    """Files written in phase 1 (one new, one leased, one acknowledged, one dead) migrate without invalid or
+    dropped entries; in phase 2 the report finds both sides equal after receive, ack and a dead letter;
+    prune never removes a leased or dead message."""
+    from federation.migrate import migrate
+    from federation.prune import prune
+    from federation.report import build_report
+
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    fed.phase(1)
+    ids = {name: messaging.send_message("alice", "bob", name) for name in ("dies", "leased", "acked", "new")}
+    messaging.receive("bob", lease=0.2, limit=1)  # "dies" was sent first: lease it, and let it die below
+    time.sleep(0.3)
+    messaging.receive("bob", lease=600, limit=1)  # dead letter made; "leased" leased
+    got = messaging.receive("bob", lease=600, limit=1)  # "acked"
+    messaging.ack("bob", [m["id"] for m in got])
+    dead, leased = ids["dies"], ids["leased"]
+    assert [m["id"] for m in messaging.dead_letters("bob")] == [dead]
+    keyed = messaging.send_message("alice", "carol", "keyed", idempotency_key="once")
+    result = migrate()
+    assert result.exit_code == 0 and result.invalid == [] and result.dropped_fields == []
+    # the key travelled with its message: the same send in a database phase still writes nothing
+    fed.phase(4)
+    assert messaging.send_message("alice", "carol", "keyed", idempotency_key="once") == keyed
+    fed.phase(1)
+    delivery = {r[0]: r[1:] for r in fed.store().db.fetchall(
+        "SELECT id, attempt, lease_until IS NOT NULL, dead_at IS NOT NULL FROM messages")}
+    assert delivery[dead] == (1, True, True) and delivery[leased] == (1, True, False)
+    assert delivery[ids["new"]] == (0, False, False)
+    fed.phase(2)
+    assert build_report().consistent
+    # phase 2: new deliveries, leases, acks and dead letters land on both sides alike
+    later = messaging.send_message("alice", "bob", "later")
+    assert [m["id"] for m in messaging.receive("bob", lease=0.2)] == [ids["new"], later]
+    time.sleep(0.3)
+    assert messaging.receive("bob", lease=0.2) == []  # max attempts 1: dead letters now
+    assert [m["id"] for m in messaging.dead_letters("bob")] == [dead, ids["new"], later]
+    assert build_report().consistent
+    # prune removes read messages only: never a leased or a dead one
+    fed.phase(4)
+    prune(older_than="1s", now=datetime.now(timezone.utc) + timedelta(days=1))
+    left = {r[0] for r in fed.store().db.fetchall("SELECT id FROM messages")}
+    assert {dead, leased, later} <= left and ids["acked"] not in left
+
+
+def test_pulse_wait_without_a_watcher_still_returns_on_a_send(fed, monkeypatch):
+    """A watcher that cannot start (say the LISTEN connection is refused) degrades to looking every 0.25 s."""
+    import threading
+
+    from federation import _wait
+
+    fed.phase(4)
+
+    def refuse(agent, phase):
+        raise OSError("no watcher today")
+
+    monkeypatch.setattr(_wait, "watcher", refuse)
+    assert messaging.peek_inbox("bob") == []  # the schema exists before the sending thread starts
+    timer = threading.Timer(0.5, lambda: messaging.send_message("alice", "bob", "late"))
+    timer.start()
+    t0 = time.monotonic()
+    tick = messaging.pulse("bob", lease=30, wait=10)
+    timer.join()
+    assert [m["content"] for m in tick["messages"]] == ["late"] and time.monotonic() - t0 < 5
