@@ -28,6 +28,7 @@ from typing import Any
 
 from . import _validate, config
 from ._files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
+from ._files import read_regular as _read_regular
 from ._files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
 from .entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
                        check_close, check_vote, history_entry, inbox_lock, message_mismatch, node_lock, session_lock,
@@ -219,8 +220,13 @@ def _save_leases(agent: str, leases: dict[str, tuple[int, str | None]]) -> None:
 
 
 def _message_named(path: Path, agent: str) -> dict | None:
-    """The message of a file, its id the file's name."""
-    message = _message_from_file(path, agent)
+    """The message of a file, its id the file's name (a link, FIFO or body that disagrees: skipped, logged)."""
+    try:
+        raw = _read_regular(path, root=tree().root)
+    except CorruptFileError as exc:
+        _skip(path, exc.reason)
+        return None
+    message = _message_from_file(raw, path, agent)
     if message is not None:
         message["id"] = path.name[:-5]
     return message
