@@ -130,16 +130,41 @@ class Tree:
 
 
 _held = threading.local()
-_fds: dict[tuple[str, str, int], int] = {}
-_fds_lock = threading.Lock()
 _MAX_CACHED_FDS = 256
+
+
+class _ThreadEnd:
+    """Lives exactly as long as one thread's lock descriptors: its finalizer closes them."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_fds(fds: dict, pid: int) -> None:
+    if pid == os.getpid():  # never a forked parent's descriptors
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        fds.clear()
+
+
+def _thread_fds() -> dict[tuple[str, str], int]:
+    """This thread's lock descriptors by (root, name): kept for the thread's life (flock is per
+    descriptor), closed when the thread ends (a server's worker threads come and go)."""
+    fds = getattr(_held, "fds", None)
+    if fds is None or _held.pid != os.getpid():  # a forked child: the parent's descriptors are not ours
+        fds = _held.fds = {}
+        _held.pid = os.getpid()
+        _held.end = _ThreadEnd()
+        weakref.finalize(_held.end, _close_fds, fds, os.getpid())
+    return fds
 
 
 def _lock_fd(tree: Tree, name: str, held: dict) -> int:
     """An open descriptor of the lock file, cached per process and thread (flock is per descriptor)."""
-    key = (str(tree.root), name, threading.get_ident())
-    fd = _fds.get(key)
-    if fd is not None and _fds.get(("pid",)) == os.getpid():
+    key = (str(tree.root), name)
+    fds = _thread_fds()
+    fd = fds.get(key)
+    if fd is not None:
         return fd
     path = tree.lock_path(name)
     # read-only: flock needs no write access, and a descriptor open for writing
@@ -152,34 +177,11 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:  # read-only root, permissions: typed, naming the lock file
         raise FileStorageError.wrap(exc, path, "open the lock file") from exc
-    with _fds_lock:
-        if _fds.get(("pid",)) != os.getpid():  # a forked child: the parent's descriptors are not ours
-            _fds.clear()
-            _fds[("pid",)] = os.getpid()
-        if len(_fds) > _MAX_CACHED_FDS:
-            for k, old in list(_fds.items()):
-                if k != ("pid",) and k[2] == threading.get_ident() and (k[0], k[1]) not in held:
-                    os.close(old)
-                    del _fds[k]
-        _fds[key] = fd
+    if len(fds) > _MAX_CACHED_FDS:
+        for k in [k for k in fds if k not in held]:
+            os.close(fds.pop(k))
+    fds[key] = fd
     return fd
-
-
-class _ThreadEnd:
-    """Lives exactly as long as one thread's lock bookkeeping: its finalizer closes the thread's descriptors."""
-
-    __slots__ = ("__weakref__",)
-
-
-def _close_thread_fds(ident: int, pid: int) -> None:
-    if pid != os.getpid():
-        return
-    with _fds_lock:
-        if _fds.get(("pid",)) != pid:
-            return
-        for key in [k for k in _fds if len(k) == 3 and k[2] == ident]:
-            with contextlib.suppress(OSError):
-                os.close(_fds.pop(key))
 
 
 class locked:
@@ -200,9 +202,6 @@ class locked:
         held = getattr(_held, "locks", None)
         if held is None:
             held = _held.locks = {}
-            # this thread's lock descriptors are closed when it ends (worker threads come and go)
-            _held.end = _ThreadEnd()
-            weakref.finalize(_held.end, _close_thread_fds, threading.get_ident(), os.getpid())
         if self.key in held:
             held[self.key] += 1
             return

@@ -14,6 +14,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_SHORT_TEXT = 4096  # questions, titles, options, roles, paths...
 MAX_OPTIONS = 64
 MAX_DOMAINS = 256
+#: the deepest JSON object a caller may store (profile traits): well inside what file readers accept
+MAX_JSON_DEPTH = 64
 REVIEW_STATUSES = ("approved", "changes_requested")
 
 
@@ -97,9 +99,23 @@ def json_object(value: Any, what: str) -> dict:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
     if len(encoded.encode("utf-8")) > MAX_CONTENT_BYTES:
         raise ValidationError(f"{what} is larger than {MAX_CONTENT_BYTES} bytes as JSON")
+    if _depth_over(encoded, MAX_JSON_DEPTH):  # the files' readers stop at 100 levels (CONTRACT "Untrusted files")
+        raise ValidationError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return json.loads(encoded)
+
+
+def _depth_over(encoded: str, limit: int) -> bool:
+    from ._files import check_depth
+
+    try:
+        check_depth(encoded.encode("utf-8"), limit)
+    except ValueError:
+        return True
+    return False
 
 
 def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:

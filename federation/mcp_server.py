@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
+import json
+import os
+import re
 from typing import Annotated, Any, Callable, Literal
 
 from shim import library_logger
@@ -555,6 +559,48 @@ def _guarded(name: str, method: Callable, agent: str) -> Callable:
     return call
 
 
+#: The longest JSON-RPC line the stdio server reads (characters).  The largest valid request (256
+#: domains of 4 KiB, every character JSON-escaped) is well under it; a 100 MB message is refused
+#: without ever being held whole (it was read into memory before the size check said no).
+MAX_REQUEST_CHARS = 8 * 1024 * 1024
+#: the tool name an over-long request is replaced by, so that its caller gets a tool error with its id
+TOO_LARGE = "__request_too_large__"
+_ID = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,30})')
+
+
+def _own_stdin() -> io.TextIOWrapper:
+    """stdin as UTF-8 text on a descriptor of our own (closing it never closes fd 0)."""
+    return io.TextIOWrapper(os.fdopen(os.dup(0), "rb"), encoding="utf-8", errors="replace")
+
+
+class _BoundedLines:
+    """Text lines of at most *limit* characters: a longer line is read through in 1 MiB pieces and
+    dropped, and a ``tools/call`` of :data:`TOO_LARGE` carrying its id takes its place."""
+
+    def __init__(self, raw: io.TextIOBase, limit: int):
+        self.raw, self.limit = raw, limit
+
+    def readline(self) -> str:
+        line = self.raw.readline(self.limit + 1)
+        if len(line) <= self.limit or line.endswith("\n"):
+            return line
+        head, size = line[:4096], len(line)
+        while True:
+            piece = self.raw.readline(1 << 20)
+            size += len(piece)
+            if not piece or piece.endswith("\n"):
+                break
+        log.warning("request_too_large", characters=size, limit=self.limit)
+        found = _ID.search(head)
+        if found is None:  # no id to answer: the SDK reports an unparsable line
+            return "{}\n"
+        return json.dumps({"jsonrpc": "2.0", "id": json.loads(found.group(1)), "method": "tools/call",
+                           "params": {"name": TOO_LARGE, "arguments": {"size": size}}}) + "\n"
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class FederationServer(MCPServer):
     """An :class:`MCPServer` that refuses arguments a tool does not declare.
 
@@ -568,7 +614,21 @@ class FederationServer(MCPServer):
                         for t in tools}
         super().__init__(tools=tools, **kwargs)
 
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio transport, reading requests through :class:`_BoundedLines`: a request over
+        :data:`MAX_REQUEST_CHARS` is refused before it is held in memory whole."""
+        import anyio
+        from mcp.server.stdio import stdio_server
+
+        stdin = anyio.wrap_file(_BoundedLines(_own_stdin(), MAX_REQUEST_CHARS))
+        async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+            await self._lowlevel_server.run(read_stream, write_stream,
+                                            self._lowlevel_server.create_initialization_options())
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if name == TOO_LARGE:  # put in the place of an over-long request by _BoundedLines
+            raise ToolError(f"request too large: {arguments.get('size')} characters; the limit is "
+                            f"{MAX_REQUEST_CHARS} (message content is at most {_CONTENT_LIMIT})")
         if name in self._params:
             allowed, required = self._params[name]
             unknown = sorted(set(arguments) - allowed)
