@@ -133,8 +133,12 @@ for j in range(100000):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert confirmed >= 150, proc.stderr.read()[-2000:]
-    parsed = _all_json_parse(fed.root)
-    assert parsed >= (1 if phase <= 3 else 0)
+    _all_json_parse(fed.root)  # raises on a torn file
+    inbox_files = list((fed.root / "nodes" / "bob" / "inbox").glob("*.json"))
+    if phase <= 3:  # the files are written: every confirmed message has its file, and it parsed
+        assert len(inbox_files) >= confirmed + 1
+    else:  # phase 4 never writes the legacy files
+        assert inbox_files == [] and not (fed.root / "shared" / "polls.json").exists()
     if phase >= 2:
         conn = sqlite3.connect(fed.db_path) if fed.env.get("FEDERATION_DB_URL") is None else None
         if conn is not None:
