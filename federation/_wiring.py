@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import config, core
+from .store import Store
 
 
 def env_mode() -> tuple[int, float]:
@@ -11,7 +12,8 @@ def env_mode() -> tuple[int, float]:
     return (s.phase if s.use_db else 1), s.shadow_sample
 
 
-def candidate(phase: int):
+def candidate(phase: int) -> Store:
+    """The SQL store the shim sends a call's database side to (the file side is ``core`` itself)."""
     from .sqlstore import get_store
 
     store = get_store()

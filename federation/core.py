@@ -6,9 +6,10 @@ an advisory lock around every read-modify-write, validated agent names.
 
 This module knows nothing about databases or rollout phases.  The transition
 shim (:mod:`shim`) is installed on it by one line in ``federation/__init__.py``
-and routes each function to the files, the database or both; the SQL store
-(:class:`federation.sqlstore.SqlStore`) has a method of the same name and
-signature for every function here.  Callers must call through the module
+and routes each function to the files, the database or both.  This module is the
+file store: it implements the ``Store`` protocol (:mod:`federation.store`) function
+for function, and the SQL store (:class:`federation.sqlstore.SqlStore`) implements
+it method for method.  Callers must call through the module
 (``core.save_vote(...)``), never ``from federation.core import save_vote``, so
 that they always reach the installed wrapper.
 

@@ -1,6 +1,7 @@
 """The SQL store: the same functions as :mod:`federation.core`, on the schema.
 
-Every method has the name and signature of its ``core`` counterpart and
+Both implement the ``Store`` protocol (:mod:`federation.store`): every method has the
+name and signature of its ``core`` counterpart and
 returns the same legacy shapes, so the shim can route a call to either side
 by name.  Every write is one transaction that checks what it depends on
 (poll open, option valid, session exists) and changes only its own rows, so
@@ -33,7 +34,7 @@ _BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id")
 
 
 class SqlStore:
-    """The federation's state in a SQL database (SQLite or PostgreSQL)."""
+    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db

@@ -380,20 +380,6 @@ def test_everyones_heartbeat_is_compared_by_get_context_not_by_every_pulse(fed, 
     assert mismatch["op"] == "load_context" and mismatch["diff"][0]["field"] == "last_heartbeat"
 
 
-def test_every_shimmed_function_has_a_sql_method_of_the_same_signature():
-    """The shim routes by name: each SHIM_SPEC function has a SqlStore method with the same parameters."""
-    import inspect
-
-    from federation.sqlstore import SqlStore
-
-    for name in core.SHIM_SPEC:
-        function = inspect.signature(inspect.unwrap(getattr(core, name)))
-        method = inspect.signature(getattr(SqlStore, name))
-        params = list(method.parameters.values())[1:]  # without self
-        assert [(p.name, p.default) for p in params] == [
-            (p.name, p.default) for p in function.parameters.values()], name
-
-
 def test_phase_4_per_tick_calls_write_no_files(fed):
     """pulse, broadcast, pages and receipts in phase 4 leave the legacy tree untouched."""
     fed.phase(4)

@@ -124,3 +124,48 @@ def test_the_engines_import_the_dialect_base_not_the_facade():
         assert "federation._dialect" in graph[engine]
         assert "federation.database" not in graph[engine]
     assert {"federation._sqlite", "federation._postgres"} <= graph["federation.database"]
+
+
+# ---------------------------------------------------------------------------
+# the shim's target is reached through its module
+
+#: Where code lives that could import from federation.core (the tests too).
+SCANNED = ("federation", "shim", "scripts", "bench", "examples", "tests")
+#: The wiring installs the shim on core; it may name core's functions.
+WIRING = {"federation._wiring"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def names_imported_from_core(module: str, path: Path, source: str) -> list[str]:
+    """``path:line: name`` for each name *source* imports from ``federation.core`` (absolutely or relatively)."""
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.ImportFrom) and _resolve(module, path, node.level, node.module) == "federation.core":
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name}" for a in node.names]
+    return found
+
+
+def test_nothing_imports_names_from_federation_core():
+    """``from federation.core import save_vote`` would bind the unpatched function and bypass the shim:
+    every caller goes through the module (``core.save_vote(...)``)."""
+    found = []
+    for top in SCANNED:
+        for path in sorted((ROOT / top).rglob("*.py")) if (ROOT / top).is_dir() else ():
+            module = _module_name(path)
+            if module not in WIRING:
+                found += names_imported_from_core(module, path, path.read_text(encoding="utf-8"))
+    assert found == []
+
+
+def test_a_name_imported_from_core_is_found():
+    path = ROOT / "federation" / "governance.py"
+    assert names_imported_from_core("federation.governance", path, "from .core import save_vote\n") == [
+        "federation/governance.py:1: save_vote"]
+    assert names_imported_from_core("bench.x", ROOT / "bench" / "x.py", "from federation.core import tree\n") != []
+    assert names_imported_from_core("federation.governance", path, "from . import core\n") == []
