@@ -328,8 +328,8 @@ class _Duration(click.ParamType):
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from ._clock import parse_duration
         from .errors import ValidationError
-        from .prune import parse_duration
 
         try:
             return parse_duration(value)
@@ -462,22 +462,16 @@ def _record_sync(to: str, changes: int) -> None:
 
 
 def _moment(text: str | None) -> datetime | None:
-    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
-    import re
-    from datetime import datetime, timedelta, timezone
+    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``_clock``."""
+    from ._clock import parse_moment
+    from .errors import ValidationError
 
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d",
-                                 param_hint="--since") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return parse_moment(text)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
 _SINCE_HELP = "Start of the window: an ISO 8601 time or a duration back from now (30m, 12h, 7d); default 24h."

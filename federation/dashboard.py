@@ -34,13 +34,15 @@ from typing import Any, Callable, Iterator
 from shim import library_logger
 
 from . import config
+from ._clock import parse_duration, parse_moment
+from .errors import ValidationError
 
 __all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
 
 log = library_logger("federation.dashboard")
 
 #: The selectable windows of the page (name -> length); hourly buckets in each.
-WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+WINDOWS: dict[str, timedelta] = {name: parse_duration(name) for name in ("24h", "7d")}
 BUCKET_SECONDS = 3600
 #: How many recent mismatches the page lists.
 MISMATCH_LIMIT = 50
@@ -76,18 +78,11 @@ def window_bounds(name: str, now: datetime | None = None) -> tuple[datetime, dat
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (UTC unless it says otherwise) or a duration back from now (90m, 12h, 7d)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if match:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
+    """``?since=``: as ``--since``, an ISO 8601 time or a duration back from now (the grammar of ``_clock``)."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"since={text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return parse_moment(text, now)
+    except ValidationError as exc:
+        raise BadRequest(f"since={exc}") from None
 
 
 def _iso(moment: datetime) -> str:

@@ -18,7 +18,6 @@ key range.  Agents' writes interleave between batches.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from typing import Any, Callable
 from shim import library_logger
 
 from . import config
+from ._clock import parse_duration
 from .errors import ValidationError
 
 __all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
@@ -40,27 +40,6 @@ PRUNED_TABLES: dict[str, str] = {
     "messages": "read_at IS NOT NULL AND read_at < ?",
     "message_history": "timestamp < ?",
 }
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)([smhdw])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` -> a positive :class:`timedelta`; else ValidationError."""
-    raw = str(text).strip().lower()
-    match = _DURATION.fullmatch(raw)
-    if not match:
-        raise ValidationError(
-            f"{text!r} is not a duration: use a whole number and a unit, e.g. 30d (days), 12h (hours), "
-            "90m (minutes), 2w (weeks), 45s (seconds)")
-    amount = int(match.group(1))
-    if amount <= 0:
-        raise ValidationError(f"{text!r} is not accepted: the duration must be greater than zero")
-    try:
-        return timedelta(seconds=amount * _UNITS[match.group(2)])
-    except OverflowError:
-        raise ValidationError(f"{text!r} is too long a duration") from None
-
 
 @dataclasses.dataclass
 class PruneResult:

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from .._clock import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
+
 CONTROL_DIR = "control"
 FLAG_FILE = "flag.json"
 HISTORY_FILE = "history.jsonl"
@@ -55,17 +57,6 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def parse_iso(text: Any) -> datetime | None:
-    """An aware datetime from an ISO 8601 string (naive means UTC), or None."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def aware(moment: datetime | None) -> datetime | None:
