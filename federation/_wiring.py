@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from . import config, core
 from .store import Store
 
@@ -10,6 +12,15 @@ def env_mode() -> tuple[int, float]:
     """(phase, sample) from the environment alone: the behaviour before the live flag (benchmarks)."""
     s = config.settings()
     return (s.phase if s.use_db else 1), s.shadow_sample
+
+
+#: The federation's answer to "which phase now?", the one the shim was last given (see hooks()).
+_mode: Callable[[], tuple[int, float]] = env_mode
+
+
+def phase() -> int:
+    """The phase a call starting now is routed by: environment pin > live flag > phase 3 (as the shim sees it)."""
+    return int(_mode()[0])
 
 
 def candidate(phase: int) -> Store:
@@ -35,4 +46,6 @@ def hooks(control: bool = True) -> dict:
         from .rollout._runtime import RUNTIME, observe
 
         hooks.update(mode=RUNTIME.mode, observers=(observe,))
+    global _mode
+    _mode = hooks["mode"]
     return hooks

@@ -79,13 +79,9 @@ def status_data() -> dict:
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
-    if s.db_url:  # a server database exists; has our schema been created in it?
-        from .database import get_db
+    from .database import database_exists
 
-        exists = get_db(s).schema_version() > 0
-    else:
-        exists = s.db_path.exists()
-    if exists:
+    if database_exists(s, ask_server=True):
         from .sqlstore import get_store
 
         store = get_store(s)

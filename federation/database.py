@@ -20,10 +20,9 @@ import threading
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
-from shim import library_logger
-
 from . import config, schema
 from ._dialect import Dialect, Tx
+from ._logging import library_logger
 from ._netfs import network_fs_type
 from ._sqlite import SqliteDialect
 from .errors import ConfigError, FederationError, StorageError
@@ -273,6 +272,18 @@ def get_db(settings: config.Settings | None = None, on_create: Callable[[Tx], No
             if db is None:
                 db = _databases[key] = Database(dialect_for(s), on_create=on_create)
     return db
+
+
+def database_exists(settings: config.Settings, *, ask_server: bool = False) -> bool:
+    """Whether the federation's database was created, found out without creating it (read-only tools
+    must not create one).
+
+    SQLite: whether the file exists.  A server database (PostgreSQL) exists as soon as it is named;
+    with *ask_server*, whether the federation's schema was created in it (one query, creating nothing).
+    """
+    if not settings.db_url:
+        return settings.db_path.exists()
+    return get_db(settings).schema_version() > 0 if ask_server else True
 
 
 def forget_databases() -> None:

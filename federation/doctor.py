@@ -19,10 +19,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
-from shim import library_logger
-
 from . import config, schema
-from .database import network_fs_type
+from ._logging import library_logger
+from .database import database_exists, network_fs_type
 
 __all__ = ["Check", "DoctorReport", "doctor", "WAL_LIMIT_BYTES", "MIN_FREE_BYTES"]
 
@@ -261,7 +260,7 @@ def _fleet_check() -> Check:
 def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:
     """The consistency report's comparison, on the tree already read for ``legacy_files``."""
     if store is None:
-        if not s.db_url and not s.db_path.exists():
+        if not database_exists(s):
             return Check("files_vs_database", phase == 1 or tree.files == 0,
                          f"no database yet; {tree.files} legacy files not migrated", "federation migrate")
         return Check("files_vs_database", phase == 1 or tree.files == 0,

@@ -19,7 +19,6 @@ import functools
 import inspect
 from typing import Annotated, Any, Callable, Literal
 
-from shim import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -29,6 +28,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import __version__, config, context, governance, messaging
 from . import _validate as v
+from ._logging import library_logger
 from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
                      StorageError, ValidationError)
 

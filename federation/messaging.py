@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from . import _clock, _wiring, core
 from . import _validate as v
-import shim
-
-from . import _clock, config, core
 from .errors import ValidationError
 from .governance import with_tally
 
@@ -99,9 +97,8 @@ def get_sent(agent: str, limit: int = 100, before: str | None = None) -> list[di
 
 
 def _phase() -> int:
-    """The rollout phase calls are routed by now: the shim's own answer (environment, or live flag)."""
-    experiment = shim.installed(core)
-    return int(experiment.mode()[0]) if experiment is not None else config.settings().effective_phase
+    """The rollout phase calls are routed by now: the federation's answer, the one it gives the shim."""
+    return _wiring.phase()
 
 
 def pulse(agent: str, claim: bool = True) -> dict:

@@ -22,10 +22,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from shim import library_logger
-
 from . import config
 from ._clock import parse_duration
+from ._logging import library_logger
+from .database import database_exists
 from .errors import ValidationError
 
 __all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
@@ -83,7 +83,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
     if store is None:
         s = config.settings()
-        if not (s.db_url or s.db_path.exists()):
+        if not database_exists(s):
             result.seconds = time.perf_counter() - started
             return result
         from .sqlstore import get_store

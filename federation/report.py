@@ -21,6 +21,7 @@ from shim import field_diff, normalize
 
 from . import config
 from ._rows import TABLES, TreeRows, key_text, read_db, read_tree
+from .database import database_exists
 from .entities import Entity
 
 __all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
@@ -85,11 +86,6 @@ def compare_table(table: Entity, files: dict[tuple, tuple], rows: dict[tuple, tu
     for keys in (out.missing_in_db, out.missing_in_files, out.different):
         keys.sort()
     return out
-
-
-def database_exists(settings: config.Settings) -> bool:
-    """False for a SQLite file not created yet (read-only tools must not create it)."""
-    return bool(settings.db_url) or settings.db_path.exists()
 
 
 @dataclasses.dataclass

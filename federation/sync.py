@@ -25,11 +25,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from shim import library_logger
-
 from . import _sql, config
 from ._clock import now
 from ._files import Tree, atomic_write_json, locked, read_json, remove
+from ._logging import library_logger
 from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
 from .entities import MESSAGES, Entity, document_lock
 from .errors import CorruptFileError

@@ -169,3 +169,31 @@ def test_a_name_imported_from_core_is_found():
         "federation/governance.py:1: save_vote"]
     assert names_imported_from_core("bench.x", ROOT / "bench" / "x.py", "from federation.core import tree\n") != []
     assert names_imported_from_core("federation.governance", path, "from . import core\n") == []
+
+
+# ---------------------------------------------------------------------------
+# the shim stays removable
+
+#: The federation modules that may import the shim: the wiring that installs it, the adopter
+#: (federation.adopt) and the rollout observer that counts its observations.
+MAY_IMPORT_SHIM = {"federation", "federation._wiring", "federation.adopt", "federation.rollout._runtime"}
+#: Still importing it, to be moved: the consistency report compares rows with the shim's normalize and
+#: field_diff (so that the report and the shadow reads agree on what differs).
+STILL_IMPORTS_SHIM = {"federation.report"}
+
+
+def test_the_shim_imports_nothing_from_the_federation():
+    """The shim is a generic experiment runner: removable after phase 4, usable on any code."""
+    graph = import_graph()
+    leaks = {m: sorted(e for e in edges if e.split(".")[0] == "federation")
+             for m, edges in graph.items() if m.split(".")[0] == "shim"}
+    assert {m: e for m, e in leaks.items() if e} == {}
+
+
+def test_only_the_wiring_imports_the_shim():
+    """The federation's own logging, phase and comparison questions are not answered by the shim."""
+    graph = import_graph()
+    importers = {m for m, edges in graph.items()
+                 if m.split(".")[0] == "federation" and any(e.split(".")[0] == "shim" for e in edges)}
+    assert importers <= MAY_IMPORT_SHIM | STILL_IMPORTS_SHIM, importers - MAY_IMPORT_SHIM - STILL_IMPORTS_SHIM
+    assert "federation" in importers  # the walk sees the one line that installs it

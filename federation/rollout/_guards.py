@@ -24,9 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from shim import library_logger
-
 from .. import config
+from .._logging import library_logger
 from ..errors import ConfigError
 from . import _fleet, _flag, _io, _status
 
@@ -65,16 +64,11 @@ def _checked(name: str, fix: str, check: Callable[[], dict[str, Any]]) -> dict[s
 
 def _backfilled() -> dict[str, Any]:
     from .._files import Tree
-    from ..report import database_exists
+    from ..database import database_exists
 
     s = config.settings()
     legacy = Tree(s.root).has_legacy_data()
-    exists = database_exists(s)
-    if exists and s.db_url:  # a server database: has the schema been created in it? (reading creates nothing)
-        from ..database import get_db
-
-        exists = get_db(s).schema_version() > 0
-    if not exists:
+    if not database_exists(s, ask_server=True):
         if legacy:
             return _guard("backfilled", False, f"the database {s.db_display} does not exist yet and legacy files "
                           "do", "run `federation migrate`")

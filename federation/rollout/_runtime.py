@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shim import library_logger
-
 from .. import config
+from .._logging import library_logger
 from ..errors import ConfigError
 from . import _counts, _fleet, _flag, _io
 
