@@ -320,7 +320,7 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
         if kind != "polls" and kind != "session":
             ok = valid_agents.get(owner)
             if ok is None:
-                ok = valid_agents[owner] = _agent_ok(owner)
+                ok = valid_agents[owner] = _validate.is_agent(owner)
             if not ok:
                 raise _Invalid(f"{owner!r} is not a valid agent name")
         data = _parse(_read_bytes(path))
@@ -420,14 +420,6 @@ _CHUNK = 500  # ids per SELECT … IN (…): well under SQLite's and PostgreSQL'
 
 
 _TABLES_OF = {kind: tuple(t for t in TABLES if t.document == kind) for kind in {t.document for t in TABLES}}
-
-
-def _agent_ok(name: str) -> bool:
-    try:
-        _validate.agent(name)
-        return True
-    except ValidationError:
-        return False
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import structlog
 from federation import context, core, governance, messaging
 from federation.errors import ConflictError, ValidationError
 
-from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
+from _procs import WAIT_FOR_GO, drain_script, finish as _finish  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -75,19 +75,7 @@ def test_pulse_delivers_every_message_once_under_concurrency(fed, phase, message
     fed.phase(phase)
     context.set_context("carol", "also listening")  # a second broadcast recipient
     go, done = tmp_path / "go", tmp_path / "done"
-    code = WAIT_FOR_GO + """
-import json
-from federation import messaging
-done = sys.argv[2]
-got = []
-while True:
-    finished = os.path.exists(done)
-    batch = messaging.pulse("bob")["messages"]
-    got += [m["id"] for m in batch]
-    if finished and not batch:
-        break
-print(json.dumps(got))
-"""
+    code = drain_script('messaging.pulse("bob")["messages"]')
     procs = [fed.spawn(code, str(go), str(done)) for _ in range(4)]
     time.sleep(0.3)
     go.touch()

@@ -13,7 +13,7 @@ import pytest
 
 from federation import core, governance, messaging
 
-from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
+from _procs import WAIT_FOR_GO, drain_script, finish as _finish  # noqa: E402
 
 
 def _file_polls(fed) -> dict:
@@ -50,19 +50,7 @@ def test_inbox_exactly_once(fed, phase, tmp_path):
     """2,000 messages delivered while 4 processes check the same inbox: each received exactly once."""
     fed.phase(phase)
     go, done = tmp_path / "go", tmp_path / "done"
-    code = WAIT_FOR_GO + """
-import json
-from federation import messaging
-done = sys.argv[2]
-got = []
-while True:
-    finished = os.path.exists(done)
-    batch = messaging.check_inbox("bob")
-    got += [m["id"] for m in batch]
-    if finished and not batch:
-        break
-print(json.dumps(got))
-"""
+    code = drain_script('messaging.check_inbox("bob")')
     procs = [fed.spawn(code, str(go), str(done)) for _ in range(4)]
     time.sleep(0.3)
     go.touch()
