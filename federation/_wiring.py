@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import config, core
-from .store import Store
+from .stores.protocol import Store
 
 
 def env_mode() -> tuple[int, float]:
@@ -25,7 +25,7 @@ def phase() -> int:
 
 def candidate(phase: int) -> Store:
     """The SQL store the shim sends a call's database side to (the file side is ``core`` itself)."""
-    from .sqlstore import get_store
+    from .stores.sqlstore import get_store
 
     store = get_store()
     # Create the schema before the first write of any side, so that a new

@@ -67,7 +67,7 @@ def main() -> None:
 
 def status_data() -> dict:
     """What ``federation status`` shows, as a dict."""
-    from ._files import Tree
+    from .stores.files import Tree
 
     s = config.settings()
     data: dict[str, Any] = {
@@ -79,10 +79,10 @@ def status_data() -> dict:
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
-    from .database import database_exists
+    from .stores.database import database_exists
 
     if database_exists(s, ask_server=True):
-        from .sqlstore import get_store
+        from .stores.sqlstore import get_store
 
         store = get_store(s)
         data["tables"] = store.counts()
@@ -149,7 +149,7 @@ def demo(agents: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# migration, report, repair, archive: thin commands over federation.migrate,
+# migration, report, repair, archive: thin commands over federation.transfer.migrate,
 # .report, .sync and .archive
 
 
@@ -199,7 +199,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     3: finished, but invalid files were skipped (each listed).  Idempotent;
     rows already in the database (a live dual-write's) are never overwritten.
     """
-    from .migrate import migrate
+    from .transfer.migrate import migrate
 
     result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size))
     if as_json:
@@ -233,7 +233,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
 
     Exit 0 when they agree, 1 when they differ, 2 on a usage error.
     """
-    from .report import build_report, summarise_log
+    from .transfer.report import build_report, summarise_log
 
     report = _guard(lambda: build_report(progress=_progress(as_json)))
     summary = summarise_log(log_file, report) if log_file else None
@@ -282,7 +282,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
 @common
 def sync_command(to: str, dry_run: bool, as_json: bool) -> None:
     """Rewrite one side where it differs from the other (exit 0 done, 1 failure, 2 usage)."""
-    from .sync import sync
+    from .transfer.sync import sync
 
     result = _guard(lambda: sync(to, dry_run=dry_run))
     if not dry_run:
@@ -304,7 +304,7 @@ def archive_command(dest: str) -> None:
 
     Refuses (exit 1) unless the consistency report says files and database agree.
     """
-    from .archive import archive_legacy
+    from .transfer.archive import archive_legacy
 
     result = _guard(lambda: archive_legacy(dest))
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
@@ -315,7 +315,7 @@ def archive_command(dest: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# operations: retention, backup, health (federation.prune, .backup, .doctor)
+# operations: retention, backup, health (federation.operations.prune, .backup, .doctor)
 
 
 class _Duration(click.ParamType):
@@ -324,7 +324,7 @@ class _Duration(click.ParamType):
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        from ._clock import parse_duration
+        from .domain.clock import parse_duration
         from .errors import ValidationError
 
         try:
@@ -349,7 +349,7 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     messages and the history have no file), so `federation report` still
     agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
     """
-    from .prune import prune
+    from .operations.prune import prune
 
     result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size))
     if as_json:
@@ -373,7 +373,7 @@ def backup_command(dest: str, as_json: bool) -> None:
     failure (on PostgreSQL: prints the pg_dump command to use); 2 when PATH
     exists or its folder does not.
     """
-    from .backup import backup
+    from .operations.backup import backup
     from .errors import ValidationError
 
     try:
@@ -399,7 +399,7 @@ def doctor_command(as_json: bool) -> None:
     and database differing.  Exit 0 healthy, 1 when a check failed (each
     failure with the command that fixes it), 2 usage.
     """
-    from .doctor import doctor
+    from .operations.doctor import doctor
 
     report = _guard(doctor)
     if as_json:
@@ -424,15 +424,15 @@ def serve(agent: str) -> None:
     Register it in an MCP client as: federation serve --agent NAME.  Stdout
     carries only the protocol; logs go to stderr or FEDERATION_LOG_FILE.
     """
-    from ._validate import agent as valid_agent
+    from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 
     try:
         valid_agent(agent, "--agent")
     except ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="--agent") from None
-    from ._signals import Terminated, exit_now, exit_on_stop_signals
-    from .mcp_server import serve as run_server
+    from .apps.signals import Terminated, exit_now, exit_on_stop_signals
+    from .apps.mcp_server import serve as run_server
 
     exit_on_stop_signals()  # SIGTERM, Ctrl-C: counts flushed and announcement withdrawn at exit
     try:
@@ -459,7 +459,7 @@ def _record_sync(to: str, changes: int) -> None:
 
 def _moment(text: str | None) -> datetime | None:
     """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``_clock``."""
-    from ._clock import parse_moment
+    from .domain.clock import parse_moment
     from .errors import ValidationError
 
     if text is None:
@@ -590,8 +590,8 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
     mismatches, row counts and the guards of the next step; it never changes
     the flag (that is `federation rollout set`).
     """
-    from ._signals import exit_on_stop_signals
-    from .dashboard import serve as serve_dashboard
+    from .apps.signals import exit_on_stop_signals
+    from .apps.dashboard import serve as serve_dashboard
 
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the previous handler: this one
     # makes that an exit that runs the atexit handlers (the default action would skip them)

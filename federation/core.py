@@ -7,8 +7,8 @@ an advisory lock around every read-modify-write, validated agent names.
 This module knows nothing about databases or rollout phases.  The transition
 shim (:mod:`shim`) is installed on it by one line in ``federation/__init__.py``
 and routes each function to the files, the database or both.  This module is the
-file store: it implements the ``Store`` protocol (:mod:`federation.store`) function
-for function, and the SQL store (:class:`federation.sqlstore.SqlStore`) implements
+file store: it implements the ``Store`` protocol (:mod:`federation.stores.protocol`) function
+for function, and the SQL store (:class:`federation.stores.sqlstore.SqlStore`) implements
 it method for method.  Callers must call through the module
 (``core.save_vote(...)``), never ``from federation.core import save_vote``, so
 that they always reach the installed wrapper.
@@ -26,10 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _validate, config
-from ._files import Tree, atomic_write_json, locked, read_json, remove
-from .entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
-                       check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
+from .domain import validate as _validate
+from . import config
+from .stores.files import Tree, atomic_write_json, locked, read_json, remove
+from .domain.entities import (TABLES, CONTEXT, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES,
+                              SESSIONS, check_close, check_vote, history_entry, inbox_lock, node_lock, session_lock)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 

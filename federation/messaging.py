@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from . import _clock, _wiring, core
-from . import _validate as v
+from .domain import clock as _clock
+from . import _wiring, core
+from .domain import validate as v
 from .errors import ValidationError
 from .governance import with_tally
 

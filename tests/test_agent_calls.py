@@ -407,9 +407,9 @@ def test_per_tick_reads_use_an_index(fed):
 
 def test_an_older_database_is_upgraded_with_the_new_indexes(fed):
     """A database at schema version 1 gains version 2 (the indexes) on first use, its rows kept."""
-    from federation import schema
-    from federation.database import get_db
-    from federation.sqlstore import forget_stores
+    from federation.stores import schema
+    from federation.stores.database import get_db
+    from federation.stores.sqlstore import forget_stores
 
     fed.phase(4)
     pid = governance.create_poll("alice", "Q?", ["a", "b"])

@@ -7,7 +7,9 @@ from datetime import datetime, timedelta, timezone
 import click
 import pytest
 
-from federation import _clock, cli, dashboard
+from federation.domain import clock as _clock
+from federation import cli
+from federation.apps import dashboard
 from federation.errors import ValidationError
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)

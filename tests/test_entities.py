@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from federation import _sql, schema
-from federation.entities import ALL, MESSAGES, POLLS, PROFILES, SESSIONS, InvalidRecord
+from federation.stores import sqltext as _sql, schema
+from federation.domain.entities import ALL, MESSAGES, POLLS, PROFILES, SESSIONS, InvalidRecord
 
 
 def test_every_described_table_and_column_is_in_the_schema(fed):

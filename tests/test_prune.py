@@ -12,8 +12,8 @@ import pytest
 
 from federation import core, governance, messaging
 from federation.errors import ValidationError
-from federation.prune import parse_duration, prune
-from federation.report import build_report
+from federation.operations.prune import parse_duration, prune
+from federation.transfer.report import build_report
 
 OLD = "2020-01-01T00:00:00.000000+00:00"
 

@@ -81,7 +81,8 @@ def edit_file_context(fed, agent: str, text: str) -> None:
 
 WATCHER = r"""
 import json, os, sys, time
-from federation import context, database, rollout
+from federation import context, rollout
+from federation.stores import database
 database.BUSY_DEADLINE_S = float(os.environ.get("WATCHER_DEADLINE", "30"))
 out, stop, me = sys.argv[1], sys.argv[2], sys.argv[3]
 i = 0
@@ -405,9 +406,9 @@ def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
 @pytest.mark.sqlite_only
 def test_control_is_ignored_by_migrate_report_and_survives_archive(fed, tmp_path):
     """control/ is not legacy data: migrate and report do not see it, archive-legacy leaves it."""
-    from federation.archive import archive_legacy
-    from federation.migrate import migrate
-    from federation.report import build_report
+    from federation.transfer.archive import archive_legacy
+    from federation.transfer.migrate import migrate
+    from federation.transfer.report import build_report
 
     fed.phase(1)
     context.set_context("bob", "hello")
@@ -457,7 +458,7 @@ def refused(result) -> list[str]:
 def test_backfill_and_report_guards_refuse_and_force_is_recorded(fed):
     """Going to 3 on a database never backfilled refuses (backfilled); with the report finding a difference,
     2 -> 3 refuses (report_consistent) naming `sync --to db`; --force --reason passes and is in the history."""
-    from federation.migrate import migrate
+    from federation.transfer.migrate import migrate
 
     fed.phase(1)
     context.set_context("bob", "from the files")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 
 from federation import core
-from federation.sqlstore import SqlStore
-from federation.store import Store
+from federation.stores.sqlstore import SqlStore
+from federation.stores.protocol import Store
 
 
 def protocol_operations() -> list[str]:

@@ -63,8 +63,8 @@ def _checked(name: str, fix: str, check: Callable[[], dict[str, Any]]) -> dict[s
 
 
 def _backfilled() -> dict[str, Any]:
-    from .._files import Tree
-    from ..database import database_exists
+    from ..stores.files import Tree
+    from ..stores.database import database_exists
 
     s = config.settings()
     legacy = Tree(s.root).has_legacy_data()
@@ -73,7 +73,7 @@ def _backfilled() -> dict[str, Any]:
             return _guard("backfilled", False, f"the database {s.db_display} does not exist yet and legacy files "
                           "do", "run `federation migrate`")
         return _guard("backfilled", True, "a new federation: no legacy files to backfill")
-    from ..sqlstore import get_store
+    from ..stores.sqlstore import get_store
 
     at = get_store(s).meta("backfilled_at")
     if at is None and legacy:
@@ -87,8 +87,8 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
 
     lag_only: count only what the files lack or hold differently (not rows the database lacks).
     """
-    from .._rows import key_text
-    from ..report import build_report
+    from ..transfer.rows import key_text
+    from ..transfer.report import build_report
 
     def diffs() -> dict[str, set[tuple[str, tuple]]]:
         report = build_report()

@@ -1,6 +1,6 @@
 """The row/transfer layer: the legacy file tree and the database as the same ten tables of rows.
 
-The entity descriptions (:mod:`federation.entities`) drive the migration, the
+The entity descriptions (:mod:`federation.domain.entities`) drive the migration, the
 consistency report and ``sync``: :func:`read_tree` turns every legacy file
 into rows of the schema's tables (reporting each malformed file by path and
 reason, and each field the schema has no place for), :func:`read_db` reads
@@ -20,11 +20,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import _sql, _validate
-from ._files import Tree, parse_json_bytes
-from .entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
-                       SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type)
-from .errors import ValidationError
+from ..stores import sqltext as _sql
+from ..domain import validate as _validate
+from ..stores.files import Tree, parse_json_bytes
+from ..domain.entities import (BY_NAME, INBOX_DIR, MESSAGES, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS,
+                               POLLS_FILE, SESSIONS, SESSIONS_DIR, SHARED_DIR, TABLES, Entity, InvalidRecord,
+                               _json_type)
+from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
            "document_owner", "document_file", "read_files", "read_db_documents"]

@@ -11,7 +11,7 @@ fast path: it only finds candidates), then each legacy document that differs
 is re-read from both sides and repaired while holding its file lock -- the
 lock the shim holds across both sides of every phase-2/3 write of that
 document (``polls``, the recipient's inbox, the agent's node, the session;
-:func:`federation.entities.document_lock`).  A document no longer different
+:func:`federation.domain.entities.document_lock`).  A document no longer different
 under its lock (a write was in flight when the report was read) is left
 alone, so a sync never removes or reverts what a writer was told succeeded.
 Each lock's documents are repaired in one database transaction.
@@ -25,13 +25,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import _sql, config
-from ._clock import now
-from ._files import Tree, atomic_write_json, locked, read_json, remove
-from ._logging import library_logger
-from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
-from .entities import MESSAGES, Entity, document_lock
-from .errors import CorruptFileError
+from ..stores import sqltext as _sql
+from .. import config
+from ..domain.clock import now
+from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
+from .._logging import library_logger
+from .rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
+from ..domain.entities import MESSAGES, Entity, document_lock
+from ..errors import CorruptFileError
 from .migrate import insert_values
 from .report import Report, Sides, compare_sides, database_exists, read_sides
 
@@ -79,7 +80,7 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     settings = config.settings()
     root = Path(root) if root is not None else settings.root
     if store is None and (not dry_run or database_exists(settings)):
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     tree = Tree(root)

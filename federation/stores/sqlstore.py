@@ -1,6 +1,6 @@
 """The SQL store: the same functions as :mod:`federation.core`, on the schema.
 
-Both implement the ``Store`` protocol (:mod:`federation.store`): every method has the
+Both implement the ``Store`` protocol (:mod:`federation.stores.protocol`): every method has the
 name and signature of its ``core`` counterpart and
 returns the same legacy shapes, so the shim can route a call to either side
 by name.  Every write is one transaction that checks what it depends on
@@ -16,12 +16,15 @@ import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from . import _clock, _sql, config
-from ._files import Tree
+from ..domain import clock as _clock
+from . import sqltext as _sql
+from .. import config
+from .files import Tree
 from .database import Database, Tx, get_db
-from .entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
-                       SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote, history_entry)
-from .errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
+from ..domain.entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
+                               SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote,
+                               history_entry)
+from ..errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from . import config
-from ._clock import parse_duration
-from ._logging import library_logger
-from .database import database_exists
-from .errors import ValidationError
+from .. import config
+from ..domain.clock import parse_duration
+from .._logging import library_logger
+from ..stores.database import database_exists
+from ..errors import ValidationError
 
 __all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
 
@@ -86,7 +86,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
         if not database_exists(s):
             result.seconds = time.perf_counter() - started
             return result
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(s)
     db = store.db

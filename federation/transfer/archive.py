@@ -16,8 +16,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from . import config
-from .errors import ConflictError, StorageError
+from .. import config
+from ..errors import ConflictError, StorageError
 from .report import Report, build_report
 
 __all__ = ["ArchiveResult", "archive_legacy", "legacy_paths"]

@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import _validate
-from .entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
-from .errors import CorruptFileError, FileStorageError
+from ..domain import validate as _validate
+from ..domain.entities import INBOX_DIR, NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
+from ..errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked"]
 

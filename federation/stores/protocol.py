@@ -2,7 +2,7 @@
 
 The path of a call, top-down: ``governance.vote`` validates and calls ``core.save_vote``.
 ``federation.core`` is the *file store* (the legacy JSON tree; a module that implements
-``Store``), and :class:`federation.sqlstore.SqlStore` is the *SQL store*.  The shim, installed
+``Store``), and :class:`federation.stores.sqlstore.SqlStore` is the *SQL store*.  The shim, installed
 on ``core`` by ``federation._wiring``, sends each call, by phase, to the file store, to the SQL
 store's method of the same name, or to both (and compares them).  ``core.SHIM_SPEC`` says for
 each operation what it reads or writes and which lock it holds.

@@ -6,8 +6,8 @@ through ``schema_version``.  Writes run as functions inside a write
 transaction and are retried on contention, so "database is locked" never
 reaches a caller: after a bounded wait it becomes a :class:`StorageError`.
 
-What differs between engines is a :class:`~federation._dialect.Dialect`
-(:mod:`federation._sqlite`, :mod:`federation._postgres`); this module only
+What differs between engines is a :class:`~federation.stores.dialect.Dialect`
+(:mod:`federation.stores.sqlite`, :mod:`federation.stores.postgres`); this module only
 chooses one.
 """
 
@@ -20,12 +20,13 @@ import threading
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
-from . import config, schema
-from ._dialect import Dialect, Tx
-from ._logging import library_logger
-from ._netfs import network_fs_type
-from ._sqlite import SqliteDialect
-from .errors import ConfigError, FederationError, StorageError
+from .. import config
+from . import schema
+from .dialect import Dialect, Tx
+from .._logging import library_logger
+from .netfs import network_fs_type
+from .sqlite import SqliteDialect
+from ..errors import ConfigError, FederationError, StorageError
 
 __all__ = ["Database", "Dialect", "SqliteDialect", "Tx", "get_db", "dialect_for", "forget_databases",
            "network_fs_type", "BUSY_DEADLINE_S"]
@@ -251,7 +252,7 @@ _databases_lock = threading.Lock()
 def dialect_for(settings: config.Settings) -> Dialect:
     if settings.db_url:
         try:
-            from ._postgres import PostgresDialect  # imported only when asked for
+            from .postgres import PostgresDialect  # imported only when asked for
         except ImportError as exc:
             raise ConfigError(
                 f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "

@@ -19,9 +19,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
-from . import config, schema
-from ._logging import library_logger
-from .database import database_exists, network_fs_type
+from .. import config
+from ..stores import schema
+from .._logging import library_logger
+from ..stores.database import database_exists, network_fs_type
 
 __all__ = ["Check", "DoctorReport", "doctor", "WAL_LIMIT_BYTES", "MIN_FREE_BYTES"]
 
@@ -151,7 +152,7 @@ def _schema_check(version: int | None, tables: set[str], where: str) -> Check:
 
 
 def _postgres_checks(s: config.Settings, checks: list[Check]) -> bool:
-    from .database import BUSY_DEADLINE_S, dialect_for
+    from ..stores.database import BUSY_DEADLINE_S, dialect_for
 
     dialect = dialect_for(s)
     try:
@@ -180,7 +181,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
            min_free: int = MIN_FREE_BYTES, mounts_file: str = "/proc/self/mounts",
            extra: list[Callable[[config.Settings], Check]] | None = None) -> DoctorReport:
     """Run every check against the configured federation; read-only."""
-    from ._rows import read_tree
+    from ..transfer.rows import read_tree
 
     s = settings or config.settings()
     phase = phase_in_effect(s)
@@ -202,7 +203,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
 
     store = None
     if comparable:
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(s)
         backfilled = store.meta("backfilled_at")
@@ -228,7 +229,7 @@ def phase_in_effect(s: config.Settings) -> int:
     """
     if s.phase_pinned:
         return s.effective_phase
-    from .rollout import current_phase
+    from ..rollout import current_phase
 
     return current_phase(s.root)[0]
 
@@ -240,7 +241,7 @@ def _describe(process: dict) -> str:
 
 def _fleet_check() -> Check:
     """No live phase-4 process beside a live phase-1/2 one (phase 4 stops writing the files they read)."""
-    from . import rollout
+    from .. import rollout
 
     fleet = rollout.fleet()
     pairs = rollout.unsafe_mix(fleet)
@@ -266,8 +267,8 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) ->
         return Check("files_vs_database", phase == 1 or tree.files == 0,
                      "not compared: the database cannot be read or has no current schema",
                      "fix the database checks above, then `federation report`")
-    from ._rows import read_db
-    from .report import Sides, compare_sides
+    from ..transfer.rows import read_db
+    from ..transfer.report import Sides, compare_sides
 
     entities = compare_sides(Sides(tree, read_db(store)), diff_limit=0).entities
     differing = {n: len(t.missing_in_db) + len(t.missing_in_files) + len(t.different)

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 
 def now() -> str:

@@ -19,10 +19,10 @@ from typing import Any
 
 from shim import field_diff, normalize
 
-from . import config
-from ._rows import TABLES, TreeRows, key_text, read_db, read_tree
-from .database import database_exists
-from .entities import Entity
+from .. import config
+from .rows import TABLES, TreeRows, key_text, read_db, read_tree
+from ..stores.database import database_exists
+from ..domain.entities import Entity
 
 __all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
 
@@ -105,7 +105,7 @@ def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = 
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)
     return Sides(files, read_db(store) if store is not None else {t.name: {} for t in TABLES})
@@ -201,7 +201,7 @@ def _use_counts(summary: dict[str, Any], first: str | None) -> None:
     """
     from datetime import datetime, timedelta, timezone
 
-    from .rollout import _status as rollout
+    from ..rollout import _status as rollout
 
     until = datetime.now(timezone.utc)
     since = None

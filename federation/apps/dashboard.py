@@ -31,11 +31,11 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Callable, Iterator
 
-from . import config
-from ._clock import parse_duration, parse_moment
-from ._logging import library_logger
-from .errors import ValidationError
-from .rollout._counts import HOUR
+from .. import config
+from ..domain.clock import parse_duration, parse_moment
+from .._logging import library_logger
+from ..errors import ValidationError
+from ..rollout._counts import HOUR
 
 __all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
 
@@ -175,12 +175,12 @@ class _Bounded:
 
 def table_counts() -> dict[str, int] | None:
     """Rows per table (as ``federation status``), None when no database was created yet."""
-    from .database import database_exists
+    from ..stores.database import database_exists
 
     s = config.settings()
     if not database_exists(s, ask_server=True):
         return None
-    from .sqlstore import get_store
+    from ..stores.sqlstore import get_store
 
     return get_store(s).counts()
 
@@ -247,14 +247,14 @@ class HourlyCounts:
     @staticmethod
     def consistency(hours: list[tuple[int, list[dict]]]) -> dict[str, dict]:
         """``rollout.consistency()`` of the window the hours cover."""
-        from .rollout._status import summarise
+        from ..rollout._status import summarise
 
         return summarise(row for _, rows in hours for row in rows)
 
     @staticmethod
     def series(hours: list[tuple[int, list[dict]]]) -> dict[str, list[dict]]:
         """``rollout.series()`` (hourly) of the window the hours cover."""
-        from .rollout._io import iso
+        from ..rollout._io import iso
 
         per: dict[str, dict[int, list[int]]] = {}
         for hour, rows in hours:
@@ -287,7 +287,7 @@ class DashboardData:
 
     def __post_init__(self) -> None:
         if self.source is None:
-            from . import rollout
+            from .. import rollout
 
             self.source = rollout
         self.hourly = HourlyCounts(self.source)
@@ -295,8 +295,8 @@ class DashboardData:
     def _status(self, since: datetime, until: datetime, hours: list[tuple[int, list[dict]]] | None
                 ) -> dict[str, Any]:
         """``rollout.status()`` of the window, its consistency summed from the hourly counts."""
-        from .rollout._io import iso
-        from .rollout._status import flag_record
+        from ..rollout._io import iso
+        from ..rollout._status import flag_record
 
         flag, problem = flag_record()
         data: dict[str, Any] = {"flag": flag, "fleet": self.source.fleet(),
@@ -392,7 +392,7 @@ class MetricsCollector:
             cached = self._settled
             if cached is None or cached[0] != settled:
                 cached = self._settled = (settled, self.data.source.counters(since=_EPOCH, until=settled))
-        from .rollout._status import merge_counters
+        from ..rollout._status import merge_counters
 
         return merge_counters(cached[1], self.data.source.counters(since=settled, until=now))
 
@@ -488,7 +488,7 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
     registry = CollectorRegistry(auto_describe=False)
     collector = MetricsCollector(data)
     registry.register(collector)
-    static = {name: resources.files("federation").joinpath("dashboard_static", name).read_bytes()
+    static = {name: resources.files("federation.apps").joinpath("dashboard_static", name).read_bytes()
               for name in _STATIC}
     static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
 
