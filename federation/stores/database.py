@@ -187,6 +187,12 @@ class Database:
                          begin=not self.dialect.single_statement_autocommit)
 
     # -- schema -------------------------------------------------------------
+    def on_first_create(self, hook: Callable[[Tx], None]) -> None:
+        """Run *hook* inside the transaction that creates the schema, unless a hook is already set
+        (the first store of this database gives it)."""
+        if self._on_create is None:
+            self._on_create = hook
+
     def schema_version(self) -> int:
         def fn(tx: Tx) -> int:
             try:

@@ -27,7 +27,7 @@ import select
 import psycopg
 
 from .dialect import Dialect, Tx
-from ..config import _redact
+from ..config import redact_url
 from ..errors import StorageError
 
 __all__ = ["PostgresDialect"]
@@ -87,7 +87,7 @@ class PostgresDialect(Dialect):
         self._conninfo = psycopg.conninfo.make_conninfo(**{**CONNECT_DEFAULTS, **params})
 
     def describe(self) -> str:
-        return _redact(self.url)
+        return redact_url(self.url)
 
     def sql(self, text: str) -> str:
         return _translate(text)

@@ -42,8 +42,7 @@ class SqlStore:
     def __init__(self, db: Database, root: Path):
         self.db = db
         self.tree = Tree(root)
-        if db._on_create is None:
-            db._on_create = self._on_create
+        db.on_first_create(self._on_create)
         self._backfill_ok = False
 
     # -- lifecycle ------------------------------------------------------------
@@ -574,6 +573,7 @@ _stores_lock = threading.Lock()
 
 def get_store(settings: config.Settings | None = None) -> SqlStore:
     """The SQL store of the configured database and root (one per process)."""
+    global _last
     s = settings or config.settings()
     last = _last
     if last is not None and last[0] is s:  # the hot path: same settings object as the last call
@@ -585,7 +585,7 @@ def get_store(settings: config.Settings | None = None) -> SqlStore:
             store = _stores.get(key)
             if store is None:
                 store = _stores[key] = SqlStore(get_db(s), s.root)
-    globals()["_last"] = (s, store)
+    _last = (s, store)
     return store
 
 
