@@ -233,8 +233,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
 
     Exit 0 when they agree, 1 when they differ, 2 on a usage error.
     """
-    from .rollout._logsummary import summarise_log
-    from .transfer.report import build_report
+    from .transfer.report import build_report, summarise_log
 
     report = _guard(lambda: build_report(progress=_progress(as_json)))
     summary = summarise_log(log_file, report) if log_file else None
