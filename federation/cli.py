@@ -324,7 +324,7 @@ class _Duration(click.ParamType):
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        from .domain.clock import parse_duration
+        from .domain.moments import parse_duration
         from .errors import ValidationError
 
         try:
@@ -459,7 +459,7 @@ def _record_sync(to: str, changes: int) -> None:
 
 def _moment(text: str | None) -> datetime | None:
     """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``_clock``."""
-    from .domain.clock import parse_moment
+    from .domain.moments import parse_moment
     from .errors import ValidationError
 
     if text is None:

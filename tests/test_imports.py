@@ -206,3 +206,31 @@ def test_the_package_tree_is_the_architecture():
     assert len(top) <= 12, top
     for layer in ("domain", "stores", "transfer", "rollout", "operations", "apps"):
         assert (ROOT / "federation" / layer / "__init__.py").is_file(), layer
+
+
+#: The layers, bottom up: a module imports from its own layer and the ones below, never above.
+LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
+#: The public API: above every layer but the applications.
+API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
+#: Left: the report's log summary (`report --log`) reads the rollout's counts; it belongs in the rollout.
+KNOWN_UP = {"federation.transfer.report -> federation.rollout._status"}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if parts[0] == "federation" and len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_no_layer_imports_one_above_it():
+    """The folder tree is the architecture: no arrow points up."""
+    graph = import_graph()
+    up = []
+    for module, edges in sorted(graph.items()):
+        here = _layer(module)
+        if here is None:
+            continue
+        for edge in sorted(edges):
+            there = _layer(edge)
+            if (there is not None and there > here) or (edge in API and LAYERS[here] != "apps"):
+                up.append(f"{module} -> {edge}")
+    assert set(up) <= KNOWN_UP, sorted(set(up) - KNOWN_UP)

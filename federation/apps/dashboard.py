@@ -32,7 +32,7 @@ from importlib import resources
 from typing import Any, Callable, Iterator
 
 from .. import config
-from ..domain.clock import parse_duration, parse_moment
+from ..domain.moments import parse_duration, parse_moment
 from .._logging import library_logger
 from ..errors import ValidationError
 from ..rollout._counts import HOUR

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from .. import config
-from ..domain.clock import parse_duration
+from ..domain.moments import parse_duration
 from .._logging import library_logger
 from ..stores.database import database_exists
 from ..errors import ValidationError

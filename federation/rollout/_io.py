@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..domain.clock import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
+from ..domain.moments import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
 
 CONTROL_DIR = "control"
 FLAG_FILE = "flag.json"
