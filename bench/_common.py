@@ -23,7 +23,7 @@ def federation_env(phase: int, db_url: str | None = None) -> Iterator[Path]:
     for k in saved:
         del os.environ[k]
     from federation import config
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     os.environ["FEDERATION_ROOT"] = str(root)
     os.environ.update(config.phase_env(phase))
@@ -49,7 +49,7 @@ def run_processes(n: int, target: Callable[[int], object]) -> float:
     barrier = ctx.Barrier(n + 1)
 
     def child(i: int) -> None:
-        from federation.sqlstore import forget_stores
+        from federation.stores.sqlstore import forget_stores
 
         forget_stores()  # never reuse the parent's connections
         barrier.wait()

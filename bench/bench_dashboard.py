@@ -141,7 +141,7 @@ def main() -> None:
 
         import uvicorn
 
-        from federation.dashboard import create_app
+        from federation.apps.dashboard import create_app
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -73,7 +73,7 @@ def singles(n: int) -> tuple[float, float]:
 
 def _waiter(k: int, queue) -> None:
     from federation import messaging
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     forget_stores()
     done: list[str] = []

@@ -176,8 +176,8 @@ def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int
 def _reset_pg(url: str) -> None:
     import psycopg
 
-    from federation.schema import TABLES
-    from federation.sqlstore import forget_stores
+    from federation.stores.schema import TABLES
+    from federation.stores.sqlstore import forget_stores
 
     forget_stores()
     with psycopg.connect(url, autocommit=True) as conn:

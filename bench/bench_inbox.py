@@ -26,7 +26,7 @@ def legacy_glob_read_delete(inbox) -> list[dict]:
 
 def one_round(phase: int, messages: int, db_url: str | None = None, literal_legacy: bool = False) -> float:
     from federation import core, messaging
-    from federation._clock import new_id, now
+    from federation.domain.clock import new_id, now
 
     with federation_env(phase, db_url):
         batch = [{"id": new_id(), "sender": "alice", "recipient": "bob", "content": f"message {i}",
@@ -35,7 +35,7 @@ def one_round(phase: int, messages: int, db_url: str | None = None, literal_lega
             for m in batch:
                 core.save_message(m)
         else:
-            from federation.sqlstore import get_store
+            from federation.stores.sqlstore import get_store
 
             store = get_store()
             store.db.write(lambda tx: tx.executemany(

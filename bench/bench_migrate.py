@@ -8,8 +8,8 @@ profiles, polls with votes, sessions with roles, artifacts and reviews),
 then times, on the same warm files:
 
 - bare pass: walk the tree, read and ``json.loads`` every file, nothing else;
-- migration: ``federation.migrate.migrate()`` into a fresh SQLite database;
-- report: ``federation.report.build_report()`` over the migrated tree.
+- migration: ``federation.transfer.migrate.migrate()`` into a fresh SQLite database;
+- report: ``federation.transfer.report.build_report()`` over the migrated tree.
 
 Targets (issue 3): migration >= 20,000 files/s and >= 0.5x the bare pass's
 speed; report <= 2x the bare pass's time.
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation import config  # noqa: E402
-from federation._generate import generate  # noqa: E402
+from federation.domain.generate import generate  # noqa: E402
 
 
 def bare_pass(root: Path) -> int:
@@ -82,8 +82,8 @@ def main() -> int:
         bare_pass(root)  # warm the page cache, as every measured pass below finds it
         t_bare, files = timed(lambda: bare_pass(root), "bare")
         with config.override(FEDERATION_ROOT=str(root), FEDERATION_DB=str(db), FEDERATION_DB_URL=None):
-            from federation.migrate import migrate
-            from federation.report import build_report
+            from federation.transfer.migrate import migrate
+            from federation.transfer.report import build_report
 
             t_mig, result = timed(migrate, "migration")
             assert result.exit_code == 0, result.to_json()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 def reset_pg(url: str) -> None:
     import psycopg
 
-    from federation.schema import TABLES
+    from federation.stores.schema import TABLES
 
     with psycopg.connect(url, autocommit=True) as conn:
         for table in (*TABLES, "federation_meta", "schema_version"):

@@ -101,7 +101,8 @@ def shim_off_overhead(n: int, variant: str = "today") -> tuple[float, float]:
     """Mean seconds per call of a wrapped vs the original save_context, in phase 1: with
     FEDERATION_USE_DB=0 (variant "today" or "pinned"), or with the live flag at 1 ("flag")."""
     import shim
-    from federation import _clock, core
+    from federation.domain import clock as _clock
+    from federation import core
 
     control(variant != "today")
     with federation_env(1) as root:

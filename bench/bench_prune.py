@@ -28,8 +28,8 @@ OLD = "2020-01-01T00:00:00.000000+00:00"
 
 def fill(messages: int, chunk: int = 50_000) -> int:
     """Bulk-insert the old read messages and history (plus unread/recent rows that must stay); the kept count."""
-    from federation._clock import new_id, now
-    from federation.sqlstore import get_store
+    from federation.domain.clock import new_id, now
+    from federation.stores.sqlstore import get_store
 
     store = get_store()
     store.db.ensure_schema()
@@ -55,7 +55,7 @@ def fill(messages: int, chunk: int = 50_000) -> int:
 def agent(i: int, stop, out) -> None:
     """Send to oneself and check the inbox until *stop*; latencies in ms per call."""
     from federation import messaging
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     forget_stores()  # never the parent's connections
     me = f"bench-agent-{i}"
@@ -107,8 +107,8 @@ def main() -> None:
     args = ap.parse_args()
 
     with federation_env(4, args.pg_url):
-        from federation.prune import prune
-        from federation.sqlstore import get_store
+        from federation.operations.prune import prune
+        from federation.stores.sqlstore import get_store
 
         t0 = time.perf_counter()
         kept = fill(args.messages)

@@ -62,7 +62,7 @@ def seed_small() -> tuple[str, str, str]:
 
 def bulk_load(messages: int, polls: int, votes_per_poll: int, sessions: int) -> None:
     """Rows straight into the tables (as a months-old federation would have them), in large batches."""
-    from federation.sqlstore import get_store
+    from federation.stores.sqlstore import get_store
 
     db = get_store().db
     stamp = "2025-01-01T00:00:00.000000+00:00"

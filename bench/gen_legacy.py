@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from federation._generate import generate  # noqa: E402
+from federation.domain.generate import generate  # noqa: E402
 
 
 def main() -> None:

@@ -12,5 +12,5 @@ from . import _wiring, core
 
 _shim.install(core, **_wiring.hooks())
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["core", "messaging", "context", "governance", "errors", "config"]

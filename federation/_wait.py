@@ -104,8 +104,8 @@ class PostgresWatcher:
     def __init__(self, url: str, agent: str):
         import psycopg
 
-        from ._postgres import PostgresDialect
-        from .sqlstore import NOTIFY_CHANNEL
+        from .stores.postgres import PostgresDialect
+        from .stores.sqlstore import NOTIFY_CHANNEL
 
         self.agent = agent
         key = (url, threading.get_ident())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from . import config, core
+from .stores.protocol import Store
 
 
 def env_mode() -> tuple[int, float]:
@@ -11,8 +14,18 @@ def env_mode() -> tuple[int, float]:
     return (s.phase if s.use_db else 1), s.shadow_sample
 
 
-def candidate(phase: int):
-    from .sqlstore import get_store
+#: The federation's answer to "which phase now?", the one the shim was last given (see hooks()).
+_mode: Callable[[], tuple[int, float]] = env_mode
+
+
+def phase() -> int:
+    """The phase a call starting now is routed by: environment pin > live flag > phase 3 (as the shim sees it)."""
+    return int(_mode()[0])
+
+
+def candidate(phase: int) -> Store:
+    """The SQL store the shim sends a call's database side to (the file side is ``core`` itself)."""
+    from .stores.sqlstore import get_store
 
     store = get_store()
     # Create the schema before the first write of any side, so that a new
@@ -33,4 +46,6 @@ def hooks(control: bool = True) -> dict:
         from .rollout._runtime import RUNTIME, observe
 
         hooks.update(mode=RUNTIME.mode, observers=(observe,))
+    global _mode
+    _mode = hooks["mode"]
     return hooks

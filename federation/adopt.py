@@ -53,12 +53,15 @@ from typing import Any, Callable, Mapping
 
 import wrapt
 
-from shim import DB, FILES, Experiment, Observation, Outcome, Phase, Spec, delta, library_logger, patch
+from shim import DB, FILES, Experiment, Observation, Outcome, Phase, Spec, delta, patch
 
-from . import _clock, _files, core, rollout
+from .domain import clock as _clock
+from .stores import files as _files
+from . import core, rollout
+from ._logging import library_logger
 from ._wiring import candidate
-from .entities import CONTEXT, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS, SESSION_REVIEWS, SESSION_ROLES, \
-    SESSIONS, document_lock
+from .domain.entities import (CONTEXT, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS, SESSION_REVIEWS,
+                              SESSION_ROLES, SESSIONS, document_lock)
 from .errors import ConfigError, StorageError
 
 __all__ = ["Load", "Save", "Claim", "install", "install_when_imported", "uninstall", "installed",
@@ -582,7 +585,7 @@ def _json_names(folder: Path) -> set[str]:
 
 
 def _document_path(tree: _files.Tree, kind: str, owner: str) -> Path:
-    from ._rows import document_file
+    from .transfer.rows import document_file
 
     return document_file(tree, kind, owner, owner)
 
@@ -634,8 +637,8 @@ def _put_bytes(path: Path, raw: bytes | None) -> None:
 
 def _files_to_db(store: Any, tree: _files.Tree, paths: list[Path], docs: set[tuple[str, str]]) -> None:
     """Make the database rows of the legacy documents *docs* equal what their files hold now."""
-    from ._rows import read_files
-    from .sync import repair_documents
+    from .transfer.rows import read_files
+    from .transfer.sync import repair_documents
 
     rows = read_files(tree, paths)
     if rows.invalid:

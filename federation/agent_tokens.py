@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from shim import library_logger
+from ._logging import library_logger
 
-from . import _validate as v
+from .domain import validate as v
 from . import config
 from .errors import ConfigError, FederationError, NotFoundError
 

@@ -94,7 +94,7 @@ def main() -> None:
 
 def status_data() -> dict:
     """What ``federation status`` shows, as a dict."""
-    from ._files import Tree
+    from .stores.files import Tree
 
     s = config.settings()
     data: dict[str, Any] = {
@@ -106,14 +106,10 @@ def status_data() -> dict:
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
-    if s.db_url:  # a server database exists; has our schema been created in it?
-        from .database import get_db
+    from .stores.database import database_exists
 
-        exists = get_db(s).schema_version() > 0
-    else:
-        exists = s.db_path.exists()
-    if exists:
-        from .sqlstore import get_store
+    if database_exists(s, ask_server=True):
+        from .stores.sqlstore import get_store
 
         store = get_store(s)
         data["tables"] = store.counts()
@@ -185,7 +181,7 @@ def demo(agents: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# migration, report, repair, archive: thin commands over federation.migrate,
+# migration, report, repair, archive: thin commands over federation.transfer.migrate,
 # .report, .sync and .archive
 
 
@@ -235,7 +231,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     3: finished, but invalid files were skipped (each listed).  Idempotent;
     rows already in the database (a live dual-write's) are never overwritten.
     """
-    from .migrate import migrate
+    from .transfer.migrate import migrate
 
     if not dry_run:
         _hold_files_first()
@@ -301,7 +297,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     they differ, 2 on a usage error, 3 when the database (or the files)
     cannot be opened or read.
     """
-    from .report import build_report, summarise_log
+    from .transfer.report import build_report, summarise_log
 
     try:
         report = build_report(progress=_progress(as_json), recheck=True)
@@ -372,7 +368,7 @@ def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str
     The other direction is refused unless `--force --reason TEXT`.
     Exit 0 done, 1 failure or refused, 2 usage.
     """
-    from .sync import sync
+    from .transfer.sync import sync
 
     if reason is not None and not force:
         raise click.UsageError("--reason goes with --force")
@@ -396,7 +392,7 @@ def archive_command(dest: str) -> None:
 
     Refuses (exit 1) unless the consistency report says files and database agree.
     """
-    from .archive import archive_legacy
+    from .transfer.archive import archive_legacy
 
     result = _guard(lambda: archive_legacy(dest))
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
@@ -407,7 +403,7 @@ def archive_command(dest: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# operations: retention, backup, health (federation.prune, .backup, .doctor)
+# operations: retention, backup, health (federation.operations.prune, .backup, .doctor)
 
 
 class _Duration(click.ParamType):
@@ -416,8 +412,8 @@ class _Duration(click.ParamType):
     name = "DURATION"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .domain.moments import parse_duration
         from .errors import ValidationError
-        from .prune import parse_duration
 
         try:
             return parse_duration(value)
@@ -442,7 +438,7 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     messages and the history have no file), so `federation report` still
     agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
     """
-    from .prune import prune
+    from .operations.prune import prune
 
     result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size))
     if as_json:
@@ -466,7 +462,7 @@ def backup_command(dest: str, as_json: bool) -> None:
     failure (on PostgreSQL: prints the pg_dump command to use); 2 when PATH
     exists or its folder does not.
     """
-    from .backup import backup
+    from .operations.backup import backup
     from .errors import ValidationError
 
     try:
@@ -492,7 +488,7 @@ def doctor_command(as_json: bool) -> None:
     and database differing.  Exit 0 healthy, 1 when a check failed (each
     failure with the command that fixes it), 2 usage.
     """
-    from .doctor import doctor
+    from .operations.doctor import doctor
 
     report = _guard(doctor)
     if as_json:
@@ -527,7 +523,7 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
     HTTP: `federation serve --http` serves http://127.0.0.1:8765/mcp; each request
     acts as the agent its `Authorization: Bearer TOKEN` names (docs/agents-http.md).
     """
-    from ._validate import agent as valid_agent
+    from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 
     if http == (agent is not None):
@@ -541,8 +537,8 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
         valid_agent(agent, "--agent")
     except ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="--agent") from None
-    from ._signals import Terminated, exit_now, exit_on_stop_signals
-    from .mcp_server import serve as run_server
+    from .apps.signals import Terminated, exit_now, exit_on_stop_signals
+    from .apps.mcp_server import serve as run_server
 
     exit_on_stop_signals()  # SIGTERM, Ctrl-C: counts flushed and announcement withdrawn at exit
     try:
@@ -554,7 +550,7 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
 
 
 def _serve_http(host: str, port: int) -> None:
-    from ._signals import Terminated, exit_now, exit_on_stop_signals
+    from .apps.signals import Terminated, exit_now, exit_on_stop_signals
     from .mcp_http import is_loopback, serve as run_http
 
     def listening(url: str) -> None:
@@ -598,7 +594,7 @@ def agents_add(name: str, as_json: bool) -> None:
     A second `add` for the same agent replaces its token: the old one stops working.
     """
     from . import agent_tokens
-    from ._validate import agent as valid_agent
+    from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 
     try:
@@ -638,7 +634,7 @@ def agents_list(as_json: bool) -> None:
 def agents_revoke(name: str) -> None:
     """Revoke agent NAME's token: servers refuse it within seconds, without a restart."""
     from . import agent_tokens
-    from ._validate import agent as valid_agent
+    from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 
     try:
@@ -666,25 +662,16 @@ def _record_sync(to: str, changes: int, forced: bool = False, reason: str | None
 
 
 def _moment(text: str | None) -> datetime | None:
-    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d)."""
-    import re
-    from datetime import datetime, timedelta, timezone
+    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``_clock``."""
+    from .domain.moments import parse_moment
+    from .errors import ValidationError
 
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        try:
-            return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * unit)
-        except (OverflowError, ValueError):
-            raise click.BadParameter(f"{text!r} reaches before the year 1", param_hint="--since") from None
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d",
-                                 param_hint="--since") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return parse_moment(text)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
 _SINCE_HELP = "Start of the window: an ISO 8601 time or a duration back from now (30m, 12h, 7d); default 24h."
@@ -869,8 +856,8 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
     mismatches, row counts and the guards of the next step; it never changes
     the flag (that is `federation rollout set`).
     """
-    from ._signals import exit_on_stop_signals
-    from .dashboard import serve as serve_dashboard
+    from .apps.signals import exit_on_stop_signals
+    from .apps.dashboard import serve as serve_dashboard
 
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the previous handler: this one
     # makes that an exit that runs the atexit handlers (the default action would skip them)

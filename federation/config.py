@@ -56,12 +56,12 @@ class Settings:
     @property
     def db_display(self) -> str:
         if self.db_url:
-            return _redact(self.db_url)
+            return redact_url(self.db_url)
         return str(self.db_path)
 
 
-def _redact(url: str) -> str:
-    # Never print a password that is part of a URL.
+def redact_url(url: str) -> str:
+    """*url* without its password: never print a password that is part of a URL."""
     import re
 
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import _validate as v
+from .domain import validate as v
 from . import core
-from . import _clock
+from .domain import clock as _clock
 
 __all__ = ["set_context", "get_context", "heartbeat", "set_expertise", "get_expertise", "find_experts",
            "set_profile", "get_profile", "list_agents"]

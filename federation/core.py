@@ -6,9 +6,10 @@ an advisory lock around every read-modify-write, validated agent names.
 
 This module knows nothing about databases or rollout phases.  The transition
 shim (:mod:`shim`) is installed on it by one line in ``federation/__init__.py``
-and routes each function to the files, the database or both; the SQL store
-(:class:`federation.sqlstore.SqlStore`) has a method of the same name and
-signature for every function here.  Callers must call through the module
+and routes each function to the files, the database or both.  This module is the
+file store: it implements the ``Store`` protocol (:mod:`federation.stores.protocol`) function
+for function, and the SQL store (:class:`federation.stores.sqlstore.SqlStore`) implements
+it method for method.  Callers must call through the module
 (``core.save_vote(...)``), never ``from federation.core import save_vote``, so
 that they always reach the installed wrapper.
 
@@ -26,13 +27,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _validate, config
-from ._files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
-from ._files import read_regular as _read_regular
-from ._files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS, POLLS_LOCK, PROFILES, SESSIONS,
-                       check_close, check_vote, history_entry, inbox_lock, message_mismatch, node_lock, session_lock,
-                       vote_problem)
+from .domain import validate as _validate
+from . import config
+from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
+from .stores.files import read_regular as _read_regular
+from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
+from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS,
+                              POLLS_LOCK, PROFILES, SESSIONS, check_close, check_vote, history_entry, inbox_lock,
+                              message_mismatch, node_lock, session_lock, vote_problem)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 
@@ -78,7 +80,7 @@ def _skip(path: Path, reason: str) -> None:
     if len(_reported) > 10000:
         _reported.clear()
     _reported.add(key)
-    from shim import library_logger
+    from ._logging import library_logger
 
     library_logger("federation.files").warning("legacy_file_invalid", path=str(path), reason=reason,
                                                action="skipped; `federation migrate --dry-run` lists it")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import _validate as v
+from .domain import validate as v
 from . import core
-from . import _clock
+from .domain import clock as _clock
 from .errors import NotFoundError
 
 __all__ = ["create_poll", "vote", "close_poll", "get_poll", "list_polls", "create_session", "assign_role",

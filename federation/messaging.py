@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from . import _validate as v
-import shim
-from shim import library_logger
-
-from . import _clock, config, core
+from .domain import validate as v
+from .domain import clock as _clock
+from . import _wiring, config, core
+from ._logging import library_logger
 from .errors import StorageError, ValidationError
 from .governance import with_tally
 
@@ -156,7 +155,7 @@ def dead_letter_summary(phase: int) -> dict:
 
     now, maximum = _clock.now(), config.max_attempts()
     if phase >= 3:
-        from .sqlstore import get_store
+        from .stores.sqlstore import get_store
 
         letters = get_store().load_dead_letters(None, now, maximum)
     else:
@@ -221,9 +220,8 @@ def get_sent(agent: str, limit: int = 100, before: str | None = None) -> list[di
 
 
 def _phase() -> int:
-    """The rollout phase calls are routed by now: the shim's own answer (environment, or live flag)."""
-    experiment = shim.installed(core)
-    return int(experiment.mode()[0]) if experiment is not None else config.settings().effective_phase
+    """The rollout phase calls are routed by now: the federation's answer, the one it gives the shim."""
+    return _wiring.phase()
 
 
 def pulse(agent: str, claim: bool = True, lease: float | None = None, ack: list[str] | None = None,

@@ -11,6 +11,25 @@ while not os.path.exists(go):
 """
 
 
+def drain_script(call: str) -> str:
+    """A child's code that, once started together (WAIT_FOR_GO), calls *call* (an expression giving a
+    list of messages) until the file named by argv[2] exists and a call returns none, then prints the
+    ids it received as one JSON list."""
+    return WAIT_FOR_GO + f"""
+import json
+from federation import messaging
+done = sys.argv[2]
+got = []
+while True:
+    finished = os.path.exists(done)
+    batch = {call}
+    got += [m["id"] for m in batch]
+    if finished and not batch:
+        break
+print(json.dumps(got))
+"""
+
+
 def finish(procs, timeout: float = 300) -> list[str]:
     """Wait for every process; fail with its stderr tail if one exited non-zero; their stdouts."""
     outs = []

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from federation._rows import TABLES, read_tree
-from federation.migrate import insert_values
+from federation.transfer.rows import TABLES, read_tree
+from federation.transfer.migrate import insert_values
 
 CLI = "import sys; from federation.cli import main; sys.exit(main())"
 

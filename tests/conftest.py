@@ -25,7 +25,7 @@ from typing import Callable
 import pytest
 
 from federation import config, core
-from federation.sqlstore import forget_stores
+from federation.stores.sqlstore import forget_stores
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,7 +69,7 @@ class Fed:
         return self
 
     def store(self):
-        from federation.sqlstore import get_store
+        from federation.stores.sqlstore import get_store
 
         return get_store()
 

@@ -14,10 +14,11 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from federation import _files, adopt, rollout
+from federation.stores import files as _files
+from federation import adopt, rollout
 from federation.cli import main as cli
 from federation.errors import StorageError
-from federation.report import build_report
+from federation.transfer.report import build_report
 
 from _procs import WAIT_FOR_GO, finish
 

@@ -15,7 +15,7 @@ import structlog
 from federation import context, core, governance, messaging
 from federation.errors import ConflictError, ValidationError
 
-from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
+from _procs import WAIT_FOR_GO, drain_script, finish as _finish  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -75,19 +75,7 @@ def test_pulse_delivers_every_message_once_under_concurrency(fed, phase, message
     fed.phase(phase)
     context.set_context("carol", "also listening")  # a second broadcast recipient
     go, done = tmp_path / "go", tmp_path / "done"
-    code = WAIT_FOR_GO + """
-import json
-from federation import messaging
-done = sys.argv[2]
-got = []
-while True:
-    finished = os.path.exists(done)
-    batch = messaging.pulse("bob")["messages"]
-    got += [m["id"] for m in batch]
-    if finished and not batch:
-        break
-print(json.dumps(got))
-"""
+    code = drain_script('messaging.pulse("bob")["messages"]')
     procs = [fed.spawn(code, str(go), str(done)) for _ in range(4)]
     time.sleep(0.3)
     go.touch()
@@ -380,20 +368,6 @@ def test_everyones_heartbeat_is_compared_by_get_context_not_by_every_pulse(fed, 
     assert mismatch["op"] == "load_context" and mismatch["diff"][0]["field"] == "last_heartbeat"
 
 
-def test_every_shimmed_function_has_a_sql_method_of_the_same_signature():
-    """The shim routes by name: each SHIM_SPEC function has a SqlStore method with the same parameters."""
-    import inspect
-
-    from federation.sqlstore import SqlStore
-
-    for name in core.SHIM_SPEC:
-        function = inspect.signature(inspect.unwrap(getattr(core, name)))
-        method = inspect.signature(getattr(SqlStore, name))
-        params = list(method.parameters.values())[1:]  # without self
-        assert [(p.name, p.default) for p in params] == [
-            (p.name, p.default) for p in function.parameters.values()], name
-
-
 def test_phase_4_per_tick_calls_write_no_files(fed):
     """pulse, broadcast, pages and receipts in phase 4 leave the legacy tree untouched."""
     fed.phase(4)
@@ -433,9 +407,9 @@ def test_per_tick_reads_use_an_index(fed):
 
 def test_an_older_database_is_upgraded_with_the_new_indexes(fed):
     """A database at schema version 1 gains version 2 (the indexes) on first use, its rows kept."""
-    from federation import schema
-    from federation.database import get_db
-    from federation.sqlstore import forget_stores
+    from federation.stores import schema
+    from federation.stores.database import get_db
+    from federation.stores.sqlstore import forget_stores
 
     fed.phase(4)
     pid = governance.create_poll("alice", "Q?", ["a", "b"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tarfile
 
-from federation._files import Tree
-from federation._generate import generate
-from federation.migrate import migrate
+from federation.stores.files import Tree
+from federation.domain.generate import generate
+from federation.transfer.migrate import migrate
 
 from _transfer_helpers import cli, dirs_of, snapshot
 

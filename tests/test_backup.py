@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from federation import config, governance, messaging
-from federation.backup import backup
+from federation.operations.backup import backup
 from federation.errors import FederationError, ValidationError
-from federation.sqlstore import forget_stores
+from federation.stores.sqlstore import forget_stores
 
 VOTER = """
 import os, sys

@@ -25,7 +25,7 @@ def snapshot(fed) -> dict:
                 files[str(path)] = path.read_bytes()
     rows = {}
     if fed.db_path.exists() or fed.env.get("FEDERATION_DB_URL"):
-        from federation.schema import TABLES
+        from federation.stores.schema import TABLES
 
         db = fed.store().db
         for table in TABLES:

@@ -13,7 +13,7 @@ import pytest
 
 from federation import core, governance, messaging
 
-from _procs import WAIT_FOR_GO, finish as _finish  # noqa: E402
+from _procs import WAIT_FOR_GO, drain_script, finish as _finish  # noqa: E402
 
 
 def _file_polls(fed) -> dict:
@@ -50,19 +50,7 @@ def test_inbox_exactly_once(fed, phase, tmp_path):
     """2,000 messages delivered while 4 processes check the same inbox: each received exactly once."""
     fed.phase(phase)
     go, done = tmp_path / "go", tmp_path / "done"
-    code = WAIT_FOR_GO + """
-import json
-from federation import messaging
-done = sys.argv[2]
-got = []
-while True:
-    finished = os.path.exists(done)
-    batch = messaging.check_inbox("bob")
-    got += [m["id"] for m in batch]
-    if finished and not batch:
-        break
-print(json.dumps(got))
-"""
+    code = drain_script('messaging.check_inbox("bob")')
     procs = [fed.spawn(code, str(go), str(done)) for _ in range(4)]
     time.sleep(0.3)
     go.touch()
@@ -133,8 +121,12 @@ for j in range(100000):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert confirmed >= 150, proc.stderr.read()[-2000:]
-    parsed = _all_json_parse(fed.root)
-    assert parsed >= (1 if phase <= 3 else 0)
+    _all_json_parse(fed.root)  # raises on a torn file
+    inbox_files = list((fed.root / "nodes" / "bob" / "inbox").glob("*.json"))
+    if phase <= 3:  # the files are written: every confirmed message has its file, and it parsed
+        assert len(inbox_files) >= confirmed + 1
+    else:  # phase 4 never writes the legacy files
+        assert inbox_files == [] and not (fed.root / "shared" / "polls.json").exists()
     if phase >= 2:
         conn = sqlite3.connect(fed.db_path) if fed.env.get("FEDERATION_DB_URL") is None else None
         if conn is not None:

@@ -33,7 +33,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 AGENT = r"""
 import json, os, signal, sys, time
 from federation import config, context, rollout
-from federation._files import Tree
+from federation.stores.files import Tree
 
 k, m, tag, end = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 tree = Tree(config.settings().root)
@@ -502,7 +502,7 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     from datetime import datetime, timedelta, timezone
 
     from federation import context, rollout
-    from federation.dashboard import HourlyCounts
+    from federation.apps.dashboard import HourlyCounts
 
     fed.phase(3)
     for i in range(5):

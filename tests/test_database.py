@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from federation import database, governance, schema
-from federation.database import Database, SqliteDialect, network_fs_type
+from federation.stores import database, schema
+from federation import governance
+from federation.stores.database import Database, SqliteDialect, network_fs_type
 from federation.errors import StorageError
 
 

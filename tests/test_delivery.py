@@ -256,9 +256,9 @@ def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed
     """Files written in phase 1 (one new, one leased, one acknowledged, one dead) migrate without invalid or
     dropped entries; in phase 2 the report finds both sides equal after receive, ack and a dead letter;
     prune never removes a leased or dead message."""
-    from federation.migrate import migrate
-    from federation.prune import prune
-    from federation.report import build_report
+    from federation.transfer.migrate import migrate
+    from federation.operations.prune import prune
+    from federation.transfer.report import build_report
 
     monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
     fed.phase(1)

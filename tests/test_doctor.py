@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from federation import config, governance, messaging
-from federation.doctor import doctor
-from federation.sqlstore import forget_stores
+from federation.operations.doctor import doctor
+from federation.stores.sqlstore import forget_stores
 
 NAMES = {"network_filesystem", "database_integrity", "schema_version", "wal_size", "free_space_database",
          "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases", "dead_letters"}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from federation import governance, schema
-from federation.database import get_db
+from federation import governance
+from federation.stores import schema
+from federation.stores.database import get_db
 
 
 def test_many_processes_create_the_schema_at_once(fed, tmp_path):

@@ -2,45 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from federation import _sql, core, schema
-from federation.entities import ALL, MESSAGES, POLLS, PROFILES, SESSIONS, InvalidRecord
-from federation.sqlstore import SqlStore
-
-
-def signature_mismatches(module, store_class, names) -> list[str]:
-    """Each of *names* that *store_class* lacks, or has with another signature than *module*'s function."""
-    out = []
-    for name in names:
-        method = getattr(store_class, name, None)
-        if method is None:
-            out.append(f"{name}: missing on {store_class.__name__}")
-            continue
-        want = inspect.signature(getattr(module, name))
-        have = inspect.signature(method)
-        have = have.replace(parameters=list(have.parameters.values())[1:])  # without self
-        if have != want:
-            out.append(f"{name}: {store_class.__name__}{have} != {module.__name__}{want}")
-    return out
-
-
-def test_the_sql_store_has_every_shim_function_of_core_with_the_same_signature():
-    """The shim routes a call to the method of the same name: same parameters, defaults, annotations."""
-    assert signature_mismatches(core, SqlStore, sorted(core.SHIM_SPEC)) == []
-
-
-def test_a_signature_mismatch_is_found():
-    """The check fails on a missing method, a renamed parameter and a changed default."""
-
-    class Store:
-        def load_inbox(self, who: str) -> list[dict]: ...
-        def load_history(self, agent: str | None = None, limit: int = 10) -> list[dict]: ...
-
-    found = signature_mismatches(core, Store, ["load_inbox", "load_history", "save_vote"])
-    assert [f.split(":")[0] for f in found] == ["load_inbox", "load_history", "save_vote"]
+from federation.stores import sqltext as _sql, schema
+from federation.domain.entities import ALL, MESSAGES, POLLS, PROFILES, SESSIONS, InvalidRecord
 
 
 def test_every_described_table_and_column_is_in_the_schema(fed):

@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from federation import _clock, config, context, core, governance, messaging
+from federation.domain import clock as _clock
+from federation import config, context, core, governance, messaging
 from federation.errors import FederationError
-from federation.sqlstore import forget_stores
+from federation.stores.sqlstore import forget_stores
 
 AGENTS = ["alice", "bob", "carol"]
 agents = st.sampled_from(AGENTS)

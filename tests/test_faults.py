@@ -18,9 +18,9 @@ from structlog.testing import capture_logs
 
 from federation import governance, messaging
 from federation.errors import FileStorageError, StorageError
-from federation.report import build_report
-from federation.sqlstore import forget_stores
-from federation.sync import sync
+from federation.transfer.report import build_report
+from federation.stores.sqlstore import forget_stores
+from federation.transfer.sync import sync
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -175,7 +175,7 @@ def test_database_disk_full_in_phase_4_is_a_storage_error_and_recovers(fed, smal
 @pytest.mark.sqlite_only
 def test_corrupted_database_file_is_a_clear_error_left_untouched_and_a_backup_restores_service(fed, tmp_path):
     """A database file overwritten with garbage: StorageError everywhere, the file untouched; a restored backup serves."""
-    from federation.backup import backup
+    from federation.operations.backup import backup
 
     fed.phase(4)
     pid = _seed(fed)
@@ -209,6 +209,6 @@ def test_any_other_file_side_os_error_is_typed_too(fed):
     # (logged once) and listed by migrate, never opened as a folder nor an untyped error
     assert messaging.check_inbox("bob") == []
     assert inbox.read_text() == "not a folder"
-    from federation.migrate import migrate
+    from federation.transfer.migrate import migrate
 
     assert str(inbox) in {i["path"] for i in migrate(dry_run=True).invalid}

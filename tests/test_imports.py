@@ -90,10 +90,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_is_read_from_the_sources():
     """The walk sees both packages and real edges (so an empty graph cannot pass for an acyclic one)."""
     graph = import_graph()
-    assert {"federation", "federation.core", "federation.sqlstore", "shim", "shim._experiment"} <= set(graph)
+    assert {"federation", "federation.core", "federation.stores.sqlstore", "shim", "shim._experiment"} <= set(graph)
     assert "federation.core" in graph["federation"]
     assert "shim._compare" in graph["shim._experiment"]
-    assert "federation.sqlstore" in graph["federation._wiring"]  # a function-level import counts
+    assert "federation.stores.sqlstore" in graph["federation._wiring"]  # a function-level import counts
 
 
 def test_find_cycle_finds_one():
@@ -110,17 +110,127 @@ def test_no_import_cycle():
 
 
 def test_the_two_stores_do_not_import_each_other():
-    """The file store and the SQL store share rules through federation.entities, never each other's names."""
+    """The file store and the SQL store share rules through federation.domain.entities, never each other's names."""
     graph = import_graph()
-    assert "federation.core" not in graph["federation.sqlstore"]
-    assert "federation.sqlstore" not in graph["federation.core"]
-    assert "federation.entities" in graph["federation.sqlstore"] and "federation.entities" in graph["federation.core"]
+    assert "federation.core" not in graph["federation.stores.sqlstore"]
+    assert "federation.stores.sqlstore" not in graph["federation.core"]
+    assert "federation.domain.entities" in graph["federation.stores.sqlstore"] and "federation.domain.entities" in graph["federation.core"]
 
 
 def test_the_engines_import_the_dialect_base_not_the_facade():
     """Top-down: each engine module imports the dialect base; only the façade chooses between them."""
     graph = import_graph()
-    for engine in ("federation._sqlite", "federation._postgres"):
-        assert "federation._dialect" in graph[engine]
-        assert "federation.database" not in graph[engine]
-    assert {"federation._sqlite", "federation._postgres"} <= graph["federation.database"]
+    for engine in ("federation.stores.sqlite", "federation.stores.postgres"):
+        assert "federation.stores.dialect" in graph[engine]
+        assert "federation.stores.database" not in graph[engine]
+    assert {"federation.stores.sqlite", "federation.stores.postgres"} <= graph["federation.stores.database"]
+
+
+# ---------------------------------------------------------------------------
+# the shim's target is reached through its module
+
+#: Where code lives that could import from federation.core (the tests too).
+SCANNED = ("federation", "shim", "scripts", "bench", "examples", "tests")
+#: The wiring installs the shim on core; it may name core's functions.
+WIRING = {"federation._wiring"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def names_imported_from_core(module: str, path: Path, source: str) -> list[str]:
+    """``path:line: name`` for each name *source* imports from ``federation.core`` (absolutely or relatively)."""
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.ImportFrom) and _resolve(module, path, node.level, node.module) == "federation.core":
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name}" for a in node.names]
+    return found
+
+
+def test_nothing_imports_names_from_federation_core():
+    """``from federation.core import save_vote`` would bind the unpatched function and bypass the shim:
+    every caller goes through the module (``core.save_vote(...)``)."""
+    found = []
+    for top in SCANNED:
+        for path in sorted((ROOT / top).rglob("*.py")) if (ROOT / top).is_dir() else ():
+            module = _module_name(path)
+            if module not in WIRING:
+                found += names_imported_from_core(module, path, path.read_text(encoding="utf-8"))
+    assert found == []
+
+
+def test_a_name_imported_from_core_is_found():
+    path = ROOT / "federation" / "governance.py"
+    assert names_imported_from_core("federation.governance", path, "from .core import save_vote\n") == [
+        "federation/governance.py:1: save_vote"]
+    assert names_imported_from_core("bench.x", ROOT / "bench" / "x.py", "from federation.core import tree\n") != []
+    assert names_imported_from_core("federation.governance", path, "from . import core\n") == []
+
+
+# ---------------------------------------------------------------------------
+# the shim stays removable
+
+#: The federation modules that may import the shim: the wiring that installs it, the adopter
+#: (federation.adopt) and the rollout observer that counts its observations.
+MAY_IMPORT_SHIM = {"federation", "federation._wiring", "federation.adopt", "federation.rollout._runtime"}
+#: Still importing it, to be moved: the consistency report compares rows with the shim's normalize and
+#: field_diff (so that the report and the shadow reads agree on what differs).
+STILL_IMPORTS_SHIM = {"federation.transfer.report"}
+
+
+def test_the_shim_imports_nothing_from_the_federation():
+    """The shim is a generic experiment runner: removable after phase 4, usable on any code."""
+    graph = import_graph()
+    leaks = {m: sorted(e for e in edges if e.split(".")[0] == "federation")
+             for m, edges in graph.items() if m.split(".")[0] == "shim"}
+    assert {m: e for m, e in leaks.items() if e} == {}
+
+
+def test_only_the_wiring_imports_the_shim():
+    """The federation's own logging, phase and comparison questions are not answered by the shim."""
+    graph = import_graph()
+    importers = {m for m, edges in graph.items()
+                 if m.split(".")[0] == "federation" and any(e.split(".")[0] == "shim" for e in edges)}
+    assert importers <= MAY_IMPORT_SHIM | STILL_IMPORTS_SHIM, importers - MAY_IMPORT_SHIM - STILL_IMPORTS_SHIM
+    assert "federation" in importers  # the walk sees the one line that installs it
+
+
+def test_the_package_tree_is_the_architecture():
+    """Layers are subpackages; at most 12 modules are left directly in federation/ (the public API,
+    configuration, errors, the CLI, the wiring and logging)."""
+    top = sorted(p.name for p in (ROOT / "federation").glob("*.py"))
+    assert len(top) <= 12, top
+    for layer in ("domain", "stores", "transfer", "rollout", "operations", "apps"):
+        assert (ROOT / "federation" / layer / "__init__.py").is_file(), layer
+
+
+#: The layers, bottom up: a module imports from its own layer and the ones below, never above.
+LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
+#: The public API: above every layer but the applications.
+API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
+#: Left: the report's log summary (`report --log`) reads the rollout's counts; it belongs in the rollout.
+KNOWN_UP = {"federation.transfer.report -> federation.rollout._status"}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if parts[0] == "federation" and len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_no_layer_imports_one_above_it():
+    """The folder tree is the architecture: no arrow points up."""
+    graph = import_graph()
+    up = []
+    for module, edges in sorted(graph.items()):
+        here = _layer(module)
+        if here is None:
+            continue
+        for edge in sorted(edges):
+            there = _layer(edge)
+            if (there is not None and there > here) or (edge in API and LAYERS[here] != "apps"):
+                up.append(f"{module} -> {edge}")
+    assert set(up) <= KNOWN_UP, sorted(set(up) - KNOWN_UP)

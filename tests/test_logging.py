@@ -112,7 +112,7 @@ def test_legacy_stdio_server_keeps_its_json_rpc_stream_while_the_shim_logs_misma
 
 
 def test_no_library_module_logs_through_structlog_defaults():
-    """Every module of federation/ and shim/ logs through shim.library_logger (structlog's default is stdout).
+    """Every module of federation/ and shim/ logs through a library logger (structlog's default is stdout).
 
     Only the applications' set-up (federation/_logging.py) and the helper itself may touch structlog directly.
     """

@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from federation import agent_tokens, context, messaging
-from federation.mcp_server import TOOL_NAMES
+from federation.apps.mcp_server import TOOL_NAMES
 from test_mcp_server import AgentClient
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from federation import context, governance, messaging
 from federation.errors import ConflictError, NotFoundError, StorageError, ValidationError
-from federation.mcp_server import TOOL_NAMES, build_server
+from federation.apps.mcp_server import TOOL_NAMES, build_server
 
 REPO = Path(__file__).resolve().parent.parent
 

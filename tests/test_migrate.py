@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation import governance, messaging
-from federation._generate import MALFORMED_KINDS, generate
-from federation._rows import read_tree
+from federation.domain.generate import MALFORMED_KINDS, generate
+from federation.transfer.rows import read_tree
 from federation.errors import BackfillRequiredError
-from federation.migrate import complete, import_rows, migrate
-from federation.report import build_report
+from federation.transfer.migrate import complete, import_rows, migrate
+from federation.transfer.report import build_report
 
 from _transfer_helpers import CLI, api_view, cli, cli_json, db_rows, snapshot, tree_rows
 
@@ -145,7 +145,7 @@ def test_each_malformed_file_is_reported_and_the_rest_migrates(fed):
 def test_files_outside_the_legacy_format_are_reported_not_ignored(fed):
     """A file the legacy layout does not define (notes in a node folder, a non-JSON file in an inbox or in
     shared/) is listed in dropped_fields as a whole file; the legacy files still migrate (exit 0)."""
-    from federation._rows import UNKNOWN_FILE
+    from federation.transfer.rows import UNKNOWN_FILE
 
     generate(fed.root, agents=2, messages=4, polls=1, sessions=1)
     extra = [fed.root / "nodes" / "agent-000" / "notes.txt", fed.root / "nodes" / "agent-001" / "inbox" / "x.bak",
@@ -409,7 +409,7 @@ def test_any_legacy_content_reads_the_same_through_the_api_after_migration(fed, 
     phases 3 and 4 returns exactly what it returned on the files, and the report finds them consistent."""
     import tempfile
 
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     root = tempfile.mkdtemp(dir=tmp_path)
     fed.env["FEDERATION_ROOT"] = root

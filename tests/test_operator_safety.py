@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 import pytest
 
 from federation import context, governance, rollout
-from federation._generate import generate
-from federation.migrate import migrate
+from federation.domain.generate import generate
+from federation.transfer.migrate import migrate
 from federation.rollout import _counts, _flag
 
 from test_rollout import REPO, Watcher, cli, refused, run_cli, status_json, unpinned_env, wait_for

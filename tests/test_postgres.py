@@ -11,15 +11,16 @@ import time
 
 import pytest
 
-from federation import config, database, governance
-from federation.database import dialect_for, get_db
+from federation import config, governance
+from federation.stores import database
+from federation.stores.database import dialect_for, get_db
 from federation.errors import ConfigError, StorageError
-from federation.sqlstore import forget_stores
+from federation.stores.sqlstore import forget_stores
 
 psycopg = pytest.importorskip(
     "psycopg", reason="PostgreSQL cases not run: psycopg is not installed (pip install -e '.[postgresql]')")
 
-from federation._postgres import PostgresDialect  # noqa: E402
+from federation.stores.postgres import PostgresDialect  # noqa: E402
 
 
 def test_placeholders_translated_outside_quotes():
@@ -40,7 +41,7 @@ def test_password_never_in_descriptions():
 def test_missing_driver_is_a_clear_error(monkeypatch):
     """FEDERATION_DB_URL without psycopg installed says what to install."""
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    monkeypatch.delitem(sys.modules, "federation._postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "federation.stores.postgres", raising=False)
     with config.override(FEDERATION_DB_URL="postgresql://u@h/db") as s:
         with pytest.raises(ConfigError, match=r"federation\[postgresql\]"):
             dialect_for(s)
@@ -131,7 +132,8 @@ def test_claim_waits_for_a_concurrent_claim_and_gets_nothing_twice(fed):
 
 AGENT = """
 import json, sys
-from federation import database, governance
+from federation import governance
+from federation.stores import database
 from federation.errors import FederationError
 database.BUSY_DEADLINE_S = float(sys.argv[2])
 for line in sys.stdin:

@@ -12,8 +12,8 @@ import pytest
 
 from federation import core, governance, messaging
 from federation.errors import ValidationError
-from federation.prune import parse_duration, prune
-from federation.report import build_report
+from federation.operations.prune import parse_duration, prune
+from federation.transfer.report import build_report
 
 OLD = "2020-01-01T00:00:00.000000+00:00"
 
@@ -80,8 +80,11 @@ def test_prune_without_a_database_creates_none(fed):
     messaging.send_message("alice", "bob", "files only")
     if fed.engine == "sqlite":
         assert not fed.db_path.exists()
-        assert prune("1s").removed == {"messages": 0, "message_history": 0}
+    assert prune("1s").removed == {"messages": 0, "message_history": 0}
+    if fed.engine == "sqlite":
         assert not fed.db_path.exists()
+    # On both engines the files are untouched: the unread message is still there to claim.
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["files only"]
 
 
 @pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 1209600),

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from federation import context, messaging
-from federation._generate import generate
-from federation.migrate import migrate
-from federation.report import build_report
+from federation.domain.generate import generate
+from federation.transfer.migrate import migrate
+from federation.transfer.report import build_report
 
 from _transfer_helpers import api_view, cli, cli_json, db_rows, snapshot
 

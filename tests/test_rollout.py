@@ -81,7 +81,8 @@ def edit_file_context(fed, agent: str, text: str) -> None:
 
 WATCHER = r"""
 import json, os, sys, time
-from federation import context, database, rollout
+from federation import context, rollout
+from federation.stores import database
 database.BUSY_DEADLINE_S = float(os.environ.get("WATCHER_DEADLINE", "30"))
 out, stop, me = sys.argv[1], sys.argv[2], sys.argv[3]
 i = 0
@@ -405,9 +406,9 @@ def test_fleet_lists_live_processes_and_a_killed_one_as_gone(fed, monkeypatch):
 @pytest.mark.sqlite_only
 def test_control_is_ignored_by_migrate_report_and_survives_archive(fed, tmp_path):
     """control/ is not legacy data: migrate and report do not see it, archive-legacy leaves it."""
-    from federation.archive import archive_legacy
-    from federation.migrate import migrate
-    from federation.report import build_report
+    from federation.transfer.archive import archive_legacy
+    from federation.transfer.migrate import migrate
+    from federation.transfer.report import build_report
 
     fed.phase(1)
     context.set_context("bob", "hello")
@@ -431,30 +432,51 @@ def test_control_is_ignored_by_migrate_report_and_survives_archive(fed, tmp_path
 # guarded steps
 
 
-def refused(result) -> list[str]:
-    """The guard names a refused `rollout set` printed."""
+def refusals(result) -> dict[str, str]:
+    """{guard name: the reason it gave} for each guard a refused `rollout set` printed as failed.
+
+    A guard that failed because it could not be checked (a broken import, an unreachable database)
+    is never the refusal these tests expect: it fails here, whatever its name.
+    """
     assert result.exit_code == 1, result.output
-    return [line.split("]")[1].split(":")[0].strip() for line in result.output.splitlines()
-            if line.strip().startswith("[FAILED]")]
+    found = {}
+    for line in result.output.splitlines():
+        if line.strip().startswith("[FAILED]"):
+            name, _, detail = line.split("]", 1)[1].partition(":")
+            found[name.strip()] = detail.strip()
+    assert found, result.output
+    for name, detail in found.items():
+        assert not detail.startswith("could not be checked"), f"{name}: {detail}"
+    return found
+
+
+def refused(result) -> list[str]:
+    """The guard names a refused `rollout set` printed (each with a reason that is an answer)."""
+    return list(refusals(result))
 
 
 def test_backfill_and_report_guards_refuse_and_force_is_recorded(fed):
     """Going to 3 on a database never backfilled refuses (backfilled); with the report finding a difference,
     2 -> 3 refuses (report_consistent) naming `sync --to db`; --force --reason passes and is in the history."""
-    from federation.migrate import migrate
+    from federation.transfer.migrate import migrate
 
     fed.phase(1)
     context.set_context("bob", "from the files")
     context.set_context("carol", "also")
     assert cli(fed, "rollout", "set", "2").exit_code == 0
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
-    assert "backfilled" in refused(result) and "federation migrate" in result.output
+    reasons = refusals(result)
+    assert reasons["backfilled"].endswith(("does not exist yet and legacy files do",
+                                           "was never backfilled from the legacy files")), reasons
+    assert "federation migrate" in result.output
     assert migrate().exit_code == 0
     edit_file_context(fed, "bob", "edited behind the database's back")
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
     assert refused(result) == ["report_consistent"]
+    assert refusals(result)["report_consistent"].startswith("`federation report` finds 1 difference(s)")
     assert "federation sync --to db" in result.output and "context" in result.output
-    assert [g["name"] for g in rollout.guards(3, min_comparisons=0) if not g["ok"]] == ["report_consistent"]
+    assert [(g["name"], g["detail"].split(":")[0]) for g in rollout.guards(3, min_comparisons=0) if not g["ok"]] \
+        == [("report_consistent", "`federation report` finds 1 difference(s)")]
     assert _flag.read_flag(fed.root).phase == 2  # refused: unchanged
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0", "--force", "--reason", "drill: known edit")
     assert result.exit_code == 0 and "FORCED past: report_consistent" in result.output
@@ -480,6 +502,7 @@ def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
         wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["pid"] == two.pid], 30, what="the phase-2 one")
         result = cli(fed, "rollout", "set", "4", "--min-comparisons", "0")
         assert refused(result) == ["fleet_mix"]
+        assert refusals(result)["fleet_mix"].startswith("1 live process(es) in phase 1 or 2")
         assert f":{two.pid} in phase 2 [env]" in result.output
         four = subprocess.Popen([sys.executable, "-c", code], env={**unpinned_env(fed), "FEDERATION_PHASE": "4"},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -500,7 +523,8 @@ def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
         context.heartbeat("me")  # this process, pinned in 4, announces itself
         rollout.RUNTIME.tick(announce_now=True)
         assert cli(fed, "rollout", "set", "2").exit_code == 1
-        assert "fleet_mix" in [g["name"] for g in rollout.guards(2) if not g["ok"]]
+        failed = {g["name"]: g["detail"] for g in rollout.guards(2) if not g["ok"]}
+        assert failed["fleet_mix"].startswith("1 live process(es) in phase 4")
 
 
 def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(fed):
@@ -512,6 +536,7 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     context.set_context("bob", "written in phase 4 only")
     result = cli(fed, "rollout", "set", "3")
     assert refused(result) == ["files_current"] and "federation sync --to files" in result.output
+    assert refusals(result)["files_current"].startswith("the files lag the database")
     assert cli(fed, "sync", "--to", "files").exit_code == 0
     assert cli(fed, "rollout", "set", "3").exit_code == 0
     assert cli(fed, "rollout", "set", "4", "--force", "--reason", "again").exit_code == 0
@@ -522,6 +547,7 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     rollout.RUNTIME.tick(announce_now=True)  # ... announced now, not at the next refresh
     result = cli(fed, "rollout", "set", "1")
     assert refused(result) == ["files_current"]  # the earlier sync was before this phase 4
+    assert refusals(result)["files_current"].startswith("the files lag the database")
     assert cli(fed, "sync", "--to", "files").exit_code == 0
     assert cli(fed, "rollout", "set", "1").exit_code == 0
     assert [h["to"] for h in rollout.history()] == [4, 3, 4, 1]

@@ -153,7 +153,7 @@ def test_new_federation_counts_as_backfilled(fed):
     """A database created with no legacy files is not refused after its dual-writes created files."""
     fed.phase(2)
     pid = governance.create_poll("alice", "New?", ["yes", "no"])
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     forget_stores()  # a restart
     fed.phase(3)

@@ -109,7 +109,9 @@ def test_the_library_installs_no_signal_handler(fed):
     code = """
 import signal
 before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-from federation import cli, context, governance, mcp_server, sync
+from federation import cli, context, governance
+from federation.apps import mcp_server
+from federation.transfer import sync
 context.set_context("probe", "hello")
 governance.create_poll("lead", "Q?", ["a", "b"])
 mcp_server.build_server("alice")

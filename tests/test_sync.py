@@ -15,12 +15,13 @@ import json
 import time
 
 from federation import core, governance
-from federation._files import Tree
-from federation._generate import generate
-from federation._rows import TABLES, document_file, document_owner, read_db, read_db_documents, read_files, read_tree
-from federation.entities import MESSAGES, document_lock
-from federation.migrate import migrate
-from federation.report import build_report
+from federation.stores.files import Tree
+from federation.domain.generate import generate
+from federation.transfer.rows import (TABLES, document_file, document_owner, read_db, read_db_documents,
+                                      read_files, read_tree)
+from federation.domain.entities import MESSAGES, document_lock
+from federation.transfer.migrate import migrate
+from federation.transfer.report import build_report
 
 from _transfer_helpers import cli
 
@@ -51,7 +52,7 @@ print(json.dumps(acked))
 #: the report listed that agreed once re-read under their lock (a write was in flight).
 SYNCER = """
 import json, os, sys
-from federation.sync import sync
+from federation.transfer.sync import sync
 to, stop = sys.argv[1:3]
 runs = []
 while not os.path.exists(stop):
@@ -66,7 +67,7 @@ print(json.dumps(runs))
 MONITOR = """
 import json, os, sys, time
 from federation import core
-from federation.sqlstore import get_store
+from federation.stores.sqlstore import get_store
 poll, stop = sys.argv[1:3]
 store, tree = get_store(), core.tree()
 seen = {"checks": 0, "votes": [], "messages": []}

@@ -20,8 +20,8 @@ import pytest
 
 from federation import governance, messaging
 from federation.errors import FederationError
-from federation.migrate import migrate
-from federation.report import build_report
+from federation.transfer.migrate import migrate
+from federation.transfer.report import build_report
 
 from test_rollout import REPO, run_cli, unpinned_env  # noqa: E402
 
@@ -254,7 +254,7 @@ def test_doctor_opens_the_database_exactly_at_its_path(fed, tmp_path):
     fed.phase(3)
     messaging.send_message("alice", "bob", "hi")  # creates the database at the odd path
     listing = sorted(p.name for p in tmp_path.rglob("*"))
-    from federation.doctor import doctor
+    from federation.operations.doctor import doctor
 
     checks = doctor()
     integrity = [c for c in checks.checks if c.name == "database_integrity"][0]
@@ -633,7 +633,7 @@ def test_any_hostile_tree_hangs_nothing_and_touches_nothing_outside(fed, tmp_pat
     problem is a typed error or a listed file."""
     import tempfile
 
-    from federation.sqlstore import forget_stores
+    from federation.stores.sqlstore import forget_stores
 
     base = Path(tempfile.mkdtemp(dir=tmp_path))
     root, outside = base / "root", base / "outside"
@@ -664,7 +664,7 @@ def test_any_hostile_tree_hangs_nothing_and_touches_nothing_outside(fed, tmp_pat
             assert specials <= listed | {str(p) for p in root.rglob("*") if any(
                 str(p).startswith(s + os.sep) for s in specials)}, (specials, result.invalid)
             assert bounded(build_report, 60) is not None
-            from federation._rows import read_db
+            from federation.transfer.rows import read_db
 
             assert SECRET not in repr(read_db(fed.store()))
     assert _outside(outside) == before

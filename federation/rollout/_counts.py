@@ -26,8 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from shim import library_logger
-
+from .._logging import library_logger
 from . import _io
 
 log = library_logger("federation.rollout")

@@ -42,18 +42,14 @@ def backfill_state(s: config.Settings) -> tuple[bool, bool, str | None]:
 
     Reads only: a SQLite file that does not exist is not created, nor a schema on a server.
     """
-    from .._files import Tree
-    from ..report import database_exists
+    from ..stores.database import database_exists
+    from ..stores.files import Tree
 
     legacy = Tree(s.root).has_legacy_data()
-    exists = database_exists(s)
-    if exists and s.db_url:  # a server database: has the schema been created in it?
-        from ..database import get_db
-
-        exists = get_db(s).schema_version() > 0
+    exists = database_exists(s, ask_server=True)  # a server database: has the schema been created in it?
     if not exists:
         return legacy, False, None
-    from ..sqlstore import get_store
+    from ..stores.sqlstore import get_store
 
     return legacy, True, get_store(s).meta("backfilled_at")
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._files import loads_bounded
+from ..stores.files import loads_bounded
 from ..errors import ConfigError, CorruptFileError
 from . import _io
 

@@ -28,9 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from shim import library_logger
-
 from .. import config
+from .._logging import library_logger
 from ..errors import ConfigError
 from . import _default, _fleet, _flag, _io, _status
 
@@ -57,7 +56,7 @@ def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | No
 def _unflagged_phase(ask_db: bool) -> int:
     s = config.settings()
     if not ask_db:
-        from .._files import Tree
+        from ..stores.files import Tree
 
         no_database = not s.db_url and not s.db_path.exists()
         return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
@@ -103,8 +102,8 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
 
     lag_only: count only what the files lack or hold differently (not rows the database lacks).
     """
-    from .._rows import key_text
-    from ..report import build_report
+    from ..transfer.rows import key_text
+    from ..transfer.report import build_report
 
     def diffs() -> dict[str, set[tuple[str, tuple]]]:
         # each difference re-read under its document's lock: a key written in a loop (an agent's

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .._files import loads_bounded, read_regular
+from ..stores.files import loads_bounded, read_regular
 from ..errors import CorruptFileError
 
 CONTROL_DIR = "control"
@@ -60,17 +60,6 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def parse_iso(text: Any) -> datetime | None:
-    """An aware datetime from an ISO 8601 string (naive means UTC), or None."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def aware(moment: datetime | None) -> datetime | None:

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shim import library_logger
+from .._logging import library_logger
 
-from .. import _files, config
+from ..stores import files as _files
+from .. import config
 from ..errors import ConfigError
 from . import _counts, _default, _fleet, _flag, _io
 

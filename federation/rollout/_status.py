@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import config
 from ..errors import ConfigError
@@ -65,18 +65,38 @@ def counters(since: datetime | None = None, until: datetime | None = None) -> li
     bucket is +Inf).
     """
     since, until = window(since, until)
+    return merge_counters(_counts.read_cells(_root(), since, until))
+
+
+# The one place counts are added up: ``rollout status``, the guards, ``report --log``, the dashboard
+# and ``/metrics`` all sum counted cells (or rows of ``counters()``) with these two.
+
+
+def merge_counters(*parts: Iterable[dict]) -> list[dict]:
+    """Count cells, or rows of ``counters()`` over adjacent windows, summed per (entity, phase), sorted."""
     merged: dict[tuple[str, int], dict[str, Any]] = {}
-    for cell in _counts.read_cells(_root(), since, until):
-        key = (str(cell.get("entity")), int(cell.get("phase") or 0))
-        slot = merged.get(key)
-        if slot is None:
-            slot = merged[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0,
-                                  "errors": 0, "latency": {side: _counts.empty_latency() for side in _counts.SIDES}}
-        for field in ("comparisons", "mismatches", "errors"):
-            slot[field] += int(cell.get(field) or 0)
-        for side in _counts.SIDES:
-            _counts.add_latency(slot["latency"][side], (cell.get("latency") or {}).get(side) or {})
+    for part in parts:
+        for row in part:
+            key = (str(row.get("entity")), int(row.get("phase") or 0))
+            slot = merged.get(key)
+            if slot is None:
+                slot = merged[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0,
+                                      "errors": 0, "latency": {side: _counts.empty_latency() for side in _counts.SIDES}}
+            for field in ("comparisons", "mismatches", "errors"):
+                slot[field] += int(row.get(field) or 0)
+            for side in _counts.SIDES:
+                _counts.add_latency(slot["latency"][side], (row.get("latency") or {}).get(side) or {})
     return [merged[k] for k in sorted(merged)]
+
+
+def summarise(rows: Iterable[dict]) -> dict[str, dict]:
+    """Per entity (all phases) of ``counters()`` rows: counts, rate and p50/p99 of each side in ms."""
+    return {row["entity"]: {"comparisons": row["comparisons"], "mismatches": row["mismatches"],
+                            "errors": row["errors"], "rate": rate(row["comparisons"], row["mismatches"]),
+                            **{f"{side}_ms": {"p50": _counts.quantile(row["latency"][side], 0.5),
+                                              "p99": _counts.quantile(row["latency"][side], 0.99)}
+                               for side in _counts.SIDES}}
+            for row in merge_counters([{**r, "phase": 0} for r in rows])}
 
 
 def rate(comparisons: int, mismatches: int) -> float | None:
@@ -85,23 +105,7 @@ def rate(comparisons: int, mismatches: int) -> float | None:
 
 def consistency(since: datetime | None = None, until: datetime | None = None) -> dict[str, dict]:
     """Per entity over the window (all phases): counts, rate and p50/p99 of each side in ms."""
-    per: dict[str, dict[str, Any]] = {}
-    for c in counters(since, until):
-        slot = per.setdefault(c["entity"], {"comparisons": 0, "mismatches": 0, "errors": 0,
-                                            "latency": {side: _counts.empty_latency() for side in _counts.SIDES}})
-        for field in ("comparisons", "mismatches", "errors"):
-            slot[field] += c[field]
-        for side in _counts.SIDES:
-            _counts.add_latency(slot["latency"][side], c["latency"][side])
-    out = {}
-    for entity in sorted(per):
-        slot = per[entity]
-        out[entity] = {"comparisons": slot["comparisons"], "mismatches": slot["mismatches"], "errors": slot["errors"],
-                       "rate": rate(slot["comparisons"], slot["mismatches"]),
-                       **{f"{side}_ms": {"p50": _counts.quantile(slot["latency"][side], 0.5),
-                                         "p99": _counts.quantile(slot["latency"][side], 0.99)}
-                          for side in _counts.SIDES}}
-    return out
+    return summarise(counters(since, until))
 
 
 def totals(since: datetime | None = None, until: datetime | None = None,

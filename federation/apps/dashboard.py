@@ -31,17 +31,18 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Callable, Iterator
 
-from shim import library_logger
-
-from . import config
+from .. import config
+from ..domain.moments import parse_duration, parse_moment
+from .._logging import library_logger
+from ..errors import ValidationError
+from ..rollout._counts import HOUR
 
 __all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
 
 log = library_logger("federation.dashboard")
 
 #: The selectable windows of the page (name -> length); hourly buckets in each.
-WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
-BUCKET_SECONDS = 3600
+WINDOWS: dict[str, timedelta] = {name: parse_duration(name) for name in ("24h", "7d")}
 #: How many recent mismatches the page lists.
 MISMATCH_LIMIT = 50
 #: Longest a request waits for the database before showing it as not answering.
@@ -76,21 +77,11 @@ def window_bounds(name: str, now: datetime | None = None) -> tuple[datetime, dat
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (UTC unless it says otherwise) or a duration back from now (90m, 12h, 7d)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if match:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        try:
-            return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(match.group(1)) * unit)
-        except (OverflowError, ValueError):  # further back than a datetime reaches: the caller's mistake
-            raise BadRequest(f"since={text!r} reaches before the year 1") from None
+    """``?since=``: as ``--since``, an ISO 8601 time or a duration back from now (the grammar of ``_clock``)."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"since={text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return parse_moment(text, now)
+    except ValidationError as exc:
+        raise BadRequest(f"since={exc}") from None
 
 
 def _iso(moment: datetime) -> str:
@@ -184,23 +175,20 @@ class _Bounded:
 
 def table_counts() -> dict[str, int] | None:
     """Rows per table (as ``federation status``), None when no database was created yet."""
-    s = config.settings()
-    if s.db_url:
-        from .database import get_db
+    from ..stores.database import database_exists
 
-        if get_db(s).schema_version() == 0:
-            return None
-    elif not s.db_path.exists():
+    s = config.settings()
+    if not database_exists(s, ask_server=True):
         return None
-    from .sqlstore import get_store
+    from ..stores.sqlstore import get_store
 
     return get_store(s).counts()
 
 
 def dead_letters() -> dict[str, Any] | None:
     """Dead letters on the side the fleet's phase serves (count, oldest); None before any database."""
-    from . import rollout
-    from .messaging import dead_letter_summary
+    from .. import rollout
+    from ..messaging import dead_letter_summary
 
     s = config.settings()
     phase = s.effective_phase if s.phase_pinned else rollout.current_phase(s.root)[0]
@@ -244,25 +232,25 @@ class HourlyCounts:
         """
         now_s = (now or datetime.now(timezone.utc)).timestamp()
         lo, hi = since.timestamp(), until.timestamp()
-        over_before = (now_s - SETTLE_S) // BUCKET_SECONDS * BUCKET_SECONDS  # hours ending by then are final
+        over_before = (now_s - SETTLE_S) // HOUR * HOUR  # hours ending by then are final
         out: list[tuple[int, list[dict]]] = []
-        hour = int(lo // BUCKET_SECONDS * BUCKET_SECONDS)
+        hour = int(lo // HOUR * HOUR)
         while hour <= hi:
-            part_lo, part_hi = max(lo, hour), min(hi, hour + BUCKET_SECONDS)
+            part_lo, part_hi = max(lo, hour), min(hi, hour + HOUR)
             if part_lo >= part_hi:
                 rows: list[dict] = []
-            elif part_lo == hour and part_hi == hour + BUCKET_SECONDS and hour + BUCKET_SECONDS <= over_before \
+            elif part_lo == hour and part_hi == hour + HOUR and hour + HOUR <= over_before \
                     and now_s - hour <= self.keep_s:
                 with self._lock:
                     rows = self._closed.get(hour)
                 if rows is None:
-                    rows = self.source.counters(since=_utc(hour), until=_utc(hour + BUCKET_SECONDS))
+                    rows = self.source.counters(since=_utc(hour), until=_utc(hour + HOUR))
                     with self._lock:
                         self._closed[hour] = rows
             else:
                 rows = self.source.counters(since=_utc(part_lo), until=_utc(part_hi))
             out.append((hour, rows))
-            hour += BUCKET_SECONDS
+            hour += HOUR
         with self._lock:
             for old in [h for h in self._closed if now_s - h > self.keep_s]:
                 del self._closed[old]
@@ -271,21 +259,14 @@ class HourlyCounts:
     @staticmethod
     def consistency(hours: list[tuple[int, list[dict]]]) -> dict[str, dict]:
         """``rollout.consistency()`` of the window the hours cover."""
-        from .rollout._counts import quantile
-        from .rollout._status import rate
+        from ..rollout._status import summarise
 
-        per_entity = merge_counters(*([{**row, "phase": 0} for row in rows] for _, rows in hours))
-        return {row["entity"]: {"comparisons": row["comparisons"], "mismatches": row["mismatches"],
-                                "errors": row["errors"], "rate": rate(row["comparisons"], row["mismatches"]),
-                                **{f"{side}_ms": {"p50": quantile(row["latency"][side], 0.5),
-                                                  "p99": quantile(row["latency"][side], 0.99)}
-                                   for side in ("files", "db")}}
-                for row in per_entity}
+        return summarise(row for _, rows in hours for row in rows)
 
     @staticmethod
     def series(hours: list[tuple[int, list[dict]]]) -> dict[str, list[dict]]:
         """``rollout.series()`` (hourly) of the window the hours cover."""
-        from .rollout._io import iso
+        from ..rollout._io import iso
 
         per: dict[str, dict[int, list[int]]] = {}
         for hour, rows in hours:
@@ -318,7 +299,7 @@ class DashboardData:
 
     def __post_init__(self) -> None:
         if self.source is None:
-            from . import rollout
+            from .. import rollout
 
             self.source = rollout
         self.hourly = HourlyCounts(self.source)
@@ -326,8 +307,8 @@ class DashboardData:
     def _status(self, since: datetime, until: datetime, hours: list[tuple[int, list[dict]]] | None
                 ) -> dict[str, Any]:
         """``rollout.status()`` of the window, its consistency summed from the hourly counts."""
-        from .rollout._io import iso
-        from .rollout._status import flag_record
+        from ..rollout._io import iso
+        from ..rollout._status import flag_record
 
         flag, problem = flag_record()
         data: dict[str, Any] = {"flag": flag, "fleet": self.source.fleet(),
@@ -336,7 +317,7 @@ class DashboardData:
                                 "history": self.source.history()}
         if problem is not None:
             data["flag_error"] = problem
-        from .rollout._status import control_errors
+        from ..rollout._status import control_errors
 
         skipped = control_errors()
         if skipped:
@@ -348,7 +329,7 @@ class DashboardData:
         until = until or datetime.now(timezone.utc)
         if since > until:
             raise BadRequest(f"the window starts ({_iso(since)}) after it ends ({_iso(until)})")
-        if (until - since).total_seconds() > self.hourly.keep_s - BUCKET_SECONDS:
+        if (until - since).total_seconds() > self.hourly.keep_s - HOUR:
             return self.source.status(since=since, until=until)
         return self._status(since, until, self.hourly.by_hour(since, until))
 
@@ -387,7 +368,7 @@ class DashboardData:
         return {
             "generated_at": _iso(datetime.now(timezone.utc)),
             "window": {"name": window, "since": _iso(since), "until": _iso(until),
-                       "bucket_seconds": BUCKET_SECONDS},
+                       "bucket_seconds": HOUR},
             "status": status,
             "series": series,
             "mismatches": mismatches,
@@ -424,12 +405,14 @@ class MetricsCollector:
         """``counters()`` over every count kept: the settled hours (cached) plus the last two."""
         now = now or datetime.now(timezone.utc)
         # a process flushes its counts every few seconds: an hour that ended an hour ago is complete
-        hour = int(now.timestamp()) // BUCKET_SECONDS * BUCKET_SECONDS
-        settled = datetime.fromtimestamp(hour - BUCKET_SECONDS, timezone.utc)
+        hour = int(now.timestamp()) // HOUR * HOUR
+        settled = datetime.fromtimestamp(hour - HOUR, timezone.utc)
         with self._lock:
             cached = self._settled
             if cached is None or cached[0] != settled:
                 cached = self._settled = (settled, self.data.source.counters(since=_EPOCH, until=settled))
+        from ..rollout._status import merge_counters
+
         return merge_counters(cached[1], self.data.source.counters(since=settled, until=now))
 
     def collect(self) -> Iterator[Any]:
@@ -484,26 +467,6 @@ class MetricsCollector:
                          [([], letters["oldest_age_s"] or 0.0)])
 
 
-def merge_counters(*parts: list[dict]) -> list[dict]:
-    """Rows of ``rollout.counters()`` over adjacent windows, summed per (entity, phase)."""
-    merged: dict[tuple[str, int], dict] = {}
-    for part in parts:
-        for row in part:
-            key = (row["entity"], row["phase"])
-            slot = merged.get(key)
-            if slot is None:
-                merged[key] = {**row, "latency": {side: {**hist, "counts": list(hist["counts"])}
-                                                  for side, hist in (row.get("latency") or {}).items()}}
-                continue
-            for name in ("comparisons", "mismatches", "errors"):
-                slot[name] += row[name]
-            for side, hist in (row.get("latency") or {}).items():
-                into = slot["latency"].setdefault(side, {**hist, "counts": [0] * len(hist["counts"]), "sum_ms": 0.0})
-                into["counts"] = [a + b for a, b in zip(into["counts"], hist["counts"])]
-                into["sum_ms"] += hist["sum_ms"]
-    return [merged[k] for k in sorted(merged)]
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -552,7 +515,7 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
     registry = CollectorRegistry(auto_describe=False)
     collector = MetricsCollector(data)
     registry.register(collector)
-    static = {name: resources.files("federation").joinpath("dashboard_static", name).read_bytes()
+    static = {name: resources.files("federation.apps").joinpath("dashboard_static", name).read_bytes()
               for name in _STATIC}
     static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from shim import field_diff, normalize
 
-from . import config
-from ._rows import TABLES, TreeRows, key_text, read_db, read_tree
-from .entities import Entity
+from .. import config
+from .rows import TABLES, TreeRows, key_text, read_db, read_tree
+from ..stores.database import database_exists
+from ..domain.entities import Entity
 
 __all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
 
@@ -87,11 +88,6 @@ def compare_table(table: Entity, files: dict[tuple, tuple], rows: dict[tuple, tu
     return out
 
 
-def database_exists(settings: config.Settings) -> bool:
-    """False for a SQLite file not created yet (read-only tools must not create it)."""
-    return bool(settings.db_url) or settings.db_path.exists()
-
-
 @dataclasses.dataclass
 class Sides:
     """The rows of both sides: what a report compares and ``sync`` copies."""
@@ -109,7 +105,7 @@ def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = 
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)
     return Sides(files, read_db(store) if store is not None else {t.name: {} for t in TABLES})
@@ -131,7 +127,7 @@ def build_report(root: Path | None = None, *, store: Any = None, progress: bool 
     """
     settings = config.settings()
     if recheck and store is None and database_exists(settings):
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)
     sides = read_sides(root, store=store, progress=progress)
@@ -218,7 +214,7 @@ def _use_counts(summary: dict[str, Any], first: str | None) -> None:
     """
     from datetime import datetime, timedelta, timezone
 
-    from .rollout import _status as rollout
+    from ..rollout import _status as rollout
 
     until = datetime.now(timezone.utc)
     since = None

@@ -21,11 +21,12 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
-from shim import library_logger
+from .._logging import library_logger
 
-from . import _validate
-from .entities import DEAD_DIR, INBOX_DIR, LEASED_DIR, NODE_FILE_OF, SENT_KEYS_DIR, NODE_FILES, NODES_DIR, POLLS_FILE, SESSIONS_DIR, SHARED_DIR
-from .errors import CorruptFileError, FileStorageError
+from ..domain import validate as _validate
+from ..domain.entities import (DEAD_DIR, INBOX_DIR, LEASED_DIR, NODE_FILE_OF, SENT_KEYS_DIR, NODE_FILES, NODES_DIR,
+                               POLLS_FILE, SESSIONS_DIR, SHARED_DIR)
+from ..errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "list_dir", "check_depth",
            "MAX_FILE_BYTES", "MAX_JSON_DEPTH"]

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shim import library_logger
-
-from . import config, schema
-from .errors import FederationError, FileStorageError, StorageError, ValidationError
+from .. import config
+from ..stores import schema
+from .._logging import library_logger
+from ..errors import FederationError, FileStorageError, StorageError, ValidationError
 
 __all__ = ["BackupResult", "backup", "pg_dump_command", "check_target"]
 

@@ -6,8 +6,8 @@ through ``schema_version``.  Writes run as functions inside a write
 transaction and are retried on contention, so "database is locked" never
 reaches a caller: after a bounded wait it becomes a :class:`StorageError`.
 
-What differs between engines is a :class:`~federation._dialect.Dialect`
-(:mod:`federation._sqlite`, :mod:`federation._postgres`); this module only
+What differs between engines is a :class:`~federation.stores.dialect.Dialect`
+(:mod:`federation.stores.sqlite`, :mod:`federation.stores.postgres`); this module only
 chooses one.
 """
 
@@ -21,13 +21,13 @@ import weakref
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
-from shim import library_logger
-
-from . import config, schema
-from ._dialect import Dialect, Tx
-from ._netfs import network_fs_type
-from ._sqlite import SqliteDialect
-from .errors import ConfigError, FederationError, StorageError
+from .. import config
+from . import schema
+from .dialect import Dialect, Tx
+from .._logging import library_logger
+from .netfs import network_fs_type
+from .sqlite import SqliteDialect
+from ..errors import ConfigError, FederationError, StorageError
 
 __all__ = ["Database", "Dialect", "SqliteDialect", "Tx", "get_db", "dialect_for", "forget_databases",
            "network_fs_type", "BUSY_DEADLINE_S"]
@@ -207,6 +207,12 @@ class Database:
                          begin=not self.dialect.single_statement_autocommit)
 
     # -- schema -------------------------------------------------------------
+    def on_first_create(self, hook: Callable[[Tx], None]) -> None:
+        """Run *hook* inside the transaction that creates the schema, unless a hook is already set
+        (the first store of this database gives it)."""
+        if self._on_create is None:
+            self._on_create = hook
+
     def schema_version(self) -> int:
         def fn(tx: Tx) -> int:
             try:
@@ -279,7 +285,7 @@ _databases_lock = threading.Lock()
 def dialect_for(settings: config.Settings) -> Dialect:
     if settings.db_url:
         try:
-            from ._postgres import PostgresDialect  # imported only when asked for
+            from .postgres import PostgresDialect  # imported only when asked for
         except ImportError as exc:
             raise ConfigError(
                 f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "
@@ -300,6 +306,18 @@ def get_db(settings: config.Settings | None = None, on_create: Callable[[Tx], No
             if db is None:
                 db = _databases[key] = Database(dialect_for(s), on_create=on_create)
     return db
+
+
+def database_exists(settings: config.Settings, *, ask_server: bool = False) -> bool:
+    """Whether the federation's database was created, found out without creating it (read-only tools
+    must not create one).
+
+    SQLite: whether the file exists.  A server database (PostgreSQL) exists as soon as it is named;
+    with *ask_server*, whether the federation's schema was created in it (one query, creating nothing).
+    """
+    if not settings.db_url:
+        return settings.db_path.exists()
+    return get_db(settings).schema_version() > 0 if ask_server else True
 
 
 def forget_databases() -> None:

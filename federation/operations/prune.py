@@ -26,15 +26,15 @@ without it, in the same run.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from shim import library_logger
-
-from . import config
-from .errors import ValidationError
+from .. import config
+from ..domain.moments import parse_duration
+from .._logging import library_logger
+from ..stores.database import database_exists
+from ..errors import ValidationError
 
 __all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
 
@@ -48,27 +48,6 @@ PRUNED_TABLES: dict[str, str] = {
     "messages": "read_at IS NOT NULL AND read_at < ?",
     "message_history": "timestamp < ?",
 }
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)([smhdw])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` -> a positive :class:`timedelta`; else ValidationError."""
-    raw = str(text).strip().lower()
-    match = _DURATION.fullmatch(raw)
-    if not match:
-        raise ValidationError(
-            f"{text!r} is not a duration: use a whole number and a unit, e.g. 30d (days), 12h (hours), "
-            "90m (minutes), 2w (weeks), 45s (seconds)")
-    amount = int(match.group(1))
-    if amount <= 0:
-        raise ValidationError(f"{text!r} is not accepted: the duration must be greater than zero")
-    try:
-        return timedelta(seconds=amount * _UNITS[match.group(2)])
-    except OverflowError:
-        raise ValidationError(f"{text!r} is too long a duration") from None
-
 
 @dataclasses.dataclass
 class PruneResult:
@@ -141,10 +120,10 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
     if store is None:
         s = config.settings()
-        if not (s.db_url or s.db_path.exists()):
+        if not database_exists(s):
             result.seconds = time.perf_counter() - started
             return result
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(s)
     db = store.db

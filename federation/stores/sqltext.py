@@ -3,14 +3,14 @@
 Statements are written with ``?`` placeholders (a dialect translates them).
 Writes whose SQL carries concurrency meaning (a vote's ``FOR SHARE``, the
 inbox claim's ``UPDATE … RETURNING``, the expertise lock) are written by hand
-in :mod:`federation.sqlstore`, not here.
+in :mod:`federation.stores.sqlstore`, not here.
 """
 
 from __future__ import annotations
 
 import functools
 
-from .entities import Entity
+from ..domain.entities import Entity
 
 __all__ = ["columns", "select", "select_file_side", "select_documents", "insert", "upsert", "where_key", "delete_by_key", "delete_owner",
            "mark_read"]

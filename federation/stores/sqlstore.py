@@ -1,6 +1,7 @@
 """The SQL store: the same functions as :mod:`federation.core`, on the schema.
 
-Every method has the name and signature of its ``core`` counterpart and
+Both implement the ``Store`` protocol (:mod:`federation.stores.protocol`): every method has the
+name and signature of its ``core`` counterpart and
 returns the same legacy shapes, so the shim can route a call to either side
 by name.  Every write is one transaction that checks what it depends on
 (poll open, option valid, session exists) and changes only its own rows, so
@@ -15,12 +16,15 @@ import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from . import _clock, _sql, config
-from ._files import Tree
+from ..domain import clock as _clock
+from . import sqltext as _sql
+from .. import config
+from .files import Tree
 from .database import Database, Tx, get_db
-from .entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
-                       SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote, history_entry)
-from .errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
+from ..domain.entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
+                               SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote,
+                               history_entry)
+from ..errors import BackfillRequiredError, ConflictError, NotFoundError, ValidationError
 
 T = TypeVar("T")
 
@@ -45,13 +49,12 @@ _BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id")
 
 
 class SqlStore:
-    """The federation's state in a SQL database (SQLite or PostgreSQL)."""
+    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db
         self.tree = Tree(root)
-        if db._on_create is None:
-            db._on_create = self._on_create
+        db.on_first_create(self._on_create)
         self._backfill_ok = False
 
     # -- lifecycle ------------------------------------------------------------
@@ -690,6 +693,7 @@ _stores_lock = threading.Lock()
 
 def get_store(settings: config.Settings | None = None) -> SqlStore:
     """The SQL store of the configured database and root (one per process)."""
+    global _last
     s = settings or config.settings()
     last = _last
     if last is not None and last[0] is s:  # the hot path: same settings object as the last call
@@ -701,7 +705,7 @@ def get_store(settings: config.Settings | None = None) -> SqlStore:
             store = _stores.get(key)
             if store is None:
                 store = _stores[key] = SqlStore(get_db(s), s.root)
-    globals()["_last"] = (s, store)
+    _last = (s, store)
     return store
 
 

@@ -1,8 +1,8 @@
 """The entities of the federation's state, each described once.
 
 Every layer reads its knowledge of an entity from here: the file store
-(:mod:`federation.core`), the SQL store (:mod:`federation.sqlstore`), the
-row/transfer layer (:mod:`federation._rows`: migration, report, sync) and the
+(:mod:`federation.core`), the SQL store (:mod:`federation.stores.sqlstore`), the
+row/transfer layer (:mod:`federation.transfer.rows`: migration, report, sync) and the
 generator of legacy trees.  An :class:`Entity` is one table of the schema as
 the legacy files hold it: its fields in column order (key fields first), the
 defaults a missing value reads as, which fields a legacy record must have, the
@@ -11,7 +11,7 @@ and the lock of each document are here too, and the domain rules both stores
 enforce (a vote needs an open poll and one of its options; only the creator
 closes a poll).
 
-Adding a field to an entity: a schema migration (:mod:`federation.schema`),
+Adding a field to an entity: a schema migration (:mod:`federation.stores.schema`),
 its :class:`Field` here, and the code that produces its value.
 """
 
@@ -22,8 +22,8 @@ import functools
 import json
 from typing import Any, Callable
 
-from . import _validate
-from .errors import ConflictError, NotFoundError, ValidationError
+from . import validate as _validate
+from ..errors import ConflictError, NotFoundError, ValidationError
 
 __all__ = [
     "Field", "Entity", "InvalidRecord", "MESSAGES", "CONTEXT", "EXPERTISE", "PROFILES", "POLLS", "VOTES",

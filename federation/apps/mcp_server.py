@@ -23,7 +23,6 @@ import os
 import re
 from typing import Annotated, Any, Callable, Literal
 
-from shim import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -31,10 +30,11 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
-from . import __version__, config, context, governance, messaging
-from . import _validate as v
-from .errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
-                     StorageError, ValidationError)
+from .. import __version__, config, context, governance, messaging
+from ..domain import validate as v
+from .._logging import library_logger
+from ..errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
+                      StorageError, ValidationError)
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
@@ -701,7 +701,7 @@ def serve(agent: str) -> None:
     """Serve *agent*'s tools over stdio until the client closes stdin."""
     server = build_server(agent)
     s = config.settings()
-    from . import rollout
+    from .. import rollout
 
     rollout.announce_agent(server.agent)  # in the fleet from the start, not from its first call
     in_effect = rollout.phase_in_effect()
@@ -712,7 +712,7 @@ def serve(agent: str) -> None:
         server.run("stdio")
     except KeyboardInterrupt:  # Ctrl-C in a terminal: stop quietly, like a closed stdin
         stopped_by = "SIGINT"
-    except SystemExit as exc:  # SIGTERM through the CLI's handler (federation._signals): exit after the log line
+    except SystemExit as exc:  # SIGTERM through the CLI's handler (federation.apps.signals): exit after the log line
         stopped_by = getattr(exc, "signal", None) or "exit"
         raise
     finally:

@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from ._dialect import Dialect
-from ._netfs import network_fs_type
-from .errors import StorageError
+from .dialect import Dialect
+from .netfs import network_fs_type
+from ..errors import StorageError
 
 __all__ = ["SqliteDialect"]
 

@@ -11,7 +11,7 @@ fast path: it only finds candidates), then each legacy document that differs
 is re-read from both sides and repaired while holding its file lock -- the
 lock the shim holds across both sides of every phase-2/3 write of that
 document (``polls``, the recipient's inbox, the agent's node, the session;
-:func:`federation.entities.document_lock`).  A document no longer different
+:func:`federation.domain.entities.document_lock`).  A document no longer different
 under its lock (a write was in flight when the report was read) is left
 alone, so a sync never removes or reverts what a writer was told succeeded.
 Each lock's documents are repaired in one database transaction.
@@ -25,14 +25,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from shim import library_logger
+from .._logging import library_logger
 
-from . import _sql, config
-from ._clock import now
-from ._files import Tree, atomic_write_json, locked, read_json, remove
-from ._rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
-from .entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity, document_lock
-from .errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
+from ..stores import sqltext as _sql
+from .. import config
+from ..domain.clock import now
+from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
+from .rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
+from ..domain.entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity, document_lock
+from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
 from .migrate import insert_values
 from .report import DIFF_LIMIT, Report, Sides, TableReport, compare_sides, database_exists, read_sides
 
@@ -88,7 +89,7 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if not dry_run:
         check_direction(to, force=force, reason=reason)
     if store is None and (not dry_run or database_exists(settings)):
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     tree = Tree(root)
@@ -116,7 +117,7 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
 
 def check_direction(to: str, *, force: bool = False, reason: str | None = None) -> int:
     """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise."""
-    from .rollout._default import authority, fleet_phase
+    from ..rollout._default import authority, fleet_phase
 
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason: say why the authoritative side is overwritten (it is recorded)")

@@ -17,9 +17,9 @@ import stat
 import tarfile
 from pathlib import Path
 
-from . import config
-from ._files import read_regular
-from .errors import ConflictError, StorageError
+from .. import config
+from ..stores.files import read_regular
+from ..errors import ConflictError, StorageError
 from .report import Report, build_report
 
 __all__ = ["ArchiveResult", "archive_legacy", "legacy_paths"]
@@ -139,6 +139,6 @@ def _verify(archive: Path, digests: dict[str, str]) -> None:
 
 def _repair() -> str:
     """The sync that is safe in the fleet's phase (archiving is phase 4's step: the files are rewritten)."""
-    from .rollout._default import fleet_phase, repair_command
+    from ..rollout._default import fleet_phase, repair_command
 
     return repair_command(fleet_phase())

@@ -1,6 +1,6 @@
 """The row/transfer layer: the legacy file tree and the database as the same ten tables of rows.
 
-The entity descriptions (:mod:`federation.entities`) drive the migration, the
+The entity descriptions (:mod:`federation.domain.entities`) drive the migration, the
 consistency report and ``sync``: :func:`read_tree` turns every legacy file
 into rows of the schema's tables (reporting each malformed file by path and
 reason, and each field the schema has no place for), :func:`read_db` reads
@@ -20,13 +20,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import _sql, _validate
-from ._files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
-from .errors import CorruptFileError
-from .entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, NODE_FILE_OF,
-                       NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR, SHARED_DIR, TABLES, Entity,
-                       InvalidRecord, _json_type, message_mismatch, vote_problem)
-from .errors import ValidationError
+from ..stores import sqltext as _sql
+from ..domain import validate as _validate
+from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
+from ..errors import CorruptFileError
+from ..domain.entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR,
+                               NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
+                               SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type, message_mismatch,
+                               vote_problem)
+from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
            "document_owner", "document_file", "read_files", "read_db_documents"]
@@ -397,7 +399,7 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
         if kind != "polls" and kind != "session":
             ok = valid_agents.get(owner)
             if ok is None:
-                ok = valid_agents[owner] = _agent_ok(owner)
+                ok = valid_agents[owner] = _validate.is_agent(owner)
             if not ok:
                 raise _Invalid(f"{owner!r} is not a valid agent name")
         data = _parse(_read_bytes(path))
@@ -499,14 +501,6 @@ _CHUNK = 500  # ids per SELECT … IN (…): well under SQLite's and PostgreSQL'
 
 
 _TABLES_OF = {kind: tuple(t for t in TABLES if t.document == kind) for kind in {t.document for t in TABLES}}
-
-
-def _agent_ok(name: str) -> bool:
-    try:
-        _validate.agent(name)
-        return True
-    except ValidationError:
-        return False
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Imported only when ``FEDERATION_DB_URL`` is set, so SQLite users never need
 psycopg.  Everything else — the schema, the store's SQL, retries, reconnects —
-is shared with SQLite through :class:`~federation._dialect.Dialect`.
+is shared with SQLite through :class:`~federation.stores.dialect.Dialect`.
 
 Isolation: write transactions run at READ COMMITTED and rely on row locks
 (a vote locks its poll ``FOR SHARE``, a close ``FOR UPDATE``; ``claim_inbox``
@@ -13,7 +13,7 @@ delta save) runs at REPEATABLE READ: a row that changed after its snapshot
 makes it fail with 40001 and it is retried whole.  Reads run at REPEATABLE
 READ so that a read of several tables sees one snapshot.
 
-Connections: :class:`~federation.database.Database` keeps one connection per
+Connections: :class:`~federation.stores.database.Database` keeps one connection per
 thread for the life of the thread, which is what a pool would give an agent
 process; psycopg_pool is not used.
 """
@@ -26,9 +26,9 @@ import select
 
 import psycopg
 
-from ._dialect import Dialect, Tx
-from .config import _redact
-from .errors import StorageError
+from .dialect import Dialect, Tx
+from ..config import redact_url
+from ..errors import StorageError
 
 __all__ = ["PostgresDialect"]
 
@@ -87,7 +87,7 @@ class PostgresDialect(Dialect):
         self._conninfo = psycopg.conninfo.make_conninfo(**{**CONNECT_DEFAULTS, **params})
 
     def describe(self) -> str:
-        return _redact(self.url)
+        return redact_url(self.url)
 
     def sql(self, text: str) -> str:
         return _translate(text)

@@ -1,7 +1,7 @@
 """The migration: every legacy file into the database, validated.
 
 ``federation migrate`` = ``python scripts/migrate_to_sqlite.py``.  The tree is
-read into rows (:func:`federation._rows.read_tree`), the rows are inserted
+read into rows (:func:`federation.transfer.rows.read_tree`), the rows are inserted
 in batches with ``INSERT … ON CONFLICT DO NOTHING`` (so a rerun, or a rerun
 after the process was killed, completes the import without changing what is
 there, and rows a live phase-2 dual-write already wrote are never overwritten
@@ -19,13 +19,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import _sql, config
-from ._clock import now
-from ._rows import TABLES, TreeRows, key_text, read_tree
-from ._files import read_json
-from .core import LEASES_FILE
-from .entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
-from .errors import FederationError
+from ..stores import sqltext as _sql
+from .. import config
+from ..domain.clock import now
+from .rows import TABLES, TreeRows, key_text, read_tree
+from ..stores.files import read_json
+from ..core import LEASES_FILE
+from ..domain.entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
+from ..errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -272,7 +273,7 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
         entities = {name: {"files": n, "rows": n} for name, n in scanned.counts().items()}
         return MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields, files=scanned.files)
     if store is None:
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(settings)
     # Read everything, then insert: measured, a second thread inserting while the first reads is

@@ -20,10 +20,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
-from shim import library_logger
-
-from . import config, schema
-from .database import network_fs_type
+from .. import config
+from ..stores import schema
+from .._logging import library_logger
+from ..stores.database import database_exists, network_fs_type
 
 __all__ = ["Check", "DoctorReport", "doctor", "WAL_LIMIT_BYTES", "MIN_FREE_BYTES"]
 
@@ -155,7 +155,7 @@ def _schema_check(version: int | None, tables: set[str], where: str) -> Check:
 
 
 def _postgres_checks(s: config.Settings, checks: list[Check]) -> bool:
-    from .database import BUSY_DEADLINE_S, dialect_for
+    from ..stores.database import BUSY_DEADLINE_S, dialect_for
 
     dialect = dialect_for(s)
     try:
@@ -184,7 +184,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
            min_free: int = MIN_FREE_BYTES, mounts_file: str = "/proc/self/mounts",
            extra: list[Callable[[config.Settings], Check]] | None = None) -> DoctorReport:
     """Run every check against the configured federation; read-only."""
-    from ._rows import read_tree
+    from ..transfer.rows import read_tree
 
     s = settings or config.settings()
     phase = phase_in_effect(s)
@@ -206,7 +206,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
 
     store = None
     if comparable:
-        from .sqlstore import get_store
+        from ..stores.sqlstore import get_store
 
         store = get_store(s)
         backfilled = store.meta("backfilled_at")
@@ -231,7 +231,7 @@ def _dead_letters_check(phase: int, readable: bool) -> Check:
     not a failure (the store is fine; an agent could not finish them)."""
     if not readable:
         return Check("dead_letters", True, "not counted: the database cannot be read")
-    from .messaging import dead_letter_summary
+    from ..messaging import dead_letter_summary
 
     summary = dead_letter_summary(phase)
     if not summary["count"]:
@@ -249,7 +249,7 @@ def phase_in_effect(s: config.Settings) -> int:
     """
     if s.phase_pinned:
         return s.effective_phase
-    from .rollout import current_phase
+    from ..rollout import current_phase
 
     return current_phase(s.root)[0]
 
@@ -261,7 +261,7 @@ def _describe(process: dict) -> str:
 
 def _fleet_check() -> Check:
     """No live phase-4 process beside a live phase-1/2 one (phase 4 stops writing the files they read)."""
-    from . import rollout
+    from .. import rollout
 
     fleet = rollout.fleet()
     pairs = rollout.unsafe_mix(fleet)
@@ -281,19 +281,19 @@ def _fleet_check() -> Check:
 def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:
     """The consistency report's comparison, on the tree already read for ``legacy_files``."""
     if store is None:
-        if not s.db_url and not s.db_path.exists():
+        if not database_exists(s):
             return Check("files_vs_database", phase == 1 or tree.files == 0,
                          f"no database yet; {tree.files} legacy files not migrated", "federation migrate")
         return Check("files_vs_database", phase == 1 or tree.files == 0,
                      "not compared: the database cannot be read or has no current schema",
                      "fix the database checks above, then `federation report`")
-    from ._rows import read_db
-    from .report import Sides, compare_sides
+    from ..transfer.rows import read_db
+    from ..transfer.report import Sides, compare_sides
 
     sides = Sides(tree, read_db(store))
     report = compare_sides(sides, diff_limit=0)
     if not report.consistent and phase in (2, 3):  # a write in flight is not a difference: re-read under its lock
-        from .sync import recheck
+        from ..transfer.sync import recheck
 
         report = recheck(s.root, sides, report, store)
     entities = report.entities

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .config import MAX_CONTENT_BYTES
-from .errors import ValidationError
+from ..config import MAX_CONTENT_BYTES
+from ..errors import ValidationError
 
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -109,7 +109,7 @@ def json_object(value: Any, what: str) -> dict:
 
 
 def _depth_over(encoded: str, limit: int) -> bool:
-    from ._files import check_depth
+    from ..stores.files import check_depth
 
     try:
         check_depth(encoded.encode("utf-8"), limit)

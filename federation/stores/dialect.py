@@ -3,7 +3,7 @@
 The SQL text is shared by the engines (``?`` placeholders); a dialect holds
 the few differences (placeholders, how a write transaction starts, row locks,
 the auto-increment key, which errors are worth a retry).  One module per
-engine subclasses it: :mod:`federation._sqlite`, :mod:`federation._postgres`.
+engine subclasses it: :mod:`federation.stores.sqlite`, :mod:`federation.stores.postgres`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""The domain model: each entity described once (fields, keys, defaults, the legacy file it lives in,
+its lock, the rules both stores enforce), input validation, and time (timestamps, ids, durations).
+
+Knows no storage: the stores and the public API build on it.
+"""

@@ -1,0 +1,3 @@
+"""Operating a federation: retention (``prune``), verified backups (``backup``) and health checks
+(``doctor``).
+"""
