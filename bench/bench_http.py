@@ -145,7 +145,8 @@ def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, 
 
 
 def bench_engine(engine: str, db_url: str | None, counts: list[int], rounds: int, stdio_max: int) -> list[tuple]:
-    from federation import agent_tokens, governance
+    from federation.apps import agent_tokens
+    from federation import governance
 
     rows = []
     for n in counts:

@@ -551,7 +551,7 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
 
 def _serve_http(host: str, port: int) -> None:
     from .apps.signals import Terminated, exit_now, exit_on_stop_signals
-    from .mcp_http import is_loopback, serve as run_http
+    from .apps.mcp_http import is_loopback, serve as run_http
 
     def listening(url: str) -> None:
         click.echo(f"federation MCP over HTTP on {url}; Ctrl-C stops it", err=True)
@@ -593,7 +593,7 @@ def agents_add(name: str, as_json: bool) -> None:
 
     A second `add` for the same agent replaces its token: the old one stops working.
     """
-    from . import agent_tokens
+    from .apps import agent_tokens
     from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 
@@ -615,7 +615,7 @@ def agents_add(name: str, as_json: bool) -> None:
 @common
 def agents_list(as_json: bool) -> None:
     """List the agents with a token: active or revoked, since when (never the token)."""
-    from . import agent_tokens
+    from .apps import agent_tokens
 
     entries = agent_tokens.list_tokens(_token_root())
     if as_json:
@@ -633,7 +633,7 @@ def agents_list(as_json: bool) -> None:
 @common
 def agents_revoke(name: str) -> None:
     """Revoke agent NAME's token: servers refuse it within seconds, without a restart."""
-    from . import agent_tokens
+    from .apps import agent_tokens
     from .domain.validate import agent as valid_agent
     from .errors import ValidationError
 

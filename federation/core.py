@@ -32,7 +32,7 @@ from . import config
 from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS,
+from .domain.entities import (LEASES_FILE, TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS,
                               POLLS_LOCK, PROFILES, SESSIONS, check_close, check_vote, history_entry, inbox_lock,
                               message_mismatch, node_lock, session_lock, vote_problem)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
@@ -187,7 +187,6 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
 # "attempt", "lease_until" and "dead_at".  An ack removes the file, as a legacy
 # claim does.  A path is built from a file's name, never from its body.
 
-LEASES_FILE = ".leases.json"
 
 
 def _json_names(directory: Path) -> list[str]:

@@ -284,7 +284,7 @@ def _take(agent: str, claim: bool, lease: float | None, stamp: str | None = None
 
 def _wait_for_messages(agent: str, claim: bool, lease: float | None, phase: int, deadline: float) -> list[dict]:
     """Look again whenever the store says something changed (and at least every second) until *deadline*."""
-    from ._wait import RECHECK_S, watcher
+    from .stores.wait import RECHECK_S, watcher
 
     try:
         watch = watcher(agent, phase)

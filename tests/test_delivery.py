@@ -301,7 +301,7 @@ def test_pulse_wait_without_a_watcher_still_returns_on_a_send(fed, monkeypatch):
     """A watcher that cannot start (say the LISTEN connection is refused) degrades to looking every 0.25 s."""
     import threading
 
-    from federation import _wait
+    from federation.stores import wait as _wait
 
     fed.phase(4)
 

@@ -213,7 +213,13 @@ LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
 #: The public API: above every layer but the applications.
 API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
 #: Left: the report's log summary (`report --log`) reads the rollout's counts; it belongs in the rollout.
-KNOWN_UP = {"federation.transfer.report -> federation.rollout._status"}
+#: sync and archive ask the rollout which side is authoritative in the fleet's phase (issue 15: a repair
+#: never writes over it), and doctor reads the dead-letter summary of the public messaging API (issue 19);
+#: to be inverted (the caller passing the phase / the summary moving below the API).
+KNOWN_UP = {"federation.transfer.report -> federation.rollout._status",
+            "federation.transfer.sync -> federation.rollout._default",
+            "federation.transfer.archive -> federation.rollout._default",
+            "federation.operations.doctor -> federation.messaging"}
 
 
 def _layer(module: str) -> int | None:

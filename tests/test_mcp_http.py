@@ -23,7 +23,8 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from federation import agent_tokens, context, messaging
+from federation.apps import agent_tokens
+from federation import context, messaging
 from federation.apps.mcp_server import TOOL_NAMES
 from test_mcp_server import AgentClient
 
@@ -286,7 +287,7 @@ def test_twelve_agents_at_once_each_doing_ten_calls(fed):
 def test_pulse_wait_returns_soon_after_a_send_and_waiting_calls_are_bounded(fed):
     """bob's pulse(wait=20) returns within a couple of seconds of alice's send, with the message; while
     4 of bob's pulses wait, a 5th is a tool error (others' calls go on); when they return, bob may wait again."""
-    from federation.mcp_http import MAX_WAITING_PER_AGENT
+    from federation.apps.mcp_http import MAX_WAITING_PER_AGENT
 
     t = tokens(fed, "alice", "bob", "carol")
     with HttpServer(fed) as server:

@@ -40,6 +40,7 @@ INBOX_DIR = "inbox"  # nodes/{agent}/inbox/{message_id}.json
 LEASED_DIR = "leased"  # nodes/{agent}/leased/{message_id}.json: received, not yet acknowledged (docs/delivery.md)
 DEAD_DIR = "dead"  # nodes/{agent}/dead/{message_id}.json: delivered the maximum attempts, never acknowledged
 SENT_KEYS_DIR = "sent_keys"  # nodes/{sender}/sent_keys/{sha256 of the key}.json: idempotent sends
+LEASES_FILE = ".leases.json"  # nodes/{agent}/leased/.leases.json: the journal of the leases taken (id: attempt, until)
 #: the fields a leased or dead message file carries beside the message's own
 DELIVERY_FIELDS = ("attempt", "lease_until", "dead_at")
 SESSIONS_DIR = "sessions"  # shared/sessions/{session_id}.json

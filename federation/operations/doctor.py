@@ -293,7 +293,7 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) ->
     sides = Sides(tree, read_db(store))
     report = compare_sides(sides, diff_limit=0)
     if not report.consistent and phase in (2, 3):  # a write in flight is not a difference: re-read under its lock
-        from ..transfer.sync import recheck
+        from ..transfer.report import recheck_differences as recheck
 
         report = recheck(s.root, sides, report, store)
     entities = report.entities

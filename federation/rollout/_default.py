@@ -8,6 +8,8 @@ existing tree before anyone set the flag keep working as they did.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import config
 from . import _flag
 
@@ -28,8 +30,6 @@ def repair_command(phase: int) -> str:
 def fleet_phase() -> int:
     """The phase whose authority a repair respects: the live flag's; without a flag, this process's
     environment pin, else the root's default (what processes pinned the same way, or unpinned, run)."""
-    from ._guards import current_phase
-
     s = config.settings()
     phase, flag, problem = current_phase(s.root)
     if flag is None and problem is None and s.phase_pinned:
@@ -63,3 +63,30 @@ def needs_backfill(s: config.Settings) -> bool:
 def default_phase(s: config.Settings) -> int:
     """The phase an unpinned process runs without a flag: 1 on an un-backfilled legacy tree, else 3."""
     return 1 if needs_backfill(s) else _flag.DEFAULT_PHASE
+
+
+def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | None, str | None]:
+    """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
+
+    Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
+    *ask_db* False decides that from the files alone (a step that must work with the database down).
+    """
+    try:
+        flag = _flag.read_flag(root)
+    except _flag.FlagError as exc:
+        recorded = _flag.last_recorded_phase(root)
+        return (recorded if recorded is not None else _unflagged_phase(ask_db)), None, str(exc)
+    return (flag.phase if flag else _unflagged_phase(ask_db)), flag, None
+
+
+def _unflagged_phase(ask_db: bool) -> int:
+    s = config.settings()
+    if not ask_db:
+        from ..stores.files import Tree
+
+        no_database = not s.db_url and not s.db_path.exists()
+        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
+    try:
+        return default_phase(s)
+    except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
+        return _flag.DEFAULT_PHASE

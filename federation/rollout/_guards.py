@@ -32,38 +32,12 @@ from .. import config
 from .._logging import library_logger
 from ..errors import ConfigError
 from . import _default, _fleet, _flag, _io, _status
+from ._default import current_phase
 
 log = library_logger("federation.rollout")
 
 DEFAULT_MIN_RATE = 0.999
 DEFAULT_MIN_COMPARISONS = 100
-
-
-def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | None, str | None]:
-    """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
-
-    Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
-    *ask_db* False decides that from the files alone (a step that must work with the database down).
-    """
-    try:
-        flag = _flag.read_flag(root)
-    except _flag.FlagError as exc:
-        recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _unflagged_phase(ask_db)), None, str(exc)
-    return (flag.phase if flag else _unflagged_phase(ask_db)), flag, None
-
-
-def _unflagged_phase(ask_db: bool) -> int:
-    s = config.settings()
-    if not ask_db:
-        from ..stores.files import Tree
-
-        no_database = not s.db_url and not s.db_path.exists()
-        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
-    try:
-        return _default.default_phase(s)
-    except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
-        return _flag.DEFAULT_PHASE
 
 
 def _guard(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:

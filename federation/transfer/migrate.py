@@ -24,8 +24,7 @@ from .. import config
 from ..domain.clock import now
 from .rows import TABLES, TreeRows, key_text, read_tree
 from ..stores.files import read_json
-from ..core import LEASES_FILE
-from ..domain.entities import DEAD_DIR, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
+from ..domain.entities import DEAD_DIR, LEASES_FILE, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
 from ..errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]

@@ -12,19 +12,25 @@ a field-level diff of the first few (the shim's own :func:`shim.normalize` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from shim import field_diff, normalize
 
 from .. import config
-from .rows import TABLES, TreeRows, key_text, read_db, read_tree
+from .rows import (BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db, read_db_documents,
+                   read_files, read_tree)
 from ..stores.database import database_exists
-from ..domain.entities import Entity
+from ..stores.files import Tree, locked
+from ..domain.entities import MESSAGES, Entity, document_lock
+from ..errors import FileStorageError
 
-__all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT"]
+__all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT",
+           "recheck_differences", "Doc"]
 
 #: How many differing records of a table get a field-level diff.
 DIFF_LIMIT = 5
@@ -123,7 +129,7 @@ def build_report(root: Path | None = None, *, store: Any = None, progress: bool 
 
     A SQLite database that does not exist yet is compared as empty, and not created.
     recheck: re-read each difference under its document's lock before reporting it (a write in
-    flight is not a difference; :func:`federation.sync.recheck`).
+    flight is not a difference; :func:`recheck_differences`).
     """
     settings = config.settings()
     if recheck and store is None and database_exists(settings):
@@ -133,10 +139,119 @@ def build_report(root: Path | None = None, *, store: Any = None, progress: bool 
     sides = read_sides(root, store=store, progress=progress)
     report = compare_sides(sides, diff_limit)
     if recheck and not report.consistent:
-        from .sync import recheck as settle
-
-        report = settle(Path(root) if root is not None else settings.root, sides, report, store)
+        report = recheck_differences(Path(root) if root is not None else settings.root, sides, report, store)
     return report
+
+
+# ---------------------------------------------------------------------------
+# a second look under the locks (report --recheck, sync, doctor)
+
+#: a legacy document: (kind, id) -- kind as :attr:`Entity.document`, id its records' first key field
+Doc = tuple[str, str]
+
+
+def recheck_differences(root: Path, sides: Sides, report: Report, store: Any) -> Report:
+    """*report* with only the differences still there when each document is re-read from both sides under
+    its file lock (the lock every dual-phase write of it holds across both sides): a write in flight when
+    *sides* was read is not a difference.  Without a database (*store* None) nothing can be in flight."""
+    if store is None or report.consistent:
+        return report
+    tree = Tree(root)
+    fresh: list[Report] = []
+    for locks, (docs, paths) in sorted(lock_groups(tree, sides, report).items()):
+        try:
+            with holding(tree, locks):
+                fresh.append(_read_docs(store, tree, docs, paths))
+        except (OSError, FileStorageError):  # a read-only root takes no lock: a second read, as the guards do
+            first = _read_docs(store, tree, docs, paths)
+            second = _read_docs(store, tree, docs, paths)
+            fresh.append(_both(first, second))
+    entities = {}
+    for name, t in report.entities.items():
+        out = TableReport(files=t.files, rows=t.rows)
+        for r in fresh:
+            f = r.entities[name]
+            out.missing_in_db += f.missing_in_db
+            out.missing_in_files += f.missing_in_files
+            out.different += f.different
+            out.diffs += f.diffs[: max(0, DIFF_LIMIT - len(out.diffs))]
+        for keys in (out.missing_in_db, out.missing_in_files, out.different):
+            keys.sort()
+        entities[name] = out
+    return Report(entities, report.invalid)
+
+
+def _read_docs(store: Any, tree: Tree, docs: set[Doc], paths: set[str]) -> Report:
+    files = only_documents(read_files(tree, paths), docs)
+    return compare_sides(Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs))))
+
+
+def _both(a: Report, b: Report) -> Report:
+    """What two reports both find different (the same key in the same way)."""
+    out = {}
+    for name, t in a.entities.items():
+        u = b.entities[name]
+        out[name] = TableReport(t.files, t.rows, [k for k in t.missing_in_db if k in set(u.missing_in_db)],
+                                [k for k in t.missing_in_files if k in set(u.missing_in_files)],
+                                [k for k in t.different if k in set(u.different)], t.diffs)
+    return Report(out, a.invalid)
+
+
+# ---------------------------------------------------------------------------
+# documents and their locks
+
+
+def lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ...], tuple[set[Doc], set[str]]]:
+    """The documents the report finds different, grouped by the file locks that guard them:
+    {locks: (documents, the files to re-read for them)}.  A message's lock is its recipient's inbox on
+    either side (and the inbox its file was found in); every other document has one owner."""
+    locks_of: dict[Doc, set[str]] = {}
+    paths_of: dict[Doc, set[str]] = {}
+    for name, t in report.entities.items():
+        table = BY_NAME[name]
+        files, db, sources = sides.files.rows[name], sides.db[name], sides.files.sources[name]
+        for key in (*t.missing_in_db, *t.missing_in_files, *t.different):
+            doc = (table.document, str(key[0]))
+            owners = {document_owner(table, row) for row in (files.get(key), db.get(key)) if row is not None}
+            paths = paths_of.setdefault(doc, set())
+            source = sources.get(key)
+            canonical = None  # the owner whose document the source already is
+            if source is not None:
+                paths.add(source)
+                if table is MESSAGES:  # nodes/{agent}/inbox/{id}.json
+                    owner = os.path.basename(os.path.dirname(os.path.dirname(source)))
+                    owners.add(owner)
+                    canonical = owner if os.path.basename(source) == f"{doc[1]}.json" else None
+            for owner in owners:
+                if owner != canonical:  # (100,000 messages: no path built for a file already listed)
+                    paths.add(str(document_file(tree, doc[0], doc[1], owner)))
+            locks_of.setdefault(doc, set()).update(document_lock(doc[0], owner) for owner in owners)
+    groups: dict[tuple[str, ...], tuple[set[Doc], set[str]]] = {}
+    for doc, locks in locks_of.items():
+        docs, paths = groups.setdefault(tuple(sorted(locks)), (set(), set()))
+        docs.add(doc)
+        paths |= paths_of[doc]
+    return groups
+
+
+@contextlib.contextmanager
+def holding(tree: Tree, locks: tuple[str, ...]) -> Iterator[None]:
+    # in name order, as the shim takes a broadcast's inbox locks: no two holders wait on each other crosswise
+    with contextlib.ExitStack() as stack:
+        for name in locks:
+            stack.enter_context(locked(tree, name))
+        yield
+
+
+def only_documents(rows: TreeRows, docs: set[Doc]) -> TreeRows:
+    """*rows* restricted to the records of *docs* (polls.json holds every poll, a re-read all of them)."""
+    out = TreeRows(invalid=rows.invalid, dropped_fields=rows.dropped_fields, files=rows.files)
+    for table in TABLES:
+        kind, name = table.document, table.name
+        keep = [k for k in rows.rows[name] if (kind, str(k[0])) in docs]
+        out.rows[name] = {k: rows.rows[name][k] for k in keep}
+        out.sources[name] = {k: rows.sources[name][k] for k in keep if k in rows.sources[name]}
+    return out
 
 
 # ---------------------------------------------------------------------------

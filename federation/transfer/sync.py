@@ -19,33 +19,28 @@ Each lock's documents are repaired in one database transaction.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .._logging import library_logger
 
 from ..stores import sqltext as _sql
 from .. import config
 from ..domain.clock import now
-from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
-from .rows import BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db_documents, read_files
-from ..domain.entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity, document_lock
-from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
+from ..stores.files import Tree, atomic_write_json, read_json, remove
+from .rows import BY_NAME, TABLES, TreeRows, document_file, key_text, read_db_documents, read_files
+from ..domain.entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity
+from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError
 from .migrate import insert_values
-from .report import DIFF_LIMIT, Report, Sides, TableReport, compare_sides, database_exists, read_sides
+from .report import Doc, Report, Sides, compare_sides, database_exists, holding, lock_groups, only_documents, read_sides
 
 __all__ = ["Change", "SyncResult", "sync", "TARGETS"]
 
 TARGETS = ("files", "db")
 
 log = library_logger("federation.sync")
-
-#: a legacy document: (kind, id) -- kind as :attr:`Entity.document`, id its records' first key field
-Doc = tuple[str, str]
-
 
 @dataclasses.dataclass(frozen=True)
 class Change:
@@ -100,9 +95,9 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         return SyncResult(to, dry_run, changes)
     result = SyncResult(to, dry_run, [])
     stamp = now()
-    for locks, (docs, paths) in sorted(_lock_groups(tree, sides, report).items()):
-        with _holding(tree, locks):
-            files = _only(read_files(tree, paths), docs)
+    for locks, (docs, paths) in sorted(lock_groups(tree, sides, report).items()):
+        with holding(tree, locks):
+            files = only_documents(read_files(tree, paths), docs)
             if to == "db":
                 changes, differing = store.db.write(lambda tx: _repair_db(tx, files, docs, stamp), snapshot=True)
             else:
@@ -132,110 +127,6 @@ def check_direction(to: str, *, force: bool = False, reason: str | None = None) 
             f"wrote. The safe repair is `federation sync --to {other}`; `--force --reason TEXT` overrides "
             "(recorded in control/syncs.jsonl)")
     return phase
-
-
-def recheck(root: Path, sides: Sides, report: Report, store: Any) -> Report:
-    """*report* with only the differences still there when each document is re-read from both sides under
-    its file lock (the lock every dual-phase write of it holds across both sides): a write in flight when
-    *sides* was read is not a difference.  Without a database (*store* None) nothing can be in flight."""
-    if store is None or report.consistent:
-        return report
-    tree = Tree(root)
-    fresh: list[Report] = []
-    for locks, (docs, paths) in sorted(_lock_groups(tree, sides, report).items()):
-        try:
-            with _holding(tree, locks):
-                fresh.append(_read_docs(store, tree, docs, paths))
-        except (OSError, FileStorageError):  # a read-only root takes no lock: a second read, as the guards do
-            first = _read_docs(store, tree, docs, paths)
-            second = _read_docs(store, tree, docs, paths)
-            fresh.append(_both(first, second))
-    entities = {}
-    for name, t in report.entities.items():
-        out = TableReport(files=t.files, rows=t.rows)
-        for r in fresh:
-            f = r.entities[name]
-            out.missing_in_db += f.missing_in_db
-            out.missing_in_files += f.missing_in_files
-            out.different += f.different
-            out.diffs += f.diffs[: max(0, DIFF_LIMIT - len(out.diffs))]
-        for keys in (out.missing_in_db, out.missing_in_files, out.different):
-            keys.sort()
-        entities[name] = out
-    return Report(entities, report.invalid)
-
-
-def _read_docs(store: Any, tree: Tree, docs: set[Doc], paths: set[str]) -> Report:
-    files = _only(read_files(tree, paths), docs)
-    return compare_sides(Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs))))
-
-
-def _both(a: Report, b: Report) -> Report:
-    """What two reports both find different (the same key in the same way)."""
-    out = {}
-    for name, t in a.entities.items():
-        u = b.entities[name]
-        out[name] = TableReport(t.files, t.rows, [k for k in t.missing_in_db if k in set(u.missing_in_db)],
-                                [k for k in t.missing_in_files if k in set(u.missing_in_files)],
-                                [k for k in t.different if k in set(u.different)], t.diffs)
-    return Report(out, a.invalid)
-
-
-# ---------------------------------------------------------------------------
-# documents and their locks
-
-
-def _lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ...], tuple[set[Doc], set[str]]]:
-    """The documents the report finds different, grouped by the file locks that guard them:
-    {locks: (documents, the files to re-read for them)}.  A message's lock is its recipient's inbox on
-    either side (and the inbox its file was found in); every other document has one owner."""
-    locks_of: dict[Doc, set[str]] = {}
-    paths_of: dict[Doc, set[str]] = {}
-    for name, t in report.entities.items():
-        table = BY_NAME[name]
-        files, db, sources = sides.files.rows[name], sides.db[name], sides.files.sources[name]
-        for key in (*t.missing_in_db, *t.missing_in_files, *t.different):
-            doc = (table.document, str(key[0]))
-            owners = {document_owner(table, row) for row in (files.get(key), db.get(key)) if row is not None}
-            paths = paths_of.setdefault(doc, set())
-            source = sources.get(key)
-            canonical = None  # the owner whose document the source already is
-            if source is not None:
-                paths.add(source)
-                if table is MESSAGES:  # nodes/{agent}/inbox/{id}.json
-                    owner = os.path.basename(os.path.dirname(os.path.dirname(source)))
-                    owners.add(owner)
-                    canonical = owner if os.path.basename(source) == f"{doc[1]}.json" else None
-            for owner in owners:
-                if owner != canonical:  # (100,000 messages: no path built for a file already listed)
-                    paths.add(str(document_file(tree, doc[0], doc[1], owner)))
-            locks_of.setdefault(doc, set()).update(document_lock(doc[0], owner) for owner in owners)
-    groups: dict[tuple[str, ...], tuple[set[Doc], set[str]]] = {}
-    for doc, locks in locks_of.items():
-        docs, paths = groups.setdefault(tuple(sorted(locks)), (set(), set()))
-        docs.add(doc)
-        paths |= paths_of[doc]
-    return groups
-
-
-@contextlib.contextmanager
-def _holding(tree: Tree, locks: tuple[str, ...]) -> Iterator[None]:
-    # in name order, as the shim takes a broadcast's inbox locks: no two holders wait on each other crosswise
-    with contextlib.ExitStack() as stack:
-        for name in locks:
-            stack.enter_context(locked(tree, name))
-        yield
-
-
-def _only(rows: TreeRows, docs: set[Doc]) -> TreeRows:
-    """*rows* restricted to the records of *docs* (polls.json holds every poll, a re-read all of them)."""
-    out = TreeRows(invalid=rows.invalid, dropped_fields=rows.dropped_fields, files=rows.files)
-    for table in TABLES:
-        kind, name = table.document, table.name
-        keep = [k for k in rows.rows[name] if (kind, str(k[0])) in docs]
-        out.rows[name] = {k: rows.rows[name][k] for k in keep}
-        out.sources[name] = {k: rows.sources[name][k] for k in keep if k in rows.sources[name]}
-    return out
 
 
 # ---------------------------------------------------------------------------

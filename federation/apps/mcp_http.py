@@ -29,14 +29,14 @@ import time
 import urllib.parse
 from typing import Any, Callable
 
-from ._logging import library_logger
+from .._logging import library_logger
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 
-from . import __version__, config
+from .. import __version__, config
 from .agent_tokens import TokenRegistry, tokens_path
-from .apps.mcp_server import TOOL_NAMES, AgentTools, FederationServer, agent_tools_list, build_server
+from .mcp_server import TOOL_NAMES, AgentTools, FederationServer, agent_tools_list, build_server
 
 __all__ = ["is_loopback", "MCP_PATH", "MAX_WAITING_PER_AGENT", "Gate", "HttpFederationServer", "create_app", "serve"]
 
@@ -236,8 +236,8 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     """
     import uvicorn
 
-    from . import rollout
-    from .apps.dashboard import _listen
+    from .. import rollout
+    from .dashboard import _listen
 
     s = config.settings()
     loopback = is_loopback(host)

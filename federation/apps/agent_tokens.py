@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._logging import library_logger
+from .._logging import library_logger
 
-from .domain import validate as v
-from . import config
-from .errors import ConfigError, FederationError, NotFoundError
+from ..domain import validate as v
+from .. import config
+from ..errors import ConfigError, FederationError, NotFoundError
 
 __all__ = ["TOKENS_FILE", "MAX_FILE_BYTES", "TokenFileError", "AgentToken", "add", "revoke", "list_tokens",
            "tokens_path", "TokenRegistry", "token_hash"]
@@ -165,13 +165,13 @@ def list_tokens(root: Path | None = None) -> list[AgentToken]:
 # -- writing ---------------------------------------------------------------------------------------
 
 def _now() -> str:
-    from .rollout._io import iso, utcnow
+    from ..rollout._io import iso, utcnow
 
     return iso(utcnow())
 
 
 def _who() -> str:
-    from .rollout._io import who
+    from ..rollout._io import who
 
     return who()
 

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Protocol
 
-from . import config
+from .. import config
 
 __all__ = ["Watcher", "watcher", "RECHECK_S"]
 
@@ -104,8 +104,8 @@ class PostgresWatcher:
     def __init__(self, url: str, agent: str):
         import psycopg
 
-        from .stores.postgres import PostgresDialect
-        from .stores.sqlstore import NOTIFY_CHANNEL
+        from .postgres import PostgresDialect
+        from .sqlstore import NOTIFY_CHANNEL
 
         self.agent = agent
         key = (url, threading.get_ident())
@@ -144,9 +144,9 @@ def watcher(agent: str, phase: int) -> Watcher:
     """The cheapest change check for *agent*'s inbox on the side that serves *phase*."""
     s = config.settings()
     if phase <= 2:
-        from .core import tree
+        from .. import core  # the module, not its names: the shim is installed on it
 
-        t = tree()
+        t = core.tree()
         return FilesWatcher([str(t.inbox(agent)), str(t.leased(agent))])
     if s.db_url:
         return PostgresWatcher(s.db_url, agent)
