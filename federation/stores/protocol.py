@@ -126,3 +126,21 @@ class Store(Protocol):
 
     def load_sent(self, agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
         """The last *limit* messages *agent* sent (before message *before*), oldest first, with ``read_at``."""
+
+    # delivery that survives a crashed agent (issue 19, docs/delivery.md)
+
+    def lease_inbox(self, agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
+                    ids: list[str] | None = None) -> list[dict]:
+        """Lease *agent*'s deliverable messages (all, or only *ids*), oldest first, until *lease_until*: new
+        ones and those whose lease is over; a lease over after *max_attempts* deliveries makes a dead letter."""
+
+    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
+        """Acknowledge *agent*'s delivered messages among *ids* (leased or dead), read at *read_at*; the
+        messages acknowledged now, in the order given."""
+
+    def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
+        """Messages (of *agent*, or everyone's) delivered *max_attempts* times, never acknowledged."""
+
+    def save_keyed_messages(self, messages: list[dict], key: str) -> list[str]:
+        """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
+        then nothing is written and the ids of the first send are returned."""
