@@ -569,7 +569,7 @@ def _serve_http(host: str, port: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# bearer tokens of the agents served over HTTP (federation.agent_tokens)
+# bearer tokens of the agents served over HTTP (federation.apps.agent_tokens)
 
 
 @main.group()
@@ -662,7 +662,7 @@ def _record_sync(to: str, changes: int, forced: bool = False, reason: str | None
 
 
 def _moment(text: str | None) -> datetime | None:
-    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``_clock``."""
+    """An ISO 8601 time, or a duration back from now (90m, 12h, 7d, 2w): the grammar of ``domain.moments``."""
     from .domain.moments import parse_moment
     from .errors import ValidationError
 

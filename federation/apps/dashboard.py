@@ -77,7 +77,7 @@ def window_bounds(name: str, now: datetime | None = None) -> tuple[datetime, dat
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``?since=``: as ``--since``, an ISO 8601 time or a duration back from now (the grammar of ``_clock``)."""
+    """``?since=``: as ``--since``, an ISO 8601 time or a duration back from now (the grammar of ``domain.moments``)."""
     try:
         return parse_moment(text, now)
     except ValidationError as exc:

@@ -1,9 +1,9 @@
 """``federation serve --http``: one MCP server for many agents, over stateless Streamable HTTP at ``/mcp``.
 
 Each HTTP request carries ``Authorization: Bearer TOKEN``; the token names the
-agent (:mod:`federation.agent_tokens`) and the request acts as that agent, with
+agent (:mod:`federation.apps.agent_tokens`) and the request acts as that agent, with
 exactly the tools of ``federation serve --agent NAME`` over stdio (each agent's
-own :class:`~federation.mcp_server.FederationServer`, built on first use).
+own :class:`~federation.apps.mcp_server.FederationServer`, built on first use).
 Identity is never an argument: no header, argument or body can pick another
 agent than the token's.
 
@@ -268,7 +268,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     try:
         with sock:
             server.run(sockets=[sock])
-    except SystemExit as exc:  # SIGTERM/SIGINT through the CLI's handler (federation._signals)
+    except SystemExit as exc:  # SIGTERM/SIGINT through the CLI's handler (federation.apps.signals)
         stopped_by = getattr(exc, "signal", None) or "exit"
         raise
     finally:
