@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..domain.moments import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
 from ..stores.files import loads_bounded, read_regular
 from ..errors import CorruptFileError
 
