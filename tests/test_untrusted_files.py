@@ -497,7 +497,7 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
             for _ in range(5):
                 await calls(session)
                 await anyio.sleep(11)
-                counts.append(await _settled_fds(pid, counts[0]))
+                counts.append(await _settled_fds(pid, counts[0], within=8.0))  # generous: a loaded machine
             return counts, first, _fd_targets(pid)
 
     counts, first, last = anyio.run(scenario)
