@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import json
 import os
 import re
@@ -460,21 +459,9 @@ def _write_in(dfd: int, name: str, path: Path, payload: bytes) -> None:
         raise
 
 
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
-
-
 def check_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
-    """ValueError when the JSON text *raw* nests arrays/objects deeper than *limit* (checked before parsing).
-
-    A document with at most *limit* opening brackets cannot be deeper: that
-    costs two ``bytes.count``; only a larger one is scanned, skipping strings.
-    """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return
-    brackets = b"".join(m for m in _STRING_OR_BRACKET.findall(raw) if len(m) == 1)
-    steps = (1 if c in (0x5B, 0x7B) else -1 for c in brackets)
-    if max(itertools.accumulate(steps), default=0) > limit:
-        raise ValueError(f"nested deeper than {limit} levels")
+    """ValueError when the JSON text *raw* nests deeper than *limit* (:func:`_validate.check_depth`)."""
+    _validate.check_depth(raw, limit)
 
 
 def loads_bounded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
