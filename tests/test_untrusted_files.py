@@ -497,11 +497,15 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
             for _ in range(5):
                 await calls(session)
                 await anyio.sleep(11)
-                counts.append(await _settled_fds(pid, counts[0]))
+                counts.append(await _settled_fds(pid, counts[0], within=8.0))  # generous: a loaded machine
             return counts, first, _fd_targets(pid)
 
     counts, first, last = anyio.run(scenario)
-    assert max(counts) <= counts[0], f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
+    # a thread the server keeps (a watcher, a background flush) may open its lock file and connection
+    # during the first cycles and keep them; from then on an idle cycle must not add any (a leak added
+    # three per cycle: [14, 17, 20, 23, 26, ...])
+    assert max(counts[2:]) <= counts[2] <= counts[0] + 4, \
+        f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
 
 
 def _rss_kib(pid: int) -> int:

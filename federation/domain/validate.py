@@ -111,27 +111,10 @@ def json_object(value: Any, what: str) -> dict:
 
 def _depth_over(encoded: str, limit: int) -> bool:
     try:
-        check_json_depth(encoded.encode("utf-8"), limit)
+        check_depth(encoded.encode("utf-8"), limit)
     except ValueError:
         return True
     return False
-
-
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
-
-
-def check_json_depth(raw: bytes, limit: int) -> None:
-    """ValueError when the JSON text *raw* nests arrays/objects deeper than *limit* (checked before parsing).
-
-    A document with at most *limit* opening brackets cannot be deeper: that
-    costs two ``bytes.count``; only a larger one is scanned, skipping strings.
-    """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return
-    brackets = b"".join(m for m in _STRING_OR_BRACKET.findall(raw) if len(m) == 1)
-    steps = (1 if c in (0x5B, 0x7B) else -1 for c in brackets)
-    if max(itertools.accumulate(steps), default=0) > limit:
-        raise ValueError(f"nested deeper than {limit} levels")
 
 
 def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
@@ -154,3 +137,20 @@ def cursor(value: Any, what: str = "after") -> str | None:
     if value is None:
         return None
     return ident(value, what)
+
+
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+
+
+def check_depth(raw: bytes, limit: int) -> None:
+    """ValueError when the JSON text *raw* nests arrays/objects deeper than *limit* (checked before parsing).
+
+    A document with at most *limit* opening brackets cannot be deeper: that
+    costs two ``bytes.count``; only a larger one is scanned, skipping strings.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    brackets = b"".join(m for m in _STRING_OR_BRACKET.findall(raw) if len(m) == 1)
+    steps = (1 if c in (0x5B, 0x7B) else -1 for c in brackets)
+    if max(itertools.accumulate(steps), default=0) > limit:
+        raise ValueError(f"nested deeper than {limit} levels")

@@ -64,6 +64,8 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
+        self._tick_lock = threading.Lock()  # one tick at a time: the background thread's and the final one
+        self._closed = False  # the final tick ran: nothing announces this process again
         self._begin()
 
     def _begin(self) -> None:
@@ -249,6 +251,13 @@ class Runtime:
         Works on the federation of this process's last call (its settings), so
         that a process is announced only where it used the federation.
         """
+        with self._tick_lock:
+            if self._closed:
+                return  # withdrawn at exit: a background tick after it must not announce again
+            self._closed = final
+            self._tick(final=final, announce_now=announce_now)
+
+    def _tick(self, *, final: bool, announce_now: bool) -> None:
         s = self._settings
         if s is None:
             return
@@ -395,6 +404,8 @@ class Runtime:
         """In a forked child: a process of its own (no thread yet, no counts of the parent's)."""
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._closed = False
         self._thread = None
         self._wake = threading.Event()
         self.tally = _counts.Tally(self.tally.width)

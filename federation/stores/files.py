@@ -460,8 +460,8 @@ def _write_in(dfd: int, name: str, path: Path, payload: bytes) -> None:
 
 
 def check_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
-    """ValueError when the JSON text *raw* nests arrays/objects deeper than *limit* (checked before parsing)."""
-    _validate.check_json_depth(raw, limit)
+    """ValueError when the JSON text *raw* nests deeper than *limit* (:func:`_validate.check_depth`)."""
+    _validate.check_depth(raw, limit)
 
 
 def loads_bounded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
