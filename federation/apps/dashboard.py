@@ -308,10 +308,11 @@ class DashboardData:
                 ) -> dict[str, Any]:
         """``rollout.status()`` of the window, its consistency summed from the hourly counts."""
         from ..rollout._io import iso
-        from ..rollout._status import flag_record
+        from ..rollout._status import flag_record, fleet_summary
 
         flag, problem = flag_record()
-        data: dict[str, Any] = {"flag": flag, "fleet": self.source.fleet(),
+        processes = self.source.fleet()
+        data: dict[str, Any] = {"flag": flag, "fleet": processes, "fleet_summary": fleet_summary(processes),
                                 "consistency": self.hourly.consistency(hours) if hours is not None else None,
                                 "window": {"since": iso(since), "until": iso(until)},
                                 "history": self.source.history()}
