@@ -501,10 +501,11 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
             return counts, first, _fd_targets(pid)
 
     counts, first, last = anyio.run(scenario)
-    # a thread the server keeps (a watcher, a background flush) may open its lock file and connection
-    # during the first cycles and keep them; from then on an idle cycle must not add any (a leak added
-    # three per cycle: [14, 17, 20, 23, 26, ...])
-    assert max(counts[2:]) <= counts[2] <= counts[0] + 4, \
+    # a leak grows with every cycle (the old write gate added three per cycle: [14, 17, 20, 23, 26, ...]);
+    # a worker thread may still hold one lock file and one connection when a cycle is counted (the SDK
+    # ends idle workers on its own schedule), which is a bounded pair, not growth: five cycles of a leak
+    # of even one descriptor each would end at least 5 above the fewest
+    assert counts[-1] - min(counts) <= 2 and max(counts) - min(counts) <= 4, \
         f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
 
 

@@ -355,7 +355,7 @@ class DashboardData:
         if status is not None:
             # the phase of the unpinned fleet: the flag's, the history's last when the flag is
             # unreadable, or the default
-            current = self.source.current_phase(config.settings().root)[0]
+            current = self.source.current_phase(config.settings().root, ask_db=False)[0]
             target = next_step(current)
             reads[f"guards-{target}"] = lambda: self.source.guards(target)
         answers = self.db.get_many(reads)  # the row counts and the guards need the database
@@ -438,7 +438,7 @@ class MetricsCollector:
                     latency.add_metric([*values, side], _cumulative(hist), sum_value=hist["sum_ms"] / 1000.0)
         yield from (comparisons, mismatches, errors, latency)
 
-        phase, flag, problem = source.current_phase(config.settings().root)
+        phase, flag, problem = source.current_phase(config.settings().root, ask_db=False)
         yield _gauge(GaugeMetricFamily, "federation_flag_phase",
                      "Phase of the live flag (0: no flag set, unpinned processes run phase 3)",
                      [([], phase if flag is not None or problem else 0)])
