@@ -382,8 +382,8 @@ import os, sys, time
 from pathlib import Path
 p, text = Path({str(path)!r}), Path({str(path)!r}).read_text()
 while not os.path.exists({str(done)!r}):
-    p.write_text(text)  # in place: truncate, then write (a vote every few milliseconds)
-    time.sleep(0.003)
+    p.write_text(text)  # in place: truncate, then write (a legacy voter: a vote every 10 ms)
+    time.sleep(0.01)
 """
     import subprocess
 
