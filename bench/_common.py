@@ -71,3 +71,19 @@ def run_processes(n: int, target: Callable[[int], object]) -> float:
 
 def best_of(repeat: int, fn: Callable[[], float]) -> float:
     return min(fn() for _ in range(repeat))
+
+
+@contextlib.contextmanager
+def postgres_url(url: str | None) -> Iterator[str]:
+    """*url*, or a throwaway PostgreSQL server's (tests/pgserver.py), removed afterwards."""
+    if url:
+        yield url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pgserver import PgServer
+
+    server = PgServer().start()
+    try:
+        yield server.url
+    finally:
+        server.destroy()

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import federation_env
+from _common import federation_env, postgres_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -140,18 +140,8 @@ def main() -> None:
     run("phase 4 SQLite", 4, None, args)
     if args.no_pg:
         return
-    server = None
-    url = args.pg_url
-    if not url:
-        from pgserver import PgServer
-
-        server = PgServer().start()
-        url = server.url
-    try:
+    with postgres_url(args.pg_url) as url:
         run("phase 4 PostgreSQL", 4, url, args)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from _common import federation_env
+from _common import federation_env, postgres_url
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -209,18 +209,8 @@ def main() -> None:
     if "sqlite" in args.engines:
         rows += bench_engine("SQLite", None, args.agents, args.rounds, args.stdio_max)
     if "postgresql" in args.engines:
-        server = None
-        url = args.pg_url
-        if not url:
-            from pgserver import PgServer
-
-            server = PgServer().start()
-            url = server.url
-        try:
+        with postgres_url(args.pg_url) as url:
             rows += bench_engine("PostgreSQL", url, args.agents, args.rounds, args.stdio_max)
-        finally:
-            if server is not None:
-                server.destroy()
     by = {(e, t, n): (rate, p99) for e, t, n, rate, _p50, p99, *_cpu in rows}
     for (engine, transport, n), (rate, p99) in sorted(by.items()):
         if transport == "http" and (engine, "stdio", n) in by:

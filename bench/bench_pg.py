@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import best_of
+from _common import best_of, postgres_url
 
 import bench_inbox
 import bench_votes
@@ -47,14 +47,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="inbox rounds; the best is reported")
     args = ap.parse_args()
 
-    server = None
-    url = args.pg_url
-    if not url:
-        from pgserver import PgServer
-
-        server = PgServer().start()
-        url = server.url
-    try:
+    with postgres_url(args.pg_url) as url:
         total = args.procs * args.votes
         print(f"votes: {args.procs} processes x {args.votes} votes = {total} on one poll, phase 4")
         print(f"  {'engine':12} {'seconds':>8} {'votes/s':>9} {'kept':>6}")
@@ -81,9 +74,6 @@ def main() -> None:
 
             seconds = best_of(args.rounds, one)
             print(f"  {engine:12} {seconds * 1000:8.1f} ms   {legacy / seconds:5.1f}x faster than phase 1")
-    finally:
-        if server is not None:
-            server.destroy()
 
 
 if __name__ == "__main__":

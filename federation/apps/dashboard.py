@@ -307,23 +307,10 @@ class DashboardData:
     def _status(self, since: datetime, until: datetime, hours: list[tuple[int, list[dict]]] | None
                 ) -> dict[str, Any]:
         """``rollout.status()`` of the window, its consistency summed from the hourly counts."""
-        from ..rollout._io import iso
-        from ..rollout._status import flag_record, fleet_summary
+        from ..rollout._status import status_document
 
-        flag, problem = flag_record()
-        processes = self.source.fleet()
-        data: dict[str, Any] = {"flag": flag, "fleet": processes, "fleet_summary": fleet_summary(processes),
-                                "consistency": self.hourly.consistency(hours) if hours is not None else None,
-                                "window": {"since": iso(since), "until": iso(until)},
-                                "history": self.source.history()}
-        if problem is not None:
-            data["flag_error"] = problem
-        from ..rollout._status import control_errors
-
-        skipped = control_errors()
-        if skipped:
-            data["control_errors"] = skipped
-        return data
+        summed = self.hourly.consistency(hours) if hours is not None else None
+        return status_document(self.source.fleet(), summed, since, until, self.source.history())
 
     def status(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:
         """``rollout.status(since, until)``; a window within the hours kept is summed from them."""

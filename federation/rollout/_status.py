@@ -181,11 +181,17 @@ def history(limit: int = HISTORY_LIMIT) -> list[dict]:
 def status(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
     """The ``federation rollout status --json`` object (CONTRACT)."""
     since, until = window(since, until)
+    return status_document(fleet(), consistency(since, until), since, until, history())
+
+
+def status_document(processes: list[dict], summed: Any, since: datetime, until: datetime,
+                    past: list[dict]) -> dict[str, Any]:
+    """The status object of a window from its parts (the fleet, its counts summed, the history), with
+    the flag and what the readers skipped: one shape for ``rollout status`` and the dashboard."""
     flag, problem = flag_record()
-    processes = fleet()
     data: dict[str, Any] = {"flag": flag, "fleet": processes, "fleet_summary": fleet_summary(processes),
-                            "consistency": consistency(since, until),
-                            "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": history()}
+                            "consistency": summed,
+                            "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": past}
     if problem is not None:
         data["flag_error"] = problem
     skipped = control_errors()
