@@ -22,7 +22,7 @@ import select
 import sqlite3
 import threading
 import time
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from .. import config
 
@@ -35,6 +35,21 @@ RECHECK_S = 1.0
 class Watcher(Protocol):
     def changed(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds; True as soon as something may have changed."""
+
+
+def _poll(watcher: Any, look: Callable[[], Any], timeout: float) -> bool:
+    """Look every ``watcher.INTERVAL`` seconds, up to *timeout*; True (and remembered) once what
+    *look* sees differs from ``watcher.seen``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = look()
+        if now != watcher.seen:
+            watcher.seen = now
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(watcher.INTERVAL, left))
 
 
 class FilesWatcher:
@@ -55,16 +70,7 @@ class FilesWatcher:
         return tuple(out)
 
     def changed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self._signature()
-            if now != self.seen:
-                self.seen = now
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(self.INTERVAL, left))
+        return _poll(self, self._signature, timeout)
 
 
 class SqliteWatcher:
@@ -83,16 +89,7 @@ class SqliteWatcher:
             return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def changed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self._version()
-            if now != self.seen:
-                self.seen = now
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(self.INTERVAL, left))
+        return _poll(self, self._version, timeout)
 
 
 _sqlite_conns: dict[str, tuple] = {}
