@@ -324,8 +324,9 @@ def open_folder(path: Path | str, root: Path | str) -> Iterator[int | None]:
         os.close(fd)
 
 
-def read_in(dir_fd: int, name: str, shown: object, limit: int = MAX_FILE_BYTES) -> bytes | None:
-    """The bytes of the regular file *name* in the folder *dir_fd*; None when it is gone."""
+def read_in(dir_fd: int | None, name: str | Path, shown: object, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of the regular file *name* in the folder *dir_fd* (None: *name* is a path); None when
+    it is gone."""
     try:
         fd = open_regular(name, dir_fd, shown)
     except FileNotFoundError:
@@ -384,14 +385,7 @@ def read_regular(path: Path | str, *, root: Path | None = None, limit: int = MAX
                 return read_in(dfd, name, path, limit)
         except FileNotFoundError:
             return None
-    try:
-        fd = open_regular(path)
-    except FileNotFoundError:
-        return None
-    try:
-        return _read_fd(fd, path, limit)
-    finally:
-        os.close(fd)
+    return read_in(None, path, path, limit)
 
 
 def list_dir(path: Path, *, root: Path) -> list[str]:
