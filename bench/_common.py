@@ -74,9 +74,10 @@ def best_of(repeat: int, fn: Callable[[], float]) -> float:
 
 
 @contextlib.contextmanager
-def postgres_url(url: str | None) -> Iterator[str]:
-    """*url*, or a throwaway PostgreSQL server's (tests/pgserver.py), removed afterwards."""
-    if url:
+def postgres_url(url: str | None, needed: bool = True) -> Iterator[str | None]:
+    """*url*, or a throwaway PostgreSQL server's (tests/pgserver.py), removed afterwards; *url* as it
+    is when PostgreSQL is not *needed*."""
+    if url or not needed:
         yield url
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import federation_env, run_processes
+from _common import federation_env, postgres_url, run_processes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -191,19 +191,12 @@ def main() -> None:
     from federation._logging import configure
 
     configure()  # the library's events go to stderr, not into the table
-    server = None
-    url = args.pg_url
-    if "postgresql" in args.paths and not url:
-        from pgserver import PgServer
-
-        server = PgServer().start()
-        url = server.url
-    paths = {"sqlite": ("phase 4, SQLite", 4, None), "postgresql": ("phase 4, PostgreSQL", 4, url),
-             "files": ("legacy files (phase 1)", 1, None)}
-    print(f"{args.agents} agents ({args.mcp} over MCP stdio) ticking for {args.seconds:.0f} s: "
-          "pulse, vote, send_message, set_context; latencies in ms")
-    ok = True
-    try:
+    with postgres_url(args.pg_url, needed="postgresql" in args.paths) as url:
+        paths = {"sqlite": ("phase 4, SQLite", 4, None), "postgresql": ("phase 4, PostgreSQL", 4, url),
+                 "files": ("legacy files (phase 1)", 1, None)}
+        print(f"{args.agents} agents ({args.mcp} over MCP stdio) ticking for {args.seconds:.0f} s: "
+              "pulse, vote, send_message, set_context; latencies in ms")
+        ok = True
         for name in args.paths:
             r = run_path(*paths[name], args)
             print(f"{r['label']}: {r['rate']:.1f} ticks/s ({r['ticks']} ticks; each agent ticked "
@@ -216,9 +209,6 @@ def main() -> None:
                 print(f"  {op:14} {percentile(s, .5) * 1e3:8.2f} {percentile(s, .99) * 1e3:8.2f} "
                       f"{percentile(m, .5) * 1e3:8.2f} {percentile(m, .99) * 1e3:8.2f}")
             ok = ok and r["lost"] == 0 and r["twice"] == 0 and r["votes_off"] == 0
-    finally:
-        if server is not None:
-            server.destroy()
     print("zero lost (every message received once, every vote counted): " + ("yes" if ok else "NO"))
     if not ok:
         raise SystemExit(1)

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from _common import federation_env
+from _common import federation_env, postgres_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -179,17 +179,10 @@ def main() -> None:
 
     configure()  # the library's events go to stderr, not into the table
 
-    server = None
-    url = args.pg_url
-    if "postgresql" in args.engines and not url:
-        from pgserver import PgServer
-
-        server = PgServer().start()
-        url = server.url
-    print(f"phase 4; large = {args.messages:,} messages, {args.polls:,} polls, "
-          f"{args.polls * args.votes_per_poll:,} votes, {args.sessions:,} sessions; median of {args.calls} calls")
     failed = []
-    try:
+    with postgres_url(args.pg_url, needed="postgresql" in args.engines) as url:
+        print(f"phase 4; large = {args.messages:,} messages, {args.polls:,} polls, "
+              f"{args.polls * args.votes_per_poll:,} votes, {args.sessions:,} sessions; median of {args.calls} calls")
         for engine in args.engines:
             rows = run_engine(engine, url if engine == "postgresql" else None, args)
             print(f"{engine}:")
@@ -200,9 +193,6 @@ def main() -> None:
                 if ratio > 2.0:
                     failed.append(f"{engine} {op}")
                 print(f"  {op:26} {empty * 1e6:10.0f} {large * 1e6:10.0f} {ratio:6.2f}x{mark}")
-    finally:
-        if server is not None:
-            server.destroy()
     print("target every per-tick operation within 2x of its empty-database time: "
           + ("met" if not failed else "MISSED: " + ", ".join(failed)))
 
