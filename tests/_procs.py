@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 #: Prepended to a child's code: wait until the file named by argv[1] exists, so all start together.
 WAIT_FOR_GO = """
 import os, sys, time
@@ -38,3 +40,14 @@ def finish(procs, timeout: float = 300) -> list[str]:
         assert p.returncode == 0, err[-3000:]
         outs.append(out)
     return outs
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """The first true value of *predicate*, looked at every *interval* s; AssertionError after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

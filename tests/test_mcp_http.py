@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 import pytest
+from _procs import wait_for as _wait_for
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -34,14 +35,6 @@ FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FE
         "FEDERATION_COUNTS_BUCKET": "1", "FEDERATION_FLAG_CHECK": "0.25"}
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class HttpServer:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _procs import wait_for
 from click.testing import CliRunner
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -59,16 +60,6 @@ def status_json(fed) -> dict:
     result = cli(fed, "rollout", "status", "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def edit_file_context(fed, agent: str, text: str) -> None:

@@ -13,20 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import wait_for as _wait_for
 
 from federation import context
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _counted(root: Path, pid: int, entity: str) -> int:

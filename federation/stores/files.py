@@ -496,14 +496,23 @@ def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Pat
     A file that does not parse is first re-read briefly: a legacy writer
     outside the shim may be writing it in place (counted, :func:`note_torn`).
     """
-    raw = _read_raw(path, root)
-    if raw is None:
-        return default
-    try:
-        data = parse_json_bytes(raw)
-    except ValueError as exc:
-        data = _reread_torn(path, str(exc), default, root)
-    return _of_type(data, path, expect)
+    reason = None
+    for pause in (0.0, *TORN_PAUSES):  # the read, then re-reads while the file does not parse
+        if pause:
+            time.sleep(pause)
+        raw = _read_raw(path, root)
+        if raw is None:
+            return default
+        try:
+            data = parse_json_bytes(raw)
+        except ValueError as exc:
+            reason = str(exc)
+            continue
+        if reason is not None:
+            note_torn(str(path), recovered=True)
+        return _of_type(data, path, expect)
+    note_torn(str(path), recovered=False, error=reason)
+    raise CorruptFileError(path, reason)
 
 
 def _read_raw(path: Path, root: Path | None) -> bytes | None:
@@ -567,22 +576,3 @@ def note_torn(what: str, *, recovered: bool, error: object = None) -> None:
                     detail="a writer outside the shim wrote it in place; every writer must run through the shim")
     else:
         log.warning("legacy_file_torn", file=what, outcome="unreadable", error=str(error))
-
-
-def _reread_torn(path: Path, reason: str, default: Any, root: Path | None) -> Any:
-    """Re-read *path* briefly (never through a link, never blocking); its data once it parses, else
-    :class:`CorruptFileError` (counted either way)."""
-    for pause in TORN_PAUSES:
-        time.sleep(pause)
-        raw = _read_raw(path, root)
-        if raw is None:
-            return default
-        try:
-            data = parse_json_bytes(raw)
-        except ValueError as exc:
-            reason = str(exc)
-            continue
-        note_torn(str(path), recovered=True)
-        return data
-    note_torn(str(path), recovered=False, error=reason)
-    raise CorruptFileError(path, reason)
