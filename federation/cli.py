@@ -346,8 +346,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         from .rollout._default import AUTHORITY, fleet_phase, repair_command
 
         phase = fleet_phase()
-        side = "the files" if AUTHORITY[phase] == "files" else "the database"
-        click.echo(f"NOT consistent: {side} are authoritative in phase {phase}; `{repair_command(phase)}` repairs")
+        side = "the files are" if AUTHORITY[phase] == "files" else "the database is"
+        click.echo(f"NOT consistent: {side} authoritative in phase {phase}; `{repair_command(phase)}` repairs")
     sys.exit(0 if report.consistent else 1)
 
 

@@ -45,3 +45,17 @@ def test_a_bad_moment_is_a_typed_error_everywhere(bad):
         dashboard.parse_since(bad, NOW)
     with pytest.raises(click.BadParameter):
         cli._moment(bad)
+
+
+@pytest.mark.parametrize("text, moment", [
+    ("05:58:31Z", datetime(2026, 11, 30, 5, 58, 31, tzinfo=timezone.utc)),      # earlier today
+    ("05:58:31", datetime(2026, 11, 30, 5, 58, 31, tzinfo=timezone.utc)),       # UTC unless it says otherwise
+    ("07:00:00Z", datetime(2026, 11, 29, 7, 0, 0, tzinfo=timezone.utc)),        # still to come today: yesterday's
+    ("06:30+01:00", datetime(2026, 11, 30, 5, 30, 0, tzinfo=timezone.utc)),     # a zone of its own
+])
+def test_a_time_of_day_is_the_last_such_moment(text, moment):
+    """`rollout set 3 --since 12:03:41Z`, as an operator types it: the last such moment, never one to come."""
+    now = datetime(2026, 11, 30, 6, 0, 0, tzinfo=timezone.utc)
+    assert moments.parse_moment(text, now) == moment
+    with pytest.raises(ValidationError):
+        moments.parse_moment("25:61", now)

@@ -4,7 +4,7 @@ dashboard's ``?window=7d`` and ``?since=`` (an ISO 8601 time or a duration back 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
 from ..errors import ValidationError
@@ -42,13 +42,27 @@ def parse_iso(text: Any) -> datetime | None:
 
 
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (UTC unless it says otherwise) or a duration back from *now* (90m, 12h, 7d, 2w)."""
+    """An ISO 8601 time (UTC unless it says otherwise), a time of day (``12:03:41Z``: the last one), or a
+    duration back from *now* (90m, 12h, 7d, 2w)."""
     if _DURATION.fullmatch(str(text).strip().lower()):
         try:
             return (now or datetime.now(timezone.utc)) - parse_duration(text)
         except OverflowError:  # further back than a datetime reaches: the caller's mistake
             raise ValidationError(f"{text!r} reaches before the year 1") from None
-    moment = parse_iso(text)
+    moment = parse_iso(text) or _time_of_day(text, now or datetime.now(timezone.utc))
     if moment is None:
         raise ValidationError(f"{text!r} is neither an ISO 8601 time nor a duration like 30m, 12h, 7d")
     return moment
+
+
+def _time_of_day(text: str, now: datetime) -> datetime | None:
+    """``12:03:41`` or ``12:03:41Z`` (UTC unless it says otherwise): the last such moment, today's or
+    yesterday's when today's is still to come; None when *text* is no time of day."""
+    try:
+        clock = time.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    zone = clock.tzinfo or timezone.utc
+    local = now.astimezone(zone)
+    moment = datetime.combine(local.date(), clock.replace(tzinfo=None), tzinfo=zone)
+    return moment - timedelta(days=1) if moment > local else moment
