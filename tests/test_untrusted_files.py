@@ -503,9 +503,9 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
     counts, first, last = anyio.run(scenario)
     # a leak grows with every cycle (the old write gate added three per cycle: [14, 17, 20, 23, 26, ...]);
     # a worker thread may still hold one lock file and one connection when a cycle is counted (the SDK
-    # ends idle workers on its own schedule), which is a bounded pair, not growth: five cycles of a leak
-    # of even one descriptor each would end at least 5 above the fewest
-    assert counts[-1] - min(counts) <= 2 and max(counts) - min(counts) <= 4, \
+    # ends idle workers on its own schedule; seen: one or two such pairs), which is bounded, not growth:
+    # five cycles of a leak of even one descriptor each end at least 5 above the fewest
+    assert counts[-1] - min(counts) <= 4, \
         f"descriptors grew across idle cycles: {counts}; first {first}, last {last}"
 
 
