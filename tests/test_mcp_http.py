@@ -49,7 +49,11 @@ class HttpServer:
             self.proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--http", "--port", "0", *args],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
                                          cwd=str(REPO), text=True)
-        line = _wait_for(self._listening, 60, what="the HTTP server to listen")
+        try:
+            line = _wait_for(self._listening, 60, what="the HTTP server to listen")
+        except BaseException:  # never leave a server behind a test that could not start it
+            self.stop()
+            raise
         self.url = line.split(" on ", 1)[1].split(";", 1)[0].strip()
 
     def _listening(self) -> str | None:
