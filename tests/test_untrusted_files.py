@@ -465,6 +465,7 @@ async def _settled_fds(pid: int, baseline: int, within: float = 3.0) -> int:
     return fewest
 
 
+@pytest.mark.sqlite_only  # the leak was per thread (write gate, lock files, connection): one engine shows it
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
 def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
     """A real `federation serve` (stdio) in phase 2 (files and database, so file locks, the write gate and
