@@ -34,7 +34,7 @@ from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
 from .domain.entities import (LEASES_FILE, TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS,
                               POLLS_LOCK, PROFILES, SESSIONS, check_close, check_vote, history_entry, inbox_lock,
-                              message_mismatch, node_lock, session_lock, vote_problem)
+                              message_mismatch, node_lock, session_lock, split_votes)
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 
@@ -575,14 +575,10 @@ def _valid_votes(poll_id: str, options: Any, votes: Any) -> dict[str, str]:
     if not isinstance(votes, dict):
         _skip(tree().polls_file, f"poll {poll_id!r}: its votes are not an object")
         return {}
-    out = {}
-    for voter, option in votes.items():
-        problem = vote_problem(options, option)
-        if problem is None:
-            out[voter] = option
-        else:
-            _skip(tree().polls_file, f"poll {poll_id!r}: the vote of {voter!r} is not counted: {problem}")
-    return out
+    kept, refused = split_votes(options, votes)
+    for voter, problem in refused:
+        _skip(tree().polls_file, f"poll {poll_id!r}: the vote of {voter!r} is not counted: {problem}")
+    return kept
 
 
 def load_polls() -> dict[str, dict]:

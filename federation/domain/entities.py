@@ -385,6 +385,19 @@ def vote_problem(options: Any, option: Any) -> str | None:
     return None
 
 
+def split_votes(options: Any, votes: dict) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The votes of a stored poll that count, and ``(voter, why)`` for each that does not (:func:`vote_problem`)."""
+    kept: dict[str, str] = {}
+    refused: list[tuple[str, str]] = []
+    for voter, option in votes.items():
+        problem = vote_problem(options, option)
+        if problem is None:
+            kept[voter] = option
+        else:
+            refused.append((voter, problem))
+    return kept, refused
+
+
 def check_close(poll: dict | None, poll_id: str, agent: str) -> bool:
     """Only the creator closes a poll: True when it must be closed now, False when it already is."""
     if poll is None:

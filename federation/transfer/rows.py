@@ -27,7 +27,7 @@ from ..errors import CorruptFileError
 from ..domain.entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR,
                                NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
                                SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type, message_mismatch,
-                               vote_problem)
+                               split_votes)
 from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -201,15 +201,9 @@ def _counted_votes(out: TreeRows, path: str, poll_id: str, poll: dict) -> dict:
     votes = poll.get("votes")
     if not isinstance(votes, dict) or not votes:
         return poll
-    options = poll.get("options")
-    kept = {}
-    for voter, option in votes.items():
-        problem = vote_problem(options, option)
-        if problem is None:
-            kept[voter] = option
-        else:
-            out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: the vote of {voter!r} is not "
-                                                        f"imported: {problem}"})
+    kept, refused = split_votes(poll.get("options"), votes)
+    for voter, problem in refused:
+        out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: the vote of {voter!r} is not imported: {problem}"})
     return poll if len(kept) == len(votes) else {**poll, "votes": kept}
 
 
