@@ -32,8 +32,8 @@ from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
 from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
-                              SESSIONS, check_close, check_vote, history_entry, inbox_lock, message_mismatch, node_lock,
-                              session_lock, split_votes)
+                              SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, message_mismatch,
+                              node_lock, session_lock, split_votes)
 from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
@@ -442,7 +442,7 @@ def _context(agent: str) -> dict | None:
     return _node_record(CONTEXT, agent)
 
 
-def _node_record(entity: Any, agent: str) -> dict | None:
+def _node_record(entity: Entity, agent: str) -> dict | None:
     """*agent*'s record of the node document *entity* (context or profile), or None when it has none."""
     data = read_json(tree().node_file(entity.document, agent))
     if data is None:
@@ -450,7 +450,7 @@ def _node_record(entity: Any, agent: str) -> dict | None:
     return entity.record(data, given={"agent": agent})
 
 
-def _update_node(entity: Any, agent: str, change: Callable[[dict], Any]) -> None:
+def _update_node(entity: Entity, agent: str, change: Callable[[dict], Any]) -> None:
     """Change *agent*'s node document *entity* under the node lock (a missing one starts from the defaults)."""
     t = tree()
     with locked(t, node_lock(agent)):
