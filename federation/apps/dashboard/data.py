@@ -1,43 +1,38 @@
-"""``federation dashboard``: a read-only web view of the rollout, and Prometheus metrics.
+"""What the dashboard shows, read from the control plane and the database of one federation.
 
-One Starlette application, served by uvicorn (both come with the MCP SDK):
-
-- ``/`` — one page (``dashboard_static/index.html``) that fetches
-  ``/api/dashboard`` every few seconds and updates itself in place;
-- ``/api/status`` — exactly the ``rollout status --json`` object;
-- ``/api/dashboard?window=24h|7d`` — what the page shows: the status object
-  plus hourly series, recent mismatches, the guards of the next step, row
-  counts per table and the database's state;
-- ``/metrics`` — the Prometheus text format, produced per scrape by a
-  collector over the control plane's files (no global mutable metrics).
-
-It reads; it never changes the flag.  The flag, the fleet and the counts live
-in files under ``$FEDERATION_ROOT/control/`` (:mod:`federation.rollout`), so
-they are shown while the database is down; what needs the database (row
-counts, the guards) runs off the request path with a time budget, and a
-failure or a timeout is shown as the database's state, never as a 500.
+Everything here is handed the :class:`~federation.config.Settings` of the
+federation it reads (the application builds them once when it starts serving)
+instead of reading the process's configuration, so two federations can be read
+side by side in one process.  (Three reads below still take the process's
+settings, as the functions they call take none yet: the guards, the dead-letter
+summary and the default phase of a root without a flag.)  The control plane's
+files answer while the database is down; what needs the database runs off the
+request path, with a time budget and a cache (:class:`_Bounded`).  The counts
+are summed with the rollout's own functions (``merge_counters``, ``summarise``,
+``tally``/``points``, ``status_document``): one aggregation for ``rollout
+status``, the page and ``/metrics``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from importlib import resources
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from .. import config
-from ..domain.moments import parse_duration, parse_moment
-from .._logging import library_logger
-from ..errors import ValidationError
-from ..rollout._counts import HOUR
+from ... import rollout
+from ...config import Settings
+from ...domain.moments import parse_duration, parse_moment
+from ..._logging import library_logger
+from ...errors import ValidationError
+from ...rollout import _status
+from ...rollout._counts import HOUR
 
-__all__ = ["WINDOWS", "DashboardData", "MetricsCollector", "create_app", "serve", "window_bounds"]
+__all__ = ["WINDOWS", "BadRequest", "ControlPlane", "DashboardData", "HourlyCounts", "parse_since",
+           "window_bounds", "table_counts", "dead_letters", "next_step"]
 
 log = library_logger("federation.dashboard")
 
@@ -49,15 +44,6 @@ MISMATCH_LIMIT = 50
 DB_BUDGET_S = 3.0
 #: Row counts and guards are recomputed at most this often (the guards run the report).
 DB_REFRESH_S = 10.0
-
-_STATIC = {
-    "index.html": "text/html; charset=utf-8",
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
-    "uPlot.min.css": "text/css; charset=utf-8",
-}
-
 
 class BadRequest(ValueError):
     """A query value the dashboard does not accept (answered with 400)."""
@@ -173,27 +159,25 @@ class _Bounded:
             entry.value, entry.error, entry.at, entry.pending = value, error, time.monotonic(), None
 
 
-def table_counts() -> dict[str, int] | None:
+def table_counts(settings: Settings) -> dict[str, int] | None:
     """Rows per table (as ``federation status``), None when no database was created yet."""
-    from ..stores.database import database_exists
+    from ...stores.database import database_exists
 
-    s = config.settings()
-    if not database_exists(s, ask_server=True):
+    if not database_exists(settings, ask_server=True):
         return None
-    from ..stores.sqlstore import get_store
+    from ...stores.sqlstore import get_store
 
-    return get_store(s).counts()
+    return get_store(settings).counts()
 
 
-def dead_letters() -> dict[str, Any] | None:
+def dead_letters(settings: Settings) -> dict[str, Any] | None:
     """Dead letters on the side the fleet's phase serves (count, oldest); None before any database."""
-    from .. import rollout
-    from ..messaging import dead_letter_summary
+    from ...messaging import dead_letter_summary
 
-    s = config.settings()
-    phase = s.effective_phase if s.phase_pinned else rollout.current_phase(s.root)[0]
-    if phase >= 3 and table_counts() is None:
+    phase = settings.effective_phase if settings.phase_pinned else rollout.current_phase(settings.root)[0]
+    if phase >= 3 and table_counts(settings) is None:
         return None
+    # (the summary itself reads the process's configured store: messaging takes no settings yet)
     return dead_letter_summary(phase)
 
 
@@ -259,58 +243,83 @@ class HourlyCounts:
     @staticmethod
     def consistency(hours: list[tuple[int, list[dict]]]) -> dict[str, dict]:
         """``rollout.consistency()`` of the window the hours cover."""
-        from ..rollout._status import summarise
-
-        return summarise(row for _, rows in hours for row in rows)
+        return _status.summarise(row for _, rows in hours for row in rows)
 
     @staticmethod
     def series(hours: list[tuple[int, list[dict]]]) -> dict[str, list[dict]]:
         """``rollout.series()`` (hourly) of the window the hours cover."""
-        from ..rollout._io import iso
-
         per: dict[str, dict[int, list[int]]] = {}
         for hour, rows in hours:
             for row in rows:
-                slot = per.setdefault(row["entity"], {}).setdefault(hour, [0, 0, 0])
-                slot[0] += row["comparisons"]
-                slot[1] += row["mismatches"]
-                slot[2] += row["errors"]
-        zero = (0, 0, 0)
-        return {entity: [{"start": iso(_utc(hour)), "comparisons": per[entity].get(hour, zero)[0],
-                          "mismatches": per[entity].get(hour, zero)[1], "errors": per[entity].get(hour, zero)[2]}
-                         for hour, _ in hours]
-                for entity in sorted(per)}
+                _status.tally(per, row["entity"], hour, row)
+        return _status.points(per, [hour for hour, _ in hours], timezone.utc)
 
 
 # -- the data ----------------------------------------------------------------------------
 
 
+class ControlPlane:
+    """The rollout's read functions (:mod:`federation.rollout`) for the federation of *settings*."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def fleet(self) -> list[dict]:
+        return rollout.fleet(settings=self.settings)
+
+    def history(self) -> list[dict]:
+        return rollout.history(settings=self.settings)
+
+    def counters(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+        return rollout.counters(since, until, settings=self.settings)
+
+    def recent_mismatches(self, limit: int = 100) -> list[dict]:
+        return rollout.recent_mismatches(limit, settings=self.settings)
+
+    def status(self, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+        return rollout.status(since, until, settings=self.settings)
+
+    def status_document(self, processes: list[dict], summed: Any, since: datetime, until: datetime,
+                        past: list[dict]) -> dict[str, Any]:
+        return _status.status_document(processes, summed, since, until, past, settings=self.settings)
+
+    def current_phase(self) -> tuple[int, Any, str | None]:
+        """The phase of the unpinned fleet, the flag, why the flag is unreadable: from the files alone
+        (the request path must answer while the database is down)."""
+        return rollout.current_phase(self.settings.root, ask_db=False)
+
+    def guards(self, target: int) -> list[dict]:
+        # the guards run the report over the database of the process's settings (they take none yet);
+        # the dashboard is served with those same settings
+        return rollout.guards(target)
+
+
 @dataclass
 class DashboardData:
-    """Everything the page and the metrics show, read from the control plane and the database.
+    """Everything the page and the metrics show, read from the control plane and the database of the
+    federation of *settings*; *source* reads its control plane (by default :class:`ControlPlane`)."""
 
-    *source* is the module with the control plane's read functions
-    (:mod:`federation.rollout`).
-    """
-
+    settings: Settings
     source: Any = None
     mismatch_limit: int = MISMATCH_LIMIT
     db: _Bounded = field(default_factory=_Bounded)
 
     def __post_init__(self) -> None:
         if self.source is None:
-            from .. import rollout
-
-            self.source = rollout
+            self.source = ControlPlane(self.settings)
         self.hourly = HourlyCounts(self.source)
+
+    def table_counts(self) -> dict[str, int] | None:
+        return table_counts(self.settings)
+
+    def dead_letters(self) -> dict[str, Any] | None:
+        return dead_letters(self.settings)
 
     def _status(self, since: datetime, until: datetime, hours: list[tuple[int, list[dict]]] | None
                 ) -> dict[str, Any]:
         """``rollout.status()`` of the window, its consistency summed from the hourly counts."""
-        from ..rollout._status import status_document
-
         summed = self.hourly.consistency(hours) if hours is not None else None
-        return status_document(self.source.fleet(), summed, since, until, self.source.history())
+        return self.source.status_document(self.source.fleet(), summed, since, until, self.source.history())
 
     def status(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:
         """``rollout.status(since, until)``; a window within the hours kept is summed from them."""
@@ -338,11 +347,11 @@ class DashboardData:
         status = part("status", lambda: self._status(since, until, hours))
         series = None if hours is None else self.hourly.series(hours)
         mismatches = part("mismatches", lambda: self.source.recent_mismatches(limit=self.mismatch_limit))
-        reads: dict[str, Callable[[], Any]] = {"tables": table_counts, "dead_letters": dead_letters}
+        reads: dict[str, Callable[[], Any]] = {"tables": self.table_counts, "dead_letters": self.dead_letters}
         if status is not None:
             # the phase of the unpinned fleet: the flag's, the history's last when the flag is
             # unreadable, or the default
-            current = self.source.current_phase(config.settings().root, ask_db=False)[0]
+            current = self.source.current_phase()[0]
             target = next_step(current)
             reads[f"guards-{target}"] = lambda: self.source.guards(target)
         answers = self.db.get_many(reads)  # the row counts and the guards need the database
@@ -352,7 +361,7 @@ class DashboardData:
         if status is not None:
             checks, guard_error = answers[f"guards-{target}"]
             guards = {"from": current, "to": target, "checks": checks, "error": guard_error}
-        s = config.settings()
+        s = self.settings
         return {
             "generated_at": _iso(datetime.now(timezone.utc)),
             "window": {"name": window, "since": _iso(since), "until": _iso(until),
@@ -369,271 +378,3 @@ class DashboardData:
         }
 
 
-# -- Prometheus ----------------------------------------------------------------------------
-
-
-class MetricsCollector:
-    """A prometheus_client collector: one read of the control plane per scrape.
-
-    Counters are totals over all the counts the control plane keeps (so they
-    only grow, as Prometheus expects, until ``prune`` drops old counts).  The
-    counts of hours that are over change no more: they are summed once an hour
-    and only the last two hours are read per scrape.
-    """
-
-    def __init__(self, data: DashboardData):
-        self.data = data
-        self._settled: tuple[datetime, list[dict]] | None = None
-        self._lock = threading.Lock()
-
-    def describe(self) -> list:
-        return []  # families are only known per scrape; nothing to check at registration
-
-    def totals(self, now: datetime | None = None) -> list[dict]:
-        """``counters()`` over every count kept: the settled hours (cached) plus the last two."""
-        now = now or datetime.now(timezone.utc)
-        # a process flushes its counts every few seconds: an hour that ended an hour ago is complete
-        hour = int(now.timestamp()) // HOUR * HOUR
-        settled = datetime.fromtimestamp(hour - HOUR, timezone.utc)
-        with self._lock:
-            cached = self._settled
-            if cached is None or cached[0] != settled:
-                cached = self._settled = (settled, self.data.source.counters(since=_EPOCH, until=settled))
-        from ..rollout._status import merge_counters
-
-        return merge_counters(cached[1], self.data.source.counters(since=settled, until=now))
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-        source = self.data.source
-        labels = ["entity", "phase"]
-        comparisons = CounterMetricFamily("federation_shadow_comparisons", "Shadow comparisons made", labels=labels)
-        mismatches = CounterMetricFamily("federation_shadow_mismatches", "Shadow comparisons that differed",
-                                         labels=labels)
-        errors = CounterMetricFamily("federation_shadow_errors", "Shadow reads that failed", labels=labels)
-        latency = HistogramMetricFamily("federation_shadow_latency_seconds",
-                                        "Latency of each side of a dual-phase call through the shim (reads and writes)", labels=[*labels, "side"])
-        for row in self.totals():
-            values = [row["entity"], str(row["phase"])]
-            comparisons.add_metric(values, row["comparisons"])
-            mismatches.add_metric(values, row["mismatches"])
-            errors.add_metric(values, row["errors"])
-            for side in ("files", "db"):
-                hist = (row.get("latency") or {}).get(side)
-                if hist:
-                    latency.add_metric([*values, side], _cumulative(hist), sum_value=hist["sum_ms"] / 1000.0)
-        yield from (comparisons, mismatches, errors, latency)
-
-        phase, flag, problem = source.current_phase(config.settings().root, ask_db=False)
-        yield _gauge(GaugeMetricFamily, "federation_flag_phase",
-                     "Phase of the live flag (0: no flag set, unpinned processes run phase 3)",
-                     [([], phase if flag is not None or problem else 0)])
-        yield _gauge(GaugeMetricFamily, "federation_flag_unreadable",
-                     "1 when the flag record cannot be read (processes keep their phase)",
-                     [([], 1 if problem else 0)])
-        per_phase: dict[tuple[str, str, str], int] = {}
-        for proc in source.fleet():
-            key = (str(proc["phase"]), str(proc["source"]), "true" if proc["alive"] else "false")
-            per_phase[key] = per_phase.get(key, 0) + 1
-        yield _gauge(GaugeMetricFamily, "federation_processes", "Processes of the fleet per phase in effect",
-                     sorted(per_phase.items()), ["phase", "source", "alive"])
-
-        tables, error = self.data.db.get("tables", table_counts)
-        yield _gauge(GaugeMetricFamily, "federation_database_up", "1 when the database answered the row counts",
-                     [([], 0 if error else 1)])
-        if tables:
-            yield _gauge(GaugeMetricFamily, "federation_table_rows", "Rows per table of the database",
-                         [([t], n) for t, n in tables.items()], ["table"])
-        letters, _ = self.data.db.get("dead_letters", dead_letters)
-        if letters is not None:
-            yield _gauge(GaugeMetricFamily, "federation_dead_letters",
-                         "Messages delivered the maximum number of times and never acknowledged",
-                         [([], letters["count"])])
-            yield _gauge(GaugeMetricFamily, "federation_dead_letter_oldest_age_seconds",
-                         "Age of the oldest dead letter (0 when there is none)",
-                         [([], letters["oldest_age_s"] or 0.0)])
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _gauge(cls: type, name: str, doc: str, samples: list, labels: list[str] | None = None) -> Any:
-    family = cls(name, doc, labels=labels or [])
-    for values, value in samples:
-        family.add_metric(list(values), value)
-    return family
-
-
-def _cumulative(hist: dict[str, Any]) -> list[tuple[str, float]]:
-    """The control plane's non-cumulative ms buckets as Prometheus's cumulative second buckets."""
-    buckets, running = [], 0
-    bounds = [*hist["bounds_ms"], None]
-    for bound, count in zip(bounds, hist["counts"]):
-        running += count
-        buckets.append(("+Inf" if bound is None else repr(bound / 1000.0), running))
-    return buckets
-
-
-# -- the web application -------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
-               allowed_hosts: list[str] | None = None) -> Any:
-    """The Starlette application; *allowed_hosts* limits the ``Host`` header (DNS rebinding)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
-
-    data = data or DashboardData()
-    registry = CollectorRegistry(auto_describe=False)
-    collector = MetricsCollector(data)
-    registry.register(collector)
-    static = {name: resources.files("federation.apps").joinpath("dashboard_static", name).read_bytes()
-              for name in _STATIC}
-    static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
-
-    def window_of(request: Request) -> str:
-        unknown = set(request.query_params) - {"window"}
-        if unknown:
-            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}: only window= is accepted")
-        name = request.query_params.get("window", "24h")
-        window_bounds(name)  # validates
-        return name
-
-    def page(request: Request) -> Response:
-        window_of(request)
-        return Response(static["index.html"], media_type=_STATIC["index.html"],
-                        headers={"Cache-Control": "no-store"})
-
-    def asset(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in _STATIC:
-            raise HTTPException(404, f"no such file: /static/{name}")
-        return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "max-age=3600"})
-
-    def api_status(request: Request) -> Response:
-        # like `rollout status --json [--since WHEN]`, or the page's ?window=
-        params = request.query_params
-        unknown = set(params) - {"window", "since"}
-        if unknown or ("window" in params and "since" in params):
-            raise BadRequest("/api/status takes either window= (24h or 7d) or since= (an ISO 8601 time or a "
-                             "duration like 30m, 12h, 7d)")
-        if "since" in params:
-            return JSONResponse(data.status(parse_since(params["since"])))
-        return JSONResponse(data.status(*window_bounds(window_of(request))))
-
-    def api_dashboard(request: Request) -> Response:
-        return JSONResponse(data.page(window_of(request)), headers={"Cache-Control": "no-store"})
-
-    def metrics(request: Request) -> Response:
-        if request.query_params:
-            raise BadRequest("/metrics takes no query parameters")
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    def bad_request(request: Request, exc: Exception) -> Response:
-        return _error(request, 400, str(exc))
-
-    def not_found(request: Request, exc: Exception) -> Response:
-        detail = getattr(exc, "detail", None) or f"no such page: {request.url.path}"
-        if detail == "Not Found":
-            detail = f"no such page: {request.url.path}"
-        return _error(request, getattr(exc, "status_code", 404), detail)
-
-    def crashed(request: Request, exc: Exception) -> Response:
-        # never a traceback to the browser; it goes to the log
-        log.error("dashboard_request_failed", path=request.url.path, error=str(exc), exc_info=exc)
-        return _error(request, 503, f"could not read the rollout state: {type(exc).__name__}: {exc}")
-
-    def _error(request: Request, status: int, message: str) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": message}, status_code=status)
-        return PlainTextResponse(message + "\n", status_code=status)
-
-    middleware = []
-    if allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
-    app = Starlette(
-        routes=[
-            Route("/", page, methods=["GET", "HEAD"]),
-            Route("/static/{name}", asset, methods=["GET", "HEAD"]),
-            Route("/api/status", api_status, methods=["GET"]),
-            Route("/api/dashboard", api_dashboard, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        middleware=middleware,
-        exception_handlers={BadRequest: bad_request, HTTPException: not_found, Exception: crashed},
-    )
-    app.state.data = data
-    app.state.collector = collector
-    return app
-
-
-def _warm(app: Any) -> None:
-    """Read the hours the page and the metrics need once, before the first request asks for them."""
-    try:
-        for window in WINDOWS:  # the default window first: the page asks for it first
-            app.state.data.hourly.by_hour(*window_bounds(window))
-        app.state.collector.totals()
-    except Exception as exc:  # noqa: BLE001 - only a head start; the requests report their own errors
-        log.warning("dashboard_warm_up_failed", error=str(exc))
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port), or an OSError saying why not (before anything is served)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
-          on_listening: Callable[[str], None] | None = None) -> None:
-    """Serve the dashboard until interrupted (binds to loopback unless told otherwise).
-
-    *on_listening* is called with the page's URL once the socket is bound (port 0: a free one).
-    A port in use or an unknown host raises :class:`OSError` before anything is served.
-    """
-    import uvicorn
-
-    loopback = _is_loopback(host)
-    # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
-    allowed = ["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host] if loopback else None
-    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed)
-    sock = _listen(host, port)
-    port = sock.getsockname()[1]
-    if not loopback:
-        log.warning("dashboard_exposed", host=host, port=port,
-                    detail="the dashboard has no authentication; anyone who can reach this address can read it")
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    log.info("dashboard_started", url=url)
-    if on_listening is not None:
-        on_listening(url)
-    threading.Thread(target=_warm, args=(app,), name="dashboard-warm-up", daemon=True).start()
-    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None))
-    with sock:
-        server.run(sockets=[sock])
