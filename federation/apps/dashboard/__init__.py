@@ -17,10 +17,11 @@ they are shown while the database is down; what needs the database (row
 counts, the guards) runs off the request path with a time budget, and a
 failure or a timeout is shown as the database's state, never as a 500.
 
-Its modules: :mod:`.data` (what is read, cached and summed, for one
-federation's settings), :mod:`.metrics` (the ``/metrics`` collector),
-:mod:`.app` (the routes, HTTP errors in one place, serving) and ``static/``
-(the page, its script and the chart library it ships).
+Its modules: :mod:`.data` (what is read and summed, for one federation's
+settings), :mod:`.cache` (the database's reads off the request path, with a
+time budget), :mod:`.metrics` (the ``/metrics`` collector), :mod:`.app` (the
+routes, HTTP errors in one place, serving) and ``static/`` (the page, its
+script and the chart library it ships).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ side by side in one process.  (Three reads below still take the process's
 settings, as the functions they call take none yet: the guards, the dead-letter
 summary and the default phase of a root without a flag.)  The control plane's
 files answer while the database is down; what needs the database runs off the
-request path, with a time budget and a cache (:class:`_Bounded`).  The counts
+request path, with a time budget and a cache (:mod:`.cache`).  The counts
 are summed with the rollout's own functions (``merge_counters``, ``summarise``,
 ``tally``/``points``, ``status_document``): one aggregation for ``rollout
 status``, the page and ``/metrics``.
@@ -16,9 +16,6 @@ status``, the page and ``/metrics``.
 from __future__ import annotations
 
 import threading
-import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -30,6 +27,7 @@ from ..._logging import library_logger
 from ...errors import ValidationError
 from ...rollout import _status
 from ...rollout._counts import HOUR
+from .cache import BoundedReads
 
 __all__ = ["WINDOWS", "BadRequest", "ControlPlane", "DashboardData", "HourlyCounts", "parse_since",
            "window_bounds", "table_counts", "dead_letters", "next_step"]
@@ -40,10 +38,7 @@ log = library_logger("federation.dashboard")
 WINDOWS: dict[str, timedelta] = {name: parse_duration(name) for name in ("24h", "7d")}
 #: How many recent mismatches the page lists.
 MISMATCH_LIMIT = 50
-#: Longest a request waits for the database before showing it as not answering.
-DB_BUDGET_S = 3.0
-#: Row counts and guards are recomputed at most this often (the guards run the report).
-DB_REFRESH_S = 10.0
+
 
 class BadRequest(ValueError):
     """A query value the dashboard does not accept (answered with 400)."""
@@ -77,86 +72,6 @@ def _iso(moment: datetime) -> str:
 def next_step(current: int) -> int:
     """The phase whose guards the page shows: up one, or from 4 back to 3 (the only move from there)."""
     return current + 1 if current < 4 else 3
-
-
-# -- the database, off the request path ----------------------------------------------------
-
-
-@dataclass
-class _Cached:
-    value: Any = None
-    error: str | None = None
-    at: float = 0.0
-    pending: Future | None = None
-    pending_since: float = 0.0
-
-
-class _Bounded:
-    """Run database reads in background threads, with a time budget and a cache.
-
-    A database that is down makes a PostgreSQL connect wait up to 30 s
-    (reconnecting): a request waits at most ``budget_s`` and then reports the
-    database as not answering, while the read finishes (or fails) in the
-    background.  One read per key is in flight at a time, and a request that
-    finds it already past its budget does not wait again, so a page refresh
-    stays fast while the database is away.
-    """
-
-    def __init__(self, budget_s: float = DB_BUDGET_S, max_age_s: float = DB_REFRESH_S):
-        self.budget_s = budget_s
-        self.max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._cache: dict[str, _Cached] = {}
-
-    def get(self, key: str, fn: Callable[[], Any]) -> tuple[Any, str | None]:
-        """(value, None), or (None, what went wrong)."""
-        return self.get_many({key: fn})[key]
-
-    def get_many(self, reads: dict[str, Callable[[], Any]]) -> dict[str, tuple[Any, str | None]]:
-        """:meth:`get` of several keys, run side by side within one budget."""
-        now = time.monotonic()
-        out: dict[str, tuple[Any, str | None]] = {}
-        waiting: dict[str, tuple[_Cached, Future, float]] = {}
-        with self._lock:
-            for key, fn in reads.items():
-                entry = self._cache.setdefault(key, _Cached())
-                if entry.error is None and entry.at and now - entry.at < self.max_age_s:
-                    out[key] = (entry.value, None)
-                    continue
-                if entry.pending is None:
-                    entry.pending, entry.pending_since = self._start(key, entry, fn), now
-                waiting[key] = (entry, entry.pending, entry.pending_since)
-        for key, (entry, pending, since) in waiting.items():
-            try:
-                pending.result(timeout=max(0.0, self.budget_s - (time.monotonic() - since)))
-            except FutureTimeout:
-                out[key] = (None, f"the database has not answered for {time.monotonic() - since:.0f} s")
-                continue
-            with self._lock:
-                out[key] = (entry.value, None) if entry.error is None else (None, entry.error)
-        return out
-
-    def _start(self, key: str, entry: _Cached, fn: Callable[[], Any]) -> Future:
-        # a daemon thread, not an executor's: a read stuck on a dead server must not hold up the exit
-        done: Future = Future()
-
-        def run() -> None:
-            try:
-                self._fill(entry, fn)
-            finally:
-                done.set_result(None)
-
-        threading.Thread(target=run, name=f"dashboard-db-{key}", daemon=True).start()
-        return done
-
-    def _fill(self, entry: _Cached, fn: Callable[[], Any]) -> None:
-        try:
-            value, error = fn(), None
-        except Exception as exc:  # noqa: BLE001 - any failure is the database's state, shown on the page
-            value, error = None, str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
-            log.warning("dashboard_database_error", error=error)
-        with self._lock:
-            entry.value, entry.error, entry.at, entry.pending = value, error, time.monotonic(), None
 
 
 def table_counts(settings: Settings) -> dict[str, int] | None:
@@ -302,7 +217,7 @@ class DashboardData:
     settings: Settings
     source: Any = None
     mismatch_limit: int = MISMATCH_LIMIT
-    db: _Bounded = field(default_factory=_Bounded)
+    db: BoundedReads = field(default_factory=BoundedReads)
 
     def __post_init__(self) -> None:
         if self.source is None:
