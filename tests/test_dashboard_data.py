@@ -69,7 +69,8 @@ class Served:
 def test_two_federations_read_and_served_in_one_process_each_see_their_own(fed, tmp_path):
     """DashboardData, MetricsCollector and create_app take the settings they are handed, not the
     process's: two federations in one process, the process configured for a third, each shows its own
-    flag, comparisons, mismatches, row counts and database."""
+    flag, comparisons, mismatches, row counts and database; the guards and dead letters, read with the
+    process's settings only, are refused for them rather than answered from the third."""
     from federation.apps.dashboard import DashboardData, MetricsCollector
 
     one = make_federation(fed, tmp_path / "one", fed.database_env(tmp_path / "one.db"), 3, 1, "root one")
@@ -94,6 +95,11 @@ def test_two_federations_read_and_served_in_one_process_each_see_their_own(fed, 
             assert page["database"] == {"display": settings.db_display, "engine": fed.engine, "ok": True,
                                         "error": None}
             assert len(page["mismatches"]) == edited
+            # the two reads whose functions take no settings yet say so instead of answering for the
+            # process's federation
+            assert page["guards"]["checks"] is None
+            assert "only be read for the federation this process is configured for" in page["guards"]["error"]
+            assert page["dead_letters"] is None
 
             body, _ = MetricsCollector(data).exposition()
             fams = families(body.decode())

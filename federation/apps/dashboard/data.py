@@ -3,9 +3,10 @@
 Everything here is handed the :class:`~federation.config.Settings` of the
 federation it reads (the application builds them once when it starts serving)
 instead of reading the process's configuration, so two federations can be read
-side by side in one process.  (Three reads below still take the process's
-settings, as the functions they call take none yet: the guards, the dead-letter
-summary and the default phase of a root without a flag.)  The control plane's
+side by side in one process.  (Two reads call functions that take no settings
+yet, the guards and the dead-letter summary: for another federation than the
+process's they are refused, shown as an error rather than answered wrong.  The
+default phase of a root without a flag is decided with the process's settings.)  The control plane's
 files answer while the database is down; what needs the database runs off the
 request path, with a time budget and a cache (:mod:`.cache`).  The counts
 are summed with the rollout's own functions (``merge_counters``, ``summarise``,
@@ -20,11 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from ... import rollout
+from ... import config, rollout
 from ...config import Settings
 from ...domain.moments import parse_duration, parse_moment
 from ..._logging import library_logger
-from ...errors import ValidationError
+from ...errors import ConfigError, ValidationError
 from ...rollout import _status
 from ...rollout._counts import HOUR
 from .cache import BoundedReads
@@ -92,7 +93,7 @@ def dead_letters(settings: Settings) -> dict[str, Any] | None:
     phase = settings.effective_phase if settings.phase_pinned else rollout.current_phase(settings.root)[0]
     if phase >= 3 and table_counts(settings) is None:
         return None
-    # (the summary itself reads the process's configured store: messaging takes no settings yet)
+    only_with_process_settings(settings, "the dead letters")
     return dead_letter_summary(phase)
 
 
@@ -204,9 +205,17 @@ class ControlPlane:
         return rollout.current_phase(self.settings.root, ask_db=False)
 
     def guards(self, target: int) -> list[dict]:
-        # the guards run the report over the database of the process's settings (they take none yet);
-        # the dashboard is served with those same settings
+        only_with_process_settings(self.settings, "the guards of the next step")
         return rollout.guards(target)
+
+
+def only_with_process_settings(settings: Settings, what: str) -> None:
+    """Refuse a read whose functions take no settings yet (they read the process's) when *settings* are
+    another federation's: its error on the page, rather than another federation's answer as this one's.
+    ``federation dashboard`` is handed the process's own settings, so it never refuses there."""
+    if settings != config.settings():
+        raise ConfigError(f"{what} can only be read for the federation this process is configured for "
+                          f"({config.settings().root}), not {settings.root}")
 
 
 @dataclass
