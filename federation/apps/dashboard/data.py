@@ -3,15 +3,17 @@
 Everything here is handed the :class:`~federation.config.Settings` of the
 federation it reads (the application builds them once when it starts serving)
 instead of reading the process's configuration, so two federations can be read
-side by side in one process.  (Two reads call functions that take no settings
+side by side in one process.  Two reads call functions that take no settings
 yet, the guards and the dead-letter summary: for another federation than the
-process's they are refused, shown as an error rather than answered wrong.  The
-default phase of a root without a flag is decided with the process's settings.)  The control plane's
-files answer while the database is down; what needs the database runs off the
-request path, with a time budget and a cache (:mod:`.cache`).  The counts
-are summed with the rollout's own functions (``merge_counters``, ``summarise``,
-``tally``/``points``, ``status_document``): one aggregation for ``rollout
-status``, the page and ``/metrics``.
+process's they are refused, shown as an error rather than answered wrong (and
+the default phase of a root without a flag is decided with the process's
+settings).
+
+The control plane's files answer while the database is down; what needs the
+database runs off the request path, with a time budget and a cache
+(:mod:`.cache`).  The counts are summed with the rollout's own functions
+(``merge_counters``, ``summarise``, ``tally``/``points``, ``status_document``):
+one aggregation for ``rollout status``, the page and ``/metrics``.
 """
 
 from __future__ import annotations
