@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "settings", "override", "set_overrides", "clear_overrides", "phase_env", "reset",
+__all__ = ["Settings", "settings", "settings_with", "override", "set_overrides", "clear_overrides", "phase_env", "reset",
            "default_root", "MAX_CONTENT_BYTES"]
 
 #: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
@@ -136,6 +136,23 @@ def settings() -> Settings:
     with _lock:
         _cached = value
     return value
+
+
+def settings_with(values: Mapping[str, object]) -> Settings:
+    """The settings of the environment and the current overrides with *values* on top, validated.
+
+    Nothing is cached or overridden: the CLI builds one invocation's settings with its ``--root`` /
+    ``--db`` and hands them to the command (alembic's ``command.upgrade(config, ...)``), so a second
+    federation in the same process is not moved by it.  A value of ``None`` hides the variable.
+    """
+    checked = _checked(values)
+    env = os.environ
+    merged: dict[str, str] = {}
+    for key in _VARS:
+        value = checked[key] if key in checked else _overrides[key] if key in _overrides else env.get(key)
+        if value is not None:
+            merged[key] = value
+    return _parse(merged)
 
 
 def _checked(values: Mapping[str, object]) -> dict[str, str | None]:
