@@ -1,10 +1,12 @@
 """Configuration, read from the environment in one place.
 
 Every value is validated when read; a bad value raises :class:`ConfigError`
-naming the variable and the accepted values.  The CLI, tests and benchmarks
-override values with :func:`set_overrides` (for the rest of the process) or
-:func:`override` (for a ``with`` block); :func:`phase_env` is the one mapping
-of a rollout phase to its variables.
+naming the variable and the accepted values.  Tests and benchmarks override
+values with :func:`set_overrides` (for the rest of the process) or
+:func:`override` (for a ``with`` block); :func:`settings_with` builds settings
+from given values without overriding anything (the CLI hands them to the
+commands, which take ``settings=``); :func:`phase_env` is the one mapping of a
+rollout phase to its variables.
 """
 
 from __future__ import annotations
