@@ -834,7 +834,8 @@ def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[d
     Phase 1 keeps no read receipts: these are the messages this process sent
     (in memory, as the history), each with ``read_at`` None.
     """
-    mine = sorted((m for m in _sent.get(tree().root, ()) if m["sender"] == agent), key=lambda m: (str(m["timestamp"]), m["id"]))
+    mine = sorted((m for m in _sent.get(tree().root, ()) if m["sender"] == agent),
+                  key=lambda m: (str(m["timestamp"]), m["id"]))
     if before is not None:
         cut = next((i for i, m in enumerate(mine) if m["id"] == before), None)
         if cut is None:
