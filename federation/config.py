@@ -21,8 +21,7 @@ from typing import Iterator, Mapping
 from .errors import ConfigError
 
 __all__ = ["Settings", "settings", "settings_with", "override", "set_overrides", "clear_overrides", "phase_env",
-           "reset",
-           "default_root", "MAX_CONTENT_BYTES"]
+           "reset", "default_root", "MAX_CONTENT_BYTES"]
 
 #: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
 MAX_CONTENT_BYTES = 64 * 1024
