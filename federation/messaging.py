@@ -148,16 +148,19 @@ def dead_letters(agent: str) -> list[dict]:
     return core.load_dead_letters(agent, now=_clock.now(), max_attempts=config.max_attempts())
 
 
-def dead_letter_summary(phase: int) -> dict:
+def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) -> dict:
     """Every agent's dead letters on the side that serves *phase* (for doctor, the dashboard, /metrics):
-    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call."""
+    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call.
+
+    *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
+    files of phases 1-2 are read through ``core``, which follows the configured root."""
     from datetime import datetime, timezone
 
     now, maximum = _clock.now(), config.max_attempts()
     if phase >= 3:
         from .stores.sqlstore import get_store
 
-        letters = get_store().load_dead_letters(None, now, maximum)
+        letters = get_store(settings).load_dead_letters(None, now, maximum)
     else:
         read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
         letters = read_files(None, now, maximum)

@@ -21,7 +21,8 @@ HISTORY_LIMIT = 100
 
 
 def _root(settings: config.Settings | None = None) -> Path:
-    """The root of *settings* (handed by a caller serving one federation, as the dashboard), else the process's."""
+    """The root of *settings*; without them, of the configured federation (each public reader takes
+    ``settings=`` so that a command reads the federation it was handed)."""
     return (settings or config.settings()).root
 
 
@@ -112,10 +113,10 @@ def consistency(since: datetime | None = None, until: datetime | None = None, *,
 
 
 def totals(since: datetime | None = None, until: datetime | None = None,
-           phases: tuple[int, ...] | None = None) -> dict[str, Any]:
+           phases: tuple[int, ...] | None = None, *, settings: config.Settings | None = None) -> dict[str, Any]:
     """Comparisons, mismatches, errors and rate summed over every entity (of *phases*, default all)."""
     comparisons = mismatches = errors = 0
-    for c in counters(since, until):
+    for c in counters(since, until, settings=settings):
         if phases is None or c["phase"] in phases:
             comparisons += c["comparisons"]
             mismatches += c["mismatches"]
@@ -125,7 +126,7 @@ def totals(since: datetime | None = None, until: datetime | None = None,
 
 
 def series(since: datetime | None = None, until: datetime | None = None,
-           bucket_seconds: int = 3600) -> dict[str, list[dict]]:
+           bucket_seconds: int = 3600, *, settings: config.Settings | None = None) -> dict[str, list[dict]]:
     """Per entity, one point per bucket over the window (zero-filled), oldest first.
 
     A point is ``{"start": ISO 8601, "comparisons", "mismatches", "errors"}``.
@@ -139,7 +140,7 @@ def series(since: datetime | None = None, until: datetime | None = None,
     last = int(until.timestamp())
     starts = list(range(first, last + 1, bucket_seconds)) or [first]
     per: dict[str, dict[int, list[int]]] = {}
-    for cell in _counts.read_cells(_root(), since, until):
+    for cell in _counts.read_cells(_root(settings), since, until):
         tally(per, str(cell.get("entity")), int(float(cell["start"])) // bucket_seconds * bucket_seconds, cell)
     return points(per, starts, since.tzinfo)
 
@@ -192,10 +193,12 @@ def history(limit: int = HISTORY_LIMIT, *, settings: config.Settings | None = No
 
 def status(since: datetime | None = None, until: datetime | None = None, *,
            settings: config.Settings | None = None) -> dict[str, Any]:
-    """The ``federation rollout status --json`` object (CONTRACT)."""
+    """The ``federation rollout status --json`` object (CONTRACT) of *settings*' federation (default: the
+    configured one)."""
+    s = settings or config.settings()
     since, until = window(since, until)
-    return status_document(fleet(settings=settings), consistency(since, until, settings=settings), since, until,
-                           history(settings=settings), settings=settings)
+    return status_document(fleet(settings=s), consistency(since, until, settings=s), since, until,
+                           history(settings=s), settings=s)
 
 
 def status_document(processes: list[dict], summed: Any, since: datetime, until: datetime,

@@ -65,16 +65,20 @@ def _summary(report: Report) -> str:
     return "; ".join(parts)
 
 
-def archive_legacy(dest: Path, *, root: Path | None = None) -> ArchiveResult:
-    """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files."""
-    root = Path(root) if root is not None else config.settings().root
+def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings | None = None) -> ArchiveResult:
+    """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files.
+
+    *settings*: the federation archived (default: the configured one); *root*, when given, wins over its root.
+    """
+    settings = settings or config.settings()
+    root = Path(root) if root is not None else settings.root
     dest = Path(dest).absolute()
     if dest.exists():
         raise ConflictError(f"{dest} already exists: choose a new archive name")
-    report = build_report(root)
+    report = build_report(root, settings=settings)
     if not report.consistent:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
-                            f"({_summary(report)}). Run `federation report`, repair with `{_repair()}`, "
+                            f"({_summary(report)}). Run `federation report`, repair with `{_repair(settings)}`, "
                             "and try again")
     dirs, files = legacy_paths(root, exclude=dest)
     digests: dict[str, str] = {}
@@ -137,8 +141,8 @@ def _verify(archive: Path, digests: dict[str, str]) -> None:
                            "nothing was removed")
 
 
-def _repair() -> str:
+def _repair(settings: config.Settings) -> str:
     """The sync that is safe in the fleet's phase (archiving is phase 4's step: the files are rewritten)."""
     from ..rollout._default import fleet_phase, repair_command
 
-    return repair_command(fleet_phase())
+    return repair_command(fleet_phase(settings))

@@ -102,12 +102,14 @@ class Sides:
     db: dict[str, dict[tuple, tuple]]
 
 
-def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False) -> Sides:
+def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False,
+               settings: config.Settings | None = None) -> Sides:
     """Read the legacy tree under *root* and the database as rows (never writes to either).
 
-    A SQLite database that does not exist yet reads as empty, and is not created.
+    A SQLite database that does not exist yet reads as empty, and is not created.  *settings*: the
+    federation read (default: the configured one); *root*, when given, wins over its root.
     """
-    settings = config.settings()
+    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
@@ -124,19 +126,21 @@ def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
 
 
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
-                 diff_limit: int = DIFF_LIMIT, recheck: bool = False) -> Report:
+                 diff_limit: int = DIFF_LIMIT, recheck: bool = False,
+                 settings: config.Settings | None = None) -> Report:
     """Compare the legacy tree under *root* with the database (never writes to either).
 
     A SQLite database that does not exist yet is compared as empty, and not created.
     recheck: re-read each difference under its document's lock before reporting it (a write in
-    flight is not a difference; :func:`recheck_differences`).
+    flight is not a difference; :func:`recheck_differences`).  *settings*: the federation compared
+    (default: the configured one, read once here and handed down).
     """
-    settings = config.settings()
+    settings = settings or config.settings()
     if recheck and store is None and database_exists(settings):
         from ..stores.sqlstore import get_store
 
         store = get_store(settings)
-    sides = read_sides(root, store=store, progress=progress)
+    sides = read_sides(root, store=store, progress=progress, settings=settings)
     report = compare_sides(sides, diff_limit)
     if recheck and not report.consistent:
         report = recheck_differences(Path(root) if root is not None else settings.root, sides, report, store)
@@ -260,14 +264,16 @@ def only_documents(rows: TreeRows, docs: set[Doc]) -> TreeRows:
 SHADOW_EVENTS = ("shadow_mismatch", "shadow_error")
 
 
-def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
+def summarise_log(path: Path, report: Report | None = None, *,
+                  settings: config.Settings | None = None) -> dict[str, Any]:
     """Count ``shadow_mismatch`` / ``shadow_error`` events per entity in a JSON-lines log.
 
     The consistency rate is ``1 - mismatches / comparisons`` of the comparisons
     the fleet counted (``rate_source: "counted"``).  Without counts it falls
     back to the share of records (the rows of both sides now, from *report*)
     that had no shadow event in the period (``rate_source: "records"``, also
-    kept as ``records_rate``); ``None`` when unknown.
+    kept as ``records_rate``); ``None`` when unknown.  *settings*: the federation whose counts are
+    read (default: the configured one).
     """
     per: dict[str, dict[str, Any]] = {}
     first = last = None
@@ -316,11 +322,11 @@ def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
     summary = {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
                "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
                "entities": entities, "consistency_rate": overall, "rate_source": "records"}
-    _use_counts(summary, first)
+    _use_counts(summary, first, settings or config.settings())
     return summary
 
 
-def _use_counts(summary: dict[str, Any], first: str | None) -> None:
+def _use_counts(summary: dict[str, Any], first: str | None, settings: config.Settings) -> None:
     """Put the fleet's counted comparisons (``federation rollout``) in place of the records proxy.
 
     The window starts at the hour of the log's first shadow event (the last
@@ -343,7 +349,7 @@ def _use_counts(summary: dict[str, Any], first: str | None) -> None:
         since = until - timedelta(hours=24)
     else:  # the whole hour: counts are kept per bucket, and the log's period is approximate anyway
         since = since.replace(minute=0, second=0, microsecond=0)
-    counted = rollout.consistency(since, until)
+    counted = rollout.consistency(since, until, settings=settings)
     entities = summary["entities"]
     for slot in entities.values():
         slot["records_rate"] = slot["consistency_rate"]

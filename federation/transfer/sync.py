@@ -65,7 +65,7 @@ class SyncResult:
 
 
 def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
-         reason: str | None = None) -> SyncResult:
+         reason: str | None = None, settings: config.Settings | None = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
     Each differing document is decided again and repaired under its file lock
@@ -76,19 +76,20 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     authoritative in the fleet's current phase (the files in 1-2, the database
     in 3-4): that would put the stale side's content over what agents were
     told succeeded.  *force* with a *reason* overrides; a dry run is never refused.
+    *settings*: the federation repaired (default: the configured one).
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
-    settings = config.settings()
+    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     if not dry_run:
-        check_direction(to, force=force, reason=reason)
+        check_direction(to, force=force, reason=reason, settings=settings)
     if store is None and (not dry_run or database_exists(settings)):
         from ..stores.sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     tree = Tree(root)
-    sides = read_sides(root, store=store)  # no lock: candidates only, decided again under the locks
+    sides = read_sides(root, store=store, settings=settings)  # no lock: candidates only, decided again under the locks
     report = compare_sides(sides)
     if dry_run:
         changes = _db_plan(sides, report)[0] if to == "db" else _to_files(store, tree, sides, report, apply=False)
@@ -110,13 +111,16 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     return result
 
 
-def check_direction(to: str, *, force: bool = False, reason: str | None = None) -> int:
-    """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise."""
+def check_direction(to: str, *, force: bool = False, reason: str | None = None,
+                    settings: config.Settings | None = None) -> int:
+    """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise.
+
+    *settings*: the federation whose fleet is asked (default: the configured one)."""
     from ..rollout._default import authority, fleet_phase
 
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason: say why the authoritative side is overwritten (it is recorded)")
-    phase = fleet_phase()
+    phase = fleet_phase(settings)
     side = authority(phase)
     if to == side and not force:
         other = "files" if side == "db" else "db"
