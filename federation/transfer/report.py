@@ -2,8 +2,8 @@
 
 ``federation report`` = ``python scripts/consistency_report.py``.  Table by
 table: row counts, keys missing on either side, and records that differ, with
-a field-level diff of the first few (the shim's own :func:`shim.normalize` and
-:func:`shim.field_diff`, so the report and the shadow reads agree on what
+a field-level diff of the first few (:mod:`federation.domain.compare`, the
+comparison the shim's shadow reads are given too, so both agree on what
 "equal" means).  Only unread messages have a file counterpart.
 
 :func:`summarise_log` reads a structlog JSON-lines file and counts the
@@ -19,13 +19,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from shim import field_diff, normalize
-
 from .. import config
 from .rows import (BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db, read_db_documents,
                    read_files, read_tree)
 from ..stores.database import database_exists
 from ..stores.files import Tree, locked
+from ..domain.compare import field_diff, normalize
 from ..domain.entities import MESSAGES, Entity, document_lock
 from ..errors import FileStorageError
 
