@@ -212,14 +212,11 @@ def test_the_package_tree_is_the_architecture():
 LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
 #: The public API: above every layer but the applications.
 API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
-#: Left: the report's log summary (`report --log`) reads the rollout's counts; it belongs in the rollout.
-#: sync and archive ask the rollout which side is authoritative in the fleet's phase (issue 15: a repair
-#: never writes over it), and doctor reads the dead-letter summary of the public messaging API (issue 19);
-#: to be inverted (the caller passing the phase / the summary moving below the API).
-KNOWN_UP = {"federation.transfer.report -> federation.rollout._status",
-            "federation.transfer.sync -> federation.rollout._default",
-            "federation.transfer.archive -> federation.rollout._default",
-            "federation.operations.doctor -> federation.messaging"}
+#: Arrows that still point up, to be inverted: none.  The report's log summary (`report --log`), which reads
+#: the rollout's counts, is the rollout's (rollout._log_summary); sync and archive are handed the fleet's
+#: phase by their caller and apply the domain's rule (domain.authority); doctor reads the dead-letter
+#: summary from the stores (stores.dead_letters), which the public messaging API names too.
+KNOWN_UP: set[str] = set()
 
 
 def _layer(module: str) -> int | None:
