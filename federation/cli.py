@@ -316,7 +316,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     they differ, 2 on a usage error, 3 when the database (or the files)
     cannot be opened or read.
     """
-    from .transfer.report import build_report, summarise_log
+    from .rollout._log_summary import summarise_log
+    from .transfer.report import build_report
 
     s = _settings()
     try:
@@ -388,12 +389,15 @@ def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str
     The other direction is refused unless `--force --reason TEXT`.
     Exit 0 done, 1 failure or refused, 2 usage.
     """
+    from .rollout._default import fleet_phase
     from .transfer.sync import sync
 
     if reason is not None and not force:
         raise click.UsageError("--reason goes with --force")
     s = _settings()
-    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason, settings=s))
+    # the fleet's phase decides which side is authoritative: the repair never writes over it unforced
+    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason, settings=s,
+                                 phase=None if dry_run else fleet_phase(s)))
     if not dry_run:
         _record_sync(s, to, len(result.changes), forced=force, reason=reason)
     if as_json:
@@ -413,9 +417,11 @@ def archive_command(dest: str) -> None:
 
     Refuses (exit 1) unless the consistency report says files and database agree.
     """
+    from .rollout._default import fleet_phase
     from .transfer.archive import archive_legacy
 
-    result = _guard(lambda: archive_legacy(dest, settings=_settings()))
+    s = _settings()
+    result = _guard(lambda: archive_legacy(dest, settings=s, phase=fleet_phase(s)))
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
                f"removed {result.removed}")
     _listing("kept (changed after they were archived)", result.kept)

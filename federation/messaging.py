@@ -6,6 +6,7 @@ import time
 
 from .domain import validate as v
 from .domain import clock as _clock
+from .stores import dead_letters as _dead_letters
 from . import _wiring, config, core
 from ._logging import library_logger
 from .errors import StorageError, ValidationError
@@ -154,21 +155,7 @@ def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) 
 
     *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
     files of phases 1-2 are read through ``core``, which follows the configured root."""
-    from datetime import datetime, timezone
-
-    now, maximum = _clock.now(), config.max_attempts()
-    if phase >= 3:
-        from .stores.sqlstore import get_store
-
-        letters = get_store(settings).load_dead_letters(None, now, maximum)
-    else:
-        read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
-        letters = read_files(None, now, maximum)
-    oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
-    age = None
-    if oldest is not None:
-        age = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds())
-    return {"count": len(letters), "oldest_dead_at": oldest, "oldest_age_s": age}
+    return _dead_letters.dead_letter_summary(phase, settings=settings)
 
 
 def peek_inbox(agent: str) -> list[dict]:

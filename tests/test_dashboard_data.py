@@ -69,7 +69,7 @@ class Served:
 def test_two_federations_read_and_served_in_one_process_each_see_their_own(fed, tmp_path):
     """DashboardData, MetricsCollector and create_app take the settings they are handed, not the
     process's: two federations in one process, the process configured for a third, each shows its own
-    flag, comparisons, mismatches, row counts and database; the guards and dead letters, read with the
+    flag, comparisons, mismatches, row counts, database and guards; the files' dead letters, read with the
     process's settings only, are refused for them rather than answered from the third."""
     from federation.apps.dashboard import DashboardData, MetricsCollector
 
@@ -95,10 +95,12 @@ def test_two_federations_read_and_served_in_one_process_each_see_their_own(fed, 
             assert page["database"] == {"display": settings.db_display, "engine": fed.engine, "ok": True,
                                         "error": None}
             assert len(page["mismatches"]) == edited
-            # the two reads whose functions take no settings yet say so instead of answering for the
-            # process's federation
-            assert page["guards"]["checks"] is None
-            assert "only be read for the federation this process is configured for" in page["guards"]["error"]
+            # the guards of the next step are judged on this federation (backfilled: its own migrate ran)
+            assert page["guards"]["error"] is None and page["guards"]["to"] == 2, page["guards"]
+            checks = {c["name"]: c for c in page["guards"]["checks"]}
+            assert checks["backfilled"]["ok"], checks
+            # the one read that follows the process's configured root (the files' dead letters) says so
+            # instead of answering for the process's federation
             assert page["dead_letters"] is None
 
             body, _ = MetricsCollector(data).exposition()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from federation import config, messaging
+from federation import config, messaging, rollout
 from federation.cli import main
 from federation.domain.generate import generate
 from federation.errors import FederationError
@@ -101,8 +101,8 @@ def test_each_command_sees_only_the_federation_it_was_handed(two, tmp_path):
     lost = sorted((sb.root / "nodes").glob("*/inbox/*.json"))[0]
     lost.unlink()
     assert not build_report(settings=sb).consistent and build_report(settings=sa).consistent
-    assert sync("files", settings=sa).changes == []
-    changed = sync("files", settings=sb).changes
+    assert sync("files", settings=sa, phase=rollout.fleet_phase(sa)).changes == []
+    changed = sync("files", settings=sb, phase=rollout.fleet_phase(sb)).changes
     assert len(changed) == 1 and lost.exists(), [str(c) for c in changed]
     assert build_report(settings=sb).consistent
 

@@ -231,7 +231,7 @@ def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check
     not a failure (the store is fine; an agent could not finish them)."""
     if not readable:
         return Check("dead_letters", True, "not counted: the database cannot be read")
-    from ..messaging import dead_letter_summary
+    from ..stores.dead_letters import dead_letter_summary
 
     summary = dead_letter_summary(phase, settings=s)
     if not summary["count"]:

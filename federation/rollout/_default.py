@@ -1,9 +1,10 @@
-"""The phase of a process that neither its environment nor the live flag pins, and each phase's authority.
+"""The phase of a process that neither its environment nor the live flag pins, and the fleet's phase.
 
 Phase 3 is the default, except on an upgrade not done yet: legacy files
 beside a database that was never backfilled from them (or none at all).
 There the default is phase 1, the files, so that agents started on an
 existing tree before anyone set the flag keep working as they did.
+Each phase's authoritative side is the domain's rule (:mod:`federation.domain.authority`).
 """
 
 from __future__ import annotations
@@ -11,20 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from ..domain.authority import AUTHORITY, authority, repair_command  # noqa: F401 - the rule, named here too
 from . import _flag
-
-#: the side whose content wins in each phase: files first in 1-2, the database first in 3-4
-AUTHORITY = {1: "files", 2: "files", 3: "db", 4: "db"}
-
-
-def authority(phase: int) -> str:
-    """``"files"`` or ``"db"``: the side that is authoritative in *phase*."""
-    return AUTHORITY[phase]
-
-
-def repair_command(phase: int) -> str:
-    """The one ``sync`` that is safe in *phase*: it rewrites the side that is not authoritative."""
-    return "federation sync --to " + ("db" if AUTHORITY[phase] == "files" else "files")
 
 
 def fleet_phase(settings: config.Settings | None = None) -> int:

@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 from .. import config
+from ..domain.authority import repair_command
 from ..stores.files import read_regular
 from ..errors import ConflictError, StorageError
 from .report import Report, build_report
@@ -65,10 +66,13 @@ def _summary(report: Report) -> str:
     return "; ".join(parts)
 
 
-def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings | None = None) -> ArchiveResult:
+def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings | None = None,
+                   phase: int | None = None) -> ArchiveResult:
     """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files.
 
     *settings*: the federation archived (default: the configured one); *root*, when given, wins over its root.
+    *phase*: the fleet's current phase (``federation archive-legacy`` passes the rollout's), so that
+    a refusal names the repair that is safe in it.
     """
     settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
@@ -78,7 +82,7 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
     report = build_report(root, settings=settings)
     if not report.consistent:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
-                            f"({_summary(report)}). Run `federation report`, repair with `{_repair(settings)}`, "
+                            f"({_summary(report)}). Run `federation report`, repair with {_repair(phase)}, "
                             "and try again")
     dirs, files = legacy_paths(root, exclude=dest)
     digests: dict[str, str] = {}
@@ -141,8 +145,8 @@ def _verify(archive: Path, digests: dict[str, str]) -> None:
                            "nothing was removed")
 
 
-def _repair(settings: config.Settings) -> str:
+def _repair(phase: int | None) -> str:
     """The sync that is safe in the fleet's phase (archiving is phase 4's step: the files are rewritten)."""
-    from ..rollout._default import fleet_phase, repair_command
-
-    return repair_command(fleet_phase(settings))
+    if phase is None:  # not told: the report names it
+        return "the `federation sync` it names"
+    return f"`{repair_command(phase)}`"

@@ -3,11 +3,10 @@
 Everything here is handed the :class:`~federation.config.Settings` of the
 federation it reads (the application builds them once when it starts serving)
 instead of reading the process's configuration, so two federations can be read
-side by side in one process.  Two reads call functions that take no settings
-yet, the guards and the dead-letter summary: for another federation than the
-process's they are refused, shown as an error rather than answered wrong (and
-the default phase of a root without a flag is decided with the process's
-settings).
+side by side in one process.  One read still follows the process's configured
+root, the dead letters of the files (phases 1-2, read through ``core``): for
+another federation than the process's it is refused, shown as an error rather
+than answered wrong.
 
 The control plane's files answer while the database is down; what needs the
 database runs off the request path, with a time budget and a cache
@@ -95,8 +94,9 @@ def dead_letters(settings: Settings) -> dict[str, Any] | None:
     phase = settings.effective_phase if settings.phase_pinned else rollout.current_phase(settings.root)[0]
     if phase >= 3 and table_counts(settings) is None:
         return None
-    only_with_process_settings(settings, "the dead letters")
-    return dead_letter_summary(phase)
+    if phase < 3:  # the files of phases 1-2 are read through ``core``, which follows the configured root
+        only_with_process_settings(settings, "the dead letters of the files")
+    return dead_letter_summary(phase, settings=settings)
 
 
 # -- the counts, per clock hour ------------------------------------------------------------
@@ -207,8 +207,7 @@ class ControlPlane:
         return rollout.current_phase(self.settings.root, ask_db=False)
 
     def guards(self, target: int) -> list[dict]:
-        only_with_process_settings(self.settings, "the guards of the next step")
-        return rollout.guards(target)
+        return rollout.guards(target, settings=self.settings)
 
 
 def only_with_process_settings(settings: Settings, what: str) -> None:
