@@ -99,7 +99,7 @@ def test_phase_2_sync_to_files_is_refused_and_reverts_nothing(fed):
 def test_sync_called_from_python_with_the_fleets_phase_refuses_the_same_way(fed, tmp_path):
     """The CLI hands transfer.sync.sync the fleet's phase (the rollout's question, asked above the transfer
     layer); from Python, handed phase 2, `to="files"` raises AuthoritativeSideError naming the files and
-    writes nothing; `to="db"` repairs. archive-legacy handed the phase names the same safe repair."""
+    writes nothing; without a phase both sides are refused (ConfigError); `to="db"` repairs. archive-legacy handed the phase names the same safe repair."""
     from federation.errors import AuthoritativeSideError, ConfigError, ConflictError
     from federation.transfer.archive import archive_legacy
     from federation.transfer.sync import sync
@@ -113,6 +113,9 @@ def test_sync_called_from_python_with_the_fleets_phase_refuses_the_same_way(fed,
         sync("files", phase=2)
     with pytest.raises(ConfigError, match="--force needs --reason"):
         sync("files", phase=2, force=True)
+    for side in ("files", "db"):  # not told the phase: neither side may be written
+        with pytest.raises(ConfigError, match=r"needs the fleet's phase.*rollout.fleet_phase\(\)"):
+            sync(side)
     assert path.read_bytes() == before
     with pytest.raises(ConflictError, match="repair with `federation sync --to db`"):
         archive_legacy(tmp_path / "a.tar.gz", phase=2)

@@ -15,14 +15,17 @@ from ..domain import clock as _clock
 __all__ = ["dead_letter_summary"]
 
 
-def dead_letter_summary(phase: int) -> dict:
+def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) -> dict:
     """Every agent's dead letters on the side that serves *phase*:
-    ``{"count", "oldest_dead_at", "oldest_age_s"}``."""
+    ``{"count", "oldest_dead_at", "oldest_age_s"}``.
+
+    *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
+    files of phases 1-2 are read through ``core``, which follows the configured root."""
     now, maximum = _clock.now(), config.max_attempts()
     if phase >= 3:
         from .sqlstore import get_store
 
-        letters = get_store().load_dead_letters(None, now, maximum)
+        letters = get_store(settings).load_dead_letters(None, now, maximum)
     else:
         from .. import core  # the module, not its names: the shim is installed on it
 
