@@ -1,10 +1,11 @@
-"""What the shim needs from the federation: the phase, the SQL store, the file locks."""
+"""What the shim needs from the federation: the phase, the SQL store, the file locks, the comparison."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from . import config, core
+from .domain.compare import record_diff
 from .stores.protocol import Store
 
 
@@ -41,7 +42,7 @@ def hooks(control: bool = True) -> dict:
     phase 3) and every dual-phase call counted, else the phase from the environment only, nothing
     counted (the behaviour before the control plane; benchmarks compare the two)."""
     hooks = {"candidate": candidate, "mode": env_mode, "lock": core.file_lock, "spec": core.SHIM_SPEC,
-             "observers": ()}
+             "observers": (), "differ": record_diff}  # the consistency report's comparison: both agree
     if control:
         from .rollout._runtime import RUNTIME, observe
 

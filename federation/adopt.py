@@ -57,6 +57,7 @@ from shim import DB, FILES, Experiment, Observation, Outcome, Phase, Spec, delta
 
 from .domain import clock as _clock
 from .domain import layout as _layout
+from .domain.compare import record_diff
 from .stores import files as _files
 from . import core, rollout
 from ._logging import library_logger
@@ -194,8 +195,8 @@ class _Adoption:
         self.name = module.__name__
         self.originals: dict[str, Callable] = {}
         self.plans: dict[str, _Plan] = {}
-        # the shim's own publishing (events, then observers): mismatches logged and counted as for our core
-        self.experiment = Experiment(module, candidate, rollout.mode, None, (rollout.observe,))
+        # the shim's own publishing (events, then observers): mismatches compared, logged and counted as for our core
+        self.experiment = Experiment(module, candidate, rollout.mode, None, (rollout.observe,), record_diff)
         self._bases = threading.local()
         self._last_base: dict[str, Any] = {}
         for fname, decl in declarations.items():

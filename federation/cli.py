@@ -3,6 +3,13 @@
 Every command takes ``--root`` and ``--db``, which win over the
 environment.  Library errors become one clean line on stderr and exit 1
 (usage errors exit 2), never a traceback.
+
+Each invocation builds its :class:`~federation.config.Settings` once (the
+environment with ``--root``/``--db`` on top) and hands them to the command it
+runs (``settings=``).  The same values also stand as overrides while the command
+runs -- the library's per-call lookups (the file side of ``core``, the phase of a
+shimmed call) still read the configured federation -- and are dropped when it
+returns, so nothing is left set in the process.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from . import config
 from .errors import ConfigError, FederationError
 
 
-def _apply_overrides(root: str | None, db: str | None) -> None:
+def _option_values(root: str | None, db: str | None) -> dict[str, str]:
+    """The variables ``--root`` and ``--db`` stand for (they win over the environment)."""
     values = {}
     if root:
         values["FEDERATION_ROOT"] = root
@@ -30,11 +38,20 @@ def _apply_overrides(root: str | None, db: str | None) -> None:
             values["FEDERATION_DB_URL"] = db
         else:
             values["FEDERATION_DB"] = db
-    config.set_overrides(values)
+    return values
+
+
+#: where the invocation's settings are kept in click's context (its ``meta`` is shared by sub-contexts)
+_SETTINGS = "federation.settings"
+
+
+def _settings() -> config.Settings:
+    """The settings this invocation was given (built once by :func:`common`)."""
+    return click.get_current_context().meta[_SETTINGS]
 
 
 def common(fn: Callable) -> Callable:
-    """Add --root/--db, apply them, set up logging, turn errors into clean exits."""
+    """Add --root/--db, build the invocation's settings, set up logging, turn errors into clean exits."""
 
     @click.option("--db", "db", metavar="PATH", help="SQLite file, or a postgresql:// URL (wins over the environment).")
     @click.option("--root", "root", metavar="DIR", help="Root of the legacy file tree (wins over FEDERATION_ROOT).")
@@ -45,14 +62,16 @@ def common(fn: Callable) -> Callable:
         from ._logging import configure
 
         configure(verbose=verbose)
-        _apply_overrides(root, db)
+        values = _option_values(root, db)
         try:
-            s = config.settings()
+            s = config.settings_with(values)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         _check_root(s.root, given=bool(root))
+        click.get_current_context().meta[_SETTINGS] = s
         try:
-            return fn(**kwargs)
+            with config.override(**values):  # for the per-call lookups only; gone when the command returns
+                return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         except (FederationError, OSError) as exc:
@@ -92,11 +111,11 @@ def main() -> None:
     """Shared state for a federation of cooperating AI agents."""
 
 
-def status_data() -> dict:
-    """What ``federation status`` shows, as a dict."""
+def status_data(settings: config.Settings | None = None) -> dict:
+    """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
     from .stores.files import Tree
 
-    s = config.settings()
+    s = settings or config.settings()
     data: dict[str, Any] = {
         "root": str(s.root),
         "database": s.db_display,
@@ -124,7 +143,7 @@ def status_data() -> dict:
 @common
 def status(as_json: bool) -> None:
     """Show the root, the database, the phase and row counts per table."""
-    data = status_data()
+    data = status_data(_settings())
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -233,14 +252,15 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     """
     from .transfer.migrate import migrate
 
+    s = _settings()
     if not dry_run:
-        _hold_files_first()
-    result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size))
+        _hold_files_first(s)
+    result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size, settings=s))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         head = "dry run: nothing written; rows = rows the import would offer" if dry_run else "migrated"
-        click.echo(f"{head} ({result.files} files under {config.settings().root})")
+        click.echo(f"{head} ({result.files} files under {s.root})")
         _columns([(t, c["files"], c["rows"]) for t, c in result.entities.items()], ("table", "files", "rows"))
         _listing("invalid files, skipped", [f"{i['path']}: {i['reason']}" for i in result.invalid])
         _listing("fields the schema has no place for (not imported)",
@@ -257,7 +277,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     sys.exit(result.exit_code)
 
 
-def _hold_files_first() -> None:
+def _hold_files_first(s: config.Settings) -> None:
     """Before a first migration with no flag set: set it to 1, what the unpinned fleet already runs.
 
     Unflagged processes serve the files while the database was never backfilled (an upgrade), and
@@ -267,14 +287,13 @@ def _hold_files_first() -> None:
     from . import rollout as control
     from .rollout._default import needs_backfill
 
-    s = config.settings()
     try:
         if control.read_flag(s.root) is not None or not needs_backfill(s):
             return
     except (FederationError, OSError):
         return  # an unreadable flag is the operator's to repair; the migration does not touch it
     result = control.set_phase(1, reason="federation migrate: the first backfill; the fleet stays on the files "
-                                         "until `federation rollout set 2`")
+                                         "until `federation rollout set 2`", settings=s)
     if result.changed:
         click.echo("live flag: phase 1 (it was not set): unpinned processes keep serving the files after the "
                    "migration; `federation rollout set 2` is the next step", err=True)
@@ -297,16 +316,18 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     they differ, 2 on a usage error, 3 when the database (or the files)
     cannot be opened or read.
     """
-    from .transfer.report import build_report, summarise_log
+    from .rollout._log_summary import summarise_log
+    from .transfer.report import build_report
 
+    s = _settings()
     try:
-        report = build_report(progress=_progress(as_json), recheck=True)
+        report = build_report(progress=_progress(as_json), recheck=True, settings=s)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a database that cannot be opened is an answer: exit 3
         click.echo(f"error: cannot compare: {type(exc).__name__}: {exc}", err=True)
         sys.exit(REPORT_CANNOT_READ)
-    summary = summarise_log(log_file, report) if log_file else None
+    summary = summarise_log(log_file, report, settings=s) if log_file else None
     if as_json:
         data = report.to_json()
         if summary is not None:
@@ -345,7 +366,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     else:
         from .rollout._default import AUTHORITY, fleet_phase, repair_command
 
-        phase = fleet_phase()
+        phase = fleet_phase(s)
         side = "the files are" if AUTHORITY[phase] == "files" else "the database is"
         click.echo(f"NOT consistent: {side} authoritative in phase {phase}; `{repair_command(phase)}` repairs")
     sys.exit(0 if report.consistent else 1)
@@ -368,13 +389,17 @@ def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str
     The other direction is refused unless `--force --reason TEXT`.
     Exit 0 done, 1 failure or refused, 2 usage.
     """
+    from .rollout._default import fleet_phase
     from .transfer.sync import sync
 
     if reason is not None and not force:
         raise click.UsageError("--reason goes with --force")
-    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason))
+    s = _settings()
+    # the fleet's phase decides which side is authoritative: the repair never writes over it unforced
+    result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason, settings=s,
+                                 phase=None if dry_run else fleet_phase(s)))
     if not dry_run:
-        _record_sync(to, len(result.changes), forced=force, reason=reason)
+        _record_sync(s, to, len(result.changes), forced=force, reason=reason)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -392,9 +417,11 @@ def archive_command(dest: str) -> None:
 
     Refuses (exit 1) unless the consistency report says files and database agree.
     """
+    from .rollout._default import fleet_phase
     from .transfer.archive import archive_legacy
 
-    result = _guard(lambda: archive_legacy(dest))
+    s = _settings()
+    result = _guard(lambda: archive_legacy(dest, settings=s, phase=fleet_phase(s)))
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
                f"removed {result.removed}")
     _listing("kept (changed after they were archived)", result.kept)
@@ -440,7 +467,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     """
     from .operations.prune import prune
 
-    result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size))
+    s = _settings()
+    result = _guard(lambda: prune(older_than, dry_run=dry_run, batch_size=batch_size, settings=s))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -466,7 +494,8 @@ def backup_command(dest: str, as_json: bool) -> None:
     from .errors import ValidationError
 
     try:
-        result = _guard(lambda: backup(dest))
+        s = _settings()
+        result = _guard(lambda: backup(dest, settings=s))
     except ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="--to") from None
     if as_json:
@@ -490,7 +519,8 @@ def doctor_command(as_json: bool) -> None:
     """
     from .operations.doctor import doctor
 
-    report = _guard(doctor)
+    s = _settings()
+    report = _guard(lambda: doctor(s))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -578,7 +608,7 @@ def agents() -> None:
 
 
 def _token_root() -> Any:
-    root = config.settings().root
+    root = _settings().root
     if not root.is_dir():
         raise click.UsageError(f"the federation root {root} does not exist (--root or FEDERATION_ROOT)")
     return root
@@ -651,12 +681,12 @@ def agents_revoke(name: str) -> None:
 # the live flag and the fleet (federation.rollout)
 
 
-def _record_sync(to: str, changes: int, forced: bool = False, reason: str | None = None) -> None:
+def _record_sync(s: config.Settings, to: str, changes: int, forced: bool = False, reason: str | None = None) -> None:
     """Note a completed sync in control/ (the guard of a step back from phase 4 asks for one)."""
     from .rollout import record_sync
 
     try:
-        record_sync(config.settings().root, to, changes, forced=forced, reason=reason)
+        record_sync(s.root, to, changes, forced=forced, reason=reason)
     except OSError as exc:
         click.echo(f"warning: the sync is done but could not be recorded for `rollout set` ({exc})", err=True)
 
@@ -693,7 +723,8 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
     """Show the live flag, every process of the fleet with its phase, and the counted consistency."""
     from . import rollout as control
 
-    data = control.status(since=_moment(since))
+    s = _settings()
+    data = control.status(since=_moment(since), settings=s)
     behind = [p for p in data["fleet"] if p["alive"] and p["phase"] != int(expect)] if expect else []
     if as_json:  # strict JSON: the readers let no NaN or Infinity through from the files
         click.echo(json.dumps(data, indent=2, allow_nan=False))
@@ -706,7 +737,7 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
         from .rollout import current_phase
 
         click.echo(f"flag:    not set (unpinned processes run the default: phase "
-                   f"{current_phase(config.settings().root)[0]}; phase 1 while "
+                   f"{current_phase(s.root, settings=s)[0]}; phase 1 while "
                    "legacy files were never backfilled into the database, else 3)")
     else:
         click.echo(f"flag:    phase {flag['phase']}, sample {flag['sample']}, set {flag['set_at']} by "
@@ -768,7 +799,8 @@ def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
     """
     from . import rollout as control
 
-    records = control.recent_mismatches(1000)
+    s = _settings()
+    records = control.recent_mismatches(1000, settings=s)
     if entity:
         records = [r for r in records if r["entity"] == entity]
     records = records[:limit]
@@ -786,7 +818,7 @@ def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
             click.echo(f"    {json.dumps(d)}")
     from .rollout._default import fleet_phase, repair_command
 
-    click.echo(f"repair: `{repair_command(fleet_phase())}` (the safe direction in the current phase), then "
+    click.echo(f"repair: `{repair_command(fleet_phase(s))}` (the safe direction in the current phase), then "
                "`federation rollout set N --since <after the repair>`")
 
 
@@ -817,7 +849,7 @@ def rollout_set(phase: str, sample: float | None, min_rate: float, min_compariso
     from . import rollout as control
 
     result = control.set_phase(int(phase), sample=sample, min_rate=min_rate, min_comparisons=min_comparisons,
-                               since=_moment(since), force=force, reason=reason)
+                               since=_moment(since), force=force, reason=reason, settings=_settings())
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         sys.exit(0 if result.applied else 1)

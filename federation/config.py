@@ -1,10 +1,12 @@
 """Configuration, read from the environment in one place.
 
 Every value is validated when read; a bad value raises :class:`ConfigError`
-naming the variable and the accepted values.  The CLI, tests and benchmarks
-override values with :func:`set_overrides` (for the rest of the process) or
-:func:`override` (for a ``with`` block); :func:`phase_env` is the one mapping
-of a rollout phase to its variables.
+naming the variable and the accepted values.  Tests and benchmarks override
+values with :func:`set_overrides` (for the rest of the process) or
+:func:`override` (for a ``with`` block); :func:`settings_with` builds settings
+from given values without overriding anything (the CLI hands them to the
+commands, which take ``settings=``); :func:`phase_env` is the one mapping of a
+rollout phase to its variables.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Iterator, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "settings", "override", "set_overrides", "clear_overrides", "phase_env", "reset",
-           "default_root", "MAX_CONTENT_BYTES"]
+__all__ = ["Settings", "settings", "settings_with", "override", "set_overrides", "clear_overrides", "phase_env",
+           "reset", "default_root", "MAX_CONTENT_BYTES"]
 
 #: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
 MAX_CONTENT_BYTES = 64 * 1024
@@ -136,6 +138,23 @@ def settings() -> Settings:
     with _lock:
         _cached = value
     return value
+
+
+def settings_with(values: Mapping[str, object]) -> Settings:
+    """The settings of the environment and the current overrides with *values* on top, validated.
+
+    Nothing is cached or overridden: the CLI builds one invocation's settings with its ``--root`` /
+    ``--db`` and hands them to the command (alembic's ``command.upgrade(config, ...)``), so a second
+    federation in the same process is not moved by it.  A value of ``None`` hides the variable.
+    """
+    checked = _checked(values)
+    env = os.environ
+    merged: dict[str, str] = {}
+    for key in _VARS:
+        value = checked[key] if key in checked else _overrides[key] if key in _overrides else env.get(key)
+        if value is not None:
+            merged[key] = value
+    return _parse(merged)
 
 
 def _checked(values: Mapping[str, object]) -> dict[str, str | None]:

@@ -403,15 +403,22 @@ def keys_lock(sender: str) -> str:
 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost
 # on restart); the SQL store persists it in the same transaction as the message.
-_history: list[dict] = []
-_sent: list[dict] = []  # the messages this process sent, whole (for load_sent)
+# One list per federation root: two federations in one process (tests, a tool
+# that serves two roots) never see each other's history, and none needs a reset.
+_history: dict[Path, list[dict]] = {}
+_sent: dict[Path, list[dict]] = {}  # the messages this process sent, whole (for load_sent)
+
+
+def _in_memory(book: dict[Path, list[dict]]) -> list[dict]:
+    """The configured root's list in *book* (``_history`` or ``_sent``); setdefault is atomic in CPython."""
+    return book.setdefault(tree().root, [])
 
 
 def save_history(direction: str, messages: list[dict]) -> None:
     """Record *messages* as sent or received in the message history (in memory: lost on restart)."""
-    _history.extend(history_entry(direction, m) for m in messages)
+    _in_memory(_history).extend(history_entry(direction, m) for m in messages)
     if direction == "sent":
-        _sent.extend({field: m.get(field) for field in MESSAGE_FIELDS} for m in messages)
+        _in_memory(_sent).extend({field: m.get(field) for field in MESSAGE_FIELDS} for m in messages)
 
 
 def load_history(agent: str | None = None, limit: int = 100, before: tuple[str, str] | None = None) -> list[dict]:
@@ -419,7 +426,7 @@ def load_history(agent: str | None = None, limit: int = 100, before: tuple[str, 
 
     *before*: ``(direction, message_id)`` of an entry: only entries older than it.
     """
-    rows = [e for e in _history if agent is None or agent in (e.get("sender"), e.get("recipient"))]
+    rows = [e for e in _history.get(tree().root, ()) if agent is None or agent in (e.get("sender"), e.get("recipient"))]
     if before is not None:
         direction, message_id = before
         cut = next((i for i, e in enumerate(rows)
@@ -822,7 +829,8 @@ def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[d
     Phase 1 keeps no read receipts: these are the messages this process sent
     (in memory, as the history), each with ``read_at`` None.
     """
-    mine = sorted((m for m in _sent if m["sender"] == agent), key=lambda m: (str(m["timestamp"]), m["id"]))
+    mine = sorted((m for m in _sent.get(tree().root, ()) if m["sender"] == agent),
+                  key=lambda m: (str(m["timestamp"]), m["id"]))
     if before is not None:
         cut = next((i for i, m in enumerate(mine) if m["id"] == before), None)
         if cut is None:

@@ -6,6 +6,7 @@ import time
 
 from .domain import validate as v
 from .domain import clock as _clock
+from .stores import dead_letters as _dead_letters
 from . import _wiring, config, core
 from ._logging import library_logger
 from .errors import StorageError, ValidationError
@@ -148,24 +149,13 @@ def dead_letters(agent: str) -> list[dict]:
     return core.load_dead_letters(agent, now=_clock.now(), max_attempts=config.max_attempts())
 
 
-def dead_letter_summary(phase: int) -> dict:
+def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) -> dict:
     """Every agent's dead letters on the side that serves *phase* (for doctor, the dashboard, /metrics):
-    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call."""
-    from datetime import datetime, timezone
+    ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call.
 
-    now, maximum = _clock.now(), config.max_attempts()
-    if phase >= 3:
-        from .stores.sqlstore import get_store
-
-        letters = get_store().load_dead_letters(None, now, maximum)
-    else:
-        read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
-        letters = read_files(None, now, maximum)
-    oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
-    age = None
-    if oldest is not None:
-        age = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds())
-    return {"count": len(letters), "oldest_dead_at": oldest, "oldest_age_s": age}
+    *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
+    files of phases 1-2 are read through ``core``, which follows the configured root."""
+    return _dead_letters.dead_letter_summary(phase, settings=settings)
 
 
 def peek_inbox(agent: str) -> list[dict]:

@@ -4,7 +4,8 @@ A generic "old store / new store" experiment runner applied to functions by
 name: :func:`install` wraps the ``load_*``/``save_*`` functions of a module
 with wrapt so that each call is routed by the rollout phase — files only,
 files then database, database then files, database only — with shadow reads
-compared and every mismatch published as a structlog event.
+compared (by the caller's differ, or plain equality) and every mismatch
+published as a structlog event.
 
 It knows nothing about polls or inboxes: the module describes its functions
 (``SHIM_SPEC``) and the caller supplies the candidate store, the phase and
@@ -18,12 +19,12 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import wrapt
 
-from ._compare import delta, field_diff, normalize, patch
+from ._compare import Differ, delta, patch, whole_record_diff
 from ._experiment import DB, FILES, Experiment, Mismatch, Observation, Outcome, Phase, Spec, SpecError
 from ._log import library_logger
 
 __all__ = ["install", "install_when_imported", "uninstall", "installed", "Spec", "Experiment", "Phase", "Observation",
-           "Outcome", "Mismatch", "SpecError", "normalize", "field_diff", "delta", "patch", "FILES", "DB",
+           "Outcome", "Mismatch", "SpecError", "Differ", "whole_record_diff", "delta", "patch", "FILES", "DB",
            "library_logger"]
 
 _installed: dict[str, Experiment] = {}
@@ -48,6 +49,7 @@ def install(
     lock: Callable[[str], ContextManager] | None = None,
     spec: Mapping[str, Any] | None = None,
     observers: Iterable[Callable[[Observation], None]] = (),
+    differ: Differ = whole_record_diff,
 ) -> Experiment:
     """Wrap the persistence functions of *module* (idempotent).
 
@@ -57,7 +59,11 @@ def install(
     both sides in phases 2-3; spec -> {function name: Spec or dict}; default
     ``module.SHIM_SPEC``, or every ``load_*``/``save_*`` function of the module;
     observers -> callables given every :class:`Observation` of a dual-phase
-    call after its events are logged (counters; they must not block).
+    call after its events are logged (counters; they must not block);
+    differ(control_record, candidate_record, spec.ignore) -> [(field path,
+    control value, candidate value)], [] when they agree: what a shadow
+    comparison reports (default :func:`whole_record_diff`: equal or one
+    ``"(value)"`` difference; a differ that raises makes the call not compared).
     """
     key = module.__name__
     if key in _installed:
@@ -66,7 +72,7 @@ def install(
         spec = getattr(module, "SHIM_SPEC", None)
     if spec is None:
         spec = {n: {} for n in dir(module) if n.startswith(("load_", "save_")) and callable(getattr(module, n))}
-    exp = Experiment(module, candidate, mode, lock, observers)
+    exp = Experiment(module, candidate, mode, lock, observers, differ)
     specs = {name: _spec_of(name, raw) for name, raw in spec.items()}
     for name, s in specs.items():
         _check_fits(module, name, s)  # every spec before anything is wrapped

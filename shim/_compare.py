@@ -1,65 +1,45 @@
-"""Normalising, comparing and diffing the two sides of an experiment.
+"""Comparing and diffing the two sides of an experiment, knowing nothing of what they hold.
 
-JSON gives lists where SQL gives tuples, ``None`` where the other side has
-no key, JSON text where the other has a dict; columns that only one side has
-are named by the caller and ignored.
+Records are compared by a *differ*: the caller's (``shim.install(..., differ=...)``), which knows how
+its two stores represent the same record, or :func:`whole_record_diff`, plain equality.  Whole
+documents are saved as a :func:`delta` applied with :func:`patch`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-__all__ = ["normalize", "field_diff", "split_records", "delta", "patch", "DELETED"]
+__all__ = ["Differ", "whole_record_diff", "split_records", "delta", "patch", "DELETED"]
 
 
-def normalize(value: Any, ignore: frozenset[str] = frozenset()) -> Any:
-    if isinstance(value, dict):
-        return {str(k): normalize(v, ignore) for k, v in value.items() if v is not None and k not in ignore}
-    if isinstance(value, (list, tuple)):
-        return [normalize(v, ignore) for v in value]
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return value
-        if isinstance(parsed, (dict, list)):
-            return normalize(parsed, ignore)
+#: A differ compares one record of each side: ``differ(control, candidate, ignore)`` -> the
+#: ``(path, control_value, candidate_value)`` triples where they differ, ``[]`` when they agree.
+Differ = Callable[[Any, Any, frozenset[str]], list[tuple[str, Any, Any]]]
+
+#: How long a value shown in a difference may be (as ``repr``) before it is cut.
+SHOW_LIMIT = 120
+
+
+def whole_record_diff(a: Any, b: Any, ignore: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """The shim's own differ: the records are equal or not, once the *ignore* keys of a dict are dropped.
+
+    One ``"(value)"`` difference when they are not; a caller that knows its data (JSON text beside
+    structures, field-level paths) passes its own differ to :func:`shim.install`.
+    """
+    x, y = _without(a, ignore), _without(b, ignore)
+    return [] if x == y else [("(value)", _show(x), _show(y))]
+
+
+def _without(value: Any, ignore: frozenset[str]) -> Any:
+    if ignore and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ignore}
     return value
 
 
-def field_diff(a: Any, b: Any, limit: int = 5, path: str = "") -> list[tuple[str, Any, Any]]:
-    """Up to *limit* ``(path, a_value, b_value)`` triples where *a* and *b* differ."""
-    out: list[tuple[str, Any, Any]] = []
-
-    def walk(x: Any, y: Any, where: str) -> None:
-        if len(out) >= limit:
-            return
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y), key=str):
-                walk(x.get(k, _MISSING), y.get(k, _MISSING), f"{where}.{k}" if where else str(k))
-            return
-        if x != y:
-            out.append((where or "(value)", _show(x), _show(y)))
-
-    walk(a, b, path)
-    return out
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING = _Missing()
-
-
 def _show(value: Any) -> Any:
-    if value is _MISSING:
-        return "<missing>"
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return value if len(text) <= 120 else text[:117] + "..."
+    text = repr(value)
+    return value if len(text) <= SHOW_LIMIT else text[:SHOW_LIMIT - 3] + "..."
 
 
 def split_records(value: Any, how: str | None, key: str | None) -> dict[str, Any]:

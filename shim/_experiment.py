@@ -25,7 +25,7 @@ from typing import Any, Callable, ContextManager, Iterable
 
 from ._log import library_logger
 
-from ._compare import delta, field_diff, normalize, patch, split_records
+from ._compare import Differ, delta, patch, split_records, whole_record_diff
 
 log = library_logger("shim")
 
@@ -169,12 +169,14 @@ class Experiment:
         mode: Callable[[], tuple[int, float]],
         lock: Callable[[str], ContextManager] | None,
         observers: Iterable[Callable[[Observation], None]] = (),
+        differ: Differ = whole_record_diff,
     ):
         self.module = module
         self.candidate = candidate
         self.mode = mode
         self.lock = lock
         self.observers: list[Callable[[Observation], None]] = list(observers)
+        self.differ = differ
         self.originals: dict[str, Callable] = {}
         self._bases = threading.local()
 
@@ -204,7 +206,8 @@ class Experiment:
                 log.error("shim_observer_failed", observer=repr(observer), error=f"{type(exc).__name__}: {exc}")
 
     def compare(self, obs: Observation) -> None:
-        """Fill ``obs.mismatches`` with one entry per record that differs between the two sides."""
+        """Fill ``obs.mismatches`` with one entry per record that differs between the two sides
+        (as this experiment's differ sees it: :func:`shim.install`'s ``differ``)."""
         obs.compared = True
         control, candidate = obs.control.value, obs.candidate.value
         if control == candidate:
@@ -214,9 +217,15 @@ class Experiment:
         a = split_records(control, obs.spec.records, key)
         b = split_records(candidate, obs.spec.records, key)
         for k in sorted(set(a) | set(b)):
-            x, y = normalize(a.get(k), obs.spec.ignore), normalize(b.get(k), obs.spec.ignore)
-            if x != y:
-                diff = [{"field": path, authority: va, other: vb} for path, va, vb in field_diff(x, y)]
+            try:
+                found = self.differ(a.get(k), b.get(k), obs.spec.ignore)
+            except Exception as exc:  # a differ's bug must never reach the caller: not compared, and said so
+                log.error("shim_differ_failed", entity=obs.entity, key=k, op=obs.name,
+                          error=f"{type(exc).__name__}: {exc}")
+                obs.compared, obs.mismatches = False, []
+                return
+            if found:
+                diff = [{"field": path, authority: va, other: vb} for path, va, vb in found]
                 obs.mismatches.append(Mismatch(k, diff))
 
     def _lock_for(self, spec: Spec, args: tuple, kwargs: dict) -> ContextManager:

@@ -24,7 +24,7 @@ from typing import Callable
 
 import pytest
 
-from federation import config, core
+from federation import config
 from federation.stores.sqlstore import forget_stores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -226,8 +226,6 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path):
     root = tmp_path / "fed"
     root.mkdir()
     forget_stores()
-    core._history.clear()
-    core._sent.clear()
     f = Fed(root, tmp_path / "federation.db", db_url, new_pg_database)
     yield f
     forget_stores()

@@ -16,7 +16,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from federation import governance, messaging
+from federation import governance, messaging, rollout
 from federation.errors import FileStorageError, StorageError
 from federation.transfer.report import build_report
 from federation.stores.sqlstore import forget_stores
@@ -119,7 +119,7 @@ def test_file_side_fault_in_phase_3_serves_from_the_database_and_logs_shadow_err
 
     _clear(small_fs, fed, kind, filler)
     assert not build_report().consistent  # the files missed what the database took
-    sync("files")
+    sync("files", phase=rollout.fleet_phase())
     assert build_report().consistent
     assert [m["id"] for m in messaging.check_inbox("bob")][-1] == mid
 

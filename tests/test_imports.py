@@ -177,9 +177,9 @@ def test_a_name_imported_from_core_is_found():
 #: The federation modules that may import the shim: the wiring that installs it, the adopter
 #: (federation.adopt) and the rollout observer that counts its observations.
 MAY_IMPORT_SHIM = {"federation", "federation._wiring", "federation.adopt", "federation.rollout._runtime"}
-#: Still importing it, to be moved: the consistency report compares rows with the shim's normalize and
-#: field_diff (so that the report and the shadow reads agree on what differs).
-STILL_IMPORTS_SHIM = {"federation.transfer.report"}
+#: Still importing it, to be moved: none (the report and the shadow reads share the federation's own
+#: comparison, federation.domain.compare, which the wiring and the adopter give the shim as its differ).
+STILL_IMPORTS_SHIM: set[str] = set()
 
 
 def test_the_shim_imports_nothing_from_the_federation():
@@ -212,14 +212,11 @@ def test_the_package_tree_is_the_architecture():
 LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
 #: The public API: above every layer but the applications.
 API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
-#: Left: the report's log summary (`report --log`) reads the rollout's counts; it belongs in the rollout.
-#: sync and archive ask the rollout which side is authoritative in the fleet's phase (issue 15: a repair
-#: never writes over it), and doctor reads the dead-letter summary of the public messaging API (issue 19);
-#: to be inverted (the caller passing the phase / the summary moving below the API).
-KNOWN_UP = {"federation.transfer.report -> federation.rollout._status",
-            "federation.transfer.sync -> federation.rollout._default",
-            "federation.transfer.archive -> federation.rollout._default",
-            "federation.operations.doctor -> federation.messaging"}
+#: Arrows that still point up, to be inverted: none.  The report's log summary (`report --log`), which reads
+#: the rollout's counts, is the rollout's (rollout._log_summary); sync and archive are handed the fleet's
+#: phase by their caller and apply the domain's rule (domain.authority); doctor reads the dead-letter
+#: summary from the stores (stores.dead_letters), which the public messaging API names too.
+KNOWN_UP: set[str] = set()
 
 
 def _layer(module: str) -> int | None:

@@ -96,6 +96,36 @@ def test_phase_2_sync_to_files_is_refused_and_reverts_nothing(fed):
     assert run_cli(fed, "report").returncode == 0
 
 
+def test_sync_called_from_python_with_the_fleets_phase_refuses_the_same_way(fed, tmp_path):
+    """The CLI hands transfer.sync.sync the fleet's phase (the rollout's question, asked above the transfer
+    layer); from Python, handed phase 2, `to="files"` raises AuthoritativeSideError naming the files and
+    writes nothing; without a phase both sides are refused (ConfigError); `to="db"` repairs. archive-legacy handed the phase names the same safe repair."""
+    from federation.errors import AuthoritativeSideError, ConfigError, ConflictError
+    from federation.transfer.archive import archive_legacy
+    from federation.transfer.sync import sync
+
+    migrated_tree(fed)
+    path = fed.root / "nodes" / "agent-000" / "context_window.json"
+    before = path.read_bytes()
+    fed.store().db.write(lambda tx: tx.execute("UPDATE context SET text = ? WHERE agent = ?",
+                                               ("changed in the db", "agent-000")))
+    with pytest.raises(AuthoritativeSideError, match="files are authoritative in phase 2.*sync --to db"):
+        sync("files", phase=2)
+    with pytest.raises(ConfigError, match="--force needs --reason"):
+        sync("files", phase=2, force=True)
+    for side in ("files", "db"):  # not told the phase: neither side may be written
+        with pytest.raises(ConfigError, match=r"needs the fleet's phase.*rollout.fleet_phase\(\)"):
+            sync(side)
+    assert path.read_bytes() == before
+    with pytest.raises(ConflictError, match="repair with `federation sync --to db`"):
+        archive_legacy(tmp_path / "a.tar.gz", phase=2)
+    with pytest.raises(ConflictError, match="repair with the `federation sync` it names"):
+        archive_legacy(tmp_path / "a.tar.gz")
+    assert not (tmp_path / "a.tar.gz").exists()
+    assert [c.action for c in sync("db", phase=2).changes] == ["upsert"]
+    assert run_cli(fed, "report").returncode == 0
+
+
 def test_sync_to_db_converges_on_messages_read_in_the_database(fed):
     """Messages whose files are still there but which the database marks read (claimed in phase 4, say):
     `sync --to db` in phase 2 makes them unread again, once; a second run changes nothing, report exits 0."""

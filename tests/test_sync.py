@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from federation import core, governance
+from federation import core, governance, rollout
 from federation.stores.files import Tree
 from federation.domain.generate import generate
 from federation.transfer.rows import (TABLES, document_file, document_owner, read_db, read_db_documents,
@@ -56,7 +56,7 @@ from federation.transfer.sync import sync
 to, stop = sys.argv[1:3]
 runs = []
 while not os.path.exists(stop):
-    result = sync(to)
+    result = sync(to, phase=rollout.fleet_phase())
     runs.append({"changes": [[c.action, c.target, c.key] for c in result.changes],
                  "settled": getattr(result, "settled", 0)})
 print(json.dumps(runs))

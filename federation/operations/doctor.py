@@ -217,8 +217,8 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
                              "never backfilled (needed before phase 3)"),
                             "federation migrate"))
     checks.append(_files_vs_database(s, phase, tree, store))
-    checks.append(_dead_letters_check(phase, store is not None or phase <= 2))
-    checks.append(_fleet_check())
+    checks.append(_dead_letters_check(s, phase, store is not None or phase <= 2))
+    checks.append(_fleet_check(s))
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
@@ -226,14 +226,14 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     return report
 
 
-def _dead_letters_check(phase: int, readable: bool) -> Check:
+def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check:
     """Messages delivered the maximum number of times and never acknowledged (docs/delivery.md): shown,
     not a failure (the store is fine; an agent could not finish them)."""
     if not readable:
         return Check("dead_letters", True, "not counted: the database cannot be read")
-    from ..messaging import dead_letter_summary
+    from ..stores.dead_letters import dead_letter_summary
 
-    summary = dead_letter_summary(phase)
+    summary = dead_letter_summary(phase, settings=s)
     if not summary["count"]:
         return Check("dead_letters", True, "no dead letters")
     return Check("dead_letters", True,
@@ -251,7 +251,7 @@ def phase_in_effect(s: config.Settings) -> int:
         return s.effective_phase
     from ..rollout import current_phase
 
-    return current_phase(s.root)[0]
+    return current_phase(s.root, settings=s)[0]
 
 
 def _describe(process: dict) -> str:
@@ -259,11 +259,11 @@ def _describe(process: dict) -> str:
     return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')}"
 
 
-def _fleet_check() -> Check:
+def _fleet_check(s: config.Settings) -> Check:
     """No live phase-4 process beside a live phase-1/2 one (phase 4 stops writing the files they read)."""
     from .. import rollout
 
-    fleet = rollout.fleet()
+    fleet = rollout.fleet(settings=s)
     pairs = rollout.unsafe_mix(fleet)
     alive = [p for p in fleet if p.get("alive")]
     if not pairs:

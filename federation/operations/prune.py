@@ -101,14 +101,15 @@ def _timed(tx: Any, sql: str, params: tuple) -> tuple[int, float]:
 
 def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = False, batch_size: int = 2000,
           pause: float | None = None, hold: float = DEFAULT_HOLD, now: datetime | None = None, store: Any = None,
-          progress: Callable[[str, int], None] | None = None) -> PruneResult:
+          progress: Callable[[str, int], None] | None = None,
+          settings: config.Settings | None = None) -> PruneResult:
     """Remove read messages and history entries older than *older_than* from the database.
 
     Each write transaction aims to hold the writer *hold* seconds, examining
     at most *batch_size* keys; between batches it sleeps *pause* seconds (None:
     twice as long as the batch held the writer, at least 5 ms).  *dry_run* counts and
     removes nothing.  A SQLite database that does not exist yet is not created
-    (nothing to prune).
+    (nothing to prune).  *settings*: the federation pruned (default: the configured one).
     """
     delta = parse_duration(older_than) if isinstance(older_than, str) else older_than
     if delta <= timedelta(0):
@@ -119,7 +120,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     started = time.perf_counter()
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
     if store is None:
-        s = config.settings()
+        s = settings or config.settings()
         if not database_exists(s):
             result.seconds = time.perf_counter() - started
             return result

@@ -10,6 +10,7 @@ here reads files only, so it works while the database is down.
 
 from __future__ import annotations
 
+from ._default import fleet_phase
 from ._counts import BUCKET_SECONDS, LATENCY_BOUNDS_MS, MISMATCH_CAP
 from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, read_flag, record_sync
 from ._fleet import unsafe_mix
@@ -19,7 +20,7 @@ from ._status import consistency, counters, fleet, history, recent_mismatches, s
 
 __all__ = [
     "status", "series", "counters", "recent_mismatches", "guards", "unsafe_mix", "fleet", "history",
-    "consistency", "totals", "set_phase", "SetResult", "current_phase", "read_flag", "record_sync", "Flag",
+    "consistency", "totals", "set_phase", "SetResult", "current_phase", "fleet_phase", "read_flag", "record_sync", "Flag",
     "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "announce_adopted",
     "observe", "flush",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",

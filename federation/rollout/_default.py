@@ -1,9 +1,10 @@
-"""The phase of a process that neither its environment nor the live flag pins, and each phase's authority.
+"""The phase of a process that neither its environment nor the live flag pins, and the fleet's phase.
 
 Phase 3 is the default, except on an upgrade not done yet: legacy files
 beside a database that was never backfilled from them (or none at all).
 There the default is phase 1, the files, so that agents started on an
 existing tree before anyone set the flag keep working as they did.
+Each phase's authoritative side is the domain's rule (:mod:`federation.domain.authority`).
 """
 
 from __future__ import annotations
@@ -11,27 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from ..domain.authority import AUTHORITY, authority, repair_command  # noqa: F401 - the rule, named here too
 from . import _flag
 
-#: the side whose content wins in each phase: files first in 1-2, the database first in 3-4
-AUTHORITY = {1: "files", 2: "files", 3: "db", 4: "db"}
 
-
-def authority(phase: int) -> str:
-    """``"files"`` or ``"db"``: the side that is authoritative in *phase*."""
-    return AUTHORITY[phase]
-
-
-def repair_command(phase: int) -> str:
-    """The one ``sync`` that is safe in *phase*: it rewrites the side that is not authoritative."""
-    return "federation sync --to " + ("db" if AUTHORITY[phase] == "files" else "files")
-
-
-def fleet_phase() -> int:
+def fleet_phase(settings: config.Settings | None = None) -> int:
     """The phase whose authority a repair respects: the live flag's; without a flag, this process's
-    environment pin, else the root's default (what processes pinned the same way, or unpinned, run)."""
-    s = config.settings()
-    phase, flag, problem = current_phase(s.root)
+    environment pin, else the root's default (what processes pinned the same way, or unpinned, run).
+
+    *settings*: the federation asked (default: the configured one)."""
+    s = settings or config.settings()
+    phase, flag, problem = current_phase(s.root, settings=s)
     if flag is None and problem is None and s.phase_pinned:
         return s.effective_phase
     return phase
@@ -65,22 +56,24 @@ def default_phase(s: config.Settings) -> int:
     return 1 if needs_backfill(s) else _flag.DEFAULT_PHASE
 
 
-def current_phase(root: Path, ask_db: bool = True) -> tuple[int, _flag.Flag | None, str | None]:
+def current_phase(root: Path, ask_db: bool = True, *,
+                  settings: config.Settings | None = None) -> tuple[int, _flag.Flag | None, str | None]:
     """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
 
     Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
     *ask_db* False decides that from the files alone (a step that must work with the database down).
+    *settings*: the federation whose database decides the default (default: the configured one).
     """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _unflagged_phase(ask_db)), None, str(exc)
-    return (flag.phase if flag else _unflagged_phase(ask_db)), flag, None
+        return (recorded if recorded is not None else _unflagged_phase(ask_db, settings)), None, str(exc)
+    return (flag.phase if flag else _unflagged_phase(ask_db, settings)), flag, None
 
 
-def _unflagged_phase(ask_db: bool) -> int:
-    s = config.settings()
+def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
+    s = settings or config.settings()  # only read when there is no flag, as before
     if not ask_db:
         from ..stores.files import Tree
 

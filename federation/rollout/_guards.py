@@ -57,8 +57,7 @@ def _checked(name: str, fix: str, check: Callable[[], dict[str, Any]]) -> dict[s
 # the database guards
 
 
-def _backfilled() -> dict[str, Any]:
-    s = config.settings()
+def _backfilled(s: config.Settings) -> dict[str, Any]:
     legacy, exists, at = _default.backfill_state(s)
     if not exists:
         if legacy:
@@ -71,7 +70,7 @@ def _backfilled() -> dict[str, Any]:
     return _guard("backfilled", True, f"backfilled at {at}" if at else "no legacy files to backfill")
 
 
-def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
+def _differences(lag_only: bool, s: config.Settings) -> tuple[dict[str, list[str]], int]:
     """Keys that differ in two reports in a row: ({table: [kind key, ...]}, total).
 
     lag_only: count only what the files lack or hold differently (not rows the database lacks).
@@ -82,7 +81,7 @@ def _differences(lag_only: bool) -> tuple[dict[str, list[str]], int]:
     def diffs() -> dict[str, set[tuple[str, tuple]]]:
         # each difference re-read under its document's lock: a key written in a loop (an agent's
         # context every tick) looks different in any two unlocked reads, and is not
-        report = build_report(recheck=True)
+        report = build_report(recheck=True, settings=s)
         out: dict[str, set[tuple[str, tuple]]] = {}
         for name, t in report.entities.items():
             kinds = [("missing in files", t.missing_in_files), ("different", t.different)]
@@ -106,9 +105,9 @@ def _summary(listed: dict[str, list[str]], limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _report_consistent(from_phase: int) -> dict[str, Any]:
+def _report_consistent(from_phase: int, s: config.Settings) -> dict[str, Any]:
     fix_side = "db" if from_phase <= 2 else "files"
-    listed, total = _differences(lag_only=False)
+    listed, total = _differences(lag_only=False, s=s)
     if total:
         return _guard("report_consistent", False, f"`federation report` finds {total} difference(s): "
                       f"{_summary(listed)}", f"run `federation sync --to {fix_side}` (the phase-{from_phase} "
@@ -123,7 +122,8 @@ def _phase_four_began(root: Path, flag: _flag.Flag | None) -> datetime | None:
     return _io.parse_iso(flag.set_at) if flag is not None and flag.phase == 4 else None
 
 
-def _files_current(root: Path, target: int, flag: _flag.Flag | None) -> dict[str, Any]:
+def _files_current(s: config.Settings, target: int, flag: _flag.Flag | None) -> dict[str, Any]:
+    root = s.root
     if target == 3:
         # Phase 3 keeps the database authoritative, so what phase 4 wrote stays in view: a sync
         # to the files since phase 4 began is enough (under live phase-4 writes a report never
@@ -135,7 +135,7 @@ def _files_current(root: Path, target: int, flag: _flag.Flag | None) -> dict[str
             if entry.get("to") == "files" and at is not None and (began is None or at > began):
                 return _guard("files_current", True, f"`federation sync --to files` completed at {entry['at']}, "
                               "after the fleet entered phase 4")
-    listed, total = _differences(lag_only=True)
+    listed, total = _differences(lag_only=True, s=s)
     if total:
         then = "" if target == 3 else ", then step back to 3 first (files written again) and sync once more"
         return _guard("files_current", False, f"the files lag the database (phase 4 no longer wrote them): "
@@ -161,24 +161,24 @@ def evidence_since(since: datetime | None, flag: _flag.Flag | None) -> tuple[dat
 
 def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_RATE,
                 min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None,
-                flag: _flag.Flag | None = None) -> list[dict[str, Any]]:
-    """The guards of the step *from_phase* -> *target*, each evaluated."""
+                flag: _flag.Flag | None = None, settings: config.Settings | None = None) -> list[dict[str, Any]]:
+    """The guards of the step *from_phase* -> *target*, each evaluated, on *settings*' federation."""
     target = _flag.check_phase(target)
-    root = config.settings().root
+    s = settings or config.settings()
     out: list[dict[str, Any]] = []
     if target == from_phase:
         # the database side of 3 and 4 needs a backfill whatever the phase in effect (an unflagged
         # fleet, or one forced there): confirming such a phase is refused like entering it
         if target in (3, 4):
-            out.append(_checked("backfilled", "run `federation migrate` first", _backfilled))
+            out.append(_checked("backfilled", "run `federation migrate` first", lambda: _backfilled(s)))
         return out
     if target in (3, 4):
-        out.append(_checked("backfilled", "run `federation migrate` first", _backfilled))
+        out.append(_checked("backfilled", "run `federation migrate` first", lambda: _backfilled(s)))
     if target in (3, 4) and target > from_phase:
-        out.append(_checked("report_consistent", "force the step", lambda: _report_consistent(from_phase)))
+        out.append(_checked("report_consistent", "force the step", lambda: _report_consistent(from_phase, s)))
         since, entered = evidence_since(since, flag)
         since, until = _status.window(since, None)
-        t = _status.totals(since, until)
+        t = _status.totals(since, until, settings=s)
         measured = f"{t['comparisons']} comparison(s), {t['mismatches']} mismatch(es) since {_io.iso(since)}" + \
             (f" (when phase {from_phase} was entered)" if entered else "")
         low = t["rate"] is not None and t["rate"] < min_rate
@@ -193,7 +193,7 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
                           f"{measured}; {min_comparisons} needed",
                           f"let the fleet serve reads in phase {from_phase} (shadow reads: `--sample`) until "
                           f"{min_comparisons} comparisons are counted (`federation rollout status`)"))
-    fleet = _status.fleet()
+    fleet = _status.fleet(settings=s)
     if target == 4 or target in (1, 2):
         if target == 4:
             bad = [p for p in fleet if p["alive"] and p.get("phase") in (1, 2)]
@@ -212,7 +212,7 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
         out.append(_adopted_code(fleet))
     if from_phase == 4 and target < 4:
         out.append(_checked("files_current", "run `federation sync --to files`",
-                            lambda: _files_current(root, target, flag)))
+                            lambda: _files_current(s, target, flag)))
     return out
 
 
@@ -228,11 +228,13 @@ def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
 
 
 def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,
-           since: datetime | None = None) -> list[dict[str, Any]]:
-    """The guards ``rollout set TARGET`` would check now, each ``{"name", "ok", "detail", "fix"}`` (read-only)."""
-    from_phase, flag, _ = current_phase(config.settings().root)
+           since: datetime | None = None, *, settings: config.Settings | None = None) -> list[dict[str, Any]]:
+    """The guards ``rollout set TARGET`` would check now, each ``{"name", "ok", "detail", "fix"}`` (read-only),
+    on *settings*' federation (default: the configured one)."""
+    s = settings or config.settings()
+    from_phase, flag, _ = current_phase(s.root, settings=s)
     return step_guards(from_phase, target_phase, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
-                       flag=flag)
+                       flag=flag, settings=s)
 
 
 @dataclasses.dataclass
@@ -264,8 +266,9 @@ class SetResult:
 
 def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEFAULT_MIN_RATE,
               min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None, force: bool = False,
-              reason: str | None = None, by: str | None = None) -> SetResult:
-    """Set the live flag to *target* when the guards allow it (or *force*), recording the change.
+              reason: str | None = None, by: str | None = None, settings: config.Settings | None = None) -> SetResult:
+    """Set the live flag of *settings*' federation (default: the configured one) to *target* when the
+    guards allow it (or *force*), recording the change.
 
     Raises :class:`ConfigError` for a bad phase, sample or a force without a reason.
     """
@@ -276,10 +279,11 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
         raise ConfigError(f"min_rate {min_rate!r} is not accepted: use a number from 0.0 to 1.0")
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason: say why the guards are overridden (it is recorded)")
-    root = config.settings().root
+    s = settings or config.settings()
+    root = s.root
     with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
         # a step to 1 or 2 works with the database down: the phase it leaves is not asked of it
-        from_phase, flag, problem = current_phase(root, ask_db=target in (3, 4))
+        from_phase, flag, problem = current_phase(root, ask_db=target in (3, 4), settings=s)
         if sample is not None:
             new_sample = sample
         elif flag is not None:
@@ -288,10 +292,11 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
             recorded = _flag.last_recorded_sample(root) if problem else None
             new_sample = _flag.DEFAULT_SAMPLE if recorded is None else recorded
         if flag is not None and flag.phase == target and flag.sample == new_sample:
-            checks = step_guards(from_phase, target, flag=flag)  # 3 and 4: still refused when not backfilled
+            # 3 and 4: still refused when not backfilled
+            checks = step_guards(from_phase, target, flag=flag, settings=s)
             return SetResult(from_phase, target, False, checks, force, flag)
         checks = step_guards(from_phase, target, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
-                             flag=flag)
+                             flag=flag, settings=s)
         result = SetResult(from_phase, target, False, checks, force, flag, problem)
         if not result.applied:
             log.warning("rollout_set_refused", phase=target, previous=from_phase,

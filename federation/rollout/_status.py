@@ -20,8 +20,10 @@ DEFAULT_WINDOW = timedelta(hours=24)
 HISTORY_LIMIT = 100
 
 
-def _root() -> Path:
-    return config.settings().root
+def _root(settings: config.Settings | None = None) -> Path:
+    """The root of *settings*; without them, of the configured federation (each public reader takes
+    ``settings=`` so that a command reads the federation it was handed)."""
+    return (settings or config.settings()).root
 
 
 def window(since: datetime | None = None, until: datetime | None = None) -> tuple[datetime, datetime]:
@@ -40,9 +42,9 @@ def timeout() -> float:
         return config.ControlTimings().fleet_timeout
 
 
-def fleet() -> list[dict]:
+def fleet(*, settings: config.Settings | None = None) -> list[dict]:
     """Every announced process: host, pid, agent, phase, source, version, started_at, last_seen, alive."""
-    return _fleet.read_fleet(_root(), timeout())
+    return _fleet.read_fleet(_root(settings), timeout())
 
 
 def fleet_summary(processes: list[dict]) -> dict[str, Any]:
@@ -57,7 +59,8 @@ def fleet_summary(processes: list[dict]) -> dict[str, Any]:
             "all_in": int(only[0]) if len(only) == 1 and only[0].isdigit() else None}
 
 
-def counters(since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+def counters(since: datetime | None = None, until: datetime | None = None, *,
+             settings: config.Settings | None = None) -> list[dict]:
     """Per (entity, phase) over the window: comparisons, mismatches, errors and both sides' latency histograms.
 
     Each histogram is ``{"bounds_ms": [...], "counts": [...], "sum_ms": float}``:
@@ -65,7 +68,7 @@ def counters(since: datetime | None = None, until: datetime | None = None) -> li
     bucket is +Inf).
     """
     since, until = window(since, until)
-    return merge_counters(_counts.read_cells(_root(), since, until))
+    return merge_counters(_counts.read_cells(_root(settings), since, until))
 
 
 # The one place counts are added up: ``rollout status``, the guards, ``report --log``, the dashboard
@@ -103,16 +106,17 @@ def rate(comparisons: int, mismatches: int) -> float | None:
     return None if comparisons == 0 else 1.0 - mismatches / comparisons
 
 
-def consistency(since: datetime | None = None, until: datetime | None = None) -> dict[str, dict]:
+def consistency(since: datetime | None = None, until: datetime | None = None, *,
+                settings: config.Settings | None = None) -> dict[str, dict]:
     """Per entity over the window (all phases): counts, rate and p50/p99 of each side in ms."""
-    return summarise(counters(since, until))
+    return summarise(counters(since, until, settings=settings))
 
 
 def totals(since: datetime | None = None, until: datetime | None = None,
-           phases: tuple[int, ...] | None = None) -> dict[str, Any]:
+           phases: tuple[int, ...] | None = None, *, settings: config.Settings | None = None) -> dict[str, Any]:
     """Comparisons, mismatches, errors and rate summed over every entity (of *phases*, default all)."""
     comparisons = mismatches = errors = 0
-    for c in counters(since, until):
+    for c in counters(since, until, settings=settings):
         if phases is None or c["phase"] in phases:
             comparisons += c["comparisons"]
             mismatches += c["mismatches"]
@@ -122,7 +126,7 @@ def totals(since: datetime | None = None, until: datetime | None = None,
 
 
 def series(since: datetime | None = None, until: datetime | None = None,
-           bucket_seconds: int = 3600) -> dict[str, list[dict]]:
+           bucket_seconds: int = 3600, *, settings: config.Settings | None = None) -> dict[str, list[dict]]:
     """Per entity, one point per bucket over the window (zero-filled), oldest first.
 
     A point is ``{"start": ISO 8601, "comparisons", "mismatches", "errors"}``.
@@ -136,34 +140,43 @@ def series(since: datetime | None = None, until: datetime | None = None,
     last = int(until.timestamp())
     starts = list(range(first, last + 1, bucket_seconds)) or [first]
     per: dict[str, dict[int, list[int]]] = {}
-    for cell in _counts.read_cells(_root(), since, until):
-        start = int(float(cell["start"])) // bucket_seconds * bucket_seconds
-        slot = per.setdefault(str(cell.get("entity")), {}).setdefault(start, [0, 0, 0])
-        slot[0] += int(cell.get("comparisons") or 0)
-        slot[1] += int(cell.get("mismatches") or 0)
-        slot[2] += int(cell.get("errors") or 0)
-    out = {}
-    for entity in sorted(per):
-        points = per[entity]
-        out[entity] = [{"start": _io.iso(datetime.fromtimestamp(t, tz=since.tzinfo)),
-                        "comparisons": points.get(t, (0, 0, 0))[0], "mismatches": points.get(t, (0, 0, 0))[1],
-                        "errors": points.get(t, (0, 0, 0))[2]} for t in starts]
-    return out
+    for cell in _counts.read_cells(_root(settings), since, until):
+        tally(per, str(cell.get("entity")), int(float(cell["start"])) // bucket_seconds * bucket_seconds, cell)
+    return points(per, starts, since.tzinfo)
 
 
-def recent_mismatches(limit: int = 100) -> list[dict]:
+def tally(per: dict[str, dict[int, list[int]]], entity: str, start: int, row: dict) -> None:
+    """Add the counts of a cell (or a ``counters()`` row) to *per*[entity][start]:
+    [comparisons, mismatches, errors].  With :func:`points`, the one way counts become a series."""
+    slot = per.setdefault(entity, {}).setdefault(start, [0, 0, 0])
+    slot[0] += int(row.get("comparisons") or 0)
+    slot[1] += int(row.get("mismatches") or 0)
+    slot[2] += int(row.get("errors") or 0)
+
+
+def points(per: dict[str, dict[int, list[int]]], starts: list[int], tz: Any) -> dict[str, list[dict]]:
+    """:func:`series`' shape from what :func:`tally` added up: per entity, a point per start (zero-filled)."""
+    zero = (0, 0, 0)
+    return {entity: [{"start": _io.iso(datetime.fromtimestamp(t, tz=tz)),
+                      "comparisons": per[entity].get(t, zero)[0], "mismatches": per[entity].get(t, zero)[1],
+                      "errors": per[entity].get(t, zero)[2]}
+                     for t in starts]
+            for entity in sorted(per)}
+
+
+def recent_mismatches(limit: int = 100, *, settings: config.Settings | None = None) -> list[dict]:
     """The fleet's most recent mismatches, newest first (at most 1,000 are kept):
     ``{"at", "host", "pid", "entity", "key", "phase", "op", "authority", "diff"}``."""
-    records = _counts.read_mismatches(_root())
+    records = _counts.read_mismatches(_root(settings))
     records.sort(key=lambda r: str(r.get("at")), reverse=True)
     keys = ("at", "host", "pid", "entity", "key", "phase", "op", "authority", "diff")
     return [{k: r.get(k) for k in keys} for r in records[: max(0, min(limit, _counts.MISMATCH_CAP))]]
 
 
-def flag_record() -> tuple[dict | None, str | None]:
+def flag_record(*, settings: config.Settings | None = None) -> tuple[dict | None, str | None]:
     """(the flag as CONTRACT shows it or None, the reason it cannot be read or None)."""
     try:
-        flag = _flag.read_flag(_root())
+        flag = _flag.read_flag(_root(settings))
     except _flag.FlagError as exc:
         return None, str(exc)
     if flag is None:
@@ -172,23 +185,27 @@ def flag_record() -> tuple[dict | None, str | None]:
             "reason": flag.reason}, None
 
 
-def history(limit: int = HISTORY_LIMIT) -> list[dict]:
+def history(limit: int = HISTORY_LIMIT, *, settings: config.Settings | None = None) -> list[dict]:
     """The latest changes of the flag, oldest first: ``{"at", "from", "to", "by", "reason", "forced"}``."""
     keys = ("at", "from", "to", "by", "reason", "forced")
-    return [{k: e.get(k) for k in keys} for e in _flag.history(_root())[-limit:]]
+    return [{k: e.get(k) for k in keys} for e in _flag.history(_root(settings))[-limit:]]
 
 
-def status(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-    """The ``federation rollout status --json`` object (CONTRACT)."""
+def status(since: datetime | None = None, until: datetime | None = None, *,
+           settings: config.Settings | None = None) -> dict[str, Any]:
+    """The ``federation rollout status --json`` object (CONTRACT) of *settings*' federation (default: the
+    configured one)."""
+    s = settings or config.settings()
     since, until = window(since, until)
-    return status_document(fleet(), consistency(since, until), since, until, history())
+    return status_document(fleet(settings=s), consistency(since, until, settings=s), since, until,
+                           history(settings=s), settings=s)
 
 
 def status_document(processes: list[dict], summed: Any, since: datetime, until: datetime,
-                    past: list[dict]) -> dict[str, Any]:
+                    past: list[dict], *, settings: config.Settings | None = None) -> dict[str, Any]:
     """The status object of a window from its parts (the fleet, its counts summed, the history), with
     the flag and what the readers skipped: one shape for ``rollout status`` and the dashboard."""
-    flag, problem = flag_record()
+    flag, problem = flag_record(settings=settings)
     data: dict[str, Any] = {"flag": flag, "fleet": processes, "fleet_summary": fleet_summary(processes),
                             "consistency": summed,
                             "window": {"since": _io.iso(since), "until": _io.iso(until)}, "history": past}

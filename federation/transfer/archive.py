@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 from .. import config
+from ..domain.authority import repair_command
 from ..domain.layout import TOP_DIRS
 from ..stores.files import read_regular
 from ..errors import ConflictError, StorageError
@@ -66,16 +67,23 @@ def _summary(report: Report) -> str:
     return "; ".join(parts)
 
 
-def archive_legacy(dest: Path, *, root: Path | None = None) -> ArchiveResult:
-    """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files."""
-    root = Path(root) if root is not None else config.settings().root
+def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings | None = None,
+                   phase: int | None = None) -> ArchiveResult:
+    """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files.
+
+    *settings*: the federation archived (default: the configured one); *root*, when given, wins over its root.
+    *phase*: the fleet's current phase (``federation archive-legacy`` passes the rollout's), so that
+    a refusal names the repair that is safe in it.
+    """
+    settings = settings or config.settings()
+    root = Path(root) if root is not None else settings.root
     dest = Path(dest).absolute()
     if dest.exists():
         raise ConflictError(f"{dest} already exists: choose a new archive name")
-    report = build_report(root)
+    report = build_report(root, settings=settings)
     if not report.consistent:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
-                            f"({_summary(report)}). Run `federation report`, repair with `{_repair()}`, "
+                            f"({_summary(report)}). Run `federation report`, repair with {_repair(phase)}, "
                             "and try again")
     dirs, files = legacy_paths(root, exclude=dest)
     digests: dict[str, str] = {}
@@ -138,8 +146,8 @@ def _verify(archive: Path, digests: dict[str, str]) -> None:
                            "nothing was removed")
 
 
-def _repair() -> str:
+def _repair(phase: int | None) -> str:
     """The sync that is safe in the fleet's phase (archiving is phase 4's step: the files are rewritten)."""
-    from ..rollout._default import fleet_phase, repair_command
-
-    return repair_command(fleet_phase())
+    if phase is None:  # not told: the report names it
+        return "the `federation sync` it names"
+    return f"`{repair_command(phase)}`"

@@ -2,35 +2,33 @@
 
 ``federation report`` = ``python scripts/consistency_report.py``.  Table by
 table: row counts, keys missing on either side, and records that differ, with
-a field-level diff of the first few (the shim's own :func:`shim.normalize` and
-:func:`shim.field_diff`, so the report and the shadow reads agree on what
+a field-level diff of the first few (:mod:`federation.domain.compare`, the
+comparison the shim's shadow reads are given too, so both agree on what
 "equal" means).  Only unread messages have a file counterpart.
 
-:func:`summarise_log` reads a structlog JSON-lines file and counts the
-``shadow_mismatch`` / ``shadow_error`` events per entity over its period.
+``report --log`` (the shadow events of a log, with the fleet's counted
+comparisons) is the rollout's: :mod:`federation.rollout._log_summary`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
-
-from shim import field_diff, normalize
 
 from .. import config
 from .rows import (BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db, read_db_documents,
                    read_files, read_tree)
 from ..stores.database import database_exists
 from ..stores.files import Tree, locked
+from ..domain.compare import field_diff, normalize
 from ..domain.entities import MESSAGES, Entity, document_lock
 from ..domain.layout import document_name, message_owner
 from ..errors import FileStorageError
 
-__all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "summarise_log", "DIFF_LIMIT",
+__all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "DIFF_LIMIT",
            "recheck_differences", "Doc"]
 
 #: How many differing records of a table get a field-level diff.
@@ -103,12 +101,14 @@ class Sides:
     db: dict[str, dict[tuple, tuple]]
 
 
-def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False) -> Sides:
+def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False,
+               settings: config.Settings | None = None) -> Sides:
     """Read the legacy tree under *root* and the database as rows (never writes to either).
 
-    A SQLite database that does not exist yet reads as empty, and is not created.
+    A SQLite database that does not exist yet reads as empty, and is not created.  *settings*: the
+    federation read (default: the configured one); *root*, when given, wins over its root.
     """
-    settings = config.settings()
+    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
@@ -125,19 +125,21 @@ def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
 
 
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
-                 diff_limit: int = DIFF_LIMIT, recheck: bool = False) -> Report:
+                 diff_limit: int = DIFF_LIMIT, recheck: bool = False,
+                 settings: config.Settings | None = None) -> Report:
     """Compare the legacy tree under *root* with the database (never writes to either).
 
     A SQLite database that does not exist yet is compared as empty, and not created.
     recheck: re-read each difference under its document's lock before reporting it (a write in
-    flight is not a difference; :func:`recheck_differences`).
+    flight is not a difference; :func:`recheck_differences`).  *settings*: the federation compared
+    (default: the configured one, read once here and handed down).
     """
-    settings = config.settings()
+    settings = settings or config.settings()
     if recheck and store is None and database_exists(settings):
         from ..stores.sqlstore import get_store
 
         store = get_store(settings)
-    sides = read_sides(root, store=store, progress=progress)
+    sides = read_sides(root, store=store, progress=progress, settings=settings)
     report = compare_sides(sides, diff_limit)
     if recheck and not report.consistent:
         report = recheck_differences(Path(root) if root is not None else settings.root, sides, report, store)
@@ -253,113 +255,3 @@ def only_documents(rows: TreeRows, docs: set[Doc]) -> TreeRows:
         out.rows[name] = {k: rows.rows[name][k] for k in keep}
         out.sources[name] = {k: rows.sources[name][k] for k in keep if k in rows.sources[name]}
     return out
-
-
-# ---------------------------------------------------------------------------
-# the shadow events of a structlog JSON-lines log
-
-SHADOW_EVENTS = ("shadow_mismatch", "shadow_error")
-
-
-def summarise_log(path: Path, report: Report | None = None) -> dict[str, Any]:
-    """Count ``shadow_mismatch`` / ``shadow_error`` events per entity in a JSON-lines log.
-
-    The consistency rate is ``1 - mismatches / comparisons`` of the comparisons
-    the fleet counted (``rate_source: "counted"``).  Without counts it falls
-    back to the share of records (the rows of both sides now, from *report*)
-    that had no shadow event in the period (``rate_source: "records"``, also
-    kept as ``records_rate``); ``None`` when unknown.
-    """
-    per: dict[str, dict[str, Any]] = {}
-    first = last = None
-    lines = unreadable = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            lines += 1
-            try:
-                event = json.loads(line)
-            except ValueError:
-                unreadable += 1
-                continue
-            if not isinstance(event, dict) or event.get("event") not in SHADOW_EVENTS:
-                continue
-            stamp = event.get("timestamp")
-            if isinstance(stamp, str):
-                first = stamp if first is None or stamp < first else first
-                last = stamp if last is None or stamp > last else last
-            entity = str(event.get("entity") or "?")
-            slot = per.setdefault(entity, {"shadow_mismatch": 0, "shadow_error": 0, "keys": set(), "phases": set()})
-            slot[event["event"]] += 1
-            if event.get("key") is not None:
-                slot["keys"].add(str(event["key"]))
-            if event.get("phase") is not None:
-                slot["phases"].add(event["phase"])
-    entities: dict[str, Any] = {}
-    tables = report.entities if report is not None else {}
-    total_keys = 0
-    for entity in sorted(per):
-        slot = per[entity]
-        keys = len(slot["keys"])
-        records = rate = None
-        if entity in tables:
-            t = tables[entity]
-            records = t.files + len(t.missing_in_files)  # keys on either side
-            if records:
-                rate = max(0.0, 1.0 - keys / records)
-                total_keys += min(keys, records)
-        entities[entity] = {"shadow_mismatch": slot["shadow_mismatch"], "shadow_error": slot["shadow_error"],
-                            "keys": keys, "records": records, "consistency_rate": rate,
-                            "phases": sorted(slot["phases"], key=str)}
-    total_records = sum(t.files + len(t.missing_in_files) for t in tables.values())
-    overall = (1.0 - total_keys / total_records) if total_records else None
-    summary = {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
-               "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
-               "entities": entities, "consistency_rate": overall, "rate_source": "records"}
-    _use_counts(summary, first)
-    return summary
-
-
-def _use_counts(summary: dict[str, Any], first: str | None) -> None:
-    """Put the fleet's counted comparisons (``federation rollout``) in place of the records proxy.
-
-    The window starts at the hour of the log's first shadow event (the last
-    24 hours without one) and ends now.  Without counted comparisons the proxy stays,
-    with ``rate_source: "records"``; each entity keeps it as ``records_rate``.
-    """
-    from datetime import datetime, timedelta, timezone
-
-    from ..rollout import _status as rollout
-
-    until = datetime.now(timezone.utc)
-    since = None
-    if first is not None:
-        try:
-            since = datetime.fromisoformat(first.replace("Z", "+00:00"))
-            since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        except ValueError:
-            since = None
-    if since is None or since > until:
-        since = until - timedelta(hours=24)
-    else:  # the whole hour: counts are kept per bucket, and the log's period is approximate anyway
-        since = since.replace(minute=0, second=0, microsecond=0)
-    counted = rollout.consistency(since, until)
-    entities = summary["entities"]
-    for slot in entities.values():
-        slot["records_rate"] = slot["consistency_rate"]
-    if not any(c["comparisons"] for c in counted.values()):
-        return
-    for entity, c in counted.items():
-        slot = entities.setdefault(entity, {"shadow_mismatch": 0, "shadow_error": 0, "keys": 0, "records": None,
-                                            "consistency_rate": None, "records_rate": None, "phases": []})
-        slot.update(comparisons=c["comparisons"], mismatches=c["mismatches"], errors=c["errors"],
-                    consistency_rate=c["rate"])
-    for slot in entities.values():
-        if "comparisons" not in slot:  # events in the log, but no comparison counted in the window
-            slot.update(comparisons=0, mismatches=0, errors=0, consistency_rate=None)
-    comparisons = sum(c["comparisons"] for c in counted.values())
-    mismatches = sum(c["mismatches"] for c in counted.values())
-    summary.update(records_rate=summary["consistency_rate"], comparisons=comparisons, mismatches=mismatches,
-                   consistency_rate=(1.0 - mismatches / comparisons) if comparisons else None, rate_source="counted",
-                   window={"since": since.isoformat(), "until": until.isoformat()})

@@ -28,6 +28,7 @@ from .._logging import library_logger
 
 from ..stores import sqltext as _sql
 from .. import config
+from ..domain.authority import authority
 from ..domain.clock import now
 from ..stores.files import Tree, atomic_write_json, read_json, remove
 from .rows import BY_NAME, TABLES, TreeRows, document_file, key_text, read_db_documents, read_files
@@ -66,30 +67,35 @@ class SyncResult:
 
 
 def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
-         reason: str | None = None) -> SyncResult:
+         reason: str | None = None, settings: config.Settings | None = None,
+         phase: int | None = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
     Each differing document is decided again and repaired under its file lock
     (see the module's docstring); the changes returned are those made.  A dry
     run lists what the report shows, takes no lock and writes nothing.
 
-    Refused (:class:`AuthoritativeSideError`) when *to* is the side that is
-    authoritative in the fleet's current phase (the files in 1-2, the database
-    in 3-4): that would put the stale side's content over what agents were
-    told succeeded.  *force* with a *reason* overrides; a dry run is never refused.
+    *phase*: the fleet's current phase, which the caller asks the rollout
+    (``federation sync`` passes ``rollout._default.fleet_phase(settings)``).  Refused
+    (:class:`AuthoritativeSideError`) when *to* is the side authoritative in it
+    (the files in 1-2, the database in 3-4): that would put the stale side's
+    content over what agents were told succeeded.  *force* with a *reason*
+    overrides; a dry run is never refused.  A write without a phase is refused
+    (:class:`ConfigError`): the side to protect is unknown.
+    *settings*: the federation repaired (default: the configured one).
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
-    settings = config.settings()
+    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     if not dry_run:
-        check_direction(to, force=force, reason=reason)
+        check_direction(to, phase, force=force, reason=reason)
     if store is None and (not dry_run or database_exists(settings)):
         from ..stores.sqlstore import get_store
 
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     tree = Tree(root)
-    sides = read_sides(root, store=store)  # no lock: candidates only, decided again under the locks
+    sides = read_sides(root, store=store, settings=settings)  # no lock: candidates only, decided again under the locks
     report = compare_sides(sides)
     if dry_run:
         changes = _db_plan(sides, report)[0] if to == "db" else _to_files(store, tree, sides, report, apply=False)
@@ -111,13 +117,15 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     return result
 
 
-def check_direction(to: str, *, force: bool = False, reason: str | None = None) -> int:
-    """The fleet's phase, when rewriting side *to* is safe in it (or forced with a reason); else raise."""
-    from ..rollout._default import authority, fleet_phase
-
+def check_direction(to: str, phase: int | None, *, force: bool = False, reason: str | None = None) -> None:
+    """Return when rewriting side *to* is safe in *phase* (or forced with a reason); else raise."""
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason: say why the authoritative side is overwritten (it is recorded)")
-    phase = fleet_phase()
+    if phase is None:
+        if force:
+            return
+        raise ConfigError("sync needs the fleet's phase to know which side it must not overwrite: pass "
+                          "phase=federation.rollout.fleet_phase() (what `federation sync` does)")
     side = authority(phase)
     if to == side and not force:
         other = "files" if side == "db" else "db"
@@ -127,7 +135,6 @@ def check_direction(to: str, *, force: bool = False, reason: str | None = None) 
             f"`sync --to {to}` would put the other side's older content over what agents "
             f"wrote. The safe repair is `federation sync --to {other}`; `--force --reason TEXT` overrides "
             "(recorded in control/syncs.jsonl)")
-    return phase
 
 
 # ---------------------------------------------------------------------------
