@@ -56,6 +56,7 @@ import wrapt
 from shim import DB, FILES, Experiment, Observation, Outcome, Phase, Spec, delta, patch
 
 from .domain import clock as _clock
+from .domain import layout as _layout
 from .domain.compare import record_diff
 from .stores import files as _files
 from . import core, rollout
@@ -536,7 +537,7 @@ class _Call:
                 data = _files.read_json(inbox / name)
                 if data is None:
                     continue
-                messages.append(MESSAGES.record(data, fallback={"id": name[:-5], "recipient": self.owner}))
+                messages.append(MESSAGES.record(data, fallback={"id": _layout.stem(name), "recipient": self.owner}))
             store = self.store()
             store.atomic(lambda: [store.save_message(m) for m in messages])
 
@@ -554,7 +555,7 @@ class _Call:
             t0 = time.perf_counter()
             returned = self.call_theirs()
             files = Outcome(FILES, _legacy_view("inbox", agent, returned), seconds=time.perf_counter() - t0)
-            claimed = sorted(name[:-5] for name in before - _json_names(inbox))
+            claimed = sorted(_layout.stem(name) for name in before - _json_names(inbox))
             db = Outcome.run(DB, store.claim_inbox, (agent,), {"ids": claimed}, catch=True)
             self.publish(files, db, compare=True)
             return returned
@@ -564,10 +565,10 @@ class _Call:
         claimed = {m["id"] for m in db.value}
         files = Outcome.run(FILES, self.call_theirs, (), {}, catch=True)
         # what the database did not claim stays unread in the files; what it claimed is gone from them
-        before.restore(only=[n for n in before.files if n[:-5] not in claimed])
+        before.restore(only=[n for n in before.files if _layout.stem(n) not in claimed])
         for mid in claimed:
             with contextlib.suppress(Exception):
-                _files.remove(inbox / f"{mid}.json")
+                _files.remove(inbox / _layout.document_name(mid))
         if files.error is None:
             files.value = _legacy_view("inbox", agent, files.value)
         self.publish(db, files, compare=True)
@@ -580,15 +581,13 @@ class _Call:
 
 def _json_names(folder: Path) -> set[str]:
     try:
-        return {n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")}
+        return {n for n in os.listdir(folder) if _layout.is_document_name(n)}
     except FileNotFoundError:
         return set()
 
 
 def _document_path(tree: _files.Tree, kind: str, owner: str) -> Path:
-    from .transfer.rows import document_file
-
-    return document_file(tree, kind, owner, owner)
+    return _layout.document_file(tree, kind, owner, owner)
 
 
 @dataclasses.dataclass

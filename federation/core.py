@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .domain import validate as _validate
 from . import config
 from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .domain.entities import (LEASES_FILE, TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, NODE_FILES, POLLS,
-                              POLLS_LOCK, PROFILES, SESSIONS, check_close, check_vote, history_entry, inbox_lock,
-                              message_mismatch, node_lock, session_lock, split_votes)
+from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
+                              SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, message_mismatch,
+                              node_lock, session_lock, split_votes)
+from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
 
@@ -136,7 +136,7 @@ def _inbox(agent: str) -> list[dict]:
     try:
         with open_folder(inbox, t.root) as fd:  # one walk from the root, then each file in that folder
             for name in os.listdir(fd) if fd is not None else ():
-                if not name.endswith(".json") or name.startswith("."):
+                if not is_document_name(name):
                     continue
                 path = inbox / name
                 try:
@@ -168,7 +168,7 @@ def claim_inbox(agent: str, ids: list[str] | None = None, read_at: str | None = 
         inbox = t.inbox(agent)
         for msg in messages:
             # the id is the file's own name (_message_from_file refuses a body that disagrees)
-            remove(inbox / f"{msg['id']}.json")
+            remove(inbox / document_name(msg["id"]))
         return messages
 
 
@@ -196,14 +196,14 @@ def _json_names(directory: Path) -> list[str]:
     except CorruptFileError as exc:  # the folder (or one above it) is a link or a file: nothing is read through it
         _skip(directory, exc.reason)
         return []
-    return [n for n in names if n.endswith(".json") and not n.startswith(".")]
+    return [n for n in names if is_document_name(n)]
 
 
 def _leases(agent: str) -> dict[str, tuple[int, str | None]]:
     """The lease journal of *agent*: ``{id: (attempt, lease_until)}``.  An unreadable journal reads as
     empty: every leased message is then an expired lease (delivered again, never lost)."""
     try:
-        data = read_json(tree().leased(agent) / LEASES_FILE, dict, {})
+        data = read_json(tree().leases_file(agent), dict, {})
     except CorruptFileError:
         return {}
     out = {}
@@ -215,7 +215,7 @@ def _leases(agent: str) -> dict[str, tuple[int, str | None]]:
 
 
 def _save_leases(agent: str, leases: dict[str, tuple[int, str | None]]) -> None:
-    path = tree().leased(agent) / LEASES_FILE
+    path = tree().leases_file(agent)
     if leases:
         atomic_write_json(path, {mid: list(entry) for mid, entry in sorted(leases.items())})
     else:
@@ -234,7 +234,7 @@ def _message_named(path: Path, agent: str) -> dict | None:
         raise FileStorageError.wrap(exc, path, "read") from exc
     message = _message_from_file(raw, path, agent)
     if message is not None:
-        message["id"] = path.name[:-5]
+        message["id"] = stem(path.name)
     return message
 
 
@@ -244,7 +244,7 @@ def _dead_record(path: Path, agent: str) -> dict | None:
     if data is None:
         return None
     record = MESSAGES.record(data, fallback={"recipient": agent})
-    record["id"] = path.name[:-5]
+    record["id"] = stem(path.name)
     attempt = data.get("attempt")
     record["attempt"] = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
     for field in ("lease_until", "dead_at"):
@@ -278,12 +278,12 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
         inbox, leased = t.inbox(agent), t.leased(agent)
         leases = _leases(agent)
         held = _json_names(leased)
-        changed = set(leases) - {n[:-5] for n in held}  # entries whose file is gone: dropped below
+        changed = set(leases) - {stem(n) for n in held}  # entries whose file is gone: dropped below
         for mid in changed:
             del leases[mid]
         candidates: list[tuple[dict, int, bool]] = []  # (message, attempts so far, still in inbox/)
         for name in held:
-            mid = name[:-5]
+            mid = stem(name)
             attempt, until = leases.get(mid, (0, None))
             if until is not None and until >= now:
                 continue  # under lease
@@ -313,7 +313,7 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
             leased.mkdir(parents=True, exist_ok=True)
         out = []
         for message, attempt, new in candidates:
-            name = f"{message['id']}.json"
+            name = document_name(message["id"])
             if new:
                 try:
                     os.rename(inbox / name, leased / name)  # the claim
@@ -335,7 +335,7 @@ def ack_messages(agent: str, ids: list[str], read_at: str) -> list[dict]:
     with locked(t, inbox_lock(agent)):
         leases = None
         for message_id in dict.fromkeys(ids):
-            name = f"{_validate.ident(message_id, 'message id')}.json"
+            name = document_name(_validate.ident(message_id, "message id"))
             for folder in (t.leased(agent), t.dead(agent)):
                 message = _message_named(folder / name, agent)
                 if message is not None and remove(folder / name):
@@ -362,17 +362,12 @@ def load_dead_letters(agent: str | None, now: str, max_attempts: int = 5) -> lis
                 out.append(record)
         leases = _leases(name)
         for file in _json_names(t.leased(name)):
-            attempt, until = leases.get(file[:-5], (0, None))
+            attempt, until = leases.get(stem(file), (0, None))
             if until is not None and until < now and attempt >= max_attempts:
                 message = _message_named(t.leased(name) / file, name)
                 if message is not None:
                     out.append({**message, "attempt": attempt, "lease_until": until, "dead_at": until})
     return [_public(r, *DELIVERY_FIELDS) for r in _order(out)]
-
-
-def _key_file(sender: str, key: str) -> Path:
-    # the key is the sender's text: hashed, never a path of its own
-    return tree().sent_keys(sender) / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
 
 
 def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
@@ -388,7 +383,7 @@ def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
     sender = messages[0]["sender"]
     t = tree()
     with locked(t, keys_lock(sender)):
-        path = _key_file(sender, key)
+        path = t.key_file(sender, key)
         data = read_json(path)
         if data is not None and data.get("key") == key and isinstance(data.get("ids"), list):
             return [str(i) for i in data["ids"]]
@@ -451,28 +446,34 @@ def load_context(agent: str) -> dict | None:
 
 
 def _context(agent: str) -> dict | None:
-    data = read_json(tree().context_file(agent))
+    return _node_record(CONTEXT, agent)
+
+
+def _node_record(entity: Entity, agent: str) -> dict | None:
+    """*agent*'s record of the node document *entity* (context or profile), or None when it has none."""
+    data = read_json(tree().node_file(entity.document, agent))
     if data is None:
         return None
-    return CONTEXT.record(data, given={"agent": agent})
+    return entity.record(data, given={"agent": agent})
+
+
+def _update_node(entity: Entity, agent: str, change: Callable[[dict], Any]) -> None:
+    """Change *agent*'s node document *entity* under the node lock (a missing one starts from the defaults)."""
+    t = tree()
+    with locked(t, node_lock(agent)):
+        doc = _node_record(entity, agent) or entity.record({}, given={"agent": agent})
+        change(doc)
+        atomic_write_json(t.node_file(entity.document, agent), doc)
 
 
 def save_context(agent: str, text: str, updated_at: str) -> None:
     """Set the context text of *agent* (its heartbeat is kept)."""
-    t = tree()
-    with locked(t, node_lock(agent)):
-        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
-        doc.update(text=text, updated_at=updated_at)
-        atomic_write_json(t.context_file(agent), doc)
+    _update_node(CONTEXT, agent, lambda doc: doc.update(text=text, updated_at=updated_at))
 
 
 def save_heartbeat(agent: str, timestamp: str) -> None:
     """Record that *agent* is alive (its context text is kept)."""
-    t = tree()
-    with locked(t, node_lock(agent)):
-        doc = _context(agent) or CONTEXT.record({}, given={"agent": agent})
-        doc.update(last_heartbeat=timestamp)
-        atomic_write_json(t.context_file(agent), doc)
+    _update_node(CONTEXT, agent, lambda doc: doc.update(last_heartbeat=timestamp))
 
 
 def load_expertise(agent: str) -> dict | None:
@@ -504,23 +505,20 @@ def load_profile(agent: str) -> dict | None:
 
 
 def _profile(agent: str) -> dict | None:
-    data = read_json(tree().profile_file(agent))
-    if data is None:
-        return None
-    return PROFILES.record(data, given={"agent": agent})
+    return _node_record(PROFILES, agent)
 
 
 def save_profile(agent: str, default_role: str | None, traits: dict | None, updated_at: str) -> None:
     """Set the profile of *agent*; a ``None`` field keeps its current value."""
-    t = tree()
-    with locked(t, node_lock(agent)):
-        doc = _profile(agent) or PROFILES.record({}, given={"agent": agent})
+
+    def change(doc: dict) -> None:
         if default_role is not None:
             doc["default_role"] = default_role
         if traits is not None:
             doc["traits"] = traits
         doc["updated_at"] = updated_at
-        atomic_write_json(t.profile_file(agent), doc)
+
+    _update_node(PROFILES, agent, change)
 
 
 def load_agents() -> list[str]:
@@ -528,26 +526,29 @@ def load_agents() -> list[str]:
     return _agents()
 
 
-def _agents() -> list[str]:
-    t = tree()
-    nodes = t.nodes
+def _listed(directory: Path) -> list[str]:
+    """The names in *directory*, reached from the root without following a link; none (logged) when it, or a
+    folder above it, is a link or a file: nothing is read through it."""
     try:
-        names = list_dir(nodes, root=t.root)
+        return list_dir(directory, root=tree().root)
     except CorruptFileError as exc:
         _skip(Path(exc.path), exc.reason)
         return []
+
+
+def _agents() -> list[str]:
+    t = tree()
+    nodes = t.nodes
     out = []
-    for name in names:
+    for name in _listed(nodes):
         try:  # a link is not an agent's folder: nothing is read through it
             entries = list_dir(nodes / name, root=t.root)
         except CorruptFileError:
             continue
-        if not _NODE_ENTRIES.isdisjoint(entries):
+        if not AGENT_ENTRIES.isdisjoint(entries):
             out.append(name)
     return sorted(out)
 
-
-_NODE_ENTRIES = frozenset((*NODE_FILES, "inbox"))
 
 
 def load_experts(domain: str) -> list[str]:
@@ -665,17 +666,11 @@ def load_sessions() -> dict[str, dict]:
 
 
 def _sessions() -> dict[str, dict]:
-    t = tree()
-    directory = t.sessions_dir
-    try:
-        names = list_dir(directory, root=t.root)
-    except CorruptFileError as exc:
-        _skip(Path(exc.path), exc.reason)
-        return {}
+    directory = tree().sessions_dir
     out = {}
-    for name in sorted(names):
-        if name.endswith(".json") and not name.startswith("."):
-            sid = name[:-5]
+    for name in sorted(_listed(directory)):
+        if is_document_name(name):
+            sid = stem(name)
             data = read_json(directory / name)
             if data is not None:
                 out[sid] = _normal_session(sid, data)

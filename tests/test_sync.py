@@ -52,6 +52,7 @@ print(json.dumps(acked))
 #: the report listed that agreed once re-read under their lock (a write was in flight).
 SYNCER = """
 import json, os, sys
+from federation import rollout
 from federation.transfer.sync import sync
 to, stop = sys.argv[1:3]
 runs = []

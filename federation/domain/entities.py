@@ -6,10 +6,10 @@ row/transfer layer (:mod:`federation.transfer.rows`: migration, report, sync) an
 generator of legacy trees.  An :class:`Entity` is one table of the schema as
 the legacy files hold it: its fields in column order (key fields first), the
 defaults a missing value reads as, which fields a legacy record must have, the
-legacy document it lives in and where in it.  The legacy layout (file names)
-and the lock of each document are here too, and the domain rules both stores
-enforce (a vote needs an open poll and one of its options; only the creator
-closes a poll).
+legacy document it lives in and where in it.  The lock of each document is
+here too (its file: :mod:`federation.domain.layout`), and the domain rules both
+stores enforce (a vote needs an open poll and one of its options; only the
+creator closes a poll).
 
 Adding a field to an entity: a schema migration (:mod:`federation.stores.schema`),
 its :class:`Field` here, and the code that produces its value.
@@ -31,27 +31,12 @@ __all__ = [
     "BY_NAME", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
 ]
 
-# ---------------------------------------------------------------------------
-# the legacy layout under the federation root (DESIGN.md)
-
-NODES_DIR = "nodes"
-SHARED_DIR = "shared"
-INBOX_DIR = "inbox"  # nodes/{agent}/inbox/{message_id}.json
-LEASED_DIR = "leased"  # nodes/{agent}/leased/{message_id}.json: received, not yet acknowledged (docs/delivery.md)
-DEAD_DIR = "dead"  # nodes/{agent}/dead/{message_id}.json: delivered the maximum attempts, never acknowledged
-SENT_KEYS_DIR = "sent_keys"  # nodes/{sender}/sent_keys/{sha256 of the key}.json: idempotent sends
-LEASES_FILE = ".leases.json"  # nodes/{agent}/leased/.leases.json: the journal of the leases taken (id: attempt, until)
-#: the fields a leased or dead message file carries beside the message's own
+#: the fields a leased or dead message file carries beside the message's own (the layout: domain.layout)
 DELIVERY_FIELDS = ("attempt", "lease_until", "dead_at")
-SESSIONS_DIR = "sessions"  # shared/sessions/{session_id}.json
-POLLS_FILE = "polls.json"  # shared/polls.json
-#: the per-agent files of nodes/{agent}/, and the document each holds
-NODE_FILES = {"context_window.json": "context", "expertise.json": "expertise", "profile.json": "profile"}
-NODE_FILE_OF = {kind: name for name, kind in NODE_FILES.items()}
 
 
 # ---------------------------------------------------------------------------
-# the lock of each legacy document (advisory file locks, $ROOT/.locks/{name}.lock)
+# the lock of each legacy document (advisory file locks: layout.Tree.lock_path)
 
 POLLS_LOCK = "polls"
 #: the lock name of each legacy document kind but polls: a prefix, then the validated owner

@@ -13,21 +13,27 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .entities import (INBOX_DIR, MESSAGES, NODE_FILE_OF, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
-                       SHARED_DIR, TABLES)
+from .entities import MESSAGES, POLLS, SESSIONS, TABLES
+from .layout import INBOX_DIR, NODE_FILE_OF, NODES_DIR, Tree, document_name
 
 __all__ = ["generate", "MALFORMED_KINDS"]
 
+
+def _in_node(*parts: str) -> str:
+    """A path relative to the root, in the folder of the first agent (``nodes/agent-000/...``)."""
+    return "/".join((NODES_DIR, "agent-000", *parts))
+
+
 #: kind -> (relative path, bytes, a fragment of the reason the migration gives)
 MALFORMED_KINDS = {
-    "empty": ("nodes/agent-000/inbox/bad-empty.json", b"", "empty file"),
-    "truncated": ("nodes/agent-000/inbox/bad-truncated.json", b'{"id": "bad-truncated", "sender": "ag',
+    "empty": (_in_node(INBOX_DIR, document_name("bad-empty")), b"", "empty file"),
+    "truncated": (_in_node(INBOX_DIR, document_name("bad-truncated")), b'{"id": "bad-truncated", "sender": "ag',
                   "invalid JSON"),
-    "not_utf8": ("nodes/agent-000/inbox/bad-latin1.json",
+    "not_utf8": (_in_node(INBOX_DIR, document_name("bad-latin1")),
                  '{"sender": "agent-001", "content": "caf\u00e9", "timestamp": "2024-01-01T00:00:00"}'
                  .encode("latin-1"), "not UTF-8"),
-    "wrong_type": ("nodes/agent-000/context_window.json", b'["not", "an", "object"]', "must be a JSON object"),
-    "missing_field": ("nodes/agent-000/inbox/bad-nosender.json",
+    "wrong_type": (_in_node(NODE_FILE_OF["context"]), b'["not", "an", "object"]', "must be a JSON object"),
+    "missing_field": (_in_node(INBOX_DIR, document_name("bad-nosender")),
                       b'{"id": "bad-nosender", "content": "hi", "timestamp": "2024-01-01T00:00:00"}',
                       "missing required field 'sender'"),
 }
@@ -51,6 +57,7 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
     """
     rnd = random.Random(seed)
     root = Path(root)
+    tree = Tree(root)
     base = datetime(2024, 3, 1, tzinfo=timezone.utc)
     names = [f"agent-{i:03d}" for i in range(agents)]
     rows = {t.table: 0 for t in TABLES}
@@ -60,19 +67,18 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         return (base + timedelta(seconds=seconds)).isoformat()
 
     for n, name in enumerate(names):
-        node = root / NODES_DIR / name
-        (node / INBOX_DIR).mkdir(parents=True, exist_ok=True)
+        tree.inbox(name).mkdir(parents=True, exist_ok=True)
         if n % 7 != 6:  # some agents have no context window
-            _dump(node / NODE_FILE_OF["context"], {"agent": name, "text": f"{name} works on item {n}",
-                                                 "last_heartbeat": stamp(n), "updated_at": stamp(n)})
+            _dump(tree.context_file(name), {"agent": name, "text": f"{name} works on item {n}",
+                                            "last_heartbeat": stamp(n), "updated_at": stamp(n)})
             rows["context"] += 1
         domains = sorted(rnd.sample(["python", "sql", "review", "ops", "docs", "security"], rnd.randint(0, 3)))
         if domains or n % 2:  # an empty domain list is a file without rows
-            _dump(node / NODE_FILE_OF["expertise"], {"agent": name, "domains": domains, "updated_at": stamp(n)})
+            _dump(tree.expertise_file(name), {"agent": name, "domains": domains, "updated_at": stamp(n)})
             rows["expertise"] += len(domains)
         if n % 3 != 2:
-            _dump(node / NODE_FILE_OF["profile"], {"agent": name, "default_role": rnd.choice(["reviewer", "builder", None]),
-                                          "traits": {"careful": bool(n % 2), "speed": n}, "updated_at": stamp(n)})
+            _dump(tree.profile_file(name), {"agent": name, "default_role": rnd.choice(["reviewer", "builder", None]),
+                                            "traits": {"careful": bool(n % 2), "speed": n}, "updated_at": stamp(n)})
             rows["profiles"] += 1
 
     previous = None
@@ -86,15 +92,14 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         previous = mid
         if i % 11 == 3:
             del msg["id"]  # legacy files without "id": the file name is the id
-        path = root / NODES_DIR / recipient / INBOX_DIR / f"{mid}.json"
+        path = tree.message_file(recipient, mid)
         if unknown_fields and i == 1:
             msg["priority"] = "high"
             unknown.append((str(path), "priority"))
         _dump(path, msg)
         rows["messages"] += 1
 
-    shared = root / SHARED_DIR
-    (shared / SESSIONS_DIR).mkdir(parents=True, exist_ok=True)
+    tree.sessions_dir.mkdir(parents=True, exist_ok=True)
     doc = {}
     for p in range(polls):
         pid = f"poll-{p:04d}"
@@ -108,9 +113,9 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
     if unknown_fields and doc:
         first = next(iter(doc))
         doc[first]["color"] = "blue"
-        unknown.append((str(shared / POLLS_FILE), f"{first}.color"))
+        unknown.append((str(tree.polls_file), f"{first}.color"))
     if polls:
-        _dump(shared / POLLS_FILE, doc)
+        _dump(tree.polls_file, doc)
 
     for s in range(sessions):
         sid = f"session-{s:04d}"
@@ -125,7 +130,7 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
                    "roles": {m: {"role": "reviewer", "subtask": f"part {k}", "assigned_at": stamp(s + 1)}
                              for k, m in enumerate(members[1:])},
                    "artifacts": artifacts, "reviews": reviews}
-        _dump(shared / SESSIONS_DIR / f"{sid}.json", session)
+        _dump(tree.session_file(sid), session)
         rows["sessions"] += 1
         rows["session_roles"] += len(session["roles"])
         rows["session_artifacts"] += len(artifacts)

@@ -22,8 +22,7 @@ from typing import Any, Iterator
 from .._logging import library_logger
 
 from ..domain import validate as _validate
-from ..domain.entities import (DEAD_DIR, INBOX_DIR, LEASED_DIR, NODE_FILE_OF, SENT_KEYS_DIR, NODE_FILES, NODES_DIR,
-                               POLLS_FILE, SESSIONS_DIR, SHARED_DIR)
+from ..domain.layout import Tree  # the paths of the layout; this module reads and writes what is there
 from ..errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "list_dir", "check_depth",
@@ -34,98 +33,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 #: the deepest JSON nesting read from under the root (a message holds 2 levels, a session 4, traits
 #: as deep as a caller made them, within ``_validate.MAX_JSON_DEPTH``)
 MAX_JSON_DEPTH = 100
-
-LOCK_DIR = ".locks"
-
-
-class Tree:
-    """Paths of the legacy layout under one federation root.
-
-    Per-agent and per-id paths are cached: pathlib joins cost microseconds,
-    which a hot read path pays on every call.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self._paths: dict[tuple[str, str], Path] = {}
-
-    def _cached(self, kind: str, name: str, build) -> Path:
-        key = (kind, name)
-        path = self._paths.get(key)
-        if path is None:
-            path = build()
-            if len(self._paths) > 65536:
-                self._paths.clear()
-            self._paths[key] = path
-        return path
-
-    @property
-    def nodes(self) -> Path:
-        return self.root / NODES_DIR
-
-    @property
-    def shared(self) -> Path:
-        return self.root / SHARED_DIR
-
-    @property
-    def polls_file(self) -> Path:
-        return self._cached("polls", "", lambda: self.shared / POLLS_FILE)
-
-    @property
-    def sessions_dir(self) -> Path:
-        return self.shared / SESSIONS_DIR
-
-    def node(self, agent: str) -> Path:
-        return self._cached("node", agent, lambda: self.nodes / _validate.agent(agent))
-
-    def inbox(self, agent: str) -> Path:
-        return self._cached("inbox", agent, lambda: self.node(agent) / INBOX_DIR)
-
-    def leased(self, agent: str) -> Path:
-        return self._cached("leased", agent, lambda: self.node(agent) / LEASED_DIR)
-
-    def dead(self, agent: str) -> Path:
-        return self._cached("dead", agent, lambda: self.node(agent) / DEAD_DIR)
-
-    def sent_keys(self, agent: str) -> Path:
-        return self.node(agent) / SENT_KEYS_DIR
-
-    def message_file(self, agent: str, message_id: str) -> Path:
-        return self.inbox(agent) / f"{_validate.ident(message_id, 'message id')}.json"
-
-    def context_file(self, agent: str) -> Path:
-        return self._cached("context", agent, lambda: self.node(agent) / NODE_FILE_OF["context"])
-
-    def expertise_file(self, agent: str) -> Path:
-        return self._cached("expertise", agent, lambda: self.node(agent) / NODE_FILE_OF["expertise"])
-
-    def profile_file(self, agent: str) -> Path:
-        return self._cached("profile", agent, lambda: self.node(agent) / NODE_FILE_OF["profile"])
-
-    def session_file(self, session_id: str) -> Path:
-        return self.sessions_dir / f"{_validate.ident(session_id, 'session id')}.json"
-
-    def has_legacy_data(self) -> bool:
-        """True when any legacy state file exists under the root."""
-        if self.polls_file.exists():
-            return True
-        if self.sessions_dir.is_dir() and any(p.suffix == ".json" for p in self.sessions_dir.iterdir()):
-            return True
-        if self.nodes.is_dir():
-            for node in self.nodes.iterdir():
-                if not node.is_dir():
-                    continue
-                for name in NODE_FILES:
-                    if (node / name).exists():
-                        return True
-                inbox = node / INBOX_DIR
-                if inbox.is_dir() and any(p.suffix == ".json" for p in inbox.iterdir()):
-                    return True
-        return False
-
-    # -- locks -------------------------------------------------------------
-    def lock_path(self, name: str) -> Path:
-        return self.root / LOCK_DIR / f"{name}.lock"
 
 
 _held = threading.local()

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from .. import config
 from ..domain.authority import repair_command
+from ..domain.layout import TOP_DIRS
 from ..stores.files import read_regular
 from ..errors import ConflictError, StorageError
 from .report import Report, build_report
 
 __all__ = ["ArchiveResult", "archive_legacy", "legacy_paths"]
 
-LEGACY_DIRS = ("nodes", "shared")
+LEGACY_DIRS = TOP_DIRS
 
 
 @dataclasses.dataclass

@@ -24,7 +24,8 @@ from .. import config
 from ..domain.clock import now
 from .rows import TABLES, TreeRows, key_text, read_tree
 from ..stores.files import read_json
-from ..domain.entities import DEAD_DIR, LEASES_FILE, EXPERTISE, LEASED_DIR, MESSAGES, SENT_KEYS_DIR, Entity
+from ..domain.entities import EXPERTISE, MESSAGES, Entity
+from ..domain.layout import DEAD_DIR, LEASED_DIR, is_document_name, leases_journal, message_folder
 from ..errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
@@ -174,17 +175,17 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
     """Messages found in leased/ or dead/ (docs/delivery.md) keep their delivery state in the database:
     attempt, lease_until, dead_at from the file, on rows not delivered there yet (a rerun changes nothing)."""
     updates = []
-    journals: dict[str, dict] = {}  # leased/.leases.json of each folder: {id: [attempt, lease_until]}
+    journals: dict[Path, dict] = {}  # the lease journal of each leased/ folder: {id: [attempt, lease_until]}
     for key, path in scanned.sources["messages"].items():
-        folder = os.path.basename(os.path.dirname(path))
+        folder = message_folder(path)
         if folder not in (LEASED_DIR, DEAD_DIR):
             continue
         try:
             if folder == LEASED_DIR:
-                where = os.path.dirname(path)
-                if where not in journals:
-                    journals[where] = read_json(Path(where) / LEASES_FILE, dict, {})
-                entry = journals[where].get(key[0])
+                journal = leases_journal(path)
+                if journal not in journals:
+                    journals[journal] = read_json(journal, dict, {})
+                entry = journals[journal].get(key[0])
                 entry = entry if isinstance(entry, list) and len(entry) == 2 else [None, None]
                 data = {"attempt": entry[0], "lease_until": entry[1]}
             else:
@@ -213,11 +214,11 @@ def _carry_keys(store: Any) -> None:
     nodes = store.tree.nodes
     updates = []
     for sender in sorted(os.listdir(nodes)) if nodes.is_dir() else ():
-        folder = nodes / sender / SENT_KEYS_DIR
+        folder = store.tree.sent_keys(sender, listed=True)
         if not folder.is_dir():
             continue
         for name in sorted(os.listdir(folder)):
-            if name.startswith(".") or not name.endswith(".json"):
+            if not is_document_name(name):
                 continue
             try:
                 data = read_json(folder / name)

@@ -25,6 +25,7 @@ from ..stores.database import database_exists
 from ..stores.files import Tree, locked
 from ..domain.compare import field_diff, normalize
 from ..domain.entities import MESSAGES, Entity, document_lock
+from ..domain.layout import document_name, message_owner
 from ..errors import FileStorageError
 
 __all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "DIFF_LIMIT",
@@ -221,9 +222,9 @@ def lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ...
             if source is not None:
                 paths.add(source)
                 if table is MESSAGES:  # nodes/{agent}/inbox/{id}.json
-                    owner = os.path.basename(os.path.dirname(os.path.dirname(source)))
+                    owner = message_owner(source)
                     owners.add(owner)
-                    canonical = owner if os.path.basename(source) == f"{doc[1]}.json" else None
+                    canonical = owner if os.path.basename(source) == document_name(doc[1]) else None
             for owner in owners:
                 if owner != canonical:  # (100,000 messages: no path built for a file already listed)
                     paths.add(str(document_file(tree, doc[0], doc[1], owner)))

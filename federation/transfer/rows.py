@@ -24,10 +24,10 @@ from ..stores import sqltext as _sql
 from ..domain import validate as _validate
 from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
 from ..errors import CorruptFileError
-from ..domain.entities import (BY_NAME, DEAD_DIR, DELIVERY_FIELDS, INBOX_DIR, LEASED_DIR, MESSAGES, SENT_KEYS_DIR,
-                               NODE_FILE_OF, NODE_FILES, NODES_DIR, POLLS, POLLS_FILE, SESSIONS, SESSIONS_DIR,
-                               SHARED_DIR, TABLES, Entity, InvalidRecord, _json_type, message_mismatch,
-                               split_votes)
+from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
+                               _json_type, message_mismatch, split_votes)
+from ..domain import layout
+from ..domain.layout import MESSAGE_DIRS, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR, SESSIONS_DIR, document_file
 from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -250,13 +250,13 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
         folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
         for entry in _entries(node.path):
             name = entry.name
-            if name in _MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
+            if name in MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
                 folders.append(entry.path)
             elif name == SENT_KEYS_DIR and entry.is_dir(follow_symlinks=False):
                 continue  # the index of idempotent sends: bookkeeping, no rows
             elif name in NODE_FILES and entry.is_file(follow_symlinks=False):
-                yield NODE_FILES[name], entry.path, node.name, name[:-5]
-            elif name in NODE_FILES or name in _MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
+                yield NODE_FILES[name], entry.path, node.name, layout.stem(name)
+            elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
                 yield INVALID, entry.path, _odd(entry), ""
             else:
                 yield "unknown", entry.path, node.name, ""
@@ -267,7 +267,8 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
                     if name[0] == ".":
                         continue
                     if entry.is_file(follow_symlinks=False):
-                        yield ("message" if name.endswith(".json") else "unknown"), entry.path, node.name, name[:-5]
+                        kind = "message" if layout.is_document_name(name) else "unknown"
+                        yield kind, entry.path, node.name, layout.stem(name)
                     else:
                         yield INVALID, entry.path, _odd(entry), ""
     if os.path.islink(tree.shared):
@@ -278,8 +279,8 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
         elif entry.name == SESSIONS_DIR and entry.is_dir(follow_symlinks=False):
             for sub in _entries(entry.path):
                 name = sub.name
-                if name.endswith(".json") and sub.is_file(follow_symlinks=False):
-                    yield "session", sub.path, name[:-5], name[:-5]
+                if layout.is_document_name(name) and sub.is_file(follow_symlinks=False):
+                    yield "session", sub.path, layout.stem(name), layout.stem(name)
                 elif sub.is_file(follow_symlinks=False):
                     yield "unknown", sub.path, "", ""
                 else:
@@ -311,8 +312,6 @@ def _odd(entry: os.DirEntry) -> str:
         return "a file where a directory should be"
     return "not a regular file: a FIFO, socket or device (not opened)"
 
-
-_MESSAGE_DIRS = (INBOX_DIR, LEASED_DIR, DEAD_DIR)
 
 #: the ``field`` of a ``dropped_fields`` entry for a whole file the legacy format does not define
 UNKNOWN_FILE = "(whole file: not part of the legacy format)"
@@ -428,34 +427,13 @@ def document_owner(entity: Entity, row: tuple) -> str:
 _RECIPIENT = MESSAGES.index("recipient")
 
 
-def document_file(tree: Tree, kind: str, doc_id: str, owner: str) -> Path:
-    """Where the legacy layout keeps document *kind* ``doc_id`` of *owner* (polls: the shared polls.json)."""
-    if kind == "message":
-        return tree.message_file(owner, doc_id)
-    if kind == "polls":
-        return tree.polls_file
-    if kind == "session":
-        return tree.session_file(doc_id)
-    return tree.node(doc_id) / NODE_FILE_OF[kind]
-
-
 def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     """``(kind, path, owner, stem)`` of a legacy file under *root*, as :func:`legacy_files` gives it; None if
     not one (string operations: sync classifies every file it re-reads)."""
     if not path.startswith(root):
         return None
-    parts = path[len(root):].split(os.sep)
-    name = parts[-1]
-    stem = name[:-5] if name.endswith(".json") else ""
-    if len(parts) == 4 and parts[0] == NODES_DIR and parts[2] in _MESSAGE_DIRS and stem:
-        return "message", path, parts[1], stem
-    if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
-        return NODE_FILES[name], path, parts[1], stem
-    if len(parts) == 2 and parts[0] == SHARED_DIR and name == POLLS_FILE:
-        return "polls", path, "", "polls"
-    if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] == SESSIONS_DIR and stem:
-        return "session", path, stem, stem
-    return None
+    found = layout.classify(path[len(root):].split(os.sep))
+    return None if found is None else (found[0], path, found[1], found[2])
 
 
 def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:

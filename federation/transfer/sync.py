@@ -32,7 +32,8 @@ from ..domain.authority import authority
 from ..domain.clock import now
 from ..stores.files import Tree, atomic_write_json, read_json, remove
 from .rows import BY_NAME, TABLES, TreeRows, document_file, key_text, read_db_documents, read_files
-from ..domain.entities import DEAD_DIR, LEASED_DIR, MESSAGES, Entity
+from ..domain.entities import MESSAGES, Entity
+from ..domain.layout import received_copy
 from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError
 from .migrate import insert_values
 from .report import Doc, Report, Sides, compare_sides, database_exists, holding, lock_groups, only_documents, read_sides
@@ -240,7 +241,7 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             continue
         msg = MESSAGES.from_row(row)
         path = tree.message_file(msg["recipient"], mid)
-        if old and Path(old).parent.name in (LEASED_DIR, DEAD_DIR) and Path(old).parent.parent == path.parent.parent:
+        if old and received_copy(old, path):
             # received and not acknowledged: it stays out of inbox/ (rewritten without its lease, it is
             # taken back by the next receive: delivered again, never lost)
             path = Path(old)
