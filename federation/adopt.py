@@ -8,13 +8,12 @@ entity descriptions, SQL store, locks and control plane::
 
     from federation import adopt
     adopt.install(core, {
-        "load_polls":   adopt.Load("polls", into="active_polls"),
-        "save_polls":   adopt.Save("polls", source="active_polls"),
-        "load_context": adopt.Load("context", key="agent"),
-        "save_context": adopt.Save("context", key="agent"),
-        "send":         adopt.Save("message", key="recipient"),
-        "check_inbox":  adopt.Claim("inbox", key="agent"),
+        "load_polls":  adopt.Load("polls", into="active_polls"),
+        "save_polls":  adopt.Save("polls", source="active_polls"),
+        "check_inbox": adopt.Claim("inbox", key="agent"),
     })
+
+(``examples/seed_core/adoption.py`` declares a whole plan-style core this way.)
 
 What every declared call gets (CONTRACT.md, "Adopting the shim on your own code"):
 
