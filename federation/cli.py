@@ -364,7 +364,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     if report.consistent:
         click.echo("consistent")
     else:
-        from .rollout._default import AUTHORITY, fleet_phase, repair_command
+        from .domain.authority import AUTHORITY, repair_command
+        from .rollout._default import fleet_phase
 
         phase = fleet_phase(s)
         side = "the files are" if AUTHORITY[phase] == "files" else "the database is"
@@ -816,7 +817,8 @@ def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
         diff = r["diff"] if isinstance(r["diff"], list) else [r["diff"]]
         for d in diff[:5]:
             click.echo(f"    {json.dumps(d)}")
-    from .rollout._default import fleet_phase, repair_command
+    from .domain.authority import repair_command
+    from .rollout._default import fleet_phase
 
     click.echo(f"repair: `{repair_command(fleet_phase(s))}` (the safe direction in the current phase), then "
                "`federation rollout set N --since <after the repair>`")

@@ -16,7 +16,6 @@ window is exact to the second.  Latencies of a cut bucket are left out.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
 import shutil

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
-from ..domain.authority import AUTHORITY, authority, repair_command  # noqa: F401 - the rule, named here too
 from . import _flag
 
 

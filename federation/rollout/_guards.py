@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from .. import config
 from .._logging import library_logger
+from ..domain.authority import repair_command
 from ..errors import ConfigError
 from . import _default, _fleet, _flag, _io, _status
 from ._default import current_phase
@@ -186,7 +187,7 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
                           f"rate {t['rate']:.6f} < {min_rate} ({measured})" if low else
                           f"rate {'-' if t['rate'] is None else format(t['rate'], '.6f')} >= {min_rate} ({measured})",
                           "list them with `federation rollout mismatches`, repair with "
-                          f"`{_default.repair_command(from_phase)}` (the phase-{from_phase} authority), then measure "
+                          f"`{repair_command(from_phase)}` (the phase-{from_phase} authority), then measure "
                           "again from after the repair (`--since`)"))
         few = t["comparisons"] < min_comparisons
         out.append(_guard("enough_comparisons", not few,
