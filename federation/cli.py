@@ -303,6 +303,7 @@ def _hold_files_first(s: config.Settings) -> None:
 REPORT_CANNOT_READ = 3
 
 
+
 @main.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
@@ -314,7 +315,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     Each difference is re-read under its document's lock before it is
     reported (a write in flight is not one).  Exit 0 when they agree, 1 when
     they differ, 2 on a usage error, 3 when the database (or the files)
-    cannot be opened or read.
+    cannot be opened or read, or a legacy document could not be read
+    (unknown: never called consistent, and never repaired as if empty).
     """
     from .rollout._log_summary import summarise_log
     from .transfer.report import build_report
@@ -333,7 +335,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         if summary is not None:
             data["log"] = summary
         click.echo(json.dumps(data, indent=2))
-        sys.exit(0 if report.consistent else 1)
+        sys.exit(_report_code(report))
     rows = [(n, t.files, t.rows, len(t.missing_in_db), len(t.missing_in_files), len(t.different))
             for n, t in report.entities.items()]
     _columns(rows, ("table", "files", "rows", "missing_in_db", "missing_in_files", "different"))
@@ -348,6 +350,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
             click.echo(f"    {diff['key']}  {diff['field']}: files={json.dumps(diff['files'])} "
                        f"db={json.dumps(diff['db'])}")
     _listing("invalid files (not compared)", [f"{i['path']}: {i['reason']}" for i in report.invalid])
+    _listing("unknown: legacy documents that could not be read (their records not compared on either side)",
+             [f"{u['path']}: {u['reason']}" for u in report.unknown.entries()])
     if summary is not None:
         click.echo(f"log {summary['path']}: {summary['events']} shadow events from {summary['first']} "
                    f"to {summary['last']}")
@@ -364,13 +368,31 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     if report.consistent:
         click.echo("consistent")
     else:
-        from .domain.authority import AUTHORITY, repair_command
+        from .domain.authority import AUTHORITY, repair_command, restore_command
         from .rollout._default import fleet_phase
 
         phase = fleet_phase(s)
         side = "the files are" if AUTHORITY[phase] == "files" else "the database is"
-        click.echo(f"NOT consistent: {side} authoritative in phase {phase}; `{repair_command(phase)}` repairs")
-    sys.exit(0 if report.consistent else 1)
+        if report.differences:
+            click.echo(f"NOT consistent: {side} authoritative in phase {phase}; `{repair_command(phase)}` repairs "
+                       "the differences" + (" (it leaves the unknown documents alone)" if report.unknown else ""))
+        if report.unknown:
+            click.echo(f"NOT consistent: {len(report.unknown.entries())} legacy document(s) could not be read "
+                       f"(unknown, not empty); {side} authoritative in phase {phase}; to restore them: "
+                       f"{restore_command(phase, report.unknown.entities())}")
+    sys.exit(_report_code(report))
+
+
+def _report_code(report: Any) -> int:
+    """0 consistent, 1 differences, 3 something could not be read (an unknown document wins over differences)."""
+    return REPORT_CANNOT_READ if report.unknown else (0 if report.consistent else 1)
+
+
+
+def _entity_names() -> tuple[str, ...]:
+    from .domain.entities import ENTITY_NAMES
+
+    return ENTITY_NAMES
 
 
 @main.command("sync")
@@ -381,14 +403,21 @@ def report_command(as_json: bool, log_file: str | None) -> None:
 @click.option("--force", is_flag=True, help="Write over the side that is authoritative in the current phase "
                                             "(needs --reason; recorded in control/syncs.jsonl).")
 @click.option("--reason", metavar="TEXT", help="Why the authoritative side is overwritten (with --force).")
+@click.option("--only", "only", multiple=True, metavar="ENTITY",
+              type=click.Choice(_entity_names()),
+              help="Limit the sync to this entity (a table or a document kind; repeatable).")
 @common
-def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str | None) -> None:
+def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str | None,
+                 only: tuple[str, ...]) -> None:
     """Rewrite one side where it differs from the other.
 
     Only the side that is not authoritative in the fleet's current phase: the
     database in phases 1-2 (`--to db`), the files in phases 3-4 (`--to files`).
     The other direction is refused unless `--force --reason TEXT`.
-    Exit 0 done, 1 failure or refused, 2 usage.
+    A legacy document that cannot be read is unknown, never empty: its records
+    are left alone on both sides and listed ("not synced: unknown"); only
+    `--to files --only ENTITY` rebuilds those of ENTITY from the database.
+    Exit 0 done, 1 failure or refused, 2 usage, 3 done except the unknown documents listed.
     """
     from .rollout._default import fleet_phase
     from .transfer.sync import sync
@@ -398,16 +427,20 @@ def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str
     s = _settings()
     # the fleet's phase decides which side is authoritative: the repair never writes over it unforced
     result = _guard(lambda: sync(to, dry_run=dry_run, force=force, reason=reason, settings=s,
-                                 phase=None if dry_run else fleet_phase(s)))
+                                 phase=None if dry_run else fleet_phase(s), only=only))
     if not dry_run:
         _record_sync(s, to, len(result.changes), forced=force, reason=reason)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
-        return
+        sys.exit(REPORT_CANNOT_READ if result.unknown else 0)
     for change in result.changes:
         click.echo(str(change))
     verb = "would change" if dry_run else "changed"
     click.echo(f"{verb} {len(result.changes)} {'file' if to == 'files' else 'row'}(s) on the {to} side")
+    if result.unknown:
+        _listing("not synced: unknown (could not be read; left as they are on both sides)",
+                 [f"{u['path']}: {u['reason']}" for u in result.unknown])
+        sys.exit(REPORT_CANNOT_READ)
 
 
 @main.command("archive-legacy")

@@ -28,7 +28,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 __all__ = [
     "Field", "Entity", "InvalidRecord", "MESSAGES", "CONTEXT", "EXPERTISE", "PROFILES", "POLLS", "VOTES",
     "SESSIONS", "SESSION_ROLES", "SESSION_ARTIFACTS", "SESSION_REVIEWS", "MESSAGE_HISTORY", "TABLES", "ALL",
-    "BY_NAME", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
+    "BY_NAME", "ENTITY_NAMES", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
 ]
 
 #: the fields a leased or dead message file carries beside the message's own (the layout: domain.layout)
@@ -325,6 +325,8 @@ TABLES: tuple[Entity, ...] = (POLLS, VOTES, SESSIONS, SESSION_ROLES, SESSION_ART
 #: Every table of the federation's state.
 ALL: tuple[Entity, ...] = TABLES + (MESSAGE_HISTORY,)
 BY_NAME = {e.table: e for e in ALL}
+#: the names an entity is known by outside (``sync --only``): each table, and each legacy document kind
+ENTITY_NAMES = tuple(sorted({e.table for e in TABLES} | {e.document for e in TABLES}))
 
 #: The fields of a message dict (and of a legacy message file), in order.
 MESSAGE_FIELDS = MESSAGES.columns

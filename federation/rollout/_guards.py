@@ -71,10 +71,16 @@ def _backfilled(s: config.Settings) -> dict[str, Any]:
     return _guard("backfilled", True, f"backfilled at {at}" if at else "no legacy files to backfill")
 
 
+#: the name :func:`_differences` lists documents that could not be read under (never "no difference")
+UNKNOWN = "unknown documents"
+
+
 def _differences(lag_only: bool, s: config.Settings) -> tuple[dict[str, list[str]], int]:
     """Keys that differ in two reports in a row: ({table: [kind key, ...]}, total).
 
     lag_only: count only what the files lack or hold differently (not rows the database lacks).
+    A legacy document that could not be read is listed under :data:`UNKNOWN` (its records were not
+    compared: not an agreement).
     """
     from ..transfer.rows import key_text
     from ..transfer.report import build_report
@@ -91,11 +97,18 @@ def _differences(lag_only: bool, s: config.Settings) -> tuple[dict[str, list[str
             keys = {(kind, k) for kind, found in kinds for k in found}
             if keys:
                 out[name] = keys
+        if report.unknown:
+            out[UNKNOWN] = {("could not be read", (f"{u['path']} ({u['reason']})",)) for u in report.unknown.entries()}
+            unknown_entities[:] = report.unknown.entities()
         return out
+
+    unknown_entities: list[str] = []
 
     first = diffs()
     listed = {n: [f"{kind}: {key_text(k)}" for kind, k in sorted(keys)] for n, keys in sorted(first.items())}
-    return listed, sum(len(v) for v in listed.values())
+    if unknown_entities:
+        listed[UNKNOWN + " of"] = unknown_entities
+    return listed, sum(len(v) for n, v in listed.items() if n != UNKNOWN + " of")
 
 
 def _summary(listed: dict[str, list[str]], limit: int = 3) -> str:
@@ -109,6 +122,13 @@ def _summary(listed: dict[str, list[str]], limit: int = 3) -> str:
 def _report_consistent(from_phase: int, s: config.Settings) -> dict[str, Any]:
     fix_side = "db" if from_phase <= 2 else "files"
     listed, total = _differences(lag_only=False, s=s)
+    if UNKNOWN in listed:
+        from ..domain.authority import restore_command
+
+        return _guard("report_consistent", False, f"`federation report` could not read every legacy document "
+                      f"(unknown is not consistent): {_summary(listed)}",
+                      f"{restore_command(from_phase, listed.get(UNKNOWN + ' of', []))}; check `federation report` "
+                      "exits 0, and retry")
     if total:
         return _guard("report_consistent", False, f"`federation report` finds {total} difference(s): "
                       f"{_summary(listed)}", f"run `federation sync --to {fix_side}` (the phase-{from_phase} "
@@ -137,6 +157,12 @@ def _files_current(s: config.Settings, target: int, flag: _flag.Flag | None) -> 
                 return _guard("files_current", True, f"`federation sync --to files` completed at {entry['at']}, "
                               "after the fleet entered phase 4")
     listed, total = _differences(lag_only=True, s=s)
+    if UNKNOWN in listed:
+        from ..domain.authority import restore_command
+
+        return _guard("files_current", False, f"legacy documents could not be read, so the files cannot be shown "
+                      f"current: {_summary(listed)}", f"{restore_command(3, listed.get(UNKNOWN + ' of', []))}, "
+                      "and retry")
     if total:
         then = "" if target == 3 else ", then step back to 3 first (files written again) and sync once more"
         return _guard("files_current", False, f"the files lag the database (phase 4 no longer wrote them): "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import config
-from .rows import (BY_NAME, TABLES, TreeRows, document_file, document_owner, key_text, read_db, read_db_documents,
+from .rows import (BY_NAME, TABLES, TreeRows, Unknown, document_file, document_owner, key_text, read_db, read_db_documents,
                    read_files, read_tree)
 from ..stores.database import database_exists
 from ..stores.files import Tree, locked
@@ -59,14 +59,21 @@ class TableReport:
 class Report:
     entities: dict[str, TableReport]
     invalid: list[dict[str, str]]
+    #: the documents that could not be read (:class:`rows.Unknown`): their records were not compared
+    unknown: Unknown = dataclasses.field(default_factory=Unknown)
 
     @property
     def consistent(self) -> bool:
-        return all(t.consistent for t in self.entities.values())
+        """True only when everything was read and agrees: nothing unknown is ever called consistent."""
+        return not self.unknown and all(t.consistent for t in self.entities.values())
+
+    @property
+    def differences(self) -> int:
+        return sum(len(t.missing_in_db) + len(t.missing_in_files) + len(t.different) for t in self.entities.values())
 
     def to_json(self) -> dict[str, Any]:
         return {"consistent": self.consistent, "entities": {n: t.to_json() for n, t in self.entities.items()},
-                "invalid": self.invalid}
+                "invalid": self.invalid, "unknown": self.unknown.entries()}
 
 
 def compare_table(table: Entity, files: dict[tuple, tuple], rows: dict[tuple, tuple],
@@ -119,9 +126,18 @@ def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = 
 
 
 def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
-    """The report of *sides*, table by table."""
-    entities = {t.name: compare_table(t, sides.files.rows[t.name], sides.db[t.name], diff_limit) for t in TABLES}
-    return Report(entities, sides.files.invalid)
+    """The report of *sides*, table by table.  The records of a document that could not be read on the file
+    side are compared on neither side (unknown is not empty): the report lists the document instead."""
+    unknown = sides.files.unknown
+    hidden = unknown.tables() if unknown else set()
+    entities = {}
+    for t in TABLES:
+        files, db = sides.files.rows[t.name], sides.db[t.name]
+        if t.name in hidden:
+            files = {k: r for k, r in files.items() if not unknown.covers(t, r)}
+            db = {k: r for k, r in db.items() if not unknown.covers(t, r)}
+        entities[t.name] = compare_table(t, files, db, diff_limit)
+    return Report(entities, sides.files.invalid, unknown)
 
 
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
@@ -157,7 +173,7 @@ def recheck_differences(root: Path, sides: Sides, report: Report, store: Any) ->
     """*report* with only the differences still there when each document is re-read from both sides under
     its file lock (the lock every dual-phase write of it holds across both sides): a write in flight when
     *sides* was read is not a difference.  Without a database (*store* None) nothing can be in flight."""
-    if store is None or report.consistent:
+    if store is None or not report.differences:
         return report
     tree = Tree(root)
     fresh: list[Report] = []
@@ -169,6 +185,10 @@ def recheck_differences(root: Path, sides: Sides, report: Report, store: Any) ->
             first = _read_docs(store, tree, docs, paths)
             second = _read_docs(store, tree, docs, paths)
             fresh.append(_both(first, second))
+    unknown = Unknown()
+    unknown.merge(report.unknown)
+    for r in fresh:  # a document torn at the second look is unknown too
+        unknown.merge(r.unknown)
     entities = {}
     for name, t in report.entities.items():
         out = TableReport(files=t.files, rows=t.rows)
@@ -181,7 +201,7 @@ def recheck_differences(root: Path, sides: Sides, report: Report, store: Any) ->
         for keys in (out.missing_in_db, out.missing_in_files, out.different):
             keys.sort()
         entities[name] = out
-    return Report(entities, report.invalid)
+    return Report(entities, report.invalid, unknown)
 
 
 def _read_docs(store: Any, tree: Tree, docs: set[Doc], paths: set[str]) -> Report:
@@ -197,7 +217,10 @@ def _both(a: Report, b: Report) -> Report:
         out[name] = TableReport(t.files, t.rows, [k for k in t.missing_in_db if k in set(u.missing_in_db)],
                                 [k for k in t.missing_in_files if k in set(u.missing_in_files)],
                                 [k for k in t.different if k in set(u.different)], t.diffs)
-    return Report(out, a.invalid)
+    unknown = Unknown()
+    unknown.merge(a.unknown)
+    unknown.merge(b.unknown)
+    return Report(out, a.invalid, unknown)
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +271,8 @@ def holding(tree: Tree, locks: tuple[str, ...]) -> Iterator[None]:
 
 def only_documents(rows: TreeRows, docs: set[Doc]) -> TreeRows:
     """*rows* restricted to the records of *docs* (polls.json holds every poll, a re-read all of them)."""
-    out = TreeRows(invalid=rows.invalid, dropped_fields=rows.dropped_fields, files=rows.files)
+    out = TreeRows(invalid=rows.invalid, dropped_fields=rows.dropped_fields, files=rows.files, unknown=rows.unknown,
+                   root=rows.root)
     for table in TABLES:
         kind, name = table.document, table.name
         keep = [k for k in rows.rows[name] if (kind, str(k[0])) in docs]

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -25,12 +26,12 @@ from ..domain import validate as _validate
 from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
 from ..errors import CorruptFileError
 from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
-                               _json_type, message_mismatch, split_votes)
+                               _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
 from ..domain.layout import MESSAGE_DIRS, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR, SESSIONS_DIR, document_file
 from ..errors import ValidationError
 
-__all__ = ["TABLES", "BY_NAME", "TreeRows", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
+__all__ = ["TABLES", "BY_NAME", "TreeRows", "Unknown", "unknown_scope", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
            "document_owner", "document_file", "read_files", "read_db_documents"]
 
 
@@ -55,6 +56,10 @@ class TreeRows:
     invalid: list[dict[str, str]] = dataclasses.field(default_factory=list)
     dropped_fields: list[dict[str, str]] = dataclasses.field(default_factory=list)
     files: int = 0
+    #: the documents that could not be read (torn, invalid, a link or FIFO where one should be): never empty
+    unknown: "Unknown" = dataclasses.field(default_factory=lambda: Unknown())
+    #: the root the paths are under (what :func:`unknown_scope` maps a path to its documents against)
+    root: str = ""
 
     def add(self, table: str, row: tuple, path: str) -> bool:
         """Keep *row*; False (and the file reported) when another file already gave its key."""
@@ -189,6 +194,7 @@ def _polls(out: TreeRows, path: str, data: Any) -> None:
             children = [c for child in _NESTED["polls"] for c in _children(out, path, child, row[:1], poll)]
         except (_Invalid, ValidationError) as exc:
             out.invalid.append({"path": path, "reason": f"poll {poll_id!r}: {exc}"})
+            out.unknown.add(path, f"poll {poll_id!r}: {exc}", "polls", doc_id=str(poll_id))
             continue
         _dropped(out, path, poll, POLLS, prefix=f"{poll_id}.")
         out.add("polls", row, path)
@@ -356,9 +362,14 @@ def _parse(raw: bytes) -> Any:
 
 
 def read_tree(root: Path, progress: bool = False) -> TreeRows:
-    """Read every legacy file under *root* into rows; never modifies a file."""
+    """Read every legacy file under *root* into rows; never modifies a file.
+
+    A document that does not parse is read again under its document's lock, a few times over about
+    0.2 s (a legacy writer outside the shim writes in place: torn is waited out); only one still
+    unreadable then is *unknown* (:class:`Unknown`), like a link or FIFO where the layout keeps a document.
+    """
     tree = Tree(root)
-    out = TreeRows()
+    out = TreeRows(root=str(tree.root))
     files = list(legacy_files(tree))
     bar = None
     if progress:
@@ -366,6 +377,7 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
 
         bar = tqdm(total=len(files), unit="file", desc="reading", leave=False, mininterval=0.25)
     valid_agents: dict[str, bool] = {}
+    torn: list[tuple[str, str, str, str]] = []
     for n, (kind, path, owner, stem) in enumerate(files):
         if bar is not None and n % 512 == 0:
             bar.n = n
@@ -375,9 +387,13 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
             continue
         if kind == INVALID:  # a link or special file: not followed, not opened
             out.invalid.append({"path": path, "reason": owner})
+            unknown_scope(out.root, path, owner, out.unknown)
             continue
         # a file listed then gone (a message claimed meanwhile) holds no rows: not an unreadable file
-        _read_file(out, kind, path, owner, stem, valid_agents, missing_ok=True)
+        if _read_file(out, kind, path, owner, stem, valid_agents, missing_ok=True):
+            torn.append((kind, path, owner, stem))
+    if torn:
+        settle_torn(tree, out, torn, valid_agents)
     out.files = len(files) - sum(1 for f in files if f[0] in ("unknown", INVALID))
     if bar is not None:
         bar.n = len(files)
@@ -385,9 +401,75 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
     return out
 
 
+def _lock_of(kind: str, owner: str) -> str | None:
+    try:
+        return document_lock(kind, owner)
+    except ValidationError:  # a name no writer can lock: nobody writes it through the shim
+        return None
+
+
+def settle_torn(tree: Tree, out: TreeRows, torn: list[tuple[str, str, str, str]],
+                valid_agents: dict[str, bool]) -> None:
+    """Re-read the documents *torn* (``(kind, path, owner, stem)``, each found not parsing) under their
+    document locks, pausing between rounds (:data:`files.TORN_PAUSES`, ~0.2 s in all, whatever their
+    number); a document that parses replaces its failure in *out*, one that never does stays unknown."""
+    from ..stores.files import TORN_PAUSES, note_torn
+
+    left = list(torn)
+    for pause in TORN_PAUSES:
+        if not left:
+            return
+        time.sleep(pause)
+        still = []
+        for entry in left:
+            fresh = TreeRows(root=out.root)
+            with _holding_quietly(tree, _lock_of(entry[0], entry[2])):
+                failed = _read_file(fresh, *entry, valid_agents, missing_ok=True)
+            if failed:
+                still.append(entry)
+            else:
+                _replace(out, entry[1], fresh)
+                note_torn(entry[1], recovered=True)
+        left = still
+    for entry in left:
+        reason = next((i["reason"] for i in out.invalid if i["path"] == entry[1]), "unreadable")
+        note_torn(entry[1], recovered=False, error=reason)
+
+
+@contextlib.contextmanager
+def _holding_quietly(tree: Tree, name: str | None) -> Iterator[None]:
+    """The document lock *name* when it can be taken (a read-only root takes none: the re-reads still help)."""
+    from ..errors import FileStorageError
+    from ..stores.files import locked
+
+    lock = locked(tree, name) if name is not None else None
+    try:
+        if lock is not None:
+            lock.__enter__()
+    except (OSError, FileStorageError, CorruptFileError):
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _replace(out: TreeRows, path: str, fresh: TreeRows) -> None:
+    """*out* with what *fresh* read of the file *path* in place of its earlier failure."""
+    out.invalid[:] = [i for i in out.invalid if i["path"] != path] + fresh.invalid
+    out.unknown.drop(path)
+    out.unknown.merge(fresh.unknown)
+    out.dropped_fields += fresh.dropped_fields
+    for table in TABLES:
+        for key, row in fresh.rows[table.name].items():
+            out.add(table.name, row, fresh.sources[table.name][key])
+
+
 def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid_agents: dict[str, bool],
-               missing_ok: bool = False) -> None:
-    """Read one legacy file of document *kind* into *out* (a file that cannot be read is reported in it)."""
+               missing_ok: bool = False) -> bool:
+    """Read one legacy file of document *kind* into *out* (a file that cannot be read is reported in it, and
+    its documents are unknown).  True when it did not parse: it may be torn (:func:`settle_torn`)."""
     try:
         if kind != "polls" and kind != "session":
             ok = valid_agents.get(owner)
@@ -395,7 +477,12 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
                 ok = valid_agents[owner] = _validate.is_agent(owner)
             if not ok:
                 raise _Invalid(f"{owner!r} is not a valid agent name")
-        data = _parse(_read_bytes(path))
+        raw = _read_bytes(path)
+        try:
+            data = _parse(raw)
+        except ValueError as exc:  # cut short or written in place by a legacy writer, or corrupt for good
+            _unreadable(out, path, str(exc) or type(exc).__name__)
+            return True
         if kind == "message":
             _message(out, path, data, owner, stem)
         elif kind == "expertise":
@@ -407,11 +494,17 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
         else:
             _node_document(out, path, data, _NODE_ENTITY[kind], owner)
     except CorruptFileError as exc:
-        out.invalid.append({"path": path, "reason": exc.reason})
+        _unreadable(out, path, exc.reason)
     except (_Invalid, ValueError, ValidationError, OSError, RecursionError) as exc:
         if missing_ok and isinstance(exc, FileNotFoundError):  # no such document: no rows
-            return
-        out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+            return False
+        _unreadable(out, path, str(exc) or type(exc).__name__)
+    return False
+
+
+def _unreadable(out: TreeRows, path: str, reason: str) -> None:
+    out.invalid.append({"path": path, "reason": reason})
+    unknown_scope(out.root, path, reason, out.unknown)
 
 
 # ---------------------------------------------------------------------------
@@ -438,13 +531,16 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
 
 def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     """The rows of the legacy files *paths* (each read once; a missing file holds no rows)."""
-    out = TreeRows()
+    out = TreeRows(root=str(tree.root))
     valid_agents: dict[str, bool] = {}
     root = os.path.join(str(tree.root), "")
+    torn = []
     for path in sorted({str(p) for p in paths}):
         entry = _classify(root, path)
-        if entry is not None:
-            _read_file(out, *entry, valid_agents, missing_ok=True)
+        if entry is not None and _read_file(out, *entry, valid_agents, missing_ok=True):
+            torn.append(entry)
+    if torn:  # the caller may hold these documents' locks already: the locks are re-entrant
+        settle_torn(tree, out, torn, valid_agents)
     return out
 
 
@@ -490,3 +586,114 @@ def read_db(store: Any) -> dict[str, dict[tuple, tuple]]:
         return out
 
     return store.db.read(fn)
+
+
+# ---------------------------------------------------------------------------
+# unknown: what could not be read is never read as empty (CONTRACT "Unknown is never empty")
+
+#: the document kinds kept under nodes/{agent}/, and under shared/
+_NODE_KINDS = ("message", *NODE_FILES.values())
+_SHARED_KINDS = ("polls", "session")
+
+
+@dataclasses.dataclass
+class Unknown:
+    """The legacy documents a read could not read, as scopes: every document of a kind (``shared/polls.json``
+    torn, ``nodes/`` a link), every document of a kind owned by an agent (``nodes/bob`` or its ``inbox/`` a
+    link), or one document (``(kind, id)``).  A record under one of them is neither compared nor synced from
+    the files: its file side is not "empty", it is unknown."""
+
+    kinds: set[str] = dataclasses.field(default_factory=set)
+    owners: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    docs: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    #: what could not be read: ``(path, reason, kind, owner or None, doc id or None)``, once each
+    listed: list[tuple[str, str, str, str | None, str | None]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.listed)
+
+    def add(self, path: str, reason: str, kind: str, *, owner: str | None = None, doc_id: str | None = None) -> None:
+        entry = (path, reason, kind, owner, doc_id)
+        if entry in self.listed:
+            return
+        self.listed.append(entry)
+        if doc_id is not None:
+            self.docs.add((kind, doc_id))
+        elif owner is not None:
+            self.owners.add((kind, owner))
+        else:
+            self.kinds.add(kind)
+
+    def covers(self, table: Entity, row: tuple) -> bool:
+        """Whether *row* of *table* belongs to a document that could not be read."""
+        kind = table.document
+        if kind in self.kinds or (kind, str(row[0])) in self.docs:
+            return True
+        return bool(self.owners) and (kind, document_owner(table, row)) in self.owners
+
+    def merge(self, other: "Unknown") -> None:
+        for entry in other.listed:
+            self.add(entry[0], entry[1], entry[2], owner=entry[3], doc_id=entry[4])
+
+    def drop(self, path: str) -> None:
+        """Forget what was unknown because of *path* (read again, and readable now)."""
+        kept = [e for e in self.listed if e[0] != path]
+        self.kinds, self.owners, self.docs, self.listed = set(), set(), set(), []
+        for entry in kept:
+            self.add(entry[0], entry[1], entry[2], owner=entry[3], doc_id=entry[4])
+
+    def only(self, kinds: set[str] | None) -> "Unknown":
+        """The part about documents of *kinds* (all with None)."""
+        out = Unknown()
+        for e in self.listed:
+            if kinds is None or e[2] in kinds:
+                out.add(e[0], e[1], e[2], owner=e[3], doc_id=e[4])
+        return out
+
+    def entries(self) -> list[dict[str, str]]:
+        """``[{"path", "reason"}]`` for people and JSON, once per path and reason, by path."""
+        return [{"path": p, "reason": r} for p, r in sorted({(e[0], e[1]) for e in self.listed})]
+
+    def tables(self) -> set[str]:
+        """The tables with a record that may be under an unknown document."""
+        kinds = {e[2] for e in self.listed}
+        return {t.name for t in TABLES if t.document in kinds}
+
+    def entities(self) -> list[str]:
+        """The ``sync --only`` entities naming these documents (a document's top table: a poll brings its votes)."""
+        tables = self.tables()
+        return [t.name for t in TABLES if t.parent is None and t.name in tables]
+
+
+def unknown_scope(root: str, path: str, reason: str, out: Unknown) -> None:
+    """Record in *out* which documents the unreadable entry *path* (a file or a folder of the layout, found
+    not readable: a link, a FIFO, torn, invalid) holds.  An entry where the layout keeps no document (an
+    unknown file that is a FIFO, say) holds none."""
+    top = os.path.join(root, "")
+    if not path.startswith(top):
+        return
+    parts = path[len(top):].split(os.sep)
+    n, first = len(parts), parts[0]
+    if first == layout.NODES_DIR:
+        if n == 1:
+            for kind in _NODE_KINDS:
+                out.add(path, reason, kind)
+        elif n == 2:
+            for kind in _NODE_KINDS:
+                out.add(path, reason, kind, owner=parts[1])
+        elif n == 3 and parts[2] in MESSAGE_DIRS:
+            out.add(path, reason, "message", owner=parts[1])
+        elif n == 3 and parts[2] in NODE_FILES:
+            out.add(path, reason, NODE_FILES[parts[2]], doc_id=parts[1])
+        elif n == 4 and parts[2] in MESSAGE_DIRS and layout.is_document_name(parts[3]):
+            out.add(path, reason, "message", doc_id=layout.stem(parts[3]))
+    elif first == layout.SHARED_DIR:
+        if n == 1:
+            for kind in _SHARED_KINDS:
+                out.add(path, reason, kind)
+        elif n == 2 and parts[1] == POLLS_FILE:
+            out.add(path, reason, "polls")
+        elif n == 2 and parts[1] == SESSIONS_DIR:
+            out.add(path, reason, "session")
+        elif n == 3 and parts[1] == SESSIONS_DIR and layout.is_document_name(parts[2]):
+            out.add(path, reason, "session", doc_id=layout.stem(parts[2]))

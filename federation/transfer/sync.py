@@ -15,6 +15,15 @@ document (``polls``, the recipient's inbox, the agent's node, the session;
 under its lock (a write was in flight when the report was read) is left
 alone, so a sync never removes or reverts what a writer was told succeeded.
 Each lock's documents are repaired in one database transaction.
+
+Unknown is never empty (CONTRACT "Unknown is never empty"): a legacy document that cannot be read
+(torn after re-reads, invalid, a link or FIFO where it should be) is not a document without records.
+``sync`` neither deletes nor overwrites, on either side, a record of a document that is unknown on the
+side it reads from; it applies the rest and lists them (``SyncResult.unknown``; the CLI exits 3).
+A sync scoped to entities (``--only``) ``--to files`` rebuilds the unknown documents of those entities
+from the database (the one repair that writes them: the scope is the operator naming what to rebuild),
+each under its lock, when it is still unreadable there and the database has it; an unscoped sync never
+touches an unknown document.
 """
 
 from __future__ import annotations
@@ -30,15 +39,15 @@ from ..stores import sqltext as _sql
 from .. import config
 from ..domain.authority import authority
 from ..domain.clock import now
-from ..stores.files import Tree, atomic_write_json, read_json, remove
-from .rows import BY_NAME, TABLES, TreeRows, document_file, key_text, read_db_documents, read_files
-from ..domain.entities import MESSAGES, Entity
+from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
+from .rows import BY_NAME, TABLES, TreeRows, Unknown, document_file, key_text, read_db_documents, read_files
+from ..domain.entities import ENTITY_NAMES, MESSAGES, POLLS_LOCK, Entity, document_lock
 from ..domain.layout import received_copy
-from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError
+from ..errors import AuthoritativeSideError, ConfigError, CorruptFileError, FileStorageError
 from .migrate import insert_values
 from .report import Doc, Report, Sides, compare_sides, database_exists, holding, lock_groups, only_documents, read_sides
 
-__all__ = ["Change", "SyncResult", "sync", "TARGETS"]
+__all__ = ["Change", "SyncResult", "sync", "TARGETS", "ENTITIES", "entity_scope"]
 
 TARGETS = ("files", "db")
 
@@ -61,14 +70,49 @@ class SyncResult:
     changes: list[Change]
     #: documents the report listed that agreed once re-read under their lock (writes in flight when it was read)
     settled: int = 0
+    #: the documents not synced because they could not be read (``{"path", "reason"}``): never taken as empty
+    unknown: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"to": self.to, "dry_run": self.dry_run, "changes": [dataclasses.asdict(c) for c in self.changes]}
+        return {"to": self.to, "dry_run": self.dry_run, "changes": [dataclasses.asdict(c) for c in self.changes],
+                "unknown": self.unknown}
+
+
+#: what ``sync --only`` takes: a table, or a document kind (a document's tables come with it: a poll's votes)
+ENTITIES = ENTITY_NAMES
+
+
+def entity_scope(only: Any) -> set[str] | None:
+    """The tables a sync limited to the entities *only* touches (None: all).  A parent brings its children
+    (``polls`` its ``votes``: they are one document); an unknown name is a :class:`ConfigError`."""
+    if not only:
+        return None
+    tables: set[str] = set()
+    for name in only:
+        found = [t for t in TABLES if name in (t.name, t.document)]
+        if not found:
+            raise ConfigError(f"--only {name!r}: not an entity; one of {', '.join(ENTITIES)}")
+        for t in found:
+            tables.add(t.name)
+            tables |= {c.name for c in TABLES if c.parent == t.name}
+    return tables
+
+
+def _scoped(report: Report, tables: set[str] | None) -> Report:
+    """*report* with no difference outside *tables*."""
+    if tables is None:
+        return report
+    entities = {n: (t if n in tables else type(t)(files=t.files, rows=t.rows)) for n, t in report.entities.items()}
+    return Report(entities, report.invalid, report.unknown)
+
+
+def _kinds(tables: set[str] | None) -> set[str] | None:
+    return None if tables is None else {BY_NAME[n].document for n in tables}
 
 
 def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
          reason: str | None = None, settings: config.Settings | None = None,
-         phase: int | None = None) -> SyncResult:
+         phase: int | None = None, only: Any = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
     Each differing document is decided again and repaired under its file lock
@@ -83,9 +127,16 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     overrides; a dry run is never refused.  A write without a phase is refused
     (:class:`ConfigError`): the side to protect is unknown.
     *settings*: the federation repaired (default: the configured one).
+    *only*: entities (tables or document kinds, :data:`ENTITIES`) to limit the sync to.
+
+    A document that could not be read on the file side is unknown, never empty: its records are left
+    alone on both sides; only ``--to files`` scoped by *only* rebuilds it, from the database, when the
+    database has it.  What stays
+    unknown is listed in the result's ``unknown`` (``federation sync`` then exits 3).
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
+    tables = entity_scope(only)
     settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     if not dry_run:
@@ -96,24 +147,37 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
         store = get_store(settings)  # a dry run never creates the database: none is compared as empty
     tree = Tree(root)
     sides = read_sides(root, store=store, settings=settings)  # no lock: candidates only, decided again under the locks
-    report = compare_sides(sides)
+    report = _scoped(compare_sides(sides), tables)
+    unknown = sides.files.unknown.only(_kinds(tables))
     if dry_run:
-        changes = _db_plan(sides, report)[0] if to == "db" else _to_files(store, tree, sides, report, apply=False)
-        return SyncResult(to, dry_run, changes)
+        if to == "db":
+            changes, left = _db_plan(sides, report)[0], unknown
+        else:
+            changes, left = _to_files(store, tree, sides, report, apply=False), unknown
+            if tables is not None:
+                restored, left = _restore(store, tree, unknown, sides.db, apply=False)
+                changes += restored
+        return SyncResult(to, dry_run, changes, unknown=left.entries())
     result = SyncResult(to, dry_run, [])
     stamp = now()
     for locks, (docs, paths) in sorted(lock_groups(tree, sides, report).items()):
         with holding(tree, locks):
             files = only_documents(read_files(tree, paths), docs)
+            unknown.merge(files.unknown.only(_kinds(tables)))  # torn since the first read: left alone as well
             if to == "db":
-                changes, differing = store.db.write(lambda tx: _repair_db(tx, files, docs, stamp), snapshot=True)
+                changes, differing = store.db.write(lambda tx: _repair_db(tx, files, docs, stamp, tables),
+                                                    snapshot=True)
             else:
                 fresh = Sides(files, store.db.read(lambda tx: read_db_documents(tx, docs)))
-                report = compare_sides(fresh)
+                report = _scoped(compare_sides(fresh), tables)
                 changes, differing = _to_files(store, tree, fresh, report, apply=True), _differing(report)
         result.changes += changes
         result.settled += len(docs - differing)
-    log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled)
+    if to == "files" and unknown and tables is not None:
+        restored, unknown = _restore(store, tree, unknown, sides.db, apply=True)
+        result.changes += restored
+    result.unknown = unknown.entries()
+    log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled, unknown=len(result.unknown))
     return result
 
 
@@ -164,12 +228,14 @@ def _db_plan(sides: Sides, report: Report) -> tuple[list[Change], list[tuple[Ent
     return changes, deletes, upserts
 
 
-def _repair_db(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> tuple[list[Change], set[Doc]]:
+def _repair_db(tx: Any, files: TreeRows, docs: set[Doc], stamp: str,
+               tables: set[str] | None = None) -> tuple[list[Change], set[Doc]]:
     """In transaction *tx*, under the documents' file locks: read the database rows of *docs*, compare them
-    with their file rows *files* (read under the same locks) and write what still differs.
+    with their file rows *files* (read under the same locks) and write what still differs (in *tables*;
+    never a record of a document the files could not read: :func:`compare_sides` leaves those out).
     (The changes, the documents that still differed.)"""
     sides = Sides(files, read_db_documents(tx, docs))
-    report = compare_sides(sides)
+    report = _scoped(compare_sides(sides), tables)
     changes, deletes, upserts = _db_plan(sides, report)
     for table, keys in deletes:
         if table.db_filter:
@@ -252,16 +318,17 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
     poll_ids = sorted(affected.get("polls", ()))
     if poll_ids:  # one document holds every poll: the others are kept as they are
         try:
-            doc = read_json(tree.polls_file, dict, {})
-        except CorruptFileError:
-            doc = {}  # unreadable: rebuilt from the database, poll by poll
+            doc = read_json(tree.polls_file, dict, {}, root=tree.root)
+        except CorruptFileError:  # unreadable since it was read: unknown, never rebuilt from {} (the others)
+            doc, poll_ids = None, []
         for pid in poll_ids:
             poll = document("polls", pid)
             if poll is None:
                 doc.pop(pid, None)
             else:
                 doc[pid] = poll
-        put(tree.polls_file, doc, ", ".join(poll_ids))
+        if poll_ids:
+            put(tree.polls_file, doc, ", ".join(poll_ids))
 
     for kind in ("context", "expertise", "profile", "session"):
         for doc_id in sorted(affected.get(kind, ())):
@@ -272,6 +339,81 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             else:
                 put(path, doc, doc_id)
     return changes
+
+
+def _restore(store: Any, tree: Tree, unknown: Unknown, db: dict[str, dict[tuple, tuple]],
+             apply: bool) -> tuple[list[Change], Unknown]:
+    """Rebuild from the database each legacy document of *unknown* that the database has (``sync --to files``):
+    the whole ``polls.json``, one poll in it, a node document, a session, an unread message in its inbox.
+    Each is re-read under its document's lock first: one readable again is left to the next comparison.
+    A folder that is a link (``nodes/``, an agent's, an inbox) is never written through: it stays unknown.
+    (The changes, what is still unknown.)"""
+    changes: list[Change] = []
+    left = Unknown()
+    whole_polls = [e for e in unknown.listed if e[2] == "polls" and e[3] is None and e[4] is None
+                   and e[0] == str(tree.polls_file)]
+    poll_entries = [e for e in unknown.listed if e[2] == "polls" and e[4] is not None]
+    done: set[tuple] = set()
+
+    def write(path: Path, doc: Any, key: str, lock: str, still: Any) -> bool:
+        """Write *doc* at *path* under *lock* when *still* (a check on a fresh read) says it is unknown."""
+        if not apply:
+            changes.append(Change("write", str(path), key))
+            return True
+        with locked(tree, lock):
+            if not still(read_files(tree, [path]).unknown):
+                return True  # readable again: the next report compares it
+            try:
+                atomic_write_json(path, doc() if callable(doc) else doc, root=tree.root)
+            except (FileStorageError, CorruptFileError) as exc:
+                log.warning("sync_restore_failed", path=str(path), error=str(exc))
+                return False
+        changes.append(Change("write", str(path), key))
+        return True
+
+    poll_ids = sorted(str(k[0]) for k in db["polls"])
+    if whole_polls:
+        ok = write(tree.polls_file, lambda: {pid: store.load_poll(pid) for pid in poll_ids}, ", ".join(poll_ids),
+                   POLLS_LOCK, lambda u: "polls" in u.kinds)
+        done |= set(whole_polls) if ok else set()
+    elif poll_entries:
+        wanted = sorted({e[4] for e in poll_entries if (e[4],) in db["polls"]})
+
+        def merged() -> dict:
+            doc = read_json(tree.polls_file, dict, {}, root=tree.root)
+            doc.update({pid: store.load_poll(pid) for pid in wanted})
+            return doc
+
+        if wanted and write(tree.polls_file, merged, ", ".join(wanted), POLLS_LOCK,
+                            lambda u: any(("polls", pid) in u.docs for pid in wanted)):
+            done |= {e for e in poll_entries if e[4] in wanted}
+    for entry in unknown.listed:
+        path, _, kind, owner, doc_id = entry
+        if entry in done or kind == "polls" or doc_id is None:
+            continue
+        if kind == "message":
+            row = db["messages"].get((doc_id,))
+            if row is None:
+                continue
+            msg = MESSAGES.from_row(row)
+            if path != str(tree.message_file(msg["recipient"], doc_id)):
+                continue  # a leased or dead copy, or another agent's folder: not rebuilt in place
+            if write(Path(path), msg, doc_id, document_lock("message", msg["recipient"]),
+                     lambda u, d=doc_id: ("message", d) in u.docs):
+                done.add(entry)
+            continue
+        top = next(t for t in _TOP if t.document == kind)
+        if not any(str(k[0]) == doc_id for k in db[top.name]):
+            continue
+        if path != str(document_file(tree, kind, doc_id, doc_id)):
+            continue
+        if write(Path(path), lambda k=kind, d=doc_id: getattr(store, _LOADERS[k])(d), doc_id,
+                 document_lock(kind, doc_id), lambda u, k=kind, d=doc_id: (k, d) in u.docs):
+            done.add(entry)
+    for entry in unknown.listed:
+        if entry not in done:
+            left.add(entry[0], entry[1], entry[2], owner=entry[3], doc_id=entry[4])
+    return changes, left
 
 
 def repair_documents(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> list[Change]:
