@@ -332,6 +332,13 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     summary = summarise_log(log_file, report, settings=s) if log_file else None
     if as_json:
         data = report.to_json()
+        if not report.consistent:  # the commands that repair what was found, safe in the fleet's phase
+            from .domain.authority import repair_command, restore_command
+            from .rollout._default import fleet_phase
+
+            phase = fleet_phase(s)
+            data["repair"] = {"phase": phase, "differences": repair_command(phase) if report.differences else None,
+                              "unknown": restore_command(phase, report.unknown.entities()) if report.unknown else None}
         if summary is not None:
             data["log"] = summary
         click.echo(json.dumps(data, indent=2))
@@ -368,7 +375,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     if report.consistent:
         click.echo("consistent")
     else:
-        from .domain.authority import AUTHORITY, repair_command, restore_command
+        from .domain.authority import AUTHORITY, repair_command, restore_advice
         from .rollout._default import fleet_phase
 
         phase = fleet_phase(s)
@@ -379,7 +386,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         if report.unknown:
             click.echo(f"NOT consistent: {len(report.unknown.entries())} legacy document(s) could not be read "
                        f"(unknown, not empty); {side} authoritative in phase {phase}; to restore them: "
-                       f"{restore_command(phase, report.unknown.entities())}")
+                       f"{restore_advice(phase, report.unknown.entities())}")
     sys.exit(_report_code(report))
 
 

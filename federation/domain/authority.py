@@ -6,7 +6,7 @@ asked by the caller (the CLI) and handed to ``sync`` and ``archive-legacy``.
 
 from __future__ import annotations
 
-__all__ = ["AUTHORITY", "authority", "repair_command", "restore_command"]
+__all__ = ["AUTHORITY", "authority", "repair_command", "restore_command", "restore_advice"]
 
 #: the side whose content wins in each phase: files first in 1-2, the database first in 3-4
 AUTHORITY = {1: "files", 2: "files", 3: "db", 4: "db"}
@@ -22,23 +22,28 @@ def repair_command(phase: int) -> str:
     return "federation sync --to " + ("db" if AUTHORITY[phase] == "files" else "files")
 
 
-def restore_command(phase: int, entities: list[str] | tuple[str, ...] = ()) -> str:
-    """What restores legacy documents that could not be read (unknown), safely in *phase*.
+def restore_command(phase: int, entities: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The command that restores legacy documents that could not be read (unknown), safe in *phase*; None
+    in phase 1, where only a copy of the file or a hand repair can (the database is not written).
 
-    Never a command that acts on the unknown document as if it were empty, never "move it out of the root"
-    (in phases 1-2 the files are authoritative: a missing document declares its records gone).  From the
-    phase 2 on the database holds every write made through the shim: the document is rebuilt from it,
-    scoped to its *entities* (over the authoritative files in phase 2 only with ``--force --reason``,
-    recorded).  In phase 1 the database is not written: only a copy of the file (a backup) or a hand repair.
+    From phase 2 on the database holds every write made through the shim: a ``sync --to files`` scoped to
+    the documents' *entities* rebuilds just those documents from it (over the authoritative files of phase
+    2 only with ``--force --reason``, recorded).  Never a command that acts on the unknown document as if it
+    were empty, never "move it out of the root" (in phases 1-2 a missing document declares its records gone).
     """
-    only = "".join(f" --only {name}" for name in entities)
     if phase == 1:
-        return ("restore the file from a copy of the legacy tree, or repair its JSON by hand (phase 1 does "
-                "not write the database, so it cannot rebuild it); never remove it, and do not sync until "
-                "`federation report` reads it")
-    command = f"federation sync --to files{only}"
+        return None
+    command = "federation sync --to files" + "".join(f" --only {name}" for name in entities)
     if AUTHORITY[phase] == "files":
-        return (f"{command} --force --reason 'restore unreadable legacy documents from the database' "
-                "(rebuilds just those documents from the database's copy), or restore them from a copy of the "
-                "legacy tree")
+        command += " --force --reason 'restore unreadable legacy documents from the database'"
     return command
+
+
+def restore_advice(phase: int, entities: list[str] | tuple[str, ...] = ()) -> str:
+    """:func:`restore_command` as advice for people: the command in backticks, and the alternative."""
+    command = restore_command(phase, entities)
+    if command is None:
+        return ("restore the file from a copy of the legacy tree, or repair its JSON by hand (phase 1 does not "
+                "write the database, so nothing can rebuild it); never remove it, and sync nothing until "
+                "`federation report` reads it")
+    return f"`{command}` rebuilds just those documents from the database, or restore them from a copy of the legacy tree"

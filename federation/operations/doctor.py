@@ -282,11 +282,11 @@ def _unreadable_fix(phase: int, tree: Any) -> str:
     """What to do about unreadable legacy files, safe in *phase*: a document that cannot be read is restored
     (never moved away: in phases 1-2 a missing document declares its records gone); a file the layout keeps
     no document in may go."""
-    from ..domain.authority import restore_command
+    from ..domain.authority import restore_advice
 
     listed = "`federation migrate --dry-run` lists each with its reason"
     if tree.unknown:
-        return f"{listed}; restore the unreadable documents: {restore_command(phase, tree.unknown.entities())}"
+        return f"{listed}; restore the unreadable documents: {restore_advice(phase, tree.unknown.entities())}"
     return f"{listed}: none is a document of the layout; repair each, or move it out of the root"
 
 
@@ -295,13 +295,13 @@ def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) ->
 
     A legacy document that could not be read is unknown: never "agree", in any phase."""
     if tree.unknown:
-        from ..domain.authority import restore_command
+        from ..domain.authority import restore_advice
 
         listed = tree.unknown.entries()
         return Check("files_vs_database", False,
                      f"not compared: {len(listed)} legacy document(s) could not be read (unknown, not empty): "
                      + "; ".join(f"{u['path']}: {u['reason']}" for u in listed[:3]) + (" ..." if len(listed) > 3 else ""),
-                     restore_command(phase, tree.unknown.entities()))
+                     restore_advice(phase, tree.unknown.entities()))
     if store is None:
         if not database_exists(s):
             return Check("files_vs_database", phase == 1 or tree.files == 0,

@@ -123,11 +123,11 @@ def _report_consistent(from_phase: int, s: config.Settings) -> dict[str, Any]:
     fix_side = "db" if from_phase <= 2 else "files"
     listed, total = _differences(lag_only=False, s=s)
     if UNKNOWN in listed:
-        from ..domain.authority import restore_command
+        from ..domain.authority import restore_advice
 
         return _guard("report_consistent", False, f"`federation report` could not read every legacy document "
                       f"(unknown is not consistent): {_summary(listed)}",
-                      f"{restore_command(from_phase, listed.get(UNKNOWN + ' of', []))}; check `federation report` "
+                      f"{restore_advice(from_phase, listed.get(UNKNOWN + ' of', []))}; check `federation report` "
                       "exits 0, and retry")
     if total:
         return _guard("report_consistent", False, f"`federation report` finds {total} difference(s): "
@@ -158,10 +158,10 @@ def _files_current(s: config.Settings, target: int, flag: _flag.Flag | None) -> 
                               "after the fleet entered phase 4")
     listed, total = _differences(lag_only=True, s=s)
     if UNKNOWN in listed:
-        from ..domain.authority import restore_command
+        from ..domain.authority import restore_advice
 
         return _guard("files_current", False, f"legacy documents could not be read, so the files cannot be shown "
-                      f"current: {_summary(listed)}", f"{restore_command(3, listed.get(UNKNOWN + ' of', []))}, "
+                      f"current: {_summary(listed)}", f"{restore_advice(3, listed.get(UNKNOWN + ' of', []))}, "
                       "and retry")
     if total:
         then = "" if target == 3 else ", then step back to 3 first (files written again) and sync once more"
