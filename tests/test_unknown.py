@@ -256,3 +256,46 @@ def test_no_sync_the_phase_allows_touches_an_unknown_document(fed, seed, phase, 
         fed.apply()
         forget_stores()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# a message's file side is wherever the message is: inbox/, leased/, dead/ (issue 30)
+
+TRAFFIC = r"""
+import os, sys, time
+from federation import messaging
+stop, role = sys.argv[1], sys.argv[2]
+n = 0
+while not os.path.exists(stop):
+    if role == "send":
+        messaging.send_message("agent-000", "agent-001", f"m{n}")
+        n += 1
+        time.sleep(0.002)
+    else:
+        got = messaging.receive("agent-001", lease=30, limit=3)
+        time.sleep(0.005)
+        if got:  # one of each batch left leased (not acked): it stays in leased/
+            messaging.ack("agent-001", [m["id"] for m in got[1:]])
+"""
+
+
+@pytest.mark.parametrize("phase", [2, 3])
+def test_report_during_lease_and_ack_traffic_is_consistent_every_time(fed, phase, tmp_path):
+    """A sender and a receiver that leases and acks run while `report` runs 6 times: each exits 0."""
+    migrated(fed, phase)
+    stop = tmp_path / "stop"
+    procs = [fed.spawn(TRAFFIC, str(stop), role, phase=phase) for role in ("send", "receive")]
+    codes = []
+    try:
+        time.sleep(1.0)
+        for _ in range(6):
+            report = build_report(recheck=True)
+            codes.append(report.to_json() if not report.consistent else 0)
+    finally:
+        stop.touch()
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err[-2000:]
+    leased = list((fed.root / "nodes" / "agent-001" / "leased").glob("*.json"))
+    assert leased, "the traffic left no message leased: the test did not test leased/"
+    assert codes == [0] * 6, [c for c in codes if c][:1]

@@ -141,6 +141,10 @@ class Tree:
     def message_file(self, agent: str, message_id: str) -> Path:
         return self.inbox(agent) / document_name(_validate.ident(message_id, "message id"))
 
+    def message_file_in(self, folder: str, agent: str, message_id: str) -> Path:
+        """The file of message *message_id* in *agent*'s message *folder* (:data:`MESSAGE_DIRS`)."""
+        return self.node(agent) / folder / document_name(_validate.ident(message_id, "message id"))
+
     def node_file(self, kind: str, agent: str) -> Path:
         """The file of *agent*'s node document *kind* (``context``, ``expertise``, ``profile``)."""
         return self._cached(kind, agent, lambda: self.node(agent) / NODE_FILE_OF[kind])

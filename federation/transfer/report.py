@@ -25,7 +25,7 @@ from ..stores.database import database_exists
 from ..stores.files import Tree, locked
 from ..domain.compare import field_diff, normalize
 from ..domain.entities import MESSAGES, Entity, document_lock
-from ..domain.layout import document_name, message_owner
+from ..domain.layout import MESSAGE_DIRS, document_name, message_owner
 from ..errors import FileStorageError
 
 __all__ = ["TableReport", "Report", "Sides", "read_sides", "compare_sides", "build_report", "compare_table", "DIFF_LIMIT",
@@ -251,6 +251,8 @@ def lock_groups(tree: Tree, sides: Sides, report: Report) -> dict[tuple[str, ...
             for owner in owners:
                 if owner != canonical:  # (100,000 messages: no path built for a file already listed)
                     paths.add(str(document_file(tree, doc[0], doc[1], owner)))
+                if table is MESSAGES:  # received meanwhile: its file side is in leased/ or dead/ now
+                    paths.update(str(tree.message_file_in(folder, owner, doc[1])) for folder in MESSAGE_DIRS[1:])
             locks_of.setdefault(doc, set()).update(document_lock(doc[0], owner) for owner in owners)
     groups: dict[tuple[str, ...], tuple[set[Doc], set[str]]] = {}
     for doc, locks in locks_of.items():
