@@ -31,7 +31,7 @@ from . import config
 from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
+from .domain.entities import (keys_lock, TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
                               SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, message_mismatch,
                               node_lock, session_lock, split_votes)
 from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
@@ -395,10 +395,6 @@ def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
                                  "recipients": [m["recipient"] for m in messages],
                                  "created_at": messages[0]["timestamp"]})
         return ids
-
-
-def keys_lock(sender: str) -> str:
-    return f"keys-{_validate.agent(sender)}"
 
 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost

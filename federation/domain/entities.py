@@ -28,7 +28,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 __all__ = [
     "Field", "Entity", "InvalidRecord", "MESSAGES", "CONTEXT", "EXPERTISE", "PROFILES", "POLLS", "VOTES",
     "SESSIONS", "SESSION_ROLES", "SESSION_ARTIFACTS", "SESSION_REVIEWS", "MESSAGE_HISTORY", "TABLES", "ALL",
-    "BY_NAME", "ENTITY_NAMES", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
+    "BY_NAME", "ENTITY_NAMES", "keys_lock", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
 ]
 
 #: the fields a leased or dead message file carries beside the message's own (the layout: domain.layout)
@@ -53,6 +53,11 @@ def document_lock(document: str, owner: str = "") -> str:
         return POLLS_LOCK
     owner = _validate.ident(owner, "session id") if document == "session" else _validate.agent(owner)
     return f"{_LOCK_PREFIX[document]}-{owner}"
+
+
+def keys_lock(sender: str) -> str:
+    """The lock of *sender*'s idempotency keys (``nodes/{sender}/sent_keys/``)."""
+    return f"keys-{_validate.agent(sender)}"
 
 
 inbox_lock = functools.partial(document_lock, "message")

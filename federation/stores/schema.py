@@ -155,17 +155,35 @@ _V3 = [
     "WHERE idempotency_key IS NOT NULL",
 ]
 
+# Version 4: idempotency keys that outlive their message's row (issue 29).  A key is found on its
+# messages' rows while they exist; a key carried in from the legacy files (``migrate``, ``sync --to db``)
+# whose messages were already read there -- no row -- is kept here, so the same (sender, key) keeps
+# naming its first send across every move.  ids and recipients: JSON lists, in the same order.
+_V4 = [
+    """CREATE TABLE IF NOT EXISTS sent_keys (
+        sender TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        ids TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (sender, idempotency_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_sent_keys_created ON sent_keys(created_at)",
+]
+
 #: ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c …``: SQLite lacks the IF NOT EXISTS, so the upgrade
 #: checks the column itself (a version re-applied after a manual downgrade must not fail).
 ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (.*)", re.S)
 
 #: (version, statements) in order; applied inside one transaction each.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 LATEST = MIGRATIONS[-1][0]
 
+#: The tables that are bookkeeping, not the federation's state (no legacy document, no entity).
+BOOKKEEPING = ("federation_meta", "sent_keys")
 #: The tables of the federation's state, as the migrations create them (not the bookkeeping tables).
 TABLES = tuple(name for _, statements in MIGRATIONS for s in statements
-               for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", s) if name != "federation_meta")
+               for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", s) if name not in BOOKKEEPING)
 
 SCHEMA_VERSION_DDL = """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,

@@ -233,6 +233,12 @@ class SqlStore:
 
         def fn(tx: Tx) -> list[str]:
             tx.dialect.lock(tx, f"idempotency:{sender}:{key}")  # PostgreSQL; SQLite's writers are serial
+            # a key carried in from the legacy files with messages read there before the move (issue 29): the
+            # whole send, where the rows left may be part of a broadcast
+            kept = tx.fetchone("SELECT ids FROM sent_keys WHERE sender = ? AND idempotency_key = ?", (sender, key))
+            ids = _kept_ids(kept[0]) if kept else []
+            if ids:
+                return ids
             found = tx.fetchall("SELECT recipient, id FROM messages WHERE sender = ? AND idempotency_key = ?",
                                 (sender, key))
             if found:
@@ -717,3 +723,12 @@ def forget_stores() -> None:
         _stores.clear()
         _last = None
     forget_databases()
+
+
+def _kept_ids(text: str) -> list[str]:
+    """The ids of a ``sent_keys`` row (validated when carried in); [] when it does not parse: the send goes ahead."""
+    try:
+        ids = json.loads(text)
+    except ValueError:
+        return []
+    return [str(i) for i in ids] if isinstance(ids, list) else []

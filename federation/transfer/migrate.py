@@ -22,10 +22,11 @@ from typing import Any, Iterator
 from ..stores import sqltext as _sql
 from .. import config
 from ..domain.clock import now
+from .keys import import_keys, read_key_files
 from .rows import TABLES, TreeRows, key_text, read_tree
 from ..stores.files import read_json
 from ..domain.entities import EXPERTISE, MESSAGES, Entity
-from ..domain.layout import DEAD_DIR, LEASED_DIR, is_document_name, leases_journal, message_folder
+from ..domain.layout import DEAD_DIR, LEASED_DIR, leases_journal, message_folder
 from ..errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
@@ -209,29 +210,9 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
 
 
 def _carry_keys(store: Any) -> None:
-    """The idempotency keys of ``nodes/{sender}/sent_keys/`` onto their messages' rows (docs/delivery.md), so a
-    send retried with its key after the switch to the database still finds it (rows with a key keep it)."""
-    nodes = store.tree.nodes
-    updates = []
-    for sender in sorted(os.listdir(nodes)) if nodes.is_dir() else ():
-        folder = store.tree.sent_keys(sender, listed=True)
-        if not folder.is_dir():
-            continue
-        for name in sorted(os.listdir(folder)):
-            if not is_document_name(name):
-                continue
-            try:
-                data = read_json(folder / name)
-            except FederationError:
-                continue  # an unreadable key: its send can no longer be recognised (a retry sends again)
-            if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not isinstance(
-                    data.get("ids"), list):
-                continue
-            updates += [(data["key"], str(i), sender) for i in data["ids"]]
-    if updates:
-        store.db.write(lambda tx: tx.executemany(
-            "UPDATE messages SET idempotency_key = ? WHERE id = ? AND sender = ? AND idempotency_key IS NULL",
-            updates))
+    """The idempotency keys of ``nodes/{sender}/sent_keys/`` into the database (:mod:`.keys`), so a send retried
+    with its key after the switch to the database still finds it, its messages read before or not."""
+    import_keys(store, read_key_files(store.tree))
 
 
 def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:

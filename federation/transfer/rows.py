@@ -438,11 +438,14 @@ def settle_torn(tree: Tree, out: TreeRows, torn: list[tuple[str, str, str, str]]
 
 @contextlib.contextmanager
 def _holding_quietly(tree: Tree, name: str | None) -> Iterator[None]:
-    """The document lock *name* when it can be taken (a read-only root takes none: the re-reads still help)."""
+    """The document lock *name* when its lock file exists and can be taken (a read never creates one: a dry run
+    writes nothing, and a document no writer ever locked has no shim writer to wait for; a read-only root
+    takes none: the re-reads still help)."""
     from ..errors import FileStorageError
-    from ..stores.files import locked
+    from ..stores.files import entry_kind, locked
 
-    lock = locked(tree, name) if name is not None else None
+    exists = name is not None and entry_kind(tree.lock_path(name), root=tree.root) is not None
+    lock = locked(tree, name) if exists else None
     try:
         if lock is not None:
             lock.__enter__()

@@ -40,6 +40,7 @@ from .. import config
 from ..domain.authority import authority
 from ..domain.clock import now
 from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
+from .keys import export_keys, import_keys, read_key_files
 from .rows import BY_NAME, TABLES, TreeRows, Unknown, document_file, key_text, read_db_documents, read_files
 from ..domain.entities import ENTITY_NAMES, MESSAGES, POLLS_LOCK, Entity, document_lock
 from ..domain.layout import received_copy
@@ -157,6 +158,8 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
             if tables is not None:
                 restored, left = _restore(store, tree, unknown, sides.db, apply=False)
                 changes += restored
+        if store is not None and (tables is None or "messages" in tables):
+            changes += _keys(store, tree, to, apply=False)
         return SyncResult(to, dry_run, changes, unknown=left.entries())
     result = SyncResult(to, dry_run, [])
     stamp = now()
@@ -176,6 +179,8 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if to == "files" and unknown and tables is not None:
         restored, unknown = _restore(store, tree, unknown, sides.db, apply=True)
         result.changes += restored
+    if tables is None or "messages" in tables:  # idempotency keys go with every move, both ways (issue 29)
+        result.changes += _keys(store, tree, to, apply=True)
     result.unknown = unknown.entries()
     log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled, unknown=len(result.unknown))
     return result
@@ -414,6 +419,17 @@ def _restore(store: Any, tree: Tree, unknown: Unknown, db: dict[str, dict[tuple,
         if entry not in done:
             left.add(entry[0], entry[1], entry[2], owner=entry[3], doc_id=entry[4])
     return changes, left
+
+
+def _keys(store: Any, tree: Tree, to: str, apply: bool) -> list[Change]:
+    """Carry the idempotency keys one side has and the other lacks (:mod:`.keys`): added, never removed."""
+    if to == "db":
+        found = read_key_files(tree)
+        if not apply:
+            return []  # a dry run lists rows; keys are bookkeeping, carried by the real run
+        carried = import_keys(store, found)
+        return [Change("key", "sent_keys", f"{carried} key(s) carried")] if carried else []
+    return [Change("write", path, f"key {key}") for path, key in export_keys(store, tree, apply=apply)]
 
 
 def repair_documents(tx: Any, files: TreeRows, docs: set[Doc], stamp: str) -> list[Change]:
