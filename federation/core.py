@@ -204,8 +204,8 @@ def _json_names(directory: Path) -> list[str]:
 def _leases(agent: str, now: str | None = None) -> dict[str, tuple[int, str | None]]:
     """The lease journal of *agent*: ``{id: (attempt, lease_until)}``.  An unreadable journal reads as
     empty: every leased message is then an expired lease (delivered again, never lost).  So does an entry
-    out of range (an attempt above the highest ``FEDERATION_MAX_ATTEMPTS``, a lease ending after
-    tomorrow, a time that is not one: domain.delivery), skipped and logged; the next receive drops it."""
+    out of range (an attempt above the highest ``FEDERATION_MAX_ATTEMPTS``, a lease ending more
+    than two days ahead, a time that is not one: domain.delivery), skipped and logged; the next receive drops it."""
     path = tree().leases_file(agent)
     try:
         data = read_json(path, dict, {})
