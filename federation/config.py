@@ -274,6 +274,8 @@ def control_timings(env: Mapping[str, str] | None = None) -> ControlTimings:
 
 #: How many times a leased message is delivered before it becomes a dead letter (docs/delivery.md).
 DEFAULT_MAX_ATTEMPTS = 5
+#: The highest ``FEDERATION_MAX_ATTEMPTS``: no delivery count read from the disk may be higher.
+MAX_ATTEMPTS_LIMIT = 1000
 
 
 def max_attempts(env: Mapping[str, str] | None = None) -> int:
@@ -283,6 +285,7 @@ def max_attempts(env: Mapping[str, str] | None = None) -> int:
     raw = env.get("FEDERATION_MAX_ATTEMPTS", "").strip()
     if not raw:
         return DEFAULT_MAX_ATTEMPTS
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ConfigError(f"FEDERATION_MAX_ATTEMPTS={raw!r} is not accepted: use a whole number from 1 to 1000")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_ATTEMPTS_LIMIT:
+        raise ConfigError(f"FEDERATION_MAX_ATTEMPTS={raw!r} is not accepted: use a whole number from 1 to "
+                          f"{MAX_ATTEMPTS_LIMIT}")
     return int(raw)

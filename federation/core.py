@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .domain import validate as _validate
+from .domain import clock as _clock
+from .domain import delivery as _delivery
 from . import config
 from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .domain.entities import (keys_lock, TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
-                              SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, message_mismatch,
-                              node_lock, session_lock, split_votes)
+from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
+                              SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, keys_lock,
+                              message_mismatch, node_lock, session_lock, split_votes)
 from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
 from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
 
@@ -199,18 +201,24 @@ def _json_names(directory: Path) -> list[str]:
     return [n for n in names if is_document_name(n)]
 
 
-def _leases(agent: str) -> dict[str, tuple[int, str | None]]:
+def _leases(agent: str, now: str | None = None) -> dict[str, tuple[int, str | None]]:
     """The lease journal of *agent*: ``{id: (attempt, lease_until)}``.  An unreadable journal reads as
-    empty: every leased message is then an expired lease (delivered again, never lost)."""
+    empty: every leased message is then an expired lease (delivered again, never lost).  So does an entry
+    out of range (an attempt above the highest ``FEDERATION_MAX_ATTEMPTS``, a lease ending more
+    than two days ahead, a time that is not one: domain.delivery), skipped and logged; the next receive drops it."""
+    path = tree().leases_file(agent)
     try:
-        data = read_json(tree().leases_file(agent), dict, {})
+        data = read_json(path, dict, {})
     except CorruptFileError:
         return {}
+    now = now or _clock.now()
     out = {}
     for mid, entry in data.items():
-        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
-                and not isinstance(entry[0], bool) and (entry[1] is None or isinstance(entry[1], str))):
-            out[mid] = (entry[0], entry[1])
+        lease, problem = _delivery.journal_entry(entry, now)
+        if lease is None:
+            _skip(path, f"the lease of {str(mid)[:140]!r}: {problem}")
+        else:
+            out[mid] = lease
     return out
 
 
@@ -239,17 +247,24 @@ def _message_named(path: Path, agent: str) -> dict | None:
 
 
 def _dead_record(path: Path, agent: str) -> dict | None:
-    """A dead/ file: the message and its delivery fields."""
-    data = read_json(path)
+    """A dead/ file: the message and its delivery fields; None when it is gone or invalid (a link, a body
+    naming another id or recipient, a delivery field out of range: skipped and logged, as inbox reads do)."""
+    try:
+        data = read_json(path)
+    except CorruptFileError as exc:
+        _skip(path, exc.reason)
+        return None
     if data is None:
+        return None
+    reason = message_mismatch(data, stem(path.name), agent) or _delivery.delivery_problem(data)
+    if reason:
+        _skip(path, reason)
         return None
     record = MESSAGES.record(data, fallback={"recipient": agent})
     record["id"] = stem(path.name)
-    attempt = data.get("attempt")
-    record["attempt"] = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
+    record["attempt"] = data.get("attempt", 0)
     for field in ("lease_until", "dead_at"):
-        value = data.get(field)
-        record[field] = value if isinstance(value, str) else None
+        record[field] = data.get(field)
     return record
 
 
@@ -276,7 +291,7 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
     t = tree()
     with locked(t, inbox_lock(agent)):
         inbox, leased = t.inbox(agent), t.leased(agent)
-        leases = _leases(agent)
+        leases = _leases(agent, now)
         held = _json_names(leased)
         changed = set(leases) - {stem(n) for n in held}  # entries whose file is gone: dropped below
         for mid in changed:
@@ -360,7 +375,7 @@ def load_dead_letters(agent: str | None, now: str, max_attempts: int = 5) -> lis
             record = _dead_record(t.dead(name) / file, name)
             if record is not None:
                 out.append(record)
-        leases = _leases(name)
+        leases = _leases(name, now)
         for file in _json_names(t.leased(name)):
             attempt, until = leases.get(stem(file), (0, None))
             if until is not None and until < now and attempt >= max_attempts:
@@ -384,9 +399,9 @@ def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
     t = tree()
     with locked(t, keys_lock(sender)):
         path = t.key_file(sender, key)
-        data = read_json(path)
-        if data is not None and data.get("key") == key and isinstance(data.get("ids"), list):
-            return [str(i) for i in data["ids"]]
+        ids = _key_file_ids(path, sender, key)
+        if ids is not None:
+            return ids
         for message in messages:
             atomic_write_json(t.message_file(message["recipient"], message["id"]),
                               {field: message.get(field) for field in MESSAGE_FIELDS})
@@ -395,6 +410,52 @@ def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
                                  "recipients": [m["recipient"] for m in messages],
                                  "created_at": messages[0]["timestamp"]})
         return ids
+
+
+def _key_file_ids(path: Path, sender: str, key: str) -> list[str] | None:
+    """The ids of the send the key file *path* stands for; None when there is none, or when the file cannot
+    stand for *sender*'s send under *key*: unreadable, naming no message, or naming a message that is on
+    the disk with another sender or recipient (domain.delivery).  Such a file is skipped and logged (the
+    send goes ahead and writes the key's file anew).  A message no longer on the disk (received) cannot be
+    checked: its key is trusted, so that a retry after the receipt still sends nothing."""
+    try:
+        data = read_json(path)
+    except CorruptFileError as exc:
+        _skip(path, exc.reason)
+        return None
+    if data is None:
+        return None
+    reason = _delivery.key_file_problem(data, sender, key)
+    if reason is None:
+        for message_id, recipient in zip(data["ids"], data["recipients"]):
+            reason = _foreign_message(message_id, recipient, sender)
+            if reason:
+                break
+    if reason:
+        _skip(path, reason)
+        return None
+    return list(data["ids"])
+
+
+def _foreign_message(message_id: str, recipient: str, sender: str) -> str | None:
+    """Why the message *message_id* of *recipient*, where it is still on the disk, is not *sender*'s, or None."""
+    name = document_name(message_id)
+    t = tree()
+    for folder in (t.inbox(recipient), t.leased(recipient), t.dead(recipient)):
+        try:
+            raw = _read_regular(folder / name, root=t.root)
+        except (CorruptFileError, OSError):
+            continue  # not a file that can be read: it names nobody's message
+        if raw is None:
+            continue
+        try:
+            data = parse_document(raw, folder / name)
+        except CorruptFileError:
+            continue
+        if message_mismatch(data, message_id, recipient) is None and data.get("sender") != sender:
+            return (f"it names message {message_id!r}, which {str(data.get('sender'))[:80]!r} sent, "
+                    f"not {sender!r}")
+    return None
 
 
 # Phase 1 keeps the message history in memory, as the legacy server did (lost

@@ -19,6 +19,7 @@ __all__ = [
     "CorruptFileError",
     "FileStorageError",
     "AuthoritativeSideError",
+    "PermissionDeniedError",
 ]
 
 
@@ -36,6 +37,11 @@ class NotFoundError(FederationError, LookupError):
 
 class ConflictError(FederationError):
     """The operation conflicts with the current state (closed poll, not the creator...)."""
+
+
+class PermissionDeniedError(FederationError):
+    """The agent may not do this: a session's phase and roles are its lead's, its artifacts and reviews its
+    members' (over MCP a tool error starting ``forbidden:``).  Reading stays open to every agent."""
 
 
 class ConfigError(FederationError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .domain import validate as v
 from . import core
 from .domain import clock as _clock
-from .errors import NotFoundError
+from .errors import NotFoundError, PermissionDeniedError
 
 __all__ = ["create_poll", "vote", "close_poll", "get_poll", "list_polls", "create_session", "assign_role",
            "attach_artifact", "review_artifact", "set_phase", "get_session", "list_sessions"]
@@ -90,49 +90,96 @@ def create_session(lead: str, title: str, description: str | None = None) -> str
     return session["id"]
 
 
-def assign_role(session_id: str, agent: str, role: str, subtask: str | None = None) -> None:
-    """Give *agent* a role (and optionally a subtask) in a session; replaces an earlier one."""
+def _session_of(session_id: str) -> dict:
+    session = core.load_session(session_id)
+    if session is None:
+        raise NotFoundError(f"session {session_id} does not exist")
+    return session
+
+
+def _require(session_id: str, by: str | None, what: str, *, lead: bool) -> None:
+    """Refuse *by* (when given) what only the session's lead (*lead*) or a member may do.
+
+    A member is an agent with a role in the session; the lead always counts as
+    one.  Checked before the write, outside its lock: no call takes a right
+    away (the lead never changes, a role is replaced, never removed), so a
+    check that passed still holds when the write lands.
+    """
+    if by is None:
+        return
+    v.agent(by, "by")
+    session = _session_of(session_id)
+    if by == session.get("lead"):
+        return
+    if lead:
+        raise PermissionDeniedError(
+            f"{by!r} may not {what} of session {session_id}: only its lead {session.get('lead')!r} may")
+    if by not in (session.get("roles") or {}):
+        raise PermissionDeniedError(
+            f"{by!r} may not {what} of session {session_id}: it has no role in it (its lead "
+            f"{session.get('lead')!r} gives roles with assign_role)")
+
+
+def assign_role(session_id: str, agent: str, role: str, subtask: str | None = None, *, by: str | None = None) -> None:
+    """Give *agent* a role (and optionally a subtask) in a session; replaces an earlier one.
+
+    *by*: the agent asking; only the session's lead may (else :class:`PermissionDeniedError`).
+    """
     v.ident(session_id, "session_id")
     v.agent(agent)
     v.text(role, "role", limit=256)
     v.optional_text(subtask, "subtask")
+    _require(session_id, by, "assign roles", lead=True)
     core.save_role(session_id, agent, role, subtask, _clock.now())
 
 
-def attach_artifact(session_id: str, artifact_type: str, path: str) -> None:
-    """Attach an artifact (a path, never content) of *artifact_type* to a session."""
+def attach_artifact(session_id: str, artifact_type: str, path: str, *, by: str | None = None) -> None:
+    """Attach an artifact (a path, never content) of *artifact_type* to a session.
+
+    *by*: the agent asking; it needs a role in the session, or to be its lead
+    (else :class:`PermissionDeniedError`).
+    """
     v.ident(session_id, "session_id")
     v.text(artifact_type, "artifact_type", limit=256)
     v.text(path, "path")
+    _require(session_id, by, "attach artifacts", lead=False)
     core.save_artifact(session_id, artifact_type, path, _clock.now())
 
 
 def review_artifact(session_id: str, artifact_type: str, reviewer: str, status: str,
-                    comments: str | None = None) -> None:
-    """Review an attached artifact: status ``approved`` or ``changes_requested``."""
+                    comments: str | None = None, *, by: str | None = None) -> None:
+    """Review an attached artifact: status ``approved`` or ``changes_requested``.
+
+    *by*: the agent asking; it reviews as itself (*reviewer*) and needs a role
+    in the session, or to be its lead (else :class:`PermissionDeniedError`).
+    """
     v.ident(session_id, "session_id")
     v.text(artifact_type, "artifact_type", limit=256)
     v.agent(reviewer, "reviewer")
     v.choice(status, "status", v.REVIEW_STATUSES)
     if comments is not None:
         v.content(comments, "comments", allow_empty=True)
+    if by is not None and by != reviewer:
+        raise PermissionDeniedError(f"{by!r} may not review as {reviewer!r}: a review is its reviewer's own")
+    _require(session_id, by, "review artifacts", lead=False)
     core.save_review(session_id, artifact_type, reviewer, status, comments, _clock.now())
 
 
-def set_phase(session_id: str, phase: str) -> None:
-    """Move a session to *phase* (free text such as planning, executing, review, done)."""
+def set_phase(session_id: str, phase: str, *, by: str | None = None) -> None:
+    """Move a session to *phase* (free text such as planning, executing, review, done).
+
+    *by*: the agent asking; only the session's lead may (else :class:`PermissionDeniedError`).
+    """
     v.ident(session_id, "session_id")
     v.text(phase, "phase", limit=256)
+    _require(session_id, by, "set the phase", lead=True)
     core.save_session_phase(session_id, phase, _clock.now())
 
 
 def get_session(session_id: str) -> dict:
     """The session in its legacy shape (roles, artifacts, reviews)."""
     v.ident(session_id, "session_id")
-    session = core.load_session(session_id)
-    if session is None:
-        raise NotFoundError(f"session {session_id} does not exist")
-    return session
+    return _session_of(session_id)
 
 
 def list_sessions(limit: int | None = None, after: str | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ import time
 
 from .domain import validate as v
 from .domain import clock as _clock
+from .domain import delivery as _delivery
 from .stores import dead_letters as _dead_letters
 from . import _wiring, config, core
 from ._logging import library_logger
@@ -22,7 +23,7 @@ MAX_HISTORY = 10_000
 PULSE_MAX_POLLS = 100
 _DIRECTIONS = ("sent", "received")
 #: The longest lease receive grants (a day), and the longest pulse waits.
-MAX_LEASE_S = 86400.0
+MAX_LEASE_S = _delivery.MAX_LEASE_S
 MAX_WAIT_S = 30.0
 #: How often a keyed send is sent again after a connection lost mid-commit (the key makes it safe).
 _KEYED_RETRIES = 3

@@ -258,6 +258,7 @@ def test_no_tool_acts_as_another_agent(fed):
             poll_id = (await bob.ok("create_poll", question="Bob's poll", options=["a", "b"]))["poll_id"]
             session_id = (await bob.ok("create_session", title="Bob's session"))["session_id"]
             await bob.ok("attach_artifact", session_id=session_id, artifact_type="code", path="src/x.py")
+            await bob.ok("assign_role", session_id=session_id, agent="alice", role="reviewer")  # a member reviews
             await bob.ok("send_message", recipient="alice", content="for alice only")
 
             attempts = [

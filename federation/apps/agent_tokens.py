@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -133,13 +134,43 @@ def _entry(name: Any, raw: Any, path: Path) -> tuple[AgentToken, str]:
     return AgentToken(name, fields["created_at"] or "", fields["created_by"] or "", fields["revoked_at"]), digest
 
 
+class _Untrusted(ValueError):
+    """What makes a token file untrustworthy while it is parsed (a non-finite number, a name given twice)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Untrusted(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise _Untrusted(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose names are all different: a name given twice (an agent, a field) is not "the last one
+    wins" (a revoked entry followed by an active one would undo the revocation)."""
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _Untrusted(f"{name[:80]!r} is given twice")
+        out[name] = value
+    return out
+
+
 def _parse(data: bytes, path: Path) -> dict[str, tuple[AgentToken, str]]:
     """agent -> (entry, sha256), or :class:`TokenFileError` saying what is wrong (never another exception)."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite,
+                         object_pairs_hook=_unique)
+    except _Untrusted as exc:  # fail closed: nobody is authenticated by a file that says two things
+        raise TokenFileError(f"{path} is not a token file this version can trust: {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TokenFileError(f"{path} is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("agents"), dict):
+    if (not isinstance(doc, dict) or type(doc.get("version")) is not int or doc.get("version") != FORMAT_VERSION
+            or not isinstance(doc.get("agents"), dict)):
         raise TokenFileError(f"{path} is not a token file of version {FORMAT_VERSION} "
                              "(an object with \"version\" and \"agents\")")
     entries = {name: _entry(name, raw, path) for name, raw in doc["agents"].items()}

@@ -34,7 +34,7 @@ from .. import __version__, config, context, governance, messaging
 from ..domain import validate as v
 from .._logging import library_logger
 from ..errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
-                      StorageError, ValidationError)
+                      PermissionDeniedError, StorageError, ValidationError)
 
 __all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
 
@@ -447,9 +447,10 @@ class AgentTools:
     ) -> dict[str, Any]:
         """Give an agent (yourself or another) a role in a session; replaces that agent's earlier role.
 
+        Only the session's lead may (anyone else gets an error starting "forbidden:").
         Returns {"ok": true}.
         """
-        governance.assign_role(session_id, agent, role, subtask)
+        governance.assign_role(session_id, agent, role, subtask, by=self.agent)
         return {"ok": True}
 
     @_tool(idempotent=True)
@@ -462,9 +463,10 @@ class AgentTools:
     ) -> dict[str, Any]:
         """Attach an artifact (by path) to a session under `artifact_type`; replaces one of the same type.
 
+        You need a role in the session, or to be its lead (else an error starting "forbidden:").
         Returns {"ok": true}.
         """
-        governance.attach_artifact(session_id, artifact_type, path)
+        governance.attach_artifact(session_id, artifact_type, path, by=self.agent)
         return {"ok": True}
 
     @_tool(idempotent=True)
@@ -478,9 +480,10 @@ class AgentTools:
     ) -> dict[str, Any]:
         """Review a session's artifact as yourself; reviewing again replaces your earlier review.
 
+        You need a role in the session, or to be its lead (else an error starting "forbidden:").
         Returns {"ok": true}; get_session shows reviews[artifact_type][reviewer].
         """
-        governance.review_artifact(session_id, artifact_type, self.agent, status, comments)
+        governance.review_artifact(session_id, artifact_type, self.agent, status, comments, by=self.agent)
         return {"ok": True}
 
     @_tool(idempotent=True)
@@ -490,8 +493,11 @@ class AgentTools:
         phase: Annotated[str, Field(description=(
             "The new phase, free text such as planning, executing, review, done (non-empty, at most 256 bytes)."))],
     ) -> dict[str, Any]:
-        """Move a session to another phase. Returns {"ok": true}."""
-        governance.set_phase(session_id, phase)
+        """Move a session to another phase; only its lead may (else an error starting "forbidden:").
+
+        Returns {"ok": true}.
+        """
+        governance.set_phase(session_id, phase, by=self.agent)
         return {"ok": True}
 
     @_tool(read_only=True)
@@ -530,6 +536,7 @@ TOOL_NAMES: tuple[str, ...] = tuple(name for name, fn in vars(AgentTools).items(
 _ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
     (ValidationError, "invalid argument"),
     (NotFoundError, "not found"),
+    (PermissionDeniedError, "forbidden"),
     (ConflictError, "refused"),
     (BackfillRequiredError, "database not ready"),
     (FileStorageError, "storage failed"),  # disk full, read-only...: the operator must act, retrying won't help
@@ -659,7 +666,8 @@ def _instructions(agent: str) -> str:
         f"You are agent {agent!r} of a federation of cooperating agents. These tools read and change the "
         "federation's shared state: inbox messages, context, expertise, profiles, polls and sessions. Every "
         f"write acts as {agent!r} (sender, voter, poll creator, reviewer, session lead): there is no argument "
-        "to act as anyone else. Call check_inbox to receive your messages (each is delivered once), or "
+        "to act as anyone else. A session's phase and roles are its lead's; its artifacts and reviews need a "
+        "role in it. Call check_inbox to receive your messages (each is delivered once), or "
         "receive then ack so that a message you could not finish comes back, "
         "heartbeat now and then to show you are alive, and set_context to say what you are working on. "
         "pulse does the heartbeat, the inbox and the list of polls awaiting your vote in one call per tick."

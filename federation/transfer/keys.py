@@ -22,9 +22,10 @@ from typing import Any
 
 from .._logging import library_logger
 from ..domain import validate as _validate
-from ..domain.entities import keys_lock
+from ..domain.delivery import key_file_problem
+from ..domain.entities import MESSAGES, keys_lock
 from ..domain.layout import Tree, document_name, is_document_name, stem
-from ..errors import FederationError, ValidationError
+from ..errors import FederationError
 from ..stores.files import atomic_write_json, list_dir, locked, read_json
 
 __all__ = ["Key", "KeyFiles", "read_key_files", "import_keys", "export_keys"]
@@ -58,31 +59,34 @@ def key_name(key: str) -> str:
     return document_name(hashlib.sha256(key.encode("utf-8")).hexdigest())
 
 
-def _parse(data: Any, sender: str, name: str) -> Key:
-    if not isinstance(data, dict):
-        raise ValueError("a key file must be a JSON object")
-    key, ids, recipients = data.get("key"), data.get("ids"), data.get("recipients")
-    if not isinstance(key, str) or key_name(key) != name:
-        raise ValueError("its key is not the one its file name is the hash of")
-    if data.get("sender", sender) != sender:
-        raise ValueError(f"it names sender {data.get('sender')!r} in {sender!r}'s folder")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise ValueError("'ids' must be a non-empty list of message ids")
-    if not isinstance(recipients, list) or len(recipients) != len(ids):
-        raise ValueError("'recipients' must list one recipient per id")
-    try:
-        for i in ids:
-            _validate.ident(i, "message id")
-        for r in recipients:
-            _validate.agent(r)
-    except ValidationError as exc:
-        raise ValueError(str(exc)) from None
+def _parse(data: Any, sender: str, name: str, rows: dict | None) -> Key:
+    """The key of a key file, or ValueError saying why it cannot stand for *sender*'s send
+    (:func:`domain.delivery.key_file_problem`; its name must be its key's hash; a message it names that the
+    tree holds (*rows*: the messages read from the tree) must be the sender's, to that recipient)."""
+    key = data.get("key") if isinstance(data, dict) else None
+    problem = key_file_problem(data, sender, key) if isinstance(key, str) else "it names no key"
+    if problem is None and key_name(key) != name:
+        problem = "it is not named after its key"
+    for message_id, recipient in zip(data["ids"], data["recipients"]) if problem is None and rows else ():
+        row = rows.get((message_id,))
+        if row is not None and (row[_SENDER], row[_RECIPIENT]) != (sender, recipient):
+            problem = (f"it names message {message_id!r}, which is {row[_SENDER]!r}'s to {row[_RECIPIENT]!r}, "
+                       f"not {sender!r}'s to {recipient!r}")
+            break
+    if problem:
+        raise ValueError(problem)
     created = data.get("created_at")
-    return Key(sender, key, tuple(ids), tuple(recipients), created if isinstance(created, str) else "")
+    return Key(sender, key, tuple(data["ids"]), tuple(data["recipients"]), created if isinstance(created, str) else "")
 
 
-def read_key_files(tree: Tree) -> KeyFiles:
-    """Every well-formed key file under ``nodes/*/sent_keys/`` (reached without following links)."""
+_SENDER, _RECIPIENT = MESSAGES.columns.index("sender"), MESSAGES.columns.index("recipient")
+
+
+def read_key_files(tree: Tree, scanned: Any = None) -> KeyFiles:
+    """Every key file under ``nodes/*/sent_keys/`` (reached without following links) that can stand for its
+    sender's send; the others in ``invalid``.  *scanned*: the tree's rows (:class:`rows.TreeRows`), to check
+    the messages a key names that are still on the disk."""
+    rows = scanned.rows["messages"] if scanned is not None else None
     out = KeyFiles()
     for sender in sorted(list_dir(tree.nodes, root=tree.root)):
         if not _validate.is_agent(sender):
@@ -100,7 +104,7 @@ def read_key_files(tree: Tree) -> KeyFiles:
             try:
                 data = read_json(path, dict, None, root=tree.root)
                 if data is not None:
-                    out.keys.append(_parse(data, sender, name))
+                    out.keys.append(_parse(data, sender, name, rows))
             except (FederationError, ValueError) as exc:
                 out.invalid.append({"path": str(path), "reason": str(getattr(exc, "reason", exc))})
     for bad in out.invalid:

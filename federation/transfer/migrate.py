@@ -25,8 +25,9 @@ from ..domain.clock import now
 from .keys import import_keys, read_key_files
 from .rows import TABLES, TreeRows, key_text, read_tree
 from ..stores.files import read_json
+from ..domain.delivery import delivery_problem, journal_entry
 from ..domain.entities import EXPERTISE, MESSAGES, Entity
-from ..domain.layout import DEAD_DIR, LEASED_DIR, leases_journal, message_folder
+from ..domain.layout import DEAD_DIR, LEASED_DIR, Tree, leases_journal, message_folder
 from ..errors import FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
@@ -175,7 +176,20 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
 def _carry_leases(store: Any, scanned: TreeRows) -> None:
     """Messages found in leased/ or dead/ (docs/delivery.md) keep their delivery state in the database:
     attempt, lease_until, dead_at from the file, on rows not delivered there yet (a rerun changes nothing)."""
-    updates = []
+    updates, invalid = _lease_states(scanned, now())
+    scanned.invalid.extend(invalid)
+    if updates:
+        # lease_until "" (a lease the file lost): already over, so the next receive takes it back
+        store.db.write(lambda tx: tx.executemany(
+            "UPDATE messages SET attempt = ?, lease_until = ?, dead_at = ? WHERE id = ? AND read_at IS NULL "
+            "AND attempt = 0", updates))
+
+
+def _lease_states(scanned: TreeRows, stamp: str) -> tuple[list[tuple], list[dict[str, str]]]:
+    """The delivery state of each scanned leased or dead message, ``(attempt, lease_until, dead_at, id)``, and
+    the files whose delivery fields are out of range (domain.delivery), listed as invalid: a lease journal
+    entry out of range counts as a lost lease (delivered again, never lost); a dead/ file stays dead."""
+    updates, invalid = [], []
     journals: dict[Path, dict] = {}  # the lease journal of each leased/ folder: {id: [attempt, lease_until]}
     for key, path in scanned.sources["messages"].items():
         folder = message_folder(path)
@@ -186,33 +200,41 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
                 journal = leases_journal(path)
                 if journal not in journals:
                     journals[journal] = read_json(journal, dict, {})
-                entry = journals[journal].get(key[0])
-                entry = entry if isinstance(entry, list) and len(entry) == 2 else [None, None]
-                data = {"attempt": entry[0], "lease_until": entry[1]}
+                data, problem = {}, None
+                if key[0] in journals[journal]:
+                    lease, problem = journal_entry(journals[journal][key[0]], stamp)
+                    if lease is not None:
+                        data = {"attempt": lease[0], "lease_until": lease[1]}
+                    else:
+                        invalid.append({"path": str(journal), "reason": f"the lease of {key[0]!r}: {problem}"})
             else:
                 data = read_json(Path(path))
         except FederationError:
             continue  # gone or unreadable since the scan: the row stays deliverable (at least once)
         if not isinstance(data, dict):
             continue
+        if folder == DEAD_DIR:
+            problem = delivery_problem(data)  # changed since the scan: listed, and the message stays dead
+            if problem:
+                invalid.append({"path": str(path), "reason": problem})
+                data = {}
         attempt = data.get("attempt")
         attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
         until = data.get("lease_until") if isinstance(data.get("lease_until"), str) else ""
         dead = data.get("dead_at") if isinstance(data.get("dead_at"), str) else None
         if folder == DEAD_DIR and dead is None:
-            dead = until or now()
+            dead = until or stamp
         updates.append((attempt, until, dead, key[0]))
-    if updates:
-        # lease_until "" (a lease the file lost): already over, so the next receive takes it back
-        store.db.write(lambda tx: tx.executemany(
-            "UPDATE messages SET attempt = ?, lease_until = ?, dead_at = ? WHERE id = ? AND read_at IS NULL "
-            "AND attempt = 0", updates))
+    return updates, invalid
 
 
-def _carry_keys(store: Any) -> None:
+def _carry_keys(store: Any, scanned: TreeRows) -> None:
     """The idempotency keys of ``nodes/{sender}/sent_keys/`` into the database (:mod:`.keys`), so a send retried
-    with its key after the switch to the database still finds it, its messages read before or not."""
-    import_keys(store, read_key_files(store.tree))
+    with its key after the switch to the database still finds it, its messages read before or not.  Key files
+    that cannot stand for their sender's send are listed as invalid and not carried."""
+    found = read_key_files(store.tree, scanned)
+    import_keys(store, found)
+    scanned.invalid.extend(found.invalid)
 
 
 def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
@@ -252,6 +274,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     root = Path(root) if root is not None else settings.root
     if dry_run:
         scanned = read_tree(root, progress=progress)
+        # what the import would refuse to carry: delivery fields out of range, key files not their sender's
+        scanned.invalid.extend(_lease_states(scanned, now())[1] + read_key_files(Tree(root), scanned).invalid)
         # nothing is written: "rows" are the rows the import would offer
         entities = {name: {"files": n, "rows": n} for name, n in scanned.counts().items()}
         return MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields, files=scanned.files)
@@ -271,7 +295,7 @@ def complete(store: Any, scanned: TreeRows) -> MigrationResult:
     """After the import: settle files removed live meanwhile, validate the counts, mark the database backfilled."""
     _settle_live_removals(store, scanned)
     _carry_leases(store, scanned)
-    _carry_keys(store)
+    _carry_keys(store, scanned)
     entities, missing = _verify_counts(store, scanned)
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date

@@ -28,6 +28,7 @@ from ..errors import CorruptFileError
 from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
                                _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
+from ..domain.delivery import delivery_problem
 from ..domain.layout import MESSAGE_DIRS, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR, SESSIONS_DIR, document_file
 from ..errors import ValidationError
 
@@ -155,6 +156,9 @@ def _message(out: TreeRows, path: str, data: Any, agent: str, stem: str) -> None
     if mismatch:  # the file's place names the message; a body that disagrees is never used for a path
         raise _Invalid(mismatch)
     if "attempt" in data or "lease_until" in data or "dead_at" in data:  # a leased or dead message's own fields
+        problem = delivery_problem(data)  # bounded before use (migrate carries them into the database)
+        if problem:
+            raise _Invalid(problem)
         data = {k: v for k, v in data.items() if k not in DELIVERY_FIELDS}
     row = _record(out, path, MESSAGES, data, fallback={"id": stem, "recipient": agent})
     sources = out.sources["messages"]
