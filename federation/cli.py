@@ -14,6 +14,7 @@ returns, so nothing is left set in the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -74,11 +75,23 @@ def common(fn: Callable) -> Callable:
                 return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        except BrokenPipeError:
+            _reader_gone()
         except (FederationError, OSError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
     return wrapper
+
+
+def _reader_gone() -> None:
+    """The reader of stdout went away (`federation report | head -1`): what it wanted it has; end quietly
+    (exit 0), with stdout pointed at /dev/null so that the interpreter's last flush raises nothing."""
+    import os
+
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
 
 
 #: commands that read or change an existing federation: a root that does not exist is a mistyped one

@@ -60,3 +60,22 @@ def test_storage_error_is_one_line(fed, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.count("error:") == 1
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(fed):
+    """`federation report | head -1`: the reader closes the pipe; the command exits 0, no traceback, no
+    "Broken pipe" on stderr (issue 29)."""
+    import subprocess
+    import sys
+
+    from federation.domain.generate import generate
+
+    generate(fed.root, agents=2, messages=3, polls=1, sessions=1)
+    env = fed.subprocess_env(phase=1)
+    for args in (["report"], ["status"], ["migrate", "--dry-run"]):
+        proc = subprocess.Popen([sys.executable, "-m", "federation", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.close()  # gone before the first line is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, (args, err)
+        assert "Broken pipe" not in err and "Traceback" not in err, (args, err)

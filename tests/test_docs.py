@@ -56,3 +56,14 @@ def test_command_is_documented(path: str):
 def test_option_is_documented(command: str, option: str):
     assert re.search(rf"{re.escape(option)}(?![\w-])", _docs_text()), \
         f"`{option}` of `federation {command}` appears nowhere in docs/*.md"
+
+
+def test_the_tools_table_lists_every_tool_the_server_offers():
+    """docs/mcp-and-agents.md's tools table names exactly the tools the MCP server offers (issue 29)."""
+    from federation.apps.mcp_server import TOOL_NAMES
+
+    text = (DOCS / "mcp-and-agents.md").read_text(encoding="utf-8")
+    table = text[text.index("**Tools**"):]
+    table = table[:table.index("\n\n", table.index("| group |"))]
+    listed = set(re.findall(r"`(\w+)`", table))
+    assert listed == set(TOOL_NAMES), (sorted(set(TOOL_NAMES) - listed), sorted(listed - set(TOOL_NAMES)))

@@ -138,6 +138,8 @@ def test_each_request_acts_as_the_agent_its_token_names(fed):
                 assert "'alice'" in refused
                 poll = (await alice.ok("create_poll", question="Ship?", options=["yes", "no"]))["poll_id"]
                 assert "unknown argument" in await bob.error("vote", poll_id=poll, option="no", voter="alice")
+                assert refused.startswith("invalid argument: ")  # the kind first, over HTTP as over stdio
+                assert (await bob.error("vote", poll_id="nope", option="no")).startswith("not found: ")
                 await alice.ok("vote", poll_id=poll, option="yes")
                 await bob.ok("vote", poll_id=poll, option="no")
                 closed = await alice.ok("close_poll", poll_id=poll)

@@ -24,7 +24,7 @@ import re
 from typing import Annotated, Any, Callable, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import ToolAnnotations
 from pydantic import Field
@@ -645,20 +645,24 @@ class FederationServer(MCPServer):
                     hint = f" This server always acts as agent {self.agent!r}; identity is not an argument."
                 accepted = ", ".join(sorted(allowed)) or "no arguments"
                 log.info("tool_refused", tool=name, agent=self.agent, error="unknown_arguments", arguments=unknown)
-                raise ToolError(f"Error executing tool {name}: unknown argument(s) {', '.join(unknown)}; "
+                raise ToolError(f"invalid argument: unknown argument(s) {', '.join(unknown)}; "
                                 f"{name} accepts {accepted}.{hint}")
             missing = sorted(required - set(arguments))
             if missing:
-                raise ToolError(f"Error executing tool {name}: missing required argument(s) {', '.join(missing)}")
+                raise ToolError(f"invalid argument: missing required argument(s) {', '.join(missing)}")
         try:
             return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
         except ToolError as exc:
+            # The text starts with the kind (docs/mcp-and-agents.md, "Errors"): the SDK's
+            # "Error executing tool NAME: " prefix is taken off.
             if not isinstance(exc.__cause__, PydanticValidationError):
-                raise
+                raise ToolError(str(exc).removeprefix(f"Error executing tool {name}: ")) from exc.__cause__
             # One line per argument, without pydantic's class names and documentation links.
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}"
                                  for e in exc.__cause__.errors())
-            raise ToolError(f"Error executing tool {name}: invalid argument(s): {problems}") from exc.__cause__
+            raise ToolError(f"invalid argument: {problems}") from exc.__cause__
 
 
 def _instructions(agent: str) -> str:
