@@ -115,16 +115,25 @@ def status_data(settings: config.Settings | None = None) -> dict:
     """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
     from .stores.files import Tree
 
+    from .rollout import current_phase
+
     s = settings or config.settings()
+    # "phase": what the unpinned fleet runs (the live flag, else the root's default); "pinned_phase":
+    # this process's own pin (FEDERATION_PHASE / FEDERATION_USE_DB), which does not change the fleet's
+    fleet, flag, problem = current_phase(s.root, settings=s)
     data: dict[str, Any] = {
         "root": str(s.root),
         "database": s.db_display,
         "engine": s.engine,
         "use_db": s.use_db,
-        "phase": s.effective_phase,
+        "phase": fleet,
+        "phase_source": "flag" if flag is not None else "flag unreadable" if problem else "default",
+        "pinned_phase": s.effective_phase if s.phase_pinned else None,
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
+    if problem:
+        data["flag_error"] = problem
     from .stores.database import database_exists
 
     if database_exists(s, ask_server=True):
@@ -151,7 +160,15 @@ def status(as_json: bool) -> None:
                    3: "3 (database first, files shadow)", 4: "4 (database only)"}
     click.echo(f"root:      {data['root']}")
     click.echo(f"database:  {data['database']} ({data['engine']})")
-    click.echo(f"phase:     {phase_names[data['phase']]}")
+    source = {"flag": "the live flag", "default": "no flag set: the root's default",
+              "flag unreadable": "the live flag is UNREADABLE: its last recorded phase, else the default"}
+    click.echo(f"phase:     {phase_names[data['phase']]}: what unpinned processes run "
+               f"({source[data['phase_source']]})")
+    if data.get("flag_error"):
+        click.echo(f"           {data['flag_error']}")
+    pin = data["pinned_phase"]
+    click.echo(f"pinned:    {phase_names[pin]}: this shell's own FEDERATION_PHASE / FEDERATION_USE_DB" if pin
+               else "pinned:    no (this shell follows the flag)")
     click.echo(f"legacy files present: {'yes' if data['legacy_files'] else 'no'}")
     if data["tables"] is None:
         click.echo("tables:    (database not created yet)")
