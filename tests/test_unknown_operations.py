@@ -116,3 +116,81 @@ def test_a_phase_4_write_creates_the_root_and_the_operator_commands_work(fed):
     rollout_status = run_cli(fed, "rollout", "status")
     assert rollout_status.returncode == 0, rollout_status.stderr[-2000:]
     assert "flag:" in rollout_status.stdout
+
+
+# ---------------------------------------------------------------------------
+# migrate never says ok when content stayed behind; --accept records the operator's decision
+
+
+def _doctor_legacy_files(fed) -> dict:
+    proc = run_cli(fed, "doctor", "--json")
+    return next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "legacy_files")
+
+
+def test_a_list_file_inbox_fails_migrate_until_accepted_and_again_once_changed(fed):
+    """`nodes/bob/inbox.json`, a list of 2 unread messages some legacy code keeps: `migrate` (dry run, real,
+    --json) lists it as not imported with records 2 and exits 3 (it said "ok: every file migrated"); doctor
+    fails on it. `--accept PATH --reason` records it in control/accepted.jsonl: then migrate exits 0 and
+    doctor passes that check. The file changes: both fail again."""
+    generate(fed.root, agents=2, messages=4, polls=1, sessions=0)
+    inbox = fed.root / "nodes" / "bob" / "inbox.json"
+    inbox.parent.mkdir(parents=True)
+    inbox.write_text(json.dumps([{"id": "m1", "sender": "alice", "content": "read the plan"},
+                                 {"id": "m2", "sender": "carol", "content": "and the runbook"}]))
+    listed = [{"path": str(inbox), "records": 2, "bytes": inbox.stat().st_size}]
+    for args in (("migrate", "--dry-run", "--json"), ("migrate", "--json")):
+        proc = run_cli(fed, *args)
+        assert proc.returncode == 3, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["not_imported"] == listed
+    text = run_cli(fed, "migrate")
+    assert text.returncode == 3 and "NOT imported" in text.stdout and f"{inbox}: 2 records" in text.stdout
+    assert "ok:" not in text.stdout
+    assert not _doctor_legacy_files(fed)["ok"]
+
+    assert run_cli(fed, "migrate", "--accept", "nodes/bob/inbox.json").returncode == 2  # no reason: usage
+    done = run_cli(fed, "migrate", "--accept", "nodes/bob/inbox.json", "--reason", "an old client's cache")
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((fed.root / "control" / "accepted.jsonl").read_text().splitlines()[-1])
+    assert (record["path"], record["reason"], record["listed_as"], record["records"]) == (
+        "nodes/bob/inbox.json", "an old client's cache", "not imported", 2)
+    assert len(record["sha256"]) == 64 and record["by"] and record["at"]
+    after = run_cli(fed, "migrate", "--json")
+    assert after.returncode == 0, after.stdout[-2000:]
+    data = json.loads(after.stdout)
+    assert data["not_imported"] == [] and [a["path"] for a in data["accepted"]] == [str(inbox)]
+    assert _doctor_legacy_files(fed)["ok"]
+
+    inbox.write_text(inbox.read_text()[:-1] + ', {"id": "m3", "sender": "dave", "content": "new"}]')
+    again = run_cli(fed, "migrate", "--json")
+    assert again.returncode == 3
+    assert json.loads(again.stdout)["not_imported"] == [{"path": str(inbox), "records": 3,
+                                                         "bytes": inbox.stat().st_size}]
+    assert not _doctor_legacy_files(fed)["ok"]
+
+
+def test_an_accepted_malformed_file_clears_and_other_paths_are_refused(fed):
+    """A torn context file is invalid: migrate exits 3 and doctor fails (accepting it never cleared before);
+    accepted by its absolute path, migrate exits 0 and doctor passes. A path that is listed as neither, or
+    outside the root, is refused (exit 1, nothing recorded); so is --dry-run with --accept (usage, exit 2)."""
+    generate(fed.root, agents=2, messages=2, polls=0, sessions=0)
+    torn = fed.root / "nodes" / "agent-000" / "context_window.json"
+    torn.write_text('{"agent": "agent-000", "text": "half')
+    proc = run_cli(fed, "migrate", "--json")
+    assert proc.returncode == 3 and [i["path"] for i in json.loads(proc.stdout)["invalid"]] == [str(torn)]
+    assert not _doctor_legacy_files(fed)["ok"]
+    assert "move it out of the root" not in _doctor_legacy_files(fed)["fix"]
+
+    for path in ("nodes/agent-001/context_window.json", "../elsewhere.json"):
+        refused = run_cli(fed, "migrate", "--accept", path, "--reason", "no")
+        assert refused.returncode == 1 and "error:" in refused.stderr, refused.stderr[-2000:]
+    assert run_cli(fed, "migrate", "--dry-run", "--accept", str(torn), "--reason", "x").returncode == 2
+    assert not (fed.root / "control" / "accepted.jsonl").exists()
+
+    done = run_cli(fed, "migrate", "--accept", str(torn), "--reason", "agent-000 rewrites it at its next heartbeat")
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = run_cli(fed, "migrate", "--json")
+    assert after.returncode == 0, after.stdout[-2000:]
+    data = json.loads(after.stdout)
+    assert data["invalid"] == [] and [a["path"] for a in data["accepted"]] == [str(torn)]
+    check = _doctor_legacy_files(fed)
+    assert check["ok"] and "accepted" in check["detail"]

@@ -196,13 +196,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     checks.append(_free_space("free_space_root", "legacy root", s.root, min_free))
 
     tree = read_tree(s.root)
-    bad = tree.invalid
-    checks.append(Check(
-        "legacy_files", not bad,
-        f"{tree.files} legacy files under {s.root}, all readable" if not bad else
-        f"{len(bad)} of {tree.files} legacy files cannot be read: " + "; ".join(
-            f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
-        "`federation migrate --dry-run` lists each with its reason: repair the file or move it out of the root"))
+    checks.append(_legacy_files_check(s, phase, tree))
 
     store = None
     if comparable:
@@ -224,6 +218,38 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
+    """Files that cannot be read, and JSON documents the layout has no place for (nothing of theirs is in the
+    database): not ok, unless an operator accepted each (``migrate --accept``) and its content is unchanged."""
+    from ..transfer.accepted import apply_decisions, not_imported
+
+    unimported, _ = not_imported(tree.dropped_fields)
+    bad, unimported, accepted = apply_decisions(s.root, tree.invalid, unimported)
+    noted = (f"; {len(accepted)} files accepted by an operator (`federation migrate --accept`), content unchanged, "
+             "not imported" if accepted else "")
+    if not bad and not unimported:
+        return Check("legacy_files", True, f"{tree.files} legacy files under {s.root}, "
+                     + ("the rest readable" if accepted else "all readable") + noted)
+    found = []
+    if bad:
+        found.append(f"{len(bad)} problems in the {tree.files} legacy files: " + "; ".join(
+            f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if unimported:
+        found.append(f"{len(unimported)} JSON documents the layout has no place for, not imported: " + "; ".join(
+            f"{n['path']} ({'?' if n['records'] is None else n['records']} records, {n['bytes']} bytes)"
+            for n in unimported[:5]) + (" ..." if len(unimported) > 5 else ""))
+    if phase >= 3:
+        repair = ("`federation sync --to files` rewrites an unreadable document from the database "
+                  f"(authoritative in phase {phase})")
+    else:
+        repair = (f"restore an unreadable document from a backup (the files are authoritative in phase {phase}: "
+                  "moving one away declares its records gone)")
+    return Check("legacy_files", False, " | ".join(found) + noted,
+                 f"`federation migrate --dry-run` lists each file with its reason; {repair}, or accept a file "
+                 "that may stay out of the database: `federation migrate --accept PATH --reason TEXT` "
+                 "(docs/rollout-runbook.md)")
 
 
 def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check:
