@@ -83,13 +83,16 @@ def current_phase(root: Path, ask_db: bool = True, *,
 
     Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
     *ask_db* False decides that from the files alone (a step that must work with the database down).
+    An unreadable flag: the last phase its history recorded, else 1 on a root with legacy data, else 3.
     *settings*: the federation whose database decides the default (default: the configured one).
     """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _unflagged_phase(ask_db, settings)), None, str(exc)
+        if recorded is None:  # nothing says what the flag held: the files on a root with legacy data
+            recorded = unanswered_phase(settings or config.settings())
+        return recorded, None, str(exc)
     return (flag.phase if flag else _unflagged_phase(ask_db, settings)), flag, None
 
 

@@ -209,14 +209,14 @@ class Runtime:
         return self.source == "default" and self._backfilled_root != s.root
 
     def _fallback_phase(self, s: config.Settings) -> tuple[int, str]:
-        """A process starting while the flag is unreadable: the last phase the history recorded, else the
-        root's default (phase 1 on legacy data the database cannot be shown to hold: never phase 3 blind)."""
+        """A process starting while the flag is unreadable: the last phase the history recorded, else 1 on a
+        root with legacy data (the files: never phase 3 on a flag nobody can read), else 3."""
         with contextlib.suppress(OSError):
             phase = _flag.last_recorded_phase(s.root)
             if phase is not None:
                 log.error("rollout_flag_fallback", phase=phase, source="history")
                 return phase, "flag"
-        phase = self._default_phase(s)
+        phase = _default.unanswered_phase(s)  # asks no database: a call never waits on one for this
         log.error("rollout_flag_fallback", phase=phase, source="default")
         return phase, "default"
 
