@@ -131,7 +131,8 @@ def apply_decisions(root: Path, invalid: list[dict], unimported: list[dict]
 
 def accept(root: Path, path: str, reason: str | None, invalid: list[dict], unimported: list[dict],
            accepted: list[dict] = ()) -> dict[str, Any]:
-    """Record the operator's decision to leave *path* (absolute, or relative to *root*) out of the import.
+    """Record the operator's decision to leave *path* (absolute, relative to *root* or to the working folder)
+    out of the import.
 
     *invalid*, *unimported* and *accepted*: what ``migrate`` lists now; a path in none of the first two is refused
     (:class:`ValidationError`), as is a file that is not a regular one (a link or FIFO holds nothing to
@@ -139,7 +140,10 @@ def accept(root: Path, path: str, reason: str | None, invalid: list[dict], unimp
     """
     if not reason or not reason.strip():
         raise ValidationError("--accept needs --reason TEXT: why this file may stay out of the database")
-    full = os.path.normpath(os.path.abspath(path if os.path.isabs(path) else os.path.join(root, path)))
+    listed = {os.path.abspath(i["path"]) for i in invalid} | {os.path.abspath(n["path"]) for n in unimported}
+    # as listed (absolute), relative to the root, or relative to the working folder
+    options = [os.path.normpath(os.path.abspath(os.path.join(root, path))), os.path.abspath(path)]
+    full = next((o for o in options if o in listed), options[0])
     rel = _relative(root, full)
     if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
         raise ValidationError(f"{path} is not a file under the federation root {root}")
