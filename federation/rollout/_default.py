@@ -98,9 +98,7 @@ def current_phase(root: Path, ask_db: bool = True, *,
 
 def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
     s = settings or config.settings()  # only read when there is no flag, as before
-    if not ask_db:
-        from ..stores.files import Tree
-
-        no_database = not s.db_url and not s.db_path.exists()
-        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
+    if not ask_db and s.db_url:
+        return _flag.DEFAULT_PHASE  # a server is not asked (it may be down): only the flag can say 1 there
+    # a SQLite file is asked (no server to wait on): one without the schema, or unreadable, is no backfill
     return default_phase(s)  # a database that cannot answer: phase 1 on legacy data (the processes' answer too)
