@@ -277,6 +277,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int, accept: tuple
     listed file: while its content is unchanged, migrate and doctor no
     longer fail on it (a changed file fails again).
     """
+    from .operations.accepted import settle
     from .transfer.migrate import migrate
 
     s = _settings()
@@ -286,6 +287,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int, accept: tuple
     if not dry_run:
         _hold_files_first(s)
     result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size, settings=s))
+    settle(s.root, result)  # the files an operator accepted, content unchanged, fail it no longer
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -321,7 +323,7 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int, accept: tuple
 
 def _accept(s: config.Settings, paths: tuple[str, ...], reason: str | None, dry_run: bool, as_json: bool) -> None:
     """``migrate --accept PATH --reason TEXT``: record the decisions, migrate nothing."""
-    from .transfer.accepted import accept
+    from .operations.accepted import accept, settle
     from .transfer.migrate import migrate
 
     if not paths:
@@ -330,7 +332,7 @@ def _accept(s: config.Settings, paths: tuple[str, ...], reason: str | None, dry_
         raise click.UsageError("--accept needs --reason TEXT: why the file may stay out of the database")
     if dry_run:
         raise click.UsageError("--accept records a decision and --dry-run writes nothing: use one of them")
-    listed = _guard(lambda: migrate(dry_run=True, settings=s))  # what is listed now: reads, writes nothing
+    listed = settle(s.root, _guard(lambda: migrate(dry_run=True, settings=s)))  # what is listed now: reads only
     records = [accept(s.root, path, reason, listed.invalid, listed.not_imported, listed.accepted) for path in paths]
     if as_json:
         click.echo(json.dumps({"accepted": records}, indent=2))

@@ -223,7 +223,8 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
 def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
     """Files that cannot be read, and JSON documents the layout has no place for (nothing of theirs is in the
     database): not ok, unless an operator accepted each (``migrate --accept``) and its content is unchanged."""
-    from ..transfer.accepted import apply_decisions, not_imported
+    from ..transfer.leftovers import not_imported
+    from .accepted import apply_decisions
 
     unimported, _ = not_imported(tree.dropped_fields)
     bad, unimported, accepted = apply_decisions(s.root, tree.invalid, unimported)

@@ -49,6 +49,7 @@ class MigrationResult:
     #: JSON documents under the legacy folders the layout has no place for: {"path", "records", "bytes"}
     not_imported: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: files an operator accepted (``--accept``), content unchanged: no longer in invalid / not_imported
+    #: (filled by :func:`federation.operations.accepted.settle`)
     accepted: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -293,12 +294,12 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
 
 
 def _left_out(root: Path, result: MigrationResult) -> MigrationResult:
-    """*result* with the JSON documents the layout has no place for listed as not imported, and the files an
-    operator accepted (content unchanged) moved out of ``invalid`` / ``not_imported`` into ``accepted``."""
-    from .accepted import apply_decisions, not_imported
+    """*result* with the JSON documents the layout has no place for listed as not imported (out of
+    ``dropped_fields``).  The operators' decisions (``migrate --accept``) are applied on top by
+    :func:`federation.operations.accepted.settle`, as ``federation migrate`` does."""
+    from .leftovers import not_imported
 
-    unimported, result.dropped_fields = not_imported(result.dropped_fields)
-    result.invalid, result.not_imported, result.accepted = apply_decisions(root, result.invalid, unimported)
+    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields)
     return result
 
 

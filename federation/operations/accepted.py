@@ -1,8 +1,8 @@
-"""Legacy files that are not imported, and the operator's decisions about them (``control/accepted.jsonl``).
+"""The operator's decisions about legacy files that are not imported (``control/accepted.jsonl``).
 
 ``migrate`` never says ok while content stayed behind: a file listed as invalid, or a JSON document
-under the legacy folders that the layout has no place for (``nodes/bob/inbox.json``, a list of unread
-messages some legacy code keeps), fails it (exit 3) until an operator accepts that file::
+under the legacy folders that the layout has no place for (:mod:`federation.transfer.leftovers`),
+fails it (exit 3) until an operator accepts that file::
 
     federation migrate --accept nodes/bob/inbox.json --reason "old client's cache; bob re-reads it"
 
@@ -21,10 +21,9 @@ from typing import Any
 
 from ..errors import CorruptFileError, ValidationError
 from ..rollout import _io
-from ..stores.files import loads_bounded, open_regular, read_regular
-from .rows import UNKNOWN_FILE
+from ..stores.files import open_regular
 
-__all__ = ["ACCEPTED_FILE", "accepted_path", "not_imported", "apply_decisions", "accept", "decisions"]
+__all__ = ["ACCEPTED_FILE", "accepted_path", "apply_decisions", "settle", "accept", "decisions"]
 
 ACCEPTED_FILE = "accepted.jsonl"
 
@@ -60,46 +59,6 @@ def _digest(path: str) -> tuple[str, int] | None:
         os.close(fd)
 
 
-def _document(path: str) -> dict[str, Any] | None:
-    """``{"path", "records", "bytes"}`` when *path* is a JSON document (named ``*.json``, or holding a JSON
-    list or object), else None.  records: the items of a list or object; None when it does not parse."""
-    try:
-        raw = read_regular(path)
-    except CorruptFileError:  # over the size bound: its name decides
-        try:
-            size = os.lstat(path).st_size
-        except OSError:
-            return None
-        return {"path": path, "records": None, "bytes": size} if path.endswith(".json") else None
-    except OSError:
-        return None
-    if raw is None:
-        return None  # gone since it was listed: nothing stayed behind
-    try:
-        value = loads_bounded(raw)
-    except ValueError:  # not UTF-8, not JSON, too deep, NaN
-        value = None
-    records = len(value) if isinstance(value, (list, dict)) else None
-    if records is None and not path.endswith(".json"):
-        return None  # notes, a README, a backup copy: not a document (listed in dropped_fields as a whole file)
-    return {"path": path, "records": records, "bytes": len(raw)}
-
-
-def not_imported(dropped_fields: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(the JSON documents the layout has no place for, *dropped_fields* without them).
-
-    *dropped_fields*: a read tree's (:class:`~federation.transfer.rows.TreeRows`), where a file the layout
-    does not define is a whole-file entry (``UNKNOWN_FILE``)."""
-    found, rest = [], []
-    for dropped in dropped_fields:
-        entry = _document(dropped["path"]) if dropped["field"] == UNKNOWN_FILE else None
-        if entry is None:
-            rest.append(dropped)
-        else:
-            found.append(entry)
-    return found, rest
-
-
 def decisions(root: Path) -> dict[str, dict[str, Any]]:
     """The last decision recorded for each path (relative to *root*)."""
     out: dict[str, dict[str, Any]] = {}
@@ -127,6 +86,14 @@ def apply_decisions(root: Path, invalid: list[dict], unimported: list[dict]
                               "by": record.get("by"), "sha256": record["sha256"]}
     return ([i for i in invalid if i["path"] not in accepted], [n for n in unimported if n["path"] not in accepted],
             list(accepted.values()))
+
+
+def settle(root: Path, result: Any) -> Any:
+    """*result* (a :class:`~federation.transfer.migrate.MigrationResult`) with the files an operator accepted,
+    content unchanged, moved from ``invalid`` / ``not_imported`` to ``accepted`` (what ``federation migrate``
+    shows and its exit code judges)."""
+    result.invalid, result.not_imported, result.accepted = apply_decisions(root, result.invalid, result.not_imported)
+    return result
 
 
 def accept(root: Path, path: str, reason: str | None, invalid: list[dict], unimported: list[dict],
