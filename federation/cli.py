@@ -113,9 +113,8 @@ def main() -> None:
 
 def status_data(settings: config.Settings | None = None) -> dict:
     """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
-    from .stores.files import Tree
-
     from .rollout import current_phase
+    from .stores.files import Tree
 
     s = settings or config.settings()
     # "phase": what the unpinned fleet runs (the live flag, else the root's default); "pinned_phase":
