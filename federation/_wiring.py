@@ -32,6 +32,7 @@ def candidate(phase: int) -> Store:
     # Create the schema before the first write of any side, so that a new
     # federation's database is known to need no backfill (its files come later).
     store.db.ensure_schema()
+    store.ensure_root()  # a process that writes creates the root, also in phase 4 (which writes no file)
     if phase >= 3:
         store.ensure_backfilled()
     return store

@@ -126,18 +126,26 @@ def main() -> None:
 
 def status_data(settings: config.Settings | None = None) -> dict:
     """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
+    from .rollout import current_phase
     from .stores.files import Tree
 
     s = settings or config.settings()
+    # "phase": what the unpinned fleet runs (the live flag, else the root's default); "pinned_phase":
+    # this process's own pin (FEDERATION_PHASE / FEDERATION_USE_DB), which does not change the fleet's
+    fleet, flag, problem = current_phase(s.root, settings=s)
     data: dict[str, Any] = {
         "root": str(s.root),
         "database": s.db_display,
         "engine": s.engine,
         "use_db": s.use_db,
-        "phase": s.effective_phase,
+        "phase": fleet,
+        "phase_source": "flag" if flag is not None else "flag unreadable" if problem else "default",
+        "pinned_phase": s.effective_phase if s.phase_pinned else None,
         "shadow_sample": s.shadow_sample,
         "legacy_files": Tree(s.root).has_legacy_data(),
     }
+    if problem:
+        data["flag_error"] = problem
     from .stores.database import database_exists
 
     if database_exists(s, ask_server=True):
@@ -164,7 +172,15 @@ def status(as_json: bool) -> None:
                    3: "3 (database first, files shadow)", 4: "4 (database only)"}
     click.echo(f"root:      {data['root']}")
     click.echo(f"database:  {data['database']} ({data['engine']})")
-    click.echo(f"phase:     {phase_names[data['phase']]}")
+    source = {"flag": "the live flag", "default": "no flag set: the root's default",
+              "flag unreadable": "the live flag is UNREADABLE: its last recorded phase, else the default"}
+    click.echo(f"phase:     {phase_names[data['phase']]}: what unpinned processes run "
+               f"({source[data['phase_source']]})")
+    if data.get("flag_error"):
+        click.echo(f"           {data['flag_error']}")
+    pin = data["pinned_phase"]
+    click.echo(f"pinned:    {phase_names[pin]}: this shell's own FEDERATION_PHASE / FEDERATION_USE_DB" if pin
+               else "pinned:    no (this shell follows the flag)")
     click.echo(f"legacy files present: {'yes' if data['legacy_files'] else 'no'}")
     if data["tables"] is None:
         click.echo("tables:    (database not created yet)")
@@ -255,20 +271,35 @@ def _listing(title: str, items: list[str], limit: int = 20) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch-size", type=click.IntRange(1), default=5000, show_default=True,
               help="Rows per write transaction.")
+@click.option("--accept", "accept", multiple=True, metavar="PATH",
+              help="Record that this file (listed as invalid or not imported) may stay out of the database, in "
+                   "control/accepted.jsonl; needs --reason. Migrates nothing. Repeatable.")
+@click.option("--reason", metavar="TEXT", help="Why the --accept files may stay out of the database.")
 @common
-def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
+def migrate_command(dry_run: bool, as_json: bool, batch_size: int, accept: tuple[str, ...],
+                    reason: str | None) -> None:
     """Import every legacy file into the database and validate the row counts.
 
     Exit 0: all migrated and counts validated; 1: failure; 2: usage error;
-    3: finished, but invalid files were skipped (each listed).  Idempotent;
+    3: finished, but invalid files were skipped, or JSON documents the
+    layout has no place for were not imported (each listed).  Idempotent;
     rows already in the database (a live dual-write's) are never overwritten.
+
+    `--accept PATH --reason TEXT` records an operator's decision about a
+    listed file: while its content is unchanged, migrate and doctor no
+    longer fail on it (a changed file fails again).
     """
+    from .operations.accepted import settle
     from .transfer.migrate import migrate
 
     s = _settings()
+    if accept or reason is not None:
+        _accept(s, accept, reason, dry_run, as_json)
+        return
     if not dry_run:
         _hold_files_first(s)
     result = _guard(lambda: migrate(dry_run=dry_run, progress=_progress(as_json), batch_size=batch_size, settings=s))
+    settle(s.root, result)  # the files an operator accepted, content unchanged, fail it no longer
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -276,18 +307,53 @@ def migrate_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
         click.echo(f"{head} ({result.files} files under {s.root})")
         _columns([(t, c["files"], c["rows"]) for t, c in result.entities.items()], ("table", "files", "rows"))
         _listing("invalid files, skipped", [f"{i['path']}: {i['reason']}" for i in result.invalid])
+        _listing("JSON documents the layout has no place for (NOT imported)",
+                 [f"{n['path']}: {'?' if n['records'] is None else n['records']} records, {n['bytes']} bytes"
+                  for n in result.not_imported])
         _listing("fields the schema has no place for (not imported)",
                  [f"{d['path']}: {d['field']}" for d in result.dropped_fields])
+        _listing("accepted by an operator (content unchanged since), not imported",
+                 [f"{a['path']}: {a['reason']} ({a['by']}, {a['at']})" for a in result.accepted])
         for table, keys in result.missing.items():
             _listing(f"{table}: file rows missing in the database", keys)
+        left = " and documents not imported" if result.not_imported else ""
         if dry_run:
-            verdict = {0: "ok: every file parsed", 3: "invalid files would be skipped"}[result.exit_code]
+            verdict = {0: "ok: every file parsed",
+                       3: f"invalid files{left} would be left out" if result.invalid else
+                       "JSON documents the layout has no place for would not be imported"}[result.exit_code]
         else:
             verdict = {0: "ok: every file migrated, counts validated",
                        1: "FAILED: the database lacks rows the files have",
-                       3: "done, but invalid files were skipped"}[result.exit_code]
+                       3: f"done, but invalid files{left} were left out" if result.invalid else
+                       "done, but JSON documents the layout has no place for were not imported"}[result.exit_code]
         click.echo(verdict)
+        if result.exit_code == 3:
+            click.echo("repair each file and rerun, or accept it: `federation migrate --accept PATH --reason TEXT` "
+                       "(docs/rollout-runbook.md)")
     sys.exit(result.exit_code)
+
+
+def _accept(s: config.Settings, paths: tuple[str, ...], reason: str | None, dry_run: bool, as_json: bool) -> None:
+    """``migrate --accept PATH --reason TEXT``: record the decisions, migrate nothing."""
+    from .operations.accepted import accept, settle
+    from .transfer.migrate import migrate
+
+    if not paths:
+        raise click.UsageError("--reason goes with --accept PATH")
+    if reason is None or not reason.strip():
+        raise click.UsageError("--accept needs --reason TEXT: why the file may stay out of the database")
+    if dry_run:
+        raise click.UsageError("--accept records a decision and --dry-run writes nothing: use one of them")
+    listed = settle(s.root, _guard(lambda: migrate(dry_run=True, settings=s)))  # what is listed now: reads only
+    records = [accept(s.root, path, reason, listed.invalid, listed.not_imported, listed.accepted) for path in paths]
+    if as_json:
+        click.echo(json.dumps({"accepted": records}, indent=2))
+        return
+    for record in records:
+        click.echo(f"accepted {record['path']} ({record['listed_as']}, {record['bytes']} bytes, sha256 "
+                   f"{record['sha256'][:12]}…): {record['reason']}")
+    click.echo("recorded in control/accepted.jsonl; `federation migrate` and `federation doctor` no longer fail on "
+               "these files while their content is unchanged")
 
 
 def _hold_files_first(s: config.Settings) -> None:

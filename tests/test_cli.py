@@ -20,13 +20,14 @@ def test_status_before_any_database(fed):
 
 
 def test_status_json_counts_rows(fed):
-    """status --json reports the phase and a row count for every table."""
+    """status --json reports the fleet's phase, this process's pin and a row count for every table."""
     fed.phase(4)
     pid = governance.create_poll("alice", "q?", ["a", "b"])
     governance.vote(pid, "bob", "a")
     result = CliRunner().invoke(main, ["status", "--json", "--root", str(fed.root), "--db", str(fed.db_path)])
     data = json.loads(result.output)
-    assert data["phase"] == 4 and data["engine"] == fed.engine
+    # no flag on a new federation: the unpinned fleet runs the default, phase 3; this process is pinned to 4
+    assert data["phase"] == 3 and data["pinned_phase"] == 4 and data["engine"] == fed.engine
     assert data["tables"]["polls"] == 1 and data["tables"]["votes"] == 1 and data["tables"]["messages"] == 0
 
 

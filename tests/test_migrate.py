@@ -144,18 +144,27 @@ def test_each_malformed_file_is_reported_and_the_rest_migrates(fed):
 
 def test_files_outside_the_legacy_format_are_reported_not_ignored(fed):
     """A file the legacy layout does not define (notes in a node folder, a non-JSON file in an inbox or in
-    shared/) is listed in dropped_fields as a whole file; the legacy files still migrate (exit 0)."""
+    shared/) is listed in dropped_fields as a whole file; a JSON document there (named *.json, or holding a
+    JSON list or object) is listed as not imported, and fails the migration (exit 3, issue 24); the legacy
+    files still migrate."""
     from federation.transfer.rows import UNKNOWN_FILE
 
     generate(fed.root, agents=2, messages=4, polls=1, sessions=1)
     extra = [fed.root / "nodes" / "agent-000" / "notes.txt", fed.root / "nodes" / "agent-001" / "inbox" / "x.bak",
-             fed.root / "shared" / "old-polls.json", fed.root / "shared" / "sessions" / "README"]
+             fed.root / "shared" / "sessions" / "README"]
     for path in extra:
         path.write_text("kept by hand")
+    documents = {fed.root / "shared" / "old-polls.json": "kept by hand",  # named as JSON: a document
+                 fed.root / "nodes" / "agent-000" / "cache": '{"a": 1, "b": 2, "c": 3}'}  # holding an object
+    for path, text in documents.items():
+        path.write_text(text)
     (fed.root / "nodes" / "agent-001" / "inbox" / ".msg.json.123.tmp").write_text("{")  # a temp file: skipped
     rc, out = cli_json(fed, "migrate")
-    assert rc == 0, out
+    assert rc == 3, out
     assert sorted(d["path"] for d in out["dropped_fields"] if d["field"] == UNKNOWN_FILE) == sorted(map(str, extra))
+    assert sorted((n["path"], n["records"], n["bytes"]) for n in out["not_imported"]) == sorted(
+        (str(p), 3 if text.startswith("{") else None, len(text)) for p, text in documents.items())
+    assert out["invalid"] == [] and out["accepted"] == []
     assert out["entities"]["messages"] == {"files": 4, "rows": 4}
 
 

@@ -196,13 +196,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     checks.append(_free_space("free_space_root", "legacy root", s.root, min_free))
 
     tree = read_tree(s.root)
-    bad = tree.invalid
-    checks.append(Check(
-        "legacy_files", not bad,
-        f"{tree.files} legacy files under {s.root}, all readable" if not bad else
-        f"{len(bad)} of {tree.files} legacy files cannot be read: " + "; ".join(
-            f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
-        _unreadable_fix(phase, tree)))
+    checks.append(_legacy_files_check(s, phase, tree))
 
     store = None
     if comparable:
@@ -224,6 +218,39 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
+    """Files that cannot be read, and JSON documents the layout has no place for (nothing of theirs is in the
+    database): not ok, unless an operator accepted each (``migrate --accept``) and its content is unchanged."""
+    from ..transfer.leftovers import not_imported
+    from .accepted import apply_decisions
+
+    unimported, _ = not_imported(tree.dropped_fields)
+    bad, unimported, accepted = apply_decisions(s.root, tree.invalid, unimported)
+    noted = (f"; {len(accepted)} files accepted by an operator (`federation migrate --accept`), content unchanged, "
+             "not imported" if accepted else "")
+    if not bad and not unimported:
+        return Check("legacy_files", True, f"{tree.files} legacy files under {s.root}, "
+                     + ("the rest readable" if accepted else "all readable") + noted)
+    found = []
+    if bad:
+        found.append(f"{len(bad)} problems in the {tree.files} legacy files: " + "; ".join(
+            f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if unimported:
+        found.append(f"{len(unimported)} JSON documents the layout has no place for, not imported: " + "; ".join(
+            f"{n['path']} ({'?' if n['records'] is None else n['records']} records, {n['bytes']} bytes)"
+            for n in unimported[:5]) + (" ..." if len(unimported) > 5 else ""))
+    if tree.unknown:  # a document of the layout that cannot be read: restored, never moved away
+        from ..domain.authority import restore_advice
+
+        repair = f"restore the unreadable documents: {restore_advice(phase, tree.unknown.entities())}"
+    else:
+        repair = "repair each file (none is a document the layout reads)"
+    return Check("legacy_files", False, " | ".join(found) + noted,
+                 f"`federation migrate --dry-run` lists each file with its reason; {repair}, or accept a file "
+                 "that may stay out of the database: `federation migrate --accept PATH --reason TEXT` "
+                 "(docs/rollout-runbook.md)")
 
 
 def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check:
@@ -276,18 +303,6 @@ def _fleet_check(s: config.Settings) -> Check:
                  "federation rollout set 3 (safe beside both), then restart or re-pin processes whose "
                  "FEDERATION_PHASE / FEDERATION_USE_DB pins them (`federation rollout status` lists each with its "
                  "source)")
-
-
-def _unreadable_fix(phase: int, tree: Any) -> str:
-    """What to do about unreadable legacy files, safe in *phase*: a document that cannot be read is restored
-    (never moved away: in phases 1-2 a missing document declares its records gone); a file the layout keeps
-    no document in may go."""
-    from ..domain.authority import restore_advice
-
-    listed = "`federation migrate --dry-run` lists each with its reason"
-    if tree.unknown:
-        return f"{listed}; restore the unreadable documents: {restore_advice(phase, tree.unknown.entities())}"
-    return f"{listed}: none is a document of the layout; repair each, or move it out of the root"
 
 
 def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:

@@ -3,7 +3,10 @@
 Phase 3 is the default, except on an upgrade not done yet: legacy files
 beside a database that was never backfilled from them (or none at all).
 There the default is phase 1, the files, so that agents started on an
-existing tree before anyone set the flag keep working as they did.
+existing tree before anyone set the flag keep working as they did.  A
+database that cannot say whether it was backfilled (no schema, unreachable,
+unreadable) on a root with legacy data means phase 1 too: the files are
+what is known to hold the federation, never a database nobody could read.
 Each phase's authoritative side is the domain's rule (:mod:`federation.domain.authority`).
 """
 
@@ -36,7 +39,7 @@ def backfill_state(s: config.Settings) -> tuple[bool, bool, str | None]:
     from ..stores.files import Tree
 
     legacy = Tree(s.root).has_legacy_data()
-    exists = database_exists(s, ask_server=True)  # a server database: has the schema been created in it?
+    exists = database_exists(s, ask_server=True)  # has the schema been created in it?
     if not exists:
         return legacy, False, None
     from ..stores.sqlstore import get_store
@@ -51,8 +54,27 @@ def needs_backfill(s: config.Settings) -> bool:
 
 
 def default_phase(s: config.Settings) -> int:
-    """The phase an unpinned process runs without a flag: 1 on an un-backfilled legacy tree, else 3."""
-    return 1 if needs_backfill(s) else _flag.DEFAULT_PHASE
+    """The phase an unpinned process runs without a flag: 1 on an un-backfilled legacy tree, else 3.
+
+    When the database cannot answer (unreachable, unreadable), 1 on a root with legacy data: never
+    phase 3 on a database nobody could read.
+    """
+    try:
+        return 1 if needs_backfill(s) else _flag.DEFAULT_PHASE
+    except Exception:  # noqa: BLE001 - a database that cannot answer: decided from the files alone
+        return unanswered_phase(s)
+
+
+def unanswered_phase(s: config.Settings) -> int:
+    """The default when the database cannot say whether it was backfilled: 1 (the files) on a root with
+    legacy data, else 3 (a new federation, which has only the database)."""
+    from ..stores.files import Tree
+
+    try:
+        legacy = Tree(s.root).has_legacy_data()
+    except OSError:
+        legacy = True  # the root cannot be listed either: the files are still the safer answer
+    return 1 if legacy else _flag.DEFAULT_PHASE
 
 
 def current_phase(root: Path, ask_db: bool = True, *,
@@ -61,24 +83,22 @@ def current_phase(root: Path, ask_db: bool = True, *,
 
     Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
     *ask_db* False decides that from the files alone (a step that must work with the database down).
+    An unreadable flag: the last phase its history recorded, else 1 on a root with legacy data, else 3.
     *settings*: the federation whose database decides the default (default: the configured one).
     """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
-        return (recorded if recorded is not None else _unflagged_phase(ask_db, settings)), None, str(exc)
+        if recorded is None:  # nothing says what the flag held: the files on a root with legacy data
+            recorded = unanswered_phase(settings or config.settings())
+        return recorded, None, str(exc)
     return (flag.phase if flag else _unflagged_phase(ask_db, settings)), flag, None
 
 
 def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
     s = settings or config.settings()  # only read when there is no flag, as before
-    if not ask_db:
-        from ..stores.files import Tree
-
-        no_database = not s.db_url and not s.db_path.exists()
-        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
-    try:
-        return default_phase(s)
-    except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
-        return _flag.DEFAULT_PHASE
+    if not ask_db and s.db_url:
+        return _flag.DEFAULT_PHASE  # a server is not asked (it may be down): only the flag can say 1 there
+    # a SQLite file is asked (no server to wait on): one without the schema, or unreadable, is no backfill
+    return default_phase(s)  # a database that cannot answer: phase 1 on legacy data (the processes' answer too)

@@ -6,6 +6,7 @@ by every host that mounts the root, and is readable while the database is down.
     control/flag.json                      the live flag (written atomically, fsynced)
     control/history.jsonl                  every change of the flag, append-only
     control/syncs.jsonl                    completed ``federation sync`` runs (for the guards)
+    control/accepted.jsonl                 legacy files an operator let stay out (``migrate --accept``)
     control/fleet/<host>-<pid>.json        each process's announcement
     control/counts/<host>-<pid>-<t>.json   each process's counted comparisons
     control/mismatches/<host>-<pid>.jsonl  each process's recent mismatches (capped)

@@ -112,7 +112,7 @@ class Runtime:
             elif self._flag_problem is not None and self._resolved:
                 phase, source = old[0], self.source  # unreadable: keep the phase this process had
             elif self._flag_problem is not None:
-                phase, source = self._fallback_phase(s.root)
+                phase, source = self._fallback_phase(s)
             else:
                 phase, source = self._default_phase(s), "default"
             if s.sample_pinned:
@@ -175,7 +175,8 @@ class Runtime:
 
         Asked at each look at the flag while the answer is 1 (the operator may migrate meanwhile);
         a backfill is not undone, so once seen the answer stays 3 for this root.  When the database
-        cannot be asked, the last answer holds (3 if there is none: what the shim would refuse anyway).
+        cannot be asked, the last answer holds; without one, 1 on a root with legacy data (the files),
+        else 3 (:func:`_default.unanswered_phase`).
         """
         if self._backfilled_root == s.root:
             return _flag.DEFAULT_PHASE
@@ -189,7 +190,7 @@ class Runtime:
             needs = _default.needs_backfill(s)
         except Exception as exc:  # noqa: BLE001 - never raise into a call
             self._warn_once("rollout_backfill_unknown", root=str(s.root), error=f"{type(exc).__name__}: {exc}")
-            answer = self._mode[0] if self._resolved and self.source == "default" else _flag.DEFAULT_PHASE
+            answer = self._mode[0] if self._resolved and self.source == "default" else _default.unanswered_phase(s)
             self._default_seen[s.root] = answer  # calls keep it; the background thread asks again
             return answer
         self._default_seen[s.root] = 1 if needs else _flag.DEFAULT_PHASE
@@ -207,14 +208,17 @@ class Runtime:
         """Following the default while the root is not known to be backfilled: asked again at each tick."""
         return self.source == "default" and self._backfilled_root != s.root
 
-    def _fallback_phase(self, root: Path) -> tuple[int, str]:
-        """A process starting while the flag is unreadable: the last phase the history recorded."""
+    def _fallback_phase(self, s: config.Settings) -> tuple[int, str]:
+        """A process starting while the flag is unreadable: the last phase the history recorded, else 1 on a
+        root with legacy data (the files: never phase 3 on a flag nobody can read), else 3."""
         with contextlib.suppress(OSError):
-            phase = _flag.last_recorded_phase(root)
+            phase = _flag.last_recorded_phase(s.root)
             if phase is not None:
                 log.error("rollout_flag_fallback", phase=phase, source="history")
                 return phase, "flag"
-        return _flag.DEFAULT_PHASE, "default"
+        phase = _default.unanswered_phase(s)  # asks no database: a call never waits on one for this
+        log.error("rollout_flag_fallback", phase=phase, source="default")
+        return phase, "default"
 
     def _problem(self, message: str, path: Path) -> None:
         if message != self._flag_problem:

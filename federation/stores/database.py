@@ -313,10 +313,13 @@ def database_exists(settings: config.Settings, *, ask_server: bool = False) -> b
     must not create one).
 
     SQLite: whether the file exists.  A server database (PostgreSQL) exists as soon as it is named;
-    with *ask_server*, whether the federation's schema was created in it (one query, creating nothing).
+    with *ask_server*, whether the federation's schema was created in it (one query, creating nothing),
+    on either engine (a SQLite file without the schema is not a federation's database yet).
     """
     if not settings.db_url:
-        return settings.db_path.exists()
+        if not settings.db_path.exists():
+            return False
+        return get_db(settings).schema_version() > 0 if ask_server else True
     return get_db(settings).schema_version() > 0 if ask_server else True
 
 

@@ -11,6 +11,7 @@ concurrent writers never erase each other.
 from __future__ import annotations
 
 import json
+import os
 import operator
 import threading
 from pathlib import Path
@@ -56,6 +57,19 @@ class SqlStore:
         self.tree = Tree(root)
         db.on_first_create(self._on_create)
         self._backfill_ok = False
+        self._root_made = False
+
+    def ensure_root(self) -> None:
+        """Create the federation's root when it does not exist (once per store).
+
+        A process that writes only the database (phase 4) still makes the root, where the control plane
+        lives (the flag, the fleet's announcements): `doctor`, `status` and `rollout status` then operate
+        a federation that has no legacy files.  Never again after the first call: a root removed later
+        (a test's temporary folder, an unmounted disk) is not recreated by this.
+        """
+        if not self._root_made:
+            os.makedirs(self.tree.root, exist_ok=True)
+            self._root_made = True
 
     # -- lifecycle ------------------------------------------------------------
     def _on_create(self, tx: Tx) -> None:

@@ -48,15 +48,21 @@ class MigrationResult:
     #: file rows not found in the database after the import, per table (a failure)
     missing: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     files: int = 0
+    #: JSON documents under the legacy folders the layout has no place for: {"path", "records", "bytes"}
+    not_imported: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: files an operator accepted (``--accept``), content unchanged: no longer in invalid / not_imported
+    #: (filled by :func:`federation.operations.accepted.settle`)
+    accepted: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         if self.missing:
             return EXIT_FAILED
-        return EXIT_INVALID if self.invalid else EXIT_OK
+        return EXIT_INVALID if self.invalid or self.not_imported else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"dry_run": self.dry_run, "entities": self.entities, "invalid": self.invalid,
+                                "not_imported": self.not_imported, "accepted": self.accepted,
                                 "dropped_fields": self.dropped_fields}
         if self.missing:
             data["missing_in_db"] = self.missing
@@ -278,7 +284,8 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
         scanned.invalid.extend(_lease_states(scanned, now())[1] + read_key_files(Tree(root), scanned).invalid)
         # nothing is written: "rows" are the rows the import would offer
         entities = {name: {"files": n, "rows": n} for name, n in scanned.counts().items()}
-        return MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields, files=scanned.files)
+        return _left_out(root, MigrationResult(True, entities, scanned.invalid, scanned.dropped_fields,
+                                               files=scanned.files))
     if store is None:
         from ..stores.sqlstore import get_store
 
@@ -288,7 +295,17 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     scanned = read_tree(root, progress=progress)
     with _bulk_load(store):
         import_rows(store, scanned, batch_size=batch_size, progress=progress)
-    return complete(store, scanned)
+    return _left_out(root, complete(store, scanned))
+
+
+def _left_out(root: Path, result: MigrationResult) -> MigrationResult:
+    """*result* with the JSON documents the layout has no place for listed as not imported (out of
+    ``dropped_fields``).  The operators' decisions (``migrate --accept``) are applied on top by
+    :func:`federation.operations.accepted.settle`, as ``federation migrate`` does."""
+    from .leftovers import not_imported
+
+    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields)
+    return result
 
 
 def complete(store: Any, scanned: TreeRows) -> MigrationResult:
