@@ -95,7 +95,7 @@ def _reader_gone() -> None:
 
 
 #: commands that read or change an existing federation: a root that does not exist is a mistyped one
-_NEEDS_ROOT = {"migrate", "report", "sync", "doctor", "archive-legacy", "rollout"}
+_NEEDS_ROOT = {"migrate", "report", "sync", "doctor", "archive-legacy", "rollout", "restore"}
 
 
 def _check_root(root: Any, given: bool) -> None:
@@ -623,6 +623,34 @@ def backup_command(dest: str, as_json: bool) -> None:
     else:
         click.echo(f"backup of {result.source} written to {result.path} ({result.bytes} bytes, schema version "
                    f"{result.schema_version}, integrity_check ok, {result.seconds:.2f} s)")
+
+
+@main.command("restore")
+@click.option("--from", "source", required=True, metavar="PATH", help="The backup `federation backup` wrote.")
+@click.option("--force", is_flag=True, help="Restore while processes of the fleet are alive (needs --reason).")
+@click.option("--reason", metavar="TEXT", help="Why (with --force; logged).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common
+def restore_command(source: str, force: bool, reason: str | None, as_json: bool) -> None:
+    """Put a verified SQLite backup in place of the database, safely.
+
+    First the flag goes to the phase whose authoritative side is the newest
+    (phase 3 -> 2: the files hold what was written after the backup), then
+    it names the repair.  Refused while processes of the fleet are alive.
+    Exit 0 restored, 1 refused or failed, 2 usage.
+    """
+    from .operations.restore import restore
+
+    if reason is not None and not force:
+        raise click.UsageError("--reason goes with --force")
+    s = _settings()
+    result = _guard(lambda: restore(source, force=force, reason=reason, settings=s))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(f"restored {result.source} over {result.database} (taken at {result.taken_at or 'an unknown time'})")
+    click.echo(f"phase {result.phase_before} -> {result.phase_after}: {result.note}")
+    click.echo("next: " + "; then ".join(f"`{c}`" for c in result.next))
 
 
 @main.command("doctor")

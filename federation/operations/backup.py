@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
+from ..domain import clock as _clock
 from ..stores import schema
 from .._logging import library_logger
 from ..errors import FederationError, FileStorageError, StorageError, ValidationError
@@ -126,6 +127,10 @@ def backup(dest: str | os.PathLike, settings: config.Settings | None = None) -> 
                     raise StorageError(f"the backup of {source} failed: {exc}") from exc
                 except sqlite3.DatabaseError as exc:
                     raise StorageError(f"cannot read the database {source}: {exc}") from exc
+                with contextlib.suppress(sqlite3.Error):  # when it was taken: what `federation restore` weighs
+                    with dst:
+                        dst.execute("INSERT OR REPLACE INTO federation_meta (key, value) VALUES ('backup_taken_at', ?)",
+                                    (_clock.now(),))
                 dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
                 problems = [r[0] for r in dst.execute("PRAGMA integrity_check").fetchall()]
                 try:
