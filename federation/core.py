@@ -20,6 +20,8 @@ for mismatch events.
 
 from __future__ import annotations
 
+import collections
+
 import copy
 import functools
 import os
@@ -462,13 +464,19 @@ def _foreign_message(message_id: str, recipient: str, sender: str) -> str | None
 # on restart); the SQL store persists it in the same transaction as the message.
 # One list per federation root: two federations in one process (tests, a tool
 # that serves two roots) never see each other's history, and none needs a reset.
-_history: dict[Path, list[dict]] = {}
-_sent: dict[Path, list[dict]] = {}  # the messages this process sent, whole (for load_sent)
+# Bounded (issue 30): the newest IN_MEMORY_LIMIT entries of each, per root, so that a phase-1 process
+# that runs for months holds a constant amount of memory (the legacy server kept them all, ~2 KB each).
+IN_MEMORY_LIMIT = 10_000
+_history: dict[Path, collections.deque] = {}
+_sent: dict[Path, collections.deque] = {}  # the messages this process sent, whole (for load_sent)
 
 
-def _in_memory(book: dict[Path, list[dict]]) -> list[dict]:
-    """The configured root's list in *book* (``_history`` or ``_sent``); setdefault is atomic in CPython."""
-    return book.setdefault(tree().root, [])
+def _in_memory(book: dict[Path, collections.deque]) -> collections.deque:
+    """The configured root's entries in *book* (``_history`` or ``_sent``), the newest :data:`IN_MEMORY_LIMIT`;
+    setdefault is atomic in CPython, and so is a bounded deque's extend."""
+    root = tree().root
+    found = book.get(root)
+    return found if found is not None else book.setdefault(root, collections.deque(maxlen=IN_MEMORY_LIMIT))
 
 
 def save_history(direction: str, messages: list[dict]) -> None:
@@ -483,7 +491,8 @@ def load_history(agent: str | None = None, limit: int = 100, before: tuple[str, 
 
     *before*: ``(direction, message_id)`` of an entry: only entries older than it.
     """
-    rows = [e for e in _history.get(tree().root, ()) if agent is None or agent in (e.get("sender"), e.get("recipient"))]
+    kept = list(_history.get(tree().root, ()))  # one C-level copy: another thread may append meanwhile
+    rows = [e for e in kept if agent is None or agent in (e.get("sender"), e.get("recipient"))]
     if before is not None:
         direction, message_id = before
         cut = next((i for i, e in enumerate(rows)
@@ -886,7 +895,7 @@ def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[d
     Phase 1 keeps no read receipts: these are the messages this process sent
     (in memory, as the history), each with ``read_at`` None.
     """
-    mine = sorted((m for m in _sent.get(tree().root, ()) if m["sender"] == agent),
+    mine = sorted((m for m in list(_sent.get(tree().root, ())) if m["sender"] == agent),
                   key=lambda m: (str(m["timestamp"]), m["id"]))
     if before is not None:
         cut = next((i for i, m in enumerate(mine) if m["id"] == before), None)

@@ -1,0 +1,48 @@
+"""Phase 1's in-memory history and sent messages are bounded (issue 30): a process that runs for months
+keeps the newest entries, not every message it ever saw; readers never trip over a writer."""
+
+from __future__ import annotations
+
+import threading
+
+from federation import core, messaging
+
+
+def test_phase_1_history_keeps_the_newest_entries(fed, monkeypatch):
+    monkeypatch.setattr(core, "IN_MEMORY_LIMIT", 50)
+    fed.phase(1)
+    sent = [messaging.send_message("alice", "bob", f"m{n}") for n in range(80)]
+    kept = core._history[core.tree().root]
+    assert len(kept) == 50 and len(core._sent[core.tree().root]) == 50
+    assert [e["message_id"] for e in messaging.get_history("alice", limit=5)][-1] == sent[-1]
+    assert {m["id"] for m in messaging.get_sent("alice", limit=100)} == set(sent[-50:])
+
+
+def test_readers_beside_a_writer_never_fail(fed, monkeypatch):
+    monkeypatch.setattr(core, "IN_MEMORY_LIMIT", 20)
+    fed.phase(1)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write():
+        try:
+            for n in range(400):
+                messaging.send_message("alice", "bob", f"w{n}")
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while not done.is_set():
+        try:
+            messaging.get_history("alice", limit=10)
+            messaging.get_sent("alice", limit=10)
+            reads += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            break
+    writer.join()
+    assert not errors and reads > 0
