@@ -580,7 +580,9 @@ class _Duration(click.ParamType):
 def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int) -> None:
     """Remove read messages and message-history entries older than DURATION from the database.
 
-    Never an unread message, never a poll or session.  Runs in short batches
+    Also keeps control/ within its retention (35 days, whatever DURATION is): the
+    rollout's counts merged as they age and removed past it, with the mismatch
+    files of processes gone as long.  Never an unread message, never a poll or session.  Runs in short batches
     while agents keep working; the files need no change in any phase (read
     messages and the history have no file), so `federation report` still
     agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
@@ -593,8 +595,19 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     verb = "would remove" if dry_run else "removed"
+    c = result.control
     click.echo(f"{verb} (older than {result.cutoff}): " + ", ".join(
         f"{n} {table}" for table, n in result.removed.items()) + f" in {result.seconds:.2f} s")
+    click.echo(f"control/ (kept {_counts_keep_days()} days): {verb} {c.get('removed_expired', 0)} counts files and "
+               f"{c.get('removed_mismatches', 0)} mismatch files past it; "
+               f"{'would merge' if dry_run else 'merged'} {c.get('merged', 0) + c.get('hours_merged', 0)} counts "
+               f"files as they aged ({c.get('removed_merged', 0)} merged files {verb})")
+
+
+def _counts_keep_days() -> int:
+    from .rollout import _counts
+
+    return int(_counts.KEEP_SECONDS // 86400)
 
 
 @main.command("backup")

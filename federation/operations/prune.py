@@ -21,6 +21,15 @@ most), the next one is resized from what this one took, and a pause of twice
 the batch (at least 5 ms) lets the agents' queued writes run first.
 bench/bench_prune.py measures agents' p99 during a prune against their p99
 without it, in the same run.
+
+It also keeps ``$FEDERATION_ROOT/control/`` within its retention (issue 30),
+whatever *older_than* says (the database's age does not apply to the control
+plane's counts): counts of hours that ended more than 35 days ago and the
+mismatch files of processes not heard of for 35 days are removed, and the
+processes' hourly counts files are merged as they age (one file per hour for
+the fleet after an hour, one per day after 48 hours; see
+``federation.rollout._counts.maintain``).  Every running process does the same
+in small passes; ``prune`` does all that is due at once.
 """
 
 from __future__ import annotations
@@ -56,10 +65,27 @@ class PruneResult:
     removed: dict[str, int]
     seconds: float = 0.0
     batches: int = 0
+    #: control/'s retention: files merged and removed (:func:`prune_control`)
+    control: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "removed": dict(self.removed), "cutoff": self.cutoff,
-                "seconds": round(self.seconds, 3), "batches": self.batches}
+                "seconds": round(self.seconds, 3), "batches": self.batches, "control": dict(self.control)}
+
+
+def prune_control(root: Any, *, dry_run: bool = False) -> dict[str, int]:
+    """control/ within its retention now: every merge and removal due, in one pass without a budget
+    (``dry_run``: counted only).  Waits for a running process's pass (each is bounded) to end first.
+
+    ``{"merged", "hours_merged", "removed_merged", "removed_expired", "removed_mismatches"}``.
+    """
+    from ..rollout import _counts
+
+    total = _counts.maintain(root, dry_run=dry_run, wait=True)
+    out = total.to_json()
+    out.pop("more", None)
+    out.pop("busy", None)
+    return out
 
 
 def _key_walk(db: Any, table: str, after: str | int | None, batch: int) -> Any:
@@ -119,8 +145,9 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     cutoff = ((now or datetime.now(timezone.utc)) - delta).astimezone(timezone.utc).isoformat(timespec="microseconds")
     started = time.perf_counter()
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
+    s = settings or config.settings()
+    result.control = prune_control(s.root, dry_run=dry_run)
     if store is None:
-        s = settings or config.settings()
         if not database_exists(s):
             result.seconds = time.perf_counter() - started
             return result

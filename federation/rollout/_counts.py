@@ -16,9 +16,12 @@ window is exact to the second.  Latencies of a cut bucket are left out.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
+import fcntl
 import math
 import os
-import shutil
+import stat
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .._logging import library_logger
+from ..errors import CorruptFileError
+from ..stores import files as _files
 from . import _io
 
 log = library_logger("federation.rollout")
@@ -40,8 +45,24 @@ _BOUNDS_S = tuple(b / 1000.0 for b in LATENCY_BOUNDS_MS)
 SIDES = ("files", "db")
 #: the fleet keeps this many recent mismatches (each process at most this many)
 MISMATCH_CAP = 1000
-#: counts (hour folders) older than this are removed by the next process that starts
+#: counts of hours that ended this long ago are removed (by every running process's maintenance pass and by
+#: ``federation prune``), and so are the mismatch files of processes not heard of for as long
 KEEP_SECONDS = 35 * 86400
+#: the processes' files of an hour are merged into its by-minute file once the hour ended this long ago
+MINUTES_AFTER = 3600
+#: an hour's by-minute file is merged into its day's by-hour file once the hour ended this long ago
+HOURS_AFTER = 48 * 3600
+#: a merged file is removed this long after the file it went into was written (a reader in between
+#: reads one of the two, never both)
+GRACE_SECONDS = 120.0
+#: a running process's maintenance pass: at most this many files read, written or removed
+PASS_BUDGET = 200
+#: a running process runs a maintenance pass every this many counts flushes (60 s by default)
+PASS_EVERY_FLUSHES = 6
+BY_MINUTE = "by-minute"
+BY_HOUR = "by-hour"
+DAY = 86400
+MAINTAIN_LOCK = ".maintain.lock"
 #: the longest text kept of one value in a sampled mismatch's diff
 _DIFF_TEXT = 500
 
@@ -230,29 +251,67 @@ def _epoch(moment: datetime) -> float:
     return moment.astimezone(timezone.utc).timestamp()
 
 
-def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
-    """Every counted cell of the fleet inside [since, until): whole, or the part of its seconds inside.
+def _listing(path: Path, root: Path) -> list[str]:
+    """The names in *path* (reached from the root without following a link); [] when missing or unreadable."""
+    try:
+        return _files.list_dir(path, root=Path(root))
+    except (OSError, CorruptFileError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            _io.note_problem(path, getattr(exc, "reason", None) or str(exc))
+        return []
 
-    A cell written without seconds (an older process) counts when its bucket starts in the window.
+
+def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
+    """Every counted cell of the fleet inside [since, until): whole, or the part of its counts inside.
+
+    Reads, for the hours the window covers, the day files (``by-hour/``), the hour files not yet in a
+    day file (``by-minute/``) and the processes' files not yet merged into either (see
+    :func:`maintain`).  The processes' folders are listed first and a merged file is removed only
+    :data:`GRACE_SECONDS` after what replaced it was written, so a read racing a merge counts every
+    file once.  A cell written without seconds (an older process) counts when its bucket starts in the
+    window.
     """
     lo, hi = _epoch(since), _epoch(until)
     top = _io.control_dir(root) / _io.COUNTS_DIR
-    try:
-        hours = sorted(os.listdir(top))
-    except FileNotFoundError:
+    names = _listing(top, root)
+    if not names:
         return
-    for hour_dir in hours:
+    raw: dict[int, list[str]] = {}
+    for hour_dir in sorted(names):  # 1. the processes' files of each hour, listed before the merged files are read
         hour = hour_of(hour_dir)
         if hour is None or hour + HOUR <= lo or hour >= hi:
             continue
-        try:
-            names = sorted(os.listdir(top / hour_dir))
-        except OSError:
-            continue
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
+        raw[hour] = sorted(_listing(top / hour_dir, root))
+    covered: dict[int, Any] = {}
+    if BY_HOUR in names:  # 2. the day files
+        for name in sorted(_listing(top / BY_HOUR, root)):
+            day = day_of(name)
+            if day is None or day + DAY <= lo or day >= hi:
                 continue
-            path = top / hour_dir / name
+            doc = _compacted(top / BY_HOUR / name, BY_HOUR)
+            if doc is None:
+                continue
+            for merged_hour, info in doc["hours"].items():
+                hour = hour_of(merged_hour)
+                if hour is not None:
+                    covered[hour] = info["sources"]
+            yield from _cells_in(doc, top / BY_HOUR / name, lo, hi)
+    if BY_MINUTE in names:  # 3. the hour files not in a day file
+        for name in sorted(_listing(top / BY_MINUTE, root)):
+            hour = hour_of(name[:-5]) if name.endswith(".json") else None
+            if hour is None or hour + HOUR <= lo or hour >= hi or hour in covered:
+                continue
+            doc = _compacted(top / BY_MINUTE / name, BY_MINUTE)
+            if doc is None:
+                continue
+            covered[hour] = doc["sources"]
+            yield from _cells_in(doc, top / BY_MINUTE / name, lo, hi)
+    for hour, files in raw.items():  # 4. the processes' files not merged yet
+        merged = covered.get(hour) or {}
+        for name in files:
+            if not name.endswith(".json") or name.startswith(".") or name in merged:
+                continue
+            path = top / hour_name(hour) / name
             try:
                 doc = _io.read_document(path)
             except ValueError as exc:  # a link, FIFO, torn or hostile file: never fail a reader; say it
@@ -260,41 +319,58 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
                 continue
             if doc is None:
                 continue  # removed meanwhile
-            if not isinstance(doc, dict) or not isinstance(doc.get("bounds_ms"), list) \
-                    or tuple(doc["bounds_ms"]) != LATENCY_BOUNDS_MS or not isinstance(doc.get("cells"), list):
+            if not _counts_doc(doc):
                 _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
                 continue
-            width = _io.finite(doc.get("bucket_seconds")) or float(BUCKET_SECONDS)
-            bad = 0
-            for raw in doc["cells"]:
-                cell = valid_cell(raw)
-                if cell is None:
-                    bad += 1
-                    continue
-                start = cell["start"]
-                if lo <= start and start + width <= hi:
-                    yield cell
-                elif start < hi and start + width > lo:
-                    part = _inside(cell, start, lo, hi)
-                    if part is not None:
-                        yield part
-            if bad:
-                _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
-                                       "or a bad start, entity or phase: not counted")
+            yield from _cells_in(doc, path, lo, hi)
+
+
+def _counts_doc(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("bounds_ms"), list) \
+        and tuple(doc["bounds_ms"]) == LATENCY_BOUNDS_MS and isinstance(doc.get("cells"), list)
+
+
+def _cells_in(doc: dict, path: Path, lo: float, hi: float) -> Iterator[dict]:
+    """The valid cells of a counts document inside [lo, hi) (a bad cell is skipped and noted)."""
+    width = _io.finite(doc.get("bucket_seconds")) or float(BUCKET_SECONDS)
+    bad = 0
+    for raw in doc["cells"]:
+        if not isinstance(raw, dict):
+            bad += 1
+            continue
+        start = _io.finite(raw.get("start"))
+        if start is not None and (start >= hi or start + width <= lo):
+            continue  # outside the window: not even checked
+        cell = valid_cell(raw)
+        if cell is None:
+            bad += 1
+            continue
+        start = cell["start"]
+        if lo <= start and start + width <= hi:
+            yield cell
+        elif start < hi and start + width > lo:
+            part = _inside(cell, start, lo, hi)
+            if part is not None:
+                yield part
+    if bad:
+        _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
+                               "or a bad start, entity or phase: not counted")
 
 
 def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
     """The part of a cell the window [lo, hi) cuts: the counts of its whole seconds inside (a second *lo*
     falls in the middle of is left out: what came before the window never counts), the whole cell when
     they are all of it; None when nothing is inside."""
-    seconds = cell.get("seconds")
+    seconds, step = cell.get("seconds"), 1
+    if not isinstance(seconds, dict):
+        seconds, step = cell.get("minutes"), 60  # a merged hour: its minutes, each counted when it starts inside
     if not isinstance(seconds, dict):
         return cell if lo <= start < hi else None
-    first = math.ceil(lo)
+    first = math.ceil(lo) if step == 1 else lo
     totals = [0, 0, 0]
     for off, counts in seconds.items():
         try:
-            at = start + int(off)
+            at = start + int(off) * step
             if first <= at < hi:
                 for i in range(3):
                     totals[i] += int(counts[i])
@@ -325,6 +401,11 @@ def valid_cell(cell: Any) -> dict | None:
     seconds = _valid_seconds(cell.get("seconds"))
     if seconds is not None:
         out["seconds"] = seconds
+    elif "minutes" in cell:  # a merged hour (by-minute/): its counts per minute
+        minutes = _valid_seconds(cell.get("minutes"), 60)
+        if minutes is None:
+            return None
+        out["minutes"] = minutes
     if out["mismatches"] > out["comparisons"]:  # a mismatch is a comparison: such a cell was not counted here
         return None
     latency = cell.get("latency") or {}
@@ -343,8 +424,9 @@ def valid_cell(cell: Any) -> dict | None:
     return out
 
 
-def _valid_seconds(seconds: Any) -> dict[str, list[int]] | None:
-    """A cell's per-second counts with every entry checked (an offset 0-3599, three counts), or None."""
+def _valid_seconds(seconds: Any, span: int = 3600) -> dict[str, list[int]] | None:
+    """A cell's per-second (per-minute: *span* 60) counts with every entry checked (an offset 0 to
+    *span* - 1, three counts), or None."""
     if not isinstance(seconds, dict):
         return None
     out: dict[str, list[int]] = {}
@@ -353,7 +435,7 @@ def _valid_seconds(seconds: Any) -> dict[str, list[int]] | None:
             second = int(off)
         except (TypeError, ValueError):
             return None
-        if not 0 <= second < 3600 or not isinstance(counts, list) or len(counts) != 3:
+        if not 0 <= second < span or not isinstance(counts, list) or len(counts) != 3:
             return None
         checked = [_io.count(c) for c in counts]
         if None in checked:
@@ -406,18 +488,433 @@ def read_mismatches(root: Path) -> list[dict]:
     return out
 
 
-def prune_hours(root: Path, older_than: float) -> None:
-    """Remove the count folders of hours that ended more than *older_than* seconds ago."""
-    top = _io.control_dir(root) / _io.COUNTS_DIR
-    horizon = time.time() - older_than
+# ---------------------------------------------------------------------------
+# retention: counts merged as they age, and removed past KEEP_SECONDS
+
+
+@dataclasses.dataclass
+class Maintenance:
+    """What one :func:`maintain` pass did (or, dry, would do) under ``control/``."""
+
+    #: the processes' hour files merged into a by-minute or by-hour file
+    merged: int = 0
+    #: by-minute files merged into their day's by-hour file
+    hours_merged: int = 0
+    #: files removed once merged (after the grace period)
+    removed_merged: int = 0
+    #: counts files (any kind) removed past the retention
+    removed_expired: int = 0
+    #: mismatch files of processes not heard of for the retention, removed
+    removed_mismatches: int = 0
+    #: the pass stopped at its budget: more is left for the next one
+    more: bool = False
+    #: another process held the maintenance lock: nothing was done
+    busy: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def add(self, other: "Maintenance") -> None:
+        for field in ("merged", "hours_merged", "removed_merged", "removed_expired", "removed_mismatches"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+        self.more, self.busy = other.more, other.busy
+
+
+class _Budget:
+    """Files a pass may read, write or remove; None: no bound."""
+
+    def __init__(self, files: int | None) -> None:
+        self.left = files
+
+    def spend(self, n: int = 1) -> bool:
+        """True when *n* more may be spent (and spends them)."""
+        if self.left is None:
+            return True
+        if self.left < n:
+            return False
+        self.left -= n
+        return True
+
+
+def day_name(day: int) -> str:
+    return datetime.fromtimestamp(day, tz=timezone.utc).strftime("%Y%m%d") + ".json"
+
+
+def day_of(name: str) -> int | None:
+    if not name.endswith(".json"):
+        return None
     try:
-        names = os.listdir(top)
-    except FileNotFoundError:
-        return
-    for name in names:
+        return int(datetime.strptime(name[:-5], "%Y%m%d").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def _compacted(path: Path, kind: str) -> dict | None:
+    """A merged counts file (by-minute or by-hour) with its bookkeeping checked; None when missing or
+    unusable (noted)."""
+    try:
+        doc = _io.read_document(path)
+    except ValueError as exc:
+        _io.note_problem(path, str(exc))
+        return None
+    if doc is None:
+        return None
+    if not _counts_doc(doc) or doc.get("kind") != kind:
+        _io.note_problem(path, f"not a {kind} counts file of this version (kind, bounds_ms or cells)")
+        return None
+    if kind == BY_MINUTE:
+        ok = isinstance(doc.get("sources"), dict)
+    else:
+        hours = doc.get("hours")
+        ok = isinstance(hours, dict) and all(
+            isinstance(info, dict) and isinstance(info.get("sources"), dict)
+            and _io.finite(info.get("merged_at")) is not None for info in hours.values())
+    if not ok:
+        _io.note_problem(path, f"a {kind} counts file with bad bookkeeping (sources or hours): not read")
+        return None
+    return doc
+
+
+class _Merged:
+    """A by-minute or by-hour file being built in memory: cells keyed by (start, entity, phase)."""
+
+    def __init__(self, path: Path, kind: str, doc: dict | None) -> None:
+        self.path, self.kind, self.dirty = path, kind, False
+        self.cells: dict[tuple[int, str, int], dict] = {}
+        if doc is None:
+            self.doc: dict[str, Any] = {"kind": kind, "bucket_seconds": HOUR, "bounds_ms": list(LATENCY_BOUNDS_MS),
+                                        **({"sources": {}} if kind == BY_MINUTE else {"hours": {}})}
+        else:
+            self.doc = doc
+            for raw in doc["cells"]:
+                cell = valid_cell(raw)
+                if cell is not None:
+                    self._add(cell, cell.get("minutes") if kind == BY_MINUTE else None, minute_of=None)
+
+    def _slot(self, start: int, entity: str, phase: int) -> dict:
+        key = (start, entity, phase)
+        slot = self.cells.get(key)
+        if slot is None:
+            slot = self.cells[key] = {"start": start, "entity": entity, "phase": phase, "comparisons": 0,
+                                      "mismatches": 0, "errors": 0,
+                                      "latency": {side: {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+                                                  for side in SIDES}}
+            if self.kind == BY_MINUTE:
+                slot["minutes"] = {}
+        return slot
+
+    def _add(self, cell: dict, minutes: dict | None, minute_of: Any) -> None:
+        start = int(cell["start"])
+        hour = start - start % HOUR
+        slot = self._slot(hour, cell["entity"], cell["phase"])
+        for field in ("comparisons", "mismatches", "errors"):
+            slot[field] += cell[field]
+        for side in SIDES:
+            hist = (cell.get("latency") or {}).get(side)
+            if hist:
+                into = slot["latency"][side]
+                into["counts"] = [a + b for a, b in zip(into["counts"], hist["counts"])]
+                into["sum_ms"] = round(into["sum_ms"] + hist["sum_ms"], 6)
+        if self.kind != BY_MINUTE:
+            return
+        per = slot["minutes"]
+        if minute_of is None:  # already per minute (a by-minute file read back)
+            for off, counts in (minutes or {}).items():
+                into = per.setdefault(str(off), [0, 0, 0])
+                for i in range(3):
+                    into[i] += counts[i]
+            return
+        seen = [0, 0, 0]
+        for off, counts in (cell.get("seconds") or {}).items():
+            minute = (start + int(off) - hour) // 60
+            if not 0 <= minute < 60:
+                continue
+            into = per.setdefault(str(minute), [0, 0, 0])
+            for i in range(3):
+                into[i] += counts[i]
+                seen[i] += counts[i]
+        rest = [max(0, cell[f] - seen[i]) for i, f in enumerate(("comparisons", "mismatches", "errors"))]
+        if any(rest):  # counts without seconds (an older process): at the minute the bucket starts
+            into = per.setdefault(str((start - hour) // 60), [0, 0, 0])
+            for i in range(3):
+                into[i] += rest[i]
+
+    def add_file(self, doc: dict) -> int:
+        """Add the valid cells of a process's counts file; the number of bad cells (not added)."""
+        bad = 0
+        for raw in doc["cells"]:
+            cell = valid_cell(raw)
+            if cell is None:
+                bad += 1
+                continue
+            self._add(cell, None, minute_of=True)
+        self.dirty = True
+        return bad
+
+    def add_hour(self, doc: dict) -> None:
+        """Add the cells of a by-minute file (to a by-hour file: its minutes dropped)."""
+        for raw in doc["cells"]:
+            cell = valid_cell(raw)
+            if cell is not None:
+                self._add(cell, None, minute_of=None)
+        self.dirty = True
+
+    def payload(self) -> bytes:
+        self.doc["cells"] = [self.cells[k] for k in sorted(self.cells)]
+        return _io.dumps(self.doc)
+
+
+def _remove_names(folder: Path, names: list[str], root: Path) -> int:
+    """Unlink *names* in *folder* (through its descriptor, no link followed); the number removed."""
+    removed = 0
+    try:
+        with _files.open_folder(folder, root) as fd:
+            if fd is None:
+                return 0
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+    except (OSError, CorruptFileError) as exc:
+        log.warning("rollout_counts_remove_failed", folder=str(folder), error=str(exc))
+    return removed
+
+
+def _remove_folder(folder: Path, root: Path) -> None:
+    """Remove the empty folder *folder* (through its parent's descriptor); left when not empty."""
+    with contextlib.suppress(OSError, CorruptFileError):
+        with _files.folder_of(folder, root) as (dfd, name):
+            os.rmdir(name, dir_fd=dfd)
+
+
+def _sizes(folder: Path, names: list[str], root: Path) -> dict[str, tuple[int, float]]:
+    """{name: (size, mtime)} of the regular files *names* in *folder* (links and others left out)."""
+    out: dict[str, tuple[int, float]] = {}
+    with contextlib.suppress(OSError, CorruptFileError):
+        with _files.open_folder(folder, root) as fd:
+            if fd is None:
+                return out
+            for name in names:
+                with contextlib.suppress(OSError):
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        out[name] = (st.st_size, st.st_mtime)
+    return out
+
+
+@contextlib.contextmanager
+def _maintenance_lock(root: Path, wait: bool) -> Iterator[bool]:
+    """``control/.maintain.lock`` held exclusively (True), or False when another process holds it and
+    *wait* is False: one maintainer at a time, and a running process never waits for one."""
+    path = _io.control_dir(root) / MAINTAIN_LOCK
+    with _files.folder_of(path, root) as (dfd, name):
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def maintain(root: Path, *, now: float | None = None, budget: int | None = None, keep: float = KEEP_SECONDS,
+             dry_run: bool = False, wait: bool = False) -> Maintenance:
+    """One pass of the counts' retention under ``control/`` (see the module's "Retention").
+
+    - the processes' files of an hour that ended :data:`MINUTES_AFTER` ago are merged into
+      ``counts/by-minute/<hour>.json`` (one file for the fleet: per entity and phase, the hour's
+      latency histograms and its counts per minute), and, once it ended :data:`HOURS_AFTER` ago,
+      into ``counts/by-hour/<day>.json`` (per entity, phase and hour); a merged file is removed
+      :data:`GRACE_SECONDS` after the file it went into was written;
+    - counts of hours that ended *keep* seconds ago and mismatch files not written for *keep*
+      seconds are removed.
+
+    At most *budget* files are read, written or removed (None: no bound); ``more`` says work is
+    left.  *dry_run* counts what would be merged and removed and changes nothing.  Only one process
+    maintains at a time: *wait* False returns at once (``busy``) when another one is at it.
+    """
+    now = time.time() if now is None else now
+    result = Maintenance()
+    control = _io.control_dir(root)
+    names = _listing(control, root)
+    if _io.COUNTS_DIR not in names and _io.MISMATCH_DIR not in names:
+        return result  # nothing kept: nothing created either
+    with _maintenance_lock(root, wait) as held:
+        if not held:
+            result.busy = True
+            return result
+        spend = _Budget(budget)
+        _expire(root, now, keep, spend, dry_run, result)
+        _merge(root, now, keep, spend, dry_run, result)
+        if spend.left is not None and spend.left <= 0:
+            result.more = True
+    if result.merged or result.hours_merged or result.removed_expired or result.removed_mismatches:
+        log.info("rollout_counts_maintained", dry_run=dry_run, **{k: v for k, v in result.to_json().items()
+                                                                   if k not in ("busy",)})
+    return result
+
+
+def _expire(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, result: Maintenance) -> None:
+    """Remove the counts of hours that ended *keep* seconds ago, and mismatch files as old."""
+    horizon = now - keep
+    top = _io.control_dir(root) / _io.COUNTS_DIR
+    names = _listing(top, root)
+    for name in sorted(names):
         hour = hour_of(name)
-        if hour is not None and hour + HOUR < horizon:
-            shutil.rmtree(top / name, ignore_errors=True)
+        if hour is None or hour + HOUR > horizon:
+            continue
+        inside = [n for n in _listing(top / name, root)]
+        files = inside[: spend.left] if spend.left is not None else inside
+        if not files and inside:
+            return
+        spend.spend(len(files))
+        result.removed_expired += len(files) if dry_run else _remove_names(top / name, files, root)
+        if not dry_run and len(files) == len(inside):
+            _remove_folder(top / name, root)
+    for sub, of in ((BY_MINUTE, lambda n: hour_of(n[:-5]) if n.endswith(".json") else None),
+                    (BY_HOUR, lambda n: (lambda d: None if d is None else d + DAY - HOUR)(day_of(n)))):
+        if sub not in names:
+            continue
+        old = [n for n in sorted(_listing(top / sub, root)) if (of(n) is not None and of(n) + HOUR <= horizon)]
+        old = old[: spend.left] if spend.left is not None else old
+        spend.spend(len(old))
+        result.removed_expired += len(old) if dry_run else _remove_names(top / sub, old, root)
+    folder = _io.control_dir(root) / _io.MISMATCH_DIR
+    listed = [n for n in _listing(folder, root) if n.endswith(".jsonl") and not n.startswith(".")]
+    stale = [n for n, (_, mtime) in _sizes(folder, listed, root).items() if mtime < horizon]
+    stale = stale[: spend.left] if spend.left is not None else stale
+    spend.spend(len(stale))
+    result.removed_mismatches += len(stale) if dry_run else _remove_names(folder, stale, root)
+
+
+def _merge(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, result: Maintenance) -> None:
+    top = _io.control_dir(root) / _io.COUNTS_DIR
+    names = _listing(top, root)
+    horizon = now - keep
+    days: dict[int, _Merged | None] = {}
+    hours: dict[int, _Merged | None] = {}
+
+    def day_file(day: int) -> _Merged | None:
+        if day not in days:
+            path = top / BY_HOUR / day_name(day)
+            doc = _compacted(path, BY_HOUR)
+            days[day] = None if doc is None and _files.entry_kind(path, root=Path(root)) is not None \
+                else _Merged(path, BY_HOUR, doc)  # an unusable file is left as it is (and noted), not replaced
+        return days[day]
+
+    def hour_file(hour: int) -> _Merged | None:
+        if hour not in hours:
+            path = top / BY_MINUTE / (hour_name(hour) + ".json")
+            doc = _compacted(path, BY_MINUTE)
+            hours[hour] = None if doc is None and _files.entry_kind(path, root=Path(root)) is not None \
+                else _Merged(path, BY_MINUTE, doc)
+        return hours[hour]
+
+    minute_files = {hour_of(n[:-5]): n for n in _listing(top / BY_MINUTE, root) if n.endswith(".json")} \
+        if BY_MINUTE in names else {}
+    minute_files.pop(None, None)
+    # 1. the processes' files of hours that ended MINUTES_AFTER ago: into the hour's by-minute file, or
+    #    into the day's by-hour file when it already holds the hour (or the hour is that old and has none)
+    for name in sorted(names):
+        hour = hour_of(name)
+        if hour is None or hour + HOUR > now - MINUTES_AFTER or hour + HOUR <= horizon:
+            continue
+        if spend.left is not None and spend.left <= 0:
+            break
+        day = hour - hour % DAY
+        by_day = day_file(day)
+        if by_day is not None and (hour_name(hour) in by_day.doc["hours"] or (
+                hour + HOUR <= now - HOURS_AFTER and hour not in minute_files)):
+            target = by_day
+            info = by_day.doc["hours"].setdefault(hour_name(hour), {"merged_at": now, "sources": {}})
+            sources = info["sources"]
+        else:
+            target = hour_file(hour)
+            if target is None:
+                continue
+            sources = target.doc["sources"]
+        inside = _listing(top / name, root)
+        files = [n for n in sorted(inside) if n.endswith(".json") and not n.startswith(".")]
+        sizes = _sizes(top / name, files, root)
+        done = []
+        for n in files:
+            merged = sources.get(n)
+            if isinstance(merged, dict):  # merged before: removed once the grace is over
+                if (_io.finite(merged.get("at")) or 0.0) + GRACE_SECONDS <= now and spend.spend():
+                    if n in sizes and sizes[n][0] != merged.get("size"):
+                        log.warning("rollout_counts_rewritten_after_merge", path=str(top / name / n),
+                                    detail="a process wrote this hour again after its counts were merged "
+                                           "(it could not write for an hour?): what it added is not counted")
+                    done.append(n)
+                continue
+            if not spend.spend():
+                break
+            if dry_run:
+                result.merged += 1
+                continue
+            path = top / name / n
+            try:
+                doc = _io.read_document(path)
+            except ValueError as exc:
+                _io.note_problem(path, f"{exc}: not merged (removed with its hour, past the retention)")
+                continue
+            if doc is None:
+                continue
+            if not _counts_doc(doc):
+                _io.note_problem(path, "not a counts file of this version: not merged (removed with its hour, "
+                                       "past the retention)")
+                continue
+            bad = target.add_file(doc)
+            if bad:
+                _io.note_problem(path, f"{bad} cell(s) not valid: not merged")
+            sources[n] = {"size": sizes.get(n, (None, 0))[0], "at": now}
+            result.merged += 1
+        if done:
+            result.removed_merged += _remove_names(top / name, done, root)
+            if len(done) == len(inside):
+                _remove_folder(top / name, root)
+    # 2. by-minute files of hours that ended HOURS_AFTER ago: into their day's by-hour file
+    for hour, name in sorted(minute_files.items()):
+        if hour + HOUR > now - HOURS_AFTER or hour + HOUR <= horizon:
+            continue
+        day = hour - hour % DAY
+        by_day = day_file(day)
+        if by_day is None:
+            continue
+        info = by_day.doc["hours"].get(hour_name(hour))
+        if info is not None and hour not in hours:  # merged before: removed once the grace is over
+            if info["merged_at"] + GRACE_SECONDS <= now and spend.spend():
+                result.removed_merged += 1 if dry_run else _remove_names(top / BY_MINUTE, [name], root)
+            continue
+        if not spend.spend():
+            break
+        if dry_run:
+            result.hours_merged += 1
+            continue
+        minute = hour_file(hour)
+        if minute is None:
+            continue
+        # what this pass merged into it is in memory: the file read back plus the new cells
+        by_day.add_hour({"cells": [minute.cells[k] for k in sorted(minute.cells)]})
+        sources = dict(minute.doc["sources"])
+        if info is not None:
+            sources.update(info["sources"])
+        by_day.doc["hours"][hour_name(hour)] = {"merged_at": now, "sources": sources}
+        hours[hour] = None  # not written again: the day file holds it now
+        result.hours_merged += 1
+    if dry_run:
+        return
+    for merged in [*hours.values(), *days.values()]:
+        if merged is not None and merged.dirty:
+            try:
+                _io.write_atomic(merged.path, merged.payload())
+            except OSError as exc:
+                log.warning("rollout_counts_merge_failed", path=str(merged.path), error=str(exc))
 
 
 def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = ()) -> None:

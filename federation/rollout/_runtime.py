@@ -82,6 +82,7 @@ class Runtime:
         # and a 0.0 here would put the first flush an interval after boot (never, in a young machine's first hour)
         self._last_announce: float | None = None
         self._last_flush: float | None = None
+        self._last_maintain: float | None = None  # the counts' retention pass (first one at once)
 
     # -- the phase of a call -------------------------------------------------------
     def mode(self) -> tuple[int, float]:
@@ -280,6 +281,15 @@ class Runtime:
         if final:
             self._withdraw()
             return
+        if _due(self._last_maintain, now, self.timings.counts_flush * _counts.PASS_EVERY_FLUSHES) \
+                and self._writable(s.root):
+            self._last_maintain = now
+            try:  # control/ kept within its retention while the process runs: a bounded pass
+                _counts.maintain(s.root, budget=_counts.PASS_BUDGET)
+            except Exception as exc:  # noqa: BLE001 - never into a call; said once until it works again
+                self._warn_once("rollout_counts_maintain_failed", root=str(s.root), error=f"{type(exc).__name__}: {exc}")
+            else:
+                self._warned.discard("rollout_counts_maintain_failed")
         if self._announced_root is not None and self._announced_root != s.root:
             self._withdraw()
         if announce_now or _due(self._last_announce, now, self.timings.fleet_refresh) or \
@@ -315,8 +325,6 @@ class Runtime:
             self._announced_root = root
             with contextlib.suppress(OSError):  # leftovers of processes long gone
                 _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
-                _counts.prune_hours(root, _counts.KEEP_SECONDS)
-                _counts.prune_files(_io.control_dir(root) / _io.MISMATCH_DIR, _counts.KEEP_SECONDS)
         return True
 
     def _withdraw(self) -> None:
