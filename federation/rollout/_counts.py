@@ -11,6 +11,17 @@ come from the merged histogram.  A window counts the buckets that start
 inside it whole; a bucket the window cuts counts the seconds inside it (each
 cell also keeps its comparisons, mismatches and errors per second), so a
 window is exact to the second.  Latencies of a cut bucket are left out.
+
+Retention (issue 30; :func:`maintain`, run by every process every few flushes
+and by ``federation prune``): 10 minutes after an hour ends, the processes'
+files of that hour are merged into ``control/counts/by-minute/<hour>.json``,
+one file for the fleet (per entity and phase: the hour's latency histograms and
+its counts per minute); 48 hours after, into ``control/counts/by-hour/<day>.json``
+(per hour, entity and phase); 35 days after, they are removed.  So the files
+kept are bounded by the fleet's size and the retention, not by the uptime, and
+a 24-hour window reads the current hour's files and 24 small ones.  A window
+counts what starts inside it at the finest resolution kept (second, minute,
+hour).
 """
 
 from __future__ import annotations
@@ -49,7 +60,9 @@ MISMATCH_CAP = 1000
 #: ``federation prune``), and so are the mismatch files of processes not heard of for as long
 KEEP_SECONDS = 35 * 86400
 #: the processes' files of an hour are merged into its by-minute file once the hour ended this long ago
-MINUTES_AFTER = 3600
+#: (a process writes an hour for the last time within a flush, 10 s, of its end; the dashboard takes an
+#: hour as final 2 minutes after it)
+MINUTES_AFTER = 600
 #: an hour's by-minute file is merged into its day's by-hour file once the hour ended this long ago
 HOURS_AFTER = 48 * 3600
 #: a merged file is removed this long after the file it went into was written (a reader in between
@@ -416,7 +429,10 @@ def valid_cell(cell: Any) -> dict | None:
         hist = latency.get(side) or {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
         if not isinstance(hist, dict) or not isinstance(hist.get("counts"), list):
             return None
-        counts = [_io.count(c) for c in hist["counts"]]
+        counts = hist["counts"]
+        if not (len(counts) == len(LATENCY_BOUNDS_MS) + 1 and all(type(c) is int for c in counts)
+                and min(counts) >= 0):  # the usual case (whole numbers >= 0) checked fast, else one by one
+            counts = [_io.count(c) for c in counts]
         total = _io.finite(hist.get("sum_ms") or 0.0)
         if len(counts) != len(LATENCY_BOUNDS_MS) + 1 or None in counts or total is None:
             return None
@@ -437,6 +453,10 @@ def _valid_seconds(seconds: Any, span: int = 3600) -> dict[str, list[int]] | Non
             return None
         if not 0 <= second < span or not isinstance(counts, list) or len(counts) != 3:
             return None
+        if type(counts[0]) is int and type(counts[1]) is int and type(counts[2]) is int \
+                and counts[0] >= 0 and counts[1] >= 0 and counts[2] >= 0:  # the usual case, checked fast
+            out[str(second)] = counts
+            continue
         checked = [_io.count(c) for c in counts]
         if None in checked:
             return None
