@@ -545,6 +545,8 @@ def archive_command(dest: str) -> None:
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
                f"removed {result.removed}")
     _listing("kept (changed after they were archived)", result.kept)
+    _listing("archived byte for byte without comparison (could not be read)",
+             [f"{u['path']}: {u['reason']}" for u in result.unread])
     if result.kept:
         sys.exit(1)
 

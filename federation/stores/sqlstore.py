@@ -249,7 +249,7 @@ class SqlStore:
             tx.dialect.lock(tx, f"idempotency:{sender}:{key}")  # PostgreSQL; SQLite's writers are serial
             # a key carried in from the legacy files with messages read there before the move (issue 29): the
             # whole send, where the rows left may be part of a broadcast
-            kept = tx.fetchone("SELECT ids FROM sent_keys WHERE sender = ? AND idempotency_key = ?", (sender, key))
+            kept = tx.fetchone("SELECT ids FROM idempotency_keys WHERE sender = ? AND idempotency_key = ?", (sender, key))
             ids = _kept_ids(kept[0]) if kept else []
             if ids:
                 return ids
@@ -740,7 +740,7 @@ def forget_stores() -> None:
 
 
 def _kept_ids(text: str) -> list[str]:
-    """The ids of a ``sent_keys`` row (validated when carried in); [] when it does not parse: the send goes ahead."""
+    """The ids of an ``idempotency_keys`` row (validated when carried in); [] when it does not parse: the send goes ahead."""
     try:
         ids = json.loads(text)
     except ValueError:

@@ -36,6 +36,8 @@ class ArchiveResult:
     bytes: int
     removed: int
     kept: list[str]
+    #: legacy documents that could not be read: archived byte for byte, never compared (``{"path", "reason"}``)
+    unread: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def legacy_paths(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -81,7 +83,9 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
     if dest.exists():
         raise ConflictError(f"{dest} already exists: choose a new archive name")
     report = build_report(root, settings=settings)
-    if not report.consistent:
+    # A document that cannot be read is not compared (unknown, never empty); its bytes go into the verified
+    # archive like every file, so removing it loses nothing.  Any difference refuses.
+    if report.differences:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
                             f"({_summary(report)}). Run `federation report`, repair with {_repair(phase)}, "
                             "and try again")
@@ -126,7 +130,7 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
             d.rmdir()
         except OSError:
             pass  # not empty: something was kept or added
-    return ArchiveResult(str(dest), len(files), total, removed, kept)
+    return ArchiveResult(str(dest), len(files), total, removed, kept, report.unknown.entries())
 
 
 def _verify(archive: Path, digests: dict[str, str]) -> None:

@@ -435,9 +435,7 @@ def settle_torn(tree: Tree, out: TreeRows, torn: list[tuple[str, str, str, str]]
                 _replace(out, entry[1], fresh)
                 note_torn(entry[1], recovered=True)
         left = still
-    for entry in left:
-        reason = next((i["reason"] for i in out.invalid if i["path"] == entry[1]), "unreadable")
-        note_torn(entry[1], recovered=False, error=reason)
+    # what never parsed is listed as invalid (and unknown) by the caller: corrupt, not torn (nothing logged)
 
 
 @contextlib.contextmanager

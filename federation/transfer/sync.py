@@ -428,7 +428,7 @@ def _keys(store: Any, tree: Tree, to: str, apply: bool) -> list[Change]:
         if not apply:
             return []  # a dry run lists rows; keys are bookkeeping, carried by the real run
         carried = import_keys(store, found)
-        return [Change("key", "sent_keys", f"{carried} key(s) carried")] if carried else []
+        return [Change("key", "idempotency_keys", f"{carried} key(s) carried")] if carried else []
     return [Change("write", path, f"key {key}") for path, key in export_keys(store, tree, apply=apply)]
 
 
