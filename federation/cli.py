@@ -113,7 +113,7 @@ def main() -> None:
 
 def status_data(settings: config.Settings | None = None) -> dict:
     """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
-    from .stores.files import Tree
+    from .stores.files import Tree, has_legacy_data
 
     s = settings or config.settings()
     data: dict[str, Any] = {
@@ -123,7 +123,7 @@ def status_data(settings: config.Settings | None = None) -> dict:
         "use_db": s.use_db,
         "phase": s.effective_phase,
         "shadow_sample": s.shadow_sample,
-        "legacy_files": Tree(s.root).has_legacy_data(),
+        "legacy_files": has_legacy_data(Tree(s.root)),
     }
     from .stores.database import database_exists
 

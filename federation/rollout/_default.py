@@ -33,9 +33,9 @@ def backfill_state(s: config.Settings) -> tuple[bool, bool, str | None]:
     Reads only: a SQLite file that does not exist is not created, nor a schema on a server.
     """
     from ..stores.database import database_exists
-    from ..stores.files import Tree
+    from ..stores.files import Tree, has_legacy_data
 
-    legacy = Tree(s.root).has_legacy_data()
+    legacy = has_legacy_data(Tree(s.root))
     exists = database_exists(s, ask_server=True)  # a server database: has the schema been created in it?
     if not exists:
         return legacy, False, None
@@ -74,10 +74,10 @@ def current_phase(root: Path, ask_db: bool = True, *,
 def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
     s = settings or config.settings()  # only read when there is no flag, as before
     if not ask_db:
-        from ..stores.files import Tree
+        from ..stores.files import Tree, has_legacy_data
 
         no_database = not s.db_url and not s.db_path.exists()
-        return 1 if no_database and Tree(s.root).has_legacy_data() else _flag.DEFAULT_PHASE
+        return 1 if no_database and has_legacy_data(Tree(s.root)) else _flag.DEFAULT_PHASE
     try:
         return default_phase(s)
     except Exception:  # noqa: BLE001 - the database cannot be asked: the processes' own answer is phase 3 too
