@@ -46,7 +46,8 @@ from ..errors import CorruptFileError, FileStorageError
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "list_dir", "check_depth",
            "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "write_bytes", "append_bytes", "remove", "remove_tree", "scan_dir",
            "entry_kind", "is_regular", "folder_of", "open_folder", "rename_at", "flock_file", "walk_tree", "remove_older",
-           "lstat", "root_is_folder", "names_in",
+           "lstat", "root_is_folder", "names_in", "read_with_stat",
+           "remove_if_unchanged", "remove_folder",
            "has_legacy_data"]
 
 #: the largest file read from under the root: anything bigger is invalid, never read into memory
@@ -558,6 +559,48 @@ def rename_at(src_fd: int, dst_fd: int, name: str, shown: object = None) -> bool
     except FileNotFoundError:
         return False
     return True
+
+
+def read_with_stat(path: Path, *, root: Path | str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result] | None:
+    """``(bytes, fstat)`` of the regular file *path* below *root* (one descriptor: the bytes and the stat are
+    of the same file); None when it is gone.  CorruptFileError for a link, FIFO, folder or oversized file."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            fd = open_regular(name, dfd, path)
+    except FileNotFoundError:
+        return None
+    try:
+        return _read_fd(fd, path, limit), os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_if_unchanged(path: Path, *, root: Path | str, seen: os.stat_result) -> bool | None:
+    """Remove the regular file *path* below *root* if it is still the file *seen* (same inode, size and
+    modification time), relative to its folder's descriptor.  True: removed; False: changed (kept);
+    None: gone.  A link or anything else at *path* is never removed through: CorruptFileError."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptFileError(path, _kind(st.st_mode) + " (not removed)")
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != (seen.st_ino, seen.st_size, seen.st_mtime_ns):
+                return False
+            os.unlink(name, dir_fd=dfd)
+            return True
+    except FileNotFoundError:
+        return None
+
+
+def remove_folder(path: Path, *, root: Path | str) -> bool:
+    """Remove the empty real folder *path* below *root* (a link there is not removed: rmdir refuses it);
+    False when it is missing, not empty, or not a folder."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            os.rmdir(name, dir_fd=dfd)
+        return True
+    except (OSError, CorruptFileError):
+        return False
 
 
 def remove_older(path: Path, *, root: Path | str, before: float, keep: Iterable[str] = ()) -> int:
