@@ -423,7 +423,7 @@ def atomic_write_json(path: Path, data: Any, *, root: Path | None = None) -> Non
         raise FileStorageError.wrap(exc, path, "write") from exc
 
 
-def _create_temp(dfd: int, name: str) -> tuple[int, str]:
+def _create_temp(dfd: int, name: str, mode: int = 0o644) -> tuple[int, str]:
     """``(descriptor, name)`` of a new temporary file beside *name* in the folder *dfd*, made with O_EXCL.
 
     The name is ``.NAME.PID.TID.tmp``: whatever is found there (a crash's leftover, or a hard link or
@@ -434,22 +434,24 @@ def _create_temp(dfd: int, name: str) -> tuple[int, str]:
     tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
     for attempt in range(3):
         try:
-            return os.open(tmp, _TEMP_FLAGS, 0o644, dir_fd=dfd), tmp
+            return os.open(tmp, _TEMP_FLAGS, mode, dir_fd=dfd), tmp
         except FileExistsError:
             if attempt == 0:
                 with contextlib.suppress(OSError):  # a folder there stays: the next name is random
                     os.unlink(tmp, dir_fd=dfd)
             else:
                 tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}.tmp"
-    return os.open(tmp, _TEMP_FLAGS, 0o644, dir_fd=dfd), tmp
+    return os.open(tmp, _TEMP_FLAGS, mode, dir_fd=dfd), tmp
 
 
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _write_in(dfd: int, name: str, path: Path, payload: bytes, durable: bool = False) -> None:
-    fd, tmp = _create_temp(dfd, name)
+def _write_in(dfd: int, name: str, path: Path, payload: bytes, durable: bool = False, mode: int | None = None) -> None:
+    fd, tmp = _create_temp(dfd, name, 0o644 if mode is None else mode)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # whatever the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)  # ENOSPC may surface here or at close
             if durable:
@@ -465,15 +467,17 @@ def _write_in(dfd: int, name: str, path: Path, payload: bytes, durable: bool = F
             os.fsync(dfd)
 
 
-def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool = False) -> None:
+def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool = False,
+                mode: int | None = None) -> None:
     """Replace the file *path* below *root* with *payload*: a temp file (O_EXCL) in the same folder + rename,
     the folders reached without following links (made if missing).
 
-    durable: fsync the file before the rename and the folder after it.  A link at *path* is replaced,
+    durable: fsync the file before the rename and the folder after it; mode: the file's mode whatever the
+    umask (default 0644 less the umask).  A link at *path* is replaced,
     never written through.  OSError as the OS raised it; CorruptFileError when a folder is a link or a file.
     """
     with folder_of(path, root, create=True) as (dfd, name):
-        _write_in(dfd, name, path, payload, durable)
+        _write_in(dfd, name, path, payload, durable, mode)
 
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -230,14 +230,11 @@ class _Entry:
     def __init__(self, folder: str, name: str, mode: int):
         self.name, self.path, self.mode = name, os.path.join(folder, name), mode
 
-    def is_dir(self, follow_symlinks: bool = False) -> bool:
+    def folder(self) -> bool:
         return _stat.S_ISDIR(self.mode)
 
-    def is_file(self, follow_symlinks: bool = False) -> bool:
+    def regular(self) -> bool:
         return _stat.S_ISREG(self.mode)
-
-    def is_symlink(self) -> bool:
-        return _stat.S_ISLNK(self.mode)
 
 
 def _entries(directory: Any, root: Path) -> list[_Entry]:
@@ -271,27 +268,27 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
         if not tops[top]:  # a link (or a FIFO, a file) where a top folder should be: never entered
             yield INVALID, str(top), _kind(st.st_mode), ""
     for node in _entries(tree.nodes, root) if tops[tree.nodes] else ():
-        if not node.is_dir(follow_symlinks=False):
-            yield (INVALID, node.path, _odd(node), "") if not node.is_file(follow_symlinks=False) else \
+        if not node.folder():
+            yield (INVALID, node.path, _odd(node), "") if not node.regular() else \
                 ("unknown", node.path, "", "")
             continue
         folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
         for entry in _entries(node.path, root):
             name = entry.name
-            if name in MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
+            if name in MESSAGE_DIRS and entry.folder():
                 folders.append(entry.path)
-            elif name == SENT_KEYS_DIR and entry.is_dir(follow_symlinks=False):
+            elif name == SENT_KEYS_DIR and entry.folder():
                 continue  # the index of idempotent sends: bookkeeping, no rows
-            elif name in NODE_FILES and entry.is_file(follow_symlinks=False):
+            elif name in NODE_FILES and entry.regular():
                 yield NODE_FILES[name], entry.path, node.name, layout.stem(name)
-            elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
+            elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.regular():
                 yield INVALID, entry.path, _odd(entry), ""
             else:
                 yield "unknown", entry.path, node.name, ""
         for folder in folders:
             for entry in _entries(folder, root):
                 name = entry.name
-                if entry.is_file(follow_symlinks=False):
+                if entry.regular():
                     kind = "message" if layout.is_document_name(name) else "unknown"
                     yield kind, entry.path, node.name, layout.stem(name)
                 else:
@@ -299,18 +296,18 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     if not tops[tree.shared]:
         return
     for entry in _entries(tree.shared, root):
-        if entry.name == POLLS_FILE and entry.is_file(follow_symlinks=False):
+        if entry.name == POLLS_FILE and entry.regular():
             yield "polls", entry.path, "", "polls"
-        elif entry.name == SESSIONS_DIR and entry.is_dir(follow_symlinks=False):
+        elif entry.name == SESSIONS_DIR and entry.folder():
             for sub in _entries(entry.path, root):
                 name = sub.name
-                if layout.is_document_name(name) and sub.is_file(follow_symlinks=False):
+                if layout.is_document_name(name) and sub.regular():
                     yield "session", sub.path, layout.stem(name), layout.stem(name)
-                elif sub.is_file(follow_symlinks=False):
+                elif sub.regular():
                     yield "unknown", sub.path, "", ""
                 else:
                     yield INVALID, sub.path, _odd(sub), ""
-        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.is_file(follow_symlinks=False):
+        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.regular():
             yield INVALID, entry.path, _odd(entry), ""
         else:
             yield "unknown", entry.path, "", ""
