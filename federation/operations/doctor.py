@@ -203,6 +203,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
         f"{len(bad)} of {tree.files} legacy files cannot be read: " + "; ".join(
             f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
         "`federation migrate --dry-run` lists each with its reason: repair the file or move it out of the root"))
+    checks.append(_control_files_check(s))
 
     store = None
     if comparable:
@@ -224,6 +225,19 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     report = DoctorReport(checks)
     log.info("doctor_ran", healthy=report.healthy, failed=[c.name for c in checks if not c.ok])
     return report
+
+
+def _control_files_check(s: config.Settings) -> Check:
+    """Links, FIFOs and the like under ``control/`` and ``.locks/`` (never followed or opened: the gate)."""
+    from ..rollout._io import invalid_control_files
+
+    bad = invalid_control_files(s.root)
+    return Check("control_files", not bad,
+                 "control/ and .locks/ hold only regular files and folders" if not bad else
+                 f"{len(bad)} invalid entries under control/ or .locks/: " + "; ".join(
+                     f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                 "remove each (a link, FIFO or hard link planted under the root); the federation never follows "
+                 "or opens it")
 
 
 def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check:

@@ -19,6 +19,7 @@ import json
 import os
 import math
 import socket
+import stat
 import threading
 import time
 from datetime import datetime, timezone
@@ -95,6 +96,38 @@ def list_folder(path: Path, root: Path) -> list[str]:
     except CorruptFileError as exc:
         note_problem(exc.path, exc.reason)
         return []
+
+
+def invalid_control_files(root: Path) -> list[dict[str, str]]:
+    """``[{"path", "reason"}]`` of what is under ``control/`` and ``.locks/`` but is not a regular file or a
+    real folder (a link, FIFO, socket, device), or a regular file with another hard link (appends and
+    locks refuse it); ``control/`` or ``.locks/`` itself included.  Looked at through the gate: nothing
+    is followed or opened.  ``doctor`` lists them."""
+    out = []
+    for top in (control_dir(root), Path(root) / ".locks"):
+        try:
+            st = _files.lstat(top, root=root)
+        except (CorruptFileError, OSError) as exc:
+            out.append({"path": str(top), "reason": getattr(exc, "reason", None) or str(exc)})
+            continue
+        if st is None:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            out.append({"path": str(top), "reason": _files.kind_of(st.st_mode)})
+            continue
+        try:
+            for entry in _files.walk_tree(top, root=root, max_depth=4):
+                mode = entry.stat.st_mode
+                if stat.S_ISDIR(mode):
+                    continue
+                if not stat.S_ISREG(mode):
+                    out.append({"path": str(entry.path), "reason": _files.kind_of(mode)})
+                elif entry.stat.st_nlink > 1:
+                    out.append({"path": str(entry.path), "reason": f"has {entry.stat.st_nlink} hard links (another "
+                                                                   "name may be outside the root): not appended to"})
+        except (CorruptFileError, OSError) as exc:
+            out.append({"path": str(getattr(exc, "path", top)), "reason": getattr(exc, "reason", None) or str(exc)})
+    return out
 
 
 def dumps(data: Any) -> bytes:

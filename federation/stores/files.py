@@ -214,6 +214,11 @@ def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     return top, full[len(top.rstrip(os.sep)) + 1:].split(os.sep)
 
 
+def kind_of(mode: int) -> str:
+    """What an entry of *mode* is, said for a list of invalid files (``a symbolic link (not followed)``...)."""
+    return _kind(mode)
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "a symbolic link (not followed)"
