@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..domain.layout import LOCK_DIR
 from ..domain.moments import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
 from ..stores import files as _files
 from ..stores.files import loads_bounded, read_regular
@@ -104,7 +105,7 @@ def invalid_control_files(root: Path) -> list[dict[str, str]]:
     locks refuse it); ``control/`` or ``.locks/`` itself included.  Looked at through the gate: nothing
     is followed or opened.  ``doctor`` lists them."""
     out = []
-    for top in (control_dir(root), Path(root) / ".locks"):
+    for top in (control_dir(root), Path(root) / LOCK_DIR):
         try:
             st = _files.lstat(top, root=root)
         except (CorruptFileError, OSError) as exc:

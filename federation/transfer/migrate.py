@@ -23,10 +23,11 @@ from ..stores import sqltext as _sql
 from .. import config
 from ..domain.clock import now
 from .rows import TABLES, TreeRows, key_text, read_tree
+from ..stores import files as _files
 from ..stores.files import read_json
 from ..domain.entities import EXPERTISE, MESSAGES, Entity
 from ..domain.layout import DEAD_DIR, LEASED_DIR, is_document_name, leases_journal, message_folder
-from ..errors import FederationError
+from ..errors import CorruptFileError, FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -128,7 +129,7 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
         bar.close()
 
 
-def _vanished(scanned: TreeRows, table: str) -> list[tuple]:
+def _vanished(scanned: TreeRows, table: str, root: Path) -> list[tuple]:
     """Keys of scanned rows whose file is gone now: removed by live traffic while the migration ran."""
     by_dir: dict[str, list[tuple[tuple, str]]] = {}
     for key, path in scanned.sources[table].items():
@@ -137,8 +138,9 @@ def _vanished(scanned: TreeRows, table: str) -> list[tuple]:
     gone = []
     for directory, entries in by_dir.items():
         try:
-            present = set(os.listdir(directory))  # one listing per folder, not a stat per file
-        except FileNotFoundError:
+            # one listing per folder, not a stat per file; through the gate (a folder now a link: nothing in it)
+            present = set(_files.list_dir(Path(directory), root=root))
+        except (FileNotFoundError, NotADirectoryError, CorruptFileError):
             present = set()
         gone += [key for key, name in entries if name not in present]
     return gone
@@ -152,8 +154,8 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
     would have.  Clearing an agent's expertise deletes its file and rows; the
     import put the old rows back: delete them.
     """
-    messages = _vanished(scanned, "messages")
-    owners = sorted({key[:1] for key in _vanished(scanned, "expertise")})
+    messages = _vanished(scanned, "messages", store.tree.root)
+    owners = sorted({key[:1] for key in _vanished(scanned, "expertise", store.tree.root)})
     if not (messages or owners):
         return
     stamp = now()
@@ -184,12 +186,12 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
             if folder == LEASED_DIR:
                 journal = leases_journal(path)
                 if journal not in journals:
-                    journals[journal] = read_json(journal, dict, {})
+                    journals[journal] = read_json(journal, dict, {}, root=store.tree.root)
                 entry = journals[journal].get(key[0])
                 entry = entry if isinstance(entry, list) and len(entry) == 2 else [None, None]
                 data = {"attempt": entry[0], "lease_until": entry[1]}
             else:
-                data = read_json(Path(path))
+                data = read_json(Path(path), root=store.tree.root)
         except FederationError:
             continue  # gone or unreadable since the scan: the row stays deliverable (at least once)
         if not isinstance(data, dict):
@@ -208,20 +210,26 @@ def _carry_leases(store: Any, scanned: TreeRows) -> None:
             "AND attempt = 0", updates))
 
 
+def _listed(folder: Path, root: Path) -> list[str]:
+    """The names in *folder* through the gate; none when it is missing, a link or a file."""
+    try:
+        return _files.list_dir(folder, root=root)
+    except (NotADirectoryError, CorruptFileError):
+        return []
+
+
 def _carry_keys(store: Any) -> None:
     """The idempotency keys of ``nodes/{sender}/sent_keys/`` onto their messages' rows (docs/delivery.md), so a
     send retried with its key after the switch to the database still finds it (rows with a key keep it)."""
-    nodes = store.tree.nodes
+    nodes, root = store.tree.nodes, store.tree.root
     updates = []
-    for sender in sorted(os.listdir(nodes)) if nodes.is_dir() else ():
+    for sender in sorted(_listed(nodes, root)):
         folder = store.tree.sent_keys(sender, listed=True)
-        if not folder.is_dir():
-            continue
-        for name in sorted(os.listdir(folder)):
+        for name in sorted(_listed(folder, root)):
             if not is_document_name(name):
                 continue
             try:
-                data = read_json(folder / name)
+                data = read_json(folder / name, root=root)
             except FederationError:
                 continue  # an unreadable key: its send can no longer be recognised (a retry sends again)
             if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not isinstance(

@@ -30,7 +30,7 @@ from ..stores import sqltext as _sql
 from .. import config
 from ..domain.authority import authority
 from ..domain.clock import now
-from ..stores.files import Tree, atomic_write_json, read_json, remove
+from ..stores.files import Tree, atomic_write_json, entry_kind, read_json, remove
 from .rows import BY_NAME, TABLES, TreeRows, document_file, key_text, read_db_documents, read_files
 from ..domain.entities import MESSAGES, Entity
 from ..domain.layout import received_copy
@@ -218,14 +218,14 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
     def put(path: Path | str, doc: Any, key: str) -> None:
         changes.append(Change("write", str(path), key))
         if apply:
-            atomic_write_json(Path(path), doc)
+            atomic_write_json(Path(path), doc, root=tree.root)
 
     def drop(path: Path | str | None, key: str) -> None:
-        if path is None or not os.path.exists(path):
+        if path is None or entry_kind(Path(path), root=tree.root) is None:  # through the gate: no link followed
             return
         changes.append(Change("delete", str(path), key))
         if apply:
-            remove(Path(path))
+            remove(Path(path), root=tree.root)
 
     def document(kind: str, doc_id: str) -> Any:
         """The database's document (True when only listing: nothing more is read), or None."""
@@ -252,7 +252,7 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
     poll_ids = sorted(affected.get("polls", ()))
     if poll_ids:  # one document holds every poll: the others are kept as they are
         try:
-            doc = read_json(tree.polls_file, dict, {})
+            doc = read_json(tree.polls_file, dict, {}, root=tree.root)
         except CorruptFileError:
             doc = {}  # unreadable: rebuilt from the database, poll by poll
         for pid in poll_ids:
