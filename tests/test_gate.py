@@ -465,3 +465,100 @@ def test_the_static_test_sees_a_call():
     assert len(_calls(ast.parse(code))) == 7
     for rel in ALLOWED:
         assert (REPO / rel).is_file(), f"{rel} is allowed but does not exist: remove it from ALLOWED"
+
+
+# ---------------------------------------------------------------------------
+# planted at random: every folder the federation uses, every kind of plant, every phase
+
+PLACES = ("nodes", "shared", "control", "control/fleet", "control/counts", "control/mismatches", "control/flag.json",
+          "control/history.jsonl", "control/syncs.jsonl", "control/.lock", "control/agents.json", ".locks",
+          ".locks/inbox-bob.lock", ".locks/node-alice.lock", ".locks/polls.lock", "nodes/alice", "nodes/bob/inbox",
+          "nodes/bob/leased", "nodes/bob/dead", "nodes/alice/sent_keys", "nodes/bob/inbox/PLANT.json",
+          "nodes/bob/leased/.leases.json", "nodes/alice/context_window.json", "shared/polls.json", "shared/sessions",
+          "nodes/alice/inbox")
+KINDS = ("link-to-folder", "link-to-file", "dangling-link", "hard-link", "fifo", "oversized")
+
+
+def _plant(root: Path, outside: Path, place: str, kind: str) -> None:
+    at = root / place
+    for parent in at.relative_to(root).parents:  # never plant through a plant (the test would write outside)
+        if parent != Path(".") and ((root / parent).is_symlink() or (root / parent).exists()
+                                    and not (root / parent).is_dir()):
+            return
+    if at.is_symlink() or at.exists():
+        if at.is_dir() and not at.is_symlink():
+            import shutil
+
+            shutil.rmtree(at)
+        else:
+            at.unlink()
+    at.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link-to-folder":
+        at.symlink_to(outside)
+    elif kind == "link-to-file":
+        at.symlink_to(outside / "polls.json")
+    elif kind == "dangling-link":
+        at.symlink_to(outside / f"made-{at.name}")
+    elif kind == "hard-link":
+        os.link(outside / "keep.txt", at)
+    elif kind == "fifo":
+        os.mkfifo(at)
+    else:
+        with open(at, "wb") as fh:
+            fh.truncate(files.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+
+
+def _every_call(fed, root: Path) -> None:
+    from federation import governance
+    from federation.operations.doctor import doctor
+    from federation.transfer.migrate import migrate
+    from federation.transfer.report import build_report
+
+    calls = [lambda: context.set_context("alice", "x"), lambda: context.get_context("alice"),
+             lambda: messaging.send_message("alice", "bob", "hi"), lambda: messaging.check_inbox("bob"),
+             lambda: messaging.ack("bob", [m["id"] for m in messaging.receive("bob")]),
+             lambda: messaging.dead_letters("bob"), lambda: governance.create_poll("alice", "q?", ["a", "b"]),
+             lambda: governance.list_polls(), lambda: migrate(root, dry_run=True), lambda: build_report(root),
+             lambda: doctor()]
+    done = 0
+    for phase in (1, 2, 3, 4):
+        fed.phase(phase)
+        for call in calls:
+            try:
+                bounded(call, 20)
+                done += 1
+            except FederationError:
+                pass  # typed: fine
+    return done
+
+
+@pytest.mark.sqlite_only
+def test_plants_anywhere_never_reach_outside_or_hang(fed, tmp_path):
+    """Links (to folders, files, dangling), hard links, FIFOs and oversized files planted at random places of
+    a live tree; every agent call and command in phases 1-4: nothing outside changes, nothing hangs, every
+    problem is typed (hypothesis, few examples: each runs ~40 calls)."""
+    from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+    counter = iter(range(1000))
+    ran: list[int] = []
+
+    @hsettings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(st.tuples(st.sampled_from(PLACES), st.sampled_from(KINDS)), min_size=1, max_size=4,
+                    unique_by=lambda p: p[0]))
+    def run(plants):
+        base = tmp_path / f"ex{next(counter)}"
+        root = base / "fed"
+        root.mkdir(parents=True)
+        fed.env.update({"FEDERATION_ROOT": str(root), "FEDERATION_DB": str(base / "federation.db")})
+        fed.phase(1)
+        context.set_context("alice", "seed")
+        messaging.send_message("alice", "bob", "seed")
+        outside = marker_tree(base)
+        for place, kind in sorted(plants, key=lambda p: -p[0].count("/")):  # deepest first
+            _plant(root, outside, place, kind)
+        before = snapshot(outside)
+        ran.append(_every_call(fed, root))
+        assert snapshot(outside) == before, plants
+
+    run()
+    assert len(ran) >= 3 and max(ran) >= 20, ran  # the examples ran, and most calls in them worked

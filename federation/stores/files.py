@@ -350,20 +350,18 @@ def open_regular(name: str | Path, dir_fd: int | None = None, shown: object = No
         raise
 
 
-def read_regular(path: Path | str, *, root: Path | None = None, limit: int = MAX_FILE_BYTES) -> bytes | None:
+def read_regular(path: Path | str, *, root: Path | str, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file *path*; None when it does not exist.
 
     A link, FIFO, socket, device, folder or a file over *limit* bytes raises
     :class:`CorruptFileError` without being followed, opened for reading
-    (a FIFO) or read.  With *root*, no folder below it is followed either.
+    (a FIFO) or read; no folder below *root* is followed either.
     """
-    if root is not None:
-        try:
-            with folder_of(path, root) as (dfd, name):
-                return read_in(dfd, name, path, limit)
-        except FileNotFoundError:
-            return None
-    return read_in(None, path, path, limit)
+    try:
+        with folder_of(path, root) as (dfd, name):
+            return read_in(dfd, name, path, limit)
+    except FileNotFoundError:
+        return None
 
 
 def list_dir(path: Path, *, root: Path) -> list[str]:
@@ -401,29 +399,17 @@ def entry_kind(path: Path, *, root: Path) -> int | None:
         return None
 
 
-def atomic_write_json(path: Path, data: Any, *, root: Path | None = None) -> None:
+def atomic_write_json(path: Path, data: Any, *, root: Path | str) -> None:
     """Write *data* as JSON to *path* via a temp file in the same folder + rename.
 
     Any failure (disk full, read-only, permissions) raises :class:`FileStorageError`
-    and leaves *path* as it was and no temp file behind.  With *root*, the
-    folders below it are reached without following links (made if missing).
+    and leaves *path* as it was and no temp file behind.  The folders below
+    *root* are reached without following links (made if missing).
     """
     payload = json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")
-    if root is not None:
-        try:
-            with folder_of(path, root, create=True) as (dfd, name):
-                _write_in(dfd, name, path, payload)
-        except OSError as exc:
-            raise FileStorageError.wrap(exc, path, "write") from exc
-        return
-    directory = path.parent
-    try:  # a path outside any root (a tool's own file): its folder as given, then the same O_EXCL write
-        directory.mkdir(parents=True, exist_ok=True)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            _write_in(dfd, path.name, path, payload)
-        finally:
-            os.close(dfd)
+    try:
+        with folder_of(path, root, create=True) as (dfd, name):
+            _write_in(dfd, name, path, payload)
     except OSError as exc:
         raise FileStorageError.wrap(exc, path, "write") from exc
 
@@ -795,7 +781,7 @@ def parse_json_bytes(raw: bytes) -> Any:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Path | None = None) -> Any:
+def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Path | str) -> Any:
     """Read a legacy JSON file; *default* when it does not exist.
 
     A file that cannot be parsed, or is not a regular file (a link, FIFO,
@@ -822,7 +808,7 @@ def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Pat
     raise CorruptFileError(path, reason)
 
 
-def _read_raw(path: Path, root: Path | None) -> bytes | None:
+def _read_raw(path: Path, root: Path | str) -> bytes | None:
     try:
         return read_regular(path, root=root)
     except OSError as exc:  # EACCES, EIO...: typed, naming the file
@@ -844,20 +830,22 @@ def _of_type(data: Any, path: object, expect: type) -> Any:
     return data
 
 
-def remove(path: Path, *, root: Path | None = None) -> bool:
-    """Remove the file *path* (a link is removed, never its target); False when it is not there."""
+def remove(path: Path, *, root: Path | str) -> bool:
+    """Remove the file *path* below *root*, relative to its folder's descriptor (reached without links; a
+    link is removed, never its target); False when it is not there, or is a folder."""
     try:
-        if root is None:
-            os.unlink(path)
-        else:
-            with folder_of(path, root) as (dfd, name):
+        with folder_of(path, root) as (dfd, name):
+            try:
                 os.unlink(name, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.EPERM) and \
+                        stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    return False
+                raise
         return True
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if exc.errno in (errno.EISDIR, errno.EPERM) and os.path.isdir(path):
-            return False
         raise FileStorageError.wrap(exc, path, "remove") from exc
 
 
