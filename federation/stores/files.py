@@ -9,17 +9,18 @@ on regular files and real folders (checked on the descriptor), opens files
 non-blocking, creates temporary files with ``O_EXCL``, and renames, removes
 and lists relative to the folder descriptors it holds, so that nothing
 re-resolves a path between a check and the act.  The operations:
-:func:`read_regular`/:func:`read_in`/:func:`open_regular` (read),
-:func:`atomic_write_json`/:func:`write_bytes` (replace), :func:`append_bytes`,
-:func:`remove`, :func:`remove_tree`, :func:`list_dir`/:func:`scan_dir` (list),
-:func:`entry_kind`/:func:`is_regular` (look), :func:`folder_of`/:func:`open_folder`
-(folder descriptors, made on request), :func:`rename_at` (move between held folders),
-:func:`locked`/:func:`flock_file` (locks), :func:`walk_tree` (archive),
-:func:`has_legacy_data`.
 
-What the legacy path should always have done: agent names validated before
-they touch a path, every write through a temp file + rename (a reader never
-sees a torn file), and an advisory lock around every read-modify-write.
+- read: :func:`read_regular`, :func:`read_json`, :func:`read_with_stat`, :func:`read_in`/:func:`open_regular`
+  (in a held folder);
+- write: :func:`atomic_write_json`, :func:`write_bytes` (temp file with O_EXCL + rename), :func:`append_bytes`
+  (O_NOFOLLOW|O_APPEND, one name only);
+- remove: :func:`remove`, :func:`remove_if_unchanged`, :func:`remove_folder`, :func:`remove_older`,
+  :func:`remove_tree` (fd-based);
+- list and look: :func:`list_dir`, :func:`scan_dir`, :func:`walk_tree`, :func:`names_in`, :func:`lstat`,
+  :func:`entry_kind`, :func:`is_regular`, :func:`has_legacy_data`, :func:`root_is_folder` (the root itself);
+- folders held: :func:`folder_of`, :func:`open_folder` (made on request), :func:`rename_at` (a move between
+  two held folders);
+- locks: :class:`locked` (per-thread cached descriptors), :func:`flock_file`.
 """
 
 from __future__ import annotations
