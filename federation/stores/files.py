@@ -11,7 +11,7 @@ and lists relative to the folder descriptors it holds, so that nothing
 re-resolves a path between a check and the act.  The operations:
 
 - read: :func:`read_regular`, :func:`read_json`, :func:`read_with_stat`, :func:`read_in`/:func:`open_regular`
-  (in a held folder);
+  (in a held folder), :class:`FolderCache` (a batch: one walk per folder);
 - write: :func:`atomic_write_json`, :func:`write_bytes` (temp file with O_EXCL + rename), :func:`append_bytes`
   (O_NOFOLLOW|O_APPEND, one name only);
 - remove: :func:`remove`, :func:`remove_if_unchanged`, :func:`remove_folder`, :func:`remove_older`,
@@ -48,7 +48,7 @@ __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "
            "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "write_bytes", "append_bytes", "remove", "remove_tree", "scan_dir",
            "entry_kind", "is_regular", "folder_of", "open_folder", "rename_at", "flock_file", "walk_tree", "remove_older",
            "lstat", "root_is_folder", "names_in", "read_with_stat",
-           "remove_if_unchanged", "remove_folder",
+           "remove_if_unchanged", "remove_folder", "FolderCache",
            "has_legacy_data"]
 
 #: the largest file read from under the root: anything bigger is invalid, never read into memory
@@ -324,13 +324,16 @@ def _read_fd(fd: int, path: object, limit: int) -> bytes:
         raise CorruptFileError(path, f"is {st.st_size} bytes; files under the root are read up to {limit} bytes")
     parts, size = [], 0
     while True:
-        chunk = os.read(fd, max(65536, st.st_size + 1 - size))
+        want = max(65536, st.st_size + 1 - size)
+        chunk = os.read(fd, want)
         if not chunk:
             return b"".join(parts)
         size += len(chunk)
         if size > limit:  # it grew since fstat
             raise CorruptFileError(path, f"is over {limit} bytes; files under the root are read up to {limit} bytes")
         parts.append(chunk)
+        if len(chunk) < want:  # a short read of a regular file is its end: no second read to learn it
+            return b"".join(parts)
 
 
 def open_regular(name: str | Path, dir_fd: int | None = None, shown: object = None) -> int:
@@ -363,6 +366,52 @@ def read_regular(path: Path | str, *, root: Path | str, limit: int = MAX_FILE_BY
             return read_in(dfd, name, path, limit)
     except FileNotFoundError:
         return None
+
+
+class FolderCache:
+    """Descriptors of folders reached below a root without following links, kept for a batch of reads
+    (``migrate``/``report`` read every file of a tree: one walk per folder, not one per file).
+
+    A file read through the cache is read relative to its folder's descriptor: a folder swapped for a
+    link after it was first reached redirects nothing.  At most *size* descriptors are held; close it
+    (or use it as a context manager) when the batch ends.
+    """
+
+    def __init__(self, size: int = 128):
+        self.size = size
+        self.fds: dict[tuple[str, str], int] = {}
+
+    def read(self, path: str, root_of: Any, limit: int = MAX_FILE_BYTES) -> bytes | None:
+        """:func:`read_regular` of *path* (a string, as listed) below the root ``root_of(path)`` gives (asked
+        only when its folder is not held yet), its folder's descriptor cached."""
+        folder, _, name = path.rpartition(os.sep)
+        fd = self.fds.get(folder)
+        if fd is None:
+            top, parts = _parts(root_of(path), path)  # refuses a path outside the root
+            if parts[-1] != name or not name or name in (".", ".."):
+                raise CorruptFileError(path, "is not a file name below the root (not read)")
+            try:
+                fd = _walk(top, parts[:-1], False)
+            except FileNotFoundError:
+                return None
+            if len(self.fds) >= self.size:
+                os.close(self.fds.pop(next(iter(self.fds))))
+            self.fds[folder] = fd
+        elif not name or name in (".", ".."):
+            raise CorruptFileError(path, "is not a file name below the root (not read)")
+        return read_in(fd, name, path, limit)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> "FolderCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def list_dir(path: Path, *, root: Path) -> list[str]:

@@ -14,7 +14,9 @@ Only unread messages have a file counterpart, so the database side of
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import json
 import os
 import stat as _stat
@@ -343,11 +345,32 @@ UNKNOWN_FILE = "(whole file: not part of the legacy format)"
 _scan = json.JSONDecoder().scan_once  # the C scanner, without decode()'s whitespace regexes
 
 
+_FOLDERS: contextvars.ContextVar = contextvars.ContextVar("federation_rows_folders", default=None)
+
+
+def _folders_cached(fn: Any) -> Any:
+    """Run *fn* with a :class:`federation.stores.files.FolderCache` for :func:`_read_bytes`: a whole-tree read
+    walks to each folder once, then reads its files relative to the folder's descriptor."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _FOLDERS.get() is not None:
+            return fn(*args, **kwargs)
+        with _files.FolderCache() as cache:
+            token = _FOLDERS.set(cache)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _FOLDERS.reset(token)
+    return wrapper
+
+
 def _read_bytes(path: str) -> bytes:
     """The bytes of the legacy file *path* through the gate: reached from the root above it without following
     a link at any folder, never blocking on a FIFO, never more than the size bound.  FileNotFoundError when
     it is gone."""
-    raw = _files.read_regular(path, root=_root_above(path), limit=MAX_FILE_BYTES)
+    cache = _FOLDERS.get()
+    raw = cache.read(path, _root_above) if cache is not None else \
+        _files.read_regular(path, root=_root_above(path), limit=MAX_FILE_BYTES)
     if raw is None:
         raise FileNotFoundError(path)
     return raw
@@ -375,6 +398,7 @@ def _parse(raw: bytes) -> Any:
     return parse_json_bytes(raw)  # leading space or an error: parse again, carefully, for the reason
 
 
+@_folders_cached
 def read_tree(root: Path, progress: bool = False) -> TreeRows:
     """Read every legacy file under *root* into rows; never modifies a file."""
     tree = Tree(root)
@@ -456,6 +480,7 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     return None if found is None else (found[0], path, found[1], found[2])
 
 
+@_folders_cached
 def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     """The rows of the legacy files *paths* (each read once; a missing file holds no rows)."""
     out = TreeRows()
