@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .._logging import library_logger
+from ..errors import CorruptFileError
+from ..stores import files as _files
 from . import _io
 
 log = library_logger("federation.rollout")
@@ -215,9 +216,7 @@ def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int
     """
     if not records:
         return lines_before
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as fh:
-        fh.write(b"".join(_io.dumps(r) + b"\n" for r in records))
+    _io.append_bytes(path, b"".join(_io.dumps(r) + b"\n" for r in records))
     lines = lines_before + len(records)
     if lines > 2 * MISMATCH_CAP:
         kept = _io.read_lines(path)[-MISMATCH_CAP:]
@@ -237,18 +236,12 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
     """
     lo, hi = _epoch(since), _epoch(until)
     top = _io.control_dir(root) / _io.COUNTS_DIR
-    try:
-        hours = sorted(os.listdir(top))
-    except FileNotFoundError:
-        return
+    hours = sorted(_io.list_folder(top, root))
     for hour_dir in hours:
         hour = hour_of(hour_dir)
         if hour is None or hour + HOUR <= lo or hour >= hi:
             continue
-        try:
-            names = sorted(os.listdir(top / hour_dir))
-        except OSError:
-            continue
+        names = sorted(_io.list_folder(top / hour_dir, root))
         for name in names:
             if not name.endswith(".json") or name.startswith("."):
                 continue
@@ -395,10 +388,7 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
 
 def read_mismatches(root: Path) -> list[dict]:
     directory = _io.control_dir(root) / _io.MISMATCH_DIR
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
+    names = sorted(_io.list_folder(directory, root))
     out: list[dict] = []
     for name in names:
         if name.endswith(".jsonl") and not name.startswith("."):
@@ -407,30 +397,23 @@ def read_mismatches(root: Path) -> list[dict]:
 
 
 def prune_hours(root: Path, older_than: float) -> None:
-    """Remove the count folders of hours that ended more than *older_than* seconds ago."""
+    """Remove the count folders of hours that ended more than *older_than* seconds ago (through the gate:
+    a linked ``control/counts`` or hour folder is not followed; only real folders are removed, fd-based)."""
     top = _io.control_dir(root) / _io.COUNTS_DIR
     horizon = time.time() - older_than
-    try:
-        names = os.listdir(top)
-    except FileNotFoundError:
-        return
-    for name in names:
+    for name in _io.list_folder(top, root):
         hour = hour_of(name)
         if hour is not None and hour + HOUR < horizon:
-            shutil.rmtree(top / name, ignore_errors=True)
+            try:
+                _files.remove_tree(top / name, root=root)
+            except (OSError, CorruptFileError) as exc:  # a link or a file named like an hour: left, and said
+                _io.note_problem(top / name, getattr(exc, "reason", None) or str(exc))
 
 
-def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = ()) -> None:
-    """Remove files of *directory* not modified for *older_than* seconds (dead processes' leftovers)."""
-    keep = {Path(p).name for p in keep}
-    horizon = time.time() - older_than
+def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = (), *, root: Path) -> None:
+    """Remove regular files of *directory* (under ``control/`` of *root*) not modified for *older_than*
+    seconds (dead processes' leftovers), through the gate: a linked folder is not followed."""
     try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            if entry.name not in keep and entry.is_file() and entry.stat().st_mtime < horizon:
-                os.unlink(entry.path)
-        except OSError:
-            continue
+        _files.remove_older(directory, root=root, before=time.time() - older_than, keep={Path(p).name for p in keep})
+    except CorruptFileError as exc:
+        _io.note_problem(exc.path, exc.reason)

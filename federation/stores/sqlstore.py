@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 from ..domain import clock as _clock
 from . import sqltext as _sql
 from .. import config
-from .files import Tree
+from .files import Tree, has_legacy_data
 from .database import Database, Tx, get_db
 from ..domain.entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
                                SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote,
@@ -75,7 +75,7 @@ class SqlStore:
     def _on_create(self, tx: Tx) -> None:
         now = _clock.now()
         tx.execute("INSERT INTO federation_meta (key, value) VALUES ('created_at', ?)", (now,))
-        if not self.tree.has_legacy_data():
+        if not has_legacy_data(self.tree):
             # a new federation: nothing to backfill, now or after its dual-writes create files
             tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfilled_at', ?)", (now,))
             tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfill_source', 'empty')")
@@ -97,7 +97,7 @@ class SqlStore:
         """Refuse (phases 3-4) to serve a database that never received the legacy files."""
         if self._backfill_ok:
             return
-        if self.meta("backfilled_at") is None and self.tree.has_legacy_data():
+        if self.meta("backfilled_at") is None and has_legacy_data(self.tree):
             raise BackfillRequiredError(
                 f"the database {self.db.dialect.describe()} was never backfilled from the legacy files "
                 f"under {self.tree.root}; serving reads from it would show agents an empty federation. "

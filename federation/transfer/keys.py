@@ -90,13 +90,17 @@ def read_key_files(tree: Tree, scanned: Any = None) -> KeyFiles:
     the messages a key names that are still on the disk."""
     rows = scanned.rows["messages"] if scanned is not None else None
     out = KeyFiles()
-    for sender in sorted(list_dir(tree.nodes, root=tree.root)):
+    try:
+        senders = list_dir(tree.nodes, root=tree.root)
+    except (FederationError, NotADirectoryError):  # nodes/ a link or a file: listed by the tree's readers
+        senders = []
+    for sender in sorted(senders):
         if not _validate.is_agent(sender):
             continue
         folder = tree.sent_keys(sender, listed=True)
         try:
             names = list_dir(folder, root=tree.root)
-        except FederationError as exc:  # a link or a file where the folder should be
+        except (FederationError, NotADirectoryError) as exc:  # a link or a file where the folder should be
             out.invalid.append({"path": str(folder), "reason": str(getattr(exc, "reason", exc))})
             continue
         for name in sorted(names):
@@ -184,7 +188,7 @@ def export_keys(store: Any, tree: Tree, *, apply: bool = True) -> list[tuple[str
         if k.sender not in present:
             try:
                 present[k.sender] = set(list_dir(tree.sent_keys(k.sender), root=tree.root))
-            except FederationError:
+            except (FederationError, NotADirectoryError):
                 present[k.sender] = None  # a link where the folder should be: nothing written through it
         names = present[k.sender]
         name = key_name(k.key)
