@@ -380,8 +380,6 @@ ALLOWED = {
         {'.exists()': 1, '.mkdir()': 1, 'os.open': 1}),
     "federation/stores/database.py": ("the SQLite database path (exists)",
         {'.exists()': 1}),
-    "federation/rollout/_default.py": ("the SQLite database path (exists)",
-        {'.exists()': 1}),
     "federation/stores/netfs.py": ("/proc/mounts (the filesystem type of the database)",
         {'open()': 1}),
     "federation/operations/doctor.py": ("the SQLite database, its WAL and free space of their filesystem",
@@ -402,9 +400,17 @@ ALLOWED = {
     # the dashboard's static files, shipped inside the package
     "federation/apps/dashboard/app.py": ("the package's static files",
         {'.read_bytes()': 1}),
-    # the root itself, given by the operator: whether it is a folder (never a path below it)
-    "federation/cli.py": ("the root itself (is it a folder?)",
-        {'.exists()': 1, '.is_dir()': 2}),
+    # the root itself, given by the operator: whether it is a folder (never a path below it); /dev/null put in
+    # place of a stdout whose reader went away
+    "federation/cli.py": ("the root itself (is it a folder?), /dev/null",
+        {'.exists()': 1, '.is_dir()': 2, 'os.open': 1}),
+    # the root itself, made on a process's first call (a database-only federation still has its control/)
+    "federation/stores/sqlstore.py": ("the root itself (made if missing)",
+        {'os.makedirs': 1}),
+    # `federation restore`: the backup given by --from and the SQLite database file it replaces
+    "federation/operations/restore.py": ("the backup file and the SQLite database path",
+        {'.is_file()': 1, '.is_symlink()': 1, '.mkdir()': 1, 'shutil.copyfile': 1, 'os.open': 1, 'os.replace': 1,
+         '.unlink()': 2}),
     # the demo/bench tree generator writes a test tree of its own making (never a live federation)
     "federation/domain/generate.py": ("a generated test tree (tools and tests)",
         {'.exists()': 1, '.mkdir()': 3, '.write_bytes()': 1, 'open()': 1}),

@@ -227,7 +227,7 @@ def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
     from ..transfer.leftovers import not_imported
     from .accepted import apply_decisions
 
-    unimported, _ = not_imported(tree.dropped_fields)
+    unimported, _ = not_imported(tree.dropped_fields, s.root)
     bad, unimported, accepted = apply_decisions(s.root, tree.invalid, unimported)
     noted = (f"; {len(accepted)} files accepted by an operator (`federation migrate --accept`), content unchanged, "
              "not imported" if accepted else "")

@@ -306,7 +306,7 @@ def _left_out(root: Path, result: MigrationResult) -> MigrationResult:
     :func:`federation.operations.accepted.settle`, as ``federation migrate`` does."""
     from .leftovers import not_imported
 
-    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields)
+    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields, root)
     return result
 
 
