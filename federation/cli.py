@@ -547,6 +547,8 @@ def archive_command(dest: str) -> None:
     _listing("kept (changed after they were archived)", result.kept)
     _listing("archived byte for byte without comparison (could not be read)",
              [f"{u['path']}: {u['reason']}" for u in result.unread])
+    _listing("left in place, neither archived nor removed (not a regular file; never followed)",
+             [f"{u['path']}: {u['reason']}" for u in result.left])
     if result.kept:
         sys.exit(1)
 

@@ -38,6 +38,8 @@ class ArchiveResult:
     kept: list[str]
     #: legacy documents that could not be read: archived byte for byte, never compared (``{"path", "reason"}``)
     unread: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: what could not be read and is not a regular file (a link, FIFO, folder): neither archived nor removed
+    left: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def legacy_paths(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -156,7 +158,10 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
             removed += 1
     for d in reversed(dirs):
         _files.remove_folder(d, root=root)  # not empty (something kept or added), or not a real folder: stays
-    return ArchiveResult(str(dest), len(files), total, removed, kept, report.unknown.entries())
+    archived = {str(p) for p in files}
+    unread = [u for u in report.unknown.entries() if u["path"] in archived]
+    left = [u for u in report.unknown.entries() if u["path"] not in archived]
+    return ArchiveResult(str(dest), len(files), total, removed, kept, unread, left)
 
 
 def _verify(archive: Path, digests: dict[str, str]) -> None:
