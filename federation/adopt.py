@@ -45,6 +45,7 @@ import inspect
 import marshal
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ from ._logging import library_logger
 from ._wiring import candidate
 from .domain.entities import (CONTEXT, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS, SESSION_REVIEWS,
                               SESSION_ROLES, SESSIONS, document_lock)
-from .errors import ConfigError, StorageError
+from .errors import ConfigError, CorruptFileError, StorageError
 
 __all__ = ["Load", "Save", "Claim", "install", "install_when_imported", "uninstall", "installed",
            "DeclarationError", "AdoptedWriteError", "ENTITIES"]
@@ -452,7 +453,7 @@ class _Call:
         returned = None
 
         def files_side() -> Any:
-            current = _files.read_json(self.tree.polls_file, dict, {})
+            current = _files.read_json(self.tree.polls_file, dict, {}, root=self.tree.root)
             merged = patch(current, changes, in_place=True)  # just read: no one else holds it
             setattr(self.a.module, source, merged)  # what the adopter's function writes: theirs, merged
             try:
@@ -505,18 +506,19 @@ class _Call:
             return self.call_theirs()
         kind = self.plan.kind.document
         path = _document_path(self.tree, kind, self.owner)
-        before = _Snapshot.of(path)
+        before = _Snapshot.of(path, self.tree.root)
         return self.written(before, lambda: _files_to_db(self.store(), self.tree, [path], {(kind, self.owner)}))
 
     def save_written_polls(self) -> Any:
         if self.phase is Phase.FILES_ONLY:
             return self.call_theirs()
         path = self.tree.polls_file
-        before = _Snapshot.of(path)
-        old = _files.read_json(path, dict, {})
+        root = self.tree.root
+        before = _Snapshot.of(path, root)
+        old = _files.read_json(path, dict, {}, root=root)
 
         def to_db() -> None:
-            changes = delta(old, _files.read_json(path, dict, {}))
+            changes = delta(old, _files.read_json(path, dict, {}, root=root))
             if changes:
                 store = self.store()
                 store.atomic(lambda: store.save_polls(patch(store.load_polls(), changes, in_place=True)))
@@ -526,14 +528,14 @@ class _Call:
     def save_written_messages(self) -> Any:
         if self.phase is Phase.FILES_ONLY:
             return self.call_theirs()
-        inbox = self.tree.inbox(self.owner)
-        before = _Snapshot.of_folder(inbox)
+        inbox, root = self.tree.inbox(self.owner), self.tree.root
+        before = _Snapshot.of_folder(inbox, root)
 
         def to_db() -> None:
-            new = sorted(_json_names(inbox) - set(before.files))
+            new = sorted(_json_names(inbox, root) - set(before.files))
             messages = []
             for name in new:
-                data = _files.read_json(inbox / name)
+                data = _files.read_json(inbox / name, root=root)
                 if data is None:
                     continue
                 messages.append(MESSAGES.record(data, fallback={"id": _layout.stem(name), "recipient": self.owner}))
@@ -545,21 +547,21 @@ class _Call:
     # -- Claim -------------------------------------------------------------------------------
     def claim(self) -> Any:
         agent = self.owner
-        inbox = self.tree.inbox(agent)
+        inbox, root = self.tree.inbox(agent), self.tree.root
         if self.phase is Phase.FILES_ONLY:
             return self.call_theirs()
         store = self.store()
         if self.phase is Phase.FILES_THEN_DB:
-            before = _json_names(inbox)
+            before = _json_names(inbox, root)
             t0 = time.perf_counter()
             returned = self.call_theirs()
             files = Outcome(FILES, _legacy_view("inbox", agent, returned), seconds=time.perf_counter() - t0)
-            claimed = sorted(_layout.stem(name) for name in before - _json_names(inbox))
+            claimed = sorted(_layout.stem(name) for name in before - _json_names(inbox, root))
             db = Outcome.run(DB, store.claim_inbox, (agent,), {"ids": claimed}, catch=True)
             self.publish(files, db, compare=True)
             return returned
         # phase 3: the database claims; the adopter's function then clears the same messages from the files
-        before = _Snapshot.of_folder(inbox)
+        before = _Snapshot.of_folder(inbox, root)
         db = Outcome.run(DB, store.claim_inbox, (agent,), {}, catch=False)
         claimed = {m["id"] for m in db.value}
         files = Outcome.run(FILES, self.call_theirs, (), {}, catch=True)
@@ -567,7 +569,7 @@ class _Call:
         before.restore(only=[n for n in before.files if _layout.stem(n) not in claimed])
         for mid in claimed:
             with contextlib.suppress(Exception):
-                _files.remove(inbox / _layout.document_name(mid))
+                _files.remove(inbox / _layout.document_name(mid), root=root)
         if files.error is None:
             files.value = _legacy_view("inbox", agent, files.value)
         self.publish(db, files, compare=True)
@@ -578,10 +580,13 @@ class _Call:
 # files before a call, to put back when the database refuses
 
 
-def _json_names(folder: Path) -> set[str]:
+def _json_names(folder: Path, root: Path) -> set[str]:
+    """The message files of *folder*, through the gate: regular files only (a link or FIFO there is never
+    snapshotted, restored or removed), none when the folder is missing or is a link."""
     try:
-        return {n for n in os.listdir(folder) if _layout.is_document_name(n)}
-    except FileNotFoundError:
+        return {n for n, st in _files.scan_dir(folder, root=root)
+                if _layout.is_document_name(n) and stat.S_ISREG(st.st_mode)}
+    except (CorruptFileError, NotADirectoryError):
         return set()
 
 
@@ -595,43 +600,38 @@ class _Snapshot:
 
     path: Path
     files: dict[str, bytes | None]
+    root: Path
     folder: bool = False
 
     @classmethod
-    def of(cls, path: Path) -> "_Snapshot":
-        return cls(path, {path.name: _read_bytes(path)})
+    def of(cls, path: Path, root: Path) -> "_Snapshot":
+        return cls(path, {path.name: _read_bytes(path, root)}, root)
 
     @classmethod
-    def of_folder(cls, folder: Path) -> "_Snapshot":
-        return cls(folder, {n: _read_bytes(folder / n) for n in _json_names(folder)}, folder=True)
+    def of_folder(cls, folder: Path, root: Path) -> "_Snapshot":
+        return cls(folder, {n: _read_bytes(folder / n, root) for n in _json_names(folder, root)}, root, folder=True)
 
     def restore(self, only: list[str] | None = None) -> None:
         """Put the files back as they were (a file that did not exist is removed); new message files go."""
         folder = self.path if self.folder else self.path.parent
         names = list(self.files) if only is None else only
         for name in names:
-            _put_bytes(folder / name, self.files.get(name))
+            _put_bytes(folder / name, self.files.get(name), self.root)
         if self.folder and only is None:
-            for name in _json_names(folder) - set(self.files):
-                _put_bytes(folder / name, None)
+            for name in _json_names(folder, self.root) - set(self.files):
+                _put_bytes(folder / name, None, self.root)
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
+def _read_bytes(path: Path, root: Path) -> bytes | None:
+    """The bytes of a legacy file through the gate (no link followed, never a FIFO); None when absent."""
+    return _files.read_regular(path, root=root)
 
 
-def _put_bytes(path: Path, raw: bytes | None) -> None:
+def _put_bytes(path: Path, raw: bytes | None, root: Path) -> None:
     if raw is None:
-        _files.remove(path)
+        _files.remove(path, root=root)
         return
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.restore"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(raw)
-    os.replace(tmp, path)
+    _files.write_bytes(path, raw, root=root)  # a temp file made with O_EXCL + rename, through the gate
 
 
 def _files_to_db(store: Any, tree: _files.Tree, paths: list[Path], docs: set[tuple[str, str]]) -> None:

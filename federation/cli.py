@@ -127,7 +127,7 @@ def main() -> None:
 def status_data(settings: config.Settings | None = None) -> dict:
     """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
     from .rollout import current_phase
-    from .stores.files import Tree
+    from .stores.files import Tree, has_legacy_data
 
     s = settings or config.settings()
     # "phase": what the unpinned fleet runs (the live flag, else the root's default); "pinned_phase":
@@ -142,7 +142,7 @@ def status_data(settings: config.Settings | None = None) -> dict:
         "phase_source": "flag" if flag is not None else "flag unreadable" if problem else "default",
         "pinned_phase": s.effective_phase if s.phase_pinned else None,
         "shadow_sample": s.shadow_sample,
-        "legacy_files": Tree(s.root).has_legacy_data(),
+        "legacy_files": has_legacy_data(Tree(s.root)),
     }
     if problem:
         data["flag_error"] = problem
@@ -545,6 +545,10 @@ def archive_command(dest: str) -> None:
     click.echo(f"archived {result.files} files ({result.bytes} bytes) to {result.archive}, verified; "
                f"removed {result.removed}")
     _listing("kept (changed after they were archived)", result.kept)
+    _listing("archived byte for byte without comparison (could not be read)",
+             [f"{u['path']}: {u['reason']}" for u in result.unread])
+    _listing("left in place, neither archived nor removed (not a regular file; never followed)",
+             [f"{u['path']}: {u['reason']}" for u in result.left])
     if result.kept:
         sys.exit(1)
 

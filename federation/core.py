@@ -21,10 +21,9 @@ for mismatch events.
 from __future__ import annotations
 
 import collections
-
+import contextlib
 import copy
 import functools
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +31,8 @@ from .domain import validate as _validate
 from .domain import clock as _clock
 from .domain import delivery as _delivery
 from . import config
-from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in
+from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in, rename_at
+from .stores.files import names_in
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
 from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
@@ -139,7 +139,7 @@ def _inbox(agent: str) -> list[dict]:
     out = []
     try:
         with open_folder(inbox, t.root) as fd:  # one walk from the root, then each file in that folder
-            for name in os.listdir(fd) if fd is not None else ():
+            for name in names_in(fd) if fd is not None else ():
                 if not is_document_name(name):
                     continue
                 path = inbox / name
@@ -326,19 +326,29 @@ def lease_inbox(agent: str, lease_until: str, now: str, limit: int | None = None
             candidates = [c for c in candidates if c[0]["id"] in wanted]
         elif limit is not None:
             candidates = candidates[:limit]
-        if any(new for _, _, new in candidates):
-            leased.mkdir(parents=True, exist_ok=True)
         out = []
-        for message, attempt, new in candidates:
-            name = document_name(message["id"])
-            if new:
+        with contextlib.ExitStack() as folders:
+            src = dst = None
+            if any(new for _, _, new in candidates):
+                # the claim is a rename between two folder descriptors reached from the root without
+                # following a link (the gate): a folder swapped for a link meanwhile redirects nothing
                 try:
-                    os.rename(inbox / name, leased / name)  # the claim
-                except FileNotFoundError:  # gone since the listing (a reader that ignores the lock)
-                    continue
-            leases[message["id"]] = (attempt + 1, lease_until)
-            changed.add(message["id"])
-            out.append({**message, "attempt": attempt + 1, "lease_until": lease_until})
+                    src = folders.enter_context(open_folder(inbox, t.root))
+                except CorruptFileError as exc:  # inbox/ became a link since the listing: nothing claimed
+                    _skip(Path(exc.path), exc.reason)
+                dst = folders.enter_context(open_folder(leased, t.root, create=True))  # a linked leased/: typed
+            for message, attempt, new in candidates:
+                name = document_name(message["id"])
+                if new:
+                    try:
+                        if src is None or not rename_at(src, dst, name, inbox / name):  # the claim
+                            continue  # gone since the listing (a reader that ignores the lock)
+                    except CorruptFileError as exc:  # swapped for a link or a FIFO since it was read
+                        _skip(inbox / name, exc.reason)
+                        continue
+                leases[message["id"]] = (attempt + 1, lease_until)
+                changed.add(message["id"])
+                out.append({**message, "attempt": attempt + 1, "lease_until": lease_until})
         if changed:
             _save_leases(agent, leases)
         return out

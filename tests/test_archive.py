@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tarfile
 
-from federation.stores.files import Tree
+from federation.stores.files import Tree, has_legacy_data
 from federation.domain.generate import generate
 from federation.transfer.migrate import migrate
 
@@ -40,7 +40,7 @@ def test_archive_of_a_consistent_tree_restores_it_exactly_and_removes_the_files(
     proc = cli(fed, "archive-legacy", "--to", str(dest))
     assert proc.returncode == 0, proc.stderr
     assert f"archived {len(before)} files" in proc.stdout
-    assert not Tree(fed.root).has_legacy_data()
+    assert not has_legacy_data(Tree(fed.root))
     assert not (fed.root / "nodes").exists() and not (fed.root / "shared").exists()
 
     restored = tmp_path / "restored"
@@ -67,4 +67,4 @@ def test_archive_refuses_to_overwrite_an_existing_file(fed, tmp_path):
     proc = cli(fed, "archive-legacy", "--to", str(dest))
     assert proc.returncode == 1 and "already exists" in proc.stderr
     assert dest.read_bytes() == b"keep me"
-    assert Tree(fed.root).has_legacy_data()
+    assert has_legacy_data(Tree(fed.root))

@@ -96,7 +96,7 @@ def test_prune_removes_kept_keys_past_retention(fed):
     received()
     assert migrate().exit_code == 0
     store = fed.store()
-    count = lambda: store.db.fetchone("SELECT COUNT(*) FROM sent_keys")[0]  # noqa: E731
+    count = lambda: store.db.fetchone("SELECT COUNT(*) FROM idempotency_keys")[0]  # noqa: E731
     assert count() == 1
     prune("30d")
     assert count() == 1  # within retention

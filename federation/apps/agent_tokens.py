@@ -23,13 +23,11 @@ without a restart.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
 import os
 import secrets
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +38,8 @@ from .._logging import library_logger
 
 from ..domain import validate as v
 from .. import config
-from ..errors import ConfigError, FederationError, NotFoundError
+from ..errors import ConfigError, CorruptFileError, FederationError, NotFoundError
+from ..stores import files
 
 __all__ = ["TOKENS_FILE", "MAX_FILE_BYTES", "TokenFileError", "AgentToken", "add", "revoke", "list_tokens",
            "tokens_path", "TokenRegistry", "token_hash"]
@@ -90,31 +89,20 @@ def tokens_path(root: Path | None = None) -> Path:
 
 # -- reading (untrusted input) -------------------------------------------------------------------
 
+def _root_of(path: Path) -> Path:
+    """The federation root above ``control/agents.json`` (the gate walks from it)."""
+    return path.parent.parent
+
+
 def _read_bytes(path: Path) -> bytes | None:
-    """The file's bytes; None when it does not exist.  Never follows a symlink, never opens a FIFO."""
+    """The file's bytes; None when it does not exist.  Through the gate: never follows a symlink (at the
+    file or at ``control/``), never opens a FIFO, never reads more than the bound."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return None
+        return files.read_regular(path, root=_root_of(path), limit=MAX_FILE_BYTES)
+    except CorruptFileError as exc:
+        raise TokenFileError(f"{path}: {exc.reason}; token files are not followed through links") from None
     except OSError as exc:
-        if os.path.islink(path):
-            raise TokenFileError(f"{path} is a symbolic link; token files are not followed through links") from None
         raise TokenFileError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenFileError(f"{path} is not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise TokenFileError(f"{path} is {st.st_size} bytes; a token file holds at most {MAX_FILE_BYTES}")
-        chunks, size = [], 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise TokenFileError(f"{path} grew beyond {MAX_FILE_BYTES} bytes while being read")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _entry(name: Any, raw: Any, path: Path) -> tuple[AgentToken, str]:
@@ -209,43 +197,29 @@ def _who() -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """One writer of the token file at a time (an advisory lock beside it)."""
-    root_control = path.parent
-    if not root_control.parent.is_dir():
-        raise ConfigError(f"the federation root {root_control.parent} does not exist")
-    root_control.mkdir(exist_ok=True)
-    fd = os.open(root_control / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    """One writer of the token file at a time (an advisory lock beside it), through the gate: a linked
+    ``control/`` or lock file is refused (:class:`TokenFileError`), nothing is made outside the root."""
+    root = _root_of(path)
+    if not files.root_is_folder(root):
+        raise ConfigError(f"the federation root {root} does not exist")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        with files.flock_file(path.parent / _LOCK_FILE, root):
+            yield
+    except CorruptFileError as exc:
+        raise TokenFileError(f"{exc.path}: {exc.reason}") from None
 
 
 def _write(path: Path, entries: dict[str, tuple[AgentToken, str]]) -> None:
-    """Replace the file atomically (temp file in the same folder, fsync, rename), mode 0600."""
+    """Replace the file atomically (temp file made with O_EXCL in the same folder, fsync, rename), mode 0600,
+    through the gate."""
     doc = {"version": FORMAT_VERSION, "agents": {
         name: {"sha256": digest, "created_at": e.created_at, "created_by": e.created_by, "revoked_at": e.revoked_at}
         for name, (e, digest) in sorted(entries.items())}}
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(json.dumps(doc, indent=2).encode("utf-8") + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)  # whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # a revocation must survive a power cut
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.write_bytes(path, json.dumps(doc, indent=2).encode("utf-8") + b"\n", root=_root_of(path),
+                          durable=True, mode=0o600)  # durable: a revocation must survive a power cut
+    except CorruptFileError as exc:
+        raise TokenFileError(f"{exc.path}: {exc.reason}") from None
 
 
 def add(agent: str, root: Path | None = None) -> tuple[str, bool]:
@@ -319,10 +293,11 @@ class TokenRegistry:
 
     def _refresh(self) -> None:
         try:
-            st = os.lstat(self.path)
-            signature = (st.st_mtime_ns, st.st_ino, st.st_size)
-        except FileNotFoundError:
-            signature = None
+            st = files.lstat(self.path, root=_root_of(self.path))  # through the gate: control/ as a link is refused
+            signature = None if st is None else (st.st_mtime_ns, st.st_ino, st.st_size)
+        except CorruptFileError as exc:
+            self._fail(f"{exc.path}: {exc.reason}")
+            return
         except OSError as exc:
             self._fail(f"{self.path} cannot be read ({exc.strerror or exc})")
             return

@@ -164,24 +164,6 @@ class Tree:
     def lock_path(self, name: str) -> Path:
         return self.root / LOCK_DIR / f"{name}.lock"
 
-    def has_legacy_data(self) -> bool:
-        """True when any legacy state file exists under the root."""
-        if self.polls_file.exists():
-            return True
-        if self.sessions_dir.is_dir() and any(p.suffix == _SUFFIX for p in self.sessions_dir.iterdir()):
-            return True
-        if self.nodes.is_dir():
-            for node in self.nodes.iterdir():
-                if not node.is_dir():
-                    continue
-                for name in NODE_FILES:
-                    if (node / name).exists():
-                        return True
-                inbox = node / INBOX_DIR
-                if inbox.is_dir() and any(p.suffix == _SUFFIX for p in inbox.iterdir()):
-                    return True
-        return False
-
 
 def document_file(tree: Tree, kind: str, doc_id: str, owner: str) -> Path:
     """Where the legacy layout keeps document *kind* ``doc_id`` of *owner* (polls: the shared polls.json)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import CorruptFileError, ValidationError
 from ..rollout import _io
-from ..stores.files import open_regular
+from ..stores.files import read_regular
 
 __all__ = ["ACCEPTED_FILE", "accepted_path", "apply_decisions", "settle", "accept", "decisions"]
 
@@ -39,24 +39,14 @@ def _relative(root: Path | str, path: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
-def _digest(path: str) -> tuple[str, int] | None:
-    """(SHA-256, bytes) of the regular file *path*; None for a link, FIFO, folder or a file that is gone."""
+def _digest(path: str, root: Path | str) -> tuple[str, int] | None:
+    """(SHA-256, bytes) of the regular file *path* below *root* (read through the gate: no link followed at
+    any component); None for a link, FIFO, folder, a file over the size bound, or one that is gone."""
     try:
-        fd = open_regular(path)
+        raw = read_regular(path, root=root)
     except (CorruptFileError, OSError):
         return None
-    sha, size = hashlib.sha256(), 0
-    try:
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return sha.hexdigest(), size
-            sha.update(chunk)
-            size += len(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return None if raw is None else (hashlib.sha256(raw).hexdigest(), len(raw))
 
 
 def decisions(root: Path) -> dict[str, dict[str, Any]]:
@@ -80,7 +70,7 @@ def apply_decisions(root: Path, invalid: list[dict], unimported: list[dict]
         record = recorded.get(_relative(root, path))
         if record is None:
             continue
-        digest = _digest(path)
+        digest = _digest(path, root)
         if digest is not None and digest[0] == record["sha256"]:
             accepted[path] = {"path": path, "reason": record.get("reason"), "at": record.get("at"),
                               "by": record.get("by"), "sha256": record["sha256"]}
@@ -123,7 +113,7 @@ def accept(root: Path, path: str, reason: str | None, invalid: list[dict], unimp
                                   f"{done[0]['at']}: {done[0]['reason']}): nothing to do")
         raise ValidationError(f"{path} is neither invalid nor left out of the import (`federation migrate --dry-run` "
                               "lists both): nothing to accept")
-    digest = _digest(full)
+    digest = _digest(full, root)
     if digest is None:
         raise ValidationError(f"{path} is not a regular file (a link, FIFO, socket or folder): there is no content "
                               "to accept; remove it, or put the file it should be in its place")

@@ -197,6 +197,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
 
     tree = read_tree(s.root)
     checks.append(_legacy_files_check(s, phase, tree))
+    checks.append(_control_files_check(s))
 
     store = None
     if comparable:
@@ -226,7 +227,7 @@ def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
     from ..transfer.leftovers import not_imported
     from .accepted import apply_decisions
 
-    unimported, _ = not_imported(tree.dropped_fields)
+    unimported, _ = not_imported(tree.dropped_fields, s.root)
     bad, unimported, accepted = apply_decisions(s.root, tree.invalid, unimported)
     noted = (f"; {len(accepted)} files accepted by an operator (`federation migrate --accept`), content unchanged, "
              "not imported" if accepted else "")
@@ -251,6 +252,19 @@ def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
                  f"`federation migrate --dry-run` lists each file with its reason; {repair}, or accept a file "
                  "that may stay out of the database: `federation migrate --accept PATH --reason TEXT` "
                  "(docs/rollout-runbook.md)")
+
+
+def _control_files_check(s: config.Settings) -> Check:
+    """Links, FIFOs and the like under ``control/`` and ``.locks/`` (never followed or opened: the gate)."""
+    from ..rollout._io import invalid_control_files
+
+    bad = invalid_control_files(s.root)
+    return Check("control_files", not bad,
+                 "control/ and .locks/ hold only regular files and folders" if not bad else
+                 f"{len(bad)} invalid entries under control/ or .locks/: " + "; ".join(
+                     f"{i['path']}: {i['reason']}" for i in bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                 "remove each (a link, FIFO or hard link planted under the root); the federation never follows "
+                 "or opens it")
 
 
 def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check:

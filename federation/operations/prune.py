@@ -180,7 +180,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
             if wait:
                 time.sleep(wait)
     if not dry_run:  # idempotency keys carried in without a message row (issue 29): the messages' retention
-        keys = db.write(lambda tx: tx.execute("DELETE FROM sent_keys WHERE created_at < ?", (cutoff,)).rowcount)
+        keys = db.write(lambda tx: tx.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (cutoff,)).rowcount)
         if keys:
             log.info("pruned_keys", removed=keys, cutoff=cutoff)
     result.seconds = time.perf_counter() - started

@@ -29,7 +29,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import stat
@@ -249,9 +248,7 @@ def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int
     """
     if not records:
         return lines_before
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as fh:
-        fh.write(b"".join(_io.dumps(r) + b"\n" for r in records))
+    _io.append_bytes(path, b"".join(_io.dumps(r) + b"\n" for r in records))
     lines = lines_before + len(records)
     if lines > 2 * MISMATCH_CAP:
         kept = _io.read_lines(path)[-MISMATCH_CAP:]
@@ -265,12 +262,12 @@ def _epoch(moment: datetime) -> float:
 
 
 def _listing(path: Path, root: Path) -> list[str]:
-    """The names in *path* (reached from the root without following a link); [] when missing or unreadable."""
+    """The names in *path* (reached from the root without following a link); [] when missing or unreadable
+    (noted)."""
     try:
-        return _files.list_dir(path, root=Path(root))
-    except (OSError, CorruptFileError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            _io.note_problem(path, getattr(exc, "reason", None) or str(exc))
+        return _io.list_folder(path, Path(root))
+    except OSError as exc:
+        _io.note_problem(path, str(exc))
         return []
 
 
@@ -497,10 +494,7 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
 
 def read_mismatches(root: Path) -> list[dict]:
     directory = _io.control_dir(root) / _io.MISMATCH_DIR
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
+    names = sorted(_io.list_folder(directory, root))
     out: list[dict] = []
     for name in names:
         if name.endswith(".jsonl") and not name.startswith("."):
@@ -685,61 +679,25 @@ class _Merged:
 
 
 def _remove_names(folder: Path, names: list[str], root: Path) -> int:
-    """Unlink *names* in *folder* (through its descriptor, no link followed); the number removed."""
+    """Remove the files *names* of *folder* through the gate (a link is removed as a name, never followed);
+    the number removed."""
     removed = 0
-    try:
-        with _files.open_folder(folder, root) as fd:
-            if fd is None:
-                return 0
-            for name in names:
-                try:
-                    os.unlink(name, dir_fd=fd)
-                    removed += 1
-                except FileNotFoundError:
-                    continue
-    except (OSError, CorruptFileError) as exc:
-        log.warning("rollout_counts_remove_failed", folder=str(folder), error=str(exc))
+    for name in names:
+        try:
+            removed += bool(_files.remove(folder / name, root=Path(root)))
+        except (OSError, CorruptFileError) as exc:  # e.g. a folder named like a counts file: left, and said
+            _io.note_problem(folder / name, getattr(exc, "reason", None) or str(exc))
     return removed
-
-
-def _remove_folder(folder: Path, root: Path) -> None:
-    """Remove the empty folder *folder* (through its parent's descriptor); left when not empty."""
-    with contextlib.suppress(OSError, CorruptFileError):
-        with _files.folder_of(folder, root) as (dfd, name):
-            os.rmdir(name, dir_fd=dfd)
 
 
 def _sizes(folder: Path, names: list[str], root: Path) -> dict[str, tuple[int, float]]:
     """{name: (size, mtime)} of the regular files *names* in *folder* (links and others left out)."""
-    out: dict[str, tuple[int, float]] = {}
-    with contextlib.suppress(OSError, CorruptFileError):
-        with _files.open_folder(folder, root) as fd:
-            if fd is None:
-                return out
-            for name in names:
-                with contextlib.suppress(OSError):
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode):
-                        out[name] = (st.st_size, st.st_mtime)
-    return out
-
-
-@contextlib.contextmanager
-def _maintenance_lock(root: Path, wait: bool) -> Iterator[bool]:
-    """``control/.maintain.lock`` held exclusively (True), or False when another process holds it and
-    *wait* is False: one maintainer at a time, and a running process never waits for one."""
-    path = _io.control_dir(root) / MAINTAIN_LOCK
-    with _files.folder_of(path, root) as (dfd, name):
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    wanted = set(names)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing releases the lock
+        entries = _files.scan_dir(folder, root=Path(root))
+    except (OSError, CorruptFileError):
+        return {}
+    return {name: (st.st_size, st.st_mtime) for name, st in entries if name in wanted and stat.S_ISREG(st.st_mode)}
 
 
 def maintain(root: Path, *, now: float | None = None, budget: int | None = None, keep: float = KEEP_SECONDS,
@@ -764,7 +722,7 @@ def maintain(root: Path, *, now: float | None = None, budget: int | None = None,
     names = _listing(control, root)
     if _io.COUNTS_DIR not in names and _io.MISMATCH_DIR not in names:
         return result  # nothing kept: nothing created either
-    with _maintenance_lock(root, wait) as held:
+    with _files.flock_file(control / MAINTAIN_LOCK, root, wait=wait) as held:
         if not held:
             result.busy = True
             return result
@@ -795,7 +753,7 @@ def _expire(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, 
         spend.spend(len(files))
         result.removed_expired += len(files) if dry_run else _remove_names(top / name, files, root)
         if not dry_run and len(files) == len(inside):
-            _remove_folder(top / name, root)
+            _files.remove_folder(top / name, root=Path(root))
     for sub, of in ((BY_MINUTE, lambda n: hour_of(n[:-5]) if n.endswith(".json") else None),
                     (BY_HOUR, lambda n: (lambda d: None if d is None else d + DAY - HOUR)(day_of(n)))):
         if sub not in names:
@@ -897,7 +855,7 @@ def _merge(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, r
         if done:
             result.removed_merged += _remove_names(top / name, done, root)
             if len(done) == len(inside):
-                _remove_folder(top / name, root)
+                _files.remove_folder(top / name, root=Path(root))
     # 2. by-minute files of hours that ended HOURS_AFTER ago: into their day's by-hour file
     for hour, name in sorted(minute_files.items()):
         if hour + HOUR > now - HOURS_AFTER or hour + HOUR <= horizon:
@@ -937,17 +895,10 @@ def _merge(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, r
                 log.warning("rollout_counts_merge_failed", path=str(merged.path), error=str(exc))
 
 
-def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = ()) -> None:
-    """Remove files of *directory* not modified for *older_than* seconds (dead processes' leftovers)."""
-    keep = {Path(p).name for p in keep}
-    horizon = time.time() - older_than
+def prune_files(directory: Path, older_than: float, keep: Iterable[Path] = (), *, root: Path) -> None:
+    """Remove regular files of *directory* (under ``control/`` of *root*) not modified for *older_than*
+    seconds (dead processes' leftovers), through the gate: a linked folder is not followed."""
     try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            if entry.name not in keep and entry.is_file() and entry.stat().st_mtime < horizon:
-                os.unlink(entry.path)
-        except OSError:
-            continue
+        _files.remove_older(directory, root=root, before=time.time() - older_than, keep={Path(p).name for p in keep})
+    except CorruptFileError as exc:
+        _io.note_problem(exc.path, exc.reason)

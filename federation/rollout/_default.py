@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from ..errors import FederationError
 from . import _flag
 
 
@@ -36,9 +37,9 @@ def backfill_state(s: config.Settings) -> tuple[bool, bool, str | None]:
     Reads only: a SQLite file that does not exist is not created, nor a schema on a server.
     """
     from ..stores.database import database_exists
-    from ..stores.files import Tree
+    from ..stores.files import Tree, has_legacy_data
 
-    legacy = Tree(s.root).has_legacy_data()
+    legacy = has_legacy_data(Tree(s.root))
     exists = database_exists(s, ask_server=True)  # has the schema been created in it?
     if not exists:
         return legacy, False, None
@@ -68,11 +69,11 @@ def default_phase(s: config.Settings) -> int:
 def unanswered_phase(s: config.Settings) -> int:
     """The default when the database cannot say whether it was backfilled: 1 (the files) on a root with
     legacy data, else 3 (a new federation, which has only the database)."""
-    from ..stores.files import Tree
+    from ..stores.files import Tree, has_legacy_data
 
     try:
-        legacy = Tree(s.root).has_legacy_data()
-    except OSError:
+        legacy = has_legacy_data(Tree(s.root))
+    except (OSError, FederationError):
         legacy = True  # the root cannot be listed either: the files are still the safer answer
     return 1 if legacy else _flag.DEFAULT_PHASE
 

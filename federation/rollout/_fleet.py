@@ -13,6 +13,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from ..errors import CorruptFileError
+from ..stores import files as _files
 from . import _io
 
 #: an announcement not refreshed for this long is removed by the next process that starts
@@ -28,8 +30,11 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
     now = now or _io.utcnow()
     directory = _io.control_dir(root) / _io.FLEET_DIR
     try:
-        names = os.listdir(directory)
+        names = _files.list_dir(directory, root=root)
     except (FileNotFoundError, NotADirectoryError):
+        return []
+    except CorruptFileError as exc:  # control/ or control/fleet is a link or a file: nothing read through it
+        _io.note_problem(exc.path, exc.reason)
         return []
     out = []
     for name in names:

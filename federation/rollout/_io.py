@@ -15,19 +15,21 @@ by every host that mounts the root, and is readable while the database is down.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import math
 import socket
+import stat
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..domain.layout import LOCK_DIR
 from ..domain.moments import parse_iso  # noqa: F401 - the control files' timestamps, read by the rollout modules
+from ..stores import files as _files
 from ..stores.files import loads_bounded, read_regular
 from ..errors import CorruptFileError
 
@@ -70,35 +72,64 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def write_atomic(path: Path, payload: bytes, *, durable: bool = False, make_parents: bool = True) -> None:
-    """Write *payload* to *path* via a temp file in the same folder + rename.
+def write_atomic(path: Path, payload: bytes, *, durable: bool = False) -> None:
+    """Write *payload* to control file *path* via a temp file (O_EXCL) in the same folder + rename, through
+    the gate (:func:`federation.stores.files.write_bytes`: no link followed under the root, ``control/``
+    included).
 
     durable: fsync the file before the rename and the folder after it (the
     flag: an operator's decision must survive a power cut).
     """
-    directory = path.parent
-    if make_parents:
-        directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    _files.write_bytes(path, payload, root=_anchor(path), durable=durable)
+
+
+def append_bytes(path: Path, payload: bytes, *, durable: bool = False) -> None:
+    """Append *payload* to control file *path* through the gate (:func:`federation.stores.files.append_bytes`)."""
+    _files.append_bytes(path, payload, root=_anchor(path), durable=durable)
+
+
+def list_folder(path: Path, root: Path) -> list[str]:
+    """The names in control folder *path* below *root*, reached without following a link; [] when it is
+    missing, or is a link or a file (noted: `rollout status` shows it)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        return _files.list_dir(path, root=root)
+    except NotADirectoryError:
+        return []
+    except CorruptFileError as exc:
+        note_problem(exc.path, exc.reason)
+        return []
+
+
+def invalid_control_files(root: Path) -> list[dict[str, str]]:
+    """``[{"path", "reason"}]`` of what is under ``control/`` and ``.locks/`` but is not a regular file or a
+    real folder (a link, FIFO, socket, device), or a regular file with another hard link (appends and
+    locks refuse it); ``control/`` or ``.locks/`` itself included.  Looked at through the gate: nothing
+    is followed or opened.  ``doctor`` lists them."""
+    out = []
+    for top in (control_dir(root), Path(root) / LOCK_DIR):
+        try:
+            st = _files.lstat(top, root=root)
+        except (CorruptFileError, OSError) as exc:
+            out.append({"path": str(top), "reason": getattr(exc, "reason", None) or str(exc)})
+            continue
+        if st is None:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            out.append({"path": str(top), "reason": _files.kind_of(st.st_mode)})
+            continue
+        try:
+            for entry in _files.walk_tree(top, root=root, max_depth=4):
+                mode = entry.stat.st_mode
+                if stat.S_ISDIR(mode):
+                    continue
+                if not stat.S_ISREG(mode):
+                    out.append({"path": str(entry.path), "reason": _files.kind_of(mode)})
+                elif entry.stat.st_nlink > 1:
+                    out.append({"path": str(entry.path), "reason": f"has {entry.stat.st_nlink} hard links (another "
+                                                                   "name may be outside the root): not appended to"})
+        except (CorruptFileError, OSError) as exc:
+            out.append({"path": str(getattr(exc, "path", top)), "reason": getattr(exc, "reason", None) or str(exc)})
+    return out
 
 
 def dumps(data: Any) -> bytes:
@@ -106,15 +137,10 @@ def dumps(data: Any) -> bytes:
 
 
 def append_line(path: Path, record: dict, *, durable: bool = False) -> None:
-    """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, dumps(record) + b"\n")
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor, through the gate
+    (:func:`federation.stores.files.append_bytes`: never through a link, never to a FIFO or to a file
+    with another hard link)."""
+    _files.append_bytes(path, dumps(record) + b"\n", root=_anchor(path), durable=durable)
 
 
 # ---------------------------------------------------------------------------
@@ -154,10 +180,16 @@ def _root_of(path: Path) -> Path | None:
     return None
 
 
+def _anchor(path: Path) -> Path:
+    """The root the gate walks from to control file *path*: the federation root above ``control/``
+    (a path not under one: its own folder, so that at least the file itself is never followed)."""
+    return _root_of(path) or Path(path).parent
+
+
 def read_bytes(path: Path) -> bytes | None:
     """The bytes of control file *path* (None when missing); CorruptFileError for a link, FIFO, device,
     folder or oversized file, none of which is followed or opened for reading."""
-    return read_regular(path, root=_root_of(path), limit=MAX_CONTROL_BYTES)
+    return read_regular(path, root=_anchor(path), limit=MAX_CONTROL_BYTES)
 
 
 def read_document(path: Path) -> Any:
@@ -229,12 +261,7 @@ def text(value: Any) -> str | None:
 
 @contextlib.contextmanager
 def control_lock(root: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``control/.lock`` (one writer of the flag at a time)."""
-    directory = control_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """An exclusive advisory lock on ``control/.lock`` (one writer of the flag at a time), through the gate:
+    a linked ``control/`` or a dangling link at ``.lock`` is refused (CorruptFileError), nothing made outside."""
+    with _files.flock_file(control_dir(root) / LOCK_FILE, root):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock

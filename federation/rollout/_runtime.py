@@ -32,7 +32,7 @@ from .._logging import library_logger
 
 from ..stores import files as _files
 from .. import config
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptFileError, FederationError
 from . import _counts, _default, _fleet, _flag, _io
 
 log = library_logger("federation.rollout")
@@ -146,7 +146,12 @@ class Runtime:
         """The flag, re-read only when its file changed; on a problem, the last good value (or None)."""
         path = _flag.flag_path(root)
         try:
-            st = os.stat(path)
+            st = _files.lstat(path, root=root)  # through the gate: control/ or the flag as a link is not followed
+            if st is None:
+                raise FileNotFoundError(path)
+        except CorruptFileError as exc:
+            self._problem(f"the live flag {path} cannot be read ({exc.reason})", path)
+            return self._flag
         except FileNotFoundError:
             if self._flag is not None:
                 self._problem(f"the live flag {path} disappeared", path)
@@ -300,7 +305,7 @@ class Runtime:
 
     def _writable(self, root: Path) -> bool:
         # never recreate a federation root that is gone (a test's temporary folder, an unmounted disk)
-        return Path(root).is_dir()
+        return _files.root_is_folder(root)
 
     def _announce(self, root: Path) -> bool:
         if not self._writable(root):
@@ -317,21 +322,21 @@ class Runtime:
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
-        except OSError as exc:
+        except (OSError, FederationError) as exc:  # a linked control/ or fleet/ folder: nothing written through it
             self._warn_once("rollout_announce_failed", path=str(path), error=str(exc))
             return False
         self._warned.discard("rollout_announce_failed")
         if self._announced_root != root:
             self._announced_root = root
-            with contextlib.suppress(OSError):  # leftovers of processes long gone
-                _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path])
+            with contextlib.suppress(OSError, FederationError):  # leftovers of processes long gone
+                _counts.prune_files(path.parent, _fleet.FORGET_SECONDS, keep=[path], root=root)
         return True
 
     def _withdraw(self) -> None:
         root, self._announced_root = self._announced_root, None
         if root is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(_fleet.fleet_file(root, self.pid))
+            with contextlib.suppress(OSError, FederationError):
+                _files.remove(_fleet.fleet_file(root, self.pid), root=root)
 
     def _check_mix(self, root: Path) -> None:
         """Log an error when this process and a live one of the fleet are an unsafe pair."""
@@ -368,7 +373,7 @@ class Runtime:
                                      self.started_at, self.tally.width, cells)
             self._mismatch_lines = _counts.append_mismatches(_counts.mismatch_file(root, self.pid), pending,
                                                              self._mismatch_lines)
-        except OSError as exc:
+        except (OSError, FederationError) as exc:  # FederationError: a linked control folder, nothing written
             self.tally.give_back(hours, pending)
             self._warn_once("rollout_counts_flush_failed", root=str(root), error=str(exc))
         else:

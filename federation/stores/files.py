@@ -1,8 +1,26 @@
-"""Low-level helpers for the legacy JSON file tree.
+"""The gate to the shared disk, and the low-level helpers of the legacy JSON file tree.
 
-What the legacy path should always have done: agent names validated before
-they touch a path, every write through a temp file + rename (a reader never
-sees a torn file), and an advisory lock around every read-modify-write.
+Every file-system operation on a path under the federation root goes through
+this module (CONTRACT "One gate to the shared disk"; ``tests/test_gate.py``
+keeps every other module off the disk under the root).  Each operation walks
+from a descriptor of the root one component at a time with
+``O_NOFOLLOW|O_DIRECTORY`` (no link is followed, folders included), acts only
+on regular files and real folders (checked on the descriptor), opens files
+non-blocking, creates temporary files with ``O_EXCL``, and renames, removes
+and lists relative to the folder descriptors it holds, so that nothing
+re-resolves a path between a check and the act.  The operations:
+
+- read: :func:`read_regular`, :func:`read_json`, :func:`read_with_stat`, :func:`read_in`/:func:`open_regular`
+  (in a held folder), :class:`FolderCache` (a batch: one walk per folder);
+- write: :func:`atomic_write_json`, :func:`write_bytes` (temp file with O_EXCL + rename), :func:`append_bytes`
+  (O_NOFOLLOW|O_APPEND, one name only);
+- remove: :func:`remove`, :func:`remove_if_unchanged`, :func:`remove_folder`, :func:`remove_older`,
+  :func:`remove_tree` (fd-based);
+- list and look: :func:`list_dir`, :func:`scan_dir`, :func:`walk_tree`, :func:`names_in`, :func:`lstat`,
+  :func:`entry_kind`, :func:`is_regular`, :func:`has_legacy_data`, :func:`root_is_folder` (the root itself);
+- folders held: :func:`folder_of`, :func:`open_folder` (made on request), :func:`rename_at` (a move between
+  two held folders);
+- locks: :class:`locked` (per-thread cached descriptors), :func:`flock_file`.
 """
 
 from __future__ import annotations
@@ -17,16 +35,21 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .._logging import library_logger
 
+from ..domain import layout as _layout
 from ..domain import validate as _validate
 from ..domain.layout import Tree  # the paths of the layout; this module reads and writes what is there
 from ..errors import CorruptFileError, FileStorageError
 
 __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "list_dir", "check_depth",
-           "MAX_FILE_BYTES", "MAX_JSON_DEPTH"]
+           "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "write_bytes", "append_bytes", "remove", "remove_tree", "scan_dir",
+           "entry_kind", "is_regular", "folder_of", "open_folder", "rename_at", "flock_file", "walk_tree", "remove_older",
+           "lstat", "root_is_folder", "names_in", "read_with_stat",
+           "remove_if_unchanged", "remove_folder", "FolderCache",
+           "has_legacy_data"]
 
 #: the largest file read from under the root: anything bigger is invalid, never read into memory
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -73,14 +96,8 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
     if fd is not None:
         return fd
     path = tree.lock_path(name)
-    # read-only: flock needs no write access, and a descriptor open for writing
-    # would stop the filesystem from being remounted read-only
     try:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_lock(path, tree.root)
     except OSError as exc:  # read-only root, permissions: typed, naming the lock file
         raise FileStorageError.wrap(exc, path, "open the lock file") from exc
     if len(fds) > _MAX_CACHED_FDS:
@@ -88,6 +105,60 @@ def _lock_fd(tree: Tree, name: str, held: dict) -> int:
             os.close(fds.pop(k))
     fds[key] = fd
     return fd
+
+
+_LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_lock(path: Path, root: Path | str) -> int:
+    """A read descriptor of the lock file *path*, made if missing, reached below *root* without links.
+
+    Read-only: flock needs no write access, and a descriptor open for writing would stop the
+    filesystem from being remounted read-only.  A link (dangling or not) is never followed and never
+    creates its target (O_CREAT|O_NOFOLLOW in the folder's descriptor); a FIFO, device or folder is not
+    opened (looked at first) and never blocks (O_NONBLOCK, then fstat): :class:`CorruptFileError`.
+    """
+    with folder_of(path, root, create=True) as (dfd, name):
+        try:
+            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise CorruptFileError(path, _kind(mode) + "; the lock cannot be taken: remove it")
+        try:
+            fd = os.open(name, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped for a link meanwhile
+                raise CorruptFileError(path, "changed into something that is not a regular file; "
+                                             "the lock cannot be taken") from None
+            raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CorruptFileError(path, _kind(st.st_mode) + "; the lock cannot be taken: remove it")
+    return fd
+
+
+@contextlib.contextmanager
+def flock_file(path: Path, root: Path | str, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock on the file *path* below *root* (made if missing), for the ``with`` block.
+
+    Opened through the gate (no link followed, never blocking on a FIFO); closing releases it.  Yields
+    True when held; with *wait* False, False at once when another holder has it (nothing held then).
+    """
+    try:
+        fd = _open_lock(path, root)
+    except OSError as exc:
+        raise FileStorageError.wrap(exc, path, "open the lock file") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 class locked:
@@ -147,6 +218,11 @@ def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     if not full.startswith(top.rstrip(os.sep) + os.sep):
         raise CorruptFileError(path, f"is outside the federation root {root} (not touched)")
     return top, full[len(top.rstrip(os.sep)) + 1:].split(os.sep)
+
+
+def kind_of(mode: int) -> str:
+    """What an entry of *mode* is, said for a list of invalid files (``a symbolic link (not followed)``...)."""
+    return _kind(mode)
 
 
 def _kind(mode: int) -> str:
@@ -217,11 +293,12 @@ def folder_of(path: Path | str, root: Path | str, *, create: bool = False) -> It
 
 
 @contextlib.contextmanager
-def open_folder(path: Path | str, root: Path | str) -> Iterator[int | None]:
-    """A descriptor of the folder *path* itself below *root* (no link followed); None when it is missing."""
+def open_folder(path: Path | str, root: Path | str, *, create: bool = False) -> Iterator[int | None]:
+    """A descriptor of the folder *path* itself below *root* (no link followed); None when it is missing
+    (with *create*: made, folders above it too)."""
     top, parts = _parts(root, path)
     try:
-        fd = _walk(top, parts, False)
+        fd = _walk(top, parts, create)
     except FileNotFoundError:
         yield None
         return
@@ -252,13 +329,16 @@ def _read_fd(fd: int, path: object, limit: int) -> bytes:
         raise CorruptFileError(path, f"is {st.st_size} bytes; files under the root are read up to {limit} bytes")
     parts, size = [], 0
     while True:
-        chunk = os.read(fd, max(65536, st.st_size + 1 - size))
+        want = max(65536, st.st_size + 1 - size)
+        chunk = os.read(fd, want)
         if not chunk:
             return b"".join(parts)
         size += len(chunk)
         if size > limit:  # it grew since fstat
             raise CorruptFileError(path, f"is over {limit} bytes; files under the root are read up to {limit} bytes")
         parts.append(chunk)
+        if len(chunk) < want:  # a short read of a regular file is its end: no second read to learn it
+            return b"".join(parts)
 
 
 def open_regular(name: str | Path, dir_fd: int | None = None, shown: object = None) -> int:
@@ -279,26 +359,90 @@ def open_regular(name: str | Path, dir_fd: int | None = None, shown: object = No
         raise
 
 
-def read_regular(path: Path | str, *, root: Path | None = None, limit: int = MAX_FILE_BYTES) -> bytes | None:
+def read_regular(path: Path | str, *, root: Path | str, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file *path*; None when it does not exist.
 
     A link, FIFO, socket, device, folder or a file over *limit* bytes raises
     :class:`CorruptFileError` without being followed, opened for reading
-    (a FIFO) or read.  With *root*, no folder below it is followed either.
+    (a FIFO) or read; no folder below *root* is followed either.
     """
-    if root is not None:
-        try:
-            with folder_of(path, root) as (dfd, name):
-                return read_in(dfd, name, path, limit)
-        except FileNotFoundError:
-            return None
-    return read_in(None, path, path, limit)
+    try:
+        with folder_of(path, root) as (dfd, name):
+            return read_in(dfd, name, path, limit)
+    except FileNotFoundError:
+        return None
+
+
+class FolderCache:
+    """Descriptors of folders reached below a root without following links, kept for a batch of reads
+    (``migrate``/``report`` read every file of a tree: one walk per folder, not one per file).
+
+    A file read through the cache is read relative to its folder's descriptor: a folder swapped for a
+    link after it was first reached redirects nothing.  At most *size* descriptors are held; close it
+    (or use it as a context manager) when the batch ends.
+    """
+
+    def __init__(self, size: int = 128):
+        self.size = size
+        self.fds: dict[tuple[str, str], int] = {}
+
+    def read(self, path: str, root_of: Any, limit: int = MAX_FILE_BYTES) -> bytes | None:
+        """:func:`read_regular` of *path* (a string, as listed) below the root ``root_of(path)`` gives (asked
+        only when its folder is not held yet), its folder's descriptor cached."""
+        folder, _, name = path.rpartition(os.sep)
+        fd = self.fds.get(folder)
+        if fd is None:
+            top, parts = _parts(root_of(path), path)  # refuses a path outside the root
+            if parts[-1] != name or not name or name in (".", ".."):
+                raise CorruptFileError(path, "is not a file name below the root (not read)")
+            try:
+                fd = _walk(top, parts[:-1], False)
+            except FileNotFoundError:
+                return None
+            if len(self.fds) >= self.size:
+                os.close(self.fds.pop(next(iter(self.fds))))
+            self.fds[folder] = fd
+        elif not name or name in (".", ".."):
+            raise CorruptFileError(path, "is not a file name below the root (not read)")
+        return read_in(fd, name, path, limit)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> "FolderCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def list_dir(path: Path, *, root: Path) -> list[str]:
     """The names in folder *path* below *root*, reached without following links; [] when it is missing."""
     with open_folder(path, root) as fd:
         return [] if fd is None else os.listdir(fd)
+
+
+def lstat(path: Path, *, root: Path | str) -> os.stat_result | None:
+    """The stat of *path* itself (a link is not followed), reached below *root* without following links;
+    None when it is missing.  CorruptFileError when a folder above it is a link or a file."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def root_is_folder(root: Path | str) -> bool:
+    """Whether the root itself is a folder (the operator's choice: a link to one is followed)."""
+    return os.path.isdir(root)
+
+
+def names_in(dir_fd: int) -> list[str]:
+    """The names in the folder held as *dir_fd* (a descriptor from :func:`open_folder`)."""
+    return os.listdir(dir_fd)
 
 
 def entry_kind(path: Path, *, root: Path) -> int | None:
@@ -310,54 +454,351 @@ def entry_kind(path: Path, *, root: Path) -> int | None:
         return None
 
 
-def atomic_write_json(path: Path, data: Any, *, root: Path | None = None) -> None:
+def atomic_write_json(path: Path, data: Any, *, root: Path | str) -> None:
     """Write *data* as JSON to *path* via a temp file in the same folder + rename.
 
     Any failure (disk full, read-only, permissions) raises :class:`FileStorageError`
-    and leaves *path* as it was and no temp file behind.  With *root*, the
-    folders below it are reached without following links (made if missing).
+    and leaves *path* as it was and no temp file behind.  The folders below
+    *root* are reached without following links (made if missing).
     """
     payload = json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")
-    if root is not None:
-        try:
-            with folder_of(path, root, create=True) as (dfd, name):
-                _write_in(dfd, name, path, payload)
-        except OSError as exc:
-            raise FileStorageError.wrap(exc, path, "write") from exc
-        return
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with folder_of(path, root, create=True) as (dfd, name):
+            _write_in(dfd, name, path, payload)
     except OSError as exc:
         raise FileStorageError.wrap(exc, path, "write") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)  # ENOSPC may surface here or at close
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise FileStorageError.wrap(exc, path, "write") from exc
-        raise
 
 
-def _write_in(dfd: int, name: str, path: Path, payload: bytes) -> None:
+def _create_temp(dfd: int, name: str, mode: int = 0o644) -> tuple[int, str]:
+    """``(descriptor, name)`` of a new temporary file beside *name* in the folder *dfd*, made with O_EXCL.
+
+    The name is ``.NAME.PID.TID.tmp``: whatever is found there (a crash's leftover, or a hard link or
+    link someone planted, the pid being public in ``control/fleet/``) is never opened, truncated or
+    followed: its entry is unlinked in the folder (never its target) and the name tried once more, then
+    a random name is used.
+    """
     tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    for attempt in range(3):
+        try:
+            return os.open(tmp, _TEMP_FLAGS, mode, dir_fd=dfd), tmp
+        except FileExistsError:
+            if attempt == 0:
+                with contextlib.suppress(OSError):  # a folder there stays: the next name is random
+                    os.unlink(tmp, dir_fd=dfd)
+            else:
+                tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}.tmp"
+    return os.open(tmp, _TEMP_FLAGS, mode, dir_fd=dfd), tmp
+
+
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_in(dfd: int, name: str, path: Path, payload: bytes, durable: bool = False, mode: int | None = None) -> None:
+    fd, tmp = _create_temp(dfd, name, 0o644 if mode is None else mode)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # whatever the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)  # ENOSPC may surface here or at close
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # a link at *name* is replaced, never followed
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)
         raise
+    if durable:
+        with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
+            os.fsync(dfd)
+
+
+def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool = False,
+                mode: int | None = None) -> None:
+    """Replace the file *path* below *root* with *payload*: a temp file (O_EXCL) in the same folder + rename,
+    the folders reached without following links (made if missing).
+
+    durable: fsync the file before the rename and the folder after it; mode: the file's mode whatever the
+    umask (default 0644 less the umask).  A link at *path* is replaced,
+    never written through.  OSError as the OS raised it; CorruptFileError when a folder is a link or a file.
+    """
+    with folder_of(path, root, create=True) as (dfd, name):
+        _write_in(dfd, name, path, payload, durable, mode)
+
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def append_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool = False) -> None:
+    """Append *payload* to the regular file *path* below *root* with one ``write`` on an O_APPEND descriptor
+    (made if missing, folders too).
+
+    Never through a link (O_NOFOLLOW, folders included), never to a FIFO, device or folder (looked at
+    first, then fstat on the descriptor), and never to a file with more than one hard link (a name
+    planted for a file elsewhere): :class:`CorruptFileError`, nothing written.
+    """
+    with folder_of(path, root, create=True) as (dfd, name):
+        try:
+            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise CorruptFileError(path, _kind(mode) + "; nothing appended")
+        try:
+            fd = os.open(name, _APPEND_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise CorruptFileError(path, f"changed into something that is not a regular file ({exc.strerror}); "
+                                             "nothing appended") from None
+            raise
+    try:
+        _check_own(fd, path, "nothing appended")
+        os.write(fd, payload)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_own(fd: int, path: object, doing: str) -> None:
+    """CorruptFileError unless *fd* is a regular file with one name (a hard link's other name may be outside)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptFileError(path, _kind(st.st_mode) + f"; {doing}")
+    if st.st_nlink > 1:
+        raise CorruptFileError(path, f"has {st.st_nlink} hard links (another name may be outside the root); {doing}")
+
+
+def scan_dir(path: Path, *, root: Path | str) -> list[tuple[str, os.stat_result]]:
+    """``[(name, lstat)]`` of the entries of folder *path* below *root* (reached without links; each entry
+    looked at itself, a link not followed), by name; [] when the folder is missing.  An entry removed
+    between the listing and its stat is left out."""
+    out = []
+    with open_folder(path, root) as fd:
+        if fd is None:
+            return []
+        for name in sorted(os.listdir(fd)):
+            try:
+                out.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def is_regular(path: Path, *, root: Path | str) -> bool:
+    """Whether *path* below *root* is a regular file (reached without following links; a link is not one)."""
+    mode = entry_kind(path, root=root)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def rename_at(src_fd: int, dst_fd: int, name: str, shown: object = None) -> bool:
+    """Move the regular file *name* from the held folder *src_fd* to the held folder *dst_fd* (same name).
+
+    Both folders are descriptors the caller reached through the gate: a folder swapped for a link after
+    they were opened changes nothing here.  False when *name* is gone; CorruptFileError (nothing moved)
+    when it is not a regular file.
+    """
+    try:
+        mode = os.stat(name, dir_fd=src_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        raise CorruptFileError(shown if shown is not None else name, _kind(mode) + " (not moved)")
+    try:
+        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_with_stat(path: Path, *, root: Path | str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result] | None:
+    """``(bytes, fstat)`` of the regular file *path* below *root* (one descriptor: the bytes and the stat are
+    of the same file); None when it is gone.  CorruptFileError for a link, FIFO, folder or oversized file."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            fd = open_regular(name, dfd, path)
+    except FileNotFoundError:
+        return None
+    try:
+        return _read_fd(fd, path, limit), os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_if_unchanged(path: Path, *, root: Path | str, seen: os.stat_result) -> bool | None:
+    """Remove the regular file *path* below *root* if it is still the file *seen* (same inode, size and
+    modification time), relative to its folder's descriptor.  True: removed; False: changed (kept);
+    None: gone.  A link or anything else at *path* is never removed through: CorruptFileError."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptFileError(path, _kind(st.st_mode) + " (not removed)")
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != (seen.st_ino, seen.st_size, seen.st_mtime_ns):
+                return False
+            os.unlink(name, dir_fd=dfd)
+            return True
+    except FileNotFoundError:
+        return None
+
+
+def remove_folder(path: Path, *, root: Path | str) -> bool:
+    """Remove the empty real folder *path* below *root* (a link there is not removed: rmdir refuses it);
+    False when it is missing, not empty, or not a folder."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            os.rmdir(name, dir_fd=dfd)
+        return True
+    except (OSError, CorruptFileError):
+        return False
+
+
+def remove_older(path: Path, *, root: Path | str, before: float, keep: Iterable[str] = ()) -> int:
+    """Remove the regular files of folder *path* below *root* last modified before *before* (epoch seconds),
+    but those named in *keep*; relative to the folder's descriptor (reached without links), so a folder
+    swapped for a link meanwhile changes nothing.  Links, FIFOs and folders in it stay.  Returns how many
+    were removed; 0 when the folder is missing.
+    """
+    keep = set(keep)
+    removed = 0
+    with open_folder(path, root) as fd:
+        if fd is None:
+            return 0
+        for name in os.listdir(fd):
+            if name in keep:
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
+def remove_tree(path: Path, *, root: Path | str, max_depth: int = 64) -> bool:
+    """Remove the folder *path* below *root* and everything in it, fd-based (like ``shutil.rmtree``'s
+    fd walk): every folder is opened with O_NOFOLLOW relative to its parent's descriptor, so a link
+    anywhere inside is removed as a name, never followed.  False when *path* is missing;
+    CorruptFileError when *path* itself (or a folder above it) is a link or a file: nothing removed.
+    """
+    try:
+        with folder_of(path, root) as (pfd, name):
+            fd = _open_dir(name, pfd, path, False)
+            try:
+                _clear(fd, path, max_depth)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=pfd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _clear(fd: int, shown: object, depth: int) -> None:
+    if depth <= 0:
+        raise CorruptFileError(shown, "is nested too deeply to be removed")
+    for name in os.listdir(fd):
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:  # swapped for a link or a file meanwhile: not followed
+                continue
+            try:
+                if os.path.samestat(st, os.fstat(sub)):
+                    _clear(sub, shown, depth - 1)
+            finally:
+                os.close(sub)
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=fd)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)  # a link is removed as a name, never its target
+
+
+class Entry:
+    """One entry of :func:`walk_tree`: its path, the descriptor of its folder (valid during the walk) and lstat."""
+
+    __slots__ = ("path", "rel", "dir_fd", "name", "stat")
+
+    def __init__(self, path: Path, rel: str, dir_fd: int, name: str, st: os.stat_result):
+        self.path, self.rel, self.dir_fd, self.name, self.stat = path, rel, dir_fd, name, st
+
+
+def walk_tree(path: Path, *, root: Path | str, max_depth: int = 64) -> Iterator[Entry]:
+    """Every entry under the folder *path* below *root*, folders first (pre-order, names sorted), each
+    with the descriptor of the folder holding it (opened without following links); a link or other
+    non-folder is yielded and not entered.  Nothing when *path* is missing; CorruptFileError when
+    *path* or a folder above it is a link or a file.
+    """
+    with open_folder(path, root) as fd:
+        if fd is None:
+            return
+        rel = os.path.relpath(path, root)
+        yield from _walk_fd(fd, Path(path), rel, max_depth)
+
+
+def _walk_fd(fd: int, here: Path, rel: str, depth: int) -> Iterator[Entry]:
+    if depth <= 0:
+        raise CorruptFileError(here, "is nested too deeply")
+    for name in sorted(os.listdir(fd)):
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        entry = Entry(here / name, f"{rel}/{name}", fd, name, st)
+        yield entry
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                if os.path.samestat(st, os.fstat(sub)):
+                    yield from _walk_fd(sub, here / name, entry.rel, depth - 1)
+            finally:
+                os.close(sub)
+
+
+def has_legacy_data(tree: Tree) -> bool:
+    """True when a legacy state file is under the root: a regular file where the layout keeps a document
+    (``shared/polls.json``, a session, a node file, a message in ``inbox/``, ``leased/`` or ``dead/``),
+    reached without following links (a link to a file outside is not legacy data).
+
+    One look per folder: on start-up of a process, cheap on an empty or archived tree.
+    """
+    root = tree.root
+    if is_regular(tree.polls_file, root=root):
+        return True
+    if _any_document(tree.sessions_dir, root):
+        return True
+    for node, st in _safe_scan(tree.nodes, root):
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        entries = dict(_safe_scan(tree.nodes / node, root))
+        if any(name in entries and stat.S_ISREG(entries[name].st_mode) for name in _layout.NODE_FILES):
+            return True
+        for folder in _layout.MESSAGE_DIRS:
+            if folder in entries and stat.S_ISDIR(entries[folder].st_mode) \
+                    and _any_document(tree.nodes / node / folder, root):
+                return True
+    return False
+
+
+def _safe_scan(path: Path, root: Path) -> list[tuple[str, os.stat_result]]:
+    try:
+        return scan_dir(path, root=root)
+    except (CorruptFileError, NotADirectoryError):  # a link or a file where a folder should be: no data through it
+        return []
+
+
+def _any_document(folder: Path, root: Path) -> bool:
+    return any(_layout.is_document_name(n) and stat.S_ISREG(st.st_mode) for n, st in _safe_scan(folder, root))
 
 
 def check_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
@@ -395,7 +836,7 @@ def parse_json_bytes(raw: bytes) -> Any:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Path | None = None) -> Any:
+def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Path | str) -> Any:
     """Read a legacy JSON file; *default* when it does not exist.
 
     A file that cannot be parsed, or is not a regular file (a link, FIFO,
@@ -422,7 +863,7 @@ def read_json(path: Path, expect: type = dict, default: Any = None, *, root: Pat
     raise CorruptFileError(path, reason)
 
 
-def _read_raw(path: Path, root: Path | None) -> bytes | None:
+def _read_raw(path: Path, root: Path | str) -> bytes | None:
     try:
         return read_regular(path, root=root)
     except OSError as exc:  # EACCES, EIO...: typed, naming the file
@@ -444,20 +885,22 @@ def _of_type(data: Any, path: object, expect: type) -> Any:
     return data
 
 
-def remove(path: Path, *, root: Path | None = None) -> bool:
-    """Remove the file *path* (a link is removed, never its target); False when it is not there."""
+def remove(path: Path, *, root: Path | str) -> bool:
+    """Remove the file *path* below *root*, relative to its folder's descriptor (reached without links; a
+    link is removed, never its target); False when it is not there, or is a folder."""
     try:
-        if root is None:
-            os.unlink(path)
-        else:
-            with folder_of(path, root) as (dfd, name):
+        with folder_of(path, root) as (dfd, name):
+            try:
                 os.unlink(name, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.EPERM) and \
+                        stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    return False
+                raise
         return True
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if exc.errno in (errno.EISDIR, errno.EPERM) and os.path.isdir(path):
-            return False
         raise FileStorageError.wrap(exc, path, "remove") from exc
 
 

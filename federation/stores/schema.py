@@ -160,7 +160,7 @@ _V3 = [
 # whose messages were already read there -- no row -- is kept here, so the same (sender, key) keeps
 # naming its first send across every move.  ids and recipients: JSON lists, in the same order.
 _V4 = [
-    """CREATE TABLE IF NOT EXISTS sent_keys (
+    """CREATE TABLE IF NOT EXISTS idempotency_keys (
         sender TEXT NOT NULL,
         idempotency_key TEXT NOT NULL,
         ids TEXT NOT NULL,
@@ -168,7 +168,7 @@ _V4 = [
         created_at TEXT NOT NULL,
         PRIMARY KEY (sender, idempotency_key)
     )""",
-    "CREATE INDEX IF NOT EXISTS idx_sent_keys_created ON sent_keys(created_at)",
+    "CREATE INDEX IF NOT EXISTS idx_idempotency_keys_created ON idempotency_keys(created_at)",
 ]
 
 #: ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c …``: SQLite lacks the IF NOT EXISTS, so the upgrade
@@ -180,7 +180,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4
 LATEST = MIGRATIONS[-1][0]
 
 #: The tables that are bookkeeping, not the federation's state (no legacy document, no entity).
-BOOKKEEPING = ("federation_meta", "sent_keys")
+BOOKKEEPING = ("federation_meta", "idempotency_keys")
 #: The tables of the federation's state, as the migrations create them (not the bookkeeping tables).
 TABLES = tuple(name for _, statements in MIGRATIONS for s in statements
                for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", s) if name not in BOOKKEEPING)

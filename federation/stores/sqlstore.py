@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 from ..domain import clock as _clock
 from . import sqltext as _sql
 from .. import config
-from .files import Tree
+from .files import Tree, has_legacy_data
 from .database import Database, Tx, get_db
 from ..domain.entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
                                SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote,
@@ -75,7 +75,7 @@ class SqlStore:
     def _on_create(self, tx: Tx) -> None:
         now = _clock.now()
         tx.execute("INSERT INTO federation_meta (key, value) VALUES ('created_at', ?)", (now,))
-        if not self.tree.has_legacy_data():
+        if not has_legacy_data(self.tree):
             # a new federation: nothing to backfill, now or after its dual-writes create files
             tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfilled_at', ?)", (now,))
             tx.execute("INSERT INTO federation_meta (key, value) VALUES ('backfill_source', 'empty')")
@@ -97,7 +97,7 @@ class SqlStore:
         """Refuse (phases 3-4) to serve a database that never received the legacy files."""
         if self._backfill_ok:
             return
-        if self.meta("backfilled_at") is None and self.tree.has_legacy_data():
+        if self.meta("backfilled_at") is None and has_legacy_data(self.tree):
             raise BackfillRequiredError(
                 f"the database {self.db.dialect.describe()} was never backfilled from the legacy files "
                 f"under {self.tree.root}; serving reads from it would show agents an empty federation. "
@@ -249,7 +249,7 @@ class SqlStore:
             tx.dialect.lock(tx, f"idempotency:{sender}:{key}")  # PostgreSQL; SQLite's writers are serial
             # a key carried in from the legacy files with messages read there before the move (issue 29): the
             # whole send, where the rows left may be part of a broadcast
-            kept = tx.fetchone("SELECT ids FROM sent_keys WHERE sender = ? AND idempotency_key = ?", (sender, key))
+            kept = tx.fetchone("SELECT ids FROM idempotency_keys WHERE sender = ? AND idempotency_key = ?", (sender, key))
             ids = _kept_ids(kept[0]) if kept else []
             if ids:
                 return ids
@@ -740,7 +740,7 @@ def forget_stores() -> None:
 
 
 def _kept_ids(text: str) -> list[str]:
-    """The ids of a ``sent_keys`` row (validated when carried in); [] when it does not parse: the send goes ahead."""
+    """The ids of an ``idempotency_keys`` row (validated when carried in); [] when it does not parse: the send goes ahead."""
     try:
         ids = json.loads(text)
     except ValueError:

@@ -22,9 +22,12 @@ import select
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .. import config
+from ..errors import CorruptFileError
+from . import files as _files
 
 __all__ = ["Watcher", "watcher", "RECHECK_S"]
 
@@ -55,17 +58,18 @@ def _poll(watcher: Any, look: Callable[[], Any], timeout: float) -> bool:
 class FilesWatcher:
     INTERVAL = 0.02
 
-    def __init__(self, folders: list[str]):
+    def __init__(self, folders: list[str], root: Path | str):
         self.folders = folders
+        self.root = root
         self.seen = self._signature()
 
     def _signature(self) -> tuple:
         out = []
         for folder in self.folders:
-            try:
-                st = os.stat(folder)
-                out.append((st.st_mtime_ns, st.st_ino, st.st_nlink))
-            except OSError:
+            try:  # through the gate: a folder that is a link is not looked through (no change seen)
+                st = _files.lstat(Path(folder), root=self.root)
+                out.append(None if st is None else (st.st_mtime_ns, st.st_ino, st.st_nlink))
+            except (OSError, CorruptFileError):
                 out.append(None)
         return tuple(out)
 
@@ -144,7 +148,7 @@ def watcher(agent: str, phase: int) -> Watcher:
         from .. import core  # the module, not its names: the shim is installed on it
 
         t = core.tree()
-        return FilesWatcher([str(t.inbox(agent)), str(t.leased(agent))])
+        return FilesWatcher([str(t.inbox(agent)), str(t.leased(agent))], t.root)
     if s.db_url:
         return PostgresWatcher(s.db_url, agent)
     return SqliteWatcher(str(s.db_path))

@@ -20,8 +20,8 @@ from pathlib import Path
 from .. import config
 from ..domain.authority import repair_command
 from ..domain.layout import TOP_DIRS
-from ..stores.files import read_regular
-from ..errors import ConflictError, StorageError
+from ..stores import files as _files
+from ..errors import ConflictError, CorruptFileError, StorageError
 from .report import Report, build_report
 
 __all__ = ["ArchiveResult", "archive_legacy", "legacy_paths"]
@@ -36,26 +36,56 @@ class ArchiveResult:
     bytes: int
     removed: int
     kept: list[str]
+    #: legacy documents that could not be read: archived byte for byte, never compared (``{"path", "reason"}``)
+    unread: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: what could not be read and is not a regular file (a link, FIFO, folder): neither archived nor removed
+    left: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def legacy_paths(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(directories, files) of the legacy tree under *root*, parents first."""
+    """(directories, files) of the legacy tree under *root*, parents first: real folders and regular files
+    only, reached through the gate (no link followed anywhere, top folders included)."""
+    dirs, files, _ = _legacy_entries(root, exclude)
+    return dirs, files
+
+
+def _legacy_entries(root: Path, exclude: Path | None) -> tuple[list[Path], list[Path], dict[Path, os.stat_result]]:
     dirs: list[Path] = []
     files: list[Path] = []
+    stats: dict[Path, os.stat_result] = {}
     for top in LEGACY_DIRS:
         base = root / top
-        if not base.is_dir():
+        st = _files.lstat(base, root=root)
+        # a link at a top folder (or a file there) is neither entered nor removed: `report` lists it
+        if st is None or not stat.S_ISDIR(st.st_mode):
             continue
-        for here, subdirs, names in os.walk(base):
-            subdirs.sort()
-            dirs.append(Path(here))
-            for name in sorted(names):
-                path = Path(here) / name
-                # a link, FIFO, socket or device is neither read (it could block, or lead outside the
-                # root) nor removed: `migrate`/`report` list it; it stays for the operator
-                if (exclude is None or path != exclude) and stat.S_ISREG(os.lstat(path).st_mode):
-                    files.append(path)
-    return dirs, files
+        dirs.append(base)
+        stats[base] = st
+        for entry in _files.walk_tree(base, root=root):
+            mode = entry.stat.st_mode
+            if stat.S_ISDIR(mode):
+                dirs.append(entry.path)
+                stats[entry.path] = entry.stat
+            # a link, FIFO, socket or device is neither read (it could block, or lead outside the
+            # root) nor removed: `migrate`/`report` list it; it stays for the operator
+            elif stat.S_ISREG(mode) and (exclude is None or entry.path != exclude):
+                files.append(entry.path)
+    return dirs, files, stats
+
+
+def _dir_info(path: Path, root: Path, st: os.stat_result) -> tarfile.TarInfo:
+    """The archive's entry of a folder, from the stat its walk took (no path looked up again)."""
+    info = tarfile.TarInfo(str(path.relative_to(root)))
+    info.type = tarfile.DIRTYPE
+    info.mode, info.mtime, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_mtime, st.st_uid, st.st_gid
+    return info
+
+
+def _file_info(path: Path, root: Path, st: os.stat_result, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(str(path.relative_to(root)))
+    info.mode, info.mtime, info.uid, info.gid, info.size = (stat.S_IMODE(st.st_mode), st.st_mtime, st.st_uid,
+                                                            st.st_gid, size)
+    return info
 
 
 def _summary(report: Report) -> str:
@@ -81,26 +111,33 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
     if dest.exists():
         raise ConflictError(f"{dest} already exists: choose a new archive name")
     report = build_report(root, settings=settings)
-    if not report.consistent:
+    # A document that cannot be read is not compared (unknown, never empty); its bytes go into the verified
+    # archive like every file, so removing it loses nothing.  Any difference refuses.
+    if report.differences:
         raise ConflictError(f"the files and the database differ, so nothing was archived or removed "
                             f"({_summary(report)}). Run `federation report`, repair with {_repair(phase)}, "
                             "and try again")
-    dirs, files = legacy_paths(root, exclude=dest)
+    dirs, found, dir_stats = _legacy_entries(root, dest)
     digests: dict[str, str] = {}
     stats: dict[Path, os.stat_result] = {}
+    files: list[Path] = []
+    # the destination is the operator's path (outside the root, or excluded from the walk): opened as given
     tmp = dest.with_name(f".{dest.name}.partial")
     total = 0
     try:
         with tarfile.open(tmp, "w:gz") as tar:
             for d in dirs:
-                tar.add(d, arcname=str(d.relative_to(root)), recursive=False)
-            for path in files:
-                data = read_regular(path) or b""
-                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
-                info.size = len(data)
+                tar.addfile(_dir_info(d, root, dir_stats[d]))
+            for path in found:
+                got = _files.read_with_stat(path, root=root)  # bytes and stat of one descriptor, through the gate
+                if got is None:
+                    continue  # removed meanwhile
+                data, st = got
+                info = _file_info(path, root, st, len(data))
                 tar.addfile(info, io.BytesIO(data))
                 digests[info.name] = hashlib.sha256(data).hexdigest()
-                stats[path] = os.stat(path)
+                stats[path] = st
+                files.append(path)
                 total += len(data)
         _verify(tmp, digests)
         with open(tmp, "rb") as fh:
@@ -111,22 +148,20 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
         raise
     removed, kept = 0, []
     for path in files:
-        before = stats[path]
-        try:
-            now = os.stat(path)
-        except FileNotFoundError:
-            continue
-        if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        try:  # relative to its folder's descriptor, reached without links: never a file outside the root
+            done = _files.remove_if_unchanged(path, root=root, seen=stats[path])
+        except CorruptFileError:
+            done = False  # swapped for a link or the like since it was archived: left alone
+        if done is False:
             kept.append(str(path))  # written after it was archived: not ours to delete
-            continue
-        path.unlink()
-        removed += 1
+        elif done:
+            removed += 1
     for d in reversed(dirs):
-        try:
-            d.rmdir()
-        except OSError:
-            pass  # not empty: something was kept or added
-    return ArchiveResult(str(dest), len(files), total, removed, kept)
+        _files.remove_folder(d, root=root)  # not empty (something kept or added), or not a real folder: stays
+    archived = {str(p) for p in files}
+    unread = [u for u in report.unknown.entries() if u["path"] in archived]
+    left = [u for u in report.unknown.entries() if u["path"] not in archived]
+    return ArchiveResult(str(dest), len(files), total, removed, kept, unread, left)
 
 
 def _verify(archive: Path, digests: dict[str, str]) -> None:

@@ -4,7 +4,7 @@ phase, after ``migrate``, after ``sync`` in either direction and after every ``r
 A key lives on each side as that side keeps it: ``nodes/{sender}/sent_keys/{sha256(key)}.json`` in the
 legacy tree (docs/delivery.md), the ``idempotency_key`` of its messages' rows in the database -- and,
 for a key whose messages the database has no row of (read in phase 1, before the migration), a row of
-the bookkeeping table ``sent_keys``.  ``migrate`` and ``sync --to db`` carry the files' keys in;
+the bookkeeping table ``idempotency_keys``.  ``migrate`` and ``sync --to db`` carry the files' keys in;
 ``sync --to files`` writes the database's keys out.  Keys are only ever added by a move, never removed
 or changed: a key that names a send is what keeps a retried send from delivering twice.
 
@@ -40,6 +40,8 @@ class Key:
     ids: tuple[str, ...]
     recipients: tuple[str, ...]
     created_at: str
+    #: the key file it was read from ("" for a key of the database)
+    path: str = ""
 
     def document(self) -> dict[str, Any]:
         """The key file's content, as ``core.save_keyed_messages`` writes it."""
@@ -88,13 +90,17 @@ def read_key_files(tree: Tree, scanned: Any = None) -> KeyFiles:
     the messages a key names that are still on the disk."""
     rows = scanned.rows["messages"] if scanned is not None else None
     out = KeyFiles()
-    for sender in sorted(list_dir(tree.nodes, root=tree.root)):
+    try:
+        senders = list_dir(tree.nodes, root=tree.root)
+    except (FederationError, NotADirectoryError):  # nodes/ a link or a file: listed by the tree's readers
+        senders = []
+    for sender in sorted(senders):
         if not _validate.is_agent(sender):
             continue
         folder = tree.sent_keys(sender, listed=True)
         try:
             names = list_dir(folder, root=tree.root)
-        except FederationError as exc:  # a link or a file where the folder should be
+        except (FederationError, NotADirectoryError) as exc:  # a link or a file where the folder should be
             out.invalid.append({"path": str(folder), "reason": str(getattr(exc, "reason", exc))})
             continue
         for name in sorted(names):
@@ -104,7 +110,7 @@ def read_key_files(tree: Tree, scanned: Any = None) -> KeyFiles:
             try:
                 data = read_json(path, dict, None, root=tree.root)
                 if data is not None:
-                    out.keys.append(_parse(data, sender, name, rows))
+                    out.keys.append(dataclasses.replace(_parse(data, sender, name, rows), path=str(path)))
             except (FederationError, ValueError) as exc:
                 out.invalid.append({"path": str(path), "reason": str(getattr(exc, "reason", exc))})
     for bad in out.invalid:
@@ -114,7 +120,7 @@ def read_key_files(tree: Tree, scanned: Any = None) -> KeyFiles:
 
 def import_keys(store: Any, found: KeyFiles) -> int:
     """Carry the keys of the legacy files into the database (``migrate``, ``sync --to db``): onto their messages'
-    rows, and into ``sent_keys`` when some of its messages have no row (a key whose messages were read
+    rows, and into ``idempotency_keys`` when some of its messages have no row (a key whose messages were read
     before the move is still found).  A key naming a message row of another sender is skipped and listed in
     *found*.  Adds only (a rerun carries nothing); the number of keys carried."""
     if not found.keys:
@@ -130,7 +136,7 @@ def import_keys(store: Any, found: KeyFiles) -> int:
                     f"SELECT id, sender, idempotency_key FROM messages WHERE id IN "
                     f"({', '.join('?' for _ in chunk)})", chunk))
             if any(sender != k.sender for sender, _ in rows.values()):
-                found.invalid.append({"path": f"nodes/{k.sender}/sent_keys/{key_name(k.key)}",
+                found.invalid.append({"path": k.path,
                                       "reason": "it names a message of another sender (not carried)"})
                 continue
             bare = [i for i, (_, key) in rows.items() if key is None]
@@ -138,9 +144,9 @@ def import_keys(store: Any, found: KeyFiles) -> int:
                 tx.executemany("UPDATE messages SET idempotency_key = ? WHERE id = ? AND sender = ? AND "
                                "idempotency_key IS NULL", [(k.key, i, k.sender) for i in bare])
             kept = len(rows) < len(k.ids) and not tx.fetchone(
-                "SELECT 1 FROM sent_keys WHERE sender = ? AND idempotency_key = ?", (k.sender, k.key))
+                "SELECT 1 FROM idempotency_keys WHERE sender = ? AND idempotency_key = ?", (k.sender, k.key))
             if kept:  # messages without a row (read before the move): the key is kept on its own
-                tx.execute("INSERT INTO sent_keys (sender, idempotency_key, ids, recipients, created_at) "
+                tx.execute("INSERT INTO idempotency_keys (sender, idempotency_key, ids, recipients, created_at) "
                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sender, idempotency_key) DO NOTHING",
                            (k.sender, k.key, json.dumps(list(k.ids)), json.dumps(list(k.recipients)),
                             k.created_at))
@@ -151,7 +157,7 @@ def import_keys(store: Any, found: KeyFiles) -> int:
 
 
 def database_keys(store: Any) -> list[Key]:
-    """Every key the database knows: on message rows (by sender and key, ids by recipient) and in ``sent_keys``."""
+    """Every key the database knows: on message rows (by sender and key, ids by recipient) and in ``idempotency_keys``."""
 
     def fn(tx: Any) -> list[Key]:
         grouped: dict[tuple[str, str], list[tuple]] = {}
@@ -162,7 +168,7 @@ def database_keys(store: Any) -> list[Key]:
         keys = [Key(s, k, tuple(m for _, m, _ in sorted(v)), tuple(r for r, _, _ in sorted(v)),
                     min(c or "" for _, _, c in v)) for (s, k), v in grouped.items()]
         for sender, key, ids, recipients, created in tx.fetchall(
-                "SELECT sender, idempotency_key, ids, recipients, created_at FROM sent_keys"):
+                "SELECT sender, idempotency_key, ids, recipients, created_at FROM idempotency_keys"):
             if (sender, key) not in grouped:
                 keys.append(Key(sender, key, tuple(json.loads(ids)), tuple(json.loads(recipients)), created))
         return keys
@@ -182,7 +188,7 @@ def export_keys(store: Any, tree: Tree, *, apply: bool = True) -> list[tuple[str
         if k.sender not in present:
             try:
                 present[k.sender] = set(list_dir(tree.sent_keys(k.sender), root=tree.root))
-            except FederationError:
+            except (FederationError, NotADirectoryError):
                 present[k.sender] = None  # a link where the folder should be: nothing written through it
         names = present[k.sender]
         name = key_name(k.key)

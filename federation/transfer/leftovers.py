@@ -8,26 +8,29 @@ file, until an operator accepts it (:mod:`federation.operations.accepted`).
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError
-from ..stores.files import loads_bounded, read_regular
+from ..stores.files import loads_bounded, lstat, read_regular
 from .rows import UNKNOWN_FILE
 
 __all__ = ["not_imported"]
 
 
-def _document(path: str) -> dict[str, Any] | None:
+def _document(path: str, root: Path | str) -> dict[str, Any] | None:
     """``{"path", "records", "bytes"}`` when *path* is a JSON document (named ``*.json``, or holding a JSON
     list or object), else None.  records: the items of a list or object; None when it does not parse."""
     try:
-        raw = read_regular(path)
+        raw = read_regular(path, root=root)  # through the gate: no link followed, nothing outside the root
     except CorruptFileError:  # over the size bound: its name decides
         try:
-            size = os.lstat(path).st_size
-        except OSError:
+            found = lstat(Path(path), root=root)
+        except (OSError, CorruptFileError):
             return None
+        if found is None:
+            return None
+        size = found.st_size
         return {"path": path, "records": None, "bytes": size} if path.endswith(".json") else None
     except OSError:
         return None
@@ -43,14 +46,16 @@ def _document(path: str) -> dict[str, Any] | None:
     return {"path": path, "records": records, "bytes": len(raw)}
 
 
-def not_imported(dropped_fields: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def not_imported(dropped_fields: list[dict[str, str]],
+                 root: Path | str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(the JSON documents the layout has no place for, *dropped_fields* without them).
 
     *dropped_fields*: a read tree's (:class:`~federation.transfer.rows.TreeRows`), where a file the layout
-    does not define is a whole-file entry (``UNKNOWN_FILE``)."""
+    does not define is a whole-file entry (``UNKNOWN_FILE``); *root*: the tree's root (files are read below it
+    through the gate)."""
     found, rest = [], []
     for dropped in dropped_fields:
-        entry = _document(dropped["path"]) if dropped["field"] == UNKNOWN_FILE else None
+        entry = _document(dropped["path"], root) if dropped["field"] == UNKNOWN_FILE else None
         if entry is None:
             rest.append(dropped)
         else:

@@ -24,11 +24,12 @@ from .. import config
 from ..domain.clock import now
 from .keys import import_keys, read_key_files
 from .rows import TABLES, TreeRows, key_text, read_tree
+from ..stores import files as _files
 from ..stores.files import read_json
 from ..domain.delivery import delivery_problem, journal_entry
 from ..domain.entities import EXPERTISE, MESSAGES, Entity
 from ..domain.layout import DEAD_DIR, LEASED_DIR, Tree, leases_journal, message_folder
-from ..errors import FederationError
+from ..errors import CorruptFileError, FederationError
 
 __all__ = ["MigrationResult", "migrate", "import_rows", "complete", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
 
@@ -136,7 +137,7 @@ def import_rows(store: Any, scanned: TreeRows, batch_size: int = BATCH_SIZE, pro
         bar.close()
 
 
-def _vanished(scanned: TreeRows, table: str) -> list[tuple]:
+def _vanished(scanned: TreeRows, table: str, root: Path) -> list[tuple]:
     """Keys of scanned rows whose file is gone now: removed by live traffic while the migration ran."""
     by_dir: dict[str, list[tuple[tuple, str]]] = {}
     for key, path in scanned.sources[table].items():
@@ -145,8 +146,9 @@ def _vanished(scanned: TreeRows, table: str) -> list[tuple]:
     gone = []
     for directory, entries in by_dir.items():
         try:
-            present = set(os.listdir(directory))  # one listing per folder, not a stat per file
-        except FileNotFoundError:
+            # one listing per folder, not a stat per file; through the gate (a folder now a link: nothing in it)
+            present = set(_files.list_dir(Path(directory), root=root))
+        except (FileNotFoundError, NotADirectoryError, CorruptFileError):
             present = set()
         gone += [key for key, name in entries if name not in present]
     return gone
@@ -160,8 +162,8 @@ def _settle_live_removals(store: Any, scanned: TreeRows) -> None:
     would have.  Clearing an agent's expertise deletes its file and rows; the
     import put the old rows back: delete them.
     """
-    messages = _vanished(scanned, "messages")
-    owners = sorted({key[:1] for key in _vanished(scanned, "expertise")})
+    messages = _vanished(scanned, "messages", store.tree.root)
+    owners = sorted({key[:1] for key in _vanished(scanned, "expertise", store.tree.root)})
     if not (messages or owners):
         return
     stamp = now()
@@ -205,7 +207,7 @@ def _lease_states(scanned: TreeRows, stamp: str) -> tuple[list[tuple], list[dict
             if folder == LEASED_DIR:
                 journal = leases_journal(path)
                 if journal not in journals:
-                    journals[journal] = read_json(journal, dict, {})
+                    journals[journal] = read_json(journal, dict, {}, root=Path(scanned.root))
                 data, problem = {}, None
                 if key[0] in journals[journal]:
                     lease, problem = journal_entry(journals[journal][key[0]], stamp)
@@ -214,7 +216,7 @@ def _lease_states(scanned: TreeRows, stamp: str) -> tuple[list[tuple], list[dict
                     else:
                         invalid.append({"path": str(journal), "reason": f"the lease of {key[0]!r}: {problem}"})
             else:
-                data = read_json(Path(path))
+                data = read_json(Path(path), root=Path(scanned.root))
         except FederationError:
             continue  # gone or unreadable since the scan: the row stays deliverable (at least once)
         if not isinstance(data, dict):
@@ -304,7 +306,7 @@ def _left_out(root: Path, result: MigrationResult) -> MigrationResult:
     :func:`federation.operations.accepted.settle`, as ``federation migrate`` does."""
     from .leftovers import not_imported
 
-    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields)
+    result.not_imported, result.dropped_fields = not_imported(result.dropped_fields, root)
     return result
 
 

@@ -14,16 +14,20 @@ Only unread messages have a file counterpart, so the database side of
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import json
 import os
+import stat as _stat
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..stores import sqltext as _sql
 from ..domain import validate as _validate
-from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, open_regular, parse_json_bytes
+from ..stores import files as _files
+from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, parse_json_bytes
 from ..errors import CorruptFileError
 from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
                                _json_type, document_lock, message_mismatch, split_votes)
@@ -230,11 +234,30 @@ def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
 
 
 
-def _entries(directory: Any) -> list[os.DirEntry]:
-    """The entries of *directory* by name, without dotfiles (temp files of atomic writes); none if it is missing."""
+class _Entry:
+    """One entry of a folder listed through the gate (its own lstat: a link is never followed)."""
+
+    __slots__ = ("name", "path", "mode")
+
+    def __init__(self, folder: str, name: str, mode: int):
+        self.name, self.path, self.mode = name, os.path.join(folder, name), mode
+
+    def folder(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    def regular(self) -> bool:
+        return _stat.S_ISREG(self.mode)
+
+
+def _entries(directory: Any, root: Path) -> list[_Entry]:
+    """The entries of *directory* by name, without dotfiles (temp files of atomic writes); none if it is missing
+    (or became a link or a file since it was looked at: nothing is listed through it).  Through the gate:
+    the folder is reached from the root without following a link."""
+    folder = str(directory)
     try:
-        return sorted((e for e in os.scandir(directory) if not e.name.startswith(".")), key=lambda e: e.name)
-    except FileNotFoundError:
+        return [_Entry(folder, name, st.st_mode) for name, st in _files.scan_dir(directory, root=root)
+                if not name.startswith(".")]
+    except (CorruptFileError, NotADirectoryError):
         return []
 
 
@@ -249,53 +272,54 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     # Nothing is followed through a link, and only regular files are documents (CONTRACT "Untrusted
     # files"): a link, FIFO, socket or device where the format expects a file or folder is INVALID, with
     # the reason as the owner; elsewhere it is an unknown file like any other.
+    root = tree.root
+    tops = {}
     for top in (tree.nodes, tree.shared):
-        if os.path.islink(top):
-            yield INVALID, str(top), _LINK, ""
-    for node in _entries(tree.nodes):
-        if not node.is_dir(follow_symlinks=False):
-            yield (INVALID, node.path, _odd(node), "") if not node.is_file(follow_symlinks=False) else \
+        st = _files.lstat(top, root=root)
+        tops[top] = st is None or _stat.S_ISDIR(st.st_mode)
+        if not tops[top]:  # a link (or a FIFO, a file) where a top folder should be: never entered
+            yield INVALID, str(top), _kind(st.st_mode), ""
+    for node in _entries(tree.nodes, root) if tops[tree.nodes] else ():
+        if not node.folder():
+            yield (INVALID, node.path, _odd(node), "") if not node.regular() else \
                 ("unknown", node.path, "", "")
             continue
         folders = []  # inbox/, and leased/ and dead/ (messages received and not acknowledged: docs/delivery.md)
-        for entry in _entries(node.path):
+        for entry in _entries(node.path, root):
             name = entry.name
-            if name in MESSAGE_DIRS and entry.is_dir(follow_symlinks=False):
+            if name in MESSAGE_DIRS and entry.folder():
                 folders.append(entry.path)
-            elif name == SENT_KEYS_DIR and entry.is_dir(follow_symlinks=False):
+            elif name == SENT_KEYS_DIR and entry.folder():
                 continue  # the index of idempotent sends: bookkeeping, no rows
-            elif name in NODE_FILES and entry.is_file(follow_symlinks=False):
+            elif name in NODE_FILES and entry.regular():
                 yield NODE_FILES[name], entry.path, node.name, layout.stem(name)
-            elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.is_file(follow_symlinks=False):
+            elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.regular():
                 yield INVALID, entry.path, _odd(entry), ""
             else:
                 yield "unknown", entry.path, node.name, ""
         for folder in folders:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name[0] == ".":
-                        continue
-                    if entry.is_file(follow_symlinks=False):
-                        kind = "message" if layout.is_document_name(name) else "unknown"
-                        yield kind, entry.path, node.name, layout.stem(name)
-                    else:
-                        yield INVALID, entry.path, _odd(entry), ""
-    if os.path.islink(tree.shared):
+            for entry in _entries(folder, root):
+                name = entry.name
+                if entry.regular():
+                    kind = "message" if layout.is_document_name(name) else "unknown"
+                    yield kind, entry.path, node.name, layout.stem(name)
+                else:
+                    yield INVALID, entry.path, _odd(entry), ""
+    if not tops[tree.shared]:
         return
-    for entry in _entries(tree.shared):
-        if entry.name == POLLS_FILE and entry.is_file(follow_symlinks=False):
+    for entry in _entries(tree.shared, root):
+        if entry.name == POLLS_FILE and entry.regular():
             yield "polls", entry.path, "", "polls"
-        elif entry.name == SESSIONS_DIR and entry.is_dir(follow_symlinks=False):
-            for sub in _entries(entry.path):
+        elif entry.name == SESSIONS_DIR and entry.folder():
+            for sub in _entries(entry.path, root):
                 name = sub.name
-                if layout.is_document_name(name) and sub.is_file(follow_symlinks=False):
+                if layout.is_document_name(name) and sub.regular():
                     yield "session", sub.path, layout.stem(name), layout.stem(name)
-                elif sub.is_file(follow_symlinks=False):
+                elif sub.regular():
                     yield "unknown", sub.path, "", ""
                 else:
                     yield INVALID, sub.path, _odd(sub), ""
-        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.is_file(follow_symlinks=False):
+        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.regular():
             yield INVALID, entry.path, _odd(entry), ""
         else:
             yield "unknown", entry.path, "", ""
@@ -306,20 +330,22 @@ INVALID = "invalid"
 _LINK = "a symbolic link (not followed)"
 
 
-def _odd(entry: os.DirEntry) -> str:
+def _odd(entry: _Entry) -> str:
     """Why a directory entry is not read as a legacy document or folder."""
-    if entry.is_symlink():
-        return _LINK
-    try:
-        mode = entry.stat(follow_symlinks=False).st_mode
-    except OSError:
-        return "gone while listed"
-    import stat
+    return _kind(entry.mode)
 
-    if stat.S_ISDIR(mode):
+
+def _kind(mode: int) -> str:
+    if _stat.S_ISLNK(mode):
+        return _LINK
+    if _stat.S_ISDIR(mode):
         return "a directory where a file should be"
-    if stat.S_ISREG(mode):
+    if _stat.S_ISREG(mode):
         return "a file where a directory should be"
+    if _stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file (not opened)"
+    if _stat.S_ISSOCK(mode):
+        return "a socket, not a regular file (not opened)"
     return "not a regular file: a FIFO, socket or device (not opened)"
 
 
@@ -329,28 +355,45 @@ UNKNOWN_FILE = "(whole file: not part of the legacy format)"
 _scan = json.JSONDecoder().scan_once  # the C scanner, without decode()'s whitespace regexes
 
 
+_FOLDERS: contextvars.ContextVar = contextvars.ContextVar("federation_rows_folders", default=None)
+
+
+def _folders_cached(fn: Any) -> Any:
+    """Run *fn* with a :class:`federation.stores.files.FolderCache` for :func:`_read_bytes`: a whole-tree read
+    walks to each folder once, then reads its files relative to the folder's descriptor."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _FOLDERS.get() is not None:
+            return fn(*args, **kwargs)
+        with _files.FolderCache() as cache:
+            token = _FOLDERS.set(cache)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _FOLDERS.reset(token)
+    return wrapper
+
+
 def _read_bytes(path: str) -> bytes:
-    # os.read on a raw descriptor: a third of the cost of open() + a buffered reader.  Never through a
-    # link, never blocking on a FIFO, never more than the size bound (open_regular checks the entry first).
-    fd = open_regular(path)
-    try:
-        size = os.fstat(fd).st_size
-        if size > MAX_FILE_BYTES:
-            raise CorruptFileError(path, f"is {size} bytes; files under the root are read up to {MAX_FILE_BYTES} bytes")
-        data = os.read(fd, 65536)
-        if len(data) < 65536:
-            return data
-        parts, total = [data], len(data)
-        while True:
-            more = os.read(fd, 1 << 20)
-            if not more:
-                return b"".join(parts)
-            total += len(more)
-            if total > MAX_FILE_BYTES:
-                raise CorruptFileError(path, f"grew over {MAX_FILE_BYTES} bytes while read")
-            parts.append(more)
-    finally:
-        os.close(fd)
+    """The bytes of the legacy file *path* through the gate: reached from the root above it without following
+    a link at any folder, never blocking on a FIFO, never more than the size bound.  FileNotFoundError when
+    it is gone."""
+    cache = _FOLDERS.get()
+    raw = cache.read(path, _root_above) if cache is not None else \
+        _files.read_regular(path, root=_root_above(path), limit=MAX_FILE_BYTES)
+    if raw is None:
+        raise FileNotFoundError(path)
+    return raw
+
+
+def _root_above(path: str) -> str:
+    """The federation root above the legacy file *path* (as :func:`legacy_files` or ``read_files`` give it:
+    the layout places it, string operations only)."""
+    parts = path.split(os.sep)
+    for depth in (4, 3, 2):
+        if len(parts) > depth and layout.classify(parts[-depth:]) is not None:
+            return os.sep.join(parts[:-depth]) or os.sep
+    return os.path.dirname(path)  # not a place of the layout: at least the file itself is not followed
 
 
 def _parse(raw: bytes) -> Any:
@@ -365,6 +408,7 @@ def _parse(raw: bytes) -> Any:
     return parse_json_bytes(raw)  # leading space or an error: parse again, carefully, for the reason
 
 
+@_folders_cached
 def read_tree(root: Path, progress: bool = False) -> TreeRows:
     """Read every legacy file under *root* into rows; never modifies a file.
 
@@ -435,9 +479,7 @@ def settle_torn(tree: Tree, out: TreeRows, torn: list[tuple[str, str, str, str]]
                 _replace(out, entry[1], fresh)
                 note_torn(entry[1], recovered=True)
         left = still
-    for entry in left:
-        reason = next((i["reason"] for i in out.invalid if i["path"] == entry[1]), "unreadable")
-        note_torn(entry[1], recovered=False, error=reason)
+    # what never parsed is listed as invalid (and unknown) by the caller: corrupt, not torn (nothing logged)
 
 
 @contextlib.contextmanager
@@ -536,6 +578,7 @@ def _classify(root: str, path: str) -> tuple[str, str, str, str] | None:
     return None if found is None else (found[0], path, found[1], found[2])
 
 
+@_folders_cached
 def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     """The rows of the legacy files *paths* (each read once; a missing file holds no rows)."""
     out = TreeRows(root=str(tree.root))

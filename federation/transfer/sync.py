@@ -39,7 +39,7 @@ from ..stores import sqltext as _sql
 from .. import config
 from ..domain.authority import authority
 from ..domain.clock import now
-from ..stores.files import Tree, atomic_write_json, locked, read_json, remove
+from ..stores.files import Tree, atomic_write_json, entry_kind, locked, read_json, remove
 from .keys import export_keys, import_keys, read_key_files
 from .rows import BY_NAME, TABLES, TreeRows, Unknown, document_file, key_text, read_db_documents, read_files
 from ..domain.entities import ENTITY_NAMES, MESSAGES, POLLS_LOCK, Entity, document_lock
@@ -289,14 +289,14 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
     def put(path: Path | str, doc: Any, key: str) -> None:
         changes.append(Change("write", str(path), key))
         if apply:
-            atomic_write_json(Path(path), doc)
+            atomic_write_json(Path(path), doc, root=tree.root)
 
     def drop(path: Path | str | None, key: str) -> None:
-        if path is None or not os.path.exists(path):
+        if path is None or entry_kind(Path(path), root=tree.root) is None:  # through the gate: no link followed
             return
         changes.append(Change("delete", str(path), key))
         if apply:
-            remove(Path(path))
+            remove(Path(path), root=tree.root)
 
     def document(kind: str, doc_id: str) -> Any:
         """The database's document (True when only listing: nothing more is read), or None."""
@@ -428,7 +428,7 @@ def _keys(store: Any, tree: Tree, to: str, apply: bool) -> list[Change]:
         if not apply:
             return []  # a dry run lists rows; keys are bookkeeping, carried by the real run
         carried = import_keys(store, found)
-        return [Change("key", "sent_keys", f"{carried} key(s) carried")] if carried else []
+        return [Change("key", "idempotency_keys", f"{carried} key(s) carried")] if carried else []
     return [Change("write", path, f"key {key}") for path, key in export_keys(store, tree, apply=apply)]
 
 
