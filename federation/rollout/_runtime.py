@@ -82,7 +82,7 @@ class Runtime:
         # and a 0.0 here would put the first flush an interval after boot (never, in a young machine's first hour)
         self._last_announce: float | None = None
         self._last_flush: float | None = None
-        self._last_maintain: float | None = None  # the counts' retention pass (first one at once)
+        self._last_maintain: float | None = None  # the counts' retention pass (the first one an interval in)
 
     # -- the phase of a call -------------------------------------------------------
     def mode(self) -> tuple[int, float]:
@@ -286,6 +286,8 @@ class Runtime:
         if final:
             self._withdraw()
             return
+        if self._last_maintain is None:  # the first pass after a full interval: a short command never pays for one
+            self._last_maintain = now
         if _due(self._last_maintain, now, self.timings.counts_flush * _counts.PASS_EVERY_FLUSHES) \
                 and self._writable(s.root):
             self._last_maintain = now
