@@ -605,7 +605,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     click.echo(f"control/ (kept {_counts_keep_days()} days): {verb} {c.get('removed_expired', 0)} counts files and "
                f"{c.get('removed_mismatches', 0)} mismatch files past it; "
                f"{'would merge' if dry_run else 'merged'} {c.get('merged', 0) + c.get('hours_merged', 0)} counts "
-               f"files as they aged ({c.get('removed_merged', 0)} merged files {verb})")
+               f"files as they aged and {'would remove' if dry_run else 'removed'} {c.get('removed_merged', 0)} "
+               "merged before")
 
 
 def _counts_keep_days() -> int:

@@ -722,7 +722,8 @@ def maintain(root: Path, *, now: float | None = None, budget: int | None = None,
     names = _listing(control, root)
     if _io.COUNTS_DIR not in names and _io.MISMATCH_DIR not in names:
         return result  # nothing kept: nothing created either
-    with _files.flock_file(control / MAINTAIN_LOCK, root, wait=wait) as held:
+    lock = contextlib.nullcontext(True) if dry_run else _files.flock_file(control / MAINTAIN_LOCK, root, wait=wait)
+    with lock as held:  # a dry run writes nothing, not even the lock file
         if not held:
             result.busy = True
             return result
