@@ -528,11 +528,6 @@ class Maintenance:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def add(self, other: "Maintenance") -> None:
-        for field in ("merged", "hours_merged", "removed_merged", "removed_expired", "removed_mismatches"):
-            setattr(self, field, getattr(self, field) + getattr(other, field))
-        self.more, self.busy = other.more, other.busy
-
 
 class _Budget:
     """Files a pass may read, write or remove; None: no bound."""
