@@ -119,19 +119,7 @@ def _open_lock(path: Path, root: Path | str) -> int:
     opened (looked at first) and never blocks (O_NONBLOCK, then fstat): :class:`CorruptFileError`.
     """
     with folder_of(path, root, create=True) as (dfd, name):
-        try:
-            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            raise CorruptFileError(path, _kind(mode) + "; the lock cannot be taken: remove it")
-        try:
-            fd = os.open(name, _LOCK_FLAGS, 0o644, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped for a link meanwhile
-                raise CorruptFileError(path, "changed into something that is not a regular file; "
-                                             "the lock cannot be taken") from None
-            raise
+        fd = _open_made(dfd, name, path, _LOCK_FLAGS, "the lock cannot be taken")
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -533,19 +521,7 @@ def append_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool 
     planted for a file elsewhere): :class:`CorruptFileError`, nothing written.
     """
     with folder_of(path, root, create=True) as (dfd, name):
-        try:
-            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            raise CorruptFileError(path, _kind(mode) + "; nothing appended")
-        try:
-            fd = os.open(name, _APPEND_FLAGS, 0o644, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                raise CorruptFileError(path, f"changed into something that is not a regular file ({exc.strerror}); "
-                                             "nothing appended") from None
-            raise
+        fd = _open_made(dfd, name, path, _APPEND_FLAGS, "nothing appended")
     try:
         _check_own(fd, path, "nothing appended")
         os.write(fd, payload)
@@ -553,6 +529,25 @@ def append_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool 
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _open_made(dfd: int, name: str, path: object, flags: int, refused: str) -> int:
+    """``os.open(name, flags)`` in the folder *dfd* (flags with O_CREAT|O_NOFOLLOW|O_NONBLOCK: made if missing,
+    never through a link, never blocking), after looking at the entry: a FIFO, device or folder is not even
+    opened.  :class:`CorruptFileError` saying *refused* otherwise; the caller checks the descriptor (fstat)."""
+    try:
+        mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise CorruptFileError(path, f"{_kind(mode)}; {refused}: remove it")
+    try:
+        return os.open(name, flags, 0o644, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped for a link or the like meanwhile
+            raise CorruptFileError(path, f"changed into something that is not a regular file ({exc.strerror}); "
+                                         f"{refused}") from None
+        raise
 
 
 def _check_own(fd: int, path: object, doing: str) -> None:
