@@ -551,6 +551,24 @@ def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     return out
 
 
+def document_rows(tree: Tree, kind: str, owner: str, data: Any) -> TreeRows:
+    """The rows of one legacy document *data* of *kind* (a node file, or a session: *owner* is the agent or
+    session id), read as if from its file: what :mod:`federation.adopt` writes to the database after merging
+    a save into the database's record.  What cannot be read is in ``invalid``."""
+    out = TreeRows(root=str(tree.root))
+    path = str(layout.document_file(tree, kind, owner, owner))
+    try:
+        if kind == "expertise":
+            _expertise(out, path, data, owner)
+        elif kind == "session":
+            _session(out, path, data, owner)
+        else:
+            _node_document(out, path, data, _NODE_ENTITY[kind], owner)
+    except (_Invalid, ValueError, ValidationError) as exc:
+        out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+    return out
+
+
 def read_db_documents(tx: Any, docs: Iterable[tuple[str, str]]) -> dict[str, dict[tuple, tuple]]:
     """The file-side database rows of the documents *docs* ``(kind, doc_id)``, keyed like :func:`read_db`.
 
