@@ -680,7 +680,8 @@ class _Call:
         store = self.store()
         db = Outcome.run(DB, self.db_load, (store,), {}, catch=False)
         returned = None
-        if self.sampled():
+        self.sampled_run = self.sampled()
+        if self.sampled_run:
             t0 = time.perf_counter()
             try:
                 returned, doc = self.files_value()
@@ -696,9 +697,11 @@ class _Call:
                 setattr(self.a.module, into, _copy(value))
                 return getattr(self.a.module, into)
             cache = self.global_value(into)
-            if value is None:
-                cache.pop(self.owner, None)
-                return None if returned is None else returned if not isinstance(returned, dict) else None
+            if value is None:  # no record in the database: the cache holds what the adopter's load makes of it
+                if not self.sampled_run:
+                    with contextlib.suppress(Exception):
+                        returned = self.call_theirs(retry_torn=True)
+                return returned
             cache[self.owner] = _copy(value)
             return cache[self.owner]
         return value

@@ -1,0 +1,239 @@
+"""federation.adopt on the shapes real legacy code has (examples/plan_core): keyed caches in module
+globals, load-then-save across calls, a list file per inbox, an ``__init__`` that imports a sibling
+before the adoption runs.  Real processes, real files, both engines."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from federation import adopt, rollout
+from federation.cli import main as cli
+from federation.transfer.report import build_report
+
+from _procs import WAIT_FOR_GO, finish
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+FAST = {"FEDERATION_FLAG_CHECK": "0.2", "FEDERATION_FLEET_REFRESH": "0.5", "FEDERATION_COUNTS_FLUSH": "0.5"}
+
+N = 12  # of each kind of work per process
+
+
+def _env(fed, phase: int | None) -> dict[str, str]:
+    env = fed.subprocess_env(phase)
+    if phase is None:  # follow the live flag
+        env.pop("FEDERATION_USE_DB", None)
+        env.pop("FEDERATION_PHASE", None)
+    env["PYTHONPATH"] = str(EXAMPLES) + os.pathsep + env["PYTHONPATH"]
+    env.update(FAST)
+    return env
+
+
+def _spawn(fed, code: str, *args: str, phase: int | None):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=_env(fed, phase),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+_SETUP = """
+import plan_core.adoption
+from plan_core import agent
+pid = agent.create_poll("lead", "Ship it?", ["yes", "no"])
+agent.start_session("s1", "Ship it", "lead")
+print(pid)
+"""
+
+#: one worker: votes, posts to the shared "hub" inbox, reads it, updates its context, joins the session
+_WORKER = WAIT_FOR_GO + """
+import json
+import plan_core.adoption            # imports plan_core (whose __init__ binds agent's names) first
+import plan_core
+from plan_core import agent
+i, poll_id = int(sys.argv[2]), sys.argv[3]
+gates = sys.argv[4:]                  # optional: (at step n, reached-file, open-file) triples
+read, phases = [], {}
+for j in range(%d):
+    for k in range(0, len(gates), 3):
+        if int(gates[k]) == j:
+            open(gates[k + 1], "w").close()
+            while not os.path.exists(gates[k + 2]):
+                time.sleep(0.01)
+    from federation import rollout
+    phases[rollout.mode()[0]] = phases.get(rollout.mode()[0], 0) + 1
+    plan_core.vote(poll_id, f"voter-{i}-{j}", "yes" if j %% 2 else "no")
+    agent.post(f"w{i}", "hub", f"{i}-{j}")
+    plan_core.join_session("s1", f"w{i}-{j}", "member")
+    plan_core.update_context(f"w{i}", f"text {j}")
+    read += [m["content"] for m in plan_core.read_new("hub")]
+read += [m["content"] for m in plan_core.read_new("hub")]
+print(json.dumps({"read": read, "phases": phases}))
+""" % N
+
+
+def _check_nothing_lost(fed, poll_id: str, reads: list[list[str]], procs: int) -> None:
+    root = fed.root
+    store = fed.store()
+    votes_files = json.loads((root / "shared" / "polls.json").read_text())[poll_id]["votes"]
+    assert len(votes_files) == procs * N and votes_files == store.load_poll(poll_id)["votes"]
+    session_files = json.loads((root / "shared" / "sessions" / "s1.json").read_text())
+    roles_db = store.load_session("s1")["roles"]
+    assert set(session_files["roles"]) == set(roles_db) == {"lead"} | {f"w{i}-{j}" for i in range(procs)
+                                                                        for j in range(N)}
+    every = sorted(c for r in reads for c in r)
+    assert every == sorted(f"{i}-{j}" for i in range(procs) for j in range(N))   # each read once: none lost
+    inbox = json.loads((root / "nodes" / "hub" / "inbox.json").read_text())
+    assert len(inbox) == procs * N and all(m.get("read") for m in inbox)       # none unread in the files
+    assert store.load_inbox("hub") == []                                         # nor in the database
+    for i in range(procs):
+        ctx = json.loads((root / "nodes" / f"w{i}" / "context_window.json").read_text())
+        assert ctx["text"] == store.load_context(f"w{i}")["text"] == f"text {N - 1}"
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_concurrent_work_on_the_plan_core_loses_nothing(fed, phase, tmp_path):
+    """3 processes: votes, posts, reads, context updates, session joins: nothing lost, duplicated or stale."""
+    fed.phase(phase)
+    poll_id = finish([_spawn(fed, _SETUP, phase=phase)])[0].strip()
+    go = tmp_path / "go"
+    procs = [_spawn(fed, _WORKER, str(go), str(i), poll_id, phase=phase) for i in range(3)]
+    go.touch()
+    reads = [json.loads(out)["read"] for out in finish(procs)]
+    if phase == 1:  # the database was not written: the runbook's backfill, then the same checks
+        assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+        fed.phase(2)
+    _check_nothing_lost(fed, poll_id, reads, 3)
+    assert build_report().consistent
+
+
+def test_the_flag_moving_1_2_3_2_1_loses_nothing(fed, tmp_path):
+    """Unpinned adopted processes follow the flag 1 -> 2 -> 3 -> 2 -> 1 while working: nothing lost."""
+    fed.phase(1)
+    rollout.set_phase(1)
+    poll_id = finish([_spawn(fed, _SETUP, phase=None)])[0].strip()
+    go = tmp_path / "go"
+    steps = [(3, 2), (6, 3), (8, 2), (10, 1)]
+    gates = [[a for n, _ in steps for a in (str(n), str(tmp_path / f"at{n}-{i}"), str(tmp_path / f"open{n}"))]
+             for i in range(2)]
+    procs = [_spawn(fed, _WORKER, str(go), str(i), poll_id, *gates[i], phase=None) for i in range(2)]
+    go.touch()
+
+    def wait_for(paths):
+        deadline = time.monotonic() + 120
+        while not all(os.path.exists(p) for p in paths):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a worker stopped"
+            time.sleep(0.02)
+
+    for n, to in steps:
+        wait_for([tmp_path / f"at{n}-{i}" for i in range(2)])
+        if to == 2 and rollout.mode()[0] == 1:  # the runbook: backfill what phase 1 wrote, then step
+            assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+        if to == 3:
+            assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
+        assert rollout.set_phase(to, force=True, reason="test: the flag moves under load").applied
+        fed.phase(to)
+        time.sleep(0.5)                                  # every process follows within its flag check (0.2 s)
+        (tmp_path / f"open{n}").touch()
+    outs = [json.loads(o) for o in finish(procs)]
+    assert all(set(o["phases"]) == {"1", "2", "3"} for o in outs), outs
+    # back in phase 1 the files alone are written: the runbook's sync brings the database level for the checks
+    assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
+    fed.phase(2)
+    _check_nothing_lost(fed, poll_id, [o["read"] for o in outs], 2)
+
+
+@pytest.fixture
+def plan(fed):
+    """plan_core adopted in this process on the test's root (withdrawn afterwards)."""
+    import plan_core.adoption as adoption
+
+    state = importlib.import_module("plan_core.state")
+    agent = importlib.import_module("plan_core.agent")
+    adopt.install(state, adoption.STATE)  # idempotent: the hook installed it at the first import
+    adopt.install(agent, adoption.AGENT)
+    state.ROOT = fed.root
+    state.CONTEXT.clear(), state.SESSIONS.clear()
+    state.active_polls = {}
+    yield types.SimpleNamespace(state=state, agent=agent)
+    adopt.uninstall(agent)
+    adopt.uninstall(state)
+    assert agent.save_polls is state.save_polls and not hasattr(state.save_polls, "__wrapped__")
+
+
+def test_phase_3_keyed_cache_write_reaches_both_sides(fed, plan):
+    """The issue's case: in phase 3 load_context fills CONTEXT from the database; the save writes the change."""
+    fed.phase(2)
+    plan.agent.update_context("node01", "OLD TEXT")
+    fed.phase(3)
+    plan.agent.update_context("node01", "NEW TEXT")
+    on_disk = json.loads((fed.root / "nodes" / "node01" / "context_window.json").read_text())
+    assert on_disk["text"] == fed.store().load_context("node01")["text"] == "NEW TEXT"
+    assert plan.state.CONTEXT["node01"]["text"] == "NEW TEXT"
+    assert build_report().consistent
+
+
+@pytest.mark.sqlite_only
+def test_aliases_bound_before_install_are_patched(fed, plan):
+    """plan_core's __init__ binds agent's names before the adoption: install patched them, uninstall restores."""
+    import plan_core
+
+    assert plan.agent.save_polls is plan.state.save_polls                 # the wrapper, not the plain function
+    assert hasattr(plan.agent.save_polls, "__wrapped__") and hasattr(plan_core.join_session, "__wrapped__")
+
+
+@pytest.mark.sqlite_only
+def test_a_declaration_of_the_wrong_shape_is_refused_at_install(fed, tmp_path, monkeypatch):
+    """A list-saving function declared as one message (and the reverse) is refused naming function and parameter."""
+    (tmp_path / "shaped_core.py").write_text('''
+import json
+from pathlib import Path
+ROOT = Path(".")
+def load_inbox(agent):
+    path = ROOT / "nodes" / agent / "inbox.json"
+    return json.loads(path.read_text()) if path.exists() else []
+def save_inbox(agent, msgs):
+    (ROOT / "nodes" / agent / "inbox.json").write_text(json.dumps(msgs))
+def send(recipient, msg):
+    msg["recipient"] = recipient
+    (ROOT / "nodes" / recipient / "inbox" / (msg["id"] + ".json")).write_text(json.dumps(msg))
+def save_batch(recipient, batch):
+    for m in batch:
+        m["seen"] = False
+    Path("x").write_text(json.dumps(batch))
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("shaped_core")
+    original = mod.save_inbox
+    cases = [
+        ({"save_inbox": adopt.Save("message", key="agent")},
+         r"shaped_core\.save_inbox: .*list file 'inbox\.json'.*shape='list'"),
+        ({"load_inbox": adopt.Load("inbox", key="agent")}, r"shaped_core\.load_inbox: .*list file"),
+        ({"save_batch": adopt.Save("message", key="recipient")},
+         r"shaped_core\.save_batch: Save\('message'\) declares one record, but save_batch writes a list "
+         r"\(parameter 'batch'\)"),
+        ({"send": adopt.Save("inbox", key="recipient", shape="list")},
+         r"shaped_core\.send: .*writes one record \(parameter 'msg'\)"),
+        ({"load_inbox": adopt.Claim("inbox", key="agent", shape="list")}, r"Claim on a list-file inbox"),
+        ({"load_inbox": adopt.Load("inbox", key="agent", shape="lists")}, r"shape='lists'"),
+        ({"load_inbox": adopt.Load("inbox", key="agent", shape="list", into="ROOT")},
+         r"into='ROOT': a keyed cache is a dict global"),
+    ]
+    for declarations, message in cases:
+        with pytest.raises(adopt.DeclarationError, match=message):
+            adopt.install(mod, {"save_inbox": adopt.Save("inbox", key="agent", shape="list"), **declarations})
+        assert mod.save_inbox is original and not adopt.installed(mod)
+    adopt.install(mod, {"load_inbox": adopt.Load("inbox", key="agent", shape="list"),
+                        "save_inbox": adopt.Save("inbox", key="agent", shape="list"),
+                        "send": adopt.Save("message", key="recipient")})   # the right shapes: accepted
+    adopt.uninstall(mod)
+    sys.modules.pop("shaped_core", None)
