@@ -19,14 +19,14 @@ from federation import adopt, rollout
 from federation.cli import main as cli
 from federation.transfer.report import build_report
 
-from _procs import WAIT_FOR_GO, finish
+from _procs import finish
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 FAST = {"FEDERATION_FLAG_CHECK": "0.2", "FEDERATION_FLEET_REFRESH": "0.5", "FEDERATION_COUNTS_FLUSH": "0.5"}
 
-N = 12  # of each kind of work per process
+N = 15  # of each kind of work per process
 
 
 def _env(fed, phase: int | None) -> dict[str, str]:
@@ -55,11 +55,13 @@ print(pid)
 """
 
 #: one worker: votes, posts to the shared "hub" inbox, reads it, updates its context, joins the session
-_WORKER = WAIT_FOR_GO + """
-import json
+_WORKER = """
+import json, os, sys, time
 import plan_core.adoption            # imports plan_core (whose __init__ binds agent's names) first
 import plan_core
 from plan_core import agent
+while not os.path.exists(sys.argv[1]):   # imported: wait until every worker is, then all start at once
+    time.sleep(0.001)
 i, poll_id = int(sys.argv[2]), sys.argv[3]
 gates = sys.argv[4:]                  # optional: (at step n, reached-file, open-file) triples
 read, phases = [], {}
@@ -107,6 +109,7 @@ def test_concurrent_work_on_the_plan_core_loses_nothing(fed, phase, tmp_path):
     poll_id = finish([_spawn(fed, _SETUP, phase=phase)])[0].strip()
     go = tmp_path / "go"
     procs = [_spawn(fed, _WORKER, str(go), str(i), poll_id, phase=phase) for i in range(3)]
+    time.sleep(1.0)  # their imports
     go.touch()
     reads = [json.loads(out)["read"] for out in finish(procs)]
     if phase == 1:  # the database was not written: the runbook's backfill, then the same checks
