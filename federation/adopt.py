@@ -233,6 +233,27 @@ def _copy(value: Any) -> Any:
         return copy.deepcopy(value)
 
 
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frozen:
+    """A document marshal cannot hold: a deep copy."""
+
+    value: Any
+
+
+def _freeze(value: Any) -> Any:
+    try:
+        return marshal.dumps(value)
+    except ValueError:
+        return _Frozen(copy.deepcopy(value))
+
+
+def _thaw(frozen: Any) -> Any:
+    return marshal.loads(frozen) if isinstance(frozen, bytes) else copy.deepcopy(frozen.value)
+
+
 # ---------------------------------------------------------------------------
 # installing
 
@@ -306,22 +327,22 @@ class _Adoption:
                                    "(adopt.install_when_imported)")
 
     # -- the thread's base of each whole document --------------------------------
+    # Kept frozen (marshal bytes: a third of a copy's cost) and thawed only when a save needs it.
     def base(self, document: Any, default: Any = None) -> Any:
         bases = getattr(self._bases, "docs", None) or {}
-        if document in bases:
-            return bases[document]
+        frozen = bases[document] if document in bases else self._last_base.get(document, _ABSENT)
         # a thread that never loaded it: what this process loaded last (a load at import time, say)
-        return self._last_base.get(document, default)
+        return default if frozen is _ABSENT else _thaw(frozen)
 
     def remember(self, document: Any, value: Any) -> None:
         bases = getattr(self._bases, "docs", None)
         if bases is None:
             bases = self._bases.docs = {}
-        bases[document] = _copy(value)
+        bases[document] = frozen = _freeze(value)
         if document not in self._last_base and len(self._last_base) >= self.MAX_BASES:
             with contextlib.suppress(StopIteration, KeyError, RuntimeError):
                 del self._last_base[next(iter(self._last_base))]  # the oldest: a bounded memory
-        self._last_base[document] = bases[document]
+        self._last_base[document] = frozen
 
     def _wrapper(self, plan: "_Plan") -> Callable:
         def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -710,7 +731,7 @@ class _Call:
     def save_document(self) -> Any:
         entity, source = self.plan.entity, self.decl.source
         mine = self.global_value(source)
-        changes = delta(self.a.base(entity), mine)
+        changes = delta(self.a.base(entity, {}), mine)
         if not changes:
             return None
         returned = None
