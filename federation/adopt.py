@@ -687,8 +687,31 @@ class _Call:
     def db_load(self, store: Any) -> Any:
         return _db_load(store, self.plan.entity, self.owner)
 
+    def backfill_list(self) -> None:
+        """A list-file inbox's unread messages that the database has never had (written in phase 1, before
+        any backfill) are put into it, under the inbox's lock: from phase 2 on, nothing only the file holds
+        is left out of the database's inbox.  A message the database has (claimed or not) is left as it is."""
+        path = self.tree.node(self.owner) / LIST_INBOX
+        try:
+            listed = _files.read_json(path, list, [], root=self.tree.root)
+        except Exception:  # noqa: BLE001 - unreadable: the adopter's own read says so; nothing is inserted
+            return
+        unread = [m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str) and not _is_read(m)]
+        if not unread:
+            return
+        store = self.store()
+        if {m["id"] for m in unread} <= {m["id"] for m in store.load_inbox(self.owner)}:
+            return
+        from .stores import sqltext as _sql
+
+        sql = _sql.insert(MESSAGES, "DO NOTHING")
+        rows = [MESSAGES.row_of(MESSAGES.record(m, fallback={"recipient": self.owner})) for m in unread]
+        store.db.write(lambda tx: tx.executemany(sql, rows))
+
     def load(self) -> Any:
         entity, into = self.plan.entity, self.decl.into
+        if self.decl.shape == "list" and self.phase is not Phase.FILES_ONLY:
+            self.backfill_list()
         if self.phase is Phase.FILES_ONLY or self.phase is Phase.FILES_THEN_DB:
             t0 = time.perf_counter()
             returned, doc = self.files_value()

@@ -240,3 +240,16 @@ def save_batch(recipient, batch):
                         "send": adopt.Save("message", key="recipient")})   # the right shapes: accepted
     adopt.uninstall(mod)
     sys.modules.pop("shaped_core", None)
+
+
+def test_a_list_inbox_written_in_phase_1_is_read_once_in_phase_3(fed, plan):
+    """Messages only the list file holds (phase 1, never migrated) reach the database's inbox: none lost."""
+    fed.phase(1)
+    ids = [plan.agent.post("alice", "bob", f"m{i}") for i in range(3)]
+    assert fed.store().load_inbox("bob") == []
+    fed.phase(3)
+    got = plan.agent.read_new("bob")
+    assert sorted(m["id"] for m in got) == sorted(ids)
+    assert fed.store().load_inbox("bob") == [] and plan.agent.read_new("bob") == []
+    listed = json.loads((fed.root / "nodes" / "bob" / "inbox.json").read_text())
+    assert sorted(m["id"] for m in listed) == sorted(ids) and all(m["read"] for m in listed)
