@@ -253,3 +253,49 @@ def test_a_list_inbox_written_in_phase_1_is_read_once_in_phase_3(fed, plan):
     assert fed.store().load_inbox("bob") == [] and plan.agent.read_new("bob") == []
     listed = json.loads((fed.root / "nodes" / "bob" / "inbox.json").read_text())
     assert sorted(m["id"] for m in listed) == sorted(ids) and all(m["read"] for m in listed)
+
+
+@pytest.mark.sqlite_only
+def test_a_writer_outside_the_fleet_is_shown_and_refused(fed, plan, tmp_path):
+    """An unadopted process rewriting polls.json in place: the adopted reader counts the torn document,
+    `rollout status` shows it, and the steps 1 -> 2 and 2 -> 3 are refused by unannounced_writers."""
+    fed.phase(1)
+    rollout.set_phase(1)
+    plan.agent.create_poll("lead", "Torn?", ["yes", "no"])
+    path = fed.root / "shared" / "polls.json"
+    done = tmp_path / "done"
+    writer = _spawn(fed, f"""
+import os, time
+from pathlib import Path
+p = Path({str(path)!r}); text = p.read_text()
+while not os.path.exists({str(done)!r}):
+    p.write_text("")          # a legacy writer: truncate in place...
+    time.sleep(0.02)
+    p.write_text(text)        # ...then write
+    time.sleep(0.02)
+""", phase=1)
+    from federation.stores import files as _files
+
+    before = sum(_files.torn_reads.values())
+    try:
+        deadline = time.monotonic() + 60
+        while sum(_files.torn_reads.values()) == before:
+            assert time.monotonic() < deadline, "the adopted reader never met the writer's torn file"
+            plan.state.load_polls()
+    finally:
+        done.touch()
+        finish([writer])
+    rollout.RUNTIME.tick(announce_now=True)
+    status = json.loads(CliRunner().invoke(cli, ["rollout", "status", "--json"]).output)
+    [me] = [p for p in status["fleet"] if p["pid"] == os.getpid()]
+    assert me.get("torn_documents", {}).get("shared/polls.json", 0) >= 1 and me.get("torn_at"), me
+    assert "half-written" in CliRunner().invoke(cli, ["rollout", "status"]).output
+    result = rollout.set_phase(2)
+    [refused] = [g for g in result.refused if g["name"] == "unannounced_writers"] or [result.refused]
+    assert "shared/polls.json" in refused["detail"] and not result.applied
+    assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+    assert rollout.set_phase(2, force=True, reason="test").applied
+    assert [g for g in rollout.set_phase(3).refused if g["name"] == "unannounced_writers"]
+    rollout.RUNTIME.torn_at = None                       # it stopped (the window passed): the guard passes
+    rollout.RUNTIME.tick(announce_now=True)
+    assert [g for g in rollout.guards(3) if g["name"] == "unannounced_writers"][0]["ok"]

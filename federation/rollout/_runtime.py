@@ -60,6 +60,8 @@ class Runtime:
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
+        self.torn_counted = 0  # torn reads announced so far, and when the last new one was announced
+        self.torn_at: str | None = None
         self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -300,6 +302,12 @@ class Runtime:
         torn = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
         if torn:  # legacy files seen half-written: a writer outside the shim (status warns)
             doc["torn_reads"] = torn
+            if torn > self.torn_counted:  # new ones since the last announcement: when, and where
+                self.torn_at = doc["last_seen"]
+            if self.torn_at:
+                doc["torn_at"] = self.torn_at
+                doc["torn_documents"] = dict(_files.torn_files)
+        self.torn_counted = torn
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))
