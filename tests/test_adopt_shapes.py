@@ -289,7 +289,12 @@ while not os.path.exists({str(done)!r}):
     status = json.loads(CliRunner().invoke(cli, ["rollout", "status", "--json"]).output)
     [me] = [p for p in status["fleet"] if p["pid"] == os.getpid()]
     assert me.get("torn_documents", {}).get("shared/polls.json", 0) >= 1 and me.get("torn_at"), me
-    assert "half-written" in CliRunner().invoke(cli, ["rollout", "status"]).output
+    text = CliRunner().invoke(cli, ["rollout", "status"]).output
+    assert "half-written" in text and "shared/polls.json (" in text
+    from federation.operations.doctor import doctor
+
+    [check] = [c for c in doctor().checks if c.name == "unannounced_writers"]
+    assert not check.ok and "shared/polls.json" in check.detail
     result = rollout.set_phase(2)
     [refused] = [g for g in result.refused if g["name"] == "unannounced_writers"] or [result.refused]
     assert "shared/polls.json" in refused["detail"] and not result.applied

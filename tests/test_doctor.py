@@ -14,7 +14,8 @@ from federation.operations.doctor import doctor
 from federation.stores.sqlstore import forget_stores
 
 NAMES = {"network_filesystem", "database_integrity", "schema_version", "wal_size", "free_space_database",
-         "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases", "dead_letters"}
+         "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases", "dead_letters",
+         "unannounced_writers"}
 
 
 def _cli(fed, *args: str) -> subprocess.CompletedProcess:
