@@ -805,8 +805,8 @@ class _Call:
         source, kind = self.decl.source, self.plan.kind.document
         cache = self.global_value(source)
         mine = cache.get(self.owner) if isinstance(cache, dict) else None
-        if not isinstance(mine, dict):
-            return self.call_theirs()  # nothing cached for this key: the adopter's function decides
+        if not isinstance(mine, dict):  # nothing cached for this key: what the adopter's function writes
+            return self.save_written_record()
         changes = delta(self.a.base(self.base_key, {}) or {}, mine)
         if not changes:
             return None
