@@ -48,6 +48,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import json
 import marshal
 import os
 import random
@@ -458,21 +459,22 @@ def _mentions_list_file(fdef: ast.AST) -> bool:
                for n in ast.walk(fdef))
 
 
-def _check_shape(where: str, fn: Callable, fname: str, decl: Any, signature: inspect.Signature | None) -> None:
-    """Refuse a declaration whose shape contradicts what the function's source writes or reads."""
+def _check_shape(where: str, fn: Callable, fname: str, decl: Any, signature: inspect.Signature | None) -> str | None:
+    """Refuse a declaration whose shape contradicts what the function's source writes or reads; the
+    parameter whose value the function writes as it is (``json.dumps(msgs)``), if one does."""
     fdef = _function_ast(fn)
     if fdef is None:
-        return  # no source (a builtin, a lambda in a REPL): nothing to check against; the call checks
+        return None  # no source (a builtin, a lambda in a REPL): nothing to check against
     listed = getattr(decl, "shape", None) == "list"
     if decl.entity in ("message", "inbox") and not listed and _mentions_list_file(fdef):
         raise DeclarationError(f"{where}: {fname} uses a list file {LIST_INBOX!r}, but {type(decl).__name__}"
                                f"({decl.entity!r}) declares per-message files; declare the list file: "
                                f"{type(decl).__name__}('inbox', key={decl.key!r}, shape='list')")
     if not isinstance(decl, Save) or decl.source is not None:
-        return
+        return None
     name = _written_value(fdef)
     if name is None:
-        return
+        return None
     params = signature.parameters if signature is not None else {}
     default = None
     if name in params and params[name].default is not inspect.Parameter.empty:
@@ -489,6 +491,10 @@ def _check_shape(where: str, fn: Callable, fname: str, decl: Any, signature: ins
             "one record per document"
         raise DeclarationError(f"{where}: Save({decl.entity!r}) declares one record, but {fname} writes a list "
                                f"({what}); a per-agent list of messages is declared {hint}")
+    assigned = any(isinstance(n, (ast.Assign, ast.AugAssign)) and any(
+        isinstance(t, ast.Name) and t.id == name for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
+        for n in ast.walk(fdef))
+    return name if name in params and not assigned else None
 
 
 @dataclasses.dataclass
@@ -502,6 +508,15 @@ class _Plan:
     signature: inspect.Signature | None
     spec: Spec
     owner_of: Callable[[tuple, dict], str | None]
+    written_param: str | None = None  #: the parameter the function writes as it is (json.dumps(msgs))
+
+    def argument(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """The value of parameter *name* in this call (a KeyError when it has none)."""
+        if self.signature is None:
+            raise KeyError(name)
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments[name]
 
     @classmethod
     def check(cls, module: Any, fname: str, decl: Any) -> "_Plan":
@@ -555,14 +570,13 @@ class _Plan:
                 raise DeclarationError(f"{where}: {arg}={glob!r}: a keyed cache is a dict global keyed by "
                                        f"{decl.key!r}; {module.__name__}.{glob} is a "
                                        f"{type(vars(module)[glob]).__name__}")
-        if not isinstance(decl, Atomic):
-            _check_shape(where, fn, fname, decl, signature)
+        written_param = None if isinstance(decl, Atomic) else _check_shape(where, fn, fname, decl, signature)
         owner_of = cls._owner_getter(signature, decl.key)
         records = "id" if shape == "list" else kind.records
         spec = Spec(entity=kind.table, kind="read" if isinstance(decl, (Load, Atomic)) else "write",
                     key=(lambda *a, **k: owner_of(a, k)) if decl.key else None, records=records,
                     document=decl.entity if not kind.keyed else None)
-        return cls(fname, decl, decl.entity, kind, signature, spec, owner_of)
+        return cls(fname, decl, decl.entity, kind, signature, spec, owner_of, written_param)
 
     @staticmethod
     def _owner_getter(signature: inspect.Signature | None, key: str | None) -> Callable[[tuple, dict], str | None]:
@@ -709,7 +723,7 @@ class _Call:
         is left out of the database's inbox.  A message the database has (claimed or not) is left as it is."""
         path = self.tree.node(self.owner) / LIST_INBOX
         try:
-            listed = _files.read_json(path, list, [], root=self.tree.root)
+            listed = _read_doc(path, list, [], self.tree.root)
         except Exception:  # noqa: BLE001 - unreadable: the adopter's own read says so; nothing is inserted
             return
         unread = [m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str) and not _is_read(m)]
@@ -776,7 +790,7 @@ class _Call:
         returned = None
 
         def files_side() -> Any:
-            current = _files.read_json(self.tree.polls_file, dict, {})
+            current = _read_doc(self.tree.polls_file, dict, {}, self.tree.root)
             merged = patch(current, changes, in_place=True)  # just read: no one else holds it
             setattr(self.a.module, source, merged)  # what the adopter's function writes: theirs, merged
             try:
@@ -813,7 +827,7 @@ class _Call:
         path = _document_path(self.tree, kind, self.owner)
 
         def files_side() -> Any:
-            current = _files.read_json(path, dict, None) or {}
+            current = _read_doc(path, dict, None, self.tree.root) or {}
             merged = patch(current, changes, in_place=True)
             cache[self.owner] = merged  # what the adopter's function writes: theirs, merged
             try:
@@ -850,7 +864,9 @@ class _Call:
     def save_list(self) -> Any:
         path = self.tree.node(self.owner) / LIST_INBOX
         before = _Snapshot.of(path)
-        before_list = _files.read_json(path, list, []) if before.files[path.name] is not None else []
+        before_list = _parse_or_none(before.files[path.name])
+        if not isinstance(before_list, list):
+            before_list = [] if before.files[path.name] is None else _read_doc(path, list, [], self.tree.root)
         found: dict[str, Any] = {}
 
         def theirs() -> Any:
@@ -859,8 +875,13 @@ class _Call:
                 mine = cache.get(self.owner) if isinstance(cache, dict) else None
             else:
                 mine = None
+            if mine is None and self.plan.written_param is not None:  # what it writes: its argument, as it is
+                with contextlib.suppress(KeyError, TypeError):
+                    mine = self.plan.argument(self.plan.written_param, self.args, self.kwargs)
+                    if not isinstance(mine, list):
+                        mine = None
             returned = self.call_theirs()
-            written = _files.read_json(path, list, []) if mine is None else mine
+            written = _read_doc(path, list, [], self.tree.root) if mine is None else mine
             base = self.a.base(self.base_key, None)
             if base is None:  # never loaded here: what the file held is the base
                 base = before_list
@@ -876,7 +897,7 @@ class _Call:
                 merged.append(changed.get(mid, m))
                 seen.add(mid)
             merged += [m for m in added + list(changed.values()) if m["id"] not in seen]
-            if merged != written or mine is not None:
+            if merged != written:
                 _files.atomic_write_json(path, merged, root=self.tree.root)
             found.update(added=added, read=[i for i in removed if not _is_read(old[i])] +
                          [i for i, m in changed.items() if _is_read(m) and not _is_read(old[i])])
@@ -942,7 +963,7 @@ class _Call:
             if isinstance(base, dict):
                 raw = before.files[path.name]
                 current = _parse_or_none(raw)
-                written = _files.read_json(path, dict, None)
+                written = _read_doc(path, dict, None, self.tree.root)
                 if isinstance(written, dict):
                     changes = delta(base, written)
                     merge["changes"] = changes
@@ -1072,12 +1093,27 @@ class _Snapshot:
                 _put_bytes(folder / name, None)
 
 
+def _read_doc(path: Path, expect: type, default: Any, root: Path) -> Any:
+    """A legacy document through the gate (no link followed, only a regular file, size bounded), parsed as
+    the adopter's own function parses it; one that does not parse at once (torn, too deep, not *expect*)
+    is read again by the gate's bounded reader, which waits a torn file out or says what is wrong."""
+    raw = _files.read_regular(path, root=root)
+    if raw is None:
+        return default
+    data = _parse_or_none(raw)
+    if isinstance(data, expect):
+        return data
+    return _files.read_json(path, expect, default, root=root)
+
+
 def _parse_or_none(raw: bytes | None) -> Any:
+    """*raw* parsed (the bytes the adopter's own function reads as they are), or None: absent, torn, too
+    deep (the callers then read the file through the gate, which says what is wrong with it)."""
     if raw is None:
         return None
     try:
-        return _files.parse_json_bytes(raw)
-    except ValueError:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
         return None
 
 
