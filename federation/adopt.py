@@ -335,11 +335,25 @@ class _Adoption:
         # a thread that never loaded it: what this process loaded last (a load at import time, say)
         return default if frozen is _ABSENT else _thaw(frozen)
 
-    def remember(self, document: Any, value: Any) -> None:
+    def frozen(self, document: Any) -> Any:
+        bases = getattr(self._bases, "docs", None) or {}
+        return bases[document] if document in bases else self._last_base.get(document, _ABSENT)
+
+    def raw(self, document: Any) -> bytes | None:
+        """The bytes the file held when this thread loaded *document* (phase 1: a save of an unchanged file
+        writes the caller's document as it is, without re-reading it)."""
+        return (getattr(self._bases, "raw", None) or {}).get(document)
+
+    def remember(self, document: Any, value: Any, *, raw: bytes | None = None, frozen: Any = None) -> None:
         bases = getattr(self._bases, "docs", None)
         if bases is None:
             bases = self._bases.docs = {}
-        bases[document] = frozen = _freeze(value)
+            self._bases.raw = {}
+        if raw is None:
+            self._bases.raw.pop(document, None)
+        else:
+            self._bases.raw[document] = raw
+        bases[document] = frozen = _freeze(value) if frozen is None else frozen
         if document not in self._last_base and len(self._last_base) >= self.MAX_BASES:
             with contextlib.suppress(StopIteration, KeyError, RuntimeError):
                 del self._last_base[next(iter(self._last_base))]  # the oldest: a bounded memory
@@ -748,7 +762,11 @@ class _Call:
             if self.phase is Phase.FILES_THEN_DB and self.sampled():
                 files = Outcome(FILES, self.view(doc), seconds=time.perf_counter() - t0)
                 self.publish(files, Outcome.run(DB, self.db_load, (self.store(),), {}, catch=True), compare=True)
-            self.a.remember(self.base_key, doc)
+            raw = None
+            if self.phase is Phase.FILES_ONLY and not self.plan.kind.keyed and into:
+                with contextlib.suppress(Exception):  # what the adopter's load just read, under the same lock
+                    raw = _files.read_regular(self.tree.polls_file, root=self.tree.root)
+            self.a.remember(self.base_key, doc, raw=raw)
             return returned
         # phase 3: the database answers; the adopter's function (the files) is the shadow
         store = self.store()
@@ -784,7 +802,16 @@ class _Call:
     def save_document(self) -> Any:
         entity, source = self.plan.entity, self.decl.source
         mine = self.global_value(source)
-        changes = delta(self.a.base(entity, {}), mine)
+        frozen_mine, frozen_base = _freeze(mine), self.a.frozen(entity)
+        if frozen_mine == frozen_base:
+            return None  # unchanged since the load (the same bytes): nothing to write
+        raw = self.a.raw(entity) if self.phase is Phase.FILES_ONLY else None
+        if raw is not None and _files.read_regular(self.tree.polls_file, root=self.tree.root) == raw:
+            # phase 1, and the file is byte for byte what this thread loaded: the merge is the caller's document
+            returned = self.wrapped(*self.args, **self.kwargs)
+            self.a.remember(entity, mine, frozen=frozen_mine)
+            return returned
+        changes = delta({} if frozen_base is _ABSENT else _thaw(frozen_base), mine)
         if not changes:
             return None
         returned = None
@@ -811,7 +838,7 @@ class _Call:
             other = Outcome.run(self.phase.shadow, sides[self.phase.shadow], (), {}, catch=True)
             self.publish(first, other)
             returned = first.value if self.phase is Phase.FILES_THEN_DB else other.value
-        self.a.remember(entity, mine)
+        self.a.remember(entity, mine, frozen=frozen_mine)
         return returned
 
     # -- Save of a keyed cache entry (``source=`` a dict global keyed by the key) ----------------
