@@ -255,7 +255,6 @@ def test_a_list_inbox_written_in_phase_1_is_read_once_in_phase_3(fed, plan):
     assert sorted(m["id"] for m in listed) == sorted(ids) and all(m["read"] for m in listed)
 
 
-@pytest.mark.sqlite_only
 def test_a_writer_outside_the_fleet_is_shown_and_refused(fed, plan, tmp_path):
     """An unadopted process rewriting polls.json in place: the adopted reader counts the torn document,
     `rollout status` shows it, and the steps 1 -> 2 and 2 -> 3 are refused by unannounced_writers."""
