@@ -303,3 +303,52 @@ while not os.path.exists({str(done)!r}):
     rollout.RUNTIME.torn_at = None                       # it stopped (the window passed): the guard passes
     rollout.RUNTIME.tick(announce_now=True)
     assert [g for g in rollout.guards(3) if g["name"] == "unannounced_writers"][0]["ok"]
+
+
+@pytest.mark.parametrize("phase", [2, 3])
+def test_the_plan_cores_loads_agree_with_the_database(fed, plan, phase):
+    """After posts, reads, joins and context updates, every adopted load compares equal: no mismatch counted."""
+    import structlog
+
+    fed.phase(phase)
+    plan.agent.start_session("s1", "Ship it", "lead")
+    plan.agent.join_session("s1", "bob", "reviewer")
+    plan.agent.update_context("bob", "reviewing")
+    plan.agent.post("alice", "bob", "one")
+    plan.agent.read_new("bob")
+    plan.agent.post("alice", "bob", "two")
+    with structlog.testing.capture_logs() as logs:
+        plan.state.load_session("s1"), plan.state.load_context("bob"), plan.state.load_inbox("bob")
+    assert [e for e in logs if e["event"] in ("shadow_mismatch", "shadow_error")] == []
+    assert [m["content"] for m in fed.store().load_inbox("bob")] == ["two"]
+    assert set(fed.store().load_session("s1")["roles"]) == {"lead", "bob"}
+
+
+@pytest.mark.sqlite_only
+def test_an_alias_that_cannot_be_patched_is_refused_naming_it(fed, tmp_path, monkeypatch):
+    """A module of the package that refuses the patch: install fails naming module and name; nothing wrapped."""
+    pkg = tmp_path / "aliaspkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import reader\n")
+    (pkg / "state.py").write_text("active_polls = {}\ndef load_polls():\n    pass\ndef save_polls():\n    pass\n")
+    (pkg / "reader.py").write_text('''
+import sys, types
+from .state import save_polls
+class _Frozen(types.ModuleType):
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{name} is read-only here")
+sys.modules[__name__].__class__ = _Frozen
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("aliaspkg")
+    state = sys.modules["aliaspkg.state"]
+    original = state.save_polls
+    try:
+        with pytest.raises(adopt.DeclarationError, match=r"aliaspkg\.reader\.save_polls \(AttributeError"):
+            adopt.install(state, {"load_polls": adopt.Load("polls", into="active_polls"),
+                                  "save_polls": adopt.Save("polls", source="active_polls")})
+        assert state.save_polls is original and not adopt.installed(state)
+        assert sys.modules["aliaspkg.reader"].save_polls is original
+    finally:
+        for name in [n for n in sys.modules if n == "aliaspkg" or n.startswith("aliaspkg.")]:
+            sys.modules.pop(name)
