@@ -60,7 +60,8 @@ class Runtime:
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
-        self.torn_counted = 0  # torn reads announced so far, and when the last new one was announced
+        # torn reads counted before (another runtime's), and when a new one was last announced
+        self.torn_counted = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
         self.torn_at: str | None = None
         self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
