@@ -753,7 +753,7 @@ class _Call:
         store.db.write(lambda tx: tx.executemany(sql, rows))
 
     def load(self) -> Any:
-        entity, into = self.plan.entity, self.decl.into
+        into = self.decl.into
         if self.decl.shape == "list" and self.phase is not Phase.FILES_ONLY:
             self.backfill_list()
         if self.phase is Phase.FILES_ONLY or self.phase is Phase.FILES_THEN_DB:
