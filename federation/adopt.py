@@ -164,7 +164,7 @@ ENTITIES: dict[str, _Kind] = {
 }
 
 #: the name of a per-agent list-file inbox (``shape="list"``), in nodes/{agent}/
-LIST_INBOX = "inbox.json"
+LIST_INBOX = _layout.LIST_INBOX
 
 
 # ---------------------------------------------------------------------------

@@ -352,3 +352,25 @@ sys.modules[__name__].__class__ = _Frozen
     finally:
         for name in [n for n in sys.modules if n == "aliaspkg" or n.startswith("aliaspkg.")]:
             sys.modules.pop(name)
+
+
+def test_migrate_report_and_sync_know_list_file_inboxes(fed, plan):
+    """migrate imports a list inbox's unread messages; report compares them; sync --to db keeps them unread
+    (it used to mark them read: lost); sync --to files marks a database claim read in the list, in place."""
+    fed.phase(1)
+    first = plan.agent.post("alice", "bob", "phase 1")
+    assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+    assert [m["id"] for m in fed.store().load_inbox("bob")] == [first]       # imported, unread
+    fed.phase(2)
+    second = plan.agent.post("alice", "bob", "phase 2")
+    assert build_report().consistent
+    assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
+    assert [m["id"] for m in fed.store().load_inbox("bob")] == [first, second]
+    fed.phase(3)
+    fed.store().claim_inbox("bob", ids=[first])                              # claimed behind the list's back
+    assert not build_report().consistent
+    assert CliRunner().invoke(cli, ["sync", "--to", "files"]).exit_code == 0
+    listed = json.loads((fed.root / "nodes" / "bob" / "inbox.json").read_text())
+    assert [(m["id"], bool(m.get("read"))) for m in listed] == [(first, True), (second, False)]
+    assert build_report().consistent
+    assert [m["content"] for m in plan.agent.read_new("bob")] == ["phase 2"]

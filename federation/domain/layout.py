@@ -38,6 +38,10 @@ __all__ = ["Tree", "NODES_DIR", "SHARED_DIR", "INBOX_DIR", "LEASED_DIR", "DEAD_D
            "message_owner", "message_folder", "leases_journal", "received_copy"]
 
 NODES_DIR = "nodes"
+#: a per-agent list-file inbox, nodes/{agent}/inbox.json (a JSON list of messages; a read one marked
+#: ``"read": true`` or with a ``read_at``): the shape federation.adopt declares as ``shape="list"``
+LIST_INBOX = "inbox.json"
+MESSAGE_LIST = "message_list"  #: its kind among the legacy files (its rows are messages)
 SHARED_DIR = "shared"
 INBOX_DIR = "inbox"
 LEASED_DIR = "leased"
@@ -206,6 +210,8 @@ def classify(parts: list[str]) -> tuple[str, str, str] | None:
         return "message", parts[1], doc_stem
     if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
         return NODE_FILES[name], parts[1], doc_stem
+    if len(parts) == 3 and parts[0] == NODES_DIR and name == LIST_INBOX:
+        return MESSAGE_LIST, parts[1], doc_stem
     if len(parts) == 2 and parts[0] == SHARED_DIR and name == POLLS_FILE:
         return "polls", "", "polls"
     if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] == SESSIONS_DIR and doc_stem:
