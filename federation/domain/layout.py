@@ -8,6 +8,8 @@ dead/ and sent_keys/)::
     nodes/{agent}/leased/.leases.json         (journal)    the leases taken: {id: [attempt, lease_until]}
     nodes/{agent}/dead/{message_id}.json      message      delivered the maximum attempts, never acknowledged
     nodes/{sender}/sent_keys/{sha256}.json    (keys)       an idempotent send's key: bookkeeping, no rows
+    nodes/{agent}/inbox.json                  message_list an inbox as one list file (federation.adopt's
+                                                           shape="list"): its unread messages
     nodes/{agent}/context_window.json         context
     nodes/{agent}/expertise.json              expertise
     nodes/{agent}/profile.json                profile
