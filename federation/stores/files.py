@@ -906,11 +906,17 @@ TORN_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 #: what this process saw: files re-read until they parsed, and files still unreadable after the re-reads
 torn_reads = {"recovered": 0, "unreadable": 0}
+#: torn reads per legacy document (what the reader named: a path, or an adopted function), the 50 latest
+torn_files: dict[str, int] = {}
 
 
 def note_torn(what: str, *, recovered: bool, error: object = None) -> None:
     """Count (and log) a torn legacy file: seen, then recovered by re-reading or still unreadable."""
     torn_reads["recovered" if recovered else "unreadable"] += 1
+    name = str(what)
+    torn_files[name] = torn_files.pop(name, 0) + 1  # the latest last
+    while len(torn_files) > 50:
+        del torn_files[next(iter(torn_files))]
     if recovered:
         log.warning("legacy_file_torn", file=what, outcome="recovered", seen=dict(torn_reads),
                     detail="a writer outside the shim wrote it in place; every writer must run through the shim")
