@@ -924,8 +924,10 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
         if p.get("adopted") and p["alive"]:
             click.echo(f"adopted: {p['host']}:{p['pid']} runs {', '.join(p['adopted'])} through federation.adopt")
         if p.get("torn_reads"):
+            docs = ", ".join(f"{name} ({n})" for name, n in (p.get("torn_documents") or {}).items())
             click.echo(f"WARNING: {p['host']}:{p['pid']} saw {p['torn_reads']} legacy file(s) half-written: a process "
-                       "writes the files outside the shim (every writer must run through it before phase 2)")
+                       "writes the files outside the shim (every writer must run through it before phase 2)"
+                       + (f"; last at {p['torn_at']}: {docs}" if p.get("torn_at") else ""))
     for four, files in control.unsafe_mix(fleet):
         click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
                    f"in phase {files['phase']}")

@@ -76,6 +76,15 @@ def remove(path: Path) -> bool:
 _reported: set[tuple[str, str]] = set()
 
 
+def _read_or_skip(path: Path) -> Any:
+    """The JSON of the bookkeeping file *path*; None when it is gone, or unreadable (skipped and logged once)."""
+    try:
+        return read_json(path)
+    except CorruptFileError as exc:
+        _skip(path, exc.reason)
+        return None
+
+
 def _skip(path: Path, reason: str) -> None:
     """Log an unreadable legacy file a read skips, once per file and reason (reads repeat every tick)."""
     key = (str(path), reason)
@@ -251,11 +260,7 @@ def _message_named(path: Path, agent: str) -> dict | None:
 def _dead_record(path: Path, agent: str) -> dict | None:
     """A dead/ file: the message and its delivery fields; None when it is gone or invalid (a link, a body
     naming another id or recipient, a delivery field out of range: skipped and logged, as inbox reads do)."""
-    try:
-        data = read_json(path)
-    except CorruptFileError as exc:
-        _skip(path, exc.reason)
-        return None
+    data = _read_or_skip(path)
     if data is None:
         return None
     reason = message_mismatch(data, stem(path.name), agent) or _delivery.delivery_problem(data)
@@ -430,11 +435,7 @@ def _key_file_ids(path: Path, sender: str, key: str) -> list[str] | None:
     the disk with another sender or recipient (domain.delivery).  Such a file is skipped and logged (the
     send goes ahead and writes the key's file anew).  A message no longer on the disk (received) cannot be
     checked: its key is trusted, so that a retry after the receipt still sends nothing."""
-    try:
-        data = read_json(path)
-    except CorruptFileError as exc:
-        _skip(path, exc.reason)
-        return None
+    data = _read_or_skip(path)
     if data is None:
         return None
     reason = _delivery.key_file_problem(data, sender, key)

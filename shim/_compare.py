@@ -72,8 +72,11 @@ def delta(base: Any, new: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
         for k, v in new.items():
             if k not in base:
                 out.append((path + (k,), copy.deepcopy(v)))
-            else:
-                out.extend(delta(base[k], v, path + (k,)))
+                continue
+            old = base[k]
+            if old == v and type(old) is type(v):
+                continue  # equal, compared in C: an unchanged poll is not walked field by field
+            out.extend(delta(old, v, path + (k,)))
         return out
     if base == new and type(base) is type(new):
         return []

@@ -218,6 +218,15 @@ def pg_url(pg_databases):
     return pg_databases()
 
 
+def _forget_torn_reads() -> None:
+    from federation import rollout
+    from federation.stores import files as _files
+
+    rollout.RUNTIME.torn_at = None
+    rollout.RUNTIME.torn_counted = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
+    _files.torn_files.clear()
+
+
 @pytest.fixture(params=BACKENDS)
 def fed(request: pytest.FixtureRequest, tmp_path: Path):
     """A federation on a temporary root, on each storage engine in turn."""
@@ -226,6 +235,7 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path):
     root = tmp_path / "fed"
     root.mkdir()
     forget_stores()
+    _forget_torn_reads()  # a writer outside the fleet seen by an earlier test is not this federation's
     f = Fed(root, tmp_path / "federation.db", db_url, new_pg_database)
     yield f
     forget_stores()

@@ -487,13 +487,34 @@ def test_profile_expertise_and_session_documents(fed, tmp_path, monkeypatch, pha
         sys.modules.pop("other_core", None)
 
 
-def test_a_process_pinned_to_phase_4_keeps_phase_3_for_adopted_functions(fed, seed, monkeypatch):
-    """Adopted code is not run in phase 4: pinned there, its functions still write both sides, and say so once."""
-    monkeypatch.setattr(adopt, "_warned_phase_4", False)
+def test_phase_4_never_runs_adopted_code(fed, seed, tmp_path):
+    """Phase 4 (pinned, or the flag): a declared call is refused and writes nothing; install refuses too."""
+    fed.phase(3)
+    poll_id = seed.create_poll("lead", "Four?", ["yes", "no"])
+    before = seed.POLLS_FILE.read_bytes()
     fed.phase(4)
-    with structlog.testing.capture_logs() as logs:
-        poll_id = seed.create_poll("lead", "Four?", ["yes", "no"])
+    with pytest.raises(adopt.AdoptedPhaseError, match=r"seed_core\.core\.load_polls: .*phase 4"):
         seed.vote(poll_id, "bob", "yes")
-    files, db = _both_sides(fed, poll_id)
-    assert files == db == {"bob": "yes"}
-    assert len(_events(logs, "adopt_phase_4_runs_as_3")) == 1
+    with pytest.raises(adopt.AdoptedPhaseError):
+        seed.send("alice", "bob", "hello")
+    assert seed.POLLS_FILE.read_bytes() == before and not (fed.root / "nodes" / "bob").exists()
+    assert fed.store().load_poll(poll_id)["votes"] == {}
+    adopt.uninstall(seed)
+    with pytest.raises(adopt.AdoptedPhaseError, match="adopting seed_core.core"):
+        adopt.install(seed, DECLARATIONS)
+    assert not adopt.installed(seed)
+    fed.phase(3)
+
+
+@pytest.mark.sqlite_only
+def test_an_unpinned_process_refuses_to_start_when_the_flag_is_at_4(fed, tmp_path):
+    """A process following the flag, started when the fleet is in phase 4, refuses at import, naming why."""
+    fed.phase(3)
+    assert rollout.set_phase(4, force=True, reason="test: the fleet finished").applied
+    try:
+        proc = _spawn(fed, "import seed_core.adoption\nfrom seed_core import core\n", phase=None, **FAST)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "AdoptedPhaseError" in err and "phase 4" in err and "seed_core.core" in err
+    finally:
+        rollout.set_phase(3, force=True, reason="test: back")

@@ -127,13 +127,14 @@ def _doctor_legacy_files(fed) -> dict:
     return next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "legacy_files")
 
 
-def test_a_list_file_inbox_fails_migrate_until_accepted_and_again_once_changed(fed):
-    """`nodes/bob/inbox.json`, a list of 2 unread messages some legacy code keeps: `migrate` (dry run, real,
+def test_a_document_with_no_place_fails_migrate_until_accepted_and_again_once_changed(fed):
+    """`nodes/bob/outbox.json`, a list of 2 messages some legacy code keeps (the layout has no place for it; an
+    `inbox.json` list file is imported as messages since issue 26): `migrate` (dry run, real,
     --json) lists it as not imported with records 2 and exits 3 (it said "ok: every file migrated"); doctor
     fails on it. `--accept PATH --reason` records it in control/accepted.jsonl: then migrate exits 0 and
     doctor passes that check. The file changes: both fail again."""
     generate(fed.root, agents=2, messages=4, polls=1, sessions=0)
-    inbox = fed.root / "nodes" / "bob" / "inbox.json"
+    inbox = fed.root / "nodes" / "bob" / "outbox.json"
     inbox.parent.mkdir(parents=True)
     inbox.write_text(json.dumps([{"id": "m1", "sender": "alice", "content": "read the plan"},
                                  {"id": "m2", "sender": "carol", "content": "and the runbook"}]))
@@ -147,12 +148,12 @@ def test_a_list_file_inbox_fails_migrate_until_accepted_and_again_once_changed(f
     assert "ok:" not in text.stdout
     assert not _doctor_legacy_files(fed)["ok"]
 
-    assert run_cli(fed, "migrate", "--accept", "nodes/bob/inbox.json").returncode == 2  # no reason: usage
-    done = run_cli(fed, "migrate", "--accept", "nodes/bob/inbox.json", "--reason", "an old client's cache")
+    assert run_cli(fed, "migrate", "--accept", "nodes/bob/outbox.json").returncode == 2  # no reason: usage
+    done = run_cli(fed, "migrate", "--accept", "nodes/bob/outbox.json", "--reason", "an old client's cache")
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((fed.root / "control" / "accepted.jsonl").read_text().splitlines()[-1])
     assert (record["path"], record["reason"], record["listed_as"], record["records"]) == (
-        "nodes/bob/inbox.json", "an old client's cache", "not imported", 2)
+        "nodes/bob/outbox.json", "an old client's cache", "not imported", 2)
     assert len(record["sha256"]) == 64 and record["by"] and record["at"]
     after = run_cli(fed, "migrate", "--json")
     assert after.returncode == 0, after.stdout[-2000:]

@@ -8,6 +8,8 @@ dead/ and sent_keys/)::
     nodes/{agent}/leased/.leases.json         (journal)    the leases taken: {id: [attempt, lease_until]}
     nodes/{agent}/dead/{message_id}.json      message      delivered the maximum attempts, never acknowledged
     nodes/{sender}/sent_keys/{sha256}.json    (keys)       an idempotent send's key: bookkeeping, no rows
+    nodes/{agent}/inbox.json                  message_list an inbox as one list file (federation.adopt's
+                                                           shape="list"): its unread messages
     nodes/{agent}/context_window.json         context
     nodes/{agent}/expertise.json              expertise
     nodes/{agent}/profile.json                profile
@@ -38,6 +40,10 @@ __all__ = ["Tree", "NODES_DIR", "SHARED_DIR", "INBOX_DIR", "LEASED_DIR", "DEAD_D
            "message_owner", "message_folder", "leases_journal", "received_copy"]
 
 NODES_DIR = "nodes"
+#: a per-agent list-file inbox, nodes/{agent}/inbox.json (a JSON list of messages; a read one marked
+#: ``"read": true`` or with a ``read_at``): the shape federation.adopt declares as ``shape="list"``
+LIST_INBOX = "inbox.json"
+MESSAGE_LIST = "message_list"  #: its kind among the legacy files (its rows are messages)
 SHARED_DIR = "shared"
 INBOX_DIR = "inbox"
 LEASED_DIR = "leased"
@@ -188,6 +194,8 @@ def classify(parts: list[str]) -> tuple[str, str, str] | None:
         return "message", parts[1], doc_stem
     if len(parts) == 3 and parts[0] == NODES_DIR and name in NODE_FILES:
         return NODE_FILES[name], parts[1], doc_stem
+    if len(parts) == 3 and parts[0] == NODES_DIR and name == LIST_INBOX:
+        return MESSAGE_LIST, parts[1], doc_stem
     if len(parts) == 2 and parts[0] == SHARED_DIR and name == POLLS_FILE:
         return "polls", "", "polls"
     if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] == SESSIONS_DIR and doc_stem:

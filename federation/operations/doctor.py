@@ -214,6 +214,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     checks.append(_files_vs_database(s, phase, tree, store))
     checks.append(_dead_letters_check(s, phase, store is not None or phase <= 2))
     checks.append(_fleet_check(s))
+    checks.append(_unannounced_check(s))
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
@@ -298,6 +299,14 @@ def phase_in_effect(s: config.Settings) -> int:
 def _describe(process: dict) -> str:
     agent = f" (agent {process['agent']})" if process.get("agent") else ""
     return f"{process.get('host')}:{process.get('pid')}{agent} in phase {process.get('phase')}"
+
+
+def _unannounced_check(s: config.Settings) -> Check:
+    """No legacy file seen half-written lately: a writer outside the fleet (docs/adopting.md, section 5)."""
+    from .. import rollout
+
+    guard = rollout.unannounced_writers(rollout.fleet(settings=s))
+    return Check("unannounced_writers", guard["ok"], guard["detail"], guard["fix"] or None)
 
 
 def _fleet_check(s: config.Settings) -> Check:

@@ -15,6 +15,7 @@ from ._counts import BUCKET_SECONDS, LATENCY_BOUNDS_MS, MISMATCH_CAP
 from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, read_flag, record_sync
 from ._fleet import unsafe_mix
 from ._guards import DEFAULT_MIN_COMPARISONS, DEFAULT_MIN_RATE, SetResult, current_phase, guards, set_phase
+from ._guards import _unannounced_writers as unannounced_writers
 from ._runtime import RUNTIME, observe
 from ._status import consistency, counters, fleet, history, recent_mismatches, series, status, totals
 
@@ -22,7 +23,7 @@ __all__ = [
     "status", "series", "counters", "recent_mismatches", "guards", "unsafe_mix", "fleet", "history",
     "consistency", "totals", "set_phase", "SetResult", "current_phase", "fleet_phase", "read_flag", "record_sync", "Flag",
     "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "announce_adopted",
-    "observe", "flush",
+    "observe", "flush", "unannounced_writers",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
     "MISMATCH_CAP",
 ]

@@ -60,6 +60,13 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
         torn = _io.count(doc.get("torn_reads"))
         if torn:
             entry["torn_reads"] = torn  # legacy files it saw half-written (only when it saw some)
+            torn_at = _io.text(doc.get("torn_at"))
+            if torn_at and _io.parse_iso(torn_at) is not None:
+                entry["torn_at"] = torn_at  # when it last saw a new one: a writer outside the fleet
+                docs = doc.get("torn_documents")
+                if isinstance(docs, dict):
+                    entry["torn_documents"] = {str(k)[:300]: n for k, n in list(docs.items())[:50]
+                                               if _io.count(n)}
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out

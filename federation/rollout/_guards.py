@@ -13,6 +13,7 @@ to the step are returned:
 The window starts at ``since`` (exact to the second), else when the current phase was entered.
 | ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
 | ``adopted_code`` | going to 4 | a live process runs code adopted with ``federation.adopt`` |
+| ``unannounced_writers`` | going up to 2 or 3 | a process saw a legacy file half-written in the last 2 minutes |
 | ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
 
 A difference that is gone once its document is re-read under its file lock
@@ -221,6 +222,8 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
                           f"let the fleet serve reads in phase {from_phase} (shadow reads: `--sample`) until "
                           f"{min_comparisons} comparisons are counted (`federation rollout status`)"))
     fleet = _status.fleet(settings=s)
+    if target in (2, 3) and target > from_phase:
+        out.append(_unannounced_writers(fleet))
     if target == 4 or target in (1, 2):
         if target == 4:
             bad = [p for p in fleet if p["alive"] and p.get("phase") in (1, 2)]
@@ -243,6 +246,35 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
     return out
 
 
+#: a torn read this recent (seconds) means a writer outside the fleet is still at work
+UNANNOUNCED_WINDOW = 120
+
+
+def _unannounced_writers(fleet: list[dict]) -> dict[str, Any]:
+    """Steps up to 2 and 3 are refused while a legacy document is rewritten by a process outside the fleet:
+    every process of the fleet writes under the documents' locks, so a half-written file read under the
+    lock was written by someone else (whose writes the database never sees, and whose whole-document
+    writes undo the fleet's)."""
+    now = _io.utcnow()
+    recent = []
+    for p in fleet:
+        seen = _io.parse_iso(p.get("torn_at") or "")
+        if seen is not None and (now - seen).total_seconds() <= UNANNOUNCED_WINDOW:
+            recent.append(p)
+    docs: dict[str, int] = {}
+    for p in recent:
+        for name, n in (p.get("torn_documents") or {}).items():
+            docs[name] = docs.get(name, 0) + n
+    where = ", ".join(f"{name} ({n})" for name, n in sorted(docs.items(), key=lambda kv: -kv[1])[:5])
+    return _guard("unannounced_writers", not recent,
+                  f"{len(recent)} process(es) saw legacy files half-written in the last {UNANNOUNCED_WINDOW} s "
+                  f"(a writer outside the fleet): {where or ', '.join(_fleet.describe(p) for p in recent[:5])}"
+                  if recent else f"no legacy file seen half-written in the last {UNANNOUNCED_WINDOW} s",
+                  "find the process that writes these files without the shim (it is not in `federation rollout "
+                  "status`), adopt it (docs/adopting.md) or stop it; the guard passes "
+                  f"{UNANNOUNCED_WINDOW} s after the last half-written file is seen")
+
+
 def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
     """Phase 4 is refused while a process runs code adopted with federation.adopt: its file code still runs."""
     live = [p for p in fleet if p["alive"] and p.get("adopted")]
@@ -251,7 +283,7 @@ def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
                   f"{len(live)} live process(es) run adopted code, whose functions write the legacy files: {names}"
                   if live else "no live process runs adopted code",
                   "finish the adoption first: replace the adopted functions' calls by federation.* (the "
-                  "federation's API, docs/adopting-your-own-code.md), restart those processes, and retry")
+                  "federation's API, docs/adopting.md), restart those processes, and retry")
 
 
 def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,

@@ -60,6 +60,9 @@ class Runtime:
         self.timings = config.ControlTimings()
         self.tally = _counts.Tally()
         self.agent: str | None = None
+        # torn reads counted before (another runtime's), and when a new one was last announced
+        self.torn_counted = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
+        self.torn_at: str | None = None
         self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -321,6 +324,12 @@ class Runtime:
         torn = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
         if torn:  # legacy files seen half-written: a writer outside the shim (status warns)
             doc["torn_reads"] = torn
+            if torn > self.torn_counted:  # new ones since the last announcement: when, and where
+                self.torn_at = doc["last_seen"]
+            if self.torn_at:
+                doc["torn_at"] = self.torn_at
+                doc["torn_documents"] = dict(_files.torn_files)
+        self.torn_counted = torn
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))

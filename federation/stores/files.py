@@ -119,19 +119,7 @@ def _open_lock(path: Path, root: Path | str) -> int:
     opened (looked at first) and never blocks (O_NONBLOCK, then fstat): :class:`CorruptFileError`.
     """
     with folder_of(path, root, create=True) as (dfd, name):
-        try:
-            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            raise CorruptFileError(path, _kind(mode) + "; the lock cannot be taken: remove it")
-        try:
-            fd = os.open(name, _LOCK_FLAGS, 0o644, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped for a link meanwhile
-                raise CorruptFileError(path, "changed into something that is not a regular file; "
-                                             "the lock cannot be taken") from None
-            raise
+        fd = _open_made(dfd, name, path, _LOCK_FLAGS, "the lock cannot be taken")
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -538,19 +526,7 @@ def append_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool 
     planted for a file elsewhere): :class:`CorruptFileError`, nothing written.
     """
     with folder_of(path, root, create=True) as (dfd, name):
-        try:
-            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            raise CorruptFileError(path, _kind(mode) + "; nothing appended")
-        try:
-            fd = os.open(name, _APPEND_FLAGS, 0o644, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                raise CorruptFileError(path, f"changed into something that is not a regular file ({exc.strerror}); "
-                                             "nothing appended") from None
-            raise
+        fd = _open_made(dfd, name, path, _APPEND_FLAGS, "nothing appended")
     try:
         _check_own(fd, path, "nothing appended")
         os.write(fd, payload)
@@ -558,6 +534,25 @@ def append_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool 
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _open_made(dfd: int, name: str, path: object, flags: int, refused: str) -> int:
+    """``os.open(name, flags)`` in the folder *dfd* (flags with O_CREAT|O_NOFOLLOW|O_NONBLOCK: made if missing,
+    never through a link, never blocking), after looking at the entry: a FIFO, device or folder is not even
+    opened.  :class:`CorruptFileError` saying *refused* otherwise; the caller checks the descriptor (fstat)."""
+    try:
+        mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise CorruptFileError(path, f"{_kind(mode)}; {refused}: remove it")
+    try:
+        return os.open(name, flags, 0o644, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped for a link or the like meanwhile
+            raise CorruptFileError(path, f"changed into something that is not a regular file ({exc.strerror}); "
+                                         f"{refused}") from None
+        raise
 
 
 def _check_own(fd: int, path: object, doing: str) -> None:
@@ -916,11 +911,17 @@ TORN_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 #: what this process saw: files re-read until they parsed, and files still unreadable after the re-reads
 torn_reads = {"recovered": 0, "unreadable": 0}
+#: torn reads per legacy document (what the reader named: a path, or an adopted function), the 50 latest
+torn_files: dict[str, int] = {}
 
 
 def note_torn(what: str, *, recovered: bool, error: object = None) -> None:
     """Count (and log) a torn legacy file: seen, then recovered by re-reading or still unreadable."""
     torn_reads["recovered" if recovered else "unreadable"] += 1
+    name = str(what)
+    torn_files[name] = torn_files.pop(name, 0) + 1  # the latest last
+    while len(torn_files) > 50:
+        del torn_files[next(iter(torn_files))]
     if recovered:
         log.warning("legacy_file_torn", file=what, outcome="recovered", seen=dict(torn_reads),
                     detail="a writer outside the shim wrote it in place; every writer must run through the shim")

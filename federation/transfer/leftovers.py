@@ -1,7 +1,7 @@
 """Files under the legacy folders that nothing is imported from: the JSON documents the layout has no place for.
 
 ``migrate`` never says ok while content stayed behind: a JSON document under ``nodes/`` or ``shared/``
-that the layout does not define (``nodes/bob/inbox.json``, a list of unread messages some legacy code
+that the layout does not define (``nodes/bob/outbox.json``, a list of messages some legacy code
 keeps) is listed as not imported, with what it holds, and fails the migration (exit 3) like an invalid
 file, until an operator accepts it (:mod:`federation.operations.accepted`).
 """

@@ -33,7 +33,8 @@ from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIO
                                _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
 from ..domain.delivery import delivery_problem
-from ..domain.layout import MESSAGE_DIRS, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR, SESSIONS_DIR, document_file
+from ..domain.layout import (LIST_INBOX, MESSAGE_DIRS, MESSAGE_LIST, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR,
+                             SESSIONS_DIR, document_file)
 from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "Unknown", "unknown_scope", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -293,6 +294,8 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
                 continue  # the index of idempotent sends: bookkeeping, no rows
             elif name in NODE_FILES and entry.regular():
                 yield NODE_FILES[name], entry.path, node.name, layout.stem(name)
+            elif name == LIST_INBOX and entry.regular():
+                yield MESSAGE_LIST, entry.path, node.name, layout.stem(name)  # an adopted list-file inbox
             elif name in NODE_FILES or name in MESSAGE_DIRS or name == SENT_KEYS_DIR or not entry.regular():
                 yield INVALID, entry.path, _odd(entry), ""
             else:
@@ -451,7 +454,7 @@ def read_tree(root: Path, progress: bool = False) -> TreeRows:
 
 def _lock_of(kind: str, owner: str) -> str | None:
     try:
-        return document_lock(kind, owner)
+        return document_lock("message" if kind == MESSAGE_LIST else kind, owner)
     except ValidationError:  # a name no writer can lock: nobody writes it through the shim
         return None
 
@@ -534,6 +537,8 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
             return True
         if kind == "message":
             _message(out, path, data, owner, stem)
+        elif kind == MESSAGE_LIST:
+            _message_list(out, path, data, owner)
         elif kind == "expertise":
             _expertise(out, path, data, owner)
         elif kind == "polls":
@@ -592,6 +597,42 @@ def read_files(tree: Tree, paths: Iterable[Path | str]) -> TreeRows:
     if torn:  # the caller may hold these documents' locks already: the locks are re-entrant
         settle_torn(tree, out, torn, valid_agents)
     return out
+
+
+def document_rows(tree: Tree, kind: str, owner: str, data: Any) -> TreeRows:
+    """The rows of one legacy document *data* of *kind* (a node file, or a session: *owner* is the agent or
+    session id), read as if from its file: what :mod:`federation.adopt` writes to the database after merging
+    a save into the database's record.  What cannot be read is in ``invalid``."""
+    out = TreeRows(root=str(tree.root))
+    path = str(layout.document_file(tree, kind, owner, owner))
+    try:
+        if kind == "expertise":
+            _expertise(out, path, data, owner)
+        elif kind == "session":
+            _session(out, path, data, owner)
+        else:
+            _node_document(out, path, data, _NODE_ENTITY[kind], owner)
+    except (_Invalid, ValueError, ValidationError) as exc:
+        out.invalid.append({"path": path, "reason": str(exc) or type(exc).__name__})
+    return out
+
+
+def _message_list(out: TreeRows, path: str, data: Any, agent: str) -> None:
+    """The unread messages of a list-file inbox (a read one, marked ``read`` or with a ``read_at``, is
+    history: no row); a message that cannot be read is listed in ``invalid``, the others are kept."""
+    if not isinstance(data, list):
+        raise _Invalid(f"a list-file inbox must be a JSON list, found {_json_type(data)}")
+    for i, message in enumerate(data):
+        if isinstance(message, dict) and (message.get("read") or message.get("read_at")):
+            continue
+        mid = message.get("id") if isinstance(message, dict) else None
+        try:
+            if not isinstance(mid, str):
+                raise _Invalid("no text id")
+            _validate.ident(mid, "message id")
+            _message(out, path, {k: v for k, v in message.items() if k != "read"}, agent, mid)
+        except (_Invalid, ValidationError, ValueError) as exc:
+            out.invalid.append({"path": path, "reason": f"message {i}: {exc}"})
 
 
 def read_db_documents(tx: Any, docs: Iterable[tuple[str, str]]) -> dict[str, dict[tuple, tuple]]:
@@ -731,7 +772,7 @@ def unknown_scope(root: str, path: str, reason: str, out: Unknown) -> None:
         elif n == 2:
             for kind in _NODE_KINDS:
                 out.add(path, reason, kind, owner=parts[1])
-        elif n == 3 and parts[2] in MESSAGE_DIRS:
+        elif n == 3 and (parts[2] in MESSAGE_DIRS or parts[2] == LIST_INBOX):
             out.add(path, reason, "message", owner=parts[1])
         elif n == 3 and parts[2] in NODE_FILES:
             out.add(path, reason, NODE_FILES[parts[2]], doc_id=parts[1])

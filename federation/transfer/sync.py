@@ -39,7 +39,8 @@ from ..stores import sqltext as _sql
 from .. import config
 from ..domain.authority import authority
 from ..domain.clock import now
-from ..stores.files import Tree, atomic_write_json, entry_kind, locked, read_json, remove
+from ..stores.files import Tree, atomic_write_json, entry_kind, is_regular, locked, read_json, remove
+from ..domain.layout import LIST_INBOX
 from .keys import export_keys, import_keys, read_key_files
 from .rows import BY_NAME, TABLES, TreeRows, Unknown, document_file, key_text, read_db_documents, read_files
 from ..domain.entities import ENTITY_NAMES, MESSAGES, POLLS_LOCK, Entity, document_lock
@@ -304,13 +305,21 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
             return None
         return getattr(store, _LOADERS[kind])(doc_id) if apply else True
 
+    lists: dict[Path, dict[str, Any]] = {}  # list-file inboxes (federation.adopt): edited in place, never dropped
     for mid in sorted(affected.get("message", ())):
         row = sides.db["messages"].get((mid,))
         old = sources["messages"].get((mid,))
+        if old and os.path.basename(old) == LIST_INBOX:
+            lists.setdefault(Path(old), {})[mid] = None if row is None else MESSAGES.from_row(row)
+            continue
         if row is None:  # read or gone in the database: no unread file
             drop(old, mid)
             continue
         msg = MESSAGES.from_row(row)
+        listed = tree.node(msg["recipient"]) / LIST_INBOX
+        if old is None and is_regular(listed, root=tree.root):
+            lists.setdefault(listed, {})[mid] = msg  # its inbox is a list file: the message goes there
+            continue
         path = tree.message_file(msg["recipient"], mid)
         if old and received_copy(old, path):
             # received and not acknowledged: it stays out of inbox/ (rewritten without its lease, it is
@@ -319,6 +328,21 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
         if old and Path(old) != path:
             drop(old, mid)
         put(path, msg, mid)
+    for path, edits in sorted(lists.items()):
+        try:
+            doc = read_json(path, list, [], root=tree.root)
+        except CorruptFileError:  # unreadable since it was read: unknown, never rebuilt from [] (the others)
+            continue
+        ids = {m.get("id"): i for i, m in enumerate(doc) if isinstance(m, dict)}
+        for mid, msg in edits.items():
+            if msg is None:  # read or gone in the database: read in the list too (the list keeps its history)
+                if mid in ids:
+                    doc[ids[mid]] = {**doc[ids[mid]], "read": True}
+            elif mid in ids:
+                doc[ids[mid]] = msg
+            else:
+                doc.append(msg)
+        put(path, doc, ", ".join(sorted(edits)))
 
     poll_ids = sorted(affected.get("polls", ()))
     if poll_ids:  # one document holds every poll: the others are kept as they are

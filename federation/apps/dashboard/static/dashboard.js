@@ -242,6 +242,13 @@
     const banner = [];
     if (!data.database.ok) banner.push(`Database unreachable: ${data.database.error}. The flag, the fleet and the counts below come from the control files.`);
     for (const p of data.problems || []) banner.push(`Could not read ${p.part}: ${p.error}`);
+    for (const p of (data.status && data.status.fleet) || []) {
+      if (!p.torn_at) continue;
+      const docs = Object.entries(p.torn_documents || {}).map(([name, n]) => `${name} (${n})`).join(", ");
+      banner.push(`A writer outside the fleet: ${p.host}:${p.pid} read legacy files half-written, last at ` +
+        `${fmtTime(p.torn_at)}${docs ? ": " + docs : ""}. Steps up to phase 2 and 3 are refused ` +
+        "(unannounced_writers) until it stops.");
+    }
     const bannerBox = $("#banner");
     bannerBox.hidden = banner.length === 0;
     bannerBox.replaceChildren(...banner.map((t) => el("div", {}, t)));
