@@ -235,7 +235,6 @@ def test_a_fifo_lock_file_never_blocks_and_a_dangling_link_creates_nothing(fed, 
     locks.mkdir(exist_ok=True)
     for f in locks.iterdir():
         f.unlink()
-    files._thread_fds().clear()  # this thread's cached descriptors of the old lock files
     os.mkfifo(locks / "inbox-bob.lock")
     target = tmp_path / "OUTSIDE-created.lock"
     (locks / "node-alice.lock").symlink_to(target)

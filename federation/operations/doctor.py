@@ -34,7 +34,8 @@ WAL_LIMIT_BYTES = 256 * 1024 * 1024
 #: Free space below this (or below 10 % of a smaller filesystem) fails the free-space checks.
 MIN_FREE_BYTES = 256 * 1024 * 1024
 
-_RESTORE_FIX = ("stop the agents, then `federation restore --from /path/to/backup.db` (it sets the flag to the "
+_RESTORE_FIX = ("stop the agents, then restore the last verified backup: `federation restore --from "
+                "/path/to/backup.db` (it sets the flag to the "
                 "phase whose side is the newest before naming the repair; docs/operations.md, \"Backup and restore\"); "
                 "without a backup, `federation sync --to db` from the files in phases 1-2 (in 3-4 the database is "
                 "authoritative: `--force --reason TEXT` only when the files are all that is left)")

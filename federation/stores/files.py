@@ -33,7 +33,6 @@ import os
 import stat
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -59,52 +58,66 @@ MAX_JSON_DEPTH = 100
 
 
 _held = threading.local()
-_MAX_CACHED_FDS = 256
 
 
-class _ThreadEnd:
-    """Lives exactly as long as one thread's lock descriptors: its finalizer closes them."""
+def _lock_fd(tree: Tree, name: str) -> int:
+    """A descriptor of the lock file *name* (made if missing), opened for the time the lock is held.
 
-    __slots__ = ("__weakref__",)
-
-
-def _close_fds(fds: dict, pid: int) -> None:
-    if pid == os.getpid():  # never a forked parent's descriptors
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        fds.clear()
-
-
-def _thread_fds() -> dict[tuple[str, str], int]:
-    """This thread's lock descriptors by (root, name): kept for the thread's life (flock is per
-    descriptor), closed when the thread ends (a server's worker threads come and go)."""
-    fds = getattr(_held, "fds", None)
-    if fds is None or _held.pid != os.getpid():  # a forked child: the parent's descriptors are not ours
-        fds = _held.fds = {}
-        _held.pid = os.getpid()
-        _held.end = _ThreadEnd()
-        weakref.finalize(_held.end, _close_fds, fds, os.getpid())
-    return fds
-
-
-def _lock_fd(tree: Tree, name: str, held: dict) -> int:
-    """An open descriptor of the lock file, cached per process and thread (flock is per descriptor)."""
-    key = (str(tree.root), name)
-    fds = _thread_fds()
-    fd = fds.get(key)
-    if fd is not None:
-        return fd
-    path = tree.lock_path(name)
+    Never cached (issue 30): a process holds one descriptor per lock it holds *now*, whatever the number
+    of threads, agents and documents it ever touched (flock is per open file description, so each
+    holder opens its own), plus one of each root's ``.locks/`` folder (:func:`_locks_folder`).
+    On the path of every locked call: strings and four system calls (open, fstat; flock; close)."""
+    fname = name + ".lock"
     try:
-        fd = _open_lock(path, tree.root)
+        dfd = _locks_folder(tree)
+        try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
+            fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise
+            mode = 0
+            with contextlib.suppress(OSError):
+                mode = os.stat(fname, dir_fd=dfd, follow_symlinks=False).st_mode
+        else:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                return fd
+            os.close(fd)
     except OSError as exc:  # read-only root, permissions: typed, naming the lock file
-        raise FileStorageError.wrap(exc, path, "open the lock file") from exc
-    if len(fds) > _MAX_CACHED_FDS:
-        for k in [k for k in fds if k not in held]:
-            os.close(fds.pop(k))
-    fds[key] = fd
-    return fd
+        raise FileStorageError.wrap(exc, tree.lock_path(name), "open the lock file") from exc
+    what = _kind(mode) if mode else "not a regular file (it changed while opened)"
+    raise CorruptFileError(tree.lock_path(name), f"{what}; the lock cannot be taken: remove it")
+
+
+#: each root's ``.locks/`` folder, reached from the root without following links: (descriptor, device,
+#: inode, when last walked to).  Walked to again every LOCKS_RECHECK_S: a folder swapped or moved since is
+#: left (its descriptor closed once no lock can be opening in it) and the real one used.
+_locks_folders: dict[tuple[int, str], tuple[int, int, int, float]] = {}
+_locks_guard = threading.Lock()
+LOCKS_RECHECK_S = 1.0
+
+
+def _locks_folder(tree: Tree) -> int:
+    key = (os.getpid(), str(tree.root))  # a forked child walks again: never its parent's descriptor
+    found = _locks_folders.get(key)
+    now = time.monotonic()
+    if found is not None and now - found[3] < LOCKS_RECHECK_S:
+        return found[0]
+    with _locks_guard:
+        found = _locks_folders.get(key)
+        if found is not None and now - found[3] < LOCKS_RECHECK_S:
+            return found[0]
+        top, parts = _parts(tree.root, tree.lock_path("x"))
+        fd = _walk(top, parts[:-1], True)
+        st = os.fstat(fd)
+        if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
+            os.close(fd)  # the same folder: keep the descriptor threads may be opening in
+            _locks_folders[key] = (found[0], found[1], found[2], now)
+            return found[0]
+        # a new folder (first use, or the old one was swapped or moved): the old descriptor stays open,
+        # counted, until the process ends (a thread may be opening in it right now); one per swap
+        _locks_folders[key] = (fd, st.st_dev, st.st_ino, now)
+        return fd
 
 
 _LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -170,8 +183,12 @@ class locked:
         if self.key in held:
             held[self.key] += 1
             return
-        fd = _lock_fd(self.tree, self.name, held)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = _lock_fd(self.tree, self.name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
         held[self.key] = 1
         self.fd = fd
 
@@ -181,7 +198,8 @@ class locked:
             held[self.key] -= 1
             return
         del held[self.key]
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        fd, self.fd = self.fd, None
+        os.close(fd)  # releases the lock: one descriptor per lock held, never kept
 
 
 # ---------------------------------------------------------------------------
