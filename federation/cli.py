@@ -773,8 +773,12 @@ def agents() -> None:
     """Bearer tokens of the agents that `federation serve --http` serves (one per agent)."""
 
 
-def _token_root() -> Any:
+def _token_root(make: bool = False) -> Any:
+    """The root holding control/agents.json; *make*: created when missing (`agents add` on a fresh machine,
+    as `demo` does), else a missing root is a usage error (listing or revoking finds nothing to act on)."""
     root = _settings().root
+    if make and not root.exists():
+        root.mkdir(parents=True, exist_ok=True)  # the root itself, given by the operator
     if not root.is_dir():
         raise click.UsageError(f"the federation root {root} does not exist (--root or FEDERATION_ROOT)")
     return root
@@ -797,7 +801,7 @@ def agents_add(name: str, as_json: bool) -> None:
         valid_agent(name, "NAME")
     except ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
-    token, replaced = agent_tokens.add(name, _token_root())
+    token, replaced = agent_tokens.add(name, _token_root(make=True))
     if as_json:
         click.echo(json.dumps({"agent": name, "token": token}))
     else:

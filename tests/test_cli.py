@@ -80,3 +80,21 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(fed):
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 0, (args, err)
         assert "Broken pipe" not in err and "Traceback" not in err, (args, err)
+
+
+def test_agents_add_makes_the_root_on_a_fresh_machine_and_listing_does_not(tmp_path):
+    """`agents add` makes the federation's root like `demo` does (issue 29: it exited 2 on a fresh machine);
+    `agents list`, which only inspects, still refuses a missing root (exit 2) and makes nothing."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "fresh" / "federation"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("FEDERATION_")}
+    env["FEDERATION_ROOT"] = str(root)
+    listed = subprocess.run([sys.executable, "-m", "federation", "agents", "list"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 2 and not root.exists()
+    added = subprocess.run([sys.executable, "-m", "federation", "agents", "add", "alice"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    assert len(added.stdout.strip()) >= 32 and (root / "control" / "agents.json").is_file()
