@@ -45,6 +45,11 @@ from . import _io
 
 log = library_logger("federation.rollout")
 
+
+def _stem(name: str) -> str:
+    """A control/ count file's name without its extension (``2026120713.json`` -> ``2026120713``)."""
+    return os.path.splitext(name)[0]
+
 #: counts are kept per bucket of this many seconds (a minute; FEDERATION_COUNTS_BUCKET, a divisor of 3600)
 BUCKET_SECONDS = 60
 HOUR = 3600
@@ -308,7 +313,7 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
             yield from _cells_in(doc, top / BY_HOUR / name, lo, hi)
     if BY_MINUTE in names:  # 3. the hour files not in a day file
         for name in sorted(_listing(top / BY_MINUTE, root)):
-            hour = hour_of(name[:-5]) if name.endswith(".json") else None
+            hour = hour_of(_stem(name)) if name.endswith(".json") else None
             if hour is None or hour + HOUR <= lo or hour >= hi or hour in covered:
                 continue
             doc = _compacted(top / BY_MINUTE / name, BY_MINUTE)
@@ -553,7 +558,7 @@ def day_of(name: str) -> int | None:
     if not name.endswith(".json"):
         return None
     try:
-        return int(datetime.strptime(name[:-5], "%Y%m%d").replace(tzinfo=timezone.utc).timestamp())
+        return int(datetime.strptime(_stem(name), "%Y%m%d").replace(tzinfo=timezone.utc).timestamp())
     except ValueError:
         return None
 
@@ -750,7 +755,7 @@ def _expire(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, 
         result.removed_expired += len(files) if dry_run else _remove_names(top / name, files, root)
         if not dry_run and len(files) == len(inside):
             _files.remove_folder(top / name, root=Path(root))
-    for sub, of in ((BY_MINUTE, lambda n: hour_of(n[:-5]) if n.endswith(".json") else None),
+    for sub, of in ((BY_MINUTE, lambda n: hour_of(_stem(n)) if n.endswith(".json") else None),
                     (BY_HOUR, lambda n: (lambda d: None if d is None else d + DAY - HOUR)(day_of(n)))):
         if sub not in names:
             continue
@@ -789,7 +794,7 @@ def _merge(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, r
                 else _Merged(path, BY_MINUTE, doc)
         return hours[hour]
 
-    minute_files = {hour_of(n[:-5]): n for n in _listing(top / BY_MINUTE, root) if n.endswith(".json")} \
+    minute_files = {hour_of(_stem(n)): n for n in _listing(top / BY_MINUTE, root) if n.endswith(".json")} \
         if BY_MINUTE in names else {}
     minute_files.pop(None, None)
     # 1. the processes' files of hours that ended MINUTES_AFTER ago: into the hour's by-minute file, or
