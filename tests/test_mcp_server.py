@@ -564,3 +564,33 @@ def test_receive_ack_and_pulse_wait_over_stdio(fed, phase):
             assert done["acked"] == [sent["message_id"]] and done["messages"] == []
 
     anyio.run(scenario)
+
+
+def test_a_client_that_dies_mid_reply_ends_the_server_quietly(fed):
+    """The client closes its end of stdout before reading the reply to `initialize` and then stdin: the
+    server exits 0, logs `mcp_server_stopped` (signal "client gone") and prints no traceback (issue 29)."""
+    import json as _json
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--agent", "alice"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=fed.subprocess_env())
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    proc.stdin.write((_json.dumps(init) + "\n").encode())
+    proc.stdin.flush()
+    time.sleep(1.0)
+    proc.stdout.close()  # gone before the reply is read
+    try:
+        for n in range(3):
+            proc.stdin.write((_json.dumps({"jsonrpc": "2.0", "id": 2 + n, "method": "tools/list"}) + "\n").encode())
+            proc.stdin.flush()
+            time.sleep(0.3)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    assert proc.wait(timeout=60) == 0
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err and "client gone" in err, err[-2000:]

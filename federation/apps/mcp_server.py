@@ -15,12 +15,15 @@ protocol is written to stdout.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import inspect
 import io
 import json
 import os
 import re
+import sys
 from typing import Annotated, Any, Callable, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -709,6 +712,20 @@ def agent_tools_list(agent_tools: AgentTools, like: list[Tool] | None = None) ->
     return tools
 
 
+def _client_gone(error: BaseException) -> bool:
+    """Whether *error* (a task group's, possibly nested) is only a closed stdout: the client went away."""
+    inner = getattr(error, "exceptions", None)  # an exception group (Python 3.11, or the 3.10 backport)
+    if isinstance(inner, (list, tuple)) and inner:
+        return all(_client_gone(e) for e in inner)
+    return isinstance(error, BrokenPipeError) or (isinstance(error, OSError) and error.errno == errno.EPIPE)
+
+
+def _stdout_to_devnull() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's last flush of a dead pipe raises nothing."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def serve(agent: str) -> None:
     """Serve *agent*'s tools over stdio until the client closes stdin."""
     server = build_server(agent)
@@ -727,5 +744,10 @@ def serve(agent: str) -> None:
     except SystemExit as exc:  # SIGTERM through the CLI's handler (federation.apps.signals): exit after the log line
         stopped_by = getattr(exc, "signal", None) or "exit"
         raise
+    except BaseException as exc:  # the SDK's task group wraps a closed stdout in an exception group
+        if not _client_gone(exc):
+            raise
+        stopped_by = "client gone"  # the client died mid-reply: nothing to answer to, no traceback
+        _stdout_to_devnull()
     finally:
         log.info("mcp_server_stopped", agent=server.agent, **({"signal": stopped_by} if stopped_by else {}))
