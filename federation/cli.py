@@ -69,6 +69,7 @@ def common(fn: Callable) -> Callable:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         _check_root(s.root, given=bool(root))
+        click.get_current_context().meta[_ROOT_GIVEN] = bool(root)
         click.get_current_context().meta[_SETTINGS] = s
         try:
             with config.override(**values):  # for the per-call lookups only; gone when the command returns
@@ -773,11 +774,16 @@ def agents() -> None:
     """Bearer tokens of the agents that `federation serve --http` serves (one per agent)."""
 
 
+_ROOT_GIVEN = "federation.root_given"
+
+
 def _token_root(make: bool = False) -> Any:
-    """The root holding control/agents.json; *make*: created when missing (`agents add` on a fresh machine,
-    as `demo` does), else a missing root is a usage error (listing or revoking finds nothing to act on)."""
+    """The root holding control/agents.json; *make*: the configured root (FEDERATION_ROOT or the default) is
+    created when missing (`agents add` on a fresh machine, as `demo` does).  A missing root given with
+    `--root` (most likely mistyped), or any missing root when listing or revoking, is a usage error."""
     root = _settings().root
-    if make and not root.exists():
+    given = click.get_current_context().meta.get(_ROOT_GIVEN, False)
+    if make and not given and not root.exists():
         root.mkdir(parents=True, exist_ok=True)  # the root itself, given by the operator
     if not root.is_dir():
         raise click.UsageError(f"the federation root {root} does not exist (--root or FEDERATION_ROOT)")

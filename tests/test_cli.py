@@ -83,8 +83,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(fed):
 
 
 def test_agents_add_makes_the_root_on_a_fresh_machine_and_listing_does_not(tmp_path):
-    """`agents add` makes the federation's root like `demo` does (issue 29: it exited 2 on a fresh machine);
-    `agents list`, which only inspects, still refuses a missing root (exit 2) and makes nothing."""
+    """`agents add` makes the configured federation root like `demo` does (issue 29: it exited 2 on a fresh
+    machine); `agents list`, which only inspects, still refuses a missing root (exit 2) and makes nothing,
+    and so does `agents add --root` with a path that does not exist (mistyped: tests/test_mcp_http.py)."""
     import subprocess
     import sys
 
