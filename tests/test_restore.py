@@ -93,8 +93,9 @@ def test_restore_in_phase_4_of_a_backup_taken_in_phase_4_keeps_4(fed, tmp_path):
     generate(fed.root, agents=2, messages=2, polls=1, sessions=0)
     assert migrate().exit_code == 0
     _flag(fed, 4)
-    backup(tmp_path / "b.db")
-    done = run_cli(fed, "restore", "--from", str(tmp_path / "b.db"), "--json")
+    odd = tmp_path / "backup 100%41 #1.db"  # read as a URI by hand, this name opened another file
+    backup(odd)
+    done = run_cli(fed, "restore", "--from", str(odd), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["phase_after"] == 4
 

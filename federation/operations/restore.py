@@ -54,7 +54,8 @@ def _verify(path: Path) -> str | None:
     if not path.is_file() or path.is_symlink():
         raise ValidationError(f"{path} is not a regular file: name the backup `federation backup` wrote")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # as_uri() percent-encodes: a "%" or "#" in the name would otherwise open another file
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open the backup {path}: {exc}") from exc
     try:
