@@ -45,6 +45,9 @@ class Dialect:
     name = "abstract"
     id_pk = "INTEGER PRIMARY KEY"
     single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
+    #: Does one write transaction hold every other writer back (SQLite), or only the rows it
+    #: touches (PostgreSQL)?  Long maintenance paces itself by the writer's time only where it does.
+    one_writer = False
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
     #: A condition true when the JSON array text *options* holds the text parameter ``?``.

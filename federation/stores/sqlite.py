@@ -30,6 +30,7 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     id_pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
     single_statement_autocommit = True
+    one_writer = True
 
     def __init__(self, path: Path, mounts_file: str = "/proc/self/mounts"):
         self.path = Path(path)
