@@ -62,12 +62,13 @@ class Database:
         self._schema_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------
-    def _connection(self) -> Any:
+    def _connection(self, deadline: float | None = None) -> Any:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                conn = self.dialect.connect(BUSY_DEADLINE_S)
+                conn = self.dialect.connect(BUSY_DEADLINE_S, left)
             except FederationError:
                 raise
             except Exception as exc:
@@ -117,12 +118,12 @@ class Database:
             attempt += 1
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
-                conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
+                conn = self._connection(deadline)  # first: it checks the target (e.g. SQLite on NFS)
                 if not idempotent and self.dialect.is_stale(conn):
                     # a statement that must not run twice is never sent on a connection
                     # already known dead: its failure would leave us unsure it ran
                     self._drop_connection()
-                    conn = self._connection()
+                    conn = self._connection(deadline)
                 with gate:
                     if not begin:  # one statement in autocommit mode: atomic on its own
                         try:

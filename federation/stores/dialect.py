@@ -56,8 +56,9 @@ class Dialect:
     def sql(self, text: str) -> str:
         return text
 
-    def connect(self, busy_deadline_s: float) -> Any:
-        """A new connection; a lock wait longer than *busy_deadline_s* must fail, not hang."""
+    def connect(self, busy_deadline_s: float, time_left: float | None = None) -> Any:
+        """A new connection; a lock wait longer than *busy_deadline_s* must fail, not hang;
+        *time_left*: the seconds the calling operation has left (a connection attempt stops by then)."""
         raise NotImplementedError
 
     def begin_write(self, conn: Any, snapshot: bool = False) -> None:

@@ -48,14 +48,22 @@ _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|[?%]")
 
 #: Defaults for connection parameters the URL does not set.  Keepalives let a
 #: client on another host notice a dead server instead of waiting forever.
+#: libpq's connection settings unless the URL sets its own.  A network that drops packets
+#: silently never answers: ``tcp_user_timeout`` ends a connection whose sent data stays
+#: unacknowledged for 10 s (a query sent into the void), the keepalives one that waits for a
+#: reply that will not come (5 + 3 x 2 s); either way the call is retried on a new connection
+#: until its deadline, then fails (``connect_timeout`` is cut to the time left).
 CONNECT_DEFAULTS = {
     "connect_timeout": "10",
     "application_name": "federation",
     "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
     "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
 }
+#: libpq's smallest connect_timeout, in seconds
+_MIN_CONNECT_TIMEOUT = 2
 
 
 @functools.lru_cache(maxsize=2048)
@@ -84,7 +92,8 @@ class PostgresDialect(Dialect):
     def __init__(self, url: str):
         self.url = url
         params = psycopg.conninfo.conninfo_to_dict(url)
-        self._conninfo = psycopg.conninfo.make_conninfo(**{**CONNECT_DEFAULTS, **params})
+        self._params = {**CONNECT_DEFAULTS, **params}
+        self._conninfo = psycopg.conninfo.make_conninfo(**self._params)
 
     def describe(self) -> str:
         return redact_url(self.url)
@@ -92,11 +101,17 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return _translate(text)
 
-    def connect(self, busy_deadline_s: float) -> psycopg.Connection:
+    def connect(self, busy_deadline_s: float, time_left: float | None = None) -> psycopg.Connection:
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
+        conninfo = self._conninfo
+        if time_left is not None:  # a call's deadline bounds its reconnection too
+            limit = int(self._params.get("connect_timeout") or 0) or None
+            cut = max(_MIN_CONNECT_TIMEOUT, int(time_left + 0.999))
+            if limit is None or cut < limit:
+                conninfo = psycopg.conninfo.make_conninfo(conninfo, connect_timeout=str(cut))
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
             # libpq gives no SQLSTATE here.  A server that answered and refused us
             # (no such database or role, bad password) will not change its mind:

@@ -45,7 +45,7 @@ class SqliteDialect(Dialect):
     def describe(self) -> str:
         return str(self.path)
 
-    def connect(self, busy_deadline_s: float) -> sqlite3.Connection:
+    def connect(self, busy_deadline_s: float, time_left: float | None = None) -> sqlite3.Connection:
         fs = network_fs_type(self.path.parent if not self.path.exists() else self.path, self.mounts_file)
         if fs:
             raise StorageError(
