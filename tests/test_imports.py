@@ -302,3 +302,64 @@ def test_an_upward_arrow_is_found():
     assert upward_arrows(graph) == [
         "federation.core -> federation._wiring", "federation.rollout._io -> federation.apps.signals",
         "federation.stores.dead_letters -> federation.messaging", "federation.stores.wait -> federation.core"]
+
+
+# ---------------------------------------------------------------------------
+# packages expose faces
+
+def _package_of(dotted: str, modules: dict[str, Path]) -> str:
+    """The package *dotted* (a module, or a name in one) belongs to."""
+    while dotted and not (dotted in modules and modules[dotted].name == "__init__.py"):
+        dotted = dotted.rpartition(".")[0]
+    return dotted
+
+
+def private_imports(module: str, path: Path, source: str, modules: dict[str, Path]) -> list[str]:
+    """``path:line: name`` for each private module or name (``_x``, not ``__x__``) *source* imports from
+    another package than its own (a package's private parts are for it and its subpackages)."""
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(module, path, node.level, node.module)
+            targets = [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            if parts[0] not in PACKAGES:
+                continue
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not (part.startswith("__") and part.endswith("__")):
+                    owner = _package_of(".".join(parts[:i]), modules)
+                    if not (module == owner or module.startswith(owner + ".")):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {target}")
+                    break
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another_package():
+    """A package is used through its face (its ``__init__`` or a public module): the CLI asks
+    ``federation.rollout`` for the fleet's phase, not ``rollout._default``."""
+    modules = _modules()
+    found = []
+    for module, path in modules.items():
+        found += private_imports(module, path, path.read_text(encoding="utf-8"), modules)
+    assert found == []
+
+
+def test_a_private_import_is_found():
+    """Private modules and names across packages are found; within a package (and its subpackages) they are not."""
+    modules = _modules()
+    cli, sqlite = ROOT / "federation" / "cli.py", ROOT / "federation" / "stores" / "sqlite.py"
+    assert private_imports("federation.cli", cli, "from .rollout._default import fleet_phase\n", modules) == [
+        "federation/cli.py:1: federation.rollout._default.fleet_phase"]
+    assert private_imports("federation.cli", cli, "from .rollout import _counts\n", modules) != []
+    assert private_imports("federation.cli", cli, "from .domain.entities import _json_type\n", modules) != []
+    assert private_imports("federation.cli", cli, "import federation.rollout._io\n", modules) != []
+    assert private_imports("federation.cli", cli, "from .rollout import fleet_phase\nfrom . import _logging\n",
+                           modules) == []
+    assert private_imports("federation.stores.sqlite", sqlite, "from .wait import _poll\n", modules) == []
+    assert private_imports("federation.apps.mcp_http", ROOT / "federation" / "apps" / "mcp_http.py",
+                           "from .. import __version__\nfrom .._logging import library_logger\n", modules) == []

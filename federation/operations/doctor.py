@@ -258,7 +258,7 @@ def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
 
 def _control_files_check(s: config.Settings) -> Check:
     """Links, FIFOs and the like under ``control/`` and ``.locks/`` (never followed or opened: the gate)."""
-    from ..rollout._io import invalid_control_files
+    from ..rollout import invalid_control_files
 
     bad = invalid_control_files(s.root)
     return Check("control_files", not bad,
