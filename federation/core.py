@@ -1049,3 +1049,7 @@ def _typed_file_errors(fn):
 for _name in SHIM_SPEC:
     globals()[_name] = _typed_file_errors(globals()[_name])
 del _name
+
+#: The file side as this module defines it, for a read that is not an agent's call (an operator's count of
+#: dead letters): the shim replaces the module's names when it is installed, never these.
+FILE_SIDE: dict[str, Callable[..., Any]] = {_name: globals()[_name] for _name in SHIM_SPEC}

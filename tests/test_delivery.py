@@ -305,7 +305,7 @@ def test_pulse_wait_without_a_watcher_still_returns_on_a_send(fed, monkeypatch):
 
     fed.phase(4)
 
-    def refuse(agent, phase):
+    def refuse(*args):
         raise OSError("no watcher today")
 
     monkeypatch.setattr(_wait, "watcher", refuse)

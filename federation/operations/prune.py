@@ -28,7 +28,7 @@ plane's counts): counts of hours that ended more than 35 days ago and the
 mismatch files of processes not heard of for 35 days are removed, and the
 processes' hourly counts files are merged as they age (one file per hour for
 the fleet after an hour, one per day after 48 hours; see
-``federation.rollout._counts.maintain``).  Every running process does the same
+``federation.rollout.maintain_counts``).  Every running process does the same
 in small passes; ``prune`` does all that is due at once.
 """
 
@@ -79,9 +79,9 @@ def prune_control(root: Any, *, dry_run: bool = False) -> dict[str, int]:
 
     ``{"merged", "hours_merged", "removed_merged", "removed_expired", "removed_mismatches"}``.
     """
-    from ..rollout import _counts
+    from ..rollout import maintain_counts
 
-    total = _counts.maintain(root, dry_run=dry_run, wait=True)
+    total = maintain_counts(root, dry_run=dry_run, wait=True)
     out = total.to_json()
     out.pop("more", None)
     out.pop("busy", None)

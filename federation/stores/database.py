@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .. import config
 from . import schema
-from .dialect import Dialect, Tx
+from .dialect import Dialect, Tx, dialect_for_url
 from .._logging import library_logger
 from .netfs import network_fs_type
 from .sqlite import SqliteDialect
@@ -284,15 +284,16 @@ _databases_lock = threading.Lock()
 
 
 def dialect_for(settings: config.Settings) -> Dialect:
+    """The dialect of the settings' database: the engine registered for ``FEDERATION_DB_URL``'s scheme
+    (:data:`federation.stores.dialect.ENGINES`), else SQLite on ``FEDERATION_DB``."""
     if settings.db_url:
         try:
-            from .postgres import PostgresDialect  # imported only when asked for
+            return dialect_for_url(settings.db_url)  # the engine's module imported only when asked for
         except ImportError as exc:
             raise ConfigError(
-                f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "
-                "pip install 'federation[postgresql]'"
+                f"FEDERATION_DB_URL selects {settings.db_url.partition(':')[0]}, but its driver cannot be imported "
+                f"({exc}): pip install 'federation[postgresql]'"
             ) from exc
-        return PostgresDialect(settings.db_url)
     return SqliteDialect(settings.db_path)
 
 

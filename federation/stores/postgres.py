@@ -21,8 +21,11 @@ process; psycopg_pool is not used.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import select
+import threading
+import time
 
 import psycopg
 
@@ -30,7 +33,10 @@ from .dialect import Dialect, Tx
 from ..config import redact_url
 from ..errors import StorageError
 
-__all__ = ["PostgresDialect"]
+__all__ = ["PostgresDialect", "PostgresWatcher", "NOTIFY_CHANNEL"]
+
+#: Every send notifies this channel with the recipient's name (pulse(wait) listens).
+NOTIFY_CHANNEL = "federation_inbox"
 
 #: SQLSTATEs after which the whole transaction is simply run again.
 RETRYABLE = {
@@ -88,6 +94,14 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
     json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
+    # A lease: the chosen rows, locked once (a MATERIALIZED CTE joined by primary key, not an IN subquery
+    # the planner may re-run per row); rows another receiver holds are skipped, not waited for.
+    # FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
+    # UPDATE itself needs none (a condition there lets a planner without statistics scan).
+    lease_sql = ("WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                 "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
+                 "WHERE messages.id = picked.picked_id "
+                 "RETURNING {columns_of_messages}, messages.attempt, messages.lease_until")
 
     def __init__(self, url: str):
         self.url = url
@@ -173,6 +187,17 @@ class PostgresDialect(Dialect):
             return True
         return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.ProgrammingError)
 
+    def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
+        return (*take, lease_until)
+
+    def notify(self, tx: Tx, recipients) -> None:
+        """NOTIFY is transactional: the recipients' pulse(wait) wakes at commit."""
+        for recipient in sorted(set(recipients)):
+            tx.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, recipient))
+
+    def watcher(self, agent: str) -> "PostgresWatcher":
+        return PostgresWatcher(self.url, agent)
+
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, psycopg.InterfaceError):  # "the connection is closed"
             return True
@@ -182,3 +207,43 @@ class PostgresDialect(Dialect):
         # no SQLSTATE: the client could not reach the server or lost it; class 08:
         # connection exception; 57P01/57P02: the server terminated the session.
         return state is None or state.startswith("08") or state in ("57P01", "57P02")
+
+
+DIALECT = PostgresDialect
+
+
+class PostgresWatcher:
+    """One LISTEN connection per process and thread; notifications for other agents are skipped."""
+
+    def __init__(self, url: str, agent: str):
+        self.agent = agent
+        key = (url, threading.get_ident())
+        conn = _pg_conns.get(key)
+        if conn is None or conn[1] != os.getpid() or conn[0].closed or conn[0].broken:
+            dialect = PostgresDialect(url)
+            c = psycopg.connect(dialect._conninfo, autocommit=True)
+            c.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            conn = _pg_conns[key] = (c, os.getpid())
+        self.conn = conn[0]
+        self._drain()  # what arrived before this wait was looked at by the caller's first take
+
+    def _drain(self) -> bool:
+        pg = self.conn.pgconn
+        pg.consume_input()
+        mine = False
+        while (n := pg.notifies()) is not None:
+            mine = mine or n.extra.decode("utf-8", "replace") == self.agent
+        return mine
+
+    def changed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self.conn.pgconn.socket], [], [], left)
+            if ready and self._drain():
+                return True
+
+
+_pg_conns: dict[tuple, tuple] = {}
