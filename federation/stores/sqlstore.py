@@ -82,6 +82,11 @@ class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql):
         self.set_meta("backfilled_at", _clock.now())
         self.set_meta("backfill_source", source)
 
+    def mark_caught_up(self) -> None:
+        """Record that the database now holds every record of the files (a clean migrate or full sync --to db):
+        phase 2's evidence for the step to 3 is counted from here (issue 29)."""
+        self.set_meta("caught_up_at", _clock.now())
+
     def ensure_backfilled(self) -> None:
         """Refuse (phases 3-4) to serve a database that never received the legacy files."""
         if self._backfill_ok:

@@ -183,6 +183,8 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if tables is None or "messages" in tables:  # idempotency keys go with every move, both ways (issue 29)
         result.changes += _keys(store, tree, to, apply=True)
     result.unknown = unknown.entries()
+    if to == "db" and tables is None and not result.unknown:
+        store.mark_caught_up()  # the database holds every record of the files
     log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled, unknown=len(result.unknown))
     return result
 
