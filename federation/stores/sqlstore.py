@@ -22,6 +22,7 @@ from . import sqltext as _sql
 from .. import config
 from .files import Tree, has_legacy_data
 from .database import Database, Tx, get_db
+from .sql_tasks import SqlTasks
 from ..domain.entities import (ALL, CONTEXT, MESSAGE_HISTORY, MESSAGES, POLLS, PROFILES, SESSION_ARTIFACTS,
                                SESSION_REVIEWS, SESSION_ROLES, SESSIONS, VOTES, check_close, check_vote,
                                history_entry)
@@ -49,8 +50,9 @@ NOTIFY_CHANNEL = "federation_inbox"
 _BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id"))
 
 
-class SqlStore:
-    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``."""
+class SqlStore(SqlTasks):
+    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``.  The task registry's
+    operations are :class:`~federation.stores.sql_tasks.SqlTasks`'."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db
