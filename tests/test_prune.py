@@ -121,10 +121,10 @@ def test_cli_json_shape(fed):
     """`prune --json` prints {"dry_run", "removed": {table: n}}."""
     _scenario(fed)
     dry = json.loads(_cli(fed, "prune", "--dry-run", "--json").stdout)
-    assert dry["dry_run"] is True and dry["removed"] == {"messages": 3, "message_history": 4}
+    assert dry["dry_run"] is True and dry["removed"] == {"messages": 3, "message_history": 4, "tasks": 0}
     done = _cli(fed, "prune", "--older-than", "30d", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["removed"] == {"messages": 3, "message_history": 4}
+    assert json.loads(done.stdout)["removed"] == {"messages": 3, "message_history": 4, "tasks": 0}
 
 
 AGENT = """

@@ -223,7 +223,7 @@ class Entity:
                 continue
             if f.json is not None:
                 if not isinstance(value, f.json):
-                    if strict and f.json is list:
+                    if strict and f.json is list and (value is not None or f.default is None):  # a default: may be absent
                         raise InvalidRecord(f"field {name!r} must be a list of strings")
                     value = f.json()
                 elif strict and f.json is list and not all(isinstance(v, str) for v in value):
@@ -355,7 +355,7 @@ SESSION_REVIEWS = Entity(
 TASKS = Entity(
     "tasks",
     (Field("id"), Field("title", required=True), Field("description"), Field("creator", required=True),
-     Field("assignee"), Field("depends_on", json=list), Field("status", default="open"), Field("claimed_by"),
+     Field("assignee"), Field("depends_on", default=(), json=list), Field("status", default="open"), Field("claimed_by"),
      Field("lease_until"), Field("attempt", default=0, type=int), Field("result", json=object),
      Field("payload", json=object), Field("created_at", required=True), Field("updated_at")),
     key=1, document="task", retention=Retention("updated_at", (("status", "done"),)))
