@@ -397,3 +397,26 @@ def test_four_claimer_processes_across_rollout_steps(fed):
     assert len(done) == len(set(done)) and set(done) >= made  # each completed once, all of them
     final = {t["id"]: t for t in fed.store().load_tasks_page()}
     assert all(final[tid]["status"] == "done" for tid in made)
+
+
+def test_the_dashboard_counts_and_compares_tasks(fed):
+    """The dashboard's page knows tasks from their entity description: their rows among the tables, their
+    phase-2 comparisons among the entities (a task edited behind the shim's back: one mismatch)."""
+    from federation import config, rollout
+    from federation.apps.dashboard import DashboardData
+
+    fed.phase(2)
+    tid = tasks.create_task("lead", "watched")
+    tasks.create_task("lead", "another")
+    path = fed.root / "shared" / "tasks" / f"{tid}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "title": "edited"}))
+    with capture_logs() as logs:  # (the autouse check sees none of these three: they are this test's own)
+        for _ in range(3):
+            tasks.get_task(tid)
+    assert [(e["event"], e["op"]) for e in logs if e["event"] == "shadow_mismatch"] == [("shadow_mismatch", "load_task")] * 3
+    rollout.flush()
+    page = DashboardData(config.settings()).page("24h")
+    assert page["tables"]["tasks"] == 2, page["problems"]
+    counted = page["status"]["consistency"]["tasks"]
+    # (at least: a process's counts of the hour are its own since it started, an earlier test's included)
+    assert counted["comparisons"] >= counted["mismatches"] >= 3, counted
