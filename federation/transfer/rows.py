@@ -1,4 +1,4 @@
-"""The row/transfer layer: the legacy file tree and the database as the same ten tables of rows.
+"""The row/transfer layer: the legacy file tree and the database as the same tables of rows.
 
 The entity descriptions (:mod:`federation.domain.entities`) drive the migration, the
 consistency report and ``sync``: :func:`read_tree` turns every legacy file
