@@ -420,3 +420,27 @@ def test_the_dashboard_counts_and_compares_tasks(fed):
     counted = page["status"]["consistency"]["tasks"]
     # (at least: a process's counts of the hour are its own since it started, an earlier test's included)
     assert counted["comparisons"] >= counted["mismatches"] >= 3, counted
+
+
+def test_a_version_4_database_is_upgraded_and_keeps_its_rows(fed, monkeypatch):
+    """A database made before the task registry (schema version 4) gets the tasks table on first open by this
+    version (version 5 recorded once), its rows kept; tasks then work on it."""
+    from federation import messaging
+    from federation.stores import schema
+    from federation.stores.sqlstore import forget_stores
+
+    fed.phase(4)
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", [v for v in schema.MIGRATIONS if v[0] <= 4])
+        m.setattr(schema, "LATEST", 4)
+        messaging.send_message("alice", "bob", "before the upgrade")
+        assert fed.store().db.schema_version() == 4
+        assert "tasks" not in {r[0] for r in fed.store().db.fetchall(
+            "SELECT table_name FROM information_schema.tables" if fed.engine == "postgresql"
+            else "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    forget_stores()
+    tid = tasks.create_task("lead", "after the upgrade")
+    db = fed.store().db
+    assert db.fetchall("SELECT version FROM schema_version ORDER BY version") == [(v,) for v in (1, 2, 3, 4, 5)]
+    assert [m["content"] for m in messaging.check_inbox("bob")] == ["before the upgrade"]
+    assert tasks.claim_task("bob")["id"] == tid

@@ -29,7 +29,7 @@ from ..domain import validate as _validate
 from ..stores import files as _files
 from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, parse_json_bytes
 from ..errors import CorruptFileError
-from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
+from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, TABLES, Entity, InvalidRecord,
                                _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
 from ..domain.delivery import delivery_problem
