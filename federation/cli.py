@@ -587,7 +587,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
 
     Also keeps control/ within its retention (35 days, whatever DURATION is): the
     rollout's counts merged as they age and removed past it, with the mismatch
-    files of processes gone as long.  Never an unread message, never a poll or session.  Runs in short batches
+    files of processes gone as long; done tasks (rows and files) finished before the cutoff.  Never an unread
+    message, never a poll or session, never a task not done.  Runs in short batches
     while agents keep working; the files need no change in any phase (read
     messages and the history have no file), so `federation report` still
     agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
@@ -603,6 +604,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     c = result.control
     click.echo(f"{verb} (older than {result.cutoff}): " + ", ".join(
         f"{n} {table}" for table, n in result.removed.items()) + f" in {result.seconds:.2f} s")
+    if result.files:
+        click.echo(f"legacy files: {verb} " + ", ".join(f"{n} {table}" for table, n in result.files.items()))
     click.echo(f"control/ (kept {_counts_keep_days()} days): {verb} {c.get('removed_expired', 0)} counts files and "
                f"{c.get('removed_mismatches', 0)} mismatch files past it; "
                f"{'would merge' if dry_run else 'merged'} {c.get('merged', 0) + c.get('hours_merged', 0)} counts "

@@ -32,14 +32,16 @@ from .sql_messages import MessagesSql
 from .sql_nodes import NodesSql
 from .sql_polls import PollsSql
 from .sql_sessions import SessionsSql
+from .sql_tasks import SqlTasks
 
 __all__ = ["SqlStore", "get_store", "forget_stores"]
 
 T = TypeVar("T")
 
 
-class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql):
-    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``."""
+class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql, SqlTasks):
+    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``.  The task registry's
+    operations are :class:`~federation.stores.sql_tasks.SqlTasks`'."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db
