@@ -353,13 +353,13 @@ def test_no_module_imports_a_private_name_of_another_package():
 def test_a_private_import_is_found():
     """Private modules and names across packages are found; within a package (and its subpackages) they are not."""
     modules = _modules()
-    cli, sqlite = ROOT / "federation" / "cli.py", ROOT / "federation" / "stores" / "sqlite.py"
-    assert private_imports("federation.cli", cli, "from .rollout._default import fleet_phase\n", modules) == [
-        "federation/cli.py:1: federation.rollout._default.fleet_phase"]
-    assert private_imports("federation.cli", cli, "from .rollout import _counts\n", modules) != []
-    assert private_imports("federation.cli", cli, "from .domain.entities import _json_type\n", modules) != []
-    assert private_imports("federation.cli", cli, "import federation.rollout._io\n", modules) != []
-    assert private_imports("federation.cli", cli, "from .rollout import fleet_phase\nfrom . import _logging\n",
+    top, sqlite = ROOT / "federation" / "governance.py", ROOT / "federation" / "stores" / "sqlite.py"
+    assert private_imports("federation.governance", top, "from .rollout._default import fleet_phase\n", modules) == [
+        "federation/governance.py:1: federation.rollout._default.fleet_phase"]
+    assert private_imports("federation.governance", top, "from .rollout import _counts\n", modules) != []
+    assert private_imports("federation.governance", top, "from .domain.entities import _json_type\n", modules) != []
+    assert private_imports("federation.governance", top, "import federation.rollout._io\n", modules) != []
+    assert private_imports("federation.governance", top, "from .rollout import fleet_phase\nfrom . import _logging\n",
                            modules) == []
     assert private_imports("federation.stores.sqlite", sqlite, "from .wait import _poll\n", modules) == []
     assert private_imports("federation.apps.mcp_http", ROOT / "federation" / "apps" / "mcp_http.py",
