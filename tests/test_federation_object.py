@@ -27,7 +27,11 @@ def two(request: pytest.FixtureRequest, tmp_path: Path):
                 **config.phase_env(phase), "FEDERATION_SHADOW_SAMPLE": "1.0"})))
         return out[0], out[1]
 
-    yield make
+    # the configured (default) federation is a third one, of this test's own: a call that escaped its
+    # federation lands there (and fails the test), never in the machine's default root
+    with config.override(FEDERATION_ROOT=str(tmp_path / "default"), FEDERATION_DB=str(tmp_path / "default.db"),
+                         FEDERATION_DB_URL=None, FEDERATION_USE_DB=None, FEDERATION_PHASE=None):
+        yield make
     forget_stores()
 
 
@@ -51,6 +55,7 @@ def test_two_federations_in_one_process_do_not_see_each_other(two, phase):
         assert [p["id"] for p in governance.list_polls()] == [poll_a]
         assert a.phase() == phase
     assert config.settings() is configured  # nothing left behind: the default federation is the configured one
+    assert not (configured.root / "nodes").exists()  # and it received nothing
     if phase >= 2:  # the database of each holds its own rows only
         assert [m["content"] for m in a.store.load_inbox("bob")] == ["from a"]
         assert [m["content"] for m in b.store.load_inbox("bob")] == ["from b"]
@@ -81,6 +86,7 @@ def test_two_federations_served_from_two_threads_at_once(two):
     for t in threads:
         t.join()
     assert errors == []
+    assert not (config.settings().root / "nodes").exists()  # nothing escaped to the default federation
     for fed, tag in ((a, "a"), (b, "b")):
         with fed.serve():
             assert sorted(m["content"] for m in messaging.peek_inbox("bob")) == sorted(f"{tag}{i}" for i in range(40))
