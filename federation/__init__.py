@@ -9,8 +9,10 @@ the database or both as ``FEDERATION_USE_DB`` / ``FEDERATION_PHASE`` say.
 import shim as _shim
 
 from . import _wiring, core
+from ._wiring import Federation, default_federation
 
 _shim.install(core, **_wiring.hooks())
 
 __version__ = "0.2.0"
-__all__ = ["core", "messaging", "context", "governance", "tasks", "errors", "config"]
+__all__ = ["core", "messaging", "context", "governance", "tasks", "errors", "config", "Federation",
+           "default_federation"]

@@ -12,6 +12,7 @@ rollout phase to its variables.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import threading
@@ -21,7 +22,7 @@ from typing import Iterator, Mapping
 from .errors import ConfigError
 
 __all__ = ["Settings", "settings", "settings_with", "override", "set_overrides", "clear_overrides", "phase_env",
-           "reset", "default_root", "MAX_CONTENT_BYTES"]
+           "reset", "default_root", "serving", "MAX_CONTENT_BYTES"]
 
 #: Largest message / context text accepted, in bytes of UTF-8 (documented in the README).
 MAX_CONTENT_BYTES = 64 * 1024
@@ -121,12 +122,20 @@ _VARS = (
 )
 
 
+#: The settings of the federation served in this thread or task (``Federation.serve``), if any.
+_serving: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("federation_serving", default=None)
+
+
 def settings() -> Settings:
-    """The current settings (environment plus overrides), validated.
+    """The current settings, validated: those of the federation served in this thread or task
+    (:func:`serving`), else the environment plus overrides.
 
     Read once and cached: a call costs one global look-up.  The environment is
     read again after :func:`reset` or inside :func:`override`.
     """
+    served = _serving.get()
+    if served is not None:
+        return served
     global _cached
     cached = _cached
     if cached is not None:
@@ -212,6 +221,17 @@ def override(**values: object) -> Iterator[Settings]:
         _overrides.clear()
         _overrides.update(saved)
         reset()
+
+
+@contextlib.contextmanager
+def serving(s: Settings) -> Iterator[Settings]:
+    """Within the block, in this thread or task only, :func:`settings` is *s*: what the federation built
+    from *s* (``federation.Federation.serve``) answers with.  Nothing is overridden for other threads."""
+    token = _serving.set(s)
+    try:
+        yield s
+    finally:
+        _serving.reset(token)
 
 
 def reset() -> None:

@@ -135,3 +135,27 @@ def test_reading_the_schema_version_keeps_the_schema_ready(tmp_path):
     db.ensure_schema()
     assert db.schema_version() == schema.LATEST
     assert db._schema_ready is True
+
+
+class _RecordingDialect:
+    """A stand-in server engine: what ``DIALECT(url)`` of a registered module is given."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+
+DIALECT = _RecordingDialect
+
+
+def test_a_server_engine_is_registered_by_its_scheme(monkeypatch):
+    """An engine is one module named in the registry: its ``DIALECT`` is built from a URL of its scheme
+    (imported only then); a scheme no engine registered is a clear configuration error."""
+    from federation.errors import ConfigError
+    from federation.stores import dialect
+
+    monkeypatch.setattr(dialect, "ENGINES", dict(dialect.ENGINES))
+    dialect.register_engine("recording", __name__)
+    made = dialect.dialect_for_url("recording://host/db")
+    assert isinstance(made, _RecordingDialect) and made.url == "recording://host/db"
+    with pytest.raises(ConfigError, match="no database engine is registered for nosuch://"):
+        dialect.dialect_for_url("nosuch://host/db")

@@ -1,0 +1,523 @@
+"""Counted consistency, the counts themselves: a process's :class:`Tally` of shadow comparisons per minute,
+entity and phase, the files it writes (one per process and hour under ``control/counts/``) and the merged
+ones retention leaves, read back and validated as a window's cells; latency histograms.  The face, with
+retention, is :mod:`federation.rollout._counts`."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .._logging import library_logger
+from . import _io
+
+
+log = library_logger("federation.rollout")
+
+
+def _stem(name: str) -> str:
+    """A control/ count file's name without its extension (``2026120713.json`` -> ``2026120713``)."""
+    return os.path.splitext(name)[0]
+
+#: counts are kept per bucket of this many seconds (a minute; FEDERATION_COUNTS_BUCKET, a divisor of 3600)
+BUCKET_SECONDS = 60
+HOUR = 3600
+#: upper bounds of the latency histogram buckets, in milliseconds; a last bucket holds the rest (+Inf)
+LATENCY_BOUNDS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+                     2500.0, 10000.0)
+_BOUNDS_S = tuple(b / 1000.0 for b in LATENCY_BOUNDS_MS)
+SIDES = ("files", "db")
+#: the fleet keeps this many recent mismatches (each process at most this many)
+MISMATCH_CAP = 1000
+#: counts of hours that ended this long ago are removed (by every running process's maintenance pass and by
+#: ``federation prune``), and so are the mismatch files of processes not heard of for as long
+KEEP_SECONDS = 35 * 86400
+#: the processes' files of an hour are merged into its by-minute file once the hour ended this long ago
+#: (a process writes an hour for the last time within a flush, 10 s, of its end; the dashboard takes an
+#: hour as final 2 minutes after it)
+MINUTES_AFTER = 600
+#: an hour's by-minute file is merged into its day's by-hour file once the hour ended this long ago
+HOURS_AFTER = 48 * 3600
+#: a merged file is removed this long after the file it went into was written (a reader in between
+#: reads one of the two, never both)
+GRACE_SECONDS = 120.0
+#: a running process's maintenance pass: at most this many files read, written or removed
+PASS_BUDGET = 200
+#: a running process runs a maintenance pass every this many counts flushes (60 s by default)
+PASS_EVERY_FLUSHES = 6
+BY_MINUTE = "by-minute"
+BY_HOUR = "by-hour"
+DAY = 86400
+MAINTAIN_LOCK = ".maintain.lock"
+#: the longest text kept of one value in a sampled mismatch's diff
+_DIFF_TEXT = 500
+
+
+class Cell:
+    """The counts of one (bucket, entity, phase)."""
+
+    __slots__ = ("comparisons", "mismatches", "errors", "hist", "sums", "seconds")
+
+    def __init__(self) -> None:
+        self.comparisons = self.mismatches = self.errors = 0
+        #: second within the bucket -> [comparisons, mismatches, errors]: what makes a window exact
+        self.seconds: dict[int, list[int]] = {}
+        n = len(LATENCY_BOUNDS_MS) + 1
+        self.hist = {"files": [0] * n, "db": [0] * n}
+        self.sums = {"files": 0.0, "db": 0.0}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"comparisons": self.comparisons, "mismatches": self.mismatches, "errors": self.errors,
+                "latency": {side: {"counts": list(self.hist[side]), "sum_ms": round(self.sums[side] * 1000, 6)}
+                            for side in SIDES},
+                "seconds": {str(off): list(c) for off, c in sorted(self.seconds.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Cell":
+        cell = cls()
+        cell.comparisons, cell.mismatches, cell.errors = data["comparisons"], data["mismatches"], data["errors"]
+        for side in SIDES:
+            cell.hist[side] = list(data["latency"][side]["counts"])
+            cell.sums[side] = data["latency"][side]["sum_ms"] / 1000.0
+        cell.seconds = {int(off): list(c) for off, c in (data.get("seconds") or {}).items()}
+        return cell
+
+
+class Tally:
+    """One process's counts not yet written for good, and its mismatches not yet written."""
+
+    def __init__(self, width: int = BUCKET_SECONDS) -> None:
+        self._lock = threading.Lock()
+        self.width = width
+        self.cells: dict[tuple[int, str, int], Cell] = {}
+        self.pending: list[dict] = []
+        self.dirty = False
+
+    def observe(self, entity: str, phase: int, *, compared: bool, mismatched: bool = False, error: bool = False,
+                files_s: float | None = None, db_s: float | None = None) -> None:
+        """Count one call of the shim: a comparison (mismatched or not), a shadow error, each side's time."""
+        width = self.width
+        second = int(time.time())
+        bucket = second // width * width
+        key = (bucket, entity, phase)
+        with self._lock:
+            cell = self.cells.get(key)
+            if cell is None:
+                cell = self.cells[key] = Cell()
+            per = cell.seconds.get(second - bucket)
+            if per is None and (compared or error):
+                per = cell.seconds[second - bucket] = [0, 0, 0]
+            if compared:
+                cell.comparisons += 1
+                per[0] += 1
+                if mismatched:
+                    cell.mismatches += 1
+                    per[1] += 1
+            if error:
+                cell.errors += 1
+                per[2] += 1
+            if files_s is not None:
+                cell.hist["files"][bisect.bisect_left(_BOUNDS_S, files_s)] += 1
+                cell.sums["files"] += files_s
+            if db_s is not None:
+                cell.hist["db"][bisect.bisect_left(_BOUNDS_S, db_s)] += 1
+                cell.sums["db"] += db_s
+            self.dirty = True
+
+    def mismatch(self, *, entity: str, key: Any, phase: int, op: str, authority: str, diff: list) -> None:
+        """Keep one differing record for the sample of recent mismatches."""
+        record = {"at": _io.iso(_io.utcnow()), "host": _io.HOST, "pid": os.getpid(), "entity": entity,
+                  "key": None if key is None else str(key), "phase": phase, "op": op, "authority": authority,
+                  "diff": _trim(diff)}
+        with self._lock:
+            self.pending.append(record)
+            if len(self.pending) > MISMATCH_CAP:
+                del self.pending[: len(self.pending) - MISMATCH_CAP]
+            self.dirty = True
+
+    def take(self) -> tuple[dict[int, list[tuple[tuple[int, str, int], dict]]], list[dict]]:
+        """({hour: every cell of that hour as JSON} for the hours in memory, the pending mismatches).
+
+        Memory holds the current hour and past hours not yet written: cells of
+        past hours leave it here, as once written they do not change.
+        """
+        current = int(time.time()) // HOUR * HOUR
+        with self._lock:
+            hours: dict[int, list[tuple[tuple[int, str, int], dict]]] = {}
+            for key, cell in list(self.cells.items()):
+                hour = key[0] - key[0] % HOUR
+                hours.setdefault(hour, []).append((key, cell.to_json()))
+                if hour < current:
+                    del self.cells[key]
+            pending, self.pending = self.pending, []
+            self.dirty = False
+        return hours, pending
+
+    def give_back(self, hours: dict[int, list[tuple[tuple[int, str, int], dict]]], pending: list[dict]) -> None:
+        """A flush failed: past hours' cells come back, to be written by the next one."""
+        with self._lock:
+            for items in hours.values():
+                for key, data in items:
+                    if key not in self.cells:
+                        self.cells[key] = Cell.from_json(data)
+            self.pending[:0] = pending[-MISMATCH_CAP:]
+            self.dirty = True
+
+    def reset(self) -> None:
+        with self._lock:
+            self.cells.clear()
+            self.pending.clear()
+            self.dirty = False
+
+
+def _trim(value: Any) -> Any:
+    """A diff small enough to keep a thousand of (long texts are cut)."""
+    if isinstance(value, str):
+        return value if len(value) <= _DIFF_TEXT else value[:_DIFF_TEXT] + f"... ({len(value)} chars)"
+    if isinstance(value, dict):
+        return {str(k): _trim(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_trim(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _trim(str(value))
+
+
+# ---------------------------------------------------------------------------
+# the files
+
+
+def hour_name(hour: int) -> str:
+    return datetime.fromtimestamp(hour, tz=timezone.utc).strftime("%Y%m%dT%H")
+
+
+def hour_of(name: str) -> int | None:
+    try:
+        return int(datetime.strptime(name, "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def counts_file(root: Path, hour: int, pid: int, started: float) -> Path:
+    return _io.control_dir(root) / _io.COUNTS_DIR / hour_name(hour) / f"{_io.HOST}-{pid}-{int(started * 1000)}.json"
+
+
+def mismatch_file(root: Path, pid: int) -> Path:
+    return _io.control_dir(root) / _io.MISMATCH_DIR / f"{_io.HOST}-{pid}.jsonl"
+
+
+def write_counts(path: Path, pid: int, started_at: str, width: int,
+                 cells: list[tuple[tuple[int, str, int], dict]]) -> None:
+    doc = {"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": width,
+           "bounds_ms": list(LATENCY_BOUNDS_MS),
+           "cells": [{"start": bucket, "entity": entity, "phase": phase, **data}
+                     for (bucket, entity, phase), data in sorted(cells)]}
+    _io.write_atomic(path, _io.dumps(doc))
+
+
+def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int:
+    """Append *records*; past twice the cap, rewrite the file with its last MISMATCH_CAP lines.
+
+    Returns the number of lines the file now has.
+    """
+    if not records:
+        return lines_before
+    _io.append_bytes(path, b"".join(_io.dumps(r) + b"\n" for r in records))
+    lines = lines_before + len(records)
+    if lines > 2 * MISMATCH_CAP:
+        kept = _io.read_lines(path)[-MISMATCH_CAP:]
+        _io.write_atomic(path, b"".join(_io.dumps(r) + b"\n" for r in kept))
+        lines = len(kept)
+    return lines
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.astimezone(timezone.utc).timestamp()
+
+
+def _listing(path: Path, root: Path) -> list[str]:
+    """The names in *path* (reached from the root without following a link); [] when missing or unreadable
+    (noted)."""
+    try:
+        return _io.list_folder(path, Path(root))
+    except OSError as exc:
+        _io.note_problem(path, str(exc))
+        return []
+
+
+def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
+    """Every counted cell of the fleet inside [since, until): whole, or the part of its counts inside.
+
+    Reads, for the hours the window covers, the day files (``by-hour/``), the hour files not yet in a
+    day file (``by-minute/``) and the processes' files not yet merged into either (see
+    :func:`maintain`).  The processes' folders are listed first and a merged file is removed only
+    :data:`GRACE_SECONDS` after what replaced it was written, so a read racing a merge counts every
+    file once.  A cell written without seconds (an older process) counts when its bucket starts in the
+    window.
+    """
+    lo, hi = _epoch(since), _epoch(until)
+    top = _io.control_dir(root) / _io.COUNTS_DIR
+    names = _listing(top, root)
+    if not names:
+        return
+    raw: dict[int, list[str]] = {}
+    for hour_dir in sorted(names):  # 1. the processes' files of each hour, listed before the merged files are read
+        hour = hour_of(hour_dir)
+        if hour is None or hour + HOUR <= lo or hour >= hi:
+            continue
+        raw[hour] = sorted(_listing(top / hour_dir, root))
+    covered: dict[int, Any] = {}
+    if BY_HOUR in names:  # 2. the day files
+        for name in sorted(_listing(top / BY_HOUR, root)):
+            day = day_of(name)
+            if day is None or day + DAY <= lo or day >= hi:
+                continue
+            doc = _compacted(top / BY_HOUR / name, BY_HOUR)
+            if doc is None:
+                continue
+            for merged_hour, info in doc["hours"].items():
+                hour = hour_of(merged_hour)
+                if hour is not None:
+                    covered[hour] = info["sources"]
+            yield from _cells_in(doc, top / BY_HOUR / name, lo, hi)
+    if BY_MINUTE in names:  # 3. the hour files not in a day file
+        for name in sorted(_listing(top / BY_MINUTE, root)):
+            hour = hour_of(_stem(name)) if name.endswith(".json") else None
+            if hour is None or hour + HOUR <= lo or hour >= hi or hour in covered:
+                continue
+            doc = _compacted(top / BY_MINUTE / name, BY_MINUTE)
+            if doc is None:
+                continue
+            covered[hour] = doc["sources"]
+            yield from _cells_in(doc, top / BY_MINUTE / name, lo, hi)
+    for hour, files in raw.items():  # 4. the processes' files not merged yet
+        merged = covered.get(hour) or {}
+        for name in files:
+            if not name.endswith(".json") or name.startswith(".") or name in merged:
+                continue
+            path = top / hour_name(hour) / name
+            try:
+                doc = _io.read_document(path)
+            except ValueError as exc:  # a link, FIFO, torn or hostile file: never fail a reader; say it
+                _io.note_problem(path, str(exc))
+                continue
+            if doc is None:
+                continue  # removed meanwhile
+            if not _counts_doc(doc):
+                _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
+                continue
+            yield from _cells_in(doc, path, lo, hi)
+
+
+def _counts_doc(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("bounds_ms"), list) \
+        and tuple(doc["bounds_ms"]) == LATENCY_BOUNDS_MS and isinstance(doc.get("cells"), list)
+
+
+def _cells_in(doc: dict, path: Path, lo: float, hi: float) -> Iterator[dict]:
+    """The valid cells of a counts document inside [lo, hi) (a bad cell is skipped and noted)."""
+    width = _io.finite(doc.get("bucket_seconds")) or float(BUCKET_SECONDS)
+    bad = 0
+    for raw in doc["cells"]:
+        if not isinstance(raw, dict):
+            bad += 1
+            continue
+        start = _io.finite(raw.get("start"))
+        if start is not None and (start >= hi or start + width <= lo):
+            continue  # outside the window: not even checked
+        cell = valid_cell(raw)
+        if cell is None:
+            bad += 1
+            continue
+        start = cell["start"]
+        if lo <= start and start + width <= hi:
+            yield cell
+        elif start < hi and start + width > lo:
+            part = _inside(cell, start, lo, hi)
+            if part is not None:
+                yield part
+    if bad:
+        _io.note_problem(path, f"{bad} cell(s) with counts that are not finite whole numbers >= 0, "
+                               "or a bad start, entity or phase: not counted")
+
+
+def _inside(cell: dict, start: float, lo: float, hi: float) -> dict | None:
+    """The part of a cell the window [lo, hi) cuts: the counts of its whole seconds inside (a second *lo*
+    falls in the middle of is left out: what came before the window never counts), the whole cell when
+    they are all of it; None when nothing is inside."""
+    seconds, step = cell.get("seconds"), 1
+    if not isinstance(seconds, dict):
+        seconds, step = cell.get("minutes"), 60  # a merged hour: its minutes, each counted when it starts inside
+    if not isinstance(seconds, dict):
+        return cell if lo <= start < hi else None
+    first = math.ceil(lo) if step == 1 else lo
+    totals = [0, 0, 0]
+    for off, counts in seconds.items():
+        try:
+            at = start + int(off) * step
+            if first <= at < hi:
+                for i in range(3):
+                    totals[i] += int(counts[i])
+        except (TypeError, ValueError, IndexError):
+            continue
+    if totals == [0, 0, 0]:
+        return None
+    whole = [int(cell.get(k) or 0) for k in ("comparisons", "mismatches", "errors")]
+    if totals == whole:
+        return cell  # every counted second is inside: the latencies too
+    return {"start": cell.get("start"), "entity": cell.get("entity"), "phase": cell.get("phase"),
+            "comparisons": totals[0], "mismatches": totals[1], "errors": totals[2], "latency": {}}
+
+
+def valid_cell(cell: Any) -> dict | None:
+    """A counted cell with every number checked (counts finite whole numbers >= 0), or None."""
+    if not isinstance(cell, dict):
+        return None
+    start, entity, phase = _io.finite(cell.get("start")), cell.get("entity"), cell.get("phase")
+    if start is None or not isinstance(entity, str) or isinstance(phase, bool) or phase not in (1, 2, 3, 4):
+        return None
+    out: dict[str, Any] = {"start": start, "entity": entity, "phase": phase}
+    for field in ("comparisons", "mismatches", "errors"):
+        value = _io.count(cell.get(field, 0))
+        if value is None:
+            return None
+        out[field] = value
+    seconds = _valid_seconds(cell.get("seconds"))
+    if seconds is not None:
+        out["seconds"] = seconds
+    elif "minutes" in cell:  # a merged hour (by-minute/): its counts per minute
+        minutes = _valid_seconds(cell.get("minutes"), 60)
+        if minutes is None:
+            return None
+        out["minutes"] = minutes
+    if out["mismatches"] > out["comparisons"]:  # a mismatch is a comparison: such a cell was not counted here
+        return None
+    latency = cell.get("latency") or {}
+    if not isinstance(latency, dict):
+        return None
+    out["latency"] = {}
+    for side in SIDES:
+        hist = latency.get(side) or {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+        if not isinstance(hist, dict) or not isinstance(hist.get("counts"), list):
+            return None
+        counts = hist["counts"]
+        if not (len(counts) == len(LATENCY_BOUNDS_MS) + 1 and all(type(c) is int for c in counts)
+                and min(counts) >= 0):  # the usual case (whole numbers >= 0) checked fast, else one by one
+            counts = [_io.count(c) for c in counts]
+        total = _io.finite(hist.get("sum_ms") or 0.0)
+        if len(counts) != len(LATENCY_BOUNDS_MS) + 1 or None in counts or total is None:
+            return None
+        out["latency"][side] = {"counts": counts, "sum_ms": total}
+    return out
+
+
+def _valid_seconds(seconds: Any, span: int = 3600) -> dict[str, list[int]] | None:
+    """A cell's per-second (per-minute: *span* 60) counts with every entry checked (an offset 0 to
+    *span* - 1, three counts), or None."""
+    if not isinstance(seconds, dict):
+        return None
+    out: dict[str, list[int]] = {}
+    for off, counts in seconds.items():
+        try:
+            second = int(off)
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= second < span or not isinstance(counts, list) or len(counts) != 3:
+            return None
+        if type(counts[0]) is int and type(counts[1]) is int and type(counts[2]) is int \
+                and counts[0] >= 0 and counts[1] >= 0 and counts[2] >= 0:  # the usual case, checked fast
+            out[str(second)] = counts
+            continue
+        checked = [_io.count(c) for c in counts]
+        if None in checked:
+            return None
+        out[str(second)] = checked
+    return out
+
+
+def empty_latency() -> dict[str, Any]:
+    return {"bounds_ms": list(LATENCY_BOUNDS_MS), "counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+
+
+def add_latency(into: dict[str, Any], cell_side: dict[str, Any]) -> None:
+    counts = cell_side.get("counts") or ()
+    if len(counts) != len(into["counts"]):
+        return
+    into["counts"] = [a + int(b) for a, b in zip(into["counts"], counts)]
+    into["sum_ms"] += float(cell_side.get("sum_ms") or 0.0)
+
+
+def quantile(hist: dict[str, Any], q: float) -> float | None:
+    """The *q* quantile (0-1) of a histogram in ms, interpolated inside its bucket; None when empty."""
+    counts = hist["counts"]
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    bounds = hist["bounds_ms"]
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(bounds):  # the +Inf bucket: its lower bound is all we know
+                return float(bounds[-1])
+            lower = 0.0 if i == 0 else float(bounds[i - 1])
+            return round(lower + (float(bounds[i]) - lower) * max(rank - seen, 0.0) / n, 4)
+        seen += n
+    return float(bounds[-1])
+
+
+def read_mismatches(root: Path) -> list[dict]:
+    directory = _io.control_dir(root) / _io.MISMATCH_DIR
+    names = sorted(_io.list_folder(directory, root))
+    out: list[dict] = []
+    for name in names:
+        if name.endswith(".jsonl") and not name.startswith("."):
+            out += [r for r in _io.read_lines(directory / name) if isinstance(r.get("at"), str)]
+    return out
+
+
+
+
+def day_name(day: int) -> str:
+    return datetime.fromtimestamp(day, tz=timezone.utc).strftime("%Y%m%d") + ".json"
+
+
+def day_of(name: str) -> int | None:
+    if not name.endswith(".json"):
+        return None
+    try:
+        return int(datetime.strptime(_stem(name), "%Y%m%d").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def _compacted(path: Path, kind: str) -> dict | None:
+    """A merged counts file (by-minute or by-hour) with its bookkeeping checked; None when missing or
+    unusable (noted)."""
+    try:
+        doc = _io.read_document(path)
+    except ValueError as exc:
+        _io.note_problem(path, str(exc))
+        return None
+    if doc is None:
+        return None
+    if not _counts_doc(doc) or doc.get("kind") != kind:
+        _io.note_problem(path, f"not a {kind} counts file of this version (kind, bounds_ms or cells)")
+        return None
+    if kind == BY_MINUTE:
+        ok = isinstance(doc.get("sources"), dict)
+    else:
+        hours = doc.get("hours")
+        ok = isinstance(hours, dict) and all(
+            isinstance(info, dict) and isinstance(info.get("sources"), dict)
+            and _io.finite(info.get("merged_at")) is not None for info in hours.values())
+    if not ok:
+        _io.note_problem(path, f"a {kind} counts file with bad bookkeeping (sources or hours): not read")
+        return None
+    return doc
