@@ -47,6 +47,10 @@ class Dialect:
     single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
+    #: May a statement's WITH hold INSERT/UPDATE (several writes, one statement, one round trip)?
+    writable_cte = False
+    #: May one ``?`` stand for a list (``id = ANY(?)``)?  Else a list is spelled ``IN (?, ?, ...)``.
+    array_params = False
     #: A condition true when the JSON array text *options* holds the text parameter ``?``.
     json_array_has = "EXISTS (SELECT 1 FROM json_each({options}) WHERE json_each.value = ?)"
 

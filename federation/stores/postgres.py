@@ -79,6 +79,8 @@ class PostgresDialect(Dialect):
     for_share = " FOR SHARE"
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
+    writable_cte = True
+    array_params = True
     json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
 
     def __init__(self, url: str):

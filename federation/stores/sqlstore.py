@@ -44,6 +44,28 @@ _MSG_COLS_OF_MESSAGES = ", ".join(f"messages.{c}" for c in MESSAGES.columns)
 #: PostgreSQL: every send notifies this channel with the recipient's name (pulse(wait) listens).
 NOTIFY_CHANNEL = "federation_inbox"
 
+# One message sent in one statement (engines with writable CTEs): the row, its history entry, the
+# recipient's wake-up (NOTIFY is transactional: sent at commit).  ON CONFLICT DO NOTHING makes the
+# statement safe to send again after a lost connection; no row back means the id was there already.
+_SEND_ONE = (
+    f"WITH m AS (INSERT INTO messages ({_MSG_COLS}) VALUES ({', '.join('?' for _ in MESSAGES.columns)}) "
+    f"ON CONFLICT (id) DO NOTHING RETURNING {_MSG_COLS}), "
+    f"h AS (INSERT INTO message_history ({', '.join(MESSAGE_HISTORY.columns)}) "
+    "SELECT 'sent', sender, recipient, content, message_type, timestamp, id FROM m) "
+    "SELECT pg_notify(?, recipient) FROM m")
+
+# An acknowledgement of an array of ids (engines with array parameters and writable CTEs): each id
+# looked up by primary key and locked on its own (LATERAL ... LIMIT 1: one probe per id, and nothing
+# but the id for the planner to choose an index by -- given "recipient = ?" and no statistics it took
+# that for one row and read the recipient's whole inbox), its conditions checked on the locked, newest
+# version, then those rows updated by primary key.  They stay locked until the UPDATE: it needs no
+# condition of its own.
+_ACK_ARRAY = (
+    "WITH hit AS MATERIALIZED (SELECT x.id FROM unnest(CAST(? AS text[])) AS wanted(id) CROSS JOIN LATERAL "
+    "(SELECT id, recipient, read_at, attempt FROM messages WHERE id = wanted.id LIMIT 1 FOR UPDATE) x "
+    "WHERE x.recipient = ? AND x.read_at IS NULL AND x.attempt > 0) "
+    f"UPDATE messages SET read_at = ? WHERE id = ANY(ARRAY(SELECT id FROM hit)) RETURNING {_MSG_COLS}")
+
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
 _BY_TIME = operator.itemgetter(MESSAGES.index("timestamp"), MESSAGES.index("id"))
@@ -119,14 +141,32 @@ class SqlStore:
 
     # -- messages -------------------------------------------------------------
     def save_message(self, message: dict) -> None:
+        """One message, its history entry and (PostgreSQL) the recipient's wake-up, atomically.
+
+        Where the engine allows (PostgreSQL), one statement: one round trip, no BEGIN/COMMIT.  The id
+        is the sender's (a fresh uuid), so a statement sent again after a lost connection finds its
+        row and writes nothing twice; an id already used by another message is a ConflictError.
+        """
         values = MESSAGES.row_of(message)
+        if self.db.dialect.writable_cte:
+            written = bool(self.db.write_statement(lambda tx: tx.fetchall(_SEND_ONE, (*values, NOTIFY_CHANNEL))))
+        else:
+            def fn(tx: Tx) -> bool:
+                if not tx.execute(_sql.insert(MESSAGES, "DO NOTHING"), values).rowcount:
+                    return False
+                self._add_history(tx, [history_entry("sent", message)])
+                self._notify(tx, [message])
+                return True
 
-        def fn(tx: Tx) -> None:
-            tx.execute(_sql.insert(MESSAGES), values)
-            self._add_history(tx, [history_entry("sent", message)])
-            self._notify(tx, [message])
+            written = self.db.write(fn)
+        if not written:
+            self._check_same_message(message["id"], values)
 
-        self.db.write(fn)
+    def _check_same_message(self, message_id: str, values: tuple) -> None:
+        """A send that wrote nothing found its id taken: fine if by this very message (a resent statement)."""
+        row = self.db.fetchone(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,))
+        if row is None or tuple(row) != values:
+            raise ConflictError(f"message id {message_id} is already used by another message")
 
     def load_inbox(self, agent: str) -> list[dict]:
         rows = self.db.fetchall(
@@ -177,54 +217,68 @@ class SqlStore:
         """
         pick = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
                 f"ORDER BY timestamp, id LIMIT ?")
-        if self.db.dialect.name == "postgresql":
-            # the chosen rows, locked once (a MATERIALIZED CTE joined by primary key, not an IN subquery
-            # the planner may re-run per row); rows another receiver holds are skipped, not waited for.
-            # FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
-            # UPDATE itself needs none (a condition there lets a planner without statistics scan).
-            sql = (f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+        take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
+        if ids is None and self.db.dialect.writable_cte:
+            # PostgreSQL: one statement, one round trip -- the due dead letters marked (rows at max attempts,
+            # never picked) and the oldest deliverable rows leased.  The chosen rows are locked once (a
+            # MATERIALIZED CTE joined by primary key, not an IN subquery the planner may re-run per row);
+            # rows another receiver holds are skipped, not waited for.  FOR UPDATE re-checks the conditions
+            # on the newest version of a row it locks, so the UPDATE itself needs none.
+            sql = (f"WITH dead AS (UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}), "
+                   f"picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
                    "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
                    "WHERE messages.id = picked.picked_id "
                    f"RETURNING {_MSG_COLS_OF_MESSAGES}, messages.attempt, messages.lease_until")
-        else:  # SQLite: writers are serial; the subquery is evaluated once
+            # not idempotent (a second run leases more): a connection lost meanwhile is reported, not retried
+            rows = self.db.write_statement(
+                lambda tx: tx.fetchall(sql, (now, agent, now, max_attempts, *take, lease_until)), idempotent=False)
+        else:
+            # SQLite: writers are serial; the subquery is evaluated once
             sql = (f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
                    f"AND {_DELIVERABLE} RETURNING {_MSG_COLS}, attempt, lease_until")
-        postgres = self.db.dialect.name == "postgresql"
 
-        def fn(tx: Tx) -> list[tuple]:
-            tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
-                       (now, agent, now, max_attempts))
-            if ids is None:
-                take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
-                return tx.fetchall(sql, (*take, lease_until) if postgres else (lease_until, *take, now))
-            rows = []  # the shim mirroring the other side's lease: exactly those messages
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ", ".join("?" for _ in chunk)
-                rows += tx.fetchall(
-                    f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
-                    f"{_DELIVERABLE} AND attempt < ? AND id IN ({marks}) RETURNING {_MSG_COLS}, attempt, lease_until",
-                    (lease_until, agent, now, max_attempts, *chunk))
-            return rows
+            def fn(tx: Tx) -> list[tuple]:
+                tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
+                           (now, agent, now, max_attempts))
+                if ids is None:
+                    return tx.fetchall(sql, (lease_until, *take, now))
+                rows = []  # the shim mirroring the other side's lease: exactly those messages
+                for chunk, marks in _chunks(ids):
+                    rows += tx.fetchall(
+                        f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
+                        f"{_DELIVERABLE} AND attempt < ? AND id {marks} RETURNING {_MSG_COLS}, attempt, lease_until",
+                        (lease_until, agent, now, max_attempts, *chunk))
+                return rows
 
-        rows = self.db.write(fn)
+            rows = self.db.write(fn)
         rows.sort(key=_BY_TIME)
         return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in rows]
 
     def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
         """Acknowledge delivered messages of *agent* among *ids*: read now (``read_at``), never delivered
-        again; the messages acknowledged now, in the order of *ids*."""
-        def fn(tx: Tx) -> list[tuple]:
-            done: list[tuple] = []
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ", ".join("?" for _ in chunk)
-                done += tx.fetchall(
-                    "UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL AND attempt > 0 "
-                    f"AND id IN ({marks}) RETURNING {_MSG_COLS}", (read_at, agent, *chunk))
-            return done
+        again; the messages acknowledged now, in the order of *ids*.
 
-        done = {r[0]: _msg(r) for r in self.db.write(fn)}
+        One statement: the ids as one array (PostgreSQL: one round trip), or as ``IN (?, ...)`` when
+        they fit one (up to 500; more take several in one transaction)."""
+        if self.db.dialect.array_params:
+            # not idempotent (a second run acknowledges nothing): a connection lost meanwhile is reported
+            rows = self.db.write_statement(lambda tx: tx.fetchall(_ACK_ARRAY, (list(ids), agent, read_at)),
+                                           idempotent=False)
+        else:
+            # "+recipient": not an index term (SQLite's planner would walk the recipient's unread rows on
+            # idx_messages_unread instead of looking the ids up by primary key)
+            sql = ("UPDATE messages SET read_at = ? WHERE id {marks} AND +recipient = ? AND read_at IS NULL "
+                   f"AND attempt > 0 RETURNING {_MSG_COLS}")
+            chunks = list(_chunks(ids))
+
+            def fn(tx: Tx) -> list[tuple]:
+                done: list[tuple] = []
+                for chunk, marks in chunks:
+                    done += tx.fetchall(sql.format(marks=marks), (read_at, *chunk, agent))
+                return done
+
+            rows = self.db.write_statement(fn, idempotent=False) if len(chunks) == 1 else self.db.write(fn)
+        done = {r[0]: _msg(r) for r in rows}
         return [done[i] for i in dict.fromkeys(ids) if i in done]
 
     def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
@@ -746,3 +800,10 @@ def _kept_ids(text: str) -> list[str]:
     except ValueError:
         return []
     return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def _chunks(ids: list[str], size: int = 500):
+    """*ids* in chunks of at most *size*, each with its ``IN (?, ...)``."""
+    for start in range(0, len(ids), size):
+        chunk = list(ids[start:start + size])
+        yield chunk, f"IN ({', '.join('?' for _ in chunk)})"
