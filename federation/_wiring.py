@@ -45,7 +45,7 @@ def hooks(control: bool = True) -> dict:
     hooks = {"candidate": candidate, "mode": env_mode, "lock": core.file_lock, "spec": core.SHIM_SPEC,
              "observers": (), "differ": record_diff}  # the consistency report's comparison: both agree
     if control:
-        from .rollout._runtime import RUNTIME, observe
+        from .rollout import RUNTIME, observe
 
         hooks.update(mode=RUNTIME.mode, observers=(observe,))
     global _mode

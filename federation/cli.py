@@ -365,7 +365,7 @@ def _hold_files_first(s: config.Settings) -> None:
     guards, and missing what agents wrote to the files during the import.  The flag keeps them in 1.
     """
     from . import rollout as control
-    from .rollout._default import needs_backfill
+    from .rollout import needs_backfill
 
     try:
         if control.read_flag(s.root) is not None or not needs_backfill(s):
@@ -398,7 +398,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     cannot be opened or read, or a legacy document could not be read
     (unknown: never called consistent, and never repaired as if empty).
     """
-    from .rollout._log_summary import summarise_log
+    from .rollout import summarise_log
     from .transfer.report import build_report
 
     s = _settings()
@@ -414,7 +414,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         data = report.to_json()
         if not report.consistent:  # the commands that repair what was found, safe in the fleet's phase
             from .domain.authority import repair_command, restore_command
-            from .rollout._default import fleet_phase
+            from .rollout import fleet_phase
 
             phase = fleet_phase(s)
             data["repair"] = {"phase": phase, "differences": repair_command(phase) if report.differences else None,
@@ -456,7 +456,7 @@ def report_command(as_json: bool, log_file: str | None) -> None:
         click.echo("consistent")
     else:
         from .domain.authority import AUTHORITY, repair_command, restore_advice
-        from .rollout._default import fleet_phase
+        from .rollout import fleet_phase
 
         phase = fleet_phase(s)
         side = "the files are" if AUTHORITY[phase] == "files" else "the database is"
@@ -506,7 +506,7 @@ def sync_command(to: str, dry_run: bool, as_json: bool, force: bool, reason: str
     `--to files --only ENTITY` rebuilds those of ENTITY from the database.
     Exit 0 done, 1 failure or refused, 2 usage, 3 done except the unknown documents listed.
     """
-    from .rollout._default import fleet_phase
+    from .rollout import fleet_phase
     from .transfer.sync import sync
 
     if reason is not None and not force:
@@ -538,7 +538,7 @@ def archive_command(dest: str) -> None:
 
     Refuses (exit 1) unless the consistency report says files and database agree.
     """
-    from .rollout._default import fleet_phase
+    from .rollout import fleet_phase
     from .transfer.archive import archive_legacy
 
     s = _settings()
@@ -611,9 +611,9 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
 
 
 def _counts_keep_days() -> int:
-    from .rollout import _counts
+    from .rollout import KEEP_SECONDS
 
-    return int(_counts.KEEP_SECONDS // 86400)
+    return int(KEEP_SECONDS // 86400)
 
 
 @main.command("backup")
@@ -995,7 +995,7 @@ def rollout_mismatches(limit: int, entity: str | None, as_json: bool) -> None:
         for d in diff[:5]:
             click.echo(f"    {json.dumps(d)}")
     from .domain.authority import repair_command
-    from .rollout._default import fleet_phase
+    from .rollout import fleet_phase
 
     click.echo(f"repair: `{repair_command(fleet_phase(s))}` (the safe direction in the current phase), then "
                "`federation rollout set N --since <after the repair>`")

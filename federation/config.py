@@ -227,9 +227,10 @@ def reset() -> None:
 @dataclasses.dataclass(frozen=True)
 class ControlTimings:
     #: seconds between two announcements of a process in ``control/fleet/``
-    fleet_refresh: float = 5.0
-    #: a process not seen for this many seconds is shown as gone
-    fleet_timeout: float = 30.0
+    fleet_refresh: float = 2.0
+    #: a process not seen for this many seconds is shown as gone (a dead process on another host is
+    #: known within 10 s; one of this host at once, by its pid)
+    fleet_timeout: float = 9.0
     #: seconds between two flushes of a process's counts (and at exit)
     counts_flush: float = 10.0
     #: the live flag is re-read at most this often, in seconds

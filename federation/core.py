@@ -39,7 +39,7 @@ from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, 
                               SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, keys_lock,
                               message_mismatch, node_lock, session_lock, split_votes)
 from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
-from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, ValidationError
+from .errors import ConflictError, CorruptFileError, FileStorageError, NotFoundError, StorageError, ValidationError
 
 
 def tree() -> Tree:
@@ -406,27 +406,50 @@ def save_keyed_messages(messages: list[dict], key: str) -> list[str]:
     """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
     then nothing is written and the ids of the first send are returned.
 
-    Under the sender's key lock: the messages first, then the key's file
-    (``nodes/{sender}/sent_keys/``); a crash between the two can at worst let
+    Under the recipients' inbox locks (no receiver takes a message before its key is written) and the
+    sender's key lock: the messages, then the key's file (``nodes/{sender}/sent_keys/``).  A write that
+    fails (a full disk) removes what this send wrote before it raises: an error leaves nothing another
+    agent can see, and a retry with the key is safe.  A crash between the two writes can at worst let
     a retry deliver again (at least once), never lose the message.
     """
     if not messages:
         return []
     sender = messages[0]["sender"]
     t = tree()
-    with locked(t, keys_lock(sender)):
+    with contextlib.ExitStack() as held:
+        for name in sorted({inbox_lock(m["recipient"]) for m in messages}):  # the order every sender takes
+            held.enter_context(locked(t, name))
+        held.enter_context(locked(t, keys_lock(sender)))
         path = t.key_file(sender, key)
         ids = _key_file_ids(path, sender, key)
         if ids is not None:
             return ids
-        for message in messages:
-            atomic_write_json(t.message_file(message["recipient"], message["id"]),
-                              {field: message.get(field) for field in MESSAGE_FIELDS})
-        ids = [m["id"] for m in messages]
-        atomic_write_json(path, {"sender": sender, "key": key, "ids": ids,
-                                 "recipients": [m["recipient"] for m in messages],
-                                 "created_at": messages[0]["timestamp"]})
+        written: list[Path] = []
+        try:
+            for message in messages:
+                target = t.message_file(message["recipient"], message["id"])
+                atomic_write_json(target, {field: message.get(field) for field in MESSAGE_FIELDS})
+                written.append(target)
+            ids = [m["id"] for m in messages]
+            atomic_write_json(path, {"sender": sender, "key": key, "ids": ids,
+                                     "recipients": [m["recipient"] for m in messages],
+                                     "created_at": messages[0]["timestamp"]})
+        except FileStorageError as exc:
+            _take_back(written, exc)
+            raise
         return ids
+
+
+def _take_back(written: list[Path], cause: FileStorageError) -> None:
+    """Remove the message files a failed keyed send wrote (no one could claim them: their inboxes are
+    locked); if one cannot be removed, the send may be visible: say so, since a keyed retry is then safe."""
+    for target in written:
+        try:
+            remove(target)
+        except FileStorageError as exc:
+            raise StorageError(f"{cause}; the send may or may not have been applied (its message "
+                               f"{target.name} could not be taken back: {exc.reason}); a retry with the same "
+                               f"idempotency key is safe") from cause
 
 
 def _key_file_ids(path: Path, sender: str, key: str) -> list[str] | None:
@@ -1026,3 +1049,7 @@ def _typed_file_errors(fn):
 for _name in SHIM_SPEC:
     globals()[_name] = _typed_file_errors(globals()[_name])
 del _name
+
+#: The file side as this module defines it, for a read that is not an agent's call (an operator's count of
+#: dead letters): the shim replaces the module's names when it is installed, never these.
+FILE_SIDE: dict[str, Callable[..., Any]] = {_name: globals()[_name] for _name in SHIM_SPEC}

@@ -156,7 +156,7 @@ def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) 
 
     *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
     files of phases 1-2 are read through ``core``, which follows the configured root."""
-    return _dead_letters.dead_letter_summary(phase, settings=settings)
+    return _dead_letters.dead_letter_summary(phase, settings=settings, read_files=core.FILE_SIDE["load_dead_letters"])
 
 
 def peek_inbox(agent: str) -> list[dict]:
@@ -275,10 +275,11 @@ def _take(agent: str, claim: bool, lease: float | None, stamp: str | None = None
 
 def _wait_for_messages(agent: str, claim: bool, lease: float | None, phase: int, deadline: float) -> list[dict]:
     """Look again whenever the store says something changed (and at least every second) until *deadline*."""
+    from .stores.database import get_db
     from .stores.wait import RECHECK_S, watcher
 
     try:
-        watch = watcher(agent, phase)
+        watch = watcher(agent, phase, core.tree(), get_db().dialect if phase >= 3 else None)
     except Exception as exc:  # noqa: BLE001 - the watcher only saves work: without it, look every 0.25 s
         _log.warning("pulse_wait_watcher_failed", agent=agent, error=f"{type(exc).__name__}: {exc}")
         watch = None

@@ -305,7 +305,7 @@ def test_pulse_wait_without_a_watcher_still_returns_on_a_send(fed, monkeypatch):
 
     fed.phase(4)
 
-    def refuse(agent, phase):
+    def refuse(*args):
         raise OSError("no watcher today")
 
     monkeypatch.setattr(_wait, "watcher", refuse)
@@ -351,7 +351,7 @@ def test_a_send_whose_reply_was_lost_is_sent_again_and_lands_once(fed, monkeypat
     fed.phase(4)
     db = fed.store().db
     # PostgreSQL: the one statement; SQLite: the history insert, the message's row written before it
-    left = _lose_replies(monkeypatch, db, "WITH" if db.dialect.writable_cte else "INSERT INTO message_history", 1)
+    left = _lose_replies(monkeypatch, db, "WITH" if db.dialect.send_sql else "INSERT INTO message_history", 1)
     mid = messaging.send_message("alice", "bob", "once")
     assert left["n"] == 0  # the loss happened
     assert [m["id"] for m in messaging.peek_inbox("bob")] == [mid]
@@ -370,7 +370,7 @@ def test_ack_whose_reply_was_lost_says_so_and_the_message_stays_acknowledged(fed
     fed.phase(4)
     mid = messaging.send_message("alice", "bob", "x")
     assert [m["id"] for m in messaging.receive("bob", lease=0.3)] == [mid]
-    statement = "WITH" if fed.store().db.dialect.array_params else "UPDATE messages SET read_at"
+    statement = "WITH" if fed.store().db.dialect.ack_sql else "UPDATE messages SET read_at"
     _lose_replies(monkeypatch, fed.store().db, statement, 1)
     with pytest.raises(StorageError, match="may or may not"):
         messaging.ack("bob", [mid])

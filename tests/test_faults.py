@@ -212,3 +212,69 @@ def test_any_other_file_side_os_error_is_typed_too(fed):
     from federation.transfer.migrate import migrate
 
     assert str(inbox) in {i["path"] for i in migrate(dry_run=True).invalid}
+
+
+def _visible(fed, phase: int, content: str) -> list[str]:
+    """The ids of bob's messages with *content* on the phase's authoritative side (what another agent sees)."""
+    if phase <= 2:
+        inbox = fed.root / "nodes" / "bob" / "inbox"
+        found = []
+        for p in (inbox.iterdir() if inbox.is_dir() else ()):
+            if p.suffix == ".json" and not p.name.startswith("."):
+                try:
+                    record = __import__("json").loads(p.read_text())
+                except ValueError:
+                    continue
+                if record.get("content") == content:
+                    found.append(record["id"])
+        return found
+    return [r[0] for r in fed.store().db.fetchall("SELECT id FROM messages WHERE content = ?", (content,))]
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3, 4])
+def test_a_keyed_send_on_a_full_disk_at_each_of_its_writes_is_all_or_nothing_and_a_retry_is_safe(
+        fed, small_fs, tmp_path, phase):
+    """Issue 29: the disk fills at each write of a keyed send in turn (the k-th page is the last free one).
+
+    Whatever write fails, an error leaves nothing another agent can see, or says the send "may or may not
+    have been applied"; once space is back, a retry with the same key delivers exactly one message, with
+    the first id when one was visible.  Phases 1-3: the legacy files on the full disk; phase 4 (SQLite):
+    the database on it.
+    """
+    if phase == 4 and fed.engine != "sqlite":
+        pytest.skip("phase 4 writes only the database: the full disk is SQLite's")
+    disk = small_fs.mount(tmp_path / "disk", "4m")
+    if phase == 4:
+        fed.env["FEDERATION_DB"] = str(disk / "federation.db")
+    else:
+        small_fs.mount(fed.root, "4m")
+    fed.phase(phase)
+    forget_stores()
+    messaging.send_message("alice", "bob", "before the fault")  # the tree, the database, the lock files made
+    full = disk if phase == 4 else fed.root
+    outcomes = []
+    for pages in range(0, 10) if phase < 4 else range(0, 60, 6):  # a SQLite commit writes several pages
+        content, key = f"keyed {pages}", f"key-{pages}"
+        filler = small_fs.fill(full)
+        with open(filler, "r+b") as f:  # free *pages* pages: the send's writes succeed up to there
+            f.truncate(max(0, f.seek(0, 2) - pages * 4096))
+        try:
+            first, error = messaging.send_message("alice", "bob", content, idempotency_key=key), None
+        except StorageError as exc:
+            first, error = None, str(exc)
+        seen, on_files = _visible(fed, phase, content), _visible(fed, 1, content)
+        filler.unlink()
+        if error is not None and "may or may not" not in error:
+            assert seen == [], (pages, error)  # an error that says nothing happened: nothing happened
+        again = messaging.send_message("alice", "bob", content, idempotency_key=key)
+        assert _visible(fed, phase, content) == [again], pages  # exactly one message, whatever failed
+        if first is not None or seen:
+            assert again == (first or seen[0]), pages  # the first id, where one was visible
+        outcomes.append("ok" if error is None else ("maybe" if "may or may not" in error else "error"))
+        if phase == 3:  # the files are the shadow: their failure is logged, the database's send stands
+            outcomes[-1] += "" if on_files else " (files behind)"
+    if phase == 3:
+        assert set(outcomes) == {"ok", "ok (files behind)"}, outcomes  # the disk filled at some write, then at none
+    else:
+        assert "error" in outcomes and "ok" in outcomes, outcomes
+    assert temp_files(fed.root) == []

@@ -123,7 +123,21 @@ def test_the_engines_import_the_dialect_base_not_the_facade():
     for engine in ("federation.stores.sqlite", "federation.stores.postgres"):
         assert "federation.stores.dialect" in graph[engine]
         assert "federation.stores.database" not in graph[engine]
-    assert {"federation.stores.sqlite", "federation.stores.postgres"} <= graph["federation.stores.database"]
+    assert "federation.stores.sqlite" in graph["federation.stores.database"]  # the default
+
+
+def test_a_server_engine_is_one_module_registered_by_its_scheme():
+    """PostgreSQL is its module and one entry of the registry: nothing imports it by name, and the store's SQL
+    never asks which engine it runs on (every difference is the dialect's)."""
+    from federation.stores.dialect import ENGINES
+
+    graph = import_graph()
+    assert set(ENGINES.values()) == {"federation.stores.postgres"}
+    assert [m for m, edges in graph.items() if "federation.stores.postgres" in edges] == []
+    for path in sorted((ROOT / "federation").rglob("*.py")):
+        if path.stem not in ("postgres", "sqlite", "dialect"):
+            text = path.read_text(encoding="utf-8")
+            assert 'dialect.name ==' not in text and 'dialect.name !=' not in text, path
 
 
 # ---------------------------------------------------------------------------
@@ -210,13 +224,42 @@ def test_the_package_tree_is_the_architecture():
 
 #: The layers, bottom up: a module imports from its own layer and the ones below, never above.
 LAYERS = ("domain", "stores", "transfer", "rollout", "operations", "apps")
-#: The public API: above every layer but the applications.
-API = {"federation.messaging", "federation.context", "federation.governance", "federation._wiring"}
+#: Below every layer: errors, configuration, the library's logging.
+BASE = {"federation.errors", "federation.config", "federation._logging"}
+#: The file store (the legacy module the shim is installed on): above the stores it is built on (the gate,
+#: the entities), below everything that reads the files through it; nothing in domain/ or stores/ imports it.
+CORE = "federation.core"
+#: The public API: above every layer but the applications (the wiring is the shim's, the package installs it).
+API = {"federation.messaging", "federation.context", "federation.governance", "federation.tasks",
+       "federation._wiring", "federation"}
+#: What drives the rest from outside: the adopter, the command line and its entry point (nothing imports them).
+EDGES = {"federation.adopt", "federation.cli", "federation.__main__"}
 #: Arrows that still point up, to be inverted: none.  The report's log summary (`report --log`), which reads
 #: the rollout's counts, is the rollout's (rollout._log_summary); sync and archive are handed the fleet's
 #: phase by their caller and apply the domain's rule (domain.authority); doctor reads the dead-letter
-#: summary from the stores (stores.dead_letters), which the public messaging API names too.
+#: summary from the stores (stores.dead_letters), handing it the file store's reader; the pulse's watcher
+#: (stores.wait) is handed the legacy tree and the database's dialect by the public messaging API.
 KNOWN_UP: set[str] = set()
+
+
+def rank(module: str) -> float | None:
+    """Where *module* stands, bottom up (None: not a federation module).  Every module has one: a new top-level
+    module must be placed here (an unplaced one fails :func:`test_every_module_has_a_place`)."""
+    parts = module.split(".")
+    if parts[0] != "federation":
+        return None
+    if module in BASE:
+        return 0
+    if len(parts) > 1 and parts[1] in LAYERS:
+        here = 1 + LAYERS.index(parts[1])  # domain 1, stores 2, transfer 3, rollout 4, operations 5, apps 6
+        return here
+    if module == CORE:
+        return 2.5  # above the stores, below transfer
+    if module in API:
+        return 5.5  # above operations, below the applications
+    if module in EDGES:
+        return 7
+    return None
 
 
 def _layer(module: str) -> int | None:
@@ -224,16 +267,99 @@ def _layer(module: str) -> int | None:
     return LAYERS.index(parts[1]) if parts[0] == "federation" and len(parts) > 1 and parts[1] in LAYERS else None
 
 
-def test_no_layer_imports_one_above_it():
-    """The folder tree is the architecture: no arrow points up."""
-    graph = import_graph()
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for each import of a module that stands above the importer."""
     up = []
     for module, edges in sorted(graph.items()):
-        here = _layer(module)
+        here = rank(module)
         if here is None:
             continue
         for edge in sorted(edges):
-            there = _layer(edge)
-            if (there is not None and there > here) or (edge in API and LAYERS[here] != "apps"):
+            there = rank(edge)
+            if there is not None and there > here:
                 up.append(f"{module} -> {edge}")
+    return up
+
+
+def test_every_module_has_a_place():
+    """Each module of federation/ stands on a floor: a layer, the base, the file store, the API or an edge."""
+    assert [m for m in import_graph() if m.split(".")[0] == "federation" and rank(m) is None] == []
+
+
+def test_no_layer_imports_one_above_it():
+    """The folder tree is the architecture: no arrow points up (core and the top-level modules included)."""
+    up = upward_arrows(import_graph())
     assert set(up) <= KNOWN_UP, sorted(set(up) - KNOWN_UP)
+
+
+def test_an_upward_arrow_is_found():
+    """The check sees an arrow from the stores up to the file store, the API or an application, and from
+    the file store up to the API; and none where the arrow points down."""
+    graph = {"federation.stores.wait": {"federation.core"}, "federation.stores.dead_letters": {"federation.messaging"},
+             "federation.core": {"federation._wiring", "federation.stores.files"},
+             "federation.domain.clock": {"federation.config"}, "federation.rollout._io": {"federation.apps.signals"},
+             "federation.messaging": {"federation.core", "federation.stores.wait"}}
+    assert upward_arrows(graph) == [
+        "federation.core -> federation._wiring", "federation.rollout._io -> federation.apps.signals",
+        "federation.stores.dead_letters -> federation.messaging", "federation.stores.wait -> federation.core"]
+
+
+# ---------------------------------------------------------------------------
+# packages expose faces
+
+def _package_of(dotted: str, modules: dict[str, Path]) -> str:
+    """The package *dotted* (a module, or a name in one) belongs to."""
+    while dotted and not (dotted in modules and modules[dotted].name == "__init__.py"):
+        dotted = dotted.rpartition(".")[0]
+    return dotted
+
+
+def private_imports(module: str, path: Path, source: str, modules: dict[str, Path]) -> list[str]:
+    """``path:line: name`` for each private module or name (``_x``, not ``__x__``) *source* imports from
+    another package than its own (a package's private parts are for it and its subpackages)."""
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(module, path, node.level, node.module)
+            targets = [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            if parts[0] not in PACKAGES:
+                continue
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not (part.startswith("__") and part.endswith("__")):
+                    owner = _package_of(".".join(parts[:i]), modules)
+                    if not (module == owner or module.startswith(owner + ".")):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {target}")
+                    break
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another_package():
+    """A package is used through its face (its ``__init__`` or a public module): the CLI asks
+    ``federation.rollout`` for the fleet's phase, not ``rollout._default``."""
+    modules = _modules()
+    found = []
+    for module, path in modules.items():
+        found += private_imports(module, path, path.read_text(encoding="utf-8"), modules)
+    assert found == []
+
+
+def test_a_private_import_is_found():
+    """Private modules and names across packages are found; within a package (and its subpackages) they are not."""
+    modules = _modules()
+    cli, sqlite = ROOT / "federation" / "cli.py", ROOT / "federation" / "stores" / "sqlite.py"
+    assert private_imports("federation.cli", cli, "from .rollout._default import fleet_phase\n", modules) == [
+        "federation/cli.py:1: federation.rollout._default.fleet_phase"]
+    assert private_imports("federation.cli", cli, "from .rollout import _counts\n", modules) != []
+    assert private_imports("federation.cli", cli, "from .domain.entities import _json_type\n", modules) != []
+    assert private_imports("federation.cli", cli, "import federation.rollout._io\n", modules) != []
+    assert private_imports("federation.cli", cli, "from .rollout import fleet_phase\nfrom . import _logging\n",
+                           modules) == []
+    assert private_imports("federation.stores.sqlite", sqlite, "from .wait import _poll\n", modules) == []
+    assert private_imports("federation.apps.mcp_http", ROOT / "federation" / "apps" / "mcp_http.py",
+                           "from .. import __version__\nfrom .._logging import library_logger\n", modules) == []

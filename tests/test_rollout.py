@@ -500,7 +500,7 @@ def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
         wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["pid"] == four.pid], 30, what="the phase-4 one")
         assert "UNSAFE MIX" in cli(fed, "rollout", "status").output
         assert [(a["pid"], b["pid"]) for a, b in rollout.unsafe_mix(rollout.fleet())] == [(four.pid, two.pid)]
-        time.sleep(1.0)  # a few refreshes: each process has looked at the fleet
+        time.sleep(3.0)  # each process has looked at the fleet (every 10 refreshes of 0.25 s)
     finally:
         for p in (two, four):
             if p is not None:
@@ -787,3 +787,32 @@ def test_a_call_in_flight_finishes_in_the_phase_it_started_in(fed, monkeypatch):
         reader.join(10)
         assert got == ["in the database"]
         assert context.get_context("probe")["text"] == "in the file"
+
+
+@pytest.mark.sqlite_only
+def test_a_process_killed_on_another_host_is_known_gone_within_10_s(fed):
+    """Issue 29: with the default timings, a SIGKILLed process of another host (its own UTS namespace,
+    so another hostname: its pid cannot be checked from here) is shown gone within 10 s, not 30."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
+        pytest.skip("cannot make a UTS namespace here (unshare --uts needs root)")
+    env = fed.subprocess_env()
+    for var in ("FEDERATION_FLEET_REFRESH", "FEDERATION_FLEET_TIMEOUT"):
+        env.pop(var, None)  # the defaults are what is promised
+    code = "from federation import context; import time; context.heartbeat('far'); print('up', flush=True); time.sleep(120)"
+    far = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname far-host && exec "$0" -c "$1"',
+                            sys.executable, code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert far.stdout.readline().strip() == "up", far.stderr.read()[-2000:]
+
+        def far_entry(alive: bool):
+            return [p for p in rollout.fleet() if p["host"] == "far-host" and p["alive"] is alive]
+
+        wait_for(lambda: far_entry(True), 10, what="the far host's announcement")
+        time.sleep(2.5)  # it has refreshed since (its last_seen is recent, not its first)
+        far.kill()
+        killed = time.monotonic()
+        wait_for(lambda: far_entry(False), 15, interval=0.2, what="the far process shown gone")
+        assert time.monotonic() - killed <= 10.0
+    finally:
+        far.kill()
+        far.wait(timeout=30)

@@ -184,13 +184,13 @@ def list_tokens(root: Path | None = None) -> list[AgentToken]:
 # -- writing ---------------------------------------------------------------------------------------
 
 def _now() -> str:
-    from ..rollout._io import iso, utcnow
+    from ..rollout import iso, utcnow
 
     return iso(utcnow())
 
 
 def _who() -> str:
-    from ..rollout._io import who
+    from ..rollout import who
 
     return who()
 

@@ -237,7 +237,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     import uvicorn
 
     from .. import rollout
-    from .dashboard.app import _listen
+    from .dashboard.app import listen as _listen
 
     s = config.settings()
     loopback = is_loopback(host)

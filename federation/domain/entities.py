@@ -28,7 +28,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 __all__ = [
     "Field", "Entity", "InvalidRecord", "MESSAGES", "CONTEXT", "EXPERTISE", "PROFILES", "POLLS", "VOTES",
     "SESSIONS", "SESSION_ROLES", "SESSION_ARTIFACTS", "SESSION_REVIEWS", "MESSAGE_HISTORY", "TABLES", "ALL",
-    "BY_NAME", "ENTITY_NAMES", "keys_lock", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry",
+    "BY_NAME", "ENTITY_NAMES", "keys_lock", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry", "json_type",
 ]
 
 #: the fields a leased or dead message file carries beside the message's own (the layout: domain.layout)
@@ -73,7 +73,7 @@ class InvalidRecord(Exception):
     """A legacy record (or a part of one) that cannot be imported, and why."""
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -371,7 +371,7 @@ def message_mismatch(data: dict, stem: str, agent: str) -> str | None:
 def vote_problem(options: Any, option: Any) -> str | None:
     """Why a stored vote does not count (not a string, or not an option of its poll), or None."""
     if not isinstance(option, str):
-        return f"a vote must be a string, found {_json_type(option)}"
+        return f"a vote must be a string, found {json_type(option)}"
     if not isinstance(options, list) or option not in options:
         return f"{option[:200]!r} is not an option of the poll"
     return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, ValidationError
-from ..rollout import _io
+from .. import rollout
 from ..stores.files import read_regular
 
 __all__ = ["ACCEPTED_FILE", "accepted_path", "apply_decisions", "settle", "accept", "decisions"]
@@ -32,7 +32,7 @@ INVALID, NOT_IMPORTED = "invalid", "not imported"
 
 
 def accepted_path(root: Path) -> Path:
-    return _io.control_dir(root) / ACCEPTED_FILE
+    return rollout.control_dir(root) / ACCEPTED_FILE
 
 
 def _relative(root: Path | str, path: str) -> str:
@@ -52,7 +52,7 @@ def _digest(path: str, root: Path | str) -> tuple[str, int] | None:
 def decisions(root: Path) -> dict[str, dict[str, Any]]:
     """The last decision recorded for each path (relative to *root*)."""
     out: dict[str, dict[str, Any]] = {}
-    for record in _io.read_lines(accepted_path(root)):
+    for record in rollout.read_lines(accepted_path(root)):
         if isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str):
             out[record["path"]] = record
     return out
@@ -118,11 +118,11 @@ def accept(root: Path, path: str, reason: str | None, invalid: list[dict], unimp
         raise ValidationError(f"{path} is not a regular file (a link, FIFO, socket or folder): there is no content "
                               "to accept; remove it, or put the file it should be in its place")
     record: dict[str, Any] = {"path": rel, "sha256": digest[0], "bytes": digest[1], "reason": reason.strip(),
-                              "at": _io.iso(_io.utcnow()), "by": _io.who(),
+                              "at": rollout.iso(rollout.utcnow()), "by": rollout.who(),
                               "listed_as": INVALID if findings else NOT_IMPORTED}
     if findings:
         record["findings"] = findings
     else:
         record["records"] = documents[0]["records"]
-    _io.append_line(accepted_path(root), record, durable=True)
+    rollout.append_line(accepted_path(root), record, durable=True)
     return record

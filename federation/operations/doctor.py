@@ -258,7 +258,7 @@ def _legacy_files_check(s: config.Settings, phase: int, tree: Any) -> Check:
 
 def _control_files_check(s: config.Settings) -> Check:
     """Links, FIFOs and the like under ``control/`` and ``.locks/`` (never followed or opened: the gate)."""
-    from ..rollout._io import invalid_control_files
+    from ..rollout import invalid_control_files
 
     bad = invalid_control_files(s.root)
     return Check("control_files", not bad,
@@ -274,9 +274,10 @@ def _dead_letters_check(s: config.Settings, phase: int, readable: bool) -> Check
     not a failure (the store is fine; an agent could not finish them)."""
     if not readable:
         return Check("dead_letters", True, "not counted: the database cannot be read")
+    from .. import core  # the module, not its names: the shim is installed on it
     from ..stores.dead_letters import dead_letter_summary
 
-    summary = dead_letter_summary(phase, settings=s)
+    summary = dead_letter_summary(phase, settings=s, read_files=core.FILE_SIDE["load_dead_letters"])
     if not summary["count"]:
         return Check("dead_letters", True, "no dead letters")
     return Check("dead_letters", True,

@@ -79,11 +79,11 @@ def _verify(path: Path) -> str | None:
 
 
 def _phase_four_began(root: Path) -> datetime | None:
-    from ..rollout import _flag, _io
+    from .. import rollout
 
-    for entry in reversed(_flag.history(root)):
+    for entry in reversed(rollout.flag_history(root)):
         if entry.get("to") == 4:
-            return _io.parse_iso(entry.get("at"))
+            return rollout.parse_iso(entry.get("at"))
     return None
 
 
@@ -93,7 +93,6 @@ def restore(source: str | os.PathLike, *, force: bool = False, reason: str | Non
     where the newest side is authoritative (module docstring).  Refused (:class:`FederationError`) while a
     process of the fleet is alive, unless *force* with a *reason*; on PostgreSQL (``pg_restore``)."""
     from .. import rollout
-    from ..rollout import _io
     from ..stores.sqlstore import forget_stores
 
     s = settings or config.settings()
@@ -127,7 +126,7 @@ def restore(source: str | os.PathLike, *, force: bool = False, reason: str | Non
     if phase == 3 and target == 2:
         nxt.append("federation rollout set 3")
     out = RestoreResult(str(src), str(s.db_path), phase, target, taken_at, nxt, note)
-    log.info("restored", **out.to_json(), forced=force, reason=reason, at=_io.iso(_io.utcnow()))
+    log.info("restored", **out.to_json(), forced=force, reason=reason, at=rollout.iso(rollout.utcnow()))
     return out
 
 
@@ -139,9 +138,9 @@ def _target(phase: int, taken_at: str | None, root: Path) -> tuple[int, str]:
     if phase == 3:
         return 2, ("phase 3 wrote the files as well: they hold what was written after the backup, the restored "
                    "database does not; the flag goes to 2 (files authoritative) before any sync")
-    from ..rollout import _io
+    from ..rollout import parse_iso
 
-    began, taken = _phase_four_began(root), _io.parse_iso(taken_at) if taken_at else None
+    began, taken = _phase_four_began(root), parse_iso(taken_at) if taken_at else None
     if taken is not None and began is not None and taken >= began:
         return 4, ("phase 4: the backup was taken after the files stopped being written, so it is the newest "
                    "copy there is; what was written after it is lost")

@@ -18,6 +18,16 @@ from ._guards import DEFAULT_MIN_COMPARISONS, DEFAULT_MIN_RATE, SetResult, curre
 from ._guards import _unannounced_writers as unannounced_writers
 from ._runtime import RUNTIME, observe
 from ._status import consistency, counters, fleet, history, recent_mismatches, series, status, totals
+# for the commands and the dashboard: what the CLI needs of the default phase and the log, the dashboard of the counts
+from ._counts import HOUR, KEEP_SECONDS
+from ._counts import maintain as maintain_counts
+from ._default import needs_backfill
+from ._log_summary import summarise_log
+from ._status import merge_counters, points, status_document, summarise, tally
+# the control folder's files, for the operations that keep theirs there (an operator's accepted files, restore's
+# reading of the flag's history), and the timestamps and operator names those files record
+from ._flag import history as flag_history
+from ._io import append_line, control_dir, invalid_control_files, iso, parse_iso, read_lines, utcnow, who
 
 __all__ = [
     "status", "series", "counters", "recent_mismatches", "guards", "unsafe_mix", "fleet", "history",
@@ -25,7 +35,11 @@ __all__ = [
     "FlagError", "check_phase", "check_sample", "mode", "phase_in_effect", "announce_agent", "announce_adopted",
     "observe", "flush", "unannounced_writers",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
-    "MISMATCH_CAP",
+    "MISMATCH_CAP", "RUNTIME",
+    "HOUR", "KEEP_SECONDS", "maintain_counts", "needs_backfill", "summarise_log", "merge_counters", "points",
+    "status_document", "summarise", "tally",
+    "flag_history", "append_line", "control_dir", "invalid_control_files", "iso", "parse_iso", "read_lines", "utcnow",
+    "who",
 ]
 
 

@@ -38,6 +38,9 @@ from . import _counts, _default, _fleet, _flag, _io
 log = library_logger("federation.rollout")
 
 SOURCES = ("env", "flag", "default")
+#: a process reads the fleet to look for an unsafe mix at a phase change and every this many
+#: announcements (with 1,000 processes each read is 1,000 files)
+MIX_CHECK_EVERY = 10
 
 
 class Runtime:
@@ -84,6 +87,7 @@ class Runtime:
         # None: not yet done in this process, so due at once -- monotonic time counts from the machine's boot,
         # and a 0.0 here would put the first flush an interval after boot (never, in a young machine's first hour)
         self._last_announce: float | None = None
+        self._last_mix_check: float | None = None
         self._last_flush: float | None = None
         self._last_maintain: float | None = None  # the counts' retention pass (the first one an interval in)
 
@@ -306,7 +310,10 @@ class Runtime:
                 self._announced_root is None:
             if self._announce(s.root):
                 self._last_announce = now
-                self._check_mix(s.root)
+                # reading the whole fleet costs one file per process: not at every announcement
+                if announce_now or _due(self._last_mix_check, now, self.timings.fleet_refresh * MIX_CHECK_EVERY):
+                    self._last_mix_check = now
+                    self._check_mix(s.root)
 
     def _writable(self, root: Path) -> bool:
         # never recreate a federation root that is gone (a test's temporary folder, an unmounted disk)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .. import config
 from . import schema
-from .dialect import Dialect, Tx
+from .dialect import Dialect, Tx, dialect_for_url
 from .._logging import library_logger
 from .netfs import network_fs_type
 from .sqlite import SqliteDialect
@@ -62,12 +62,13 @@ class Database:
         self._schema_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------
-    def _connection(self) -> Any:
+    def _connection(self, deadline: float | None = None) -> Any:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                conn = self.dialect.connect(BUSY_DEADLINE_S)
+                conn = self.dialect.connect(BUSY_DEADLINE_S, left)
             except FederationError:
                 raise
             except Exception as exc:
@@ -117,12 +118,12 @@ class Database:
             attempt += 1
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
-                conn = self._connection()  # first: it checks the target (e.g. SQLite on NFS)
+                conn = self._connection(deadline)  # first: it checks the target (e.g. SQLite on NFS)
                 if not idempotent and self.dialect.is_stale(conn):
                     # a statement that must not run twice is never sent on a connection
                     # already known dead: its failure would leave us unsure it ran
                     self._drop_connection()
-                    conn = self._connection()
+                    conn = self._connection(deadline)
                 with gate:
                     if not begin:  # one statement in autocommit mode: atomic on its own
                         try:
@@ -283,15 +284,16 @@ _databases_lock = threading.Lock()
 
 
 def dialect_for(settings: config.Settings) -> Dialect:
+    """The dialect of the settings' database: the engine registered for ``FEDERATION_DB_URL``'s scheme
+    (:data:`federation.stores.dialect.ENGINES`), else SQLite on ``FEDERATION_DB``."""
     if settings.db_url:
         try:
-            from .postgres import PostgresDialect  # imported only when asked for
+            return dialect_for_url(settings.db_url)  # the engine's module imported only when asked for
         except ImportError as exc:
             raise ConfigError(
-                f"FEDERATION_DB_URL selects PostgreSQL, but its driver cannot be imported ({exc}): "
-                "pip install 'federation[postgresql]'"
+                f"FEDERATION_DB_URL selects {settings.db_url.partition(':')[0]}, but its driver cannot be imported "
+                f"({exc}): pip install 'federation[postgresql]'"
             ) from exc
-        return PostgresDialect(settings.db_url)
     return SqliteDialect(settings.db_path)
 
 

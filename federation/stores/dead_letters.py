@@ -2,12 +2,14 @@
 
 Read straight from the store that serves a phase, not as an agent's call: the public
 ``messaging.dead_letter_summary`` and ``doctor`` (a layer that must not reach up to the
-public API) both use :func:`dead_letter_summary`.
+public API) both use :func:`dead_letter_summary`, and hand it the file side's reader
+(``core.FILE_SIDE["load_dead_letters"]``: the file store sits above this layer).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Callable
 
 from .. import config
 from ..domain import clock as _clock
@@ -15,21 +17,20 @@ from ..domain import clock as _clock
 __all__ = ["dead_letter_summary"]
 
 
-def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) -> dict:
+def dead_letter_summary(phase: int, *, read_files: Callable[[str | None, str, int], list[dict]],
+                        settings: config.Settings | None = None) -> dict:
     """Every agent's dead letters on the side that serves *phase*:
     ``{"count", "oldest_dead_at", "oldest_age_s"}``.
 
-    *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
-    files of phases 1-2 are read through ``core``, which follows the configured root."""
+    *settings*: the federation whose database is read in phases 3-4 (default: the configured one);
+    *read_files(agent, now, max_attempts)*: the file side's dead letters (phases 1-2), read as they are,
+    not through the shim (an operator's count is not an agent's call)."""
     now, maximum = _clock.now(), config.max_attempts()
     if phase >= 3:
         from .sqlstore import get_store
 
         letters = get_store(settings).load_dead_letters(None, now, maximum)
     else:
-        from .. import core  # the module, not its names: the shim is installed on it
-
-        read_files = getattr(core.load_dead_letters, "__wrapped__", core.load_dead_letters)  # not the shim
         letters = read_files(None, now, maximum)
     oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
     age = None

@@ -1,17 +1,24 @@
 """What every database engine provides: :class:`Dialect`, and :class:`Tx`, what a transaction function receives.
 
 The SQL text is shared by the engines (``?`` placeholders); a dialect holds
-the few differences (placeholders, how a write transaction starts, row locks,
-the auto-increment key, which errors are worth a retry).  One module per
-engine subclasses it: :mod:`federation.stores.sqlite`, :mod:`federation.stores.postgres`.
+the differences (placeholders, how a write transaction starts, row locks,
+the auto-increment key, which errors are worth a retry, how a receive leases,
+how a waiting receiver is woken, a bulk load); the store's SQL never asks which
+engine it runs on.  One module per engine subclasses it:
+:mod:`federation.stores.sqlite`, :mod:`federation.stores.postgres`; a server
+engine is registered by its URL scheme in :data:`ENGINES` (imported only when a
+URL names it: its driver is an optional dependency).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Sequence
+import importlib
+from typing import Any, Iterable, Iterator, Sequence
 
-__all__ = ["Tx", "Dialect"]
+from ..errors import ConfigError
+
+__all__ = ["Tx", "Dialect", "ENGINES", "register_engine", "dialect_for_url"]
 
 
 class Tx:
@@ -45,20 +52,53 @@ class Dialect:
     name = "abstract"
     id_pk = "INTEGER PRIMARY KEY"
     single_statement_autocommit = False  # may one statement run without BEGIN/COMMIT?
+    #: Does one write transaction hold every other writer back (SQLite), or only the rows it
+    #: touches (PostgreSQL)?  Long maintenance paces itself by the writer's time only where it does.
+    one_writer = False
     for_share = ""  # row lock taken when a write reads a row it depends on
     for_update = ""
-    #: May a statement's WITH hold INSERT/UPDATE (several writes, one statement, one round trip)?
-    writable_cte = False
-    #: May one ``?`` stand for a list (``id = ANY(?)``)?  Else a list is spelled ``IN (?, ?, ...)``.
-    array_params = False
     #: A condition true when the JSON array text *options* holds the text parameter ``?``.
     json_array_has = "EXISTS (SELECT 1 FROM json_each({options}) WHERE json_each.value = ?)"
+    #: A receive's lease of the messages ``{pick}`` chooses (``SELECT id AS picked_id …``, its parameters the
+    #: recipient, now, max attempts and a limit): attempt + 1 and the lease set, returning ``{columns}``
+    #: (``{columns_of_messages}``: the same, qualified), ``attempt`` and ``lease_until``; parameters: :meth:`lease_params`.
+    #: Here for engines whose writers are serial (the subquery is evaluated once; the conditions re-checked).
+    lease_sql = ("UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
+                 "AND {deliverable} RETURNING {columns}, attempt, lease_until")
+
+    #: Does :attr:`lease_sql` also mark the recipient's due dead letters (``{due_dead}``, as :meth:`lease_params`
+    #: gives it), so that a receive is that one statement?  Else the store marks them first, in the same transaction.
+    lease_marks_dead = False
+    #: One statement that sends one message: its row (``{columns}`` VALUES ``{marks}``, the parameters), its
+    #: history entry and its recipient's wake-up; a row back when it wrote, none when the id was there already
+    #: (so it may be sent again after a lost reply).  None: the store writes them in one transaction.
+    send_sql: str | None = None
+    #: One statement that acknowledges an array of ids (parameters: the ids as one list, the recipient,
+    #: read_at), returning ``{columns}``.  None: ``IN (?, …)`` lists, 500 ids a statement.
+    ack_sql: str | None = None
+
+    def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
+        """The parameters of :attr:`lease_sql`, given the pick's (*take*)."""
+        return (lease_until, *take, now)
+
+    def notify(self, tx: "Tx", recipients: Iterable[str]) -> None:
+        """Wake the waiting receives of *recipients* when *tx* commits (a no-op where waiters poll)."""
+
+    def watcher(self, agent: str) -> Any:
+        """The cheapest check whether *agent*'s inbox may have changed (a ``stores.wait.Watcher``); None: poll."""
+        return None
+
+    @contextlib.contextmanager
+    def bulk_load(self, db: Any) -> Iterator[None]:
+        """Around a migration's bulk import into *db* (a ``Database``): whatever makes it cheaper."""
+        yield
 
     def sql(self, text: str) -> str:
         return text
 
-    def connect(self, busy_deadline_s: float) -> Any:
-        """A new connection; a lock wait longer than *busy_deadline_s* must fail, not hang."""
+    def connect(self, busy_deadline_s: float, time_left: float | None = None) -> Any:
+        """A new connection; a lock wait longer than *busy_deadline_s* must fail, not hang;
+        *time_left*: the seconds the calling operation has left (a connection attempt stops by then)."""
         raise NotImplementedError
 
     def begin_write(self, conn: Any, snapshot: bool = False) -> None:
@@ -97,3 +137,26 @@ class Dialect:
 
     def describe(self) -> str:
         return self.name
+
+
+#: URL scheme -> the module of its engine, which names its dialect class ``DIALECT`` (built from the URL).
+#: SQLite, the default, is given a file path instead of a URL.
+ENGINES: dict[str, str] = {
+    "postgresql": "federation.stores.postgres",
+    "postgres": "federation.stores.postgres",
+}
+
+
+def register_engine(scheme: str, module: str) -> None:
+    """Serve URLs ``{scheme}://…`` by the dialect of *module* (imported when such a URL is used)."""
+    ENGINES[scheme] = module
+
+
+def dialect_for_url(url: str) -> Dialect:
+    """The dialect of the engine registered for *url*'s scheme; ImportError when its driver is missing,
+    ConfigError when no engine is registered for it."""
+    scheme = url.partition("://")[0]
+    module = ENGINES.get(scheme)
+    if module is None:
+        raise ConfigError(f"no database engine is registered for {scheme}:// URLs (known: {', '.join(sorted(ENGINES))})")
+    return importlib.import_module(module).DIALECT(url)

@@ -21,8 +21,11 @@ process; psycopg_pool is not used.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import select
+import threading
+import time
 
 import psycopg
 
@@ -30,7 +33,10 @@ from .dialect import Dialect, Tx
 from ..config import redact_url
 from ..errors import StorageError
 
-__all__ = ["PostgresDialect"]
+__all__ = ["PostgresDialect", "PostgresWatcher", "NOTIFY_CHANNEL"]
+
+#: Every send notifies this channel with the recipient's name (pulse(wait) listens).
+NOTIFY_CHANNEL = "federation_inbox"
 
 #: SQLSTATEs after which the whole transaction is simply run again.
 RETRYABLE = {
@@ -48,14 +54,22 @@ _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|[?%]")
 
 #: Defaults for connection parameters the URL does not set.  Keepalives let a
 #: client on another host notice a dead server instead of waiting forever.
+#: libpq's connection settings unless the URL sets its own.  A network that drops packets
+#: silently never answers: ``tcp_user_timeout`` ends a connection whose sent data stays
+#: unacknowledged for 10 s (a query sent into the void), the keepalives one that waits for a
+#: reply that will not come (5 + 3 x 2 s); either way the call is retried on a new connection
+#: until its deadline, then fails (``connect_timeout`` is cut to the time left).
 CONNECT_DEFAULTS = {
     "connect_timeout": "10",
     "application_name": "federation",
     "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
     "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
 }
+#: libpq's smallest connect_timeout, in seconds
+_MIN_CONNECT_TIMEOUT = 2
 
 
 @functools.lru_cache(maxsize=2048)
@@ -79,14 +93,42 @@ class PostgresDialect(Dialect):
     for_share = " FOR SHARE"
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
-    writable_cte = True
-    array_params = True
     json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
+    # A receive in one statement (one round trip): the recipient's due dead letters marked (rows at max
+    # attempts, which the pick never takes), and a lease of the chosen rows, locked once (a MATERIALIZED
+    # CTE joined by primary key, not an IN subquery the planner may re-run per row); rows another
+    # receiver holds are skipped, not waited for.  FOR UPDATE re-checks the conditions on the newest
+    # version of a row it locks, so the UPDATE itself needs none (a condition there lets a planner
+    # without statistics scan).
+    lease_sql = ("WITH dead AS (UPDATE messages SET dead_at = ? WHERE recipient = ? AND {due_dead}), "
+                 "picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                 "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
+                 "WHERE messages.id = picked.picked_id "
+                 "RETURNING {columns_of_messages}, messages.attempt, messages.lease_until")
+    lease_marks_dead = True
+    # A send in one statement: the row (ON CONFLICT DO NOTHING: sent again after a lost reply, it finds
+    # its row and writes nothing twice), its history entry from the row written, the wake-up (NOTIFY is
+    # transactional: sent at commit).
+    send_sql = ("WITH m AS (INSERT INTO messages ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING "
+                "RETURNING {columns}), "
+                "h AS (INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
+                "message_id) SELECT 'sent', sender, recipient, content, message_type, timestamp, id FROM m) "
+                f"SELECT pg_notify('{NOTIFY_CHANNEL}', recipient) FROM m")
+    # An ack in one statement: each id looked up by primary key and locked on its own (LATERAL … LIMIT 1:
+    # one probe per id, the id the only thing to choose an index by -- given "recipient = ?" and no
+    # statistics, the planner took that for one row and read the recipient's whole inbox), its
+    # conditions checked on the locked, newest version; then those rows updated by primary key (locked
+    # until then: the UPDATE needs no condition of its own).
+    ack_sql = ("WITH hit AS MATERIALIZED (SELECT x.id FROM unnest(CAST(? AS text[])) AS wanted(id) CROSS JOIN LATERAL "
+               "(SELECT id, recipient, read_at, attempt FROM messages WHERE id = wanted.id LIMIT 1 FOR UPDATE) x "
+               "WHERE x.recipient = ? AND x.read_at IS NULL AND x.attempt > 0) "
+               "UPDATE messages SET read_at = ? WHERE id = ANY(ARRAY(SELECT id FROM hit)) RETURNING {columns}")
 
     def __init__(self, url: str):
         self.url = url
         params = psycopg.conninfo.conninfo_to_dict(url)
-        self._conninfo = psycopg.conninfo.make_conninfo(**{**CONNECT_DEFAULTS, **params})
+        self._params = {**CONNECT_DEFAULTS, **params}
+        self._conninfo = psycopg.conninfo.make_conninfo(**self._params)
 
     def describe(self) -> str:
         return redact_url(self.url)
@@ -94,11 +136,17 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return _translate(text)
 
-    def connect(self, busy_deadline_s: float) -> psycopg.Connection:
+    def connect(self, busy_deadline_s: float, time_left: float | None = None) -> psycopg.Connection:
         # autocommit: transactions are begun and ended by explicit statements,
         # as with SQLite, so the Database's transaction loop is the same for both.
+        conninfo = self._conninfo
+        if time_left is not None:  # a call's deadline bounds its reconnection too
+            limit = int(self._params.get("connect_timeout") or 0) or None
+            cut = max(_MIN_CONNECT_TIMEOUT, int(time_left + 0.999))
+            if limit is None or cut < limit:
+                conninfo = psycopg.conninfo.make_conninfo(conninfo, connect_timeout=str(cut))
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
             # libpq gives no SQLSTATE here.  A server that answered and refused us
             # (no such database or role, bad password) will not change its mind:
@@ -160,6 +208,18 @@ class PostgresDialect(Dialect):
             return True
         return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.ProgrammingError)
 
+    def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
+        agent, _, max_attempts, _ = take
+        return (now, agent, now, max_attempts, *take, lease_until)
+
+    def notify(self, tx: Tx, recipients) -> None:
+        """NOTIFY is transactional: the recipients' pulse(wait) wakes at commit."""
+        for recipient in sorted(set(recipients)):
+            tx.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, recipient))
+
+    def watcher(self, agent: str) -> "PostgresWatcher":
+        return PostgresWatcher(self.url, agent)
+
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, psycopg.InterfaceError):  # "the connection is closed"
             return True
@@ -169,3 +229,43 @@ class PostgresDialect(Dialect):
         # no SQLSTATE: the client could not reach the server or lost it; class 08:
         # connection exception; 57P01/57P02: the server terminated the session.
         return state is None or state.startswith("08") or state in ("57P01", "57P02")
+
+
+DIALECT = PostgresDialect
+
+
+class PostgresWatcher:
+    """One LISTEN connection per process and thread; notifications for other agents are skipped."""
+
+    def __init__(self, url: str, agent: str):
+        self.agent = agent
+        key = (url, threading.get_ident())
+        conn = _pg_conns.get(key)
+        if conn is None or conn[1] != os.getpid() or conn[0].closed or conn[0].broken:
+            dialect = PostgresDialect(url)
+            c = psycopg.connect(dialect._conninfo, autocommit=True)
+            c.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            conn = _pg_conns[key] = (c, os.getpid())
+        self.conn = conn[0]
+        self._drain()  # what arrived before this wait was looked at by the caller's first take
+
+    def _drain(self) -> bool:
+        pg = self.conn.pgconn
+        pg.consume_input()
+        mine = False
+        while (n := pg.notifies()) is not None:
+            mine = mine or n.extra.decode("utf-8", "replace") == self.agent
+        return mine
+
+    def changed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self.conn.pgconn.socket], [], [], left)
+            if ready and self._drain():
+                return True
+
+
+_pg_conns: dict[tuple, tuple] = {}

@@ -6,9 +6,13 @@ without a query that costs the store:
 - files (phases 1-2): the ``stat`` of the agent's inbox/ and leased/ folders
   (a delivery renames a file into inbox/, which changes its mtime), every 20 ms;
 - SQLite (phases 3-4): ``PRAGMA data_version`` on one connection of its own,
-  every 10 ms: it changes when another connection commits, and reads no page;
+  every 10 ms: it changes when another connection commits, and reads no page
+  (:class:`federation.stores.sqlite.SqliteWatcher`);
 - PostgreSQL (phases 3-4): ``LISTEN`` on one connection of its own; every send
-  NOTIFYs the recipient's name at commit, so the wait blocks on the socket.
+  NOTIFYs the recipient's name at commit, so the wait blocks on the socket
+  (:class:`federation.stores.postgres.PostgresWatcher`).
+
+Each engine's watcher is its dialect's (``Dialect.watcher``); this module knows the files' and the protocol.
 
 A change only means "look again": the caller re-runs its lease or claim, and
 looks again at least once a second anyway (a lease that ran out changes nothing
@@ -17,17 +21,14 @@ on disk).
 
 from __future__ import annotations
 
-import os
-import select
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .. import config
 from ..errors import CorruptFileError
 from . import files as _files
+from .dialect import Dialect
+from .files import Tree
 
 __all__ = ["Watcher", "watcher", "RECHECK_S"]
 
@@ -77,78 +78,9 @@ class FilesWatcher:
         return _poll(self, self._signature, timeout)
 
 
-class SqliteWatcher:
-    INTERVAL = 0.01
-
-    def __init__(self, path: str):
-        conn = _sqlite_conns.get(path)
-        if conn is None or conn[1] != os.getpid():
-            conn = _sqlite_conns[path] = (sqlite3.connect(path, isolation_level=None, check_same_thread=False),
-                                          os.getpid(), threading.Lock())
-        self.conn, _, self.lock = conn
-        self.seen = self._version()
-
-    def _version(self) -> int:
-        with self.lock:
-            return self.conn.execute("PRAGMA data_version").fetchone()[0]
-
-    def changed(self, timeout: float) -> bool:
-        return _poll(self, self._version, timeout)
-
-
-_sqlite_conns: dict[str, tuple] = {}
-
-
-class PostgresWatcher:
-    """One LISTEN connection per process and thread; notifications for other agents are skipped."""
-
-    def __init__(self, url: str, agent: str):
-        import psycopg
-
-        from .postgres import PostgresDialect
-        from .sqlstore import NOTIFY_CHANNEL
-
-        self.agent = agent
-        key = (url, threading.get_ident())
-        conn = _pg_conns.get(key)
-        if conn is None or conn[1] != os.getpid() or conn[0].closed or conn[0].broken:
-            dialect = PostgresDialect(url)
-            c = psycopg.connect(dialect._conninfo, autocommit=True)
-            c.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            conn = _pg_conns[key] = (c, os.getpid())
-        self.conn = conn[0]
-        self._drain()  # what arrived before this wait was looked at by the caller's first take
-
-    def _drain(self) -> bool:
-        pg = self.conn.pgconn
-        pg.consume_input()
-        mine = False
-        while (n := pg.notifies()) is not None:
-            mine = mine or n.extra.decode("utf-8", "replace") == self.agent
-        return mine
-
-    def changed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            ready, _, _ = select.select([self.conn.pgconn.socket], [], [], left)
-            if ready and self._drain():
-                return True
-
-
-_pg_conns: dict[tuple, tuple] = {}
-
-
-def watcher(agent: str, phase: int) -> Watcher:
-    """The cheapest change check for *agent*'s inbox on the side that serves *phase*."""
-    s = config.settings()
+def watcher(agent: str, phase: int, tree: Tree, dialect: Dialect | None) -> Watcher | None:
+    """The cheapest change check for *agent*'s inbox on the side that serves *phase*: the legacy *tree*
+    (phases 1-2), the database of *dialect* (3-4); None: none cheaper than looking."""
     if phase <= 2:
-        from .. import core  # the module, not its names: the shim is installed on it
-
-        t = core.tree()
-        return FilesWatcher([str(t.inbox(agent)), str(t.leased(agent))], t.root)
-    if s.db_url:
-        return PostgresWatcher(s.db_url, agent)
-    return SqliteWatcher(str(s.db_path))
+        return FilesWatcher([str(tree.inbox(agent)), str(tree.leased(agent))], tree.root)
+    return dialect.watcher(agent)

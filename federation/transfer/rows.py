@@ -30,7 +30,7 @@ from ..stores import files as _files
 from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, parse_json_bytes
 from ..errors import CorruptFileError
 from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
-                               _json_type, document_lock, message_mismatch, split_votes)
+                               json_type as _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
 from ..domain.delivery import delivery_problem
 from ..domain.layout import (LIST_INBOX, MESSAGE_DIRS, MESSAGE_LIST, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR,

@@ -166,7 +166,7 @@ def _warm(app: Any) -> None:
         log.warning("dashboard_warm_up_failed", error=str(exc))
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port), or an OSError saying why not (before anything is served)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -198,7 +198,7 @@ def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
     # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
     allowed = ["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host] if loopback else None
     app = create_app(refresh_s=refresh_s, allowed_hosts=allowed, settings=settings or config.settings())
-    sock = _listen(host, port)
+    sock = listen(host, port)
     port = sock.getsockname()[1]
     if not loopback:
         log.warning("dashboard_exposed", host=host, port=port,

@@ -27,8 +27,7 @@ from ...config import Settings
 from ...domain.moments import parse_duration, parse_moment
 from ..._logging import library_logger
 from ...errors import ConfigError, ValidationError
-from ...rollout import _status
-from ...rollout._counts import HOUR
+from ...rollout import HOUR
 from .cache import BoundedReads
 
 __all__ = ["WINDOWS", "BadRequest", "ControlPlane", "DashboardData", "HourlyCounts", "parse_since",
@@ -161,7 +160,7 @@ class HourlyCounts:
     @staticmethod
     def consistency(hours: list[tuple[int, list[dict]]]) -> dict[str, dict]:
         """``rollout.consistency()`` of the window the hours cover."""
-        return _status.summarise(row for _, rows in hours for row in rows)
+        return rollout.summarise(row for _, rows in hours for row in rows)
 
     @staticmethod
     def series(hours: list[tuple[int, list[dict]]]) -> dict[str, list[dict]]:
@@ -169,8 +168,8 @@ class HourlyCounts:
         per: dict[str, dict[int, list[int]]] = {}
         for hour, rows in hours:
             for row in rows:
-                _status.tally(per, row["entity"], hour, row)
-        return _status.points(per, [hour for hour, _ in hours], timezone.utc)
+                rollout.tally(per, row["entity"], hour, row)
+        return rollout.points(per, [hour for hour, _ in hours], timezone.utc)
 
 
 # -- the data ----------------------------------------------------------------------------
@@ -199,7 +198,7 @@ class ControlPlane:
 
     def status_document(self, processes: list[dict], summed: Any, since: datetime, until: datetime,
                         past: list[dict]) -> dict[str, Any]:
-        return _status.status_document(processes, summed, since, until, past, settings=self.settings)
+        return rollout.status_document(processes, summed, since, until, past, settings=self.settings)
 
     def current_phase(self) -> tuple[int, Any, str | None]:
         """The phase of the unpinned fleet, the flag, why the flag is unreadable: from the files alone

@@ -12,8 +12,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from ...rollout._counts import HOUR
-from ...rollout._status import merge_counters
+from ...rollout import HOUR, merge_counters
 from .data import DashboardData
 
 __all__ = ["MetricsCollector"]
