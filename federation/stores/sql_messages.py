@@ -124,9 +124,9 @@ class MessagesSql(SqlPart):
                                        columns_of_messages=_MSG_COLS_OF_MESSAGES, due_dead=_DUE_DEAD)
         take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
         if ids is None and dialect.lease_marks_dead:
-            # one statement; not idempotent (a second run leases more): a lost connection is reported
-            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, dialect.lease_params(take, lease_until, now)),
-                                           idempotent=False)
+            # one statement, sent again after a lost connection: a lease that landed unheard only hides its
+            # messages until it ends (then they come back, attempt + 1): at least once, as promised
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, dialect.lease_params(take, lease_until, now)))
         else:
             def fn(tx: Tx) -> list[tuple]:
                 tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
