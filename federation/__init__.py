@@ -13,4 +13,4 @@ from . import _wiring, core
 _shim.install(core, **_wiring.hooks())
 
 __version__ = "0.2.0"
-__all__ = ["core", "messaging", "context", "governance", "errors", "config"]
+__all__ = ["core", "messaging", "context", "governance", "tasks", "errors", "config"]

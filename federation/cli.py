@@ -160,6 +160,14 @@ def status_data(settings: config.Settings | None = None) -> dict:
     return data
 
 
+#: what the two commands count, said where they show it (a reader saw 2 messages in one, 0 in the other)
+MESSAGES_COUNTED = ("(rows: every row in the database; messages counts read ones too, kept until "
+                    "`federation prune`; `federation report` compares only the messages not yet read)")
+MESSAGES_COMPARED = ("(messages: only those not yet read are compared, wherever their file is: inbox/, "
+                     "leased/, dead/; a read message's file is gone and its row is kept until `federation prune`, "
+                     "so `federation status` may count more)")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @common
@@ -191,6 +199,7 @@ def status(as_json: bool) -> None:
     click.echo(f"{'table'.ljust(width)}  rows")
     for table, count in data["tables"].items():
         click.echo(f"{table.ljust(width)}  {count}")
+    click.echo(MESSAGES_COUNTED)
 
 
 @main.command()
@@ -426,6 +435,8 @@ def report_command(as_json: bool, log_file: str | None) -> None:
     rows = [(n, t.files, t.rows, len(t.missing_in_db), len(t.missing_in_files), len(t.different))
             for n, t in report.entities.items()]
     _columns(rows, ("table", "files", "rows", "missing_in_db", "missing_in_files", "different"))
+    if "messages" in report.entities:
+        click.echo(MESSAGES_COMPARED)
     for name, t in report.entities.items():
         if t.consistent:
             continue
@@ -587,7 +598,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
 
     Also keeps control/ within its retention (35 days, whatever DURATION is): the
     rollout's counts merged as they age and removed past it, with the mismatch
-    files of processes gone as long.  Never an unread message, never a poll or session.  Runs in short batches
+    files of processes gone as long; done tasks (rows and files) finished before the cutoff.  Never an unread
+    message, never a poll or session, never a task not done.  Runs in short batches
     while agents keep working; the files need no change in any phase (read
     messages and the history have no file), so `federation report` still
     agrees afterwards.  Exit 0 done, 1 failure, 2 usage.
@@ -603,6 +615,8 @@ def prune_command(older_than: Any, dry_run: bool, as_json: bool, batch_size: int
     c = result.control
     click.echo(f"{verb} (older than {result.cutoff}): " + ", ".join(
         f"{n} {table}" for table, n in result.removed.items()) + f" in {result.seconds:.2f} s")
+    if result.files:
+        click.echo(f"legacy files: {verb} " + ", ".join(f"{n} {table}" for table, n in result.files.items()))
     click.echo(f"control/ (kept {_counts_keep_days()} days): {verb} {c.get('removed_expired', 0)} counts files and "
                f"{c.get('removed_mismatches', 0)} mismatch files past it; "
                f"{'would merge' if dry_run else 'merged'} {c.get('merged', 0) + c.get('hours_merged', 0)} counts "
@@ -926,7 +940,7 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
         ("; phases " + ", ".join(f"{n} in {ph}" for ph, n in summary["phases"].items()) if summary["live"] else "")
     click.echo(f"fleet:   {summary['live']} live, {summary['gone']} gone{every}")
     if fleet:
-        _columns([(p["host"], p["pid"], p["agent"] or "-", p["phase"],
+        _columns([(p["host"], p["pid"], p["agent"] or (f"({p['program']})" if p.get("program") else "-"), p["phase"],
                    "pinned (env)" if p["source"] == "env" else p["source"], p["version"], p["last_seen"],
                    "live" if p["alive"] else "GONE") for p in fleet],
                  ("host", "pid", "agent", "phase", "source", "version", "last_seen", "state"))

@@ -33,9 +33,10 @@ from .domain import delivery as _delivery
 from . import config
 from .stores.files import Tree, entry_kind, list_dir, locked, open_folder, parse_document, read_in, rename_at
 from .stores.files import names_in
+from .stores import file_tasks as _tasks
 from .stores.files import read_regular as _read_regular
 from .stores.files import atomic_write_json as _write_any, read_json as _read_any, remove as _remove_any
-from .domain.entities import (TABLES, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
+from .domain.entities import (TABLES, TASKS_LOCK, CONTEXT, DELIVERY_FIELDS, MESSAGE_FIELDS, MESSAGES, POLLS, POLLS_LOCK, PROFILES,
                               SESSIONS, Entity, check_close, check_vote, history_entry, inbox_lock, keys_lock,
                               message_mismatch, node_lock, session_lock, split_votes)
 from .domain.layout import AGENT_ENTRIES, document_name, is_document_name, stem
@@ -940,6 +941,41 @@ def load_sent(agent: str, limit: int = 100, before: str | None = None) -> list[d
 
 
 # ---------------------------------------------------------------------------
+# the task registry (issue 28): shared/tasks/{id}.json; the bodies are federation.stores.file_tasks'
+
+
+def save_task(task: dict) -> None:
+    """Create a task; one with the same id is a conflict."""
+    _tasks.save_task(tree(), task)
+
+
+def load_task(task_id: str) -> dict | None:
+    """The task *task_id* as stored (its last claim kept), or None."""
+    return _tasks.load_task(tree(), task_id)
+
+
+def claim_task(agent: str, lease_until: str, now: str, ids: list[str] | None = None) -> dict | None:
+    """Lease to *agent* the oldest task it may take at *now* (or exactly *ids*), until *lease_until*."""
+    return _tasks.claim_task(tree(), agent, lease_until, now, ids)
+
+
+def save_task_result(agent: str, task_id: str, result: Any, now: str) -> dict:
+    """Complete the task *agent* holds with *result*."""
+    return _tasks.save_task_result(tree(), agent, task_id, result, now)
+
+
+def save_task_release(agent: str, task_id: str, now: str) -> None:
+    """Give back the task *agent* holds: open again."""
+    _tasks.save_task_release(tree(), agent, task_id, now)
+
+
+def load_tasks_page(status: str | None = None, assignee: str | None = None, limit: int | None = None,
+                    after: str | None = None, now: str = "") -> list[dict]:
+    """Tasks oldest first (with *status* as seen at *now*, of *assignee*), after *after*, at most *limit*."""
+    return _tasks.load_tasks_page(tree(), status, assignee, limit, after, now)
+
+
+# ---------------------------------------------------------------------------
 # what the shim needs to know about each function (see shim.Spec)
 
 
@@ -953,6 +989,10 @@ def _session_lock(session_id, *a, **k):
 
 def _polls_lock(*a, **k):
     return POLLS_LOCK
+
+
+def _tasks_lock(*a, **k):
+    return TASKS_LOCK
 
 
 def _first_arg(value, *a, **k):
@@ -1026,6 +1066,17 @@ SHIM_SPEC: dict[str, dict[str, Any]] = {
                           key=lambda ms, *a, **k: ",".join(m["id"] for m in ms[:3])),
     # read receipts exist only in the database (phase 1: this process's sent messages, no receipts)
     "load_sent": dict(entity="messages", files=False),
+    # the task registry: every task write holds the tasks lock across both sides; the other side of a claim
+    # takes exactly the task the authoritative side took (or none)
+    "save_task": dict(entity="tasks", lock=_tasks_lock, key=lambda task, *a, **k: task["id"]),
+    "load_task": dict(entity="tasks", lock=_tasks_lock, key=_first_arg),
+    "claim_task": dict(entity="tasks", kind="write", lock=_tasks_lock, key=_first_arg,
+                       mirror=lambda result, args, kwargs: (
+                           args[:1], {**dict(zip(("lease_until", "now"), args[1:3])), **kwargs,
+                                      "ids": [result["id"]] if result else []})),
+    "save_task_result": dict(entity="tasks", lock=_tasks_lock, key=lambda agent, task_id, *a, **k: task_id),
+    "save_task_release": dict(entity="tasks", lock=_tasks_lock, key=lambda agent, task_id, *a, **k: task_id),
+    "load_tasks_page": dict(entity="tasks", lock=_tasks_lock, records="id"),
 }
 
 

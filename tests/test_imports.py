@@ -214,10 +214,11 @@ def test_only_the_wiring_imports_the_shim():
 
 
 def test_the_package_tree_is_the_architecture():
-    """Layers are subpackages; at most 12 modules are left directly in federation/ (the public API,
-    configuration, errors, the CLI, the wiring and logging)."""
+    """Layers are subpackages; at most 13 modules are left directly in federation/ (the public API -- the
+    CONTRACT's `from federation import tasks` is the 13th --, configuration, errors, the CLI, the wiring
+    and logging)."""
     top = sorted(p.name for p in (ROOT / "federation").glob("*.py"))
-    assert len(top) <= 12, top
+    assert len(top) <= 13, top
     for layer in ("domain", "stores", "transfer", "rollout", "operations", "apps"):
         assert (ROOT / "federation" / layer / "__init__.py").is_file(), layer
 

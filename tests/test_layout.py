@@ -124,7 +124,7 @@ def test_every_file_of_a_tree_maps_back_to_its_document(tmp_path):
         kinds.add(kind)
         doc_id = owner if kind in layout.NODE_FILE_OF else stem
         assert layout.document_file(tree, kind, doc_id, owner) == path
-    assert kinds == {"message", "context", "expertise", "profile", "polls", "session"}
+    assert kinds == {"message", "context", "expertise", "profile", "polls", "session", "task"}
 
 
 @pytest.mark.parametrize("parts", [

@@ -32,6 +32,7 @@ CONTRACT_TOOLS = {
     "create_poll", "vote", "close_poll", "get_poll", "list_polls",
     "create_session", "assign_role", "attach_artifact", "review_artifact", "set_phase", "get_session",
     "list_sessions",
+    "create_task", "claim_task", "complete_task", "release_task", "get_task", "list_tasks",
 }
 
 
@@ -87,7 +88,8 @@ def test_tool_list_has_every_operation_with_an_input_schema(fed):
         # Nothing in any schema lets a caller name who it acts as.
         for tool in ("send_message", "check_inbox", "peek_inbox", "get_history", "vote", "close_poll",
                      "create_poll", "review_artifact", "set_context", "set_expertise", "set_profile",
-                     "heartbeat", "create_session", "pulse", "broadcast", "sent_messages", "receive", "ack"):
+                     "heartbeat", "create_session", "pulse", "broadcast", "sent_messages", "receive", "ack",
+                     "create_task", "claim_task", "complete_task", "release_task"):
             props = set(tools[tool].input_schema.get("properties", {}))
             assert not props & {"agent", "sender", "voter", "creator", "reviewer", "lead"}, tool
 

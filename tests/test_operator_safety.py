@@ -311,6 +311,31 @@ def test_a_mismatch_repaired_in_phase_2_does_not_block_3_to_4(fed):
     assert "(when phase 3 was entered)" in result.output
 
 
+def test_the_step_to_3_counts_phase_2_from_the_end_of_the_catch_up_migrate(fed):
+    """Issue 29, the runbook as written: a record written in phase 1 after the first migrate is read in phase 2
+    before the catch-up migrate (mismatches, rightly: the database lacks it); the catch-up migrate records its
+    end, and `rollout set 3` without --since counts from there: accepted on the first try."""
+    fed.phase(1)
+    context.set_context("seed", "before the first migrate")
+    assert migrate().exit_code == 0
+    context.set_context("probe", "written in phase 1 after the first migrate")
+    result = cli(fed, "rollout", "set", "2")
+    assert result.exit_code == 0, result.output
+    env = unpinned_env(fed)
+    w = Watcher(fed, "two", env)
+    try:
+        wait_for(lambda: rollout.totals()["mismatches"] >= 1, 60, what="a counted mismatch before the catch-up")
+        assert migrate().exit_code == 0  # the runbook's catch-up
+        caught_up = datetime.now(timezone.utc)
+        wait_for(lambda: rollout.totals(since=caught_up)["comparisons"] >= 5, 60, what="comparisons after it")
+    finally:
+        w.finish()
+    assert rollout.totals()["mismatches"] >= 1  # the early mismatches are still counted, just not judged
+    result = cli(fed, "rollout", "set", "3", "--min-comparisons", "5")
+    assert result.exit_code == 0, result.output
+    assert "(when the catch-up `migrate` or `sync --to db` ended)" in result.output
+
+
 # ---------------------------------------------------------------------------
 # the fleet, the mismatches, the terminal
 

@@ -53,11 +53,11 @@ def test_prune_removes_only_old_read_messages_and_old_history_and_report_agrees(
     counts = store.counts()
 
     dry = prune("30d", dry_run=True)
-    assert dry.removed == {"messages": 3, "message_history": 4}
+    assert dry.removed == {"messages": 3, "message_history": 4, "tasks": 0}
     assert store.counts() == counts  # a dry run changes nothing
 
     result = prune("30d", batch_size=2)  # tiny batches: the key walk crosses many of them
-    assert result.removed == {"messages": 3, "message_history": 4} and not result.dry_run
+    assert result.removed == {"messages": 3, "message_history": 4, "tasks": 0} and not result.dry_run
     after = store.counts()
     assert after["messages"] == counts["messages"] - 3
     assert after["message_history"] == counts["message_history"] - 4
@@ -71,7 +71,7 @@ def test_prune_removes_only_old_read_messages_and_old_history_and_report_agrees(
     assert governance.get_poll(closed_poll)["status"] == "closed"
     if phase > 1:
         assert sorted(m["content"] for m in messaging.peek_inbox("bob")) == [f"unread {n}" for n in range(4)]
-    assert prune("30d").removed == {"messages": 0, "message_history": 0}  # idempotent
+    assert prune("30d").removed == {"messages": 0, "message_history": 0, "tasks": 0}  # idempotent
 
 
 def test_prune_without_a_database_creates_none(fed):
@@ -80,7 +80,7 @@ def test_prune_without_a_database_creates_none(fed):
     messaging.send_message("alice", "bob", "files only")
     if fed.engine == "sqlite":
         assert not fed.db_path.exists()
-    assert prune("1s").removed == {"messages": 0, "message_history": 0}
+    assert prune("1s").removed == {"messages": 0, "message_history": 0, "tasks": 0}
     if fed.engine == "sqlite":
         assert not fed.db_path.exists()
     # On both engines the files are untouched: the unread message is still there to claim.
@@ -121,10 +121,10 @@ def test_cli_json_shape(fed):
     """`prune --json` prints {"dry_run", "removed": {table: n}}."""
     _scenario(fed)
     dry = json.loads(_cli(fed, "prune", "--dry-run", "--json").stdout)
-    assert dry["dry_run"] is True and dry["removed"] == {"messages": 3, "message_history": 4}
+    assert dry["dry_run"] is True and dry["removed"] == {"messages": 3, "message_history": 4, "tasks": 0}
     done = _cli(fed, "prune", "--older-than", "30d", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["removed"] == {"messages": 3, "message_history": 4}
+    assert json.loads(done.stdout)["removed"] == {"messages": 3, "message_history": 4, "tasks": 0}
 
 
 AGENT = """
@@ -186,7 +186,7 @@ def test_prune_of_a_large_database_while_agents_send_and_claim(fed, tmp_path):
         assert p.returncode == 0, err[-3000:]
         outs.append(json.loads(out.strip().splitlines()[-1]))
 
-    assert result.removed == {"messages": expected_gone, "message_history": 5_000}
+    assert result.removed == {"messages": expected_gone, "message_history": 5_000, "tasks": 0}
     assert result.batches > 10  # bounded batches, not one transaction
     assert [o["errors"] for o in outs] == [[], [], [], []]
     sent = [m for o in outs for m in o["sent"]]

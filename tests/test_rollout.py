@@ -182,7 +182,8 @@ def test_status_json_has_the_contract_shape(fed, monkeypatch):
     assert set(data["flag"]) == {"phase", "sample", "set_at", "set_by", "reason"}
     assert data["flag"]["phase"] == 2 and data["flag"]["reason"] == "start the rollout"
     assert "@" in data["flag"]["set_by"]
-    assert set(live[0]) == {"host", "pid", "agent", "phase", "source", "version", "started_at", "last_seen", "alive"}
+    assert set(live[0]) == {"host", "pid", "agent", "program", "phase", "source", "version", "started_at", "last_seen",
+                            "alive"}
     assert live[0]["source"] == "flag" and live[0]["alive"] is True and live[0]["version"]
     assert set(data["window"]) == {"since", "until"}
     assert [(h["from"], h["to"], h["forced"]) for h in data["history"]] == [(3, 2, False)]

@@ -199,14 +199,15 @@ def test_sync_to_files_under_live_phase3_writes_loses_nothing(fed):
 
 
 def test_sync_takes_the_lock_the_shim_holds_for_every_table():
-    """For a record of each of the ten tables, the lock sync repairs it under is the lock every shim write
+    """For a record of each of the tables, the lock sync repairs it under is the lock every shim write
     of that table holds across both sides (core.SHIM_SPEC)."""
     rows = {"messages": ("m1", "alice", "bob", "hi", "task", None, "t"), "context": ("dave", "", None, None),
             "expertise": ("dave", "go", None), "profiles": ("dave", None, "{}", None),
             "polls": ("p1", "Q?", "[]", "open", "lead", "t"), "votes": ("p1", "erin", "yes"),
             "sessions": ("s1", "T", None, "lead", "planning", "t", None),
             "session_roles": ("s1", "erin", "dev", None, None), "session_artifacts": ("s1", "spec", "x", None),
-            "session_reviews": ("s1", "spec", "erin", "approved", None, None)}
+            "session_reviews": ("s1", "spec", "erin", "approved", None, None),
+            "tasks": ("t1", "T", None, "lead", None, "[]", "open", None, None, 0, None, None, "t", None)}
     assert set(rows) == {t.name for t in TABLES}
     for table in TABLES:
         row = rows[table.name]
@@ -230,7 +231,7 @@ def test_one_document_read_equals_the_whole_read(fed):
     tree, store = Tree(fed.root), fed.store()
     whole_files, whole_db = read_tree(fed.root).rows, read_db(store)
     docs = {(t.document, str(k[0])): document_owner(t, row) for t in TABLES for k, row in whole_files[t.name].items()}
-    assert {kind for kind, _ in docs} == {"message", "context", "expertise", "profile", "polls", "session"}
+    assert {kind for kind, _ in docs} == {"message", "context", "expertise", "profile", "polls", "session", "task"}
     for (kind, doc_id), owner in docs.items():
         part = read_files(tree, [document_file(tree, kind, doc_id, owner)])
         rows = store.db.read(lambda tx: read_db_documents(tx, [(kind, doc_id)]))

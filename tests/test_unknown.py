@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import wait_for
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from federation import config, governance
@@ -286,8 +287,11 @@ def test_report_during_lease_and_ack_traffic_is_consistent_every_time(fed, phase
     stop = tmp_path / "stop"
     procs = [fed.spawn(TRAFFIC, str(stop), role, phase=phase) for role in ("send", "receive")]
     codes = []
+    leased_dir = fed.root / "nodes" / "agent-001" / "leased"
     try:
-        time.sleep(1.0)
+        # the traffic is under way (a loaded machine starts processes slowly): messages in leased/
+        wait_for(lambda: list(leased_dir.glob("*.json")) if leased_dir.is_dir() else [], 60,
+                 what="the receiver's first leases")
         for _ in range(6):
             report = build_report(recheck=True)
             codes.append(report.to_json() if not report.consistent else 0)
@@ -296,6 +300,6 @@ def test_report_during_lease_and_ack_traffic_is_consistent_every_time(fed, phase
         for p in procs:
             _, err = p.communicate(timeout=60)
             assert p.returncode == 0, err[-2000:]
-    leased = list((fed.root / "nodes" / "agent-001" / "leased").glob("*.json"))
+    leased = list(leased_dir.glob("*.json"))
     assert leased, "the traffic left no message leased: the test did not test leased/"
     assert codes == [0] * 6, [c for c in codes if c][:1]

@@ -29,6 +29,7 @@ __all__ = [
     "Field", "Entity", "InvalidRecord", "MESSAGES", "CONTEXT", "EXPERTISE", "PROFILES", "POLLS", "VOTES",
     "SESSIONS", "SESSION_ROLES", "SESSION_ARTIFACTS", "SESSION_REVIEWS", "MESSAGE_HISTORY", "TABLES", "ALL",
     "BY_NAME", "ENTITY_NAMES", "keys_lock", "MESSAGE_FIELDS", "check_vote", "check_close", "history_entry", "json_type",
+    "TASKS", "TASKS_LOCK", "Retention", "task_view", "check_task_holder", "task_takeable",
 ]
 
 #: the fields a leased or dead message file carries beside the message's own (the layout: domain.layout)
@@ -39,7 +40,11 @@ DELIVERY_FIELDS = ("attempt", "lease_until", "dead_at")
 # the lock of each legacy document (advisory file locks: layout.Tree.lock_path)
 
 POLLS_LOCK = "polls"
-#: the lock name of each legacy document kind but polls: a prefix, then the validated owner
+#: every task document is under one lock: a claim picks among all the open tasks
+TASKS_LOCK = "tasks"
+#: the documents with one lock for every document of their kind
+_ONE_LOCK = {"polls": POLLS_LOCK, "task": TASKS_LOCK}
+#: the lock name of each other legacy document kind: a prefix, then the validated owner
 _LOCK_PREFIX = {"message": "inbox", "context": "node", "expertise": "node", "profile": "node", "session": "session"}
 
 
@@ -47,10 +52,10 @@ def document_lock(document: str, owner: str = "") -> str:
     """The lock of the legacy *document* kind (see :attr:`Entity.document`) of *owner*.
 
     One lock per inbox (every message file in it), one per agent's node files
-    (context, expertise, profile), one per session, one for ``polls.json``.
+    (context, expertise, profile), one per session, one for ``polls.json``, one for every task.
     """
-    if document == "polls":
-        return POLLS_LOCK
+    if document in _ONE_LOCK:
+        return _ONE_LOCK[document]
     owner = _validate.ident(owner, "session id") if document == "session" else _validate.agent(owner)
     return f"{_LOCK_PREFIX[document]}-{owner}"
 
@@ -87,22 +92,29 @@ class Field:
     required: a legacy record without it is not imported (migration, report).
     json:     ``list`` or ``dict``: a JSON value, stored as JSON text; a legacy
               list must hold strings; a legacy value of another type reads as
-              the default (and the migration reports it as dropped).
+              the default (and the migration reports it as dropped).  ``object``:
+              any JSON value (None stays None: a NULL column).
+    type:     the JSON type of a plain value (``str``; ``int`` for a count).
     """
 
     name: str
     default: Any = None
     required: bool = False
     json: type | None = None
+    type: type = str
 
     def encode(self, value: Any) -> Any:
         """The column value of a record's value."""
         if self.json is None:
             return value
+        if self.json is object:
+            return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
         return json.dumps(self.json() if value is None else value, ensure_ascii=False, sort_keys=True)
 
     def decode(self, value: Any) -> Any:
         """The JSON value of a column value (the default for anything else)."""
+        if self.json is object:
+            return None if value is None else json.loads(value)
         decoded = json.loads(value) if value else None
         return decoded if isinstance(decoded, self.json) else self.json()
 
@@ -129,6 +141,7 @@ class Entity:
                database keeps its set, older file content never adds to it.
     legacy_fields: the fields of the legacy record, where they are not the
                entity's (``expertise``: one file lists the domains).
+    retention: which records ``federation prune`` removes, on both sides (:class:`Retention`).
     """
 
     table: str
@@ -141,6 +154,7 @@ class Entity:
     extra: tuple[tuple[str, Callable[[tuple, dict], Any]], ...] = ()
     replace_set: bool = False
     legacy_fields: tuple[str, ...] | None = None
+    retention: "Retention | None" = None
 
     @property
     def name(self) -> str:
@@ -204,9 +218,12 @@ class Entity:
                 row.append(given[name])
                 continue
             value = data.get(name)
+            if f.json is object:  # any JSON value, kept as it is
+                row.append(f.encode(value) if strict else value)
+                continue
             if f.json is not None:
                 if not isinstance(value, f.json):
-                    if strict and f.json is list:
+                    if strict and f.json is list and (value is not None or f.default is None):  # a default: may be absent
                         raise InvalidRecord(f"field {name!r} must be a list of strings")
                     value = f.json()
                 elif strict and f.json is list and not all(isinstance(v, str) for v in value):
@@ -220,8 +237,8 @@ class Entity:
                     value = f.default
                 elif strict and f.required and value is None:
                     raise InvalidRecord(f"missing required field {name!r}")
-            elif strict and value.__class__ is not str:
-                raise InvalidRecord(f"field {name!r} must be a string, found {type(value).__name__}")
+            elif strict and value.__class__ is not f.type:
+                raise InvalidRecord(f"field {name!r} must be a {json_type(f.type())}, found {type(value).__name__}")
             row.append(value)
         return tuple(row)
 
@@ -266,6 +283,24 @@ class Entity:
 
 
 _compiled: dict[str, Callable[[tuple], dict]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """The records ``federation prune`` removes: those whose fields equal *when* and whose *column* (a
+    timestamp of our clock: sorts as text) is before the cutoff.  One rule, as SQL and for a legacy record."""
+
+    column: str
+    when: tuple[tuple[str, str], ...] = ()
+
+    def sql(self) -> str:
+        """The condition on a row (``?``: the cutoff); the *when* values are constants of the code, never input."""
+        return " AND ".join([f"{c} = '{v}'" for c, v in self.when] + [f"{self.column} < ?"])
+
+    def due(self, record: dict, cutoff: str) -> bool:
+        stamp = record.get(self.column)
+        return (isinstance(stamp, str) and stamp < cutoff
+                and all(record.get(c) == v for c, v in self.when))
 
 
 def _created_at_of_poll(row: tuple, rows: dict) -> Any:
@@ -317,6 +352,13 @@ SESSION_REVIEWS = Entity(
     (Field("session_id"), Field("artifact_type"), Field("reviewer"), Field("status"), Field("comments"),
      Field("reviewed_at")),
     key=3, document="session", parent="sessions", container="reviews")
+TASKS = Entity(
+    "tasks",
+    (Field("id"), Field("title", required=True), Field("description"), Field("creator", required=True),
+     Field("assignee"), Field("depends_on", default=(), json=list), Field("status", default="open"), Field("claimed_by"),
+     Field("lease_until"), Field("attempt", default=0, type=int), Field("result", json=object),
+     Field("payload", json=object), Field("created_at", required=True), Field("updated_at")),
+    key=1, document="task", retention=Retention("updated_at", (("status", "done"),)))
 MESSAGE_HISTORY = Entity(
     "message_history",
     (Field("direction"), Field("sender"), Field("recipient"), Field("content"), Field("message_type"),
@@ -326,7 +368,7 @@ MESSAGE_HISTORY = Entity(
 #: The tables with a file side, parents before children: the order rows are
 #: inserted in (and deleted in reverse).
 TABLES: tuple[Entity, ...] = (POLLS, VOTES, SESSIONS, SESSION_ROLES, SESSION_ARTIFACTS, SESSION_REVIEWS, CONTEXT,
-                              EXPERTISE, PROFILES, MESSAGES)
+                              EXPERTISE, PROFILES, MESSAGES, TASKS)
 #: Every table of the federation's state.
 ALL: tuple[Entity, ...] = TABLES + (MESSAGE_HISTORY,)
 BY_NAME = {e.table: e for e in ALL}
@@ -403,3 +445,33 @@ def history_entry(direction: str, m: dict) -> dict:
     """The message-history record of message *m* sent or received."""
     return {"direction": direction, "sender": m["sender"], "recipient": m["recipient"], "content": m["content"],
             "message_type": m.get("message_type"), "timestamp": m["timestamp"], "message_id": m["id"]}
+
+
+# -- tasks (CONTRACT "The task registry"): a stored record keeps the last claim; these say what it means now
+
+
+def task_view(task: dict, now: str) -> dict:
+    """*task* as callers see it at *now*: a claim whose lease ended is open again (no claimer, no lease)."""
+    if task.get("status") == "claimed" and (task.get("lease_until") or "") < now:
+        return {**task, "status": "open", "claimed_by": None, "lease_until": None}
+    return task
+
+
+def task_takeable(task: dict, now: str) -> bool:
+    """Whether *task* may be claimed at *now* as far as it alone says (its dependencies aside)."""
+    return task_view(task, now).get("status") == "open"
+
+
+def check_task_holder(task: dict | None, task_id: str, agent: str, now: str) -> None:
+    """Only the claimer completes or releases a task, while its lease holds."""
+    if task is None:
+        raise NotFoundError(f"task {task_id} does not exist")
+    status, holder = task.get("status"), task.get("claimed_by")
+    if status == "done":
+        raise ConflictError(f"task {task_id} is done already")
+    if status != "claimed" or holder != agent:
+        raise ConflictError(f"task {task_id} is not claimed by {agent!r}"
+                            + (f" (claimed by {holder!r})" if status == "claimed" and holder else ""))
+    if (task.get("lease_until") or "") < now:
+        raise ConflictError(f"the lease of {agent!r} on task {task_id} ended at {task.get('lease_until')}: "
+                            "claim it again")

@@ -2,7 +2,8 @@
 
 Writes the on-disk format of DESIGN.md exactly as the legacy server did:
 N agents with inboxes, context windows, expertise and profiles; polls with
-votes in ``shared/polls.json``; sessions with roles, artifacts and reviews.
+votes in ``shared/polls.json``; sessions with roles, artifacts and reviews;
+tasks of the task registry in ``shared/tasks/``.
 Optionally adds one file of each malformed kind found in the wild.
 """
 
@@ -13,7 +14,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .entities import MESSAGES, POLLS, SESSIONS, TABLES
+from .entities import MESSAGES, POLLS, SESSIONS, TABLES, TASKS
 from .layout import INBOX_DIR, NODE_FILE_OF, NODES_DIR, Tree, document_name
 
 __all__ = ["generate", "MALFORMED_KINDS"]
@@ -46,7 +47,7 @@ def _dump(path: Path, data: object) -> None:
 
 def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, sessions: int = 3,
              malformed: bool = False, unknown_fields: bool = False, seed: int = 0,
-             random_ids: bool = False) -> dict:
+             random_ids: bool = False, tasks: int = 3) -> dict:
     """Write a legacy tree under *root*; what it wrote.
 
     Message ids are ``msg-0000000``, ``msg-0000001``... or, with *random_ids*,
@@ -99,7 +100,8 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         _dump(path, msg)
         rows["messages"] += 1
 
-    tree.sessions_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (tree.sessions_dir, tree.tasks_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     doc = {}
     for p in range(polls):
         pid = f"poll-{p:04d}"
@@ -135,6 +137,20 @@ def generate(root: Path, agents: int = 5, messages: int = 50, polls: int = 4, se
         rows["session_roles"] += len(session["roles"])
         rows["session_artifacts"] += len(artifacts)
         rows["session_reviews"] += sum(len(r) for r in reviews.values())
+
+    for k in range(tasks):  # open, claimed (its lease long over), done; each after the one before
+        tid = f"task-{k:04d}"
+        status = ("open", "claimed", "done")[k % 3]
+        task = {f: None for f in TASKS.columns}
+        task.update(id=tid, title=f"Task {k}", creator=names[k % agents] if names else "agent-000",
+                    depends_on=[f"task-{k - 1:04d}"] if k else [], status=status, attempt=0 if k % 3 == 0 else 1,
+                    payload={"item": k}, created_at=stamp(k), updated_at=stamp(k + 1))
+        if status != "open":
+            task.update(claimed_by=names[(k + 1) % agents] if names else "agent-001", lease_until=stamp(k + 2))
+        if status == "done":
+            task.update(result=f"finished {k}", lease_until=None)
+        _dump(tree.task_file(tid), task)
+        rows["tasks"] += 1
 
     bad: dict[str, str] = {}
     if malformed:

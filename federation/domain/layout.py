@@ -15,6 +15,7 @@ dead/ and sent_keys/)::
     nodes/{agent}/profile.json                profile
     shared/polls.json                         polls        every poll, its votes nested
     shared/sessions/{session_id}.json         session      its roles, artifacts and reviews nested
+    shared/tasks/{task_id}.json               task         one task of the task registry
     .locks/{name}.lock                        (locks)      advisory locks, not data
 
 Names: an agent name or an id becomes one path component only once validated
@@ -37,7 +38,8 @@ from . import validate as _validate
 __all__ = ["Tree", "NODES_DIR", "SHARED_DIR", "INBOX_DIR", "LEASED_DIR", "DEAD_DIR", "SENT_KEYS_DIR", "LEASES_FILE",
            "SESSIONS_DIR", "POLLS_FILE", "NODE_FILES", "NODE_FILE_OF", "LOCK_DIR", "TOP_DIRS", "MESSAGE_DIRS",
            "AGENT_ENTRIES", "document_name", "stem", "is_document_name", "classify", "document_file",
-           "message_owner", "message_folder", "leases_journal", "received_copy"]
+           "message_owner", "message_folder", "leases_journal", "received_copy", "TASKS_DIR", "FOLDER_DOCUMENTS",
+           "FOLDER_OF"]
 
 NODES_DIR = "nodes"
 #: a per-agent list-file inbox, nodes/{agent}/inbox.json (a JSON list of messages; a read one marked
@@ -51,6 +53,10 @@ DEAD_DIR = "dead"
 SENT_KEYS_DIR = "sent_keys"
 LEASES_FILE = ".leases.json"
 SESSIONS_DIR = "sessions"
+TASKS_DIR = "tasks"
+#: the folders of shared/ that hold one document per record, and the document kind of each
+FOLDER_DOCUMENTS = {SESSIONS_DIR: "session", TASKS_DIR: "task"}
+FOLDER_OF = {kind: folder for folder, kind in FOLDER_DOCUMENTS.items()}
 POLLS_FILE = "polls.json"
 #: the per-agent files of nodes/{agent}/, and the document each holds
 NODE_FILES = {"context_window.json": "context", "expertise.json": "expertise", "profile.json": "profile"}
@@ -167,6 +173,21 @@ class Tree:
     def session_file(self, session_id: str) -> Path:
         return self.sessions_dir / document_name(_validate.ident(session_id, "session id"))
 
+    def folder(self, kind: str) -> Path:
+        """The folder of shared/ holding the documents of *kind* (:data:`FOLDER_DOCUMENTS`)."""
+        return self.shared / FOLDER_OF[kind]
+
+    def folder_file(self, kind: str, doc_id: str) -> Path:
+        """The file of document *doc_id* of *kind* in its folder of shared/."""
+        return self.folder(kind) / document_name(_validate.ident(doc_id, f"{kind} id"))
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.shared / TASKS_DIR
+
+    def task_file(self, task_id: str) -> Path:
+        return self.folder_file("task", task_id)
+
     def lock_path(self, name: str) -> Path:
         return self.root / LOCK_DIR / f"{name}.lock"
 
@@ -177,8 +198,8 @@ def document_file(tree: Tree, kind: str, doc_id: str, owner: str) -> Path:
         return tree.message_file(owner, doc_id)
     if kind == "polls":
         return tree.polls_file
-    if kind == "session":
-        return tree.session_file(doc_id)
+    if kind in FOLDER_OF:
+        return tree.folder_file(kind, doc_id)
     return tree.node(doc_id) / NODE_FILE_OF[kind]
 
 
@@ -198,8 +219,8 @@ def classify(parts: list[str]) -> tuple[str, str, str] | None:
         return MESSAGE_LIST, parts[1], doc_stem
     if len(parts) == 2 and parts[0] == SHARED_DIR and name == POLLS_FILE:
         return "polls", "", "polls"
-    if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] == SESSIONS_DIR and doc_stem:
-        return "session", doc_stem, doc_stem
+    if len(parts) == 3 and parts[0] == SHARED_DIR and parts[1] in FOLDER_DOCUMENTS and doc_stem:
+        return FOLDER_DOCUMENTS[parts[1]], doc_stem, doc_stem
     return None
 
 

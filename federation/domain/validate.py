@@ -109,6 +109,11 @@ def json_object(value: Any, what: str) -> dict:
     return json.loads(encoded)
 
 
+def json_value(value: Any, what: str) -> Any:
+    """Any JSON value (an object, a list, text, a number, true/false or None), bounded as :func:`json_object`."""
+    return json_object({"value": value}, what)["value"]
+
+
 def _depth_over(encoded: str, limit: int) -> bool:
     try:
         check_depth(encoded.encode("utf-8"), limit)

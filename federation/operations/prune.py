@@ -2,7 +2,10 @@
 
 Removes, from the database, messages that were **read** before the cutoff and
 message-history entries older than it.  An unread message is never removed,
-nor is a poll (open or closed), a vote or a session.
+nor is a poll (open or closed), a vote or a session.  An entity whose description
+has a retention (:class:`federation.domain.entities.Retention`: the tasks, done
+before the cutoff) is pruned on both sides: its rows, and its legacy files (one per
+record in a folder of ``shared/``), each removed under its document's lock.
 
 Only the database holds what is pruned: a read message has no file (the
 legacy path deletes a message file when it is claimed) and the history has
@@ -47,7 +50,10 @@ from .. import config
 from ..domain.moments import parse_duration
 from .._logging import library_logger
 from ..stores.database import database_exists
-from ..errors import ValidationError
+from ..domain.entities import ALL, Entity, document_lock
+from ..domain.layout import FOLDER_OF, is_document_name, stem
+from ..stores.files import Tree, list_dir, locked, read_json, remove
+from ..errors import CorruptFileError, ValidationError
 
 __all__ = ["PruneResult", "prune", "parse_duration", "DEFAULT_OLDER_THAN", "PRUNED_TABLES"]
 
@@ -60,7 +66,11 @@ PRUNED_TABLES: dict[str, str] = {
     # read_at is written by our clock (ISO 8601 UTC, sorts as text); an unread row has none
     "messages": "read_at IS NOT NULL AND read_at < ?",
     "message_history": "timestamp < ?",
+    # and every entity with a retention in its description (done tasks)
+    **{e.table: e.retention.sql() for e in ALL if e.retention is not None},
 }
+#: the entities whose legacy files are pruned too (one file per record in a folder of shared/)
+PRUNED_FILES: tuple[Entity, ...] = tuple(e for e in ALL if e.retention is not None and e.document in FOLDER_OF)
 
 @dataclasses.dataclass
 class PruneResult:
@@ -71,10 +81,38 @@ class PruneResult:
     batches: int = 0
     #: control/'s retention: files merged and removed (:func:`prune_control`)
     control: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: legacy files removed per table (:data:`PRUNED_FILES`: done tasks)
+    files: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "removed": dict(self.removed), "cutoff": self.cutoff,
-                "seconds": round(self.seconds, 3), "batches": self.batches, "control": dict(self.control)}
+                "seconds": round(self.seconds, 3), "batches": self.batches, "control": dict(self.control),
+                "files": dict(self.files)}
+
+
+def prune_files(root: Any, cutoff: str, *, dry_run: bool = False) -> dict[str, int]:
+    """Remove the legacy files of the records past their retention (:data:`PRUNED_FILES`), each re-read under
+    its document's lock first (a file that cannot be read is left alone); ``{table: files}``."""
+    tree = Tree(root)
+    out = {}
+    for entity in PRUNED_FILES:
+        folder = tree.folder(entity.document)
+        try:
+            names = [n for n in list_dir(folder, root=tree.root) if is_document_name(n)]
+        except CorruptFileError:  # the folder is a link or a file: nothing is read or removed through it
+            names = []
+        removed = 0
+        for name in sorted(names):
+            with locked(tree, document_lock(entity.document, stem(name))):
+                try:
+                    data = read_json(folder / name, root=tree.root)
+                except CorruptFileError:
+                    continue
+                if data is None or not entity.retention.due(data, cutoff):
+                    continue
+                removed += 1 if dry_run else int(remove(folder / name, root=tree.root))
+        out[entity.table] = removed
+    return out
 
 
 def prune_control(root: Any, *, dry_run: bool = False) -> dict[str, int]:
@@ -149,6 +187,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
     s = settings or config.settings()
     result.control = prune_control(s.root, dry_run=dry_run)
+    result.files = prune_files(s.root, cutoff, dry_run=dry_run)
     if store is None:
         if not database_exists(s):
             result.seconds = time.perf_counter() - started

@@ -109,6 +109,7 @@ def announcement(doc: dict) -> dict:
     the others text (a hand-made or hostile file can make no reader fail, nor ``--json`` invalid)."""
     phase = doc.get("phase")
     return {"host": _io.text(doc.get("host")), "pid": _io.count(doc.get("pid")), "agent": _io.text(doc.get("agent")),
+            "program": _io.text(doc.get("program")),
             "phase": phase if phase in (1, 2, 3, 4) and not isinstance(phase, bool) else None,
             "source": _io.text(doc.get("source")), "version": _io.text(doc.get("version")),
             "started_at": _io.text(doc.get("started_at")), "last_seen": _io.text(doc.get("last_seen"))}

@@ -175,16 +175,37 @@ def _files_current(s: config.Settings, target: int, flag: _flag.Flag | None) -> 
 # the guards of one step
 
 
-def evidence_since(since: datetime | None, flag: _flag.Flag | None) -> tuple[datetime | None, bool]:
-    """(the start of the counted evidence, whether it is the current phase's entry).
+def evidence_since(since: datetime | None, flag: _flag.Flag | None,
+                   caught_up: datetime | None = None) -> tuple[datetime | None, str]:
+    """(the start of the counted evidence, what that start is: "" for an explicit one).
 
     An explicit *since* wins; else the flag's ``set_at`` -- a step is judged on what the current phase
-    showed, not on a mismatch an earlier phase had and a repair removed; else None (the last 24 hours).
+    showed, not on a mismatch an earlier phase had and a repair removed -- or, when later, *caught_up*:
+    the end of the last clean ``migrate`` or ``sync --to db`` (the runbook's catch-up in phase 2: records
+    written in phase 1 after the first migrate differ until it ran); else None (the last 24 hours).
     """
     if since is not None:
-        return _io.aware(since), False
+        return _io.aware(since), ""
     entered = _io.parse_iso(flag.set_at) if flag is not None else None
-    return entered, entered is not None
+    if entered is None:
+        return None, ""
+    if caught_up is not None and caught_up > entered:
+        return caught_up, "when the catch-up `migrate` or `sync --to db` ended"
+    return entered, "entered"
+
+
+def _caught_up(s: config.Settings) -> datetime | None:
+    """When the database last received every record of the files, or None (none recorded, no database)."""
+    from ..errors import FederationError
+    from ..stores.database import database_exists
+    from ..stores.sqlstore import get_store
+
+    try:
+        if not database_exists(s, ask_server=True):
+            return None
+        return _io.parse_iso(get_store(s).meta("caught_up_at") or "")
+    except FederationError:
+        return None
 
 
 def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_RATE,
@@ -204,11 +225,11 @@ def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_R
         out.append(_checked("backfilled", "run `federation migrate` first", lambda: _backfilled(s)))
     if target in (3, 4) and target > from_phase:
         out.append(_checked("report_consistent", "force the step", lambda: _report_consistent(from_phase, s)))
-        since, entered = evidence_since(since, flag)
+        since, start = evidence_since(since, flag, _caught_up(s) if from_phase == 2 else None)
         since, until = _status.window(since, None)
         t = _status.totals(since, until, settings=s)
         measured = f"{t['comparisons']} comparison(s), {t['mismatches']} mismatch(es) since {_io.iso(since)}" + \
-            (f" (when phase {from_phase} was entered)" if entered else "")
+            (f" (when phase {from_phase} was entered)" if start == "entered" else f" ({start})" if start else "")
         low = t["rate"] is not None and t["rate"] < min_rate
         out.append(_guard("consistency_rate", not low,
                           f"rate {t['rate']:.6f} < {min_rate} ({measured})" if low else

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import importlib.metadata
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -322,7 +323,7 @@ class Runtime:
     def _announce(self, root: Path) -> bool:
         if not self._writable(root):
             return False
-        doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "phase": self._mode[0],
+        doc = {"host": _io.HOST, "pid": self.pid, "agent": self.agent, "program": _program(), "phase": self._mode[0],
                "source": self.source, "sample": self._mode[1], "version": _version(),
                "started_at": self.started_at, "last_seen": _io.iso(_io.utcnow()),
                "proc_start": self.proc_start}
@@ -454,6 +455,18 @@ def _due(last: float | None, now: float, interval: float) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def _program() -> str:
+    """What this process runs, for the fleet's readers when it serves no single agent: ``federation
+    dashboard``, ``worker.py``, ``python -c`` (the script's name, never its arguments: they may hold secrets)."""
+    argv = sys.argv if isinstance(getattr(sys, "argv", None), list) else []
+    first = os.path.basename(str(argv[0])) if argv and argv[0] else ""
+    if first in ("", "-c"):
+        return "python -c" if first == "-c" else "python"
+    if first in ("federation", "__main__.py") and len(argv) > 1 and str(argv[1]).isidentifier():
+        return f"federation {argv[1]}"
+    return first[:80]
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("federation")

@@ -780,7 +780,7 @@ def _walk_fd(fd: int, here: Path, rel: str, depth: int) -> Iterator[Entry]:
 
 def has_legacy_data(tree: Tree) -> bool:
     """True when a legacy state file is under the root: a regular file where the layout keeps a document
-    (``shared/polls.json``, a session, a node file, a message in ``inbox/``, ``leased/`` or ``dead/``),
+    (``shared/polls.json``, a session or a task, a node file, a message in ``inbox/``, ``leased/`` or ``dead/``),
     reached without following links (a link to a file outside is not legacy data).
 
     One look per folder: on start-up of a process, cheap on an empty or archived tree.
@@ -788,7 +788,7 @@ def has_legacy_data(tree: Tree) -> bool:
     root = tree.root
     if is_regular(tree.polls_file, root=root):
         return True
-    if _any_document(tree.sessions_dir, root):
+    if any(_any_document(tree.folder(kind), root) for kind in _layout.FOLDER_OF):
         return True
     for node, st in _safe_scan(tree.nodes, root):
         if not stat.S_ISDIR(st.st_mode):

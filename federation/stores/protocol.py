@@ -13,7 +13,7 @@ method on ``SqlStore``; ``tests/test_store.py`` fails until the three agree.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Store(Protocol):
@@ -144,3 +144,27 @@ class Store(Protocol):
     def save_keyed_messages(self, messages: list[dict], key: str) -> list[str]:
         """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
         then nothing is written and the ids of the first send are returned."""
+
+    # the task registry (issue 28, docs/tasks.md): a stored task keeps its last claim; what it means at a
+    # moment (a lease over is open again) is domain.entities.task_view's
+
+    def save_task(self, task: dict) -> None:
+        """Create a task; one with the same id is a conflict."""
+
+    def load_task(self, task_id: str) -> dict | None:
+        """The task *task_id* as stored, or None."""
+
+    def claim_task(self, agent: str, lease_until: str, now: str, ids: list[str] | None = None) -> dict | None:
+        """Lease to *agent* until *lease_until* the oldest task it may take at *now* (assigned to it or to no
+        one, takeable, every dependency done), or exactly the task of *ids*; None when there is none."""
+
+    def save_task_result(self, agent: str, task_id: str, result: Any, now: str) -> dict:
+        """Complete the task *agent* holds (its lease not over at *now*) with *result*; the task done."""
+
+    def save_task_release(self, agent: str, task_id: str, now: str) -> None:
+        """Give back the task *agent* holds (its lease not over at *now*): open again."""
+
+    def load_tasks_page(self, status: str | None = None, assignee: str | None = None, limit: int | None = None,
+                        after: str | None = None, now: str = "") -> list[dict]:
+        """Tasks oldest first (with *status* as seen at *now*, assigned to *assignee*), after the task
+        *after*, at most *limit*."""

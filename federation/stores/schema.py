@@ -171,10 +171,36 @@ _V4 = [
     "CREATE INDEX IF NOT EXISTS idx_idempotency_keys_created ON idempotency_keys(created_at)",
 ]
 
-# Version 5: delivery at the queue's speed (issue 27).  receive marks the recipient's due dead letters
+# Version 5: the task registry (issue 28, docs/tasks.md).  depends_on: a JSON list of task ids;
+# result and payload: any JSON value (NULL: none).  A claim is status 'claimed' with claimed_by and
+# lease_until; a claim whose lease ended is open again (the next claim takes attempt + 1).
+_V5 = [
+    """CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        description TEXT,
+        creator TEXT NOT NULL,
+        assignee TEXT,
+        depends_on TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL DEFAULT 'open',
+        claimed_by TEXT,
+        lease_until TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        payload TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT
+    )""",
+    # claim: the oldest takeable tasks; list_tasks pages (by status, by assignee)
+    "CREATE INDEX IF NOT EXISTS idx_tasks_status_created ON tasks(status, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_created ON tasks(created_at, id)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_assignee_created ON tasks(assignee, created_at, id)",
+]
+
+# Version 6: delivery at the queue's speed (issue 27).  receive marks the recipient's due dead letters
 # first; without an index on the leased rows that sweep read every unread message of the recipient,
 # on every receive.  It reads only the leased ones now, by lease end.
-_V5 = [
+_V6 = [
     "CREATE INDEX IF NOT EXISTS idx_messages_leased ON messages(recipient, lease_until) "
     "WHERE read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL",
 ]
@@ -184,7 +210,7 @@ _V5 = [
 ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (.*)", re.S)
 
 #: (version, statements) in order; applied inside one transaction each.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 LATEST = MIGRATIONS[-1][0]
 
 #: The tables that are bookkeeping, not the federation's state (no legacy document, no entity).

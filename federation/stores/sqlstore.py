@@ -32,14 +32,16 @@ from .sql_messages import MessagesSql
 from .sql_nodes import NodesSql
 from .sql_polls import PollsSql
 from .sql_sessions import SessionsSql
+from .sql_tasks import SqlTasks
 
 __all__ = ["SqlStore", "get_store", "forget_stores"]
 
 T = TypeVar("T")
 
 
-class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql):
-    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``."""
+class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql, SqlTasks):
+    """The federation's state in a SQL database (SQLite or PostgreSQL); a ``Store``.  The task registry's
+    operations are :class:`~federation.stores.sql_tasks.SqlTasks`'."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db
@@ -81,6 +83,11 @@ class SqlStore(MessagesSql, HistorySql, NodesSql, PollsSql, SessionsSql):
     def mark_backfilled(self, source: str = "migration") -> None:
         self.set_meta("backfilled_at", _clock.now())
         self.set_meta("backfill_source", source)
+
+    def mark_caught_up(self) -> None:
+        """Record that the database now holds every record of the files (a clean migrate or full sync --to db):
+        phase 2's evidence for the step to 3 is counted from here (issue 29)."""
+        self.set_meta("caught_up_at", _clock.now())
 
     def ensure_backfilled(self) -> None:
         """Refuse (phases 3-4) to serve a database that never received the legacy files."""

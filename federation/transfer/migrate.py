@@ -303,4 +303,6 @@ def complete(store: Any, scanned: TreeRows) -> MigrationResult:
     if not missing and store.meta("backfilled_at") is None:
         # phases 3-4 may now serve this database; a rerun keeps the first date
         store.mark_backfilled("migration")
+    if not missing and not scanned.invalid:
+        store.mark_caught_up()  # every record of the files is in the database (the runbook's catch-up)
     return MigrationResult(False, entities, scanned.invalid, scanned.dropped_fields, missing, files=scanned.files)

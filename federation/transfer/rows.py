@@ -1,4 +1,4 @@
-"""The row/transfer layer: the legacy file tree and the database as the same ten tables of rows.
+"""The row/transfer layer: the legacy file tree and the database as the same tables of rows.
 
 The entity descriptions (:mod:`federation.domain.entities`) drive the migration, the
 consistency report and ``sync``: :func:`read_tree` turns every legacy file
@@ -29,12 +29,12 @@ from ..domain import validate as _validate
 from ..stores import files as _files
 from ..stores.files import MAX_FILE_BYTES, Tree, check_depth, parse_json_bytes
 from ..errors import CorruptFileError
-from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, SESSIONS, TABLES, Entity, InvalidRecord,
+from ..domain.entities import (BY_NAME, DELIVERY_FIELDS, MESSAGES, POLLS, TABLES, Entity, InvalidRecord,
                                json_type as _json_type, document_lock, message_mismatch, split_votes)
 from ..domain import layout
 from ..domain.delivery import delivery_problem
-from ..domain.layout import (LIST_INBOX, MESSAGE_DIRS, MESSAGE_LIST, NODE_FILES, POLLS_FILE, SENT_KEYS_DIR,
-                             SESSIONS_DIR, document_file)
+from ..domain.layout import (FOLDER_DOCUMENTS, FOLDER_OF, LIST_INBOX, MESSAGE_DIRS, MESSAGE_LIST, NODE_FILES,
+                             POLLS_FILE, SENT_KEYS_DIR, document_file)
 from ..errors import ValidationError
 
 __all__ = ["TABLES", "BY_NAME", "TreeRows", "Unknown", "unknown_scope", "read_tree", "read_db", "key_text", "legacy_files", "UNKNOWN_FILE",
@@ -222,17 +222,22 @@ def _counted_votes(out: TreeRows, path: str, poll_id: str, poll: dict) -> dict:
     return poll if len(kept) == len(votes) else {**poll, "votes": kept}
 
 
-def _session(out: TreeRows, path: str, data: Any, stem: str) -> None:
-    data = _object(data, "a session file")
-    row = SESSIONS.read(data, fallback={"id": stem})
-    _validate.ident(row[0], "session id")
-    children = [c for child in _NESTED["sessions"] for c in _children(out, path, child, row[:1], data)]
-    _dropped(out, path, data, SESSIONS)
-    out.add("sessions", row, path)
+def _folder_document(out: TreeRows, path: str, data: Any, kind: str, stem: str) -> None:
+    """A document of a folder of shared/ (a session, a task): one record of its kind's top entity, with the
+    records nested in it (a session's roles, artifacts, reviews)."""
+    entity = _TOP_OF[kind]
+    data = _object(data, f"a {kind} file")
+    row = entity.read(data, fallback={"id": stem})
+    _validate.ident(row[0], f"{kind} id")
+    children = [c for child in _NESTED[entity.table] for c in _children(out, path, child, row[:1], data)]
+    _dropped(out, path, data, entity)
+    out.add(entity.table, row, path)
     for table, child in children:
         out.add(table, child, path)
 
 
+#: the top entity of each document kind (the one whose records are the documents)
+_TOP_OF = {e.document: e for e in TABLES if e.parent is None}
 
 
 class _Entry:
@@ -313,16 +318,16 @@ def legacy_files(tree: Tree) -> Iterator[tuple[str, str, str, str]]:
     for entry in _entries(tree.shared, root):
         if entry.name == POLLS_FILE and entry.regular():
             yield "polls", entry.path, "", "polls"
-        elif entry.name == SESSIONS_DIR and entry.folder():
+        elif entry.name in FOLDER_DOCUMENTS and entry.folder():
             for sub in _entries(entry.path, root):
                 name = sub.name
                 if layout.is_document_name(name) and sub.regular():
-                    yield "session", sub.path, layout.stem(name), layout.stem(name)
+                    yield FOLDER_DOCUMENTS[entry.name], sub.path, layout.stem(name), layout.stem(name)
                 elif sub.regular():
                     yield "unknown", sub.path, "", ""
                 else:
                     yield INVALID, sub.path, _odd(sub), ""
-        elif entry.name in (POLLS_FILE, SESSIONS_DIR) or not entry.regular():
+        elif entry.name == POLLS_FILE or entry.name in FOLDER_DOCUMENTS or not entry.regular():
             yield INVALID, entry.path, _odd(entry), ""
         else:
             yield "unknown", entry.path, "", ""
@@ -523,7 +528,7 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
     """Read one legacy file of document *kind* into *out* (a file that cannot be read is reported in it, and
     its documents are unknown).  True when it did not parse: it may be torn (:func:`settle_torn`)."""
     try:
-        if kind != "polls" and kind != "session":
+        if kind != "polls" and kind not in FOLDER_OF:
             ok = valid_agents.get(owner)
             if ok is None:
                 ok = valid_agents[owner] = _validate.is_agent(owner)
@@ -543,8 +548,8 @@ def _read_file(out: TreeRows, kind: str, path: str, owner: str, stem: str, valid
             _expertise(out, path, data, owner)
         elif kind == "polls":
             _polls(out, path, data)
-        elif kind == "session":
-            _session(out, path, data, owner)
+        elif kind in FOLDER_OF:
+            _folder_document(out, path, data, kind, owner)
         else:
             _node_document(out, path, data, _NODE_ENTITY[kind], owner)
     except CorruptFileError as exc:
@@ -608,8 +613,8 @@ def document_rows(tree: Tree, kind: str, owner: str, data: Any) -> TreeRows:
     try:
         if kind == "expertise":
             _expertise(out, path, data, owner)
-        elif kind == "session":
-            _session(out, path, data, owner)
+        elif kind in FOLDER_OF:
+            _folder_document(out, path, data, kind, owner)
         else:
             _node_document(out, path, data, _NODE_ENTITY[kind], owner)
     except (_Invalid, ValueError, ValidationError) as exc:
@@ -684,7 +689,7 @@ def read_db(store: Any) -> dict[str, dict[tuple, tuple]]:
 
 #: the document kinds kept under nodes/{agent}/, and under shared/
 _NODE_KINDS = ("message", *NODE_FILES.values())
-_SHARED_KINDS = ("polls", "session")
+_SHARED_KINDS = ("polls", *FOLDER_OF)
 
 
 @dataclasses.dataclass
@@ -784,7 +789,7 @@ def unknown_scope(root: str, path: str, reason: str, out: Unknown) -> None:
                 out.add(path, reason, kind)
         elif n == 2 and parts[1] == POLLS_FILE:
             out.add(path, reason, "polls")
-        elif n == 2 and parts[1] == SESSIONS_DIR:
-            out.add(path, reason, "session")
-        elif n == 3 and parts[1] == SESSIONS_DIR and layout.is_document_name(parts[2]):
-            out.add(path, reason, "session", doc_id=layout.stem(parts[2]))
+        elif n == 2 and parts[1] in FOLDER_DOCUMENTS:
+            out.add(path, reason, FOLDER_DOCUMENTS[parts[1]])
+        elif n == 3 and parts[1] in FOLDER_DOCUMENTS and layout.is_document_name(parts[2]):
+            out.add(path, reason, FOLDER_DOCUMENTS[parts[1]], doc_id=layout.stem(parts[2]))

@@ -183,6 +183,8 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if tables is None or "messages" in tables:  # idempotency keys go with every move, both ways (issue 29)
         result.changes += _keys(store, tree, to, apply=True)
     result.unknown = unknown.entries()
+    if to == "db" and tables is None and not result.unknown:
+        store.mark_caught_up()  # the database holds every record of the files
     log.info("sync_done", to=to, changes=len(result.changes), settled=result.settled, unknown=len(result.unknown))
     return result
 
@@ -270,9 +272,12 @@ def _affected(report: Report) -> dict[str, set[str]]:
     return out
 
 
-#: the store's loader of each kind of legacy document rebuilt whole from the database (messages are rows)
-_LOADERS = {"context": "load_context", "expertise": "load_expertise", "profile": "load_profile",
-            "polls": "load_poll", "session": "load_session"}
+def _loader(kind: str) -> str:
+    """The store's loader of one legacy document of *kind*, rebuilt whole from the database (messages are
+    rows): ``load_{kind}`` (``load_session``, ``load_task``...), one poll of ``polls.json`` ``load_poll``."""
+    return "load_poll" if kind == "polls" else f"load_{kind}"
+
+
 #: the documents present in the database: those with a row in their kind's top table
 _TOP = tuple(t for t in TABLES if t.parent is None)
 
@@ -303,7 +308,7 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
         """The database's document (True when only listing: nothing more is read), or None."""
         if (kind, doc_id) not in present:
             return None
-        return getattr(store, _LOADERS[kind])(doc_id) if apply else True
+        return getattr(store, _loader(kind))(doc_id) if apply else True
 
     lists: dict[Path, dict[str, Any]] = {}  # list-file inboxes (federation.adopt): edited in place, never dropped
     for mid in sorted(affected.get("message", ())):
@@ -359,8 +364,8 @@ def _to_files(store: Any, tree: Tree, sides: Sides, report: Report, apply: bool)
         if poll_ids:
             put(tree.polls_file, doc, ", ".join(poll_ids))
 
-    for kind in ("context", "expertise", "profile", "session"):
-        for doc_id in sorted(affected.get(kind, ())):
+    for kind in sorted(set(affected) - {"message", "polls"}):  # one file per document: a node's, a session, a task
+        for doc_id in sorted(affected[kind]):
             path = document_file(tree, kind, doc_id, doc_id)
             doc = document(kind, doc_id)
             if doc is None:
@@ -436,7 +441,7 @@ def _restore(store: Any, tree: Tree, unknown: Unknown, db: dict[str, dict[tuple,
             continue
         if path != str(document_file(tree, kind, doc_id, doc_id)):
             continue
-        if write(Path(path), lambda k=kind, d=doc_id: getattr(store, _LOADERS[k])(d), doc_id,
+        if write(Path(path), lambda k=kind, d=doc_id: getattr(store, _loader(k))(d), doc_id,
                  document_lock(kind, doc_id), lambda u, k=kind, d=doc_id: (k, d) in u.docs):
             done.add(entry)
     for entry in unknown.listed:

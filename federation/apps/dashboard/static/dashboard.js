@@ -133,7 +133,9 @@
     const alive = fleet.filter((p) => p.alive).length;
     $("#fleet-summary").textContent = `${alive} alive, ${fleet.length - alive} gone`;
     const rows = fleet.map((p) => el("tr", { class: p.alive ? "alive" : "gone", "data-pid": String(p.pid) },
-      el("td", {}, p.host), el("td", { class: "num" }, p.pid), el("td", {}, p.agent || "–"),
+      el("td", {}, p.host), el("td", { class: "num" }, p.pid), el("td", {}, p.agent ? p.agent : (p.program
+        ? el("span", { class: "muted", title: "serves no single agent: a command, or a program using the Python API" },
+             p.program) : "–")),
       el("td", { class: "num" }, p.phase),
       el("td", {}, p.source === "env" ? badge("pinned (env)", "warn") : p.source),
       el("td", {}, p.version || "–"), el("td", {}, fmtTime(p.started_at)),
@@ -148,7 +150,10 @@
       const c = cons[name];
       const rateClass = c.rate === null ? "" : (c.rate >= 0.999 ? "rate-ok" : "rate-bad");
       const errRate = c.comparisons ? c.errors / c.comparisons : null;
-      return el("tr", { "data-entity": name },
+      // latencies are of every call on each side, compared or not: with none compared, say so
+      const none = !c.comparisons;
+      return el("tr", { "data-entity": name, class: none ? "muted" : "",
+                        title: none ? "no comparison in this window (nothing read from both sides); latencies are of the calls made" : "" },
         el("td", {}, name), el("td", { class: "num" }, fmtNum(c.comparisons)),
         el("td", { class: "num" }, fmtNum(c.mismatches)), el("td", { class: "num " + rateClass }, fmtRate(c.rate)),
         el("td", { class: "num" }, fmtNum(c.errors)), el("td", { class: "num" }, fmtRate(errRate)),
