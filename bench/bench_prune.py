@@ -1,13 +1,14 @@
 """`federation prune` of 1,000,000 read messages: rows/s, and what an agent feels meanwhile.
 
-    python bench/bench_prune.py [--messages 1000000] [--agents 2] [--batch-size 2000] [--pg-url URL]
+    python bench/bench_prune.py [--messages 1000000] [--agents 3] [--interval 0.02] [--batch-size 2000] [--pg-url URL]
 
 Phase 4 (database only).  The database is filled (untimed) with --messages
 read messages and as many history entries, all older than the cutoff, plus
 unread and recent rows that must stay.  Then, in the same run:
 
-1. baseline: --agents processes loop send_message + check_inbox for --seconds
-   with no prune running; p50/p99 of each call;
+1. baseline: --agents processes tick send_message + check_inbox every --interval
+   seconds for --seconds with no prune running; p50/p99 of each call (a send counted
+   from when its tick was due);
 2. the same agents while `prune` removes the old rows; prune's rows/s, and
    the agents' p50/p99 beside the baseline (ratios).
 
@@ -52,29 +53,40 @@ def fill(messages: int, chunk: int = 50_000) -> int:
     return kept
 
 
-def agent(i: int, stop, out) -> None:
-    """Send to oneself and check the inbox until *stop*; latencies in ms per call."""
+def agent(i: int, interval: float, stop, out) -> None:
+    """Send to oneself and check the inbox every *interval* seconds until *stop*; latencies in ms per call.
+
+    A tick is due every *interval* from the start, as an agent ticks: a call held up delays the ticks
+    behind it, and each of those counts from when it was due (a stall is sampled as often as an agent
+    would meet it).  Without pacing (*interval* 0) an agent stalled behind a batch makes one slow call
+    where it makes many fast ones between batches: its p99 hides the stalls (coordinated omission).
+    """
     from federation import messaging
     from federation.stores.sqlstore import forget_stores
 
     forget_stores()  # never the parent's connections
     me = f"bench-agent-{i}"
     send, check = [], []
+    due = time.perf_counter()
     while not stop.is_set():
+        if interval:
+            time.sleep(max(0.0, due - time.perf_counter()))
         t0 = time.perf_counter()
+        start = min(due, t0) if interval else t0
         messaging.send_message(me, me, "ping")
         t1 = time.perf_counter()
         messaging.check_inbox(me)
         t2 = time.perf_counter()
-        send.append((t1 - t0) * 1000)
+        send.append((t1 - start) * 1000)
         check.append((t2 - t1) * 1000)
+        due += interval
     out.put((send, check))
 
 
-def run_agents(n: int, during) -> tuple[list[float], list[float], object]:
+def run_agents(n: int, during, interval: float = 0.0) -> tuple[list[float], list[float], object]:
     ctx = mp.get_context("fork")
     stop, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=agent, args=(i, stop, out)) for i in range(n)]
+    procs = [ctx.Process(target=agent, args=(i, interval, stop, out)) for i in range(n)]
     for p in procs:
         p.start()
     time.sleep(0.5)  # the agents are connected and working
@@ -100,7 +112,9 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=1_000_000)
-    ap.add_argument("--agents", type=int, default=2)
+    ap.add_argument("--agents", type=int, default=3)
+    ap.add_argument("--interval", type=float, default=0.02,
+                    help="seconds between an agent's ticks (0: back to back, which hides stalls)")
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the baseline run")
     ap.add_argument("--pg-url", help="a PostgreSQL database URL (default: SQLite in a temp folder)")
@@ -114,8 +128,9 @@ def main() -> None:
         kept = fill(args.messages)
         print(f"filled {args.messages:,} read messages + {args.messages:,} history entries "
               f"(+{kept:,} to keep) in {time.perf_counter() - t0:.1f} s")
-        base_send, base_check, _ = run_agents(args.agents, lambda: time.sleep(args.seconds))
-        run_send, run_check, result = run_agents(args.agents, lambda: prune("30d", batch_size=args.batch_size))
+        base_send, base_check, _ = run_agents(args.agents, lambda: time.sleep(args.seconds), args.interval)
+        run_send, run_check, result = run_agents(args.agents, lambda: prune("30d", batch_size=args.batch_size),
+                                                 args.interval)
         counts = get_store().counts()
 
     removed = sum(result.removed.values())

@@ -441,6 +441,6 @@ def test_a_version_4_database_is_upgraded_and_keeps_its_rows(fed, monkeypatch):
     forget_stores()
     tid = tasks.create_task("lead", "after the upgrade")
     db = fed.store().db
-    assert db.fetchall("SELECT version FROM schema_version ORDER BY version") == [(v,) for v in (1, 2, 3, 4, 5)]
+    assert db.fetchall("SELECT version FROM schema_version ORDER BY version") == [(v,) for v, _ in schema.MIGRATIONS]  # each once
     assert [m["content"] for m in messaging.check_inbox("bob")] == ["before the upgrade"]
     assert tasks.claim_task("bob")["id"] == tid

@@ -190,6 +190,12 @@ class Database:
         return self._run(fn, write=True, begin=not self.dialect.single_statement_autocommit,
                          idempotent=idempotent)
 
+    def checkpoint(self) -> None:
+        """The dialect's :meth:`~Dialect.checkpoint` on this thread's connection, outside any transaction and
+        the write gate (long maintenance calls it between batches, so agents' commits do not pay for it)."""
+        if not getattr(self._local, "depth", 0):
+            self.dialect.checkpoint(self._connection())
+
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run *fn* in one read transaction (a consistent snapshot)."""
         return self._run(fn, write=False)

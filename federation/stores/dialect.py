@@ -66,6 +66,17 @@ class Dialect:
     lease_sql = ("UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
                  "AND {deliverable} RETURNING {columns}, attempt, lease_until")
 
+    #: Does :attr:`lease_sql` also mark the recipient's due dead letters (``{due_dead}``, as :meth:`lease_params`
+    #: gives it), so that a receive is that one statement?  Else the store marks them first, in the same transaction.
+    lease_marks_dead = False
+    #: One statement that sends one message: its row (``{columns}`` VALUES ``{marks}``, the parameters), its
+    #: history entry and its recipient's wake-up; a row back when it wrote, none when the id was there already
+    #: (so it may be sent again after a lost reply).  None: the store writes them in one transaction.
+    send_sql: str | None = None
+    #: One statement that acknowledges an array of ids (parameters: the ids as one list, the recipient,
+    #: read_at), returning ``{columns}``.  None: ``IN (?, …)`` lists, 500 ids a statement.
+    ack_sql: str | None = None
+
     def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
         """The parameters of :attr:`lease_sql`, given the pick's (*take*)."""
         return (lease_until, *take, now)
@@ -96,6 +107,11 @@ class Dialect:
 
     def begin_read(self, conn: Any) -> None:
         raise NotImplementedError
+
+    def checkpoint(self, conn: Any) -> None:
+        """Fold what was written so far into the database file without holding writers back (a no-op where
+        the engine needs no help: SQLite's WAL is folded in by the commit that crosses its size limit,
+        while that writer holds every other one back)."""
 
     def commit(self, conn: Any) -> None:
         conn.commit()

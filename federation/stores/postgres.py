@@ -94,14 +94,35 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
     json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
-    # A lease: the chosen rows, locked once (a MATERIALIZED CTE joined by primary key, not an IN subquery
-    # the planner may re-run per row); rows another receiver holds are skipped, not waited for.
-    # FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
-    # UPDATE itself needs none (a condition there lets a planner without statistics scan).
-    lease_sql = ("WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+    # A receive in one statement (one round trip): the recipient's due dead letters marked (rows at max
+    # attempts, which the pick never takes), and a lease of the chosen rows, locked once (a MATERIALIZED
+    # CTE joined by primary key, not an IN subquery the planner may re-run per row); rows another
+    # receiver holds are skipped, not waited for.  FOR UPDATE re-checks the conditions on the newest
+    # version of a row it locks, so the UPDATE itself needs none (a condition there lets a planner
+    # without statistics scan).
+    lease_sql = ("WITH dead AS (UPDATE messages SET dead_at = ? WHERE recipient = ? AND {due_dead}), "
+                 "picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
                  "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
                  "WHERE messages.id = picked.picked_id "
                  "RETURNING {columns_of_messages}, messages.attempt, messages.lease_until")
+    lease_marks_dead = True
+    # A send in one statement: the row (ON CONFLICT DO NOTHING: sent again after a lost reply, it finds
+    # its row and writes nothing twice), its history entry from the row written, the wake-up (NOTIFY is
+    # transactional: sent at commit).
+    send_sql = ("WITH m AS (INSERT INTO messages ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING "
+                "RETURNING {columns}), "
+                "h AS (INSERT INTO message_history (direction, sender, recipient, content, message_type, timestamp, "
+                "message_id) SELECT 'sent', sender, recipient, content, message_type, timestamp, id FROM m) "
+                f"SELECT pg_notify('{NOTIFY_CHANNEL}', recipient) FROM m")
+    # An ack in one statement: each id looked up by primary key and locked on its own (LATERAL … LIMIT 1:
+    # one probe per id, the id the only thing to choose an index by -- given "recipient = ?" and no
+    # statistics, the planner took that for one row and read the recipient's whole inbox), its
+    # conditions checked on the locked, newest version; then those rows updated by primary key (locked
+    # until then: the UPDATE needs no condition of its own).
+    ack_sql = ("WITH hit AS MATERIALIZED (SELECT x.id FROM unnest(CAST(? AS text[])) AS wanted(id) CROSS JOIN LATERAL "
+               "(SELECT id, recipient, read_at, attempt FROM messages WHERE id = wanted.id LIMIT 1 FOR UPDATE) x "
+               "WHERE x.recipient = ? AND x.read_at IS NULL AND x.attempt > 0) "
+               "UPDATE messages SET read_at = ? WHERE id = ANY(ARRAY(SELECT id FROM hit)) RETURNING {columns}")
 
     def __init__(self, url: str):
         self.url = url
@@ -188,7 +209,8 @@ class PostgresDialect(Dialect):
         return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.ProgrammingError)
 
     def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
-        return (*take, lease_until)
+        agent, _, max_attempts, _ = take
+        return (now, agent, now, max_attempts, *take, lease_until)
 
     def notify(self, tx: Tx, recipients) -> None:
         """NOTIFY is transactional: the recipients' pulse(wait) wakes at commit."""

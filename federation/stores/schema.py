@@ -197,12 +197,20 @@ _V5 = [
     "CREATE INDEX IF NOT EXISTS idx_tasks_assignee_created ON tasks(assignee, created_at, id)",
 ]
 
+# Version 6: delivery at the queue's speed (issue 27).  receive marks the recipient's due dead letters
+# first; without an index on the leased rows that sweep read every unread message of the recipient,
+# on every receive.  It reads only the leased ones now, by lease end.
+_V6 = [
+    "CREATE INDEX IF NOT EXISTS idx_messages_leased ON messages(recipient, lease_until) "
+    "WHERE read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL",
+]
+
 #: ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c …``: SQLite lacks the IF NOT EXISTS, so the upgrade
 #: checks the column itself (a version re-applied after a manual downgrade must not fail).
 ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (.*)", re.S)
 
 #: (version, statements) in order; applied inside one transaction each.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 LATEST = MIGRATIONS[-1][0]
 
 #: The tables that are bookkeeping, not the federation's state (no legacy document, no entity).

@@ -10,7 +10,7 @@ from ..domain import clock as _clock
 from . import sqltext as _sql
 from .database import Tx
 from ..domain.entities import MESSAGES, history_entry
-from ..errors import ValidationError
+from ..errors import ConflictError, ValidationError
 from .sql_base import SqlPart
 
 __all__ = ["MessagesSql"]
@@ -27,6 +27,7 @@ _DELIVERABLE = "read_at IS NULL AND dead_at IS NULL AND (lease_until IS NULL OR 
 _DUE_DEAD = "read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL AND lease_until < ? AND attempt >= ?"
 _NO_LIMIT = 1 << 62
 _MSG_COLS_OF_MESSAGES = ", ".join(f"messages.{c}" for c in MESSAGES.columns)
+_MSG_MARKS = ", ".join("?" for _ in MESSAGES.columns)
 
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
@@ -38,14 +39,34 @@ class MessagesSql(SqlPart):
 
     # -- messages -------------------------------------------------------------
     def save_message(self, message: dict) -> None:
+        """One message, its history entry and its recipient's wake-up, atomically: one statement where the
+        engine has one for it (PostgreSQL: one round trip), else one transaction.
+
+        Sent again (a reply lost after the row landed, retried), it finds its row and writes nothing
+        twice; an id already taken by another message is a ConflictError.
+        """
         values = MESSAGES.row_of(message)
+        send = self.db.dialect.send_sql
+        if send is not None:
+            sql = send.format(columns=_MSG_COLS, marks=_MSG_MARKS)
+            written = bool(self.db.write_statement(lambda tx: tx.fetchall(sql, values)))
+        else:
+            def fn(tx: Tx) -> bool:
+                if not tx.execute(_sql.insert(MESSAGES, "DO NOTHING"), values).rowcount:
+                    return False
+                self._add_history(tx, [history_entry("sent", message)])
+                self._notify(tx, [message])
+                return True
 
-        def fn(tx: Tx) -> None:
-            tx.execute(_sql.insert(MESSAGES), values)
-            self._add_history(tx, [history_entry("sent", message)])
-            self._notify(tx, [message])
+            written = self.db.write(fn)
+        if not written:
+            self._check_same_message(message["id"], values)
 
-        self.db.write(fn)
+    def _check_same_message(self, message_id: str, values: tuple) -> None:
+        """A send that wrote nothing found its id taken: fine if by this very message (a resent statement)."""
+        row = self.db.fetchone(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,))
+        if row is None or tuple(row) != values:
+            raise ConflictError(f"message id {message_id} is already used by another message")
 
     def load_inbox(self, agent: str) -> list[dict]:
         rows = self.db.fetchall(
@@ -87,10 +108,12 @@ class MessagesSql(SqlPart):
                     max_attempts: int = 5, ids: list[str] | None = None) -> list[dict]:
         """Lease *agent*'s deliverable messages (new, or leased before and expired), oldest first.
 
-        One transaction: expired leases already delivered *max_attempts* times
-        become dead letters, then one ``UPDATE … RETURNING`` leases the oldest
-        rest (PostgreSQL: picked ``FOR UPDATE SKIP LOCKED`` in a CTE, so
-        concurrent receivers take disjoint sets without waiting on each other).
+        Expired leases already delivered *max_attempts* times become dead
+        letters, then one ``UPDATE … RETURNING`` leases the oldest rest: one
+        statement where the dialect's lease marks the dead letters too
+        (PostgreSQL: one round trip, rows picked ``FOR UPDATE SKIP LOCKED`` in a
+        CTE, so concurrent receivers take disjoint sets without waiting on each
+        other), else one transaction.
         *ids*: the shim mirroring the other side's lease leases exactly those.
         Each message comes back with ``attempt`` (1 the first time) and ``lease_until``.
         """
@@ -98,42 +121,57 @@ class MessagesSql(SqlPart):
                 f"ORDER BY timestamp, id LIMIT ?")
         dialect = self.db.dialect
         sql = dialect.lease_sql.format(pick=pick, deliverable=_DELIVERABLE, columns=_MSG_COLS,
-                                       columns_of_messages=_MSG_COLS_OF_MESSAGES)
+                                       columns_of_messages=_MSG_COLS_OF_MESSAGES, due_dead=_DUE_DEAD)
+        take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
+        if ids is None and dialect.lease_marks_dead:
+            # one statement, sent again after a lost connection: a lease that landed unheard only hides its
+            # messages until it ends (then they come back, attempt + 1): at least once, as promised
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, dialect.lease_params(take, lease_until, now)))
+        else:
+            def fn(tx: Tx) -> list[tuple]:
+                tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
+                           (now, agent, now, max_attempts))
+                if ids is None:
+                    return tx.fetchall(sql, dialect.lease_params(take, lease_until, now))
+                rows = []  # the shim mirroring the other side's lease: exactly those messages
+                for chunk, marks in _chunks(ids):
+                    rows += tx.fetchall(
+                        f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
+                        f"{_DELIVERABLE} AND attempt < ? AND id {marks} RETURNING {_MSG_COLS}, attempt, lease_until",
+                        (lease_until, agent, now, max_attempts, *chunk))
+                return rows
 
-        def fn(tx: Tx) -> list[tuple]:
-            tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
-                       (now, agent, now, max_attempts))
-            if ids is None:
-                take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
-                return tx.fetchall(sql, dialect.lease_params(take, lease_until, now))
-            rows = []  # the shim mirroring the other side's lease: exactly those messages
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ", ".join("?" for _ in chunk)
-                rows += tx.fetchall(
-                    f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
-                    f"{_DELIVERABLE} AND attempt < ? AND id IN ({marks}) RETURNING {_MSG_COLS}, attempt, lease_until",
-                    (lease_until, agent, now, max_attempts, *chunk))
-            return rows
-
-        rows = self.db.write(fn)
+            rows = self.db.write(fn)
         rows.sort(key=_BY_TIME)
         return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in rows]
 
     def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
         """Acknowledge delivered messages of *agent* among *ids*: read now (``read_at``), never delivered
-        again; the messages acknowledged now, in the order of *ids*."""
-        def fn(tx: Tx) -> list[tuple]:
-            done: list[tuple] = []
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ", ".join("?" for _ in chunk)
-                done += tx.fetchall(
-                    "UPDATE messages SET read_at = ? WHERE recipient = ? AND read_at IS NULL AND attempt > 0 "
-                    f"AND id IN ({marks}) RETURNING {_MSG_COLS}", (read_at, agent, *chunk))
-            return done
+        again; the messages acknowledged now, in the order of *ids*.
 
-        done = {r[0]: _msg(r) for r in self.db.write(fn)}
+        One statement: the ids as one array where the engine has a statement for it (PostgreSQL: one
+        round trip), else as ``IN (?, …)`` when they fit one (up to 500; more take several in one
+        transaction).  Not idempotent (a second run acknowledges nothing): a lost connection is reported.
+        """
+        array = self.db.dialect.ack_sql
+        if array is not None:
+            sql = array.format(columns=_MSG_COLS)
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, (list(ids), agent, read_at)), idempotent=False)
+        else:
+            # "+recipient": not an index term -- SQLite's planner would walk the recipient's unread rows on
+            # idx_messages_unread instead of looking the ids up by primary key
+            sql = ("UPDATE messages SET read_at = ? WHERE id {marks} AND +recipient = ? AND read_at IS NULL "
+                   f"AND attempt > 0 RETURNING {_MSG_COLS}")
+            chunks = list(_chunks(ids))
+
+            def fn(tx: Tx) -> list[tuple]:
+                done: list[tuple] = []
+                for chunk, marks in chunks:
+                    done += tx.fetchall(sql.format(marks=marks), (read_at, *chunk, agent))
+                return done
+
+            rows = self.db.write_statement(fn, idempotent=False) if len(chunks) == 1 else self.db.write(fn)
+        done = {r[0]: _msg(r) for r in rows}
         return [done[i] for i in dict.fromkeys(ids) if i in done]
 
     def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
@@ -213,3 +251,10 @@ def _kept_ids(text: str) -> list[str]:
     except ValueError:
         return []
     return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def _chunks(ids: list[str], size: int = 500):
+    """*ids* in chunks of at most *size*, each with its ``IN (?, …)``."""
+    for start in range(0, len(ids), size):
+        chunk = list(ids[start:start + size])
+        yield chunk, f"IN ({', '.join('?' for _ in chunk)})"

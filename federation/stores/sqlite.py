@@ -105,6 +105,10 @@ class SqliteDialect(Dialect):
     def begin_read(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN")
 
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        # PASSIVE: copies what no reader still needs, waits for no one, and takes no write lock
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
