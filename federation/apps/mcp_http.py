@@ -2,8 +2,9 @@
 
 Each HTTP request carries ``Authorization: Bearer TOKEN``; the token names the
 agent (:mod:`federation.apps.agent_tokens`) and the request acts as that agent, with
-exactly the tools of ``federation serve --agent NAME`` over stdio (each agent's
-own :class:`~federation.apps.mcp_server.FederationServer`, built on first use).
+exactly the tools of ``federation serve --agent NAME`` over stdio.  One
+:class:`HttpFederationServer` serves every agent: its tools read the agent from the
+request the gate authenticated, so nothing is built or kept per agent.
 Identity is never an argument: no header, argument or body can pick another
 agent than the token's.
 
@@ -16,29 +17,54 @@ In front of the MCP application sits :class:`Gate`, a plain ASGI middleware:
 - the token itself is never logged, returned, or put in an error message.
 
 The server is stateless (no ``Mcp-Session-Id``): every request stands alone,
-so a restart or a second server behind a load balancer loses nothing.
+so a restart, a second server behind a load balancer or ``--workers N`` (N
+processes on one port, :func:`serve`) loses nothing.
+
+Behind the gate, :class:`Endpoint` answers a POST of one JSON-RPC request with
+the SDK's own single-request kernel (:func:`mcp.server.runner.serve_one`: the
+same handlers, validation and results as the SDK's stateless transport), in the
+request's task: no per-request transport, memory streams, task group or
+dispatcher.  Everything else (notifications, batches, GET, DELETE, another
+protocol era, malformed requests) goes to the SDK's stateless session manager
+unchanged.
 ``pulse`` with ``wait`` may hold a request open; at most
 :data:`MAX_WAITING_PER_AGENT` such requests per agent wait at once.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import ipaddress
 import json
 import time
 import urllib.parse
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .._logging import library_logger
-from mcp.server.mcpserver import MCPServer
+import anyio
+import anyio.to_thread
+from mcp.server.connection import Connection
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.runner import serve_one
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types import DEFAULT_NEGOTIATED_VERSION, ErrorData, JSONRPCError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.requests import Request
 
 from .. import __version__, config
+from .._logging import library_logger
 from .agent_tokens import TokenRegistry, tokens_path
-from .mcp_server import TOOL_NAMES, AgentTools, FederationServer, agent_tools_list, build_server
+from .mcp_server import TOOL_NAMES, FederationServer, tools_acting_as
 
-__all__ = ["is_loopback", "MCP_PATH", "MAX_WAITING_PER_AGENT", "Gate", "HttpFederationServer", "create_app", "serve"]
+__all__ = ["is_loopback", "MCP_PATH", "MAX_WAITING_PER_AGENT", "Gate", "Endpoint", "HttpFederationServer", "create_app",
+           "serve"]
 
 log = library_logger("federation.mcp_http")
 
@@ -56,6 +82,7 @@ AGENT_KEY = "federation.agent"
 GRACEFUL_STOP_S = 3
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -151,31 +178,82 @@ def _instructions() -> str:
     )
 
 
-class HttpFederationServer(MCPServer):
-    """The tools of every agent at one endpoint: each call runs the tools of the agent its request names."""
+#: The agent the running tool call acts as (set by :meth:`HttpFederationServer.call_tool`; the worker
+#: thread that runs the tool sees the value of the request's task).
+_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("federation_http_caller", default=None)
 
-    def __init__(self, **kwargs: Any):
-        # tools/list is the same for every agent: a template agent's tools answer it, never a call
-        self._template = agent_tools_list(AgentTools("agent"))
-        super().__init__(tools=self._template, **kwargs)
-        self._servers: dict[str, FederationServer] = {}
+
+def _caller() -> str:
+    agent = _CALLER.get()
+    if agent is None:  # no call gets here without one: never act as anyone by default
+        raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
+    return agent
+
+
+#: Whether the running tool call may run on the event loop's thread (see :meth:`HttpFederationServer.call_tool`).
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("federation_http_inline", default=False)
+
+
+def _where_it_runs(tool: Tool) -> Tool:
+    """*tool* with a function that runs on the event loop's thread when the call may (:data:`_INLINE`),
+    else on a worker thread, as the SDK runs a plain function."""
+    fn = tool.fn
+
+    async def run(**kwargs: Any) -> Any:
+        if _INLINE.get():
+            return fn(**kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs))
+
+    return tool.model_copy(update={"fn": run, "is_async": True})
+
+
+class HttpFederationServer(FederationServer):
+    """The tools of every agent at one endpoint: each call runs as the agent its request names.
+
+    One server object and one set of tools for all agents: a tool reads its agent from the request
+    (:data:`AGENT_KEY`, set by the :class:`Gate`), so an agent's first call builds nothing and nothing
+    is kept per agent but the count of its waiting pulses while they wait.
+
+    Where a call runs: on the event loop's own thread when the process is in phase 4 on SQLite (every
+    read and write is a local SQLite statement; nothing waits but for the database's write gate, which
+    another writer holds for one transaction) and the call is not a waiting ``pulse``; on a worker
+    thread otherwise -- in phases 1-3 (legacy file locks another process may hold for any time), on
+    PostgreSQL (network round trips) and for a waiting pulse.  Handing a call to a thread and back,
+    with the GIL passed to and fro, costs more CPU than the call itself (bench/bench_http.py).
+    """
+
+    def __init__(self, *, inline_engine: bool = False, **kwargs: Any):
+        super().__init__(None, [_where_it_runs(t) for t in tools_acting_as(_caller)], **kwargs)
+        self._inline_engine = inline_engine
         self._waiting: dict[str, int] = {}
         self._threads_sized = False
 
-    def _server_for(self, agent: str) -> FederationServer:
-        server = self._servers.get(agent)
-        if server is None:
-            server = self._servers[agent] = build_server(agent, like=self._template)
-            log.info("http_agent_first_call", agent=agent)
-        return server
+    def _may_run_inline(self) -> bool:
+        from .. import rollout
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        return self._inline_engine and rollout.mode()[0] == 4
+
+    def acting_as(self, context: Any) -> str:
         agent = _request_agent(context)
         if agent is None:  # the gate lets no such request through; never act as anyone by default
             raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
-        server = self._server_for(agent)
-        if name != "pulse" or not _waits(arguments):
-            return await server.call_tool(name, arguments, context)
+        return agent
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        agent = self.acting_as(context)
+        reset = _CALLER.set(agent)
+        try:
+            if name != "pulse" or not _waits(arguments):
+                inline = _INLINE.set(self._may_run_inline())
+                try:
+                    return await super().call_tool(name, arguments, context)
+                finally:
+                    _INLINE.reset(inline)
+            return await self._waiting_pulse(agent, name, arguments, context)
+        finally:
+            _CALLER.reset(reset)
+
+    async def _waiting_pulse(self, agent: str, name: str, arguments: dict[str, Any], context: Any) -> Any:
         if self._waiting.get(agent, 0) >= MAX_WAITING_PER_AGENT:
             log.info("tool_refused", tool=name, agent=agent, error="too_many_waiting")
             raise ToolError(f"refused: {MAX_WAITING_PER_AGENT} pulse calls with wait are already waiting for "
@@ -188,9 +266,11 @@ class HttpFederationServer(MCPServer):
         # the event loop's thread only touches the counts: no lock needed
         self._waiting[agent] = self._waiting.get(agent, 0) + 1
         try:
-            return await server.call_tool(name, arguments, context)
+            return await super().call_tool(name, arguments, context)
         finally:
             self._waiting[agent] -= 1
+            if not self._waiting[agent]:
+                del self._waiting[agent]  # nothing kept for an agent that is not waiting
 
     def _size_threads(self) -> None:
         """Enough worker threads that waiting pulses never starve the other calls (anyio's default is 40)."""
@@ -216,15 +296,183 @@ def _request_agent(context: Any) -> str | None:
     return scope.get(AGENT_KEY) if isinstance(scope, dict) else None
 
 
+@dataclass
+class _OneExchange:
+    """The dispatch context of one POSTed request answered with one JSON reply (what the SDK's stateless
+    JSON-response transport gives a handler): no back-channel, and notifications have no wire."""
+
+    request_id: Any
+    message_metadata: Any
+    transport: TransportContext = _TRANSPORT
+    can_send_request: bool = False
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+
+    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
+        return None
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        return None
+
+
+_REQUEST_KEYS = frozenset(("jsonrpc", "id", "method", "params"))
+
+
+def _one_request(body: bytes) -> dict[str, Any] | None:
+    """The body as one plain JSON-RPC request, or None (for the SDK's transport to answer as it does)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(doc, dict) and doc.keys() <= _REQUEST_KEYS and doc.get("jsonrpc") == "2.0"
+            and isinstance(doc.get("method"), str) and isinstance(doc.get("params", {}), dict)):
+        return None
+    rid = doc.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return None
+    return doc
+
+
+class Endpoint:
+    """ASGI application of the MCP endpoint (behind the :class:`Gate`).
+
+    A POST of one JSON-RPC request (the SDK client's every call) is answered here with the SDK's
+    single-request kernel, :func:`mcp.server.runner.serve_one`, exactly as the SDK's stateless
+    JSON-response transport answers it (same handlers, validation, result and error shapes), but in
+    the request's own task.  Anything else goes to the SDK's :class:`StreamableHTTPSessionManager`.
+    """
+
+    def __init__(self, server: HttpFederationServer):
+        self.server = server
+        self.lowlevel = server._lowlevel_server
+        self.manager = StreamableHTTPSessionManager(
+            app=self.lowlevel, json_response=True, stateless=True,
+            # the Gate checks Host and Origin (for every request, before the token); the SDK's own check stays off
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        self.max_body = DEFAULT_MAX_REQUEST_BODY_SIZE
+        self.lifespan_state: Any = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] != MCP_PATH:
+            await _reply(send, 404, b"Not Found", b"text/plain; charset=utf-8")
+            return
+        if scope["method"] != "POST":
+            await self.manager.handle_request(scope, receive, send)
+            return
+        headers = _headers(scope)
+        version = headers.get("mcp-protocol-version")
+        length = headers.get("content-length", "")
+        if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS)
+                or not length.isdigit() or int(length) > self.max_body
+                or not _is_json(headers.get("content-type", "")) or not _accepts_json(headers.get("accept", ""))):
+            await self.manager.handle_request(scope, receive, send)
+            return
+        body, rest = await _read_body(receive, int(length))
+        request = _one_request(body) if rest is None else None
+        if request is None:  # the SDK answers it (a notification, a batch, an error), from the body read here
+            await self.manager.handle_request(scope, _replay(body, rest, receive), send)
+            return
+        await self._answer(scope, receive, send, request, version)
+
+    async def _answer(self, scope: dict, receive: Callable, send: Callable, req: dict[str, Any],
+                      version: str | None) -> None:
+        exchange = _OneExchange(req["id"], ServerMessageMetadata(request_context=Request(scope, receive)))
+        connection = Connection.from_envelope(version or DEFAULT_NEGOTIATED_VERSION, None, None)
+        try:
+            result = await serve_one(self.lowlevel, exchange, req["method"], req.get("params"),
+                                     connection=connection, lifespan_state=self.lifespan_state)
+        except Exception as exc:  # the SDK dispatcher's mapping, word for word
+            error = handler_exception_to_error_data(exc)
+            if error is None:
+                log.exception("mcp_handler_crashed", method=req["method"][:100], error=type(exc).__name__)
+                error = ErrorData(code=0, message=str(exc))
+            body = JSONRPCError(jsonrpc="2.0", id=req["id"], error=error).model_dump_json(
+                by_alias=True, exclude_unset=True).encode()
+        else:
+            body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+        await _reply(send, 200, body, b"application/json")
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        """The server's lifespan and the SDK session manager's, entered once for the process."""
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.lowlevel.lifespan(self.lowlevel) as state, self.manager.run():
+                self.lifespan_state = state
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException as exc:
+            if not started:
+                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+            else:
+                await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _accepts_json(accept: str) -> bool:
+    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+async def _read_body(receive: Callable, length: int) -> tuple[bytes, dict | None]:
+    """The body (at most *length* bytes were announced); and the message that came instead of the rest,
+    if any (a disconnect), which makes the request the SDK's to answer."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > length:
+            return b"".join(chunks), {"type": "http.request", "body": b"", "more_body": False}
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _replay(body: bytes, rest: dict | None, receive: Callable) -> Callable:
+    """A receive() that gives *body* again, then *rest*, then what *receive* gives."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    if rest is not None and rest["type"] != "http.request":
+        pending.append(rest)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _reply(send: Callable, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(registry: TokenRegistry, *, loopback: bool = True) -> Any:
-    """The ASGI application: :class:`Gate` in front of the stateless MCP endpoint at :data:`MCP_PATH`."""
+    """The ASGI application: :class:`Gate` in front of the stateless MCP :class:`Endpoint` at :data:`MCP_PATH`."""
     server = HttpFederationServer(name="federation", title="federation (HTTP)", instructions=_instructions(),
-                                  version=__version__)
-    # the Gate checks Host and Origin (for every request, before the token); the SDK's own check stays off
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
-                                     transport_security=TransportSecuritySettings(
-                                         enable_dns_rebinding_protection=False))
-    return Gate(app, registry, loopback=loopback)
+                                  version=__version__, inline_engine=config.settings().engine == "sqlite")
+    return Gate(Endpoint(server), registry, loopback=loopback)
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
