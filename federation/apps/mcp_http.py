@@ -33,10 +33,12 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import ipaddress
 import json
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -104,10 +106,11 @@ def _host_of(authority: str) -> str:
 class Gate:
     """ASGI middleware: Origin and Host checks, then the bearer token names the agent (or 401)."""
 
-    def __init__(self, app: Any, registry: TokenRegistry, *, loopback: bool):
+    def __init__(self, app: Any, registry: TokenRegistry, *, loopback: bool, worker: int | None = None):
         self.app = app
         self.registry = registry
         self.loopback = loopback
+        self._where = {} if worker is None else {"worker": worker}  # in its log lines: which process said it
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # the lifespan: the session manager's start and stop
@@ -120,13 +123,14 @@ class Gate:
             return
         origin = headers.get("origin")
         if origin is not None and not self._origin_ok(origin, host):
-            log.warning("http_origin_refused", origin=origin[:200], client=_client(scope))
+            log.warning("http_origin_refused", origin=origin[:200], client=_client(scope), **self._where)
             await self._refuse(send, 403, "forbidden", "requests from this Origin are not accepted")
             return
         agent = self._agent(headers.get("authorization"))
         if agent is None:
             log.info("http_unauthorized", client=_client(scope), path=scope.get("path"),
-                     reason="no bearer token" if not headers.get("authorization") else "unknown or revoked token")
+                     reason="no bearer token" if not headers.get("authorization") else "unknown or revoked token",
+                     **self._where)
             await self._refuse(send, 401, "invalid_token", "a valid bearer token is required "
                                "(`federation agents add NAME` makes one)",
                                [(b"www-authenticate", b'Bearer realm="federation", error="invalid_token"')])
@@ -468,45 +472,106 @@ async def _reply(send: Callable, status: int, body: bytes, content_type: bytes) 
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: TokenRegistry, *, loopback: bool = True) -> Any:
-    """The ASGI application: :class:`Gate` in front of the stateless MCP :class:`Endpoint` at :data:`MCP_PATH`."""
+def create_app(registry: TokenRegistry, *, loopback: bool = True, worker: int | None = None) -> Any:
+    """The ASGI application: :class:`Gate` in front of the stateless MCP :class:`Endpoint` at :data:`MCP_PATH`
+    (*worker*: the number of this process among ``--workers N``, said in the gate's log lines)."""
     server = HttpFederationServer(name="federation", title="federation (HTTP)", instructions=_instructions(),
                                   version=__version__, inline_engine=config.settings().engine == "sqlite")
-    return Gate(Endpoint(server), registry, loopback=loopback)
+    return Gate(Endpoint(server), registry, loopback=loopback, worker=worker)
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          on_listening: Callable[[str], None] | None = None) -> None:
+          on_listening: Callable[[str], None] | None = None, workers: int = 1) -> None:
     """Serve every agent with a token at ``http://host:port/mcp`` until stopped (SIGTERM, Ctrl-C).
 
     *on_listening* is called with the endpoint's URL once the socket is bound (port 0: a free one).
     A port in use or an unknown host raises :class:`OSError` before anything is served.
-    """
-    import uvicorn
 
-    from .. import rollout
+    *workers* > 1: this process reserves the port, then forks that many worker processes, each listening
+    on it with ``SO_REUSEPORT`` (the kernel spreads the connections over them; where the option does not
+    exist they accept on one socket bound here), and watches them (:func:`_supervise`): each
+    worker is a server of its own -- its own token registry (a revocation reaches every worker within
+    :data:`~federation.apps.agent_tokens.CHECK_EVERY_S`), its own fleet entry and counts, following the
+    live flag on its own -- and the supervisor serves nothing, joins no fleet and writes no count.
+    """
     from .dashboard.app import _listen
 
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     s = config.settings()
     loopback = is_loopback(host)
     registry = TokenRegistry(tokens_path(s.root))
-    app = create_app(registry, loopback=loopback)
-    sock = _listen(host, port)
+    reuse_port = workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    sock = _reserve(host, port) if reuse_port else _listen(host, port)
     port = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{MCP_PATH}"
     if not loopback:
         log.warning("mcp_http_exposed", host=host, port=port,
                     detail="tokens travel in clear text over plain HTTP: put TLS in front (a reverse proxy) "
                            "before agents on other hosts use it")
-    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
-    in_effect = rollout.phase_in_effect()
+    if workers == 1:
+        _serve_here(sock, host, port, url, registry, loopback, on_listening)
+        return
     with_tokens = len(registry.agents())
-    log.info("mcp_http_started", url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
-             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES), tokens_file=str(registry.path),
-             agents_with_tokens=with_tokens)
+    log.info("mcp_http_started", url=url, workers=workers, engine=s.engine, database=s.db_display,
+             tools=len(TOOL_NAMES), tokens_file=str(registry.path), agents_with_tokens=with_tokens)
+    _warn_no_tokens(registry, with_tokens)
+    _supervise(sock, workers, lambda: _worker(sock, host, port, url, loopback, reuse_port), url, on_listening)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """The port, bound with ``SO_REUSEPORT`` and not listening (it is the workers' sockets that listen: a
+    socket that does not listen is handed no connection), or an OSError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _listen_too(reserved: socket.socket) -> socket.socket:
+    """A listening socket of this worker on the address *reserved* holds (``SO_REUSEPORT``)."""
+    sock = socket.socket(reserved.family, reserved.type, reserved.proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(reserved.getsockname())
+    sock.listen(128)
+    return sock
+
+
+def _warn_no_tokens(registry: TokenRegistry, with_tokens: int) -> None:
     if not with_tokens and registry.problem is None:  # (an unreadable file was logged as such)
         log.warning("mcp_http_no_tokens", tokens_file=str(registry.path),
                     detail="no agent has a token yet, so every request is refused: `federation agents add NAME`")
+
+
+def _serve_here(sock: Any, host: str, port: int, url: str, registry: TokenRegistry, loopback: bool,
+                on_listening: Callable[[str], None] | None, worker: int | None = None) -> None:
+    """Serve on *sock* in this process until stopped: the whole server (1 worker) or one of N workers."""
+    import uvicorn
+
+    from .. import rollout
+
+    s = config.settings()
+    app = create_app(registry, loopback=loopback, worker=worker)
+    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
+    in_effect = rollout.phase_in_effect()
+    with_tokens = len(registry.agents())
+    event = "mcp_http_started" if worker is None else "mcp_http_worker_started"
+    log.info(event, url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
+             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES), tokens_file=str(registry.path),
+             agents_with_tokens=with_tokens, **({} if worker is None else {"worker": worker}))
+    if worker is None:
+        _warn_no_tokens(registry, with_tokens)
     if on_listening is not None:
         on_listening(url)
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None,
@@ -520,5 +585,147 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
         stopped_by = getattr(exc, "signal", None) or "exit"
         raise
     finally:
-        log.info("mcp_http_stopped", url=url, seconds=round(time.monotonic() - started, 1),
+        log.info("mcp_http_stopped" if worker is None else "mcp_http_worker_stopped", url=url,
+                 seconds=round(time.monotonic() - started, 1), **({} if worker is None else {"worker": worker}),
                  **({"signal": stopped_by} if stopped_by else {}))
+
+
+#: A worker that exits sooner than this after its start counts as failing to start.
+WORKER_MIN_LIFE_S = 5.0
+#: Failed starts in a row after which the supervisor gives up (and stops the other workers).
+WORKER_MAX_QUICK_EXITS = 5
+#: Longest the supervisor waits for its workers to stop (beyond their graceful stop) before killing them.
+WORKER_STOP_S = GRACEFUL_STOP_S + 10
+
+
+def _worker(sock: Any, host: str, port: int, url: str, loopback: bool, reuse_port: bool) -> Callable[[int], None]:
+    def run(number: int) -> None:
+        registry = TokenRegistry(tokens_path(config.settings().root))
+        listening = _listen_too(sock) if reuse_port else sock
+        if reuse_port:
+            sock.close()  # the supervisor's copy holds the port
+        _serve_here(listening, host, port, url, registry, loopback, None, worker=number)
+
+    return run
+
+
+def _supervise(sock: Any, workers: int, make_run: Callable[[], Callable[[int], None]], url: str,
+               on_listening: Callable[[str], None] | None) -> None:
+    """Fork *workers* processes serving on *sock*, start again one that dies, stop them all when this
+    process is asked to stop (SIGTERM/SIGINT: :class:`~federation.apps.signals.Terminated`)."""
+    import os
+    import signal
+
+    run = make_run()
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, started at)
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the supervisor's code
+            code = 0
+            try:
+                _become_worker()
+                run(number)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0
+            except BaseException:  # noqa: BLE001 - logged; the supervisor starts another
+                log.exception("mcp_http_worker_crashed", worker=number)
+                code = 1
+            from .signals import exit_now
+
+            exit_now(code)
+        children[pid] = (number, time.monotonic())
+
+    started = time.monotonic()
+    stopped_by = None
+    quick_exits = 0
+    try:
+        for number in range(1, workers + 1):
+            start(number)
+        if on_listening is not None:
+            on_listening(url)
+        while children:
+            pid, status = os.wait()
+            if pid not in children:
+                continue
+            number, since = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            quick = time.monotonic() - since < WORKER_MIN_LIFE_S
+            quick_exits = quick_exits + 1 if quick else 0
+            log.error("mcp_http_worker_exited", worker=number, pid=pid, exit_code=code,
+                      detail="starting another" if quick_exits < WORKER_MAX_QUICK_EXITS else
+                      f"{quick_exits} workers in a row exited within {WORKER_MIN_LIFE_S:g} s of their start: "
+                      "stopping (see the workers' errors above)")
+            if quick_exits >= WORKER_MAX_QUICK_EXITS:
+                raise SystemExit(1)
+            if quick:
+                time.sleep(min(2.0, 0.1 * 2 ** quick_exits))
+            start(number)
+    except SystemExit as exc:  # SIGTERM/SIGINT through the CLI's handler, or the workers keep failing
+        stopped_by = getattr(exc, "signal", None) or "exit"
+        raise
+    finally:
+        _stop_workers(children)
+        sock.close()
+        log.info("mcp_http_stopped", url=url, workers=workers, seconds=round(time.monotonic() - started, 1),
+                 **({"signal": stopped_by} if stopped_by else {}))
+
+
+def _become_worker() -> None:
+    """In a worker just forked: a stop signal stops it gracefully once (a second one, from the supervisor
+    after the terminal's Ctrl-C, is ignored); it stops too when the supervisor dies (Linux)."""
+    import signal
+
+    from .signals import STOP_SIGNALS, Terminated
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process when its parent (the supervisor) dies, killed or not (Linux prctl; elsewhere
+    nothing)."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_workers(children: dict[int, tuple[int, float]]) -> None:
+    """SIGTERM every worker, wait for them (a graceful stop each), then SIGKILL those still running."""
+    import os
+    import signal
+
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_S
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            with contextlib.suppress(ChildProcessError):
+                done, _status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+            children.pop(pid)
+        time.sleep(0.05)
+    for pid, (number, _since) in list(children.items()):
+        log.error("mcp_http_worker_killed", worker=number, pid=pid,
+                  detail=f"still running {WORKER_STOP_S} s after SIGTERM")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        children.pop(pid)
