@@ -95,3 +95,36 @@ def test_sixty_four_http_agents_under_a_1024_open_file_limit(fed):
     for i, name in enumerate(names):
         assert received[name] == [f"from {names[i - 1]}"], name
     assert held < 512, held
+
+
+@pytest.mark.sqlite_only
+def test_doctor_says_when_an_http_servers_open_file_limit_is_too_low(fed):
+    """`doctor` reads the open-file limit of each live `serve --http` process of this host: 512 (under what one
+    may need) fails `open_file_limit` naming the process, with a fix; 4096 passes."""
+    import subprocess
+    import sys
+
+    from _procs import wait_for
+    from test_mcp_http import REPO, HttpServer
+
+    from federation.apps import mcp_http
+    from federation.operations import doctor
+
+    assert doctor.HTTP_THREADS == mcp_http.MAX_WAITING_TOTAL + mcp_http.THREADS_BESIDE_WAITING + 1
+    need = doctor.http_descriptors_needed("sqlite")
+    assert 512 < need <= 1024  # a service manager's common default is enough; 512 is not
+
+    def check() -> dict:
+        out = subprocess.run([sys.executable, "-m", "federation", "doctor", "--json"], env=fed.subprocess_env(),
+                             capture_output=True, text=True, timeout=120, cwd=str(REPO))
+        return next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "open_file_limit")
+
+    fleet = fed.root / "control" / "fleet"
+    for limit, ok in ((512, False), (4096, True)):
+        with HttpServer(fed, preexec_fn=_limit_open_files(limit)) as server:
+            wait_for(lambda: any(p.name.endswith(f"-{server.proc.pid}.json") for p in fleet.glob("*.json")), 15,
+                     what="the server announced")
+            found = check()
+        assert found["ok"] is ok, found
+        if not ok:
+            assert f"pid {server.proc.pid}: 512" in found["detail"] and str(need) in found["fix"], found

@@ -372,6 +372,57 @@ def test_announced_follows_the_flag_counts_and_stops_cleanly_on_sigterm(fed):
     assert any(e["event"] == "mcp_http_stopped" and e.get("signal") == "SIGTERM" for e in events)
 
 
+# -- the answer of one request: the SDK's kernel in the request's task, the same as the SDK's transport -----
+
+@pytest.mark.sqlite_only
+def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed):
+    """Each request below, POSTed with a Content-Length (answered in the request's task with the SDK's
+    serve_one) and chunked (no length: the SDK's own stateless transport answers it), gets the same status
+    and the same JSON-RPC reply: results, tool errors, unknown methods and tools, invalid params."""
+    import http.client
+
+    t = tokens(fed, "alice", "bob")
+    bodies = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+        {"jsonrpc": "2.0", "id": "two", "method": "ping"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "get_context", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "get_poll",
+                                                                       "arguments": {"poll_id": "nope"}}},
+        {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "vote", "arguments": {"x": 1}}},
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "no_such_tool", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 8, "method": "no/such/method"},
+        {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": 42}},
+        {"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {
+            "name": "send_message", "arguments": {"recipient": "bob", "content": "x", "sender": "bob"}}},
+    ]
+    with HttpServer(fed) as server:
+        host, port = server.url.split("/")[2].rsplit(":", 1)
+        headers = {"Authorization": f"Bearer {t['alice']}", "Content-Type": "application/json",
+                   "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+
+        def answer(body: dict, chunked: bool) -> tuple[int, Any]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            data = json.dumps(body).encode()
+            if chunked:
+                conn.request("POST", "/mcp", iter([data[:7], data[7:]]), headers, encode_chunked=True)
+            else:
+                conn.request("POST", "/mcp", data, headers)
+            response = conn.getresponse()
+            text = response.read()
+            conn.close()
+            return response.status, json.loads(text) if text else None
+
+        for body in bodies:
+            fast, sdk = answer(body, chunked=False), answer(body, chunked=True)
+            assert fast == sdk, (body, fast, sdk)
+            assert fast[0] == 200 and fast[1]["id"] == body["id"], fast
+        # what only the SDK's transport answers: a notification (202), a batch, bad JSON
+        assert answer({"jsonrpc": "2.0", "method": "notifications/initialized"}, chunked=False)[0] == 202
+        assert answer([bodies[1]], chunked=False)[0] == 400 and answer([bodies[1]], chunked=True)[0] == 400
+
+
 # -- several worker processes behind one port ---------------------------------------------------------
 
 def _fleet_entries(fed, port: str) -> list[dict]:

@@ -80,6 +80,8 @@ MAX_WAITING_TOTAL = 64
 THREADS_BESIDE_WAITING = 40
 #: What a request's scope carries once the gate authenticated it.
 AGENT_KEY = "federation.agent"
+#: The request's headers as the gate read them (lower-case names), for the endpoint behind it.
+HEADERS_KEY = "federation.headers"
 #: Longest uvicorn waits for requests in flight (a waiting pulse) when asked to stop.
 GRACEFUL_STOP_S = 3
 
@@ -111,14 +113,15 @@ class Gate:
         self.registry = registry
         self.loopback = loopback
         self._where = {} if worker is None else {"worker": worker}  # in its log lines: which process said it
+        self._hosts: dict[str, bool] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # the lifespan: the session manager's start and stop
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = _headers(scope)
         host = headers.get("host", "")
-        if self.loopback and not is_loopback(_host_of(host)):
+        if self.loopback and not self._loopback_host(host):
             await self._refuse(send, 421, "misdirected_request", "this server answers loopback host names only")
             return
         origin = headers.get("origin")
@@ -135,7 +138,16 @@ class Gate:
                                "(`federation agents add NAME` makes one)",
                                [(b"www-authenticate", b'Bearer realm="federation", error="invalid_token"')])
             return
-        await self.app({**scope, AGENT_KEY: agent}, receive, send)
+        await self.app({**scope, AGENT_KEY: agent, HEADERS_KEY: headers}, receive, send)
+
+    def _loopback_host(self, authority: str) -> bool:
+        """Whether the ``Host`` names a loopback host (remembered: agents send the same few every time)."""
+        known = self._hosts.get(authority)
+        if known is None:
+            if len(self._hosts) >= 256:
+                self._hosts.clear()
+            known = self._hosts[authority] = is_loopback(_host_of(authority))
+        return known
 
     def _agent(self, authorization: str | None) -> str | None:
         if not authorization:
@@ -370,7 +382,7 @@ class Endpoint:
         if scope["method"] != "POST":
             await self.manager.handle_request(scope, receive, send)
             return
-        headers = _headers(scope)
+        headers = scope.get(HEADERS_KEY) or _headers(scope)
         version = headers.get("mcp-protocol-version")
         length = headers.get("content-length", "")
         if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS)
