@@ -396,6 +396,9 @@ def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed)
         {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": 42}},
         {"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {
             "name": "send_message", "arguments": {"recipient": "bob", "content": "x", "sender": "bob"}}},
+        {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
+            "name": "set_context", "arguments": {"text": "héllo \u2603 \U0001f600"}}},
+        {"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "get_context", "arguments": {}}},
     ]
     with HttpServer(fed) as server:
         host, port = server.url.split("/")[2].rsplit(":", 1)

@@ -412,8 +412,8 @@ class Endpoint:
             body = JSONRPCError(jsonrpc="2.0", id=req["id"], error=error).model_dump_json(
                 by_alias=True, exclude_unset=True).encode()
         else:
-            body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}, separators=(",", ":"),
-                              ensure_ascii=False).encode()
+            # ASCII with escapes: any str a tool returns is encodable (a lone surrogate included)
+            body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}, separators=(",", ":")).encode()
         await _reply(send, 200, body, b"application/json")
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
