@@ -426,6 +426,54 @@ def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed)
         assert answer([bodies[1]], chunked=False)[0] == 400 and answer([bodies[1]], chunked=True)[0] == 400
 
 
+@pytest.mark.sqlite_only
+def test_a_held_write_gate_never_stalls_the_servers_other_calls(fed):
+    """Phase 4 on SQLite runs calls on the event loop's thread; while another process holds the database's
+    write gate for 3 s (a long `prune` batch), an agent's send waits (on a worker thread) and lands once
+    when the gate is free, and meanwhile the same server answers pings and reads at once."""
+    import fcntl
+
+    from federation import config as fconfig
+
+    t = tokens(fed, "alice", "bob")
+    messaging.send_message("bob", "alice", "the database exists")
+    with HttpServer(fed, env=fed.subprocess_env(phase=4)) as server:
+        async def scenario():
+            async with http_agent(server.url, t["alice"], "alice") as alice, \
+                    http_agent(server.url, t["bob"], "bob") as bob:
+                await alice.ok("heartbeat")
+                gate = os.open(str(fconfig.settings().db_path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                held_at = time.monotonic()
+                sent: dict = {}
+
+                async def send() -> None:
+                    sent["result"] = await alice.ok("send_message", recipient="bob", content="after the gate")
+                    sent["at"] = time.monotonic() - held_at
+
+                async def release_later() -> None:
+                    await anyio.sleep(3)
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                    os.close(gate)
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(release_later)
+                        tg.start_soon(send)
+                        await anyio.sleep(0.3)  # the send is waiting for the gate now
+                        for _ in range(5):
+                            started = time.monotonic()
+                            await bob.session.send_ping()
+                            assert (await bob.ok("get_context", agent="alice"))["context"] is not None
+                            assert time.monotonic() - started < 1.0, "the server stalled behind the gate"
+                        assert "result" not in sent
+                assert sent["at"] >= 2.9
+                got = await bob.ok("check_inbox")
+                assert [m["content"] for m in got["messages"]] == ["after the gate"]
+
+        anyio.run(scenario)
+
+
 # -- several worker processes behind one port ---------------------------------------------------------
 
 def _fleet_entries(fed, port: str) -> list[dict]:

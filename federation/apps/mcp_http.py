@@ -62,6 +62,7 @@ from starlette.requests import Request
 
 from .. import __version__, config
 from .._logging import library_logger
+from ..stores.sqlite import FIRST_WRITE_MUST_NOT_WAIT, GateBusy
 from .agent_tokens import TokenRegistry, tokens_path
 from .mcp_server import TOOL_NAMES, FederationServer, tools_acting_as
 
@@ -217,7 +218,13 @@ def _where_it_runs(tool: Tool) -> Tool:
 
     async def run(**kwargs: Any) -> Any:
         if _INLINE.get():
-            return fn(**kwargs)
+            must_not_wait = FIRST_WRITE_MUST_NOT_WAIT.set(True)
+            try:
+                return fn(**kwargs)
+            except GateBusy:
+                pass  # another writer holds the database: nothing of the call was written; wait on a thread
+            finally:
+                FIRST_WRITE_MUST_NOT_WAIT.reset(must_not_wait)
         return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs))
 
     return tool.model_copy(update={"fn": run, "is_async": True})
@@ -231,9 +238,10 @@ class HttpFederationServer(FederationServer):
     is kept per agent but the count of its waiting pulses while they wait.
 
     Where a call runs: on the event loop's own thread when the process is in phase 4 on SQLite (every
-    read and write is a local SQLite statement; nothing waits but for the database's write gate, which
-    another writer holds for one transaction) and the call is not a waiting ``pulse``; on a worker
-    thread otherwise -- in phases 1-3 (legacy file locks another process may hold for any time), on
+    read and write is a local SQLite statement) and the call is not a waiting ``pulse`` -- unless its
+    first write finds the database's write gate held by another writer (a `prune` batch, another
+    worker): then, nothing of it written, it runs again on a worker thread, where it may wait
+    (:data:`~federation.stores.sqlite.FIRST_WRITE_MUST_NOT_WAIT`); on a worker thread otherwise -- in phases 1-3 (legacy file locks another process may hold for any time), on
     PostgreSQL (network round trips) and for a waiting pulse.  Handing a call to a thread and back,
     with the GIL passed to and fro, costs more CPU than the call itself (bench/bench_http.py).
     """

@@ -36,6 +36,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .. import __version__, config, context, governance, messaging
 from ..domain import validate as v
 from .._logging import library_logger
+from ..stores.sqlite import GateBusy
 from ..errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
                       PermissionDeniedError, StorageError, ValidationError)
 
@@ -558,6 +559,8 @@ def _run_guarded(name: str, method: Callable, agent: str, kwargs: dict[str, Any]
         emit = log.warning if isinstance(exc, StorageError) else log.info
         emit("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
         raise ToolError(f"{kind}: {exc}") from exc
+    except GateBusy:
+        raise  # nothing written: the caller runs the call again where it may wait (the HTTP server)
     except Exception as exc:
         log.exception("tool_crashed", tool=name, agent=agent, error=type(exc).__name__)
         raise ToolError(f"internal error ({type(exc).__name__}); the server logged the details "
