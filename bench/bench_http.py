@@ -195,7 +195,8 @@ def _load_proc(url: str, agents: list[tuple[str, str, str]], op: str, start: flo
     queue.put(sum(out) if len(out) == len(agents) else -1)
 
 
-def measure_load(pid: int, url: str, tokens: dict[str, str], op: str, seconds: float, procs: int) -> tuple[float, float]:
+def measure_load(pid: int, url: str, tokens: dict[str, str], op: str, seconds: float,
+                 procs: int) -> tuple[float, float]:
     """(calls/s, server CPU ms per call) of *op* ("ping" or "tool") for *seconds*, all agents at once."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()

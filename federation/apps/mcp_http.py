@@ -241,9 +241,10 @@ class HttpFederationServer(FederationServer):
     read and write is a local SQLite statement) and the call is not a waiting ``pulse`` -- unless its
     first write finds the database's write gate held by another writer (a `prune` batch, another
     worker): then, nothing of it written, it runs again on a worker thread, where it may wait
-    (:data:`~federation.stores.sqlite.FIRST_WRITE_MUST_NOT_WAIT`); on a worker thread otherwise -- in phases 1-3 (legacy file locks another process may hold for any time), on
-    PostgreSQL (network round trips) and for a waiting pulse.  Handing a call to a thread and back,
-    with the GIL passed to and fro, costs more CPU than the call itself (bench/bench_http.py).
+    (:data:`~federation.stores.sqlite.FIRST_WRITE_MUST_NOT_WAIT`).  On a worker thread otherwise: in
+    phases 1-3 (legacy file locks another process may hold for any time), on PostgreSQL (network
+    round trips) and for a waiting pulse.  Handing a call to a thread and back, with the GIL passed
+    to and fro, costs more CPU than the call itself (bench/bench_http.py).
     """
 
     def __init__(self, *, inline_engine: bool = False, **kwargs: Any):
