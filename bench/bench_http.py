@@ -1,5 +1,15 @@
-"""N agents over MCP Streamable HTTP (one `serve --http`) against the same agents over stdio (one
-`serve --agent` each), same run, both engines.
+"""The HTTP MCP server's cost per call (`ping` against a tool, 1 and N workers), then N agents over MCP
+Streamable HTTP (one `serve --http`) against the same agents over stdio (one `serve --agent` each), same run,
+both engines.
+
+**Cost** (first table): one `serve --http [--workers W]` for W = 1 and each ``--workers`` value; K agents
+(``--load-agents``, spread over ``--load-procs`` client processes) call it back to back for ``--seconds``,
+first ``ping``, then a tool (``send_message`` to the next agent and ``check_inbox``, alternating).  The
+clients are plain keep-alive HTTP connections posting the JSON-RPC the SDK client posts (after the SDK's
+``initialize`` handshake, with its headers): they cost a fraction of the SDK client, so the server, not the
+load, is what saturates.  Prints calls/s and the server's CPU per call (every process of the server: the
+workers included), the tool/ping CPU ratio (target <= 1.5x) and the N-worker/1-worker calls/s ratio.
+``--repo PATH`` runs the server from another checkout (a baseline; it needs no ``--workers``).
 
 Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
 ``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
@@ -9,13 +19,17 @@ clients all run in this process (one event loop), beside the server(s): on a sma
 machine they compete for the same cores, so compare the two transports of one run, not runs.
 Target: HTTP p99 under 50 ms at 64 agents.
 
-    python bench/bench_http.py [--agents 1 16 64] [--rounds 20] [--engines sqlite postgresql]
-                               [--stdio-max 64] [--pg-url URL]
+    python bench/bench_http.py [--workers 2] [--seconds 4] [--load-agents 8] [--load-procs 2] [--repo PATH]
+                               [--agents 1 16 64] [--rounds 20] [--engines sqlite postgresql]
+                               [--stdio-max 64] [--pg-url URL] [--skip-cost] [--skip-compare]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -36,17 +50,17 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return pick(0.50) * 1e3, pick(0.99) * 1e3
 
 
-def child_env() -> dict[str, str]:
+def child_env(repo: Path = REPO) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
-def start_http(log: Path) -> tuple[subprocess.Popen, str]:
+def start_http(log: Path, *extra: str, repo: Path = REPO) -> tuple[subprocess.Popen, str]:
     err = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--http", "--port", "0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env(),
-                            cwd=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--http", "--port", "0", *extra],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env(repo),
+                            cwd=str(repo))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
@@ -89,6 +103,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process *pid* and of every process below it, alive now (a server and its workers)."""
+    total = 0.0
+    try:
+        total += cpu_seconds(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_seconds(int(child))
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
 def children_cpu_seconds() -> float:
     """CPU seconds of this process's child processes (the servers), alive now."""
     total = 0.0
@@ -99,6 +126,133 @@ def children_cpu_seconds() -> float:
             except (OSError, ValueError, IndexError):
                 pass
     return total
+
+
+# -- the cost of a call: ping against a tool, 1 and N workers ------------------------------------------
+
+def _handshake(url: str, token: str) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    """A keep-alive connection past the SDK's initialize handshake: (connection, path, headers to post with)."""
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    parts = url.split("/", 3)
+    host, port = parts[2].rsplit(":", 1)
+    path = "/" + parts[3]
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    status, _ = _post(conn, path, headers, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+        "clientInfo": {"name": "bench_http", "version": "0"}}})
+    if status != 200:
+        raise SystemExit(f"initialize: HTTP {status}")
+    headers["MCP-Protocol-Version"] = LATEST_HANDSHAKE_VERSION
+    status, _ = _post(conn, path, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    if status != 202:
+        raise SystemExit(f"notifications/initialized: HTTP {status}")
+    return conn, path, headers
+
+
+def _post(conn: http.client.HTTPConnection, path: str, headers: dict[str, str], body: dict) -> tuple[int, dict]:
+    conn.request("POST", path, json.dumps(body), headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, (json.loads(data) if data else {})
+
+
+def _load_thread(url: str, token: str, me: str, nxt: str, op: str, start: float, stop: float,
+                 out: list[int]) -> None:
+    conn, path, headers = _handshake(url, token)
+    if op == "ping":
+        bodies = [{"method": "ping"}]
+    else:
+        bodies = [{"method": "tools/call", "params": {"name": "send_message",
+                                                      "arguments": {"recipient": nxt, "content": f"from {me}"}}},
+                  {"method": "tools/call", "params": {"name": "check_inbox", "arguments": {}}}]
+    calls, n = 0, 0
+    while time.time() < start:
+        time.sleep(0.001)
+    while time.time() < stop:
+        n += 1
+        status, doc = _post(conn, path, headers, {"jsonrpc": "2.0", "id": n, **bodies[n % len(bodies)]})
+        if status != 200 or "result" not in doc or doc["result"].get("isError"):
+            print(f"{op} failed for {me}: HTTP {status} {str(doc)[:300]}", file=sys.stderr, flush=True)
+            return
+        calls += 1
+    conn.close()
+    out.append(calls)
+
+
+def _load_proc(url: str, agents: list[tuple[str, str, str]], op: str, start: float, stop: float, queue) -> None:
+    import threading
+
+    out: list[int] = []
+    threads = [threading.Thread(target=_load_thread, args=(url, token, me, nxt, op, start, stop, out))
+               for me, nxt, token in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queue.put(sum(out) if len(out) == len(agents) else -1)
+
+
+def measure_load(pid: int, url: str, tokens: dict[str, str], op: str, seconds: float,
+                 procs: int) -> tuple[float, float]:
+    """(calls/s, server CPU ms per call) of *op* ("ping" or "tool") for *seconds*, all agents at once."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    names = sorted(tokens)
+    agents = [(me, names[(i + 1) % len(names)], tokens[me]) for i, me in enumerate(names)]
+    start = time.time() + 1.5  # every connection made (and its handshake done) before the clock starts
+    stop = start + seconds
+    workers = [ctx.Process(target=_load_proc, args=(url, agents[i::procs], op, start, stop, queue))
+               for i in range(procs)]
+    for w in workers:
+        w.start()
+    while time.time() < start:
+        time.sleep(0.001)
+    c0 = tree_cpu_seconds(pid)
+    while time.time() < stop:
+        time.sleep(0.005)
+    c1 = tree_cpu_seconds(pid)
+    counts = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join()
+    if any(c < 0 for c in counts):
+        raise SystemExit(f"a load process failed ({op})")
+    calls = sum(counts)
+    return calls / seconds, (c1 - c0) / max(calls, 1) * 1e3
+
+
+def bench_cost(engine: str, db_url: str | None, worker_counts: list[int], seconds: float, n_agents: int,
+               procs: int, repo: Path) -> list[tuple]:
+    from federation.apps import agent_tokens
+
+    rows = []
+    with federation_env(4, db_url) as root:
+        if db_url:
+            _reset_pg(db_url)
+        names = [f"load-{i:02d}" for i in range(n_agents)]
+        tokens = {name: agent_tokens.add(name, root)[0] for name in names}
+        from federation import messaging
+
+        messaging.send_message(names[0], names[1], "the database made before the server starts")
+        for w in worker_counts:
+            extra = () if w == 1 else ("--workers", str(w))
+            proc, url = start_http(root.parent / f"{root.name}-cost-{w}.stderr", *extra, repo=repo)
+            try:
+                measure_load(proc.pid, url, tokens, "tool", 1.0, procs)  # warm-up: every agent's first call
+                row = [engine, w]
+                for op in ("ping", "tool"):
+                    row += measure_load(proc.pid, url, tokens, op, seconds, procs)
+                rows.append(tuple(row))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            _, w, ping_rate, ping_ms, tool_rate, tool_ms = rows[-1]
+            base = next(r for r in rows if r[0] == engine)
+            print(f"  {engine:10} {w:7d} {ping_rate:9.0f} {ping_ms:8.3f} {tool_rate:9.0f} {tool_ms:8.3f} "
+                  f"{tool_ms / ping_ms:9.2f}x {tool_rate / base[4]:9.2f}x", flush=True)
+    return rows
 
 
 def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, tokens: dict[str, str],
@@ -201,7 +355,31 @@ def main() -> None:
     ap.add_argument("--stdio-max", type=int, default=64, help="run stdio only up to this many agents "
                     "(each is a server process of its own)")
     ap.add_argument("--pg-url", help="PostgreSQL database to use (default: a throwaway server)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[2],
+                    help="cost table: worker counts to measure beside 1 (serve --http --workers N)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="cost table: seconds per measurement")
+    ap.add_argument("--load-agents", type=int, default=8, help="cost table: agents calling at once")
+    ap.add_argument("--load-procs", type=int, default=2, help="cost table: client processes they run in")
+    ap.add_argument("--repo", type=Path, default=REPO,
+                    help="cost table: run the server from this checkout (a baseline: 1 worker only)")
+    ap.add_argument("--skip-cost", action="store_true", help="skip the cost table")
+    ap.add_argument("--skip-compare", action="store_true", help="skip the HTTP vs stdio table")
     args = ap.parse_args()
+    print(f"load average {open('/proc/loadavg').read().strip()}")
+    if not args.skip_cost:
+        counts = [1] if args.repo.resolve() != REPO else sorted({1, *args.workers})
+        print(f"cost: {args.load_agents} agents in {args.load_procs} client processes, {args.seconds:g} s per "
+              f"figure; tool = send_message and check_inbox alternating; server {args.repo}")
+        print(f"  {'engine':10} {'workers':>7} {'ping/s':>9} {'ping ms':>8} {'tool/s':>9} {'tool ms':>8} "
+              f"{'tool/ping':>10} {'vs 1 wkr':>10}  (ms: server CPU per call, every process)")
+        if "sqlite" in args.engines:
+            bench_cost("SQLite", None, counts, args.seconds, args.load_agents, args.load_procs, args.repo)
+        if "postgresql" in args.engines:
+            with postgres_url(args.pg_url) as url:
+                bench_cost("PostgreSQL", url, counts, args.seconds, args.load_agents, args.load_procs, args.repo)
+        print(f"load average {open('/proc/loadavg').read().strip()}")
+    if args.skip_compare:
+        return
     print(f"{len(args.agents)} sizes x {args.rounds} rounds of pulse+send_message+vote per agent, phase 4")
     print(f"  {'engine':10} {'via':6} {'N':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'client CPU':>10} "
           f"{'server CPU':>10}  (CPU: ms per call)")

@@ -4,6 +4,7 @@ while it holds the lock, so many threads serving many agents stay under a small 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -46,3 +47,84 @@ def test_sixteen_threads_forty_eight_agents_under_a_192_descriptor_limit(fed, ph
     out = json.loads(fed.run_py(MANY, phase=phase, timeout=300).stdout.strip().splitlines()[-1])
     assert out["errors"] == [] and out["done"] == 16, out
     assert out["lock_fds"] == 0, out
+
+
+def _limit_open_files(n: int):
+    def preexec() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return preexec
+
+
+def test_sixty_four_http_agents_under_a_1024_open_file_limit(fed):
+    """One `serve --http` with its open-file limit at 1024 (a service manager's default) serves 64 agents
+    at once, in phase 3 (files and database, tool calls on worker threads): every call succeeds, nothing
+    says "Too many open files", and the server holds far fewer descriptors than its limit afterwards."""
+    import anyio
+    from test_mcp_http import HttpServer, http_agent, tokens
+
+    names = [f"agent-{i:02d}" for i in range(64)]
+    t = tokens(fed, *names)
+    env = fed.subprocess_env(phase=3)
+    with HttpServer(fed, env=env, preexec_fn=_limit_open_files(1024)) as server:
+        limits = open(f"/proc/{server.proc.pid}/limits").read()
+        assert any(ln.startswith("Max open files") and ln.split()[3:5] == ["1024", "1024"]
+                   for ln in limits.splitlines()), limits
+        received: dict[str, list[str]] = {n: [] for n in names}
+
+        async def one(i: int) -> None:
+            me, nxt = names[i], names[(i + 1) % len(names)]
+            async with http_agent(server.url, t[me], me) as agent:
+                await agent.ok("send_message", recipient=nxt, content=f"from {me}")
+                await agent.ok("set_context", text=f"{me} at work")
+                received[me] += [m["content"] for m in (await agent.ok("pulse", wait=2))["messages"]]
+                received[me] += [m["content"] for m in (await agent.ok("check_inbox"))["messages"]]
+
+        async def scenario() -> None:
+            with anyio.fail_after(180):
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(names)):
+                        tg.start_soon(one, i)
+
+        anyio.run(scenario)
+        held = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+        err = server.stderr()
+    assert "Too many open files" not in err and "EMFILE" not in err, err[-3000:]
+    for i, name in enumerate(names):
+        assert received[name] == [f"from {names[i - 1]}"], name
+    assert held < 512, held
+
+
+@pytest.mark.sqlite_only
+def test_doctor_says_when_an_http_servers_open_file_limit_is_too_low(fed):
+    """`doctor` reads the open-file limit of each live `serve --http` process of this host: 512 (under what one
+    may need) fails `open_file_limit` naming the process, with a fix; 4096 passes."""
+    import subprocess
+    import sys
+
+    from _procs import wait_for
+    from test_mcp_http import REPO, HttpServer
+
+    from federation.apps import mcp_http
+    from federation.operations import doctor
+
+    assert doctor.HTTP_THREADS == mcp_http.MAX_WAITING_TOTAL + mcp_http.THREADS_BESIDE_WAITING + 1
+    need = doctor.http_descriptors_needed("sqlite")
+    assert 512 < need <= 1024  # a service manager's common default is enough; 512 is not
+
+    def check() -> dict:
+        out = subprocess.run([sys.executable, "-m", "federation", "doctor", "--json"], env=fed.subprocess_env(),
+                             capture_output=True, text=True, timeout=120, cwd=str(REPO))
+        return next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "open_file_limit")
+
+    fleet = fed.root / "control" / "fleet"
+    for limit, ok in ((512, False), (4096, True)):
+        with HttpServer(fed, preexec_fn=_limit_open_files(limit)) as server:
+            wait_for(lambda: any(p.name.endswith(f"-{server.proc.pid}.json") for p in fleet.glob("*.json")), 15,
+                     what="the server announced")
+            found = check()
+        assert found["ok"] is ok, found
+        if not ok:
+            assert f"pid {server.proc.pid}: 512" in found["detail"] and str(need) in found["fix"], found

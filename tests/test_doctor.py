@@ -15,7 +15,7 @@ from federation.stores.sqlstore import forget_stores
 
 NAMES = {"network_filesystem", "database_integrity", "schema_version", "wal_size", "free_space_database",
          "free_space_root", "legacy_files", "backfilled", "files_vs_database", "fleet_phases", "dead_letters",
-         "control_files", "unannounced_writers"}
+         "control_files", "unannounced_writers", "open_file_limit"}
 
 
 def _cli(fed, *args: str) -> subprocess.CompletedProcess:

@@ -40,7 +40,8 @@ FAST = {"FEDERATION_FLEET_REFRESH": "0.25", "FEDERATION_FLEET_TIMEOUT": "3", "FE
 class HttpServer:
     """A real `python -m federation serve --http` process on a free port; its stderr (and log) in files."""
 
-    def __init__(self, fed, *args: str, env: dict[str, str] | None = None, log_file: Path | None = None):
+    def __init__(self, fed, *args: str, env: dict[str, str] | None = None, log_file: Path | None = None,
+                 preexec_fn: Any = None):
         self.stderr_path = fed.root.parent / f"serve-http-{time.monotonic_ns()}.stderr"
         env = dict(env if env is not None else fed.subprocess_env())
         if log_file is not None:
@@ -48,7 +49,7 @@ class HttpServer:
         with self.stderr_path.open("w") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "federation", "serve", "--http", "--port", "0", *args],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
-                                         cwd=str(REPO), text=True)
+                                         cwd=str(REPO), text=True, preexec_fn=preexec_fn)
         try:
             line = _wait_for(self._listening, 60, what="the HTTP server to listen")
         except BaseException:  # never leave a server behind a test that could not start it
@@ -368,6 +369,223 @@ def test_announced_follows_the_flag_counts_and_stops_cleanly_on_sigterm(fed):
         counted += sum(c["comparisons"] for c in json.loads(path.read_text())["cells"] if c["entity"] == "context")
     assert counted >= 5
     events = [json.loads(ln) for ln in server.stderr().splitlines() if ln.startswith("{")]
+    assert any(e["event"] == "mcp_http_stopped" and e.get("signal") == "SIGTERM" for e in events)
+
+
+# -- the answer of one request: the SDK's kernel in the request's task, the same as the SDK's transport -----
+
+@pytest.mark.sqlite_only
+def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed):
+    """Each request below, POSTed with a Content-Length (answered in the request's task with the SDK's
+    serve_one) and chunked (no length: the SDK's own stateless transport answers it), gets the same status
+    and the same JSON-RPC reply: results, tool errors, unknown methods and tools, invalid params."""
+    import http.client
+
+    t = tokens(fed, "alice", "bob")
+    bodies = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+        {"jsonrpc": "2.0", "id": "two", "method": "ping"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "get_context", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "get_poll",
+                                                                       "arguments": {"poll_id": "nope"}}},
+        {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "vote", "arguments": {"x": 1}}},
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "no_such_tool", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 8, "method": "no/such/method"},
+        {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": 42}},
+        {"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {
+            "name": "send_message", "arguments": {"recipient": "bob", "content": "x", "sender": "bob"}}},
+        {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
+            "name": "set_context", "arguments": {"text": "héllo \u2603 \U0001f600"}}},
+        {"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "get_context", "arguments": {}}},
+    ]
+    with HttpServer(fed) as server:
+        host, port = server.url.split("/")[2].rsplit(":", 1)
+        headers = {"Authorization": f"Bearer {t['alice']}", "Content-Type": "application/json",
+                   "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+
+        def answer(body: dict, chunked: bool) -> tuple[int, Any]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            data = json.dumps(body).encode()
+            if chunked:
+                conn.request("POST", "/mcp", iter([data[:7], data[7:]]), headers, encode_chunked=True)
+            else:
+                conn.request("POST", "/mcp", data, headers)
+            response = conn.getresponse()
+            text = response.read()
+            conn.close()
+            return response.status, json.loads(text) if text else None
+
+        for body in bodies:
+            fast, sdk = answer(body, chunked=False), answer(body, chunked=True)
+            assert fast == sdk, (body, fast, sdk)
+            assert fast[0] == 200 and fast[1]["id"] == body["id"], fast
+        # what only the SDK's transport answers: a notification (202), a batch, bad JSON
+        assert answer({"jsonrpc": "2.0", "method": "notifications/initialized"}, chunked=False)[0] == 202
+        assert answer([bodies[1]], chunked=False)[0] == 400 and answer([bodies[1]], chunked=True)[0] == 400
+
+
+@pytest.mark.sqlite_only
+def test_a_held_write_gate_never_stalls_the_servers_other_calls(fed):
+    """Phase 4 on SQLite runs calls on the event loop's thread; while another process holds the database's
+    write gate for 3 s (a long `prune` batch), an agent's send waits (on a worker thread) and lands once
+    when the gate is free, and meanwhile the same server answers pings and reads at once."""
+    import fcntl
+
+    from federation import config as fconfig
+
+    t = tokens(fed, "alice", "bob")
+    messaging.send_message("bob", "alice", "the database exists")
+    with HttpServer(fed, env=fed.subprocess_env(phase=4)) as server:
+        async def scenario():
+            async with http_agent(server.url, t["alice"], "alice") as alice, \
+                    http_agent(server.url, t["bob"], "bob") as bob:
+                await alice.ok("heartbeat")
+                gate = os.open(str(fconfig.settings().db_path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                held_at = time.monotonic()
+                sent: dict = {}
+
+                async def send() -> None:
+                    sent["result"] = await alice.ok("send_message", recipient="bob", content="after the gate")
+                    sent["at"] = time.monotonic() - held_at
+
+                async def release_later() -> None:
+                    await anyio.sleep(3)
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                    os.close(gate)
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(release_later)
+                        tg.start_soon(send)
+                        await anyio.sleep(0.3)  # the send is waiting for the gate now
+                        for _ in range(5):
+                            started = time.monotonic()
+                            await bob.session.send_ping()
+                            assert (await bob.ok("get_context", agent="alice"))["context"] is not None
+                            assert time.monotonic() - started < 1.0, "the server stalled behind the gate"
+                        assert "result" not in sent
+                assert sent["at"] >= 2.9
+                got = await bob.ok("check_inbox")
+                assert [m["content"] for m in got["messages"]] == ["after the gate"]
+
+        anyio.run(scenario)
+
+
+# -- several worker processes behind one port ---------------------------------------------------------
+
+def _fleet_entries(fed, port: str) -> list[dict]:
+    entries = []
+    for path in (fed.root / "control" / "fleet").glob("*.json"):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):  # being replaced right now
+            continue
+        if entry.get("agent") == f"http@127.0.0.1:{port}":
+            entries.append({**entry, "file": path.name})
+    return entries
+
+
+def _keep_alive(url: str, token: str) -> tuple[Any, str, dict[str, str]]:
+    import http.client
+
+    host, port = url.split("/")[2].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    return conn, "/" + url.split("/", 3)[3], headers
+
+
+def _status(conn: Any, path: str, headers: dict[str, str]) -> int:
+    conn.request("POST", path, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}), headers)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+@pytest.mark.sqlite_only
+def test_workers_share_one_port_tokens_flag_fleet_and_counts_and_all_refuse_a_revoked_token(fed):
+    """`serve --http --workers 3`: three worker processes behind one port, each in the fleet (the supervisor
+    is not), all following `rollout set 2`; six agents' messages cross workers and arrive once each; the
+    compared calls are counted by the workers that served them; a token revoked while they run is refused by
+    every worker within the documented time (agent_tokens.CHECK_EVERY_S, about a second) on connections
+    opened before the revocation; SIGTERM stops them all (exit 0) and withdraws every announcement."""
+    names = [f"agent-{i}" for i in range(6)]
+    t = tokens(fed, *names, "alice")
+    context.set_context("probe", "on both sides")
+    env = {k: v for k, v in fed.subprocess_env().items()
+           if k not in ("FEDERATION_USE_DB", "FEDERATION_PHASE", "FEDERATION_SHADOW_SAMPLE")}
+    env.update(FAST)
+    log_file = fed.root.parent / "workers.log"
+    server = HttpServer(fed, "--workers", "3", env=env, log_file=log_file)
+    port = server.url.rsplit(":", 1)[1].split("/")[0]
+    try:
+        assert "(3 worker processes)" in server.stderr()
+        entries = _wait_for(lambda: len(e := _fleet_entries(fed, port)) == 3 and e, 20, what="3 workers announced")
+        assert len({e["file"] for e in entries}) == 3
+        assert not any(e["file"].endswith(f"-{server.proc.pid}.json") for e in entries)  # not the supervisor
+        assert {e["phase"] for e in entries} == {3}
+        assert cli(fed, "rollout", "set", "2", env=env).returncode == 0
+        _wait_for(lambda: {e["phase"] for e in _fleet_entries(fed, port)} == {2}, 15, what="every worker in phase 2")
+
+        async def agents():
+            async def one(i: int) -> None:
+                me, nxt = names[i], names[(i + 1) % len(names)]
+                async with http_agent(server.url, t[me], me) as agent:
+                    for k in range(3):
+                        await agent.ok("send_message", recipient=nxt, content=f"{me} #{k}")
+                    for _ in range(4):
+                        assert (await agent.ok("get_context", agent="probe"))["context"]["text"] == "on both sides"
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(names)):
+                        tg.start_soon(one, i)
+            for i, me in enumerate(names):
+                async with http_agent(server.url, t[me], me) as agent:
+                    got = (await agent.ok("check_inbox"))["messages"]
+                prev = names[i - 1]
+                assert sorted(m["content"] for m in got) == [f"{prev} #{k}" for k in range(3)], me
+                assert {m["sender"] for m in got} == {prev}
+
+        anyio.run(agents)
+
+        # 30 connections opened before the revocation: SO_REUSEPORT spreads them over the 3 workers
+        conns = [_keep_alive(server.url, t["alice"]) for _ in range(30)]
+        assert all(_status(*c) == 200 for c in conns)
+        revoked = cli(fed, "agents", "revoke", "alice", env=env)
+        assert revoked.returncode == 0, revoked.stderr
+        revoked_at = time.monotonic()
+        took = []
+        for conn in conns:
+            while _status(*conn) != 401:
+                assert time.monotonic() - revoked_at < 10, "a worker still accepts the revoked token"
+                time.sleep(0.05)
+            took.append(time.monotonic() - revoked_at)
+        assert max(took) < agent_tokens.CHECK_EVERY_S + 2.0, took
+        assert all(_status(*conn) == 401 for conn in conns)  # and it stays refused
+        for conn, _path, _headers in conns:
+            conn.close()
+        refusals = [json.loads(ln) for ln in log_file.read_text().splitlines() if '"http_unauthorized"' in ln]
+        assert {e.get("worker") for e in refusals} == {1, 2, 3}, "every worker refused it"
+        pids = {e["file"] for e in _fleet_entries(fed, port)}
+        stopped_in = server.stop(signal.SIGTERM)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert server.proc.returncode == 0, server.stderr()[-3000:]
+    assert stopped_in < 15
+    assert _fleet_entries(fed, port) == []  # every worker withdrew its announcement
+    counted: dict[str, int] = {}
+    for path in (fed.root / "control" / "counts").glob(f"*/{socket.gethostname()}-*.json"):
+        pid = path.name.split("-")[-2] if path.name.count("-") >= 2 else path.name
+        cells = json.loads(path.read_text())["cells"]
+        counted[pid] = counted.get(pid, 0) + sum(c["comparisons"] for c in cells if c["entity"] == "context")
+    assert sum(counted.values()) >= 6 * 4, counted  # every compared get_context counted, by whichever worker
+    assert len(pids) == 3
+    events = [json.loads(ln) for ln in log_file.read_text().splitlines() if ln.startswith("{")]
+    assert sum(e["event"] == "mcp_http_worker_stopped" for e in events) == 3
     assert any(e["event"] == "mcp_http_stopped" and e.get("signal") == "SIGTERM" for e in events)
 
 

@@ -2,8 +2,9 @@
 
 Each HTTP request carries ``Authorization: Bearer TOKEN``; the token names the
 agent (:mod:`federation.apps.agent_tokens`) and the request acts as that agent, with
-exactly the tools of ``federation serve --agent NAME`` over stdio (each agent's
-own :class:`~federation.apps.mcp_server.FederationServer`, built on first use).
+exactly the tools of ``federation serve --agent NAME`` over stdio.  One
+:class:`HttpFederationServer` serves every agent: its tools read the agent from the
+request the gate authenticated, so nothing is built or kept per agent.
 Identity is never an argument: no header, argument or body can pick another
 agent than the token's.
 
@@ -16,29 +17,57 @@ In front of the MCP application sits :class:`Gate`, a plain ASGI middleware:
 - the token itself is never logged, returned, or put in an error message.
 
 The server is stateless (no ``Mcp-Session-Id``): every request stands alone,
-so a restart or a second server behind a load balancer loses nothing.
+so a restart, a second server behind a load balancer or ``--workers N`` (N
+processes on one port, :func:`serve`) loses nothing.
+
+Behind the gate, :class:`Endpoint` answers a POST of one JSON-RPC request with
+the SDK's own single-request kernel (:func:`mcp.server.runner.serve_one`: the
+same handlers, validation and results as the SDK's stateless transport), in the
+request's task: no per-request transport, memory streams, task group or
+dispatcher.  Everything else (notifications, batches, GET, DELETE, another
+protocol era, malformed requests) goes to the SDK's stateless session manager
+unchanged.
 ``pulse`` with ``wait`` may hold a request open; at most
 :data:`MAX_WAITING_PER_AGENT` such requests per agent wait at once.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import ipaddress
 import json
+import socket
 import time
 import urllib.parse
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .._logging import library_logger
-from mcp.server.mcpserver import MCPServer
+import anyio
+import anyio.to_thread
+from mcp.server.connection import Connection
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.runner import serve_one
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types import DEFAULT_NEGOTIATED_VERSION, ErrorData, JSONRPCError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.requests import Request
 
 from .. import __version__, config
+from .._logging import library_logger
+from ..stores.sqlite import FIRST_WRITE_MUST_NOT_WAIT, GateBusy
 from .agent_tokens import TokenRegistry, tokens_path
-from .mcp_server import TOOL_NAMES, AgentTools, FederationServer, agent_tools_list, build_server
+from .http_workers import GRACEFUL_STOP_S, listen_too, reserve, supervise
+from .mcp_server import TOOL_NAMES, FederationServer, tools_acting_as
 
-__all__ = ["is_loopback", "MCP_PATH", "MAX_WAITING_PER_AGENT", "Gate", "HttpFederationServer", "create_app", "serve"]
+__all__ = ["is_loopback", "MCP_PATH", "MAX_WAITING_PER_AGENT", "Gate", "Endpoint", "HttpFederationServer", "create_app",
+           "serve"]
 
 log = library_logger("federation.mcp_http")
 
@@ -52,10 +81,11 @@ MAX_WAITING_TOTAL = 64
 THREADS_BESIDE_WAITING = 40
 #: What a request's scope carries once the gate authenticated it.
 AGENT_KEY = "federation.agent"
-#: Longest uvicorn waits for requests in flight (a waiting pulse) when asked to stop.
-GRACEFUL_STOP_S = 3
+#: The request's headers as the gate read them (lower-case names), for the endpoint behind it.
+HEADERS_KEY = "federation.headers"
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -77,34 +107,46 @@ def _host_of(authority: str) -> str:
 class Gate:
     """ASGI middleware: Origin and Host checks, then the bearer token names the agent (or 401)."""
 
-    def __init__(self, app: Any, registry: TokenRegistry, *, loopback: bool):
+    def __init__(self, app: Any, registry: TokenRegistry, *, loopback: bool, worker: int | None = None):
         self.app = app
         self.registry = registry
         self.loopback = loopback
+        self._where = {} if worker is None else {"worker": worker}  # in its log lines: which process said it
+        self._hosts: dict[str, bool] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # the lifespan: the session manager's start and stop
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = _headers(scope)
         host = headers.get("host", "")
-        if self.loopback and not is_loopback(_host_of(host)):
+        if self.loopback and not self._loopback_host(host):
             await self._refuse(send, 421, "misdirected_request", "this server answers loopback host names only")
             return
         origin = headers.get("origin")
         if origin is not None and not self._origin_ok(origin, host):
-            log.warning("http_origin_refused", origin=origin[:200], client=_client(scope))
+            log.warning("http_origin_refused", origin=origin[:200], client=_client(scope), **self._where)
             await self._refuse(send, 403, "forbidden", "requests from this Origin are not accepted")
             return
         agent = self._agent(headers.get("authorization"))
         if agent is None:
             log.info("http_unauthorized", client=_client(scope), path=scope.get("path"),
-                     reason="no bearer token" if not headers.get("authorization") else "unknown or revoked token")
+                     reason="no bearer token" if not headers.get("authorization") else "unknown or revoked token",
+                     **self._where)
             await self._refuse(send, 401, "invalid_token", "a valid bearer token is required "
                                "(`federation agents add NAME` makes one)",
                                [(b"www-authenticate", b'Bearer realm="federation", error="invalid_token"')])
             return
-        await self.app({**scope, AGENT_KEY: agent}, receive, send)
+        await self.app({**scope, AGENT_KEY: agent, HEADERS_KEY: headers}, receive, send)
+
+    def _loopback_host(self, authority: str) -> bool:
+        """Whether the ``Host`` names a loopback host (remembered: agents send the same few every time)."""
+        known = self._hosts.get(authority)
+        if known is None:
+            if len(self._hosts) >= 256:
+                self._hosts.clear()
+            known = self._hosts[authority] = is_loopback(_host_of(authority))
+        return known
 
     def _agent(self, authorization: str | None) -> str | None:
         if not authorization:
@@ -151,31 +193,90 @@ def _instructions() -> str:
     )
 
 
-class HttpFederationServer(MCPServer):
-    """The tools of every agent at one endpoint: each call runs the tools of the agent its request names."""
+#: The agent the running tool call acts as (set by :meth:`HttpFederationServer.call_tool`; the worker
+#: thread that runs the tool sees the value of the request's task).
+_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("federation_http_caller", default=None)
 
-    def __init__(self, **kwargs: Any):
-        # tools/list is the same for every agent: a template agent's tools answer it, never a call
-        self._template = agent_tools_list(AgentTools("agent"))
-        super().__init__(tools=self._template, **kwargs)
-        self._servers: dict[str, FederationServer] = {}
+
+def _caller() -> str:
+    agent = _CALLER.get()
+    if agent is None:  # no call gets here without one: never act as anyone by default
+        raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
+    return agent
+
+
+#: Whether the running tool call may run on the event loop's thread (see :meth:`HttpFederationServer.call_tool`).
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("federation_http_inline", default=False)
+
+
+def _where_it_runs(tool: Tool) -> Tool:
+    """*tool* with a function that runs on the event loop's thread when the call may (:data:`_INLINE`),
+    else on a worker thread, as the SDK runs a plain function."""
+    fn = tool.fn
+
+    async def run(**kwargs: Any) -> Any:
+        if _INLINE.get():
+            must_not_wait = FIRST_WRITE_MUST_NOT_WAIT.set(True)
+            try:
+                return fn(**kwargs)
+            except GateBusy:
+                pass  # another writer holds the database: nothing of the call was written; wait on a thread
+            finally:
+                FIRST_WRITE_MUST_NOT_WAIT.reset(must_not_wait)
+        return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs))
+
+    return tool.model_copy(update={"fn": run, "is_async": True})
+
+
+class HttpFederationServer(FederationServer):
+    """The tools of every agent at one endpoint: each call runs as the agent its request names.
+
+    One server object and one set of tools for all agents: a tool reads its agent from the request
+    (:data:`AGENT_KEY`, set by the :class:`Gate`), so an agent's first call builds nothing and nothing
+    is kept per agent but the count of its waiting pulses while they wait.
+
+    Where a call runs: on the event loop's own thread when the process is in phase 4 on SQLite (every
+    read and write is a local SQLite statement) and the call is not a waiting ``pulse`` -- unless its
+    first write finds the database's write gate held by another writer (a `prune` batch, another
+    worker): then, nothing of it written, it runs again on a worker thread, where it may wait
+    (:data:`~federation.stores.sqlite.FIRST_WRITE_MUST_NOT_WAIT`).  On a worker thread otherwise: in
+    phases 1-3 (legacy file locks another process may hold for any time), on PostgreSQL (network
+    round trips) and for a waiting pulse.  Handing a call to a thread and back, with the GIL passed
+    to and fro, costs more CPU than the call itself (bench/bench_http.py).
+    """
+
+    def __init__(self, *, inline_engine: bool = False, **kwargs: Any):
+        super().__init__(None, [_where_it_runs(t) for t in tools_acting_as(_caller)], **kwargs)
+        self._inline_engine = inline_engine
         self._waiting: dict[str, int] = {}
         self._threads_sized = False
 
-    def _server_for(self, agent: str) -> FederationServer:
-        server = self._servers.get(agent)
-        if server is None:
-            server = self._servers[agent] = build_server(agent, like=self._template)
-            log.info("http_agent_first_call", agent=agent)
-        return server
+    def _may_run_inline(self) -> bool:
+        from .. import rollout
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        return self._inline_engine and rollout.mode()[0] == 4
+
+    def acting_as(self, context: Any) -> str:
         agent = _request_agent(context)
         if agent is None:  # the gate lets no such request through; never act as anyone by default
             raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
-        server = self._server_for(agent)
-        if name != "pulse" or not _waits(arguments):
-            return await server.call_tool(name, arguments, context)
+        return agent
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        agent = self.acting_as(context)
+        reset = _CALLER.set(agent)
+        try:
+            if name != "pulse" or not _waits(arguments):
+                inline = _INLINE.set(self._may_run_inline())
+                try:
+                    return await super().call_tool(name, arguments, context)
+                finally:
+                    _INLINE.reset(inline)
+            return await self._waiting_pulse(agent, name, arguments, context)
+        finally:
+            _CALLER.reset(reset)
+
+    async def _waiting_pulse(self, agent: str, name: str, arguments: dict[str, Any], context: Any) -> Any:
         if self._waiting.get(agent, 0) >= MAX_WAITING_PER_AGENT:
             log.info("tool_refused", tool=name, agent=agent, error="too_many_waiting")
             raise ToolError(f"refused: {MAX_WAITING_PER_AGENT} pulse calls with wait are already waiting for "
@@ -188,9 +289,11 @@ class HttpFederationServer(MCPServer):
         # the event loop's thread only touches the counts: no lock needed
         self._waiting[agent] = self._waiting.get(agent, 0) + 1
         try:
-            return await server.call_tool(name, arguments, context)
+            return await super().call_tool(name, arguments, context)
         finally:
             self._waiting[agent] -= 1
+            if not self._waiting[agent]:
+                del self._waiting[agent]  # nothing kept for an agent that is not waiting
 
     def _size_threads(self) -> None:
         """Enough worker threads that waiting pulses never starve the other calls (anyio's default is 40)."""
@@ -216,49 +319,249 @@ def _request_agent(context: Any) -> str | None:
     return scope.get(AGENT_KEY) if isinstance(scope, dict) else None
 
 
-def create_app(registry: TokenRegistry, *, loopback: bool = True) -> Any:
-    """The ASGI application: :class:`Gate` in front of the stateless MCP endpoint at :data:`MCP_PATH`."""
+@dataclass
+class _OneExchange:
+    """The dispatch context of one POSTed request answered with one JSON reply (what the SDK's stateless
+    JSON-response transport gives a handler): no back-channel, and notifications have no wire."""
+
+    request_id: Any
+    message_metadata: Any
+    transport: TransportContext = _TRANSPORT
+    can_send_request: bool = False
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+
+    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
+        return None
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        return None
+
+
+_REQUEST_KEYS = frozenset(("jsonrpc", "id", "method", "params"))
+
+
+def _one_request(body: bytes) -> dict[str, Any] | None:
+    """The body as one plain JSON-RPC request, or None (for the SDK's transport to answer as it does)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(doc, dict) and doc.keys() <= _REQUEST_KEYS and doc.get("jsonrpc") == "2.0"
+            and isinstance(doc.get("method"), str) and isinstance(doc.get("params", {}), dict)):
+        return None
+    rid = doc.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return None
+    return doc
+
+
+class Endpoint:
+    """ASGI application of the MCP endpoint (behind the :class:`Gate`).
+
+    A POST of one JSON-RPC request (the SDK client's every call) is answered here with the SDK's
+    single-request kernel, :func:`mcp.server.runner.serve_one`, exactly as the SDK's stateless
+    JSON-response transport answers it (same handlers, validation, result and error shapes), but in
+    the request's own task.  Anything else goes to the SDK's :class:`StreamableHTTPSessionManager`.
+    """
+
+    def __init__(self, server: HttpFederationServer):
+        self.server = server
+        self.lowlevel = server._lowlevel_server
+        self.manager = StreamableHTTPSessionManager(
+            app=self.lowlevel, json_response=True, stateless=True,
+            # the Gate checks Host and Origin (for every request, before the token); the SDK's own check stays off
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        self.max_body = DEFAULT_MAX_REQUEST_BODY_SIZE
+        self.lifespan_state: Any = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] != MCP_PATH:
+            await _reply(send, 404, b"Not Found", b"text/plain; charset=utf-8")
+            return
+        if scope["method"] != "POST":
+            await self.manager.handle_request(scope, receive, send)
+            return
+        headers = scope.get(HEADERS_KEY) or _headers(scope)
+        version = headers.get("mcp-protocol-version")
+        length = headers.get("content-length", "")
+        if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS)
+                or not length.isdigit() or int(length) > self.max_body
+                or not _is_json(headers.get("content-type", "")) or not _accepts_json(headers.get("accept", ""))):
+            await self.manager.handle_request(scope, receive, send)
+            return
+        body, rest = await _read_body(receive, int(length))
+        request = _one_request(body) if rest is None else None
+        if request is None:  # the SDK answers it (a notification, a batch, an error), from the body read here
+            await self.manager.handle_request(scope, _replay(body, rest, receive), send)
+            return
+        await self._answer(scope, receive, send, request, version)
+
+    async def _answer(self, scope: dict, receive: Callable, send: Callable, req: dict[str, Any],
+                      version: str | None) -> None:
+        exchange = _OneExchange(req["id"], ServerMessageMetadata(request_context=Request(scope, receive)))
+        connection = Connection.from_envelope(version or DEFAULT_NEGOTIATED_VERSION, None, None)
+        try:
+            result = await serve_one(self.lowlevel, exchange, req["method"], req.get("params"),
+                                     connection=connection, lifespan_state=self.lifespan_state)
+        except Exception as exc:  # the SDK dispatcher's mapping, word for word
+            error = handler_exception_to_error_data(exc)
+            if error is None:
+                log.exception("mcp_handler_crashed", method=req["method"][:100], error=type(exc).__name__)
+                error = ErrorData(code=0, message=str(exc))
+            body = JSONRPCError(jsonrpc="2.0", id=req["id"], error=error).model_dump_json(
+                by_alias=True, exclude_unset=True).encode()
+        else:
+            # ASCII with escapes: any str a tool returns is encodable (a lone surrogate included)
+            body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}, separators=(",", ":")).encode()
+        await _reply(send, 200, body, b"application/json")
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        """The server's lifespan and the SDK session manager's, entered once for the process."""
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.lowlevel.lifespan(self.lowlevel) as state, self.manager.run():
+                self.lifespan_state = state
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException as exc:
+            if not started:
+                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+            else:
+                await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _accepts_json(accept: str) -> bool:
+    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+async def _read_body(receive: Callable, length: int) -> tuple[bytes, dict | None]:
+    """The body (at most *length* bytes were announced); and the message that came instead of the rest,
+    if any (a disconnect), which makes the request the SDK's to answer."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > length:
+            return b"".join(chunks), {"type": "http.request", "body": b"", "more_body": False}
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _replay(body: bytes, rest: dict | None, receive: Callable) -> Callable:
+    """A receive() that gives *body* again, then *rest*, then what *receive* gives."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    if rest is not None and rest["type"] != "http.request":
+        pending.append(rest)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _reply(send: Callable, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(registry: TokenRegistry, *, loopback: bool = True, worker: int | None = None) -> Any:
+    """The ASGI application: :class:`Gate` in front of the stateless MCP :class:`Endpoint` at :data:`MCP_PATH`
+    (*worker*: the number of this process among ``--workers N``, said in the gate's log lines)."""
     server = HttpFederationServer(name="federation", title="federation (HTTP)", instructions=_instructions(),
-                                  version=__version__)
-    # the Gate checks Host and Origin (for every request, before the token); the SDK's own check stays off
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
-                                     transport_security=TransportSecuritySettings(
-                                         enable_dns_rebinding_protection=False))
-    return Gate(app, registry, loopback=loopback)
+                                  version=__version__, inline_engine=config.settings().engine == "sqlite")
+    return Gate(Endpoint(server), registry, loopback=loopback, worker=worker)
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          on_listening: Callable[[str], None] | None = None) -> None:
+          on_listening: Callable[[str], None] | None = None, workers: int = 1) -> None:
     """Serve every agent with a token at ``http://host:port/mcp`` until stopped (SIGTERM, Ctrl-C).
 
     *on_listening* is called with the endpoint's URL once the socket is bound (port 0: a free one).
     A port in use or an unknown host raises :class:`OSError` before anything is served.
-    """
-    import uvicorn
 
-    from .. import rollout
+    *workers* > 1: this process reserves the port, then forks that many worker processes, each listening
+    on it with ``SO_REUSEPORT`` (the kernel spreads the connections over them; where the option does not
+    exist they accept on one socket bound here), and watches them (:func:`_supervise`): each
+    worker is a server of its own -- its own token registry (a revocation reaches every worker within
+    :data:`~federation.apps.agent_tokens.CHECK_EVERY_S`), its own fleet entry and counts, following the
+    live flag on its own -- and the supervisor serves nothing, joins no fleet and writes no count.
+    """
     from .dashboard.app import listen as _listen
 
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     s = config.settings()
     loopback = is_loopback(host)
     registry = TokenRegistry(tokens_path(s.root))
-    app = create_app(registry, loopback=loopback)
-    sock = _listen(host, port)
+    reuse_port = workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    sock = reserve(host, port) if reuse_port else _listen(host, port)
     port = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{MCP_PATH}"
     if not loopback:
         log.warning("mcp_http_exposed", host=host, port=port,
                     detail="tokens travel in clear text over plain HTTP: put TLS in front (a reverse proxy) "
                            "before agents on other hosts use it")
-    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
-    in_effect = rollout.phase_in_effect()
+    if workers == 1:
+        _serve_here(sock, host, port, url, registry, loopback, on_listening)
+        return
     with_tokens = len(registry.agents())
-    log.info("mcp_http_started", url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
-             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES), tokens_file=str(registry.path),
-             agents_with_tokens=with_tokens)
+    log.info("mcp_http_started", url=url, workers=workers, engine=s.engine, database=s.db_display,
+             tools=len(TOOL_NAMES), tokens_file=str(registry.path), agents_with_tokens=with_tokens)
+    _warn_no_tokens(registry, with_tokens)
+    supervise(sock, workers, lambda: _worker(sock, host, port, url, loopback, reuse_port), url, on_listening)
+
+
+def _warn_no_tokens(registry: TokenRegistry, with_tokens: int) -> None:
     if not with_tokens and registry.problem is None:  # (an unreadable file was logged as such)
         log.warning("mcp_http_no_tokens", tokens_file=str(registry.path),
                     detail="no agent has a token yet, so every request is refused: `federation agents add NAME`")
+
+
+def _serve_here(sock: Any, host: str, port: int, url: str, registry: TokenRegistry, loopback: bool,
+                on_listening: Callable[[str], None] | None, worker: int | None = None) -> None:
+    """Serve on *sock* in this process until stopped: the whole server (1 worker) or one of N workers."""
+    import uvicorn
+
+    from .. import rollout
+
+    s = config.settings()
+    app = create_app(registry, loopback=loopback, worker=worker)
+    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
+    in_effect = rollout.phase_in_effect()
+    with_tokens = len(registry.agents())
+    event = "mcp_http_started" if worker is None else "mcp_http_worker_started"
+    log.info(event, url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
+             engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES), tokens_file=str(registry.path),
+             agents_with_tokens=with_tokens, **({} if worker is None else {"worker": worker}))
+    if worker is None:
+        _warn_no_tokens(registry, with_tokens)
     if on_listening is not None:
         on_listening(url)
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", log_config=None,
@@ -272,5 +575,17 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
         stopped_by = getattr(exc, "signal", None) or "exit"
         raise
     finally:
-        log.info("mcp_http_stopped", url=url, seconds=round(time.monotonic() - started, 1),
+        log.info("mcp_http_stopped" if worker is None else "mcp_http_worker_stopped", url=url,
+                 seconds=round(time.monotonic() - started, 1), **({} if worker is None else {"worker": worker}),
                  **({"signal": stopped_by} if stopped_by else {}))
+
+
+def _worker(sock: Any, host: str, port: int, url: str, loopback: bool, reuse_port: bool) -> Callable[[int], None]:
+    def run(number: int) -> None:
+        registry = TokenRegistry(tokens_path(config.settings().root))
+        listening = listen_too(sock) if reuse_port else sock
+        if reuse_port:
+            sock.close()  # the supervisor's copy holds the port
+        _serve_here(listening, host, port, url, registry, loopback, None, worker=number)
+
+    return run

@@ -36,10 +36,11 @@ from pydantic import ValidationError as PydanticValidationError
 from .. import __version__, config, context, governance, messaging, tasks
 from ..domain import validate as v
 from .._logging import library_logger
+from ..stores.sqlite import GateBusy
 from ..errors import (BackfillRequiredError, ConflictError, FederationError, FileStorageError, NotFoundError,
                       PermissionDeniedError, StorageError, ValidationError)
 
-__all__ = ["build_server", "FederationServer", "TOOL_NAMES"]
+__all__ = ["build_server", "FederationServer", "TOOL_NAMES", "tools_acting_as"]
 
 log = library_logger("federation.mcp")
 
@@ -633,24 +634,42 @@ _ERROR_KINDS: tuple[tuple[type[FederationError], str], ...] = (
 )
 
 
-def _guarded(name: str, method: Callable, agent: str) -> Callable:
+def _run_guarded(name: str, method: Callable, agent: str, kwargs: dict[str, Any]) -> Any:
     """Run *method*; federation errors become tool errors, anything else is logged then a tool error."""
+    try:
+        return method(**kwargs)
+    except FederationError as exc:
+        kind = next(label for cls, label in _ERROR_KINDS if isinstance(exc, cls))
+        # The caller's mistakes are routine; a storage failure is the operator's to see.
+        emit = log.warning if isinstance(exc, StorageError) else log.info
+        emit("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
+        raise ToolError(f"{kind}: {exc}") from exc
+    except GateBusy:
+        raise  # nothing written: the caller runs the call again where it may wait (the HTTP server)
+    except Exception as exc:
+        log.exception("tool_crashed", tool=name, agent=agent, error=type(exc).__name__)
+        raise ToolError(f"internal error ({type(exc).__name__}); the server logged the details "
+                        "and keeps serving") from exc
+
+
+def _guarded(name: str, method: Callable, agent: str) -> Callable:
+    """*method* run through :func:`_run_guarded` (one agent's tool)."""
 
     @functools.wraps(method)
     def call(**kwargs: Any) -> Any:
-        try:
-            return method(**kwargs)
-        except FederationError as exc:
-            kind = next(label for cls, label in _ERROR_KINDS if isinstance(exc, cls))
-            # The caller's mistakes are routine; a storage failure is the operator's to see.
-            emit = log.warning if isinstance(exc, StorageError) else log.info
-            emit("tool_refused", tool=name, agent=agent, error=type(exc).__name__, message=str(exc))
-            raise ToolError(f"{kind}: {exc}") from exc
-        except Exception as exc:
-            log.exception("tool_crashed", tool=name, agent=agent, error=type(exc).__name__)
-            raise ToolError(f"internal error ({type(exc).__name__}); the server logged the details "
-                            "and keeps serving") from exc
+        return _run_guarded(name, method, agent, kwargs)
 
+    return call
+
+
+def _acting_as_caller(name: str, current_agent: Callable[[], str]) -> Callable:
+    """The tool *name* of whichever agent ``current_agent()`` names when it is called (one tool, every agent)."""
+
+    def call(**kwargs: Any) -> Any:
+        agent = current_agent()
+        return _run_guarded(name, getattr(AgentTools(agent), name), agent, kwargs)
+
+    call.__name__ = name
     return call
 
 
@@ -703,8 +722,8 @@ class FederationServer(MCPServer):
     ``voter``; an agent that tries to act as someone else must be told no.
     """
 
-    def __init__(self, agent: str, tools: list[Tool], **kwargs: Any):
-        self.agent = agent
+    def __init__(self, agent: str | None, tools: list[Tool], **kwargs: Any):
+        self.agent = agent  # None: the agent of each call is the request's (the HTTP server, a subclass)
         self._params = {t.name: (set(t.parameters.get("properties", {})), set(t.parameters.get("required", [])))
                         for t in tools}
         super().__init__(tools=tools, **kwargs)
@@ -720,6 +739,11 @@ class FederationServer(MCPServer):
             await self._lowlevel_server.run(read_stream, write_stream,
                                             self._lowlevel_server.create_initialization_options())
 
+    def acting_as(self, context: Any) -> str:
+        """The agent a call acts as: this server's (stdio); a subclass serving many agents reads the request."""
+        assert self.agent is not None
+        return self.agent
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         if name == TOO_LARGE:  # put in the place of an over-long request by _BoundedLines
             raise ToolError(f"request too large: {arguments.get('size')} characters; the limit is "
@@ -728,11 +752,12 @@ class FederationServer(MCPServer):
             allowed, required = self._params[name]
             unknown = sorted(set(arguments) - allowed)
             if unknown:
+                agent = self.acting_as(context)
                 hint = ""
                 if any(u.lower() in _IDENTITY_WORDS for u in unknown):
-                    hint = f" This server always acts as agent {self.agent!r}; identity is not an argument."
+                    hint = f" This server always acts as agent {agent!r}; identity is not an argument."
                 accepted = ", ".join(sorted(allowed)) or "no arguments"
-                log.info("tool_refused", tool=name, agent=self.agent, error="unknown_arguments", arguments=unknown)
+                log.info("tool_refused", tool=name, agent=agent, error="unknown_arguments", arguments=unknown)
                 raise ToolError(f"invalid argument: unknown argument(s) {', '.join(unknown)}; "
                                 f"{name} accepts {accepted}.{hint}")
             missing = sorted(required - set(arguments))
@@ -778,10 +803,10 @@ def build_server(agent: str, like: list[Tool] | None = None) -> FederationServer
 
 
 def agent_tools_list(agent_tools: AgentTools, like: list[Tool] | None = None) -> list[Tool]:
-    """One MCP tool per CONTRACT operation, each acting as ``agent_tools.agent`` (stdio and HTTP share them).
+    """One MCP tool per CONTRACT operation, each acting as ``agent_tools.agent``.
 
     *like*: the tools of another agent, copied with this agent's functions -- the schemas and argument
-    models are the same for every agent, and building them is what costs (the HTTP server, per agent).
+    models are the same for every agent, and building them is what costs.
     """
     if like is not None:
         return [tool.model_copy(update={"fn": _guarded(tool.name, getattr(agent_tools, tool.name),
@@ -795,6 +820,15 @@ def agent_tools_list(agent_tools: AgentTools, like: list[Tool] | None = None) ->
         tool.parameters["additionalProperties"] = False
         tools.append(tool)
     return tools
+
+
+def tools_acting_as(current_agent: Callable[[], str]) -> list[Tool]:
+    """One MCP tool per CONTRACT operation, each acting as the agent ``current_agent()`` names at the call
+    (the HTTP server: one set of tools for every agent, nothing kept per agent).  The schemas, argument
+    models and descriptions are those of :func:`agent_tools_list`; the functions are plain (not async):
+    the caller decides where they run."""
+    return [tool.model_copy(update={"fn": _acting_as_caller(tool.name, current_agent)})
+            for tool in agent_tools_list(AgentTools("agent"))]
 
 
 def _client_gone(error: BaseException) -> bool:

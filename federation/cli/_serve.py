@@ -20,8 +20,10 @@ from ._base import _ROOT_GIVEN, _columns, _settings, common, main
                    "to the network (put TLS in front of it).")
 @click.option("--port", default=None, type=click.IntRange(0, 65535),
               help="With --http: the port to bind [default: 8765; 0: a free one].")
+@click.option("--workers", default=None, type=click.IntRange(1, 256), metavar="N",
+              help="With --http: N server processes behind the one port, for more than one core [default: 1].")
 @common
-def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> None:
+def serve(agent: str | None, http: bool, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the federation's tools over MCP: to one agent over stdio, or to many over HTTP.
 
     Stdio: register it in an MCP client as `federation serve --agent NAME`.  Stdout
@@ -29,16 +31,17 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
 
     HTTP: `federation serve --http` serves http://127.0.0.1:8765/mcp; each request
     acts as the agent its `Authorization: Bearer TOKEN` names (docs/agents-http.md).
+    `--workers N` runs N processes behind that one port (one per core).
     """
     from ..domain.validate import agent as valid_agent
     from ..errors import ValidationError
 
     if http == (agent is not None):
         raise click.UsageError("give either --agent NAME (stdio) or --http (many agents, one token each)")
-    if not http and (host is not None or port is not None):
-        raise click.UsageError("--host and --port go with --http")
+    if not http and (host is not None or port is not None or workers is not None):
+        raise click.UsageError("--host, --port and --workers go with --http")
     if http:
-        _serve_http(host or "127.0.0.1", 8765 if port is None else port)
+        _serve_http(host or "127.0.0.1", 8765 if port is None else port, workers or 1)
         return
     try:
         valid_agent(agent, "--agent")
@@ -56,12 +59,13 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None) -> 
         exit_now(stop.code)
 
 
-def _serve_http(host: str, port: int) -> None:
+def _serve_http(host: str, port: int, workers: int = 1) -> None:
     from ..apps.signals import Terminated, exit_now, exit_on_stop_signals
     from ..apps.mcp_http import is_loopback, serve as run_http
 
     def listening(url: str) -> None:
-        click.echo(f"federation MCP over HTTP on {url}; Ctrl-C stops it", err=True)
+        processes = f" ({workers} worker processes)" if workers > 1 else ""
+        click.echo(f"federation MCP over HTTP on {url}; Ctrl-C stops it{processes}", err=True)
         if not is_loopback(host):
             click.echo(f"warning: {host} is not loopback: bearer tokens cross the network in clear text; "
                        "put TLS in front of this server (a reverse proxy), see docs/agents-http.md", err=True)
@@ -69,7 +73,7 @@ def _serve_http(host: str, port: int) -> None:
     # uvicorn stops gracefully on SIGTERM, then raises it again under this handler: a clean exit
     exit_on_stop_signals()
     try:
-        run_http(host=host, port=port, on_listening=listening)
+        run_http(host=host, port=port, on_listening=listening, workers=workers)
     except Terminated as stop:
         # a worker thread may still run a tool call (a waiting pulse): don't wait for it to exit
         exit_now(stop.code)

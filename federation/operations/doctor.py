@@ -216,6 +216,7 @@ def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMI
     checks.append(_dead_letters_check(s, phase, store is not None or phase <= 2))
     checks.append(_fleet_check(s))
     checks.append(_unannounced_check(s))
+    checks.append(_open_files_check(s))
     for make in extra or ():
         checks.append(make(s))
     report = DoctorReport(checks)
@@ -328,6 +329,65 @@ def _fleet_check(s: config.Settings) -> Check:
                  "federation rollout set 3 (safe beside both), then restart or re-pin processes whose "
                  "FEDERATION_PHASE / FEDERATION_USE_DB pins them (`federation rollout status` lists each with its "
                  "source)")
+
+
+#: Worker threads of one `serve --http` process (federation.apps.mcp_http: MAX_WAITING_TOTAL +
+#: THREADS_BESIDE_WAITING, and the event loop's own).
+HTTP_THREADS = 64 + 40 + 1
+#: Descriptors a process holds whatever its traffic (interpreter, log, listening socket, control plane).
+BASE_DESCRIPTORS = 64
+#: Agent connections one `serve --http` process is sized for (each connected agent holds one socket).
+HTTP_AGENT_CONNECTIONS = 256
+
+
+def http_descriptors_needed(engine: str) -> int:
+    """Open files one `serve --http` process (or each of its ``--workers``: the limit is per process) may hold
+    at once: a base, per thread a database connection (SQLite: the database, its WAL and shared memory;
+    PostgreSQL: a socket) and the lock files of one call (phases 1-3), and :data:`HTTP_AGENT_CONNECTIONS`."""
+    per_thread = (3 if engine == "sqlite" else 1) + 2
+    return BASE_DESCRIPTORS + HTTP_THREADS * per_thread + HTTP_AGENT_CONNECTIONS
+
+
+def _soft_open_files(pid: int | None = None) -> int | None:
+    import resource
+
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_NOFILE) if pid else \
+            resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, AttributeError, ValueError):  # gone, not ours, or no prlimit on this system
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _open_files_check(s: config.Settings) -> Check:
+    """The open-file limit of each live `serve --http` process of this host (each worker: the limit is per
+    process), else of this environment (a server started from it inherits it), against what one needs."""
+    import socket
+
+    from .. import rollout
+
+    need = http_descriptors_needed(s.engine)
+    here = socket.gethostname()
+    servers = [p for p in rollout.fleet(settings=s) if p.get("alive") and p.get("host") == here
+               and str(p.get("agent") or "").startswith("http@")]
+    limits = {p["pid"]: _soft_open_files(p["pid"]) for p in servers}
+    low = {pid: limit for pid, limit in limits.items() if limit is not None and limit < need}
+    fix = (f"raise the open-file limit of `federation serve --http` to at least {need} (systemd: LimitNOFILE=; "
+           f"a shell: ulimit -n {need}), or run more --workers so that each serves fewer agents")
+    if servers:
+        if low:
+            shown = ", ".join(f"pid {pid}: {limit}" for pid, limit in sorted(low.items()))
+            return Check("open_file_limit", False, f"{len(low)} of {len(servers)} HTTP server processes have an "
+                         f"open-file limit under the {need} one may need ({shown})", fix)
+        known = sorted({v for v in limits.values() if v is not None})
+        return Check("open_file_limit", True, f"{len(servers)} HTTP server processes, open-file limit "
+                     f"{'/'.join(map(str, known)) or 'unknown'} (each may need {need})")
+    own = _soft_open_files()
+    if own is not None and own < need:
+        return Check("open_file_limit", False, f"the open-file limit here is {own}: a `serve --http` started "
+                     f"from this environment may need {need} (per process; each --workers process alike)", fix)
+    return Check("open_file_limit", True, f"open-file limit {own or 'unlimited'} (a `serve --http` process "
+                 f"may need {need})")
 
 
 def _files_vs_database(s: config.Settings, phase: int, tree: Any, store: Any) -> Check:

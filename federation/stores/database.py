@@ -60,6 +60,7 @@ class Database:
         self._on_create = on_create
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._schema_bypass = threading.local()  # this thread is making (or reading) the schema: no check
 
     # -- connections --------------------------------------------------------
     def _connection(self, deadline: float | None = None) -> Any:
@@ -101,7 +102,7 @@ class Database:
     # -- transactions -------------------------------------------------------
     def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True,
              idempotent: bool = True) -> T:
-        if not self._schema_ready:
+        if not self._schema_ready and not getattr(self._schema_bypass, "on", False):
             self.ensure_schema()
         local = self._local
         if getattr(local, "depth", 0) and local.pid == os.getpid():
@@ -228,24 +229,24 @@ class Database:
                 return 0
             return int(row[0] or 0) if row else 0
 
-        ready, self._schema_ready = self._schema_ready, True  # reading the version must not create the schema
-        try:
+        bypass, self._schema_bypass.on = getattr(self._schema_bypass, "on", False), True
+        try:  # reading the version must not create the schema
             return self.read(fn)
         finally:
-            self._schema_ready = ready
+            self._schema_bypass.on = bypass
 
     def ensure_schema(self) -> None:
         if self._schema_ready:
             return
-        with self._schema_lock:
+        with self._schema_lock:  # the other threads wait here until the schema is made (not "ready" before)
             if self._schema_ready:
                 return
-            self._schema_ready = True  # let _run through while we migrate
+            self._schema_bypass.on = True  # let this thread's _run through while it migrates
             try:
                 self.write(self._upgrade_schema)
-            except BaseException:
-                self._schema_ready = False
-                raise
+            finally:
+                self._schema_bypass.on = False
+            self._schema_ready = True
 
     def _upgrade_schema(self, tx: Tx) -> None:
         from datetime import datetime, timezone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import os
 import sqlite3
@@ -17,7 +18,18 @@ from .netfs import network_fs_type
 from .wait import _poll
 from ..errors import StorageError
 
-__all__ = ["SqliteDialect", "SqliteWatcher"]
+__all__ = ["SqliteDialect", "SqliteWatcher", "GateBusy", "FIRST_WRITE_MUST_NOT_WAIT"]
+
+#: Set (True) by a caller that must not wait for the write gate before its first write: a gate another
+#: thread or process holds raises :class:`GateBusy` instead, before anything of the call is written.
+#: Cleared once the gate is held, so that a call's later writes wait as usual (the HTTP server runs a
+#: call on its event loop this way, and on a worker thread when it hears GateBusy).
+FIRST_WRITE_MUST_NOT_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "federation_first_write_must_not_wait", default=False)
+
+
+class GateBusy(Exception):
+    """The write gate is held by another writer and the caller said it must not wait (nothing was written)."""
 
 
 class SqliteDialect(Dialect):
@@ -85,12 +97,20 @@ class SqliteDialect(Dialect):
             # a forked child (one thread so far): the parent's descriptor would not exclude the parent,
             # and its lock may have been copied held
             self._gate_lock, self._gate_fd, self._gate_pid, self._gate_depth = threading.RLock(), None, os.getpid(), 0
-        with self._gate_lock:  # the threads of this process, one at a time (re-entrant within a thread)
+        no_wait = FIRST_WRITE_MUST_NOT_WAIT.get()
+        if not self._gate_lock.acquire(blocking=not no_wait):  # the threads of this process, one at a time
+            raise GateBusy()  # (re-entrant within a thread)
+        try:
             if self._gate_fd is None:
                 self._gate_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             fd = self._gate_fd
             if self._gate_depth == 0:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # the other processes
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if no_wait else 0))  # the other processes
+                except BlockingIOError:
+                    raise GateBusy() from None
+            if no_wait:
+                FIRST_WRITE_MUST_NOT_WAIT.set(False)  # held: the call's next writes wait as usual
             self._gate_depth += 1
             try:
                 yield
@@ -98,6 +118,8 @@ class SqliteDialect(Dialect):
                 self._gate_depth -= 1
                 if self._gate_depth == 0:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._gate_lock.release()
 
     def begin_write(self, conn: sqlite3.Connection, snapshot: bool = False) -> None:
         conn.execute("BEGIN IMMEDIATE")  # one writer at a time: every write is serialisable

@@ -1,0 +1,229 @@
+"""A bounded soak: one `serve --http` with N agents and a few `serve --agent` stdio servers under steady
+traffic for a fixed time, sampling what must stay bounded, and printing its slope per hour.
+
+Every ``--every`` seconds it samples the HTTP server (every process of it, workers included) and the stdio
+servers: RSS, open descriptors, threads; and the database file, its WAL and ``control/``'s size.  At the
+end it prints, per quantity, the first and last sample and the least-squares slope per hour over the
+**second half** of the run (the first half is warm-up: caches filling, the WAL growing to its checkpoint
+size).  A slope within noise of zero is "flat".
+
+The traffic: each HTTP agent (a keep-alive connection posting the SDK client's JSON-RPC) loops
+``send_message`` to the next agent, ``pulse`` with a lease, ``ack`` of what it got, ``set_context``, with
+``--pause`` seconds between ticks; each stdio server's agent does the same through its pipes.
+
+    python bench/bench_soak.py [--minutes 5] [--agents 16] [--stdio 2] [--every 10] [--phase 4]
+                               [--workers 1] [--pause 0.05] [--repo PATH] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from _common import federation_env
+from bench_http import REPO, _handshake, _post, child_env, start_http
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pids += tree_pids(int(child))
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def proc_sample(pids: list[int]) -> dict[str, float]:
+    """RSS (MB), descriptors and threads summed over *pids*."""
+    rss = fds = threads = 0.0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) / 1024
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
+            fds += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return {"rss_mb": rss, "fds": fds, "threads": threads}
+
+
+def size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    total = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total / 1e6
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return 0.0 if var == 0 else sum((t - mt) * (v - mv) for t, v in points) / var * 3600
+
+
+def http_agent(url: str, token: str, me: str, nxt: str, stop: float, pause: float, out: dict) -> None:
+    conn, path, headers = _handshake(url, token)
+    n, acked = 0, []
+
+    def call(name: str, arguments: dict) -> dict:
+        nonlocal n
+        n += 1
+        status, doc = _post(conn, path, headers, {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                                  "params": {"name": name, "arguments": arguments}})
+        ok = status == 200 and "result" in doc and not doc["result"].get("isError")
+        out["calls"] += 1
+        if not ok:
+            out["errors"] += 1
+            out.setdefault("first_error", f"{name}: HTTP {status} {str(doc)[:300]}")
+            return {}
+        return doc["result"].get("structuredContent") or {}
+
+    while time.time() < stop:
+        call("send_message", {"recipient": nxt, "content": f"{me} {n}"})
+        got = call("pulse", {"lease": 60, **({"ack": acked} if acked else {})})
+        acked = [m["id"] for m in got.get("messages", [])]
+        call("set_context", {"text": f"{me} at {n}"})
+        time.sleep(pause)
+    conn.close()
+
+
+def stdio_agent(proc: subprocess.Popen, me: str, nxt: str, stop: float, pause: float, out: dict) -> None:
+    n = 0
+
+    def rpc(method: str, params: dict | None = None, notify: bool = False) -> dict:
+        nonlocal n
+        n += 1
+        msg = {"jsonrpc": "2.0", "method": method, **({"params": params} if params is not None else {})}
+        if not notify:
+            msg["id"] = n
+        proc.stdin.write(json.dumps(msg) + "\n")
+        proc.stdin.flush()
+        if notify:
+            return {}
+        while True:
+            doc = json.loads(proc.stdout.readline())
+            if doc.get("id") == n:
+                return doc
+
+    rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "bench_soak", "version": "0"}})
+    rpc("notifications/initialized", notify=True)
+    acked: list[str] = []
+    while time.time() < stop:
+        for name, arguments in (("send_message", {"recipient": nxt, "content": f"{me} {n}"}),
+                                ("pulse", {"lease": 60, **({"ack": acked} if acked else {})}),
+                                ("set_context", {"text": f"{me} at {n}"})):
+            doc = rpc("tools/call", {"name": name, "arguments": arguments})
+            out["calls"] += 1
+            result = doc.get("result") or {}
+            if "error" in doc or result.get("isError"):
+                out["errors"] += 1
+                out.setdefault("first_error", f"{name}: {str(doc)[:300]}")
+            elif name == "pulse":
+                acked = [m["id"] for m in (result.get("structuredContent") or {}).get("messages", [])]
+        time.sleep(pause)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5)
+    ap.add_argument("--agents", type=int, default=16, help="HTTP agents")
+    ap.add_argument("--stdio", type=int, default=2, help="stdio servers (one agent each)")
+    ap.add_argument("--every", type=float, default=10, help="seconds between samples")
+    ap.add_argument("--phase", type=int, default=4, choices=[1, 2, 3, 4])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--pause", type=float, default=0.05, help="seconds between an agent's ticks")
+    ap.add_argument("--repo", type=Path, default=REPO, help="run the servers from this checkout")
+    ap.add_argument("--pg-url", help="PostgreSQL database (default: SQLite)")
+    args = ap.parse_args()
+    print(f"load average {open('/proc/loadavg').read().strip()}")
+    from federation.apps import agent_tokens
+    from federation import messaging
+
+    with federation_env(args.phase, args.pg_url) as root:
+        http_names = [f"http-{i:03d}" for i in range(args.agents)]
+        stdio_names = [f"stdio-{i:02d}" for i in range(args.stdio)]
+        tokens = {name: agent_tokens.add(name, root)[0] for name in http_names}
+        messaging.send_message(http_names[0], http_names[-1], "the database made before the servers start")
+        extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        server, url = start_http(root.parent / f"{root.name}-soak.stderr", *extra, repo=args.repo)
+        stdio = [subprocess.Popen([sys.executable, "-m", "federation", "serve", "--agent", name],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=open(root.parent / f"{root.name}-{name}.stderr", "w"),
+                                  env=child_env(args.repo), cwd=str(args.repo), text=True)
+                 for name in stdio_names]
+        out = {"calls": 0, "errors": 0}
+        stop = time.time() + args.minutes * 60
+        everyone = http_names + stdio_names
+        threads = [threading.Thread(target=http_agent, args=(url, tokens[me], me, everyone[(i + 1) % len(everyone)],
+                                                              stop, args.pause, out), daemon=True)
+                   for i, me in enumerate(http_names)]
+        threads += [threading.Thread(target=stdio_agent, args=(proc, me, everyone[(len(http_names) + i + 1)
+                                                                                  % len(everyone)],
+                                                               stop, args.pause, out), daemon=True)
+                    for i, (proc, me) in enumerate(zip(stdio, stdio_names))]
+        for t in threads:
+            t.start()
+        from federation import config
+
+        db = None if args.pg_url else config.settings().db_path
+        samples: list[dict] = []
+        started = time.time()
+        print(f"{'s':>5} {'calls':>8} {'http MB':>8} {'fds':>5} {'thr':>4} {'stdio MB':>9} {'db MB':>7} "
+              f"{'wal MB':>7} {'control MB':>10}")
+        while True:
+            now = time.time()
+            http = proc_sample(tree_pids(server.pid))
+            std = proc_sample([p.pid for p in stdio])
+            sample = {"t": now - started, "calls": out["calls"], "http_rss_mb": http["rss_mb"],
+                      "http_fds": http["fds"], "http_threads": http["threads"], "stdio_rss_mb": std["rss_mb"],
+                      "stdio_fds": std["fds"], "db_mb": size_mb(db) if db else 0.0,
+                      "wal_mb": size_mb(Path(str(db) + "-wal")) if db and Path(str(db) + "-wal").exists() else 0.0,
+                      "control_mb": size_mb(root / "control")}
+            samples.append(sample)
+            print(f"{sample['t']:5.0f} {sample['calls']:8d} {sample['http_rss_mb']:8.1f} {sample['http_fds']:5.0f} "
+                  f"{sample['http_threads']:4.0f} {sample['stdio_rss_mb']:9.1f} {sample['db_mb']:7.2f} "
+                  f"{sample['wal_mb']:7.2f} {sample['control_mb']:10.3f}", flush=True)
+            if now >= stop:
+                break
+            time.sleep(min(args.every, max(0.0, stop - time.time())))
+        for t in threads:
+            t.join(30)
+        server.terminate()
+        server.wait(30)
+        for proc in stdio:
+            proc.stdin.close()
+            proc.wait(30)
+        half = [s for s in samples if s["t"] >= samples[-1]["t"] / 2]
+        elapsed = samples[-1]["t"]
+        print(f"{out['calls']} calls in {elapsed:.0f} s ({out['calls'] / max(elapsed, 1):.0f}/s), "
+              f"{out['errors']} failed" + (f" (first: {out['first_error']})" if out["errors"] else ""))
+        print("slope per hour over the second half (first -> last sample):")
+        for key in ("http_rss_mb", "http_fds", "http_threads", "stdio_rss_mb", "stdio_fds", "db_mb", "wal_mb",
+                    "control_mb"):
+            slope = slope_per_hour([(s["t"], s[key]) for s in half])
+            print(f"  {key:14} {samples[0][key]:9.2f} -> {samples[-1][key]:9.2f}   {slope:+10.2f} /h")
+        print(f"load average {open('/proc/loadavg').read().strip()}")
+
+
+if __name__ == "__main__":
+    main()
