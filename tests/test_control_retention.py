@@ -70,8 +70,8 @@ def test_merging_as_counts_age_keeps_every_total_and_rate(tmp_path):
     """Four days of 4 processes' counts merged (per minute after 1 h, per hour after 48 h): the status
     numbers (counts, rates, latency histograms) of hour-aligned windows across the tiers are the same, and
     the counts and rates of a minute-aligned window inside a merged hour (its latencies are per hour now)."""
-    now = time.time()
-    current = int(now) // 3600 * 3600
+    current = int(time.time()) // 3600 * 3600
+    now = current + 1800  # mid-hour, whatever the clock says: no hour falls due between two steps of the test
     first = current - 96 * 3600
     comparisons = write_hours(tmp_path, 4, first, current, minutes=6)
     windows = [(first, current + 3600), (current - 50 * 3600, current - 30 * 3600),  # across the tiers

@@ -130,10 +130,14 @@ def prune_control(root: Any, *, dry_run: bool = False) -> dict[str, int]:
     return out
 
 
-def _key_walk(db: Any, table: str, after: str | int | None, batch: int) -> Any:
-    """The last primary key of the next *batch* keys after *after* (None when the table is exhausted)."""
-    where = "" if after is None else " WHERE id > ?"
-    params = () if after is None else (after,)
+def _key_walk(db: Any, table: str, after: str | int | None, batch: int, ceiling: str | int) -> Any:
+    """The last primary key of the next *batch* keys after *after*, up to *ceiling* (None when none is left).
+
+    *ceiling* is the table's last key when the prune started: rows written since are newer than any
+    cutoff, and agents that keep writing would otherwise keep the walk chasing the table's end (a prune
+    beside 4 busy agents walked 28 million keys, 8 at a time, for 7 minutes)."""
+    where = " WHERE id <= ?" if after is None else " WHERE id > ? AND id <= ?"
+    params = (ceiling,) if after is None else (after, ceiling)
     row = db.fetchone(f"SELECT MAX(id) FROM (SELECT id FROM {table}{where} ORDER BY id LIMIT ?) AS page",
                       params + (batch,))
     return None if row is None else row[0]
@@ -204,8 +208,9 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
             continue
         after = None
         size = min(_FIRST_BATCH, batch_size) if paced else batch_size
-        while True:
-            upto = _key_walk(db, table, after, size)  # a read: the writer is not held meanwhile
+        ceiling = db.fetchone(f"SELECT MAX(id) FROM {table}")[0]  # what existed when the prune began
+        while ceiling is not None:
+            upto = _key_walk(db, table, after, size, ceiling)  # a read: the writer is not held meanwhile
             if upto is None:
                 break
             low = "" if after is None else "id > ? AND "
