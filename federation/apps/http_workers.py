@@ -22,22 +22,11 @@ GRACEFUL_STOP_S = 3
 
 
 def reserve(host: str, port: int) -> socket.socket:
-    """The port, bound with ``SO_REUSEPORT`` and not listening (it is the workers' sockets that listen: a
-    socket that does not listen is handed no connection), or an OSError saying why not."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
+    """The port, bound with ``SO_REUSEPORT`` and not listening (it is the workers' sockets that listen),
+    or an OSError saying why not."""
+    from .dashboard.app import listen
+
+    return listen(host, port, reserve_only=True)
 
 
 def listen_too(reserved: socket.socket) -> socket.socket:

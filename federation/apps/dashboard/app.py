@@ -166,8 +166,11 @@ def _warm(app: Any) -> None:
         log.warning("dashboard_warm_up_failed", error=str(exc))
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port), or an OSError saying why not (before anything is served)."""
+def listen(host: str, port: int, *, reserve_only: bool = False) -> socket.socket:
+    """A listening socket on (host, port), or an OSError saying why not (before anything is served).
+
+    *reserve_only*: bound with ``SO_REUSEPORT`` and not listening (a socket that does not listen is
+    handed no connection): the port held for processes that each listen on it themselves."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -176,8 +179,11 @@ def listen(host: str, port: int) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reserve_only:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(128)
+        if not reserve_only:
+            sock.listen(128)
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
