@@ -77,6 +77,12 @@ PageLimit = Annotated[int, Field(ge=1, le=MCP_PAGE, description=(
 _IDENTITY_WORDS = ("agent", "sender", "voter", "creator", "reviewer", "lead", "from", "as", "me", "self")
 
 
+def _page(name: str, rows: list[dict], limit: int) -> dict[str, Any]:
+    """A forward page of *rows* (fetched *limit* + 1, oldest first): ``{name: [...], "next": the id of the
+    page's last row when more remain, else None}``."""
+    return {name: rows[:limit], "next": rows[limit - 1]["id"] if len(rows) > limit else None}
+
+
 def _tool(*, read_only: bool = False, idempotent: bool = False, destructive: bool = False) -> Callable:
     """Mark a :class:`AgentTools` method as an MCP tool (with hints for the client)."""
 
@@ -421,10 +427,7 @@ class AgentTools:
         Returns {"polls": [...], "next": cursor or null}, each poll shaped as in get_poll;
         "next" is set when more polls remain: pass it as `after` (with the same status).
         """
-        polls = governance.list_polls(status, limit + 1, after)
-        more = len(polls) > limit
-        polls = polls[:limit]
-        return {"polls": polls, "next": polls[-1]["id"] if more else None}
+        return _page("polls", governance.list_polls(status, limit + 1, after), limit)
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -530,10 +533,7 @@ class AgentTools:
         Returns {"sessions": [...], "next": cursor or null}, each shaped as in get_session;
         "next" is set when more sessions remain: pass it as `after`.
         """
-        sessions = governance.list_sessions(limit + 1, after)
-        more = len(sessions) > limit
-        sessions = sessions[:limit]
-        return {"sessions": sessions, "next": sessions[-1]["id"] if more else None}
+        return _page("sessions", governance.list_sessions(limit + 1, after), limit)
 
 
     # -- tasks (CONTRACT "The task registry") -------------------------------------------------------
@@ -613,10 +613,7 @@ class AgentTools:
         Returns {"tasks": [...], "next": cursor or null}, each shaped as in get_task;
         "next" is set when more tasks remain: pass it as `after` (with the same filters).
         """
-        found = tasks.list_tasks(status, assignee, limit + 1, after)
-        more = len(found) > limit
-        found = found[:limit]
-        return {"tasks": found, "next": found[-1]["id"] if more else None}
+        return _page("tasks", tasks.list_tasks(status, assignee, limit + 1, after), limit)
 
 
 #: The tools, in CONTRACT order.

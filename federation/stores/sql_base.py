@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from . import sqltext as _sql
 from .database import Database, Tx
 from .files import Tree
-from ..errors import ValidationError
+from ..domain.entities import Entity
+from ..errors import ConflictError, ValidationError
 
 __all__ = ["SqlPart"]
 
@@ -15,6 +17,13 @@ class SqlPart:
 
     db: Database
     tree: Tree
+
+    @staticmethod
+    def _insert_new(tx: Tx, entity: Entity, record: dict, what: str) -> None:
+        """Insert *record* of *entity*; one with the same id already stored is a ``ConflictError``."""
+        if tx.fetchone(f"SELECT 1 FROM {entity.table} WHERE id = ?", (record["id"],)):
+            raise ConflictError(f"{what} {record['id']} already exists")
+        tx.execute(_sql.insert(entity), entity.row_of(record))
 
     @staticmethod
     def _position(tx: Tx, table: str, after: str | None, what: str) -> tuple | None:

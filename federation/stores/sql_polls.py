@@ -42,15 +42,12 @@ class PollsSql(SqlPart):
         return self.db.read(fn)
 
     def _write_poll(self, tx: Tx, poll: dict, *, create: bool) -> None:
-        values = POLLS.row_of(poll)
         votes = dict(poll.get("votes") or {})
         if create:
-            if tx.fetchone("SELECT 1 FROM polls WHERE id = ?", (poll["id"],)):
-                raise ConflictError(f"poll {poll['id']} already exists")
-            tx.execute(_sql.insert(POLLS), values)
+            self._insert_new(tx, POLLS, poll, "poll")
             stored: dict[str, str] = {}
         else:
-            tx.execute(_sql.upsert(POLLS), values)
+            tx.execute(_sql.upsert(POLLS), POLLS.row_of(poll))
             stored = dict(tx.fetchall("SELECT voter, option FROM votes WHERE poll_id = ?", (poll["id"],)))
             gone = [(poll["id"], voter) for voter in stored if voter not in votes]
             if gone:

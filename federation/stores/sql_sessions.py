@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import sqltext as _sql
 from .database import Tx
 from ..domain.entities import SESSION_ARTIFACTS, SESSION_REVIEWS, SESSION_ROLES, SESSIONS
-from ..errors import ConflictError, NotFoundError
+from ..errors import NotFoundError
 from .sql_base import SqlPart
 
 __all__ = ["SessionsSql"]
@@ -51,12 +51,7 @@ class SessionsSql(SqlPart):
         return self.db.read(lambda tx: self._sessions(tx, session_id).get(session_id))
 
     def save_session(self, session: dict) -> None:
-        def fn(tx: Tx) -> None:
-            if tx.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session["id"],)):
-                raise ConflictError(f"session {session['id']} already exists")
-            tx.execute(_sql.insert(SESSIONS), SESSIONS.row_of(session))
-
-        self.db.write(fn)
+        self.db.write(lambda tx: self._insert_new(tx, SESSIONS, session, "session"))
 
     def _touch_session(self, tx: Tx, session_id: str, updated_at: str) -> None:
         if not tx.fetchone(f"SELECT 1 FROM sessions WHERE id = ?{tx.dialect.for_update}", (session_id,)):

@@ -14,8 +14,9 @@ from typing import Any
 
 from . import sqltext as _sql
 from .database import Tx
+from .sql_base import SqlPart
 from ..domain.entities import TASKS, check_task_holder
-from ..errors import ConflictError, ValidationError
+from ..errors import ValidationError
 
 __all__ = ["SqlTasks"]
 
@@ -34,12 +35,7 @@ class SqlTasks:
 
     def save_task(self, task: dict) -> None:
         """Create a task; one with the same id is a conflict."""
-        def fn(tx: Tx) -> None:
-            if tx.fetchone("SELECT 1 FROM tasks WHERE id = ?", (task["id"],)):
-                raise ConflictError(f"task {task['id']} already exists")
-            tx.execute(_sql.insert(TASKS), TASKS.row_of(task))
-
-        self.db.write(fn)
+        self.db.write(lambda tx: SqlPart._insert_new(tx, TASKS, task, "task"))
 
     def load_task(self, task_id: str) -> dict | None:
         """The task *task_id* as stored (its last claim kept), or None."""
