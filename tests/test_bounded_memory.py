@@ -6,20 +6,21 @@ from __future__ import annotations
 import threading
 
 from federation import core, messaging
+from federation.stores import file_history
 
 
 def test_phase_1_history_keeps_the_newest_entries(fed, monkeypatch):
-    monkeypatch.setattr(core, "IN_MEMORY_LIMIT", 50)
+    monkeypatch.setattr(file_history, "IN_MEMORY_LIMIT", 50)
     fed.phase(1)
     sent = [messaging.send_message("alice", "bob", f"m{n}") for n in range(80)]
-    kept = core._history[core.tree().root]
-    assert len(kept) == 50 and len(core._sent[core.tree().root]) == 50
+    kept = file_history._history[core.tree().root]
+    assert len(kept) == 50 and len(file_history._sent[core.tree().root]) == 50
     assert [e["message_id"] for e in messaging.get_history("alice", limit=5)][-1] == sent[-1]
     assert {m["id"] for m in messaging.get_sent("alice", limit=100)} == set(sent[-50:])
 
 
 def test_readers_beside_a_writer_never_fail(fed, monkeypatch):
-    monkeypatch.setattr(core, "IN_MEMORY_LIMIT", 20)
+    monkeypatch.setattr(file_history, "IN_MEMORY_LIMIT", 20)
     fed.phase(1)
     errors: list[BaseException] = []
     done = threading.Event()

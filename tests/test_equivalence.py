@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from federation.domain import clock as _clock
-from federation import config, context, core, governance, messaging
+from federation import config, context, governance, messaging
 from federation.errors import FederationError
+from federation.stores import file_history
 from federation.stores.sqlstore import forget_stores
 
 AGENTS = ["alice", "bob", "carol"]
@@ -113,8 +114,8 @@ def make_machine(db_env):
 
         def __init__(self):
             super().__init__()
-            core._history.clear()
-            core._sent.clear()
+            file_history._history.clear()
+            file_history._sent.clear()
             self.sides = Sides(db_env)
             self.received: list[str] = []
 

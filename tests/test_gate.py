@@ -2,8 +2,9 @@
 
 No link, race or planted file under the root makes the federation read, write, create or delete
 anything outside it: every case below plants one and checks that a marker tree OUTSIDE the root is
-unchanged (names, kinds, contents, modification times).  The last test keeps every module but the
-gate (``federation/stores/files.py``) off the file system under the root.
+unchanged (names, kinds, contents, modification times).  The last tests keep every module but the
+gate (``federation/stores/files.py``, its face, and its private modules ``federation/stores/_fs_*.py``) off
+the file system under the root.
 """
 
 from __future__ import annotations
@@ -367,8 +368,11 @@ def test_links_and_fifos_are_listed_invalid_by_migrate_report_and_doctor(fed, tm
 
 PACKAGE = REPO / "federation"
 
-#: the gate itself
-GATE = {"federation/stores/files.py"}
+#: the gate itself: its face (what every caller imports) and its private modules, written by concern (the walk
+#: and the looks, the reads, the writes and removals, the locks), which only the gate imports
+GATE_FACE = "federation/stores/files.py"
+GATE = {GATE_FACE, "federation/stores/_fs_walk.py", "federation/stores/_fs_read.py", "federation/stores/_fs_write.py",
+        "federation/stores/_fs_locks.py"}
 
 #: modules that touch the file system on paths that are NOT under the federation root: why, and exactly the
 #: calls they make (kind: count) -- a call added to one of them fails the test until someone checks that it
@@ -485,6 +489,21 @@ def test_only_the_gate_touches_the_file_system_under_the_root():
     assert not found, "file-system calls outside the gate (federation/stores/files.py): " + json.dumps(found)
     assert not changed, "the file-system calls of an allowed module changed: check each is not on a path under " \
                         "the root, then count it in ALLOWED: " + json.dumps(changed)
+
+
+def test_the_gate_is_its_modules_and_only_the_gate_imports_its_private_ones():
+    """GATE names exactly the face and the ``_fs_*`` modules there are (a new private module of the gate is
+    listed here, or the static test would fail it); only modules of the gate import a private one, so every
+    other module reaches the disk through the face."""
+    from test_imports import import_graph
+
+    assert GATE == {GATE_FACE} | {str(p.relative_to(REPO)) for p in (PACKAGE / "stores").glob("_fs_*.py")}
+    private = {rel[:-3].replace("/", ".") for rel in GATE - {GATE_FACE}}
+    gate = {rel[:-3].replace("/", ".") for rel in GATE}
+    importers = {m: sorted(edges & private) for m, edges in import_graph().items() if edges & private}
+    assert importers and set(importers) <= gate, importers
+    for rel in GATE - {GATE_FACE}:  # each private module does some of the gate's work on the disk
+        assert _calls(ast.parse((REPO / rel).read_text(encoding="utf-8"))), rel
 
 
 def test_the_static_test_sees_a_call():

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._logging import library_logger
 from ..domain.entities import TASKS, TASKS_LOCK, check_task_holder, task_takeable, task_view
 from ..domain.layout import is_document_name, stem
 from ..errors import ConflictError, CorruptFileError, ValidationError
+from .file_reads import skip as _skip
 from .files import Tree, atomic_write_json, entry_kind, list_dir, locked, read_json
 
 __all__ = ["save_task", "load_task", "claim_task", "save_task_result", "save_task_release", "load_tasks_page"]
-
-log = library_logger("federation.files")
-_reported: set[tuple[str, str]] = set()
-
 
 def _record(task_id: str, data: dict) -> dict:
     return TASKS.record(data, fallback={"id": task_id})
@@ -53,15 +49,6 @@ def _all(t: Tree) -> list[dict]:
             out.append(task)
     out.sort(key=lambda r: (str(r.get("created_at") or ""), str(r["id"])))
     return out
-
-
-def _skip(path: str, reason: str) -> None:
-    if (path, reason) not in _reported:
-        if len(_reported) > 10000:
-            _reported.clear()
-        _reported.add((path, reason))
-        log.warning("legacy_file_invalid", path=path, reason=reason,
-                    action="skipped; `federation migrate --dry-run` lists it")
 
 
 def _write(t: Tree, task: dict) -> None:

@@ -1,0 +1,166 @@
+"""The gate's locks (:mod:`federation.stores.files`): the advisory locks of the federation's documents
+(``.locks/{name}.lock``, :class:`locked`, re-entrant per thread) and a lock on a file of the caller's
+choosing (:func:`flock_file`), their files opened without following a link and never blocking on a FIFO.
+Only the gate's modules import this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ..domain.layout import Tree
+from ..errors import CorruptFileError, FileStorageError
+from ._fs_walk import _kind, _parts, _walk, folder_of
+from ._fs_write import _open_made
+
+_held = threading.local()
+
+
+def _lock_fd(tree: Tree, name: str) -> int:
+    """A descriptor of the lock file *name* (made if missing), opened for the time the lock is held.
+
+    Never cached (issue 30): a process holds one descriptor per lock it holds *now*, whatever the number
+    of threads, agents and documents it ever touched (flock is per open file description, so each
+    holder opens its own), plus one of each root's ``.locks/`` folder (:func:`_locks_folder`).
+    On the path of every locked call: strings and four system calls (open, fstat; flock; close)."""
+    fname = name + ".lock"
+    try:
+        dfd = _locks_folder(tree)
+        try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
+            fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise
+            mode = 0
+            with contextlib.suppress(OSError):
+                mode = os.stat(fname, dir_fd=dfd, follow_symlinks=False).st_mode
+        else:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                return fd
+            os.close(fd)
+    except OSError as exc:  # read-only root, permissions: typed, naming the lock file
+        raise FileStorageError.wrap(exc, tree.lock_path(name), "open the lock file") from exc
+    what = _kind(mode) if mode else "not a regular file (it changed while opened)"
+    raise CorruptFileError(tree.lock_path(name), f"{what}; the lock cannot be taken: remove it")
+
+
+#: each root's ``.locks/`` folder, reached from the root without following links: (descriptor, device,
+#: inode, when last walked to).  Walked to again every LOCKS_RECHECK_S: a folder swapped or moved since is
+#: left (its descriptor closed once no lock can be opening in it) and the real one used.
+_locks_folders: dict[tuple[int, str], tuple[int, int, int, float]] = {}
+_locks_guard = threading.Lock()
+LOCKS_RECHECK_S = 1.0
+
+
+def _locks_folder(tree: Tree) -> int:
+    key = (os.getpid(), str(tree.root))  # a forked child walks again: never its parent's descriptor
+    found = _locks_folders.get(key)
+    now = time.monotonic()
+    if found is not None and now - found[3] < LOCKS_RECHECK_S:
+        return found[0]
+    with _locks_guard:
+        found = _locks_folders.get(key)
+        if found is not None and now - found[3] < LOCKS_RECHECK_S:
+            return found[0]
+        top, parts = _parts(tree.root, tree.lock_path("x"))
+        fd = _walk(top, parts[:-1], True)
+        st = os.fstat(fd)
+        if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
+            os.close(fd)  # the same folder: keep the descriptor threads may be opening in
+            _locks_folders[key] = (found[0], found[1], found[2], now)
+            return found[0]
+        # a new folder (first use, or the old one was swapped or moved): the old descriptor stays open,
+        # counted, until the process ends (a thread may be opening in it right now); one per swap
+        _locks_folders[key] = (fd, st.st_dev, st.st_ino, now)
+        return fd
+
+
+_LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_lock(path: Path, root: Path | str) -> int:
+    """A read descriptor of the lock file *path*, made if missing, reached below *root* without links.
+
+    Read-only: flock needs no write access, and a descriptor open for writing would stop the
+    filesystem from being remounted read-only.  A link (dangling or not) is never followed and never
+    creates its target (O_CREAT|O_NOFOLLOW in the folder's descriptor); a FIFO, device or folder is not
+    opened (looked at first) and never blocks (O_NONBLOCK, then fstat): :class:`CorruptFileError`.
+    """
+    with folder_of(path, root, create=True) as (dfd, name):
+        fd = _open_made(dfd, name, path, _LOCK_FLAGS, "the lock cannot be taken")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CorruptFileError(path, _kind(st.st_mode) + "; the lock cannot be taken: remove it")
+    return fd
+
+
+@contextlib.contextmanager
+def flock_file(path: Path, root: Path | str, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock on the file *path* below *root* (made if missing), for the ``with`` block.
+
+    Opened through the gate (no link followed, never blocking on a FIFO); closing releases it.  Yields
+    True when held; with *wait* False, False at once when another holder has it (nothing held then).
+    """
+    try:
+        fd = _open_lock(path, root)
+    except OSError as exc:
+        raise FileStorageError.wrap(exc, path, "open the lock file") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+class locked:
+    """An exclusive advisory lock (flock) named *name* under the root.
+
+    Re-entrant within a thread: a function that holds ``polls`` may call
+    another that takes ``polls`` again.  Different threads and processes
+    exclude each other (each thread locks its own descriptor).  A class, not
+    a generator: it is on every dual-phase call.
+    """
+
+    __slots__ = ("tree", "name", "key", "fd")
+
+    def __init__(self, tree: Tree, name: str):
+        self.tree, self.name, self.key, self.fd = tree, name, (str(tree.root), name), None
+
+    def __enter__(self) -> None:
+        held = getattr(_held, "locks", None)
+        if held is None:
+            held = _held.locks = {}
+        if self.key in held:
+            held[self.key] += 1
+            return
+        fd = _lock_fd(self.tree, self.name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        held[self.key] = 1
+        self.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        held = _held.locks
+        if self.fd is None:
+            held[self.key] -= 1
+            return
+        del held[self.key]
+        fd, self.fd = self.fd, None
+        os.close(fd)  # releases the lock: one descriptor per lock held, never kept

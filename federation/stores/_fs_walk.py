@@ -1,0 +1,223 @@
+"""The gate's walk (:mod:`federation.stores.files`): a folder reached from the root one component at a time
+without following a link, and what is in it looked at (listed, ``lstat``) without following one either.
+
+Everything under the root is written by every host that mounts it: untrusted input (CONTRACT "Untrusted
+files").  With *root* given, the helpers of the gate walk from the root to the file one folder at a time
+with O_NOFOLLOW, so no symlink anywhere below the root is followed, and act on the file through its
+folder's descriptor, so a path can neither leave the root nor be swapped for a link between the check
+and the use.  Only the gate's modules import this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import CorruptFileError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
+    """(the root as an absolute path, the components of *path* below it); outside the root is refused.
+
+    String operations, not pathlib: this is on every file access of phase 1.
+    """
+    top = os.path.abspath(root)
+    full = os.path.abspath(path)  # also resolves "..": a path that climbs out of the root is refused here
+    if not full.startswith(top.rstrip(os.sep) + os.sep):
+        raise CorruptFileError(path, f"is outside the federation root {root} (not touched)")
+    return top, full[len(top.rstrip(os.sep)) + 1:].split(os.sep)
+
+
+def kind_of(mode: int) -> str:
+    """What an entry of *mode* is, said for a list of invalid files (``a symbolic link (not followed)``...)."""
+    return _kind(mode)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (not followed)"
+    if stat.S_ISDIR(mode):
+        return "a directory where a file should be"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file (not opened)"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file (not opened)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file (not opened)"
+    return "not a regular file (not opened)"
+
+
+def _open_dir(name: str, dir_fd: int | None, shown: object, create: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link, or a file where a folder should be
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except OSError:
+                mode = 0
+            raise CorruptFileError(shown, _kind(mode) if mode else "is not a folder") from None
+        raise
+
+
+def _walk(top: str, parts: list[str], create: bool) -> int:
+    """A descriptor of the folder *parts* below the folder *top*, no link followed (the caller closes it)."""
+    try:  # the root itself may be a link: the operator chose it
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise
+        os.makedirs(top, exist_ok=True)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for n, part in enumerate(parts):
+            nxt = _open_dir(part, fd, os.path.join(top, *parts[:n + 1]), create)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def folder_of(path: Path | str, root: Path | str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+    """``(descriptor of the folder holding path, its file name)``, reached below *root* without following links.
+
+    A missing folder raises FileNotFoundError (or, with *create*, is made).
+    """
+    top, parts = _parts(root, path)
+    fd = _walk(top, parts[:-1], create)
+    try:
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def open_folder(path: Path | str, root: Path | str, *, create: bool = False) -> Iterator[int | None]:
+    """A descriptor of the folder *path* itself below *root* (no link followed); None when it is missing
+    (with *create*: made, folders above it too)."""
+    top, parts = _parts(root, path)
+    try:
+        fd = _walk(top, parts, create)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def list_dir(path: Path, *, root: Path) -> list[str]:
+    """The names in folder *path* below *root*, reached without following links; [] when it is missing."""
+    with open_folder(path, root) as fd:
+        return [] if fd is None else os.listdir(fd)
+
+
+def lstat(path: Path, *, root: Path | str) -> os.stat_result | None:
+    """The stat of *path* itself (a link is not followed), reached below *root* without following links;
+    None when it is missing.  CorruptFileError when a folder above it is a link or a file."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def root_is_folder(root: Path | str) -> bool:
+    """Whether the root itself is a folder (the operator's choice: a link to one is followed)."""
+    return os.path.isdir(root)
+
+
+def names_in(dir_fd: int) -> list[str]:
+    """The names in the folder held as *dir_fd* (a descriptor from :func:`open_folder`)."""
+    return os.listdir(dir_fd)
+
+
+def entry_kind(path: Path, *, root: Path) -> int | None:
+    """The ``st_mode`` of *path* itself (a link is not followed), reached below *root*; None when missing."""
+    try:
+        with folder_of(path, root) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+    except (FileNotFoundError, CorruptFileError):
+        return None
+
+
+def scan_dir(path: Path, *, root: Path | str) -> list[tuple[str, os.stat_result]]:
+    """``[(name, lstat)]`` of the entries of folder *path* below *root* (reached without links; each entry
+    looked at itself, a link not followed), by name; [] when the folder is missing.  An entry removed
+    between the listing and its stat is left out."""
+    out = []
+    with open_folder(path, root) as fd:
+        if fd is None:
+            return []
+        for name in sorted(os.listdir(fd)):
+            try:
+                out.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def is_regular(path: Path, *, root: Path | str) -> bool:
+    """Whether *path* below *root* is a regular file (reached without following links; a link is not one)."""
+    mode = entry_kind(path, root=root)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+class Entry:
+    """One entry of :func:`walk_tree`: its path, the descriptor of its folder (valid during the walk) and lstat."""
+
+    __slots__ = ("path", "rel", "dir_fd", "name", "stat")
+
+    def __init__(self, path: Path, rel: str, dir_fd: int, name: str, st: os.stat_result):
+        self.path, self.rel, self.dir_fd, self.name, self.stat = path, rel, dir_fd, name, st
+
+
+def walk_tree(path: Path, *, root: Path | str, max_depth: int = 64) -> Iterator[Entry]:
+    """Every entry under the folder *path* below *root*, folders first (pre-order, names sorted), each
+    with the descriptor of the folder holding it (opened without following links); a link or other
+    non-folder is yielded and not entered.  Nothing when *path* is missing; CorruptFileError when
+    *path* or a folder above it is a link or a file.
+    """
+    with open_folder(path, root) as fd:
+        if fd is None:
+            return
+        rel = os.path.relpath(path, root)
+        yield from _walk_fd(fd, Path(path), rel, max_depth)
+
+
+def _walk_fd(fd: int, here: Path, rel: str, depth: int) -> Iterator[Entry]:
+    if depth <= 0:
+        raise CorruptFileError(here, "is nested too deeply")
+    for name in sorted(os.listdir(fd)):
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        entry = Entry(here / name, f"{rel}/{name}", fd, name, st)
+        yield entry
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                if os.path.samestat(st, os.fstat(sub)):
+                    yield from _walk_fd(sub, here / name, entry.rel, depth - 1)
+            finally:
+                os.close(sub)
