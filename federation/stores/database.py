@@ -38,7 +38,7 @@ T = TypeVar("T")
 #: How long a write may wait for a busy database before the caller gets an error.
 BUSY_DEADLINE_S = 30.0
 #: How long a thread waits for a pooled connection when every kept one is busy, before it opens one more.
-POOL_WAIT_S = 0.05
+POOL_WAIT_S = 0.5
 
 
 def _close_quietly(conn: Any) -> None:
