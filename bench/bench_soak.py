@@ -273,6 +273,10 @@ def main() -> None:
         elapsed = samples[-1]["t"]
         print(f"{out['calls']} calls in {elapsed:.0f} s ({out['calls'] / max(elapsed, 1):.0f}/s), "
               f"{out['errors']} failed" + (f" (first: {out['first_error']})" if out["errors"] else ""))
+        if args.chores:
+            forgetful = [me for i, me in enumerate(http_names) if i % 4 == 3]
+            dead = sum(len(messaging.dead_letters(me)) for me in forgetful)
+            print(f"dead letters at the end: {dead} (of {len(forgetful)} forgetful receivers)")
         for name in ("prune", "report", "backup"):
             runs = chores_out.get(name, [])
             if runs:
