@@ -14,8 +14,11 @@ import ctypes, sys, threading
 from federation.apps.allocator import bound_malloc_arenas
 done = bound_malloc_arenas() if sys.argv[1] == "capped" else None
 kept = []
+alive = threading.Barrier(8)  # all alive at once: an ended thread's arena would be handed to the next
 def work():
+    alive.wait()
     kept.append([bytes(100_000 + i) for i in range(20)])  # past pymalloc's 512 bytes: malloc itself
+    alive.wait()
 threads = [threading.Thread(target=work) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
