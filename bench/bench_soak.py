@@ -11,8 +11,17 @@ The traffic: each HTTP agent (a keep-alive connection posting the SDK client's J
 ``send_message`` to the next agent, ``pulse`` with a lease, ``ack`` of what it got, ``set_context``, with
 ``--pause`` seconds between ticks; each stdio server's agent does the same through its pipes.
 
+``--chores`` adds, during the traffic, what an operator's fleet runs beside it (issue 30): every fourth HTTP
+agent is a *forgetful* receiver (it leases for 1 s and never acks, so its messages come back and, after
+``FEDERATION_MAX_ATTEMPTS`` -- 2 here -- deliveries, are dead letters), and a chores thread runs
+``federation prune --older-than 1s`` every ``--prune-every`` seconds, ``federation report`` every
+``--report-every`` and ``federation backup`` (to a file removed after) every ``--backup-every``; their exit
+codes and times are printed at the end.
+
     python bench/bench_soak.py [--minutes 5] [--agents 16] [--stdio 2] [--every 10] [--phase 4]
                                [--workers 1] [--pause 0.05] [--repo PATH] [--pg-url URL]
+                               [--chores] [--prune-every 15] [--report-every 60] [--backup-every 120]
+                               [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -80,7 +89,8 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
     return 0.0 if var == 0 else sum((t - mt) * (v - mv) for t, v in points) / var * 3600
 
 
-def http_agent(url: str, token: str, me: str, nxt: str, stop: float, pause: float, out: dict) -> None:
+def http_agent(url: str, token: str, me: str, nxt: str, stop: float, pause: float, out: dict,
+               forgetful: bool = False) -> None:
     conn, path, headers = _handshake(url, token)
     n, acked = 0, []
 
@@ -99,8 +109,11 @@ def http_agent(url: str, token: str, me: str, nxt: str, stop: float, pause: floa
 
     while time.time() < stop:
         call("send_message", {"recipient": nxt, "content": f"{me} {n}"})
-        got = call("pulse", {"lease": 60, **({"ack": acked} if acked else {})})
-        acked = [m["id"] for m in got.get("messages", [])]
+        if forgetful:  # leases for a second and never acks: redelivered, then dead letters
+            call("pulse", {"lease": 1})
+        else:
+            got = call("pulse", {"lease": 60, **({"ack": acked} if acked else {})})
+            acked = [m["id"] for m in got.get("messages", [])]
         call("set_context", {"text": f"{me} at {n}"})
         time.sleep(pause)
     conn.close()
@@ -143,6 +156,31 @@ def stdio_agent(proc: subprocess.Popen, me: str, nxt: str, stop: float, pause: f
         time.sleep(pause)
 
 
+def chores(root: Path, repo: Path, stop: float, every: dict[str, float], out: dict) -> None:
+    """Run prune, report and backup (each a `federation` process, as an operator would) until *stop*."""
+    due = {name: time.time() + period for name, period in every.items()}
+    n = 0
+    while time.time() < stop:
+        name = min(due, key=due.get)
+        time.sleep(max(0.0, min(due[name], stop) - time.time()))
+        if time.time() >= stop:
+            break
+        due[name] = time.time() + every[name]
+        n += 1
+        backup = root.parent / f"{root.name}-backup-{n}.db"
+        argv = {"prune": ["prune", "--older-than", "1s"], "report": ["report"],
+                "backup": ["backup", "--to", str(backup)]}[name]
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "federation", *argv], capture_output=True, text=True,
+                              env=child_env(repo), cwd=str(repo))
+        took = time.monotonic() - t0
+        backup.unlink(missing_ok=True)
+        runs = out.setdefault(name, [])
+        runs.append((done.returncode, took))
+        if done.returncode != 0:
+            out.setdefault(f"{name}_first_failure", (done.stdout + done.stderr)[-400:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5)
@@ -154,12 +192,24 @@ def main() -> None:
     ap.add_argument("--pause", type=float, default=0.05, help="seconds between an agent's ticks")
     ap.add_argument("--repo", type=Path, default=REPO, help="run the servers from this checkout")
     ap.add_argument("--pg-url", help="PostgreSQL database (default: SQLite)")
+    ap.add_argument("--chores", action="store_true",
+                    help="also dead letters (forgetful receivers), prune, report and backup during the traffic")
+    ap.add_argument("--prune-every", type=float, default=15)
+    ap.add_argument("--report-every", type=float, default=60)
+    ap.add_argument("--backup-every", type=float, default=120)
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in the servers' environment (e.g. MALLOC_ARENA_MAX=2, FEDERATION_SHADOW_SAMPLE=0)")
     args = ap.parse_args()
     print(f"load average {open('/proc/loadavg').read().strip()}")
     from federation.apps import agent_tokens
     from federation import messaging
 
     with federation_env(args.phase, args.pg_url) as root:
+        if args.chores:
+            os.environ["FEDERATION_MAX_ATTEMPTS"] = "2"  # the servers' dead letters come quickly
+        for item in args.env:
+            name, _, value = item.partition("=")
+            os.environ[name] = value
         http_names = [f"http-{i:03d}" for i in range(args.agents)]
         stdio_names = [f"stdio-{i:02d}" for i in range(args.stdio)]
         tokens = {name: agent_tokens.add(name, root)[0] for name in http_names}
@@ -175,12 +225,18 @@ def main() -> None:
         stop = time.time() + args.minutes * 60
         everyone = http_names + stdio_names
         threads = [threading.Thread(target=http_agent, args=(url, tokens[me], me, everyone[(i + 1) % len(everyone)],
-                                                              stop, args.pause, out), daemon=True)
+                                                              stop, args.pause, out, args.chores and i % 4 == 3),
+                                    daemon=True)
                    for i, me in enumerate(http_names)]
         threads += [threading.Thread(target=stdio_agent, args=(proc, me, everyone[(len(http_names) + i + 1)
                                                                                   % len(everyone)],
                                                                stop, args.pause, out), daemon=True)
                     for i, (proc, me) in enumerate(zip(stdio, stdio_names))]
+        chores_out: dict = {}
+        if args.chores:
+            threads.append(threading.Thread(target=chores, args=(root, args.repo, stop, {
+                "prune": args.prune_every, "report": args.report_every, "backup": args.backup_every}, chores_out),
+                daemon=True))
         for t in threads:
             t.start()
         from federation import config
@@ -217,6 +273,17 @@ def main() -> None:
         elapsed = samples[-1]["t"]
         print(f"{out['calls']} calls in {elapsed:.0f} s ({out['calls'] / max(elapsed, 1):.0f}/s), "
               f"{out['errors']} failed" + (f" (first: {out['first_error']})" if out["errors"] else ""))
+        if args.chores:
+            forgetful = [me for i, me in enumerate(http_names) if i % 4 == 3]
+            dead = sum(len(messaging.dead_letters(me)) for me in forgetful)
+            print(f"dead letters at the end: {dead} (of {len(forgetful)} forgetful receivers)")
+        for name in ("prune", "report", "backup"):
+            runs = chores_out.get(name, [])
+            if runs:
+                codes = {code: sum(1 for c, _ in runs if c == code) for code in sorted({c for c, _ in runs})}
+                print(f"{name}: {len(runs)} runs, exit codes {codes}, longest {max(t for _, t in runs):.1f} s"
+                      + (f" (first failure: {chores_out[name + '_first_failure']!r})"
+                         if name + "_first_failure" in chores_out else ""))
         print("slope per hour over the second half (first -> last sample):")
         for key in ("http_rss_mb", "http_fds", "http_threads", "stdio_rss_mb", "stdio_fds", "db_mb", "wal_mb",
                     "control_mb"):

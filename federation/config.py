@@ -310,3 +310,23 @@ def max_attempts(env: Mapping[str, str] | None = None) -> int:
         raise ConfigError(f"FEDERATION_MAX_ATTEMPTS={raw!r} is not accepted: use a whole number from 1 to "
                           f"{MAX_ATTEMPTS_LIMIT}")
     return int(raw)
+
+
+#: How many idle database connections a process keeps per database (``FEDERATION_DB_CONNECTIONS``).
+DEFAULT_DB_CONNECTIONS = 8
+DB_CONNECTIONS_LIMIT = 256
+
+
+def db_connections(env: Mapping[str, str] | None = None) -> int:
+    """``FEDERATION_DB_CONNECTIONS`` (a whole number from 1 to 256), default 8: the connections a process keeps
+    open per database between transactions, shared by its threads (a thread borrows one for a transaction; one
+    more is opened when all are busy, and closed after if the pool is full).  Read when a database is first used
+    in the process.  A bad value is a :class:`ConfigError` naming the variable."""
+    env = os.environ if env is None else env
+    raw = env.get("FEDERATION_DB_CONNECTIONS", "").strip()
+    if not raw:
+        return DEFAULT_DB_CONNECTIONS
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= DB_CONNECTIONS_LIMIT:
+        raise ConfigError(f"FEDERATION_DB_CONNECTIONS={raw!r} is not accepted: use a whole number from 1 to "
+                          f"{DB_CONNECTIONS_LIMIT}")
+    return int(raw)

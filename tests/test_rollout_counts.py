@@ -44,9 +44,9 @@ def test_past_hours_leave_memory_once_taken_and_come_back_when_the_write_failed(
     hours, _ = tally.take()
     first = int(1_800_000_000 + 3590) // 3600 * 3600
     assert sorted(hours) == [first, first + 3600]
-    assert len(tally.cells) == 1  # only the current hour stays
+    assert len(tally.cells) + len(tally.sealed) == 1  # only the current hour stays
     tally.give_back(hours, [])
-    assert len(tally.cells) == 2
+    assert len(tally.cells) + len(tally.sealed) == 2
 
 
 def test_window_counts_buckets_that_start_inside_it(tmp_path):
@@ -77,3 +77,38 @@ def test_mismatch_sample_is_capped_and_long_values_are_cut(tmp_path):
     for _ in range(3):
         lines = _counts.append_mismatches(path, pending, lines)
     assert lines == _counts.MISMATCH_CAP == len(path.read_text().splitlines())
+
+
+def test_ended_minutes_are_sealed_and_a_late_count_opens_one_again(monkeypatch, tmp_path):
+    """Ten minutes of comparisons each second (issue 30): a flush every 10 s keeps only the open minute's cells
+    as objects, the ended ones sealed as the bytes their file holds; a count that comes after its minute was
+    sealed opens it again; the file read back has every count."""
+    hour = 1_800_000_000 // 3600 * 3600
+    now = [hour + 0.5]
+    monkeypatch.setattr(_counts.time, "time", lambda: now[0])
+    tally = _counts.Tally(width=60)
+    path = _counts.counts_file(tmp_path, hour, 1, 0.0)
+    for second in range(600):
+        now[0] = hour + second + 0.5
+        tally.observe("context", 3, compared=True, files_s=0.001, db_s=0.002)
+        tally.observe("messages", 3, compared=True, mismatched=second % 100 == 0)
+        if second % 10 == 9:
+            hours, _ = tally.take()
+            _counts.write_counts(path, 1, "x", 60, hours[hour])
+    assert len(tally.cells) == 2 and len(tally.sealed) == 2 * 9  # the open minute (and minute 9, not yet sealed)
+    assert all(isinstance(blob, bytes) for blob in tally.sealed.values())
+    now[0] = hour + 601.0
+    late = dict(tally.sealed)[(hour, "context", 3)]
+    with monkeypatch.context() as m:  # a thread that read the clock in minute 0
+        m.setattr(_counts.time, "time", lambda: hour + 30.2)
+        tally.observe("context", 3, compared=True)
+    assert (hour, "context", 3) in tally.cells and (hour, "context", 3) not in tally.sealed
+    hours, _ = tally.take()
+    _counts.write_counts(path, 1, "x", 60, hours[hour])
+    at = lambda t: datetime.fromtimestamp(t, tz=timezone.utc)  # noqa: E731
+    cells = list(_counts.read_cells(tmp_path, at(hour), at(hour + 3600)))
+    by_entity = {e: [c for c in cells if c["entity"] == e] for e in ("context", "messages")}
+    assert sum(c["comparisons"] for c in by_entity["context"]) == 601
+    assert sum(c["comparisons"] for c in by_entity["messages"]) == 600
+    assert sum(c["mismatches"] for c in by_entity["messages"]) == 6
+    assert tally.sealed[(hour, "context", 3)] != late  # sealed again, with the late count

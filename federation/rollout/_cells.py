@@ -6,6 +6,7 @@ retention, is :mod:`federation.rollout._counts`."""
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
 import threading
@@ -89,13 +90,31 @@ class Cell:
         return cell
 
 
+#: a cell is sealed (serialised once, its objects dropped) this long after its bucket ended: an observation
+#: that comes later still (a thread that read the clock before the bucket ended) opens it again
+SEAL_AFTER_S = 5
+
+
+def _cell_bytes(key: tuple[int, str, int], data: dict[str, Any]) -> bytes:
+    """One cell as the counts file holds it (``start``, ``entity``, ``phase``, then its counts)."""
+    bucket, entity, phase = key
+    return _io.dumps({"start": bucket, "entity": entity, "phase": phase, **data})
+
+
 class Tally:
-    """One process's counts not yet written for good, and its mismatches not yet written."""
+    """One process's counts not yet written for good, and its mismatches not yet written.
+
+    Memory holds the current hour (and past hours not yet written): the cells of buckets still open as
+    objects, and those of ended buckets sealed, as the bytes their file holds (issue 30: the hour's
+    per-second counts kept as Python objects, and rebuilt as a document at every flush, grew a server's
+    memory through each hour and fragmented it; a sealed minute is a few hundred bytes, serialised once).
+    """
 
     def __init__(self, width: int = BUCKET_SECONDS) -> None:
         self._lock = threading.Lock()
         self.width = width
         self.cells: dict[tuple[int, str, int], Cell] = {}
+        self.sealed: dict[tuple[int, str, int], bytes] = {}
         self.pending: list[dict] = []
         self.dirty = False
 
@@ -109,7 +128,7 @@ class Tally:
         with self._lock:
             cell = self.cells.get(key)
             if cell is None:
-                cell = self.cells[key] = Cell()
+                cell = self.cells[key] = self._reopen(key)
             per = cell.seconds.get(second - bucket)
             if per is None and (compared or error):
                 per = cell.seconds[second - bucket] = [0, 0, 0]
@@ -130,6 +149,11 @@ class Tally:
                 cell.sums["db"] += db_s
             self.dirty = True
 
+    def _reopen(self, key: tuple[int, str, int]) -> Cell:
+        """A new cell for *key*, or its sealed one opened again (a late observation); under the lock."""
+        blob = self.sealed.pop(key, None)
+        return Cell() if blob is None else Cell.from_json(json.loads(blob))
+
     def mismatch(self, *, entity: str, key: Any, phase: int, op: str, authority: str, diff: list) -> None:
         """Keep one differing record for the sample of recent mismatches."""
         record = {"at": _io.iso(_io.utcnow()), "host": _io.HOST, "pid": os.getpid(), "entity": entity,
@@ -141,37 +165,50 @@ class Tally:
                 del self.pending[: len(self.pending) - MISMATCH_CAP]
             self.dirty = True
 
-    def take(self) -> tuple[dict[int, list[tuple[tuple[int, str, int], dict]]], list[dict]]:
-        """({hour: every cell of that hour as JSON} for the hours in memory, the pending mismatches).
+    def take(self) -> tuple[dict[int, list[tuple[tuple[int, str, int], bytes]]], list[dict]]:
+        """({hour: every cell of that hour, as the bytes its file holds} for the hours in memory, the pending
+        mismatches).
 
-        Memory holds the current hour and past hours not yet written: cells of
-        past hours leave it here, as once written they do not change.
+        Cells of buckets that ended :data:`SEAL_AFTER_S` ago are sealed here (serialised once; only the open
+        buckets' are serialised at each flush).  Cells of past hours leave memory here, as once written they
+        do not change.
         """
-        current = int(time.time()) // HOUR * HOUR
+        now = time.time()
+        current = int(now) // HOUR * HOUR
         with self._lock:
-            hours: dict[int, list[tuple[tuple[int, str, int], dict]]] = {}
+            for key, cell in list(self.cells.items()):
+                if key[0] + self.width + SEAL_AFTER_S <= now:
+                    self.sealed[key] = _cell_bytes(key, cell.to_json())
+                    del self.cells[key]
+            hours: dict[int, list[tuple[tuple[int, str, int], bytes]]] = {}
+            for key, blob in list(self.sealed.items()):
+                hour = key[0] - key[0] % HOUR
+                hours.setdefault(hour, []).append((key, blob))
+                if hour < current:
+                    del self.sealed[key]
             for key, cell in list(self.cells.items()):
                 hour = key[0] - key[0] % HOUR
-                hours.setdefault(hour, []).append((key, cell.to_json()))
+                hours.setdefault(hour, []).append((key, _cell_bytes(key, cell.to_json())))
                 if hour < current:
                     del self.cells[key]
             pending, self.pending = self.pending, []
             self.dirty = False
         return hours, pending
 
-    def give_back(self, hours: dict[int, list[tuple[tuple[int, str, int], dict]]], pending: list[dict]) -> None:
+    def give_back(self, hours: dict[int, list[tuple[tuple[int, str, int], bytes]]], pending: list[dict]) -> None:
         """A flush failed: past hours' cells come back, to be written by the next one."""
         with self._lock:
             for items in hours.values():
-                for key, data in items:
-                    if key not in self.cells:
-                        self.cells[key] = Cell.from_json(data)
+                for key, blob in items:
+                    if key not in self.cells and key not in self.sealed:
+                        self.sealed[key] = blob
             self.pending[:0] = pending[-MISMATCH_CAP:]
             self.dirty = True
 
     def reset(self) -> None:
         with self._lock:
             self.cells.clear()
+            self.sealed.clear()
             self.pending.clear()
             self.dirty = False
 
@@ -213,12 +250,14 @@ def mismatch_file(root: Path, pid: int) -> Path:
 
 
 def write_counts(path: Path, pid: int, started_at: str, width: int,
-                 cells: list[tuple[tuple[int, str, int], dict]]) -> None:
-    doc = {"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": width,
-           "bounds_ms": list(LATENCY_BOUNDS_MS),
-           "cells": [{"start": bucket, "entity": entity, "phase": phase, **data}
-                     for (bucket, entity, phase), data in sorted(cells)]}
-    _io.write_atomic(path, _io.dumps(doc))
+                 cells: list[tuple[tuple[int, str, int], dict[str, Any] | bytes]]) -> None:
+    """The counts file of one process and hour: *cells* as ``(key, data)``, data a cell's counts or the bytes
+    a :class:`Tally` sealed them as."""
+    head = _io.dumps({"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": width,
+                      "bounds_ms": list(LATENCY_BOUNDS_MS)})
+    parts = [data if isinstance(data, bytes) else _cell_bytes(key, data)
+             for key, data in sorted(cells, key=lambda item: item[0])]
+    _io.write_atomic(path, head[:-1] + b',"cells":[' + b",".join(parts) + b"]}")
 
 
 def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int:

@@ -1,7 +1,8 @@
 """The database façade: :class:`Database` and ``get_db()``.
 
 One :class:`Database` per target (SQLite file or PostgreSQL URL) per process,
-one connection per thread.  The schema is created on first use and upgraded
+its connections pooled and shared by the threads (at most ``FEDERATION_DB_CONNECTIONS`` kept open between
+transactions).  The schema is created on first use and upgraded
 through ``schema_version``.  Writes run as functions inside a write
 transaction and are retried on contention, so "database is locked" never
 reaches a caller: after a bounded wait it becomes a :class:`StorageError`.
@@ -17,9 +18,8 @@ import contextlib
 import os
 import random
 import threading
-import weakref
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .. import config
 from . import schema
@@ -40,26 +40,40 @@ BUSY_DEADLINE_S = 30.0
 #: once a call gave up on an unreachable server, how long each next call retries until one connects again
 #: (a process that already waited out the deadline does not wait it out again on every call)
 DOWN_RETRY_S = 2.0
+#: How long a thread waits for a pooled connection when every kept one is busy, before it opens one more.
+POOL_WAIT_S = 0.5
 
 
-class _ThreadEnd:
-    """Lives exactly as long as one thread's connection slot: its finalizer closes that connection."""
-
-    __slots__ = ("__weakref__",)
-
-
-def _close_quietly(conn: Any, pid: int) -> None:
-    if pid == os.getpid():  # never a forked parent's connection
-        with contextlib.suppress(Exception):
-            conn.close()
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 class Database:
-    """One database target: connections, schema, transactions with retries."""
+    """One database target: connections, schema, transactions with retries.
 
-    def __init__(self, dialect: Dialect, on_create: Callable[[Tx], None] | None = None):
+    Connections are pooled per process and shared by its threads (issue 30): a thread borrows one for a
+    transaction (or a :meth:`pinned` span) and gives it back after, so a process keeps at most
+    :attr:`pool_size` connections open between transactions however many threads it runs (an HTTP server's
+    worker pool runs up to a hundred).  A connection per thread kept each thread's page cache (2 MB each on
+    SQLite), its statement cache and its malloc arena's share alive: the server's memory grew with its
+    threads.  When every kept connection is busy a thread waits up to :data:`POOL_WAIT_S` for one (a
+    transaction takes milliseconds), then opens one more, closed once given back if the pool is full: a
+    thread never waits long for a connection (it may hold a file lock another borrower waits for), and
+    connections are not opened and closed at every busy moment (each open parses the schema again).
+    """
+
+    def __init__(self, dialect: Dialect, on_create: Callable[[Tx], None] | None = None,
+                 pool_size: int | None = None):
         self.dialect = dialect
-        self._local = threading.local()
+        self._local = threading.local()  # the connection a thread borrowed, its transaction depth, its pins
+        self.pool_size = config.db_connections() if pool_size is None else max(1, int(pool_size))
+        self._idle: list[Any] = []  # connections given back, the most recently used last
+        self._pool_lock = threading.Lock()
+        self._pool_freed = threading.Condition(self._pool_lock)  # a connection was given back
+        self._pool_pid = os.getpid()
+        #: connections of this process opened so far, and closed so far (open now: the difference)
+        self.opened = self.closed = 0
         self._on_create = on_create
         self._schema_ready = False
         self._schema_lock = threading.Lock()
@@ -69,42 +83,112 @@ class Database:
         self._down_since: float | None = None
 
     # -- connections --------------------------------------------------------
-    def _connection(self, deadline: float | None = None) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                conn = self.dialect.connect(BUSY_DEADLINE_S, left)
-            except FederationError:
-                raise
-            except Exception as exc:
-                # an unreachable server is retried by _run until the deadline; this is final
-                if self.dialect.is_database_error(exc) and not self.dialect.is_disconnect(exc):
-                    raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
-                raise
-            local.conn, local.pid, local.depth = conn, os.getpid(), 0
-            self._down_since = None  # it answers again: calls wait out the deadline again
-            # closed when this thread ends, not whenever the garbage collector gets to it: a server's
-            # worker threads come and go, and each left a connection (and its descriptors) behind
-            local.end = _ThreadEnd()
-            local.closer = weakref.finalize(local.end, _close_quietly, conn, os.getpid())
+    def _forked(self) -> None:
+        """In a forked child, forget the parent's connections (never close them: that would end the parent's
+        session (PostgreSQL) or break its locks (SQLite)); its lock may have been copied held."""
+        if self._pool_pid != os.getpid():
+            self._pool_lock = threading.Lock()
+            self._pool_freed = threading.Condition(self._pool_lock)
+            self._idle, self._pool_pid, self.opened, self.closed = [], os.getpid(), 0, 0
+
+    def _open(self, deadline: float | None) -> Any:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            conn = self.dialect.connect(BUSY_DEADLINE_S, left)
+        except FederationError:
+            raise
+        except Exception as exc:
+            # an unreachable server is retried by _run until the deadline; this is final
+            if self.dialect.is_database_error(exc) and not self.dialect.is_disconnect(exc):
+                raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
+            raise
+        self._down_since = None  # it answers again: calls wait out the deadline again
+        with self._pool_lock:
+            self.opened += 1
         return conn
 
+    def _discard(self, conn: Any) -> None:
+        """Close *conn* (this process's), counted."""
+        _close_quietly(conn)
+        with self._pool_lock:
+            self.closed += 1
+
+    def _connection(self, deadline: float | None = None) -> Any:
+        """This thread's connection: the one it holds (in a transaction or a pin), else one borrowed from the
+        pool (given back by :meth:`_give_back`)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        if self._pool_pid != os.getpid():
+            self._forked()
+        with self._pool_lock:
+            if not self._idle and self.opened - self.closed >= self.pool_size:
+                self._pool_freed.wait_for(lambda: self._idle, timeout=POOL_WAIT_S)
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open(deadline)
+        local.conn, local.pid = conn, os.getpid()
+        local.depth = 0
+        return conn
+
+    def _give_back(self) -> None:
+        """This thread is done with its connection (unless pinned): back to the pool, or closed if it is full."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pins", 0) or getattr(local, "depth", 0):
+            return
+        local.conn = None
+        if local.pid != os.getpid():
+            return  # a forked parent's: neither kept nor closed here
+        with self._pool_lock:
+            if self._pool_pid == os.getpid() and len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                self._pool_freed.notify()
+                return
+        self._discard(conn)
+
     def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        closer = getattr(self._local, "closer", None)
-        if closer is not None:
-            closer.detach()  # closed here (or deliberately left to a forked parent), not at thread end
-        # A forked child inherits the parent's connection: closing it there would
-        # end the parent's session (PostgreSQL) or break its locks (SQLite).
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            with contextlib.suppress(Exception):
-                conn.close()
+        """Close this thread's connection (lost, or unknown state): never given back to the pool."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        local.conn = None
+        if conn is not None and getattr(local, "pid", None) == os.getpid():
+            self._discard(conn)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """This thread keeps one connection for the block (every transaction in it runs on the same
+        connection): for a connection's settings that must last several transactions (a bulk load's)."""
+        local = self._local
+        local.pins = getattr(local, "pins", 0) + 1
+        try:
+            yield
+        finally:
+            local.pins -= 1
+            self._give_back()
+
+    def connections(self) -> dict[str, int]:
+        """This process's connections to the database: ``open`` (borrowed or idle), ``idle``, ``opened`` and
+        ``closed`` since the process began (or forked)."""
+        if self._pool_pid != os.getpid():
+            self._forked()
+        with self._pool_lock:
+            return {"open": self.opened - self.closed, "idle": len(self._idle), "opened": self.opened,
+                    "closed": self.closed}
 
     def close(self) -> None:
-        self._drop_connection()
+        """Close this process's idle connections and this thread's (a connection another thread is using is
+        given back to the pool when its transaction ends)."""
+        if self._pool_pid != os.getpid():
+            self._forked()
+        local = self._local
+        if getattr(local, "conn", None) is not None and not getattr(local, "depth", 0):
+            self._drop_connection()
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
 
     # -- transactions -------------------------------------------------------
     def _run(self, fn: Callable[[Tx], T], write: bool, snapshot: bool = False, begin: bool = True,
@@ -127,45 +211,52 @@ class Database:
             attempt += 1
             gate = self.dialect.write_gate() if write else contextlib.nullcontext()
             try:
-                conn = self._connection(deadline)  # first: it checks the target (e.g. SQLite on NFS)
-                if not idempotent and self.dialect.is_stale(conn):
-                    # a statement that must not run twice is never sent on a connection
-                    # already known dead: its failure would leave us unsure it ran
-                    self._drop_connection()
-                    conn = self._connection(deadline)
-                with gate:
-                    if not begin:  # one statement in autocommit mode: atomic on its own
+                try:
+                    conn = self._connection(deadline)  # first: it checks the target (e.g. SQLite on NFS)
+                    if not idempotent and self.dialect.is_stale(conn):
+                        # a statement that must not run twice is never sent on a connection
+                        # already known dead: its failure would leave us unsure it ran
+                        self._drop_connection()
+                        conn = self._connection(deadline)
+                    with gate:
+                        if not begin:  # one statement in autocommit mode: atomic on its own
+                            try:
+                                return fn(Tx(conn, self.dialect))
+                            except Exception as exc:
+                                if not idempotent and self.dialect.is_disconnect(exc):
+                                    self._drop_connection()
+                                    raise StorageError(
+                                        f"lost the connection to {self.dialect.describe()} during a change that "
+                                        f"commits on its own; it may or may not have been applied: {exc}") from exc
+                                raise
+                        if write:
+                            self.dialect.begin_write(conn, snapshot)
+                        else:
+                            self.dialect.begin_read(conn)
+                        local.depth = 1
                         try:
-                            return fn(Tx(conn, self.dialect))
-                        except Exception as exc:
-                            if not idempotent and self.dialect.is_disconnect(exc):
-                                self._drop_connection()
-                                raise StorageError(
-                                    f"lost the connection to {self.dialect.describe()} during a change that "
-                                    f"commits on its own; it may or may not have been applied: {exc}") from exc
+                            result = fn(Tx(conn, self.dialect))
+                            self.dialect.commit(conn)
+                        except BaseException:
+                            try:
+                                self.dialect.rollback(conn)
+                            except Exception:
+                                self._drop_connection()  # in an unknown state: never back in the pool
                             raise
-                    if write:
-                        self.dialect.begin_write(conn, snapshot)
-                    else:
-                        self.dialect.begin_read(conn)
-                    local.depth = 1
-                    try:
-                        result = fn(Tx(conn, self.dialect))
-                        self.dialect.commit(conn)
-                        return result
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            self.dialect.rollback(conn)
-                        raise
-                    finally:
-                        local.depth = 0
+                        finally:
+                            local.depth = 0
+                    return result
+                except Exception as exc:
+                    if self.dialect.is_disconnect(exc):
+                        self._drop_connection()  # never given back to the pool
+                    raise
+                finally:
+                    self._give_back()  # between two attempts, and after the last, no connection is held
             except FederationError:
                 raise
             except Exception as exc:
                 retry = self.dialect.is_retryable(exc)
                 lost = self.dialect.is_disconnect(exc)
-                if lost:
-                    self._drop_connection()
                 if not (retry or lost):
                     if self.dialect.is_database_error(exc):
                         raise StorageError(f"the database {self.dialect.describe()} failed: {exc}") from exc
@@ -210,7 +301,10 @@ class Database:
         """The dialect's :meth:`~Dialect.checkpoint` on this thread's connection, outside any transaction and
         the write gate (long maintenance calls it between batches, so agents' commits do not pay for it)."""
         if not getattr(self._local, "depth", 0):
-            self.dialect.checkpoint(self._connection())
+            try:
+                self.dialect.checkpoint(self._connection())
+            finally:
+                self._give_back()
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run *fn* in one read transaction (a consistent snapshot)."""
