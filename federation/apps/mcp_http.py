@@ -254,7 +254,7 @@ class HttpFederationServer(FederationServer):
     def _may_run_inline(self) -> bool:
         from .. import rollout
 
-        return self._inline_engine and rollout.mode()[0] == 4
+        return self._inline_engine and rollout.mode(self.federation.settings)[0] == 4
 
     def acting_as(self, context: Any) -> str:
         agent = _request_agent(context)
@@ -560,8 +560,8 @@ def _serve_here(federation: Federation, sock: Any, host: str, port: int, url: st
 
     s = federation.settings
     app = create_app(registry, federation, loopback=loopback, worker=worker)
-    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
-    in_effect = rollout.phase_in_effect()
+    rollout.announce_agent(f"http@{host}:{port}", s)  # in the fleet from the start, like `serve --agent`
+    in_effect = rollout.phase_in_effect(s)
     with_tokens = len(registry.agents())
     event = "mcp_http_started" if worker is None else "mcp_http_worker_started"
     log.info(event, url=url, phase=in_effect["phase"], phase_source=in_effect["source"],

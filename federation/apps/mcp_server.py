@@ -305,8 +305,8 @@ def _serve(server: FederationServer) -> None:
     s = server.federation.settings
     from .. import rollout
 
-    rollout.announce_agent(server.agent)  # in the fleet from the start, not from its first call
-    in_effect = rollout.phase_in_effect()
+    rollout.announce_agent(server.agent, s)  # in the fleet from the start, not from its first call
+    in_effect = rollout.phase_in_effect(s)
     log.info("mcp_server_started", agent=server.agent, phase=in_effect["phase"], phase_source=in_effect["source"],
              engine=s.engine, database=s.db_display, tools=len(TOOL_NAMES))
     stopped_by = None

@@ -18,11 +18,11 @@ __all__ = ["dead_letter_summary"]
 
 
 def dead_letter_summary(phase: int, *, read_files: Callable[[str | None, str, int], list[dict]],
-                        settings: config.Settings | None = None) -> dict:
+                        settings: config.Settings) -> dict:
     """Every agent's dead letters on the side that serves *phase*:
     ``{"count", "oldest_dead_at", "oldest_age_s"}``.
 
-    *settings*: the federation whose database is read in phases 3-4 (default: the configured one);
+    *settings*: the federation whose database is read in phases 3-4;
     *read_files(agent, now, max_attempts)*: the file side's dead letters (phases 1-2), read as they are,
     not through the shim (an operator's count is not an agent's call)."""
     now, maximum = _clock.now(), config.max_attempts()
