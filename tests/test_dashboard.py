@@ -502,7 +502,7 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     is over is not read again."""
     from datetime import datetime, timedelta, timezone
 
-    from federation import context, rollout
+    from federation import config, context, rollout
     from federation.apps.dashboard import ControlPlane, HourlyCounts
 
     fed.phase(3)
