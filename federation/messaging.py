@@ -155,7 +155,7 @@ def dead_letter_summary(phase: int, *, settings: config.Settings) -> dict:
     ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call.
 
     *settings*: the federation whose database is read in phases 3-4; the
-    files of phases 1-2 are read through ``core``, which reads the federation served (``Federation.serve``)."""
+    files of phases 1-2 too (read through ``core`` while serving *settings*)."""
     return _dead_letters.dead_letter_summary(phase, settings=settings, read_files=core.FILE_SIDE["load_dead_letters"])
 
 

@@ -136,17 +136,20 @@ class _HttpServed:
 
 
 @pytest.mark.parametrize("phase", [2, 4])
-def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_process(two, phase):
+def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_process(two, phase, monkeypatch):
     """Two MCP HTTP servers in one process, each handed its own federation, answer a real MCP client each
     with that federation's data (the tools run on worker threads or inline); a message sent through one
-    lands in its federation only; the dashboard's data and ``federation status`` of each show its own (the
-    dead letters of the files, phase 2, too); the process's configured federation receives nothing."""
+    lands in its federation only; the dashboard's data, ``doctor`` and ``federation status`` of each show its
+    own (the dead letters of the files, phase 2, too); the process's configured federation receives nothing."""
+    import time
+
     import anyio
     from click.testing import CliRunner
 
     from federation.apps import agent_tokens
     from federation.apps.dashboard import DashboardData
     from federation.cli import main
+    from federation.operations.doctor import doctor
     from test_mcp_http import http_agent
 
     a, b = two(phase)
@@ -155,6 +158,11 @@ def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_p
         with fed.serve():
             messaging.send_message("carol", "bob", f"from {tag}")
             governance.create_poll("carol", f"{tag}?", ["yes", "no"])
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    with a.serve():  # one dead letter, in a only: delivered once (the maximum), never acknowledged
+        messaging.send_message("carol", "erin", "poison")
+        assert len(messaging.receive("erin", lease=0.1)) == 1
+    time.sleep(0.2)
     token = {fed: agent_tokens.add("bob", fed.settings.root)[0] for fed in (a, b)}
     servers = {a: _HttpServed(a), b: _HttpServed(b)}
     try:
@@ -173,12 +181,14 @@ def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_p
         for server in servers.values():
             server.stop()
     assert seen == {"a": (["from a"], ["a?"]), "b": (["from b"], ["b?"])}
-    for fed, tag in ((a, "a"), (b, "b")):
+    for fed, tag, dead in ((a, "a", 1), (b, "b", 0)):
         with fed.serve():
             assert [m["content"] for m in messaging.peek_inbox("dave")] == [f"via {tag}'s server"]
-        # the dashboard's data of each: its own rows and dead letters (phase 2: the files, read through core)
+        # the dashboard's data and doctor of each, outside any serve(): its own dead letters (phase 2: the files)
         page = DashboardData(fed.settings).page("24h")
-        assert page["dead_letters"] == {"count": 0, "oldest_dead_at": None, "oldest_age_s": None}, page["problems"]
+        assert page["dead_letters"]["count"] == dead, page["problems"]
+        check = {c.name: c for c in doctor(fed.settings).checks}["dead_letters"]
+        assert check.detail.startswith("1 dead letters") if dead else check.detail == "no dead letters", check
         # a command of this process, handed this federation's root and database by its options
         db = fed.settings.db_url or str(fed.settings.db_path)
         run = CliRunner().invoke(main, ["status", "--json", "--root", str(fed.settings.root), "--db", db])
@@ -186,5 +196,5 @@ def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_p
         status = json.loads(run.output)
         assert status["root"] == str(fed.settings.root) and status["database"] == fed.settings.db_display
         if phase >= 3 or status.get("tables") is not None:
-            assert status["tables"]["messages"] == 2, status  # carol's to bob, bob's to dave: its own only
+            assert status["tables"]["messages"] == 2 + dead, status  # to bob, to dave (and erin's): its own only
     assert config.settings() is configured and not (configured.root / "nodes").exists()

@@ -3,9 +3,8 @@
 Everything here is handed the :class:`~federation.config.Settings` of the
 federation it reads (the application builds them once when it starts serving)
 instead of reading the process's configuration, so two federations can be read
-side by side in one process.  The one read that goes through ``core``, the dead
-letters of the files (phases 1-2), is made while serving that federation
-(``Federation(settings).serve()``), in the thread that reads.
+side by side in one process (the dead letters of the files, phases 1-2, too: they
+are read while serving that federation's settings).
 
 The control plane's files answer while the database is down; what needs the
 database runs off the request path, with a time budget and a cache
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from ... import Federation, rollout
+from ... import rollout
 from ...config import Settings
 from ...domain.moments import parse_duration, parse_moment
 from ..._logging import library_logger
@@ -93,9 +92,7 @@ def dead_letters(settings: Settings) -> dict[str, Any] | None:
              else rollout.current_phase(settings.root, settings=settings)[0])
     if phase >= 3 and table_counts(settings) is None:
         return None
-    # the files of phases 1-2 are read through ``core``, which reads the federation served in this thread
-    with Federation(settings).serve():
-        return dead_letter_summary(phase, settings=settings)
+    return dead_letter_summary(phase, settings=settings)  # (the files of phases 1-2: those of *settings*)
 
 
 # -- the counts, per clock hour ------------------------------------------------------------
