@@ -97,8 +97,8 @@ def current_phase(root: Path, ask_db: bool = True, *,
     return (flag.phase if flag else _unflagged_phase(ask_db, settings)), flag, None
 
 
-def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
-    s = settings  # only read when there is no flag, as before
+def _unflagged_phase(ask_db: bool, settings: config.Settings) -> int:
+    s = settings
     if not ask_db and s.db_url:
         return _flag.DEFAULT_PHASE  # a server is not asked (it may be down): only the flag can say 1 there
     # a SQLite file is asked (no server to wait on): one without the schema, or unreadable, is no backfill

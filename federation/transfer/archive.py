@@ -105,7 +105,6 @@ def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Set
     *phase*: the fleet's current phase (``federation archive-legacy`` passes the rollout's), so that
     a refusal names the repair that is safe in it.
     """
-    settings = settings
     root = Path(root) if root is not None else settings.root
     dest = Path(dest).absolute()
     if dest.exists():

@@ -262,7 +262,6 @@ def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool =
     written: the database is not even opened.  *settings*: the federation
     migrated.
     """
-    settings = settings
     root = Path(root) if root is not None else settings.root
     if dry_run:
         scanned = read_tree(root, progress=progress)

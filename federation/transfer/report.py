@@ -115,7 +115,6 @@ def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = 
     A SQLite database that does not exist yet reads as empty, and is not created.  *settings*: the
     federation read; *root*, when given, wins over its root.
     """
-    settings = settings
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
@@ -150,7 +149,6 @@ def build_report(root: Path | None = None, *, store: Any = None, progress: bool 
     flight is not a difference; :func:`recheck_differences`).  *settings*: the federation compared
     (handed down by the caller).
     """
-    settings = settings
     if recheck and store is None and database_exists(settings):
         from ..stores.sqlstore import get_store
 

@@ -139,7 +139,6 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     tables = entity_scope(only)
-    settings = settings
     root = Path(root) if root is not None else settings.root
     if not dry_run:
         check_direction(to, phase, force=force, reason=reason)
