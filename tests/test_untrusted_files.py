@@ -173,12 +173,12 @@ def test_deep_and_fifo_legacy_messages_are_listed_and_reads_return_the_rest(fed,
     write(inbox / "deep.json", '{"sender": "alice", "content": ' + "[" * DEEP + "]" * DEEP + "}")
     os.mkfifo(inbox / "fifo.json")
     write(inbox / "good.json", message(content="readable"))
-    result = bounded(migrate)
+    result = bounded(lambda: migrate(settings=config.settings()))
     assert result.exit_code == 3
     reasons = {Path(i["path"]).name: i["reason"] for i in result.invalid}
     assert "nested deeper than" in reasons["deep.json"] and "FIFO" in reasons["fifo.json"]
     assert bounded(lambda: migrate(dry_run=True, settings=config.settings())).exit_code == 3
-    assert bounded(build_report).invalid
+    assert bounded(lambda: build_report(settings=config.settings())).invalid
     fed.phase(phase)
     assert [m["content"] for m in bounded(lambda: messaging.peek_inbox("bob"))] == ["readable"]
     assert [m["content"] for m in bounded(lambda: messaging.check_inbox("bob"))] == ["readable"]
@@ -664,12 +664,12 @@ def test_any_hostile_tree_hangs_nothing_and_touches_nothing_outside(fed, tmp_pat
                 continue  # typed, naming the file
             assert SECRET not in json.dumps(got, default=str), (phase, name)
         if phase == 1:
-            result = bounded(migrate, 60)
+            result = bounded(lambda: migrate(settings=config.settings()), 60)
             assert result.exit_code in (0, 3), result.to_json()
             listed = {i["path"] for i in result.invalid}
             assert specials <= listed | {str(p) for p in root.rglob("*") if any(
                 str(p).startswith(s + os.sep) for s in specials)}, (specials, result.invalid)
-            assert bounded(build_report, 60) is not None
+            assert bounded(lambda: build_report(settings=config.settings()), 60) is not None
             from federation.transfer.rows import read_db
 
             assert SECRET not in repr(read_db(fed.store()))
