@@ -146,7 +146,7 @@ def main() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
+        server = uvicorn.Server(uvicorn.Config(create_app(settings=config.settings()), host="127.0.0.1", port=port, log_level="warning",
                                                access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -7,6 +7,8 @@ Both paths are measured in this run; the inbox is filled (untimed) before each r
 
 from __future__ import annotations
 
+from federation import config
+
 import argparse
 import json
 import os
@@ -37,7 +39,7 @@ def one_round(phase: int, messages: int, db_url: str | None = None, literal_lega
         else:
             from federation.stores.sqlstore import get_store
 
-            store = get_store()
+            store = get_store(config.settings())
             store.db.write(lambda tx: tx.executemany(
                 "INSERT INTO messages (id, sender, recipient, content, message_type, reply_to, timestamp) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(m.values()) for m in batch]))

@@ -85,9 +85,10 @@ def main() -> int:
             from federation.transfer.migrate import migrate
             from federation.transfer.report import build_report
 
-            t_mig, result = timed(migrate, "migration")
+            s = config.settings()
+            t_mig, result = timed(lambda: migrate(settings=s), "migration")
             assert result.exit_code == 0, result.to_json()
-            t_rep, report = timed(build_report, "report")
+            t_rep, report = timed(lambda: build_report(settings=s), "report")
             assert report.consistent
         rate = files / t_mig
         speed_ratio = t_bare / t_mig

@@ -155,9 +155,9 @@ def per_call_costs(n: int = 200_000) -> None:
 
     with federation_env(3) as root:
         env_only = per_call(_wiring.env_mode)
-        pinned = per_call(RUNTIME.mode)
+        pinned = per_call(lambda: RUNTIME.mode(config.settings()))
         follow_flag(root, 3)
-        flagged = per_call(RUNTIME.mode)
+        flagged = per_call(lambda: RUNTIME.mode(config.settings()))
         tally = _counts.Tally()
         counted = per_call(lambda: tally.observe("polls", 3, compared=True, files_s=0.0002, db_s=0.0003))
     print(f"deciding the phase: environment only {env_only * 1e9:.0f} ns, control plane pinned {pinned * 1e9:.0f} ns, "

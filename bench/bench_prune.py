@@ -17,6 +17,8 @@ The counts are checked: every old read row gone, every other row kept.
 
 from __future__ import annotations
 
+from federation import config
+
 import argparse
 import multiprocessing as mp
 import statistics
@@ -32,7 +34,7 @@ def fill(messages: int, chunk: int = 50_000) -> int:
     from federation.domain.clock import new_id, now
     from federation.stores.sqlstore import get_store
 
-    store = get_store()
+    store = get_store(config.settings())
     store.db.ensure_schema()
     recent = now()
     kept = 0
@@ -129,9 +131,9 @@ def main() -> None:
         print(f"filled {args.messages:,} read messages + {args.messages:,} history entries "
               f"(+{kept:,} to keep) in {time.perf_counter() - t0:.1f} s")
         base_send, base_check, _ = run_agents(args.agents, lambda: time.sleep(args.seconds), args.interval)
-        run_send, run_check, result = run_agents(args.agents, lambda: prune("30d", batch_size=args.batch_size),
+        run_send, run_check, result = run_agents(args.agents, lambda: prune("30d", batch_size=args.batch_size, settings=config.settings()),
                                                  args.interval)
-        counts = get_store().counts()
+        counts = get_store(config.settings()).counts()
 
     removed = sum(result.removed.values())
     assert result.removed["messages"] == args.messages, result.removed

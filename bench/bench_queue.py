@@ -22,6 +22,8 @@ Without pgmq's SQL the pgmq rows are skipped with a message; the rest still runs
 
 from __future__ import annotations
 
+from federation import config
+
 import argparse
 import json
 import multiprocessing as mp
@@ -60,7 +62,7 @@ def default_pgmq_sql() -> Path:
 def _fed_reset() -> None:
     from federation.stores.sqlstore import get_store
 
-    store = get_store()
+    store = get_store(config.settings())
     tables = ("messages", "message_history", "idempotency_keys")
     if store.db.dialect.name == "postgresql":  # as pgmq.purge_queue does: no dead rows left behind
         store.db.write(lambda tx: tx.execute(f"TRUNCATE {', '.join(tables)}"))
@@ -73,7 +75,7 @@ def _fed_fill(n: int) -> list[str]:
     from federation.domain.clock import new_id, now
     from federation.stores.sqlstore import get_store
 
-    store = get_store()
+    store = get_store(config.settings())
     ids = []
     for start in range(0, n, 1000):
         batch = [{"id": new_id(), "sender": "alice", "recipient": "bob", "content": f"message {i}",

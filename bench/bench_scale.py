@@ -15,6 +15,8 @@ large/empty, which must stay within 2x for every per-tick operation.
 
 from __future__ import annotations
 
+from federation import config
+
 import argparse
 import statistics
 import sys
@@ -64,7 +66,7 @@ def bulk_load(messages: int, polls: int, votes_per_poll: int, sessions: int) -> 
     """Rows straight into the tables (as a months-old federation would have them), in large batches."""
     from federation.stores.sqlstore import get_store
 
-    db = get_store().db
+    db = get_store(config.settings()).db
     stamp = "2025-01-01T00:00:00.000000+00:00"
     batch = 20_000
 

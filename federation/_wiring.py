@@ -128,7 +128,10 @@ def hooks(control: bool = True) -> dict:
     if control:
         from .rollout import RUNTIME, observe
 
-        hooks.update(mode=RUNTIME.mode, observers=(observe,))
+        def control_mode() -> tuple[int, float]:  # the control plane's answer, for the federation served
+            return RUNTIME.mode(config.settings())
+
+        hooks.update(mode=control_mode, observers=(observe,))
     global _mode
     _mode = hooks["mode"]
     return hooks

@@ -150,12 +150,12 @@ def dead_letters(agent: str) -> list[dict]:
     return core.load_dead_letters(agent, now=_clock.now(), max_attempts=config.max_attempts())
 
 
-def dead_letter_summary(phase: int, *, settings: config.Settings | None = None) -> dict:
+def dead_letter_summary(phase: int, *, settings: config.Settings) -> dict:
     """Every agent's dead letters on the side that serves *phase* (for doctor, the dashboard, /metrics):
     ``{"count", "oldest_dead_at", "oldest_age_s"}``; read directly, not as an agent's call.
 
-    *settings*: the federation whose database is read in phases 3-4 (default: the configured one); the
-    files of phases 1-2 are read through ``core``, which follows the configured root."""
+    *settings*: the federation whose database is read in phases 3-4; the
+    files of phases 1-2 too (read through ``core`` while serving *settings*)."""
     return _dead_letters.dead_letter_summary(phase, settings=settings, read_files=core.FILE_SIDE["load_dead_letters"])
 
 
@@ -275,11 +275,11 @@ def _take(agent: str, claim: bool, lease: float | None, stamp: str | None = None
 
 def _wait_for_messages(agent: str, claim: bool, lease: float | None, phase: int, deadline: float) -> list[dict]:
     """Look again whenever the store says something changed (and at least every second) until *deadline*."""
-    from .stores.database import get_db
+    from ._wiring import current
     from .stores.wait import RECHECK_S, watcher
 
     try:
-        watch = watcher(agent, phase, core.tree(), get_db().dialect if phase >= 3 else None)
+        watch = watcher(agent, phase, core.tree(), current().store.db.dialect if phase >= 3 else None)
     except Exception as exc:  # noqa: BLE001 - the watcher only saves work: without it, look every 0.25 s
         _log.warning("pulse_wait_watcher_failed", agent=agent, error=f"{type(exc).__name__}: {exc}")
         watch = None

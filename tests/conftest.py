@@ -71,7 +71,7 @@ class Fed:
     def store(self):
         from federation.stores.sqlstore import get_store
 
-        return get_store()
+        return get_store(config.settings())
 
     def subprocess_env(self, phase: int | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDERATION_")}

@@ -15,7 +15,7 @@ import structlog
 from click.testing import CliRunner
 
 from federation.stores import files as _files
-from federation import adopt, rollout
+from federation import adopt, config, rollout
 from federation.cli import main as cli
 from federation.errors import StorageError
 from federation.transfer.report import build_report
@@ -87,7 +87,7 @@ _VOTER = WAIT_FOR_GO + """
 import json
 import seed_core.adoption  # the one call: adopt.install_when_imported("seed_core.core", ...)
 from seed_core import core
-from federation import rollout
+from federation import config, rollout
 i, poll_id = int(sys.argv[2]), sys.argv[3]
 gates = sys.argv[4:]  # optional: (after vote n, wait for file) pairs
 seen = {}
@@ -97,7 +97,7 @@ for j in range(50):
             open(gates[k + 1], "w").close()           # reached the gate
             while not os.path.exists(gates[k + 2]):   # wait for the test to open it
                 time.sleep(0.01)
-    phase = rollout.mode()[0]
+    phase = rollout.mode(config.settings())[0]
     seen[phase] = seen.get(phase, 0) + 1
     core.vote(poll_id, f"voter-{i}-{j}", "yes" if j % 2 else "no")  # load_polls(); mutate; save_polls()
 print(json.dumps(seen))
@@ -122,13 +122,13 @@ def test_four_processes_keep_every_vote_on_both_sides(fed, phase, tmp_path):
     files, db = _both_sides(fed, poll_id)
     assert len(files) == 200 and files == db
     assert sorted(files.values()).count("yes") == 100
-    assert build_report().consistent  # `federation report` agrees
+    assert build_report(settings=config.settings()).consistent  # `federation report` agrees
 
 
 def test_votes_while_the_live_flag_moves_1_2_3(fed, tmp_path):
     """Unpinned adopted processes follow the flag 1 -> 2 -> 3 while voting; both sides end with all 200 votes."""
     fed.phase(1)
-    rollout.set_phase(1)
+    rollout.set_phase(1, settings=config.settings())
     poll_id = _run(fed, _CREATE, phase=None, **FAST).strip()
     assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0  # the runbook: backfill before phase 2
     go = tmp_path / "go"
@@ -147,25 +147,25 @@ def test_votes_while_the_live_flag_moves_1_2_3(fed, tmp_path):
             time.sleep(0.02)
 
     wait_for([g[0] for g in gates])
-    assert rollout.set_phase(2).applied
+    assert rollout.set_phase(2, settings=config.settings()).applied
     (tmp_path / "open2").touch()                        # they vote on while following the flag (within 0.2 s)
     time.sleep(1.0)                                     # every process follows within its flag check (0.2 s)
     wait_for([g[2] for g in gates])
     assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0  # what phase 1 wrote to the files only
     (tmp_path / "open3").touch()
-    assert rollout.set_phase(3, force=True, reason="test: the step itself is tested below").applied
+    assert rollout.set_phase(3, force=True, reason="test: the step itself is tested below", settings=config.settings()).applied
     seen = [json.loads(out) for out in finish(procs)]
     files, db = _both_sides(fed, poll_id)
     assert len(files) == 200 and files == db
     assert all(s.get("1", 0) >= 10 for s in seen), seen  # the first ten of each (at least): phase 1
     assert all(s.get("2", 0) >= 1 for s in seen), seen   # then phase 2 (and 3 once it reached them)
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 def test_guarded_step_2_to_3_passes_on_the_adopted_processes_counts(fed, tmp_path):
     """In phase 2 by the flag, the adopted voters' own shadow comparisons (flushed at exit) let `rollout set 3` pass."""
     fed.phase(2)
-    rollout.set_phase(2)
+    rollout.set_phase(2, settings=config.settings())
     # the counts are kept per second and a window starts at the first whole second after the step: on a
     # fast machine the voters finished inside the step's own second and their comparisons were not counted
     time.sleep(1.05 - time.time() % 1)
@@ -175,9 +175,9 @@ def test_guarded_step_2_to_3_passes_on_the_adopted_processes_counts(fed, tmp_pat
     time.sleep(0.3)
     go.touch()
     finish(procs)
-    counts = rollout.consistency()
+    counts = rollout.consistency(settings=config.settings())
     assert counts["polls"]["comparisons"] >= 200 and counts["polls"]["mismatches"] == 0
-    result = rollout.set_phase(3, min_comparisons=200)
+    result = rollout.set_phase(3, min_comparisons=200, settings=config.settings())
     assert result.applied and not result.forced, result.refused
     assert {g["name"] for g in result.guards} >= {"backfilled", "report_consistent", "consistency_rate",
                                                   "enough_comparisons"}
@@ -219,7 +219,7 @@ def test_inbox_and_context_keep_the_adopters_ids_and_timestamps(fed, seed, phase
     on_disk = json.loads((fed.root / "nodes" / "bob" / "context_window.json").read_text())
     assert fed.store().load_context("bob") == on_disk
     assert seed.load_context("bob") == on_disk
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 def _refuse_writes(fed, table: str) -> None:
@@ -322,7 +322,7 @@ while not os.path.exists(sys.argv[2]):
             assert time.monotonic() < deadline and proc.poll() is None, "the adopted process did not start"
             time.sleep(0.02)
         deadline = time.monotonic() + 30
-        while not [p for p in rollout.fleet() if p["pid"] == proc.pid and p.get("adopted")]:
+        while not [p for p in rollout.fleet(settings=config.settings()) if p["pid"] == proc.pid and p.get("adopted")]:
             assert time.monotonic() < deadline, "the adopted process was not announced"
             time.sleep(0.1)
         status = json.loads(CliRunner().invoke(cli, ["rollout", "status", "--json"]).output)
@@ -330,7 +330,7 @@ while not os.path.exists(sys.argv[2]):
         assert entry["adopted"] == ["seed_core.core"] and entry["alive"]
         text = CliRunner().invoke(cli, ["rollout", "status"]).output
         assert f"{proc.pid} runs seed_core.core through federation.adopt" in text
-        result = rollout.set_phase(4)
+        result = rollout.set_phase(4, settings=config.settings())
         [refused] = [g for g in result.refused if g["name"] == "adopted_code"]
         assert str(proc.pid) in refused["detail"] and "seed_core.core" in refused["detail"]
         assert "federation.*" in refused["fix"]
@@ -403,7 +403,7 @@ while not os.path.exists({str(done)!r}):
     print("torn files re-read:", recovered)
     if recovered:  # this process says so in the fleet, and `rollout status` warns of a writer outside the shim
         rollout.RUNTIME.tick(announce_now=True)
-        [me] = [p for p in rollout.fleet() if p["pid"] == os.getpid()]
+        [me] = [p for p in rollout.fleet(settings=config.settings()) if p["pid"] == os.getpid()]
         assert me["torn_reads"] >= recovered
         assert "half-written" in CliRunner().invoke(cli, ["rollout", "status"]).output
 
@@ -484,7 +484,7 @@ def test_profile_expertise_and_session_documents(fed, tmp_path, monkeypatch, pha
         with structlog.testing.capture_logs() as logs:
             module.load_profile("bob"), module.load_expertise("bob"), module.load_session("s-1")
         assert _events(logs, "shadow_mismatch") == [] and _events(logs, "shadow_error") == []
-        assert build_report().consistent
+        assert build_report(settings=config.settings()).consistent
     finally:
         adopt.uninstall(module)
         sys.modules.pop("other_core", None)
@@ -513,11 +513,11 @@ def test_phase_4_never_runs_adopted_code(fed, seed, tmp_path):
 def test_an_unpinned_process_refuses_to_start_when_the_flag_is_at_4(fed, tmp_path):
     """A process following the flag, started when the fleet is in phase 4, refuses at import, naming why."""
     fed.phase(3)
-    assert rollout.set_phase(4, force=True, reason="test: the fleet finished").applied
+    assert rollout.set_phase(4, force=True, reason="test: the fleet finished", settings=config.settings()).applied
     try:
         proc = _spawn(fed, "import seed_core.adoption\nfrom seed_core import core\n", phase=None, **FAST)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode != 0
         assert "AdoptedPhaseError" in err and "phase 4" in err and "seed_core.core" in err
     finally:
-        rollout.set_phase(3, force=True, reason="test: back")
+        rollout.set_phase(3, force=True, reason="test: back", settings=config.settings())

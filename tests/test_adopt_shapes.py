@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from federation import adopt, rollout
+from federation import adopt, config, rollout
 from federation.cli import main as cli
 from federation.transfer.report import build_report
 
@@ -71,8 +71,8 @@ for j in range(%d):
             open(gates[k + 1], "w").close()
             while not os.path.exists(gates[k + 2]):
                 time.sleep(0.01)
-    from federation import rollout
-    phases[rollout.mode()[0]] = phases.get(rollout.mode()[0], 0) + 1
+    from federation import config, rollout
+    phases[rollout.mode(config.settings())[0]] = phases.get(rollout.mode(config.settings())[0], 0) + 1
     plan_core.vote(poll_id, f"voter-{i}-{j}", "yes" if j %% 2 else "no")
     agent.post(f"w{i}", "hub", f"{i}-{j}")
     plan_core.join_session("s1", f"w{i}-{j}", "member")
@@ -116,13 +116,13 @@ def test_concurrent_work_on_the_plan_core_loses_nothing(fed, phase, tmp_path):
         assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
         fed.phase(2)
     _check_nothing_lost(fed, poll_id, reads, 3)
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 def test_the_flag_moving_1_2_3_2_1_loses_nothing(fed, tmp_path):
     """Unpinned adopted processes follow the flag 1 -> 2 -> 3 -> 2 -> 1 while working: nothing lost."""
     fed.phase(1)
-    rollout.set_phase(1)
+    rollout.set_phase(1, settings=config.settings())
     poll_id = finish([_spawn(fed, _SETUP, phase=None)])[0].strip()
     go = tmp_path / "go"
     steps = [(3, 2), (6, 3), (8, 2), (10, 1)]
@@ -139,11 +139,11 @@ def test_the_flag_moving_1_2_3_2_1_loses_nothing(fed, tmp_path):
 
     for n, to in steps:
         wait_for([tmp_path / f"at{n}-{i}" for i in range(2)])
-        if to == 2 and rollout.mode()[0] == 1:  # the runbook: backfill what phase 1 wrote, then step
+        if to == 2 and rollout.mode(config.settings())[0] == 1:  # the runbook: backfill what phase 1 wrote, then step
             assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
         if to == 3:
             assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
-        assert rollout.set_phase(to, force=True, reason="test: the flag moves under load").applied
+        assert rollout.set_phase(to, force=True, reason="test: the flag moves under load", settings=config.settings()).applied
         fed.phase(to)
         time.sleep(0.5)                                  # every process follows within its flag check (0.2 s)
         (tmp_path / f"open{n}").touch()
@@ -182,7 +182,7 @@ def test_phase_3_keyed_cache_write_reaches_both_sides(fed, plan):
     on_disk = json.loads((fed.root / "nodes" / "node01" / "context_window.json").read_text())
     assert on_disk["text"] == fed.store().load_context("node01")["text"] == "NEW TEXT"
     assert plan.state.CONTEXT["node01"]["text"] == "NEW TEXT"
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 @pytest.mark.sqlite_only
@@ -259,7 +259,7 @@ def test_a_writer_outside_the_fleet_is_shown_and_refused(fed, plan, tmp_path):
     """An unadopted process rewriting polls.json in place: the adopted reader counts the torn document,
     `rollout status` shows it, and the steps 1 -> 2 and 2 -> 3 are refused by unannounced_writers."""
     fed.phase(1)
-    rollout.set_phase(1)
+    rollout.set_phase(1, settings=config.settings())
     plan.agent.create_poll("lead", "Torn?", ["yes", "no"])
     path = fed.root / "shared" / "polls.json"
     done = tmp_path / "done"
@@ -292,17 +292,17 @@ while not os.path.exists({str(done)!r}):
     assert "half-written" in text and "shared/polls.json (" in text
     from federation.operations.doctor import doctor
 
-    [check] = [c for c in doctor().checks if c.name == "unannounced_writers"]
+    [check] = [c for c in doctor(settings=config.settings()).checks if c.name == "unannounced_writers"]
     assert not check.ok and "shared/polls.json" in check.detail
-    result = rollout.set_phase(2)
+    result = rollout.set_phase(2, settings=config.settings())
     [refused] = [g for g in result.refused if g["name"] == "unannounced_writers"] or [result.refused]
     assert "shared/polls.json" in refused["detail"] and not result.applied
     assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
-    assert rollout.set_phase(2, force=True, reason="test").applied
-    assert [g for g in rollout.set_phase(3).refused if g["name"] == "unannounced_writers"]
+    assert rollout.set_phase(2, force=True, reason="test", settings=config.settings()).applied
+    assert [g for g in rollout.set_phase(3, settings=config.settings()).refused if g["name"] == "unannounced_writers"]
     rollout.RUNTIME.torn_at = None                       # it stopped (the window passed): the guard passes
     rollout.RUNTIME.tick(announce_now=True)
-    assert [g for g in rollout.guards(3) if g["name"] == "unannounced_writers"][0]["ok"]
+    assert [g for g in rollout.guards(3, settings=config.settings()) if g["name"] == "unannounced_writers"][0]["ok"]
 
 
 @pytest.mark.parametrize("phase", [2, 3])
@@ -363,14 +363,14 @@ def test_migrate_report_and_sync_know_list_file_inboxes(fed, plan):
     assert [m["id"] for m in fed.store().load_inbox("bob")] == [first]       # imported, unread
     fed.phase(2)
     second = plan.agent.post("alice", "bob", "phase 2")
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
     assert [m["id"] for m in fed.store().load_inbox("bob")] == [first, second]
     fed.phase(3)
     fed.store().claim_inbox("bob", ids=[first])                              # claimed behind the list's back
-    assert not build_report().consistent
+    assert not build_report(settings=config.settings()).consistent
     assert CliRunner().invoke(cli, ["sync", "--to", "files"]).exit_code == 0
     listed = json.loads((fed.root / "nodes" / "bob" / "inbox.json").read_text())
     assert [(m["id"], bool(m.get("read"))) for m in listed] == [(first, True), (second, False)]
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     assert [m["content"] for m in plan.agent.read_new("bob")] == ["phase 2"]

@@ -12,7 +12,7 @@ import time
 import pytest
 import structlog
 
-from federation import context, core, governance, messaging
+from federation import config, context, core, governance, messaging
 from federation.errors import ConflictError, ValidationError
 
 from _procs import WAIT_FOR_GO, drain_script, finish as _finish  # noqa: E402
@@ -413,13 +413,13 @@ def test_an_older_database_is_upgraded_with_the_new_indexes(fed):
 
     fed.phase(4)
     pid = governance.create_poll("alice", "Q?", ["a", "b"])
-    db = get_db()
+    db = get_db(config.settings())
     db.write(lambda tx: [tx.execute(f"DROP INDEX IF EXISTS {name}") for name in (
         "idx_polls_created", "idx_polls_status_created", "idx_messages_sender_time")])
     db.execute("DELETE FROM schema_version WHERE version > 1")
     forget_stores()
     assert [p["id"] for p in governance.list_polls("open", limit=5)] == [pid]
-    assert [r[0] for r in get_db().fetchall("SELECT version FROM schema_version ORDER BY version")] == [
+    assert [r[0] for r in get_db(config.settings()).fetchall("SELECT version FROM schema_version ORDER BY version")] == [
         v for v, _ in schema.MIGRATIONS]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from federation import config
+
 import tarfile
 
 from federation.stores.files import Tree, has_legacy_data
@@ -18,7 +20,7 @@ def _legacy(root):
 def test_archive_refuses_when_the_report_is_inconsistent(fed, tmp_path):
     """An inconsistent report: exit 1, no archive written, every legacy file left in place."""
     generate(fed.root, agents=3, messages=10)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     (fed.root / "nodes" / "agent-001" / "inbox" / "msg-0000001.json").unlink()
     before = _legacy(fed.root)
     dest = tmp_path / "legacy.tar.gz"
@@ -33,7 +35,7 @@ def test_archive_of_a_consistent_tree_restores_it_exactly_and_removes_the_files(
     """On a consistent report: a verified archive that extracts to the identical tree (paths, bytes, modes,
     empty inboxes); the legacy files are gone afterwards and phase 4 keeps serving the database."""
     generate(fed.root, agents=5, messages=30, malformed=True)
-    assert migrate().exit_code == 3  # malformed files are archived too: nothing is lost
+    assert migrate(settings=config.settings()).exit_code == 3  # malformed files are archived too: nothing is lost
     (fed.root / "nodes" / "agent-004" / "inbox" / "extra").mkdir()
     before, before_dirs = _legacy(fed.root), {d for d in dirs_of(fed.root) if d.startswith(("nodes", "shared"))}
     dest = tmp_path / "legacy.tar.gz"
@@ -61,7 +63,7 @@ def test_archive_of_a_consistent_tree_restores_it_exactly_and_removes_the_files(
 def test_archive_refuses_to_overwrite_an_existing_file(fed, tmp_path):
     """An existing archive name is refused (exit 1) and the legacy files stay."""
     generate(fed.root, agents=2, messages=2)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     dest = tmp_path / "legacy.tar.gz"
     dest.write_bytes(b"keep me")
     proc = cli(fed, "archive-legacy", "--to", str(dest))

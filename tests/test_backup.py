@@ -82,7 +82,7 @@ def test_restore_a_backup_and_read_it_through_the_api(fed, tmp_path):
     poll = governance.create_poll("alice", "Restore works?", ["yes", "no"])
     governance.vote(poll, "bob", "yes")
     mid = messaging.send_message("alice", "bob", "kept in the backup")
-    result = backup(tmp_path / "saved.db")
+    result = backup(tmp_path / "saved.db", settings=config.settings())
     assert Path(result.path).stat().st_size == result.bytes and result.schema_version >= 1
     messaging.send_message("alice", "bob", "after the backup: lost by the restore")
     # restore: stop the agents, replace the database and its WAL files, start again
@@ -111,7 +111,7 @@ def test_backup_refuses_an_existing_target_or_a_missing_folder_with_exit_2(fed, 
     assert not (tmp_path / "no").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(ValidationError):
-        backup(existing)
+        backup(existing, settings=config.settings())
 
 
 @pytest.mark.sqlite_only
@@ -133,7 +133,7 @@ def test_backup_on_postgresql_exits_1_with_the_pg_dump_command_without_password(
     with config.override(FEDERATION_DB_URL="postgresql://fed_user:s3cret@db.example:5432/federation"
                                            "?password=s3cret&sslmode=require"):
         with pytest.raises(FederationError, match="pg_dump") as exc:
-            backup(tmp_path / "c.dump")
+            backup(tmp_path / "c.dump", settings=config.settings())
     assert "s3cret" not in str(exc.value)
     assert "'postgresql://fed_user@db.example:5432/federation?sslmode=require'" in str(exc.value)
     assert os.listdir(tmp_path) == ["fed"]  # the root only: no dump, no temp file

@@ -48,7 +48,7 @@ for i in range(k):
     context.get_context(f"{tag}{i}")
 rollout.flush()
 deadline = time.monotonic() + 30
-while end != "exit" and not any(p["pid"] == os.getpid() for p in rollout.fleet()):
+while end != "exit" and not any(p["pid"] == os.getpid() for p in rollout.fleet(settings=config.settings())):
     assert time.monotonic() < deadline, "not announced within 30 s"
     time.sleep(0.05)
 print("ready", flush=True)
@@ -502,8 +502,8 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     is over is not read again."""
     from datetime import datetime, timedelta, timezone
 
-    from federation import context, rollout
-    from federation.apps.dashboard import HourlyCounts
+    from federation import config, context, rollout
+    from federation.apps.dashboard import ControlPlane, HourlyCounts
 
     fed.phase(3)
     for i in range(5):
@@ -512,10 +512,10 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     rollout.flush()
     until = datetime.now(timezone.utc)
     since = until - timedelta(hours=24)
-    hourly = HourlyCounts(rollout)
+    hourly = HourlyCounts(ControlPlane(config.settings()))
     hours = hourly.by_hour(since, until)
-    assert HourlyCounts.consistency(hours) == rollout.consistency(since, until)
-    assert HourlyCounts.series(hours) == rollout.series(since, until)
+    assert HourlyCounts.consistency(hours) == rollout.consistency(since, until, settings=config.settings())
+    assert HourlyCounts.series(hours) == rollout.series(since, until, settings=config.settings())
     assert len(hours) == 25 and hourly._closed  # the hours before the last are over
 
     # seen from three hours later, the current hour is over too: read once, then kept
@@ -523,12 +523,12 @@ def test_hourly_counts_sum_to_what_the_control_plane_reports(fed):
     window = (until - timedelta(hours=23, minutes=59), later)
     hours = hourly.by_hour(*window, now=later)
     # (this test process may also have flushed counts of earlier tests here: compare, do not count)
-    before = rollout.consistency(*window)["context"]["comparisons"]
+    before = rollout.consistency(*window, settings=config.settings())["context"]["comparisons"]
     assert before >= 5 and HourlyCounts.consistency(hours)["context"]["comparisons"] == before
     context.get_context("h0")
     rollout.flush()
     assert HourlyCounts.consistency(hourly.by_hour(*window, now=later))["context"]["comparisons"] == before
-    assert rollout.consistency(*window)["context"]["comparisons"] == before + 1
+    assert rollout.consistency(*window, settings=config.settings())["context"]["comparisons"] == before + 1
 
 
 def test_dead_letters_on_the_page_data_and_in_metrics(fed, dashboard, monkeypatch):

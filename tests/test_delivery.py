@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from federation import messaging
+from federation import config, messaging
 from federation.errors import ConflictError, StorageError, ValidationError
 
 from _procs import WAIT_FOR_GO, finish
@@ -271,7 +271,7 @@ def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed
     dead, leased = ids["dies"], ids["leased"]
     assert [m["id"] for m in messaging.dead_letters("bob")] == [dead]
     keyed = messaging.send_message("alice", "carol", "keyed", idempotency_key="once")
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 0 and result.invalid == [] and result.dropped_fields == []
     # the key travelled with its message: the same send in a database phase still writes nothing
     fed.phase(4)
@@ -282,17 +282,17 @@ def test_migrate_and_report_understand_leased_acknowledged_and_dead_messages(fed
     assert delivery[dead] == (1, True, True) and delivery[leased] == (1, True, False)
     assert delivery[ids["new"]] == (0, False, False)
     fed.phase(2)
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     # phase 2: new deliveries, leases, acks and dead letters land on both sides alike
     later = messaging.send_message("alice", "bob", "later")
     assert [m["id"] for m in messaging.receive("bob", lease=0.2)] == [ids["new"], later]
     time.sleep(0.3)
     assert messaging.receive("bob", lease=0.2) == []  # max attempts 1: dead letters now
     assert [m["id"] for m in messaging.dead_letters("bob")] == [dead, ids["new"], later]
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     # prune removes read messages only: never a leased or a dead one
     fed.phase(4)
-    prune(older_than="1s", now=datetime.now(timezone.utc) + timedelta(days=1))
+    prune(older_than="1s", now=datetime.now(timezone.utc) + timedelta(days=1), settings=config.settings())
     left = {r[0] for r in fed.store().db.fetchall("SELECT id FROM messages")}
     assert {dead, leased, later} <= left and ids["acked"] not in left
 

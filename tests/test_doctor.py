@@ -60,10 +60,10 @@ def test_files_and_database_differing_fails_with_the_sync_that_repairs_it(fed, p
     proc = _cli(fed, "doctor")
     assert proc.returncode == 1
     assert "FAIL  files_vs_database" in proc.stdout and f"fix: {fix}" in proc.stdout
-    report = doctor()
+    report = doctor(settings=config.settings())
     assert not report.healthy and _check(report, "files_vs_database").fix == fix
     assert _cli(fed, *fix.split()[1:]).returncode == 0
-    assert doctor().healthy
+    assert doctor(settings=config.settings()).healthy
 
 
 def test_phase_4_difference_is_expected_and_only_noted(fed):
@@ -71,7 +71,7 @@ def test_phase_4_difference_is_expected_and_only_noted(fed):
     _seed(fed, 3)
     fed.phase(4)
     messaging.send_message("alice", "bob", "database only")
-    check = _check(doctor(), "files_vs_database")
+    check = _check(doctor(settings=config.settings()), "files_vs_database")
     assert check.ok and "sync --to files" in check.detail
 
 
@@ -81,7 +81,7 @@ def test_unreadable_legacy_file_fails_with_the_migration_dry_run(fed):
     bad = fed.root / "nodes" / "carol" / "profile.json"
     bad.parent.mkdir(parents=True)
     bad.write_text('{"agent": "carol", "traits": {')
-    check = _check(doctor(), "legacy_files")
+    check = _check(doctor(settings=config.settings()), "legacy_files")
     assert not check.ok and str(bad) in check.detail and "invalid JSON" in check.detail
     assert "federation migrate --dry-run" in check.fix
 
@@ -111,7 +111,7 @@ def test_newer_schema_fails_with_the_upgrade(fed):
     _seed(fed)
     fed.store().db.write(lambda tx: tx.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (99, 'later')"))
-    check = _check(doctor(), "schema_version")
+    check = _check(doctor(settings=config.settings()), "schema_version")
     assert not check.ok and "99" in check.detail and "pip install --upgrade" in check.fix
 
 
@@ -119,12 +119,12 @@ def test_newer_schema_fails_with_the_upgrade(fed):
 def test_wal_over_its_limit_fails_with_the_checkpoint_command(fed):
     """A WAL above the limit: wal_size fails with the checkpoint; once checkpointed, it passes."""
     _seed(fed)
-    check = _check(doctor(wal_limit=1), "wal_size")
+    check = _check(doctor(wal_limit=1, settings=config.settings()), "wal_size")
     assert not check.ok and "wal_checkpoint(TRUNCATE)" in check.fix
     conn = sqlite3.connect(fed.db_path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    assert _check(doctor(wal_limit=1), "wal_size").ok
+    assert _check(doctor(wal_limit=1, settings=config.settings()), "wal_size").ok
 
 
 @pytest.mark.sqlite_only
@@ -133,7 +133,7 @@ def test_sqlite_on_a_network_filesystem_fails(fed, tmp_path):
     _seed(fed)
     mounts = tmp_path / "mounts"
     mounts.write_text(f"rootfs / ext4 rw 0 0\nserver:/export {fed.db_path.parent} nfs4 rw 0 0\n")
-    check = _check(doctor(mounts_file=str(mounts)), "network_filesystem")
+    check = _check(doctor(mounts_file=str(mounts), settings=config.settings()), "network_filesystem")
     assert not check.ok and "nfs4" in check.detail and "FEDERATION_DB_URL=postgresql://" in check.fix
 
 
@@ -143,10 +143,10 @@ def test_never_backfilled_database_fails_in_phase_3(fed):
     fed.phase(3)
     store = fed.store()
     store.db.ensure_schema()  # a database created while legacy files exist: not backfilled
-    check = _check(doctor(), "backfilled")
+    check = _check(doctor(settings=config.settings()), "backfilled")
     assert not check.ok and check.fix == "federation migrate"
     assert _cli(fed, "migrate").returncode == 0
-    assert doctor().healthy
+    assert doctor(settings=config.settings()).healthy
 
 
 def test_free_space_on_the_root_filesystem(fed, small_fs):
@@ -154,17 +154,17 @@ def test_free_space_on_the_root_filesystem(fed, small_fs):
     small_fs.mount(fed.root, "1m")
     _seed(fed)
     filler = small_fs.fill(fed.root)
-    check = _check(doctor(), "free_space_root")
+    check = _check(doctor(settings=config.settings()), "free_space_root")
     assert not check.ok and str(fed.root) in check.detail and "federation prune" in check.fix
     filler.unlink()
-    assert _check(doctor(), "free_space_root").ok
+    assert _check(doctor(settings=config.settings()), "free_space_root").ok
 
 
 @pytest.mark.postgresql_only
 def test_unreachable_postgresql_fails_integrity(fed):
     """A server that does not answer: database_integrity fails, saying how to check the server."""
     with config.override(FEDERATION_DB_URL="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"):
-        report = doctor()
+        report = doctor(settings=config.settings())
     check = _check(report, "database_integrity")
     assert not check.ok and "pg_isready" in check.fix and not report.healthy
 
@@ -176,7 +176,7 @@ def test_unsafe_mix_of_phases_in_the_fleet_fails_with_the_safe_step(fed):
     from federation import rollout
 
     _seed(fed, 3)
-    assert _check(doctor(), "fleet_phases").ok
+    assert _check(doctor(settings=config.settings()), "fleet_phases").ok
     code = "from federation import context; import time; context.heartbeat('p'); time.sleep(120)"
     procs = {}
     try:
@@ -185,8 +185,8 @@ def test_unsafe_mix_of_phases_in_the_fleet_fails_with_the_safe_step(fed):
                                             env={**unpinned_env(fed), "FEDERATION_PHASE": str(phase)},
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pids = {p.pid for p in procs.values()}
-        wait_for(lambda: pids <= {p["pid"] for p in rollout.fleet() if p["alive"]}, 30, what="both announced")
-        check = _check(doctor(), "fleet_phases")
+        wait_for(lambda: pids <= {p["pid"] for p in rollout.fleet(settings=config.settings()) if p["alive"]}, 30, what="both announced")
+        check = _check(doctor(settings=config.settings()), "fleet_phases")
         assert not check.ok and "federation rollout set 3" in check.fix
         assert f":{procs[4].pid} in phase 4 beside " in check.detail and f":{procs[2].pid} in phase 2" in check.detail
         proc = _cli(fed, "doctor", "--json")
@@ -210,9 +210,9 @@ def test_dead_letters_are_counted_with_the_oldest_age(fed, phase, monkeypatch):
     assert len(messaging.receive("bob", lease=0.1)) == 1
     time.sleep(0.2)
     # due (its last lease over) before any receive marks it: counted already
-    assert _check(doctor(), "dead_letters").detail.startswith("1 dead letters")
+    assert _check(doctor(settings=config.settings()), "dead_letters").detail.startswith("1 dead letters")
     assert messaging.receive("bob", lease=0.1) == []  # marks it dead
-    check = _check(doctor(), "dead_letters")
+    check = _check(doctor(settings=config.settings()), "dead_letters")
     assert check.ok and check.detail.startswith("1 dead letters") and "messaging.dead_letters" in check.detail
     messaging.ack("bob", [m["id"] for m in messaging.dead_letters("bob")])
-    assert _check(doctor(), "dead_letters").detail == "no dead letters"
+    assert _check(doctor(settings=config.settings()), "dead_letters").detail == "no dead letters"

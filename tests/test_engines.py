@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from federation import governance
+from federation import config, governance
 from federation.stores import schema
 from federation.stores.database import get_db
 
@@ -27,9 +27,9 @@ context.set_context(f"agent-{sys.argv[2]}", "up")
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-3000:]
     store = fed.store()
-    rows = get_db().fetchall("SELECT version FROM schema_version ORDER BY version")
+    rows = get_db(config.settings()).fetchall("SELECT version FROM schema_version ORDER BY version")
     assert [r[0] for r in rows] == [version for version, _ in schema.MIGRATIONS]  # each applied once
-    assert get_db().fetchall("SELECT COUNT(*) FROM federation_meta WHERE key = 'created_at'") == [(1,)]
+    assert get_db(config.settings()).fetchall("SELECT COUNT(*) FROM federation_meta WHERE key = 'created_at'") == [(1,)]
     assert store.load_agents() == [f"agent-{i}" for i in range(8)]
     assert governance.list_polls() == []
 

@@ -16,7 +16,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from federation import governance, messaging, rollout
+from federation import config, governance, messaging, rollout
 from federation.errors import FileStorageError, StorageError
 from federation.transfer.report import build_report
 from federation.stores.sqlstore import forget_stores
@@ -96,7 +96,7 @@ def test_file_side_fault_where_files_are_authoritative_is_a_typed_error_and_chan
     assert governance.get_poll(pid)["tally"] == {"yes": 1, "no": 0}
     assert temp_files(fed.root) == []
     if phase == 2:
-        assert build_report().consistent
+        assert build_report(settings=config.settings()).consistent
 
 
 @pytest.mark.parametrize("kind", ["full", "read-only"])
@@ -118,9 +118,9 @@ def test_file_side_fault_in_phase_3_serves_from_the_database_and_logs_shadow_err
     assert governance.get_poll(pid)["tally"] == {"yes": 1, "no": 0}
 
     _clear(small_fs, fed, kind, filler)
-    assert not build_report().consistent  # the files missed what the database took
-    sync("files", phase=rollout.fleet_phase())
-    assert build_report().consistent
+    assert not build_report(settings=config.settings()).consistent  # the files missed what the database took
+    sync("files", phase=rollout.fleet_phase(settings=config.settings()), settings=config.settings())
+    assert build_report(settings=config.settings()).consistent
     assert [m["id"] for m in messaging.check_inbox("bob")][-1] == mid
 
 
@@ -179,7 +179,7 @@ def test_corrupted_database_file_is_a_clear_error_left_untouched_and_a_backup_re
 
     fed.phase(4)
     pid = _seed(fed)
-    saved = backup(tmp_path / "saved.db")
+    saved = backup(tmp_path / "saved.db", settings=config.settings())
     forget_stores()
     data = bytearray(fed.db_path.read_bytes())
     data[:4096] = b"\x5a" * 4096  # the header and first page: not a database any more
@@ -211,7 +211,7 @@ def test_any_other_file_side_os_error_is_typed_too(fed):
     assert inbox.read_text() == "not a folder"
     from federation.transfer.migrate import migrate
 
-    assert str(inbox) in {i["path"] for i in migrate(dry_run=True).invalid}
+    assert str(inbox) in {i["path"] for i in migrate(dry_run=True, settings=config.settings()).invalid}
 
 
 def _visible(fed, phase: int, content: str) -> list[str]:

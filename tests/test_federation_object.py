@@ -3,6 +3,7 @@ and database; two in one process never see each other's data, also from two thre
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -99,3 +100,101 @@ def test_the_default_federation_is_built_once_from_the_configured_settings(fed):
     assert first.tree.root == config.settings().root
     with Federation(config.settings()).serve() as other:
         assert other is not first and config.settings() is first.settings
+
+
+class _HttpServed:
+    """The MCP HTTP application of one federation (``mcp_http.create_app(registry, fed)``), served by uvicorn
+    in a thread of this process on a free port."""
+
+    def __init__(self, fed: Federation):
+        import socket
+
+        import uvicorn
+
+        from federation.apps.agent_tokens import TokenRegistry, tokens_path
+        from federation.apps.mcp_http import create_app
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        app = create_app(TokenRegistry(tokens_path(fed.settings.root)), fed)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False, log_config=None))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start in 60 s"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.mark.parametrize("phase", [2, 4])
+def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_process(two, phase, monkeypatch):
+    """Two MCP HTTP servers in one process, each handed its own federation, answer a real MCP client each
+    with that federation's data (the tools run on worker threads or inline); a message sent through one
+    lands in its federation only; the dashboard's data, ``doctor`` and ``federation status`` of each show its
+    own (the dead letters of the files, phase 2, too); the process's configured federation receives nothing."""
+    import time
+
+    import anyio
+    from click.testing import CliRunner
+
+    from federation.apps import agent_tokens
+    from federation.apps.dashboard import DashboardData
+    from federation.cli import main
+    from federation.operations.doctor import doctor
+    from test_mcp_http import http_agent
+
+    a, b = two(phase)
+    configured = config.settings()
+    for fed, tag in ((a, "a"), (b, "b")):
+        with fed.serve():
+            messaging.send_message("carol", "bob", f"from {tag}")
+            governance.create_poll("carol", f"{tag}?", ["yes", "no"])
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    with a.serve():  # one dead letter, in a only: delivered once (the maximum), never acknowledged
+        messaging.send_message("carol", "erin", "poison")
+        assert len(messaging.receive("erin", lease=0.1)) == 1
+    time.sleep(0.2)
+    token = {fed: agent_tokens.add("bob", fed.settings.root)[0] for fed in (a, b)}
+    servers = {a: _HttpServed(a), b: _HttpServed(b)}
+    try:
+        async def scenario() -> dict:
+            seen = {}
+            for fed, tag in ((a, "a"), (b, "b")):
+                async with http_agent(servers[fed].url, token[fed], "bob") as bob:
+                    inbox = await bob.ok("peek_inbox")
+                    polls = await bob.ok("list_polls")
+                    await bob.ok("send_message", recipient="dave", content=f"via {tag}'s server")
+                    seen[tag] = ([m["content"] for m in inbox["messages"]], [p["question"] for p in polls["polls"]])
+            return seen
+
+        seen = anyio.run(scenario)
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert seen == {"a": (["from a"], ["a?"]), "b": (["from b"], ["b?"])}
+    for fed, tag, dead in ((a, "a", 1), (b, "b", 0)):
+        with fed.serve():
+            assert [m["content"] for m in messaging.peek_inbox("dave")] == [f"via {tag}'s server"]
+        # the dashboard's data and doctor of each, outside any serve(): its own dead letters (phase 2: the files)
+        page = DashboardData(fed.settings).page("24h")
+        assert page["dead_letters"]["count"] == dead, page["problems"]
+        check = {c.name: c for c in doctor(fed.settings).checks}["dead_letters"]
+        assert check.detail.startswith("1 dead letters") if dead else check.detail == "no dead letters", check
+        # a command of this process, handed this federation's root and database by its options
+        db = fed.settings.db_url or str(fed.settings.db_path)
+        run = CliRunner().invoke(main, ["status", "--json", "--root", str(fed.settings.root), "--db", db])
+        assert run.exit_code == 0, run.output
+        status = json.loads(run.output)
+        assert status["root"] == str(fed.settings.root) and status["database"] == fed.settings.db_display
+        if phase >= 3 or status.get("tables") is not None:
+            assert status["tables"]["messages"] == 2 + dead, status  # to bob, to dave (and erin's): its own only
+    assert config.settings() is configured and not (configured.root / "nodes").exists()

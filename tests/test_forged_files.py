@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from federation import messaging
+from federation import config, messaging
 from federation.apps import agent_tokens
 from federation.apps.agent_tokens import TokenFileError
 from federation.domain import delivery
@@ -160,7 +160,7 @@ def test_migrate_lists_key_files_that_are_not_their_senders(fed):
     listed = {i["path"]: i["reason"] for i in dry["invalid"]}
     assert code == 3 and listed.keys() == {str(empty), str(forged)}, listed
     assert "names no message" in listed[str(empty)] and "'carol'" in listed[str(forged)]
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3 and {i["path"] for i in result.invalid} == {str(empty), str(forged)}
     keys = dict(fed.store().db.fetchall("SELECT id, idempotency_key FROM messages"))
     assert keys == {keyed: "good", carols: None}

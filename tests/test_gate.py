@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import context, messaging
+from federation import config, context, messaging
 from federation.errors import FederationError
 from federation.stores import files
 from federation.stores.files import Tree, has_legacy_data
@@ -82,7 +82,7 @@ def test_archive_legacy_never_enters_a_linked_top_folder(fed, tmp_path):
 
     fed.phase(1)
     governance.create_poll("alice", "q?", ["a", "b"])
-    assert migrate().exit_code in (0, 3)
+    assert migrate(settings=config.settings()).exit_code in (0, 3)
     outside = marker_tree(tmp_path)
     (fed.root / "nodes").mkdir(exist_ok=True)
     import shutil
@@ -92,7 +92,7 @@ def test_archive_legacy_never_enters_a_linked_top_folder(fed, tmp_path):
     before = snapshot(outside)
     fed.phase(4)
     try:
-        result = archive_legacy(tmp_path / "a.tgz", root=fed.root)
+        result = archive_legacy(tmp_path / "a.tgz", root=fed.root, settings=config.settings())
     except FederationError:
         result = None  # refusing is fine too; deleting outside is not
     assert snapshot(outside) == before
@@ -349,10 +349,10 @@ def test_links_and_fifos_are_listed_invalid_by_migrate_report_and_doctor(fed, tm
     os.mkfifo(fifo)
     planted.add(fifo)
     before = snapshot(outside)
-    result = bounded(lambda: migrate(dry_run=True))
+    result = bounded(lambda: migrate(dry_run=True, settings=config.settings()))
     listed = {i["path"] for i in result.invalid}
     assert {str(p) for p in planted} <= listed, listed
-    report = bounded(lambda: build_report(fed.root))
+    report = bounded(lambda: build_report(fed.root, settings=config.settings()))
     assert {str(p) for p in planted} <= {i["path"] for i in report.invalid}
     control = fed.root / "control"
     control.mkdir(exist_ok=True)
@@ -566,8 +566,8 @@ def _every_call(fed, root: Path) -> None:
              lambda: messaging.send_message("alice", "bob", "hi"), lambda: messaging.check_inbox("bob"),
              lambda: messaging.ack("bob", [m["id"] for m in messaging.receive("bob")]),
              lambda: messaging.dead_letters("bob"), lambda: governance.create_poll("alice", "q?", ["a", "b"]),
-             lambda: governance.list_polls(), lambda: migrate(root, dry_run=True), lambda: build_report(root),
-             lambda: doctor()]
+             lambda: governance.list_polls(), lambda: migrate(root, dry_run=True, settings=config.settings()), lambda: build_report(root, settings=config.settings()),
+             lambda: doctor(settings=config.settings())]
     done = 0
     for phase in (1, 2, 3, 4):
         fed.phase(phase)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from federation import messaging
+from federation import config, messaging
 from federation.operations.prune import prune
 from federation.transfer.keys import key_name
 from federation.transfer.migrate import migrate
@@ -29,7 +29,7 @@ def test_phase_1_key_survives_migrate_read_or_unread(fed):
     first_read = send("k-read", "one")
     assert received() == ["one"]
     first_unread = send("k-unread", "two")
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     for phase in (3, 4):
         fed.phase(phase)
         assert send("k-read", "one") == first_read
@@ -42,12 +42,12 @@ def test_phase_4_key_survives_sync_to_files_and_the_way_down(fed):
     """Phase 4: a keyed send, read and acknowledged; `sync --to files` writes its key file; in phases 3, 2 and
     1 the same send returns the first id and bob receives nothing more; `sync --to db` then carries nothing."""
     fed.phase(1)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     fed.phase(4)
     first = send("k4")
     got = messaging.receive("bob", lease=30)
     assert [m["id"] for m in got] == [first] and messaging.ack("bob", [first]) == [first]
-    result = sync("files", phase=4)
+    result = sync("files", phase=4, settings=config.settings())
     key_file = fed.root / "nodes" / "alice" / "sent_keys" / key_name("k4")
     assert str(key_file) in {c.target for c in result.changes}
     assert json.loads(key_file.read_text())["ids"] == [first]
@@ -56,8 +56,8 @@ def test_phase_4_key_survives_sync_to_files_and_the_way_down(fed):
         assert send("k4") == first, phase
         assert received() == []
     fed.phase(2)
-    assert [c for c in sync("db", phase=2).changes if c.action == "key"] == []
-    again = sync("files", phase=4)  # nothing to add: a rerun writes no key file
+    assert [c for c in sync("db", phase=2, settings=config.settings()).changes if c.action == "key"] == []
+    again = sync("files", phase=4, settings=config.settings())  # nothing to add: a rerun writes no key file
     assert [c for c in again.changes if "sent_keys" in c.target] == []
 
 
@@ -68,7 +68,7 @@ def test_keyed_broadcast_across_migrate(fed):
     received("bob"), received("carol")
     ids = messaging.broadcast("alice", "all hands", idempotency_key="b1")
     assert len(ids) >= 2 and received("bob") == ["all hands"]
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     fed.phase(3)
     assert sorted(messaging.broadcast("alice", "all hands", idempotency_key="b1")) == sorted(ids)
     assert received("bob") == [] and received("carol") == ["all hands"]
@@ -83,7 +83,7 @@ def test_a_key_file_naming_another_senders_message_is_not_carried(fed):
     folder.mkdir(parents=True)
     (folder / key_name("forged")).write_text(json.dumps(
         {"sender": "alice", "key": "forged", "ids": [carols], "recipients": ["bob"], "created_at": "x"}))
-    assert migrate().exit_code in (0, 3)
+    assert migrate(settings=config.settings()).exit_code in (0, 3)
     fed.phase(3)
     mine = send("forged", "from alice")
     assert mine != carols
@@ -94,13 +94,13 @@ def test_prune_removes_kept_keys_past_retention(fed):
     fed.phase(1)
     first = send("old")
     received()
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     store = fed.store()
     count = lambda: store.db.fetchone("SELECT COUNT(*) FROM idempotency_keys")[0]  # noqa: E731
     assert count() == 1
-    prune("30d")
+    prune("30d", settings=config.settings())
     assert count() == 1  # within retention
-    prune("1s", now=datetime.now(timezone.utc) + timedelta(days=1))
+    prune("1s", now=datetime.now(timezone.utc) + timedelta(days=1), settings=config.settings())
     assert count() == 0
     fed.phase(3)
     assert send("old") != first  # past retention, as a key on a pruned message row

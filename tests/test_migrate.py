@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation import governance, messaging
+from federation import config, governance, messaging
 from federation.domain.generate import MALFORMED_KINDS, generate
 from federation.transfer.rows import read_tree
 from federation.errors import BackfillRequiredError
@@ -56,7 +56,7 @@ def test_phase3_api_reads_equal_phase1_reads_after_migration(fed):
     fed.phase(3)
     with pytest.raises(BackfillRequiredError):  # never an empty federation before the migration
         messaging.peek_inbox("agent-000")
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     fed.phase(3)
     assert api_view() == before
     fed.phase(4)
@@ -79,7 +79,7 @@ def test_dry_run_leaves_filesystem_byte_for_byte_unchanged(fed, tmp_path):
 def test_migrating_twice_changes_nothing_the_second_time(fed):
     """A second run inserts nothing, keeps the backfill date, and leaves every table as one run left it."""
     generate(fed.root, agents=5, messages=40)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     store = fed.store()
     first, stamp = db_rows(store), store.meta("backfilled_at")
     rc, out = cli_json(fed, "migrate")
@@ -179,7 +179,7 @@ def test_invalid_poll_inside_polls_json_is_reported_and_the_other_polls_migrate(
         "badvote": {"id": "badvote", "question": "Q?", "options": ["a", "b"], "creator": "alice",
                     "created_at": "2024-01-01T00:00:00", "votes": {"bob": 3}},
     }))
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     # a vote that is not a string naming an option is listed and not imported; its poll is (issue 16)
     assert sorted(i["reason"] for i in result.invalid) == [
@@ -202,7 +202,7 @@ def test_vote_cast_in_phase2_after_files_were_read_survives_the_migration(fed):
     import_rows(fed.store(), scanned)  # the older content is offered to the database
     assert governance.get_poll(pid)["votes"] == {"bob": "no", "carol": "yes"}
     fed.phase(3)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     assert governance.get_poll(pid)["tally"] == {"yes": 1, "no": 1}
     assert fed.store().load_poll(pid)["votes"] == {"bob": "no", "carol": "yes"}
 
@@ -219,7 +219,7 @@ def test_message_claimed_in_phase2_after_files_were_read_is_not_delivered_again(
     assert complete(fed.store(), scanned).exit_code == 0
     fed.phase(3)
     assert messaging.check_inbox("bob") == []
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 def test_expertise_replaced_live_is_not_extended_by_older_file_content(fed):
@@ -247,7 +247,7 @@ def test_expertise_cleared_in_phase2_after_files_were_read_is_not_brought_back(f
     import_rows(fed.store(), scanned)
     assert complete(fed.store(), scanned).exit_code == 0
     assert fed.store().load_expertise("dana") is None
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
 
 
 def test_empty_root_migrates_to_an_empty_backfilled_database(fed):
@@ -296,7 +296,7 @@ def test_duplicate_message_ids_are_reported_not_merged(fed):
         inbox.mkdir(parents=True)
         (inbox / "m1.json").write_text(json.dumps({"id": "m1", "sender": "cy", "recipient": agent,
                                                    "content": f"to {agent}", "timestamp": "2024-01-01T00:00:00"}))
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     assert result.entities["messages"] == {"files": 1, "rows": 1}
     assert len(result.invalid) == 1 and "duplicate messages key 'm1'" in result.invalid[0]["reason"]
@@ -430,9 +430,9 @@ def test_any_legacy_content_reads_the_same_through_the_api_after_migration(fed, 
                                 "sessions", "messages", "context", "expertise", "profiles", "federation_meta")])
     _write_tree(fed.root.__class__(root), tree)
     before = _entity_view()
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 0, result.to_json()
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     fed.phase(3)
     assert _entity_view() == before
     fed.phase(4)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from federation import context, governance, rollout
+from federation import config, context, governance, rollout
 from federation.domain.generate import generate
 from federation.transfer.migrate import migrate
 from federation.rollout import _counts, _flag
@@ -32,7 +32,7 @@ def set_flag(fed, phase: int) -> None:
 
 def migrated_tree(fed) -> None:
     generate(fed.root, agents=4, messages=12, polls=2, sessions=1)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
 
 
 def file_vote(fed, poll: str, voter: str) -> str:
@@ -110,19 +110,19 @@ def test_sync_called_from_python_with_the_fleets_phase_refuses_the_same_way(fed,
     fed.store().db.write(lambda tx: tx.execute("UPDATE context SET text = ? WHERE agent = ?",
                                                ("changed in the db", "agent-000")))
     with pytest.raises(AuthoritativeSideError, match="files are authoritative in phase 2.*sync --to db"):
-        sync("files", phase=2)
+        sync("files", phase=2, settings=config.settings())
     with pytest.raises(ConfigError, match="--force needs --reason"):
-        sync("files", phase=2, force=True)
+        sync("files", phase=2, force=True, settings=config.settings())
     for side in ("files", "db"):  # not told the phase: neither side may be written
         with pytest.raises(ConfigError, match=r"needs the fleet's phase.*rollout.fleet_phase\(\)"):
-            sync(side)
+            sync(side, settings=config.settings())
     assert path.read_bytes() == before
     with pytest.raises(ConflictError, match="repair with `federation sync --to db`"):
-        archive_legacy(tmp_path / "a.tar.gz", phase=2)
+        archive_legacy(tmp_path / "a.tar.gz", phase=2, settings=config.settings())
     with pytest.raises(ConflictError, match="repair with the `federation sync` it names"):
-        archive_legacy(tmp_path / "a.tar.gz")
+        archive_legacy(tmp_path / "a.tar.gz", settings=config.settings())
     assert not (tmp_path / "a.tar.gz").exists()
-    assert [c.action for c in sync("db", phase=2).changes] == ["upsert"]
+    assert [c.action for c in sync("db", phase=2, settings=config.settings()).changes] == ["upsert"]
     assert run_cli(fed, "report").returncode == 0
 
 
@@ -260,13 +260,13 @@ def test_since_in_the_middle_of_a_bucket_counts_what_came_after(fed):
     since = datetime.fromtimestamp(whole, tz=timezone.utc)
     later = Watcher(fed, "late", env)
     try:
-        wait_for(lambda: rollout.totals(since=since)["comparisons"] >= 10, 60, what="comparisons after --since")
+        wait_for(lambda: rollout.totals(since=since, settings=config.settings())["comparisons"] >= 10, 60, what="comparisons after --since")
     finally:
         later.finish()
-    after = rollout.totals(since=since)["comparisons"]
+    after = rollout.totals(since=since, settings=config.settings())["comparisons"]
     lines = [line for line in later.lines() if line["phase"] == 2]
     assert after == len(lines)  # exactly the late watcher's compared reads, none of the early one's
-    assert rollout.totals()["comparisons"] == after + len(before.lines())
+    assert rollout.totals(settings=config.settings())["comparisons"] == after + len(before.lines())
     result = cli(fed, "rollout", "set", "3", "--since", since.isoformat(), "--min-comparisons", "5")
     assert result.exit_code == 0, result.output
     assert f"{after} comparison(s)" in result.output
@@ -285,7 +285,7 @@ def test_a_mismatch_repaired_in_phase_2_does_not_block_3_to_4(fed):
     path.write_text(json.dumps(doc))
     w = Watcher(fed, "two", env)
     try:
-        wait_for(lambda: rollout.totals()["mismatches"] >= 1, 60, what="a counted mismatch")
+        wait_for(lambda: rollout.totals(settings=config.settings())["mismatches"] >= 1, 60, what="a counted mismatch")
     finally:
         w.finish()
     assert run_cli(fed, "sync", "--to", "db").returncode == 0
@@ -293,7 +293,7 @@ def test_a_mismatch_repaired_in_phase_2_does_not_block_3_to_4(fed):
     time.sleep(1.1)
     w = Watcher(fed, "two-b", env)
     try:
-        wait_for(lambda: rollout.totals(since=repaired)["comparisons"] >= 5, 60, what="comparisons after repair")
+        wait_for(lambda: rollout.totals(since=repaired, settings=config.settings())["comparisons"] >= 5, 60, what="comparisons after repair")
     finally:
         w.finish()
     result = cli(fed, "rollout", "set", "3", "--since", repaired.isoformat(), "--min-comparisons", "5")
@@ -301,11 +301,11 @@ def test_a_mismatch_repaired_in_phase_2_does_not_block_3_to_4(fed):
     entered = _flag.read_flag(fed.root).set_at
     w = Watcher(fed, "three", env)
     try:
-        wait_for(lambda: rollout.totals(since=datetime.fromisoformat(entered))["comparisons"] >= 5, 60,
+        wait_for(lambda: rollout.totals(since=datetime.fromisoformat(entered), settings=config.settings())["comparisons"] >= 5, 60,
                  what="comparisons in phase 3")
     finally:
         w.finish()
-    assert rollout.totals()["mismatches"] >= 1  # still in the last 24 hours
+    assert rollout.totals(settings=config.settings())["mismatches"] >= 1  # still in the last 24 hours
     result = cli(fed, "rollout", "set", "4", "--min-comparisons", "5")
     assert result.exit_code == 0, result.output
     assert "(when phase 3 was entered)" in result.output
@@ -317,20 +317,20 @@ def test_the_step_to_3_counts_phase_2_from_the_end_of_the_catch_up_migrate(fed):
     end, and `rollout set 3` without --since counts from there: accepted on the first try."""
     fed.phase(1)
     context.set_context("seed", "before the first migrate")
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     context.set_context("probe", "written in phase 1 after the first migrate")
     result = cli(fed, "rollout", "set", "2")
     assert result.exit_code == 0, result.output
     env = unpinned_env(fed)
     w = Watcher(fed, "two", env)
     try:
-        wait_for(lambda: rollout.totals()["mismatches"] >= 1, 60, what="a counted mismatch before the catch-up")
-        assert migrate().exit_code == 0  # the runbook's catch-up
+        wait_for(lambda: rollout.totals(settings=config.settings())["mismatches"] >= 1, 60, what="a counted mismatch before the catch-up")
+        assert migrate(settings=config.settings()).exit_code == 0  # the runbook's catch-up
         caught_up = datetime.now(timezone.utc)
-        wait_for(lambda: rollout.totals(since=caught_up)["comparisons"] >= 5, 60, what="comparisons after it")
+        wait_for(lambda: rollout.totals(since=caught_up, settings=config.settings())["comparisons"] >= 5, 60, what="comparisons after it")
     finally:
         w.finish()
-    assert rollout.totals()["mismatches"] >= 1  # the early mismatches are still counted, just not judged
+    assert rollout.totals(settings=config.settings())["mismatches"] >= 1  # the early mismatches are still counted, just not judged
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "5")
     assert result.exit_code == 0, result.output
     assert "(when the catch-up `migrate` or `sync --to db` ended)" in result.output
@@ -348,21 +348,21 @@ def test_a_killed_process_is_gone_at_once_and_status_answers_every_live_one(fed)
     set_flag(fed, 3)
     env = unpinned_env(fed, FEDERATION_FLEET_TIMEOUT="300")
     w = Watcher(fed, "victim", env)
-    wait_for(lambda: w.proc.pid in {p["pid"] for p in rollout.fleet() if p["alive"]}, 60, what="announced")
+    wait_for(lambda: w.proc.pid in {p["pid"] for p in rollout.fleet(settings=config.settings()) if p["alive"]}, 60, what="announced")
     w.proc.kill()
     w.proc.wait(timeout=30)
-    gone = {p["pid"]: p for p in rollout.fleet()}[w.proc.pid]
+    gone = {p["pid"]: p for p in rollout.fleet(settings=config.settings())}[w.proc.pid]
     assert gone["alive"] is False
     # an announcement whose pid is reused: this test process's pid, announced with another start time
     fleet_dir = fed.root / "control" / "fleet"
     doc = json.loads(next(fleet_dir.glob("*.json")).read_text())
     doc.update(pid=os.getpid(), proc_start=1, last_seen=datetime.now(timezone.utc).isoformat())
     (fleet_dir / f"{doc['host']}-{os.getpid()}.json").write_text(json.dumps(doc))
-    assert {p["pid"]: p["alive"] for p in rollout.fleet()}[os.getpid()] is False
+    assert {p["pid"]: p["alive"] for p in rollout.fleet(settings=config.settings())}[os.getpid()] is False
     other = subprocess.Popen([sys.executable, "-c", "from federation import context; import time; "
                               "context.get_context('probe'); time.sleep(60)"], env=env)
     try:
-        wait_for(lambda: other.pid in {p["pid"] for p in rollout.fleet() if p["alive"]}, 60, what="a live one")
+        wait_for(lambda: other.pid in {p["pid"] for p in rollout.fleet(settings=config.settings()) if p["alive"]}, 60, what="a live one")
         assert run_cli(fed, "rollout", "status", "--expect-phase", "3").returncode == 0
         result = run_cli(fed, "rollout", "status", "--expect-phase", "2")
         assert result.returncode == 1 and f":{other.pid} in 3" in result.stderr
@@ -490,7 +490,7 @@ def test_report_six_times_under_live_writes_exits_0(fed, phase):
     procs, stop = _traffic(fed, phase)
     codes = []
     try:
-        wait_for(lambda: len(rollout.fleet()) >= 4, 60, what="the writers announced")
+        wait_for(lambda: len(rollout.fleet(settings=config.settings())) >= 4, 60, what="the writers announced")
         for _ in range(6):
             result = run_cli(fed, "report")
             codes.append((result.returncode, result.stdout[-1500:]))
@@ -509,7 +509,7 @@ def test_doctor_under_live_claims_is_healthy(fed, phase):
     procs, stop = _traffic(fed, phase)
     failed = []
     try:
-        wait_for(lambda: len(rollout.fleet()) >= 4, 60, what="the writers announced")
+        wait_for(lambda: len(rollout.fleet(settings=config.settings())) >= 4, 60, what="the writers announced")
         for _ in range(8):
             checks = {c["name"]: c for c in json.loads(run_cli(fed, "doctor", "--json").stdout)["checks"]}
             failed += [c for name, c in checks.items() if name in ("legacy_files", "files_vs_database")
@@ -542,8 +542,8 @@ def test_first_flush_and_announcement_come_at_once_on_a_young_machine(fed):
     env = unpinned_env(fed, FEDERATION_COUNTS_FLUSH="3600", FEDERATION_FLEET_REFRESH="3600")
     proc = subprocess.Popen([sys.executable, "-c", YOUNG_MACHINE, "60"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: proc.pid in {p["pid"] for p in rollout.fleet()}, 20, what="the first announcement")
-        wait_for(lambda: rollout.totals()["comparisons"] >= 1, 20, what="the first flush of the counts")
+        wait_for(lambda: proc.pid in {p["pid"] for p in rollout.fleet(settings=config.settings())}, 20, what="the first announcement")
+        wait_for(lambda: rollout.totals(settings=config.settings())["comparisons"] >= 1, 20, what="the first flush of the counts")
         assert proc.poll() is None  # still running: the exit's flush did not write them
     finally:
         proc.kill()

@@ -51,7 +51,7 @@ def test_missing_driver_is_a_clear_error(monkeypatch):
 def test_snapshot_unit_reruns_when_a_row_changes(fed):
     """A read-modify-write unit whose rows another connection changed is retried, not applied stale."""
     pid = governance.create_poll("alice", "Q?", ["a", "b"])
-    db = get_db()
+    db = get_db(config.settings())
     attempts = []
 
     def unit(tx):
@@ -230,7 +230,7 @@ def test_reconnects_in_process(fed):
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     else:
-        get_db().close()
+        get_db(config.settings()).close()
     governance.vote(pid, "carol", "b")
     assert governance.get_poll(pid)["tally"] == {"a": 1, "b": 1}
 
@@ -239,7 +239,7 @@ def test_reconnects_in_process(fed):
 def test_forked_child_leaves_the_parents_session_alone(fed):
     """A forked child that forgets its inherited connections does not end the parent's session."""
     governance.create_poll("alice", "Q?", ["a", "b"])
-    before = get_db().fetchone("SELECT pg_backend_pid()")
+    before = get_db(config.settings()).fetchone("SELECT pg_backend_pid()")
     child = os.fork()
     if child == 0:
         try:
@@ -247,4 +247,4 @@ def test_forked_child_leaves_the_parents_session_alone(fed):
         finally:
             os._exit(0)
     os.waitpid(child, 0)
-    assert get_db().fetchone("SELECT pg_backend_pid()") == before
+    assert get_db(config.settings()).fetchone("SELECT pg_backend_pid()") == before

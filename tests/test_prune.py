@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from federation import core, governance, messaging
+from federation import config, core, governance, messaging
 from federation.errors import ValidationError
 from federation.operations.prune import parse_duration, prune
 from federation.transfer.report import build_report
@@ -47,16 +47,16 @@ def test_prune_removes_only_old_read_messages_and_old_history_and_report_agrees(
     """Old read messages and old history go; unread (even old) messages, polls and votes stay; report agrees."""
     s = _scenario(fed)
     fed.phase(phase)
-    before = build_report()
+    before = build_report(settings=config.settings())
     assert before.consistent, before.to_json()
     store = fed.store()
     counts = store.counts()
 
-    dry = prune("30d", dry_run=True)
+    dry = prune("30d", dry_run=True, settings=config.settings())
     assert dry.removed == {"messages": 3, "message_history": 4, "tasks": 0}
     assert store.counts() == counts  # a dry run changes nothing
 
-    result = prune("30d", batch_size=2)  # tiny batches: the key walk crosses many of them
+    result = prune("30d", batch_size=2, settings=config.settings())  # tiny batches: the key walk crosses many of them
     assert result.removed == {"messages": 3, "message_history": 4, "tasks": 0} and not result.dry_run
     after = store.counts()
     assert after["messages"] == counts["messages"] - 3
@@ -65,13 +65,13 @@ def test_prune_removes_only_old_read_messages_and_old_history_and_report_agrees(
         {k: v for k, v in counts.items() if k not in ("messages", "message_history")}
     left = {r[0] for r in store.db.fetchall("SELECT id FROM messages")}
     assert left == set(s["read"][3:]) | set(s["unread"])
-    assert build_report().consistent  # in every phase: pruned rows never had a file
+    assert build_report(settings=config.settings()).consistent  # in every phase: pruned rows never had a file
     open_poll, closed_poll = s["polls"]
     assert governance.get_poll(open_poll)["votes"] == {"bob": "yes"}
     assert governance.get_poll(closed_poll)["status"] == "closed"
     if phase > 1:
         assert sorted(m["content"] for m in messaging.peek_inbox("bob")) == [f"unread {n}" for n in range(4)]
-    assert prune("30d").removed == {"messages": 0, "message_history": 0, "tasks": 0}  # idempotent
+    assert prune("30d", settings=config.settings()).removed == {"messages": 0, "message_history": 0, "tasks": 0}  # idempotent
 
 
 def test_prune_without_a_database_creates_none(fed):
@@ -80,7 +80,7 @@ def test_prune_without_a_database_creates_none(fed):
     messaging.send_message("alice", "bob", "files only")
     if fed.engine == "sqlite":
         assert not fed.db_path.exists()
-    assert prune("1s").removed == {"messages": 0, "message_history": 0, "tasks": 0}
+    assert prune("1s", settings=config.settings()).removed == {"messages": 0, "message_history": 0, "tasks": 0}
     if fed.engine == "sqlite":
         assert not fed.db_path.exists()
     # On both engines the files are untouched: the unread message is still there to claim.
@@ -177,7 +177,7 @@ def test_prune_of_a_large_database_while_agents_send_and_claim(fed, tmp_path):
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     time.sleep(0.3)  # the agents are sending and claiming
-    result = prune("30d", batch_size=500)
+    result = prune("30d", batch_size=500, settings=config.settings())
     time.sleep(0.2)
     stop.touch()
     outs = []

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from federation import context, messaging
+from federation import config, context, messaging
 from federation.domain.generate import generate
 from federation.transfer.migrate import migrate
 from federation.transfer.report import build_report
@@ -23,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def migrated(fed):
     """A generated tree, migrated, with the report consistent."""
     generate(fed.root, agents=6, messages=40, polls=4, sessions=3)
-    assert migrate().exit_code == 0
-    assert build_report().consistent
+    assert migrate(settings=config.settings()).exit_code == 0
+    assert build_report(settings=config.settings()).consistent
     return fed
 
 
@@ -130,7 +130,7 @@ def test_different_records_carry_a_field_level_diff(migrated):
     """The first differing records of a table come with field, file value and database value."""
     fed = migrated
     row_changed(fed)
-    rep = build_report()
+    rep = build_report(settings=config.settings())
     diffs = rep.entities["context"].diffs
     assert [(d["key"], d["field"], d["db"]) for d in diffs] == [("agent-001", "text", "changed in the db")]
     human = cli(fed, "report")
@@ -144,7 +144,7 @@ def test_read_messages_have_no_file_counterpart(migrated):
     fed.phase(3)
     claimed = messaging.check_inbox("agent-002")
     assert claimed
-    rep = build_report()
+    rep = build_report(settings=config.settings())
     assert rep.consistent
     assert rep.entities["messages"].files == 40 - len(claimed)
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from federation import governance
+from federation import config, governance
 from federation.domain.generate import generate
 from federation.operations.backup import backup
 from federation.transfer.migrate import migrate
@@ -50,7 +50,7 @@ def test_restore_under_traffic_loses_nothing(fed, phase, tmp_path):
     names (`sync --to db`) brings every later message and the last vote into the database, and `report`
     exits 0."""
     generate(fed.root, agents=3, messages=4, polls=1, sessions=0)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     _flag(fed, phase)
     poll = next(iter(json.loads((fed.root / "shared" / "polls.json").read_text())))  # this process stays out of the fleet
     stop, log = tmp_path / "stop", tmp_path / "sent.jsonl"
@@ -60,7 +60,7 @@ def test_restore_under_traffic_loses_nothing(fed, phase, tmp_path):
         deadline = time.monotonic() + 30
         while (not log.exists() or len(_written(log)) < 20) and time.monotonic() < deadline:
             time.sleep(0.05)
-        backup(tmp_path / "backup.db")
+        backup(tmp_path / "backup.db", settings=config.settings())
         before_backup = len(_written(log))
         time.sleep(0.5)
         refused = run_cli(fed, "restore", "--from", str(tmp_path / "backup.db"))
@@ -91,10 +91,10 @@ def test_restore_under_traffic_loses_nothing(fed, phase, tmp_path):
 @pytest.mark.sqlite_only
 def test_restore_in_phase_4_of_a_backup_taken_in_phase_4_keeps_4(fed, tmp_path):
     generate(fed.root, agents=2, messages=2, polls=1, sessions=0)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     _flag(fed, 4)
     odd = tmp_path / "backup 100%41 #1.db"  # read as a URI by hand, this name opened another file
-    backup(odd)
+    backup(odd, settings=config.settings())
     done = run_cli(fed, "restore", "--from", str(odd), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["phase_after"] == 4

@@ -72,14 +72,14 @@ def edit_file_context(fed, agent: str, text: str) -> None:
 
 WATCHER = r"""
 import json, os, sys, time
-from federation import context, rollout
+from federation import config, context, rollout
 from federation.stores import database
 database.BUSY_DEADLINE_S = float(os.environ.get("WATCHER_DEADLINE", "30"))
 out, stop, me = sys.argv[1], sys.argv[2], sys.argv[3]
 i = 0
 with open(out, "a", buffering=1) as fh:
     while not os.path.exists(stop):
-        info = rollout.phase_in_effect()
+        info = rollout.phase_in_effect(config.settings())
         try:
             ctx = context.get_context("probe")
             context.set_context(me, f"tick {i}")
@@ -136,7 +136,7 @@ def test_bad_input_is_a_usage_error_and_changes_nothing(fed):
         assert result.exit_code == 2, (args, result.output)
         assert says in result.output, (args, result.output)
     assert (fed.root / "control" / "flag.json").read_bytes() == before
-    assert [h["to"] for h in rollout.history()] == [2]
+    assert [h["to"] for h in rollout.history(settings=config.settings())] == [2]
 
 
 @pytest.mark.sqlite_only
@@ -202,15 +202,15 @@ def test_precedence_env_pin_then_flag_then_default(fed, monkeypatch):
     monkeypatch.setenv("FEDERATION_FLAG_CHECK", "0.05")
     runtime = Runtime()
     with config.override(FEDERATION_USE_DB=None, FEDERATION_PHASE=None, FEDERATION_SHADOW_SAMPLE=None):
-        assert runtime.mode() == (3, 1.0) and runtime.source == "default"
+        assert runtime.mode(config.settings()) == (3, 1.0) and runtime.source == "default"
         assert cli(fed, "rollout", "set", "2", "--sample", "0.5").exit_code == 0
         config.reset()  # the CLI applied its --root/--db overrides; settings are re-read
-        wait_for(lambda: runtime.mode() == (2, 0.5), 3, what="the flag")
+        wait_for(lambda: runtime.mode(config.settings()) == (2, 0.5), 3, what="the flag")
         assert runtime.source == "flag"
     with config.override(FEDERATION_USE_DB="0", FEDERATION_PHASE=None, FEDERATION_SHADOW_SAMPLE=None):
-        assert runtime.mode() == (1, 0.5) and runtime.source == "env"  # pinned phase, the flag's sample
+        assert runtime.mode(config.settings()) == (1, 0.5) and runtime.source == "env"  # pinned phase, the flag's sample
     with config.override(FEDERATION_PHASE="4", FEDERATION_USE_DB=None, FEDERATION_SHADOW_SAMPLE="1.0"):
-        assert runtime.mode() == (4, 1.0) and runtime.source == "env"
+        assert runtime.mode(config.settings()) == (4, 1.0) and runtime.source == "env"
 
 
 @pytest.mark.sqlite_only
@@ -223,24 +223,24 @@ def test_corrupted_or_unreadable_flag_keeps_the_phase_and_says_so(fed, monkeypat
     with config.override(FEDERATION_USE_DB=None, FEDERATION_PHASE=None, FEDERATION_SHADOW_SAMPLE=None):
         assert cli(fed, "rollout", "set", "2", "--sample", "0.5").exit_code == 0
         config.reset()
-        wait_for(lambda: runtime.mode() == (2, 0.5), 3, what="phase 2")
+        wait_for(lambda: runtime.mode(config.settings()) == (2, 0.5), 3, what="phase 2")
         with capture_logs() as logs:
             path.write_text('{"phase": 4, "sample": 1.0, "set_at": "2026-11-26T00:00:00Z", "set_by": "x"')  # torn
             time.sleep(0.1)
             for _ in range(20):
-                assert runtime.mode() == (2, 0.5)
+                assert runtime.mode(config.settings()) == (2, 0.5)
                 time.sleep(0.01)
             path.unlink()
             path.mkdir()  # a record nobody can read (a directory is unreadable even for root)
             time.sleep(0.1)
-            assert runtime.mode() == (2, 0.5) and runtime.source == "flag"
+            assert runtime.mode(config.settings()) == (2, 0.5) and runtime.source == "flag"
         errors = [e for e in logs if e["event"] == "rollout_flag_unreadable"]
         assert len(errors) == 2 and errors[0]["log_level"] == "error"
         assert "not valid JSON" in errors[0]["error"] and "cannot be read" in errors[1]["error"]
         assert errors[0]["keeping_phase"] == 2
         # a process that starts now has no phase of its own: it takes the history's last
-        probe = subprocess.run([sys.executable, "-c", "from federation import rollout; import json; "
-                                "print(json.dumps(rollout.phase_in_effect()))"], env=unpinned_env(fed),
+        probe = subprocess.run([sys.executable, "-c", "from federation import config, rollout; import json; "
+                                "print(json.dumps(rollout.phase_in_effect(config.settings())))"], env=unpinned_env(fed),
                                capture_output=True, text=True, timeout=60)
         (last,) = probe.stdout.splitlines()  # the library never writes to stdout: only the script's print
         info = json.loads(last)
@@ -253,8 +253,8 @@ def test_corrupted_or_unreadable_flag_keeps_the_phase_and_says_so(fed, monkeypat
         result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
         assert result.exit_code == 0 and "flag record was unreadable" in result.output, result.output
         config.reset()
-        wait_for(lambda: runtime.mode() == (3, 0.5), 3, what="the repaired flag")
-        assert rollout.history()[-1]["from"] == 2
+        wait_for(lambda: runtime.mode(config.settings()) == (3, 0.5), 3, what="the repaired flag")
+        assert rollout.history(settings=config.settings())[-1]["from"] == 2
 
 
 # ---------------------------------------------------------------------------
@@ -409,14 +409,14 @@ def test_control_is_ignored_by_migrate_report_and_survives_archive(fed, tmp_path
     (fed.root / "control" / "counts").mkdir(exist_ok=True)
     (fed.root / "control" / "fleet" / "junk.json").parent.mkdir(exist_ok=True)
     (fed.root / "control" / "fleet" / "junk.json").write_text("{not json")  # readers skip it
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 0 and result.files == 1 and not result.invalid
-    report = build_report()
+    report = build_report(settings=config.settings())
     assert report.consistent and not report.invalid
     fed.phase(4)
-    archive_legacy(tmp_path / "legacy.tar.gz")
+    archive_legacy(tmp_path / "legacy.tar.gz", settings=config.settings())
     assert not (fed.root / "nodes").exists()
-    assert _flag.read_flag(fed.root).phase == 2 and rollout.history()[0]["reason"] == "go"
+    assert _flag.read_flag(fed.root).phase == 2 and rollout.history(settings=config.settings())[0]["reason"] == "go"
     assert status_json(fed)["flag"]["phase"] == 2
 
 
@@ -461,18 +461,18 @@ def test_backfill_and_report_guards_refuse_and_force_is_recorded(fed):
     assert reasons["backfilled"].endswith(("does not exist yet and legacy files do",
                                            "was never backfilled from the legacy files")), reasons
     assert "federation migrate" in result.output
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     edit_file_context(fed, "bob", "edited behind the database's back")
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0")
     assert refused(result) == ["report_consistent"]
     assert refusals(result)["report_consistent"].startswith("`federation report` finds 1 difference(s)")
     assert "federation sync --to db" in result.output and "context" in result.output
-    assert [(g["name"], g["detail"].split(":")[0]) for g in rollout.guards(3, min_comparisons=0) if not g["ok"]] \
+    assert [(g["name"], g["detail"].split(":")[0]) for g in rollout.guards(3, min_comparisons=0, settings=config.settings()) if not g["ok"]] \
         == [("report_consistent", "`federation report` finds 1 difference(s)")]
     assert _flag.read_flag(fed.root).phase == 2  # refused: unchanged
     result = cli(fed, "rollout", "set", "3", "--min-comparisons", "0", "--force", "--reason", "drill: known edit")
     assert result.exit_code == 0 and "FORCED past: report_consistent" in result.output
-    last = rollout.history()[-1]
+    last = rollout.history(settings=config.settings())[-1]
     assert (last["from"], last["to"], last["forced"], last["reason"]) == (2, 3, True, "drill: known edit")
     raw = json.loads((fed.root / "control" / "history.jsonl").read_text().splitlines()[-1])
     assert raw["overridden"] == ["report_consistent"]
@@ -500,7 +500,7 @@ def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: [p for p in status_json(fed)["fleet"] if p["pid"] == four.pid], 30, what="the phase-4 one")
         assert "UNSAFE MIX" in cli(fed, "rollout", "status").output
-        assert [(a["pid"], b["pid"]) for a, b in rollout.unsafe_mix(rollout.fleet())] == [(four.pid, two.pid)]
+        assert [(a["pid"], b["pid"]) for a, b in rollout.unsafe_mix(rollout.fleet(settings=config.settings()))] == [(four.pid, two.pid)]
         time.sleep(3.0)  # each process has looked at the fleet (every 10 refreshes of 0.25 s)
     finally:
         for p in (two, four):
@@ -515,7 +515,7 @@ def test_fleet_mix_guard_refuses_phase_4_beside_a_live_phase_2_process(fed):
         context.heartbeat("me")  # this process, pinned in 4, announces itself
         rollout.RUNTIME.tick(announce_now=True)
         assert cli(fed, "rollout", "set", "2").exit_code == 1
-        failed = {g["name"]: g["detail"] for g in rollout.guards(2) if not g["ok"]}
+        failed = {g["name"]: g["detail"] for g in rollout.guards(2, settings=config.settings()) if not g["ok"]}
         assert failed["fleet_mix"].startswith("1 live process(es) in phase 4")
 
 
@@ -542,7 +542,7 @@ def test_files_current_guard_asks_for_a_sync_to_files_when_stepping_back_from_4(
     assert refusals(result)["files_current"].startswith("the files lag the database")
     assert cli(fed, "sync", "--to", "files").exit_code == 0
     assert cli(fed, "rollout", "set", "1").exit_code == 0
-    assert [h["to"] for h in rollout.history()] == [4, 3, 4, 1]
+    assert [h["to"] for h in rollout.history(settings=config.settings())] == [4, 3, 4, 1]
     assert json.loads((fed.root / "nodes" / "bob" / "context_window.json").read_text())["text"] == "phase 4 again"
 
 
@@ -596,17 +596,17 @@ def test_counted_consistency_is_exact_across_processes(fed):
     procs = [subprocess.run([sys.executable, "-c", READER, ",".join(agents)], env=unpinned_env(fed),
                             capture_output=True, text=True, timeout=60) for _ in range(3)]
     assert all(p.returncode == 0 for p in procs), procs[0].stderr[-2000:]
-    counted = rollout.consistency()["context"]
+    counted = rollout.consistency(settings=config.settings())["context"]
     assert (counted["comparisons"], counted["mismatches"], counted["errors"]) == (3 * 20, 3 * 5, 0)
     assert counted["rate"] == pytest.approx(1 - 15 / 60)
     assert counted["db_ms"]["p50"] is not None and counted["files_ms"]["p99"] >= counted["files_ms"]["p50"]
-    by_phase = [c for c in rollout.counters() if c["entity"] == "context"]
+    by_phase = [c for c in rollout.counters(settings=config.settings()) if c["entity"] == "context"]
     assert [(c["phase"], c["comparisons"]) for c in by_phase] == [(3, 60)]
     hist = by_phase[0]["latency"]["files"]
     assert sum(hist["counts"]) >= 60 and len(hist["counts"]) == len(hist["bounds_ms"]) + 1
-    points = rollout.series()["context"]
+    points = rollout.series(settings=config.settings())["context"]
     assert len(points) in (24, 25) and sum(p["comparisons"] for p in points) == 60
-    recent = rollout.recent_mismatches(limit=1000)
+    recent = rollout.recent_mismatches(limit=1000, settings=config.settings())
     assert len(recent) == 15 and {r["key"] for r in recent} == set(edited)
     assert recent[0]["diff"] == [{"field": "text", "db": f"{recent[0]['key']} at work", "files": "edited by hand"}]
     assert recent[0]["authority"] == "db" and recent[0]["op"] == "load_context" and recent[0]["phase"] == 3
@@ -634,7 +634,7 @@ def test_sample_from_the_flag_compares_about_a_tenth(fed):
     proc = subprocess.run([sys.executable, "-c", code], env=unpinned_env(fed), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    counted = rollout.consistency()["context"]
+    counted = rollout.consistency(settings=config.settings())["context"]
     assert 60 <= counted["comparisons"] <= 140, counted  # binomial(1000, 0.1): 100 +- 4 standard deviations
     assert counted["mismatches"] == 0 and counted["rate"] == 1.0
 
@@ -644,7 +644,7 @@ def test_sample_from_the_flag_compares_about_a_tenth(fed):
 
 VOTER = r"""
 import json, os, sys, time
-from federation import governance, rollout
+from federation import config, governance, rollout
 poll, me, go, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 governance.get_poll(poll)  # a first call: the process is in the fleet
 while not os.path.exists(go) and not os.path.exists(stop):
@@ -655,7 +655,7 @@ while not os.path.exists(stop):
     cast += 1
     if j % 3 == 0:
         governance.get_poll(poll)  # reads: compared (and counted) in phases 2 and 3
-    phases.add(rollout.phase_in_effect()["phase"])
+    phases.add(rollout.phase_in_effect(config.settings())["phase"])
     j += 1
     time.sleep(0.03)
 print(json.dumps({"cast": cast, "phases": sorted(phases)}))
@@ -695,7 +695,7 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
         wait_for(lambda: fleet_in(phase), 20, interval=0.2, what=f"the fleet in phase {phase}")
 
     def comparisons_since(moment) -> int:
-        return rollout.totals(since=moment)["comparisons"]
+        return rollout.totals(since=moment, settings=config.settings())["comparisons"]
 
     try:
         wait_for(lambda: fleet_in(1), 60, interval=0.2, what="8 voters in phase 1")
@@ -735,7 +735,7 @@ def test_eight_voters_through_every_step_and_back_lose_no_vote(fed):
     assert cli(fed, "report").exit_code == 0
     assert len(fed.store().load_poll(poll)["votes"]) == cast
     # (no flag on an un-backfilled legacy tree: the fleet was on the files, phase 1, by default)
-    assert [(h["from"], h["to"]) for h in rollout.history()] == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 3), (3, 2),
+    assert [(h["from"], h["to"]) for h in rollout.history(settings=config.settings())] == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 3), (3, 2),
                                                                   (2, 1)]
 
 
@@ -775,7 +775,7 @@ def test_a_call_in_flight_finishes_in_the_phase_it_started_in(fed, monkeypatch):
     context.set_context("probe", "in the database")
     edit_file_context(fed, "probe", "in the file")
     with config.override(FEDERATION_USE_DB=None, FEDERATION_PHASE=None):
-        assert rollout.phase_in_effect()["phase"] == 3
+        assert rollout.phase_in_effect(config.settings())["phase"] == 3
         got: list[str] = []
         with core.file_lock("node-probe"):  # the dual read of the probe's context takes this lock
             reader = threading.Thread(target=lambda: got.append(context.get_context("probe")["text"]))
@@ -784,7 +784,7 @@ def test_a_call_in_flight_finishes_in_the_phase_it_started_in(fed, monkeypatch):
             assert not got
             assert cli(fed, "rollout", "set", "2").exit_code == 0
             config.set_overrides({"FEDERATION_USE_DB": None, "FEDERATION_PHASE": None})  # (the CLI set its own)
-            wait_for(lambda: rollout.phase_in_effect()["phase"] == 2, 3, what="phase 2")
+            wait_for(lambda: rollout.phase_in_effect(config.settings())["phase"] == 2, 3, what="phase 2")
         reader.join(10)
         assert got == ["in the database"]
         assert context.get_context("probe")["text"] == "in the file"
@@ -806,7 +806,7 @@ def test_a_process_killed_on_another_host_is_known_gone_within_10_s(fed):
         assert far.stdout.readline().strip() == "up", far.stderr.read()[-2000:]
 
         def far_entry(alive: bool):
-            return [p for p in rollout.fleet() if p["host"] == "far-host" and p["alive"] is alive]
+            return [p for p in rollout.fleet(settings=config.settings()) if p["host"] == "far-host" and p["alive"] is alive]
 
         wait_for(lambda: far_entry(True), 10, what="the far host's announcement")
         time.sleep(2.5)  # it has refreshed since (its last_seen is recent, not its first)

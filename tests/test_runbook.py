@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from federation import rollout
+from federation import config, rollout
 
 from federation.domain.generate import generate
 from test_rollout import REPO, cli, status_json, unpinned_env, wait_for
@@ -75,7 +75,7 @@ def test_the_runbook_walked_as_written_with_live_agents_passes_each_step(fed, tm
 
     def comparisons_from_now(n: int) -> None:
         start = datetime.now(timezone.utc)
-        wait_for(lambda: rollout.totals(since=start)["comparisons"] >= n, 60, interval=0.5,
+        wait_for(lambda: rollout.totals(since=start, settings=config.settings())["comparisons"] >= n, 60, interval=0.5,
                  what=f"{n} comparisons counted")
 
     run("rollout", "set", "1")

@@ -14,11 +14,11 @@ PACKAGES = ("federation", "shim")
 MAX_LINES = 600
 MAX_METHODS = 30
 
-#: Modules still over MAX_LINES, to be split (the MCP server).
-STILL_LONG = {"federation/apps/mcp_server.py"}
+#: Modules still over MAX_LINES, to be split (none left: the list may only shrink).
+STILL_LONG: set[str] = set()
 #: Classes still over MAX_METHODS: the Store protocol (every operation of the legacy module, one
-#: per method) and the MCP server's tools (one method a tool).
-STILL_BIG = {"federation/stores/protocol.py:Store", "federation/apps/mcp_server.py:AgentTools"}
+#: per method).  The MCP server's tools are one group a concern (federation/apps/mcp_tools/).
+STILL_BIG = {"federation/stores/protocol.py:Store"}
 
 
 def _sources() -> list[Path]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from federation import core, governance, rollout
+from federation import config, core, governance, rollout
 from federation.stores.files import Tree
 from federation.domain.generate import generate
 from federation.transfer.rows import (TABLES, document_file, document_owner, read_db, read_db_documents,
@@ -52,12 +52,12 @@ print(json.dumps(acked))
 #: the report listed that agreed once re-read under their lock (a write was in flight).
 SYNCER = """
 import json, os, sys
-from federation import rollout
+from federation import config, rollout
 from federation.transfer.sync import sync
 to, stop = sys.argv[1:3]
 runs = []
 while not os.path.exists(stop):
-    result = sync(to, phase=rollout.fleet_phase())
+    result = sync(to, phase=rollout.fleet_phase(config.settings()), settings=config.settings())
     runs.append({"changes": [[c.action, c.target, c.key] for c in result.changes],
                  "settled": getattr(result, "settled", 0)})
 print(json.dumps(runs))
@@ -67,10 +67,10 @@ print(json.dumps(runs))
 #: locks, as the shim's dual-write does: under the lock the sides must always agree.  Prints the disagreements.
 MONITOR = """
 import json, os, sys, time
-from federation import core
+from federation import config, core
 from federation.stores.sqlstore import get_store
 poll, stop = sys.argv[1:3]
-store, tree = get_store(), core.tree()
+store, tree = get_store(config.settings()), core.tree()
 seen = {"checks": 0, "votes": [], "messages": []}
 while not os.path.exists(stop):
     with core.file_lock("polls"):
@@ -103,10 +103,10 @@ def _race(fed, phase: int, to: str, writers: list[tuple[str, str]]) -> tuple[dic
     the sync loop first (so its last run overlapped live writes), then the writers.  The monitor must never
     have seen the sides disagree under their locks.  Returns ({name: acknowledged}, the sync runs' changes)."""
     generate(fed.root, agents=6, messages=300, polls=3, sessions=2)  # a tree whose read takes a while
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     fed.phase(phase)
     poll = governance.create_poll("lead", "Ship it?", ["yes", "no"])
-    assert build_report().consistent
+    assert build_report(settings=config.settings()).consistent
     stop_sync, stop_writers = fed.root.parent / "stop-sync", fed.root.parent / "stop-writers"
     procs = {name: fed.spawn(WRITER, kind, name, poll, str(stop_writers), phase=phase) for kind, name in writers}
     monitor = fed.spawn(MONITOR, poll, str(stop_writers))
@@ -227,7 +227,7 @@ def test_one_document_read_equals_the_whole_read(fed):
     """What sync re-reads under a lock (one document's files, its database rows) is exactly that document's
     part of the whole tree and database that the report reads."""
     generate(fed.root, agents=4, messages=30, polls=3, sessions=2)
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     tree, store = Tree(fed.root), fed.store()
     whole_files, whole_db = read_tree(fed.root).rows, read_db(store)
     docs = {(t.document, str(k[0])): document_owner(t, row) for t in TABLES for k, row in whole_files[t.name].items()}

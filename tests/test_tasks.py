@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from federation import tasks
+from federation import config, tasks
 from federation.errors import ConflictError, NotFoundError, ValidationError
 
 from structlog.testing import capture_logs
@@ -140,7 +140,7 @@ def test_a_dependency_on_a_cycle_is_refused(fed, phase):
     if phase > 1:
         from federation.transfer.migrate import migrate
 
-        migrate(fed.root)
+        migrate(fed.root, settings=config.settings())
         fed.phase(phase)
     with pytest.raises(ValidationError, match="cycle"):
         tasks.create_task("lead", "c", depends_on=[b])
@@ -229,10 +229,10 @@ def test_prune_removes_done_tasks_past_retention_on_both_sides(fed, phase):
     (folder / f"{old}.json").write_text(json.dumps({**doc, "updated_at": "2020-01-01T00:00:00+00:00"}))
     assert _cli(fed, "migrate").exit_code == 0
     fed.phase(phase)
-    dry = prune("30d", dry_run=True)
+    dry = prune("30d", dry_run=True, settings=config.settings())
     assert (dry.removed["tasks"], dry.files["tasks"]) == (1, 1)
     assert (folder / f"{old}.json").exists()
-    done = prune("30d", now=datetime.now(timezone.utc) + timedelta(seconds=1))
+    done = prune("30d", now=datetime.now(timezone.utc) + timedelta(seconds=1), settings=config.settings())
     assert (done.removed["tasks"], done.files["tasks"]) == (1, 1)
     assert sorted(p.stem for p in folder.iterdir()) == sorted([recent, waiting])
     assert fed.store().load_task(old) is None and fed.store().load_task(recent)["status"] == "done"
@@ -292,7 +292,7 @@ def test_the_task_tools_over_http(fed):
 
 CLAIMER = r"""
 import json, os, sys, time
-from federation import rollout, tasks
+from federation import config, rollout, tasks
 from federation.errors import ConflictError
 me, go, stop = sys.argv[1], sys.argv[2], sys.argv[3]
 tasks.list_tasks(limit=1)  # a first call: the process is in the fleet
@@ -306,7 +306,7 @@ while True:
         last = tasks.create_task(me, f"{me} {len(made)}", depends_on=[last] if last and len(made) % 3 else [])
         made.append(last)
     task = tasks.claim_task(me, lease=2)
-    phases.add(rollout.phase_in_effect()["phase"])
+    phases.add(rollout.phase_in_effect(config.settings())["phase"])
     if task is None:
         if stopping and not tasks.list_tasks(status="open") and not tasks.list_tasks(status="claimed"):
             break
@@ -373,10 +373,10 @@ def test_four_claimer_processes_across_rollout_steps(fed):
         step(2)
         assert cli(fed, "sync", "--to", "db").exit_code == 0  # what phase 1 wrote
         since = rollout._io.utcnow()
-        wait_for(lambda: rollout.totals(since=since)["comparisons"] >= 5, 30, interval=0.2, what="comparisons")
+        wait_for(lambda: rollout.totals(since=since, settings=config.settings())["comparisons"] >= 5, 30, interval=0.2, what="comparisons")
         step(3, "--since", since.isoformat(), "--min-comparisons", "5", before_retry=lambda: cli(fed, "migrate"))
         in_three = rollout._io.utcnow()
-        wait_for(lambda: rollout.totals(since=in_three)["comparisons"] >= 5, 30, interval=0.2, what="comparisons")
+        wait_for(lambda: rollout.totals(since=in_three, settings=config.settings())["comparisons"] >= 5, 30, interval=0.2, what="comparisons")
         step(4, "--since", in_three.isoformat(), "--min-comparisons", "5",
              before_retry=lambda: cli(fed, "sync", "--to", "files"))
         time.sleep(1.0)

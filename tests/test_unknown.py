@@ -44,7 +44,7 @@ def set_flag(fed, phase: int) -> None:
 
 def migrated(fed, phase: int, **sizes) -> None:
     generate(fed.root, **{"agents": 3, "messages": 6, "polls": 2, "sessions": 1, **sizes})
-    assert migrate().exit_code == 0
+    assert migrate(settings=config.settings()).exit_code == 0
     set_flag(fed, phase)
     fed.phase(phase)
 
@@ -117,7 +117,7 @@ def test_doctor_and_guard_refuse_on_unknown_and_name_no_removal(fed):
     ctx = fed.root / "nodes" / "agent-001" / "context_window.json"
     ctx.unlink()
     os.mkfifo(ctx)
-    checks = {c.name: c for c in doctor().checks}
+    checks = {c.name: c for c in doctor(settings=config.settings()).checks}
     for name in ("legacy_files", "files_vs_database"):
         assert not checks[name].ok, checks[name]
         assert "move it out" not in checks[name].fix and "--only context" in checks[name].fix, checks[name].fix
@@ -132,7 +132,7 @@ def test_phase_1_names_no_database_rebuild(fed):
     (fed.root / "shared" / "polls.json").write_bytes(b"{" * 5000)  # nested too deep
     code, data = report_json(fed)
     assert code == 3 and data["repair"]["unknown"] is None
-    check = {c.name: c for c in doctor().checks}["files_vs_database"]
+    check = {c.name: c for c in doctor(settings=config.settings()).checks}["files_vs_database"]
     assert not check.ok and "copy of the legacy tree" in check.fix and "sync" not in check.fix.split(";")[0]
 
 
@@ -164,11 +164,11 @@ def test_report_and_sync_beside_a_non_atomic_legacy_writer(fed, tmp_path):
     codes = []
     try:
         for _ in range(8):
-            report = build_report(recheck=True)
+            report = build_report(recheck=True, settings=config.settings())
             codes.append(3 if report.unknown else (0 if report.consistent else 1))
             if report.consistent:
                 assert report.entities["polls"].files == len(before)
-            result = sync("db", phase=2)
+            result = sync("db", phase=2, settings=config.settings())
             assert {u["path"] for u in result.unknown} <= {str(fed.root / "shared" / "polls.json")}
             assert polls_in_db(fed) == before
     finally:
@@ -229,19 +229,19 @@ def test_no_sync_the_phase_allows_touches_an_unknown_document(fed, seed, phase, 
         config.set_overrides(env, replace=True)
         forget_stores()
         generate(root, agents=3, messages=5, polls=2, sessions=2, seed=seed)
-        assert migrate().exit_code == 0
+        assert migrate(settings=config.settings()).exit_code == 0
         docs = _documents(root)
         chosen = picks.draw(st.lists(st.sampled_from(docs), min_size=1, max_size=4, unique=True))
         for path in chosen:
             _spoil(path, picks.draw(st.sampled_from(KINDS)), outside)
         spoiled = {p: _entry(p) for p in chosen}
         outside_before = {p.name: p.read_bytes() for p in outside.iterdir()}
-        report = build_report(recheck=True)
+        report = build_report(recheck=True, settings=config.settings())
         unknown = {u["path"] for u in report.unknown.entries()}
         assert {str(p) for p in chosen} <= unknown and not report.consistent
         db_before = db_rows(fed.store())
 
-        result = sync("db" if phase == 2 else "files", phase=phase)  # the direction the phase allows unforced
+        result = sync("db" if phase == 2 else "files", phase=phase, settings=config.settings())  # the direction the phase allows unforced
 
         assert {u["path"] for u in result.unknown} >= {str(p) for p in chosen}
         assert {p: _entry(p) for p in chosen} == spoiled  # not rewritten, not removed, not followed
@@ -251,7 +251,7 @@ def test_no_sync_the_phase_allows_touches_an_unknown_document(fed, seed, phase, 
             entity = BY_NAME[table]
             assert ({r for r in rows if report.unknown.covers(entity, r)}
                     == {r for r in db_after[table] if report.unknown.covers(entity, r)}), table
-        again = build_report(recheck=True)
+        again = build_report(recheck=True, settings=config.settings())
         assert again.unknown and not again.consistent  # report exits 3
     finally:
         fed.apply()
@@ -293,7 +293,7 @@ def test_report_during_lease_and_ack_traffic_is_consistent_every_time(fed, phase
         wait_for(lambda: list(leased_dir.glob("*.json")) if leased_dir.is_dir() else [], 60,
                  what="the receiver's first leases")
         for _ in range(6):
-            report = build_report(recheck=True)
+            report = build_report(recheck=True, settings=config.settings())
             codes.append(report.to_json() if not report.consistent else 0)
     finally:
         stop.touch()

@@ -30,9 +30,9 @@ def _probe(fed, code: str, env: dict) -> dict:
 # ---------------------------------------------------------------------------
 # defaults when something cannot answer
 
-PEEK = ("import json; from federation import messaging, rollout; "
+PEEK = ("import json; from federation import config, messaging, rollout; "
         "got = messaging.peek_inbox('agent-001'); print(json.dumps({'ids': sorted(m['id'] for m in got), "
-        "'phase': rollout.phase_in_effect()['phase']}))")
+        "'phase': rollout.phase_in_effect(config.settings())['phase']}))")
 
 
 def test_unreadable_flag_and_a_database_without_schema_mean_the_files(fed):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import governance, messaging
+from federation import config, governance, messaging
 from federation.errors import FederationError
 from federation.transfer.migrate import migrate
 from federation.transfer.report import build_report
@@ -89,7 +89,7 @@ def test_crafted_message_ids_delete_nothing_and_are_not_delivered(fed, tmp_path,
     write(inbox / "crafted3.json", message(id="../../../shared/polls"))
     write(inbox / "good.json", message(content="the real one"))
     before = {p: p.read_bytes() for p in (victim, alice_ctx, polls)}
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     assert {str(inbox / f"crafted{n}.json") for n in ("", "2", "3")} <= invalid_paths(result)
     assert all("file name is the id" in i["reason"] for i in result.invalid if "crafted" in i["path"])
@@ -107,11 +107,11 @@ def test_message_whose_body_names_another_recipient_is_invalid(fed, phase):
     inbox = fed.root / "nodes" / "bob" / "inbox"
     write(inbox / "m1.json", message(recipient="carol", content="for whom?"))
     write(inbox / "m2.json", message(recipient="bob", content="for bob"))
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     assert [i for i in result.invalid if i["path"] == str(inbox / "m1.json")][0]["reason"] == \
         "its body says recipient 'carol' but it is in 'bob''s inbox"
-    assert str(inbox / "m1.json") in {i["path"] for i in build_report().invalid}
+    assert str(inbox / "m1.json") in {i["path"] for i in build_report(settings=config.settings()).invalid}
     fed.phase(phase)
     assert messaging.check_inbox("carol") == []
     assert [m["content"] for m in messaging.check_inbox("bob")] == ["for bob"]
@@ -141,7 +141,7 @@ def test_symlinked_agent_folder_and_files_import_and_delete_nothing(fed, tmp_pat
     (root / "shared" / "polls.json").symlink_to(outside / "polls.json")
     (root / "shared" / "sessions").symlink_to(outside / "sessions")
     before = outside_state(tmp_path, root)
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     assert {str(root / "nodes" / "evil"), str(root / "nodes" / "bob" / "context_window.json"),
             str(root / "nodes" / "bob" / "inbox" / "m2.json"), str(root / "shared" / "polls.json"),
@@ -173,12 +173,12 @@ def test_deep_and_fifo_legacy_messages_are_listed_and_reads_return_the_rest(fed,
     write(inbox / "deep.json", '{"sender": "alice", "content": ' + "[" * DEEP + "]" * DEEP + "}")
     os.mkfifo(inbox / "fifo.json")
     write(inbox / "good.json", message(content="readable"))
-    result = bounded(migrate)
+    result = bounded(lambda: migrate(settings=config.settings()))
     assert result.exit_code == 3
     reasons = {Path(i["path"]).name: i["reason"] for i in result.invalid}
     assert "nested deeper than" in reasons["deep.json"] and "FIFO" in reasons["fifo.json"]
-    assert bounded(lambda: migrate(dry_run=True)).exit_code == 3
-    assert bounded(build_report).invalid
+    assert bounded(lambda: migrate(dry_run=True, settings=config.settings())).exit_code == 3
+    assert bounded(lambda: build_report(settings=config.settings())).invalid
     fed.phase(phase)
     assert [m["content"] for m in bounded(lambda: messaging.peek_inbox("bob"))] == ["readable"]
     assert [m["content"] for m in bounded(lambda: messaging.check_inbox("bob"))] == ["readable"]
@@ -208,14 +208,14 @@ def test_poisoned_votes_are_listed_and_not_counted(fed, phase):
     polls = write(fed.root / "shared" / "polls.json", {"p1": {
         "id": "p1", "question": "Q?", "options": ["a", "b"], "creator": "alice", "created_at": "2024-01-01",
         "votes": {"bob": "a", "carol": ["a", "b"], "dave": "zzz", "erin": {"x": 1}}}})
-    result = migrate()
+    result = migrate(settings=config.settings())
     assert result.exit_code == 3
     assert sorted(i["reason"] for i in result.invalid) == [
         "poll 'p1': the vote of 'carol' is not imported: a vote must be a string, found array",
         "poll 'p1': the vote of 'dave' is not imported: 'zzz' is not an option of the poll",
         "poll 'p1': the vote of 'erin' is not imported: a vote must be a string, found object"]
     assert {i["path"] for i in result.invalid} == {str(polls)}
-    assert len(build_report().invalid) == 3
+    assert len(build_report(settings=config.settings()).invalid) == 3
     fed.phase(phase)
     poll = governance.get_poll("p1")
     assert poll["tally"] == {"a": 1, "b": 0} and poll["votes"] == {"bob": "a"}
@@ -256,7 +256,7 @@ def test_doctor_opens_the_database_exactly_at_its_path(fed, tmp_path):
     listing = sorted(p.name for p in tmp_path.rglob("*"))
     from federation.operations.doctor import doctor
 
-    checks = doctor()
+    checks = doctor(settings=config.settings())
     integrity = [c for c in checks.checks if c.name == "database_integrity"][0]
     assert integrity.ok, integrity
     assert "schema_version" in {c.name for c in checks.checks}
@@ -272,7 +272,7 @@ def test_doctor_opens_the_database_exactly_at_its_path(fed, tmp_path):
 #: prints (calls that worked, calls that failed with their errors, the phases it was in).
 AGENT = r"""
 import json, os, sys, time
-from federation import messaging, rollout
+from federation import config, messaging, rollout
 stop = sys.argv[1]
 ok, failed, phases = 0, [], set()
 while not os.path.exists(stop):
@@ -280,7 +280,7 @@ while not os.path.exists(stop):
         messaging.send_message("agent", "agent", "tick")
         messaging.check_inbox("agent")
         ok += 1
-        phases.add(rollout.phase_in_effect()["phase"])
+        phases.add(rollout.phase_in_effect(config.settings())["phase"])
     except Exception as exc:
         failed.append(f"{type(exc).__name__}: {exc}"[:300])
     if ok == 1:
@@ -320,9 +320,9 @@ def test_poisoned_flag_does_not_stop_the_fleet(fed, tmp_path, kind):
         assert agent.stdout.readline().strip() == "started"
         poison(flag, kind)
         time.sleep(1.0)  # the agent rechecks the flag every few hundred ms meanwhile
-        probe = subprocess.run([sys.executable, "-c", "import json; from federation import rollout, messaging; "
+        probe = subprocess.run([sys.executable, "-c", "import json; from federation import config, rollout, messaging; "
                                 "messaging.send_message('new', 'new', 'x'); "
-                                "print(json.dumps(rollout.phase_in_effect()))"],
+                                "print(json.dumps(rollout.phase_in_effect(config.settings())))"],
                                env=unpinned_env(fed), capture_output=True, text=True, timeout=BOUND_S)
         assert probe.returncode == 0, probe.stderr[-2000:]
         info = json.loads(probe.stdout.splitlines()[-1])
@@ -664,12 +664,12 @@ def test_any_hostile_tree_hangs_nothing_and_touches_nothing_outside(fed, tmp_pat
                 continue  # typed, naming the file
             assert SECRET not in json.dumps(got, default=str), (phase, name)
         if phase == 1:
-            result = bounded(migrate, 60)
+            result = bounded(lambda: migrate(settings=config.settings()), 60)
             assert result.exit_code in (0, 3), result.to_json()
             listed = {i["path"] for i in result.invalid}
             assert specials <= listed | {str(p) for p in root.rglob("*") if any(
                 str(p).startswith(s + os.sep) for s in specials)}, (specials, result.invalid)
-            assert bounded(build_report, 60) is not None
+            assert bounded(lambda: build_report(settings=config.settings()), 60) is not None
             from federation.transfer.rows import read_db
 
             assert SECRET not in repr(read_db(fed.store()))

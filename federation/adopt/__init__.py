@@ -49,7 +49,8 @@ from typing import Any, Mapping
 import wrapt
 
 from .. import rollout
-from ._adoption import _Adoption, _phase_4_refusal
+from .._wiring import current
+from ._adoption import _Adoption, _mode, _phase_4_refusal
 from ._declare import (ENTITIES, AdoptedPhaseError, AdoptedWriteError, Atomic, Claim, DeclarationError, Load,
                        Save)
 
@@ -82,11 +83,11 @@ def install(module: Any, declarations: Mapping[str, Any]) -> None:
         if name in _adopted:
             return
         adoption = _Adoption(module, declarations)  # checks every declaration before anything is wrapped
-        if rollout.mode()[0] == 4:
+        if _mode()[0] == 4:
             raise _phase_4_refusal(f"adopting {name}")
         adoption.wrap()  # and patches the package's aliases of the wrapped functions (or refuses, unwrapped)
         _adopted[name] = adoption
-    rollout.announce_adopted(name)
+    rollout.announce_adopted(name, settings=current().settings)
 
 
 def install_when_imported(module_name: str, declarations: Mapping[str, Any]) -> None:
@@ -107,7 +108,7 @@ def uninstall(module: Any) -> None:
     if adoption is None:
         return
     adoption.unwrap()
-    rollout.announce_adopted(module.__name__, adopted=False)
+    rollout.announce_adopted(module.__name__, adopted=False, settings=current().settings)
 
 
 def installed(module: Any) -> bool:

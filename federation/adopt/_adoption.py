@@ -12,7 +12,7 @@ from shim import Experiment, Phase
 
 from ..domain.compare import record_diff
 from .. import core, rollout
-from .._wiring import candidate
+from .._wiring import candidate, current
 from ..domain.entities import document_lock
 from ._call import _Call
 from ._declare import AdoptedPhaseError, Atomic, DeclarationError, log
@@ -37,7 +37,7 @@ class _Adoption:
         self.aliases: list[tuple[Any, str, Callable]] = []  # (module, name, original) patched elsewhere
         self.plans: dict[str, _Plan] = {}
         # the shim's own publishing (events, then observers): mismatches compared, logged and counted as for our core
-        self.experiment = Experiment(module, candidate, rollout.mode, None, (rollout.observe,), record_diff)
+        self.experiment = Experiment(module, candidate, _mode, None, (rollout.observe,), record_diff)
         self._bases = threading.local()
         self._last_base: dict[Any, Any] = {}
         for fname, decl in declarations.items():
@@ -157,13 +157,18 @@ def _phase_4_refusal(what: str) -> AdoptedPhaseError:
         "'Phase 4'), or go back to phase 3 (rollout set 3, or the process's FEDERATION_PHASE)")
 
 
+def _mode() -> tuple[int, float]:
+    """(phase, sample) from the control plane, for the federation a call starting now serves."""
+    return rollout.mode(current().settings)
+
+
 def _phase_of_call(what: str) -> tuple[Phase, float]:
     """The phase of this call (decided once, at its start), as for the project's own code.
 
     Adopted functions never run phase 4 (their file code would write the files the
     fleet no longer keeps): a call in phase 4, by the flag or a pin, is refused.
     """
-    phase, sample = rollout.mode()
+    phase, sample = _mode()
     if phase == 4:
         raise _phase_4_refusal(what)
     return Phase(phase), sample

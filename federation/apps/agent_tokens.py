@@ -37,7 +37,6 @@ from typing import Any, Iterator
 from .._logging import library_logger
 
 from ..domain import validate as v
-from .. import config
 from ..errors import ConfigError, CorruptFileError, FederationError, NotFoundError
 from ..stores import files
 
@@ -83,8 +82,9 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def tokens_path(root: Path | None = None) -> Path:
-    return Path(root if root is not None else config.settings().root) / "control" / TOKENS_FILE
+def tokens_path(root: Path) -> Path:
+    """The tokens file of the federation under *root* (handed down: the CLI's, the HTTP server's)."""
+    return Path(root) / "control" / TOKENS_FILE
 
 
 # -- reading (untrusted input) -------------------------------------------------------------------
@@ -176,7 +176,7 @@ def _load(path: Path) -> dict[str, tuple[AgentToken, str]]:
     return {} if data is None else _parse(data, path)
 
 
-def list_tokens(root: Path | None = None) -> list[AgentToken]:
+def list_tokens(root: Path) -> list[AgentToken]:
     """Every agent with a token (active or revoked), sorted by name.  Raises :class:`TokenFileError`."""
     return [entry for _name, (entry, _digest) in sorted(_load(tokens_path(root)).items())]
 
@@ -222,7 +222,7 @@ def _write(path: Path, entries: dict[str, tuple[AgentToken, str]]) -> None:
         raise TokenFileError(f"{exc.path}: {exc.reason}") from None
 
 
-def add(agent: str, root: Path | None = None) -> tuple[str, bool]:
+def add(agent: str, root: Path) -> tuple[str, bool]:
     """A new token for *agent* (replacing its earlier one, if any): (token, replaced).
 
     The token is returned here and nowhere else; only its SHA-256 is written.
@@ -239,7 +239,7 @@ def add(agent: str, root: Path | None = None) -> tuple[str, bool]:
     return token, replaced
 
 
-def revoke(agent: str, root: Path | None = None) -> bool:
+def revoke(agent: str, root: Path) -> bool:
     """Revoke *agent*'s token: False when it was already revoked; :class:`NotFoundError` when it has none."""
     agent = v.agent(agent, "agent")
     path = tokens_path(root)

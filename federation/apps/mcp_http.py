@@ -59,7 +59,7 @@ from mcp_types import DEFAULT_NEGOTIATED_VERSION, ErrorData, JSONRPCError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
-from .. import __version__, config
+from .. import Federation, __version__
 from .._logging import library_logger
 from ..stores.sqlite import FIRST_WRITE_MUST_NOT_WAIT, GateBusy
 from .agent_tokens import TokenRegistry, tokens_path
@@ -254,7 +254,7 @@ class HttpFederationServer(FederationServer):
     def _may_run_inline(self) -> bool:
         from .. import rollout
 
-        return self._inline_engine and rollout.mode()[0] == 4
+        return self._inline_engine and rollout.mode(self.federation.settings)[0] == 4
 
     def acting_as(self, context: Any) -> str:
         agent = _request_agent(context)
@@ -262,14 +262,15 @@ class HttpFederationServer(FederationServer):
             raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
         return agent
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        # (within self.serving(): the call, on this thread or a worker's, serves this server's federation)
         agent = self.acting_as(context)
         reset = _CALLER.set(agent)
         try:
             if name != "pulse" or not _waits(arguments):
                 inline = _INLINE.set(self._may_run_inline())
                 try:
-                    return await super().call_tool(name, arguments, context)
+                    return await super()._call_tool(name, arguments, context)
                 finally:
                     _INLINE.reset(inline)
             return await self._waiting_pulse(agent, name, arguments, context)
@@ -289,7 +290,7 @@ class HttpFederationServer(FederationServer):
         # the event loop's thread only touches the counts: no lock needed
         self._waiting[agent] = self._waiting.get(agent, 0) + 1
         try:
-            return await super().call_tool(name, arguments, context)
+            return await super()._call_tool(name, arguments, context)
         finally:
             self._waiting[agent] -= 1
             if not self._waiting[agent]:
@@ -491,17 +492,20 @@ async def _reply(send: Callable, status: int, body: bytes, content_type: bytes) 
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: TokenRegistry, *, loopback: bool = True, worker: int | None = None) -> Any:
-    """The ASGI application: :class:`Gate` in front of the stateless MCP :class:`Endpoint` at :data:`MCP_PATH`
-    (*worker*: the number of this process among ``--workers N``, said in the gate's log lines)."""
+def create_app(registry: TokenRegistry, federation: Federation, *, loopback: bool = True,
+               worker: int | None = None) -> Any:
+    """The ASGI application serving *federation*: :class:`Gate` in front of the MCP :class:`Endpoint` at
+    :data:`MCP_PATH` (*worker*: this process's number among ``--workers N``, in the gate's log lines)."""
     server = HttpFederationServer(name="federation", title="federation (HTTP)", instructions=_instructions(),
-                                  version=__version__, inline_engine=config.settings().engine == "sqlite")
+                                  version=__version__, inline_engine=federation.settings.engine == "sqlite",
+                                  federation=federation)
     return Gate(Endpoint(server), registry, loopback=loopback, worker=worker)
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          on_listening: Callable[[str], None] | None = None, workers: int = 1) -> None:
-    """Serve every agent with a token at ``http://host:port/mcp`` until stopped (SIGTERM, Ctrl-C).
+          on_listening: Callable[[str], None] | None = None, workers: int = 1, *, federation: Federation) -> None:
+    """Serve every agent with a token at ``http://host:port/mcp``, in *federation* (handed down by the CLI),
+    until stopped (SIGTERM, Ctrl-C).
 
     *on_listening* is called with the endpoint's URL once the socket is bound (port 0: a free one).
     A port in use or an unknown host raises :class:`OSError` before anything is served.
@@ -517,7 +521,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
 
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    s = config.settings()
+    s = federation.settings
     loopback = is_loopback(host)
     registry = TokenRegistry(tokens_path(s.root))
     reuse_port = workers > 1 and hasattr(socket, "SO_REUSEPORT")
@@ -529,13 +533,15 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                     detail="tokens travel in clear text over plain HTTP: put TLS in front (a reverse proxy) "
                            "before agents on other hosts use it")
     if workers == 1:
-        _serve_here(sock, host, port, url, registry, loopback, on_listening)
+        with federation.serve():
+            _serve_here(federation, sock, host, port, url, registry, loopback, on_listening)
         return
     with_tokens = len(registry.agents())
     log.info("mcp_http_started", url=url, workers=workers, engine=s.engine, database=s.db_display,
              tools=len(TOOL_NAMES), tokens_file=str(registry.path), agents_with_tokens=with_tokens)
     _warn_no_tokens(registry, with_tokens)
-    supervise(sock, workers, lambda: _worker(sock, host, port, url, loopback, reuse_port), url, on_listening)
+    supervise(sock, workers, lambda: _worker(federation, sock, host, port, url, loopback, reuse_port), url,
+              on_listening)
 
 
 def _warn_no_tokens(registry: TokenRegistry, with_tokens: int) -> None:
@@ -544,17 +550,18 @@ def _warn_no_tokens(registry: TokenRegistry, with_tokens: int) -> None:
                     detail="no agent has a token yet, so every request is refused: `federation agents add NAME`")
 
 
-def _serve_here(sock: Any, host: str, port: int, url: str, registry: TokenRegistry, loopback: bool,
-                on_listening: Callable[[str], None] | None, worker: int | None = None) -> None:
-    """Serve on *sock* in this process until stopped: the whole server (1 worker) or one of N workers."""
+def _serve_here(federation: Federation, sock: Any, host: str, port: int, url: str, registry: TokenRegistry,
+                loopback: bool, on_listening: Callable[[str], None] | None, worker: int | None = None) -> None:
+    """Serve on *sock* in this process until stopped: the whole server (1 worker) or one of N workers
+    (within ``federation.serve()``: its announcement and phase; each call serves it too, see create_app)."""
     import uvicorn
 
     from .. import rollout
 
-    s = config.settings()
-    app = create_app(registry, loopback=loopback, worker=worker)
-    rollout.announce_agent(f"http@{host}:{port}")  # in the fleet from the start, like `serve --agent`
-    in_effect = rollout.phase_in_effect()
+    s = federation.settings
+    app = create_app(registry, federation, loopback=loopback, worker=worker)
+    rollout.announce_agent(f"http@{host}:{port}", s)  # in the fleet from the start, like `serve --agent`
+    in_effect = rollout.phase_in_effect(s)
     with_tokens = len(registry.agents())
     event = "mcp_http_started" if worker is None else "mcp_http_worker_started"
     log.info(event, url=url, phase=in_effect["phase"], phase_source=in_effect["source"],
@@ -580,12 +587,14 @@ def _serve_here(sock: Any, host: str, port: int, url: str, registry: TokenRegist
                  **({"signal": stopped_by} if stopped_by else {}))
 
 
-def _worker(sock: Any, host: str, port: int, url: str, loopback: bool, reuse_port: bool) -> Callable[[int], None]:
+def _worker(federation: Federation, sock: Any, host: str, port: int, url: str, loopback: bool,
+            reuse_port: bool) -> Callable[[int], None]:
     def run(number: int) -> None:
-        registry = TokenRegistry(tokens_path(config.settings().root))
+        registry = TokenRegistry(tokens_path(federation.settings.root))
         listening = listen_too(sock) if reuse_port else sock
         if reuse_port:
             sock.close()  # the supervisor's copy holds the port
-        _serve_here(listening, host, port, url, registry, loopback, None, worker=number)
+        with federation.serve():
+            _serve_here(federation, listening, host, port, url, registry, loopback, None, worker=number)
 
     return run

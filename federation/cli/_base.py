@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from .. import config
+from .. import Federation, config
 from ..errors import ConfigError, FederationError
 
 
@@ -28,11 +28,18 @@ def _option_values(root: str | None, db: str | None) -> dict[str, str]:
 
 #: where the invocation's settings are kept in click's context (its ``meta`` is shared by sub-contexts)
 _SETTINGS = "federation.settings"
+_FEDERATION = "federation.federation"
 
 
 def _settings() -> config.Settings:
     """The settings this invocation was given (built once by :func:`common`)."""
     return click.get_current_context().meta[_SETTINGS]
+
+
+def _federation() -> Federation:
+    """The federation this invocation serves, built once by :func:`common` from its settings: handed to the
+    servers and the dashboard."""
+    return click.get_current_context().meta[_FEDERATION]
 
 
 def common(fn: Callable) -> Callable:
@@ -54,9 +61,13 @@ def common(fn: Callable) -> Callable:
             raise click.UsageError(str(exc)) from None
         _check_root(s.root, given=bool(root))
         click.get_current_context().meta[_ROOT_GIVEN] = bool(root)
+        fed = Federation(s)
         click.get_current_context().meta[_SETTINGS] = s
+        click.get_current_context().meta[_FEDERATION] = fed
         try:
-            with config.override(**values):  # for the per-call lookups only; gone when the command returns
+            # the public functions and the legacy module called by the command serve its federation too
+            # (in this thread; nothing is overridden for the process, nor left behind)
+            with fed.serve():
                 return fn(**kwargs)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None

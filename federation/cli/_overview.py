@@ -11,12 +11,12 @@ from .. import config
 from ._base import _settings, common, main
 
 
-def status_data(settings: config.Settings | None = None) -> dict:
-    """What ``federation status`` shows, as a dict (of *settings*' federation; default: the configured one)."""
+def status_data(settings: config.Settings) -> dict:
+    """What ``federation status`` shows, as a dict (of *settings*' federation)."""
     from ..rollout import current_phase
     from ..stores.files import Tree, has_legacy_data
 
-    s = settings or config.settings()
+    s = settings
     # "phase": what the unpinned fleet runs (the live flag, else the root's default); "pinned_phase":
     # this process's own pin (FEDERATION_PHASE / FEDERATION_USE_DB), which does not change the fleet's
     fleet, flag, problem = current_phase(s.root, settings=s)

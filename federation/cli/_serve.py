@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._base import _ROOT_GIVEN, _columns, _settings, common, main
+from ._base import _ROOT_GIVEN, _columns, _federation, _settings, common, main
 
 
 @main.command()
@@ -55,7 +55,7 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None, wor
 
     exit_on_stop_signals()  # SIGTERM, Ctrl-C: counts flushed and announcement withdrawn at exit
     try:
-        run_server(agent)
+        run_server(agent, _federation())
     except Terminated as stop:
         # the MCP SDK's stdin reader (a worker thread, not a daemon) stays blocked until the client closes
         # the pipe, and the interpreter would wait for it before running the atexit handlers
@@ -76,7 +76,7 @@ def _serve_http(host: str, port: int, workers: int = 1) -> None:
     # uvicorn stops gracefully on SIGTERM, then raises it again under this handler: a clean exit
     exit_on_stop_signals()
     try:
-        run_http(host=host, port=port, on_listening=listening, workers=workers)
+        run_http(host=host, port=port, on_listening=listening, workers=workers, federation=_federation())
     except Terminated as stop:
         # a worker thread may still run a tool call (a waiting pulse): don't wait for it to exit
         exit_now(stop.code)
@@ -193,7 +193,7 @@ def dashboard(host: str, port: int, refresh_s: float) -> None:
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the previous handler: this one
     # makes that an exit that runs the atexit handlers (the default action would skip them)
     exit_on_stop_signals()
-    serve_dashboard(host=host, port=port, refresh_s=refresh_s, on_listening=lambda url: click.echo(
+    serve_dashboard(host=host, port=port, refresh_s=refresh_s, settings=_settings(), on_listening=lambda url: click.echo(
         f"federation dashboard on {url} (metrics: {url}metrics); Ctrl-C stops it", err=True))
 
 

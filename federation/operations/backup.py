@@ -86,8 +86,8 @@ def _cleanup(tmp: Path) -> None:
             os.unlink(f"{tmp}{suffix}")
 
 
-def backup(dest: str | os.PathLike, settings: config.Settings | None = None) -> BackupResult:
-    """Copy the configured SQLite database to *dest*, verified; raise on any failure (nothing left behind).
+def backup(dest: str | os.PathLike, settings: config.Settings) -> BackupResult:
+    """Copy the SQLite database of *settings* to *dest*, verified; raise on any failure (nothing left behind).
 
     Raises :class:`ValidationError` for a target that exists or whose folder is
     missing, :class:`FederationError` on PostgreSQL (with the ``pg_dump``
@@ -95,7 +95,7 @@ def backup(dest: str | os.PathLike, settings: config.Settings | None = None) -> 
     the copy fails its integrity check, :class:`FileStorageError` when the
     target's disk refuses the copy.
     """
-    s = settings or config.settings()
+    s = settings
     if s.db_url:
         raise FederationError(
             "`federation backup` copies SQLite databases; back up PostgreSQL with its own tool: "

@@ -181,13 +181,13 @@ def _postgres_checks(s: config.Settings, checks: list[Check]) -> bool:
     return version == schema.LATEST
 
 
-def doctor(settings: config.Settings | None = None, *, wal_limit: int = WAL_LIMIT_BYTES,
+def doctor(settings: config.Settings, *, wal_limit: int = WAL_LIMIT_BYTES,
            min_free: int = MIN_FREE_BYTES, mounts_file: str = "/proc/self/mounts",
            extra: list[Callable[[config.Settings], Check]] | None = None) -> DoctorReport:
-    """Run every check against the configured federation; read-only."""
+    """Run every check against the federation of *settings*; read-only."""
     from ..transfer.rows import read_tree
 
-    s = settings or config.settings()
+    s = settings
     phase = phase_in_effect(s)
     checks: list[Check] = []
     comparable = (_postgres_checks(s, checks) if s.db_url

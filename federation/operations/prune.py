@@ -170,7 +170,7 @@ def next_batch(size: int, held: float, hold: float, largest: int) -> int:
 def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = False, batch_size: int = 2000,
           pause: float | None = None, hold: float = DEFAULT_HOLD, now: datetime | None = None, store: Any = None,
           progress: Callable[[str, int], None] | None = None,
-          settings: config.Settings | None = None) -> PruneResult:
+          settings: config.Settings) -> PruneResult:
     """Remove read messages and history entries older than *older_than* from the database.
 
     Each write transaction aims to hold the writer *hold* seconds, examining
@@ -179,7 +179,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     write holds only the rows it touches (PostgreSQL), agents do not wait behind a
     batch: every batch examines *batch_size* keys and pauses 5 ms.  *dry_run* counts and
     removes nothing.  A SQLite database that does not exist yet is not created
-    (nothing to prune).  *settings*: the federation pruned (default: the configured one).
+    (nothing to prune).  *settings*: the federation pruned.
     """
     delta = parse_duration(older_than) if isinstance(older_than, str) else older_than
     if delta <= timedelta(0):
@@ -189,7 +189,7 @@ def prune(older_than: timedelta | str = DEFAULT_OLDER_THAN, *, dry_run: bool = F
     cutoff = ((now or datetime.now(timezone.utc)) - delta).astimezone(timezone.utc).isoformat(timespec="microseconds")
     started = time.perf_counter()
     result = PruneResult(dry_run=dry_run, cutoff=cutoff, removed={t: 0 for t in PRUNED_TABLES})
-    s = settings or config.settings()
+    s = settings
     result.control = prune_control(s.root, dry_run=dry_run)
     result.files = prune_files(s.root, cutoff, dry_run=dry_run)
     if store is None:

@@ -88,14 +88,14 @@ def _phase_four_began(root: Path) -> datetime | None:
 
 
 def restore(source: str | os.PathLike, *, force: bool = False, reason: str | None = None,
-            settings: config.Settings | None = None) -> RestoreResult:
+            settings: config.Settings) -> RestoreResult:
     """Replace the SQLite database of *settings*' federation with the backup *source* and put the fleet's flag
     where the newest side is authoritative (module docstring).  Refused (:class:`FederationError`) while a
     process of the fleet is alive, unless *force* with a *reason*; on PostgreSQL (``pg_restore``)."""
     from .. import rollout
     from ..stores.sqlstore import forget_stores
 
-    s = settings or config.settings()
+    s = settings
     if s.db_url:
         raise FederationError("`federation restore` restores SQLite backups; restore PostgreSQL with its own "
                               "tool (pg_restore --clean --dbname=URL FILE) with the agents stopped, then set the "

@@ -10,6 +10,7 @@ here reads files only, so it works while the database is down.
 
 from __future__ import annotations
 
+from ..config import Settings
 from ._default import fleet_phase
 from ._counts import BUCKET_SECONDS, LATENCY_BOUNDS_MS, MISMATCH_CAP
 from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, read_flag, record_sync
@@ -43,26 +44,28 @@ __all__ = [
 ]
 
 
-def mode() -> tuple[int, float]:
-    """(phase, shadow sample) of this process now: environment pin > live flag > phase 3."""
-    return RUNTIME.mode()
+def mode(settings: Settings) -> tuple[int, float]:
+    """(phase, shadow sample) of this process now in the federation of *settings*: environment pin > live
+    flag > phase 3."""
+    return RUNTIME.mode(settings)
 
 
-def phase_in_effect() -> dict:
-    """This process's phase, sample and where the phase comes from (``env``, ``flag`` or ``default``)."""
-    phase, sample = RUNTIME.mode()
+def phase_in_effect(settings: Settings) -> dict:
+    """This process's phase, sample and where the phase comes from (``env``, ``flag`` or ``default``), in
+    the federation of *settings*."""
+    phase, sample = RUNTIME.mode(settings)
     return {"phase": phase, "sample": sample, "source": RUNTIME.source, "flag_error": RUNTIME.flag_problem()}
 
 
-def announce_agent(agent: str) -> None:
+def announce_agent(agent: str, settings: Settings) -> None:
     """Say which agent this process serves (the MCP server calls it) and announce the process now."""
-    RUNTIME.announce_agent(agent)
+    RUNTIME.announce_agent(agent, settings)
 
 
-def announce_adopted(module: str, adopted: bool = True) -> None:
+def announce_adopted(module: str, adopted: bool = True, *, settings: Settings) -> None:
     """Say that this process runs *module* adopted with :mod:`federation.adopt` (its fleet entry lists it,
     and ``rollout set 4`` is refused while it lives); ``adopted=False`` withdraws it."""
-    RUNTIME.announce_adopted(module, adopted)
+    RUNTIME.announce_adopted(module, adopted, settings)
 
 
 def flush() -> None:

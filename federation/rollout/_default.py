@@ -19,12 +19,12 @@ from ..errors import FederationError
 from . import _flag
 
 
-def fleet_phase(settings: config.Settings | None = None) -> int:
+def fleet_phase(settings: config.Settings) -> int:
     """The phase whose authority a repair respects: the live flag's; without a flag, this process's
     environment pin, else the root's default (what processes pinned the same way, or unpinned, run).
 
-    *settings*: the federation asked (default: the configured one)."""
-    s = settings or config.settings()
+    *settings*: the federation asked."""
+    s = settings
     phase, flag, problem = current_phase(s.root, settings=s)
     if flag is None and problem is None and s.phase_pinned:
         return s.effective_phase
@@ -79,26 +79,26 @@ def unanswered_phase(s: config.Settings) -> int:
 
 
 def current_phase(root: Path, ask_db: bool = True, *,
-                  settings: config.Settings | None = None) -> tuple[int, _flag.Flag | None, str | None]:
+                  settings: config.Settings) -> tuple[int, _flag.Flag | None, str | None]:
     """(the phase the unpinned fleet is in, the flag or None, why the flag is unreadable or None).
 
     Without a flag, the default of the root (phase 1 on an un-backfilled legacy tree, else 3);
     *ask_db* False decides that from the files alone (a step that must work with the database down).
     An unreadable flag: the last phase its history recorded, else 1 on a root with legacy data, else 3.
-    *settings*: the federation whose database decides the default (default: the configured one).
+    *settings*: the federation whose database decides the default.
     """
     try:
         flag = _flag.read_flag(root)
     except _flag.FlagError as exc:
         recorded = _flag.last_recorded_phase(root)
         if recorded is None:  # nothing says what the flag held: the files on a root with legacy data
-            recorded = unanswered_phase(settings or config.settings())
+            recorded = unanswered_phase(settings)
         return recorded, None, str(exc)
     return (flag.phase if flag else _unflagged_phase(ask_db, settings)), flag, None
 
 
-def _unflagged_phase(ask_db: bool, settings: config.Settings | None) -> int:
-    s = settings or config.settings()  # only read when there is no flag, as before
+def _unflagged_phase(ask_db: bool, settings: config.Settings) -> int:
+    s = settings
     if not ask_db and s.db_url:
         return _flag.DEFAULT_PHASE  # a server is not asked (it may be down): only the flag can say 1 there
     # a SQLite file is asked (no server to wait on): one without the schema, or unreadable, is no backfill

@@ -210,10 +210,10 @@ def _caught_up(s: config.Settings) -> datetime | None:
 
 def step_guards(from_phase: int, target: int, *, min_rate: float = DEFAULT_MIN_RATE,
                 min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None,
-                flag: _flag.Flag | None = None, settings: config.Settings | None = None) -> list[dict[str, Any]]:
+                flag: _flag.Flag | None = None, settings: config.Settings) -> list[dict[str, Any]]:
     """The guards of the step *from_phase* -> *target*, each evaluated, on *settings*' federation."""
     target = _flag.check_phase(target)
-    s = settings or config.settings()
+    s = settings
     out: list[dict[str, Any]] = []
     if target == from_phase:
         # the database side of 3 and 4 needs a backfill whatever the phase in effect (an unflagged
@@ -308,10 +308,10 @@ def _adopted_code(fleet: list[dict]) -> dict[str, Any]:
 
 
 def guards(target_phase: int, min_rate: float = DEFAULT_MIN_RATE, min_comparisons: int = DEFAULT_MIN_COMPARISONS,
-           since: datetime | None = None, *, settings: config.Settings | None = None) -> list[dict[str, Any]]:
+           since: datetime | None = None, *, settings: config.Settings) -> list[dict[str, Any]]:
     """The guards ``rollout set TARGET`` would check now, each ``{"name", "ok", "detail", "fix"}`` (read-only),
-    on *settings*' federation (default: the configured one)."""
-    s = settings or config.settings()
+    on *settings*' federation."""
+    s = settings
     from_phase, flag, _ = current_phase(s.root, settings=s)
     return step_guards(from_phase, target_phase, min_rate=min_rate, min_comparisons=min_comparisons, since=since,
                        flag=flag, settings=s)
@@ -346,8 +346,8 @@ class SetResult:
 
 def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEFAULT_MIN_RATE,
               min_comparisons: int = DEFAULT_MIN_COMPARISONS, since: datetime | None = None, force: bool = False,
-              reason: str | None = None, by: str | None = None, settings: config.Settings | None = None) -> SetResult:
-    """Set the live flag of *settings*' federation (default: the configured one) to *target* when the
+              reason: str | None = None, by: str | None = None, settings: config.Settings) -> SetResult:
+    """Set the live flag of *settings*' federation to *target* when the
     guards allow it (or *force*), recording the change.
 
     Raises :class:`ConfigError` for a bad phase, sample or a force without a reason.
@@ -359,7 +359,7 @@ def set_phase(target: int, *, sample: float | None = None, min_rate: float = DEF
         raise ConfigError(f"min_rate {min_rate!r} is not accepted: use a number from 0.0 to 1.0")
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason: say why the guards are overridden (it is recorded)")
-    s = settings or config.settings()
+    s = settings
     root = s.root
     with _io.control_lock(root):  # one operator's step at a time: guards and write see the same flag
         # a step to 1 or 2 works with the database down: the phase it leaves is not asked of it

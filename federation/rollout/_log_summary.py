@@ -25,7 +25,7 @@ SHADOW_EVENTS = ("shadow_mismatch", "shadow_error")
 
 
 def summarise_log(path: Path, report: Report | None = None, *,
-                  settings: config.Settings | None = None) -> dict[str, Any]:
+                  settings: config.Settings) -> dict[str, Any]:
     """Count ``shadow_mismatch`` / ``shadow_error`` events per entity in a JSON-lines log.
 
     The consistency rate is ``1 - mismatches / comparisons`` of the comparisons
@@ -33,7 +33,7 @@ def summarise_log(path: Path, report: Report | None = None, *,
     back to the share of records (the rows of both sides now, from *report*)
     that had no shadow event in the period (``rate_source: "records"``, also
     kept as ``records_rate``); ``None`` when unknown.  *settings*: the federation whose counts are
-    read (default: the configured one).
+    read.
     """
     per: dict[str, dict[str, Any]] = {}
     first = last = None
@@ -82,7 +82,7 @@ def summarise_log(path: Path, report: Report | None = None, *,
     summary = {"path": str(path), "lines": lines, "unreadable_lines": unreadable, "first": first, "last": last,
                "events": sum(s["shadow_mismatch"] + s["shadow_error"] for s in per.values()),
                "entities": entities, "consistency_rate": overall, "rate_source": "records"}
-    _use_counts(summary, first, settings or config.settings())
+    _use_counts(summary, first, settings)
     return summary
 
 

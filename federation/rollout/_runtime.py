@@ -93,9 +93,9 @@ class Runtime:
         self._last_maintain: float | None = None  # the counts' retention pass (the first one an interval in)
 
     # -- the phase of a call -------------------------------------------------------
-    def mode(self) -> tuple[int, float]:
-        """(phase, shadow sample) for the call about to run: what the shim asks once per call."""
-        s = config.settings()
+    def mode(self, s: config.Settings) -> tuple[int, float]:
+        """(phase, shadow sample) for the call about to run in the federation of *s* (handed down by the
+        composition root, ``federation._wiring``): what the shim asks once per call."""
         if s is self._settings and (self._pinned_all or time.monotonic() < self._next_check):
             return self._mode
         return self._resolve(s)
@@ -411,13 +411,13 @@ class Runtime:
                 self._flush(self._settings.root)
                 self._last_flush = time.monotonic()
 
-    def announce_agent(self, agent: str) -> None:
-        """Name the agent this process serves (the MCP server) and announce it at once."""
+    def announce_agent(self, agent: str, s: config.Settings) -> None:
+        """Name the agent this process serves (the MCP server, in the federation of *s*) and announce it at once."""
         self.agent = agent
-        self.mode()
+        self.mode(s)
         self._wake.set()
 
-    def announce_adopted(self, module: str, adopted: bool = True) -> None:
+    def announce_adopted(self, module: str, adopted: bool, s: config.Settings) -> None:
         """Say that this process runs *module* adopted with :mod:`federation.adopt` (or no longer does)."""
         with self._lock:
             if adopted and module not in self.adopted:
@@ -425,7 +425,7 @@ class Runtime:
             elif not adopted and module in self.adopted:
                 self.adopted.remove(module)
         try:
-            self.mode()  # resolve now: the process joins the fleet before its first call
+            self.mode(s)  # resolve now: the process joins the fleet before its first call
         except Exception as exc:  # noqa: BLE001 - a bad setting is said by the first call, not by an import
             log.warning("rollout_announce_deferred", error=f"{type(exc).__name__}: {exc}")
             return

@@ -20,10 +20,10 @@ DEFAULT_WINDOW = timedelta(hours=24)
 HISTORY_LIMIT = 100
 
 
-def _root(settings: config.Settings | None = None) -> Path:
-    """The root of *settings*; without them, of the configured federation (each public reader takes
-    ``settings=`` so that a command reads the federation it was handed)."""
-    return (settings or config.settings()).root
+def _root(settings: config.Settings) -> Path:
+    """The root of *settings* (each public reader takes ``settings=``: a command reads the federation it was
+    handed, never the process's)."""
+    return settings.root
 
 
 def window(since: datetime | None = None, until: datetime | None = None) -> tuple[datetime, datetime]:
@@ -42,7 +42,7 @@ def timeout() -> float:
         return config.ControlTimings().fleet_timeout
 
 
-def fleet(*, settings: config.Settings | None = None) -> list[dict]:
+def fleet(*, settings: config.Settings) -> list[dict]:
     """Every announced process: host, pid, agent, phase, source, version, started_at, last_seen, alive."""
     return _fleet.read_fleet(_root(settings), timeout())
 
@@ -60,7 +60,7 @@ def fleet_summary(processes: list[dict]) -> dict[str, Any]:
 
 
 def counters(since: datetime | None = None, until: datetime | None = None, *,
-             settings: config.Settings | None = None) -> list[dict]:
+             settings: config.Settings) -> list[dict]:
     """Per (entity, phase) over the window: comparisons, mismatches, errors and both sides' latency histograms.
 
     Each histogram is ``{"bounds_ms": [...], "counts": [...], "sum_ms": float}``:
@@ -107,13 +107,13 @@ def rate(comparisons: int, mismatches: int) -> float | None:
 
 
 def consistency(since: datetime | None = None, until: datetime | None = None, *,
-                settings: config.Settings | None = None) -> dict[str, dict]:
+                settings: config.Settings) -> dict[str, dict]:
     """Per entity over the window (all phases): counts, rate and p50/p99 of each side in ms."""
     return summarise(counters(since, until, settings=settings))
 
 
 def totals(since: datetime | None = None, until: datetime | None = None,
-           phases: tuple[int, ...] | None = None, *, settings: config.Settings | None = None) -> dict[str, Any]:
+           phases: tuple[int, ...] | None = None, *, settings: config.Settings) -> dict[str, Any]:
     """Comparisons, mismatches, errors and rate summed over every entity (of *phases*, default all)."""
     comparisons = mismatches = errors = 0
     for c in counters(since, until, settings=settings):
@@ -126,7 +126,7 @@ def totals(since: datetime | None = None, until: datetime | None = None,
 
 
 def series(since: datetime | None = None, until: datetime | None = None,
-           bucket_seconds: int = 3600, *, settings: config.Settings | None = None) -> dict[str, list[dict]]:
+           bucket_seconds: int = 3600, *, settings: config.Settings) -> dict[str, list[dict]]:
     """Per entity, one point per bucket over the window (zero-filled), oldest first.
 
     A point is ``{"start": ISO 8601, "comparisons", "mismatches", "errors"}``.
@@ -164,7 +164,7 @@ def points(per: dict[str, dict[int, list[int]]], starts: list[int], tz: Any) -> 
             for entity in sorted(per)}
 
 
-def recent_mismatches(limit: int = 100, *, settings: config.Settings | None = None) -> list[dict]:
+def recent_mismatches(limit: int = 100, *, settings: config.Settings) -> list[dict]:
     """The fleet's most recent mismatches, newest first (at most 1,000 are kept):
     ``{"at", "host", "pid", "entity", "key", "phase", "op", "authority", "diff"}``."""
     records = _counts.read_mismatches(_root(settings))
@@ -173,7 +173,7 @@ def recent_mismatches(limit: int = 100, *, settings: config.Settings | None = No
     return [{k: r.get(k) for k in keys} for r in records[: max(0, min(limit, _counts.MISMATCH_CAP))]]
 
 
-def flag_record(*, settings: config.Settings | None = None) -> tuple[dict | None, str | None]:
+def flag_record(*, settings: config.Settings) -> tuple[dict | None, str | None]:
     """(the flag as CONTRACT shows it or None, the reason it cannot be read or None)."""
     try:
         flag = _flag.read_flag(_root(settings))
@@ -185,24 +185,23 @@ def flag_record(*, settings: config.Settings | None = None) -> tuple[dict | None
             "reason": flag.reason}, None
 
 
-def history(limit: int = HISTORY_LIMIT, *, settings: config.Settings | None = None) -> list[dict]:
+def history(limit: int = HISTORY_LIMIT, *, settings: config.Settings) -> list[dict]:
     """The latest changes of the flag, oldest first: ``{"at", "from", "to", "by", "reason", "forced"}``."""
     keys = ("at", "from", "to", "by", "reason", "forced")
     return [{k: e.get(k) for k in keys} for e in _flag.history(_root(settings))[-limit:]]
 
 
 def status(since: datetime | None = None, until: datetime | None = None, *,
-           settings: config.Settings | None = None) -> dict[str, Any]:
-    """The ``federation rollout status --json`` object (CONTRACT) of *settings*' federation (default: the
-    configured one)."""
-    s = settings or config.settings()
+           settings: config.Settings) -> dict[str, Any]:
+    """The ``federation rollout status --json`` object (CONTRACT) of *settings*' federation."""
+    s = settings
     since, until = window(since, until)
     return status_document(fleet(settings=s), consistency(since, until, settings=s), since, until,
                            history(settings=s), settings=s)
 
 
 def status_document(processes: list[dict], summed: Any, since: datetime, until: datetime,
-                    past: list[dict], *, settings: config.Settings | None = None) -> dict[str, Any]:
+                    past: list[dict], *, settings: config.Settings) -> dict[str, Any]:
     """The status object of a window from its parts (the fleet, its counts summed, the history), with
     the flag and what the readers skipped: one shape for ``rollout status`` and the dashboard."""
     flag, problem = flag_record(settings=settings)

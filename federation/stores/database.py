@@ -413,9 +413,9 @@ def dialect_for(settings: config.Settings) -> Dialect:
     return SqliteDialect(settings.db_path)
 
 
-def get_db(settings: config.Settings | None = None, on_create: Callable[[Tx], None] | None = None) -> Database:
-    """The :class:`Database` of the configured target (one per process)."""
-    s = settings or config.settings()
+def get_db(settings: config.Settings, on_create: Callable[[Tx], None] | None = None) -> Database:
+    """The :class:`Database` of *settings*' target (one per process and target)."""
+    s = settings
     key = (s.db_url or str(s.db_path),)
     db = _databases.get(key)
     if db is None:

@@ -18,20 +18,22 @@ __all__ = ["dead_letter_summary"]
 
 
 def dead_letter_summary(phase: int, *, read_files: Callable[[str | None, str, int], list[dict]],
-                        settings: config.Settings | None = None) -> dict:
+                        settings: config.Settings) -> dict:
     """Every agent's dead letters on the side that serves *phase*:
     ``{"count", "oldest_dead_at", "oldest_age_s"}``.
 
-    *settings*: the federation whose database is read in phases 3-4 (default: the configured one);
+    *settings*: the federation read, its database in phases 3-4, its files in phases 1-2;
     *read_files(agent, now, max_attempts)*: the file side's dead letters (phases 1-2), read as they are,
-    not through the shim (an operator's count is not an agent's call)."""
+    not through the shim (an operator's count is not an agent's call), while serving *settings* (the file
+    store reads the root of the federation served)."""
     now, maximum = _clock.now(), config.max_attempts()
     if phase >= 3:
         from .sqlstore import get_store
 
         letters = get_store(settings).load_dead_letters(None, now, maximum)
     else:
-        letters = read_files(None, now, maximum)
+        with config.serving(settings):
+            letters = read_files(None, now, maximum)
     oldest = min((m["dead_at"] for m in letters if m.get("dead_at")), default=None)
     age = None
     if oldest is not None:

@@ -119,10 +119,10 @@ _last: tuple | None = None
 _stores_lock = threading.Lock()
 
 
-def get_store(settings: config.Settings | None = None) -> SqlStore:
-    """The SQL store of the configured database and root (one per process)."""
+def get_store(settings: config.Settings) -> SqlStore:
+    """The SQL store of *settings*' database and root (one per process and pair)."""
     global _last
-    s = settings or config.settings()
+    s = settings
     last = _last
     if last is not None and last[0] is s:  # the hot path: same settings object as the last call
         return last[1]

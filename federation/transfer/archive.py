@@ -97,15 +97,14 @@ def _summary(report: Report) -> str:
     return "; ".join(parts)
 
 
-def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings | None = None,
+def archive_legacy(dest: Path, *, root: Path | None = None, settings: config.Settings,
                    phase: int | None = None) -> ArchiveResult:
     """Archive the legacy tree to *dest* (``.tar.gz``), verify it, remove the archived files.
 
-    *settings*: the federation archived (default: the configured one); *root*, when given, wins over its root.
+    *settings*: the federation archived; *root*, when given, wins over its root.
     *phase*: the fleet's current phase (``federation archive-legacy`` passes the rollout's), so that
     a refusal names the repair that is safe in it.
     """
-    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     dest = Path(dest).absolute()
     if dest.exists():

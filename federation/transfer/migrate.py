@@ -255,14 +255,13 @@ def _verify_counts(store: Any, scanned: TreeRows) -> tuple[dict[str, dict[str, i
 
 def migrate(root: Path | None = None, *, dry_run: bool = False, progress: bool = False,
             batch_size: int = BATCH_SIZE, store: Any = None,
-            settings: config.Settings | None = None) -> MigrationResult:
+            settings: config.Settings) -> MigrationResult:
     """Migrate the legacy tree under *root* (default: the root of *settings*) into the database.
 
     With *dry_run* the files are read and counted and nothing at all is
     written: the database is not even opened.  *settings*: the federation
-    migrated (default: the configured one).
+    migrated.
     """
-    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     if dry_run:
         scanned = read_tree(root, progress=progress)

@@ -109,13 +109,12 @@ class Sides:
 
 
 def read_sides(root: Path | None = None, *, store: Any = None, progress: bool = False,
-               settings: config.Settings | None = None) -> Sides:
+               settings: config.Settings) -> Sides:
     """Read the legacy tree under *root* and the database as rows (never writes to either).
 
     A SQLite database that does not exist yet reads as empty, and is not created.  *settings*: the
-    federation read (default: the configured one); *root*, when given, wins over its root.
+    federation read; *root*, when given, wins over its root.
     """
-    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     files = read_tree(root, progress=progress)
     if store is None and database_exists(settings):
@@ -142,15 +141,14 @@ def compare_sides(sides: Sides, diff_limit: int = DIFF_LIMIT) -> Report:
 
 def build_report(root: Path | None = None, *, store: Any = None, progress: bool = False,
                  diff_limit: int = DIFF_LIMIT, recheck: bool = False,
-                 settings: config.Settings | None = None) -> Report:
+                 settings: config.Settings) -> Report:
     """Compare the legacy tree under *root* with the database (never writes to either).
 
     A SQLite database that does not exist yet is compared as empty, and not created.
     recheck: re-read each difference under its document's lock before reporting it (a write in
     flight is not a difference; :func:`recheck_differences`).  *settings*: the federation compared
-    (default: the configured one, read once here and handed down).
+    (handed down by the caller).
     """
-    settings = settings or config.settings()
     if recheck and store is None and database_exists(settings):
         from ..stores.sqlstore import get_store
 

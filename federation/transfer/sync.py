@@ -113,7 +113,7 @@ def _kinds(tables: set[str] | None) -> set[str] | None:
 
 
 def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any = None, force: bool = False,
-         reason: str | None = None, settings: config.Settings | None = None,
+         reason: str | None = None, settings: config.Settings,
          phase: int | None = None, only: Any = None) -> SyncResult:
     """Rewrite side *to* (``"files"`` or ``"db"``) to equal the other side.
 
@@ -128,7 +128,7 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     content over what agents were told succeeded.  *force* with a *reason*
     overrides; a dry run is never refused.  A write without a phase is refused
     (:class:`ConfigError`): the side to protect is unknown.
-    *settings*: the federation repaired (default: the configured one).
+    *settings*: the federation repaired.
     *only*: entities (tables or document kinds, :data:`ENTITIES`) to limit the sync to.
 
     A document that could not be read on the file side is unknown, never empty: its records are left
@@ -139,7 +139,6 @@ def sync(to: str, *, root: Path | None = None, dry_run: bool = False, store: Any
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
     tables = entity_scope(only)
-    settings = settings or config.settings()
     root = Path(root) if root is not None else settings.root
     if not dry_run:
         check_direction(to, phase, force=force, reason=reason)

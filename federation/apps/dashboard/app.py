@@ -13,7 +13,6 @@ import threading
 from importlib import resources
 from typing import Any, Callable
 
-from ... import config
 from ...config import Settings
 from ..._logging import library_logger
 from .data import WINDOWS, BadRequest, DashboardData, parse_since, window_bounds
@@ -43,8 +42,8 @@ def _is_loopback(host: str) -> bool:
 
 def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
                allowed_hosts: list[str] | None = None, *, settings: Settings | None = None) -> Any:
-    """The Starlette application over *data* (by default, of the federation of *settings*, else of this
-    process's settings, read here once); *allowed_hosts* limits the ``Host`` header (DNS rebinding)."""
+    """The Starlette application over *data* (by default, of the federation of *settings*: one of the two is
+    handed down); *allowed_hosts* limits the ``Host`` header (DNS rebinding)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -53,7 +52,10 @@ def create_app(data: DashboardData | None = None, refresh_s: float = 5.0,
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    data = data or DashboardData(settings or config.settings())
+    if data is None:
+        if settings is None:
+            raise TypeError("create_app needs the federation it shows: data= or settings=")
+        data = DashboardData(settings)
     collector = MetricsCollector(data)
     static = {name: resources.files(__package__).joinpath("static", name).read_bytes() for name in _STATIC}
     static["index.html"] = static["index.html"].replace(b"{{refresh_ms}}", str(int(refresh_s * 1000)).encode())
@@ -191,9 +193,9 @@ def listen(host: str, port: int, *, reserve_only: bool = False) -> socket.socket
 
 
 def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
-          on_listening: Callable[[str], None] | None = None, *, settings: Settings | None = None) -> None:
-    """Serve the dashboard of the federation of *settings* (default: this process's, read once here) until
-    interrupted; binds to loopback unless told otherwise.
+          on_listening: Callable[[str], None] | None = None, *, settings: Settings) -> None:
+    """Serve the dashboard of the federation of *settings* (handed down by the CLI) until interrupted; binds
+    to loopback unless told otherwise.
 
     *on_listening* is called with the page's URL once the socket is bound (port 0: a free one).
     A port in use or an unknown host raises :class:`OSError` before anything is served.
@@ -203,7 +205,7 @@ def serve(host: str = "127.0.0.1", port: int = 8321, refresh_s: float = 5.0,
     loopback = _is_loopback(host)
     # Behind loopback, refuse other Host names: a web page elsewhere cannot read it through DNS rebinding.
     allowed = ["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host] if loopback else None
-    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed, settings=settings or config.settings())
+    app = create_app(refresh_s=refresh_s, allowed_hosts=allowed, settings=settings)
     sock = listen(host, port)
     port = sock.getsockname()[1]
     if not loopback:

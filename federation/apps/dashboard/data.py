@@ -3,10 +3,8 @@
 Everything here is handed the :class:`~federation.config.Settings` of the
 federation it reads (the application builds them once when it starts serving)
 instead of reading the process's configuration, so two federations can be read
-side by side in one process.  One read still follows the process's configured
-root, the dead letters of the files (phases 1-2, read through ``core``): for
-another federation than the process's it is refused, shown as an error rather
-than answered wrong.
+side by side in one process (the dead letters of the files, phases 1-2, too: they
+are read while serving that federation's settings).
 
 The control plane's files answer while the database is down; what needs the
 database runs off the request path, with a time budget and a cache
@@ -22,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from ... import config, rollout
+from ... import rollout
 from ...config import Settings
 from ...domain.moments import parse_duration, parse_moment
 from ..._logging import library_logger
-from ...errors import ConfigError, ValidationError
+from ...errors import ValidationError
 from ...rollout import HOUR
 from .cache import BoundedReads
 
@@ -90,12 +88,11 @@ def dead_letters(settings: Settings) -> dict[str, Any] | None:
     """Dead letters on the side the fleet's phase serves (count, oldest); None before any database."""
     from ...messaging import dead_letter_summary
 
-    phase = settings.effective_phase if settings.phase_pinned else rollout.current_phase(settings.root)[0]
+    phase = (settings.effective_phase if settings.phase_pinned
+             else rollout.current_phase(settings.root, settings=settings)[0])
     if phase >= 3 and table_counts(settings) is None:
         return None
-    if phase < 3:  # the files of phases 1-2 are read through ``core``, which follows the configured root
-        only_with_process_settings(settings, "the dead letters of the files")
-    return dead_letter_summary(phase, settings=settings)
+    return dead_letter_summary(phase, settings=settings)  # (the files of phases 1-2: those of *settings*)
 
 
 # -- the counts, per clock hour ------------------------------------------------------------
@@ -203,19 +200,10 @@ class ControlPlane:
     def current_phase(self) -> tuple[int, Any, str | None]:
         """The phase of the unpinned fleet, the flag, why the flag is unreadable: from the files alone
         (the request path must answer while the database is down)."""
-        return rollout.current_phase(self.settings.root, ask_db=False)
+        return rollout.current_phase(self.settings.root, ask_db=False, settings=self.settings)
 
     def guards(self, target: int) -> list[dict]:
         return rollout.guards(target, settings=self.settings)
-
-
-def only_with_process_settings(settings: Settings, what: str) -> None:
-    """Refuse a read whose functions take no settings yet (they read the process's) when *settings* are
-    another federation's: its error on the page, rather than another federation's answer as this one's.
-    ``federation dashboard`` is handed the process's own settings, so it never refuses there."""
-    if settings != config.settings():
-        raise ConfigError(f"{what} can only be read for the federation this process is configured for "
-                          f"({config.settings().root}), not {settings.root}")
 
 
 @dataclass
