@@ -72,9 +72,16 @@ def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int
         started = now - days * 86400
         for hour in range(first, current + _counts.HOUR, _counts.HOUR):
             cells = []
-            past = 60 if hour < current else max(1, int(now - current) // 60)  # no counts after now
+            # no counts after now: the current hour's minutes up to the one in progress (its seconds so far)
+            past = 60 if hour < current else int(now - current) // 60 + 1
             for minute in sorted(rnd.sample(range(past), min(busy_minutes, past))):
                 for entity, data in templates[rnd.randrange(len(templates))]:
+                    if hour + 60 * minute + 60 > now:  # the minute in progress: its seconds before now
+                        seconds = {off: c for off, c in data["seconds"].items() if hour + 60 * minute + int(off) < now}
+                        if not seconds:
+                            continue
+                        data = {**data, "seconds": seconds, "comparisons": sum(c[0] for c in seconds.values()),
+                                "mismatches": sum(c[1] for c in seconds.values())}
                     cells.append(((hour + 60 * minute, entity, 3), data))
             _counts.write_counts(_counts.counts_file(root, hour, pid, started), pid,
                                  _io.iso(datetime.fromtimestamp(started, timezone.utc)), 60, cells)
