@@ -140,6 +140,24 @@ def test_a_generated_month_compacts_to_a_bounded_number_of_files_in_bounded_pass
     assert len(day_window) <= 2 * processes * 2 + 25
 
 
+def test_roll_ups_go_with_their_files_once_merged_and_alone_when_their_file_is_gone(tmp_path):
+    """A merged hour's roll-ups are removed with the processes' files (the folder with them); a roll-up whose
+    file a version without roll-ups removed goes too; the current hour's stay."""
+    current = int(time.time()) // 3600 * 3600
+    now = current + 1800
+    write_hours(tmp_path, 2, current - 2 * 3600, current)
+    counts = tmp_path / "control" / "counts"
+    old = counts / _counts.hour_name(current - 2 * 3600)
+    orphan = sorted(old.glob("*.json"))[0]
+    orphan.unlink()  # removed after a merge by a process of the version before
+    assert sorted(p.suffix for p in old.iterdir()) == [".json", ".rollup", ".rollup"]
+    _counts.maintain(tmp_path, now=now)
+    _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1)
+    assert not old.exists() and not (counts / _counts.hour_name(current - 3600)).exists()
+    assert sorted(p.suffix for p in (counts / _counts.hour_name(current)).iterdir()) == [".json", ".json", ".rollup",
+                                                                                         ".rollup"]
+
+
 def test_prune_removes_counts_and_mismatches_past_the_retention_and_dry_run_counts(tmp_path):
     """`federation prune` (no database yet) removes counts of hours 35 days old, by-minute/by-hour files as
     old and mismatch files not written for 35 days; --dry-run counts them and removes nothing."""
