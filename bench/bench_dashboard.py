@@ -172,7 +172,7 @@ def main() -> None:
         timed(base + "/metrics", 1)
 
         rows = [("first /api/dashboard?window=7d (cold)", timed(base + "/api/dashboard?window=7d", 1)),
-                (("page load 24 h (/ + /api/dashboard)", page_load(base, "24h", args.rounds)),
+                ("page load 24 h (/ + /api/dashboard)", page_load(base, "24h", args.rounds)),
                 ("page load 7 d (/ + /api/dashboard)", page_load(base, "7d", args.rounds)),
                 ("/metrics scrape", timed(base + "/metrics", args.rounds)),
                 ("/api/status", timed(base + "/api/status", args.rounds))]

@@ -5,7 +5,9 @@ microseconds per call) and its background thread writes them at most every
 few seconds and at exit, one file per process and hour:
 ``control/counts/<YYYYMMDDTHH>/<host>-<pid>-<start>.json`` (so a flush
 rewrites only the current hour's cells, and a reader of a window opens only
-the hours it covers).  Readers merge the files of the whole fleet.  Latencies
+the hours it covers), and beside it a roll-up (``<host>-<pid>-<start>.rollup``: the minutes closed at
+the flush summed per entity and phase, the minute in progress with its seconds) that a window holding
+those minutes whole reads instead of every second.  Readers merge the files of the whole fleet.  Latencies
 are fixed-bound histograms, so processes merge by adding counts and p50/p99
 come from the merged histogram.  A window counts the buckets that start
 inside it whole; a bucket the window cuts counts the seconds inside it (each
@@ -19,7 +21,7 @@ one file for the fleet (per entity and phase: the hour's latency histograms and
 its counts per minute); 48 hours after, into ``control/counts/by-hour/<day>.json``
 (per hour, entity and phase); 35 days after, they are removed.  So the files
 kept are bounded by the fleet's size and the retention, not by the uptime, and
-a 24-hour window reads the current hour's files and 24 small ones.  A window
+a 24-hour window reads the current hour's roll-ups and 24 small files.  A window
 counts what starts inside it at the finest resolution kept (second, minute,
 hour).
 """
