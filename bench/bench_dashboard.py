@@ -58,6 +58,7 @@ def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int
     n_bounds = len(_counts.LATENCY_BOUNDS_MS) + 1
     width = _counts.BUCKET_SECONDS
     cells_written = 0
+    hists: dict[tuple[int, str], list[int]] = {}
     for p in range(processes):
         pid = 100_000 + p
         started = now - timedelta(days=days)
@@ -70,9 +71,11 @@ def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int
                     mismatches = 1 if rnd.random() < 0.01 else 0
                     latency = {}
                     for side in _counts.SIDES:
-                        hist = [0] * n_bounds
-                        for _ in range(comparisons):
-                            hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
+                        hist = hists.get((comparisons, side))  # drawn once per count and side: a busy fleet's
+                        if hist is None:                       # millions of cells are written in minutes
+                            hist = hists[comparisons, side] = [0] * n_bounds
+                            for _ in range(comparisons):
+                                hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
                         latency[side] = {"counts": hist, "sum_ms": round(comparisons * 0.4, 6)}
                     cells.append(((bucket, entity, 3), {"comparisons": comparisons, "mismatches": mismatches,
                                                         "errors": 0, "latency": latency}))
