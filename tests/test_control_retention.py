@@ -152,6 +152,8 @@ def test_roll_ups_go_with_their_files_once_merged_and_alone_when_their_file_is_g
     orphan.unlink()  # removed after a merge by a process of the version before
     assert sorted(p.suffix for p in old.iterdir()) == [".json", ".rollup", ".rollup"]
     _counts.maintain(tmp_path, now=now)
+    dry = _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1, dry_run=True)
+    assert dry.removed_merged == 3 and len(list(old.iterdir())) == 2  # counted, nothing removed (the orphan went)
     _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1)
     assert not old.exists() and not (counts / _counts.hour_name(current - 3600)).exists()
     assert sorted(p.suffix for p in (counts / _counts.hour_name(current)).iterdir()) == [".json", ".json", ".rollup",
