@@ -12,7 +12,9 @@ free port, timed from this process over HTTP:
 - ``GET /api/status``.
 
 Prints the median and the worst of --rounds rounds in ms against the 200 ms
-target.  A script, not a test: run it on a quiet machine.
+target (2 s for the 7-day window), and the first 7-day call, before its hours
+are cached.  --merge merges the counts as they aged first (what a running
+fleet keeps).  A script, not a test: run it on a quiet machine.
 
     python bench/bench_dashboard.py [--processes 50] [--days 30] [--rounds 10]
 """
@@ -35,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TARGET_MS = 200.0
+#: the dashboard's 7-day window (issue 30)
+WEEK_TARGET_MS = 2000.0
 ENTITIES = ("messages", "context", "expertise", "profiles", "polls", "sessions")
 
 
@@ -54,6 +58,7 @@ def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int
     n_bounds = len(_counts.LATENCY_BOUNDS_MS) + 1
     width = _counts.BUCKET_SECONDS
     cells_written = 0
+    hists: dict[tuple[int, str], list[int]] = {}
     for p in range(processes):
         pid = 100_000 + p
         started = now - timedelta(days=days)
@@ -66,9 +71,11 @@ def write_control_plane(root: Path, processes: int, days: int, busy_minutes: int
                     mismatches = 1 if rnd.random() < 0.01 else 0
                     latency = {}
                     for side in _counts.SIDES:
-                        hist = [0] * n_bounds
-                        for _ in range(comparisons):
-                            hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
+                        hist = hists.get((comparisons, side))  # drawn once per count and side: a busy fleet's
+                        if hist is None:                       # millions of cells are written in minutes
+                            hist = hists[comparisons, side] = [0] * n_bounds
+                            for _ in range(comparisons):
+                                hist[min(n_bounds - 1, int(rnd.expovariate(0.6)))] += 1
                         latency[side] = {"counts": hist, "sum_ms": round(comparisons * 0.4, 6)}
                     cells.append(((bucket, entity, 3), {"comparisons": comparisons, "mismatches": mismatches,
                                                         "errors": 0, "latency": latency}))
@@ -118,6 +125,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--busy-minutes", type=int, default=1,
                         help="minutes of each hour with counts, per process and entity (60: always busy)")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge the counts as they aged first (what the fleet's maintenance keeps: the "
+                             "current hours' files, per-minute files for 48 h, per-hour files before)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
@@ -139,6 +149,14 @@ def main() -> None:
               f"x {len(ENTITIES)} entities = "
               f"{cells:,} cells, {size / 1e6:.1f} MB of files (written in {time.perf_counter() - started:.1f} s)")
 
+        if args.merge:
+            from federation.rollout import _counts
+
+            started = time.perf_counter()
+            _counts.maintain(root, wait=True)
+            _counts.maintain(root, now=time.time() + _counts.GRACE_SECONDS + 1, wait=True)
+            kept = [f for f in (root / "control" / "counts").rglob("*") if f.is_file()]
+            print(f"merged as they aged in {time.perf_counter() - started:.1f} s: {len(kept):,} counts files kept")
         import uvicorn
 
         from federation.apps.dashboard import create_app
@@ -156,7 +174,8 @@ def main() -> None:
         timed(base + "/api/dashboard", 1)  # warm-up: imports, first database connection
         timed(base + "/metrics", 1)
 
-        rows = [("page load 24 h (/ + /api/dashboard)", page_load(base, "24h", args.rounds)),
+        rows = [("first /api/dashboard?window=7d (cold)", timed(base + "/api/dashboard?window=7d", 1)),
+                ("page load 24 h (/ + /api/dashboard)", page_load(base, "24h", args.rounds)),
                 ("page load 7 d (/ + /api/dashboard)", page_load(base, "7d", args.rounds)),
                 ("/metrics scrape", timed(base + "/metrics", args.rounds)),
                 ("/api/status", timed(base + "/api/status", args.rounds))]
@@ -164,11 +183,12 @@ def main() -> None:
         thread.join(10)
 
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
-    print(f"{'measurement':40} {'median ms':>10} {'worst ms':>10}  target {TARGET_MS:.0f} ms")
+    print(f"{'measurement':40} {'median ms':>10} {'worst ms':>10}  target (7 d: {WEEK_TARGET_MS:.0f} ms)")
     for name, values in rows:
         median = statistics.median(values)
-        verdict = "met" if median < TARGET_MS else "NOT met"
-        print(f"{name:40} {median:10.1f} {max(values):10.1f}  {verdict}")
+        target = WEEK_TARGET_MS if "7d" in name or "7 d" in name else TARGET_MS
+        verdict = "met" if median < target else "NOT met"
+        print(f"{name:40} {median:10.1f} {max(values):10.1f}  {target:.0f} ms {verdict}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_merging_as_counts_age_keeps_every_total_and_rate(tmp_path):
     assert 0 < sum(r[2] for r in before_minutes) < comparisons / 96
     counts = tmp_path / "control" / "counts"
     raw_before = len(files_under(counts))
-    assert raw_before == 4 * 97
+    assert raw_before == 4 * 97 * 2  # per process and hour, its counts file and the roll-up beside it
 
     due = len([h for h in range(first, current + 1, 3600) if h + 3600 <= now - _counts.MINUTES_AFTER])
     assert due in (95, 96)  # every hour that ended 10 minutes ago: the current one (and the last) stay
@@ -104,7 +104,7 @@ def test_merging_as_counts_age_keeps_every_total_and_rate(tmp_path):
     by_minute = [p for p in kept if p.parent.name == _counts.BY_MINUTE]
     by_hour = [p for p in kept if p.parent.name == _counts.BY_HOUR]
     raw = [p for p in kept if p.parent.name not in (_counts.BY_MINUTE, _counts.BY_HOUR)]
-    assert len(raw) == 4 * (97 - due) and 46 <= len(by_minute) <= 48 and 3 <= len(by_hour) <= 4
+    assert len(raw) == 2 * 4 * (97 - due) and 46 <= len(by_minute) <= 48 and 3 <= len(by_hour) <= 4
     # a late writer (a process that could not write for hours) is counted, then merged into the day file
     extra = write_hours(tmp_path, 1, current - 80 * 3600, current - 80 * 3600, seed=99, pid=2000)
     late = numbers(tmp_path, first, current + 3600)
@@ -132,12 +132,32 @@ def test_a_generated_month_compacts_to_a_bounded_number_of_files_in_bounded_pass
     one = _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1)
     kept = files_under(counts)
     days = 31 + 1
-    assert len(kept) <= processes * 2 + 48 + days, len(kept)
+    assert len(kept) <= 2 * processes * 2 + 48 + days, len(kept)  # a roll-up beside each process's file
     assert passes >= processes * 31 * 24 // 200
     assert numbers(tmp_path, first, current + 3600) == before
     day_window = [p for p in kept if p.parent.name != _counts.BY_HOUR
                   and (_counts.hour_of(p.parent.name) or _counts.hour_of(p.name[:-5]) or 0) >= current - 25 * 3600]
-    assert len(day_window) <= processes * 2 + 25
+    assert len(day_window) <= 2 * processes * 2 + 25
+
+
+def test_roll_ups_go_with_their_files_once_merged_and_alone_when_their_file_is_gone(tmp_path):
+    """A merged hour's roll-ups are removed with the processes' files (the folder with them); a roll-up whose
+    file a version without roll-ups removed goes too; the current hour's stay."""
+    current = int(time.time()) // 3600 * 3600
+    now = current + 1800
+    write_hours(tmp_path, 2, current - 2 * 3600, current)
+    counts = tmp_path / "control" / "counts"
+    old = counts / _counts.hour_name(current - 2 * 3600)
+    orphan = sorted(old.glob("*.json"))[0]
+    orphan.unlink()  # removed after a merge by a process of the version before
+    assert sorted(p.suffix for p in old.iterdir()) == [".json", ".rollup", ".rollup"]
+    _counts.maintain(tmp_path, now=now)
+    dry = _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1, dry_run=True)
+    assert dry.removed_merged == 3 and len(list(old.iterdir())) == 2  # counted, nothing removed (the orphan went)
+    _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1)
+    assert not old.exists() and not (counts / _counts.hour_name(current - 3600)).exists()
+    assert sorted(p.suffix for p in (counts / _counts.hour_name(current)).iterdir()) == [".json", ".json", ".rollup",
+                                                                                         ".rollup"]
 
 
 def test_prune_removes_counts_and_mismatches_past_the_retention_and_dry_run_counts(tmp_path):
@@ -170,11 +190,11 @@ def test_prune_removes_counts_and_mismatches_past_the_retention_and_dry_run_coun
 
     dry = prune("--dry-run")
     assert dry["removed_expired"] == 3 * 2 + 2 and dry["removed_mismatches"] == 1
-    assert len(files_under(counts)) == 3 * 2 + 1 + 2  # nothing removed
+    assert len(files_under(counts)) == 2 * (3 * 2 + 1) + 2  # nothing removed (a roll-up beside each file)
     done = prune()
     assert done["removed_expired"] == 3 * 2 + 2 and done["removed_mismatches"] == 1
     assert sorted(p.name for p in mismatches.iterdir()) == ["live-2.jsonl"]
-    assert sorted(p.parent.name for p in files_under(counts)) == [_counts.hour_name(fresh)]
+    assert sorted(p.parent.name for p in files_under(counts)) == [_counts.hour_name(fresh)] * 2  # and its roll-up
     assert not (counts / _counts.hour_name(old_hour)).exists()
     assert prune()["removed_expired"] == 0
 

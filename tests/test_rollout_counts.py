@@ -112,3 +112,81 @@ def test_ended_minutes_are_sealed_and_a_late_count_opens_one_again(monkeypatch, 
     assert sum(c["comparisons"] for c in by_entity["messages"]) == 600
     assert sum(c["mismatches"] for c in by_entity["messages"]) == 6
     assert tally.sealed[(hour, "context", 3)] != late  # sealed again, with the late count
+
+
+def _busy_hour(monkeypatch, tmp_path, hour: int, until: float) -> tuple[object, float]:
+    """A process's counts file of *hour* as the process writes it (a Tally fed call by call, seconds
+    random) from the hour's start to *until*, flushed at *until*; (its path, *until*)."""
+    import random
+
+    from federation.rollout import _status  # noqa: F401 - merge_counters below
+
+    rnd = random.Random(5)
+    clock = [float(hour)]
+    monkeypatch.setattr(_counts.time, "time", lambda: clock[0])
+    tally = _counts.Tally(width=60)
+    while clock[0] < until:
+        entity = rnd.choice(("messages", "polls", "context"))
+        tally.observe(entity, rnd.choice((2, 3)), compared=rnd.random() < 0.9, mismatched=rnd.random() < 0.05,
+                      error=rnd.random() < 0.02, files_s=rnd.expovariate(500), db_s=rnd.expovariate(300))
+        clock[0] += rnd.expovariate(0.5)
+    clock[0] = until
+    hours, _ = tally.take()
+    path = _counts.counts_file(tmp_path, hour, 1, 0.0)
+    _counts.write_counts(path, 1, "x", 60, hours[hour])
+    return path, until
+
+
+def test_a_roll_up_gives_the_sums_of_the_seconds_and_is_read_instead_of_them(monkeypatch, tmp_path):
+    """A process writes, beside its hour file, a roll-up (its closed minutes summed, the minute in progress
+    with its seconds).  Every window's sums (counts and latency histograms) are the same read through it
+    or through the seconds; a window holding the closed minutes (the default one, ending now) never opens
+    the file itself, one that cuts them reads it."""
+    from federation.rollout import _io, _status
+
+    hour = 1_800_000_000 // 3600 * 3600
+    path, until = _busy_hour(monkeypatch, tmp_path, hour, hour + 26 * 60 + 37.5)  # minute 26, second 37
+    rolled = json.loads(path.with_name(_counts.rollup_name(path.name)).read_text())
+    assert rolled["kind"] == _counts.ROLLUP and rolled["closed"]["until"] == hour + 26 * 60
+    assert len(rolled["closed"]["cells"]) <= 6 and {c["start"] for c in rolled["cells"]} == {hour + 26 * 60}
+    at = lambda t: datetime.fromtimestamp(t, tz=timezone.utc)  # noqa: E731
+
+    def sums(lo: float, hi: float, rollups: bool) -> list[dict]:
+        rows = _status.merge_counters(_counts.read_cells(tmp_path, at(lo), at(hi), rollups=rollups))
+        for row in rows:
+            for side in _counts.SIDES:
+                row["latency"][side]["sum_ms"] = round(row["latency"][side]["sum_ms"], 3)
+        return rows
+
+    windows = [(hour - 86400, until + 1), (hour, until), (hour, hour + 3600), (hour - 60, hour + 26 * 60),
+               (hour + 26 * 60, until), (hour + 26 * 60 + 10, until),  # the minute in progress, whole and cut
+               (hour + 61.5, until), (hour + 600, hour + 1200.25), (hour + 3600, hour + 7200)]  # cutting the rest
+    expected = [sums(lo, hi, rollups=False) for lo, hi in windows]
+    assert sum(r["comparisons"] for r in expected[0]) > 500 and expected[-1] == []
+    assert [sums(lo, hi, rollups=True) for lo, hi in windows] == expected
+    # the file itself replaced by junk: a window holding the closed minutes does not see it, one cutting them does
+    path.write_bytes(b"{not json")
+    assert sums(hour - 86400, until + 1, rollups=True) == expected[0]
+    assert sums(hour, until, rollups=True) == expected[1]
+    assert not [p for p in _io.problems() if p["path"] == str(path)]
+    assert sums(hour + 61.5, until, rollups=True) == []
+    assert [p for p in _io.problems() if p["path"] == str(path)]
+
+
+def test_a_bad_roll_up_is_said_and_the_file_itself_read(monkeypatch, tmp_path):
+    """A roll-up that is not one (junk, another file's, a bad cell) is noted and the counts file is read."""
+    from federation.rollout import _io, _status
+
+    hour = 1_800_000_000 // 3600 * 3600
+    path, until = _busy_hour(monkeypatch, tmp_path, hour, hour + 10 * 60 + 5)
+    at = lambda t: datetime.fromtimestamp(t, tz=timezone.utc)  # noqa: E731
+    expected = _status.merge_counters(_counts.read_cells(tmp_path, at(hour), at(until), rollups=False))
+    rollup = path.with_name(_counts.rollup_name(path.name))
+    good = json.loads(rollup.read_text())
+    bad_cell = json.loads(json.dumps(good))
+    bad_cell["closed"]["cells"][0]["comparisons"] = -1
+    for junk, said in ((b"[1, 2", "not valid JSON"), (json.dumps({**good, "of": "other.json"}).encode(), "not a roll-up"),
+                       (json.dumps(bad_cell).encode(), "a cell that is not valid")):
+        rollup.write_bytes(junk)
+        assert _status.merge_counters(_counts.read_cells(tmp_path, at(hour), at(until))) == expected
+        assert [p for p in _io.problems() if p["path"] == str(rollup) and said in p["reason"]], junk

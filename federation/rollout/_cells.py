@@ -54,6 +54,9 @@ PASS_BUDGET = 200
 PASS_EVERY_FLUSHES = 6
 BY_MINUTE = "by-minute"
 BY_HOUR = "by-hour"
+#: the kind, and the file name's ending, of a process's roll-up of an hour (beside its counts file)
+ROLLUP = "rollup"
+ROLLUP_SUFFIX = ".rollup"
 DAY = 86400
 MAINTAIN_LOCK = ".maintain.lock"
 #: the longest text kept of one value in a sampled mismatch's diff
@@ -249,15 +252,76 @@ def mismatch_file(root: Path, pid: int) -> Path:
     return _io.control_dir(root) / _io.MISMATCH_DIR / f"{_io.HOST}-{pid}.jsonl"
 
 
+def rollup_name(name: str) -> str:
+    """The roll-up beside a process's counts file (``<host>-<pid>-<t>.json`` -> ``<host>-<pid>-<t>.rollup``)."""
+    return _stem(name) + ROLLUP_SUFFIX
+
+
 def write_counts(path: Path, pid: int, started_at: str, width: int,
-                 cells: list[tuple[tuple[int, str, int], dict[str, Any] | bytes]]) -> None:
-    """The counts file of one process and hour: *cells* as ``(key, data)``, data a cell's counts or the bytes
-    a :class:`Tally` sealed them as."""
+                 cells: list[tuple[tuple[int, str, int], dict[str, Any] | bytes]], *,
+                 at: float | None = None) -> None:
+    """Write a process's counts of one hour (*cells* as ``(key, data)``, data a cell's counts, seconds
+    included, or the bytes a :class:`Tally` sealed them as), then its roll-up beside it (:func:`rollup`,
+    its minutes closed at *at*, default now)."""
     head = _io.dumps({"host": _io.HOST, "pid": pid, "started_at": started_at, "bucket_seconds": width,
                       "bounds_ms": list(LATENCY_BOUNDS_MS)})
-    parts = [data if isinstance(data, bytes) else _cell_bytes(key, data)
-             for key, data in sorted(cells, key=lambda item: item[0])]
+    ordered = sorted(cells, key=lambda item: item[0])
+    parts = [data if isinstance(data, bytes) else _cell_bytes(key, data) for key, data in ordered]
     _io.write_atomic(path, head[:-1] + b',"cells":[' + b",".join(parts) + b"]}")
+    if parts:  # second: a roll-up is never newer than the file it sums (a reader may take either)
+        doc = json.loads(head)
+        doc["cells"] = [json.loads(part) if isinstance(data, bytes) else {"start": key[0], "entity": key[1],
+                                                                           "phase": key[2], **data}
+                        for (key, data), part in zip(ordered, parts)]
+        _io.write_atomic(path.with_name(rollup_name(path.name)),
+                         _io.dumps(rollup(doc, path.name, time.time() if at is None else at)))
+
+
+
+def rollup(doc: dict, name: str, at: float) -> dict:
+    """The roll-up of a process's counts document *doc* (file *name*) written at *at*.
+
+    Its cells whose bucket ended by *at* (closed) are summed per entity and phase into ``closed``
+    (counts and latency histograms, no seconds; ``from`` the first closed bucket's start, ``until`` the
+    end of the last, so every closed cell lies in [from, until)); the others (the bucket in progress)
+    are kept whole, seconds included, in ``cells``.  A window that holds [from, until) counts the closed
+    cells whole, so their sums are what it would add up from *doc*: a reader takes the roll-up (about
+    a cell per entity) instead of the seconds of every minute of the hour.
+    """
+    width = int(doc["bucket_seconds"])
+    first_start = min(int(c["start"]) for c in doc["cells"])
+    hour = first_start - first_start % HOUR
+    until = min(int(at) // width * width, hour + HOUR)
+    sums: dict[tuple[str, int], dict] = {}
+    opened, first = [], None
+    for cell in doc["cells"]:
+        start = int(cell["start"])
+        if start + width > until:
+            opened.append(cell)
+            continue
+        first = start if first is None else min(first, start)
+        key = (cell["entity"], cell["phase"])
+        slot = sums.get(key)
+        if slot is None:
+            slot = sums[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0, "errors": 0,
+                                "latency": {side: {"counts": [0] * (len(LATENCY_BOUNDS_MS) + 1), "sum_ms": 0.0}
+                                            for side in SIDES}}
+        for field in ("comparisons", "mismatches", "errors"):
+            slot[field] += cell[field]
+        for side in SIDES:
+            hist = cell["latency"].get(side)
+            if hist:
+                into = slot["latency"][side]
+                into["counts"] = [a + b for a, b in zip(into["counts"], hist["counts"])]
+                into["sum_ms"] += hist["sum_ms"]
+    closed = [{"start": first, **slot} for _, slot in sorted(sums.items())]
+    for cell in closed:
+        for side in SIDES:
+            cell["latency"][side]["sum_ms"] = round(cell["latency"][side]["sum_ms"], 6)
+    return {"kind": ROLLUP, "of": name, "host": doc["host"], "pid": doc["pid"], "started_at": doc["started_at"],
+            "bucket_seconds": width, "bounds_ms": list(LATENCY_BOUNDS_MS),
+            "closed": {"from": first if first is not None else until, "until": until, "cells": closed},
+            "cells": opened}
 
 
 def append_mismatches(path: Path, records: list[dict], lines_before: int) -> int:
@@ -290,8 +354,15 @@ def _listing(path: Path, root: Path) -> list[str]:
         return []
 
 
-def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
+def read_cells(root: Path, since: datetime, until: datetime, *, rollups: bool = True) -> Iterator[dict]:
     """Every counted cell of the fleet inside [since, until): whole, or the part of its counts inside.
+
+    *rollups* (the sums of a window: ``counters()``, a series per hour): a process's file that has a
+    roll-up is read as its roll-up's cells when the window holds the roll-up's closed minutes whole (or
+    none of them): one cell per entity and phase (its bucket's start is the first closed one's) for the
+    closed minutes, plus the minute in progress with its seconds; otherwise (the window cuts those
+    minutes, or a series finer than an hour) the file itself, seconds included.  Either gives the same
+    sums.
 
     Reads, for the hours the window covers, the day files (``by-hour/``), the hour files not yet in a
     day file (``by-minute/``) and the processes' files not yet merged into either (see
@@ -337,10 +408,16 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
             yield from _cells_in(doc, top / BY_MINUTE / name, lo, hi)
     for hour, files in raw.items():  # 4. the processes' files not merged yet
         merged = covered.get(hour) or {}
+        listed = set(files)
         for name in files:
             if not name.endswith(".json") or name.startswith(".") or name in merged:
                 continue
             path = top / hour_name(hour) / name
+            if rollups and rollup_name(name) in listed:
+                summed = _rollup_cells(path.with_name(rollup_name(name)), name, lo, hi)
+                if summed is not None:
+                    yield from summed
+                    continue
             try:
                 doc = _io.read_document(path)
             except ValueError as exc:  # a link, FIFO, torn or hostile file: never fail a reader; say it
@@ -352,6 +429,41 @@ def read_cells(root: Path, since: datetime, until: datetime) -> Iterator[dict]:
                 _io.note_problem(path, "not a counts file of this version (bounds_ms or cells)")
                 continue
             yield from _cells_in(doc, path, lo, hi)
+
+
+def _rollup_cells(path: Path, of: str, lo: float, hi: float) -> list[dict] | None:
+    """The cells of roll-up *path* (of the counts file *of*) inside [lo, hi); None when the window cuts its
+    closed minutes (their seconds are in the file itself) or the roll-up cannot be used (missing, or
+    not one of this version: noted): the caller reads the file instead."""
+    try:
+        doc = _io.read_document(path)
+    except ValueError as exc:
+        _io.note_problem(path, f"{exc}: its counts file read instead")
+        return None
+    if doc is None:
+        return None
+    closed = doc.get("closed") if isinstance(doc, dict) else None
+    if not (_counts_doc(doc) and doc.get("kind") == ROLLUP and doc.get("of") == of and isinstance(closed, dict)
+            and isinstance(closed.get("cells"), list)):
+        _io.note_problem(path, "not a roll-up of this version (kind, of, bounds_ms, closed or cells): "
+                               "its counts file read instead")
+        return None
+    first, until = _io.finite(closed.get("from")), _io.finite(closed.get("until"))
+    if first is None or until is None:
+        _io.note_problem(path, "a roll-up without its closed minutes' bounds: its counts file read instead")
+        return None
+    out: list[dict] = []
+    if closed["cells"] and until > lo and first < hi:  # the window holds closed minutes
+        if not (lo <= first and until <= hi):
+            return None  # it cuts them: the seconds are needed
+        for raw in closed["cells"]:
+            cell = valid_cell(raw)
+            if cell is None:
+                _io.note_problem(path, "a roll-up with a cell that is not valid: its counts file read instead")
+                return None
+            out.append(cell)
+    out.extend(_cells_in(doc, path, lo, hi))  # the minute in progress, with its seconds
+    return out
 
 
 def _counts_doc(doc: Any) -> bool:

@@ -5,7 +5,9 @@ microseconds per call) and its background thread writes them at most every
 few seconds and at exit, one file per process and hour:
 ``control/counts/<YYYYMMDDTHH>/<host>-<pid>-<start>.json`` (so a flush
 rewrites only the current hour's cells, and a reader of a window opens only
-the hours it covers).  Readers merge the files of the whole fleet.  Latencies
+the hours it covers), and beside it a roll-up (``<host>-<pid>-<start>.rollup``: the minutes closed at
+the flush summed per entity and phase, the minute in progress with its seconds) that a window holding
+those minutes whole reads instead of every second.  Readers merge the files of the whole fleet.  Latencies
 are fixed-bound histograms, so processes merge by adding counts and p50/p99
 come from the merged histogram.  A window counts the buckets that start
 inside it whole; a bucket the window cuts counts the seconds inside it (each
@@ -19,7 +21,7 @@ one file for the fleet (per entity and phase: the hour's latency histograms and
 its counts per minute); 48 hours after, into ``control/counts/by-hour/<day>.json``
 (per hour, entity and phase); 35 days after, they are removed.  So the files
 kept are bounded by the fleet's size and the retention, not by the uptime, and
-a 24-hour window reads the current hour's files and 24 small ones.  A window
+a 24-hour window reads the current hour's roll-ups and 24 small files.  A window
 counts what starts inside it at the finest resolution kept (second, minute,
 hour).
 """
@@ -40,14 +42,16 @@ from ._cells import (BUCKET_SECONDS, BY_HOUR, BY_MINUTE, Cell, DAY, GRACE_SECOND
                      LATENCY_BOUNDS_MS, MAINTAIN_LOCK, MINUTES_AFTER, MISMATCH_CAP, PASS_BUDGET,
                      PASS_EVERY_FLUSHES, SIDES, Tally, add_latency, append_mismatches, counts_file, day_name,
                      day_of, empty_latency, hour_name, hour_of, log, mismatch_file, quantile, read_cells,
-                     read_mismatches, valid_cell, write_counts, _compacted, _counts_doc, _listing, _stem)
+                     read_mismatches, ROLLUP, ROLLUP_SUFFIX, rollup, rollup_name, valid_cell, write_counts, _compacted,
+                     _counts_doc, _listing, _stem)
 
 
 __all__ = ["BUCKET_SECONDS", "BY_HOUR", "BY_MINUTE", "Cell", "GRACE_SECONDS", "HOUR", "KEEP_SECONDS",
            "LATENCY_BOUNDS_MS", "MINUTES_AFTER", "MISMATCH_CAP", "Maintenance", "PASS_BUDGET", "PASS_EVERY_FLUSHES",
            "SIDES", "Tally", "add_latency", "append_mismatches", "counts_file", "day_name", "day_of",
            "empty_latency", "hour_name", "hour_of", "maintain", "mismatch_file", "prune_files", "quantile",
-           "read_cells", "read_mismatches", "valid_cell", "write_counts"]
+           "read_cells", "read_mismatches", "ROLLUP", "ROLLUP_SUFFIX", "rollup", "rollup_name", "valid_cell",
+           "write_counts"]
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +261,11 @@ def _expire(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, 
         if not files and inside:
             return
         spend.spend(len(files))
-        result.removed_expired += len(files) if dry_run else _remove_names(top / name, files, root)
+        rollups = [n for n in files if n.endswith(ROLLUP_SUFFIX)]  # removed with their files, not counted apart
+        counted = [n for n in files if not n.endswith(ROLLUP_SUFFIX)]
+        result.removed_expired += len(counted) if dry_run else _remove_names(top / name, counted, root)
+        if not dry_run:
+            _remove_names(top / name, rollups, root)
         if not dry_run and len(files) == len(inside):
             _files.remove_folder(top / name, root=Path(root))
     for sub, of in ((BY_MINUTE, lambda n: hour_of(_stem(n)) if n.endswith(".json") else None),
@@ -358,10 +366,16 @@ def _merge(root: Path, now: float, keep: float, spend: _Budget, dry_run: bool, r
                 _io.note_problem(path, f"{bad} cell(s) not valid: not merged")
             sources[n] = {"size": sizes.get(n, (None, 0))[0], "at": now}
             result.merged += 1
+        # a roll-up goes with its file (first: a reader never takes a roll-up without its file); one whose
+        # file is gone (removed by a version without roll-ups) goes too
+        rollups = [n for n in inside if n.endswith(ROLLUP_SUFFIX)
+                   and (_stem(n) + ".json" in done or _stem(n) + ".json" not in inside)]
+        if rollups and not dry_run:
+            _remove_names(top / name, rollups, root)
         if done:
-            result.removed_merged += _remove_names(top / name, done, root)
-            if len(done) == len(inside):
-                _files.remove_folder(top / name, root=Path(root))
+            result.removed_merged += len(done) if dry_run else _remove_names(top / name, done, root)
+        if (done or rollups) and not dry_run and len(done) + len(rollups) == len(inside):
+            _files.remove_folder(top / name, root=Path(root))
     # 2. by-minute files of hours that ended HOURS_AFTER ago: into their day's by-hour file
     for hour, name in sorted(minute_files.items()):
         if hour + HOUR > now - HOURS_AFTER or hour + HOUR <= horizon:

@@ -8,7 +8,9 @@ by every host that mounts the root, and is readable while the database is down.
     control/syncs.jsonl                    completed ``federation sync`` runs (for the guards)
     control/accepted.jsonl                 legacy files an operator let stay out (``migrate --accept``)
     control/fleet/<host>-<pid>.json        each process's announcement
-    control/counts/<host>-<pid>-<t>.json   each process's counted comparisons
+    control/counts/<hour>/<host>-<pid>-<t>.json    each process's counted comparisons of an hour
+    control/counts/<hour>/<host>-<pid>-<t>.rollup  ... its closed minutes summed (what most windows read)
+    control/counts/by-minute/, by-hour/    the fleet's counts merged as they age
     control/mismatches/<host>-<pid>.jsonl  each process's recent mismatches (capped)
 """
 
