@@ -31,7 +31,9 @@ import fcntl
 import json
 import os
 import stat
+import struct
 import threading
+import zlib
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -191,6 +193,10 @@ class locked:
             raise
         held[self.key] = 1
         self.fd = fd
+        fds = getattr(_held, "fds", None)
+        if fds is None:
+            fds = _held.fds = {}
+        fds[self.key] = (fd, self.tree, self.name)  # where this thread's writes leave their stamps
 
     def __exit__(self, *exc: object) -> None:
         held = _held.locks
@@ -198,6 +204,7 @@ class locked:
             held[self.key] -= 1
             return
         del held[self.key]
+        _held.fds.pop(self.key, None)
         fd, self.fd = self.fd, None
         os.close(fd)  # releases the lock: one descriptor per lock held, never kept
 
@@ -471,6 +478,7 @@ def atomic_write_json(path: Path, data: Any, *, root: Path | str) -> None:
     try:
         with folder_of(path, root, create=True) as (dfd, name):
             _write_in(dfd, name, path, payload)
+            _stamp_gate_write(root, dfd, name, path)
     except OSError as exc:
         raise FileStorageError.wrap(exc, path, "write") from exc
 
@@ -530,6 +538,150 @@ def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool =
     """
     with folder_of(path, root, create=True) as (dfd, name):
         _write_in(dfd, name, path, payload, durable, mode)
+        _stamp_gate_write(root, dfd, name, path)
+
+
+# ---------------------------------------------------------------------------
+# stamps: which writes of a legacy document the fleet made
+#
+# Every process of the fleet writes a legacy document under the document's lock.  After the write it
+# records, in the lock's own file, a stamp of the file it left: a generation (one more per write), the
+# document's name and its identity (inode, size, mtime, ctime) (:func:`stamp_written`; the gate's writes
+# do it themselves while their thread holds a lock).  A reader holding the lock looks at the stamp and the
+# file (:func:`stamp_look`, a pread and one stat): a file that is not what the fleet's last writer left
+# was written by a process outside the fleet (:func:`note_outside`); two looks that are equal mean nobody
+# in the fleet wrote it in between (the generation cannot be fooled) and, most likely, nobody else (an
+# outside writer that kept inode, size, mtime and ctime within one clock tick is the blind spot; it is
+# counted by the next look that sees the file changed).
+
+#: magic, crc32 of the document's path below the root, generation, inode, size, mtime_ns, ctime_ns
+_STAMP = struct.Struct("<4sIQQQqq")
+_STAMP_MAGIC = b"FST1"
+_STAMP_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _identity(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _doc_crc(root: Path | str, path: Path | str) -> int:
+    return zlib.crc32(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
+
+
+def _held_lock(tree: Tree, name: str) -> tuple[int, Tree, str] | None:
+    fds = getattr(_held, "fds", None)
+    return fds.get((str(tree.root), name)) if fds else None
+
+
+class Look(tuple):
+    """What a reader holding a document's lock saw: (the lock's stamp record, the file's identity, the
+    document's crc).  Two equal looks: nobody in the fleet wrote the file between them, and its identity
+    is the same."""
+
+    __slots__ = ()
+
+    @property
+    def outside(self) -> bool:
+        """The file is not what the fleet's last writer of this document left (someone outside wrote it)."""
+        record, ident, crc = self
+        if ident is None or len(record) != _STAMP.size:
+            return False
+        magic, doc, _, *stamped = _STAMP.unpack(record)
+        return magic == _STAMP_MAGIC and doc == crc and tuple(stamped) != ident
+
+    @property
+    def known(self) -> bool:
+        """The file exists and the stamp names this document: an equal later look means it is unchanged."""
+        record, ident, crc = self
+        return ident is not None and len(record) == _STAMP.size and record[:4] == _STAMP_MAGIC \
+            and _STAMP.unpack(record)[1] == crc
+
+
+def stamp_look(tree: Tree, name: str, path: Path) -> Look | None:
+    """This thread's look at the document *path* under the lock *name* it holds (None: not held by it)."""
+    held = _held_lock(tree, name)
+    if held is None:
+        return None
+    try:
+        record = os.pread(held[0], _STAMP.size, 0)
+        st = lstat(path, root=tree.root)
+    except (OSError, CorruptFileError):
+        return None
+    return Look((record, _identity(st), _doc_crc(tree.root, path)))
+
+
+def stamp_written(tree: Tree, name: str, path: Path) -> Look | None:
+    """Record, in the lock *name* this thread holds, that the fleet wrote *path* as it is now; the look
+    after it (None: the lock is not held, or the stamp could not be written: the next look says changed)."""
+    held = _held_lock(tree, name)
+    if held is None:
+        return None
+    try:
+        st = lstat(path, root=tree.root)
+    except (OSError, CorruptFileError):
+        return None
+    return _stamp(held, st, _doc_crc(tree.root, path))
+
+
+def _stamp(held: tuple[int, Tree, str], st: os.stat_result | None, crc: int) -> Look | None:
+    fd, tree, name = held
+    ident = _identity(st)
+    try:
+        old = os.pread(fd, _STAMP.size, 0)
+        gen = _STAMP.unpack(old)[2] + 1 if len(old) == _STAMP.size and old[:4] == _STAMP_MAGIC else 1
+        record = _STAMP.pack(_STAMP_MAGIC, crc, gen, *(ident or (0, 0, 0, 0)))
+        wfd = os.open(name + ".lock", _STAMP_WRITE_FLAGS, dir_fd=_locks_folder(tree))
+        try:
+            if os.fstat(wfd).st_ino != os.fstat(fd).st_ino:  # the lock file was replaced: not this lock's
+                return None
+            os.pwrite(wfd, record, 0)
+        finally:
+            os.close(wfd)
+    except OSError:  # a read-only root: no stamp (nothing is judged against it)
+        return None
+    return Look((record, ident, crc))
+
+
+def _stamp_gate_write(root: Path | str, dfd: int, name: str, path: Path | str) -> None:
+    """A write through the gate by a thread holding a lock below *root*: stamped in the lock it took last
+    (the document's own: ``with file_lock(doc): write(doc)``)."""
+    fds = getattr(_held, "fds", None)
+    if not fds:
+        return
+    top = str(root)
+    held = None
+    for (r, _), h in fds.items():  # in the order taken: the last one wins
+        if r == top:
+            held = h
+    if held is None:
+        return
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return
+    _stamp(held, st, _doc_crc(root, path))
+
+
+def note_outside(tree: Tree, name: str, path: Path, look: Look) -> None:
+    """Count (and log) a document written by a process outside the fleet, once: the file as it is now is
+    stamped in its lock (held by this thread), so the same write is not counted again."""
+    what = os.path.relpath(path, tree.root)
+    outside_writes["seen"] += 1
+    outside_files[what] = outside_files.pop(what, 0) + 1  # the latest last
+    while len(outside_files) > 50:
+        del outside_files[next(iter(outside_files))]
+    log.warning("legacy_file_rewritten_outside", file=what, seen=outside_writes["seen"],
+                detail="no process of the fleet wrote it as it is now; every writer must run through the shim")
+    held = _held_lock(tree, name)
+    if held is not None:
+        with contextlib.suppress(OSError, CorruptFileError):
+            _stamp(held, lstat(path, root=tree.root), look[2])
+
+
+#: legacy documents this process found rewritten by no process of the fleet (their stamps disagree)
+outside_writes = {"seen": 0}
+#: such writes per legacy document (its path below the root), the 50 latest
+outside_files: dict[str, int] = {}
 
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
