@@ -24,6 +24,9 @@ from ._values import _ABSENT, _by_id, _copy, _db_load, _freeze, _is_read, _legac
 # ---------------------------------------------------------------------------
 # one call
 
+#: (root, agent) -> the agent's list-file inbox (pathlib joins cost microseconds on every call)
+_LIST_FILES: dict[tuple[Any, str], Any] = {}
+
 
 class _Call:
     """One call of a declared function, under its document's lock."""
@@ -107,12 +110,25 @@ class _Call:
 
     def document_path(self) -> Any:
         """The one file of this call's document (None: a folder of message files, or an odd key)."""
+        try:
+            return self._path
+        except AttributeError:
+            self._path = self._document_path()
+            return self._path
+
+    def _document_path(self) -> Any:
         tree = self.tree
         try:
             if not self.plan.kind.keyed:
                 return tree.polls_file
             if self.decl.shape == "list":
-                return tree.node(self.owner) / LIST_INBOX
+                key = (tree.root, self.owner)
+                path = _LIST_FILES.get(key)
+                if path is None:
+                    if len(_LIST_FILES) >= 4096:
+                        _LIST_FILES.clear()
+                    path = _LIST_FILES[key] = tree.node(self.owner) / LIST_INBOX
+                return path
             if self.plan.kind.document == "message":
                 return None
             return _document_path(tree, self.plan.kind.document, self.owner)

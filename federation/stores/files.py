@@ -73,7 +73,13 @@ def _lock_fd(tree: Tree, name: str) -> int:
     try:
         dfd = _locks_folder(tree)
         try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
-            fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+            try:  # read-write while held: the fleet's stamp of the document is written in it (a read-only
+                # root or lock file: read-only, as flock needs no more; no stamp is written then)
+                fd = os.open(fname, _LOCK_RW_FLAGS, 0o644, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
                 raise
@@ -123,6 +129,7 @@ def _locks_folder(tree: Tree) -> int:
 
 
 _LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_LOCK_RW_FLAGS = _LOCK_FLAGS & ~os.O_RDONLY | os.O_RDWR
 
 
 def _open_lock(path: Path, root: Path | str) -> int:
@@ -224,8 +231,25 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     """(the root as an absolute path, the components of *path* below it); outside the root is refused.
 
-    String operations, not pathlib: this is on every file access of phase 1.
+    String operations, not pathlib: this is on every file access of phase 1; a pure function of two
+    absolute paths, so those are cached (a hot document's path is split once, not on every access).
     """
+    key = (os.fspath(root), os.fspath(path))
+    found = _parts_cache.get(key)
+    if found is not None:
+        return found[0], list(found[1])
+    top, parts = _split_below(root, path)
+    if key[0].startswith(os.sep) and key[1].startswith(os.sep):  # relative ones depend on the working folder
+        if len(_parts_cache) >= 4096:
+            _parts_cache.clear()
+        _parts_cache[key] = (top, tuple(parts))
+    return top, parts
+
+
+_parts_cache: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+
+
+def _split_below(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     top = os.path.abspath(root)
     full = os.path.abspath(path)  # also resolves "..": a path that climbs out of the root is refused here
     if not full.startswith(top.rstrip(os.sep) + os.sep):
@@ -557,15 +581,24 @@ def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool =
 #: magic, crc32 of the document's path below the root, generation, inode, size, mtime_ns, ctime_ns
 _STAMP = struct.Struct("<4sIQQQqq")
 _STAMP_MAGIC = b"FST1"
-_STAMP_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _identity(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
     return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_crcs: dict[tuple[str, str], int] = {}
+
+
 def _doc_crc(root: Path | str, path: Path | str) -> int:
-    return zlib.crc32(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
+    """A short name of the document *path* below *root* (the same in every process), cached."""
+    key = (os.fspath(root), os.fspath(path))
+    crc = _crcs.get(key)
+    if crc is None:
+        if len(_crcs) >= 4096:
+            _crcs.clear()
+        crc = _crcs[key] = zlib.crc32(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
+    return crc
 
 
 def _held_lock(tree: Tree, name: str) -> tuple[int, Tree, str] | None:
@@ -597,6 +630,44 @@ class Look(tuple):
             and _STAMP.unpack(record)[1] == crc
 
 
+#: descriptors of the folders of documents whose stamps are looked at (adopted calls): (pid, root, folder) ->
+#: (descriptor, device, inode, when last walked to); walked to again every LOCKS_RECHECK_S, as ``.locks/``.
+#: At most _STAMP_FOLDERS_MAX are kept (never closed while the process lives: a thread may be using one);
+#: past that, a look walks from the root as every other access does.
+_stamp_folders: dict[tuple[int, str, str], tuple[int, int, int, float]] = {}
+_STAMP_FOLDERS_MAX = 16
+
+
+def _ident_of(path: Path, root: Path | str) -> tuple[int, int, int, int] | None:
+    """The identity of the document *path* (its stat, no link followed), None when it is missing: one
+    fstatat in a held descriptor of its folder (reached from the root without links, walked to again
+    every second), or a walk when too many folders are held."""
+    folder, _, name = os.fspath(path).rpartition(os.sep)
+    key = (os.getpid(), os.fspath(root), folder)
+    now = time.monotonic()
+    found = _stamp_folders.get(key)
+    if found is None or now - found[3] >= LOCKS_RECHECK_S:
+        with _locks_guard:
+            found = _stamp_folders.get(key)
+            if found is None or now - found[3] >= LOCKS_RECHECK_S:
+                if found is None and len(_stamp_folders) >= _STAMP_FOLDERS_MAX:
+                    return _identity(lstat(path, root=root))
+                top, parts = _parts(root, path)
+                try:
+                    fd = _walk(top, parts[:-1], False)
+                except FileNotFoundError:
+                    return None
+                st = os.fstat(fd)
+                if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
+                    os.close(fd)
+                    fd = found[0]
+                found = _stamp_folders[key] = (fd, st.st_dev, st.st_ino, now)
+    try:
+        return _identity(os.stat(name, dir_fd=found[0], follow_symlinks=False))
+    except FileNotFoundError:
+        return None
+
+
 def stamp_look(tree: Tree, name: str, path: Path) -> Look | None:
     """This thread's look at the document *path* under the lock *name* it holds (None: not held by it)."""
     held = _held_lock(tree, name)
@@ -604,10 +675,10 @@ def stamp_look(tree: Tree, name: str, path: Path) -> Look | None:
         return None
     try:
         record = os.pread(held[0], _STAMP.size, 0)
-        st = lstat(path, root=tree.root)
+        ident = _ident_of(path, tree.root)
     except (OSError, CorruptFileError):
         return None
-    return Look((record, _identity(st), _doc_crc(tree.root, path)))
+    return Look((record, ident, _doc_crc(tree.root, path)))
 
 
 def stamp_written(tree: Tree, name: str, path: Path) -> Look | None:
@@ -617,26 +688,19 @@ def stamp_written(tree: Tree, name: str, path: Path) -> Look | None:
     if held is None:
         return None
     try:
-        st = lstat(path, root=tree.root)
+        ident = _ident_of(path, tree.root)
     except (OSError, CorruptFileError):
         return None
-    return _stamp(held, st, _doc_crc(tree.root, path))
+    return _stamp(held, ident, _doc_crc(tree.root, path))
 
 
-def _stamp(held: tuple[int, Tree, str], st: os.stat_result | None, crc: int) -> Look | None:
+def _stamp(held: tuple[int, Tree, str], ident: tuple[int, int, int, int] | None, crc: int) -> Look | None:
     fd, tree, name = held
-    ident = _identity(st)
     try:
         old = os.pread(fd, _STAMP.size, 0)
         gen = _STAMP.unpack(old)[2] + 1 if len(old) == _STAMP.size and old[:4] == _STAMP_MAGIC else 1
         record = _STAMP.pack(_STAMP_MAGIC, crc, gen, *(ident or (0, 0, 0, 0)))
-        wfd = os.open(name + ".lock", _STAMP_WRITE_FLAGS, dir_fd=_locks_folder(tree))
-        try:
-            if os.fstat(wfd).st_ino != os.fstat(fd).st_ino:  # the lock file was replaced: not this lock's
-                return None
-            os.pwrite(wfd, record, 0)
-        finally:
-            os.close(wfd)
+        os.pwrite(fd, record, 0)  # the held descriptor (read-write; EBADF when the root is read-only)
     except OSError:  # a read-only root: no stamp (nothing is judged against it)
         return None
     return Look((record, ident, crc))
@@ -659,7 +723,7 @@ def _stamp_gate_write(root: Path | str, dfd: int, name: str, path: Path | str) -
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except OSError:
         return
-    _stamp(held, st, _doc_crc(root, path))
+    _stamp(held, _identity(st), _doc_crc(root, path))
 
 
 def note_outside(tree: Tree, name: str, path: Path, look: Look) -> None:
@@ -675,7 +739,7 @@ def note_outside(tree: Tree, name: str, path: Path, look: Look) -> None:
     held = _held_lock(tree, name)
     if held is not None:
         with contextlib.suppress(OSError, CorruptFileError):
-            _stamp(held, lstat(path, root=tree.root), look[2])
+            _stamp(held, _ident_of(path, tree.root), look[2])
 
 
 #: legacy documents this process found rewritten by no process of the fleet (their stamps disagree)
