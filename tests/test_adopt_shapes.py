@@ -305,6 +305,7 @@ while not os.path.exists({str(done)!r}):
     assert rollout.set_phase(2, force=True, reason="test").applied
     assert [g for g in rollout.set_phase(3).refused if g["name"] == "unannounced_writers"]
     rollout.RUNTIME.torn_at = None                       # it stopped (the window passed): the guard passes
+    rollout.RUNTIME.outside_at = None                    # (its whole rewrites were counted as outside ones too)
     rollout.RUNTIME.tick(announce_now=True)
     assert [g for g in rollout.guards(3) if g["name"] == "unannounced_writers"][0]["ok"]
 
