@@ -147,10 +147,11 @@ class _Call:
             look = _files.stamp_look(self.tree, self.lock, path)
         return look
 
-    def stamp(self) -> Any:
-        """The fleet wrote this call's document (the adopter's function, under the lock): stamped."""
+    def stamp(self, before: Any = None) -> Any:
+        """The fleet wrote this call's document (the adopter's function, under the lock): stamped.  *before*:
+        this call's look, taken under the same hold of the lock and with no stamp written since."""
         path = self.document_path()
-        return None if path is None else _files.stamp_written(self.tree, self.lock, path)
+        return None if path is None else _files.stamp_written(self.tree, self.lock, path, before)
 
     def global_value(self, name: str) -> Any:
         return getattr(self.a.module, name)
@@ -262,7 +263,7 @@ class _Call:
             # phase 1, and nobody wrote the file since this thread loaded it (the fleet's stamp and the file's
             # identity are what it saw then): the merge is the caller's document, written as it is
             returned = self.wrapped(*self.args, **self.kwargs)
-            self.a.remember(entity, mine, frozen=frozen_mine, look=self.stamp())
+            self.a.remember(entity, mine, frozen=frozen_mine, look=self.stamp(look))
             return returned
         changes = delta({} if frozen_base is _ABSENT else _thaw(frozen_base), mine)
         if not changes:
@@ -353,7 +354,7 @@ class _Call:
             # phase 1, and nobody wrote the list since this thread loaded it: what the caller writes is the merge
             mine = self.written_list()
             returned = self.call_theirs()
-            after = self.stamp()
+            after = self.stamp(look)
             if mine is None:
                 mine = _read_doc(path, list, [], self.tree.root)
             self.a.remember(self.base_key, mine, look=after)

@@ -681,9 +681,10 @@ def stamp_look(tree: Tree, name: str, path: Path) -> Look | None:
     return Look((record, ident, _doc_crc(tree.root, path)))
 
 
-def stamp_written(tree: Tree, name: str, path: Path) -> Look | None:
+def stamp_written(tree: Tree, name: str, path: Path, before: Look | None = None) -> Look | None:
     """Record, in the lock *name* this thread holds, that the fleet wrote *path* as it is now; the look
-    after it (None: the lock is not held, or the stamp could not be written: the next look says changed)."""
+    after it (None: the lock is not held, or the stamp could not be written: the next look says changed).
+    *before*: this thread's look under the same hold of the lock (its record is the lock's: not read again)."""
     held = _held_lock(tree, name)
     if held is None:
         return None
@@ -691,13 +692,15 @@ def stamp_written(tree: Tree, name: str, path: Path) -> Look | None:
         ident = _ident_of(path, tree.root)
     except (OSError, CorruptFileError):
         return None
-    return _stamp(held, ident, _doc_crc(tree.root, path))
+    return _stamp(held, ident, _doc_crc(tree.root, path), None if before is None else before[0])
 
 
-def _stamp(held: tuple[int, Tree, str], ident: tuple[int, int, int, int] | None, crc: int) -> Look | None:
+def _stamp(held: tuple[int, Tree, str], ident: tuple[int, int, int, int] | None, crc: int,
+           old: bytes | None = None) -> Look | None:
     fd, tree, name = held
     try:
-        old = os.pread(fd, _STAMP.size, 0)
+        if old is None:
+            old = os.pread(fd, _STAMP.size, 0)
         gen = _STAMP.unpack(old)[2] + 1 if len(old) == _STAMP.size and old[:4] == _STAMP_MAGIC else 1
         record = _STAMP.pack(_STAMP_MAGIC, crc, gen, *(ident or (0, 0, 0, 0)))
         os.pwrite(fd, record, 0)  # the held descriptor (read-write; EBADF when the root is read-only)
