@@ -79,7 +79,8 @@ for j in range(%d):
     plan_core.update_context(f"w{i}", f"text {j}")
     read += [m["content"] for m in plan_core.read_new("hub")]
 read += [m["content"] for m in plan_core.read_new("hub")]
-print(json.dumps({"read": read, "phases": phases}))
+from federation.stores import files
+print(json.dumps({"read": read, "phases": phases, "outside": files.outside_writes["seen"]}))
 """ % N
 
 
@@ -111,7 +112,9 @@ def test_concurrent_work_on_the_plan_core_loses_nothing(fed, phase, tmp_path):
     procs = [_spawn(fed, _WORKER, str(go), str(i), poll_id, phase=phase) for i in range(3)]
     time.sleep(1.0)  # their imports
     go.touch()
-    reads = [json.loads(out)["read"] for out in finish(procs)]
+    outs = [json.loads(out) for out in finish(procs)]
+    reads = [o["read"] for o in outs]
+    assert [o["outside"] for o in outs] == [0, 0, 0]  # the fleet alone: no write taken for an outsider's
     if phase == 1:  # the database was not written: the runbook's backfill, then the same checks
         assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
         fed.phase(2)
@@ -149,6 +152,7 @@ def test_the_flag_moving_1_2_3_2_1_loses_nothing(fed, tmp_path):
         (tmp_path / f"open{n}").touch()
     outs = [json.loads(o) for o in finish(procs)]
     assert all(set(o["phases"]) == {"1", "2", "3"} for o in outs), outs
+    assert [o["outside"] for o in outs] == [0, 0]  # migrate and sync wrote too: announced, stamped
     # back in phase 1 the files alone are written: the runbook's sync brings the database level for the checks
     assert CliRunner().invoke(cli, ["sync", "--to", "db"]).exit_code == 0
     fed.phase(2)
@@ -301,8 +305,92 @@ while not os.path.exists({str(done)!r}):
     assert rollout.set_phase(2, force=True, reason="test", settings=config.settings()).applied
     assert [g for g in rollout.set_phase(3, settings=config.settings()).refused if g["name"] == "unannounced_writers"]
     rollout.RUNTIME.torn_at = None                       # it stopped (the window passed): the guard passes
+    rollout.RUNTIME.outside_at = None                    # (its whole rewrites were counted as outside ones too)
     rollout.RUNTIME.tick(announce_now=True)
     assert [g for g in rollout.guards(3, settings=config.settings()) if g["name"] == "unannounced_writers"][0]["ok"]
+
+
+_ADOPTED_VOTER = """
+import sys
+import plan_core.adoption
+from plan_core import agent
+from federation.stores import files
+for j in range(20):
+    agent.vote(sys.argv[1], f"adopted-{j}", "yes")
+print(files.outside_writes["seen"])
+"""
+
+#: a plain legacy process, never adopted: rewrites polls.json whole and clean (never torn for a reader when
+#: ``atomic``: a temp file renamed over it; ``in_place``: open("w").write, as the plan's code does)
+_OUTSIDE_WRITER = """
+import json, os, sys, time
+path, done, how = sys.argv[1], sys.argv[2], sys.argv[3]
+j = 0
+while not os.path.exists(done):
+    polls = json.loads(open(path).read())
+    for poll in polls.values():
+        poll["votes"][f"outsider-{j}"] = "no"
+    text = json.dumps(polls, indent=2)
+    if how == "atomic":
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+    else:
+        with open(path, "w") as fh:
+            fh.write(text)
+    j += 1
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("how", ["atomic", "in_place"])
+def test_a_clean_writer_outside_the_fleet_is_counted_shown_and_refused(fed, plan, tmp_path, how):
+    """The fleet alone (adopted processes, the federation's own writes) counts no outside write; a plain legacy
+    process rewriting polls.json whole beside them in phase 2 is counted per document, shown by `rollout
+    status` and doctor, and the steps 1 -> 2 and 2 -> 3 are refused by unannounced_writers until it stops."""
+    from federation import governance
+    from federation.operations.doctor import doctor
+    from federation.stores import files as _files
+
+    fed.phase(2)
+    assert rollout.set_phase(2, force=True, reason="test").applied
+    poll_id = plan.agent.create_poll("lead", "Outside?", ["yes", "no"])
+    before = _files.outside_writes["seen"]
+    voter = _spawn(fed, _ADOPTED_VOTER, poll_id, phase=2)       # adopted, another process
+    for j in range(20):                                       # adopted here, and the federation's own code
+        plan.agent.vote(poll_id, f"here-{j}", "no")
+        governance.vote(poll_id, f"api-{j}", "yes")
+        plan.state.load_polls()
+    assert finish([voter])[0].strip() == "0"
+    assert _files.outside_writes["seen"] == before, dict(_files.outside_files)  # no false positive
+    path = fed.root / "shared" / "polls.json"
+    done = tmp_path / "done"
+    writer = _spawn(fed, _OUTSIDE_WRITER, str(path), str(done), how, phase=2)
+    try:
+        deadline = time.monotonic() + 60
+        while _files.outside_writes["seen"] == before:
+            assert time.monotonic() < deadline and writer.poll() is None, "the outside writer was never seen"
+            plan.state.load_polls()
+            time.sleep(0.01)
+    finally:
+        done.touch()
+        finish([writer])
+    assert _files.outside_files.get("shared/polls.json", 0) >= 1
+    rollout.RUNTIME.tick(announce_now=True)
+    status = json.loads(CliRunner().invoke(cli, ["rollout", "status", "--json"]).output)
+    [me] = [p for p in status["fleet"] if p["pid"] == os.getpid()]
+    assert me["outside_documents"]["shared/polls.json"] >= 1 and me.get("outside_at"), me
+    text = CliRunner().invoke(cli, ["rollout", "status"]).output
+    assert "no process of the fleet made" in text and "shared/polls.json (" in text
+    [check] = [c for c in doctor().checks if c.name == "unannounced_writers"]
+    assert not check.ok and "shared/polls.json" in check.detail
+    assert [g for g in rollout.set_phase(3).refused if g["name"] == "unannounced_writers"]
+    assert rollout.set_phase(1, force=True, reason="test").applied
+    [refused] = [g for g in rollout.set_phase(2).refused if g["name"] == "unannounced_writers"]
+    assert "shared/polls.json" in refused["detail"]
+    rollout.RUNTIME.outside_at = rollout.RUNTIME.torn_at = None  # it stopped (the window passed): passes
+    rollout.RUNTIME.tick(announce_now=True)
+    assert [g for g in rollout.guards(2) if g["name"] == "unannounced_writers"][0]["ok"]
 
 
 @pytest.mark.parametrize("phase", [2, 3])

@@ -369,10 +369,10 @@ def test_links_and_fifos_are_listed_invalid_by_migrate_report_and_doctor(fed, tm
 PACKAGE = REPO / "federation"
 
 #: the gate itself: its face (what every caller imports) and its private modules, written by concern (the walk
-#: and the looks, the reads, the writes and removals, the locks), which only the gate imports
+#: and the looks, the reads, the writes and removals, the locks, the fleet's stamps), which only the gate imports
 GATE_FACE = "federation/stores/files.py"
 GATE = {GATE_FACE, "federation/stores/_fs_walk.py", "federation/stores/_fs_read.py", "federation/stores/_fs_write.py",
-        "federation/stores/_fs_locks.py"}
+        "federation/stores/_fs_locks.py", "federation/stores/_fs_stamps.py"}
 
 #: modules that touch the file system on paths that are NOT under the federation root: why, and exactly the
 #: calls they make (kind: count) -- a call added to one of them fails the test until someone checks that it

@@ -104,20 +104,20 @@ class _Adoption:
         bases = getattr(self._bases, "docs", None) or {}
         return bases[document] if document in bases else self._last_base.get(document, _ABSENT)
 
-    def raw(self, document: Any) -> bytes | None:
-        """The bytes the file held when this thread loaded *document* (phase 1: a save of an unchanged file
-        writes the caller's document as it is, without re-reading it)."""
-        return (getattr(self._bases, "raw", None) or {}).get(document)
+    def look(self, document: Any) -> Any:
+        """What this thread saw of *document*'s file and stamp when it last loaded or saved it (phase 1: a
+        save that sees the same writes the caller's document as it is, without re-reading it)."""
+        return (getattr(self._bases, "looks", None) or {}).get(document)
 
-    def remember(self, document: Any, value: Any, *, raw: bytes | None = None, frozen: Any = None) -> None:
+    def remember(self, document: Any, value: Any, *, look: Any = None, frozen: Any = None) -> None:
         bases = getattr(self._bases, "docs", None)
         if bases is None:
             bases = self._bases.docs = {}
-            self._bases.raw = {}
-        if raw is None:
-            self._bases.raw.pop(document, None)
+            self._bases.looks = {}
+        if look is None:
+            self._bases.looks.pop(document, None)
         else:
-            self._bases.raw[document] = raw
+            self._bases.looks[document] = look
         bases[document] = frozen = _freeze(value) if frozen is None else frozen
         if document not in self._last_base and len(self._last_base) >= self.MAX_BASES:
             with contextlib.suppress(StopIteration, KeyError, RuntimeError):
@@ -131,8 +131,9 @@ class _Adoption:
             except TypeError:
                 return wrapped(*args, **kwargs)  # a bad call: the adopter's function says what is wrong
             phase = _phase_of_call(f"{self.name}.{plan.name}")
-            call = _Call(self, plan, wrapped, args, kwargs, owner, phase)
-            with core.file_lock(document_lock(plan.kind.document, owner or "")):
+            lock = document_lock(plan.kind.document, owner or "")
+            call = _Call(self, plan, wrapped, args, kwargs, owner, phase, lock)
+            with core.file_lock(lock):
                 return call.run()
 
         return wrapper

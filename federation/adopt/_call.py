@@ -24,13 +24,16 @@ from ._values import _ABSENT, _by_id, _copy, _db_load, _freeze, _is_read, _legac
 # ---------------------------------------------------------------------------
 # one call
 
+#: (root, agent) -> the agent's list-file inbox (pathlib joins cost microseconds on every call)
+_LIST_FILES: dict[tuple[Any, str], Any] = {}
+
 
 class _Call:
     """One call of a declared function, under its document's lock."""
 
     def __init__(self, adoption: Any, plan: _Plan, wrapped: Callable, args: tuple, kwargs: dict,
-                 owner: str | None, mode: tuple[Phase, float]):
-        self.a, self.plan, self.wrapped, self.owner = adoption, plan, wrapped, owner
+                 owner: str | None, mode: tuple[Phase, float], lock: str = ""):
+        self.a, self.plan, self.wrapped, self.owner, self.lock = adoption, plan, wrapped, owner, lock
         self.args, self.kwargs = args, kwargs
         self.phase, self.sample = mode
         self.decl = plan.decl
@@ -105,6 +108,51 @@ class _Call:
         except Exception:  # noqa: BLE001 - an odd key: the function's name says where
             return f"{self.a.name}.{self.plan.name}"
 
+    def document_path(self) -> Any:
+        """The one file of this call's document (None: a folder of message files, or an odd key)."""
+        try:
+            return self._path
+        except AttributeError:
+            self._path = self._document_path()
+            return self._path
+
+    def _document_path(self) -> Any:
+        tree = self.tree
+        try:
+            if not self.plan.kind.keyed:
+                return tree.polls_file
+            if self.decl.shape == "list":
+                key = (tree.root, self.owner)
+                path = _LIST_FILES.get(key)
+                if path is None:
+                    if len(_LIST_FILES) >= 4096:
+                        _LIST_FILES.clear()
+                    path = _LIST_FILES[key] = tree.node(self.owner) / LIST_INBOX
+                return path
+            if self.plan.kind.document == "message":
+                return None
+            return _document_path(tree, self.plan.kind.document, self.owner)
+        except Exception:  # noqa: BLE001 - an odd key: the adopter's function says what is wrong
+            return None
+
+    def look(self) -> Any:
+        """This thread's look at its document's file and the fleet's stamp of it (under the lock it holds);
+        a file that no process of the fleet wrote as it is now is counted (a writer outside the fleet)."""
+        path = self.document_path()
+        if path is None:
+            return None
+        look = _files.stamp_look(self.tree, self.lock, path)
+        if look is not None and look.outside:
+            _files.note_outside(self.tree, self.lock, path, look)
+            look = _files.stamp_look(self.tree, self.lock, path)
+        return look
+
+    def stamp(self, before: Any = None) -> Any:
+        """The fleet wrote this call's document (the adopter's function, under the lock): stamped.  *before*:
+        this call's look, taken under the same hold of the lock and with no stamp written since."""
+        path = self.document_path()
+        return None if path is None else _files.stamp_written(self.tree, self.lock, path, before)
+
     def global_value(self, name: str) -> Any:
         return getattr(self.a.module, name)
 
@@ -164,16 +212,13 @@ class _Call:
         if self.decl.shape == "list" and self.phase is not Phase.FILES_ONLY:
             self.backfill_list()
         if self.phase is Phase.FILES_ONLY or self.phase is Phase.FILES_THEN_DB:
+            look = self.look()  # before the adopter's read: a write after it makes the save's look differ
             t0 = time.perf_counter()
             returned, doc = self.files_value()
             if self.phase is Phase.FILES_THEN_DB and self.sampled():
                 files = Outcome(FILES, self.view(doc), seconds=time.perf_counter() - t0)
                 self.publish(files, Outcome.run(DB, self.db_load, (self.store(),), {}, catch=True), compare=True)
-            raw = None
-            if self.phase is Phase.FILES_ONLY and not self.plan.kind.keyed and into:
-                with contextlib.suppress(Exception):  # what the adopter's load just read, under the same lock
-                    raw = _files.read_regular(self.tree.polls_file, root=self.tree.root)
-            self.a.remember(self.base_key, doc, raw=raw)
+            self.a.remember(self.base_key, doc, look=look)
             return returned
         # phase 3: the database answers; the adopter's function (the files) is the shadow
         store = self.store()
@@ -181,6 +226,7 @@ class _Call:
         returned = None
         self.sampled_run = self.sampled()
         if self.sampled_run:
+            self.look()  # the files are read: a writer outside the fleet is counted in phase 3 too
             t0 = time.perf_counter()
             try:
                 returned, doc = self.files_value()
@@ -212,11 +258,12 @@ class _Call:
         frozen_mine, frozen_base = _freeze(mine), self.a.frozen(entity)
         if frozen_mine == frozen_base:
             return None  # unchanged since the load (the same bytes): nothing to write
-        raw = self.a.raw(entity) if self.phase is Phase.FILES_ONLY else None
-        if raw is not None and _files.read_regular(self.tree.polls_file, root=self.tree.root) == raw:
-            # phase 1, and the file is byte for byte what this thread loaded: the merge is the caller's document
+        look = self.look()
+        if self.phase is Phase.FILES_ONLY and look is not None and look.known and look == self.a.look(entity):
+            # phase 1, and nobody wrote the file since this thread loaded it (the fleet's stamp and the file's
+            # identity are what it saw then): the merge is the caller's document, written as it is
             returned = self.wrapped(*self.args, **self.kwargs)
-            self.a.remember(entity, mine, frozen=frozen_mine)
+            self.a.remember(entity, mine, frozen=frozen_mine, look=self.stamp(look))
             return returned
         changes = delta({} if frozen_base is _ABSENT else _thaw(frozen_base), mine)
         if not changes:
@@ -231,6 +278,9 @@ class _Call:
                 return self.wrapped(*self.args, **self.kwargs)
             finally:
                 setattr(self.a.module, source, mine)
+                written["look"] = self.stamp()
+
+        written: dict[str, Any] = {}
 
         if self.phase is Phase.FILES_ONLY:
             returned = files_side()
@@ -245,7 +295,7 @@ class _Call:
             other = Outcome.run(self.phase.shadow, sides[self.phase.shadow], (), {}, catch=True)
             self.publish(first, other)
             returned = first.value if self.phase is Phase.FILES_THEN_DB else other.value
-        self.a.remember(entity, mine, frozen=frozen_mine)
+        self.a.remember(entity, mine, frozen=frozen_mine, look=written.get("look"))
         return returned
 
     # -- Save of a keyed cache entry (``source=`` a dict global keyed by the key) ----------------
@@ -259,6 +309,7 @@ class _Call:
         if not changes:
             return None
         path = _document_path(self.tree, kind, self.owner)
+        self.look()
 
         def files_side() -> Any:
             current = _read_doc(path, dict, None, self.tree.root) or {}
@@ -268,6 +319,7 @@ class _Call:
                 return self.wrapped(*self.args, **self.kwargs)
             finally:
                 cache[self.owner] = mine
+                self.stamp()
 
         if self.phase is Phase.FILES_ONLY:
             returned = files_side()
@@ -297,6 +349,16 @@ class _Call:
     # -- Save of a whole list-file inbox (``shape="list"``): a delta by message id ----------------
     def save_list(self) -> Any:
         path = self.tree.node(self.owner) / LIST_INBOX
+        look = self.look()
+        if self.phase is Phase.FILES_ONLY and look is not None and look.known and look == self.a.look(self.base_key):
+            # phase 1, and nobody wrote the list since this thread loaded it: what the caller writes is the merge
+            mine = self.written_list()
+            returned = self.call_theirs()
+            after = self.stamp(look)
+            if mine is None:
+                mine = _read_doc(path, list, [], self.tree.root)
+            self.a.remember(self.base_key, mine, look=after)
+            return returned
         before = _Snapshot.of(path, self.tree.root)
         before_list = _parse_or_none(before.files[path.name])
         if not isinstance(before_list, list):
@@ -304,16 +366,7 @@ class _Call:
         found: dict[str, Any] = {}
 
         def theirs() -> Any:
-            if self.decl.source is not None:  # a keyed cache of lists: what it holds is what is written
-                cache = self.global_value(self.decl.source)
-                mine = cache.get(self.owner) if isinstance(cache, dict) else None
-            else:
-                mine = None
-            if mine is None and self.plan.written_param is not None:  # what it writes: its argument, as it is
-                with contextlib.suppress(KeyError, TypeError):
-                    mine = self.plan.argument(self.plan.written_param, self.args, self.kwargs)
-                    if not isinstance(mine, list):
-                        mine = None
+            mine = self.written_list()
             returned = self.call_theirs()
             written = _read_doc(path, list, [], self.tree.root) if mine is None else mine
             base = self.a.base(self.base_key, None)
@@ -333,9 +386,10 @@ class _Call:
             merged += [m for m in added + list(changed.values()) if m["id"] not in seen]
             if merged != written:
                 _files.atomic_write_json(path, merged, root=self.tree.root)
+            after = self.stamp()
             found.update(added=added, read=[i for i in removed if not _is_read(old[i])] +
                          [i for i, m in changed.items() if _is_read(m) and not _is_read(old[i])])
-            self.a.remember(self.base_key, merged)
+            self.a.remember(self.base_key, merged, look=after)
             return returned
 
         def to_db() -> None:
@@ -356,6 +410,17 @@ class _Call:
         if self.phase is Phase.FILES_ONLY:
             return theirs()
         return self.written(before, to_db, run=theirs)
+
+    def written_list(self) -> list | None:
+        """The list the adopter's save writes, when the call shows it (its keyed cache, or its argument)."""
+        mine = None
+        if self.decl.source is not None:  # a keyed cache of lists: what it holds is what is written
+            cache = self.global_value(self.decl.source)
+            mine = cache.get(self.owner) if isinstance(cache, dict) else None
+        if mine is None and self.plan.written_param is not None:  # what it writes: its argument, as it is
+            with contextlib.suppress(KeyError, TypeError):
+                mine = self.plan.argument(self.plan.written_param, self.args, self.kwargs)
+        return mine if isinstance(mine, list) else None
 
     # -- Save of what the function wrote ---------------------------------------------------
     def written(self, before: _Snapshot, to_db: Callable[[], None], run: Callable[[], Any] | None = None) -> Any:
@@ -388,11 +453,13 @@ class _Call:
         another field or role is kept."""
         kind = self.plan.kind.document
         path = _document_path(self.tree, kind, self.owner)
+        self.look()
         before = _Snapshot.of(path, self.tree.root)
         merge: dict[str, Any] = {}
 
         def theirs() -> Any:
             returned = self.call_theirs()
+            self.stamp()
             base = self.a.base(self.base_key, None)  # after the call: a load inside it counts
             if isinstance(base, dict):
                 raw = before.files[path.name]
@@ -404,7 +471,7 @@ class _Call:
                     if isinstance(current, dict):
                         merged = patch(current, changes, in_place=True)
                         if merged != written:
-                            _files.atomic_write_json(path, merged, root=self.tree.root)
+                            _files.atomic_write_json(path, merged, root=self.tree.root)  # stamped by the gate
                         written = merged
                     self.a.remember(self.base_key, written)
             return returned
@@ -420,13 +487,17 @@ class _Call:
         return self.written(before, to_db, run=theirs)
 
     def save_written_polls(self) -> Any:
+        self.look()
         if self.phase is Phase.FILES_ONLY:
-            return self.call_theirs()
+            returned = self.call_theirs()
+            self.stamp()
+            return returned
         path = self.tree.polls_file
         before = _Snapshot.of(path, self.tree.root)
         old = _files.read_json(path, dict, {}, root=self.tree.root)
 
         def to_db() -> None:
+            self.stamp()
             changes = delta(old, _files.read_json(path, dict, {}, root=self.tree.root))
             if changes:
                 store = self.store()

@@ -213,7 +213,20 @@ class _Plan:
             bound.apply_defaults()
             return bound.arguments[key]
 
-        return owner
+        params = list(signature.parameters.values())
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        index = next((i for i, p in enumerate(params) if p.name == key), None)
+        if index is None or any(p.kind not in plain for p in params[:index + 1]) \
+                or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+            return owner
+
+        def positional(args: tuple, kwargs: dict) -> str:
+            # the common call, fn(agent, ...) with every argument by position, within the signature: no bind
+            if not kwargs and index < len(args) <= len(params):
+                return args[index]
+            return owner(args, kwargs)
+
+        return positional
 
     def owner(self, args: tuple, kwargs: dict) -> str | None:
         """The key argument of this call (a TypeError when the call does not fit the function: the caller's)."""

@@ -100,6 +100,12 @@ def rollout_status(as_json: bool, since: str | None, expect: str | None) -> None
             click.echo(f"WARNING: {p['host']}:{p['pid']} saw {p['torn_reads']} legacy file(s) half-written: a process "
                        "writes the files outside the shim (every writer must run through it before phase 2)"
                        + (f"; last at {p['torn_at']}: {docs}" if p.get("torn_at") else ""))
+        if p.get("outside_writes"):
+            docs = ", ".join(f"{name} ({n})" for name, n in (p.get("outside_documents") or {}).items())
+            click.echo(f"WARNING: {p['host']}:{p['pid']} found {p['outside_writes']} legacy file write(s) that no "
+                       "process of the fleet made: a process writes the files outside the shim (every writer "
+                       "must run through it before phase 2)"
+                       + (f"; last at {p['outside_at']}: {docs}" if p.get("outside_at") else ""))
     for four, files in control.unsafe_mix(fleet):
         click.echo(f"UNSAFE MIX: {four['host']}:{four['pid']} in phase 4 with {files['host']}:{files['pid']} "
                    f"in phase {files['phase']}")

@@ -67,6 +67,16 @@ def read_fleet(root: Path, timeout: float, now: datetime | None = None) -> list[
                 if isinstance(docs, dict):
                     entry["torn_documents"] = {str(k)[:300]: n for k, n in list(docs.items())[:50]
                                                if _io.count(n)}
+        outside = _io.count(doc.get("outside_writes"))
+        if outside:
+            entry["outside_writes"] = outside  # legacy files it found rewritten by no process of the fleet
+            outside_at = _io.text(doc.get("outside_at"))
+            if outside_at and _io.parse_iso(outside_at) is not None:
+                entry["outside_at"] = outside_at  # when it last found a new one
+                docs = doc.get("outside_documents")
+                if isinstance(docs, dict):
+                    entry["outside_documents"] = {str(k)[:300]: n for k, n in list(docs.items())[:50]
+                                                  if _io.count(n)}
         out.append(entry)
     out.sort(key=lambda e: (str(e["host"]), e["pid"] if isinstance(e["pid"], int) else 0))
     return out

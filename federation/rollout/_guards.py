@@ -13,7 +13,7 @@ to the step are returned:
 The window starts at ``since`` (exact to the second), else when the current phase was entered.
 | ``fleet_mix`` | going to 4 / to 1 or 2 | a live process is in phase 1 or 2 / in phase 4 |
 | ``adopted_code`` | going to 4 | a live process runs code adopted with ``federation.adopt`` |
-| ``unannounced_writers`` | going up to 2 or 3 | a process saw a legacy file half-written in the last 2 minutes |
+| ``unannounced_writers`` | going up to 2 or 3 | a process saw a legacy file half-written, or rewritten by no process of the fleet, in the last 2 minutes |
 | ``files_current`` | going down from 4 | the files lag the database (``federation sync --to files``) |
 
 A difference that is gone once its document is re-read under its file lock
@@ -278,22 +278,27 @@ def _unannounced_writers(fleet: list[dict]) -> dict[str, Any]:
     writes undo the fleet's)."""
     now = _io.utcnow()
     recent = []
-    for p in fleet:
-        seen = _io.parse_iso(p.get("torn_at") or "")
-        if seen is not None and (now - seen).total_seconds() <= UNANNOUNCED_WINDOW:
-            recent.append(p)
     docs: dict[str, int] = {}
-    for p in recent:
-        for name, n in (p.get("torn_documents") or {}).items():
-            docs[name] = docs.get(name, 0) + n
+    for p in fleet:
+        seen = False
+        for at, counted in (("torn_at", "torn_documents"), ("outside_at", "outside_documents")):
+            when = _io.parse_iso(p.get(at) or "")
+            if when is not None and (now - when).total_seconds() <= UNANNOUNCED_WINDOW:
+                seen = True
+                for name, n in (p.get(counted) or {}).items():
+                    docs[name] = docs.get(name, 0) + n
+        if seen:
+            recent.append(p)
     where = ", ".join(f"{name} ({n})" for name, n in sorted(docs.items(), key=lambda kv: -kv[1])[:5])
     return _guard("unannounced_writers", not recent,
-                  f"{len(recent)} process(es) saw legacy files half-written in the last {UNANNOUNCED_WINDOW} s "
-                  f"(a writer outside the fleet): {where or ', '.join(_fleet.describe(p) for p in recent[:5])}"
-                  if recent else f"no legacy file seen half-written in the last {UNANNOUNCED_WINDOW} s",
+                  f"{len(recent)} process(es) saw legacy files half-written or rewritten by no process of the fleet "
+                  f"in the last {UNANNOUNCED_WINDOW} s (a writer outside the fleet): "
+                  f"{where or ', '.join(_fleet.describe(p) for p in recent[:5])}"
+                  if recent else f"no legacy file seen half-written or rewritten outside the fleet in the last "
+                                 f"{UNANNOUNCED_WINDOW} s",
                   "find the process that writes these files without the shim (it is not in `federation rollout "
                   "status`), adopt it (docs/adopting.md) or stop it; the guard passes "
-                  f"{UNANNOUNCED_WINDOW} s after the last half-written file is seen")
+                  f"{UNANNOUNCED_WINDOW} s after the last such file is seen")
 
 
 def _adopted_code(fleet: list[dict]) -> dict[str, Any]:

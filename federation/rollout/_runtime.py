@@ -67,6 +67,9 @@ class Runtime:
         # torn reads counted before (another runtime's), and when a new one was last announced
         self.torn_counted = _files.torn_reads["recovered"] + _files.torn_reads["unreadable"]
         self.torn_at: str | None = None
+        # legacy documents found rewritten by no process of the fleet (their stamps disagree), likewise
+        self.outside_counted = _files.outside_writes["seen"]
+        self.outside_at: str | None = None
         self.adopted: list[str] = []  # modules adopted with federation.adopt (announced: phase 4 refuses them)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -338,6 +341,15 @@ class Runtime:
                 doc["torn_at"] = self.torn_at
                 doc["torn_documents"] = dict(_files.torn_files)
         self.torn_counted = torn
+        outside = _files.outside_writes["seen"]
+        if outside:  # legacy files rewritten by no process of the fleet (clean writes included)
+            doc["outside_writes"] = outside
+            if outside > self.outside_counted:
+                self.outside_at = doc["last_seen"]
+            if self.outside_at:
+                doc["outside_at"] = self.outside_at
+                doc["outside_documents"] = dict(_files.outside_files)
+        self.outside_counted = outside
         path = _fleet.fleet_file(root, self.pid)
         try:
             _io.write_atomic(path, _io.dumps(doc))

@@ -18,7 +18,8 @@ from typing import Iterator
 
 from ..domain.layout import Tree
 from ..errors import CorruptFileError, FileStorageError
-from ._fs_walk import _kind, _parts, _walk, folder_of
+from ._fs_stamps import held_fds
+from ._fs_walk import LOCKS_RECHECK_S, _kind, _parts, _walk, folder_of
 from ._fs_write import _open_made
 
 _held = threading.local()
@@ -35,7 +36,13 @@ def _lock_fd(tree: Tree, name: str) -> int:
     try:
         dfd = _locks_folder(tree)
         try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
-            fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+            try:  # read-write while held: the fleet's stamp of the document is written in it (a read-only
+                # root or lock file: read-only, as flock needs no more; no stamp is written then)
+                fd = os.open(fname, _LOCK_RW_FLAGS, 0o644, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
                 raise
@@ -58,7 +65,6 @@ def _lock_fd(tree: Tree, name: str) -> int:
 #: left (its descriptor closed once no lock can be opening in it) and the real one used.
 _locks_folders: dict[tuple[int, str], tuple[int, int, int, float]] = {}
 _locks_guard = threading.Lock()
-LOCKS_RECHECK_S = 1.0
 
 
 def _locks_folder(tree: Tree) -> int:
@@ -85,6 +91,7 @@ def _locks_folder(tree: Tree) -> int:
 
 
 _LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_LOCK_RW_FLAGS = _LOCK_FLAGS & ~os.O_RDONLY | os.O_RDWR
 
 
 def _open_lock(path: Path, root: Path | str) -> int:
@@ -155,6 +162,10 @@ class locked:
             raise
         held[self.key] = 1
         self.fd = fd
+        fds = getattr(held_fds, "fds", None)
+        if fds is None:
+            fds = held_fds.fds = {}
+        fds[self.key] = (fd, self.tree, self.name)  # where this thread's writes leave their stamps
 
     def __exit__(self, *exc: object) -> None:
         held = _held.locks
@@ -162,5 +173,6 @@ class locked:
             held[self.key] -= 1
             return
         del held[self.key]
+        held_fds.fds.pop(self.key, None)
         fd, self.fd = self.fd, None
         os.close(fd)  # releases the lock: one descriptor per lock held, never kept

@@ -20,13 +20,32 @@ from typing import Iterator
 from ..errors import CorruptFileError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a folder's descriptor kept open (``.locks/``, a stamped document's folder) is walked to again this often
+LOCKS_RECHECK_S = 1.0
 
 
 def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     """(the root as an absolute path, the components of *path* below it); outside the root is refused.
 
-    String operations, not pathlib: this is on every file access of phase 1.
+    String operations, not pathlib: this is on every file access of phase 1; a pure function of two
+    absolute paths, so those are cached (a hot document's path is split once, not on every access).
     """
+    key = (os.fspath(root), os.fspath(path))
+    found = _parts_cache.get(key)
+    if found is not None:
+        return found[0], list(found[1])
+    top, parts = _split_below(root, path)
+    if key[0].startswith(os.sep) and key[1].startswith(os.sep):  # relative ones depend on the working folder
+        if len(_parts_cache) >= 4096:
+            _parts_cache.clear()
+        _parts_cache[key] = (top, tuple(parts))
+    return top, parts
+
+
+_parts_cache: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+
+
+def _split_below(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     top = os.path.abspath(root)
     full = os.path.abspath(path)  # also resolves "..": a path that climbs out of the root is refused here
     if not full.startswith(top.rstrip(os.sep) + os.sep):

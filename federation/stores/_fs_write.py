@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import CorruptFileError, FileStorageError
+from ._fs_stamps import stamp_gate_write
 from ._fs_walk import _DIR_FLAGS, _kind, _open_dir, folder_of, open_folder
 
 
@@ -30,6 +31,7 @@ def atomic_write_json(path: Path, data: Any, *, root: Path | str) -> None:
     try:
         with folder_of(path, root, create=True) as (dfd, name):
             _write_in(dfd, name, path, payload)
+            stamp_gate_write(root, dfd, name, path)
     except OSError as exc:
         raise FileStorageError.wrap(exc, path, "write") from exc
 
@@ -89,6 +91,7 @@ def write_bytes(path: Path, payload: bytes, *, root: Path | str, durable: bool =
     """
     with folder_of(path, root, create=True) as (dfd, name):
         _write_in(dfd, name, path, payload, durable, mode)
+        stamp_gate_write(root, dfd, name, path)
 
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

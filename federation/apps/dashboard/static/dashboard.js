@@ -254,6 +254,13 @@
         `${fmtTime(p.torn_at)}${docs ? ": " + docs : ""}. Steps up to phase 2 and 3 are refused ` +
         "(unannounced_writers) until it stops.");
     }
+    for (const p of (data.status && data.status.fleet) || []) {
+      if (!p.outside_at) continue;
+      const docs = Object.entries(p.outside_documents || {}).map(([name, n]) => `${name} (${n})`).join(", ");
+      banner.push(`A writer outside the fleet: ${p.host}:${p.pid} found legacy files rewritten by no process of ` +
+        `the fleet, last at ${fmtTime(p.outside_at)}${docs ? ": " + docs : ""}. Steps up to phase 2 and 3 are ` +
+        "refused (unannounced_writers) until it stops.");
+    }
     const bannerBox = $("#banner");
     bannerBox.hidden = banner.length === 0;
     bannerBox.replaceChildren(...banner.map((t) => el("div", {}, t)));
