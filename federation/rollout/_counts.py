@@ -38,9 +38,10 @@ from typing import Any, Iterable
 from ..errors import CorruptFileError
 from ..stores import files as _files
 from . import _io
-from ._cells import (BUCKET_SECONDS, BY_HOUR, BY_MINUTE, Cell, DAY, GRACE_SECONDS, HOUR, HOURS_AFTER, KEEP_SECONDS,
+from ._tally import Cell, Tally
+from ._cells import (BUCKET_SECONDS, BY_HOUR, BY_MINUTE, DAY, GRACE_SECONDS, HOUR, HOURS_AFTER, KEEP_SECONDS,
                      LATENCY_BOUNDS_MS, MAINTAIN_LOCK, MINUTES_AFTER, MISMATCH_CAP, PASS_BUDGET,
-                     PASS_EVERY_FLUSHES, SIDES, Tally, add_latency, append_mismatches, counts_file, day_name,
+                     PASS_EVERY_FLUSHES, SIDES, add_latency, append_mismatches, counts_file, day_name,
                      day_of, empty_latency, hour_name, hour_of, log, mismatch_file, quantile, read_cells,
                      read_mismatches, ROLLUP, ROLLUP_SUFFIX, rollup, rollup_name, valid_cell, write_counts, _compacted,
                      _counts_doc, _listing, _stem)
