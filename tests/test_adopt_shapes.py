@@ -353,7 +353,7 @@ def test_a_clean_writer_outside_the_fleet_is_counted_shown_and_refused(fed, plan
     from federation.stores import files as _files
 
     fed.phase(2)
-    assert rollout.set_phase(2, force=True, reason="test").applied
+    assert rollout.set_phase(2, force=True, reason="test", settings=config.settings()).applied
     poll_id = plan.agent.create_poll("lead", "Outside?", ["yes", "no"])
     before = _files.outside_writes["seen"]
     voter = _spawn(fed, _ADOPTED_VOTER, poll_id, phase=2)       # adopted, another process
@@ -382,15 +382,15 @@ def test_a_clean_writer_outside_the_fleet_is_counted_shown_and_refused(fed, plan
     assert me["outside_documents"]["shared/polls.json"] >= 1 and me.get("outside_at"), me
     text = CliRunner().invoke(cli, ["rollout", "status"]).output
     assert "no process of the fleet made" in text and "shared/polls.json (" in text
-    [check] = [c for c in doctor().checks if c.name == "unannounced_writers"]
+    [check] = [c for c in doctor(settings=config.settings()).checks if c.name == "unannounced_writers"]
     assert not check.ok and "shared/polls.json" in check.detail
-    assert [g for g in rollout.set_phase(3).refused if g["name"] == "unannounced_writers"]
-    assert rollout.set_phase(1, force=True, reason="test").applied
-    [refused] = [g for g in rollout.set_phase(2).refused if g["name"] == "unannounced_writers"]
+    assert [g for g in rollout.set_phase(3, settings=config.settings()).refused if g["name"] == "unannounced_writers"]
+    assert rollout.set_phase(1, force=True, reason="test", settings=config.settings()).applied
+    [refused] = [g for g in rollout.set_phase(2, settings=config.settings()).refused if g["name"] == "unannounced_writers"]
     assert "shared/polls.json" in refused["detail"]
     rollout.RUNTIME.outside_at = rollout.RUNTIME.torn_at = None  # it stopped (the window passed): passes
     rollout.RUNTIME.tick(announce_now=True)
-    assert [g for g in rollout.guards(2) if g["name"] == "unannounced_writers"][0]["ok"]
+    assert [g for g in rollout.guards(2, settings=config.settings()) if g["name"] == "unannounced_writers"][0]["ok"]
 
 
 @pytest.mark.parametrize("phase", [2, 3])
