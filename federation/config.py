@@ -302,13 +302,18 @@ MAX_ATTEMPTS_LIMIT = 1000
 def max_attempts(env: Mapping[str, str] | None = None) -> int:
     """``FEDERATION_MAX_ATTEMPTS`` (a whole number from 1 to 1000), default 5; read at each call (no
     settings object to reset).  A bad value is a :class:`ConfigError` naming the variable."""
+    return _whole_number(env, "FEDERATION_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT)
+
+
+def _whole_number(env: Mapping[str, str] | None, name: str, default: int, limit: int) -> int:
+    """The variable *name* of *env* (default: the environment) as a whole number from 1 to *limit*; *default*
+    when unset or empty; else a :class:`ConfigError` naming it."""
     env = os.environ if env is None else env
-    raw = env.get("FEDERATION_MAX_ATTEMPTS", "").strip()
+    raw = env.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_ATTEMPTS
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_ATTEMPTS_LIMIT:
-        raise ConfigError(f"FEDERATION_MAX_ATTEMPTS={raw!r} is not accepted: use a whole number from 1 to "
-                          f"{MAX_ATTEMPTS_LIMIT}")
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= limit:
+        raise ConfigError(f"{name}={raw!r} is not accepted: use a whole number from 1 to {limit}")
     return int(raw)
 
 
@@ -322,11 +327,4 @@ def db_connections(env: Mapping[str, str] | None = None) -> int:
     open per database between transactions, shared by its threads (a thread borrows one for a transaction; one
     more is opened when all are busy, and closed after if the pool is full).  Read when a database is first used
     in the process.  A bad value is a :class:`ConfigError` naming the variable."""
-    env = os.environ if env is None else env
-    raw = env.get("FEDERATION_DB_CONNECTIONS", "").strip()
-    if not raw:
-        return DEFAULT_DB_CONNECTIONS
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= DB_CONNECTIONS_LIMIT:
-        raise ConfigError(f"FEDERATION_DB_CONNECTIONS={raw!r} is not accepted: use a whole number from 1 to "
-                          f"{DB_CONNECTIONS_LIMIT}")
-    return int(raw)
+    return _whole_number(env, "FEDERATION_DB_CONNECTIONS", DEFAULT_DB_CONNECTIONS, DB_CONNECTIONS_LIMIT)
