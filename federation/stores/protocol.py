@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 
-class Store(Protocol):
-    """What both stores offer; ``core.SHIM_SPEC`` names exactly these operations."""
+class MessageStore(Protocol):
+    """Messages and their delivery: sends, inboxes, leases, acknowledgements, dead letters, idempotent sends
+    (the SQL store's ``sql_messages``; the file store's ``stores/file_messages`` and ``file_delivery``)."""
 
     def save_message(self, message: dict) -> None:
         """Deliver *message* into its recipient's inbox."""
@@ -28,12 +29,43 @@ class Store(Protocol):
     def claim_inbox(self, agent: str, ids: list[str] | None = None, read_at: str | None = None) -> list[dict]:
         """Claim the unread messages of *agent* (all, or only *ids*), oldest first."""
 
+    def save_messages(self, messages: list[dict]) -> None:
+        """Deliver several messages (a broadcast)."""
+
+    def load_sent(self, agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
+        """The last *limit* messages *agent* sent (before message *before*), oldest first, with ``read_at``."""
+
+    def lease_inbox(self, agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
+                    ids: list[str] | None = None) -> list[dict]:
+        """Lease *agent*'s deliverable messages (all, or only *ids*), oldest first, until *lease_until*: new
+        ones and those whose lease is over; a lease over after *max_attempts* deliveries makes a dead letter."""
+
+    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
+        """Acknowledge *agent*'s delivered messages among *ids* (leased or dead), read at *read_at*; the
+        messages acknowledged now, in the order given."""
+
+    def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
+        """Messages (of *agent*, or everyone's) delivered *max_attempts* times, never acknowledged."""
+
+    def save_keyed_messages(self, messages: list[dict], key: str) -> list[str]:
+        """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
+        then nothing is written and the ids of the first send are returned."""
+
+
+class HistoryStore(Protocol):
+    """The message history (the SQL store's ``sql_history``; the file store's ``stores/file_history``)."""
+
     def save_history(self, direction: str, messages: list[dict]) -> None:
         """Record *messages* as sent or received in the message history."""
 
     def load_history(
             self, agent: str | None = None, limit: int = 100, before: tuple[str, str] | None = None) -> list[dict]:
         """The last *limit* history entries (of *agent*, if given), oldest first."""
+
+
+class NodeStore(Protocol):
+    """What each agent is: context, heartbeats, expertise, profiles, the agents (the SQL store's ``sql_nodes``;
+    the file store's ``stores/file_nodes``)."""
 
     def load_context(self, agent: str) -> dict | None:
         """The context of *agent* (``{"agent","text","last_heartbeat","updated_at"}``), or None."""
@@ -62,6 +94,16 @@ class Store(Protocol):
     def load_experts(self, domain: str) -> list[str]:
         """Agents that list *domain* among their expertise."""
 
+    def load_agent_states(self) -> list[dict]:
+        """Every known agent's ``{"agent","text","last_heartbeat"}`` by name (None where it has no context)."""
+
+    def load_agents_by_role(self, role: str) -> list[str]:
+        """Agents whose profile's ``default_role`` is *role*, by name."""
+
+
+class PollStore(Protocol):
+    """Polls and votes (the SQL store's ``sql_polls``; the file store's ``stores/file_polls``)."""
+
     def load_polls(self) -> dict[str, dict]:
         """Every poll, keyed by id (``shared/polls.json``)."""
 
@@ -79,6 +121,18 @@ class Store(Protocol):
 
     def save_poll_status(self, poll_id: str, agent: str, status: str) -> None:
         """Close a poll (only its creator may); closing a closed poll changes nothing."""
+
+    def load_polls_page(
+            self, status: str | None = None, limit: int | None = None, after: str | None = None) -> list[dict]:
+        """Polls (with *status*, if given) oldest first, after the poll *after*, at most *limit*."""
+
+    def load_open_polls(self, agent: str, limit: int) -> list[dict]:
+        """The oldest *limit* open polls that *agent* has not voted on."""
+
+
+class SessionStore(Protocol):
+    """Collaborative sessions: roles, artifacts, reviews, phases (the SQL store's ``sql_sessions``; the file
+    store's ``stores/file_sessions``)."""
 
     def load_sessions(self) -> dict[str, dict]:
         """Every session, keyed by id."""
@@ -102,51 +156,17 @@ class Store(Protocol):
     def save_session_phase(self, session_id: str, phase: str, updated_at: str) -> None:
         """Set the phase of a session."""
 
-    def load_polls_page(
-            self, status: str | None = None, limit: int | None = None, after: str | None = None) -> list[dict]:
-        """Polls (with *status*, if given) oldest first, after the poll *after*, at most *limit*."""
-
     def load_sessions_page(self, limit: int | None = None, after: str | None = None) -> list[dict]:
         """Sessions oldest first, after the session *after*, at most *limit*."""
-
-    def load_open_polls(self, agent: str, limit: int) -> list[dict]:
-        """The oldest *limit* open polls that *agent* has not voted on."""
 
     def load_roles(self, agent: str) -> list[dict]:
         """*agent*'s roles: ``{"session_id","title","role","subtask"}``, sessions oldest first."""
 
-    def load_agent_states(self) -> list[dict]:
-        """Every known agent's ``{"agent","text","last_heartbeat"}`` by name (None where it has no context)."""
 
-    def load_agents_by_role(self, role: str) -> list[str]:
-        """Agents whose profile's ``default_role`` is *role*, by name."""
-
-    def save_messages(self, messages: list[dict]) -> None:
-        """Deliver several messages (a broadcast)."""
-
-    def load_sent(self, agent: str, limit: int = 100, before: str | None = None) -> list[dict]:
-        """The last *limit* messages *agent* sent (before message *before*), oldest first, with ``read_at``."""
-
-    # delivery that survives a crashed agent (issue 19, docs/delivery.md)
-
-    def lease_inbox(self, agent: str, lease_until: str, now: str, limit: int | None = None, max_attempts: int = 5,
-                    ids: list[str] | None = None) -> list[dict]:
-        """Lease *agent*'s deliverable messages (all, or only *ids*), oldest first, until *lease_until*: new
-        ones and those whose lease is over; a lease over after *max_attempts* deliveries makes a dead letter."""
-
-    def ack_messages(self, agent: str, ids: list[str], read_at: str) -> list[dict]:
-        """Acknowledge *agent*'s delivered messages among *ids* (leased or dead), read at *read_at*; the
-        messages acknowledged now, in the order given."""
-
-    def load_dead_letters(self, agent: str | None, now: str, max_attempts: int = 5) -> list[dict]:
-        """Messages (of *agent*, or everyone's) delivered *max_attempts* times, never acknowledged."""
-
-    def save_keyed_messages(self, messages: list[dict], key: str) -> list[str]:
-        """Deliver *messages* (one sender) under the sender's idempotency *key*, unless the key was used:
-        then nothing is written and the ids of the first send are returned."""
-
-    # the task registry (issue 28, docs/tasks.md): a stored task keeps its last claim; what it means at a
-    # moment (a lease over is open again) is domain.entities.task_view's
+class TaskStore(Protocol):
+    """The task registry (docs/tasks.md; the SQL store's ``sql_tasks``, the file store's ``stores/file_tasks``): a
+    stored task keeps its last claim; what it means at a moment (a lease over is open again) is
+    ``domain.entities.task_view``'s."""
 
     def save_task(self, task: dict) -> None:
         """Create a task; one with the same id is a conflict."""
@@ -168,3 +188,7 @@ class Store(Protocol):
                         after: str | None = None, now: str = "") -> list[dict]:
         """Tasks oldest first (with *status* as seen at *now*, assigned to *assignee*), after the task
         *after*, at most *limit*."""
+
+
+class Store(MessageStore, HistoryStore, NodeStore, PollStore, SessionStore, TaskStore, Protocol):
+    """What both stores offer, by entity group; ``core.SHIM_SPEC`` names exactly these operations."""
