@@ -136,7 +136,6 @@ from federation import governance
 from federation.stores import database
 from federation.errors import FederationError
 database.BUSY_DEADLINE_S = float(sys.argv[2])
-database.DOWN_RETRY_S = 0.5
 for line in sys.stdin:
     try:
         governance.vote(sys.argv[1], line.strip(), "yes")
@@ -186,8 +185,7 @@ def agent_on_private_server(fed, pg_server):
 
 @pytest.mark.postgresql_only
 def test_server_goes_away_and_comes_back(pg_server, agent_on_private_server):
-    """Server stopped: the caller gets a clear StorageError, and once a call gave up the next ones fail at
-    once instead of waiting the deadline again; server back: the same process carries on."""
+    """Server stopped: the caller gets a clear StorageError; server back: the same process carries on."""
     agent = agent_on_private_server(deadline_s=3)
     assert agent.vote("before") == {"ok": True}
     pg_server.stop("fast")
@@ -196,10 +194,6 @@ def test_server_goes_away_and_comes_back(pg_server, agent_on_private_server):
     assert outcome["ok"] is False and outcome["error"] == "StorageError", outcome
     assert "unreachable" in outcome["message"] and "127.0.0.1" in outcome["message"], outcome
     assert time.monotonic() - t0 < 30
-    t1 = time.monotonic()
-    again = agent.vote("during")  # the process knows it is down: a short retry, not the deadline again
-    assert again["ok"] is False and "still unreachable" in again["message"], again
-    assert time.monotonic() - t1 < 2.0  # the deadline is 3 s, the retry once known down 0.5 s
     pg_server.start()
     assert agent.vote("after") == {"ok": True}  # the same agent process, not restarted
     assert agent.vote("during") == {"ok": True}

@@ -30,16 +30,13 @@ from .sqlite import SqliteDialect
 from ..errors import ConfigError, FederationError, StorageError
 
 __all__ = ["Database", "Dialect", "SqliteDialect", "Tx", "get_db", "dialect_for", "forget_databases",
-           "network_fs_type", "BUSY_DEADLINE_S", "DOWN_RETRY_S"]
+           "network_fs_type", "BUSY_DEADLINE_S"]
 
 log = library_logger("federation.database")
 T = TypeVar("T")
 
 #: How long a write may wait for a busy database before the caller gets an error.
 BUSY_DEADLINE_S = 30.0
-#: once a call gave up on an unreachable server, how long each next call retries until one connects again
-#: (a process that already waited out the deadline does not wait it out again on every call)
-DOWN_RETRY_S = 2.0
 #: How long a thread waits for a pooled connection when every kept one is busy, before it opens one more.
 POOL_WAIT_S = 0.5
 
@@ -78,9 +75,6 @@ class Database:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._schema_bypass = threading.local()  # this thread is making (or reading) the schema: no check
-        #: when a call last gave up on an unreachable server (monotonic), until a connection succeeds again:
-        #: meanwhile each call tries once instead of waiting out the whole deadline again
-        self._down_since: float | None = None
 
     # -- connections --------------------------------------------------------
     def _forked(self) -> None:
@@ -102,7 +96,6 @@ class Database:
             if self.dialect.is_database_error(exc) and not self.dialect.is_disconnect(exc):
                 raise StorageError(f"cannot open the database {self.dialect.describe()}: {exc}") from exc
             raise
-        self._down_since = None  # it answers again: calls wait out the deadline again
         with self._pool_lock:
             self.opened += 1
         return conn
@@ -204,8 +197,7 @@ class Database:
                 return fn(Tx(conn, self.dialect))
             finally:
                 local.depth -= 1
-        known_down = self._down_since is not None
-        deadline = time.monotonic() + (min(DOWN_RETRY_S, BUSY_DEADLINE_S) if known_down else BUSY_DEADLINE_S)
+        deadline = time.monotonic() + BUSY_DEADLINE_S
         attempt = 0
         while True:
             attempt += 1
@@ -263,13 +255,6 @@ class Database:
                     raise
                 if time.monotonic() > deadline:
                     what = "unreachable" if lost else "busy"
-                    if lost and known_down:
-                        raise StorageError(
-                            f"the database {self.dialect.describe()} is still unreachable (a call gave up on it "
-                            f"after {BUSY_DEADLINE_S:.0f} s; until it answers again each call waits "
-                            f"{DOWN_RETRY_S:g} s): {exc}") from exc
-                    if lost:
-                        self._down_since = time.monotonic()
                     raise StorageError(
                         f"the database {self.dialect.describe()} stayed {what} for {BUSY_DEADLINE_S:.0f} s "
                         f"({attempt} attempts): {exc}"
