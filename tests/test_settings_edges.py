@@ -13,8 +13,9 @@ Read from the source with :mod:`ast` (nothing is imported), like tests/test_gate
 from __future__ import annotations
 
 import ast
-from collections import Counter
 from pathlib import Path
+
+from test_imports import _resolve  # one reading of a relative import for both checks
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("federation", "shim")
@@ -34,15 +35,6 @@ def _module_of(path: Path) -> str:
     return ".".join(parts)
 
 
-def _absolute(module: str, path: Path, level: int, target: str | None) -> str:
-    if not level:
-        return target or ""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for _ in range(level - 1):
-        package = package.rpartition(".")[0]
-    return f"{package}.{target}" if target else package
-
-
 def settings_calls(source: str, path: Path) -> list[int]:
     """The line of each call of ``federation.config.settings`` in *source* (through the module, an alias of
     it, or the function imported by name)."""
@@ -52,7 +44,7 @@ def settings_calls(source: str, path: Path) -> list[int]:
     function_names: set[str] = set()  # names bound to federation.config.settings
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            base = _absolute(module, path, node.level, node.module)
+            base = _resolve(module, path, node.level, node.module)
             for alias in node.names:
                 if base == "federation" and alias.name == "config":
                     config_names.add(alias.asname or alias.name)
