@@ -448,6 +448,74 @@ def test_every_failure_becomes_a_tool_error(fed, monkeypatch, exc, expected):
         assert not crashed
 
 
+def test_tools_call_answers_as_the_sdk_handler_does(fed):
+    """The servers' own ``tools/call`` handler (tools prepared once, no per-call Context) gives, on every
+    protocol version, the wire result the SDK's handler gives for the same call: successes (text and
+    structured content, non-ASCII and None values included), refused and invalid arguments, tool errors;
+    and the HTTP server acts as the agent of the request's scope either way."""
+    from mcp.server.context import ServerRequestContext
+    from mcp.server.mcpserver import MCPServer
+    from mcp_types import CallToolRequestParams
+    from mcp_types import methods
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+
+    from federation.apps.mcp_http import AGENT_KEY, HttpFederationServer
+
+    messaging.send_message("bob", "alice", 'h\u00e9llo \U0001f600 "quoted"\n<tag> \\ end')
+    context.set_context("alice", "working on \u00e9t\u00e9")
+    calls = [("peek_inbox", {}), ("get_context", {}), ("list_agents", {}), ("get_history", {"limit": "2"}),
+             ("peek_inbox", {"sender": "bob"}), ("get_history", {"limit": 0}), ("get_poll", {"poll_id": "nope"}),
+             ("send_message", {"recipient": "bob"}), ("no_such_tool", {})]
+
+    class Request:  # what the gate hands the endpoint: the agent in the request's scope
+        scope = {AGENT_KEY: "alice"}
+
+    http_ctx = ServerRequestContext(session=None, lifespan_context=None, method="tools/call", params={},
+                                    request_id=1, meta=None, protocol_version="2025-11-25", request=Request())
+    servers = [(build_server("alice"), None), (HttpFederationServer(name="federation"), http_ctx)]
+
+    async def both() -> list[tuple[str, Any, Any]]:
+        out = []
+        for server, ctx in servers:
+            assert server._lowlevel_server.get_request_handler("tools/call").handler == server._handle_call_tool
+            for name, arguments in calls:
+                params = CallToolRequestParams(name=name, arguments=arguments)
+                out.append((name, await server._handle_call_tool(ctx, params),
+                            await MCPServer._handle_call_tool(server, ctx, params)))
+        return out
+
+    def wire(result: Any) -> dict:
+        return result if isinstance(result, dict) else result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    answered = anyio.run(both)
+    fast = [name for name, ours, _ in answered if isinstance(ours, dict)]
+    assert sorted(set(fast)) == ["get_context", "get_history", "list_agents", "peek_inbox"]  # the prepared path ran
+    for name, ours, sdks in answered:
+        for version in (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS):
+            assert (methods.serialize_server_result("tools/call", version, wire(ours))
+                    == methods.serialize_server_result("tools/call", version, wire(sdks))), (name, version)
+    errors = {name: wire(ours)["content"][0]["text"] for name, ours, _ in answered if wire(ours)["isError"]}
+    assert errors["peek_inbox"].startswith("invalid argument: unknown argument(s) sender")
+    assert errors["get_history"].startswith("invalid argument: limit:")
+    assert errors["get_poll"].startswith("not found")
+    assert "h\u00e9llo \U0001f600" in json.dumps(wire(answered[0][1])["structuredContent"], ensure_ascii=False)
+
+
+def test_opentelemetry_middleware_only_with_an_opentelemetry_sdk(monkeypatch):
+    """Without an OpenTelemetry SDK the SDK's tracing middleware (no-op spans) is left out; with one it stays."""
+    from mcp.server._otel import OpenTelemetryMiddleware
+
+    from federation.apps import mcp_server
+
+    def traced() -> bool:
+        return any(isinstance(m, OpenTelemetryMiddleware) for m in build_server("alice")._lowlevel_server.middleware)
+
+    monkeypatch.setattr(mcp_server, "_tracing_installed", lambda: False)
+    assert not traced()
+    monkeypatch.setattr(mcp_server, "_tracing_installed", lambda: True)
+    assert traced()
+
+
 # ---------------------------------------------------------------------------
 # the per-tick calls (issue 11): pages of at most 100 with a "next" cursor, pulse, broadcast, receipts
 

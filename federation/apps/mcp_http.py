@@ -46,6 +46,7 @@ from typing import Any, Callable
 import anyio
 import anyio.to_thread
 from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.runner import serve_one
@@ -262,7 +263,8 @@ class HttpFederationServer(FederationServer):
             raise ToolError("not authenticated: this server acts only as the agent a bearer token names")
         return agent
 
-    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None,
+                         prepared: Any = None) -> Any:
         # (within self.serving(): the call, on this thread or a worker's, serves this server's federation)
         agent = self.acting_as(context)
         reset = _CALLER.set(agent)
@@ -270,14 +272,15 @@ class HttpFederationServer(FederationServer):
             if name != "pulse" or not _waits(arguments):
                 inline = _INLINE.set(self._may_run_inline())
                 try:
-                    return await super()._call_tool(name, arguments, context)
+                    return await super()._call_tool(name, arguments, context, prepared)
                 finally:
                     _INLINE.reset(inline)
-            return await self._waiting_pulse(agent, name, arguments, context)
+            return await self._waiting_pulse(agent, name, arguments, context, prepared)
         finally:
             _CALLER.reset(reset)
 
-    async def _waiting_pulse(self, agent: str, name: str, arguments: dict[str, Any], context: Any) -> Any:
+    async def _waiting_pulse(self, agent: str, name: str, arguments: dict[str, Any], context: Any,
+                             prepared: Any) -> Any:
         if self._waiting.get(agent, 0) >= MAX_WAITING_PER_AGENT:
             log.info("tool_refused", tool=name, agent=agent, error="too_many_waiting")
             raise ToolError(f"refused: {MAX_WAITING_PER_AGENT} pulse calls with wait are already waiting for "
@@ -290,7 +293,7 @@ class HttpFederationServer(FederationServer):
         # the event loop's thread only touches the counts: no lock needed
         self._waiting[agent] = self._waiting.get(agent, 0) + 1
         try:
-            return await super()._call_tool(name, arguments, context)
+            return await super()._call_tool(name, arguments, context, prepared)
         finally:
             self._waiting[agent] -= 1
             if not self._waiting[agent]:
@@ -315,7 +318,11 @@ def _waits(arguments: dict[str, Any]) -> bool:
 
 
 def _request_agent(context: Any) -> str | None:
-    request = getattr(getattr(context, "request_context", None), "request", None)
+    """The agent the gate put in the request's scope; *context* is the SDK's request context (what the
+    ``tools/call`` handler receives) or its tool :class:`Context` around it."""
+    if not isinstance(context, ServerRequestContext):
+        context = getattr(context, "request_context", None)
+    request = getattr(context, "request", None)
     scope = getattr(request, "scope", None)
     return scope.get(AGENT_KEY) if isinstance(scope, dict) else None
 

@@ -18,17 +18,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib.util
 import inspect
 import io
 import json
+import logging
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
+import anyio.to_thread
+import pydantic_core
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedResourceError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult, TextContent
+from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import Federation, __version__
@@ -152,11 +161,50 @@ class _BoundedLines:
         self.raw.close()
 
 
+#: The SDK's own logger of tool failures (:meth:`FederationServer._handle_call_tool` logs as the SDK's handler does).
+_SDK_LOG = logging.getLogger("mcp.server.mcpserver.server")
+
+
+def _tracing_installed() -> bool:
+    """Whether an OpenTelemetry SDK is installed: without one the API's spans are no-ops, and the SDK's
+    tracing middleware costs every request its work for nothing."""
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a call of one tool needs, looked up once when the server is built: its function, argument
+    model (the SDK's :class:`FuncMetadata`) and the validator of its result (its output schema's model)."""
+
+    tool: Tool
+    output: TypeAdapter
+
+
+def _prepare(tool: Tool) -> _Prepared | None:
+    """*tool* prepared for :meth:`FederationServer._run_prepared`, or None when it takes what that does not
+    give (a context, resolved parameters) or returns what it does not convert (no output schema, a wrapped
+    result): such a tool is called the SDK's way."""
+    meta = tool.fn_metadata
+    if tool.context_kwarg or tool.resolved_params or meta.output_model is None or meta.output_schema is None \
+            or meta.wrap_output:
+        return None
+    return _Prepared(tool, TypeAdapter(meta.output_model))
+
+
 class FederationServer(MCPServer):
     """An :class:`MCPServer` that refuses arguments a tool does not declare.
 
     Pydantic would silently drop an unknown argument such as ``sender`` or
     ``voter``; an agent that tries to act as someone else must be told no.
+
+    A ``tools/call`` is answered by :meth:`_handle_call_tool`: the SDK's own steps for these tools
+    (argument model, function, result conversion and validation against the output schema), with what
+    it would rebuild at every call built once (:class:`_Prepared`) and no per-call :class:`Context`
+    (no tool takes one).  The OpenTelemetry middleware is left out when no OpenTelemetry SDK is
+    installed (its spans would be no-ops): the SDK documents dropping it as the way to opt out.
     """
 
     def __init__(self, agent: str | None, tools: list[Tool], *, federation: Federation | None = None, **kwargs: Any):
@@ -165,7 +213,11 @@ class FederationServer(MCPServer):
         self.federation = federation
         self._params = {t.name: (set(t.parameters.get("properties", {})), set(t.parameters.get("required", [])))
                         for t in tools}
+        self._prepared = {t.name: p for t in tools if (p := _prepare(t)) is not None}
         super().__init__(tools=tools, **kwargs)
+        if not _tracing_installed():
+            middleware = self._lowlevel_server.middleware
+            middleware[:] = [m for m in middleware if not isinstance(m, OpenTelemetryMiddleware)]
 
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, reading requests through :class:`_BoundedLines`: a request over
@@ -192,7 +244,69 @@ class FederationServer(MCPServer):
         with self.serving():
             return await self._call_tool(name, arguments, context)
 
-    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+    async def _handle_call_tool(self, ctx: Any, params: Any) -> Any:
+        """The ``tools/call`` handler (the SDK's, registered at its construction): a prepared tool is run by
+        :meth:`_run_prepared` and its failure answered as the SDK's handler answers it; anything else (an
+        unknown name, the over-long request's stand-in) goes the SDK's way."""
+        prepared = self._prepared.get(params.name)
+        if prepared is None:
+            return await super()._handle_call_tool(ctx, params)
+        try:
+            with self.serving():
+                return await self._call_tool(params.name, params.arguments or {}, ctx, prepared)
+        except MCPError:
+            raise
+        except Exception as exc:  # the SDK's handler's mapping: an is_error result, logged as it logs it
+            if isinstance(exc, ToolError) and not isinstance(exc, UnexpectedToolError):
+                if isinstance(exc.__cause__, PydanticValidationError):  # field names only: the values are the caller's
+                    fields = sorted({".".join(map(str, e["loc"])) for e in exc.__cause__.errors()})
+                    _SDK_LOG.info("Tool %r rejected arguments: %r", params.name, fields)
+                else:
+                    _SDK_LOG.info("Tool %r failed: %r", params.name, str(exc))
+            else:
+                _SDK_LOG.exception("Tool %r raised an unexpected exception", params.name)
+            return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+
+    @staticmethod
+    async def _run_prepared(prepared: _Prepared, arguments: dict[str, Any]) -> dict[str, Any]:
+        """What the SDK's ``Tool.run(convert_result=True)`` does for these tools, raising what it raises:
+        the arguments through the tool's argument model, the function (a plain one on a worker thread),
+        and its result validated against the tool's output model, as the wire result (the JSON text
+        content and the structured content the SDK gives)."""
+        tool = prepared.tool
+        try:
+            validated = tool.fn_metadata.validate_arguments(arguments)
+        except PydanticValidationError as exc:
+            raise ToolError(f"Error executing tool {tool.name}: {exc}") from exc
+        except MCPError:
+            raise
+        except Exception as exc:
+            raise UnexpectedToolError(f"Error executing tool {tool.name}") from exc
+        try:
+            if tool.is_async:
+                result = await tool.fn(**validated)
+            else:
+                result = await anyio.to_thread.run_sync(functools.partial(tool.fn, **validated))
+            if not isinstance(result, dict):
+                return tool.fn_metadata.convert_result(result)
+            structured = prepared.output.dump_python(
+                prepared.output.validate_python(result, by_alias=True, by_name=True), mode="json", by_alias=True)
+            text = pydantic_core.to_json(result, fallback=str, indent=2).decode()
+        except MCPError:
+            raise
+        except (UnexpectedToolError, UnexpectedResourceError) as exc:
+            raise UnexpectedToolError(f"Error executing tool {tool.name}: {exc}") from exc
+        except (ToolError, ResourceError) as exc:
+            raise ToolError(f"Error executing tool {tool.name}: {exc}") from exc
+        except Exception as exc:
+            raise UnexpectedToolError(f"Error executing tool {tool.name}") from exc
+        # CallToolResult(content=[TextContent(text)], structured_content=...).model_dump(by_alias=True, mode="json",
+        # exclude_none=True), without the model: the runner validates and shapes it for the connection's version
+        return {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False,
+                "resultType": "complete"}
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None,
+                         prepared: _Prepared | None = None) -> Any:
         if name == TOO_LARGE:  # put in the place of an over-long request by _BoundedLines
             raise ToolError(f"request too large: {arguments.get('size')} characters; the limit is "
                             f"{MAX_REQUEST_CHARS} (message content is at most {_CONTENT_LIMIT})")
@@ -212,6 +326,8 @@ class FederationServer(MCPServer):
             if missing:
                 raise ToolError(f"invalid argument: missing required argument(s) {', '.join(missing)}")
         try:
+            if prepared is not None:
+                return await self._run_prepared(prepared, arguments)
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError:
             raise
