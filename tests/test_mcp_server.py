@@ -465,6 +465,7 @@ def test_tools_call_answers_as_the_sdk_handler_does(fed):
     context.set_context("alice", "working on \u00e9t\u00e9")
     calls = [("peek_inbox", {}), ("get_context", {}), ("list_agents", {}), ("get_history", {"limit": "2"}),
              ("peek_inbox", {"sender": "bob"}), ("get_history", {"limit": 0}), ("get_poll", {"poll_id": "nope"}),
+             ("get_history", {"limit": "[1]"}), ("ack", {"ids": '["no-such-id"]'}), ("ack", {"ids": "not json"}),
              ("send_message", {"recipient": "bob"}), ("no_such_tool", {})]
 
     class Request:  # what the gate hands the endpoint: the agent in the request's scope
@@ -489,7 +490,7 @@ def test_tools_call_answers_as_the_sdk_handler_does(fed):
 
     answered = anyio.run(both)
     fast = [name for name, ours, _ in answered if isinstance(ours, dict)]
-    assert sorted(set(fast)) == ["get_context", "get_history", "list_agents", "peek_inbox"]  # the prepared path ran
+    assert sorted(set(fast)) == ["ack", "get_context", "get_history", "list_agents", "peek_inbox"]  # the prepared path ran
     for name, ours, sdks in answered:
         for version in (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS):
             assert (methods.serialize_server_result("tools/call", version, wire(ours))

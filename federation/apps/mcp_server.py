@@ -176,11 +176,35 @@ def _tracing_installed() -> bool:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What a call of one tool needs, looked up once when the server is built: its function, argument
-    model (the SDK's :class:`FuncMetadata`) and the validator of its result (its output schema's model)."""
+    """What a call of one tool needs, looked up once when the server is built: its function, its argument
+    model with what the SDK's ``FuncMetadata.validate_arguments`` works out from it at every call (the
+    arguments it JSON-decodes first, the keyword of each field), and the validator of its result (its
+    output schema's model)."""
 
     tool: Tool
     output: TypeAdapter
+    #: argument names (and aliases) whose field is not a plain ``str``: a JSON text given there is decoded
+    decoded: frozenset[str]
+    #: (field name, keyword the function takes it as)
+    keywords: tuple[tuple[str, str], ...]
+
+    def arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``FuncMetadata.validate_arguments(arguments)`` (its ``pre_parse_json``, the argument model, its
+        ``model_dump_one_level``), raising what it raises."""
+        data = arguments
+        for key, value in arguments.items():
+            if key in self.decoded and isinstance(value, str):
+                try:
+                    parsed = json.loads(value)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(parsed, (str, int, float)):
+                    continue
+                if data is arguments:
+                    data = dict(arguments)
+                data[key] = parsed
+        model = self.tool.fn_metadata.arg_model.model_validate(data)
+        return {keyword: getattr(model, name) for name, keyword in self.keywords}
 
 
 def _prepare(tool: Tool) -> _Prepared | None:
@@ -191,7 +215,11 @@ def _prepare(tool: Tool) -> _Prepared | None:
     if tool.context_kwarg or tool.resolved_params or meta.output_model is None or meta.output_schema is None \
             or meta.wrap_output:
         return None
-    return _Prepared(tool, TypeAdapter(meta.output_model))
+    fields = meta.arg_model.model_fields
+    decoded = {key for name, info in fields.items() if info.annotation is not str
+               for key in (name, info.alias) if key}
+    return _Prepared(tool, TypeAdapter(meta.output_model), frozenset(decoded),
+                     tuple((name, info.alias or name) for name, info in fields.items()))
 
 
 class FederationServer(MCPServer):
@@ -275,7 +303,7 @@ class FederationServer(MCPServer):
         content and the structured content the SDK gives)."""
         tool = prepared.tool
         try:
-            validated = tool.fn_metadata.validate_arguments(arguments)
+            validated = prepared.arguments(arguments)
         except PydanticValidationError as exc:
             raise ToolError(f"Error executing tool {tool.name}: {exc}") from exc
         except MCPError:
