@@ -9,7 +9,10 @@ clients are plain keep-alive HTTP connections posting the JSON-RPC the SDK clien
 ``initialize`` handshake, with its headers): they cost a fraction of the SDK client, so the server, not the
 load, is what saturates.  Prints calls/s and the server's CPU per call (every process of the server: the
 workers included), the tool/ping CPU ratio (target <= 1.5x) and the N-worker/1-worker calls/s ratio.
-``--repo PATH`` runs the server from another checkout (a baseline; it needs no ``--workers``).
+``--repo PATH`` runs the server from another checkout (a baseline; it needs no ``--workers``);
+``--baseline PATH`` runs another checkout's server (1 worker) beside this one's, and ``--cost-rounds R``
+measures every server in turn R times (medians; the tool/ping ratio's spread in brackets): on a shared
+machine the load changes from one figure to the next, so compare servers measured in the same rounds.
 
 Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
 ``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
@@ -20,6 +23,7 @@ machine they compete for the same cores, so compare the two transports of one ru
 Target: HTTP p99 under 50 ms at 64 agents.
 
     python bench/bench_http.py [--workers 2] [--seconds 4] [--load-agents 8] [--load-procs 2] [--repo PATH]
+                               [--baseline PATH] [--cost-rounds 3]
                                [--agents 1 16 64] [--rounds 20] [--engines sqlite postgresql]
                                [--stdio-max 64] [--pg-url URL] [--skip-cost] [--skip-compare]
 """
@@ -224,9 +228,17 @@ def measure_load(pid: int, url: str, tokens: dict[str, str], op: str, seconds: f
 
 
 def bench_cost(engine: str, db_url: str | None, worker_counts: list[int], seconds: float, n_agents: int,
-               procs: int, repo: Path) -> list[tuple]:
+               procs: int, repo: Path, baseline: Path | None = None, rounds: int = 1) -> list[tuple]:
+    """The cost table of *engine*: every server (this checkout's -- or *repo*'s -- with each worker count, and
+    *baseline*'s with one worker) started at once on one database, then *rounds* rounds, each measuring
+    ``ping`` then the tool on every server in turn (a change in the machine's load falls on all of them
+    alike); medians over the rounds, and the spread of the tool/ping ratio."""
+    import statistics
+
     from federation.apps import agent_tokens
 
+    servers = [("baseline", baseline, 1)] if baseline is not None else []
+    servers += [("this" if baseline is not None else "", repo, w) for w in worker_counts]
     rows = []
     with federation_env(4, db_url) as root:
         if db_url:
@@ -236,22 +248,31 @@ def bench_cost(engine: str, db_url: str | None, worker_counts: list[int], second
         from federation import messaging
 
         messaging.send_message(names[0], names[1], "the database made before the server starts")
-        for w in worker_counts:
-            extra = () if w == 1 else ("--workers", str(w))
-            proc, url = start_http(root.parent / f"{root.name}-cost-{w}.stderr", *extra, repo=repo)
-            try:
+        running = []
+        try:
+            for i, (_label, path, w) in enumerate(servers):
+                extra = () if w == 1 else ("--workers", str(w))
+                running.append(start_http(root.parent / f"{root.name}-cost-{i}.stderr", *extra, repo=path))
+            for proc, url in running:
                 measure_load(proc.pid, url, tokens, "tool", 1.0, procs)  # warm-up: every agent's first call
-                row = [engine, w]
-                for op in ("ping", "tool"):
-                    row += measure_load(proc.pid, url, tokens, op, seconds, procs)
-                rows.append(tuple(row))
-            finally:
+            figures: list[list[tuple[float, float, float, float]]] = [[] for _ in servers]
+            for _ in range(rounds):
+                for i, (proc, url) in enumerate(running):
+                    figures[i].append((*measure_load(proc.pid, url, tokens, "ping", seconds, procs),
+                                       *measure_load(proc.pid, url, tokens, "tool", seconds, procs)))
+        finally:
+            for proc, _url in running:
                 proc.terminate()
+            for proc, _url in running:
                 proc.wait(30)
-            _, w, ping_rate, ping_ms, tool_rate, tool_ms = rows[-1]
-            base = next(r for r in rows if r[0] == engine)
-            print(f"  {engine:10} {w:7d} {ping_rate:9.0f} {ping_ms:8.3f} {tool_rate:9.0f} {tool_ms:8.3f} "
-                  f"{tool_ms / ping_ms:9.2f}x {tool_rate / base[4]:9.2f}x", flush=True)
+    for (label, _path, w), measured in zip(servers, figures):
+        ping_rate, ping_ms, tool_rate, tool_ms = (statistics.median(f[k] for f in measured) for k in range(4))
+        ratios = sorted(f[3] / f[1] for f in measured)
+        rows.append((engine, label, w, ping_rate, ping_ms, tool_rate, tool_ms, statistics.median(ratios)))
+        base = next(r for r in rows if r[1] == label and r[2] == 1)
+        spread = f"  ({ratios[0]:.2f}-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
+        print(f"  {engine:10} {label:8} {w:7d} {ping_rate:9.0f} {ping_ms:8.3f} {tool_rate:9.0f} {tool_ms:8.3f} "
+              f"{statistics.median(ratios):9.2f}x {tool_rate / base[5]:9.2f}x{spread}", flush=True)
     return rows
 
 
@@ -362,6 +383,10 @@ def main() -> None:
     ap.add_argument("--load-procs", type=int, default=2, help="cost table: client processes they run in")
     ap.add_argument("--repo", type=Path, default=REPO,
                     help="cost table: run the server from this checkout (a baseline: 1 worker only)")
+    ap.add_argument("--baseline", type=Path, help="cost table: also run this checkout's server (1 worker), "
+                    "measured in the same rounds as this one's")
+    ap.add_argument("--cost-rounds", type=int, default=1, help="cost table: rounds of ping + tool on every "
+                    "server in turn (medians, and the tool/ping ratio's spread)")
     ap.add_argument("--skip-cost", action="store_true", help="skip the cost table")
     ap.add_argument("--skip-compare", action="store_true", help="skip the HTTP vs stdio table")
     args = ap.parse_args()
@@ -369,14 +394,18 @@ def main() -> None:
     if not args.skip_cost:
         counts = [1] if args.repo.resolve() != REPO else sorted({1, *args.workers})
         print(f"cost: {args.load_agents} agents in {args.load_procs} client processes, {args.seconds:g} s per "
-              f"figure; tool = send_message and check_inbox alternating; server {args.repo}")
-        print(f"  {'engine':10} {'workers':>7} {'ping/s':>9} {'ping ms':>8} {'tool/s':>9} {'tool ms':>8} "
-              f"{'tool/ping':>10} {'vs 1 wkr':>10}  (ms: server CPU per call, every process)")
+              f"figure, {args.cost_rounds} round(s); tool = send_message and check_inbox alternating; server "
+              f"{args.repo}" + (f", baseline {args.baseline}" if args.baseline else ""))
+        print(f"  {'engine':10} {'server':8} {'workers':>7} {'ping/s':>9} {'ping ms':>8} {'tool/s':>9} {'tool ms':>8} "
+              f"{'tool/ping':>10} {'vs 1 wkr':>10}  (ms: server CPU per call, every process; target tool/ping "
+              f"<= 1.5x)")
+        cost = dict(worker_counts=counts, seconds=args.seconds, n_agents=args.load_agents, procs=args.load_procs,
+                    repo=args.repo, baseline=args.baseline, rounds=args.cost_rounds)
         if "sqlite" in args.engines:
-            bench_cost("SQLite", None, counts, args.seconds, args.load_agents, args.load_procs, args.repo)
+            bench_cost("SQLite", None, **cost)
         if "postgresql" in args.engines:
             with postgres_url(args.pg_url) as url:
-                bench_cost("PostgreSQL", url, counts, args.seconds, args.load_agents, args.load_procs, args.repo)
+                bench_cost("PostgreSQL", url, **cost)
         print(f"load average {open('/proc/loadavg').read().strip()}")
     if args.skip_compare:
         return
