@@ -426,6 +426,18 @@ def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed)
         assert answer([bodies[1]], chunked=False)[0] == 400 and answer([bodies[1]], chunked=True)[0] == 400
 
 
+def test_a_reply_body_carries_any_string_a_tool_returns():
+    """The endpoint's reply is JSON that reads back as the reply, for every string: UTF-8 as pydantic-core
+    writes it, and ASCII with escapes (the stdlib's) for a string UTF-8 cannot carry (a lone surrogate)."""
+    from federation.apps.mcp_http import _json_body
+
+    for text in ("plain", "h\u00e9llo \u2603 \U0001f600 \"q\" \\ \n </tag>", "lone \ud800 surrogate"):
+        doc = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "n": [1, 2.5, None]}}
+        body = _json_body(doc)
+        assert json.loads(body) == doc
+    assert body.isascii() and b"\\ud800" in body  # the lone surrogate's reply: the stdlib's escapes
+
+
 @pytest.mark.sqlite_only
 def test_a_held_write_gate_never_stalls_the_servers_other_calls(fed):
     """Phase 4 on SQLite runs calls on the event loop's thread; while another process holds the database's
