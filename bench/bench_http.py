@@ -13,6 +13,10 @@ workers included), the tool/ping CPU ratio (target <= 1.5x) and the N-worker/1-w
 ``--baseline PATH`` runs another checkout's server (1 worker) beside this one's, and ``--cost-rounds R``
 measures every server in turn R times (medians; the tool/ping ratio's spread in brackets): on a shared
 machine the load changes from one figure to the next, so compare servers measured in the same rounds.
+``--in-process CALLS`` adds a table with no socket: each checkout's ASGI application (gate, endpoint, the
+SDK's kernel, the tool) driven in one process, ``ping`` against the tool, and the same federation calls
+made directly -- what a tool call costs beyond a ping and beyond its own federation work, without
+uvicorn/h11 and the clients (steadier on a loaded machine).
 
 Each agent runs ROUNDS ticks of three tool calls through the official MCP SDK client: ``pulse``,
 ``send_message`` (to the next agent) and ``vote`` (on one shared poll), all agents at once.  Prints,
@@ -23,7 +27,7 @@ machine they compete for the same cores, so compare the two transports of one ru
 Target: HTTP p99 under 50 ms at 64 agents.
 
     python bench/bench_http.py [--workers 2] [--seconds 4] [--load-agents 8] [--load-procs 2] [--repo PATH]
-                               [--baseline PATH] [--cost-rounds 3]
+                               [--baseline PATH] [--cost-rounds 3] [--in-process 2000]
                                [--agents 1 16 64] [--rounds 20] [--engines sqlite postgresql]
                                [--stdio-max 64] [--pg-url URL] [--skip-cost] [--skip-compare]
 """
@@ -276,6 +280,103 @@ def bench_cost(engine: str, db_url: str | None, worker_counts: list[int], second
     return rows
 
 
+#: One round of the in-process table, run by a fresh interpreter on a checkout (``python -c``; argv: calls):
+#: the server's ASGI application driven without a socket -- the gate, the endpoint, the SDK's kernel and
+#: the tool -- then the same federation calls made directly; prints server CPU us per call as JSON.
+_IN_PROCESS_ROUND = r"""
+import asyncio, gc, json, os, sys, tempfile, time
+os.environ["FEDERATION_ROOT"] = tempfile.mkdtemp(prefix="fedbench-inproc-")
+from federation import config
+os.environ.update(config.phase_env(4))
+config.reset()
+from federation import Federation, messaging
+from federation.apps import agent_tokens, mcp_http
+N = int(sys.argv[1])
+fed = Federation(config.settings())
+tokens = {a: agent_tokens.add(a, fed.settings.root)[0] for a in ("alice", "bob")}
+app = mcp_http.create_app(agent_tokens.TokenRegistry(agent_tokens.tokens_path(fed.settings.root)), fed)
+
+def scope(agent):
+    return {"type": "http", "method": "POST", "path": "/mcp", "client": ("127.0.0.1", 1), "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1:8765"), (b"authorization", b"Bearer " + tokens[agent].encode()),
+                        (b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream"),
+                        (b"mcp-protocol-version", b"2025-11-25")]}
+
+async def call(sc, body):
+    raw = json.dumps(body).encode()
+    sc = {**sc, "headers": sc["headers"] + [(b"content-length", str(len(raw)).encode())]}
+    pending = [{"type": "http.request", "body": raw, "more_body": False}]
+    out = []
+    async def receive():
+        return pending.pop() if pending else await asyncio.Event().wait()
+    async def send(message):
+        out.append(message)
+    await app(sc, receive, send)
+    doc = json.loads(out[1]["body"])
+    assert "result" in doc and not doc["result"].get("isError"), doc
+
+async def main():
+    queue, started = asyncio.Queue(), asyncio.Event()
+    async def lifespan_send(message):
+        started.set()
+    await queue.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, queue.get, lifespan_send))
+    await started.wait()
+    ping = [(scope("alice"), {"method": "ping"})]
+    tool = [(scope("alice"), {"method": "tools/call", "params": {"name": "send_message",
+                                                                "arguments": {"recipient": "bob", "content": "hi"}}}),
+            (scope("bob"), {"method": "tools/call", "params": {"name": "check_inbox", "arguments": {}}})]
+    for i in range(200):
+        await call(ping[0][0], {"jsonrpc": "2.0", "id": i, **ping[0][1]})
+        await call(tool[i % 2][0], {"jsonrpc": "2.0", "id": i, **tool[i % 2][1]})
+    settle = getattr(mcp_http, "_settle_heap", None)  # as the checkout's server does before it serves
+    if settle is not None:
+        settle()
+    cpu = {}
+    for op, bodies in (("ping", ping), ("tool", tool)):
+        t = time.process_time()
+        for i in range(N):
+            sc, body = bodies[i % len(bodies)]
+            await call(sc, {"jsonrpc": "2.0", "id": i, **body})
+        cpu[op] = (time.process_time() - t) / N * 1e6
+    with fed.serve():
+        t = time.process_time()
+        for i in range(N):
+            messaging.send_message("alice", "bob", "hi") if i % 2 == 0 else messaging.check_inbox("bob")
+        cpu["federation"] = (time.process_time() - t) / N * 1e6
+    await queue.put({"type": "lifespan.shutdown"})
+    await lifespan
+    print(json.dumps(cpu))
+
+asyncio.run(main())
+"""
+
+
+def bench_in_process(repos: list[tuple[str, Path]], rounds: int, calls: int) -> None:
+    """The in-process table: each checkout's ASGI application, one fresh process per checkout and round, the
+    checkouts in turn in every round (phase 4, SQLite; no socket, so no uvicorn/h11)."""
+    import statistics
+
+    print(f"in process (phase 4, SQLite; {calls} calls per figure, {rounds} round(s), the gate + endpoint + "
+          f"SDK kernel + tool, no socket; federation = the same calls made directly)")
+    print(f"  {'server':8} {'ping us':>8} {'tool us':>8} {'tool/ping':>10} {'federation us':>14} "
+          f"{'tool-ping-federation':>21}  (server CPU per call)")
+    figures: dict[str, list[dict]] = {label: [] for label, _ in repos}
+    for _ in range(rounds):
+        for label, repo in repos:
+            done = subprocess.run([sys.executable, "-c", _IN_PROCESS_ROUND, str(calls)], env=child_env(repo),
+                                  cwd=str(repo), capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise SystemExit(f"in-process round of {repo} failed: {done.stderr[-2000:]}")
+            figures[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for label, measured in figures.items():
+        ping, tool, fed = (statistics.median(f[k] for f in measured) for k in ("ping", "tool", "federation"))
+        ratios = sorted(f["tool"] / f["ping"] for f in measured)
+        spread = f"  ({ratios[0]:.2f}-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
+        print(f"  {label:8} {ping:8.0f} {tool:8.0f} {statistics.median(ratios):9.2f}x {fed:14.0f} "
+              f"{tool - ping - fed:21.0f}{spread}", flush=True)
+
+
 def run_agents(transport: str, n: int, rounds: int, poll: str, url: str | None, tokens: dict[str, str],
                work: Path) -> tuple[float, list[float], dict[str, float]]:
     """(wall seconds of the timed part, every call's seconds, CPU seconds of the client and the server)."""
@@ -387,10 +488,17 @@ def main() -> None:
                     "measured in the same rounds as this one's")
     ap.add_argument("--cost-rounds", type=int, default=1, help="cost table: rounds of ping + tool on every "
                     "server in turn (medians, and the tool/ping ratio's spread)")
+    ap.add_argument("--in-process", type=int, metavar="CALLS", default=0, help="also the in-process table "
+                    "(SQLite): CALLS calls per figure through the ASGI application without a socket, "
+                    "--cost-rounds rounds, with --baseline's beside this checkout's")
     ap.add_argument("--skip-cost", action="store_true", help="skip the cost table")
     ap.add_argument("--skip-compare", action="store_true", help="skip the HTTP vs stdio table")
     args = ap.parse_args()
     print(f"load average {open('/proc/loadavg').read().strip()}")
+    if args.in_process:
+        repos = ([("baseline", args.baseline)] if args.baseline else []) + [("this", args.repo)]
+        bench_in_process(repos, args.cost_rounds, args.in_process)
+        print(f"load average {open('/proc/loadavg').read().strip()}")
     if not args.skip_cost:
         counts = [1] if args.repo.resolve() != REPO else sorted({1, *args.workers})
         print(f"cost: {args.load_agents} agents in {args.load_procs} client processes, {args.seconds:g} s per "
