@@ -17,7 +17,7 @@ from ._flag import DEFAULT_PHASE, Flag, FlagError, check_phase, check_sample, re
 from ._fleet import unsafe_mix
 from ._guards import DEFAULT_MIN_COMPARISONS, DEFAULT_MIN_RATE, SetResult, current_phase, guards, set_phase
 from ._guards import _unannounced_writers as unannounced_writers
-from ._runtime import call_mode, current_runtime, observe, runtime_for, runtimes
+from ._runtimes import call_mode, current_runtime, observe, runtime_for, runtimes
 from ._status import consistency, counters, fleet, history, recent_mismatches, series, status, totals
 # for the commands and the dashboard: what the CLI needs of the default phase and the log, the dashboard of the counts
 from ._counts import HOUR, KEEP_SECONDS
