@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,3 +300,16 @@ def test_the_dashboards_week_is_read_in_one_pass_each_file_once(tmp_path, monkey
     reads.clear()
     hourly.by_hour(since, until)  # warm: only the hours not over yet, and the window's partial first one
     assert len(reads) <= 2 * 2 * 3 + 2, reads
+
+    # two cold callers at once (the start-up warm-up and a first request): the hours are read by one of them
+    reads.clear()
+    hourly = HourlyCounts(Source())
+    callers = [threading.Thread(target=hourly.by_hour, args=(since, until)) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(60)
+    apart = (None, int(since.timestamp()) // 3600 * 3600, current, current - 3600)  # each caller reads these
+    whole = [p for p in reads if _counts.BY_MINUTE in p or (not merged and _counts.hour_of(Path(p).parent.name)
+                                                               not in apart)]
+    assert whole and len(whole) == len(set(whole)), sorted(whole)

@@ -266,13 +266,13 @@ class _Listener:
                     raise
                 self.conn = conn
                 threading.Thread(target=self._run, args=(conn,), name="federation-listen", daemon=True).start()
-            self._drain()  # what arrived before this wait was looked at by the caller's first take
+            self._drain(self.conn)  # what arrived before this wait was looked at by the caller's first take
             self.watchers.add(watcher)
             return self.lost
 
-    def _drain(self) -> None:
-        """Hand the notifications read so far to their recipients' watchers; under the lock."""
-        pg = self.conn.pgconn
+    def _drain(self, conn: psycopg.Connection) -> None:
+        """Hand the notifications *conn* read so far to their recipients' watchers; under the lock."""
+        pg = conn.pgconn
         pg.consume_input()
         agents = set()
         while (n := pg.notifies()) is not None:
@@ -289,16 +289,16 @@ class _Listener:
                 ready, _, _ = select.select([conn.pgconn.socket], [], [], 5.0)
                 if ready:
                     with self.lock:
-                        self._drain()
-        except (OSError, ValueError, psycopg.Error) as exc:  # the server went, the network, a closed socket
+                        self._drain(conn)
+        except Exception as exc:  # noqa: BLE001 - the server went, the network, a closed socket: said to the waiters
             with self.lock:
                 if self.conn is conn:
                     self.conn = None
                     self.lost += 1
+                    self.problem = f"{type(exc).__name__}: {exc}"
                     for watcher in list(self.watchers):
                         watcher.event.set()
                     self.watchers = weakref.WeakSet()
-                    self.problem = f"{type(exc).__name__}: {exc}"
             conn.close()
 
 
