@@ -37,8 +37,8 @@ __all__ = [
     "observe", "flush", "unannounced_writers",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
     "MISMATCH_CAP", "RUNTIME",
-    "HOUR", "KEEP_SECONDS", "maintain_counts", "needs_backfill", "summarise_log", "counters_by_hour", "merge_counters", "points",
-    "status_document", "summarise", "tally",
+    "HOUR", "KEEP_SECONDS", "maintain_counts", "needs_backfill", "summarise_log", "counters_by_hour",
+    "merge_counters", "points", "status_document", "summarise", "tally",
     "flag_history", "append_line", "control_dir", "invalid_control_files", "iso", "parse_iso", "read_lines", "utcnow",
     "who",
 ]
