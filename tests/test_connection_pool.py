@@ -154,3 +154,26 @@ def test_a_forked_child_starts_an_empty_pool_and_leaves_the_parents_alone(fed):
         assert context.get_context("carol")["text"] == "child"
     texts = sorted(m["content"] for m in messaging.check_inbox("bob"))
     assert texts == ["before the fork", "from the child"]
+
+
+def test_each_pooled_connection_has_a_small_page_cache_and_a_bulk_load_the_default(tmp_path):
+    """Every SQLite connection of the pool keeps a page cache of CACHE_KIB (SQLite's default, 2,000 KiB per
+    connection, filled as the database grew: 8 x 2 MB held by a server for good, issue 30); a bulk load's block
+    has SQLite's default, and its connection goes back to the pool with the small one."""
+    from federation.stores import sqlite as _sqlite
+
+    db = Database(SqliteDialect(tmp_path / "f.db"), pool_size=4)
+    seen: set[int] = set()
+
+    def read() -> None:
+        seen.add(db.fetchone("PRAGMA cache_size")[0])
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert seen == {-_sqlite.CACHE_KIB} and _sqlite.CACHE_KIB < 2000
+    with db.dialect.bulk_load(db):
+        assert db.fetchone("PRAGMA cache_size")[0] == -_sqlite.BULK_CACHE_KIB
+    assert {db.fetchone("PRAGMA cache_size")[0] for _ in range(4)} == {-_sqlite.CACHE_KIB}

@@ -24,7 +24,7 @@ from ._counts import HOUR, KEEP_SECONDS
 from ._counts import maintain as maintain_counts
 from ._default import needs_backfill
 from ._log_summary import summarise_log
-from ._status import merge_counters, points, status_document, summarise, tally
+from ._status import counters_by_hour, merge_counters, points, status_document, summarise, tally
 # the control folder's files, for the operations that keep theirs there (an operator's accepted files, restore's
 # reading of the flag's history), and the timestamps and operator names those files record
 from ._flag import history as flag_history
@@ -37,8 +37,8 @@ __all__ = [
     "observe", "flush", "unannounced_writers",
     "DEFAULT_PHASE", "DEFAULT_MIN_RATE", "DEFAULT_MIN_COMPARISONS", "BUCKET_SECONDS", "LATENCY_BOUNDS_MS",
     "MISMATCH_CAP", "RUNTIME", "call_mode", "runtime_for",
-    "HOUR", "KEEP_SECONDS", "maintain_counts", "needs_backfill", "summarise_log", "merge_counters", "points",
-    "status_document", "summarise", "tally",
+    "HOUR", "KEEP_SECONDS", "maintain_counts", "needs_backfill", "summarise_log", "counters_by_hour",
+    "merge_counters", "points", "status_document", "summarise", "tally",
     "flag_history", "append_line", "control_dir", "invalid_control_files", "iso", "parse_iso", "read_lines", "utcnow",
     "who",
 ]
