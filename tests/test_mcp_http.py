@@ -429,11 +429,11 @@ def test_one_request_is_answered_as_the_sdks_stateless_transport_answers_it(fed)
 def test_a_reply_body_carries_any_string_a_tool_returns():
     """The endpoint's reply is JSON that reads back as the reply, for every string: UTF-8 as pydantic-core
     writes it, and ASCII with escapes (the stdlib's) for a string UTF-8 cannot carry (a lone surrogate)."""
-    from federation.apps.mcp_http import _json_body
+    from federation.apps.http_wire import json_body
 
     for text in ("plain", "h\u00e9llo \u2603 \U0001f600 \"q\" \\ \n </tag>", "lone \ud800 surrogate"):
         doc = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "n": [1, 2.5, None]}}
-        body = _json_body(doc)
+        body = json_body(doc)
         assert json.loads(body) == doc
     assert body.isascii() and b"\\ud800" in body  # the lone surrogate's reply: the stdlib's escapes
 
@@ -578,7 +578,7 @@ def test_workers_share_one_port_tokens_flag_fleet_and_counts_and_all_refuse_a_re
             took.append(time.monotonic() - revoked_at)
         assert max(took) < agent_tokens.CHECK_EVERY_S + 2.0, took
         assert all(_status(*conn) == 401 for conn in conns)  # and it stays refused
-        for conn, _path, _headers in conns:
+        for conn, _path, headers in conns:
             conn.close()
         refusals = [json.loads(ln) for ln in log_file.read_text().splitlines() if '"http_unauthorized"' in ln]
         assert {e.get("worker") for e in refusals} == {1, 2, 3}, "every worker refused it"

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import secrets
 import threading
 import time

@@ -46,7 +46,6 @@ from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
-import pydantic_core
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
@@ -66,6 +65,7 @@ from .. import Federation, __version__, rollout
 from .._logging import library_logger
 from ..stores.sqlite import FIRST_WRITE_MUST_NOT_WAIT, GateBusy
 from .agent_tokens import TokenRegistry, tokens_path
+from .http_wire import accepts_json, headers_of, is_json, json_body, one_request, read_body, replay, reply
 from .http_workers import GRACEFUL_STOP_S, listen_too, reserve, supervise
 from .mcp_server import TOOL_NAMES, FederationServer, tools_acting_as
 
@@ -121,7 +121,7 @@ class Gate:
         if scope["type"] != "http":  # the lifespan: the session manager's start and stop
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
+        headers = headers_of(scope)
         host = headers.get("host", "")
         if self.loopback and not self._loopback_host(host):
             await self._refuse(send, 421, "misdirected_request", "this server answers loopback host names only")
@@ -348,24 +348,6 @@ class _OneExchange:
         return None
 
 
-_REQUEST_KEYS = frozenset(("jsonrpc", "id", "method", "params"))
-
-
-def _one_request(body: bytes) -> dict[str, Any] | None:
-    """The body as one plain JSON-RPC request, or None (for the SDK's transport to answer as it does)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not (isinstance(doc, dict) and doc.keys() <= _REQUEST_KEYS and doc.get("jsonrpc") == "2.0"
-            and isinstance(doc.get("method"), str) and isinstance(doc.get("params", {}), dict)):
-        return None
-    rid = doc.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        return None
-    return doc
-
-
 class Endpoint:
     """ASGI application of the MCP endpoint (behind the :class:`Gate`).
 
@@ -392,23 +374,23 @@ class Endpoint:
         if scope["type"] != "http":
             return
         if scope["path"] != MCP_PATH:
-            await _reply(send, 404, b"Not Found", b"text/plain; charset=utf-8")
+            await reply(send, 404, b"Not Found", b"text/plain; charset=utf-8")
             return
         if scope["method"] != "POST":
             await self.manager.handle_request(scope, receive, send)
             return
-        headers = scope.get(HEADERS_KEY) or _headers(scope)
+        headers = scope.get(HEADERS_KEY) or headers_of(scope)
         version = headers.get("mcp-protocol-version")
         length = headers.get("content-length", "")
         if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS)
                 or not length.isdigit() or int(length) > self.max_body
-                or not _is_json(headers.get("content-type", "")) or not _accepts_json(headers.get("accept", ""))):
+                or not is_json(headers.get("content-type", "")) or not accepts_json(headers.get("accept", ""))):
             await self.manager.handle_request(scope, receive, send)
             return
-        body, rest = await _read_body(receive, int(length))
-        request = _one_request(body) if rest is None else None
+        body, rest = await read_body(receive, int(length))
+        request = one_request(body) if rest is None else None
         if request is None:  # the SDK answers it (a notification, a batch, an error), from the body read here
-            await self.manager.handle_request(scope, _replay(body, rest, receive), send)
+            await self.manager.handle_request(scope, replay(body, rest, receive), send)
             return
         await self._answer(scope, receive, send, request, version)
 
@@ -427,8 +409,8 @@ class Endpoint:
             body = JSONRPCError(jsonrpc="2.0", id=req["id"], error=error).model_dump_json(
                 by_alias=True, exclude_unset=True).encode()
         else:
-            body = _json_body({"jsonrpc": "2.0", "id": req["id"], "result": result})
-        await _reply(send, 200, body, b"application/json")
+            body = json_body({"jsonrpc": "2.0", "id": req["id"], "result": result})
+        await reply(send, 200, body, b"application/json")
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         """The server's lifespan and the SDK session manager's, entered once for the process."""
@@ -447,65 +429,6 @@ class Endpoint:
                 await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
             raise
         await send({"type": "lifespan.shutdown.complete"})
-
-
-def _json_body(doc: dict[str, Any]) -> bytes:
-    """*doc* as compact JSON in UTF-8 (pydantic-core's encoder: a quarter of the stdlib's time for a tool's
-    result); a string that UTF-8 cannot carry (a lone surrogate) makes it ASCII with escapes, as the stdlib
-    writes it."""
-    try:
-        return pydantic_core.to_json(doc)
-    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _headers(scope: dict) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
-
-
-def _accepts_json(accept: str) -> bool:
-    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-    return bool(kinds & {"application/json", "application/*", "*/*"})
-
-
-async def _read_body(receive: Callable, length: int) -> tuple[bytes, dict | None]:
-    """The body (at most *length* bytes were announced); and the message that came instead of the rest,
-    if any (a disconnect), which makes the request the SDK's to answer."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), message
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > length:
-            return b"".join(chunks), {"type": "http.request", "body": b"", "more_body": False}
-        if not message.get("more_body", False):
-            return b"".join(chunks), None
-
-
-def _replay(body: bytes, rest: dict | None, receive: Callable) -> Callable:
-    """A receive() that gives *body* again, then *rest*, then what *receive* gives."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    if rest is not None and rest["type"] != "http.request":
-        pending.append(rest)
-
-    async def replayed() -> dict:
-        return pending.pop(0) if pending else await receive()
-
-    return replayed
-
-
-async def _reply(send: Callable, status: int, body: bytes, content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(registry: TokenRegistry, federation: Federation, *, loopback: bool = True,
