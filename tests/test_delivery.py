@@ -395,3 +395,84 @@ def test_ack_takes_only_the_callers_delivered_messages_by_any_number_of_ids(fed)
     assert messaging.ack("bob", mine) == mine[2:]
     assert messaging.ack("carol", [theirs]) == [theirs]
     assert [m["id"] for m in messaging.check_inbox("bob")] == [new]
+
+
+def test_a_due_dead_letter_ahead_of_the_limit_is_marked_and_the_receive_still_fills(fed, monkeypatch):
+    """A receive's pick meets an expired lease at max attempts first: it marks that one dead (listed by
+    dead_letters, never delivered again) and still hands out *limit* deliverable messages."""
+    fed.phase(4)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    dies = messaging.send_message("alice", "bob", "dies")
+    rest = [messaging.send_message("alice", "bob", f"m{i}") for i in range(3)]
+    assert [m["id"] for m in messaging.receive("bob", lease=0.2, limit=1)] == [dies]
+    time.sleep(0.3)
+    got = messaging.receive("bob", lease=600, limit=2)
+    assert [(m["id"], m["attempt"]) for m in got] == [(rest[0], 1), (rest[1], 1)]
+    dead = messaging.dead_letters("bob")
+    assert [(m["id"], m["attempt"]) for m in dead] == [(dies, 1)]
+    marked = fed.store().db.fetchone("SELECT dead_at, lease_until FROM messages WHERE id = ?", (dies,))
+    assert marked[0] is not None and marked[0] > marked[1]  # marked by the receive, after its lease ended
+    assert [m["id"] for m in messaging.receive("bob", lease=600)] == [rest[2]]
+
+
+def test_a_version_6_database_is_upgraded_and_keeps_messages_leases_and_dead_letters(fed, monkeypatch):
+    """A database made at schema 6 (the leased-rows index) is upgraded to 7 on first open: the index is gone
+    (PostgreSQL: messages' new pages keep room for in-place leases), and every message keeps its state --
+    new, leased, a due dead letter, a marked dead letter, acknowledged (still in the history), keyed."""
+    from federation.stores import schema
+    from federation.stores.sqlstore import forget_stores
+
+    fed.phase(4)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", [v for v in schema.MIGRATIONS if v[0] <= 6])
+        m.setattr(schema, "LATEST", 6)
+        ids = {name: messaging.send_message("alice", "bob", name) for name in ("buried", "due", "leased", "acked")}
+        keyed = messaging.send_message("alice", "bob", "keyed", idempotency_key="k1")
+        assert [x["id"] for x in messaging.receive("bob", lease=0.2, limit=2)] == [ids["buried"], ids["due"]]
+        time.sleep(0.3)
+        messaging.receive("bob", lease=600, limit=1)  # the pick meets both first: marked dead; "leased" leased
+        fed.store().db.write(lambda tx: tx.execute("UPDATE messages SET dead_at = NULL WHERE id = ?", (ids["due"],)))
+        got = messaging.receive("bob", lease=600, limit=1)
+        assert [x["id"] for x in got] == [ids["acked"]] and messaging.ack("bob", [ids["acked"]]) == [ids["acked"]]
+        db = fed.store().db
+        assert db.schema_version() == 6 and "idx_messages_leased" in _indexes(fed)
+        before = db.fetchall("SELECT id, attempt, lease_until, dead_at, read_at FROM messages ORDER BY id")
+    forget_stores()
+    db = fed.store().db
+    db.ensure_schema()
+    assert db.fetchall("SELECT version FROM schema_version ORDER BY version") == [(v,) for v, _ in schema.MIGRATIONS]
+    assert "idx_messages_leased" not in _indexes(fed)
+    if fed.engine == "postgresql":
+        assert db.fetchone("SELECT reloptions FROM pg_class WHERE relname = 'messages'")[0] == ["fillfactor=40"]
+    assert db.fetchall("SELECT id, attempt, lease_until, dead_at, read_at FROM messages ORDER BY id") == before
+    assert [x["id"] for x in messaging.dead_letters("bob")] == [ids["buried"], ids["due"]]
+    assert [(x["id"], x["attempt"]) for x in messaging.receive("bob", lease=600)] == [(keyed, 1)]  # not "leased"
+    assert messaging.send_message("alice", "bob", "keyed", idempotency_key="k1") == keyed
+    received = [e["message_id"] for e in messaging.get_history("bob") if e["direction"] == "received"]
+    assert ids["acked"] in received
+
+
+def _indexes(fed) -> set[str]:
+    sql = ("SELECT indexname FROM pg_indexes WHERE tablename = 'messages'" if fed.engine == "postgresql"
+           else "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+    return {r[0] for r in fed.store().db.fetchall(sql)}
+
+
+@pytest.mark.postgresql_only
+def test_a_lease_on_postgresql_writes_no_index_entry(fed):
+    """Every lease of a receive is a HOT update on PostgreSQL (no index covers a column it changes; the page
+    has room): a new index on lease_until or attempt, or a full page, makes this fail."""
+    fed.phase(4)
+    for i in range(50):
+        messaging.send_message("alice", "bob", f"m{i}")
+    db = fed.store().db
+
+    def counts() -> tuple:
+        db.fetchone("SELECT pg_stat_force_next_flush()")  # this connection's counts, now
+        return db.fetchone("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'")
+
+    start = counts()
+    assert len(messaging.receive("bob", lease=600, limit=50)) == 50
+    end = counts()
+    assert (end[0] - start[0], end[1] - start[1]) == (50, 50)
