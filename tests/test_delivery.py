@@ -476,3 +476,32 @@ def test_a_lease_on_postgresql_writes_no_index_entry(fed):
     assert len(messaging.receive("bob", lease=600, limit=50)) == 50
     end = counts()
     assert (end[0] - start[0], end[1] - start[1]) == (50, 50)
+
+
+@pytest.mark.postgresql_only
+def test_lease_and_ack_find_rows_by_primary_key_without_statistics(fed):
+    """On a table the planner knows nothing about, a receive's lease and an ack reach the rows through the
+    primary key (and the pick through the deliverable index): never a whole-table scan or a hash of the table."""
+    from federation.stores import sql_messages as sm
+
+    from federation.domain.clock import new_id, now
+
+    fed.phase(4)
+    db = fed.store().db
+    for start in range(0, 6000, 1000):  # enough rows that reading them all costs more than 100 probes
+        fed.store().save_messages([{"id": new_id(), "sender": "alice", "recipient": "bob" if i % 3 else "carol",
+                                    "content": f"m{i}", "message_type": "task", "reply_to": None, "timestamp": now()}
+                                   for i in range(start, start + 1000)])
+    ids = [m["id"] for m in messaging.receive("bob", lease=600, limit=100)]
+    d = db.dialect
+    lease = d.lease_sql.format(pick=sm._PICK, lease=sm._LEASE_SET, deliverable=sm._DELIVERABLE,
+                               returning=sm._LEASE_RETURNING)
+    stamp = "2026-01-01T00:00:00+00:00"
+    plans = {
+        "lease": db.fetchall("EXPLAIN " + lease, d.lease_params(("bob", stamp, 5, 100), (5, 5, stamp, 5, stamp), stamp)),
+        "ack": db.fetchall("EXPLAIN " + d.ack_sql.format(columns=sm._MSG_COLS), (ids, "bob", stamp)),
+    }
+    for name, rows in plans.items():
+        plan = "\n".join(r[0] for r in rows)
+        assert "messages_pkey" in plan and "Seq Scan on messages" not in plan and "Hash" not in plan, (name, plan)
+    assert "idx_messages_deliverable" in "\n".join(r[0] for r in plans["lease"])
