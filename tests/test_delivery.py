@@ -494,7 +494,7 @@ def test_lease_and_ack_find_rows_by_primary_key_without_statistics(fed):
                                    for i in range(start, start + 1000)])
     ids = [m["id"] for m in messaging.receive("bob", lease=600, limit=100)]
     d = db.dialect
-    lease = d.lease_sql.format(pick=sm._PICK, lease=sm._LEASE_SET, deliverable=sm._DELIVERABLE,
+    lease = d.lease_sql.format(pick=sm._PICK, lease=sm._LEASE_SET_DEAD, deliverable=sm._DELIVERABLE,
                                returning=sm._LEASE_RETURNING)
     stamp = "2026-01-01T00:00:00+00:00"
     plans = {

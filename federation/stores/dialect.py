@@ -60,11 +60,13 @@ class Dialect:
     #: A condition true when the JSON array text *options* holds the text parameter ``?``.
     json_array_has = "EXISTS (SELECT 1 FROM json_each({options}) WHERE json_each.value = ?)"
     #: A receive's lease of the messages ``{pick}`` chooses (``SELECT id AS picked_id …``): ``{lease}`` (the SET
-    #: list: attempt + 1 and the lease, or, for a row delivered max attempts already, dead_at instead), returning
-    #: ``{columns}``, ``attempt``, ``lease_until`` and whether the row was marked dead; parameters:
-    #: :meth:`lease_params`.  One statement on every engine.  Here for engines whose writers are serial (the
-    #: subquery is evaluated once; the conditions re-checked).
+    #: list: attempt + 1 and the lease; a row delivered max attempts already keeps both), returning
+    #: ``{returning}`` (the columns, ``attempt``, ``lease_until``); parameters: :meth:`lease_params`.  Here for
+    #: engines whose writers are serial (the subquery is evaluated once; the conditions re-checked).
     lease_sql = "UPDATE messages SET {lease} WHERE id IN ({pick}) AND {deliverable} RETURNING {returning}"
+    #: Does :attr:`lease_sql`'s SET list also mark those rows dead (the SET list given then says so)?  Else the
+    #: store marks them by a second statement in the same transaction.
+    lease_marks_dead = False
     #: Statements this engine adds to a schema version (after the shared ones): storage settings only it has.
     schema_steps: dict[int, tuple[str, ...]] = {}
     #: One statement that sends one message: its row (``{columns}`` VALUES ``{marks}``, the parameters), its

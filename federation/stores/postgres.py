@@ -102,6 +102,7 @@ class PostgresDialect(Dialect):
     lease_sql = ("WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
                  "UPDATE messages SET {lease} WHERE id = ANY(ARRAY(SELECT picked_id FROM picked)) "
                  "RETURNING {returning}")
+    lease_marks_dead = True  # dead_at set to the NULL it was on a leased row: still an update in place
     # Room on each new page of messages for the versions a lease writes in place (a HOT update: no index
     # entry) and the ack's beside them; pages written before schema 7 keep theirs until rewritten.
     schema_steps = {7: ("ALTER TABLE messages SET (fillfactor = 40)",)}

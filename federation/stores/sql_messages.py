@@ -32,13 +32,16 @@ _NO_LIMIT = 1 << 62
 _PICK = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} "
          "AND (attempt < ? OR lease_until IS NOT NULL) ORDER BY timestamp, id LIMIT ?")
 # What the lease writes on a picked row (every right side reads the row as it was): attempt + 1 and the
-# lease, or dead_at alone for a row delivered max attempts already; parameters: max attempts,
-# max attempts, the lease's end, max attempts, now.
+# lease, or nothing for a row delivered max attempts already (a due dead letter: its lease_until stays
+# the one that ended, which tells it apart); parameters: max attempts, max attempts, the lease's end.
 _LEASE_SET = ("attempt = CASE WHEN attempt >= ? THEN attempt ELSE attempt + 1 END, "
-              "lease_until = CASE WHEN attempt >= ? THEN lease_until ELSE ? END, "
-              "dead_at = CASE WHEN attempt >= ? THEN ? END")
+              "lease_until = CASE WHEN attempt >= ? THEN lease_until ELSE ? END")
+# ... and that row marked dead in the same statement, where the dialect's lease does (``lease_marks_dead``:
+# on PostgreSQL a value left as it was keeps the update in place; SQLite rewrites the index entries of
+# every column it sets, so it marks them in a second statement); more parameters: max attempts, now.
+_LEASE_SET_DEAD = _LEASE_SET + ", dead_at = CASE WHEN attempt >= ? THEN ? END"
 _MSG_MARKS = ", ".join("?" for _ in MESSAGES.columns)
-_LEASE_RETURNING = f"{_MSG_COLS}, attempt, lease_until, dead_at IS NOT NULL"
+_LEASE_RETURNING = f"{_MSG_COLS}, attempt, lease_until"
 
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
@@ -119,11 +122,11 @@ class MessagesSql(SqlPart):
                     max_attempts: int = 5, ids: list[str] | None = None) -> list[dict]:
         """Lease *agent*'s deliverable messages (new, or leased before and expired), oldest first.
 
-        One ``UPDATE … RETURNING`` on every engine (PostgreSQL: one round trip, rows picked ``FOR UPDATE SKIP
-        LOCKED`` in a CTE, so concurrent receivers take disjoint sets without waiting on each other).  An
-        expired lease already delivered *max_attempts* times is picked in its turn, oldest first, and marked
-        a dead letter instead of leased; when that left the answer short of *limit*, the next statement
-        takes the rest.  (A due dead letter beyond what a receive reaches is listed by
+        One ``UPDATE … RETURNING`` (PostgreSQL: one round trip, rows picked ``FOR UPDATE SKIP LOCKED`` in a
+        CTE, so concurrent receivers take disjoint sets without waiting on each other).  An expired lease
+        already delivered *max_attempts* times is picked in its turn, oldest first, and marked a dead letter
+        instead of leased (by the same statement where the dialect's lease does, else by a second one in the
+        same transaction); when that left the answer short of *limit*, the next statement takes the rest.  (A due dead letter beyond what a receive reaches is listed by
         :meth:`load_dead_letters` all the same, and marked when a receive reaches it.)  A lease changes no
         indexed column: on PostgreSQL it is a HOT update where the page has room (schema 7).
         *ids*: the shim mirroring the other side's lease leases exactly those, after marking every due dead
@@ -133,17 +136,27 @@ class MessagesSql(SqlPart):
         if ids is not None:
             return self._lease_ids(agent, lease_until, now, max_attempts, ids)
         dialect = self.db.dialect
-        sql = dialect.lease_sql.format(pick=_PICK, lease=_LEASE_SET, deliverable=_DELIVERABLE,
-                                       returning=_LEASE_RETURNING)
-        lease = (max_attempts, max_attempts, lease_until, max_attempts, now)
+        marks = dialect.lease_marks_dead
+        sql = dialect.lease_sql.format(pick=_PICK, lease=_LEASE_SET_DEAD if marks else _LEASE_SET,
+                                       deliverable=_DELIVERABLE, returning=_LEASE_RETURNING)
+        lease = (max_attempts, max_attempts, lease_until) + ((max_attempts, now) if marks else ())
         out: list[tuple] = []
         while True:
             want = _NO_LIMIT if limit is None else limit - len(out)
             params = dialect.lease_params((agent, now, max_attempts, want), lease, now)
-            # one statement, sent again after a lost connection: a lease that landed unheard only hides its
-            # messages until it ends (then they come back, attempt + 1): at least once, as promised
-            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, params))
-            live = [r[:9] for r in rows if not r[9]]
+            if marks:
+                # one statement, sent again after a lost connection: a lease that landed unheard only hides its
+                # messages until it ends (then they come back, attempt + 1): at least once, as promised
+                rows = self.db.write_statement(lambda tx: tx.fetchall(sql, params))
+            else:
+                def fn(tx: Tx) -> list[tuple]:
+                    got = tx.fetchall(sql, params)
+                    for chunk, marks_in in _chunks([r[0] for r in got if r[8] != lease_until]):
+                        tx.execute(f"UPDATE messages SET dead_at = ? WHERE id {marks_in}", (now, *chunk))
+                    return got
+
+                rows = self.db.write(fn)
+            live = [r for r in rows if r[8] == lease_until]  # a due dead letter kept the lease that ended
             out += live
             if len(live) == len(rows) or limit is None or len(out) >= limit:
                 break  # nothing was marked dead, so nothing was left behind for its sake
