@@ -505,3 +505,14 @@ def test_lease_and_ack_find_rows_by_primary_key_without_statistics(fed):
         plan = "\n".join(r[0] for r in rows)
         assert "messages_pkey" in plan and "Seq Scan on messages" not in plan and "Hash" not in plan, (name, plan)
     assert "idx_messages_deliverable" in "\n".join(r[0] for r in plans["lease"])
+
+
+def test_ack_ids_are_taken_as_given_whatever_their_characters(fed):
+    """The ids of an ack reach the database as they are (PostgreSQL: one array in its text form): an id with a
+    comma, quotes, braces or backslashes is one unknown id, never split into others or an error."""
+    fed.phase(4)
+    mid = messaging.send_message("alice", "bob", "x")
+    messaging.receive("bob", lease=600)
+    odd = [f"{mid},{mid}", f'"{mid}"', f"{{{mid}}}", f"{mid}\\", "\\", '"', ",", "{}", "NULL", ""]
+    assert fed.store().ack_messages("bob", odd, read_at="2026-01-01T00:00:00+00:00") == []
+    assert [m["id"] for m in fed.store().ack_messages("bob", odd + [mid], read_at="2026-01-01T00:00:00+00:00")] == [mid]

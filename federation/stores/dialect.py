@@ -81,6 +81,10 @@ class Dialect:
         """The parameters of :attr:`lease_sql`, given the pick's (*pick*) and the SET list's (*lease*)."""
         return (*lease, *pick, now)
 
+    def text_array(self, values: Iterable[str]) -> Any:
+        """*values* as the parameter of a ``CAST(? AS text[])`` (an engine with arrays)."""
+        return list(values)
+
     def notify(self, tx: "Tx", recipients: Iterable[str]) -> None:
         """Wake the waiting receives of *recipients* when *tx* commits (a no-op where waiters poll)."""
 

