@@ -368,8 +368,6 @@ class Database:
                         continue
                     statement = f"ALTER TABLE {table} ADD COLUMN {column} {definition}"
                 tx.execute(statement.format(id_pk=self.dialect.id_pk))
-            for statement in self.dialect.schema_steps.get(version, ()):  # this engine's own settings
-                tx.execute(statement)
             tx.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                 (version, datetime.now(timezone.utc).isoformat()),

@@ -67,8 +67,6 @@ class Dialect:
     #: Does :attr:`lease_sql`'s SET list also mark those rows dead (the SET list given then says so)?  Else the
     #: store marks them by a second statement in the same transaction.
     lease_marks_dead = False
-    #: Statements this engine adds to a schema version (after the shared ones): storage settings only it has.
-    schema_steps: dict[int, tuple[str, ...]] = {}
     #: One statement that sends one message: its row (``{columns}`` VALUES ``{marks}``, the parameters), its
     #: history entry and its recipient's wake-up; a row back when it wrote, none when the id was there already
     #: (so it may be sent again after a lost reply).  None: the store writes them in one transaction.

@@ -103,9 +103,6 @@ class PostgresDialect(Dialect):
                  "UPDATE messages SET {lease} WHERE id = ANY(ARRAY(SELECT picked_id FROM picked)) "
                  "RETURNING {returning}")
     lease_marks_dead = True  # dead_at set to the NULL it was on a leased row: still an update in place
-    # Room on each new page of messages for the versions a lease writes in place (a HOT update: no index
-    # entry) and the ack's beside them; pages written before schema 7 keep theirs until rewritten.
-    schema_steps = {7: ("ALTER TABLE messages SET (fillfactor = 40)",)}
     # A send in one statement: the row (ON CONFLICT DO NOTHING: sent again after a lost reply, it finds
     # its row and writes nothing twice), its history entry from the row written, the wake-up (NOTIFY is
     # transactional: sent at commit).
