@@ -142,7 +142,7 @@ def per_call_costs(n: int = 200_000) -> None:
     """What the control plane adds to one call, measured alone: deciding the phase, counting a call."""
     from federation import _wiring
     from federation.rollout import _counts
-    from federation.rollout._runtime import RUNTIME
+    from federation.rollout._runtimes import RUNTIME
 
     def per_call(fn) -> float:
         best = float("inf")

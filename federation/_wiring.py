@@ -126,10 +126,10 @@ def hooks(control: bool = True) -> dict:
     hooks = {"candidate": candidate, "mode": env_mode, "lock": core.file_lock, "spec": core.SHIM_SPEC,
              "observers": (), "differ": record_diff}  # the consistency report's comparison: both agree
     if control:
-        from .rollout import RUNTIME, observe
+        from .rollout import call_mode, observe
 
         def control_mode() -> tuple[int, float]:  # the control plane's answer, for the federation served
-            return RUNTIME.mode(config.settings())
+            return call_mode(config.settings())
 
         hooks.update(mode=control_mode, observers=(observe,))
     global _mode

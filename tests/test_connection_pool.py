@@ -118,3 +118,62 @@ def test_the_pool_size_is_configured_and_checked(monkeypatch, tmp_path):
         monkeypatch.setenv("FEDERATION_DB_CONNECTIONS", bad)
         with pytest.raises(ConfigError, match="FEDERATION_DB_CONNECTIONS"):
             config.db_connections()
+
+
+def test_a_forked_child_starts_an_empty_pool_and_leaves_the_parents_alone(fed):
+    """A borrow and a give-back take no lock and ask no pid (issue 28's per-call cost): a forked child forgets
+    its parent's connections at the fork (``os.register_at_fork``) instead.  The child, forked while its
+    thread holds a pinned connection, starts with none open, writes through connections of its own, and the
+    parent's connections (kept and pinned) still serve it after."""
+    from federation.stores.database import get_db
+
+    db = get_db(config.settings())
+    messaging.send_message("alice", "bob", "before the fork")
+    with db.pinned():
+        context.set_context("alice", "parent, pinned")
+        parent_conn = db._local.conn
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                os.close(read)
+                fresh = db.connections()["open"] == 0 and db._local.conn is None
+                messaging.send_message("carol", "bob", "from the child")
+                context.set_context("carol", "child")
+                os.write(write, b"ok" if fresh and db._local.conn is None else b"reused")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(child, 0)
+        said = os.read(read, 16)
+        os.close(read)
+        assert os.waitstatus_to_exitcode(status) == 0 and said == b"ok"
+        assert db._local.conn is parent_conn  # still pinned in the parent, and still working
+        assert context.get_context("carol")["text"] == "child"
+    texts = sorted(m["content"] for m in messaging.check_inbox("bob"))
+    assert texts == ["before the fork", "from the child"]
+
+
+def test_each_pooled_connection_has_a_small_page_cache_and_a_bulk_load_the_default(tmp_path):
+    """Every SQLite connection of the pool keeps a page cache of CACHE_KIB (SQLite's default, 2,000 KiB per
+    connection, filled as the database grew: 8 x 2 MB held by a server for good, issue 30); a bulk load's block
+    has SQLite's default, and its connection goes back to the pool with the small one."""
+    from federation.stores import sqlite as _sqlite
+
+    db = Database(SqliteDialect(tmp_path / "f.db"), pool_size=4)
+    seen: set[int] = set()
+
+    def read() -> None:
+        seen.add(db.fetchone("PRAGMA cache_size")[0])
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert seen == {-_sqlite.CACHE_KIB} and _sqlite.CACHE_KIB < 2000
+    with db.dialect.bulk_load(db):
+        assert db.fetchone("PRAGMA cache_size")[0] == -_sqlite.BULK_CACHE_KIB
+    assert {db.fetchone("PRAGMA cache_size")[0] for _ in range(4)} == {-_sqlite.CACHE_KIB}

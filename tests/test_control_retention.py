@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -236,3 +237,79 @@ def test_a_running_process_removes_counts_past_the_retention_periodically(fed, t
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _rounded(rows: list[dict]) -> list[dict]:
+    for row in rows:  # float sums added in another order: equal to the microsecond
+        for side in _counts.SIDES:
+            row["latency"][side]["sum_ms"] = round(row["latency"][side]["sum_ms"], 3)
+    return rows
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["maintained", "not-maintained"])
+def test_the_dashboards_week_is_read_in_one_pass_each_file_once(tmp_path, monkeypatch, merged):
+    """The dashboard's 7-day window read cold (issue 30: 4-6 s for its first call): the hours that are over
+    are read in one pass, each file once (a day file once, not once per hour of it), and each
+    hour's rows are exactly counters() of that hour.  Whether the fleet's maintenance merged the files
+    (day files, hour files, the current hours' own) or not (every process's file of every hour)."""
+    from types import SimpleNamespace
+
+    from federation.apps.dashboard import HourlyCounts
+
+    now = time.time()
+    current = int(now) // 3600 * 3600
+    first = current - 8 * 24 * 3600
+    write_hours(tmp_path, 3, first, current, minutes=1)
+    if merged:
+        while _counts.maintain(tmp_path, now=now, budget=500).more:
+            pass
+        _counts.maintain(tmp_path, now=now + _counts.GRACE_SECONDS + 1)
+    kept = files_under(tmp_path / "control" / "counts")
+    settings = SimpleNamespace(root=tmp_path)
+    reads: list[str] = []
+    real = _io.read_document
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(_io, "read_document", counted)
+
+    class Source:  # the control plane of this root, as the dashboard's ControlPlane reads it
+        def counters(self, since, until):
+            return _status.counters(since, until, settings=settings)
+
+        def counters_by_hour(self, since, until):
+            return _status.counters_by_hour(since, until, settings=settings)
+
+    until = at(now)
+    since = at(now - 7 * 24 * 3600)
+    hourly = HourlyCounts(Source())
+    hours = hourly.by_hour(since, until)
+    # once each; the window's partial first hour is read apart: its day file again, when merged
+    assert len(reads) - len(set(reads)) <= (1 if merged else 0), sorted(reads)
+    assert len(reads) <= len(kept) + 1
+    assert len(hourly._closed) >= 7 * 24 - 1
+    cold = len(reads)
+    reads.clear()
+    for hour, rows in hours:
+        lo, hi = max(hour, since.timestamp()), min(hour + 3600, until.timestamp())
+        assert _rounded(rows) == _rounded(_status.counters(at(lo), at(hi), settings=settings)), hour
+    if merged:  # hour by hour (as the dashboard read them), a day file is read once per hour of it
+        assert max(reads.count(p) for p in reads) >= 20 and len(reads) > 2 * cold, (len(reads), cold)
+    reads.clear()
+    hourly.by_hour(since, until)  # warm: only the hours not over yet, and the window's partial first one
+    assert len(reads) <= 2 * 2 * 3 + 2, reads
+
+    # two cold callers at once (the start-up warm-up and a first request): the hours are read by one of them
+    reads.clear()
+    hourly = HourlyCounts(Source())
+    callers = [threading.Thread(target=hourly.by_hour, args=(since, until)) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(60)
+    apart = (None, int(since.timestamp()) // 3600 * 3600, current, current - 3600)  # each caller reads these
+    whole = [p for p in reads if _counts.BY_MINUTE in p or (not merged and _counts.hour_of(Path(p).parent.name)
+                                                               not in apart)]
+    assert whole and len(whole) == len(set(whole)), sorted(whole)

@@ -198,3 +198,30 @@ def test_two_federations_served_by_two_servers_a_dashboard_and_commands_in_one_p
         if phase >= 3 or status.get("tables") is not None:
             assert status["tables"]["messages"] == 2 + dead, status  # to bob, to dave (and erin's): its own only
     assert config.settings() is configured and not (configured.root / "nodes").exists()
+
+
+def test_two_federations_following_their_own_flags_in_one_process(tmp_path):
+    """Neither federation is pinned: each follows its own live flag (a in phase 2, b in phase 3), served
+    alternately from one process, and each one's compared calls are counted in its own ``control/``
+    (one control-plane runtime per federation, issue 28: one per process switched between them and lost
+    the other's flag at every switch)."""
+    from federation import rollout
+
+    made = []
+    for name, phase in (("fa", 2), ("fb", 3)):
+        s = config.settings_with({"FEDERATION_ROOT": str(tmp_path / name), "FEDERATION_DB": str(tmp_path / f"{name}.db"),
+                                  "FEDERATION_DB_URL": None, "FEDERATION_USE_DB": None, "FEDERATION_PHASE": None,
+                                  "FEDERATION_SHADOW_SAMPLE": None})
+        rollout.set_phase(phase, sample=1.0, force=True, reason="test", settings=s)
+        made.append((Federation(s), phase))
+    for round_ in range(5):
+        for fed, phase in made:
+            assert fed.phase() == phase  # each its own flag, at every switch
+            with fed.serve():
+                context.set_context("alice", f"round {round_}")
+                assert context.get_context("alice")["text"] == f"round {round_}"
+    rollout.flush()
+    for fed, phase in made:
+        counted = rollout.counters(settings=fed.settings)
+        assert {c["phase"] for c in counted} == {phase}  # none of the other federation's calls
+        assert sum(c["comparisons"] for c in counted) >= 5

@@ -610,3 +610,20 @@ def test_plants_anywhere_never_reach_outside_or_hang(fed, tmp_path):
 
     run()
     assert len(ran) >= 3 and max(ran) >= 20, ran  # the examples ran, and most calls in them worked
+
+
+@pytest.mark.sqlite_only
+def test_hard_linked_lock_files_are_locked_but_never_written(fed, tmp_path):
+    """A lock file that is a hard link (its other name may be outside the root) still locks, but the fleet's
+    stamp is never written into it: every lock file of the tree planted as a hard link to an outside file,
+    every call in phases 1-4, and the outside file is byte for byte what it was (the random plants above found
+    ``.locks/inbox-bob.lock`` overwritten by a stamp once)."""
+    root = fed.root
+    context.set_context("alice", "seed")
+    messaging.send_message("alice", "bob", "seed")
+    outside = marker_tree(tmp_path)
+    for place in (p for p in PLACES if p.endswith(".lock")):
+        _plant(root, outside, place, "hard-link")
+    before = snapshot(outside)
+    assert _every_call(fed, root) >= 30  # the calls worked: a hard-linked lock still locks
+    assert snapshot(outside) == before

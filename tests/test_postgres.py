@@ -242,3 +242,72 @@ def test_forked_child_leaves_the_parents_session_alone(fed):
             os._exit(0)
     os.waitpid(child, 0)
     assert get_db(config.settings()).fetchone("SELECT pg_backend_pid()") == before
+
+
+def _listen_sessions(url: str) -> int:
+    """Sessions of the test's database whose last statement was the waiters' LISTEN."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        return admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND query LIKE 'LISTEN %'").fetchone()[0]
+
+
+@pytest.mark.postgresql_only
+def test_waiting_threads_share_one_listen_connection(fed):
+    """16 threads waiting in pulse(wait) at once (and 16 more later, on new threads) hold one LISTEN session
+    between them, not one each (issue 30: descriptors O(1) per process); each wakes on its own send, not on
+    another agent's; once that session is killed, the waits go on (looking every 0.25 s) and the next ones
+    share a new one."""
+    from federation import messaging
+    from federation.stores import postgres
+
+    fed.phase(4)
+    messaging.send_message("alice", "nobody", "the schema first")
+    url = config.settings().db_url
+
+    def wait_all(names: list[str]) -> dict[str, list]:
+        got: dict[str, list] = {}
+        errors: list[BaseException] = []
+
+        def wait(name: str) -> None:
+            try:
+                got[name] = [m["content"] for m in messaging.pulse(name, lease=30, wait=20)["messages"]]
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=wait, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        listener = postgres._listeners[(url, os.getpid())] if (url, os.getpid()) in postgres._listeners else None
+        deadline = time.monotonic() + 20
+        while listener is None or len(listener.watchers) < len(names):  # every thread waiting
+            assert time.monotonic() < deadline, "the threads did not all wait within 20 s"
+            time.sleep(0.05)
+            listener = postgres._listeners.get((url, os.getpid()))
+        sessions = _listen_sessions(url)
+        for n in names:
+            messaging.send_message("alice", n, f"for {n}")
+        for t in threads:
+            t.join(30)
+        assert not errors, errors[:3]
+        assert sessions == 1, f"{sessions} LISTEN sessions for {len(names)} waiting threads"
+        return got
+
+    first = [f"r{i}" for i in range(16)]
+    assert wait_all(first) == {n: [f"for {n}"] for n in first}
+    second = [f"s{i}" for i in range(16)]
+    assert wait_all(second) == {n: [f"for {n}"] for n in second}
+    assert _listen_sessions(url) == 1
+
+    watcher = postgres.PostgresWatcher(url, "x")
+    messaging.send_message("alice", "y", "not for x")
+    assert watcher.changed(0.5) is False
+    messaging.send_message("alice", "x", "for x")
+    assert watcher.changed(10) is True and watcher.changed(0.2) is False
+
+    with psycopg.connect(url, autocommit=True) as admin:  # the session lost: its waiter is told
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND query LIKE 'LISTEN %'")
+    with pytest.raises(StorageError, match="LISTEN"):
+        watcher.changed(10)
+    third = [f"t{i}" for i in range(4)]
+    assert wait_all(third) == {n: [f"for {n}"] for n in third}

@@ -74,6 +74,14 @@ def hour_name(hour: int) -> str:
 
 
 def hour_of(name: str) -> int | None:
+    # the names hour_name writes, parsed without strptime (a reader of control/counts/ parses every hour
+    # folder's name: 840 of them at 35 days, ~12 us each through strptime); anything else as before
+    if len(name) == 11 and name[8] == "T" and name[:8].isdigit() and name[9:].isdigit():
+        try:
+            return int(datetime(int(name[:4]), int(name[4:6]), int(name[6:8]), int(name[9:]),
+                                tzinfo=timezone.utc).timestamp())
+        except ValueError:
+            return None
     try:
         return int(datetime.strptime(name, "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp())
     except ValueError:

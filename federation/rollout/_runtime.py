@@ -1,7 +1,8 @@
 """One process's side of the control plane: the phase in effect, its announcement, its counts.
 
-:data:`RUNTIME` is what the shim asks for the phase of each call
-(:meth:`Runtime.mode`).  The answer is cached: the environment pin is part of
+The shim asks ``rollout.call_mode`` for the phase of each call: the
+:class:`Runtime` of the call's federation (one per federation root in a
+process, :mod:`federation.rollout._runtimes`) answers (:meth:`Runtime.mode`).  The answer is cached: the environment pin is part of
 the cached settings, and the live flag is looked at (one ``stat``, and a read
 only when the file changed) at most once a second, so a call costs a few
 attribute look-ups.  The shim asks once per call, so a call in flight
@@ -18,7 +19,6 @@ and a read-only or full disk costs the fleet its view of this process
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import importlib.metadata
@@ -45,7 +45,8 @@ MIX_CHECK_EVERY = 10
 
 
 class Runtime:
-    """This process in the control plane (one per process: :data:`RUNTIME`)."""
+    """This process in the control plane of one federation (one per federation root and process:
+    :func:`runtime_for`; ``rollout.RUNTIME`` names the one served last)."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -263,6 +264,8 @@ class Runtime:
         while True:
             with contextlib.suppress(Exception):
                 self.tick(announce_now=woken)
+            if self._closed:
+                return  # retired (see runtime_for) or at exit
             woken = self._wake.wait(min(self.timings.fleet_refresh, self.timings.counts_flush))
             self._wake.clear()
 
@@ -443,6 +446,14 @@ class Runtime:
             return
         self._wake.set()
 
+    def retire(self) -> None:
+        """No longer kept by this process (:func:`runtime_for` serves more federations than
+        :data:`MAX_RUNTIMES`): its counts written, its announcement withdrawn, its thread ended."""
+        with contextlib.suppress(Exception):
+            self.tick(final=True)
+        self._closed = True
+        self._wake.set()
+
     def at_exit(self) -> None:
         if self._resolved:
             with contextlib.suppress(Exception):
@@ -484,34 +495,3 @@ def _version() -> str:
         return importlib.metadata.version("federation")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-RUNTIME = Runtime()
-atexit.register(RUNTIME.at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=RUNTIME.after_fork)
-
-
-def observe(obs: Any) -> None:
-    """The shim's observer: count one dual-phase call (a :class:`shim.Observation`) and keep its mismatches.
-
-    A comparison is one compared call, a mismatch one compared call whose sides
-    differed (in one record or more), an error one call whose shadow side
-    failed; each side that ran adds its time to its latency histogram.
-    """
-    tally = RUNTIME.tally
-    phase = int(obs.phase)
-    control, candidate = obs.control, obs.candidate
-    seconds = {control.side: control.seconds}
-    if candidate is not None:
-        seconds[candidate.side] = candidate.seconds
-    tally.observe(obs.spec.entity, phase, compared=obs.compared, mismatched=bool(obs.mismatches),
-                  error=candidate is not None and candidate.error is not None,
-                  files_s=seconds.get("files"), db_s=seconds.get("db"))
-    if RUNTIME._last_flush is None:  # the first counts of this process: written now, not an interval later
-        RUNTIME._wake.set()
-    if obs.mismatches:
-        authority = obs.phase.authority
-        for m in obs.mismatches:
-            tally.mismatch(entity=obs.spec.entity, key=m.key, phase=phase, op=obs.name, authority=authority,
-                           diff=m.diff)

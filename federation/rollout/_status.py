@@ -80,16 +80,37 @@ def merge_counters(*parts: Iterable[dict]) -> list[dict]:
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     for part in parts:
         for row in part:
-            key = (str(row.get("entity")), int(row.get("phase") or 0))
-            slot = merged.get(key)
-            if slot is None:
-                slot = merged[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0,
-                                      "errors": 0, "latency": {side: _counts.empty_latency() for side in _counts.SIDES}}
-            for field in ("comparisons", "mismatches", "errors"):
-                slot[field] += int(row.get(field) or 0)
-            for side in _counts.SIDES:
-                _counts.add_latency(slot["latency"][side], (row.get("latency") or {}).get(side) or {})
+            _add_row(merged, row)
     return [merged[k] for k in sorted(merged)]
+
+
+def _add_row(merged: dict[tuple[str, int], dict[str, Any]], row: dict) -> None:
+    key = (str(row.get("entity")), int(row.get("phase") or 0))
+    slot = merged.get(key)
+    if slot is None:
+        slot = merged[key] = {"entity": key[0], "phase": key[1], "comparisons": 0, "mismatches": 0,
+                              "errors": 0, "latency": {side: _counts.empty_latency() for side in _counts.SIDES}}
+    for field in ("comparisons", "mismatches", "errors"):
+        slot[field] += int(row.get(field) or 0)
+    for side in _counts.SIDES:
+        _counts.add_latency(slot["latency"][side], (row.get("latency") or {}).get(side) or {})
+
+
+def counters_by_hour(since: datetime, until: datetime, *, settings: config.Settings) -> dict[int, list[dict]]:
+    """``counters()`` of each clock hour of the window, in one read of its files: {hour's start (epoch
+    seconds): rows}, hours without counts left out.
+
+    Each hour's rows are what ``counters()`` of [hour, hour + 1 h) gives when the window holds that hour
+    whole (a kept cell never spans two clock hours).  One pass reads each file of the window once (a day
+    file of ``by-hour/`` once, not once per hour it holds): what the dashboard reads of the hours it
+    keeps, 168 of them for its 7-day window.
+    """
+    since, until = window(since, until)
+    hours: dict[int, dict[tuple[str, int], dict[str, Any]]] = {}
+    for cell in _counts.read_cells(_root(settings), since, until):
+        start = int(float(cell["start"]))
+        _add_row(hours.setdefault(start - start % _counts.HOUR, {}), cell)
+    return {hour: [merged[k] for k in sorted(merged)] for hour, merged in sorted(hours.items())}
 
 
 def summarise(rows: Iterable[dict]) -> dict[str, dict]:

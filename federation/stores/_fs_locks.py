@@ -50,7 +50,14 @@ def _lock_fd(tree: Tree, name: str) -> int:
             with contextlib.suppress(OSError):
                 mode = os.stat(fname, dir_fd=dfd, follow_symlinks=False).st_mode
         else:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
+            mode = st.st_mode
+            if stat.S_ISREG(mode) and st.st_nlink > 1:
+                # another name of this file may be outside the root: locked, never written (no stamp)
+                os.close(fd)
+                fd = os.open(fname, _LOCK_FLAGS, 0o644, dir_fd=dfd)
+                st = os.fstat(fd)
+                mode = st.st_mode
             if stat.S_ISREG(mode):
                 return fd
             os.close(fd)

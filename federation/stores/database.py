@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .. import config
@@ -39,6 +40,24 @@ T = TypeVar("T")
 BUSY_DEADLINE_S = 30.0
 #: How long a thread waits for a pooled connection when every kept one is busy, before it opens one more.
 POOL_WAIT_S = 0.5
+
+
+#: every Database of this process, for :func:`_after_fork`
+_ALL: "weakref.WeakSet[Database]" = weakref.WeakSet()
+#: a forked child's copies of its parent's connections: referenced, never closed (see Database._forked)
+_ORPHANS: list[Any] = []
+
+
+def _after_fork() -> None:
+    for db in list(_ALL):
+        db._forked()
+
+
+class _Held(threading.local):
+    """What a thread holds of one Database: the connection it borrowed, its transaction depth, its pins."""
+    conn: Any = None
+    depth = 0
+    pins = 0
 
 
 def _close_quietly(conn: Any) -> None:
@@ -63,27 +82,35 @@ class Database:
     def __init__(self, dialect: Dialect, on_create: Callable[[Tx], None] | None = None,
                  pool_size: int | None = None):
         self.dialect = dialect
-        self._local = threading.local()  # the connection a thread borrowed, its transaction depth, its pins
         self.pool_size = config.db_connections() if pool_size is None else max(1, int(pool_size))
-        self._idle: list[Any] = []  # connections given back, the most recently used last
-        self._pool_lock = threading.Lock()
-        self._pool_freed = threading.Condition(self._pool_lock)  # a connection was given back
-        self._pool_pid = os.getpid()
-        #: connections of this process opened so far, and closed so far (open now: the difference)
-        self.opened = self.closed = 0
+        self._new_pool()
         self._on_create = on_create
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._schema_bypass = threading.local()  # this thread is making (or reading) the schema: no check
+        _ALL.add(self)
 
     # -- connections --------------------------------------------------------
+    def _new_pool(self) -> None:
+        self._local = _Held()
+        #: connections given back, the most recently used last.  ``list.pop``/``append`` are atomic, so a
+        #: borrow and a give-back take no lock unless the pool is empty, over its size or waited for.
+        self._idle: list[Any] = []
+        self._pool_lock = threading.Lock()
+        self._pool_freed = threading.Condition(self._pool_lock)  # a connection was given back
+        self._waiting = 0  # threads waiting for a connection to be given back
+        #: connections of this process opened so far, and closed so far (open now: the difference)
+        self.opened = self.closed = 0
+
     def _forked(self) -> None:
-        """In a forked child, forget the parent's connections (never close them: that would end the parent's
-        session (PostgreSQL) or break its locks (SQLite)); its lock may have been copied held."""
-        if self._pool_pid != os.getpid():
-            self._pool_lock = threading.Lock()
-            self._pool_freed = threading.Condition(self._pool_lock)
-            self._idle, self._pool_pid, self.opened, self.closed = [], os.getpid(), 0, 0
+        """In a forked child (:func:`os.register_at_fork`): forget the parent's connections without closing
+        them (that would end the parent's session (PostgreSQL) or break its locks (SQLite)); they are kept
+        referenced so that no finaliser closes them either.  The pool's lock may have been copied held."""
+        _ORPHANS.extend(self._idle)
+        conn = self._local.conn
+        if conn is not None:
+            _ORPHANS.append(conn)
+        self._new_pool()
 
     def _open(self, deadline: float | None) -> Any:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -110,32 +137,43 @@ class Database:
         """This thread's connection: the one it holds (in a transaction or a pin), else one borrowed from the
         pool (given back by :meth:`_give_back`)."""
         local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        conn = local.conn
+        if conn is not None:
             return conn
-        if self._pool_pid != os.getpid():
-            self._forked()
-        with self._pool_lock:
-            if not self._idle and self.opened - self.closed >= self.pool_size:
-                self._pool_freed.wait_for(lambda: self._idle, timeout=POOL_WAIT_S)
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._open(deadline)
-        local.conn, local.pid = conn, os.getpid()
+        try:
+            conn = self._idle.pop()  # the common case: one kept idle, taken without a lock
+        except IndexError:
+            conn = self._borrow(deadline)
+        local.conn = conn
         local.depth = 0
         return conn
+
+    def _borrow(self, deadline: float | None) -> Any:
+        """None idle: wait a little for one if the pool is full, else (or then) open one more."""
+        with self._pool_lock:
+            if not self._idle and self.opened - self.closed >= self.pool_size:
+                self._waiting += 1
+                try:
+                    self._pool_freed.wait_for(lambda: self._idle, timeout=POOL_WAIT_S)
+                finally:
+                    self._waiting -= 1
+            if self._idle:
+                return self._idle.pop()
+        return self._open(deadline)
 
     def _give_back(self) -> None:
         """This thread is done with its connection (unless pinned): back to the pool, or closed if it is full."""
         local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pins", 0) or getattr(local, "depth", 0):
+        conn = local.conn
+        if conn is None or local.pins or local.depth:
             return
         local.conn = None
-        if local.pid != os.getpid():
-            return  # a forked parent's: neither kept nor closed here
+        if not self._waiting and self.opened - self.closed <= self.pool_size:
+            # no more open than the pool keeps, so this one has room among the idle; nobody to wake
+            self._idle.append(conn)
+            return
         with self._pool_lock:
-            if self._pool_pid == os.getpid() and len(self._idle) < self.pool_size:
+            if len(self._idle) < self.pool_size:
                 self._idle.append(conn)
                 self._pool_freed.notify()
                 return
@@ -144,9 +182,9 @@ class Database:
     def _drop_connection(self) -> None:
         """Close this thread's connection (lost, or unknown state): never given back to the pool."""
         local = self._local
-        conn = getattr(local, "conn", None)
+        conn = local.conn
         local.conn = None
-        if conn is not None and getattr(local, "pid", None) == os.getpid():
+        if conn is not None:
             self._discard(conn)
 
     @contextlib.contextmanager
@@ -154,7 +192,7 @@ class Database:
         """This thread keeps one connection for the block (every transaction in it runs on the same
         connection): for a connection's settings that must last several transactions (a bulk load's)."""
         local = self._local
-        local.pins = getattr(local, "pins", 0) + 1
+        local.pins = local.pins + 1
         try:
             yield
         finally:
@@ -164,8 +202,6 @@ class Database:
     def connections(self) -> dict[str, int]:
         """This process's connections to the database: ``open`` (borrowed or idle), ``idle``, ``opened`` and
         ``closed`` since the process began (or forked)."""
-        if self._pool_pid != os.getpid():
-            self._forked()
         with self._pool_lock:
             return {"open": self.opened - self.closed, "idle": len(self._idle), "opened": self.opened,
                     "closed": self.closed}
@@ -173,14 +209,14 @@ class Database:
     def close(self) -> None:
         """Close this process's idle connections and this thread's (a connection another thread is using is
         given back to the pool when its transaction ends)."""
-        if self._pool_pid != os.getpid():
-            self._forked()
         local = self._local
-        if getattr(local, "conn", None) is not None and not getattr(local, "depth", 0):
+        if local.conn is not None and not local.depth:
             self._drop_connection()
-        with self._pool_lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                break
             self._discard(conn)
 
     # -- transactions -------------------------------------------------------
@@ -189,7 +225,7 @@ class Database:
         if not self._schema_ready and not getattr(self._schema_bypass, "on", False):
             self.ensure_schema()
         local = self._local
-        if getattr(local, "depth", 0) and local.pid == os.getpid():
+        if local.depth:
             # already inside a transaction of this thread: join it
             conn = local.conn
             local.depth += 1
@@ -285,7 +321,7 @@ class Database:
     def checkpoint(self) -> None:
         """The dialect's :meth:`~Dialect.checkpoint` on this thread's connection, outside any transaction and
         the write gate (long maintenance calls it between batches, so agents' commits do not pay for it)."""
-        if not getattr(self._local, "depth", 0):
+        if not self._local.depth:
             try:
                 self.dialect.checkpoint(self._connection())
             finally:
@@ -432,3 +468,7 @@ def forget_databases() -> None:
         for db in _databases.values():
             db.close()
         _databases.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -13,9 +13,10 @@ delta save) runs at REPEATABLE READ: a row that changed after its snapshot
 makes it fail with 40001 and it is retried whole.  Reads run at REPEATABLE
 READ so that a read of several tables sees one snapshot.
 
-Connections: :class:`~federation.stores.database.Database` keeps one connection per
-thread for the life of the thread, which is what a pool would give an agent
-process; psycopg_pool is not used.
+Connections: :class:`~federation.stores.database.Database` keeps a pool shared by the
+process's threads (``FEDERATION_DB_CONNECTIONS``); psycopg_pool is not used.  A waiting
+``pulse`` listens on one more connection, one per process (:class:`_Listener`), whatever the
+number of threads that wait.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import re
 import select
 import threading
-import time
+import weakref
 
 import psycopg
 
@@ -235,38 +236,106 @@ class PostgresDialect(Dialect):
 DIALECT = PostgresDialect
 
 
+class _Listener:
+    """The one ``LISTEN`` connection of a process for a database URL, shared by every thread's waits.
+
+    A thread of its own (``federation-listen``) waits on the connection's socket and hands each
+    notification to the watchers of its recipient (an event each: a notification wakes the threads
+    waiting for that agent only).  A connection per waiting thread (as before) held a server session and
+    a descriptor per worker thread that ever waited, for the thread's life.  Once lost, the
+    connection's watchers are told (their wait fails: the caller looks every 0.25 s instead) and the
+    next watcher opens a new one.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection | None = None
+        self.watchers: weakref.WeakSet[PostgresWatcher] = weakref.WeakSet()
+        self.lost = 0  # connections lost so far: a watcher of an earlier one is told
+        self.problem = ""  # why the last one was lost
+
+    def watch(self, watcher: "PostgresWatcher") -> int:
+        """Register *watcher* (after what arrived until now was handed out); the connection's number."""
+        with self.lock:
+            if self.conn is None:
+                conn = psycopg.connect(PostgresDialect(self.url)._conninfo, autocommit=True)
+                try:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                except BaseException:
+                    conn.close()
+                    raise
+                self.conn = conn
+                threading.Thread(target=self._run, args=(conn,), name="federation-listen", daemon=True).start()
+            self._drain(self.conn)  # what arrived before this wait was looked at by the caller's first take
+            self.watchers.add(watcher)
+            return self.lost
+
+    def _drain(self, conn: psycopg.Connection) -> None:
+        """Hand the notifications *conn* read so far to their recipients' watchers; under the lock."""
+        pg = conn.pgconn
+        pg.consume_input()
+        agents = set()
+        while (n := pg.notifies()) is not None:
+            agents.add(n.extra.decode("utf-8", "replace"))
+        if agents:
+            for watcher in list(self.watchers):
+                if watcher.agent in agents:
+                    watcher.event.set()
+
+    def _run(self, conn: psycopg.Connection) -> None:
+        """Read *conn*'s notifications as they arrive, until it is lost."""
+        try:
+            while True:
+                ready, _, _ = select.select([conn.pgconn.socket], [], [], 5.0)
+                if ready:
+                    with self.lock:
+                        self._drain(conn)
+        except Exception as exc:  # noqa: BLE001 - the server went, the network, a closed socket: said to the waiters
+            with self.lock:
+                if self.conn is conn:
+                    self.conn = None
+                    self.lost += 1
+                    self.problem = f"{type(exc).__name__}: {exc}"
+                    for watcher in list(self.watchers):
+                        watcher.event.set()
+                    self.watchers = weakref.WeakSet()
+            conn.close()
+
+
 class PostgresWatcher:
-    """One LISTEN connection per process and thread; notifications for other agents are skipped."""
+    """Whether *agent*'s inbox may have changed: a notification for it on the process's one ``LISTEN``
+    connection (:class:`_Listener`), shared by its threads; notifications for other agents are skipped."""
 
     def __init__(self, url: str, agent: str):
         self.agent = agent
-        key = (url, threading.get_ident())
-        conn = _pg_conns.get(key)
-        if conn is None or conn[1] != os.getpid() or conn[0].closed or conn[0].broken:
-            dialect = PostgresDialect(url)
-            c = psycopg.connect(dialect._conninfo, autocommit=True)
-            c.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            conn = _pg_conns[key] = (c, os.getpid())
-        self.conn = conn[0]
-        self._drain()  # what arrived before this wait was looked at by the caller's first take
-
-    def _drain(self) -> bool:
-        pg = self.conn.pgconn
-        pg.consume_input()
-        mine = False
-        while (n := pg.notifies()) is not None:
-            mine = mine or n.extra.decode("utf-8", "replace") == self.agent
-        return mine
+        self.event = threading.Event()
+        self.listener = _listener(url)
+        self.connection = self.listener.watch(self)
 
     def changed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            ready, _, _ = select.select([self.conn.pgconn.socket], [], [], left)
-            if ready and self._drain():
-                return True
+        """True when a notification for the agent arrived since the last call (or since this watcher was
+        made) within *timeout* seconds; a :class:`StorageError` once the connection was lost."""
+        woken = self.event.wait(max(0.0, timeout))
+        if woken:
+            with self.listener.lock:
+                self.event.clear()
+                if self.connection != self.listener.lost:
+                    raise StorageError(f"the LISTEN connection to PostgreSQL was lost: {self.listener.problem}")
+        return woken
 
 
-_pg_conns: dict[tuple, tuple] = {}
+#: {(url, pid): its listener}: one per database URL and process (a child after a fork makes its own)
+_listeners: dict[tuple[str, int], _Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listener(url: str) -> _Listener:
+    key = (url, os.getpid())
+    with _listeners_lock:
+        found = _listeners.get(key)
+        if found is None:
+            for other in [k for k in _listeners if k[1] != key[1]]:  # a parent's, inherited through a fork
+                del _listeners[other]
+            found = _listeners[key] = _Listener(url)
+        return found

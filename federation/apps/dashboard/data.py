@@ -112,8 +112,12 @@ class HourlyCounts:
     refresh reads only the files of the hour in progress (and, just after an
     hour ends, of the one before) and of the window's partial first hour,
     instead of every file of the window (a file per process and hour: 1,200
-    files for 50 processes over 24 h).  Kept: one small row per entity and
-    phase per hour, for the longest window.
+    files for 50 processes over 24 h).  The hours that are over and not kept
+    yet (all of them at the first read) are read in one pass over their files
+    (``counters_by_hour``: a day file once, not once per hour it holds), by one
+    thread at a time: a request arriving while the start-up warm-up reads them
+    waits for that read instead of doing it again.  Kept: one small row per
+    entity and phase per hour, for the longest window.
     """
 
     def __init__(self, source: Any, keep: timedelta = max(WINDOWS.values()) + timedelta(hours=2)):
@@ -121,6 +125,27 @@ class HourlyCounts:
         self.keep_s = keep.total_seconds()
         self._closed: dict[int, list[dict]] = {}
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one reader of the hours not kept yet at a time
+
+    def _whole(self, hour: int, lo: float, hi: float, now_s: float, over_before: float) -> bool:
+        """The window holds *hour* whole, the hour is over and within what is kept."""
+        return lo <= hour and hour + HOUR <= hi and hour + HOUR <= over_before and now_s - hour <= self.keep_s
+
+    def _read_closed(self, hours: list[int]) -> None:
+        """Read and keep the hours *hours* (over, not kept yet), in one pass over their files."""
+        with self._reading:
+            with self._lock:
+                hours = [h for h in hours if h not in self._closed]  # read meanwhile by another thread
+            if not hours:
+                return
+            by_hour = getattr(self.source, "counters_by_hour", None)
+            if by_hour is None:  # a source without the one-pass read: an hour at a time
+                read = {h: self.source.counters(since=_utc(h), until=_utc(h + HOUR)) for h in hours}
+            else:
+                read = by_hour(since=_utc(hours[0]), until=_utc(hours[-1] + HOUR))
+            with self._lock:
+                for h in hours:
+                    self._closed[h] = read.get(h, [])
 
     def by_hour(self, since: datetime, until: datetime, now: datetime | None = None) -> list[tuple[int, list[dict]]]:
         """[(hour start, counters() of the part of that hour inside [since, until))], oldest first.
@@ -131,24 +156,23 @@ class HourlyCounts:
         now_s = (now or datetime.now(timezone.utc)).timestamp()
         lo, hi = since.timestamp(), until.timestamp()
         over_before = (now_s - SETTLE_S) // HOUR * HOUR  # hours ending by then are final
+        starts = list(range(int(lo // HOUR * HOUR), int(hi) + 1, HOUR))
+        with self._lock:
+            missing = [h for h in starts if self._whole(h, lo, hi, now_s, over_before) and h not in self._closed]
+        if missing:
+            self._read_closed(missing)
         out: list[tuple[int, list[dict]]] = []
-        hour = int(lo // HOUR * HOUR)
-        while hour <= hi:
+        for hour in starts:
             part_lo, part_hi = max(lo, hour), min(hi, hour + HOUR)
+            rows: list[dict] | None = None
             if part_lo >= part_hi:
-                rows: list[dict] = []
-            elif part_lo == hour and part_hi == hour + HOUR and hour + HOUR <= over_before \
-                    and now_s - hour <= self.keep_s:
+                rows = []
+            elif self._whole(hour, lo, hi, now_s, over_before):
                 with self._lock:
                     rows = self._closed.get(hour)
-                if rows is None:
-                    rows = self.source.counters(since=_utc(hour), until=_utc(hour + HOUR))
-                    with self._lock:
-                        self._closed[hour] = rows
-            else:
+            if rows is None:  # the hour in progress, a part of one, or one the keeping dropped meanwhile
                 rows = self.source.counters(since=_utc(part_lo), until=_utc(part_hi))
             out.append((hour, rows))
-            hour += HOUR
         with self._lock:
             for old in [h for h in self._closed if now_s - h > self.keep_s]:
                 del self._closed[old]
@@ -186,6 +210,9 @@ class ControlPlane:
 
     def counters(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
         return rollout.counters(since, until, settings=self.settings)
+
+    def counters_by_hour(self, since: datetime, until: datetime) -> dict[int, list[dict]]:
+        return rollout.counters_by_hour(since, until, settings=self.settings)
 
     def recent_mismatches(self, limit: int = 100) -> list[dict]:
         return rollout.recent_mismatches(limit, settings=self.settings)
