@@ -395,3 +395,123 @@ def test_ack_takes_only_the_callers_delivered_messages_by_any_number_of_ids(fed)
     assert messaging.ack("bob", mine) == mine[2:]
     assert messaging.ack("carol", [theirs]) == [theirs]
     assert [m["id"] for m in messaging.check_inbox("bob")] == [new]
+
+
+def test_a_due_dead_letter_ahead_of_the_limit_is_marked_and_the_receive_still_fills(fed, monkeypatch):
+    """A receive's pick meets an expired lease at max attempts first: it marks that one dead (listed by
+    dead_letters, never delivered again) and still hands out *limit* deliverable messages."""
+    fed.phase(4)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    dies = messaging.send_message("alice", "bob", "dies")
+    rest = [messaging.send_message("alice", "bob", f"m{i}") for i in range(3)]
+    assert [m["id"] for m in messaging.receive("bob", lease=0.2, limit=1)] == [dies]
+    time.sleep(0.3)
+    got = messaging.receive("bob", lease=600, limit=2)
+    assert [(m["id"], m["attempt"]) for m in got] == [(rest[0], 1), (rest[1], 1)]
+    dead = messaging.dead_letters("bob")
+    assert [(m["id"], m["attempt"]) for m in dead] == [(dies, 1)]
+    marked = fed.store().db.fetchone("SELECT dead_at, lease_until FROM messages WHERE id = ?", (dies,))
+    assert marked[0] is not None and marked[0] > marked[1]  # marked by the receive, after its lease ended
+    assert [m["id"] for m in messaging.receive("bob", lease=600)] == [rest[2]]
+
+
+def test_a_version_6_database_is_upgraded_and_keeps_messages_leases_and_dead_letters(fed, monkeypatch):
+    """A database made at schema 6 (the leased-rows index) is upgraded to 7 on first open: the index is gone
+    and every message keeps its state --
+    new, leased, a due dead letter, a marked dead letter, acknowledged (still in the history), keyed."""
+    from federation.stores import schema
+    from federation.stores.sqlstore import forget_stores
+
+    fed.phase(4)
+    monkeypatch.setenv("FEDERATION_MAX_ATTEMPTS", "1")
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", [v for v in schema.MIGRATIONS if v[0] <= 6])
+        m.setattr(schema, "LATEST", 6)
+        ids = {name: messaging.send_message("alice", "bob", name) for name in ("buried", "due", "leased", "acked")}
+        keyed = messaging.send_message("alice", "bob", "keyed", idempotency_key="k1")
+        assert [x["id"] for x in messaging.receive("bob", lease=0.2, limit=2)] == [ids["buried"], ids["due"]]
+        time.sleep(0.3)
+        messaging.receive("bob", lease=600, limit=1)  # the pick meets both first: marked dead; "leased" leased
+        fed.store().db.write(lambda tx: tx.execute("UPDATE messages SET dead_at = NULL WHERE id = ?", (ids["due"],)))
+        got = messaging.receive("bob", lease=600, limit=1)
+        assert [x["id"] for x in got] == [ids["acked"]] and messaging.ack("bob", [ids["acked"]]) == [ids["acked"]]
+        db = fed.store().db
+        assert db.schema_version() == 6 and "idx_messages_leased" in _indexes(fed)
+        before = db.fetchall("SELECT id, attempt, lease_until, dead_at, read_at FROM messages ORDER BY id")
+    forget_stores()
+    db = fed.store().db
+    db.ensure_schema()
+    assert db.fetchall("SELECT version FROM schema_version ORDER BY version") == [(v,) for v, _ in schema.MIGRATIONS]
+    assert "idx_messages_leased" not in _indexes(fed)
+    assert db.fetchall("SELECT id, attempt, lease_until, dead_at, read_at FROM messages ORDER BY id") == before
+    assert [x["id"] for x in messaging.dead_letters("bob")] == [ids["buried"], ids["due"]]
+    assert [(x["id"], x["attempt"]) for x in messaging.receive("bob", lease=600)] == [(keyed, 1)]  # not "leased"
+    assert messaging.send_message("alice", "bob", "keyed", idempotency_key="k1") == keyed
+    received = [e["message_id"] for e in messaging.get_history("bob") if e["direction"] == "received"]
+    assert ids["acked"] in received
+
+
+def _indexes(fed) -> set[str]:
+    sql = ("SELECT indexname FROM pg_indexes WHERE tablename = 'messages'" if fed.engine == "postgresql"
+           else "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+    return {r[0] for r in fed.store().db.fetchall(sql)}
+
+
+@pytest.mark.postgresql_only
+def test_a_lease_on_postgresql_writes_no_index_entry(fed):
+    """Every lease of a receive is a HOT update on PostgreSQL where the page has room (here: made by the
+    test): no index covers a column a lease changes -- a new index on lease_until or attempt makes this fail."""
+    fed.phase(4)
+    db = fed.store().db
+    db.write(lambda tx: tx.execute("ALTER TABLE messages SET (fillfactor = 30)"))
+    for i in range(50):
+        messaging.send_message("alice", "bob", f"m{i}")
+
+    def counts() -> tuple:
+        db.fetchone("SELECT pg_stat_force_next_flush()")  # this connection's counts, now
+        return db.fetchone("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'")
+
+    start = counts()
+    assert len(messaging.receive("bob", lease=600, limit=50)) == 50
+    end = counts()
+    assert (end[0] - start[0], end[1] - start[1]) == (50, 50)
+
+
+@pytest.mark.postgresql_only
+def test_lease_and_ack_find_rows_by_primary_key_without_statistics(fed):
+    """On a table the planner knows nothing about, a receive's lease and an ack reach the rows through the
+    primary key (and the pick through the deliverable index): never a whole-table scan or a hash of the table."""
+    from federation.stores import sql_messages as sm
+
+    from federation.domain.clock import new_id, now
+
+    fed.phase(4)
+    db = fed.store().db
+    for start in range(0, 6000, 1000):  # enough rows that reading them all costs more than 100 probes
+        fed.store().save_messages([{"id": new_id(), "sender": "alice", "recipient": "bob" if i % 3 else "carol",
+                                    "content": f"m{i}", "message_type": "task", "reply_to": None, "timestamp": now()}
+                                   for i in range(start, start + 1000)])
+    ids = [m["id"] for m in messaging.receive("bob", lease=600, limit=100)]
+    d = db.dialect
+    lease = d.lease_sql.format(pick=sm._PICK, lease=sm._LEASE_SET_DEAD, deliverable=sm._DELIVERABLE,
+                               returning=sm._LEASE_RETURNING)
+    stamp = "2026-01-01T00:00:00+00:00"
+    plans = {
+        "lease": db.fetchall("EXPLAIN " + lease, d.lease_params(("bob", stamp, 5, 100), (5, 5, stamp, 5, stamp), stamp)),
+        "ack": db.fetchall("EXPLAIN " + d.ack_sql.format(columns=sm._MSG_COLS), (ids, "bob", stamp)),
+    }
+    for name, rows in plans.items():
+        plan = "\n".join(r[0] for r in rows)
+        assert "messages_pkey" in plan and "Seq Scan on messages" not in plan and "Hash" not in plan, (name, plan)
+    assert "idx_messages_deliverable" in "\n".join(r[0] for r in plans["lease"])
+
+
+def test_ack_ids_are_taken_as_given_whatever_their_characters(fed):
+    """The ids of an ack reach the database as they are (PostgreSQL: one array in its text form): an id with a
+    comma, quotes, braces or backslashes is one unknown id, never split into others or an error."""
+    fed.phase(4)
+    mid = messaging.send_message("alice", "bob", "x")
+    messaging.receive("bob", lease=600)
+    odd = [f"{mid},{mid}", f'"{mid}"', f"{{{mid}}}", f"{mid}\\", "\\", '"', ",", "{}", "NULL", ""]
+    assert fed.store().ack_messages("bob", odd, read_at="2026-01-01T00:00:00+00:00") == []
+    assert [m["id"] for m in fed.store().ack_messages("bob", odd + [mid], read_at="2026-01-01T00:00:00+00:00")] == [mid]

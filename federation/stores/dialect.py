@@ -59,15 +59,13 @@ class Dialect:
     for_update = ""
     #: A condition true when the JSON array text *options* holds the text parameter ``?``.
     json_array_has = "EXISTS (SELECT 1 FROM json_each({options}) WHERE json_each.value = ?)"
-    #: A receive's lease of the messages ``{pick}`` chooses (``SELECT id AS picked_id …``, its parameters the
-    #: recipient, now, max attempts and a limit): attempt + 1 and the lease set, returning ``{columns}``
-    #: (``{columns_of_messages}``: the same, qualified), ``attempt`` and ``lease_until``; parameters: :meth:`lease_params`.
-    #: Here for engines whose writers are serial (the subquery is evaluated once; the conditions re-checked).
-    lease_sql = ("UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE id IN ({pick}) "
-                 "AND {deliverable} RETURNING {columns}, attempt, lease_until")
-
-    #: Does :attr:`lease_sql` also mark the recipient's due dead letters (``{due_dead}``, as :meth:`lease_params`
-    #: gives it), so that a receive is that one statement?  Else the store marks them first, in the same transaction.
+    #: A receive's lease of the messages ``{pick}`` chooses (``SELECT id AS picked_id …``): ``{lease}`` (the SET
+    #: list: attempt + 1 and the lease; a row delivered max attempts already keeps both), returning
+    #: ``{returning}`` (the columns, ``attempt``, ``lease_until``); parameters: :meth:`lease_params`.  Here for
+    #: engines whose writers are serial (the subquery is evaluated once; the conditions re-checked).
+    lease_sql = "UPDATE messages SET {lease} WHERE id IN ({pick}) AND {deliverable} RETURNING {returning}"
+    #: Does :attr:`lease_sql`'s SET list also mark those rows dead (the SET list given then says so)?  Else the
+    #: store marks them by a second statement in the same transaction.
     lease_marks_dead = False
     #: One statement that sends one message: its row (``{columns}`` VALUES ``{marks}``, the parameters), its
     #: history entry and its recipient's wake-up; a row back when it wrote, none when the id was there already
@@ -77,9 +75,13 @@ class Dialect:
     #: read_at), returning ``{columns}``.  None: ``IN (?, …)`` lists, 500 ids a statement.
     ack_sql: str | None = None
 
-    def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
-        """The parameters of :attr:`lease_sql`, given the pick's (*take*)."""
-        return (lease_until, *take, now)
+    def lease_params(self, pick: tuple, lease: tuple, now: str) -> tuple:
+        """The parameters of :attr:`lease_sql`, given the pick's (*pick*) and the SET list's (*lease*)."""
+        return (*lease, *pick, now)
+
+    def text_array(self, values: Iterable[str]) -> Any:
+        """*values* as the parameter of a ``CAST(? AS text[])`` (an engine with arrays)."""
+        return list(values)
 
     def notify(self, tx: "Tx", recipients: Iterable[str]) -> None:
         """Wake the waiting receives of *recipients* when *tx* commits (a no-op where waiters poll)."""

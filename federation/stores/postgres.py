@@ -95,18 +95,15 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
     single_statement_autocommit = True  # the connection is in autocommit mode
     json_array_has = "CAST({options} AS jsonb) @> jsonb_build_array(CAST(? AS text))"
-    # A receive in one statement (one round trip): the recipient's due dead letters marked (rows at max
-    # attempts, which the pick never takes), and a lease of the chosen rows, locked once (a MATERIALIZED
-    # CTE joined by primary key, not an IN subquery the planner may re-run per row); rows another
-    # receiver holds are skipped, not waited for.  FOR UPDATE re-checks the conditions on the newest
-    # version of a row it locks, so the UPDATE itself needs none (a condition there lets a planner
-    # without statistics scan).
-    lease_sql = ("WITH dead AS (UPDATE messages SET dead_at = ? WHERE recipient = ? AND {due_dead}), "
-                 "picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
-                 "UPDATE messages SET attempt = messages.attempt + 1, lease_until = ? FROM picked "
-                 "WHERE messages.id = picked.picked_id "
-                 "RETURNING {columns_of_messages}, messages.attempt, messages.lease_until")
-    lease_marks_dead = True
+    # A receive in one statement (one round trip): a lease of the chosen rows (the due dead letters among
+    # them marked dead instead), locked once (a MATERIALIZED CTE); rows another receiver holds are skipped,
+    # not waited for.  FOR UPDATE re-checks the conditions on the newest version of a row it locks, so the
+    # UPDATE itself needs none; it finds the rows by primary key from an array (a join to the CTE let a
+    # planner with stale statistics hash the whole table).
+    lease_sql = ("WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                 "UPDATE messages SET {lease} WHERE id = ANY(ARRAY(SELECT picked_id FROM picked)) "
+                 "RETURNING {returning}")
+    lease_marks_dead = True  # dead_at set to the NULL it was on a leased row: still an update in place
     # A send in one statement: the row (ON CONFLICT DO NOTHING: sent again after a lost reply, it finds
     # its row and writes nothing twice), its history entry from the row written, the wake-up (NOTIFY is
     # transactional: sent at commit).
@@ -209,9 +206,13 @@ class PostgresDialect(Dialect):
             return True
         return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.ProgrammingError)
 
-    def lease_params(self, take: tuple, lease_until: str, now: str) -> tuple:
-        agent, _, max_attempts, _ = take
-        return (now, agent, now, max_attempts, *take, lease_until)
+    def lease_params(self, pick: tuple, lease: tuple, now: str) -> tuple:
+        return (*pick, *lease)
+
+    def text_array(self, values) -> str:
+        """The array's text form, every element quoted: psycopg's list adapter inspects each element (about
+        0.35 ms for an ack of 100 ids; this, 0.04 ms)."""
+        return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
     def notify(self, tx: Tx, recipients) -> None:
         """NOTIFY is transactional: the recipients' pulse(wait) wakes at commit."""

@@ -26,8 +26,22 @@ _NEW = "read_at IS NULL AND lease_until IS NULL AND dead_at IS NULL"
 _DELIVERABLE = "read_at IS NULL AND dead_at IS NULL AND (lease_until IS NULL OR lease_until < ?)"
 _DUE_DEAD = "read_at IS NULL AND dead_at IS NULL AND lease_until IS NOT NULL AND lease_until < ? AND attempt >= ?"
 _NO_LIMIT = 1 << 62
-_MSG_COLS_OF_MESSAGES = ", ".join(f"messages.{c}" for c in MESSAGES.columns)
+# A receive's pick: the deliverable messages, oldest first -- those under max attempts, and expired leases
+# at max attempts (due dead letters, which the lease marks dead instead of leasing); parameters: the
+# recipient, now, max attempts, a limit.
+_PICK = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} "
+         "AND (attempt < ? OR lease_until IS NOT NULL) ORDER BY timestamp, id LIMIT ?")
+# What the lease writes on a picked row (every right side reads the row as it was): attempt + 1 and the
+# lease, or nothing for a row delivered max attempts already (a due dead letter: its lease_until stays
+# the one that ended, which tells it apart); parameters: max attempts, max attempts, the lease's end.
+_LEASE_SET = ("attempt = CASE WHEN attempt >= ? THEN attempt ELSE attempt + 1 END, "
+              "lease_until = CASE WHEN attempt >= ? THEN lease_until ELSE ? END")
+# ... and that row marked dead in the same statement, where the dialect's lease does (``lease_marks_dead``:
+# on PostgreSQL a value left as it was keeps the update in place; SQLite rewrites the index entries of
+# every column it sets, so it marks them in a second statement); more parameters: max attempts, now.
+_LEASE_SET_DEAD = _LEASE_SET + ", dead_at = CASE WHEN attempt >= ? THEN ? END"
 _MSG_MARKS = ", ".join("?" for _ in MESSAGES.columns)
+_LEASE_RETURNING = f"{_MSG_COLS}, attempt, lease_until"
 
 # Messages are ordered in Python by (timestamp, id), as the file side orders
 # them, whatever the engine's collation would do with ORDER BY.
@@ -108,40 +122,60 @@ class MessagesSql(SqlPart):
                     max_attempts: int = 5, ids: list[str] | None = None) -> list[dict]:
         """Lease *agent*'s deliverable messages (new, or leased before and expired), oldest first.
 
-        Expired leases already delivered *max_attempts* times become dead
-        letters, then one ``UPDATE … RETURNING`` leases the oldest rest: one
-        statement where the dialect's lease marks the dead letters too
-        (PostgreSQL: one round trip, rows picked ``FOR UPDATE SKIP LOCKED`` in a
-        CTE, so concurrent receivers take disjoint sets without waiting on each
-        other), else one transaction.
-        *ids*: the shim mirroring the other side's lease leases exactly those.
+        One ``UPDATE … RETURNING`` (PostgreSQL: one round trip, rows picked ``FOR UPDATE SKIP LOCKED`` in a
+        CTE, so concurrent receivers take disjoint sets without waiting on each other).  An expired lease
+        already delivered *max_attempts* times is picked in its turn, oldest first, and marked a dead letter
+        instead of leased (by the same statement where the dialect's lease does, else by a second one in the
+        same transaction); when that left the answer short of *limit*, the next statement takes the rest.  (A due dead letter beyond what a receive reaches is listed by
+        :meth:`load_dead_letters` all the same, and marked when a receive reaches it.)  A lease changes no
+        indexed column: on PostgreSQL it is a HOT update where the page has room (schema 7).
+        *ids*: the shim mirroring the other side's lease leases exactly those, after marking every due dead
+        letter of *agent*, as the file side does.
         Each message comes back with ``attempt`` (1 the first time) and ``lease_until``.
         """
-        pick = (f"SELECT id AS picked_id FROM messages WHERE recipient = ? AND {_DELIVERABLE} AND attempt < ? "
-                f"ORDER BY timestamp, id LIMIT ?")
+        if ids is not None:
+            return self._lease_ids(agent, lease_until, now, max_attempts, ids)
         dialect = self.db.dialect
-        sql = dialect.lease_sql.format(pick=pick, deliverable=_DELIVERABLE, columns=_MSG_COLS,
-                                       columns_of_messages=_MSG_COLS_OF_MESSAGES, due_dead=_DUE_DEAD)
-        take = (agent, now, max_attempts, _NO_LIMIT if limit is None else limit)
-        if ids is None and dialect.lease_marks_dead:
-            # one statement, sent again after a lost connection: a lease that landed unheard only hides its
-            # messages until it ends (then they come back, attempt + 1): at least once, as promised
-            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, dialect.lease_params(take, lease_until, now)))
-        else:
-            def fn(tx: Tx) -> list[tuple]:
-                tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
-                           (now, agent, now, max_attempts))
-                if ids is None:
-                    return tx.fetchall(sql, dialect.lease_params(take, lease_until, now))
-                rows = []  # the shim mirroring the other side's lease: exactly those messages
-                for chunk, marks in _chunks(ids):
-                    rows += tx.fetchall(
-                        f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
-                        f"{_DELIVERABLE} AND attempt < ? AND id {marks} RETURNING {_MSG_COLS}, attempt, lease_until",
-                        (lease_until, agent, now, max_attempts, *chunk))
-                return rows
+        marks = dialect.lease_marks_dead
+        sql = dialect.lease_sql.format(pick=_PICK, lease=_LEASE_SET_DEAD if marks else _LEASE_SET,
+                                       deliverable=_DELIVERABLE, returning=_LEASE_RETURNING)
+        lease = (max_attempts, max_attempts, lease_until) + ((max_attempts, now) if marks else ())
+        out: list[tuple] = []
+        while True:
+            want = _NO_LIMIT if limit is None else limit - len(out)
+            params = dialect.lease_params((agent, now, max_attempts, want), lease, now)
+            if marks:
+                # one statement, sent again after a lost connection: a lease that landed unheard only hides its
+                # messages until it ends (then they come back, attempt + 1): at least once, as promised
+                rows = self.db.write_statement(lambda tx: tx.fetchall(sql, params))
+            else:
+                def fn(tx: Tx) -> list[tuple]:
+                    got = tx.fetchall(sql, params)
+                    for chunk, marks_in in _chunks([r[0] for r in got if r[8] != lease_until]):
+                        tx.execute(f"UPDATE messages SET dead_at = ? WHERE id {marks_in}", (now, *chunk))
+                    return got
 
-            rows = self.db.write(fn)
+                rows = self.db.write(fn)
+            live = [r for r in rows if r[8] == lease_until]  # a due dead letter kept the lease that ended
+            out += live
+            if len(live) == len(rows) or limit is None or len(out) >= limit:
+                break  # nothing was marked dead, so nothing was left behind for its sake
+        out.sort(key=_BY_TIME)
+        return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in out]
+
+    def _lease_ids(self, agent: str, lease_until: str, now: str, max_attempts: int, ids: list[str]) -> list[dict]:
+        def fn(tx: Tx) -> list[tuple]:
+            tx.execute(f"UPDATE messages SET dead_at = ? WHERE recipient = ? AND {_DUE_DEAD}",
+                       (now, agent, now, max_attempts))
+            rows = []
+            for chunk, marks in _chunks(ids):
+                rows += tx.fetchall(
+                    f"UPDATE messages SET attempt = attempt + 1, lease_until = ? WHERE recipient = ? AND "
+                    f"{_DELIVERABLE} AND attempt < ? AND id {marks} RETURNING {_MSG_COLS}, attempt, lease_until",
+                    (lease_until, agent, now, max_attempts, *chunk))
+            return rows
+
+        rows = self.db.write(fn)
         rows.sort(key=_BY_TIME)
         return [{**_msg(r), "attempt": r[7], "lease_until": r[8]} for r in rows]
 
@@ -156,7 +190,8 @@ class MessagesSql(SqlPart):
         array = self.db.dialect.ack_sql
         if array is not None:
             sql = array.format(columns=_MSG_COLS)
-            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, (list(ids), agent, read_at)), idempotent=False)
+            wanted = self.db.dialect.text_array(ids)
+            rows = self.db.write_statement(lambda tx: tx.fetchall(sql, (wanted, agent, read_at)), idempotent=False)
         else:
             # "+recipient": not an index term -- SQLite's planner would walk the recipient's unread rows on
             # idx_messages_unread instead of looking the ids up by primary key
