@@ -128,3 +128,75 @@ def test_doctor_says_when_an_http_servers_open_file_limit_is_too_low(fed):
         assert found["ok"] is ok, found
         if not ok:
             assert f"pid {server.proc.pid}: 512" in found["detail"] and str(need) in found["fix"], found
+
+
+# ---------------------------------------------------------------------------
+# the descriptor a thread keeps of the lock it released last (a load and its save open the lock file once)
+
+
+@pytest.mark.sqlite_only
+def test_a_kept_lock_descriptor_of_a_removed_lock_file_is_not_used(fed):
+    """A thread releases ``polls`` (its descriptor kept), the lock file is removed, the thread takes ``polls``
+    again: it locks the file of that name, so another process cannot take it meanwhile (the kept descriptor
+    locks a file no one else opens)."""
+    import subprocess
+    import sys
+
+    from federation.stores import files
+
+    tree = files.Tree(fed.root)
+    with files.locked(tree, "polls"):
+        pass
+    tree.lock_path("polls").unlink()
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(7)\n")
+    with files.locked(tree, "polls"):
+        out = subprocess.run([sys.executable, "-c", probe, str(tree.lock_path("polls"))], timeout=60)
+    assert out.returncode == 7  # the other process found the lock held
+
+
+@pytest.mark.sqlite_only
+def test_a_forked_child_never_locks_its_parents_kept_descriptor(fed):
+    """A process releases ``polls`` (its descriptor kept) and forks; the parent takes ``polls`` again; the
+    child's take waits for the parent (flock is per open file description: the inherited descriptor would
+    be the parent's own lock)."""
+    import signal
+    import time
+
+    from federation.stores import files
+
+    tree = files.Tree(fed.root)
+    with files.locked(tree, "polls"):
+        pass
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: waits for the parent to hold the lock, then tries for half a second
+        code = 1
+        try:
+            os.read(go_r, 1)
+
+            def waited(*_: object) -> None:
+                raise TimeoutError
+
+            signal.signal(signal.SIGALRM, waited)
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            try:
+                with files.locked(tree, "polls"):  # this thread's (the forking one's) kept descriptor
+                    code = 1
+            except TimeoutError:
+                code = 0
+        finally:
+            os._exit(code)
+    with files.locked(tree, "polls"):
+        os.write(go_w, b"x")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child did not finish")
+    assert os.waitstatus_to_exitcode(status) == 0  # it did not get the lock while the parent held it

@@ -610,3 +610,22 @@ def test_plants_anywhere_never_reach_outside_or_hang(fed, tmp_path):
 
     run()
     assert len(ran) >= 3 and max(ran) >= 20, ran  # the examples ran, and most calls in them worked
+
+
+@pytest.mark.sqlite_only
+def test_a_lock_file_hard_linked_outside_gets_no_stamp(fed, tmp_path):
+    """``.locks/inbox-bob.lock`` replaced by a hard link to a file outside the root, after the lock was used
+    (a thread keeps the descriptor it released last): every call in phases 1-4 still works, and the file
+    outside is unchanged (the fleet's stamps are not written in a lock file with two names)."""
+    base = tmp_path / "ex"
+    root = base / "fed"
+    root.mkdir(parents=True)
+    fed.env.update({"FEDERATION_ROOT": str(root), "FEDERATION_DB": str(base / "federation.db")})
+    fed.phase(1)
+    context.set_context("alice", "seed")
+    messaging.send_message("alice", "bob", "seed")
+    outside = marker_tree(base)
+    _plant(root, outside, ".locks/inbox-bob.lock", "hard-link")
+    before = snapshot(outside)
+    assert _every_call(fed, root) >= 20
+    assert snapshot(outside) == before
