@@ -25,19 +25,16 @@ from ._fs_write import _open_made
 _held = threading.local()
 
 
-def _lock_fd(tree: Tree, name: str, dfd: int | None = None) -> int:
-    """A descriptor of the lock file *name* (made if missing) in the ``.locks/`` folder *dfd* (the root's),
-    opened for the time the lock is held.
+def _lock_fd(tree: Tree, name: str) -> int:
+    """A descriptor of the lock file *name* (made if missing), opened for the time the lock is held.
 
-    Not cached per lock (issue 30): a process holds one descriptor per lock it holds *now*, whatever the
-    number of threads, agents and documents it ever touched (flock is per open file description, so each
-    holder opens its own), plus, per thread, the one it released last (:class:`_Spare`), plus one of each
-    root's ``.locks/`` folder (:func:`_locks_folder`).  Strings and three system calls (open, fstat;
-    flock) when a lock is taken anew."""
+    Never cached (issue 30): a process holds one descriptor per lock it holds *now*, whatever the number
+    of threads, agents and documents it ever touched (flock is per open file description, so each
+    holder opens its own), plus one of each root's ``.locks/`` folder (:func:`_locks_folder`).
+    On the path of every locked call: strings and four system calls (open, fstat; flock; close)."""
     fname = name + ".lock"
     try:
-        if dfd is None:
-            dfd = _locks_folder(tree)
+        dfd = _locks_folder(tree)
         try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
             try:  # read-write while held: the fleet's stamp of the document is written in it (a read-only
                 # root or lock file: read-only, as flock needs no more; no stamp is written then)
@@ -144,57 +141,6 @@ def flock_file(path: Path, root: Path | str, *, wait: bool = True) -> Iterator[b
         os.close(fd)
 
 
-#: one more for every fork: a descriptor kept from before a fork (shared with the parent, whose flock is the
-#: same lock) is never locked nor unlocked in the child, only closed
-_forks = [0]
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
-
-class _Spare:
-    """The descriptor of the lock a thread released last, kept open (unlocked) for its next take of the
-    same lock: a load and its save, or a thread's calls on one document, open its lock file once.
-
-    One per thread (a take of another lock closes it first, so a thread holds at most as many lock
-    descriptors as locks it holds at once, or this one); closed when its thread ends.  Taken again only in
-    the same ``.locks/`` folder (walked to every second) and process, and only while the file has one name
-    (``st_nlink``: a lock file removed meanwhile is opened anew, where every other process locks it)."""
-
-    __slots__ = ("key", "fd", "folder", "fork")
-
-    def __init__(self) -> None:
-        self.key: tuple[str, str] | None = None
-        self.fd, self.folder, self.fork = -1, -1, 0
-
-    def take(self, key: tuple[str, str], folder: int) -> int:
-        """The kept descriptor of the lock *key* (-1: none; any other kept one is closed)."""
-        fd, self.fd = self.fd, -1
-        if fd < 0:
-            return -1
-        if key == self.key and folder == self.folder and self.fork == _forks[0]:
-            return fd
-        with contextlib.suppress(OSError):
-            os.close(fd)  # closing a descriptor never unlocks what another open file description holds
-        return -1
-
-    def keep(self, key: tuple[str, str], fd: int, folder: int) -> None:
-        self.drop()
-        self.key, self.fd, self.folder, self.fork = key, fd, folder, _forks[0]
-
-    def drop(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def __del__(self) -> None:  # the thread ended
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except Exception:  # noqa: BLE001 - already closed, or the interpreter is ending
-                pass
-
-
 class locked:
     """An exclusive advisory lock (flock) named *name* under the root.
 
@@ -204,7 +150,7 @@ class locked:
     a generator: it is on every dual-phase call.
     """
 
-    __slots__ = ("tree", "name", "key", "fd", "folder")
+    __slots__ = ("tree", "name", "key", "fd")
 
     def __init__(self, tree: Tree, name: str):
         self.tree, self.name, self.key, self.fd = tree, name, (str(tree.root), name), None
@@ -213,33 +159,17 @@ class locked:
         held = getattr(_held, "locks", None)
         if held is None:
             held = _held.locks = {}
-            _held.spare = _Spare()
         if self.key in held:
             held[self.key] += 1
             return
+        fd = _lock_fd(self.tree, self.name)
         try:
-            folder = _locks_folder(self.tree)
-        except OSError as exc:  # read-only root, permissions: typed, naming the lock file
-            raise FileStorageError.wrap(exc, self.tree.lock_path(self.name), "open the lock file") from exc
-        fd = _held.spare.take(self.key, folder)
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                if os.fstat(fd).st_nlink != 1:  # removed since it was kept (the lock is the file of that name
-                    os.close(fd)            # now), or given a second name (it is opened anew, read-only)
-                    fd = -1
-            except BaseException:
-                os.close(fd)
-                raise
-        if fd < 0:
-            fd = _lock_fd(self.tree, self.name, folder)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                raise
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
         held[self.key] = 1
-        self.fd, self.folder = fd, folder
+        self.fd = fd
         fds = getattr(held_fds, "fds", None)
         if fds is None:
             fds = held_fds.fds = {}
@@ -253,9 +183,5 @@ class locked:
         del held[self.key]
         held_fds.fds.pop(self.key, None)
         fd, self.fd = self.fd, None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            os.close(fd)  # closing releases it too
-            return
-        _held.spare.keep(self.key, fd, self.folder)  # this thread's next take of the same lock opens nothing
+        os.close(fd)  # releases the lock: one descriptor per lock held, never kept (nor open for
+        # writing while not held: the filesystem can be remounted read-only between calls)
