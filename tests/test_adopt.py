@@ -273,6 +273,31 @@ def test_phase_3_claim_leaves_what_the_database_did_not_claim(fed, seed):
     assert [e["key"] for e in _events(logs, "shadow_mismatch")] == ["stray-1"]
 
 
+_ONE_VOTE = """
+import sys
+import seed_core.adoption
+from seed_core import core
+core.vote(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+
+@pytest.mark.sqlite_only
+def test_saves_after_a_merge_keep_what_another_process_wrote(fed, seed):
+    """Phase 1: this process loads the polls; another adopted process votes; this one votes and saves (a
+    merge: both votes), then votes again and saves without loading: the other process's vote is still in
+    the file (the second save is merged against what the caller holds, not written as it is)."""
+    fed.phase(1)
+    poll_id = seed.create_poll("lead", "Ship it?", ["yes", "no"])
+    seed.load_polls()
+    _run(fed, _ONE_VOTE, poll_id, "other", "no", phase=1)
+    seed.active_polls[poll_id]["votes"]["me"] = "yes"
+    seed.save_polls()
+    seed.active_polls[poll_id]["votes"]["me-again"] = "yes"
+    seed.save_polls()
+    votes = json.loads(seed.POLLS_FILE.read_text())[poll_id]["votes"]
+    assert votes == {"other": "no", "me": "yes", "me-again": "yes"}
+
+
 @pytest.mark.sqlite_only
 def test_a_declaration_that_does_not_fit_is_refused_at_install(fed, tmp_path, monkeypatch):
     """Unknown entity, key not a parameter, into/source not a module global: refused naming function and parameter."""

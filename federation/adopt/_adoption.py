@@ -13,7 +13,7 @@ from shim import Experiment, Phase
 from ..domain.compare import record_diff
 from .. import core, rollout
 from .._wiring import candidate, current
-from ..domain.entities import document_lock
+from ..stores import files as _files
 from ._call import _Call
 from ._declare import AdoptedPhaseError, Atomic, DeclarationError, log
 from ._plan import _Plan
@@ -40,6 +40,10 @@ class _Adoption:
         self.experiment = Experiment(module, candidate, _mode, None, (rollout.observe,), record_diff)
         self._bases = threading.local()
         self._last_base: dict[Any, Any] = {}
+        self._docs: dict[tuple[Any, Any], Any] = {}  # (tree, document) -> the gate's handle of its file
+        #: (tree, agent) -> the look at that agent's list-file inbox at which this process last found every
+        #: unread message of the file in the database (phases 2 and 3: not checked again while it is the same)
+        self.backfilled: dict[tuple[Any, str], Any] = {}
         for fname, decl in declarations.items():
             self.plans[fname] = _Plan.check(module, fname, decl)
 
@@ -124,28 +128,63 @@ class _Adoption:
                 del self._last_base[next(iter(self._last_base))]  # the oldest: a bounded memory
         self._last_base[document] = frozen
 
+    def remember_load(self, document: Any, value: Any, look: Any) -> None:
+        """After a load from the files: what was read is the base, unless the look says the file is what this
+        thread last loaded or saved (no write since: the same stamp and identity), when its base stands (it
+        is that file) and is not frozen again."""
+        if look is not None and look.known:
+            looks = getattr(self._bases, "looks", None)
+            if looks and looks.get(document) == look and document in self._bases.docs:
+                return
+        self.remember(document, value, look=look)
+
+    def note_backfilled(self, key: tuple[Any, str], look: Any) -> None:
+        if look is None or not look.known:
+            self.backfilled.pop(key, None)
+            return
+        if key not in self.backfilled and len(self.backfilled) >= self.MAX_BASES:
+            self.backfilled.clear()
+        self.backfilled[key] = look
+
+    def doc(self, tree: Any, document: Any, lock: str, path: Any) -> Any:
+        """The gate's handle of the legacy document *path* (its stamps), made once per tree and document."""
+        key = (tree, document)
+        found = self._docs.get(key)
+        if found is None:
+            if len(self._docs) >= self.MAX_BASES:
+                self._docs.clear()
+            found = self._docs[key] = _files.StampDoc(tree, lock, path)
+        return found
+
     def _wrapper(self, plan: "_Plan") -> Callable:
+        what = f"{self.name}.{plan.name}"
+        lock_of = plan.lock_of
+
         def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
             try:
                 owner = plan.owner(args, kwargs)
             except TypeError:
                 return wrapped(*args, **kwargs)  # a bad call: the adopter's function says what is wrong
-            phase = _phase_of_call(f"{self.name}.{plan.name}")
-            lock = document_lock(plan.kind.document, owner or "")
-            call = _Call(self, plan, wrapped, args, kwargs, owner, phase, lock)
-            with core.file_lock(lock):
+            phase = _phase_of_call(what)
+            tree = core.tree()
+            lock = lock_of(owner)
+            call = _Call(self, plan, wrapped, args, kwargs, owner, phase, lock, tree)
+            with _files.locked(tree, lock):
                 return call.run()
 
         return wrapper
 
     def _atomic(self, plan: "_Plan") -> Callable:
+        what = f"{self.name}.{plan.name}"
+        lock_of = plan.lock_of
+
         def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
             try:
                 owner = plan.owner(args, kwargs)
             except TypeError:
                 return wrapped(*args, **kwargs)
-            _phase_of_call(f"{self.name}.{plan.name}")  # refuses phase 4 before anything runs
-            with core.file_lock(document_lock(plan.kind.document, owner or "")):
+            _phase_of_call(what)  # refuses phase 4 before anything runs
+            with _files.locked(core.tree(), lock_of(owner)):
                 return wrapped(*args, **kwargs)
 
         return wrapper
@@ -169,7 +208,10 @@ def _phase_of_call(what: str) -> tuple[Phase, float]:
     Adopted functions never run phase 4 (their file code would write the files the
     fleet no longer keeps): a call in phase 4, by the flag or a pin, is refused.
     """
-    phase, sample = _mode()
+    phase, sample = rollout.mode(current().settings)
     if phase == 4:
         raise _phase_4_refusal(what)
-    return Phase(phase), sample
+    return _PHASES.get(phase) or Phase(phase), sample
+
+
+_PHASES = {int(p): p for p in Phase}

@@ -12,7 +12,6 @@ from shim import DB, FILES, Observation, Outcome, Phase, delta, patch
 
 from ..domain import clock as _clock, layout as _layout
 from ..stores import files as _files
-from .. import core
 from .._wiring import candidate
 from ..domain.entities import MESSAGES
 from ._declare import AdoptedWriteError, Claim, LIST_INBOX, Load
@@ -24,19 +23,16 @@ from ._values import _ABSENT, _by_id, _copy, _db_load, _freeze, _is_read, _legac
 # ---------------------------------------------------------------------------
 # one call
 
-#: (root, agent) -> the agent's list-file inbox (pathlib joins cost microseconds on every call)
-_LIST_FILES: dict[tuple[Any, str], Any] = {}
-
-
 class _Call:
     """One call of a declared function, under its document's lock."""
 
     def __init__(self, adoption: Any, plan: _Plan, wrapped: Callable, args: tuple, kwargs: dict,
-                 owner: str | None, mode: tuple[Phase, float], lock: str = ""):
+                 owner: str | None, mode: tuple[Phase, float], lock: str, tree: _files.Tree):
         self.a, self.plan, self.wrapped, self.owner, self.lock = adoption, plan, wrapped, owner, lock
         self.args, self.kwargs = args, kwargs
         self.phase, self.sample = mode
         self.decl = plan.decl
+        self.tree = tree  # the configured root's, taken once for the call
 
     def run(self) -> Any:
         # the store first, as for the project's own code: the schema exists before either side writes, so a
@@ -57,10 +53,6 @@ class _Call:
         return self.save_written_record()
 
     # -- helpers -------------------------------------------------------------------
-    @property
-    def tree(self) -> _files.Tree:
-        return core.tree()
-
     def store(self) -> Any:
         return self._store
 
@@ -110,11 +102,22 @@ class _Call:
 
     def document_path(self) -> Any:
         """The one file of this call's document (None: a folder of message files, or an odd key)."""
+        doc = self.doc()
+        return None if doc is None else doc.path
+
+    def doc(self) -> Any:
+        """The gate's handle of this call's document file, for its stamps (None: no one file)."""
         try:
-            return self._path
+            return self._doc
         except AttributeError:
-            self._path = self._document_path()
-            return self._path
+            pass
+        key = self.base_key
+        doc = self.a._docs.get((self.tree, key))  # the common case, without a call
+        if doc is None:
+            path = self._document_path()
+            doc = None if path is None else self.a.doc(self.tree, key, self.lock, path)
+        self._doc = doc
+        return doc
 
     def _document_path(self) -> Any:
         tree = self.tree
@@ -122,13 +125,7 @@ class _Call:
             if not self.plan.kind.keyed:
                 return tree.polls_file
             if self.decl.shape == "list":
-                key = (tree.root, self.owner)
-                path = _LIST_FILES.get(key)
-                if path is None:
-                    if len(_LIST_FILES) >= 4096:
-                        _LIST_FILES.clear()
-                    path = _LIST_FILES[key] = tree.node(self.owner) / LIST_INBOX
-                return path
+                return tree.node(self.owner) / LIST_INBOX
             if self.plan.kind.document == "message":
                 return None
             return _document_path(tree, self.plan.kind.document, self.owner)
@@ -138,20 +135,25 @@ class _Call:
     def look(self) -> Any:
         """This thread's look at its document's file and the fleet's stamp of it (under the lock it holds);
         a file that no process of the fleet wrote as it is now is counted (a writer outside the fleet)."""
-        path = self.document_path()
-        if path is None:
+        doc = self.doc()
+        if doc is None:
             return None
-        look = _files.stamp_look(self.tree, self.lock, path)
+        look = _files.stamp_look(self.tree, self.lock, doc)
         if look is not None and look.outside:
-            _files.note_outside(self.tree, self.lock, path, look)
-            look = _files.stamp_look(self.tree, self.lock, path)
+            _files.note_outside(self.tree, self.lock, doc.path, look)
+            look = _files.stamp_look(self.tree, self.lock, doc)
         return look
 
     def stamp(self, before: Any = None) -> Any:
         """The fleet wrote this call's document (the adopter's function, under the lock): stamped.  *before*:
         this call's look, taken under the same hold of the lock and with no stamp written since."""
-        path = self.document_path()
-        return None if path is None else _files.stamp_written(self.tree, self.lock, path, before)
+        doc = self.doc()
+        return None if doc is None else _files.stamp_written(self.tree, self.lock, doc, before)
+
+    def unchanged(self, look: Any) -> bool:
+        """*look* (taken now) equals this thread's look at its last load or save of the document: nobody wrote
+        the file since, which holds what this thread's base of it holds."""
+        return look is not None and look.known and look == self.a.look(self.base_key)
 
     def global_value(self, name: str) -> Any:
         return getattr(self.a.module, name)
@@ -162,7 +164,11 @@ class _Call:
         """The name of this call's document among the thread's bases."""
         if not self.plan.kind.keyed:
             return self.plan.entity
-        return ("inbox-list" if self.decl.shape == "list" else self.plan.entity, self.owner)
+        try:
+            return self._base_key
+        except AttributeError:
+            self._base_key = ("inbox-list" if self.decl.shape == "list" else self.plan.entity, self.owner)
+            return self._base_key
 
     def view(self, doc: Any) -> Any:
         """*doc* read by the adopter's function, as the database shows it (for comparisons)."""
@@ -186,47 +192,67 @@ class _Call:
     def db_load(self, store: Any) -> Any:
         return _db_load(store, self.plan.entity, self.owner)
 
-    def backfill_list(self) -> None:
+    def backfill_list(self) -> bool:
         """A list-file inbox's unread messages that the database has never had (written in phase 1, before
         any backfill) are put into it, under the inbox's lock: from phase 2 on, nothing only the file holds
-        is left out of the database's inbox.  A message the database has (claimed or not) is left as it is."""
-        path = self.tree.node(self.owner) / LIST_INBOX
+        is left out of the database's inbox.  A message the database has (claimed or not) is left as it is.
+        False when the file could not be read (nothing was checked)."""
+        path = self.document_path()
+        if path is None:
+            return False
         try:
             listed = _read_doc(path, list, [], self.tree.root)
         except Exception:  # noqa: BLE001 - unreadable: the adopter's own read says so; nothing is inserted
-            return
+            return False
         unread = [m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str) and not _is_read(m)]
         if not unread:
-            return
+            return True
         store = self.store()
         if {m["id"] for m in unread} <= {m["id"] for m in store.load_inbox(self.owner)}:
-            return
+            return True
         from ..stores import sqltext as _sql
 
         sql = _sql.insert(MESSAGES, "DO NOTHING")
         rows = [MESSAGES.row_of(MESSAGES.record(m, fallback={"recipient": self.owner})) for m in unread]
         store.db.write(lambda tx: tx.executemany(sql, rows))
+        return True
+
+    def checked_list(self) -> Any:
+        """This thread's look at a list-file inbox, with its unread messages put into the database unless
+        this process has seen them all there at this very look (nobody wrote the file since)."""
+        look = self.look()
+        key = (self.tree, self.owner)
+        if look is None or not look.known or self.a.backfilled.get(key) != look:
+            self.a.note_backfilled(key, look if self.backfill_list() else None)
+        return look
 
     def load(self) -> Any:
         into = self.decl.into
-        if self.decl.shape == "list" and self.phase is not Phase.FILES_ONLY:
-            self.backfill_list()
-        if self.phase is Phase.FILES_ONLY or self.phase is Phase.FILES_THEN_DB:
+        if self.phase is Phase.FILES_ONLY:
             look = self.look()  # before the adopter's read: a write after it makes the save's look differ
+            returned, doc = self.files_value()
+            self.a.remember_load(self.base_key, doc, look)
+            return returned
+        listed = self.decl.shape == "list"
+        if self.phase is Phase.FILES_THEN_DB:
+            look = self.checked_list() if listed else self.look()
             t0 = time.perf_counter()
             returned, doc = self.files_value()
-            if self.phase is Phase.FILES_THEN_DB and self.sampled():
+            if self.sampled():
                 files = Outcome(FILES, self.view(doc), seconds=time.perf_counter() - t0)
                 self.publish(files, Outcome.run(DB, self.db_load, (self.store(),), {}, catch=True), compare=True)
-            self.a.remember(self.base_key, doc, look=look)
+            self.a.remember_load(self.base_key, doc, look)
             return returned
         # phase 3: the database answers; the adopter's function (the files) is the shadow
+        if listed:
+            self.checked_list()
         store = self.store()
         db = Outcome.run(DB, self.db_load, (store,), {}, catch=False)
         returned = None
         self.sampled_run = self.sampled()
         if self.sampled_run:
-            self.look()  # the files are read: a writer outside the fleet is counted in phase 3 too
+            if not listed:
+                self.look()  # the files are read: a writer outside the fleet is counted in phase 3 too
             t0 = time.perf_counter()
             try:
                 returned, doc = self.files_value()
@@ -259,7 +285,8 @@ class _Call:
         if frozen_mine == frozen_base:
             return None  # unchanged since the load (the same bytes): nothing to write
         look = self.look()
-        if self.phase is Phase.FILES_ONLY and look is not None and look.known and look == self.a.look(entity):
+        unchanged = self.unchanged(look)
+        if unchanged and self.phase is Phase.FILES_ONLY:
             # phase 1, and nobody wrote the file since this thread loaded it (the fleet's stamp and the file's
             # identity are what it saw then): the merge is the caller's document, written as it is
             returned = self.wrapped(*self.args, **self.kwargs)
@@ -269,18 +296,25 @@ class _Call:
         if not changes:
             return None
         returned = None
+        written: dict[str, Any] = {}
 
         def files_side() -> Any:
+            if unchanged:  # the file is this thread's base: the merge is the caller's document, as it is
+                try:
+                    value = self.wrapped(*self.args, **self.kwargs)
+                except BaseException:
+                    self.stamp()
+                    raise
+                written["look"] = self.stamp(look)  # the file is the caller's document
+                return value
             current = _read_doc(self.tree.polls_file, dict, {}, self.tree.root)
-            merged = patch(current, changes, in_place=True)  # just read: no one else holds it
-            setattr(self.a.module, source, merged)  # what the adopter's function writes: theirs, merged
+            patch(current, changes, in_place=True)  # just read: no one else holds it
+            setattr(self.a.module, source, current)  # what the adopter's function writes: theirs, merged
             try:
                 return self.wrapped(*self.args, **self.kwargs)
             finally:
                 setattr(self.a.module, source, mine)
-                written["look"] = self.stamp()
-
-        written: dict[str, Any] = {}
+                self.stamp()  # the file is the merge, not the caller's document: no look kept for it
 
         if self.phase is Phase.FILES_ONLY:
             returned = files_side()
@@ -295,6 +329,7 @@ class _Call:
             other = Outcome.run(self.phase.shadow, sides[self.phase.shadow], (), {}, catch=True)
             self.publish(first, other)
             returned = first.value if self.phase is Phase.FILES_THEN_DB else other.value
+        # the caller's document is the base of its next save; the look only when the file is that document
         self.a.remember(entity, mine, frozen=frozen_mine, look=written.get("look"))
         return returned
 
@@ -348,9 +383,12 @@ class _Call:
 
     # -- Save of a whole list-file inbox (``shape="list"``): a delta by message id ----------------
     def save_list(self) -> Any:
-        path = self.tree.node(self.owner) / LIST_INBOX
+        path = self.document_path()
+        if path is None:  # an odd key: the adopter's function says what is wrong
+            return self.call_theirs()
         look = self.look()
-        if self.phase is Phase.FILES_ONLY and look is not None and look.known and look == self.a.look(self.base_key):
+        unchanged = self.unchanged(look)
+        if unchanged and self.phase is Phase.FILES_ONLY:
             # phase 1, and nobody wrote the list since this thread loaded it: what the caller writes is the merge
             mine = self.written_list()
             returned = self.call_theirs()
@@ -359,10 +397,14 @@ class _Call:
                 mine = _read_doc(path, list, [], self.tree.root)
             self.a.remember(self.base_key, mine, look=after)
             return returned
-        before = _Snapshot.of(path, self.tree.root)
-        before_list = _parse_or_none(before.files[path.name])
-        if not isinstance(before_list, list):
-            before_list = [] if before.files[path.name] is None else _read_doc(path, list, [], self.tree.root)
+        # the file before the call: put back if the database refuses (phase 3), merged into (unless it is
+        # this thread's base: nobody wrote it since this thread loaded or saved it)
+        before = _Snapshot.of(path, self.tree.root) if self.phase is Phase.DB_THEN_FILES or not unchanged else None
+        before_list = None
+        if not unchanged:
+            before_list = _parse_or_none(before.files[path.name])
+            if not isinstance(before_list, list):
+                before_list = [] if before.files[path.name] is None else _read_doc(path, list, [], self.tree.root)
         found: dict[str, Any] = {}
 
         def theirs() -> Any:
@@ -370,26 +412,30 @@ class _Call:
             returned = self.call_theirs()
             written = _read_doc(path, list, [], self.tree.root) if mine is None else mine
             base = self.a.base(self.base_key, None)
+            current = base if before_list is None else before_list  # the list in the file before the call
             if base is None:  # never loaded here: what the file held is the base
-                base = before_list
+                base = current = current or []
             old, new = _by_id(base), _by_id(written)
             added = [m for i, m in new.items() if i not in old]
             removed = [i for i in old if i not in new]
             changed = {i: m for i, m in new.items() if i in old and m != old[i]}
             merged, seen = [], set()
-            for m in before_list:
+            for m in current:
                 mid = m.get("id") if isinstance(m, dict) else None
                 if mid in removed:
                     continue
                 merged.append(changed.get(mid, m))
                 seen.add(mid)
             merged += [m for m in added + list(changed.values()) if m["id"] not in seen]
-            if merged != written:
+            same = merged == written
+            if not same:
                 _files.atomic_write_json(path, merged, root=self.tree.root)
             after = self.stamp()
             found.update(added=added, read=[i for i in removed if not _is_read(old[i])] +
-                         [i for i, m in changed.items() if _is_read(m) and not _is_read(old[i])])
-            self.a.remember(self.base_key, merged, look=after)
+                         [i for i, m in changed.items() if _is_read(m) and not _is_read(old[i])],
+                         after=after, kept=all(i in seen for i in changed))
+            # what the caller holds is the base of its next save; the look only when the file is that list
+            self.a.remember(self.base_key, written, look=after if same else None)
             return returned
 
         def to_db() -> None:
@@ -406,10 +452,18 @@ class _Call:
 
             if added or read:
                 store.atomic(apply)
+            found["db"] = True
 
         if self.phase is Phase.FILES_ONLY:
             return theirs()
-        return self.written(before, to_db, run=theirs)
+        key = (self.tree, self.owner)
+        checked = look is not None and look.known and self.a.backfilled.get(key) == look
+        returned = self.written(before, to_db, run=theirs)
+        if checked and found.get("db") and found.get("kept"):
+            # the file had nothing unread the database lacked; what this call added is in it, what it read is
+            # claimed there: the list as written has nothing to put into the database either
+            self.a.note_backfilled(key, found["after"])
+        return returned
 
     def written_list(self) -> list | None:
         """The list the adopter's save writes, when the call shows it (its keyed cache, or its argument)."""
@@ -418,7 +472,7 @@ class _Call:
             cache = self.global_value(self.decl.source)
             mine = cache.get(self.owner) if isinstance(cache, dict) else None
         if mine is None and self.plan.written_param is not None:  # what it writes: its argument, as it is
-            with contextlib.suppress(KeyError, TypeError):
+            with contextlib.suppress(KeyError, IndexError, TypeError):
                 mine = self.plan.argument(self.plan.written_param, self.args, self.kwargs)
         return mine if isinstance(mine, list) else None
 

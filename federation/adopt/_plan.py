@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from shim import Spec
 
+from ..domain.entities import document_lock
 from ._declare import Atomic, Claim, DeclarationError, ENTITIES, LIST_INBOX, Load, SHAPES, Save, _Kind
 
 
@@ -132,9 +133,25 @@ class _Plan:
     spec: Spec
     owner_of: Callable[[tuple, dict], str | None]
     written_param: str | None = None  #: the parameter the function writes as it is (json.dumps(msgs))
+    #: the lock of this call's document, by its key (one name for a document without a key)
+    lock_of: Callable[[str | None], str] = dataclasses.field(default=lambda owner: "", repr=False)
+    #: the value of written_param in a call (a KeyError or TypeError when it has none)
+    written_of: Callable[[tuple, dict], Any] | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        document = self.kind.document
+        if self.kind.keyed:
+            self.lock_of = lambda owner: document_lock(document, owner or "")
+        else:
+            name = document_lock(document)
+            self.lock_of = lambda owner: name
+        if self.written_param is not None:
+            self.written_of = self._getter(self.signature, self.written_param)
 
     def argument(self, name: str, args: tuple, kwargs: dict) -> Any:
         """The value of parameter *name* in this call (a KeyError when it has none)."""
+        if name == self.written_param and self.written_of is not None:
+            return self.written_of(args, kwargs)
         if self.signature is None:
             raise KeyError(name)
         bound = self.signature.bind(*args, **kwargs)
@@ -203,6 +220,11 @@ class _Plan:
 
     @staticmethod
     def _owner_getter(signature: inspect.Signature | None, key: str | None) -> Callable[[tuple, dict], str | None]:
+        return _Plan._getter(signature, key)
+
+    @staticmethod
+    def _getter(signature: inspect.Signature | None, key: str | None) -> Callable[[tuple, dict], Any]:
+        """The value of parameter *key* in a call (KeyError, IndexError or TypeError when it has none)."""
         if key is None:
             return lambda args, kwargs: None
         if signature is None:  # a builtin without a signature: the key is its first argument

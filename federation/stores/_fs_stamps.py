@@ -87,69 +87,106 @@ class Look(tuple):
             and _STAMP.unpack(record)[1] == crc
 
 
-#: descriptors of the folders of documents whose stamps are looked at (adopted calls): (pid, root, folder) ->
+#: descriptors of the folders of documents whose stamps are looked at (adopted calls): (root, folder) ->
 #: (descriptor, device, inode, when last walked to); walked to again every LOCKS_RECHECK_S, as ``.locks/``.
 #: At most _STAMP_FOLDERS_MAX are kept (never closed while the process lives: a thread may be using one);
-#: past that, a look walks from the root as every other access does.
-_stamp_folders: dict[tuple[int, str, str], tuple[int, int, int, float]] = {}
+#: past that, a look walks from the root as every other access does.  A forked child starts with none (it
+#: walks again: never its parent's descriptors).
+_stamp_folders: dict[tuple[str, str], tuple[int, int, int, float]] = {}
 _STAMP_FOLDERS_MAX = 16
+os.register_at_fork(after_in_child=_stamp_folders.clear)
+
+
+class Doc:
+    """A legacy document whose stamps are looked at, worked out once (the adopted calls keep one per
+    document): its path, its folder and file name, its short name in the stamps and the key of the lock
+    it is written under (the lock's name *lock*)."""
+
+    __slots__ = ("root", "path", "folder", "name", "crc", "held_key")
+
+    def __init__(self, tree: Tree, lock: str, path: Path | str):
+        self.root = os.fspath(tree.root)
+        self.path = path
+        self.folder, _, self.name = os.fspath(path).rpartition(os.sep)
+        self.crc = _doc_crc(tree.root, path)
+        self.held_key = (str(tree.root), lock)  # the key of ``locked``: (str(root), name)
 
 
 def _ident_of(path: Path, root: Path | str) -> tuple[int, int, int, int] | None:
-    """The identity of the document *path* (its stat, no link followed), None when it is missing: one
-    fstatat in a held descriptor of its folder (reached from the root without links, walked to again
-    every second), or a walk when too many folders are held."""
+    """The identity of the document *path* (its stat, no link followed), None when it is missing."""
     folder, _, name = os.fspath(path).rpartition(os.sep)
-    key = (os.getpid(), os.fspath(root), folder)
-    now = time.monotonic()
+    return _ident_in(os.fspath(root), folder, name, path)
+
+
+def _ident_in(root: str, folder: str, name: str, path: Path | str) -> tuple[int, int, int, int] | None:
+    """The identity of the file *name* of *folder* (the document *path*): one fstatat in a held descriptor
+    of its folder (reached from the root without links, walked to again every second), or a walk when
+    too many folders are held."""
+    key = (root, folder)
     found = _stamp_folders.get(key)
-    if found is None or now - found[3] >= LOCKS_RECHECK_S:
-        with _folders_guard:
-            found = _stamp_folders.get(key)
-            if found is None or now - found[3] >= LOCKS_RECHECK_S:
-                if found is None and len(_stamp_folders) >= _STAMP_FOLDERS_MAX:
-                    return _identity(lstat(path, root=root))
-                top, parts = _parts(root, path)
-                try:
-                    fd = _walk(top, parts[:-1], False)
-                except FileNotFoundError:
-                    return None
-                st = os.fstat(fd)
-                if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
-                    os.close(fd)
-                    fd = found[0]
-                found = _stamp_folders[key] = (fd, st.st_dev, st.st_ino, now)
+    if found is None or time.monotonic() - found[3] >= LOCKS_RECHECK_S:
+        try:
+            found = _stamp_folder(key, root, path)
+        except FileNotFoundError:  # its folder is missing: so is the document
+            return None
+        if found is None:
+            return _identity(lstat(Path(path), root=root))
     try:
-        return _identity(os.stat(name, dir_fd=found[0], follow_symlinks=False))
+        st = os.stat(name, dir_fd=found[0], follow_symlinks=False)
     except FileNotFoundError:
         return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def stamp_look(tree: Tree, name: str, path: Path) -> Look | None:
+def _stamp_folder(key: tuple[str, str], root: str, path: Path | str) -> tuple[int, int, int, float] | None:
+    """The held descriptor of the folder *key* (walked to now: first use, or a second since the last walk);
+    None when too many are held (the caller walks).  FileNotFoundError when the folder is missing."""
+    now = time.monotonic()
+    with _folders_guard:
+        found = _stamp_folders.get(key)
+        if found is not None and now - found[3] < LOCKS_RECHECK_S:
+            return found
+        if found is None and len(_stamp_folders) >= _STAMP_FOLDERS_MAX:
+            return None
+        top, parts = _parts(root, path)
+        fd = _walk(top, parts[:-1], False)
+        st = os.fstat(fd)
+        if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
+            os.close(fd)
+            fd = found[0]
+        found = _stamp_folders[key] = (fd, st.st_dev, st.st_ino, now)
+        return found
+
+
+def stamp_look(tree: Tree, name: str, path: Path | Doc) -> Look | None:
     """This thread's look at the document *path* under the lock *name* it holds (None: not held by it)."""
-    held = _held_lock(tree, name)
+    doc = path if isinstance(path, Doc) else Doc(tree, name, path)
+    fds = getattr(held_fds, "fds", None)
+    held = fds.get(doc.held_key) if fds else None
     if held is None:
         return None
     try:
         record = os.pread(held[0], _STAMP.size, 0)
-        ident = _ident_of(path, tree.root)
+        ident = _ident_in(doc.root, doc.folder, doc.name, doc.path)
     except (OSError, CorruptFileError):
         return None
-    return Look((record, ident, _doc_crc(tree.root, path)))
+    return Look((record, ident, doc.crc))
 
 
-def stamp_written(tree: Tree, name: str, path: Path, before: Look | None = None) -> Look | None:
+def stamp_written(tree: Tree, name: str, path: Path | Doc, before: Look | None = None) -> Look | None:
     """Record, in the lock *name* this thread holds, that the fleet wrote *path* as it is now; the look
     after it (None: the lock is not held, or the stamp could not be written: the next look says changed).
     *before*: this thread's look under the same hold of the lock (its record is the lock's: not read again)."""
-    held = _held_lock(tree, name)
+    doc = path if isinstance(path, Doc) else Doc(tree, name, path)
+    fds = getattr(held_fds, "fds", None)
+    held = fds.get(doc.held_key) if fds else None
     if held is None:
         return None
     try:
-        ident = _ident_of(path, tree.root)
+        ident = _ident_in(doc.root, doc.folder, doc.name, doc.path)
     except (OSError, CorruptFileError):
         return None
-    return _stamp(held, ident, _doc_crc(tree.root, path), None if before is None else before[0])
+    return _stamp(held, ident, doc.crc, None if before is None else before[0])
 
 
 def _stamp(held: tuple[int, Tree, str], ident: tuple[int, int, int, int] | None, crc: int,

@@ -45,7 +45,7 @@ from ..domain.layout import Tree  # the paths of the layout; this module reads a
 from ..errors import CorruptFileError, FileStorageError
 from ._fs_locks import flock_file, locked
 from ._fs_read import MAX_FILE_BYTES, FolderCache, open_regular, read_in, read_regular, read_with_stat
-from ._fs_stamps import Look, note_outside, outside_files, outside_writes, stamp_look, stamp_written
+from ._fs_stamps import Doc as StampDoc, Look, note_outside, outside_files, outside_writes, stamp_look, stamp_written
 from ._fs_walk import (Entry, entry_kind, folder_of, is_regular, kind_of, list_dir, lstat, names_in, open_folder,
                        root_is_folder, scan_dir, walk_tree)
 from ._fs_write import (append_bytes, atomic_write_json, remove, remove_folder, remove_if_unchanged, remove_older,
@@ -58,7 +58,7 @@ __all__ = ["Tree", "atomic_write_json", "read_json", "locked", "read_regular", "
            "remove_if_unchanged", "remove_folder", "FolderCache",
            "has_legacy_data", "Entry", "kind_of", "open_regular", "read_in", "parse_document", "parse_json_bytes",
            "loads_bounded", "note_torn", "TORN_PAUSES", "torn_reads", "torn_files",
-           "Look", "stamp_look", "stamp_written", "note_outside", "outside_writes", "outside_files"]
+           "Look", "StampDoc", "stamp_look", "stamp_written", "note_outside", "outside_writes", "outside_files"]
 
 #: the deepest JSON nesting read from under the root (a message holds 2 levels, a session 4, traits
 #: as deep as a caller made them, within ``_validate.MAX_JSON_DEPTH``)
