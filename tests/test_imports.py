@@ -191,7 +191,7 @@ def test_a_name_imported_from_core_is_found():
 #: The federation modules that may import the shim: the wiring that installs it, the adopter
 #: (federation.adopt) and the rollout observer that counts its observations.
 MAY_IMPORT_SHIM = {"federation", "federation._wiring", "federation.adopt", "federation.adopt._adoption",
-                   "federation.adopt._plan", "federation.adopt._call", "federation.rollout._runtime",
+                   "federation.adopt._plan", "federation.adopt._call", "federation.adopt._saves", "federation.rollout._runtime",
                    "federation.rollout._runtimes"}
 #: Still importing it, to be moved: none (the report and the shadow reads share the federation's own
 #: comparison, federation.domain.compare, which the wiring and the adopter give the shim as its differ).
