@@ -56,6 +56,22 @@ def _pymalloc_arenas() -> int:
     return -1
 
 
+#: the library's per-process caches (module, name) whose entries are counted at each sample
+CACHES = (("federation.stores._fs_walk", "_parts_cache"), ("federation.stores._fs_stamps", "_crcs"),
+          ("federation.stores._fs_stamps", "_stamp_folders"), ("federation.stores._fs_locks", "_locks_folders"),
+          ("federation.core", "_tree_cache"), ("federation.stores.file_history", "_history"),
+          ("federation.stores.file_history", "_sent"))
+
+
+def cache_sizes() -> dict[str, int]:
+    sizes = {}
+    for module, name in CACHES:
+        found = getattr(sys.modules.get(module), name, None)
+        if found is not None:
+            sizes[name] = len(found)
+    return sizes
+
+
 def sample(libc, sqlite) -> dict:
     status = {}
     with open("/proc/self/status") as f:
@@ -70,7 +86,8 @@ def sample(libc, sqlite) -> dict:
             "malloc_free_mb": mi.fordblks / 2**20, "malloc_mmap_mb": mi.hblkhd / 2**20,
             "pymalloc_arenas": _pymalloc_arenas(),
             "sqlite_mb": sqlite.sqlite3_memory_used() / 2**20 if sqlite else -1.0,
-            "gc_objects": len(gc.get_objects()), "fds": len(os.listdir("/proc/self/fd"))}
+            "gc_objects": len(gc.get_objects()), "fds": len(os.listdir("/proc/self/fd")),
+            "caches": cache_sizes()}
 
 
 def main() -> None:

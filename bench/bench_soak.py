@@ -334,6 +334,9 @@ def print_probes(probes: dict[str, Path]) -> None:
                     "pymalloc_arenas", "sqlite_mb", "gc_objects", "threads", "fds"):
             slope, se = slope_se_per_hour([(r["t"], r[key]) for r in half])
             print(f"  {key:17} {records[0][key]:10.2f} -> {records[-1][key]:10.2f}   {slope:+10.2f} ± {2 * se:.2f} /h")
+        for key in sorted(set(records[0].get("caches", {})) | set(records[-1].get("caches", {}))):
+            series = [r.get("caches", {}).get(key, 0) for r in records]
+            print(f"  entries of {key:20} {series[0]} -> {series[-1]} (most {max(series)})")
 
 
 if __name__ == "__main__":
