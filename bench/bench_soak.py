@@ -21,7 +21,11 @@ codes and times are printed at the end.
     python bench/bench_soak.py [--minutes 5] [--agents 16] [--stdio 2] [--every 10] [--phase 4]
                                [--workers 1] [--pause 0.05] [--repo PATH] [--pg-url URL]
                                [--chores] [--prune-every 15] [--report-every 60] [--backup-every 120]
-                               [--env NAME=VALUE ...]
+                               [--env NAME=VALUE ...] [--stdio-probe]
+
+``--stdio-probe`` runs each stdio server under ``bench/_stdio_probe.py`` (the same server, plus a sampler
+thread) and prints, per stdio server, where its memory is: glibc's heap, Python's small-object arenas,
+SQLite's heap, the objects the garbage collector tracks -- first and last sample and second-half slope.
 """
 
 from __future__ import annotations
@@ -199,6 +203,8 @@ def main() -> None:
     ap.add_argument("--backup-every", type=float, default=120)
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in the servers' environment (e.g. MALLOC_ARENA_MAX=2, FEDERATION_SHADOW_SAMPLE=0)")
+    ap.add_argument("--stdio-probe", action="store_true",
+                    help="sample each stdio server's heaps from inside it (bench/_stdio_probe.py)")
     args = ap.parse_args()
     print(f"load average {open('/proc/loadavg').read().strip()}")
     from federation.apps import agent_tokens
@@ -216,7 +222,11 @@ def main() -> None:
         messaging.send_message(http_names[0], http_names[-1], "the database made before the servers start")
         extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
         server, url = start_http(root.parent / f"{root.name}-soak.stderr", *extra, repo=args.repo)
-        stdio = [subprocess.Popen([sys.executable, "-m", "federation", "serve", "--agent", name],
+        probes = {name: root.parent / f"{root.name}-{name}-probe.jsonl" for name in stdio_names}
+        probe = str(Path(__file__).resolve().parent / "_stdio_probe.py")
+        stdio = [subprocess.Popen([sys.executable, probe, str(probes[name]), name, str(args.every)]
+                                  if args.stdio_probe else
+                                  [sys.executable, "-m", "federation", "serve", "--agent", name],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=open(root.parent / f"{root.name}-{name}.stderr", "w"),
                                   env=child_env(args.repo), cwd=str(args.repo), text=True)
@@ -289,7 +299,44 @@ def main() -> None:
                     "control_mb"):
             slope = slope_per_hour([(s["t"], s[key]) for s in half])
             print(f"  {key:14} {samples[0][key]:9.2f} -> {samples[-1][key]:9.2f}   {slope:+10.2f} /h")
+        if args.stdio_probe:
+            print_probes(probes)
         print(f"load average {open('/proc/loadavg').read().strip()}")
+
+
+def slope_se_per_hour(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """The least-squares slope per hour and its standard error."""
+    n = len(points)
+    if n < 3:
+        return slope_per_hour(points), 0.0
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0, 0.0
+    b = sum((t - mt) * (v - mv) for t, v in points) / var
+    residual = sum((v - mv - b * (t - mt)) ** 2 for t, v in points)
+    return b * 3600, (residual / (n - 2) / var) ** 0.5 * 3600
+
+
+def print_probes(probes: dict[str, Path]) -> None:
+    for name, path in probes.items():
+        try:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except OSError:
+            records = []
+        if not records:
+            print(f"{name}: no probe sample")
+            continue
+        half = [r for r in records if r["t"] >= records[-1]["t"] / 2]
+        print(f"{name} (probe, {len(records)} samples; slope over the second half ± 2 standard errors):")
+        for key in ("rss_mb", "anon_mb", "malloc_system_mb", "malloc_used_mb", "malloc_free_mb", "malloc_mmap_mb",
+                    "pymalloc_arenas", "sqlite_mb", "gc_objects", "threads", "fds"):
+            slope, se = slope_se_per_hour([(r["t"], r[key]) for r in half])
+            print(f"  {key:17} {records[0][key]:10.2f} -> {records[-1][key]:10.2f}   {slope:+10.2f} ± {2 * se:.2f} /h")
+        for key in sorted(set(records[0].get("caches", {})) | set(records[-1].get("caches", {}))):
+            series = [r.get("caches", {}).get(key, 0) for r in records]
+            print(f"  entries of {key:20} {series[0]} -> {series[-1]} (most {max(series)})")
 
 
 if __name__ == "__main__":
