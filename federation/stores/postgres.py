@@ -26,6 +26,7 @@ import os
 import re
 import select
 import threading
+import time
 import weakref
 
 import psycopg
@@ -236,6 +237,10 @@ class PostgresDialect(Dialect):
 DIALECT = PostgresDialect
 
 
+#: Seconds a process's LISTEN connection stays open with no thread waiting on it.
+LISTEN_IDLE_S = 10.0
+
+
 class _Listener:
     """The one ``LISTEN`` connection of a process for a database URL, shared by every thread's waits.
 
@@ -284,13 +289,28 @@ class _Listener:
                     watcher.event.set()
 
     def _run(self, conn: psycopg.Connection) -> None:
-        """Read *conn*'s notifications as they arrive, until it is lost."""
+        """Read *conn*'s notifications as they arrive, until it is lost, or closed once no thread has waited
+        on it for :data:`LISTEN_IDLE_S` (a process that waits no more holds no session: each database a
+        process ever waited on kept one for the process's life, and a test run's filled the server)."""
+        idle_since: float | None = None
         try:
             while True:
-                ready, _, _ = select.select([conn.pgconn.socket], [], [], 5.0)
-                if ready:
-                    with self.lock:
+                ready, _, _ = select.select([conn.pgconn.socket], [], [], 1.0)
+                with self.lock:
+                    if ready:
                         self._drain(conn)
+                    if len(self.watchers):
+                        idle_since = None
+                        continue
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    if self.conn is conn:
+                        if now - idle_since < LISTEN_IDLE_S:
+                            continue
+                        self.conn = None  # the next watcher opens a new one; nobody to tell
+                conn.close()
+                return
         except Exception as exc:  # noqa: BLE001 - the server went, the network, a closed socket: said to the waiters
             with self.lock:
                 if self.conn is conn:
