@@ -341,3 +341,40 @@ def test_the_listen_connection_is_closed_once_nobody_waits(fed, monkeypatch):
     messaging.send_message("alice", "bob", "wake up")
     waiter.join(30)
     assert [m["content"] for m in got] == ["wake up"]
+
+
+@pytest.mark.postgresql_only
+def test_a_wait_works_when_the_process_holds_descriptors_past_1024(fed):
+    """``select()`` refuses a descriptor numbered 1024 or more: a server holding that many files and sockets
+    had its LISTEN reader die at once (every wait fell back to looking every 0.25 s, and every idle pooled
+    connection was judged stale).  With 1,100 descriptors open first, a wait is woken by the notification on
+    a LISTEN session numbered past 1024."""
+    import resource
+
+    from federation import messaging
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the open-file limit's hard value is {hard}: 1,100 more descriptors cannot be opened")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        fed.phase(4)
+        messaging.send_message("alice", "nobody", "the schema first")
+        url = config.settings().db_url
+        got: list = []
+        waiter = threading.Thread(target=lambda: got.extend(messaging.pulse("bob", lease=30, wait=30)["messages"]))
+        waiter.start()
+        deadline = time.monotonic() + 20
+        while not _listen_sessions(url):
+            assert time.monotonic() < deadline, "the wait opened no LISTEN session"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the reader is polling its socket
+        assert _listen_sessions(url) == 1  # still there: its reader did not fail
+        messaging.send_message("alice", "bob", "wake up")
+        waiter.join(30)
+        assert [m["content"] for m in got] == ["wake up"]
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

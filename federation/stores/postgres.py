@@ -190,10 +190,9 @@ class PostgresDialect(Dialect):
         if conn.closed or conn.broken:
             return True
         try:
-            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+            return _readable(conn.pgconn.socket, 0.0)
         except (OSError, ValueError, psycopg.Error):
             return True
-        return bool(readable)
 
     def lock(self, tx: Tx, name: str) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
@@ -235,6 +234,14 @@ class PostgresDialect(Dialect):
 
 
 DIALECT = PostgresDialect
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether *fd* has something to read within *timeout* seconds: ``poll``, not ``select``, which refuses a
+    descriptor numbered 1024 or more (a server holding many files and sockets)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(timeout * 1000))
 
 
 #: Seconds a process's LISTEN connection stays open with no thread waiting on it.
@@ -295,7 +302,7 @@ class _Listener:
         idle_since: float | None = None
         try:
             while True:
-                ready, _, _ = select.select([conn.pgconn.socket], [], [], 1.0)
+                ready = _readable(conn.pgconn.socket, 1.0)
                 with self.lock:
                     if ready:
                         self._drain(conn)
