@@ -128,3 +128,56 @@ def test_doctor_says_when_an_http_servers_open_file_limit_is_too_low(fed):
         assert found["ok"] is ok, found
         if not ok:
             assert f"pid {server.proc.pid}: 512" in found["detail"] and str(need) in found["fix"], found
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_process_using_many_roots_holds_a_bounded_number_of_folder_descriptors(tmp_path):
+    """Each root's ``.locks/`` folder was held open for the process's life: 300 roots used one after the
+    other (a test run, a tool going over federations) held 300 descriptors, and CI's test process passed
+    1,024 (``select()`` then failed).  At most 64 are held now."""
+    import shutil
+
+    from federation import config, context, messaging
+
+    before = _open_descriptors()
+    for i in range(300):
+        root = tmp_path / f"r{i}"
+        with config.override(FEDERATION_ROOT=str(root), FEDERATION_USE_DB="0", FEDERATION_PHASE=None):
+            messaging.send_message("alice", "bob", "x")
+            context.set_context("alice", "y")
+        shutil.rmtree(root)
+    assert _open_descriptors() - before <= 64 + 4
+
+
+def test_a_held_folder_swapped_is_let_go_and_closed_later(tmp_path, monkeypatch):
+    """A held folder replaced by another is walked to again, the real one held, and the old descriptor closed
+    once RETIRE_AFTER_S has passed; when every room is in use the folder is not held (the caller closes)."""
+    from federation.stores import _fs_walk
+
+    monkeypatch.setattr(_fs_walk, "LOCKS_RECHECK_S", 0.0)
+    held = _fs_walk.HeldFolders(1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+
+    def walk(path):
+        return lambda: os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    fd_a, kept = held.get("a", walk(a))
+    assert kept and held.count() == 1
+    fd_b, kept_b = held.get("b", walk(b))  # no room: "a" was walked to just now
+    assert not kept_b and held.count() == 1
+    os.close(fd_b)
+    a.rename(tmp_path / "a-old")
+    a.mkdir()  # swapped
+    fd_new, kept = held.get("a", walk(a))
+    assert kept and fd_new != fd_a and os.fstat(fd_new).st_ino == a.stat().st_ino
+    assert held.count() == 2  # the old one let go, still open (a thread may be opening in it)
+    monkeypatch.setattr(_fs_walk, "RETIRE_AFTER_S", 0.0)
+    held.get("a", walk(a))
+    assert held.count() == 1
+    with pytest.raises(OSError):
+        os.fstat(fd_a)  # closed

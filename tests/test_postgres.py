@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -313,6 +314,24 @@ def test_waiting_threads_share_one_listen_connection(fed):
     assert wait_all(third) == {n: [f"for {n}"] for n in third}
 
 
+def _woken_by_a_send(url: str, agent: str, while_waiting: Callable[[], None] = lambda: None) -> list[str]:
+    """A thread waits in pulse(wait) for *agent*; once its LISTEN session is open (and *while_waiting* ran),
+    a message is sent: what the wait returned."""
+    from federation import messaging
+
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.extend(messaging.pulse(agent, lease=30, wait=30)["messages"]))
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while not _listen_sessions(url):
+        assert time.monotonic() < deadline, "the wait opened no LISTEN session"
+        time.sleep(0.05)
+    while_waiting()
+    messaging.send_message("alice", agent, "wake up")
+    waiter.join(30)
+    return [m["content"] for m in got]
+
+
 @pytest.mark.postgresql_only
 def test_the_listen_connection_is_closed_once_nobody_waits(fed, monkeypatch):
     """Once no thread has waited on it for LISTEN_IDLE_S, the process's LISTEN session is closed (each
@@ -331,16 +350,7 @@ def test_the_listen_connection_is_closed_once_nobody_waits(fed, monkeypatch):
     while _listen_sessions(url):
         assert time.monotonic() < deadline, "the idle LISTEN session was not closed"
         time.sleep(0.2)
-    got: list = []
-    waiter = threading.Thread(target=lambda: got.extend(messaging.pulse("bob", lease=30, wait=30)["messages"]))
-    waiter.start()
-    deadline = time.monotonic() + 20
-    while not _listen_sessions(url):
-        assert time.monotonic() < deadline, "the next wait opened no LISTEN session"
-        time.sleep(0.05)
-    messaging.send_message("alice", "bob", "wake up")
-    waiter.join(30)
-    assert [m["content"] for m in got] == ["wake up"]
+    assert _woken_by_a_send(url, "bob") == ["wake up"]  # the next wait opens a session again
 
 
 @pytest.mark.postgresql_only
@@ -362,18 +372,12 @@ def test_a_wait_works_when_the_process_holds_descriptors_past_1024(fed):
         fed.phase(4)
         messaging.send_message("alice", "nobody", "the schema first")
         url = config.settings().db_url
-        got: list = []
-        waiter = threading.Thread(target=lambda: got.extend(messaging.pulse("bob", lease=30, wait=30)["messages"]))
-        waiter.start()
-        deadline = time.monotonic() + 20
-        while not _listen_sessions(url):
-            assert time.monotonic() < deadline, "the wait opened no LISTEN session"
-            time.sleep(0.05)
-        time.sleep(0.3)  # the reader is polling its socket
-        assert _listen_sessions(url) == 1  # still there: its reader did not fail
-        messaging.send_message("alice", "bob", "wake up")
-        waiter.join(30)
-        assert [m["content"] for m in got] == ["wake up"]
+
+        def reader_alive() -> None:
+            time.sleep(0.3)  # the reader is polling its socket
+            assert _listen_sessions(url) == 1  # still there: its reader did not fail
+
+        assert _woken_by_a_send(url, "bob", while_waiting=reader_alive) == ["wake up"]
     finally:
         for fd in fds:
             os.close(fd)

@@ -12,14 +12,13 @@ import fcntl
 import os
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 from ..domain.layout import Tree
 from ..errors import CorruptFileError, FileStorageError
 from ._fs_stamps import held_fds
-from ._fs_walk import LOCKS_RECHECK_S, _kind, _parts, _walk, folder_of
+from ._fs_walk import HeldFolders, _kind, _parts, _walk, folder_of
 from ._fs_write import _open_made
 
 _held = threading.local()
@@ -30,11 +29,22 @@ def _lock_fd(tree: Tree, name: str) -> int:
 
     Never cached (issue 30): a process holds one descriptor per lock it holds *now*, whatever the number
     of threads, agents and documents it ever touched (flock is per open file description, so each
-    holder opens its own), plus one of each root's ``.locks/`` folder (:func:`_locks_folder`).
+    holder opens its own), plus the ``.locks/`` folders it holds (:func:`_locks_folder`, at most 64).
     On the path of every locked call: strings and four system calls (open, fstat; flock; close)."""
+    try:
+        dfd, held = _locks_folder(tree)
+    except OSError as exc:  # read-only root, permissions: typed, naming the lock file
+        raise FileStorageError.wrap(exc, tree.lock_path(name), "open the lock file") from exc
+    try:
+        return _open_lock_in(dfd, tree, name)
+    finally:
+        if not held:
+            os.close(dfd)
+
+
+def _open_lock_in(dfd: int, tree: Tree, name: str) -> int:
     fname = name + ".lock"
     try:
-        dfd = _locks_folder(tree)
         try:  # O_NOFOLLOW|O_NONBLOCK: never through a link, never blocking on a FIFO; fstat decides
             try:  # read-write while held: the fleet's stamp of the document is written in it (a read-only
                 # root or lock file: read-only, as flock needs no more; no stamp is written then)
@@ -67,34 +77,18 @@ def _lock_fd(tree: Tree, name: str) -> int:
     raise CorruptFileError(tree.lock_path(name), f"{what}; the lock cannot be taken: remove it")
 
 
-#: each root's ``.locks/`` folder, reached from the root without following links: (descriptor, device,
-#: inode, when last walked to).  Walked to again every LOCKS_RECHECK_S: a folder swapped or moved since is
-#: left (its descriptor closed once no lock can be opening in it) and the real one used.
-_locks_folders: dict[tuple[int, str], tuple[int, int, int, float]] = {}
-_locks_guard = threading.Lock()
+#: each root's ``.locks/`` folder, reached from the root without following links (at most 64 roots held)
+_locks_folders = HeldFolders(64)
 
 
-def _locks_folder(tree: Tree) -> int:
-    key = (os.getpid(), str(tree.root))  # a forked child walks again: never its parent's descriptor
-    found = _locks_folders.get(key)
-    now = time.monotonic()
-    if found is not None and now - found[3] < LOCKS_RECHECK_S:
-        return found[0]
-    with _locks_guard:
-        found = _locks_folders.get(key)
-        if found is not None and now - found[3] < LOCKS_RECHECK_S:
-            return found[0]
+def _locks_folder(tree: Tree) -> tuple[int, bool]:
+    """A descriptor of the root's ``.locks/`` folder (made if missing), and whether it is held (else the
+    caller closes it)."""
+    def walk() -> int:
         top, parts = _parts(tree.root, tree.lock_path("x"))
-        fd = _walk(top, parts[:-1], True)
-        st = os.fstat(fd)
-        if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
-            os.close(fd)  # the same folder: keep the descriptor threads may be opening in
-            _locks_folders[key] = (found[0], found[1], found[2], now)
-            return found[0]
-        # a new folder (first use, or the old one was swapped or moved): the old descriptor stays open,
-        # counted, until the process ends (a thread may be opening in it right now); one per swap
-        _locks_folders[key] = (fd, st.st_dev, st.st_ino, now)
-        return fd
+        return _walk(top, parts[:-1], True)
+
+    return _locks_folders.get(str(tree.root), walk)
 
 
 _LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -18,21 +18,19 @@ import contextlib
 import os
 import struct
 import threading
-import time
 import zlib
 from pathlib import Path
 
 from .._logging import library_logger
 from ..domain.layout import Tree
 from ..errors import CorruptFileError
-from ._fs_walk import LOCKS_RECHECK_S, _parts, _walk, lstat
+from ._fs_walk import HeldFolders, _parts, _walk
 
 log = library_logger("federation.files")
 
 #: the locks this thread holds: (root, name) -> (descriptor, tree, name), in the order taken (the gate's
 #: writes stamp the last one taken)
 held_fds = threading.local()
-_folders_guard = threading.Lock()
 
 
 #: magic, crc32 of the document's path below the root, generation, inode, size, mtime_ns, ctime_ns
@@ -87,14 +85,9 @@ class Look(tuple):
             and _STAMP.unpack(record)[1] == crc
 
 
-#: descriptors of the folders of documents whose stamps are looked at (adopted calls): (root, folder) ->
-#: (descriptor, device, inode, when last walked to); walked to again every LOCKS_RECHECK_S, as ``.locks/``.
-#: At most _STAMP_FOLDERS_MAX are kept (never closed while the process lives: a thread may be using one);
-#: past that, a look walks from the root as every other access does.  A forked child starts with none (it
-#: walks again: never its parent's descriptors).
-_stamp_folders: dict[tuple[str, str], tuple[int, int, int, float]] = {}
-_STAMP_FOLDERS_MAX = 16
-os.register_at_fork(after_in_child=_stamp_folders.clear)
+#: descriptors of the folders of documents whose stamps are looked at (adopted calls): at most 16 held;
+#: past that, a look walks from the root as every other access does (see HeldFolders)
+_stamp_folders = HeldFolders(16)
 
 
 class Doc:
@@ -122,40 +115,22 @@ def _ident_in(root: str, folder: str, name: str, path: Path | str) -> tuple[int,
     """The identity of the file *name* of *folder* (the document *path*): one fstatat in a held descriptor
     of its folder (reached from the root without links, walked to again every second), or a walk when
     too many folders are held."""
-    key = (root, folder)
-    found = _stamp_folders.get(key)
-    if found is None or time.monotonic() - found[3] >= LOCKS_RECHECK_S:
-        try:
-            found = _stamp_folder(key, root, path)
-        except FileNotFoundError:  # its folder is missing: so is the document
-            return None
-        if found is None:
-            return _identity(lstat(Path(path), root=root))
+    def walk() -> int:
+        top, parts = _parts(root, path)
+        return _walk(top, parts[:-1], False)
+
     try:
-        st = os.stat(name, dir_fd=found[0], follow_symlinks=False)
+        dfd, held = _stamp_folders.get((root, folder), walk)
+    except FileNotFoundError:  # its folder is missing: so is the document
+        return None
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+    finally:
+        if not held:
+            os.close(dfd)
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _stamp_folder(key: tuple[str, str], root: str, path: Path | str) -> tuple[int, int, int, float] | None:
-    """The held descriptor of the folder *key* (walked to now: first use, or a second since the last walk);
-    None when too many are held (the caller walks).  FileNotFoundError when the folder is missing."""
-    now = time.monotonic()
-    with _folders_guard:
-        found = _stamp_folders.get(key)
-        if found is not None and now - found[3] < LOCKS_RECHECK_S:
-            return found
-        if found is None and len(_stamp_folders) >= _STAMP_FOLDERS_MAX:
-            return None
-        top, parts = _parts(root, path)
-        fd = _walk(top, parts[:-1], False)
-        st = os.fstat(fd)
-        if found is not None and (found[1], found[2]) == (st.st_dev, st.st_ino):
-            os.close(fd)
-            fd = found[0]
-        found = _stamp_folders[key] = (fd, st.st_dev, st.st_ino, now)
-        return found
 
 
 def stamp_look(tree: Tree, name: str, path: Path | Doc) -> Look | None:

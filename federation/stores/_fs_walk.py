@@ -14,8 +14,10 @@ import contextlib
 import errno
 import os
 import stat
+import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Hashable, Iterator
 
 from ..errors import CorruptFileError
 
@@ -56,6 +58,77 @@ def _split_below(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
 def kind_of(mode: int) -> str:
     """What an entry of *mode* is, said for a list of invalid files (``a symbolic link (not followed)``...)."""
     return _kind(mode)
+
+
+#: a held folder descriptor let go (its folder swapped, or unused and its room needed) is closed this long
+#: after: a thread that took it may be opening in it right now, for microseconds, never for a minute
+RETIRE_AFTER_S = 60.0
+
+
+class HeldFolders:
+    """Descriptors of folders reached from a root without links, kept open for the calls that open in them
+    (``.locks/``, a stamped document's folder): at most *limit*, whatever the number of roots and folders a
+    process ever used (one per root, kept for the process's life, filled a test run's 1,024 descriptors).
+
+    :meth:`get` walks to a folder again every :data:`LOCKS_RECHECK_S`; a folder swapped since is let go and
+    the real one held.  When all *limit* are taken, one not walked to for :data:`RETIRE_AFTER_S` makes room,
+    else the folder is not held (the caller gets a descriptor of its own to close).  A descriptor let go is
+    closed :data:`RETIRE_AFTER_S` later.  A forked child closes its copies and starts with none.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._held: dict[Hashable, tuple[int, int, int, float]] = {}  # key -> (fd, device, inode, walked at)
+        self._retired: list[tuple[int, float]] = []  # (fd, let go at)
+        self._guard = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def get(self, key: Hashable, walk: Callable[[], int]) -> tuple[int, bool]:
+        """(descriptor of the folder *key*, whether it is held): a descriptor not held is the caller's to
+        close.  *walk* opens the folder (its errors are the caller's)."""
+        now = time.monotonic()
+        found = self._held.get(key)
+        if found is not None and now - found[3] < LOCKS_RECHECK_S:
+            return found[0], True
+        with self._guard:
+            found = self._held.get(key)
+            if found is not None and now - found[3] < LOCKS_RECHECK_S:
+                return found[0], True
+            self._close_retired(now)
+            fd = walk()
+            st = os.fstat(fd)
+            if found is not None:
+                if (found[1], found[2]) == (st.st_dev, st.st_ino):
+                    os.close(fd)  # the same folder: keep the descriptor threads may be opening in
+                    self._held[key] = (found[0], found[1], found[2], now)
+                    return found[0], True
+                self._retired.append((found[0], now))  # swapped or moved: the real one from now on
+            elif len(self._held) >= self.limit and not self._make_room(now):
+                return fd, False
+            self._held[key] = (fd, st.st_dev, st.st_ino, now)
+            return fd, True
+
+    def _make_room(self, now: float) -> bool:
+        stale = min(self._held, key=lambda k: self._held[k][3])
+        if now - self._held[stale][3] < RETIRE_AFTER_S:
+            return False  # every one in use: no churn of descriptors
+        self._retired.append((self._held.pop(stale)[0], now))
+        return True
+
+    def _close_retired(self, now: float) -> None:
+        while self._retired and now - self._retired[0][1] >= RETIRE_AFTER_S:
+            with contextlib.suppress(OSError):
+                os.close(self._retired.pop(0)[0])
+
+    def count(self) -> int:
+        """Descriptors this process holds here (held and let go, not yet closed)."""
+        return len(self._held) + len(self._retired)
+
+    def _forked(self) -> None:
+        for fd in [entry[0] for entry in self._held.values()] + [fd for fd, _ in self._retired]:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copies: the parent keeps its own
+        self._held, self._retired, self._guard = {}, [], threading.Lock()
 
 
 def _kind(mode: int) -> str:
