@@ -169,7 +169,9 @@ class Database:
             return
         local.conn = None
         if not self._waiting and self.opened - self.closed <= self.pool_size:
-            # no more open than the pool keeps, so this one has room among the idle; nobody to wake
+            # no more open than the pool keeps, so this one has room among the idle; nobody to wake (a thread
+            # that starts waiting between the test and the append misses this notify: it finds the
+            # connection when its wait ends, at most POOL_WAIT_S later, or opens one)
             self._idle.append(conn)
             return
         with self._pool_lock:
