@@ -148,7 +148,9 @@ def test_a_process_using_many_roots_holds_a_bounded_number_of_folder_descriptors
         with config.override(FEDERATION_ROOT=str(root), FEDERATION_USE_DB="0", FEDERATION_PHASE=None):
             messaging.send_message("alice", "bob", "x")
             context.set_context("alice", "y")
-        shutil.rmtree(root)
+        # The root's control-plane thread may be writing its counts into control/ meanwhile (CI once saw
+        # "Directory not empty"): what is measured here is descriptors, not the removal.
+        shutil.rmtree(root, ignore_errors=True)
     assert _open_descriptors() - before <= 64 + 4
 
 
