@@ -40,9 +40,10 @@ def serve(agent: str | None, http: bool, host: str | None, port: int | None, wor
         raise click.UsageError("give either --agent NAME (stdio) or --http (many agents, one token each)")
     if not http and (host is not None or port is not None or workers is not None):
         raise click.UsageError("--host, --port and --workers go with --http")
-    from ..apps.allocator import bound_malloc_arenas
+    from ..apps.allocator import bound_malloc_arenas, trim_periodically
 
     bound_malloc_arenas()  # before the server's threads: its memory bounded by configuration (issue 30)
+    trim_periodically()  # the free pages between blocks in use handed back once a minute (issue 30)
     if http:
         _serve_http(host or "127.0.0.1", 8765 if port is None else port, workers or 1)
         return

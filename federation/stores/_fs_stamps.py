@@ -42,18 +42,25 @@ def _identity(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
     return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-_crcs: dict[tuple[str, str], int] = {}
+_crcs: dict[tuple[str, str], int] = {}  # (root, folder) -> crc32 of the folder below the root and "/"
+_CRCS_MAX = 1024
 
 
 def _doc_crc(root: Path | str, path: Path | str) -> int:
-    """A short name of the document *path* below *root* (the same in every process), cached."""
-    key = (os.fspath(root), os.fspath(path))
+    """A short name of the document *path* below *root* (the same in every process): the crc32 of its
+    path below the root, the folder's part cached (keyed by folder, not by document: the cache stays what
+    the process's folders are, issue 30) and the file name's added to it."""
+    root_s, path_s = os.fspath(root), os.fspath(path)
+    folder, sep, name = path_s.rpartition(os.sep)
+    if not sep or not name or name in (".", "..") or os.path.normpath(folder) == os.path.normpath(root_s):
+        return zlib.crc32(os.path.relpath(path_s, root_s).encode("utf-8", "surrogateescape"))
+    key = (root_s, folder)
     crc = _crcs.get(key)
     if crc is None:
-        if len(_crcs) >= 4096:
-            _crcs.clear()
-        crc = _crcs[key] = zlib.crc32(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
-    return crc
+        if len(_crcs) >= _CRCS_MAX:
+            _crcs.pop(next(iter(_crcs)))  # the oldest: one at a time, never all at once
+        crc = _crcs[key] = zlib.crc32((os.path.relpath(folder, root_s) + os.sep).encode("utf-8", "surrogateescape"))
+    return zlib.crc32(name.encode("utf-8", "surrogateescape"), crc)
 
 
 def _held_lock(tree: Tree, name: str) -> tuple[int, Tree, str] | None:

@@ -30,20 +30,34 @@ def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     """(the root as an absolute path, the components of *path* below it); outside the root is refused.
 
     String operations, not pathlib: this is on every file access of phase 1; a pure function of two
-    absolute paths, so those are cached (a hot document's path is split once, not on every access).
+    absolute paths, so the split of a path's *folder* is cached (a hot folder is split once, not on every
+    access) and its file name appended.  Keyed by folder, the cache holds what a process's folders are
+    (a few per agent), not one entry per message file: it no longer fills and empties every few minutes
+    under traffic, which churned the allocator (issue 30: the stdio servers' memory).
     """
-    key = (os.fspath(root), os.fspath(path))
+    root_s, path_s = os.fspath(root), os.fspath(path)
+    folder, sep, name = path_s.rpartition(os.sep)
+    if not sep or not folder or name in ("", ".", "..") or not root_s.startswith(os.sep) \
+            or not folder.startswith(os.sep):  # relative, the root itself, or a name that moves: split whole
+        return _split_below(root, path)
+    key = (root_s, folder)
     found = _parts_cache.get(key)
-    if found is not None:
-        return found[0], list(found[1])
-    top, parts = _split_below(root, path)
-    if key[0].startswith(os.sep) and key[1].startswith(os.sep):  # relative ones depend on the working folder
-        if len(_parts_cache) >= 4096:
-            _parts_cache.clear()
-        _parts_cache[key] = (top, tuple(parts))
-    return top, parts
+    if found is None:
+        try:
+            top, above = _split_below(root_s, folder + os.sep + "_")  # the folder's components, via a child
+        except CorruptFileError:
+            return _split_below(root, path)  # refused, in the words of the path asked for
+        found = (top, tuple(above[:-1]))
+        if len(_parts_cache) >= _PARTS_CACHE_MAX:
+            _parts_cache.pop(next(iter(_parts_cache)))  # the oldest: one at a time, never all at once
+        _parts_cache[key] = found
+    parts = list(found[1])
+    parts.append(name)
+    return found[0], parts
 
 
+#: folders whose split is kept: a process's folders are a few per agent and entity
+_PARTS_CACHE_MAX = 1024
 _parts_cache: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
 
 
