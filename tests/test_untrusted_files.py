@@ -473,13 +473,24 @@ async def _settled_fds(pid: int, baseline: int, within: float = 3.0) -> int:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
 def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
     """A real `federation serve` (stdio) in phase 2 (files and database, so file locks, the write gate and
-    connections are all used) idles 11 s (past the SDK's 10 s worker idle) five times between calls:
-    its descriptor count after each cycle is what it was after the first."""
+    connections are all used) idles past its worker threads' idle time five times between calls: its
+    descriptor count after each cycle is what it was after the first.
+
+    The SDK's worker threads (anyio's) end once idle for 10 s, at the next call; the server here is started
+    with that set to 1 s (a ``sitecustomize`` on its path), so that a cycle is 2 s of idling, not 11."""
     import anyio
 
     from test_rollout import _tool, serve, status_json, wait_for
 
-    env = {**unpinned_env(fed), "FEDERATION_USE_DB": "1", "FEDERATION_PHASE": "2"}
+    IDLE_S = 2.0  # past the workers' idle time, 1 s in this server
+    site = fed.root.parent / "short-idle-workers"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "from anyio._backends._asyncio import WorkerThread\nWorkerThread.MAX_IDLE_TIME = 1\n"
+        f"open({str(site / 'loaded')!r}, 'w').close()\n")
+    base = unpinned_env(fed)
+    path = os.pathsep.join(p for p in (str(site), base.get("PYTHONPATH", "")) if p)
+    env = {**base, "PYTHONPATH": path, "FEDERATION_USE_DB": "1", "FEDERATION_PHASE": "2"}
 
     async def calls(session) -> None:
         await _tool(session, "send_message", recipient="alice", content="tick")
@@ -494,18 +505,19 @@ def test_mcp_server_idle_between_calls_keeps_its_descriptor_count(fed):
                           what="the server in the fleet")
             pid = me[0]["pid"]
             await calls(session)
-            # counted idle, 11 s after the calls (the SDK's worker threads end after 10 s idle): what a
-            # thread held is gone with it unless it leaked; the fewest within 3 s, as a worker may be
-            # ending at that very moment, but a leak stays (and grows cycle after cycle)
-            await anyio.sleep(11)
+            # counted idle, past the workers' idle time after the calls: what a thread held is gone with it
+            # unless it leaked; the fewest within 3 s, as a worker may be ending at that very moment, but a
+            # leak stays (and grows cycle after cycle)
+            await anyio.sleep(IDLE_S)
             counts, first = [await _settled_fds(pid, 0)], _fd_targets(pid)
             for _ in range(5):
                 await calls(session)
-                await anyio.sleep(11)
+                await anyio.sleep(IDLE_S)
                 counts.append(await _settled_fds(pid, counts[0], within=8.0))  # generous: a loaded machine
             return counts, first, _fd_targets(pid)
 
     counts, first, last = anyio.run(scenario)
+    assert (site / "loaded").exists(), "the server did not run with the short worker idle time"
     # a leak grows with every cycle (the old write gate added three per cycle: [14, 17, 20, 23, 26, ...]);
     # a worker thread may still hold one lock file and one connection when a cycle is counted (the SDK
     # ends idle workers on its own schedule; seen: one or two such pairs), which is bounded, not growth:

@@ -123,10 +123,14 @@ def _hold_files_first(s: config.Settings) -> None:
     from ..rollout import needs_backfill
 
     try:
-        if control.read_flag(s.root) is not None or not needs_backfill(s):
+        if control.read_flag(s.root) is not None:
             return
     except (FederationError, OSError):
         return  # an unreadable flag is the operator's to repair; the migration does not touch it
+    # A database that cannot answer fails here, as the migration would: once, not once here and again there
+    # (an unreachable server cost the operator its 30 s deadline twice before the error).
+    if not needs_backfill(s):
+        return
     result = control.set_phase(1, reason="federation migrate: the first backfill; the fleet stays on the files "
                                          "until `federation rollout set 2`", settings=s)
     if result.changed:
