@@ -67,9 +67,37 @@ def cache_sizes() -> dict[str, int]:
     sizes = {}
     for module, name in CACHES:
         found = getattr(sys.modules.get(module), name, None)
-        if found is not None:
-            sizes[name] = len(found)
+        if found is not None:  # a dict, or a bounded holder that counts its own (HeldFolders.count())
+            sizes[name] = found.count() if hasattr(found, "count") and not hasattr(found, "__len__") else len(found)
     return sizes
+
+
+def anon_by_mapping() -> dict[str, float]:
+    """Resident anonymous memory (MB) from /proc/self/smaps: glibc's main heap (``[heap]``) and the rest
+    (other arenas' heaps, Python's arenas, thread stacks: adjacent anonymous mappings merge, so their
+    sizes do not tell them apart)."""
+    kinds = {"heap": 0, "rest": 0}
+    kind = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                name = head[5].strip() if len(head) > 5 else ""
+                kind = "heap" if name == "[heap]" else None if name else "rest"
+            elif kind is not None and line.startswith("Rss:"):
+                kinds[kind] += int(line.split()[1])
+    return {k: round(v / 1024, 2) for k, v in kinds.items()}
+
+
+def big_containers(least: int = 5000) -> list[str]:
+    """The dicts, lists and sets the collector tracks that hold *least* entries or more: what each is
+    (its type, size, a key or item), for a container that grows with traffic."""
+    found = []
+    for obj in gc.get_objects():
+        if type(obj) in (dict, list, set) and len(obj) >= least:
+            first = next(iter(obj), None)
+            found.append(f"{type(obj).__name__}[{len(obj)}] {repr(first)[:60]}")
+    return sorted(found)
 
 
 def sample(libc, sqlite) -> dict:
@@ -87,7 +115,8 @@ def sample(libc, sqlite) -> dict:
             "pymalloc_arenas": _pymalloc_arenas(),
             "sqlite_mb": sqlite.sqlite3_memory_used() / 2**20 if sqlite else -1.0,
             "gc_objects": len(gc.get_objects()), "fds": len(os.listdir("/proc/self/fd")),
-            "caches": cache_sizes()}
+            "caches": cache_sizes(), "anon_by_mapping": anon_by_mapping(),
+            "big": big_containers()}
 
 
 def main() -> None:

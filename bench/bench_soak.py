@@ -334,6 +334,12 @@ def print_probes(probes: dict[str, Path]) -> None:
                     "pymalloc_arenas", "sqlite_mb", "gc_objects", "threads", "fds"):
             slope, se = slope_se_per_hour([(r["t"], r[key]) for r in half])
             print(f"  {key:17} {records[0][key]:10.2f} -> {records[-1][key]:10.2f}   {slope:+10.2f} ± {2 * se:.2f} /h")
+        for key in sorted(records[-1].get("anon_by_mapping", {})):
+            points = [(r["t"], r["anon_by_mapping"][key]) for r in half if key in r.get("anon_by_mapping", {})]
+            slope, se = slope_se_per_hour(points)
+            first = records[0].get("anon_by_mapping", {}).get(key, 0.0)
+            print(f"  anon {key:12} {first:10.2f} -> {records[-1]['anon_by_mapping'][key]:10.2f}   "
+                  f"{slope:+10.2f} ± {2 * se:.2f} /h")
         for key in sorted(set(records[0].get("caches", {})) | set(records[-1].get("caches", {}))):
             series = [r.get("caches", {}).get(key, 0) for r in records]
             print(f"  entries of {key:20} {series[0]} -> {series[-1]} (most {max(series)})")
