@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from federation import config, governance
@@ -99,3 +100,14 @@ def test_agents_add_makes_the_root_on_a_fresh_machine_and_listing_does_not(tmp_p
                            capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
     assert len(added.stdout.strip()) >= 32 and (root / "control" / "agents.json").is_file()
+
+
+@pytest.mark.sqlite_only  # FEDERATION_DB_URL (the PostgreSQL runs) wins over a --db file
+def test_a_mistyped_database_folder_is_refused_and_not_created(fed, tmp_path):
+    """`migrate --db` in a folder that does not exist: a usage error (exit 2) naming the folder, and neither
+    the folder nor a database is created (it was: a new database in new folders, migrated into)."""
+    missing = tmp_path / "typo" / "state"
+    result = CliRunner().invoke(main, ["migrate", "--root", str(fed.root), "--db", str(missing / "x.db")])
+    assert result.exit_code == 2, result.output
+    assert "typo/state" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "typo").exists()

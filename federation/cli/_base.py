@@ -60,6 +60,7 @@ def common(fn: Callable) -> Callable:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         _check_root(s.root, given=bool(root))
+        _check_db_folder(s, given=bool(db))
         click.get_current_context().meta[_ROOT_GIVEN] = bool(root)
         fed = Federation(s)
         click.get_current_context().meta[_SETTINGS] = s
@@ -104,6 +105,21 @@ def _check_root(root: Any, given: bool) -> None:
     what = "is not a folder" if root.exists() else "does not exist"
     raise click.UsageError(f"the federation root {root} ({where}) {what}: nothing was read or created; "
                            "check the path")
+
+
+def _check_db_folder(s: config.Settings, given: bool) -> None:
+    """A usage error (exit 2, nothing created) when a command of an existing federation is given a SQLite
+    ``--db`` in a folder that does not exist: a mistyped path, whose folders the database would otherwise
+    create (``migrate`` into a new database nobody else uses)."""
+    if not given or s.db_url:
+        return
+    ctx = click.get_current_context()
+    if not {c.info_name for c in _contexts(ctx)} & _NEEDS_ROOT:
+        return
+    folder = s.db_path.parent
+    if not folder.exists():
+        raise click.UsageError(f"the database's folder {folder} (--db {s.db_path}) does not exist: nothing was "
+                               "read or created; check the path")
 
 
 def _contexts(ctx: click.Context | None) -> list[click.Context]:
