@@ -403,10 +403,11 @@ ALLOWED = {
     # the dashboard's static files, shipped inside the package
     "federation/apps/dashboard/app.py": ("the package's static files",
         {'.read_bytes()': 1}),
-    # the root itself, given by the operator: whether it is a folder (never a path below it); /dev/null put in
-    # place of a stdout whose reader went away
-    "federation/cli/_base.py": ("the root itself (is it a folder?), /dev/null",
-        {'.exists()': 1, '.is_dir()': 1, 'os.open': 1}),
+    # the root itself, given by the operator: whether it is a folder (never a path below it); the folder of the
+    # SQLite file given by --db: whether it exists (a mistyped path is refused; nothing is opened or made, and
+    # the database is opened there anyway); /dev/null put in place of a stdout whose reader went away
+    "federation/cli/_base.py": ("the root itself (is it a folder?), --db's folder (does it exist?), /dev/null",
+        {'.exists()': 2, '.is_dir()': 1, 'os.open': 1}),
     "federation/cli/_serve.py": ("the root itself (is it a folder? made by `agents add`)",
         {'.exists()': 1, '.is_dir()': 1, '.mkdir()': 1}),
     # the root itself, made on a process's first call (a database-only federation still has its control/)
