@@ -57,7 +57,7 @@ def _pymalloc_arenas() -> int:
 
 
 #: the library's per-process caches (module, name) whose entries are counted at each sample
-CACHES = (("federation.stores._fs_walk", "_parts_cache"), ("federation.stores._fs_stamps", "_crcs"),
+CACHES = (("federation.stores._fs_walk", "_parts_cache"),
           ("federation.stores._fs_stamps", "_stamp_folders"), ("federation.stores._fs_locks", "_locks_folders"),
           ("federation.core", "_tree_cache"), ("federation.stores.file_history", "_history"),
           ("federation.stores.file_history", "_sent"))

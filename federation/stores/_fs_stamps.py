@@ -18,13 +18,12 @@ import contextlib
 import os
 import struct
 import threading
-import zlib
 from pathlib import Path
 
 from .._logging import library_logger
 from ..domain.layout import Tree
 from ..errors import CorruptFileError
-from ._fs_walk import HeldFolders, _parts, _walk
+from ._fs_walk import HeldFolders, _parts, _walk, path_crc
 
 log = library_logger("federation.files")
 
@@ -42,25 +41,10 @@ def _identity(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
     return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-_crcs: dict[tuple[str, str], int] = {}  # (root, folder) -> crc32 of the folder below the root and "/"
-_CRCS_MAX = 1024
-
-
 def _doc_crc(root: Path | str, path: Path | str) -> int:
-    """A short name of the document *path* below *root* (the same in every process): the crc32 of its
-    path below the root, the folder's part cached (keyed by folder, not by document: the cache stays what
-    the process's folders are, issue 30) and the file name's added to it."""
-    root_s, path_s = os.fspath(root), os.fspath(path)
-    folder, sep, name = path_s.rpartition(os.sep)
-    if not sep or not name or name in (".", "..") or os.path.normpath(folder) == os.path.normpath(root_s):
-        return zlib.crc32(os.path.relpath(path_s, root_s).encode("utf-8", "surrogateescape"))
-    key = (root_s, folder)
-    crc = _crcs.get(key)
-    if crc is None:
-        if len(_crcs) >= _CRCS_MAX:
-            _crcs.pop(next(iter(_crcs)))  # the oldest: one at a time, never all at once
-        crc = _crcs[key] = zlib.crc32((os.path.relpath(folder, root_s) + os.sep).encode("utf-8", "surrogateescape"))
-    return zlib.crc32(name.encode("utf-8", "surrogateescape"), crc)
+    """A short name of the document *path* below *root* (the same in every process): the crc32 of its path
+    below the root (:func:`~._fs_walk.path_crc`, its folder's part cached with the folder's split)."""
+    return path_crc(root, path)
 
 
 def _held_lock(tree: Tree, name: str) -> tuple[int, Tree, str] | None:

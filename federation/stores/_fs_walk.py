@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Hashable, Iterator
 
@@ -35,30 +36,51 @@ def _parts(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
     (a few per agent), not one entry per message file: it no longer fills and empties every few minutes
     under traffic, which churned the allocator (issue 30: the stdio servers' memory).
     """
+    found, name = _folder_of(root, path)
+    if found is None:
+        return _split_below(root, path)
+    parts = list(found[1])
+    parts.append(name)
+    return found[0], parts
+
+
+def path_crc(root: Path | str, path: Path | str) -> int:
+    """The crc32 of *path* below *root* (``a/b.json``; the stamps' short name of a document), its folder's
+    part taken from the same cache as :func:`_parts` and continued over the file name."""
+    found, name = _folder_of(root, path)
+    if found is None:
+        return zlib.crc32(os.sep.join(_split_below(root, path)[1]).encode("utf-8", "surrogateescape"))
+    return zlib.crc32(name.encode("utf-8", "surrogateescape"), found[2])
+
+
+def _folder_of(root: Path | str, path: Path | str) -> tuple[tuple[str, tuple[str, ...], int] | None, str]:
+    """((the root as an absolute path, the folder's components below it, crc32 of ``folder/``), the file
+    name) from the cache, the folder split on first use; None when the path is split whole instead
+    (relative, the root itself, a name that moves, refused)."""
     root_s, path_s = os.fspath(root), os.fspath(path)
     folder, sep, name = path_s.rpartition(os.sep)
     if not sep or not folder or name in ("", ".", "..") or not root_s.startswith(os.sep) \
-            or not folder.startswith(os.sep):  # relative, the root itself, or a name that moves: split whole
-        return _split_below(root, path)
+            or not folder.startswith(os.sep):
+        return None, name
     key = (root_s, folder)
     found = _parts_cache.get(key)
     if found is None:
         try:
             top, above = _split_below(root_s, folder + os.sep + "_")  # the folder's components, via a child
         except CorruptFileError:
-            return _split_below(root, path)  # refused, in the words of the path asked for
-        found = (top, tuple(above[:-1]))
+            return None, name  # refused, in the words of the path asked for
+        below = tuple(above[:-1])
+        crc = zlib.crc32((os.sep.join(below) + os.sep).encode("utf-8", "surrogateescape")) if below else 0
+        found = (top, below, crc)
         if len(_parts_cache) >= _PARTS_CACHE_MAX:
             _parts_cache.pop(next(iter(_parts_cache)))  # the oldest: one at a time, never all at once
         _parts_cache[key] = found
-    parts = list(found[1])
-    parts.append(name)
-    return found[0], parts
+    return found, name
 
 
 #: folders whose split is kept: a process's folders are a few per agent and entity
 _PARTS_CACHE_MAX = 1024
-_parts_cache: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+_parts_cache: dict[tuple[str, str], tuple[str, tuple[str, ...], int]] = {}
 
 
 def _split_below(root: Path | str, path: Path | str) -> tuple[str, list[str]]:
