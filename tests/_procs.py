@@ -51,3 +51,17 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def remove_tree(path) -> None:
+    """Remove *path* (a folder under a root this process served) until it is gone: the root's control-plane
+    thread may write a file in its ``control/`` meanwhile, which makes one ``rmtree`` fail (CI saw "Directory
+    not empty" and FileNotFoundError)."""
+    import shutil
+    from pathlib import Path
+
+    for _ in range(50):
+        if not Path(path).is_dir():
+            return
+        shutil.rmtree(path, ignore_errors=True)
+    assert not Path(path).is_dir(), f"{path} could not be removed"

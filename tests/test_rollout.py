@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _procs import wait_for
+from _procs import remove_tree, wait_for
 from click.testing import CliRunner
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -746,10 +746,7 @@ def test_a_control_folder_that_cannot_be_written_costs_a_warning_not_a_call(fed)
     context.set_context("probe", "text")
     for name in ("fleet", "counts", "mismatches"):
         target = fed.root / "control" / name
-        for _ in range(50):  # this process's control-plane thread may be writing a file in it meanwhile (CI)
-            if not target.is_dir():
-                break
-            shutil.rmtree(target, ignore_errors=True)
+        remove_tree(target)
         target.parent.mkdir(exist_ok=True)
         target.write_text("not a folder")
     edit_file_context(fed, "probe", "edited")  # a mismatch to write, too
